@@ -1,0 +1,59 @@
+//! Exit codes. Each user mistake has its own, listed in the README; a script
+//! can tell "nothing to copy from" from "no room to copy to".
+
+use std::process::ExitCode;
+
+use ferry::Error;
+use ferry::store::StoreError;
+
+pub enum Exit {
+    Ok,
+    /// The transfer ran, and some files failed (each was named on stderr).
+    TransferFailed,
+    Cancelled,
+    Error(Error),
+}
+
+impl From<Error> for Exit {
+    fn from(e: Error) -> Exit {
+        Exit::Error(e)
+    }
+}
+
+/// The code for each error; the README's table is generated from the same
+/// list by hand, so keep them in step.
+pub fn code(e: &Error) -> u8 {
+    match e {
+        Error::SourceNotFound { .. } => 3,
+        Error::PermissionDenied { .. } => 4,
+        Error::SourceIsDirectory { .. } => 5,
+        Error::DirectoryOntoFile { .. }
+        | Error::FileOntoDirectory { .. }
+        | Error::TargetNotADirectory { .. } => 6,
+        Error::SameFile { .. } | Error::CopyIntoItself { .. } => 7,
+        Error::Store(StoreError::NotAStore { .. } | StoreError::Corrupt { .. }) => 8,
+        Error::Store(StoreError::TooNew { .. }) => 9,
+        Error::TransferNotFound { .. } => 10,
+        Error::OwnerAlive { .. } | Error::NameInUse { .. } => 11,
+        Error::Cancelled { .. } | Error::Store(StoreError::Cancelled { .. }) => 12,
+        Error::NothingToDo { .. } | Error::NotDispatched { .. } => 13,
+        Error::UnsupportedFileType { .. } => 14,
+        Error::Store(StoreError::Open { .. }) => 15,
+        Error::Store(_) => 16,
+        Error::Io { .. } => 74,
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        match exit {
+            Exit::Ok => ExitCode::SUCCESS,
+            Exit::TransferFailed => ExitCode::from(1),
+            Exit::Cancelled => ExitCode::from(12),
+            Exit::Error(e) => {
+                eprintln!("ferry: {e}");
+                ExitCode::from(code(&e))
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Steps 2–6 of the commit protocol for a batch of entries whose data is
+//! written: make it durable, record `copied`, rename, apply metadata, make
+//! that durable, record `committed`. Each step is idempotent, so a crash
+//! between any two is recovered by running the batch again.
+//!
+//! **Invariant:** the store never says more than the disk holds: `copied` is
+//! recorded only after the data's fsync/syncfs returned, `committed` only
+//! after the rename and the metadata were made durable.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, CWD, Gid, Mode, Timespec, Timestamps, Uid};
+use rustix::io::Errno;
+
+use crate::failpoint::{self, CommitStep};
+use crate::model::{EntryIndex, EntryKind, EntryRecord, FileState, Preserve, TransferId};
+use crate::store::{Change, Store, StoreError};
+
+/// An entry whose data is in its temporary.
+#[derive(Clone, Copy, Debug)]
+pub struct Ready {
+    pub index: EntryIndex,
+    /// Already fsynced by the worker (large files), or recorded `copied` by
+    /// an earlier run.
+    pub durable: bool,
+    /// `copied` is already in the store (an earlier run got that far).
+    pub recorded: bool,
+}
+
+/// What a batch commit needs to know about its transfer.
+pub struct Committer<'a> {
+    pub store: &'a dyn Store,
+    pub id: TransferId,
+    pub entries: &'a [EntryRecord],
+    pub preserve: Preserve,
+    pub temp_suffix: &'a str,
+    pub umask: u32,
+}
+
+/// What became of a batch: entries committed, and entries that failed with
+/// their message (already recorded in the store).
+#[derive(Default)]
+pub struct BatchOutcome {
+    pub committed: Vec<EntryIndex>,
+    pub failed: Vec<(EntryIndex, String)>,
+}
+
+impl Committer<'_> {
+    fn entry(&self, index: EntryIndex) -> &EntryRecord {
+        let entry = &self.entries[index.0 as usize];
+        assert_eq!(entry.index, index, "entries must be indexed by position");
+        entry
+    }
+
+    pub fn temp_of(&self, entry: &EntryRecord) -> PathBuf {
+        temp_path(&entry.dest, self.temp_suffix, self.id)
+    }
+
+    /// Commits `batch` and records `failures` (found by the workers) in the
+    /// same transactions. Only store errors are returned: file errors fail
+    /// that file and the batch goes on.
+    pub fn commit(
+        &self,
+        batch: &[Ready],
+        failures: Vec<(EntryIndex, String)>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let mut outcome = BatchOutcome {
+            committed: Vec::with_capacity(batch.len()),
+            failed: failures,
+        };
+        let mut live: Vec<Ready> = batch.to_vec();
+
+        // 2. Data durable.
+        let unsynced: Vec<&EntryRecord> = live
+            .iter()
+            .filter(|r| !r.durable)
+            .map(|r| self.entry(r.index))
+            .collect();
+        if !unsynced.is_empty() {
+            let synced = failpoint::hit(CommitStep::SyncData).and_then(|()| {
+                match unsynced.as_slice() {
+                    [one] if one.kind == EntryKind::File => {
+                        File::open(self.temp_of(one)).and_then(|f| f.sync_data())
+                    }
+                    many => sync_file_systems(many.iter().map(|e| e.dest.as_path())),
+                }
+            });
+            if let Err(e) = synced {
+                let message = format!("could not make the data durable: {e}");
+                live.retain(|r| {
+                    if r.durable {
+                        return true;
+                    }
+                    outcome.failed.push((r.index, format!("{}: {message}", self.entry(r.index).dest.display())));
+                    false
+                });
+            }
+        }
+
+        // 3. Record copied (with the failures so far).
+        failpoint::hit(CommitStep::RecordCopied).map_err(|e| self.injected(e))?;
+        let mut changes: Vec<Change> = live
+            .iter()
+            .filter(|r| !r.recorded)
+            .map(|r| {
+                let entry = self.entry(r.index);
+                self.entry_change(r.index, FileState::Copied, Some(entry.meta.size), None)
+            })
+            .collect();
+        changes.extend(
+            outcome
+                .failed
+                .iter()
+                .map(|(index, message)| self.entry_change(*index, FileState::Failed, None, Some(message.clone()))),
+        );
+        self.store.apply(&changes)?;
+        let recorded_failures = outcome.failed.len();
+
+        // 4. Rename, and 5. metadata.
+        live.retain(|r| {
+            let entry = self.entry(r.index);
+            let done = failpoint::hit(CommitStep::Rename)
+                .and_then(|()| self.rename(entry))
+                .map_err(|e| format!("{}: cannot rename into place: {e}", entry.dest.display()))
+                .and_then(|()| {
+                    failpoint::hit(CommitStep::ApplyMetadata)
+                        .and_then(|()| apply_metadata(entry, self.preserve, self.umask))
+                        .map_err(|e| format!("{}: cannot apply metadata: {e}", entry.dest.display()))
+                });
+            match done {
+                Ok(()) => true,
+                Err(message) => {
+                    outcome.failed.push((r.index, message));
+                    false
+                }
+            }
+        });
+
+        // Renames and metadata durable: the directory fsync of step 4, and
+        // the inode changes of step 5.
+        if !live.is_empty() {
+            let synced = failpoint::hit(CommitStep::SyncDir).and_then(|()| {
+                match live.as_slice() {
+                    [one] if self.entry(one.index).kind == EntryKind::File => {
+                        let dest = &self.entry(one.index).dest;
+                        sync_parent(dest).and_then(|()| File::open(dest)?.sync_all())
+                    }
+                    many => sync_file_systems(many.iter().map(|r| self.entry(r.index).dest.as_path())),
+                }
+            });
+            if let Err(e) = synced {
+                for r in live.drain(..) {
+                    let dest = &self.entry(r.index).dest;
+                    outcome.failed.push((
+                        r.index,
+                        format!("{}: could not make the rename durable: {e}", dest.display()),
+                    ));
+                }
+            }
+        }
+
+        // 6. Record committed.
+        failpoint::hit(CommitStep::RecordCommitted).map_err(|e| self.injected(e))?;
+        let mut changes: Vec<Change> = live
+            .iter()
+            .map(|r| self.entry_change(r.index, FileState::Committed, None, None))
+            .collect();
+        changes.extend(
+            outcome.failed[recorded_failures..]
+                .iter()
+                .map(|(index, message)| self.entry_change(*index, FileState::Failed, None, Some(message.clone()))),
+        );
+        self.store.apply(&changes)?;
+        outcome.committed = live.iter().map(|r| r.index).collect();
+        Ok(outcome)
+    }
+
+    /// Step 4, idempotent: a temporary that is gone while its destination
+    /// holds the recorded size was renamed by an earlier run.
+    fn rename(&self, entry: &EntryRecord) -> io::Result<()> {
+        let temp = self.temp_of(entry);
+        match std::fs::rename(&temp, &entry.dest) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let renamed = std::fs::symlink_metadata(&entry.dest).is_ok_and(|m| match entry.kind {
+                    EntryKind::File => m.is_file() && m.size() == entry.meta.size,
+                    EntryKind::Symlink => m.file_type().is_symlink(),
+                    EntryKind::Dir => m.is_dir(),
+                });
+                if renamed {
+                    Ok(())
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("temporary {} is missing", temp.display()),
+                    ))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn entry_change(
+        &self,
+        index: EntryIndex,
+        to: FileState,
+        progress_bytes_durable: Option<u64>,
+        error: Option<String>,
+    ) -> Change {
+        let entry = self.entry(index);
+        let context = match (&error, to) {
+            (Some(message), _) => serde_json::json!({"error": message}),
+            (None, FileState::Copied) => serde_json::json!({"bytes": entry.meta.size}),
+            _ => serde_json::Value::Null,
+        };
+        Change::Entry {
+            id: self.id,
+            index,
+            to,
+            progress_bytes_durable,
+            error,
+            context,
+        }
+    }
+
+    fn injected(&self, e: io::Error) -> StoreError {
+        StoreError::Open {
+            path: self.store.location(),
+            source: e,
+        }
+    }
+}
+
+/// `DEST` → `DEST<suffix><id>`, beside it.
+pub fn temp_path(dest: &Path, suffix: &str, id: TransferId) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_owned();
+    name.push(format!("{suffix}{id}"));
+    dest.with_file_name(name)
+}
+
+/// Step 5: ownership where permitted, then mode (last, because chown clears
+/// set-id bits), then times to the nanosecond. Symlinks have no mode.
+pub fn apply_metadata(entry: &EntryRecord, preserve: Preserve, umask: u32) -> io::Result<()> {
+    let path = entry.dest.as_path();
+    let meta = entry.meta;
+    if preserve.ownership {
+        let both = rustix::fs::chownat(
+            CWD,
+            path,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        );
+        // Like cp -a: an unprivileged user keeps what ownership they may.
+        if let Err(Errno::PERM | Errno::INVAL) = both {
+            let _ = rustix::fs::chownat(CWD, path, None, Some(Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW);
+        } else {
+            both?;
+        }
+    }
+    if entry.kind != EntryKind::Symlink {
+        let mode = if preserve.mode { meta.mode } else { meta.mode & !umask & 0o777 };
+        rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(mode), AtFlags::empty())?;
+    }
+    if preserve.times {
+        let times = Timestamps {
+            last_access: timespec(meta.atime_ns),
+            last_modification: timespec(meta.mtime_ns),
+        };
+        rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+    }
+    Ok(())
+}
+
+fn timespec(ns: i64) -> Timespec {
+    Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    }
+}
+
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// One `syncfs` per file system holding any of `paths` (through their
+/// parent directories): the batched alternative to an fsync per file.
+pub fn sync_file_systems<'p>(paths: impl Iterator<Item = &'p Path>) -> io::Result<()> {
+    let mut parents: HashMap<&Path, ()> = HashMap::new();
+    let mut by_device: HashMap<u64, File> = HashMap::new();
+    for path in paths {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if parents.insert(parent, ()).is_some() {
+            continue;
+        }
+        let dir = File::open(parent)?;
+        let dev = dir.metadata()?.dev();
+        by_device.entry(dev).or_insert(dir);
+    }
+    for dir in by_device.values() {
+        rustix::fs::syncfs(dir)?;
+    }
+    Ok(())
+}

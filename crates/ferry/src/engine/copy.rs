@@ -1,0 +1,170 @@
+//! Moving bytes: one byte range of a source into the same range of a
+//! temporary, skipping holes so that sparse files stay sparse.
+//!
+//! `copy_file_range` when the kernel can (same file system, and some pairs of
+//! file systems); otherwise — `EXDEV` between a burst buffer and a parallel
+//! file system is the normal case — `pread`/`pwrite` through a large buffer.
+//! Several ranges are in flight at once because the engine runs one copy per
+//! worker thread.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use rustix::fs::SeekFrom;
+use rustix::io::Errno;
+
+use crate::failpoint::{self, CommitStep};
+
+/// Bytes per `copy_file_range` call or buffered read: large enough to
+/// amortise the system call, small enough to notice a cancel quickly.
+pub const CHUNK_BYTES: usize = 8 << 20;
+
+/// The buffered path's buffer, per worker.
+pub const BUFFER_BYTES: usize = 4 << 20;
+
+/// Why a copy stopped early.
+#[derive(Debug)]
+pub enum CopyError {
+    Cancelled,
+    /// Reading the source failed.
+    Read(io::Error),
+    /// Writing the temporary failed, after `written` bytes of the range.
+    Write { error: io::Error, written: u64 },
+    /// The source ended before the size captured when it was added.
+    SourceShrank { at: u64 },
+}
+
+/// Per-run state shared by the workers.
+pub struct Copier<'a> {
+    pub cancel: &'a AtomicBool,
+    /// Bytes written this run, for progress display and reports.
+    pub bytes_copied: &'a AtomicU64,
+    /// Cleared on the first `copy_file_range` refusal, so that later copies
+    /// go straight to the buffered path.
+    pub use_copy_file_range: AtomicBool,
+}
+
+impl Copier<'_> {
+    /// Copies `[start, end)` of `src` to the same offsets of `dst`, skipping
+    /// holes (the caller sized `dst` so that trailing holes exist).
+    pub fn copy_range(
+        &self,
+        src: &File,
+        dst: &File,
+        start: u64,
+        end: u64,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), CopyError> {
+        let mut pos = start;
+        while pos < end {
+            let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+                Ok(data) => data,
+                // No data after pos: the rest is a hole.
+                Err(Errno::NXIO) => return Ok(()),
+                // The file system cannot tell holes: everything is data.
+                Err(Errno::INVAL | Errno::OPNOTSUPP) => pos,
+                Err(e) => return Err(CopyError::Read(e.into())),
+            };
+            if data >= end {
+                return Ok(());
+            }
+            let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+                Ok(hole) => hole.min(end),
+                Err(_) => end,
+            };
+            self.copy_data(src, dst, data, hole, buffer)?;
+            pos = hole;
+        }
+        Ok(())
+    }
+
+    fn copy_data(
+        &self,
+        src: &File,
+        dst: &File,
+        start: u64,
+        end: u64,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), CopyError> {
+        let mut pos = start;
+        while pos < end {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(CopyError::Cancelled);
+            }
+            failpoint::hit(CommitStep::WriteData).map_err(|error| CopyError::Write {
+                error,
+                written: pos - start,
+            })?;
+            let want = (end - pos).min(CHUNK_BYTES as u64) as usize;
+            let copied = if self.use_copy_file_range.load(Ordering::Relaxed) {
+                let (mut off_in, mut off_out) = (pos, pos);
+                match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
+                    Ok(n) => Some(n),
+                    Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM)
+                        if pos == start =>
+                    {
+                        self.use_copy_file_range.store(false, Ordering::Relaxed);
+                        None
+                    }
+                    // copy_file_range cannot tell which side failed; ask each.
+                    Err(e) => return Err(classify(e.into(), src, pos - start)),
+                }
+            } else {
+                None
+            };
+            let copied = match copied {
+                Some(n) => n,
+                None => self.copy_buffered(src, dst, pos, want, buffer, pos - start)?,
+            };
+            if copied == 0 {
+                return Err(CopyError::SourceShrank { at: pos });
+            }
+            pos += copied as u64;
+            self.bytes_copied.fetch_add(copied as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn copy_buffered(
+        &self,
+        src: &File,
+        dst: &File,
+        pos: u64,
+        want: usize,
+        buffer: &mut Vec<u8>,
+        written_before: u64,
+    ) -> Result<usize, CopyError> {
+        if buffer.len() < BUFFER_BYTES {
+            buffer.resize(BUFFER_BYTES, 0);
+        }
+        let len = want.min(buffer.len());
+        let n = loop {
+            match src.read_at(&mut buffer[..len], pos) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            }
+        };
+        dst.write_all_at(&buffer[..n], pos)
+            .map_err(|error| CopyError::Write {
+                error,
+                written: written_before,
+            })?;
+        Ok(n)
+    }
+}
+
+/// Attributes a `copy_file_range` failure to the side that caused it.
+fn classify(e: io::Error, src: &File, written: u64) -> CopyError {
+    let is_write_side = matches!(
+        e.raw_os_error().map(Errno::from_raw_os_error),
+        Some(Errno::NOSPC | Errno::DQUOT | Errno::FBIG | Errno::ROFS)
+    );
+    if is_write_side || src.metadata().is_ok() && e.raw_os_error() != Some(Errno::IO.raw_os_error()) {
+        CopyError::Write { error: e, written }
+    } else {
+        CopyError::Read(e)
+    }
+}

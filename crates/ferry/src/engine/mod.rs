@@ -1,0 +1,732 @@
+//! The mover: copies a transfer's entries with a pool of worker threads and
+//! commits them in batches through [`commit::Committer`].
+//!
+//! ```text
+//!  entries ─▶ work list ─▶ workers (copy data into DEST._ferry-ID) ─▶ channel
+//!                                 │ large files: fdatasync + progress        │
+//!                                 ▼                                          ▼
+//!                               store ◀── committer: sync, copied, rename, metadata, committed
+//! ```
+//!
+//! Small files are copied whole by one worker and made durable together (one
+//! `syncfs` per batch). Files of at least [`SPLIT_BYTES_MIN`] are split into
+//! [`RANGE_BYTES`] ranges copied by several workers at once; their durable
+//! prefix is recorded every [`CHECKPOINT_BYTES`], after an `fdatasync`, so a
+//! resume continues from there.
+//!
+//! **Invariant:** the engine changes state only through the store's
+//! [`Store::apply`], and never records a file before the disk holds it.
+
+pub mod commit;
+pub mod copy;
+pub mod plan;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::failpoint::{self, CommitStep};
+use crate::model::{
+    EntryIndex, EntryKind, EntryRecord, FileState, TransferId, TransferRecord, TransferState,
+};
+use crate::store::{Change, Store, StoreError};
+use commit::{Committer, Ready};
+use copy::{CopyError, Copier};
+
+pub use commit::temp_path;
+
+/// Files this large or larger are split into ranges.
+pub const SPLIT_BYTES_MIN: u64 = 2 * RANGE_BYTES;
+/// The unit of work for large files.
+pub const RANGE_BYTES: u64 = 16 << 20;
+/// A large file's durable prefix is recorded each time it grows this much.
+pub const CHECKPOINT_BYTES: u64 = 32 << 20;
+/// At most this many files are committed in one batch (one syncfs, two
+/// store transactions).
+pub const BATCH_FILES_MAX: usize = 512;
+/// A batch waits at most this long for more files before it is committed.
+pub const BATCH_WAIT: Duration = Duration::from_millis(200);
+/// Workers a run may start.
+pub const WORKERS_MAX: usize = 256;
+/// Messages in flight from the workers to the committer.
+const CHANNEL_BOUND: usize = 4 * BATCH_FILES_MAX;
+
+/// Live counters of a run, for progress bars. Updated with relaxed atomics.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files_total: AtomicU64,
+    pub files_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+    /// Bytes that needed no copy: committed or durable before this run.
+    pub bytes_reused: AtomicU64,
+    /// Bytes written by this run.
+    pub bytes_copied: AtomicU64,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub id: TransferId,
+    pub name: String,
+    pub state: TransferState,
+    pub files_total: u64,
+    pub files_committed: u64,
+    pub bytes_total: u64,
+    /// Bytes written by this run.
+    pub bytes_copied: u64,
+    /// Bytes this run did not copy because an earlier run made them durable.
+    pub bytes_reused: u64,
+    pub failures: Vec<FileFailure>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FileFailure {
+    pub path: PathBuf,
+    pub error: String,
+}
+
+/// Options of one run.
+pub struct RunOptions {
+    pub workers: usize,
+    pub cancel: Arc<AtomicBool>,
+    pub progress: Arc<Progress>,
+}
+
+/// One unit of work for a worker.
+#[derive(Clone, Copy, Debug)]
+enum Work {
+    Whole(EntryIndex),
+    Range {
+        index: EntryIndex,
+        /// Which range of the file's [`RangeTracker`].
+        slot: usize,
+        start: u64,
+        end: u64,
+    },
+    Symlink(EntryIndex),
+}
+
+enum Done {
+    Copied(Ready),
+    Failed(EntryIndex, String),
+}
+
+/// The ranges of one large file in flight, and its durable prefix.
+struct RangeTracker {
+    first: u64,
+    done: Vec<bool>,
+    recorded: u64,
+    failed: bool,
+}
+
+impl RangeTracker {
+    fn prefix(&self, size: u64) -> u64 {
+        let ranges = self.done.iter().take_while(|d| **d).count() as u64;
+        (self.first + ranges * RANGE_BYTES).min(size)
+    }
+}
+
+/// Moves every entry of transfer `id` that is not committed yet, then sets
+/// the transfer's final state. The transfer must be `dispatched` or
+/// `running`; the caller put it there.
+pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<RunReport> {
+    let transfer = store
+        .transfer(id)?
+        .ok_or_else(|| StoreError::NoSuchTransfer {
+            path: store.location(),
+            id,
+        })?;
+    let entries = store.entries(id)?;
+    for (position, entry) in entries.iter().enumerate() {
+        assert_eq!(entry.index.0 as usize, position, "entries must be numbered densely");
+    }
+    store.apply(&[Change::Transfer {
+        id,
+        to: TransferState::Running,
+        context: serde_json::json!({"pid": std::process::id()}),
+    }])?;
+    let engine = Engine {
+        store,
+        transfer: &transfer,
+        committer: Committer {
+            store,
+            id,
+            entries: &entries,
+            preserve: transfer.preserve,
+            temp_suffix: &transfer.temp_suffix,
+            umask: current_umask(),
+        },
+        options,
+        copier: Copier {
+            cancel: &options.cancel,
+            bytes_copied: &options.progress.bytes_copied,
+            use_copy_file_range: AtomicBool::new(true),
+        },
+    };
+    let result = engine.run(&entries);
+    if let Err(Error::Store(StoreError::Cancelled { .. })) = &result {
+        return engine.report(TransferState::Cancelled, Vec::new());
+    }
+    result
+}
+
+struct Engine<'a> {
+    store: &'a dyn Store,
+    transfer: &'a TransferRecord,
+    committer: Committer<'a>,
+    options: &'a RunOptions,
+    copier: Copier<'a>,
+}
+
+impl Engine<'_> {
+    fn run(&self, entries: &[EntryRecord]) -> Result<RunReport> {
+        let progress = &self.options.progress;
+        progress.files_total.store(entries.len() as u64, Ordering::Relaxed);
+        progress
+            .bytes_total
+            .store(entries.iter().map(|e| e.meta.size).sum(), Ordering::Relaxed);
+        let mut failures: Vec<(EntryIndex, String)> = Vec::new();
+
+        // Directories first, so that files have somewhere to go.
+        self.create_directories(entries, &mut failures)?;
+
+        // Then the work list, and what earlier runs already copied.
+        let mut work = Vec::new();
+        let mut ready = Vec::new();
+        let mut trackers: Vec<Option<Mutex<RangeTracker>>> = (0..entries.len()).map(|_| None).collect();
+        let mut copying = Vec::new();
+        for entry in entries {
+            match (entry.kind, entry.state) {
+                (EntryKind::Dir, _) | (_, FileState::Committed) => {
+                    if entry.kind != EntryKind::Dir {
+                        progress.files_done.fetch_add(1, Ordering::Relaxed);
+                        progress.bytes_reused.fetch_add(entry.meta.size, Ordering::Relaxed);
+                    }
+                }
+                (_, FileState::Copied) => {
+                    progress.bytes_reused.fetch_add(entry.meta.size, Ordering::Relaxed);
+                    ready.push(Ready {
+                        index: entry.index,
+                        durable: true,
+                        recorded: true,
+                    });
+                }
+                (EntryKind::Symlink, _) => work.push(Work::Symlink(entry.index)),
+                (EntryKind::File, _) if entry.meta.size >= SPLIT_BYTES_MIN => {
+                    match self.prepare_large(entry) {
+                        Ok(first) => {
+                            progress.bytes_reused.fetch_add(first, Ordering::Relaxed);
+                            let mut slot = 0;
+                            let mut start = first;
+                            while start < entry.meta.size {
+                                let end = (start + RANGE_BYTES).min(entry.meta.size);
+                                work.push(Work::Range {
+                                    index: entry.index,
+                                    slot,
+                                    start,
+                                    end,
+                                });
+                                slot += 1;
+                                start = end;
+                            }
+                            trackers[entry.index.0 as usize] = Some(Mutex::new(RangeTracker {
+                                first,
+                                done: vec![false; slot],
+                                recorded: first,
+                                failed: false,
+                            }));
+                            copying.push(self.committer.entry_change(
+                                entry.index,
+                                FileState::Copying,
+                                Some(first),
+                                None,
+                            ));
+                            if slot == 0 {
+                                // Everything was durable already.
+                                ready.push(Ready {
+                                    index: entry.index,
+                                    durable: true,
+                                    recorded: false,
+                                });
+                            }
+                        }
+                        Err(message) => failures.push((entry.index, message)),
+                    }
+                }
+                (EntryKind::File, _) => work.push(Work::Whole(entry.index)),
+            }
+        }
+        // Large files say "copying" (with the offset they resume from) in one
+        // transaction; small files go straight to "copied".
+        self.store.apply(&copying)?;
+
+        let workers = self.options.workers.clamp(1, WORKERS_MAX).min(work.len().max(1));
+        let next = AtomicUsize::new(0);
+        let (tx, rx) = sync_channel::<Done>(CHANNEL_BOUND);
+        let committed = std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let (work, next, trackers) = (&work, &next, &trackers);
+                scope.spawn(move || self.worker(work, next, trackers, entries, tx));
+            }
+            drop(tx);
+            self.commit_loop(rx, ready, std::mem::take(&mut failures))
+        });
+        let mut failed = committed?;
+
+        if self.options.cancel.load(Ordering::Relaxed) {
+            return self.report(TransferState::Cancelled, failed);
+        }
+        if failed.is_empty() {
+            self.finish_directories(entries, &mut failed)?;
+        }
+        let state = if failed.is_empty() {
+            TransferState::Completed
+        } else {
+            TransferState::Failed
+        };
+        self.store.apply(&[Change::Transfer {
+            id: self.transfer.id,
+            to: state,
+            context: serde_json::json!({
+                "files_failed": failed.len(),
+                "bytes_copied": self.options.progress.bytes_copied.load(Ordering::Relaxed),
+            }),
+        }])?;
+        self.report(state, failed)
+    }
+
+    fn report(&self, state: TransferState, failed: Vec<(EntryIndex, String)>) -> Result<RunReport> {
+        let entries = self.committer.entries;
+        let progress = &self.options.progress;
+        let files: Vec<_> = entries.iter().filter(|e| e.kind != EntryKind::Dir).collect();
+        Ok(RunReport {
+            id: self.transfer.id,
+            name: self.transfer.name.clone(),
+            state,
+            files_total: files.len() as u64,
+            files_committed: progress.files_done.load(Ordering::Relaxed),
+            bytes_total: files.iter().map(|e| e.meta.size).sum(),
+            bytes_copied: progress.bytes_copied.load(Ordering::Relaxed),
+            bytes_reused: progress.bytes_reused.load(Ordering::Relaxed),
+            failures: failed
+                .into_iter()
+                .map(|(index, error)| FileFailure {
+                    path: entries[index.0 as usize].dest.clone(),
+                    error,
+                })
+                .collect(),
+        })
+    }
+
+    fn create_directories(
+        &self,
+        entries: &[EntryRecord],
+        failures: &mut Vec<(EntryIndex, String)>,
+    ) -> Result<()> {
+        let dirs: std::collections::HashSet<&Path> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Dir)
+            .map(|e| e.dest.as_path())
+            .collect();
+        let mut parents_made: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+        let mut created = Vec::new();
+        for entry in entries {
+            if entry.state == FileState::Committed {
+                continue;
+            }
+            // Parents outside the transfer's own directories, as `mkdir -p`.
+            if let Some(parent) = entry.dest.parent().filter(|p| !p.as_os_str().is_empty())
+                && !dirs.contains(parent)
+                && parents_made.insert(parent)
+                && let Err(e) = std::fs::create_dir_all(parent)
+            {
+                failures.push((entry.index, format!("cannot create directory {}: {e}", parent.display())));
+                continue;
+            }
+            if entry.kind != EntryKind::Dir {
+                continue;
+            }
+            // Owner-only until its contents are in place; its own mode last.
+            match std::fs::DirBuilder::new().mode(0o700).create(&entry.dest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && entry.dest.is_dir() => {}
+                Err(e) => {
+                    failures.push((entry.index, format!("cannot create directory {}: {e}", entry.dest.display())));
+                    continue;
+                }
+            }
+            if entry.state != FileState::Copied {
+                created.push(self.committer.entry_change(entry.index, FileState::Copied, None, None));
+            }
+        }
+        self.store.apply(&created)?;
+        Ok(())
+    }
+
+    /// Directory metadata goes on after everything inside is in place,
+    /// deepest first (entries are in pre-order), as `cp -a` does.
+    fn finish_directories(
+        &self,
+        entries: &[EntryRecord],
+        failed: &mut Vec<(EntryIndex, String)>,
+    ) -> Result<()> {
+        let dirs: Vec<&EntryRecord> = entries
+            .iter()
+            .rev()
+            .filter(|e| e.kind == EntryKind::Dir && e.state != FileState::Committed)
+            .collect();
+        if dirs.is_empty() {
+            return Ok(());
+        }
+        let mut changes = Vec::new();
+        let mut done = Vec::new();
+        for dir in &dirs {
+            let applied = failpoint::hit(CommitStep::ApplyMetadata)
+                .and_then(|()| commit::apply_metadata(dir, self.transfer.preserve, self.committer.umask));
+            match applied {
+                Ok(()) => done.push(*dir),
+                Err(e) => {
+                    let message = format!("{}: cannot apply metadata: {e}", dir.dest.display());
+                    changes.push(self.committer.entry_change(dir.index, FileState::Failed, None, Some(message.clone())));
+                    failed.push((dir.index, message));
+                }
+            }
+        }
+        let synced = failpoint::hit(CommitStep::SyncDir).and_then(|()| sync_dirs(&done));
+        if let Err(e) = synced {
+            for dir in done.drain(..) {
+                let message = format!("{}: could not make metadata durable: {e}", dir.dest.display());
+                changes.push(self.committer.entry_change(dir.index, FileState::Failed, None, Some(message.clone())));
+                failed.push((dir.index, message));
+            }
+        }
+        failpoint::hit(CommitStep::RecordCommitted).map_err(|e| Error::Io {
+            path: self.store.location(),
+            source: e,
+        })?;
+        changes.extend(
+            done.iter()
+                .map(|d| self.committer.entry_change(d.index, FileState::Committed, None, None)),
+        );
+        self.store.apply(&changes)?;
+        Ok(())
+    }
+
+    /// Creates or re-opens a large file's temporary, checks what an earlier
+    /// run made durable, and returns the offset to continue from.
+    fn prepare_large(&self, entry: &EntryRecord) -> Result<u64, String> {
+        let temp = self.committer.temp_of(entry);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| write_error(&temp, &e, 0, entry.meta.size))?;
+        let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // Continue only from a prefix the store recorded as durable and the
+        // temporary still holds; anything else restarts from zero.
+        let first = if entry.progress_bytes_durable > 0 && length >= entry.progress_bytes_durable {
+            entry.progress_bytes_durable
+        } else {
+            0
+        };
+        // Cut what is past the prefix, so that holes of the source stay holes,
+        // then give the file its full length so ranges can land anywhere.
+        file.set_len(first)
+            .and_then(|()| file.set_len(entry.meta.size))
+            .map_err(|e| write_error(&temp, &e, first, entry.meta.size))?;
+        Ok(first)
+    }
+
+    fn worker(
+        &self,
+        work: &[Work],
+        next: &AtomicUsize,
+        trackers: &[Option<Mutex<RangeTracker>>],
+        entries: &[EntryRecord],
+        tx: SyncSender<Done>,
+    ) {
+        let mut buffer = Vec::new();
+        loop {
+            if self.options.cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = work.get(i) else { return };
+            let done = match *item {
+                Work::Whole(index) => {
+                    let entry = &entries[index.0 as usize];
+                    match self.copy_whole(entry, &mut buffer) {
+                        Ok(()) => Some(Done::Copied(Ready {
+                            index,
+                            durable: false,
+                            recorded: false,
+                        })),
+                        Err(None) => None,
+                        Err(Some(message)) => Some(Done::Failed(index, message)),
+                    }
+                }
+                Work::Symlink(index) => {
+                    let entry = &entries[index.0 as usize];
+                    Some(match self.make_symlink(entry) {
+                        Ok(()) => Done::Copied(Ready {
+                            index,
+                            durable: false,
+                            recorded: false,
+                        }),
+                        Err(message) => Done::Failed(index, message),
+                    })
+                }
+                Work::Range {
+                    index,
+                    slot,
+                    start,
+                    end,
+                } => {
+                    let entry = &entries[index.0 as usize];
+                    let tracker = trackers[index.0 as usize]
+                        .as_ref()
+                        .expect("a range without its tracker");
+                    self.copy_range(entry, tracker, slot, start, end, &mut buffer)
+                }
+            };
+            if let Some(done) = done
+                && tx.send(done).is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Step 1 for a small file. `Err(None)`: cancelled.
+    fn copy_whole(&self, entry: &EntryRecord, buffer: &mut Vec<u8>) -> Result<(), Option<String>> {
+        let size = entry.meta.size;
+        let src = self.open_source(entry).map_err(Some)?;
+        let temp = self.committer.temp_of(entry);
+        let dst = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(|e| Some(write_error(&temp, &e, 0, size)))?;
+        self.copier
+            .copy_range(&src, &dst, 0, size, buffer)
+            .map_err(|e| self.copy_error(entry, &temp, e, 0))?;
+        // Trailing holes: the length comes from the size, not the last write.
+        dst.set_len(size).map_err(|e| Some(write_error(&temp, &e, size, size)))?;
+        Ok(())
+    }
+
+    fn copy_range(
+        &self,
+        entry: &EntryRecord,
+        tracker: &Mutex<RangeTracker>,
+        slot: usize,
+        start: u64,
+        end: u64,
+        buffer: &mut Vec<u8>,
+    ) -> Option<Done> {
+        if tracker.lock().expect("tracker poisoned").failed {
+            return None;
+        }
+        let temp = self.committer.temp_of(entry);
+        let copied = self.open_source(entry).map_err(Some).and_then(|src| {
+            let dst = OpenOptions::new()
+                .write(true)
+                .open(&temp)
+                .map_err(|e| Some(write_error(&temp, &e, start, entry.meta.size)))?;
+            self.copier
+                .copy_range(&src, &dst, start, end, buffer)
+                .map_err(|e| self.copy_error(entry, &temp, e, start))?;
+            Ok(dst)
+        });
+        let mut tracker = tracker.lock().expect("tracker poisoned");
+        let dst = match copied {
+            Ok(dst) => dst,
+            Err(message) => {
+                let first_failure = !tracker.failed;
+                tracker.failed = true;
+                return match message {
+                    Some(message) if first_failure => Some(Done::Failed(entry.index, message)),
+                    _ => None,
+                };
+            }
+        };
+        tracker.done[slot] = true;
+        let size = entry.meta.size;
+        let prefix = tracker.prefix(size);
+        let recorded = tracker.recorded;
+        let durable_error = |e: io::Error| Some(Done::Failed(entry.index, write_error(&temp, &e, recorded, size)));
+        if prefix == size {
+            // The last range: the whole file is made durable here, by the
+            // worker, so the committer's batch need not wait for it.
+            if let Err(e) = failpoint::hit(CommitStep::SyncData).and_then(|()| dst.sync_data()) {
+                tracker.failed = true;
+                return durable_error(e);
+            }
+            return Some(Done::Copied(Ready {
+                index: entry.index,
+                durable: true,
+                recorded: false,
+            }));
+        }
+        if prefix - tracker.recorded >= CHECKPOINT_BYTES {
+            // Holding the tracker's lock keeps recorded progress monotonic.
+            if let Err(e) = dst.sync_data() {
+                tracker.failed = true;
+                return durable_error(e);
+            }
+            if let Err(e) = failpoint::hit(CommitStep::RecordProgress) {
+                tracker.failed = true;
+                return durable_error(e);
+            }
+            match self.store.apply(&[Change::Progress {
+                id: self.transfer.id,
+                index: entry.index,
+                progress_bytes_durable: prefix,
+            }]) {
+                Ok(()) => tracker.recorded = prefix,
+                Err(StoreError::Cancelled { .. }) => self.options.cancel.store(true, Ordering::Relaxed),
+                // Progress is an optimisation: a store that cannot take it
+                // now only means a resume copies more.
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    fn make_symlink(&self, entry: &EntryRecord) -> Result<(), String> {
+        let temp = self.committer.temp_of(entry);
+        let target = entry.link_target.as_deref().unwrap_or(Path::new(""));
+        match std::fs::remove_file(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", temp.display())),
+        }
+        std::os::unix::fs::symlink(target, &temp).map_err(|e| format!("{}: cannot create symlink: {e}", temp.display()))
+    }
+
+    /// Opens a source and checks it is still what was added.
+    fn open_source(&self, entry: &EntryRecord) -> Result<File, String> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&entry.source)
+            .map_err(|e| format!("cannot open source {}: {e}", entry.source.display()))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot stat source {}: {e}", entry.source.display()))?;
+        let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        if meta.size() != entry.meta.size || mtime_ns != entry.meta.mtime_ns {
+            return Err(format!(
+                "source {} changed since it was added (size {} → {}): add it again",
+                entry.source.display(),
+                entry.meta.size,
+                meta.size()
+            ));
+        }
+        Ok(file)
+    }
+
+    fn copy_error(&self, entry: &EntryRecord, temp: &Path, e: CopyError, start: u64) -> Option<String> {
+        match e {
+            CopyError::Cancelled => None,
+            CopyError::Read(e) => Some(format!("cannot read source {}: {e}", entry.source.display())),
+            CopyError::Write { error, written } => Some(write_error(temp, &error, start + written, entry.meta.size)),
+            CopyError::SourceShrank { at } => Some(format!(
+                "source {} changed during transfer: it ended at byte {at} of {}",
+                entry.source.display(),
+                entry.meta.size
+            )),
+        }
+    }
+
+    /// Receives finished copies and commits them in batches until every
+    /// worker is done. Returns the entries that failed.
+    fn commit_loop(
+        &self,
+        rx: Receiver<Done>,
+        mut batch: Vec<Ready>,
+        mut failures: Vec<(EntryIndex, String)>,
+    ) -> Result<Vec<(EntryIndex, String)>> {
+        let mut failed = Vec::new();
+        let mut flush = |batch: &mut Vec<Ready>, failures: &mut Vec<(EntryIndex, String)>| -> Result<()> {
+            if batch.is_empty() && failures.is_empty() {
+                return Ok(());
+            }
+            let outcome = self.committer.commit(batch, std::mem::take(failures));
+            batch.clear();
+            let outcome = outcome?;
+            let progress = &self.options.progress;
+            progress
+                .files_done
+                .fetch_add(outcome.committed.len() as u64, Ordering::Relaxed);
+            failed.extend(outcome.failed);
+            Ok(())
+        };
+        let result = loop {
+            if batch.len() >= BATCH_FILES_MAX {
+                if let Err(e) = flush(&mut batch, &mut failures) {
+                    break Err(e);
+                }
+            }
+            match rx.recv_timeout(BATCH_WAIT) {
+                Ok(Done::Copied(ready)) => batch.push(ready),
+                Ok(Done::Failed(index, message)) => failures.push((index, message)),
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = flush(&mut batch, &mut failures) {
+                        break Err(e);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break flush(&mut batch, &mut failures),
+            }
+        };
+        if result.is_err() {
+            // Stop the workers, and keep receiving so none blocks on a full
+            // channel while the scope waits for it.
+            self.options.cancel.store(true, Ordering::Relaxed);
+            for _ in rx.iter() {}
+        }
+        result.map(|()| failed)
+    }
+}
+
+/// A directory's mode and times live in its inode, its name in its parent:
+/// one syncfs of their file system covers both.
+fn sync_dirs(dirs: &[&EntryRecord]) -> io::Result<()> {
+    commit::sync_file_systems(dirs.iter().map(|d| d.dest.as_path()))
+}
+
+fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
+    match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
+        Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT) => format!(
+            "no space left writing {}: {written} of {size} bytes written, {} more needed",
+            temp.display(),
+            size.saturating_sub(written)
+        ),
+        _ => format!("cannot write {}: {e}", temp.display()),
+    }
+}
+
+/// The process umask, read without changing it (`umask(2)` can only set).
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}

@@ -1,0 +1,297 @@
+//! From `SRC… DST` to the list of entries of a transfer, with `cp`'s
+//! destination rules and its refusals (directory without `-r`, directory onto
+//! a file, a file onto itself, a directory into itself).
+//!
+//! Metadata is captured here, from `lstat`, so that nothing later needs the
+//! source's metadata again.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::model::{EntryKind, NewEntry, SourceMeta};
+
+/// Upper bound on the entries of one transfer; the store numbers them in u32.
+pub const ENTRIES_MAX: usize = 1 << 30;
+
+/// Lists the entries that copying `sources` to `dest` creates. `recursive`
+/// is `cp -r`: without it a directory source is refused and symlinks named
+/// on the command line are followed, as `cp` does.
+pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<NewEntry>> {
+    let dest_meta = fs::metadata(dest).ok();
+    let dest_is_dir = dest_meta.as_ref().is_some_and(|m| m.is_dir());
+    if sources.len() > 1 && !dest_is_dir {
+        return Err(Error::TargetNotADirectory {
+            path: dest.to_path_buf(),
+        });
+    }
+    let mut entries = Vec::new();
+    for source in sources {
+        let meta = if recursive {
+            fs::symlink_metadata(source)
+        } else {
+            fs::metadata(source)
+        }
+        .map_err(|e| stat_error(source, e))?;
+        if meta.is_dir() && !recursive {
+            return Err(Error::SourceIsDirectory {
+                path: source.clone(),
+            });
+        }
+        let target = if dest_is_dir {
+            // `cp dir/. dest` and `cp .. dest` name the directory itself.
+            let name = match source.file_name() {
+                Some(name) => name.to_owned(),
+                None => source
+                    .canonicalize()
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_owned()))
+                    .ok_or_else(|| Error::SourceNotFound {
+                        path: source.clone(),
+                    })?,
+            };
+            dest.join(name)
+        } else {
+            dest.to_path_buf()
+        };
+        check_target(source, &meta, &target)?;
+        if meta.is_dir() {
+            walk(source, &meta, &target, &mut entries)?;
+        } else {
+            entries.push(entry(source, &meta, target)?);
+        }
+        if entries.len() > ENTRIES_MAX {
+            return Err(Error::Io {
+                path: source.clone(),
+                source: io::Error::other(format!(
+                    "more than {ENTRIES_MAX} entries in one transfer: split it"
+                )),
+            });
+        }
+    }
+    Ok(entries)
+}
+
+fn check_target(source: &Path, meta: &fs::Metadata, target: &Path) -> Result<()> {
+    let Ok(target_meta) = fs::symlink_metadata(target) else {
+        if meta.is_dir() {
+            // A directory copied into its own subtree would never end.
+            if let (Ok(src), Some(Ok(parent))) = (
+                source.canonicalize(),
+                target.parent().map(|p| {
+                    if p.as_os_str().is_empty() {
+                        Path::new(".").canonicalize()
+                    } else {
+                        p.canonicalize()
+                    }
+                }),
+            ) && parent.starts_with(&src)
+            {
+                return Err(Error::CopyIntoItself {
+                    from: source.to_path_buf(),
+                    dest: target.to_path_buf(),
+                });
+            }
+        }
+        return Ok(());
+    };
+    if target_meta.dev() == meta.dev() && target_meta.ino() == meta.ino() {
+        return Err(Error::SameFile {
+            from: source.to_path_buf(),
+            dest: target.to_path_buf(),
+        });
+    }
+    let target_is_dir = fs::metadata(target).is_ok_and(|m| m.is_dir());
+    if meta.is_dir() && !target_is_dir {
+        return Err(Error::DirectoryOntoFile {
+            from: source.to_path_buf(),
+            dest: target.to_path_buf(),
+        });
+    }
+    if !meta.is_dir() && target_meta.is_dir() {
+        return Err(Error::FileOntoDirectory {
+            from: source.to_path_buf(),
+            dest: target.to_path_buf(),
+        });
+    }
+    if meta.is_dir()
+        && let (Ok(src), Ok(dst)) = (source.canonicalize(), target.canonicalize())
+        && dst.starts_with(&src)
+    {
+        return Err(Error::CopyIntoItself {
+            from: source.to_path_buf(),
+            dest: target.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Pre-order walk: a directory is listed before what it contains, which the
+/// engine relies on (create parents first, finish their metadata last).
+fn walk(
+    root: &Path,
+    root_meta: &fs::Metadata,
+    target: &Path,
+    entries: &mut Vec<NewEntry>,
+) -> Result<()> {
+    entries.push(entry(root, root_meta, target.to_path_buf())?);
+    let mut stack = vec![(root.to_path_buf(), target.to_path_buf())];
+    while let Some((dir, dest_dir)) = stack.pop() {
+        let read = fs::read_dir(&dir).map_err(|e| list_error(&dir, e))?;
+        let mut children: Vec<_> = read
+            .map(|child| child.map(|c| c.file_name()))
+            .collect::<io::Result<_>>()
+            .map_err(|e| list_error(&dir, e))?;
+        // Sorted, so that a transfer's entries do not depend on readdir order.
+        children.sort();
+        let mut subdirs = Vec::new();
+        for name in children {
+            let source = dir.join(&name);
+            let dest = dest_dir.join(&name);
+            let meta = fs::symlink_metadata(&source).map_err(|e| stat_error(&source, e))?;
+            if meta.is_dir() {
+                subdirs.push((source, dest, meta));
+            } else {
+                entries.push(entry(&source, &meta, dest)?);
+            }
+        }
+        for (source, dest, meta) in subdirs.into_iter().rev() {
+            entries.push(entry(&source, &meta, dest.clone())?);
+            stack.push((source, dest));
+        }
+    }
+    Ok(())
+}
+
+fn entry(source: &Path, meta: &fs::Metadata, dest: PathBuf) -> Result<NewEntry> {
+    let file_type = meta.file_type();
+    let (kind, link_target) = if file_type.is_dir() {
+        (EntryKind::Dir, None)
+    } else if file_type.is_symlink() {
+        let target = fs::read_link(source).map_err(|e| Error::io(source, e))?;
+        (EntryKind::Symlink, Some(target))
+    } else if file_type.is_file() {
+        // Unreadable files are refused now, not half-way through the copy.
+        if let Err(e) = fs::File::open(source) {
+            return Err(Error::io(source, e));
+        }
+        (EntryKind::File, None)
+    } else {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if file_type.is_fifo() {
+            "a named pipe"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(Error::UnsupportedFileType {
+            path: source.to_path_buf(),
+            what,
+        });
+    };
+    Ok(NewEntry {
+        kind,
+        source: source.to_path_buf(),
+        dest,
+        meta: source_meta(meta),
+        link_target,
+    })
+}
+
+pub(crate) fn source_meta(meta: &fs::Metadata) -> SourceMeta {
+    SourceMeta {
+        size: if meta.is_file() { meta.size() } else { 0 },
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        atime_ns: meta.atime() * 1_000_000_000 + meta.atime_nsec(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+    }
+}
+
+fn stat_error(path: &Path, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::NotFound => Error::SourceNotFound {
+            path: path.to_path_buf(),
+        },
+        io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+            path: path.to_path_buf(),
+            action: "stat",
+        },
+        _ => Error::io(path, e),
+    }
+}
+
+fn list_error(path: &Path, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+            path: path.to_path_buf(),
+            action: "list directory",
+        },
+        _ => Error::io(path, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_rules_follow_cp() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("src/sub")).unwrap();
+        fs::write(root.join("src/a"), b"a").unwrap();
+        fs::write(root.join("src/sub/b"), b"b").unwrap();
+        fs::create_dir(root.join("existing")).unwrap();
+
+        // File onto an existing directory: DIR/basename.
+        let e = plan(&[root.join("src/a")], &root.join("existing"), false).unwrap();
+        assert_eq!(e[0].dest, root.join("existing/a"));
+        // File onto a new name: that name.
+        let e = plan(&[root.join("src/a")], &root.join("new"), false).unwrap();
+        assert_eq!(e[0].dest, root.join("new"));
+        // Directory without -r.
+        assert!(matches!(
+            plan(&[root.join("src")], &root.join("x"), false),
+            Err(Error::SourceIsDirectory { .. })
+        ));
+        // Directory into an existing directory: DIR/basename, pre-order.
+        let e = plan(&[root.join("src")], &root.join("existing"), true).unwrap();
+        let dests: Vec<_> = e.iter().map(|e| e.dest.strip_prefix(root).unwrap().to_owned()).collect();
+        assert_eq!(
+            dests,
+            ["existing/src", "existing/src/a", "existing/src/sub", "existing/src/sub/b"]
+                .map(PathBuf::from)
+        );
+        // Directory to a new name: that name.
+        let e = plan(&[root.join("src")], &root.join("fresh"), true).unwrap();
+        assert_eq!(e[0].dest, root.join("fresh"));
+        // Directory onto a file.
+        assert!(matches!(
+            plan(&[root.join("src")], &root.join("src/a"), true),
+            Err(Error::DirectoryOntoFile { .. })
+        ));
+        // Same file, and a directory into itself.
+        assert!(matches!(
+            plan(&[root.join("src/a")], &root.join("src/a"), false),
+            Err(Error::SameFile { .. })
+        ));
+        assert!(matches!(
+            plan(&[root.join("src")], &root.join("src/sub/inner"), true),
+            Err(Error::CopyIntoItself { .. })
+        ));
+        // Missing source; several sources onto a non-directory.
+        assert!(matches!(
+            plan(&[root.join("nope")], &root.join("x"), false),
+            Err(Error::SourceNotFound { .. })
+        ));
+        assert!(matches!(
+            plan(&[root.join("src/a"), root.join("src/sub/b")], &root.join("x"), false),
+            Err(Error::TargetNotADirectory { .. })
+        ));
+    }
+}

@@ -1,0 +1,98 @@
+//! Errors a caller can act on. Every variant names the thing (path, transfer,
+//! store) and, where there is one, what to do about it.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::model::{TransferId, TransferState};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot stat {path}: no such file or directory")]
+    SourceNotFound { path: PathBuf },
+
+    #[error("{path}: permission denied ({action})")]
+    PermissionDenied { path: PathBuf, action: &'static str },
+
+    #[error("{path} is a directory: use -r to copy directories")]
+    SourceIsDirectory { path: PathBuf },
+
+    #[error("cannot overwrite non-directory {dest} with directory {from}")]
+    DirectoryOntoFile { from: PathBuf, dest: PathBuf },
+
+    #[error("cannot overwrite directory {dest} with non-directory {from}")]
+    FileOntoDirectory { from: PathBuf, dest: PathBuf },
+
+    #[error("target {path} is not a directory (several sources need a directory to copy into)")]
+    TargetNotADirectory { path: PathBuf },
+
+    #[error("{from} and {dest} are the same file")]
+    SameFile { from: PathBuf, dest: PathBuf },
+
+    #[error("cannot copy directory {from} into itself ({dest})")]
+    CopyIntoItself { from: PathBuf, dest: PathBuf },
+
+    #[error("{path}: unsupported file type ({what}); ferry copies files, directories and symlinks")]
+    UnsupportedFileType { path: PathBuf, what: &'static str },
+
+    #[error("no transfer named {name} in store {store}: `ferry status` lists them")]
+    TransferNotFound { name: String, store: PathBuf },
+
+    #[error(
+        "transfer {name} (id {id}) belongs to a live process, pid {pid} on {host}: \
+         wait for it or cancel it first"
+    )]
+    OwnerAlive {
+        name: String,
+        id: TransferId,
+        host: String,
+        pid: u32,
+    },
+
+    #[error(
+        "a transfer named {name} already exists in store {store} (id {id}, {state}): \
+         choose another --name"
+    )]
+    NameInUse {
+        name: String,
+        id: TransferId,
+        state: TransferState,
+        store: PathBuf,
+    },
+
+    #[error("transfer {name} (id {id}) is {state}: nothing to {action}")]
+    NothingToDo {
+        name: String,
+        id: TransferId,
+        state: TransferState,
+        action: &'static str,
+    },
+
+    #[error("transfer {name} (id {id}) was cancelled")]
+    Cancelled { name: String, id: TransferId },
+
+    #[error("transfer {id} was not dispatched: dispatch it before {action}")]
+    NotDispatched { id: TransferId, action: &'static str },
+
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        let path = path.into();
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            return Error::PermissionDenied {
+                path,
+                action: "open",
+            };
+        }
+        Error::Io { path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,145 @@
+//! Fail points: the seam through which tests crash ferry, or make an I/O
+//! call fail, at a chosen step of the commit protocol.
+//!
+//! `FERRY_FAILPOINT=STEP[:N][=ACTION]` arms one point: at the N-th time
+//! (default 1) the engine reaches STEP, ACTION happens: `crash` (default,
+//! the process SIGKILLs itself, exactly as an outside `kill -9`), `eio` or
+//! `enospc` (the step fails with that error). STEP is a [`CommitStep`] name
+//! such as `commit.rename`. Unset, a fail point costs one relaxed load.
+//!
+//! A hand-written seam rather than the `fail` crate: that crate needs a cargo
+//! feature compiled into the binary the tests run, and we need exactly one
+//! point armed per process, by environment, in the release binary.
+
+use std::io;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The steps of the commit protocol, in order (SPEC "Transfer lifecycle"),
+/// each a place where a crash or an I/O error can be injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitStep {
+    /// Before each chunk of data is written to a temporary.
+    WriteData,
+    /// Before progress of a large file is recorded (after its fdatasync).
+    RecordProgress,
+    /// Before the data of a batch is made durable (fsync or syncfs).
+    SyncData,
+    /// Before `copied` is recorded for a batch.
+    RecordCopied,
+    /// Before each temporary is renamed to its final name.
+    Rename,
+    /// Before each destination gets its saved metadata.
+    ApplyMetadata,
+    /// Before renames and metadata are made durable (directory fsync).
+    SyncDir,
+    /// Before `committed` is recorded for a batch.
+    RecordCommitted,
+}
+
+impl CommitStep {
+    pub const ALL: [CommitStep; 8] = [
+        CommitStep::WriteData,
+        CommitStep::RecordProgress,
+        CommitStep::SyncData,
+        CommitStep::RecordCopied,
+        CommitStep::Rename,
+        CommitStep::ApplyMetadata,
+        CommitStep::SyncDir,
+        CommitStep::RecordCommitted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CommitStep::WriteData => "commit.write_data",
+            CommitStep::RecordProgress => "commit.record_progress",
+            CommitStep::SyncData => "commit.sync_data",
+            CommitStep::RecordCopied => "commit.record_copied",
+            CommitStep::Rename => "commit.rename",
+            CommitStep::ApplyMetadata => "commit.apply_metadata",
+            CommitStep::SyncDir => "commit.sync_dir",
+            CommitStep::RecordCommitted => "commit.record_committed",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Action {
+    Crash,
+    Error(i32),
+}
+
+#[derive(Debug)]
+struct Armed {
+    step: &'static str,
+    nth: u64,
+    action: Action,
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let spec = std::env::var("FERRY_FAILPOINT").ok()?;
+            parse(&spec)
+        })
+        .as_ref()
+}
+
+fn parse(spec: &str) -> Option<Armed> {
+    let (point, action) = spec.split_once('=').unwrap_or((spec, "crash"));
+    let (step, nth) = point.split_once(':').unwrap_or((point, "1"));
+    let step = CommitStep::ALL.into_iter().find(|s| s.name() == step)?.name();
+    let action = match action {
+        "crash" => Action::Crash,
+        "eio" => Action::Error(rustix::io::Errno::IO.raw_os_error()),
+        "enospc" => Action::Error(rustix::io::Errno::NOSPC.raw_os_error()),
+        _ => return None,
+    };
+    Some(Armed {
+        step,
+        nth: nth.parse().ok()?,
+        action,
+    })
+}
+
+/// Called by the engine just before it performs `step`.
+pub fn hit(step: CommitStep) -> io::Result<()> {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let Some(armed) = armed() else {
+        return Ok(());
+    };
+    if armed.step != step.name() {
+        return Ok(());
+    }
+    let n = HITS.fetch_add(1, Ordering::SeqCst) + 1;
+    if n != armed.nth {
+        return Ok(());
+    }
+    match armed.action {
+        Action::Crash => {
+            // SIGKILL cannot be caught: nothing runs after this line, exactly
+            // as when the process is killed from outside.
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+            unreachable!("SIGKILL returned");
+        }
+        Action::Error(errno) => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        let a = parse("commit.rename:3=eio").unwrap();
+        assert_eq!((a.step, a.nth), ("commit.rename", 3));
+        assert!(matches!(a.action, Action::Error(_)));
+        let b = parse("commit.sync_data").unwrap();
+        assert_eq!(b.nth, 1);
+        assert!(matches!(b.action, Action::Crash));
+        assert!(parse("no.such.step").is_none());
+        assert!(parse("commit.rename=explode").is_none());
+    }
+}

@@ -1,0 +1,41 @@
+//! ferry moves files between storage tiers without ever losing track of a
+//! transfer or showing a half-written file.
+//!
+//! # Brief overview
+//!
+//! - A [`Transfer`] is a named set of (source, destination) entries, moved as
+//!   one unit. [`Transfer::create`] makes one (or re-attaches a dead owner's
+//!   transfer of that name), [`Transfer::add`] plans entries with `cp`'s
+//!   rules, [`Transfer::dispatch`] / [`Transfer::resume`] start the mover,
+//!   [`Transfer::wait`] returns a [`RunReport`].
+//! - The [`store`] holds every transfer, entry and event durably;
+//!   [`store::SqliteStore`] is the embedded implementation of [`store::Store`].
+//! - The [`engine`] copies data into `DEST._ferry-<id>` temporaries and runs
+//!   the commit protocol; [`failpoint`] lets tests crash it at any step.
+//! - [`model`] is the vocabulary, [`owner`] tells live owners from dead ones.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use ferry::{Kind, Preserve, Transfer, store::SqliteStore};
+//!
+//! let store = Arc::new(SqliteStore::open("ferry.db".as_ref())?);
+//! let mut transfer = Transfer::create(store, Some("ckpt-42"), Kind::Threads, Preserve::ALL)?;
+//! transfer.add(&["ckpt".into()], "/pfs/ckpt".as_ref(), true)?;
+//! transfer.dispatch(ferry::default_workers())?;
+//! let report = transfer.wait()?;
+//! println!("{} bytes copied, {:?}", report.bytes_copied, report.state);
+//! # Ok::<(), ferry::Error>(())
+//! ```
+
+pub mod engine;
+pub mod error;
+pub mod failpoint;
+pub mod model;
+pub mod owner;
+pub mod store;
+mod transfer;
+
+pub use engine::{FileFailure, Progress, RunReport, temp_path};
+pub use error::{Error, Result};
+pub use model::{EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
+pub use transfer::{Transfer, default_store_path, default_workers};

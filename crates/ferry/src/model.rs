@@ -1,0 +1,322 @@
+//! The vocabulary of ferry: transfers, their files, their owners and states.
+//!
+//! These types carry no I/O. The store persists them; the engine changes
+//! them only through [`crate::store::Change`].
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// A transfer's id: assigned by the store, strictly increasing, never reused
+/// within one store (SQLite `AUTOINCREMENT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct TransferId(pub i64);
+
+impl fmt::Display for TransferId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The position of an entry (file, directory or symlink) within its transfer.
+/// Entries are numbered in the order they were added; a directory always
+/// precedes what it contains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct EntryIndex(pub u32);
+
+/// How the bytes move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// In the caller's thread; dispatch returns when everything is done.
+    Sync,
+    /// A pool of threads inside the caller's process.
+    Threads,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sync => "sync",
+            Kind::Threads => "threads",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "sync" => Some(Kind::Sync),
+            "threads" => Some(Kind::Threads),
+            _ => None,
+        }
+    }
+}
+
+/// `created → dispatched → running → completed | failed | cancelled`, then
+/// `finalized`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferState {
+    Created,
+    Dispatched,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+    Finalized,
+}
+
+impl TransferState {
+    pub const ALL: [TransferState; 7] = [
+        TransferState::Created,
+        TransferState::Dispatched,
+        TransferState::Running,
+        TransferState::Completed,
+        TransferState::Failed,
+        TransferState::Cancelled,
+        TransferState::Finalized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferState::Created => "created",
+            TransferState::Dispatched => "dispatched",
+            TransferState::Running => "running",
+            TransferState::Completed => "completed",
+            TransferState::Failed => "failed",
+            TransferState::Cancelled => "cancelled",
+            TransferState::Finalized => "finalized",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TransferState> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    /// No mover works on a transfer in a terminal state.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TransferState::Completed
+                | TransferState::Failed
+                | TransferState::Cancelled
+                | TransferState::Finalized
+        )
+    }
+
+    /// The states a transfer may enter this one from. The store refuses any
+    /// other transition, so a bug cannot, say, revive a finalized transfer.
+    pub fn allowed_from(self) -> &'static [TransferState] {
+        use TransferState::*;
+        match self {
+            Created => &[],
+            // Dispatch from created; resume from every state that is not done.
+            Dispatched => &[Created, Dispatched, Running, Failed, Cancelled],
+            Running => &[Dispatched, Running],
+            Completed => &[Running],
+            Failed => &[Dispatched, Running],
+            Cancelled => &[Created, Dispatched, Running, Failed],
+            Finalized => &[Completed, Failed, Cancelled],
+        }
+    }
+}
+
+impl fmt::Display for TransferState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `pending → copying → copied → committed | failed` (see SPEC "Transfer
+/// lifecycle"). Small files go from `pending` straight to `copied`: a
+/// transaction per file to say "copying" would cost more than the copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    Pending,
+    Copying,
+    Copied,
+    Committed,
+    Failed,
+}
+
+impl FileState {
+    pub const ALL: [FileState; 5] = [
+        FileState::Pending,
+        FileState::Copying,
+        FileState::Copied,
+        FileState::Committed,
+        FileState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileState::Pending => "pending",
+            FileState::Copying => "copying",
+            FileState::Copied => "copied",
+            FileState::Committed => "committed",
+            FileState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FileState> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    /// See [`TransferState::allowed_from`].
+    pub fn allowed_from(self) -> &'static [FileState] {
+        use FileState::*;
+        match self {
+            Pending => &[],
+            // A resumed file may restart from any state but committed.
+            Copying => &[Pending, Copying, Failed],
+            Copied => &[Pending, Copying, Copied, Failed],
+            Committed => &[Copied],
+            Failed => &[Pending, Copying, Copied, Failed],
+        }
+    }
+}
+
+impl fmt::Display for FileState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an entry of a transfer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "dir",
+            EntryKind::Symlink => "symlink",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EntryKind> {
+        [EntryKind::File, EntryKind::Dir, EntryKind::Symlink]
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+    }
+}
+
+/// Source metadata captured when the entry is added, so that committing,
+/// resuming and finalizing never need the source's metadata again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SourceMeta {
+    pub size: u64,
+    /// Permission bits only (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+}
+
+/// Which source metadata to give the destination (as `cp -p`). Without it
+/// the destination gets the source's mode less the umask and the current
+/// time, as `cp` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+pub struct Preserve {
+    pub mode: bool,
+    pub ownership: bool,
+    pub times: bool,
+}
+
+impl Preserve {
+    pub const ALL: Preserve = Preserve {
+        mode: true,
+        ownership: true,
+        times: true,
+    };
+    pub const NONE: Preserve = Preserve {
+        mode: false,
+        ownership: false,
+        times: false,
+    };
+}
+
+/// The process that created (or last re-attached) a transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    pub host: String,
+    pub boot_id: String,
+    pub pid: u32,
+    /// Field 22 of `/proc/PID/stat`: clock ticks since boot. With `pid` and
+    /// `boot_id` it names one process even when pids are reused.
+    pub start_time: u64,
+}
+
+/// A transfer as the store holds it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferRecord {
+    pub id: TransferId,
+    pub name: String,
+    pub kind: Kind,
+    pub state: TransferState,
+    pub owner: Owner,
+    pub preserve: Preserve,
+    /// Appended to a destination's name while it is written:
+    /// `DEST<temp_suffix><id>`, `._ferry-` by default.
+    pub temp_suffix: String,
+    pub created_ns: i64,
+    pub updated_ns: i64,
+}
+
+/// One entry (file, directory or symlink) of a transfer as the store holds it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EntryRecord {
+    pub index: EntryIndex,
+    pub kind: EntryKind,
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub meta: SourceMeta,
+    pub link_target: Option<PathBuf>,
+    pub state: FileState,
+    /// Bytes of the temporary, from offset 0, known to be durable on disk.
+    pub progress_bytes_durable: u64,
+    pub error: Option<String>,
+}
+
+/// An entry about to be added to a transfer.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub kind: EntryKind,
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub meta: SourceMeta,
+    pub link_target: Option<PathBuf>,
+}
+
+/// A transfer about to be created.
+#[derive(Clone, Debug)]
+pub struct NewTransfer {
+    /// `None`: the store names it `cp-<id>`.
+    pub name: Option<String>,
+    pub kind: Kind,
+    pub owner: Owner,
+    pub preserve: Preserve,
+    pub temp_suffix: String,
+}
+
+/// One row of the event log.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub seq: u64,
+    pub time_ns: i64,
+    pub transfer: TransferId,
+    pub entry: Option<EntryIndex>,
+    pub name: String,
+    pub context: serde_json::Value,
+}
+
+/// The default suffix of temporary names.
+pub const DEFAULT_TEMP_SUFFIX: &str = "._ferry-";

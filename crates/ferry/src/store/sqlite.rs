@@ -1,0 +1,929 @@
+//! The embedded store: one SQLite file.
+//!
+//! WAL on local file systems; the rollback journal on network file systems,
+//! where WAL's shared memory between processes is unsafe. `synchronous=FULL`:
+//! an acknowledged change survives power loss. Paths are stored as raw bytes,
+//! so names that are not UTF-8 round-trip exactly.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+
+use super::{Change, Store, StoreError};
+use crate::model::{
+    EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind, NewEntry, NewTransfer, Owner,
+    Preserve, SourceMeta, TransferId, TransferRecord, TransferState,
+};
+
+/// `PRAGMA application_id`: "FRRY". Tells a ferry store from any other
+/// SQLite file before we write a byte to it.
+const APPLICATION_ID: i64 = 0x4652_5259;
+
+/// Schema migrations, in order; the store's `user_version` is how many have
+/// been applied. Never edit one that has shipped: append a new one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE transfers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner_host TEXT NOT NULL,
+    owner_boot_id TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    owner_start_time INTEGER NOT NULL,
+    preserve_mode INTEGER NOT NULL,
+    preserve_ownership INTEGER NOT NULL,
+    preserve_times INTEGER NOT NULL,
+    temp_suffix TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    freed_ns INTEGER
+);
+CREATE UNIQUE INDEX transfers_live_name ON transfers(name) WHERE freed_ns IS NULL;
+
+CREATE TABLE entries (
+    transfer_id INTEGER NOT NULL REFERENCES transfers(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    source BLOB NOT NULL,
+    dest BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    link_target BLOB,
+    state TEXT NOT NULL,
+    progress_bytes_durable INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    -- Room for integrity and fidelity: checksums, extended attributes and
+    -- ACLs, hard-link groups.
+    checksum_algo TEXT,
+    checksum BLOB,
+    xattrs BLOB,
+    link_group INTEGER,
+    PRIMARY KEY (transfer_id, idx)
+) WITHOUT ROWID;
+
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ns INTEGER NOT NULL,
+    transfer_id INTEGER,
+    entry_idx INTEGER,
+    request_id INTEGER,
+    name TEXT NOT NULL,
+    context TEXT NOT NULL
+);
+"#];
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a writer waits for another process's transaction.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `statfs` magic numbers of file systems shared between hosts.
+const NETWORK_FS_MAGIC: &[i64] = &[
+    0x6969,                // NFS
+    0x0BD0_0BD0,           // Lustre
+    0x4750_4653,           // GPFS
+    0x517B,                // SMB
+    0xFF53_4D42_u32 as i64, // CIFS
+    0xFE53_4D42_u32 as i64, // SMB2
+    0x00C3_6400,           // Ceph
+    0x1983_0326,           // BeeGFS
+    0x0102_1997,           // 9P
+    0x5346_414F,           // AFS
+    0xAAD7_AAEA_u32 as i64, // PanFS
+    0x6573_5546,           // FUSE (sshfs and friends: assume shared)
+];
+
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating it (and its directory) when
+    /// missing. Refuses files that are not ferry stores, or that a newer
+    /// ferry wrote, without modifying them.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(open_err)?;
+        }
+        if path.is_dir() {
+            return Err(StoreError::NotAStore {
+                path: path.to_path_buf(),
+                detail: "it is a directory".into(),
+            });
+        }
+        let conn = Connection::open(path).map_err(|e| sqlite_err(path, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| sqlite_err(path, e))?;
+
+        // Read the header before writing anything: a garbage file fails here.
+        let probe = |sql: &str| -> Result<i64, StoreError> {
+            conn.query_row(sql, [], |row| row.get(0))
+                .map_err(|e| match e.sqlite_error_code() {
+                    Some(ErrorCode::NotADatabase) => StoreError::NotAStore {
+                        path: path.to_path_buf(),
+                        detail: "not an SQLite database".into(),
+                    },
+                    _ => sqlite_err(path, e),
+                })
+        };
+        let app_id = probe("PRAGMA application_id")?;
+        let version = probe("PRAGMA user_version")?;
+        let tables = probe("SELECT count(*) FROM sqlite_master")?;
+        let fresh = app_id == 0 && version == 0 && tables == 0;
+        if !fresh && app_id != APPLICATION_ID {
+            return Err(StoreError::NotAStore {
+                path: path.to_path_buf(),
+                detail: "an SQLite database of another application".into(),
+            });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+
+        let journal = if is_network_fs(path) { "DELETE" } else { "WAL" };
+        conn.pragma_update(None, "journal_mode", journal)
+            .map_err(|e| sqlite_err(path, e))?;
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+            .map_err(|e| sqlite_err(path, e))?;
+
+        let mut store = SqliteStore {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        };
+        store.migrate(version)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, from: i64) -> Result<(), StoreError> {
+        if from == SCHEMA_VERSION {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let conn = self.conn.get_mut().expect("store mutex poisoned");
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sqlite_err(&path, e))?;
+        // Another process may have migrated while we waited for the lock.
+        let now: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| sqlite_err(&path, e))?;
+        for migration in &MIGRATIONS[now as usize..] {
+            tx.execute_batch(migration)
+                .map_err(|e| sqlite_err(&path, e))?;
+        }
+        tx.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+        ))
+        .map_err(|e| sqlite_err(&path, e))?;
+        tx.commit().map_err(|e| sqlite_err(&path, e))
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction: the write lock is taken up
+    /// front, so two writers never deadlock upgrading a read lock.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().expect("store mutex poisoned");
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let value = f(&tx)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(value)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.lock().expect("store mutex poisoned");
+        f(&conn).map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        sqlite_err(&self.path, e)
+    }
+
+    fn corrupt(&self, detail: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    fn insert_event(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        transfer: TransferId,
+        entry: Option<EntryIndex>,
+        name: &str,
+        context: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO events (time_ns, transfer_id, entry_idx, name, context)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.execute(params![
+            now_ns(),
+            transfer.0,
+            entry.map(|i| i.0),
+            name,
+            context.to_string()
+        ])
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn transfer_state(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: TransferId,
+    ) -> Result<TransferState, StoreError> {
+        let state: Option<String> = tx
+            .prepare_cached("SELECT state FROM transfers WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.0], |row| row.get(0)).optional())
+            .map_err(|e| self.err(e))?;
+        let state = state.ok_or_else(|| StoreError::NoSuchTransfer {
+            path: self.path.clone(),
+            id,
+        })?;
+        TransferState::parse(&state)
+            .ok_or_else(|| self.corrupt(format!("transfer {id} has unknown state {state:?}")))
+    }
+
+    fn apply_one(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        change: &Change,
+        checked: &mut HashMap<TransferId, ()>,
+    ) -> Result<(), StoreError> {
+        let now = now_ns();
+        match change {
+            Change::Transfer { id, to, context } => {
+                let from = self.transfer_state(tx, *id)?;
+                if !to.allowed_from().contains(&from) {
+                    return Err(StoreError::IllegalTransition {
+                        path: self.path.clone(),
+                        id: *id,
+                        from: from.to_string(),
+                        to: to.to_string(),
+                    });
+                }
+                tx.prepare_cached("UPDATE transfers SET state = ?1, updated_ns = ?2 WHERE id = ?3")
+                    .and_then(|mut s| s.execute(params![to.as_str(), now, id.0]))
+                    .map_err(|e| self.err(e))?;
+                self.insert_event(tx, *id, None, &format!("transfer.{to}"), context)
+            }
+            Change::Reattach { id, owner } => {
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE transfers SET owner_host = ?1, owner_boot_id = ?2,
+                         owner_pid = ?3, owner_start_time = ?4, updated_ns = ?5 WHERE id = ?6",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            owner.host,
+                            owner.boot_id,
+                            owner.pid,
+                            owner.start_time as i64,
+                            now,
+                            id.0
+                        ])
+                    })
+                    .map_err(|e| self.err(e))?;
+                if changed != 1 {
+                    return Err(StoreError::NoSuchTransfer {
+                        path: self.path.clone(),
+                        id: *id,
+                    });
+                }
+                let context = serde_json::json!({"host": owner.host, "pid": owner.pid});
+                self.insert_event(tx, *id, None, "transfer.reattached", &context)
+            }
+            Change::Entry {
+                id,
+                index,
+                to,
+                progress_bytes_durable,
+                error,
+                context,
+            } => {
+                self.check_not_cancelled(tx, *id, checked)?;
+                let from = self.entry_state(tx, *id, *index)?;
+                if !to.allowed_from().contains(&from) {
+                    return Err(StoreError::IllegalTransition {
+                        path: self.path.clone(),
+                        id: *id,
+                        from: format!("entry {} {from}", index.0),
+                        to: to.to_string(),
+                    });
+                }
+                tx.prepare_cached(
+                    "UPDATE entries SET state = ?1, error = ?2,
+                     progress_bytes_durable = coalesce(?3, progress_bytes_durable)
+                     WHERE transfer_id = ?4 AND idx = ?5",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        to.as_str(),
+                        error,
+                        progress_bytes_durable.map(|p| p as i64),
+                        id.0,
+                        index.0
+                    ])
+                })
+                .map_err(|e| self.err(e))?;
+                self.insert_event(tx, *id, Some(*index), &format!("file.{to}"), context)
+            }
+            Change::Progress {
+                id,
+                index,
+                progress_bytes_durable,
+            } => {
+                self.check_not_cancelled(tx, *id, checked)?;
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE entries SET progress_bytes_durable = ?1
+                         WHERE transfer_id = ?2 AND idx = ?3 AND progress_bytes_durable <= ?1",
+                    )
+                    .and_then(|mut s| s.execute(params![*progress_bytes_durable as i64, id.0, index.0]))
+                    .map_err(|e| self.err(e))?;
+                assert!(
+                    changed == 1,
+                    "progress of transfer {id} entry {} went backwards or the entry is missing",
+                    index.0
+                );
+                let context = serde_json::json!({"bytes_durable": progress_bytes_durable});
+                self.insert_event(tx, *id, Some(*index), "file.progress", &context)
+            }
+        }
+    }
+
+    fn check_not_cancelled(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: TransferId,
+        checked: &mut HashMap<TransferId, ()>,
+    ) -> Result<(), StoreError> {
+        if checked.contains_key(&id) {
+            return Ok(());
+        }
+        if self.transfer_state(tx, id)? == TransferState::Cancelled {
+            return Err(StoreError::Cancelled {
+                path: self.path.clone(),
+                id,
+            });
+        }
+        checked.insert(id, ());
+        Ok(())
+    }
+
+    fn entry_state(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: TransferId,
+        index: EntryIndex,
+    ) -> Result<FileState, StoreError> {
+        let state: String = tx
+            .prepare_cached("SELECT state FROM entries WHERE transfer_id = ?1 AND idx = ?2")
+            .and_then(|mut s| s.query_row(params![id.0, index.0], |row| row.get(0)))
+            .map_err(|e| self.err(e))?;
+        FileState::parse(&state).ok_or_else(|| {
+            self.corrupt(format!(
+                "entry {} of transfer {id} has unknown state {state:?}",
+                index.0
+            ))
+        })
+    }
+
+    fn row_to_transfer(&self, row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TransferRecord, StoreError>> {
+        let id = TransferId(row.get(0)?);
+        let kind: String = row.get(2)?;
+        let state: String = row.get(3)?;
+        let (Some(kind), Some(state)) = (Kind::parse(&kind), TransferState::parse(&state)) else {
+            return Ok(Err(self.corrupt(format!(
+                "transfer {id} has unknown kind {kind:?} or state {state:?}"
+            ))));
+        };
+        Ok(Ok(TransferRecord {
+            id,
+            name: row.get(1)?,
+            kind,
+            state,
+            owner: Owner {
+                host: row.get(4)?,
+                boot_id: row.get(5)?,
+                pid: row.get(6)?,
+                start_time: row.get::<_, i64>(7)? as u64,
+            },
+            preserve: Preserve {
+                mode: row.get(8)?,
+                ownership: row.get(9)?,
+                times: row.get(10)?,
+            },
+            temp_suffix: row.get(11)?,
+            created_ns: row.get(12)?,
+            updated_ns: row.get(13)?,
+        }))
+    }
+
+    fn query_transfers(
+        &self,
+        filter: &str,
+        param: Option<&dyn rusqlite::ToSql>,
+    ) -> Result<Vec<TransferRecord>, StoreError> {
+        let sql = format!(
+            "SELECT id, name, kind, state, owner_host, owner_boot_id, owner_pid, owner_start_time,
+                    preserve_mode, preserve_ownership, preserve_times, temp_suffix, created_ns,
+                    updated_ns
+             FROM transfers WHERE freed_ns IS NULL {filter} ORDER BY id"
+        );
+        let rows = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let params: Vec<&dyn rusqlite::ToSql> = param.into_iter().collect();
+            let rows = stmt.query_map(params.as_slice(), |row| self.row_to_transfer(row))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter().collect()
+    }
+}
+
+impl Store for SqliteStore {
+    fn location(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn create_transfer(&self, new: &NewTransfer) -> Result<TransferRecord, StoreError> {
+        let id = self.write(|tx| {
+            if let Some(name) = &new.name {
+                let existing: Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM transfers WHERE name = ?1 AND freed_ns IS NULL",
+                        [name],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(|e| self.err(e))?;
+                if let Some(existing) = existing {
+                    return Err(StoreError::DuplicateName {
+                        path: self.path.clone(),
+                        name: name.clone(),
+                        id: TransferId(existing),
+                    });
+                }
+            }
+            let now = now_ns();
+            // An unnamed transfer is named after its id, which exists only
+            // once the row does: insert under a placeholder, then rename.
+            let placeholder = format!("\u{1}unnamed-{}", new.owner.pid);
+            tx.execute(
+                "INSERT INTO transfers (name, kind, state, owner_host, owner_boot_id, owner_pid,
+                    owner_start_time, preserve_mode, preserve_ownership, preserve_times,
+                    temp_suffix, created_ns, updated_ns)
+                 VALUES (?1, ?2, 'created', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                params![
+                    new.name.as_deref().unwrap_or(&placeholder),
+                    new.kind.as_str(),
+                    new.owner.host,
+                    new.owner.boot_id,
+                    new.owner.pid,
+                    new.owner.start_time as i64,
+                    new.preserve.mode,
+                    new.preserve.ownership,
+                    new.preserve.times,
+                    new.temp_suffix,
+                    now
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+            let id = TransferId(tx.last_insert_rowid());
+            if new.name.is_none() {
+                tx.execute(
+                    "UPDATE transfers SET name = ?1 WHERE id = ?2",
+                    params![format!("cp-{id}"), id.0],
+                )
+                .map_err(|e| self.err(e))?;
+            }
+            let context = serde_json::json!({
+                "kind": new.kind.as_str(),
+                "host": new.owner.host,
+                "pid": new.owner.pid,
+            });
+            self.insert_event(tx, id, None, "transfer.created", &context)?;
+            Ok(id)
+        })?;
+        let record = self.transfer(id)?.ok_or_else(|| StoreError::NoSuchTransfer {
+            path: self.path.clone(),
+            id,
+        })?;
+        // Read back what we wrote: the disk and our model must agree.
+        assert_eq!(record.kind, new.kind);
+        assert_eq!(record.owner, new.owner);
+        assert_eq!(record.state, TransferState::Created);
+        Ok(record)
+    }
+
+    fn add_entries(&self, id: TransferId, entries: &[NewEntry]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let state = self.transfer_state(tx, id)?;
+            if state != TransferState::Created {
+                return Err(StoreError::IllegalTransition {
+                    path: self.path.clone(),
+                    id,
+                    from: state.to_string(),
+                    to: "added to".into(),
+                });
+            }
+            let first: i64 = tx
+                .query_row(
+                    "SELECT coalesce(max(idx) + 1, 0) FROM entries WHERE transfer_id = ?1",
+                    [id.0],
+                    |row| row.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO entries (transfer_id, idx, kind, source, dest, size, mode, uid,
+                        gid, atime_ns, mtime_ns, link_target, state)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending')",
+                )
+                .map_err(|e| self.err(e))?;
+            for (offset, entry) in entries.iter().enumerate() {
+                let index = first + offset as i64;
+                assert!(index < u32::MAX as i64, "too many entries in one transfer");
+                stmt.execute(params![
+                    id.0,
+                    index,
+                    entry.kind.as_str(),
+                    entry.source.as_os_str().as_bytes(),
+                    entry.dest.as_os_str().as_bytes(),
+                    entry.meta.size as i64,
+                    entry.meta.mode,
+                    entry.meta.uid,
+                    entry.meta.gid,
+                    entry.meta.atime_ns,
+                    entry.meta.mtime_ns,
+                    entry.link_target.as_ref().map(|t| t.as_os_str().as_bytes()),
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+            let bytes: u64 = entries.iter().map(|e| e.meta.size).sum();
+            let context = serde_json::json!({"entries": entries.len(), "bytes": bytes});
+            self.insert_event(tx, id, None, "transfer.added", &context)
+        })
+    }
+
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let mut checked = HashMap::new();
+            for change in changes {
+                self.apply_one(tx, change, &mut checked)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, StoreError> {
+        Ok(self
+            .query_transfers("AND id = ?1", Some(&id.0))?
+            .into_iter()
+            .next())
+    }
+
+    fn transfer_by_name(&self, name: &str) -> Result<Option<TransferRecord>, StoreError> {
+        Ok(self
+            .query_transfers("AND name = ?1", Some(&name))?
+            .into_iter()
+            .next())
+    }
+
+    fn transfers(&self) -> Result<Vec<TransferRecord>, StoreError> {
+        self.query_transfers("", None)
+    }
+
+    fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
+        type Raw = (
+            u32,
+            String,
+            Vec<u8>,
+            Vec<u8>,
+            [i64; 6],
+            Option<Vec<u8>>,
+            String,
+            i64,
+            Option<String>,
+        );
+        let raw: Vec<Raw> = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
+                        link_target, state, progress_bytes_durable, error
+                 FROM entries WHERE transfer_id = ?1 ORDER BY idx",
+            )?;
+            let rows = stmt.query_map([id.0], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    [
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                        row.get(7)?,
+                        row.get(8)?,
+                        row.get(9)?,
+                    ],
+                    row.get(10)?,
+                    row.get(11)?,
+                    row.get(12)?,
+                    row.get(13)?,
+                ))
+            })?;
+            rows.collect()
+        })?;
+        raw.into_iter()
+            .map(|(index, kind, source, dest, m, link, state, progress, error)| {
+                let (Some(kind), Some(state)) = (EntryKind::parse(&kind), FileState::parse(&state))
+                else {
+                    return Err(self.corrupt(format!(
+                        "entry {index} of transfer {id}: unknown kind {kind:?} or state {state:?}"
+                    )));
+                };
+                let record = EntryRecord {
+                    index: EntryIndex(index),
+                    kind,
+                    source: path_from_bytes(source),
+                    dest: path_from_bytes(dest),
+                    meta: SourceMeta {
+                        size: m[0] as u64,
+                        mode: m[1] as u32,
+                        uid: m[2] as u32,
+                        gid: m[3] as u32,
+                        atime_ns: m[4],
+                        mtime_ns: m[5],
+                    },
+                    link_target: link.map(path_from_bytes),
+                    state,
+                    progress_bytes_durable: progress as u64,
+                    error,
+                };
+                if record.progress_bytes_durable > record.meta.size {
+                    return Err(self.corrupt(format!(
+                        "entry {index} of transfer {id}: progress {} beyond size {}",
+                        record.progress_bytes_durable, record.meta.size
+                    )));
+                }
+                Ok(record)
+            })
+            .collect()
+    }
+
+    fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        type Raw = (i64, i64, i64, Option<u32>, String, String);
+        let raw: Vec<Raw> = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, time_ns, transfer_id, entry_idx, name, context
+                 FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
+            })?;
+            rows.collect()
+        })?;
+        raw.into_iter()
+            .map(|(seq, time_ns, transfer, entry, name, context)| {
+                let context = serde_json::from_str(&context)
+                    .map_err(|e| self.corrupt(format!("event {seq}: bad context: {e}")))?;
+                Ok(Event {
+                    seq: seq as u64,
+                    time_ns,
+                    transfer: TransferId(transfer),
+                    entry: entry.map(EntryIndex),
+                    name,
+                    context,
+                })
+            })
+            .collect()
+    }
+}
+
+fn sqlite_err(path: &Path, source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+    PathBuf::from(OsString::from_vec(bytes))
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether the store's directory is on a file system shared between hosts.
+fn is_network_fs(path: &Path) -> bool {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match rustix::fs::statfs(dir) {
+        Ok(fs) => NETWORK_FS_MAGIC.contains(&(fs.f_type as i64)),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Owner {
+        Owner {
+            host: "h".into(),
+            boot_id: "b".into(),
+            pid: 1,
+            start_time: 2,
+        }
+    }
+
+    fn new_transfer(name: Option<&str>) -> NewTransfer {
+        NewTransfer {
+            name: name.map(str::to_owned),
+            kind: Kind::Sync,
+            owner: owner(),
+            preserve: Preserve::ALL,
+            temp_suffix: crate::model::DEFAULT_TEMP_SUFFIX.into(),
+        }
+    }
+
+    #[test]
+    fn garbage_file_is_not_a_store_and_is_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage.db");
+        let garbage = b"this is not a database, it is a text file with enough bytes to matter".repeat(100);
+        std::fs::write(&path, &garbage).unwrap();
+        let err = SqliteStore::open(&path).err().expect("garbage must be refused");
+        assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), garbage);
+    }
+
+    #[test]
+    fn other_sqlite_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x)")
+            .unwrap();
+        let err = SqliteStore::open(&path).err().unwrap();
+        assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1))
+            .unwrap();
+        let err = SqliteStore::open(&path).err().unwrap();
+        assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn ids_are_never_reused_and_names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let a = store.create_transfer(&new_transfer(None)).unwrap();
+        assert_eq!(a.name, format!("cp-{}", a.id));
+        let b = store.create_transfer(&new_transfer(Some("ckpt"))).unwrap();
+        assert!(b.id > a.id);
+        let dup = store.create_transfer(&new_transfer(Some("ckpt"))).unwrap_err();
+        assert!(matches!(dup, StoreError::DuplicateName { .. }));
+        // Delete the newest row: AUTOINCREMENT still never hands its id out again.
+        store
+            .read(|c| c.execute("DELETE FROM transfers WHERE id = ?1", [b.id.0]))
+            .unwrap();
+        let c = store.create_transfer(&new_transfer(None)).unwrap();
+        assert!(c.id > b.id);
+    }
+
+    #[test]
+    fn every_change_writes_its_event_and_illegal_transitions_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let t = store.create_transfer(&new_transfer(Some("x"))).unwrap();
+        let entry = NewEntry {
+            kind: EntryKind::File,
+            source: PathBuf::from(OsString::from_vec(b"/src/\xff".to_vec())),
+            dest: PathBuf::from("/dst/f"),
+            meta: SourceMeta {
+                size: 10,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                atime_ns: 1,
+                mtime_ns: 2,
+            },
+            link_target: None,
+        };
+        store.add_entries(t.id, &[entry.clone()]).unwrap();
+        let to = |to| Change::Transfer {
+            id: t.id,
+            to,
+            context: serde_json::Value::Null,
+        };
+        store.apply(&[to(TransferState::Dispatched)]).unwrap();
+        store.apply(&[to(TransferState::Running)]).unwrap();
+        let before = store.events_since(0, 1000).unwrap().len();
+        // A batch with an illegal change is refused whole.
+        let batch = [
+            Change::Entry {
+                id: t.id,
+                index: EntryIndex(0),
+                to: FileState::Copied,
+                progress_bytes_durable: Some(10),
+                error: None,
+                context: serde_json::Value::Null,
+            },
+            Change::Entry {
+                id: t.id,
+                index: EntryIndex(0),
+                to: FileState::Copying,
+                progress_bytes_durable: None,
+                error: None,
+                context: serde_json::Value::Null,
+            },
+        ];
+        assert!(store.apply(&batch).is_err());
+        assert_eq!(store.events_since(0, 1000).unwrap().len(), before);
+        assert_eq!(store.entries(t.id).unwrap()[0].state, FileState::Pending);
+        store.apply(&batch[..1]).unwrap();
+        let entries = store.entries(t.id).unwrap();
+        assert_eq!(entries[0].source, entry.source);
+        assert_eq!(entries[0].state, FileState::Copied);
+        let events = store.events_since(0, 1000).unwrap();
+        let names: Vec<_> = events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "transfer.created",
+                "transfer.added",
+                "transfer.dispatched",
+                "transfer.running",
+                "file.copied"
+            ]
+        );
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+        // A cancelled transfer refuses entry changes: that is how a mover in
+        // another process learns of the cancel.
+        store.apply(&[to(TransferState::Cancelled)]).unwrap();
+        let err = store
+            .apply(&[Change::Progress {
+                id: t.id,
+                index: EntryIndex(0),
+                progress_bytes_durable: 10,
+            }])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Cancelled { .. }));
+    }
+}

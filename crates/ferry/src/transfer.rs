@@ -1,0 +1,264 @@
+//! The operations on a transfer, as the library, the CLI and (later) the C
+//! API and the daemon expose them: create, add, dispatch, resume, test, wait,
+//! cancel.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crate::engine::{self, Progress, RunOptions, RunReport};
+use crate::error::{Error, Result};
+use crate::model::{
+    DEFAULT_TEMP_SUFFIX, Kind, NewTransfer, Owner, Preserve, TransferRecord, TransferState,
+};
+use crate::owner::Liveness;
+use crate::store::{Change, Store, StoreError};
+
+/// A transfer this process works with.
+pub struct Transfer {
+    store: Arc<dyn Store>,
+    record: TransferRecord,
+    reattached: bool,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+    mover: Mover,
+}
+
+enum Mover {
+    Idle,
+    Thread(JoinHandle<Result<RunReport>>),
+    Finished(Result<RunReport>),
+}
+
+/// Where the store is when no `--store` is given: `$FERRY_STORE`, else
+/// `$XDG_STATE_HOME/ferry/ferry.db`, else `~/.local/state/ferry/ferry.db`.
+pub fn default_store_path() -> PathBuf {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(store) = var("FERRY_STORE") {
+        return store;
+    }
+    let state = var("XDG_STATE_HOME")
+        .or_else(|| var("HOME").map(|home| home.join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    state.join("ferry/ferry.db")
+}
+
+/// Worker threads when the caller does not say: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+impl Transfer {
+    /// Creates a transfer. A `name` already used by a transfer whose owner
+    /// is dead re-attaches that transfer (same id) instead, so the caller can
+    /// resume or cancel it; a live owner's name is an error.
+    pub fn create(
+        store: Arc<dyn Store>,
+        name: Option<&str>,
+        kind: Kind,
+        preserve: Preserve,
+    ) -> Result<Transfer> {
+        if let Some(name) = name
+            && let Some(existing) = store.transfer_by_name(name)?
+        {
+            return Transfer::reattach(store, existing);
+        }
+        let record = store.create_transfer(&NewTransfer {
+            name: name.map(str::to_owned),
+            kind,
+            owner: Owner::current(),
+            preserve,
+            temp_suffix: DEFAULT_TEMP_SUFFIX.into(),
+        });
+        let record = match record {
+            Ok(record) => record,
+            // Another process created the name between our look-up and insert.
+            Err(StoreError::DuplicateName { name, .. }) => {
+                let existing = store.transfer_by_name(&name)?.ok_or_else(|| Error::TransferNotFound {
+                    name: name.clone(),
+                    store: store.location(),
+                })?;
+                return Transfer::reattach(store, existing);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Transfer::with(store, record, false))
+    }
+
+    /// Opens an existing transfer by name, without taking it over.
+    pub fn open(store: Arc<dyn Store>, name: &str) -> Result<Transfer> {
+        let record = store
+            .transfer_by_name(name)?
+            .ok_or_else(|| Error::TransferNotFound {
+                name: name.to_owned(),
+                store: store.location(),
+            })?;
+        Ok(Transfer::with(store, record, false))
+    }
+
+    fn with(store: Arc<dyn Store>, record: TransferRecord, reattached: bool) -> Transfer {
+        Transfer {
+            store,
+            record,
+            reattached,
+            cancel: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(Progress::default()),
+            mover: Mover::Idle,
+        }
+    }
+
+    fn reattach(store: Arc<dyn Store>, existing: TransferRecord) -> Result<Transfer> {
+        if existing.state.is_terminal() {
+            return Err(Error::NameInUse {
+                name: existing.name,
+                id: existing.id,
+                state: existing.state,
+                store: store.location(),
+            });
+        }
+        let mut transfer = Transfer::with(store, existing, true);
+        transfer.take_ownership()?;
+        Ok(transfer)
+    }
+
+    /// Makes this process the owner, if the recorded one is gone.
+    fn take_ownership(&mut self) -> Result<()> {
+        match self.record.owner.liveness() {
+            Liveness::Me => Ok(()),
+            Liveness::Alive | Liveness::Unknown => Err(Error::OwnerAlive {
+                name: self.record.name.clone(),
+                id: self.record.id,
+                host: self.record.owner.host.clone(),
+                pid: self.record.owner.pid,
+            }),
+            Liveness::Dead => {
+                let owner = Owner::current();
+                self.store.apply(&[Change::Reattach {
+                    id: self.record.id,
+                    owner: owner.clone(),
+                }])?;
+                self.record.owner = owner;
+                self.reattached = true;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn record(&self) -> &TransferRecord {
+        &self.record
+    }
+
+    /// True when [`Transfer::create`] found this transfer under its name,
+    /// left behind by a dead owner.
+    pub fn reattached(&self) -> bool {
+        self.reattached
+    }
+
+    pub fn progress(&self) -> Arc<Progress> {
+        Arc::clone(&self.progress)
+    }
+
+    /// Adds `sources` to be copied to `dest`, with `cp`'s destination rules.
+    /// Returns how many entries were added.
+    pub fn add(&self, sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<usize> {
+        let entries = engine::plan::plan(sources, dest, recursive)?;
+        self.store.add_entries(self.record.id, &entries)?;
+        Ok(entries.len())
+    }
+
+    /// Starts moving the data: in this thread for `sync` (returns when done),
+    /// in a pool of `workers` threads for `threads`.
+    pub fn dispatch(&mut self, workers: usize) -> Result<()> {
+        self.start(TransferState::Created, workers, "dispatch")
+    }
+
+    /// Continues a transfer from what the store says is durable. Taking over
+    /// a transfer whose owner died is allowed; one whose owner lives is not.
+    pub fn resume(&mut self, workers: usize) -> Result<()> {
+        self.take_ownership()?;
+        if let Some(fresh) = self.store.transfer(self.record.id)? {
+            self.record = fresh;
+        }
+        self.start(self.record.state, workers, "resume")
+    }
+
+    fn start(&mut self, expected: TransferState, workers: usize, action: &'static str) -> Result<()> {
+        let state = self.record.state;
+        if state != expected || matches!(state, TransferState::Completed | TransferState::Finalized) {
+            return Err(Error::NothingToDo {
+                name: self.record.name.clone(),
+                id: self.record.id,
+                state,
+                action,
+            });
+        }
+        self.store.apply(&[Change::Transfer {
+            id: self.record.id,
+            to: TransferState::Dispatched,
+            context: serde_json::json!({"action": action, "workers": workers}),
+        }])?;
+        self.record.state = TransferState::Dispatched;
+        self.cancel.store(false, Ordering::Relaxed);
+        let options = RunOptions {
+            workers,
+            cancel: Arc::clone(&self.cancel),
+            progress: Arc::clone(&self.progress),
+        };
+        let id = self.record.id;
+        self.mover = match self.record.kind {
+            Kind::Sync => Mover::Finished(engine::run(self.store.as_ref(), id, &options)),
+            Kind::Threads => {
+                let store = Arc::clone(&self.store);
+                Mover::Thread(std::thread::spawn(move || engine::run(store.as_ref(), id, &options)))
+            }
+        };
+        Ok(())
+    }
+
+    /// Would [`Transfer::wait`] return at once?
+    pub fn test(&self) -> Result<bool> {
+        match &self.mover {
+            Mover::Idle => Err(Error::NotDispatched {
+                id: self.record.id,
+                action: "testing it",
+            }),
+            Mover::Thread(handle) => Ok(handle.is_finished()),
+            Mover::Finished(_) => Ok(true),
+        }
+    }
+
+    /// Blocks until the mover is done, and says how it went.
+    pub fn wait(&mut self) -> Result<RunReport> {
+        let result = match std::mem::replace(&mut self.mover, Mover::Idle) {
+            Mover::Idle => {
+                return Err(Error::NotDispatched {
+                    id: self.record.id,
+                    action: "waiting for it",
+                });
+            }
+            Mover::Thread(handle) => match handle.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+            Mover::Finished(result) => result,
+        };
+        if let Ok(report) = &result {
+            self.record.state = report.state;
+        }
+        result
+    }
+
+    /// Cancels the transfer: recorded at once; the mover (here, or in the
+    /// owner's process) stops at its next chunk or store write. Temporaries
+    /// are kept, so that a resume continues where it stopped.
+    pub fn cancel(&self) -> Result<()> {
+        self.store.apply(&[Change::Transfer {
+            id: self.record.id,
+            to: TransferState::Cancelled,
+            context: serde_json::json!({"by_pid": std::process::id()}),
+        }])?;
+        self.cancel.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
