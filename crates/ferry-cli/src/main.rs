@@ -137,7 +137,8 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
         Preserve::NONE
     };
     let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
-    let mut transfer = Transfer::create(store, args.name.as_deref(), kind, preserve)?;
+    let entries = ferry::plan(sources, dest, args.recursive || args.archive)?;
+    let mut transfer = Transfer::create(store, args.name.as_deref(), kind, preserve, &entries)?;
     let workers = workers(&args.run);
     let progress = transfer.progress();
     let report = if transfer.reattached() {
@@ -151,7 +152,6 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
             transfer.wait()
         })?
     } else {
-        transfer.add(sources, dest, args.recursive || args.archive)?;
         output::with_progress(&progress, args.run.json, || {
             transfer.dispatch(workers)?;
             transfer.wait()

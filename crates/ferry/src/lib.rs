@@ -5,7 +5,7 @@
 //!
 //! - A [`Transfer`] is a named set of (source, destination) entries, moved as
 //!   one unit. [`Transfer::create`] makes one (or re-attaches a dead owner's
-//!   transfer of that name), [`Transfer::add`] plans entries with `cp`'s
+//!   transfer of that name) with the entries [`plan`] lists by `cp`'s
 //!   rules, [`Transfer::dispatch`] / [`Transfer::resume`] start the mover,
 //!   [`Transfer::wait`] returns a [`RunReport`].
 //! - The [`store`] holds every transfer, entry and event durably;
@@ -19,8 +19,8 @@
 //! use ferry::{Kind, Preserve, Transfer, store::SqliteStore};
 //!
 //! let store = Arc::new(SqliteStore::open("ferry.db".as_ref())?);
-//! let mut transfer = Transfer::create(store, Some("ckpt-42"), Kind::Threads, Preserve::ALL)?;
-//! transfer.add(&["ckpt".into()], "/pfs/ckpt".as_ref(), true)?;
+//! let entries = ferry::plan(&["ckpt".into()], "/pfs/ckpt".as_ref(), true)?;
+//! let mut transfer = Transfer::create(store, Some("ckpt-42"), Kind::Threads, Preserve::ALL, &entries)?;
 //! transfer.dispatch(ferry::default_workers())?;
 //! let report = transfer.wait()?;
 //! println!("{} bytes copied, {:?}", report.bytes_copied, report.state);
@@ -35,6 +35,7 @@ pub mod owner;
 pub mod store;
 mod transfer;
 
+pub use engine::plan::plan;
 pub use engine::{FileFailure, Progress, RunReport, temp_path};
 pub use error::{Error, Result};
 pub use model::{EntryKind, FileState, Kind, Preserve, TransferId, TransferState};

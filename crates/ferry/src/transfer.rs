@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
+use crate::engine::plan::plan;
 use crate::engine::{self, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
 use crate::model::{
-    DEFAULT_TEMP_SUFFIX, Kind, NewTransfer, Owner, Preserve, TransferRecord, TransferState,
+    DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve, TransferRecord, TransferState,
 };
 use crate::owner::Liveness;
 use crate::store::{Change, Store, StoreError};
@@ -50,14 +51,17 @@ pub fn default_workers() -> usize {
 }
 
 impl Transfer {
-    /// Creates a transfer. A `name` already used by a transfer whose owner
-    /// is dead re-attaches that transfer (same id) instead, so the caller can
-    /// resume or cancel it; a live owner's name is an error.
+    /// Creates a transfer, with `entries` (from [`plan`], or none: [`Transfer::add`]
+    /// adds more) in the same transaction. A `name` already used by a
+    /// transfer whose owner is dead re-attaches that transfer (same id)
+    /// instead, so the caller can resume or cancel it, and `entries` are not
+    /// added; a live owner's name is an error.
     pub fn create(
         store: Arc<dyn Store>,
         name: Option<&str>,
         kind: Kind,
         preserve: Preserve,
+        entries: &[NewEntry],
     ) -> Result<Transfer> {
         if let Some(name) = name
             && let Some(existing) = store.transfer_by_name(name)?
@@ -70,7 +74,7 @@ impl Transfer {
             owner: Owner::current(),
             preserve,
             temp_suffix: DEFAULT_TEMP_SUFFIX.into(),
-        });
+        }, entries);
         let record = match record {
             Ok(record) => record,
             // Another process created the name between our look-up and insert.
@@ -162,7 +166,7 @@ impl Transfer {
     /// Adds `sources` to be copied to `dest`, with `cp`'s destination rules.
     /// Returns how many entries were added.
     pub fn add(&self, sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<usize> {
-        let entries = engine::plan::plan(sources, dest, recursive)?;
+        let entries = plan(sources, dest, recursive)?;
         self.store.add_entries(self.record.id, &entries)?;
         Ok(entries.len())
     }

@@ -215,6 +215,8 @@ impl Committer<'_> {
         let context = match (&error, to) {
             (Some(message), _) => serde_json::json!({"error": message}),
             (None, FileState::Copied) => serde_json::json!({"bytes": entry.meta.size}),
+            // Where the copy (re)starts: a resume shows it did not start over.
+            (None, FileState::Copying) => serde_json::json!({"offset": progress_bytes_durable.unwrap_or(0)}),
             _ => serde_json::Value::Null,
         };
         Change::Entry {

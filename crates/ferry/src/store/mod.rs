@@ -110,8 +110,14 @@ pub trait Store: Send + Sync {
     /// Where this store is, for messages.
     fn location(&self) -> PathBuf;
 
-    /// Creates a transfer in state `created` and its `transfer.created` event.
-    fn create_transfer(&self, new: &NewTransfer) -> Result<TransferRecord, StoreError>;
+    /// Creates a transfer in state `created` with its first entries, and
+    /// their events, in one transaction: a crash never leaves a transfer
+    /// that lost the entries it was created with.
+    fn create_transfer(
+        &self,
+        new: &NewTransfer,
+        entries: &[NewEntry],
+    ) -> Result<TransferRecord, StoreError>;
 
     /// Appends entries (state `pending`) and one `transfer.added` event.
     fn add_entries(&self, id: TransferId, entries: &[NewEntry]) -> Result<(), StoreError>;

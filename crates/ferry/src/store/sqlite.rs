@@ -257,6 +257,61 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Appends entries (state `pending`) to a transfer that is still
+    /// `created`, and one `transfer.added` event.
+    fn insert_entries(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: TransferId,
+        entries: &[NewEntry],
+    ) -> Result<(), StoreError> {
+        let state = self.transfer_state(tx, id)?;
+        if state != TransferState::Created {
+            return Err(StoreError::IllegalTransition {
+                path: self.path.clone(),
+                id,
+                from: state.to_string(),
+                to: "added to".into(),
+            });
+        }
+        let first: i64 = tx
+            .query_row(
+                "SELECT coalesce(max(idx) + 1, 0) FROM entries WHERE transfer_id = ?1",
+                [id.0],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO entries (transfer_id, idx, kind, source, dest, size, mode, uid,
+                    gid, atime_ns, mtime_ns, link_target, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending')",
+            )
+            .map_err(|e| self.err(e))?;
+        for (offset, entry) in entries.iter().enumerate() {
+            let index = first + offset as i64;
+            assert!(index < u32::MAX as i64, "too many entries in one transfer");
+            stmt.execute(params![
+                id.0,
+                index,
+                entry.kind.as_str(),
+                entry.source.as_os_str().as_bytes(),
+                entry.dest.as_os_str().as_bytes(),
+                entry.meta.size as i64,
+                entry.meta.mode,
+                entry.meta.uid,
+                entry.meta.gid,
+                entry.meta.atime_ns,
+                entry.meta.mtime_ns,
+                entry.link_target.as_ref().map(|t| t.as_os_str().as_bytes()),
+            ])
+            .map_err(|e| self.err(e))?;
+        }
+        let bytes: u64 = entries.iter().map(|e| e.meta.size).sum();
+        let context = serde_json::json!({"entries": entries.len(), "bytes": bytes});
+        self.insert_event(tx, id, None, "transfer.added", &context)
+    }
+
     fn transfer_state(
         &self,
         tx: &rusqlite::Transaction<'_>,
@@ -476,7 +531,11 @@ impl Store for SqliteStore {
         self.path.clone()
     }
 
-    fn create_transfer(&self, new: &NewTransfer) -> Result<TransferRecord, StoreError> {
+    fn create_transfer(
+        &self,
+        new: &NewTransfer,
+        entries: &[NewEntry],
+    ) -> Result<TransferRecord, StoreError> {
         let id = self.write(|tx| {
             if let Some(name) = &new.name {
                 let existing: Option<i64> = tx
@@ -533,6 +592,9 @@ impl Store for SqliteStore {
                 "pid": new.owner.pid,
             });
             self.insert_event(tx, id, None, "transfer.created", &context)?;
+            if !entries.is_empty() {
+                self.insert_entries(tx, id, entries)?;
+            }
             Ok(id)
         })?;
         let record = self.transfer(id)?.ok_or_else(|| StoreError::NoSuchTransfer {
@@ -547,53 +609,7 @@ impl Store for SqliteStore {
     }
 
     fn add_entries(&self, id: TransferId, entries: &[NewEntry]) -> Result<(), StoreError> {
-        self.write(|tx| {
-            let state = self.transfer_state(tx, id)?;
-            if state != TransferState::Created {
-                return Err(StoreError::IllegalTransition {
-                    path: self.path.clone(),
-                    id,
-                    from: state.to_string(),
-                    to: "added to".into(),
-                });
-            }
-            let first: i64 = tx
-                .query_row(
-                    "SELECT coalesce(max(idx) + 1, 0) FROM entries WHERE transfer_id = ?1",
-                    [id.0],
-                    |row| row.get(0),
-                )
-                .map_err(|e| self.err(e))?;
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO entries (transfer_id, idx, kind, source, dest, size, mode, uid,
-                        gid, atime_ns, mtime_ns, link_target, state)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending')",
-                )
-                .map_err(|e| self.err(e))?;
-            for (offset, entry) in entries.iter().enumerate() {
-                let index = first + offset as i64;
-                assert!(index < u32::MAX as i64, "too many entries in one transfer");
-                stmt.execute(params![
-                    id.0,
-                    index,
-                    entry.kind.as_str(),
-                    entry.source.as_os_str().as_bytes(),
-                    entry.dest.as_os_str().as_bytes(),
-                    entry.meta.size as i64,
-                    entry.meta.mode,
-                    entry.meta.uid,
-                    entry.meta.gid,
-                    entry.meta.atime_ns,
-                    entry.meta.mtime_ns,
-                    entry.link_target.as_ref().map(|t| t.as_os_str().as_bytes()),
-                ])
-                .map_err(|e| self.err(e))?;
-            }
-            let bytes: u64 = entries.iter().map(|e| e.meta.size).sum();
-            let context = serde_json::json!({"entries": entries.len(), "bytes": bytes});
-            self.insert_event(tx, id, None, "transfer.added", &context)
-        })
+        self.write(|tx| self.insert_entries(tx, id, entries))
     }
 
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
@@ -833,17 +849,17 @@ mod tests {
     fn ids_are_never_reused_and_names_are_unique() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let a = store.create_transfer(&new_transfer(None)).unwrap();
+        let a = store.create_transfer(&new_transfer(None), &[]).unwrap();
         assert_eq!(a.name, format!("cp-{}", a.id));
-        let b = store.create_transfer(&new_transfer(Some("ckpt"))).unwrap();
+        let b = store.create_transfer(&new_transfer(Some("ckpt")), &[]).unwrap();
         assert!(b.id > a.id);
-        let dup = store.create_transfer(&new_transfer(Some("ckpt"))).unwrap_err();
+        let dup = store.create_transfer(&new_transfer(Some("ckpt")), &[]).unwrap_err();
         assert!(matches!(dup, StoreError::DuplicateName { .. }));
         // Delete the newest row: AUTOINCREMENT still never hands its id out again.
         store
             .read(|c| c.execute("DELETE FROM transfers WHERE id = ?1", [b.id.0]))
             .unwrap();
-        let c = store.create_transfer(&new_transfer(None)).unwrap();
+        let c = store.create_transfer(&new_transfer(None), &[]).unwrap();
         assert!(c.id > b.id);
     }
 
@@ -851,7 +867,7 @@ mod tests {
     fn every_change_writes_its_event_and_illegal_transitions_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let t = store.create_transfer(&new_transfer(Some("x"))).unwrap();
+        let t = store.create_transfer(&new_transfer(Some("x")), &[]).unwrap();
         let entry = NewEntry {
             kind: EntryKind::File,
             source: PathBuf::from(OsString::from_vec(b"/src/\xff".to_vec())),

@@ -1,0 +1,167 @@
+//! Shared by the integration tests: a scratch directory, the `ferry` binary,
+//! tree generators and tree comparisons.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::Builder::new().prefix("ferry-test-").tempdir().expect("a scratch directory"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path("state/ferry.db")
+    }
+
+    /// `ferry --store <scratch store> ARGS…`
+    pub fn ferry(&self) -> Command {
+        ferry_at(&self.store())
+    }
+}
+
+/// `ferry --store STORE`, with no fail point armed.
+pub fn ferry_at(store: &Path) -> Command {
+    let mut cmd = Command::new(FERRY);
+    cmd.arg("--store").arg(store);
+    cmd.env_remove("FERRY_FAILPOINT");
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("ferry runs");
+    eprintln!(
+        "$ {:?}\n  status: {}\n  stdout: {}\n  stderr: {}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(out.status.success(), "ferry failed: {out:?}");
+    out
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(rng: &mut fastrand::Rng, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    rng.fill(&mut buf);
+    buf
+}
+
+pub fn write_file(path: &Path, data: &[u8]) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    fs::write(path, data).unwrap();
+}
+
+/// Every path below `root` (relative), sorted, not following symlinks.
+pub fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        for child in fs::read_dir(&dir).unwrap() {
+            let child = child.unwrap();
+            let rel_child = rel.join(child.file_name());
+            if child.file_type().unwrap().is_dir() {
+                stack.push(rel_child.clone());
+            }
+            out.push(rel_child);
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn is_temp(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.as_bytes().windows(8).any(|w| w == b"._ferry-"))
+}
+
+/// Temporaries left anywhere below `root`.
+pub fn temps(root: &Path) -> Vec<PathBuf> {
+    if !root.exists() {
+        return Vec::new();
+    }
+    walk(root).into_iter().filter(|p| is_temp(p)).collect()
+}
+
+/// Every file visible under its final name below `dst` has exactly the
+/// content of its source: nothing partial is ever visible.
+pub fn assert_no_partial_files(src: &Path, dst: &Path) {
+    if !dst.exists() {
+        return;
+    }
+    for rel in walk(dst) {
+        if is_temp(&rel) {
+            let meta = fs::symlink_metadata(dst.join(&rel)).unwrap();
+            if meta.is_file() {
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "temporary {rel:?} must be owner-only");
+            }
+            continue;
+        }
+        let (s, d) = (src.join(&rel), dst.join(&rel));
+        let dm = fs::symlink_metadata(&d).unwrap();
+        if dm.is_file() {
+            let expected = fs::read(&s).unwrap_or_else(|e| panic!("{rel:?} exists at the destination only: {e}"));
+            let actual = fs::read(&d).unwrap();
+            assert!(expected == actual, "{rel:?} is visible under its final name with wrong or partial content");
+        }
+    }
+}
+
+/// `diff -r` agrees, and mode and mtime (to the ns) match for every entry,
+/// symlinks included; `dst` holds no temporary.
+pub fn assert_same_tree(src: &Path, dst: &Path) {
+    let diff = Command::new("diff").arg("-r").arg("--no-dereference").arg(src).arg(dst).output().unwrap();
+    assert!(
+        diff.status.success(),
+        "diff -r differs:\n{}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    assert_eq!(walk(src), walk(dst), "the same names on both sides");
+    for rel in walk(src) {
+        let s = fs::symlink_metadata(src.join(&rel)).unwrap();
+        let d = fs::symlink_metadata(dst.join(&rel)).unwrap();
+        assert_eq!(s.file_type(), d.file_type(), "{rel:?}: type");
+        if !s.file_type().is_symlink() {
+            assert_eq!(s.mode() & 0o7777, d.mode() & 0o7777, "{rel:?}: mode");
+        }
+        assert_eq!((s.mtime(), s.mtime_nsec()), (d.mtime(), d.mtime_nsec()), "{rel:?}: mtime");
+        if s.is_file() {
+            assert_eq!(s.size(), d.size(), "{rel:?}: size");
+        }
+    }
+    assert!(temps(dst).is_empty(), "temporaries left: {:?}", temps(dst));
+}
+
+pub fn os(s: &[u8]) -> &OsStr {
+    OsStr::from_bytes(s)
+}
