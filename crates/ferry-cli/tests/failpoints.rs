@@ -1,0 +1,174 @@
+//! Crash, or fail with EIO, at every step of the commit protocol in turn
+//! (`FERRY_FAILPOINT`), and show that the store never says more than the
+//! disk holds and that `ferry resume` converges from each point.
+
+mod util;
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+
+use ferry::failpoint::CommitStep;
+use ferry::store::{SqliteStore, Store};
+use ferry::{EntryKind, FileState};
+use util::*;
+
+/// 72 MiB: ranges of 16 MiB, durable progress recorded at 32 and 64 MiB.
+const LARGE_BYTES: usize = 72 << 20;
+
+fn make_tree(root: &Path) {
+    let mut rng = fastrand::Rng::with_seed(11);
+    for i in 0..30 {
+        let len = rng.usize(0..100_000);
+        write_file(&root.join(format!("d{}/f{i}", i % 2)), &random_bytes(&mut rng, len));
+    }
+    write_file(&root.join("large"), &random_bytes(&mut rng, LARGE_BYTES));
+    std::os::unix::fs::symlink("d0/f0", root.join("link")).unwrap();
+    let old = std::process::Command::new("touch")
+        .args(["-d", "2003-04-05 06:07:08.5"])
+        .arg(root.join("d1"))
+        .status()
+        .unwrap();
+    assert!(old.success());
+}
+
+/// What the store claims, the disk holds: `committed` entries are in place
+/// with their content, `copied` ones are complete in their temporary (or
+/// already renamed), `copying` ones hold their durable prefix.
+fn assert_store_within_disk(store: &Path) {
+    let store = SqliteStore::open(store).unwrap();
+    for transfer in store.transfers().unwrap() {
+        for entry in store.entries(transfer.id).unwrap() {
+            if entry.kind != EntryKind::File {
+                continue;
+            }
+            let temp = ferry::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
+            let source = fs::read(&entry.source).unwrap();
+            match entry.state {
+                FileState::Committed => {
+                    assert_eq!(fs::read(&entry.dest).ok(), Some(source), "{:?} committed", entry.dest);
+                }
+                FileState::Copied => {
+                    let in_temp = fs::read(&temp).ok();
+                    let in_place = fs::read(&entry.dest).ok();
+                    assert!(
+                        in_temp.as_ref() == Some(&source) || in_temp.is_none() && in_place == Some(source),
+                        "{:?} recorded copied but neither its temporary nor its final name holds it",
+                        entry.dest
+                    );
+                }
+                // A failed file may have failed after its rename, and then
+                // has no temporary; one that still has it holds its prefix.
+                FileState::Copying | FileState::Failed if entry.progress_bytes_durable > 0 => {
+                    let prefix = entry.progress_bytes_durable as usize;
+                    let held = fs::read(&temp).ok();
+                    assert!(
+                        held.is_some() || entry.state == FileState::Failed,
+                        "{:?} is copying but its temporary is gone",
+                        entry.dest
+                    );
+                    if let Some(held) = held {
+                        assert!(held.len() >= prefix && held[..prefix] == source[..prefix], "{:?} prefix", entry.dest);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn resume_converges(s: &Scratch, src: &Path, dst: &Path) -> serde_json::Value {
+    let out = run(s.ferry().args(["resume", "fp", "--json"]));
+    assert!(out.status.success(), "resume must converge");
+    let report = json(&out);
+    assert_eq!(report["state"], "completed");
+    assert_same_tree(src, dst);
+    assert_store_within_disk(&s.store());
+    report
+}
+
+#[test]
+fn crash_at_every_commit_step_then_resume_converges() {
+    let source = Scratch::new();
+    let src = source.path("src");
+    make_tree(&src);
+    for step in CommitStep::ALL {
+        for nth in [1, 2, 3] {
+            let s = Scratch::new();
+            let dst = s.path("dst");
+            let spec = format!("{}:{nth}", step.name());
+            println!("== crash at {spec}");
+            let out = run(s
+                .ferry()
+                .env("FERRY_FAILPOINT", &spec)
+                .args(["cp", "-a", "--name", "fp", "--threads", "2"])
+                .arg(&src)
+                .arg(&dst));
+            let killed = out.status.signal() == Some(9);
+            // Every step is reached at least once in a copy of this tree.
+            assert!(killed || nth > 1, "{spec} was never reached: {out:?}");
+            if !killed {
+                assert!(out.status.success(), "{spec}: {out:?}");
+                assert_same_tree(&src, &dst);
+                continue;
+            }
+            assert_no_partial_files(&src, &dst);
+            assert_store_within_disk(&s.store());
+            let (large_progress, last_seq) = {
+                let store = SqliteStore::open(&s.store()).unwrap();
+                let t = store.transfer_by_name("fp").unwrap().unwrap();
+                let large = store.entries(t.id).unwrap().into_iter().find(|e| e.source.ends_with("large")).unwrap();
+                let last = store.events_since(0, 1 << 20).unwrap().last().unwrap().seq;
+                let unfinished = matches!(large.state, FileState::Copying);
+                (unfinished.then_some(large.progress_bytes_durable), last)
+            };
+            resume_converges(&s, &src, &dst);
+            if step == CommitStep::RecordProgress && nth == 2 {
+                // The first checkpoint (32 MiB) was recorded; the resume
+                // continues from it instead of starting over.
+                assert_eq!(large_progress, Some(32 << 20));
+                let store = SqliteStore::open(&s.store()).unwrap();
+                let restart = store
+                    .events_since(last_seq, 1 << 20)
+                    .unwrap()
+                    .into_iter()
+                    .find(|e| e.name == "file.copying")
+                    .expect("the large file was resumed");
+                assert_eq!(restart.context["offset"].as_u64(), Some(32 << 20));
+            }
+        }
+    }
+}
+
+#[test]
+fn io_error_at_every_commit_step_fails_cleanly_then_resume_converges() {
+    let source = Scratch::new();
+    let src = source.path("src");
+    make_tree(&src);
+    for step in CommitStep::ALL {
+        for nth in [1, 3] {
+            let s = Scratch::new();
+            let dst = s.path("dst");
+            let spec = format!("{}:{nth}=eio", step.name());
+            println!("== EIO at {spec}");
+            let out = run(s
+                .ferry()
+                .env("FERRY_FAILPOINT", &spec)
+                .args(["cp", "-a", "--name", "fp", "--threads", "2"])
+                .arg(&src)
+                .arg(&dst));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.code().is_some(), "{spec}: ferry must not die of a signal");
+            assert!(!stderr.contains("panicked"), "{spec}: {stderr}");
+            assert_no_partial_files(&src, &dst);
+            assert_store_within_disk(&s.store());
+            if out.status.success() {
+                assert!(nth > 1, "{spec}: the injected error was swallowed");
+                assert_same_tree(&src, &dst);
+                continue;
+            }
+            assert!(stderr.contains("Input/output error"), "{spec}: the error is reported: {stderr}");
+            resume_converges(&s, &src, &dst);
+        }
+    }
+}
