@@ -15,7 +15,11 @@ use ferry::{Kind, Preserve, RunReport, Transfer};
 use exit::Exit;
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Move data between storage tiers, durably")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Move data between storage tiers, durably"
+)]
 struct Cli {
     /// The state store [default: $FERRY_STORE, else $XDG_STATE_HOME/ferry/ferry.db]
     #[arg(long, global = true, value_name = "PATH")]
@@ -107,10 +111,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<Exit, Exit> {
     let store_path = cli.store.clone().unwrap_or_else(ferry::default_store_path);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&store_path).map_err(|e| Exit::from(ferry::Error::from(e)))?);
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&store_path).map_err(|e| Exit::from(ferry::Error::from(e)))?);
     match cli.command {
         Command::Cp(args) => cp(store, args),
-        Command::Status(args) => output::status(store.as_ref(), args.name.as_deref(), args.files, args.json),
+        Command::Status(args) => {
+            output::status(store.as_ref(), args.name.as_deref(), args.files, args.json)
+        }
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
             let workers = workers(&args.run);
@@ -123,7 +130,10 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Cancel { name } => {
             let transfer = Transfer::open(store, &name)?;
             transfer.cancel()?;
-            println!("ferry: cancelled {name} (id {}); `ferry resume {name}` continues it", transfer.record().id);
+            println!(
+                "ferry: cancelled {name} (id {}); `ferry resume {name}` continues it",
+                transfer.record().id
+            );
             Ok(Exit::Ok)
         }
     }
@@ -161,7 +171,8 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
 }
 
 fn workers(args: &RunArgs) -> usize {
-    args.threads.map_or_else(ferry::default_workers, usize::from)
+    args.threads
+        .map_or_else(ferry::default_workers, usize::from)
 }
 
 fn finish(report: &RunReport, json: bool) -> Exit {

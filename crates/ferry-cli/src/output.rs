@@ -103,7 +103,10 @@ pub fn report(report: &RunReport, json: bool) {
         HumanBytes(rate as u64),
     );
     if report.bytes_reused > 0 {
-        line.push_str(&format!(", {} already durable", HumanBytes(report.bytes_reused)));
+        line.push_str(&format!(
+            ", {} already durable",
+            HumanBytes(report.bytes_reused)
+        ));
     }
     if !report.failures.is_empty() {
         line.push_str(&format!(
@@ -115,14 +118,22 @@ pub fn report(report: &RunReport, json: bool) {
     println!("{line}");
 }
 
-pub fn status(store: &dyn Store, name: Option<&str>, files: bool, json: bool) -> Result<Exit, Exit> {
+pub fn status(
+    store: &dyn Store,
+    name: Option<&str>,
+    files: bool,
+    json: bool,
+) -> Result<Exit, Exit> {
     let transfers = match name {
-        Some(name) => vec![store.transfer_by_name(name).map_err(ferry::Error::from)?.ok_or_else(|| {
-            ferry::Error::TransferNotFound {
-                name: name.to_owned(),
-                store: store.location(),
-            }
-        })?],
+        Some(name) => vec![
+            store
+                .transfer_by_name(name)
+                .map_err(ferry::Error::from)?
+                .ok_or_else(|| ferry::Error::TransferNotFound {
+                    name: name.to_owned(),
+                    store: store.location(),
+                })?,
+        ],
         None => store.transfers().map_err(ferry::Error::from)?,
     };
     let mut rows = Vec::new();
@@ -162,7 +173,11 @@ pub fn status(store: &dyn Store, name: Option<&str>, files: bool, json: bool) ->
         rows.push(row);
     }
     if json {
-        let value = if name.is_some() { rows.remove(0) } else { serde_json::Value::Array(rows) };
+        let value = if name.is_some() {
+            rows.remove(0)
+        } else {
+            serde_json::Value::Array(rows)
+        };
         println!("{value}");
         return Ok(Exit::Ok);
     }
@@ -183,7 +198,7 @@ pub fn status(store: &dyn Store, name: Option<&str>, files: bool, json: bool) ->
             row["state"].as_str().unwrap_or(""),
             format!("{}/{}", row["committed"], row["entries"]),
             HumanBytes(row["bytes"].as_u64().unwrap_or(0)).to_string(),
-            row["owner"]["pid"].to_string(),
+            row["owner"]["pid"],
             row["owner"]["host"].as_str().unwrap_or(""),
             row["owner"]["liveness"].as_str().unwrap_or(""),
         );
@@ -194,7 +209,10 @@ pub fn status(store: &dyn Store, name: Option<&str>, files: bool, json: bool) ->
                     file["state"].as_str().unwrap_or(""),
                     HumanBytes(file["size"].as_u64().unwrap_or(0)).to_string(),
                     file["dest"].as_str().unwrap_or(""),
-                    file["error"].as_str().map(|e| format!("  ({e})")).unwrap_or_default(),
+                    file["error"]
+                        .as_str()
+                        .map(|e| format!("  ({e})"))
+                        .unwrap_or_default(),
                 );
             }
         }

@@ -13,13 +13,19 @@ use util::*;
 /// 100 MiB file and a symlink, with old times on files and directories.
 fn fidelity_tree(root: &std::path::Path) {
     let mut rng = fastrand::Rng::with_seed(7);
-    write_file(&root.join("a/b/c/deep.bin"), &random_bytes(&mut rng, 300_000));
+    write_file(
+        &root.join("a/b/c/deep.bin"),
+        &random_bytes(&mut rng, 300_000),
+    );
     write_file(&root.join("a/empty"), b"");
     write_file(&root.join("a/b/empty2"), b"");
     fs::create_dir_all(root.join("a/empty_dir")).unwrap();
     write_file(&root.join("readonly"), b"do not touch\n");
     fs::set_permissions(root.join("readonly"), fs::Permissions::from_mode(0o444)).unwrap();
-    write_file(&root.join(os(b"caf\xe9-latin1")), b"not UTF-8 in the name\n");
+    write_file(
+        &root.join(os(b"caf\xe9-latin1")),
+        b"not UTF-8 in the name\n",
+    );
     write_file(&root.join("exec.sh"), b"#!/bin/sh\necho hi\n");
     fs::set_permissions(root.join("exec.sh"), fs::Permissions::from_mode(0o750)).unwrap();
     // Sparse: 100 MiB with two islands of data.
@@ -27,7 +33,9 @@ fn fidelity_tree(root: &std::path::Path) {
     sparse.set_len(100 << 20).unwrap();
     use std::os::unix::fs::FileExt;
     sparse.write_all_at(b"start", 4096).unwrap();
-    sparse.write_all_at(&random_bytes(&mut rng, 1 << 20), 60 << 20).unwrap();
+    sparse
+        .write_all_at(&random_bytes(&mut rng, 1 << 20), 60 << 20)
+        .unwrap();
     drop(sparse);
     symlink("a/b/c/deep.bin", root.join("link")).unwrap();
     symlink("/nonexistent/target", root.join("a/dangling")).unwrap();
@@ -49,7 +57,12 @@ fn archive_copy_keeps_content_mode_times_sparseness_and_symlinks() {
     let s = Scratch::new();
     let (src, dst) = (s.path("src"), s.path("dst"));
     fidelity_tree(&src);
-    let out = run_ok(s.ferry().args(["cp", "-a", "-r", "--json"]).arg(&src).arg(&dst));
+    let out = run_ok(
+        s.ferry()
+            .args(["cp", "-a", "-r", "--json"])
+            .arg(&src)
+            .arg(&dst),
+    );
     let summary = json(&out);
     assert_eq!(summary["state"], "completed");
     assert_same_tree(&src, &dst);
@@ -60,9 +73,15 @@ fn archive_copy_keeps_content_mode_times_sparseness_and_symlinks() {
         "the sparse file must stay sparse: {} bytes allocated",
         sparse.blocks() * 512
     );
-    assert_eq!(fs::read_link(dst.join("link")).unwrap(), PathBuf::from("a/b/c/deep.bin"));
+    assert_eq!(
+        fs::read_link(dst.join("link")).unwrap(),
+        PathBuf::from("a/b/c/deep.bin")
+    );
     // Only the data islands were copied, not the holes.
-    assert!(summary["bytes_copied"].as_u64().unwrap() < 10 << 20, "{summary}");
+    assert!(
+        summary["bytes_copied"].as_u64().unwrap() < 10 << 20,
+        "{summary}"
+    );
 }
 
 #[test]
@@ -71,7 +90,11 @@ fn without_preserve_modes_follow_umask_and_times_are_new() {
     let (src, dst) = (s.path("f"), s.path("g"));
     write_file(&src, b"x");
     fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
-    let old = std::process::Command::new("touch").args(["-d", "2001-01-01"]).arg(&src).status().unwrap();
+    let old = std::process::Command::new("touch")
+        .args(["-d", "2001-01-01"])
+        .arg(&src)
+        .status()
+        .unwrap();
     assert!(old.success());
     run_ok(s.ferry().arg("cp").arg(&src).arg(&dst));
     let (sm, dm) = (fs::metadata(&src).unwrap(), fs::metadata(&dst).unwrap());
@@ -92,7 +115,13 @@ fn file_into_existing_directory_takes_its_base_name() {
     write_file(&s.path("one"), b"1");
     write_file(&s.path("two"), b"2");
     fs::create_dir(s.path("into")).unwrap();
-    run_ok(s.ferry().arg("cp").arg(s.path("one")).arg(s.path("two")).arg(s.path("into")));
+    run_ok(
+        s.ferry()
+            .arg("cp")
+            .arg(s.path("one"))
+            .arg(s.path("two"))
+            .arg(s.path("into")),
+    );
     assert_eq!(fs::read(s.path("into/one")).unwrap(), b"1");
     assert_eq!(fs::read(s.path("into/two")).unwrap(), b"2");
     // A second copy overwrites in place, atomically.
@@ -126,13 +155,21 @@ fn user_mistakes_get_a_clear_line_and_a_distinct_code() {
     assert_refused(&out, 5, &path("dir"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("-r"));
 
-    let out = run(s.ferry().args(["cp", "-r"]).arg(s.path("dir")).arg(s.path("file")));
+    let out = run(s
+        .ferry()
+        .args(["cp", "-r"])
+        .arg(s.path("dir"))
+        .arg(s.path("file")));
     assert_refused(&out, 6, &path("file"));
 
     let out = run(s.ferry().arg("cp").arg(s.path("file")).arg(s.path("file")));
     assert_refused(&out, 7, &path("file"));
 
-    let out = run(s.ferry().args(["cp", "-r"]).arg(s.path("dir")).arg(s.path("dir/sub")));
+    let out = run(s
+        .ferry()
+        .args(["cp", "-r"])
+        .arg(s.path("dir"))
+        .arg(s.path("dir/sub")));
     assert_refused(&out, 7, &path("dir"));
 
     // A garbage store is refused, named, and left as it was.
@@ -142,7 +179,10 @@ fn user_mistakes_get_a_clear_line_and_a_distinct_code() {
         .arg(s.path("garbage.db"))
         .arg("status"));
     assert_refused(&out, 8, &path("garbage.db"));
-    assert_eq!(fs::read(s.path("garbage.db")).unwrap(), b"garbage".repeat(1000));
+    assert_eq!(
+        fs::read(s.path("garbage.db")).unwrap(),
+        b"garbage".repeat(1000)
+    );
 
     let out = run(s.ferry().args(["resume", "no-such-transfer"]));
     assert_refused(&out, 10, "no-such-transfer");
@@ -173,15 +213,90 @@ fn permission_denied_names_the_path() {
 fn status_lists_transfers_and_named_transfers_are_refused_twice() {
     let s = Scratch::new();
     write_file(&s.path("f"), b"f");
-    run_ok(s.ferry().args(["cp", "--name", "ckpt-1"]).arg(s.path("f")).arg(s.path("g")));
+    run_ok(
+        s.ferry()
+            .args(["cp", "--name", "ckpt-1"])
+            .arg(s.path("f"))
+            .arg(s.path("g")),
+    );
     let out = run_ok(s.ferry().args(["status", "ckpt-1", "--json", "--files"]));
     let status = json(&out);
     assert_eq!(status["state"], "completed");
     assert_eq!(status["files"][0]["state"], "committed");
     // The name is taken by a completed transfer: a clear refusal.
-    let out = run(s.ferry().args(["cp", "--name", "ckpt-1"]).arg(s.path("f")).arg(s.path("h")));
+    let out = run(s
+        .ferry()
+        .args(["cp", "--name", "ckpt-1"])
+        .arg(s.path("f"))
+        .arg(s.path("h")));
     assert_refused(&out, 11, "ckpt-1");
     // Nothing to resume in a completed transfer.
     let out = run(s.ferry().args(["resume", "ckpt-1"]));
     assert_refused(&out, 13, "ckpt-1");
+}
+
+#[test]
+fn copies_across_file_systems_through_the_buffered_path() {
+    // /dev/shm is a tmpfs on every Linux system: copy_file_range from the
+    // scratch file system into it fails with EXDEV, and ferry falls back.
+    let shm = std::path::Path::new("/dev/shm");
+    assert!(shm.is_dir(), "this test needs /dev/shm");
+    let s = Scratch::new();
+    let src = s.path("src");
+    let mut rng = fastrand::Rng::with_seed(3);
+    write_file(&src.join("small"), &random_bytes(&mut rng, 100_000));
+    write_file(&src.join("large"), &random_bytes(&mut rng, 40 << 20));
+    let dst = tempfile::tempdir_in(shm).unwrap();
+    assert_ne!(
+        fs::metadata(&src).unwrap().dev(),
+        fs::metadata(dst.path()).unwrap().dev()
+    );
+    run_ok(
+        s.ferry()
+            .args(["cp", "-a"])
+            .arg(&src)
+            .arg(dst.path().join("copy")),
+    );
+    assert_same_tree(&src, &dst.path().join("copy"));
+}
+
+#[test]
+fn sync_kind_copies_in_the_callers_thread() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    fidelity_tree(&src);
+    let out = run_ok(
+        s.ferry()
+            .args(["cp", "-a", "--kind", "sync", "--json"])
+            .arg(&src)
+            .arg(s.path("dst")),
+    );
+    assert_eq!(json(&out)["state"], "completed");
+    assert_same_tree(&src, &s.path("dst"));
+    let status = json(&run_ok(s.ferry().args(["status", "--json"])));
+    assert_eq!(status[0]["kind"], "sync");
+}
+
+#[test]
+fn default_store_is_ferry_store_then_xdg_state_home_then_home() {
+    let s = Scratch::new();
+    let status = |env: &[(&str, PathBuf)]| {
+        let mut cmd = std::process::Command::new(FERRY);
+        cmd.arg("status")
+            .env_remove("FERRY_STORE")
+            .env_remove("XDG_STATE_HOME");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_ok(&mut cmd);
+    };
+    status(&[("HOME", s.path("home"))]);
+    assert!(s.path("home/.local/state/ferry/ferry.db").is_file());
+    status(&[("HOME", s.path("home")), ("XDG_STATE_HOME", s.path("xdg"))]);
+    assert!(s.path("xdg/ferry/ferry.db").is_file());
+    status(&[
+        ("XDG_STATE_HOME", s.path("xdg")),
+        ("FERRY_STORE", s.path("explicit.db")),
+    ]);
+    assert!(s.path("explicit.db").is_file());
 }

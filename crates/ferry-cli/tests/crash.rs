@@ -22,10 +22,16 @@ const SMALL_FILES: usize = 197;
 fn make_tree(root: &Path, rng: &mut fastrand::Rng) {
     for i in 0..SMALL_FILES {
         let len = rng.usize(0..256 << 10);
-        write_file(&root.join(format!("d{}/s{}/f{i}", i % 7, i % 3)), &random_bytes(rng, len));
+        write_file(
+            &root.join(format!("d{}/s{}/f{i}", i % 7, i % 3)),
+            &random_bytes(rng, len),
+        );
     }
     for i in 0..LARGE_FILES {
-        write_file(&root.join(format!("large/big{i}")), &random_bytes(rng, LARGE_BYTES + i * 4099));
+        write_file(
+            &root.join(format!("large/big{i}")),
+            &random_bytes(rng, LARGE_BYTES + i * 4099),
+        );
     }
 }
 
@@ -41,11 +47,18 @@ fn progress_of_unfinished(store: &Path) -> (Vec<(u32, u64)>, u64) {
         .into_iter()
         .filter(|e| {
             e.progress_bytes_durable > 0
-                && matches!(e.state, ferry::FileState::Copying | ferry::FileState::Failed)
+                && matches!(
+                    e.state,
+                    ferry::FileState::Copying | ferry::FileState::Failed
+                )
         })
         .map(|e| (e.index.0, e.progress_bytes_durable))
         .collect();
-    let last_seq = store.events_since(0, usize::MAX >> 1).unwrap().last().map_or(0, |e| e.seq);
+    let last_seq = store
+        .events_since(0, usize::MAX >> 1)
+        .unwrap()
+        .last()
+        .map_or(0, |e| e.seq);
     (unfinished, last_seq)
 }
 
@@ -63,7 +76,12 @@ fn sigkill_at_random_moments_then_resume_converges() {
 
     // One clean run, to learn how long a whole copy takes here.
     let started = Instant::now();
-    run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(s.path("reference")));
+    run_ok(
+        s.ferry()
+            .args(["cp", "-a"])
+            .arg(&src)
+            .arg(s.path("reference")),
+    );
     let full = started.elapsed();
     assert_same_tree(&src, &s.path("reference"));
     println!("uninterrupted copy: {full:?}");
@@ -93,18 +111,27 @@ fn sigkill_at_random_moments_then_resume_converges() {
         if !finished_first {
             kills += 1;
         }
-        println!("iteration {iteration}: killed after {delay:?} (finished first: {finished_first})");
+        println!(
+            "iteration {iteration}: killed after {delay:?} (finished first: {finished_first})"
+        );
 
         assert_no_partial_files(&src, &dst);
         let (unfinished, last_seq) = progress_of_unfinished(&store);
 
         let mut again = ferry_at(&store);
-        let exists = SqliteStore::open(&store).unwrap().transfer_by_name("crash").unwrap().is_some();
+        let exists = SqliteStore::open(&store)
+            .unwrap()
+            .transfer_by_name("crash")
+            .unwrap()
+            .is_some();
         if exists {
             again.args(["resume", "crash", "--json"]);
         } else {
             // Killed before the transfer was recorded: start it again.
-            again.args(["cp", "-a", "--json", "--name", "crash"]).arg(&src).arg(&dst);
+            again
+                .args(["cp", "-a", "--json", "--name", "crash"])
+                .arg(&src)
+                .arg(&dst);
         }
         let out = run(&mut again);
         if finished_first && exists && out.status.code() == Some(13) {
@@ -117,7 +144,10 @@ fn sigkill_at_random_moments_then_resume_converges() {
         assert_same_tree(&src, &dst);
 
         // A large file with durable progress continued from it.
-        let events = SqliteStore::open(&store).unwrap().events_since(last_seq, 1 << 20).unwrap();
+        let events = SqliteStore::open(&store)
+            .unwrap()
+            .events_since(last_seq, 1 << 20)
+            .unwrap();
         for (index, progress) in unfinished {
             let restart = events
                 .iter()
@@ -132,5 +162,8 @@ fn sigkill_at_random_moments_then_resume_converges() {
         }
     }
     println!("{kills} kills; {resumed_mid_file} large files resumed from durable progress");
-    assert!(kills >= KILLS_MIN, "only {kills} of the runs were killed mid-way");
+    assert!(
+        kills >= KILLS_MIN,
+        "only {kills} of the runs were killed mid-way"
+    );
 }

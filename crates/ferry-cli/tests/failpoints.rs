@@ -14,13 +14,18 @@ use ferry::{EntryKind, FileState};
 use util::*;
 
 /// 72 MiB: ranges of 16 MiB, durable progress recorded at 32 and 64 MiB.
+/// The copies run with one worker, so ranges finish in order and the n-th
+/// hit of each fail point is the same from run to run.
 const LARGE_BYTES: usize = 72 << 20;
 
 fn make_tree(root: &Path) {
     let mut rng = fastrand::Rng::with_seed(11);
     for i in 0..30 {
         let len = rng.usize(0..100_000);
-        write_file(&root.join(format!("d{}/f{i}", i % 2)), &random_bytes(&mut rng, len));
+        write_file(
+            &root.join(format!("d{}/f{i}", i % 2)),
+            &random_bytes(&mut rng, len),
+        );
     }
     write_file(&root.join("large"), &random_bytes(&mut rng, LARGE_BYTES));
     std::os::unix::fs::symlink("d0/f0", root.join("link")).unwrap();
@@ -46,13 +51,19 @@ fn assert_store_within_disk(store: &Path) {
             let source = fs::read(&entry.source).unwrap();
             match entry.state {
                 FileState::Committed => {
-                    assert_eq!(fs::read(&entry.dest).ok(), Some(source), "{:?} committed", entry.dest);
+                    assert_eq!(
+                        fs::read(&entry.dest).ok(),
+                        Some(source),
+                        "{:?} committed",
+                        entry.dest
+                    );
                 }
                 FileState::Copied => {
                     let in_temp = fs::read(&temp).ok();
                     let in_place = fs::read(&entry.dest).ok();
                     assert!(
-                        in_temp.as_ref() == Some(&source) || in_temp.is_none() && in_place == Some(source),
+                        in_temp.as_ref() == Some(&source)
+                            || in_temp.is_none() && in_place == Some(source),
                         "{:?} recorded copied but neither its temporary nor its final name holds it",
                         entry.dest
                     );
@@ -68,7 +79,11 @@ fn assert_store_within_disk(store: &Path) {
                         entry.dest
                     );
                     if let Some(held) = held {
-                        assert!(held.len() >= prefix && held[..prefix] == source[..prefix], "{:?} prefix", entry.dest);
+                        assert!(
+                            held.len() >= prefix && held[..prefix] == source[..prefix],
+                            "{:?} prefix",
+                            entry.dest
+                        );
                     }
                 }
                 _ => {}
@@ -101,7 +116,7 @@ fn crash_at_every_commit_step_then_resume_converges() {
             let out = run(s
                 .ferry()
                 .env("FERRY_FAILPOINT", &spec)
-                .args(["cp", "-a", "--name", "fp", "--threads", "2"])
+                .args(["cp", "-a", "--name", "fp", "--threads", "1"])
                 .arg(&src)
                 .arg(&dst));
             let killed = out.status.signal() == Some(9);
@@ -117,7 +132,12 @@ fn crash_at_every_commit_step_then_resume_converges() {
             let (large_progress, last_seq) = {
                 let store = SqliteStore::open(&s.store()).unwrap();
                 let t = store.transfer_by_name("fp").unwrap().unwrap();
-                let large = store.entries(t.id).unwrap().into_iter().find(|e| e.source.ends_with("large")).unwrap();
+                let large = store
+                    .entries(t.id)
+                    .unwrap()
+                    .into_iter()
+                    .find(|e| e.source.ends_with("large"))
+                    .unwrap();
                 let last = store.events_since(0, 1 << 20).unwrap().last().unwrap().seq;
                 let unfinished = matches!(large.state, FileState::Copying);
                 (unfinished.then_some(large.progress_bytes_durable), last)
@@ -154,11 +174,14 @@ fn io_error_at_every_commit_step_fails_cleanly_then_resume_converges() {
             let out = run(s
                 .ferry()
                 .env("FERRY_FAILPOINT", &spec)
-                .args(["cp", "-a", "--name", "fp", "--threads", "2"])
+                .args(["cp", "-a", "--name", "fp", "--threads", "1"])
                 .arg(&src)
                 .arg(&dst));
             let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.code().is_some(), "{spec}: ferry must not die of a signal");
+            assert!(
+                out.status.code().is_some(),
+                "{spec}: ferry must not die of a signal"
+            );
             assert!(!stderr.contains("panicked"), "{spec}: {stderr}");
             assert_no_partial_files(&src, &dst);
             assert_store_within_disk(&s.store());
@@ -167,8 +190,119 @@ fn io_error_at_every_commit_step_fails_cleanly_then_resume_converges() {
                 assert_same_tree(&src, &dst);
                 continue;
             }
-            assert!(stderr.contains("Input/output error"), "{spec}: the error is reported: {stderr}");
+            assert!(
+                stderr.contains("Input/output error"),
+                "{spec}: the error is reported: {stderr}"
+            );
             resume_converges(&s, &src, &dst);
         }
     }
+}
+
+/// Crashes right before the second progress record of the large file, so
+/// that 32 MiB of it are recorded durable, and returns its temporary.
+fn crash_mid_large_file(s: &Scratch, src: &Path, dst: &Path) -> std::path::PathBuf {
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.record_progress:2")
+        .args(["cp", "-a", "--name", "fp", "--threads", "1"])
+        .arg(src)
+        .arg(dst));
+    assert_eq!(out.status.signal(), Some(9));
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let t = store.transfer_by_name("fp").unwrap().unwrap();
+    let large = store
+        .entries(t.id)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.source.ends_with("large"))
+        .unwrap();
+    assert_eq!(large.progress_bytes_durable, 32 << 20);
+    ferry::temp_path(&large.dest, &t.temp_suffix, t.id)
+}
+
+fn resumed_offset_of_large(s: &Scratch) -> Option<u64> {
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let t = store.transfer_by_name("fp").unwrap().unwrap();
+    let large = store
+        .entries(t.id)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.source.ends_with("large"))
+        .unwrap();
+    store
+        .events_since(0, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|e| e.name == "file.copying" && e.entry == Some(large.index))
+        .and_then(|e| e.context["offset"].as_u64())
+}
+
+#[test]
+fn a_shorter_or_missing_temporary_restarts_its_file() {
+    let source = Scratch::new();
+    let src = source.path("src");
+    make_tree(&src);
+    for damage in ["shorter", "missing"] {
+        let s = Scratch::new();
+        let dst = s.path("dst");
+        let temp = crash_mid_large_file(&s, &src, &dst);
+        match damage {
+            "shorter" => fs::OpenOptions::new()
+                .write(true)
+                .open(&temp)
+                .unwrap()
+                .set_len(1 << 20)
+                .unwrap(),
+            _ => fs::remove_file(&temp).unwrap(),
+        }
+        resume_converges(&s, &src, &dst);
+        assert_eq!(
+            resumed_offset_of_large(&s),
+            Some(0),
+            "{damage} temporary: the file restarts"
+        );
+    }
+}
+
+#[test]
+fn cancel_keeps_temporaries_and_resume_continues() {
+    let source = Scratch::new();
+    let src = source.path("src");
+    make_tree(&src);
+    let s = Scratch::new();
+    let dst = s.path("dst");
+    let temp = crash_mid_large_file(&s, &src, &dst);
+    run_ok(s.ferry().args(["cancel", "fp"]));
+    let status = json(&run_ok(s.ferry().args(["status", "fp", "--json"])));
+    assert_eq!(status["state"], "cancelled");
+    assert!(temp.exists(), "a cancelled file keeps its temporary");
+    resume_converges(&s, &src, &dst);
+    assert_eq!(resumed_offset_of_large(&s), Some(32 << 20));
+}
+
+#[test]
+fn cp_with_the_name_of_a_dead_transfer_reattaches_and_continues() {
+    let source = Scratch::new();
+    let src = source.path("src");
+    make_tree(&src);
+    let s = Scratch::new();
+    let dst = s.path("dst");
+    crash_mid_large_file(&s, &src, &dst);
+    let id_before = json(&run_ok(s.ferry().args(["status", "fp", "--json"])))["id"].clone();
+    let out = run_ok(
+        s.ferry()
+            .args(["cp", "-a", "--json", "--name", "fp"])
+            .arg(&src)
+            .arg(&dst),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("re-attached"));
+    assert_eq!(
+        json(&out)["id"],
+        id_before,
+        "the same transfer, not a second one"
+    );
+    assert_same_tree(&src, &dst);
+    assert_eq!(resumed_offset_of_large(&s), Some(32 << 20));
 }

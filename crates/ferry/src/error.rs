@@ -73,7 +73,10 @@ pub enum Error {
     Cancelled { name: String, id: TransferId },
 
     #[error("transfer {id} was not dispatched: dispatch it before {action}")]
-    NotDispatched { id: TransferId, action: &'static str },
+    NotDispatched {
+        id: TransferId,
+        action: &'static str,
+    },
 
     #[error(transparent)]
     Store(#[from] StoreError),

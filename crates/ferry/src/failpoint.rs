@@ -89,7 +89,10 @@ fn armed() -> Option<&'static Armed> {
 fn parse(spec: &str) -> Option<Armed> {
     let (point, action) = spec.split_once('=').unwrap_or((spec, "crash"));
     let (step, nth) = point.split_once(':').unwrap_or((point, "1"));
-    let step = CommitStep::ALL.into_iter().find(|s| s.name() == step)?.name();
+    let step = CommitStep::ALL
+        .into_iter()
+        .find(|s| s.name() == step)?
+        .name();
     let action = match action {
         "crash" => Action::Crash,
         "eio" => Action::Error(rustix::io::Errno::IO.raw_os_error()),
@@ -120,7 +123,10 @@ pub fn hit(step: CommitStep) -> io::Result<()> {
         Action::Crash => {
             // SIGKILL cannot be caught: nothing runs after this line, exactly
             // as when the process is killed from outside.
-            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
             unreachable!("SIGKILL returned");
         }
         Action::Error(errno) => Err(io::Error::from_raw_os_error(errno)),

@@ -112,7 +112,10 @@ mod tests {
 
     #[test]
     fn parent_process_is_alive() {
-        let parent = rustix::process::getppid().expect("a parent").as_raw_nonzero().get() as u32;
+        let parent = rustix::process::getppid()
+            .expect("a parent")
+            .as_raw_nonzero()
+            .get() as u32;
         let owner = Owner {
             pid: parent,
             start_time: process_start_time(parent).unwrap(),

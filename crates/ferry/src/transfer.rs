@@ -11,7 +11,8 @@ use crate::engine::plan::plan;
 use crate::engine::{self, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
 use crate::model::{
-    DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve, TransferRecord, TransferState,
+    DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve, TransferRecord,
+    TransferState,
 };
 use crate::owner::Liveness;
 use crate::store::{Change, Store, StoreError};
@@ -35,7 +36,11 @@ enum Mover {
 /// Where the store is when no `--store` is given: `$FERRY_STORE`, else
 /// `$XDG_STATE_HOME/ferry/ferry.db`, else `~/.local/state/ferry/ferry.db`.
 pub fn default_store_path() -> PathBuf {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(store) = var("FERRY_STORE") {
         return store;
     }
@@ -68,21 +73,27 @@ impl Transfer {
         {
             return Transfer::reattach(store, existing);
         }
-        let record = store.create_transfer(&NewTransfer {
-            name: name.map(str::to_owned),
-            kind,
-            owner: Owner::current(),
-            preserve,
-            temp_suffix: DEFAULT_TEMP_SUFFIX.into(),
-        }, entries);
+        let record = store.create_transfer(
+            &NewTransfer {
+                name: name.map(str::to_owned),
+                kind,
+                owner: Owner::current(),
+                preserve,
+                temp_suffix: DEFAULT_TEMP_SUFFIX.into(),
+            },
+            entries,
+        );
         let record = match record {
             Ok(record) => record,
             // Another process created the name between our look-up and insert.
             Err(StoreError::DuplicateName { name, .. }) => {
-                let existing = store.transfer_by_name(&name)?.ok_or_else(|| Error::TransferNotFound {
-                    name: name.clone(),
-                    store: store.location(),
-                })?;
+                let existing =
+                    store
+                        .transfer_by_name(&name)?
+                        .ok_or_else(|| Error::TransferNotFound {
+                            name: name.clone(),
+                            store: store.location(),
+                        })?;
                 return Transfer::reattach(store, existing);
             }
             Err(e) => return Err(e.into()),
@@ -187,9 +198,15 @@ impl Transfer {
         self.start(self.record.state, workers, "resume")
     }
 
-    fn start(&mut self, expected: TransferState, workers: usize, action: &'static str) -> Result<()> {
+    fn start(
+        &mut self,
+        expected: TransferState,
+        workers: usize,
+        action: &'static str,
+    ) -> Result<()> {
         let state = self.record.state;
-        if state != expected || matches!(state, TransferState::Completed | TransferState::Finalized) {
+        if state != expected || matches!(state, TransferState::Completed | TransferState::Finalized)
+        {
             return Err(Error::NothingToDo {
                 name: self.record.name.clone(),
                 id: self.record.id,
@@ -205,7 +222,12 @@ impl Transfer {
         self.record.state = TransferState::Dispatched;
         self.cancel.store(false, Ordering::Relaxed);
         let options = RunOptions {
-            workers,
+            // `sync` blocks its caller and keeps to one copy at a time.
+            workers: if self.record.kind == Kind::Sync {
+                1
+            } else {
+                workers
+            },
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
         };
@@ -214,7 +236,9 @@ impl Transfer {
             Kind::Sync => Mover::Finished(engine::run(self.store.as_ref(), id, &options)),
             Kind::Threads => {
                 let store = Arc::clone(&self.store);
-                Mover::Thread(std::thread::spawn(move || engine::run(store.as_ref(), id, &options)))
+                Mover::Thread(std::thread::spawn(move || {
+                    engine::run(store.as_ref(), id, &options)
+                }))
             }
         };
         Ok(())

@@ -18,7 +18,10 @@ pub struct Scratch {
 impl Scratch {
     pub fn new() -> Scratch {
         Scratch {
-            dir: tempfile::Builder::new().prefix("ferry-test-").tempdir().expect("a scratch directory"),
+            dir: tempfile::Builder::new()
+                .prefix("ferry-test-")
+                .tempdir()
+                .expect("a scratch directory"),
         }
     }
 
@@ -122,16 +125,24 @@ pub fn assert_no_partial_files(src: &Path, dst: &Path) {
         if is_temp(&rel) {
             let meta = fs::symlink_metadata(dst.join(&rel)).unwrap();
             if meta.is_file() {
-                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "temporary {rel:?} must be owner-only");
+                assert_eq!(
+                    meta.permissions().mode() & 0o777,
+                    0o600,
+                    "temporary {rel:?} must be owner-only"
+                );
             }
             continue;
         }
         let (s, d) = (src.join(&rel), dst.join(&rel));
         let dm = fs::symlink_metadata(&d).unwrap();
         if dm.is_file() {
-            let expected = fs::read(&s).unwrap_or_else(|e| panic!("{rel:?} exists at the destination only: {e}"));
+            let expected = fs::read(&s)
+                .unwrap_or_else(|e| panic!("{rel:?} exists at the destination only: {e}"));
             let actual = fs::read(&d).unwrap();
-            assert!(expected == actual, "{rel:?} is visible under its final name with wrong or partial content");
+            assert!(
+                expected == actual,
+                "{rel:?} is visible under its final name with wrong or partial content"
+            );
         }
     }
 }
@@ -139,7 +150,13 @@ pub fn assert_no_partial_files(src: &Path, dst: &Path) {
 /// `diff -r` agrees, and mode and mtime (to the ns) match for every entry,
 /// symlinks included; `dst` holds no temporary.
 pub fn assert_same_tree(src: &Path, dst: &Path) {
-    let diff = Command::new("diff").arg("-r").arg("--no-dereference").arg(src).arg(dst).output().unwrap();
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(src)
+        .arg(dst)
+        .output()
+        .unwrap();
     assert!(
         diff.status.success(),
         "diff -r differs:\n{}{}",
@@ -154,7 +171,11 @@ pub fn assert_same_tree(src: &Path, dst: &Path) {
         if !s.file_type().is_symlink() {
             assert_eq!(s.mode() & 0o7777, d.mode() & 0o7777, "{rel:?}: mode");
         }
-        assert_eq!((s.mtime(), s.mtime_nsec()), (d.mtime(), d.mtime_nsec()), "{rel:?}: mtime");
+        assert_eq!(
+            (s.mtime(), s.mtime_nsec()),
+            (d.mtime(), d.mtime_nsec()),
+            "{rel:?}: mtime"
+        );
         if s.is_file() {
             assert_eq!(s.size(), d.size(), "{rel:?}: size");
         }

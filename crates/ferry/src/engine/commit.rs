@@ -81,21 +81,23 @@ impl Committer<'_> {
             .map(|r| self.entry(r.index))
             .collect();
         if !unsynced.is_empty() {
-            let synced = failpoint::hit(CommitStep::SyncData).and_then(|()| {
-                match unsynced.as_slice() {
+            let synced =
+                failpoint::hit(CommitStep::SyncData).and_then(|()| match unsynced.as_slice() {
                     [one] if one.kind == EntryKind::File => {
                         File::open(self.temp_of(one)).and_then(|f| f.sync_data())
                     }
                     many => sync_file_systems(many.iter().map(|e| e.dest.as_path())),
-                }
-            });
+                });
             if let Err(e) = synced {
                 let message = format!("could not make the data durable: {e}");
                 live.retain(|r| {
                     if r.durable {
                         return true;
                     }
-                    outcome.failed.push((r.index, format!("{}: {message}", self.entry(r.index).dest.display())));
+                    outcome.failed.push((
+                        r.index,
+                        format!("{}: {message}", self.entry(r.index).dest.display()),
+                    ));
                     false
                 });
             }
@@ -111,12 +113,9 @@ impl Committer<'_> {
                 self.entry_change(r.index, FileState::Copied, Some(entry.meta.size), None)
             })
             .collect();
-        changes.extend(
-            outcome
-                .failed
-                .iter()
-                .map(|(index, message)| self.entry_change(*index, FileState::Failed, None, Some(message.clone()))),
-        );
+        changes.extend(outcome.failed.iter().map(|(index, message)| {
+            self.entry_change(*index, FileState::Failed, None, Some(message.clone()))
+        }));
         self.store.apply(&changes)?;
         let recorded_failures = outcome.failed.len();
 
@@ -129,7 +128,9 @@ impl Committer<'_> {
                 .and_then(|()| {
                     failpoint::hit(CommitStep::ApplyMetadata)
                         .and_then(|()| apply_metadata(entry, self.preserve, self.umask))
-                        .map_err(|e| format!("{}: cannot apply metadata: {e}", entry.dest.display()))
+                        .map_err(|e| {
+                            format!("{}: cannot apply metadata: {e}", entry.dest.display())
+                        })
                 });
             match done {
                 Ok(()) => true,
@@ -143,14 +144,12 @@ impl Committer<'_> {
         // Renames and metadata durable: the directory fsync of step 4, and
         // the inode changes of step 5.
         if !live.is_empty() {
-            let synced = failpoint::hit(CommitStep::SyncDir).and_then(|()| {
-                match live.as_slice() {
-                    [one] if self.entry(one.index).kind == EntryKind::File => {
-                        let dest = &self.entry(one.index).dest;
-                        sync_parent(dest).and_then(|()| File::open(dest)?.sync_all())
-                    }
-                    many => sync_file_systems(many.iter().map(|r| self.entry(r.index).dest.as_path())),
+            let synced = failpoint::hit(CommitStep::SyncDir).and_then(|()| match live.as_slice() {
+                [one] if self.entry(one.index).kind == EntryKind::File => {
+                    let dest = &self.entry(one.index).dest;
+                    sync_parent(dest).and_then(|()| File::open(dest)?.sync_all())
                 }
+                many => sync_file_systems(many.iter().map(|r| self.entry(r.index).dest.as_path())),
             });
             if let Err(e) = synced {
                 for r in live.drain(..) {
@@ -172,7 +171,9 @@ impl Committer<'_> {
         changes.extend(
             outcome.failed[recorded_failures..]
                 .iter()
-                .map(|(index, message)| self.entry_change(*index, FileState::Failed, None, Some(message.clone()))),
+                .map(|(index, message)| {
+                    self.entry_change(*index, FileState::Failed, None, Some(message.clone()))
+                }),
         );
         self.store.apply(&changes)?;
         outcome.committed = live.iter().map(|r| r.index).collect();
@@ -186,11 +187,12 @@ impl Committer<'_> {
         match std::fs::rename(&temp, &entry.dest) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let renamed = std::fs::symlink_metadata(&entry.dest).is_ok_and(|m| match entry.kind {
-                    EntryKind::File => m.is_file() && m.size() == entry.meta.size,
-                    EntryKind::Symlink => m.file_type().is_symlink(),
-                    EntryKind::Dir => m.is_dir(),
-                });
+                let renamed =
+                    std::fs::symlink_metadata(&entry.dest).is_ok_and(|m| match entry.kind {
+                        EntryKind::File => m.is_file() && m.size() == entry.meta.size,
+                        EntryKind::Symlink => m.file_type().is_symlink(),
+                        EntryKind::Dir => m.is_dir(),
+                    });
                 if renamed {
                     Ok(())
                 } else {
@@ -216,7 +218,9 @@ impl Committer<'_> {
             (Some(message), _) => serde_json::json!({"error": message}),
             (None, FileState::Copied) => serde_json::json!({"bytes": entry.meta.size}),
             // Where the copy (re)starts: a resume shows it did not start over.
-            (None, FileState::Copying) => serde_json::json!({"offset": progress_bytes_durable.unwrap_or(0)}),
+            (None, FileState::Copying) => {
+                serde_json::json!({"offset": progress_bytes_durable.unwrap_or(0)})
+            }
             _ => serde_json::Value::Null,
         };
         Change::Entry {
@@ -259,13 +263,23 @@ pub fn apply_metadata(entry: &EntryRecord, preserve: Preserve, umask: u32) -> io
         );
         // Like cp -a: an unprivileged user keeps what ownership they may.
         if let Err(Errno::PERM | Errno::INVAL) = both {
-            let _ = rustix::fs::chownat(CWD, path, None, Some(Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW);
+            let _ = rustix::fs::chownat(
+                CWD,
+                path,
+                None,
+                Some(Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            );
         } else {
             both?;
         }
     }
     if entry.kind != EntryKind::Symlink {
-        let mode = if preserve.mode { meta.mode } else { meta.mode & !umask & 0o777 };
+        let mode = if preserve.mode {
+            meta.mode
+        } else {
+            meta.mode & !umask & 0o777
+        };
         rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(mode), AtFlags::empty())?;
     }
     if preserve.times {

@@ -31,9 +31,14 @@ pub enum CopyError {
     /// Reading the source failed.
     Read(io::Error),
     /// Writing the temporary failed, after `written` bytes of the range.
-    Write { error: io::Error, written: u64 },
+    Write {
+        error: io::Error,
+        written: u64,
+    },
     /// The source ended before the size captured when it was added.
-    SourceShrank { at: u64 },
+    SourceShrank {
+        at: u64,
+    },
 }
 
 /// Per-run state shared by the workers.
@@ -100,11 +105,17 @@ impl Copier<'_> {
             let want = (end - pos).min(CHUNK_BYTES as u64) as usize;
             let copied = if self.use_copy_file_range.load(Ordering::Relaxed) {
                 let (mut off_in, mut off_out) = (pos, pos);
-                match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
+                match rustix::fs::copy_file_range(
+                    src,
+                    Some(&mut off_in),
+                    dst,
+                    Some(&mut off_out),
+                    want,
+                ) {
                     Ok(n) => Some(n),
-                    Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM)
-                        if pos == start =>
-                    {
+                    Err(
+                        Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP | Errno::PERM,
+                    ) if pos == start => {
                         self.use_copy_file_range.store(false, Ordering::Relaxed);
                         None
                     }
@@ -122,7 +133,8 @@ impl Copier<'_> {
                 return Err(CopyError::SourceShrank { at: pos });
             }
             pos += copied as u64;
-            self.bytes_copied.fetch_add(copied as u64, Ordering::Relaxed);
+            self.bytes_copied
+                .fetch_add(copied as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -162,7 +174,8 @@ fn classify(e: io::Error, src: &File, written: u64) -> CopyError {
         e.raw_os_error().map(Errno::from_raw_os_error),
         Some(Errno::NOSPC | Errno::DQUOT | Errno::FBIG | Errno::ROFS)
     );
-    if is_write_side || src.metadata().is_ok() && e.raw_os_error() != Some(Errno::IO.raw_os_error()) {
+    if is_write_side || src.metadata().is_ok() && e.raw_os_error() != Some(Errno::IO.raw_os_error())
+    {
         CopyError::Write { error: e, written }
     } else {
         CopyError::Read(e)

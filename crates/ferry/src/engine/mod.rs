@@ -39,7 +39,7 @@ use crate::model::{
 };
 use crate::store::{Change, Store, StoreError};
 use commit::{Committer, Ready};
-use copy::{CopyError, Copier};
+use copy::{Copier, CopyError};
 
 pub use commit::temp_path;
 
@@ -146,7 +146,10 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         })?;
     let entries = store.entries(id)?;
     for (position, entry) in entries.iter().enumerate() {
-        assert_eq!(entry.index.0 as usize, position, "entries must be numbered densely");
+        assert_eq!(
+            entry.index.0 as usize, position,
+            "entries must be numbered densely"
+        );
     }
     store.apply(&[Change::Transfer {
         id,
@@ -189,7 +192,9 @@ struct Engine<'a> {
 impl Engine<'_> {
     fn run(&self, entries: &[EntryRecord]) -> Result<RunReport> {
         let progress = &self.options.progress;
-        progress.files_total.store(entries.len() as u64, Ordering::Relaxed);
+        progress
+            .files_total
+            .store(entries.len() as u64, Ordering::Relaxed);
         progress
             .bytes_total
             .store(entries.iter().map(|e| e.meta.size).sum(), Ordering::Relaxed);
@@ -201,18 +206,23 @@ impl Engine<'_> {
         // Then the work list, and what earlier runs already copied.
         let mut work = Vec::new();
         let mut ready = Vec::new();
-        let mut trackers: Vec<Option<Mutex<RangeTracker>>> = (0..entries.len()).map(|_| None).collect();
+        let mut trackers: Vec<Option<Mutex<RangeTracker>>> =
+            (0..entries.len()).map(|_| None).collect();
         let mut copying = Vec::new();
         for entry in entries {
             match (entry.kind, entry.state) {
                 (EntryKind::Dir, _) | (_, FileState::Committed) => {
                     if entry.kind != EntryKind::Dir {
                         progress.files_done.fetch_add(1, Ordering::Relaxed);
-                        progress.bytes_reused.fetch_add(entry.meta.size, Ordering::Relaxed);
+                        progress
+                            .bytes_reused
+                            .fetch_add(entry.meta.size, Ordering::Relaxed);
                     }
                 }
                 (_, FileState::Copied) => {
-                    progress.bytes_reused.fetch_add(entry.meta.size, Ordering::Relaxed);
+                    progress
+                        .bytes_reused
+                        .fetch_add(entry.meta.size, Ordering::Relaxed);
                     ready.push(Ready {
                         index: entry.index,
                         durable: true,
@@ -268,7 +278,11 @@ impl Engine<'_> {
         // transaction; small files go straight to "copied".
         self.store.apply(&copying)?;
 
-        let workers = self.options.workers.clamp(1, WORKERS_MAX).min(work.len().max(1));
+        let workers = self
+            .options
+            .workers
+            .clamp(1, WORKERS_MAX)
+            .min(work.len().max(1));
         let next = AtomicUsize::new(0);
         let (tx, rx) = sync_channel::<Done>(CHANNEL_BOUND);
         let committed = std::thread::scope(|scope| {
@@ -307,7 +321,10 @@ impl Engine<'_> {
     fn report(&self, state: TransferState, failed: Vec<(EntryIndex, String)>) -> Result<RunReport> {
         let entries = self.committer.entries;
         let progress = &self.options.progress;
-        let files: Vec<_> = entries.iter().filter(|e| e.kind != EntryKind::Dir).collect();
+        let files: Vec<_> = entries
+            .iter()
+            .filter(|e| e.kind != EntryKind::Dir)
+            .collect();
         Ok(RunReport {
             id: self.transfer.id,
             name: self.transfer.name.clone(),
@@ -349,7 +366,10 @@ impl Engine<'_> {
                 && parents_made.insert(parent)
                 && let Err(e) = std::fs::create_dir_all(parent)
             {
-                failures.push((entry.index, format!("cannot create directory {}: {e}", parent.display())));
+                failures.push((
+                    entry.index,
+                    format!("cannot create directory {}: {e}", parent.display()),
+                ));
                 continue;
             }
             if entry.kind != EntryKind::Dir {
@@ -360,12 +380,20 @@ impl Engine<'_> {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && entry.dest.is_dir() => {}
                 Err(e) => {
-                    failures.push((entry.index, format!("cannot create directory {}: {e}", entry.dest.display())));
+                    failures.push((
+                        entry.index,
+                        format!("cannot create directory {}: {e}", entry.dest.display()),
+                    ));
                     continue;
                 }
             }
             if entry.state != FileState::Copied {
-                created.push(self.committer.entry_change(entry.index, FileState::Copied, None, None));
+                created.push(self.committer.entry_change(
+                    entry.index,
+                    FileState::Copied,
+                    None,
+                    None,
+                ));
             }
         }
         self.store.apply(&created)?;
@@ -390,13 +418,19 @@ impl Engine<'_> {
         let mut changes = Vec::new();
         let mut done = Vec::new();
         for dir in &dirs {
-            let applied = failpoint::hit(CommitStep::ApplyMetadata)
-                .and_then(|()| commit::apply_metadata(dir, self.transfer.preserve, self.committer.umask));
+            let applied = failpoint::hit(CommitStep::ApplyMetadata).and_then(|()| {
+                commit::apply_metadata(dir, self.transfer.preserve, self.committer.umask)
+            });
             match applied {
                 Ok(()) => done.push(*dir),
                 Err(e) => {
                     let message = format!("{}: cannot apply metadata: {e}", dir.dest.display());
-                    changes.push(self.committer.entry_change(dir.index, FileState::Failed, None, Some(message.clone())));
+                    changes.push(self.committer.entry_change(
+                        dir.index,
+                        FileState::Failed,
+                        None,
+                        Some(message.clone()),
+                    ));
                     failed.push((dir.index, message));
                 }
             }
@@ -404,8 +438,16 @@ impl Engine<'_> {
         let synced = failpoint::hit(CommitStep::SyncDir).and_then(|()| sync_dirs(&done));
         if let Err(e) = synced {
             for dir in done.drain(..) {
-                let message = format!("{}: could not make metadata durable: {e}", dir.dest.display());
-                changes.push(self.committer.entry_change(dir.index, FileState::Failed, None, Some(message.clone())));
+                let message = format!(
+                    "{}: could not make metadata durable: {e}",
+                    dir.dest.display()
+                );
+                changes.push(self.committer.entry_change(
+                    dir.index,
+                    FileState::Failed,
+                    None,
+                    Some(message.clone()),
+                ));
                 failed.push((dir.index, message));
             }
         }
@@ -413,10 +455,10 @@ impl Engine<'_> {
             path: self.store.location(),
             source: e,
         })?;
-        changes.extend(
-            done.iter()
-                .map(|d| self.committer.entry_change(d.index, FileState::Committed, None, None)),
-        );
+        changes.extend(done.iter().map(|d| {
+            self.committer
+                .entry_change(d.index, FileState::Committed, None, None)
+        }));
         self.store.apply(&changes)?;
         Ok(())
     }
@@ -425,9 +467,11 @@ impl Engine<'_> {
     /// run made durable, and returns the offset to continue from.
     fn prepare_large(&self, entry: &EntryRecord) -> Result<u64, String> {
         let temp = self.committer.temp_of(entry);
+        // Not truncated: its durable prefix is what a resume continues from.
         let file = OpenOptions::new()
             .write(true)
             .create(true)
+            .truncate(false)
             .mode(0o600)
             .open(&temp)
             .map_err(|e| write_error(&temp, &e, 0, entry.meta.size))?;
@@ -523,7 +567,8 @@ impl Engine<'_> {
             .copy_range(&src, &dst, 0, size, buffer)
             .map_err(|e| self.copy_error(entry, &temp, e, 0))?;
         // Trailing holes: the length comes from the size, not the last write.
-        dst.set_len(size).map_err(|e| Some(write_error(&temp, &e, size, size)))?;
+        dst.set_len(size)
+            .map_err(|e| Some(write_error(&temp, &e, size, size)))?;
         Ok(())
     }
 
@@ -566,7 +611,12 @@ impl Engine<'_> {
         let size = entry.meta.size;
         let prefix = tracker.prefix(size);
         let recorded = tracker.recorded;
-        let durable_error = |e: io::Error| Some(Done::Failed(entry.index, write_error(&temp, &e, recorded, size)));
+        let durable_error = |e: io::Error| {
+            Some(Done::Failed(
+                entry.index,
+                write_error(&temp, &e, recorded, size),
+            ))
+        };
         if prefix == size {
             // The last range: the whole file is made durable here, by the
             // worker, so the committer's batch need not wait for it.
@@ -596,7 +646,9 @@ impl Engine<'_> {
                 progress_bytes_durable: prefix,
             }]) {
                 Ok(()) => tracker.recorded = prefix,
-                Err(StoreError::Cancelled { .. }) => self.options.cancel.store(true, Ordering::Relaxed),
+                Err(StoreError::Cancelled { .. }) => {
+                    self.options.cancel.store(true, Ordering::Relaxed)
+                }
                 // Progress is an optimisation: a store that cannot take it
                 // now only means a resume copies more.
                 Err(_) => {}
@@ -613,7 +665,8 @@ impl Engine<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", temp.display())),
         }
-        std::os::unix::fs::symlink(target, &temp).map_err(|e| format!("{}: cannot create symlink: {e}", temp.display()))
+        std::os::unix::fs::symlink(target, &temp)
+            .map_err(|e| format!("{}: cannot create symlink: {e}", temp.display()))
     }
 
     /// Opens a source and checks it is still what was added.
@@ -638,11 +691,22 @@ impl Engine<'_> {
         Ok(file)
     }
 
-    fn copy_error(&self, entry: &EntryRecord, temp: &Path, e: CopyError, start: u64) -> Option<String> {
+    fn copy_error(
+        &self,
+        entry: &EntryRecord,
+        temp: &Path,
+        e: CopyError,
+        start: u64,
+    ) -> Option<String> {
         match e {
             CopyError::Cancelled => None,
-            CopyError::Read(e) => Some(format!("cannot read source {}: {e}", entry.source.display())),
-            CopyError::Write { error, written } => Some(write_error(temp, &error, start + written, entry.meta.size)),
+            CopyError::Read(e) => Some(format!(
+                "cannot read source {}: {e}",
+                entry.source.display()
+            )),
+            CopyError::Write { error, written } => {
+                Some(write_error(temp, &error, start + written, entry.meta.size))
+            }
             CopyError::SourceShrank { at } => Some(format!(
                 "source {} changed during transfer: it ended at byte {at} of {}",
                 entry.source.display(),
@@ -660,20 +724,21 @@ impl Engine<'_> {
         mut failures: Vec<(EntryIndex, String)>,
     ) -> Result<Vec<(EntryIndex, String)>> {
         let mut failed = Vec::new();
-        let mut flush = |batch: &mut Vec<Ready>, failures: &mut Vec<(EntryIndex, String)>| -> Result<()> {
-            if batch.is_empty() && failures.is_empty() {
-                return Ok(());
-            }
-            let outcome = self.committer.commit(batch, std::mem::take(failures));
-            batch.clear();
-            let outcome = outcome?;
-            let progress = &self.options.progress;
-            progress
-                .files_done
-                .fetch_add(outcome.committed.len() as u64, Ordering::Relaxed);
-            failed.extend(outcome.failed);
-            Ok(())
-        };
+        let mut flush =
+            |batch: &mut Vec<Ready>, failures: &mut Vec<(EntryIndex, String)>| -> Result<()> {
+                if batch.is_empty() && failures.is_empty() {
+                    return Ok(());
+                }
+                let outcome = self.committer.commit(batch, std::mem::take(failures));
+                batch.clear();
+                let outcome = outcome?;
+                let progress = &self.options.progress;
+                progress
+                    .files_done
+                    .fetch_add(outcome.committed.len() as u64, Ordering::Relaxed);
+                failed.extend(outcome.failed);
+                Ok(())
+            };
         let result = loop {
             if batch.len() >= BATCH_FILES_MAX {
                 if let Err(e) = flush(&mut batch, &mut failures) {

@@ -60,6 +60,14 @@ pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<New
         if meta.is_dir() {
             walk(source, &meta, &target, &mut entries)?;
         } else {
+            // A file named on the command line that cannot be read is the
+            // caller's mistake, refused now; one deep in a tree fails alone
+            // when it is copied, as with `cp -r`.
+            if meta.is_file()
+                && let Err(e) = fs::File::open(source)
+            {
+                return Err(Error::io(source, e));
+            }
             entries.push(entry(source, &meta, target)?);
         }
         if entries.len() > ENTRIES_MAX {
@@ -173,10 +181,6 @@ fn entry(source: &Path, meta: &fs::Metadata, dest: PathBuf) -> Result<NewEntry> 
         let target = fs::read_link(source).map_err(|e| Error::io(source, e))?;
         (EntryKind::Symlink, Some(target))
     } else if file_type.is_file() {
-        // Unreadable files are refused now, not half-way through the copy.
-        if let Err(e) = fs::File::open(source) {
-            return Err(Error::io(source, e));
-        }
         (EntryKind::File, None)
     } else {
         use std::os::unix::fs::FileTypeExt;
@@ -261,11 +265,19 @@ mod tests {
         ));
         // Directory into an existing directory: DIR/basename, pre-order.
         let e = plan(&[root.join("src")], &root.join("existing"), true).unwrap();
-        let dests: Vec<_> = e.iter().map(|e| e.dest.strip_prefix(root).unwrap().to_owned()).collect();
+        let dests: Vec<_> = e
+            .iter()
+            .map(|e| e.dest.strip_prefix(root).unwrap().to_owned())
+            .collect();
         assert_eq!(
             dests,
-            ["existing/src", "existing/src/a", "existing/src/sub", "existing/src/sub/b"]
-                .map(PathBuf::from)
+            [
+                "existing/src",
+                "existing/src/a",
+                "existing/src/sub",
+                "existing/src/sub/b"
+            ]
+            .map(PathBuf::from)
         );
         // Directory to a new name: that name.
         let e = plan(&[root.join("src")], &root.join("fresh"), true).unwrap();
@@ -290,7 +302,11 @@ mod tests {
             Err(Error::SourceNotFound { .. })
         ));
         assert!(matches!(
-            plan(&[root.join("src/a"), root.join("src/sub/b")], &root.join("x"), false),
+            plan(
+                &[root.join("src/a"), root.join("src/sub/b")],
+                &root.join("x"),
+                false
+            ),
             Err(Error::TargetNotADirectory { .. })
         ));
     }

@@ -90,18 +90,18 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `statfs` magic numbers of file systems shared between hosts.
 const NETWORK_FS_MAGIC: &[i64] = &[
-    0x6969,                // NFS
-    0x0BD0_0BD0,           // Lustre
-    0x4750_4653,           // GPFS
-    0x517B,                // SMB
+    0x6969,                 // NFS
+    0x0BD0_0BD0,            // Lustre
+    0x4750_4653,            // GPFS
+    0x517B,                 // SMB
     0xFF53_4D42_u32 as i64, // CIFS
     0xFE53_4D42_u32 as i64, // SMB2
-    0x00C3_6400,           // Ceph
-    0x1983_0326,           // BeeGFS
-    0x0102_1997,           // 9P
-    0x5346_414F,           // AFS
+    0x00C3_6400,            // Ceph
+    0x1983_0326,            // BeeGFS
+    0x0102_1997,            // 9P
+    0x5346_414F,            // AFS
     0xAAD7_AAEA_u32 as i64, // PanFS
-    0x6573_5546,           // FUSE (sshfs and friends: assume shared)
+    0x6573_5546,            // FUSE (sshfs and friends: assume shared)
 ];
 
 pub struct SqliteStore {
@@ -213,10 +213,7 @@ impl SqliteStore {
         Ok(value)
     }
 
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = self.conn.lock().expect("store mutex poisoned");
         f(&conn).map_err(|e| self.err(e))
     }
@@ -424,7 +421,9 @@ impl SqliteStore {
                         "UPDATE entries SET progress_bytes_durable = ?1
                          WHERE transfer_id = ?2 AND idx = ?3 AND progress_bytes_durable <= ?1",
                     )
-                    .and_then(|mut s| s.execute(params![*progress_bytes_durable as i64, id.0, index.0]))
+                    .and_then(|mut s| {
+                        s.execute(params![*progress_bytes_durable as i64, id.0, index.0])
+                    })
                     .map_err(|e| self.err(e))?;
                 assert!(
                     changed == 1,
@@ -474,7 +473,10 @@ impl SqliteStore {
         })
     }
 
-    fn row_to_transfer(&self, row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TransferRecord, StoreError>> {
+    fn row_to_transfer(
+        &self,
+        row: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<Result<TransferRecord, StoreError>> {
         let id = TransferId(row.get(0)?);
         let kind: String = row.get(2)?;
         let state: String = row.get(3)?;
@@ -597,10 +599,12 @@ impl Store for SqliteStore {
             }
             Ok(id)
         })?;
-        let record = self.transfer(id)?.ok_or_else(|| StoreError::NoSuchTransfer {
-            path: self.path.clone(),
-            id,
-        })?;
+        let record = self
+            .transfer(id)?
+            .ok_or_else(|| StoreError::NoSuchTransfer {
+                path: self.path.clone(),
+                id,
+            })?;
         // Read back what we wrote: the disk and our model must agree.
         assert_eq!(record.kind, new.kind);
         assert_eq!(record.owner, new.owner);
@@ -684,39 +688,42 @@ impl Store for SqliteStore {
             rows.collect()
         })?;
         raw.into_iter()
-            .map(|(index, kind, source, dest, m, link, state, progress, error)| {
-                let (Some(kind), Some(state)) = (EntryKind::parse(&kind), FileState::parse(&state))
-                else {
-                    return Err(self.corrupt(format!(
+            .map(
+                |(index, kind, source, dest, m, link, state, progress, error)| {
+                    let (Some(kind), Some(state)) =
+                        (EntryKind::parse(&kind), FileState::parse(&state))
+                    else {
+                        return Err(self.corrupt(format!(
                         "entry {index} of transfer {id}: unknown kind {kind:?} or state {state:?}"
                     )));
-                };
-                let record = EntryRecord {
-                    index: EntryIndex(index),
-                    kind,
-                    source: path_from_bytes(source),
-                    dest: path_from_bytes(dest),
-                    meta: SourceMeta {
-                        size: m[0] as u64,
-                        mode: m[1] as u32,
-                        uid: m[2] as u32,
-                        gid: m[3] as u32,
-                        atime_ns: m[4],
-                        mtime_ns: m[5],
-                    },
-                    link_target: link.map(path_from_bytes),
-                    state,
-                    progress_bytes_durable: progress as u64,
-                    error,
-                };
-                if record.progress_bytes_durable > record.meta.size {
-                    return Err(self.corrupt(format!(
-                        "entry {index} of transfer {id}: progress {} beyond size {}",
-                        record.progress_bytes_durable, record.meta.size
-                    )));
-                }
-                Ok(record)
-            })
+                    };
+                    let record = EntryRecord {
+                        index: EntryIndex(index),
+                        kind,
+                        source: path_from_bytes(source),
+                        dest: path_from_bytes(dest),
+                        meta: SourceMeta {
+                            size: m[0] as u64,
+                            mode: m[1] as u32,
+                            uid: m[2] as u32,
+                            gid: m[3] as u32,
+                            atime_ns: m[4],
+                            mtime_ns: m[5],
+                        },
+                        link_target: link.map(path_from_bytes),
+                        state,
+                        progress_bytes_durable: progress as u64,
+                        error,
+                    };
+                    if record.progress_bytes_durable > record.meta.size {
+                        return Err(self.corrupt(format!(
+                            "entry {index} of transfer {id}: progress {} beyond size {}",
+                            record.progress_bytes_durable, record.meta.size
+                        )));
+                    }
+                    Ok(record)
+                },
+            )
             .collect()
     }
 
@@ -781,7 +788,9 @@ fn is_network_fs(path: &Path) -> bool {
         _ => Path::new("."),
     };
     match rustix::fs::statfs(dir) {
-        Ok(fs) => NETWORK_FS_MAGIC.contains(&(fs.f_type as i64)),
+        // f_type is i64 here but narrower on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        Ok(fs) => NETWORK_FS_MAGIC.contains(&i64::from(fs.f_type)),
         Err(_) => false,
     }
 }
@@ -813,9 +822,12 @@ mod tests {
     fn garbage_file_is_not_a_store_and_is_left_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("garbage.db");
-        let garbage = b"this is not a database, it is a text file with enough bytes to matter".repeat(100);
+        let garbage =
+            b"this is not a database, it is a text file with enough bytes to matter".repeat(100);
         std::fs::write(&path, &garbage).unwrap();
-        let err = SqliteStore::open(&path).err().expect("garbage must be refused");
+        let err = SqliteStore::open(&path)
+            .err()
+            .expect("garbage must be refused");
         assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), garbage);
     }
@@ -851,9 +863,13 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         let a = store.create_transfer(&new_transfer(None), &[]).unwrap();
         assert_eq!(a.name, format!("cp-{}", a.id));
-        let b = store.create_transfer(&new_transfer(Some("ckpt")), &[]).unwrap();
+        let b = store
+            .create_transfer(&new_transfer(Some("ckpt")), &[])
+            .unwrap();
         assert!(b.id > a.id);
-        let dup = store.create_transfer(&new_transfer(Some("ckpt")), &[]).unwrap_err();
+        let dup = store
+            .create_transfer(&new_transfer(Some("ckpt")), &[])
+            .unwrap_err();
         assert!(matches!(dup, StoreError::DuplicateName { .. }));
         // Delete the newest row: AUTOINCREMENT still never hands its id out again.
         store
@@ -867,7 +883,9 @@ mod tests {
     fn every_change_writes_its_event_and_illegal_transitions_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let t = store.create_transfer(&new_transfer(Some("x")), &[]).unwrap();
+        let t = store
+            .create_transfer(&new_transfer(Some("x")), &[])
+            .unwrap();
         let entry = NewEntry {
             kind: EntryKind::File,
             source: PathBuf::from(OsString::from_vec(b"/src/\xff".to_vec())),
@@ -882,7 +900,9 @@ mod tests {
             },
             link_target: None,
         };
-        store.add_entries(t.id, &[entry.clone()]).unwrap();
+        store
+            .add_entries(t.id, std::slice::from_ref(&entry))
+            .unwrap();
         let to = |to| Change::Transfer {
             id: t.id,
             to,
