@@ -93,7 +93,11 @@ fn sigkill_at_random_moments_then_resume_converges() {
         }
         let dst = s.path(&format!("dst{iteration}"));
         let store = s.path(&format!("state/crash{iteration}.db"));
-        let delay = Duration::from_micros(rng.u64(0..full.as_micros() as u64 + 1));
+        // Each kill moment comes from its own seed, printed with it.
+        let kill_seed = rng.u64(..);
+        let delay = Duration::from_micros(
+            fastrand::Rng::with_seed(kill_seed).u64(0..full.as_micros() as u64 + 1),
+        );
         let mut child = ferry_at(&store)
             .args(["cp", "-a", "--name", "crash"])
             .arg(&src)
@@ -112,7 +116,7 @@ fn sigkill_at_random_moments_then_resume_converges() {
             kills += 1;
         }
         println!(
-            "iteration {iteration}: killed after {delay:?} (finished first: {finished_first})"
+            "iteration {iteration}: kill seed {kill_seed}, killed after {delay:?} (finished first: {finished_first})"
         );
 
         assert_no_partial_files(&src, &dst);
