@@ -3,6 +3,7 @@
 
 mod exit;
 mod output;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,58 @@ enum Command {
     Cancel {
         /// The transfer's name
         name: String,
+    },
+    /// Follow the event log: every state change, in order, from a cursor
+    Watch(WatchArgs),
+    /// Block until a transfer is completed, failed or cancelled; the exit
+    /// code says which
+    Wait {
+        /// The transfer's name
+        name: String,
+    },
+    /// Maintain the store
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// Deliver the events after this sequence number (a saved cursor) [default: 0, all history]
+    #[arg(long, value_name = "SEQ", conflicts_with = "from_now")]
+    since: Option<u64>,
+    /// Deliver only events from now on
+    #[arg(long)]
+    from_now: bool,
+    /// Only this transfer's events (it need not exist yet)
+    #[arg(long, value_name = "NAME")]
+    transfer: Option<String>,
+    /// Only events of this name (transfer.completed) or family (transfer, file)
+    #[arg(long, value_name = "KIND")]
+    event: Option<String>,
+    /// Stop when this transfer is completed, failed or cancelled; the exit
+    /// code says which
+    #[arg(long, value_name = "NAME")]
+    until_done: Option<String>,
+    /// One JSON object per line; a {"bookmark":SEQ} line marks the end of history
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Drop old events: keep the newest N, or those from SEQ on
+    Compact {
+        /// Keep the newest N events
+        #[arg(
+            long,
+            value_name = "N",
+            conflicts_with = "before",
+            required_unless_present = "before"
+        )]
+        keep: Option<u64>,
+        /// Drop the events before this sequence number
+        #[arg(long, value_name = "SEQ")]
+        before: Option<u64>,
     },
 }
 
@@ -90,6 +143,9 @@ struct StatusArgs {
     /// JSON on stdout
     #[arg(long)]
     json: bool,
+    /// The state as it was right after event SEQ, rebuilt from the event log
+    #[arg(long, value_name = "SEQ")]
+    at: Option<u64>,
 }
 
 #[derive(Args)]
@@ -115,8 +171,40 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Arc::new(SqliteStore::open(&store_path).map_err(|e| Exit::from(ferry::Error::from(e)))?);
     match cli.command {
         Command::Cp(args) => cp(store, args),
+        Command::Status(StatusArgs {
+            at: Some(seq),
+            name,
+            json,
+            ..
+        }) => output::status_at(store.as_ref(), seq, name.as_deref(), json),
         Command::Status(args) => {
             output::status(store.as_ref(), args.name.as_deref(), args.files, args.json)
+        }
+        Command::Watch(args) => watch::watch(
+            store.as_ref(),
+            watch::WatchArgs {
+                since: args.since,
+                from_now: args.from_now,
+                transfer: args.transfer,
+                event: args.event,
+                until_done: args.until_done,
+                json: args.json,
+            },
+        ),
+        Command::Wait { name } => watch::wait(store.as_ref(), &name),
+        Command::Store(StoreCommand::Compact { keep, before }) => {
+            let last = store.last_seq().map_err(ferry::Error::from)?;
+            let before = match (keep, before) {
+                (Some(keep), _) => (last + 1).saturating_sub(keep),
+                (None, Some(before)) => before,
+                (None, None) => unreachable!("clap requires --keep or --before"),
+            };
+            let horizon = store.compact(before).map_err(ferry::Error::from)?;
+            println!(
+                "ferry: events up to {horizon} compacted in {}; watchers may continue from --since {horizon}",
+                store.location().display()
+            );
+            Ok(Exit::Ok)
         }
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;

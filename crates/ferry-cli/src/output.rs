@@ -219,3 +219,46 @@ pub fn status(
     }
     Ok(Exit::Ok)
 }
+
+/// `ferry status --at SEQ`: every transfer (or one) as the log says it was
+/// right after event SEQ.
+pub fn status_at(
+    store: &dyn Store,
+    seq: u64,
+    name: Option<&str>,
+    json: bool,
+) -> Result<Exit, Exit> {
+    let mut snapshot = ferry::events::snapshot_at(store, seq)?;
+    if let Some(name) = name {
+        snapshot.retain(|t| t.name == name);
+        if snapshot.is_empty() {
+            return Err(ferry::Error::TransferNotFound {
+                name: name.to_owned(),
+                store: store.location(),
+            }
+            .into());
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_value(&snapshot).expect("snapshots serialize")
+        );
+        return Ok(Exit::Ok);
+    }
+    println!("as of event {seq}:");
+    for t in &snapshot {
+        let count = |state: FileState| t.entries.iter().filter(|e| e.state == state).count();
+        println!(
+            "{:>5}  {:<20} {:<8} {:<10} {:>17}  pid {} on {}",
+            t.id,
+            t.name,
+            t.kind,
+            t.state.to_string(),
+            format!("{}/{}", count(FileState::Committed), t.entries.len()),
+            t.owner_pid,
+            t.owner_host
+        );
+    }
+    Ok(Exit::Ok)
+}

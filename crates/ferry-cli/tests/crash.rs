@@ -55,7 +55,7 @@ fn progress_of_unfinished(store: &Path) -> (Vec<(u32, u64)>, u64) {
         .map(|e| (e.index.0, e.progress_bytes_durable))
         .collect();
     let last_seq = store
-        .events_since(0, usize::MAX >> 1)
+        .events_since(0, &Default::default(), usize::MAX >> 1)
         .unwrap()
         .last()
         .map_or(0, |e| e.seq);
@@ -150,7 +150,7 @@ fn sigkill_at_random_moments_then_resume_converges() {
         // A large file with durable progress continued from it.
         let events = SqliteStore::open(&store)
             .unwrap()
-            .events_since(last_seq, 1 << 20)
+            .events_since(last_seq, &Default::default(), 1 << 20)
             .unwrap();
         for (index, progress) in unfinished {
             let restart = events

@@ -138,7 +138,12 @@ fn crash_at_every_commit_step_then_resume_converges() {
                     .into_iter()
                     .find(|e| e.source.ends_with("large"))
                     .unwrap();
-                let last = store.events_since(0, 1 << 20).unwrap().last().unwrap().seq;
+                let last = store
+                    .events_since(0, &Default::default(), 1 << 20)
+                    .unwrap()
+                    .last()
+                    .unwrap()
+                    .seq;
                 let unfinished = matches!(large.state, FileState::Copying);
                 (unfinished.then_some(large.progress_bytes_durable), last)
             };
@@ -149,7 +154,7 @@ fn crash_at_every_commit_step_then_resume_converges() {
                 assert_eq!(large_progress, Some(32 << 20));
                 let store = SqliteStore::open(&s.store()).unwrap();
                 let restart = store
-                    .events_since(last_seq, 1 << 20)
+                    .events_since(last_seq, &Default::default(), 1 << 20)
                     .unwrap()
                     .into_iter()
                     .find(|e| e.name == "file.copying")
@@ -231,7 +236,7 @@ fn resumed_offset_of_large(s: &Scratch) -> Option<u64> {
         .find(|e| e.source.ends_with("large"))
         .unwrap();
     store
-        .events_since(0, 1 << 20)
+        .events_since(0, &Default::default(), 1 << 20)
         .unwrap()
         .into_iter()
         .rev()

@@ -12,6 +12,8 @@
 //!   [`store::SqliteStore`] is the embedded implementation of [`store::Store`].
 //! - The [`engine`] copies data into `DEST._ferry-<id>` temporaries and runs
 //!   the commit protocol; [`failpoint`] lets tests crash it at any step.
+//! - [`events`] follows the store's ordered event log ([`events::Watch`])
+//!   and rebuilds past states from it ([`events::snapshot_at`]).
 //! - [`model`] is the vocabulary, [`owner`] tells live owners from dead ones.
 //!
 //! ```no_run
@@ -29,6 +31,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod failpoint;
 pub mod model;
 pub mod owner;

@@ -308,7 +308,7 @@ pub struct NewTransfer {
 }
 
 /// One row of the event log.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
     pub seq: u64,
     pub time_ns: i64,

@@ -12,7 +12,7 @@ mod sqlite;
 
 use std::path::PathBuf;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 
 use crate::model::{
     EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner, TransferId,
@@ -99,6 +99,16 @@ pub enum StoreError {
         id: TransferId,
     },
 
+    #[error(
+        "store {path}: events up to {horizon} were compacted away, so a watcher cannot continue \
+         after {requested}: start again from a snapshot (`ferry status`) and --since {horizon}"
+    )]
+    Compacted {
+        path: PathBuf,
+        requested: u64,
+        horizon: u64,
+    },
+
     #[error("store {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
 }
@@ -136,6 +146,87 @@ pub trait Store: Send + Sync {
 
     fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError>;
 
-    /// Events with `seq > after`, oldest first, at most `limit` of them.
-    fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// Events with `seq > after` that pass `filter`, oldest first, at most
+    /// `limit` of them. [`StoreError::Compacted`] when events after `after`
+    /// were compacted away: never a silent gap.
+    fn events_since(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// The newest event's sequence number (0 when there is none).
+    fn last_seq(&self) -> Result<u64, StoreError>;
+
+    /// Deletes the events with `seq < before` (clamped so the newest event
+    /// stays) and raises the compaction horizon. Returns the new horizon:
+    /// the highest sequence number no longer readable.
+    fn compact(&self, before: u64) -> Result<u64, StoreError>;
+
+    /// A reader of the event log with its own connection, for watchers: it
+    /// never holds up writers, and it can block until the log changes.
+    fn event_reader(&self) -> Result<Box<dyn EventReader>, StoreError>;
+}
+
+/// Which events a reader wants. Empty: all of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub transfer: Option<TransferId>,
+    /// An event name (`transfer.completed`) or a family (`transfer`, `file`).
+    pub kind: Option<String>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, event: &Event) -> bool {
+        self.transfer.is_none_or(|t| t == event.transfer)
+            && self.kind.as_deref().is_none_or(|kind| {
+                event.name == kind
+                    || event
+                        .name
+                        .strip_prefix(kind)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+    }
+}
+
+/// Something that changes whenever the store commits a write, in this
+/// process or any other. Compare two to learn whether anything happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangeToken {
+    pub local: u64,
+    pub data_version: i64,
+}
+
+/// Events read in one snapshot of the log.
+#[derive(Clone, Debug)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// The newest event in that snapshot, matching the filter or not. When
+    /// the page is not full, every matching event up to here is in it.
+    pub last_seq: u64,
+}
+
+/// See [`Store::event_reader`].
+pub trait EventReader: Send {
+    fn events_since(
+        &mut self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<EventPage, StoreError>;
+
+    /// Take this *before* reading, then [`EventReader::wait_changed`] with
+    /// it after finding nothing new: a write in between is never missed.
+    fn change_token(&mut self) -> Result<ChangeToken, StoreError>;
+
+    /// Blocks until the store changed since `since`, or `timeout` passed.
+    /// Writers in this process wake it at once; writers in other processes
+    /// are noticed by a cheap check (SQLite's `data_version`) with bounded
+    /// back-off. Returns whether a change was seen.
+    fn wait_changed(
+        &mut self,
+        since: ChangeToken,
+        timeout: std::time::Duration,
+    ) -> Result<bool, StoreError>;
 }

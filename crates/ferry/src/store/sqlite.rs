@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
-use super::{Change, Store, StoreError};
+use super::{Change, ChangeToken, EventFilter, EventPage, EventReader, Store, StoreError};
 use crate::model::{
     EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind, NewEntry, NewTransfer, Owner,
     Preserve, SourceMeta, TransferId, TransferRecord, TransferState,
@@ -26,7 +26,8 @@ const APPLICATION_ID: i64 = 0x4652_5259;
 
 /// Schema migrations, in order; the store's `user_version` is how many have
 /// been applied. Never edit one that has shipped: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE transfers (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
@@ -80,7 +81,16 @@ CREATE TABLE events (
     name TEXT NOT NULL,
     context TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Event log retention: events with seq <= events_horizon were compacted.
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('events_horizon', 0);
+"#,
+];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -107,7 +117,19 @@ const NETWORK_FS_MAGIC: &[i64] = &[
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    notifier: Arc<Notifier>,
 }
+
+/// Wakes this process's watchers when this process commits a write.
+#[derive(Default)]
+struct Notifier {
+    commits: Mutex<u64>,
+    changed: Condvar,
+}
+
+/// Cross-process change checks back off from this to [`POLL_MAX`].
+const POLL_MIN: Duration = Duration::from_millis(1);
+const POLL_MAX: Duration = Duration::from_millis(20);
 
 impl SqliteStore {
     /// Opens the store at `path`, creating it (and its directory) when
@@ -169,6 +191,7 @@ impl SqliteStore {
         let mut store = SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            notifier: Arc::default(),
         };
         store.migrate(version)?;
         Ok(store)
@@ -210,6 +233,9 @@ impl SqliteStore {
             .map_err(|e| self.err(e))?;
         let value = f(&tx)?;
         tx.commit().map_err(|e| self.err(e))?;
+        drop(conn);
+        *self.notifier.commits.lock().expect("notifier poisoned") += 1;
+        self.notifier.changed.notify_all();
         Ok(value)
     }
 
@@ -581,14 +607,20 @@ impl Store for SqliteStore {
             )
             .map_err(|e| self.err(e))?;
             let id = TransferId(tx.last_insert_rowid());
-            if new.name.is_none() {
-                tx.execute(
-                    "UPDATE transfers SET name = ?1 WHERE id = ?2",
-                    params![format!("cp-{id}"), id.0],
-                )
-                .map_err(|e| self.err(e))?;
-            }
+            let name = match &new.name {
+                Some(name) => name.clone(),
+                None => {
+                    let name = format!("cp-{id}");
+                    tx.execute(
+                        "UPDATE transfers SET name = ?1 WHERE id = ?2",
+                        params![name, id.0],
+                    )
+                    .map_err(|e| self.err(e))?;
+                    name
+                }
+            };
             let context = serde_json::json!({
+                "name": name,
                 "kind": new.kind.as_str(),
                 "host": new.owner.host,
                 "pid": new.owner.pid,
@@ -727,40 +759,220 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
-        type Raw = (i64, i64, i64, Option<u32>, String, String);
-        let raw: Vec<Raw> = self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT seq, time_ns, transfer_id, entry_idx, name, context
-                 FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after as i64, limit as i64], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
-                ))
-            })?;
-            rows.collect()
-        })?;
-        raw.into_iter()
-            .map(|(seq, time_ns, transfer, entry, name, context)| {
-                let context = serde_json::from_str(&context)
-                    .map_err(|e| self.corrupt(format!("event {seq}: bad context: {e}")))?;
-                Ok(Event {
-                    seq: seq as u64,
-                    time_ns,
-                    transfer: TransferId(transfer),
-                    entry: entry.map(EntryIndex),
-                    name,
-                    context,
-                })
-            })
-            .collect()
+    fn events_since(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let conn = self.conn.lock().expect("store mutex poisoned");
+        query_events(&conn, &self.path, after, filter, limit).map(|page| page.events)
     }
+
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |row| {
+                row.get::<_, i64>(0)
+            })
+        })
+        .map(|seq| seq as u64)
+    }
+
+    fn compact(&self, before: u64) -> Result<u64, StoreError> {
+        self.write(|tx| {
+            let last: i64 = tx
+                .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |row| {
+                    row.get(0)
+                })
+                .map_err(|e| self.err(e))?;
+            let horizon: i64 = tx
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'events_horizon'",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            // The newest event always stays, so a store's last seq survives.
+            let before = (before as i64).min(last);
+            if before - 1 <= horizon {
+                return Ok(horizon as u64);
+            }
+            tx.execute("DELETE FROM events WHERE seq < ?1", [before])
+                .map_err(|e| self.err(e))?;
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'events_horizon'",
+                [before - 1],
+            )
+            .map_err(|e| self.err(e))?;
+            Ok((before - 1) as u64)
+        })
+    }
+
+    fn event_reader(&self) -> Result<Box<dyn EventReader>, StoreError> {
+        let conn = Connection::open(&self.path).map_err(|e| self.err(e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| self.err(e))?;
+        Ok(Box::new(SqliteEventReader {
+            path: self.path.clone(),
+            conn,
+            notifier: Arc::clone(&self.notifier),
+        }))
+    }
+}
+
+struct SqliteEventReader {
+    path: PathBuf,
+    conn: Connection,
+    notifier: Arc<Notifier>,
+}
+
+impl SqliteEventReader {
+    fn data_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))
+            .map_err(|e| sqlite_err(&self.path, e))
+    }
+}
+
+impl EventReader for SqliteEventReader {
+    fn events_since(
+        &mut self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        query_events(&self.conn, &self.path, after, filter, limit)
+    }
+
+    fn change_token(&mut self) -> Result<ChangeToken, StoreError> {
+        let local = *self.notifier.commits.lock().expect("notifier poisoned");
+        Ok(ChangeToken {
+            local,
+            data_version: self.data_version()?,
+        })
+    }
+
+    fn wait_changed(&mut self, since: ChangeToken, timeout: Duration) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + timeout;
+        let mut poll = POLL_MIN;
+        loop {
+            {
+                let commits = self.notifier.commits.lock().expect("notifier poisoned");
+                if *commits != since.local {
+                    return Ok(true);
+                }
+                let wait = poll.min(deadline.saturating_duration_since(Instant::now()));
+                let (commits, _) = self
+                    .notifier
+                    .changed
+                    .wait_timeout(commits, wait)
+                    .expect("notifier poisoned");
+                if *commits != since.local {
+                    return Ok(true);
+                }
+            }
+            if self.data_version()? != since.data_version {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            poll = (poll * 2).min(POLL_MAX);
+        }
+    }
+}
+
+/// One read transaction: the horizon check and the query see the same
+/// snapshot, so a compaction in between cannot open a silent gap.
+fn query_events(
+    conn: &Connection,
+    path: &Path,
+    after: u64,
+    filter: &EventFilter,
+    limit: usize,
+) -> Result<EventPage, StoreError> {
+    let err = |e| sqlite_err(path, e);
+    let tx = conn.unchecked_transaction().map_err(err)?;
+    let horizon: i64 = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'events_horizon'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(err)?;
+    if (after as i64) < horizon {
+        return Err(StoreError::Compacted {
+            path: path.to_path_buf(),
+            requested: after,
+            horizon: horizon as u64,
+        });
+    }
+    type Raw = (i64, i64, i64, Option<u32>, String, String);
+    let raw: Vec<Raw> = {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT seq, time_ns, transfer_id, entry_idx, name, context FROM events
+                 WHERE seq > ?1
+                   AND (?2 IS NULL OR transfer_id = ?2)
+                   AND (?3 IS NULL OR name = ?3 OR substr(name, 1, length(?3) + 1) = ?3 || '.')
+                 ORDER BY seq LIMIT ?4",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map(
+                params![
+                    after as i64,
+                    filter.transfer.map(|t| t.0),
+                    filter.kind.as_deref(),
+                    limit.min(i64::MAX as usize) as i64
+                ],
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                    ))
+                },
+            )
+            .map_err(err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(err)?
+    };
+    let last_seq: i64 = tx
+        .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |row| {
+            row.get(0)
+        })
+        .map_err(err)?;
+    tx.finish().map_err(err)?;
+    let events: Vec<Event> = raw
+        .into_iter()
+        .map(|(seq, time_ns, transfer, entry, name, context)| {
+            let context = serde_json::from_str(&context).map_err(|e| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("event {seq}: bad context: {e}"),
+            })?;
+            Ok(Event {
+                seq: seq as u64,
+                time_ns,
+                transfer: TransferId(transfer),
+                entry: entry.map(EntryIndex),
+                name,
+                context,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    // Read back: what crosses the disk is strictly ordered and filtered.
+    assert!(
+        events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "events out of order"
+    );
+    assert!(events.first().is_none_or(|e| e.seq > after));
+    assert!(events.last().is_none_or(|e| e.seq <= last_seq as u64));
+    Ok(EventPage {
+        events,
+        last_seq: last_seq as u64,
+    })
 }
 
 fn sqlite_err(path: &Path, source: rusqlite::Error) -> StoreError {
@@ -910,7 +1122,10 @@ mod tests {
         };
         store.apply(&[to(TransferState::Dispatched)]).unwrap();
         store.apply(&[to(TransferState::Running)]).unwrap();
-        let before = store.events_since(0, 1000).unwrap().len();
+        let before = store
+            .events_since(0, &EventFilter::default(), 1000)
+            .unwrap()
+            .len();
         // A batch with an illegal change is refused whole.
         let batch = [
             Change::Entry {
@@ -931,13 +1146,21 @@ mod tests {
             },
         ];
         assert!(store.apply(&batch).is_err());
-        assert_eq!(store.events_since(0, 1000).unwrap().len(), before);
+        assert_eq!(
+            store
+                .events_since(0, &EventFilter::default(), 1000)
+                .unwrap()
+                .len(),
+            before
+        );
         assert_eq!(store.entries(t.id).unwrap()[0].state, FileState::Pending);
         store.apply(&batch[..1]).unwrap();
         let entries = store.entries(t.id).unwrap();
         assert_eq!(entries[0].source, entry.source);
         assert_eq!(entries[0].state, FileState::Copied);
-        let events = store.events_since(0, 1000).unwrap();
+        let events = store
+            .events_since(0, &EventFilter::default(), 1000)
+            .unwrap();
         let names: Vec<_> = events.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,

@@ -1,0 +1,203 @@
+//! `ferry watch` and `ferry wait`: both read the one ordered event log.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use ferry::events::{Watch, WatchItem, is_terminal_event};
+use ferry::model::Event;
+use ferry::store::{EventFilter, Store};
+use ferry::{TransferId, TransferState};
+
+use crate::exit::Exit;
+
+pub struct WatchArgs {
+    pub since: Option<u64>,
+    pub from_now: bool,
+    pub transfer: Option<String>,
+    pub event: Option<String>,
+    pub until_done: Option<String>,
+    pub json: bool,
+}
+
+/// A transfer named on the command line, which may not exist yet: it is
+/// resolved from its `transfer.created` event when it appears.
+struct NamedTransfer {
+    name: String,
+    id: Option<TransferId>,
+}
+
+impl NamedTransfer {
+    fn new(store: &dyn Store, name: String) -> ferry::Result<NamedTransfer> {
+        let id = store.transfer_by_name(&name)?.map(|t| t.id);
+        Ok(NamedTransfer { name, id })
+    }
+
+    /// Learns the id from a creation event; then says whether `event` is ours.
+    fn matches(&mut self, event: &Event) -> bool {
+        if event.name == "transfer.created"
+            && event.context["name"].as_str() == Some(self.name.as_str())
+        {
+            self.id = Some(event.transfer);
+        }
+        self.id == Some(event.transfer)
+    }
+}
+
+pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
+    let since = match (args.since, args.from_now) {
+        (Some(seq), _) => seq,
+        (None, true) => store.last_seq().map_err(ferry::Error::from)?,
+        (None, false) => 0,
+    };
+    let mut only = args
+        .transfer
+        .map(|n| NamedTransfer::new(store, n))
+        .transpose()?;
+    let mut until = args
+        .until_done
+        .map(|n| NamedTransfer::new(store, n))
+        .transpose()?;
+    // Already over before we started: its end is in the backlog (or before
+    // the cursor), so stop once the backlog is delivered.
+    let ended_before = match &until {
+        Some(u) => store
+            .transfer_by_name(&u.name)
+            .map_err(ferry::Error::from)?
+            .map(|t| t.state)
+            .filter(|s| s.is_terminal()),
+        None => None,
+    };
+    // Filtering by kind happens in the store; by transfer here, because a
+    // transfer named on the command line may not exist yet.
+    let filter = EventFilter {
+        transfer: None,
+        kind: args.event,
+    };
+    let mut names: HashMap<TransferId, String> = HashMap::new();
+    let stdout = std::io::stdout();
+    for item in Watch::new(store, since, filter)? {
+        let mut out = stdout.lock();
+        let event = match item? {
+            WatchItem::CaughtUp(seq) => {
+                if args.json {
+                    let _ = writeln!(out, "{}", serde_json::json!({"bookmark": seq}));
+                } else {
+                    let _ = writeln!(out, "-- caught up at {seq}; live events follow --");
+                }
+                let _ = out.flush();
+                if let Some(state) = ended_before {
+                    return Ok(outcome(state));
+                }
+                continue;
+            }
+            WatchItem::Event(event) => event,
+        };
+        let done = until.as_mut().is_some_and(|u| u.matches(&event))
+            && until_done_state(&until, &event).is_some();
+        let shown = only.as_mut().is_none_or(|o| o.matches(&event));
+        if shown {
+            let name = transfer_name(store, &mut names, &event);
+            if args.json {
+                let mut line = event.to_json();
+                line["subject"]["name"] = name.into();
+                let _ = writeln!(out, "{line}");
+            } else {
+                let entry = event
+                    .entry
+                    .map(|e| format!(" entry {}", e.0))
+                    .unwrap_or_default();
+                let context = if event.context.is_null() {
+                    String::new()
+                } else {
+                    format!(" {}", event.context)
+                };
+                let _ = writeln!(
+                    out,
+                    "{:>8} {} {:<20} {}{}{}",
+                    event.seq,
+                    ferry::events::rfc3339_ns(event.time_ns),
+                    event.name,
+                    name,
+                    entry,
+                    context
+                );
+            }
+            let _ = out.flush();
+        }
+        if done {
+            return Ok(outcome(event.transfer_state().expect("a terminal event")));
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+fn until_done_state(until: &Option<NamedTransfer>, event: &Event) -> Option<TransferState> {
+    let id = until.as_ref()?.id?;
+    is_terminal_event(event, id)
+        .then(|| event.transfer_state())
+        .flatten()
+}
+
+fn transfer_name(
+    store: &dyn Store,
+    names: &mut HashMap<TransferId, String>,
+    event: &Event,
+) -> String {
+    if let Some(name) = event.context["name"]
+        .as_str()
+        .filter(|_| event.name == "transfer.created")
+    {
+        names.insert(event.transfer, name.to_owned());
+    }
+    names
+        .entry(event.transfer)
+        .or_insert_with(|| {
+            store
+                .transfer(event.transfer)
+                .ok()
+                .flatten()
+                .map(|t| t.name)
+                .unwrap_or_default()
+        })
+        .clone()
+}
+
+/// `ferry wait NAME`: returns when the transfer is terminal; the exit code
+/// tells how it ended.
+pub fn wait(store: &dyn Store, name: &str) -> Result<Exit, Exit> {
+    // The cursor first, then the state: a change in between is in the log
+    // after the cursor, so it cannot be missed.
+    let since = store.last_seq().map_err(ferry::Error::from)?;
+    let transfer = store
+        .transfer_by_name(name)
+        .map_err(ferry::Error::from)?
+        .ok_or_else(|| ferry::Error::TransferNotFound {
+            name: name.to_owned(),
+            store: store.location(),
+        })?;
+    if transfer.state.is_terminal() {
+        return Ok(outcome(transfer.state));
+    }
+    let filter = EventFilter {
+        transfer: Some(transfer.id),
+        kind: Some("transfer".into()),
+    };
+    for item in Watch::new(store, since, filter)? {
+        if let WatchItem::Event(event) = item?
+            && is_terminal_event(&event, transfer.id)
+        {
+            let state = event.transfer_state().expect("a terminal event");
+            println!("ferry: {name} {state}");
+            return Ok(outcome(state));
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+fn outcome(state: TransferState) -> Exit {
+    match state {
+        TransferState::Completed | TransferState::Finalized => Exit::Ok,
+        TransferState::Cancelled => Exit::Cancelled,
+        _ => Exit::TransferFailed,
+    }
+}
