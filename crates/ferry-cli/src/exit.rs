@@ -29,7 +29,8 @@ pub fn code(e: &Error) -> u8 {
         Error::SourceIsDirectory { .. } => 5,
         Error::DirectoryOntoFile { .. }
         | Error::FileOntoDirectory { .. }
-        | Error::TargetNotADirectory { .. } => 6,
+        | Error::TargetNotADirectory { .. }
+        | Error::DuplicateDestination { .. } => 6,
         Error::SameFile { .. } | Error::CopyIntoItself { .. } => 7,
         Error::Store(StoreError::NotAStore { .. } | StoreError::Corrupt { .. }) => 8,
         Error::Store(StoreError::TooNew { .. }) => 9,

@@ -138,8 +138,15 @@ fn sigkill_at_random_moments_then_resume_converges() {
                 .arg(&dst);
         }
         let out = run(&mut again);
-        if finished_first && exists && out.status.code() == Some(13) {
-            // It completed before the kill: nothing to resume.
+        if exists && out.status.code() == Some(13) {
+            // It completed before the kill landed: nothing to resume.
+            let status = json(&run_ok(
+                ferry_at(&store).args(["status", "crash", "--json"]),
+            ));
+            assert_eq!(
+                status["state"], "completed",
+                "only a completed transfer has nothing to resume"
+            );
             assert_same_tree(&src, &dst);
             continue;
         }

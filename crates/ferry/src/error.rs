@@ -27,6 +27,13 @@ pub enum Error {
     #[error("target {path} is not a directory (several sources need a directory to copy into)")]
     TargetNotADirectory { path: PathBuf },
 
+    #[error("{first} and {second} would both be copied to {dest}: copy them to different places")]
+    DuplicateDestination {
+        first: PathBuf,
+        second: PathBuf,
+        dest: PathBuf,
+    },
+
     #[error("{from} and {dest} are the same file")]
     SameFile { from: PathBuf, dest: PathBuf },
 

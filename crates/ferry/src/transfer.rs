@@ -149,10 +149,24 @@ impl Transfer {
             }),
             Liveness::Dead => {
                 let owner = Owner::current();
-                self.store.apply(&[Change::Reattach {
+                let taken = self.store.apply(&[Change::Reattach {
                     id: self.record.id,
+                    from: self.record.owner.clone(),
                     owner: owner.clone(),
-                }])?;
+                }]);
+                match taken {
+                    Ok(()) => {}
+                    // Another process re-attached it first: it is theirs.
+                    Err(StoreError::OwnerChanged { host, pid, .. }) => {
+                        return Err(Error::OwnerAlive {
+                            name: self.record.name.clone(),
+                            id: self.record.id,
+                            host,
+                            pid,
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 self.record.owner = owner;
                 self.reattached = true;
                 Ok(())
@@ -214,11 +228,24 @@ impl Transfer {
                 action,
             });
         }
-        self.store.apply(&[Change::Transfer {
+        let dispatched = self.store.apply(&[Change::Transfer {
             id: self.record.id,
             to: TransferState::Dispatched,
+            owner: Some(Owner::current()),
             context: serde_json::json!({"action": action, "workers": workers}),
-        }])?;
+        }]);
+        match dispatched {
+            Ok(()) => {}
+            Err(StoreError::OwnerChanged { host, pid, .. }) => {
+                return Err(Error::OwnerAlive {
+                    name: self.record.name.clone(),
+                    id: self.record.id,
+                    host,
+                    pid,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.record.state = TransferState::Dispatched;
         self.cancel.store(false, Ordering::Relaxed);
         let options = RunOptions {
@@ -284,6 +311,7 @@ impl Transfer {
         self.store.apply(&[Change::Transfer {
             id: self.record.id,
             to: TransferState::Cancelled,
+            owner: None,
             context: serde_json::json!({"by_pid": std::process::id()}),
         }])?;
         self.cancel.store(true, Ordering::Relaxed);

@@ -72,7 +72,15 @@ impl Committer<'_> {
             committed: Vec::with_capacity(batch.len()),
             failed: failures,
         };
-        let mut live: Vec<Ready> = batch.to_vec();
+        // A file the workers reported failed is never committed, even if
+        // another of its ranges also reported it copied.
+        let failed_now: std::collections::HashSet<EntryIndex> =
+            outcome.failed.iter().map(|(i, _)| *i).collect();
+        let mut live: Vec<Ready> = batch
+            .iter()
+            .copied()
+            .filter(|r| !failed_now.contains(&r.index))
+            .collect();
 
         // 2. Data durable.
         let unsynced: Vec<&EntryRecord> = live
@@ -84,9 +92,15 @@ impl Committer<'_> {
             let synced =
                 failpoint::hit(CommitStep::SyncData).and_then(|()| match unsynced.as_slice() {
                     [one] if one.kind == EntryKind::File => {
-                        File::open(self.temp_of(one)).and_then(|f| f.sync_data())
+                        let temp = self.temp_of(one);
+                        File::open(&temp)
+                            .and_then(|f| f.sync_data())
+                            .and_then(|()| sync_parent(&temp))
                     }
-                    many => sync_file_systems(many.iter().map(|e| e.dest.as_path())),
+                    many => {
+                        let temps: Vec<PathBuf> = many.iter().map(|e| self.temp_of(e)).collect();
+                        make_durable(temps.iter().map(PathBuf::as_path))
+                    }
                 });
             if let Err(e) = synced {
                 let message = format!("could not make the data durable: {e}");
@@ -149,7 +163,7 @@ impl Committer<'_> {
                     let dest = &self.entry(one.index).dest;
                     sync_parent(dest).and_then(|()| File::open(dest)?.sync_all())
                 }
-                many => sync_file_systems(many.iter().map(|r| self.entry(r.index).dest.as_path())),
+                many => make_durable(many.iter().map(|r| self.entry(r.index).dest.as_path())),
             });
             if let Err(e) = synced {
                 for r in live.drain(..) {
@@ -299,7 +313,7 @@ fn timespec(ns: i64) -> Timespec {
     }
 }
 
-fn sync_parent(path: &Path) -> io::Result<()> {
+pub fn sync_parent(path: &Path) -> io::Result<()> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -307,12 +321,18 @@ fn sync_parent(path: &Path) -> io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
-/// One `syncfs` per file system holding any of `paths` (through their
-/// parent directories): the batched alternative to an fsync per file.
-pub fn sync_file_systems<'p>(paths: impl Iterator<Item = &'p Path>) -> io::Result<()> {
+/// Makes each path's data and inode, and its name in its directory,
+/// durable. Batched: one `syncfs` per file system holding any of them. On
+/// kernels before 5.8 `syncfs` does not report writeback errors, so there
+/// each file and each directory is fsynced instead: slower, never silent.
+pub fn make_durable<'p>(paths: impl Iterator<Item = &'p Path>) -> io::Result<()> {
     let mut parents: HashMap<&Path, ()> = HashMap::new();
     let mut by_device: HashMap<u64, File> = HashMap::new();
+    let reliable = syncfs_reports_errors();
     for path in paths {
+        if !reliable && !std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+            File::open(path)?.sync_all()?;
+        }
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -321,6 +341,10 @@ pub fn sync_file_systems<'p>(paths: impl Iterator<Item = &'p Path>) -> io::Resul
             continue;
         }
         let dir = File::open(parent)?;
+        if !reliable {
+            dir.sync_all()?;
+            continue;
+        }
         let dev = dir.metadata()?.dev();
         by_device.entry(dev).or_insert(dir);
     }
@@ -328,4 +352,18 @@ pub fn sync_file_systems<'p>(paths: impl Iterator<Item = &'p Path>) -> io::Resul
         rustix::fs::syncfs(dir)?;
     }
     Ok(())
+}
+
+/// Linux reports writeback errors from `syncfs` since 5.8.
+fn syncfs_reports_errors() -> bool {
+    static RELIABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RELIABLE.get_or_init(|| {
+        let uname = rustix::system::uname();
+        let release = uname.release().to_string_lossy();
+        let mut parts = release
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|p| p.parse::<u32>().ok());
+        let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        version >= (5, 8)
+    })
 }

@@ -30,10 +30,10 @@ pub enum CopyError {
     Cancelled,
     /// Reading the source failed.
     Read(io::Error),
-    /// Writing the temporary failed, after `written` bytes of the range.
+    /// Writing the temporary failed at offset `at`.
     Write {
         error: io::Error,
-        written: u64,
+        at: u64,
     },
     /// The source ended before the size captured when it was added.
     SourceShrank {
@@ -53,36 +53,45 @@ pub struct Copier<'a> {
 
 impl Copier<'_> {
     /// Copies `[start, end)` of `src` to the same offsets of `dst`, skipping
-    /// holes (the caller sized `dst` so that trailing holes exist).
+    /// holes unless `dense` says there are none. Returns where the last data
+    /// written ends: the caller extends `dst` when a hole ends the file.
     pub fn copy_range(
         &self,
         src: &File,
         dst: &File,
         start: u64,
         end: u64,
+        dense: bool,
         buffer: &mut Vec<u8>,
-    ) -> Result<(), CopyError> {
+    ) -> Result<u64, CopyError> {
+        if dense {
+            self.copy_data(src, dst, start, end, buffer)?;
+            return Ok(end);
+        }
         let mut pos = start;
+        let mut data_end = start;
         while pos < end {
             let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
                 Ok(data) => data,
-                // No data after pos: the rest is a hole.
-                Err(Errno::NXIO) => return Ok(()),
+                // No data after pos: the rest is a hole (the caller checks
+                // afterwards that the source did not shrink).
+                Err(Errno::NXIO) => return Ok(data_end),
                 // The file system cannot tell holes: everything is data.
                 Err(Errno::INVAL | Errno::OPNOTSUPP) => pos,
                 Err(e) => return Err(CopyError::Read(e.into())),
             };
             if data >= end {
-                return Ok(());
+                return Ok(data_end);
             }
             let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
                 Ok(hole) => hole.min(end),
                 Err(_) => end,
             };
             self.copy_data(src, dst, data, hole, buffer)?;
+            data_end = hole;
             pos = hole;
         }
-        Ok(())
+        Ok(data_end)
     }
 
     fn copy_data(
@@ -98,10 +107,8 @@ impl Copier<'_> {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(CopyError::Cancelled);
             }
-            failpoint::hit(CommitStep::WriteData).map_err(|error| CopyError::Write {
-                error,
-                written: pos - start,
-            })?;
+            failpoint::hit(CommitStep::WriteData)
+                .map_err(|error| CopyError::Write { error, at: pos })?;
             let want = (end - pos).min(CHUNK_BYTES as u64) as usize;
             let copied = if self.use_copy_file_range.load(Ordering::Relaxed) {
                 let (mut off_in, mut off_out) = (pos, pos);
@@ -120,14 +127,14 @@ impl Copier<'_> {
                         None
                     }
                     // copy_file_range cannot tell which side failed; ask each.
-                    Err(e) => return Err(classify(e.into(), src, pos - start)),
+                    Err(e) => return Err(classify(e.into(), src, pos)),
                 }
             } else {
                 None
             };
             let copied = match copied {
                 Some(n) => n,
-                None => self.copy_buffered(src, dst, pos, want, buffer, pos - start)?,
+                None => self.copy_buffered(src, dst, pos, want, buffer)?,
             };
             if copied == 0 {
                 return Err(CopyError::SourceShrank { at: pos });
@@ -146,7 +153,6 @@ impl Copier<'_> {
         pos: u64,
         want: usize,
         buffer: &mut Vec<u8>,
-        written_before: u64,
     ) -> Result<usize, CopyError> {
         if buffer.len() < BUFFER_BYTES {
             buffer.resize(BUFFER_BYTES, 0);
@@ -160,23 +166,20 @@ impl Copier<'_> {
             }
         };
         dst.write_all_at(&buffer[..n], pos)
-            .map_err(|error| CopyError::Write {
-                error,
-                written: written_before,
-            })?;
+            .map_err(|error| CopyError::Write { error, at: pos })?;
         Ok(n)
     }
 }
 
 /// Attributes a `copy_file_range` failure to the side that caused it.
-fn classify(e: io::Error, src: &File, written: u64) -> CopyError {
+fn classify(e: io::Error, src: &File, at: u64) -> CopyError {
     let is_write_side = matches!(
         e.raw_os_error().map(Errno::from_raw_os_error),
         Some(Errno::NOSPC | Errno::DQUOT | Errno::FBIG | Errno::ROFS)
     );
     if is_write_side || src.metadata().is_ok() && e.raw_os_error() != Some(Errno::IO.raw_os_error())
     {
-        CopyError::Write { error: e, written }
+        CopyError::Write { error: e, at }
     } else {
         CopyError::Read(e)
     }

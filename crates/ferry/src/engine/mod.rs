@@ -21,6 +21,7 @@ pub mod commit;
 pub mod copy;
 pub mod plan;
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -145,15 +146,24 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
             id,
         })?;
     let entries = store.entries(id)?;
-    for (position, entry) in entries.iter().enumerate() {
-        assert_eq!(
-            entry.index.0 as usize, position,
-            "entries must be numbered densely"
-        );
+    if let Some((position, entry)) = entries
+        .iter()
+        .enumerate()
+        .find(|(p, e)| e.index.0 as usize != *p)
+    {
+        return Err(StoreError::Corrupt {
+            path: store.location(),
+            detail: format!(
+                "transfer {id}: entry {} found at position {position}",
+                entry.index.0
+            ),
+        }
+        .into());
     }
     store.apply(&[Change::Transfer {
         id,
         to: TransferState::Running,
+        owner: None,
         context: serde_json::json!({"pid": std::process::id()}),
     }])?;
     let engine = Engine {
@@ -201,7 +211,7 @@ impl Engine<'_> {
         let mut failures: Vec<(EntryIndex, String)> = Vec::new();
 
         // Directories first, so that files have somewhere to go.
-        self.create_directories(entries, &mut failures)?;
+        let left_alone = self.create_directories(entries, &mut failures)?;
 
         // Then the work list, and what earlier runs already copied.
         let mut work = Vec::new();
@@ -300,7 +310,7 @@ impl Engine<'_> {
             return self.report(TransferState::Cancelled, failed);
         }
         if failed.is_empty() {
-            self.finish_directories(entries, &mut failed)?;
+            self.finish_directories(entries, &left_alone, &mut failed)?;
         }
         let state = if failed.is_empty() {
             TransferState::Completed
@@ -310,6 +320,7 @@ impl Engine<'_> {
         self.store.apply(&[Change::Transfer {
             id: self.transfer.id,
             to: state,
+            owner: None,
             context: serde_json::json!({
                 "files_failed": failed.len(),
                 "bytes_copied": self.options.progress.bytes_copied.load(Ordering::Relaxed),
@@ -344,18 +355,26 @@ impl Engine<'_> {
         })
     }
 
+    /// Creates the transfer's directories (and missing parents of its
+    /// entries, as `mkdir -p`). Returns the directories that existed before
+    /// and are left as they are: without `-p`, cp does not touch an
+    /// existing directory's mode or times.
     fn create_directories(
         &self,
         entries: &[EntryRecord],
         failures: &mut Vec<(EntryIndex, String)>,
-    ) -> Result<()> {
-        let dirs: std::collections::HashSet<&Path> = entries
+    ) -> Result<HashSet<EntryIndex>> {
+        let dirs: HashSet<&Path> = entries
             .iter()
             .filter(|e| e.kind == EntryKind::Dir)
             .map(|e| e.dest.as_path())
             .collect();
-        let mut parents_made: std::collections::HashSet<&Path> = std::collections::HashSet::new();
-        let mut created = Vec::new();
+        let preserve = self.transfer.preserve;
+        let preserving = preserve.mode || preserve.ownership || preserve.times;
+        let mut parents_made: HashSet<&Path> = HashSet::new();
+        let mut changes = Vec::new();
+        let mut to_create = Vec::new();
+        let mut left_alone = HashSet::new();
         for entry in entries {
             if entry.state == FileState::Committed {
                 continue;
@@ -375,29 +394,68 @@ impl Engine<'_> {
             if entry.kind != EntryKind::Dir {
                 continue;
             }
+            match std::fs::symlink_metadata(&entry.dest) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => to_create.push(entry),
+                Ok(m) if m.is_dir() => {
+                    // `copied` or `failed`: an earlier run of ours made it.
+                    // `pending`: it was there before this transfer.
+                    if entry.state == FileState::Copied {
+                        continue;
+                    }
+                    changes.push(self.committer.entry_change(
+                        entry.index,
+                        FileState::Copied,
+                        None,
+                        None,
+                    ));
+                    if entry.state == FileState::Pending && !preserving {
+                        changes.push(self.committer.entry_change(
+                            entry.index,
+                            FileState::Committed,
+                            None,
+                            None,
+                        ));
+                        left_alone.insert(entry.index);
+                    }
+                }
+                Ok(_) => failures.push((
+                    entry.index,
+                    format!(
+                        "cannot create directory {}: a file of that name exists",
+                        entry.dest.display()
+                    ),
+                )),
+                Err(e) => failures.push((
+                    entry.index,
+                    format!("cannot create directory {}: {e}", entry.dest.display()),
+                )),
+            }
+        }
+        // Recorded before they exist, so that a crash right after mkdir
+        // still knows these are ours (and get their mode at the end); a
+        // directory carries no data, so this claims nothing about content.
+        changes.extend(
+            to_create
+                .iter()
+                .filter(|e| e.state != FileState::Copied)
+                .map(|e| {
+                    self.committer
+                        .entry_change(e.index, FileState::Copied, None, None)
+                }),
+        );
+        self.store.apply(&changes)?;
+        for entry in to_create {
             // Owner-only until its contents are in place; its own mode last.
             match std::fs::DirBuilder::new().mode(0o700).create(&entry.dest) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && entry.dest.is_dir() => {}
-                Err(e) => {
-                    failures.push((
-                        entry.index,
-                        format!("cannot create directory {}: {e}", entry.dest.display()),
-                    ));
-                    continue;
-                }
-            }
-            if entry.state != FileState::Copied {
-                created.push(self.committer.entry_change(
+                Err(e) => failures.push((
                     entry.index,
-                    FileState::Copied,
-                    None,
-                    None,
-                ));
+                    format!("cannot create directory {}: {e}", entry.dest.display()),
+                )),
             }
         }
-        self.store.apply(&created)?;
-        Ok(())
+        Ok(left_alone)
     }
 
     /// Directory metadata goes on after everything inside is in place,
@@ -405,12 +463,17 @@ impl Engine<'_> {
     fn finish_directories(
         &self,
         entries: &[EntryRecord],
+        left_alone: &HashSet<EntryIndex>,
         failed: &mut Vec<(EntryIndex, String)>,
     ) -> Result<()> {
         let dirs: Vec<&EntryRecord> = entries
             .iter()
             .rev()
-            .filter(|e| e.kind == EntryKind::Dir && e.state != FileState::Committed)
+            .filter(|e| {
+                e.kind == EntryKind::Dir
+                    && e.state != FileState::Committed
+                    && !left_alone.contains(&e.index)
+            })
             .collect();
         if dirs.is_empty() {
             return Ok(());
@@ -467,14 +530,9 @@ impl Engine<'_> {
     /// run made durable, and returns the offset to continue from.
     fn prepare_large(&self, entry: &EntryRecord) -> Result<u64, String> {
         let temp = self.committer.temp_of(entry);
+        let size = entry.meta.size;
         // Not truncated: its durable prefix is what a resume continues from.
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|e| write_error(&temp, &e, 0, entry.meta.size))?;
+        let file = open_temp(&temp, false).map_err(|e| write_error(&temp, &e, 0, size))?;
         let length = file.metadata().map(|m| m.len()).unwrap_or(0);
         // Continue only from a prefix the store recorded as durable and the
         // temporary still holds; anything else restarts from zero.
@@ -484,10 +542,13 @@ impl Engine<'_> {
             0
         };
         // Cut what is past the prefix, so that holes of the source stay holes,
-        // then give the file its full length so ranges can land anywhere.
+        // then give the file its full length so ranges can land anywhere. The
+        // directory entry is made durable once, so that the progress recorded
+        // later never points at a temporary a crash could lose.
         file.set_len(first)
-            .and_then(|()| file.set_len(entry.meta.size))
-            .map_err(|e| write_error(&temp, &e, first, entry.meta.size))?;
+            .and_then(|()| file.set_len(size))
+            .and_then(|()| commit::sync_parent(&temp))
+            .map_err(|e| write_error(&temp, &e, first, size))?;
         Ok(first)
     }
 
@@ -554,22 +615,21 @@ impl Engine<'_> {
     /// Step 1 for a small file. `Err(None)`: cancelled.
     fn copy_whole(&self, entry: &EntryRecord, buffer: &mut Vec<u8>) -> Result<(), Option<String>> {
         let size = entry.meta.size;
-        let src = self.open_source(entry).map_err(Some)?;
+        let (src, dense) = self.open_source(entry).map_err(Some)?;
         let temp = self.committer.temp_of(entry);
-        let dst = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|e| Some(write_error(&temp, &e, 0, size)))?;
-        self.copier
-            .copy_range(&src, &dst, 0, size, buffer)
-            .map_err(|e| self.copy_error(entry, &temp, e, 0))?;
+        let dst = open_temp(&temp, true).map_err(|e| Some(write_error(&temp, &e, 0, size)))?;
+        let data_end = self
+            .copier
+            .copy_range(&src, &dst, 0, size, dense, buffer)
+            .map_err(|e| self.copy_error(entry, &temp, e))?;
         // Trailing holes: the length comes from the size, not the last write.
-        dst.set_len(size)
-            .map_err(|e| Some(write_error(&temp, &e, size, size)))?;
-        Ok(())
+        if data_end < size {
+            dst.set_len(size)
+                .map_err(|e| Some(write_error(&temp, &e, data_end, size)))?;
+        }
+        self.check_source_unchanged(entry, &src)
+            .map(drop)
+            .map_err(Some)
     }
 
     fn copy_range(
@@ -585,19 +645,26 @@ impl Engine<'_> {
             return None;
         }
         let temp = self.committer.temp_of(entry);
-        let copied = self.open_source(entry).map_err(Some).and_then(|src| {
-            let dst = OpenOptions::new()
-                .write(true)
-                .open(&temp)
-                .map_err(|e| Some(write_error(&temp, &e, start, entry.meta.size)))?;
-            self.copier
-                .copy_range(&src, &dst, start, end, buffer)
-                .map_err(|e| self.copy_error(entry, &temp, e, start))?;
-            Ok(dst)
-        });
+        let copied = self
+            .open_source(entry)
+            .map_err(Some)
+            .and_then(|(src, dense)| {
+                let dst = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&temp)
+                    .map_err(|e| Some(write_error(&temp, &e, start, entry.meta.size)))?;
+                self.copier
+                    .copy_range(&src, &dst, start, end, dense, buffer)
+                    .map_err(|e| self.copy_error(entry, &temp, e))?;
+                self.check_source_unchanged(entry, &src).map_err(Some)?;
+                Ok(dst)
+            });
         let mut tracker = tracker.lock().expect("tracker poisoned");
         let dst = match copied {
-            Ok(dst) => dst,
+            Ok(dst) if !tracker.failed => dst,
+            // Another range of this file failed meanwhile: it reported it.
+            Ok(_) => return None,
             Err(message) => {
                 let first_failure = !tracker.failed;
                 tracker.failed = true;
@@ -669,44 +736,50 @@ impl Engine<'_> {
             .map_err(|e| format!("{}: cannot create symlink: {e}", temp.display()))
     }
 
-    /// Opens a source and checks it is still what was added.
-    fn open_source(&self, entry: &EntryRecord) -> Result<File, String> {
+    /// Opens a source and checks it is still what was added. Also says
+    /// whether it is dense (all its blocks allocated), in which case looking
+    /// for holes is a waste of two system calls.
+    fn open_source(&self, entry: &EntryRecord) -> Result<(File, bool), String> {
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&entry.source)
             .map_err(|e| format!("cannot open source {}: {e}", entry.source.display()))?;
+        let meta = self.check_source_unchanged(entry, &file)?;
+        Ok((file, meta.blocks().saturating_mul(512) >= meta.size()))
+    }
+
+    /// Size and mtime as captured when the entry was added: checked when a
+    /// copy starts and again when it ends, so that a source truncated,
+    /// grown or rewritten meanwhile fails instead of arriving mixed.
+    fn check_source_unchanged(
+        &self,
+        entry: &EntryRecord,
+        file: &File,
+    ) -> Result<std::fs::Metadata, String> {
         let meta = file
             .metadata()
             .map_err(|e| format!("cannot stat source {}: {e}", entry.source.display()))?;
-        let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        let mtime_ns = plan::time_ns(meta.mtime(), meta.mtime_nsec());
         if meta.size() != entry.meta.size || mtime_ns != entry.meta.mtime_ns {
             return Err(format!(
-                "source {} changed since it was added (size {} → {}): add it again",
+                "source {} changed during transfer (size {} when added, {} now; or its mtime changed): add it again",
                 entry.source.display(),
                 entry.meta.size,
                 meta.size()
             ));
         }
-        Ok(file)
+        Ok(meta)
     }
 
-    fn copy_error(
-        &self,
-        entry: &EntryRecord,
-        temp: &Path,
-        e: CopyError,
-        start: u64,
-    ) -> Option<String> {
+    fn copy_error(&self, entry: &EntryRecord, temp: &Path, e: CopyError) -> Option<String> {
         match e {
             CopyError::Cancelled => None,
             CopyError::Read(e) => Some(format!(
                 "cannot read source {}: {e}",
                 entry.source.display()
             )),
-            CopyError::Write { error, written } => {
-                Some(write_error(temp, &error, start + written, entry.meta.size))
-            }
+            CopyError::Write { error, at } => Some(write_error(temp, &error, at, entry.meta.size)),
             CopyError::SourceShrank { at } => Some(format!(
                 "source {} changed during transfer: it ended at byte {at} of {}",
                 entry.source.display(),
@@ -739,20 +812,27 @@ impl Engine<'_> {
                 failed.extend(outcome.failed);
                 Ok(())
             };
+        // A batch is committed when it is full, or BATCH_WAIT after its
+        // first file arrived, whichever is first.
+        let mut batch_started: Option<Instant> = (!batch.is_empty()).then(Instant::now);
         let result = loop {
-            if batch.len() >= BATCH_FILES_MAX {
+            let due = batch_started.is_some_and(|t| t.elapsed() >= BATCH_WAIT);
+            if batch.len() >= BATCH_FILES_MAX || due {
                 if let Err(e) = flush(&mut batch, &mut failures) {
                     break Err(e);
                 }
+                batch_started = None;
             }
-            match rx.recv_timeout(BATCH_WAIT) {
-                Ok(Done::Copied(ready)) => batch.push(ready),
-                Ok(Done::Failed(index, message)) => failures.push((index, message)),
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = flush(&mut batch, &mut failures) {
-                        break Err(e);
+            let wait = batch_started.map_or(BATCH_WAIT, |t| BATCH_WAIT.saturating_sub(t.elapsed()));
+            match rx.recv_timeout(wait) {
+                Ok(done) => {
+                    batch_started.get_or_insert_with(Instant::now);
+                    match done {
+                        Done::Copied(ready) => batch.push(ready),
+                        Done::Failed(index, message) => failures.push((index, message)),
                     }
                 }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break flush(&mut batch, &mut failures),
             }
         };
@@ -766,10 +846,32 @@ impl Engine<'_> {
     }
 }
 
+/// Opens a temporary for writing, owner-only, never through a symlink: a
+/// link planted at the predictable name is removed, not followed.
+fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
+    let open = |fresh: bool| {
+        OpenOptions::new()
+            .write(true)
+            .create(!fresh)
+            .create_new(fresh)
+            .truncate(truncate && !fresh)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(temp)
+    };
+    match open(false) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            std::fs::remove_file(temp)?;
+            open(true)
+        }
+        other => other,
+    }
+}
+
 /// A directory's mode and times live in its inode, its name in its parent:
 /// one syncfs of their file system covers both.
 fn sync_dirs(dirs: &[&EntryRecord]) -> io::Result<()> {
-    commit::sync_file_systems(dirs.iter().map(|d| d.dest.as_path()))
+    commit::make_durable(dirs.iter().map(|d| d.dest.as_path()))
 }
 
 fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {

@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -40,8 +41,11 @@ pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<New
                 path: source.clone(),
             });
         }
-        let target = if dest_is_dir {
-            // `cp dir/. dest` and `cp .. dest` name the directory itself.
+        // `cp -r dir/. dest` copies what dir holds into dest itself.
+        let contents_only =
+            source.as_os_str().as_bytes().ends_with(b"/.") || source.as_os_str() == ".";
+        let target = if dest_is_dir && !contents_only {
+            // `cp .. dest` names the directory itself.
             let name = match source.file_name() {
                 Some(name) => name.to_owned(),
                 None => source
@@ -68,6 +72,17 @@ pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<New
             {
                 return Err(Error::io(source, e));
             }
+            // Without -r a symlink on the command line is followed, as cp
+            // does: the entry reads its target, which is never a link.
+            let resolved;
+            let source = if !recursive
+                && fs::symlink_metadata(source).is_ok_and(|m| m.file_type().is_symlink())
+            {
+                resolved = source.canonicalize().map_err(|e| stat_error(source, e))?;
+                &resolved
+            } else {
+                source
+            };
             entries.push(entry(source, &meta, target)?);
         }
         if entries.len() > ENTRIES_MAX {
@@ -79,7 +94,29 @@ pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<New
             });
         }
     }
+    refuse_duplicate_destinations(&entries)?;
     Ok(entries)
+}
+
+/// Two sources with one destination (`ferry cp a/x b/x dest/`) would write
+/// one temporary twice; cp refuses too.
+fn refuse_duplicate_destinations(entries: &[NewEntry]) -> Result<()> {
+    let mut seen: std::collections::HashMap<&Path, &Path> =
+        std::collections::HashMap::with_capacity(entries.len());
+    for entry in entries {
+        if let Some(first) = seen.insert(&entry.dest, &entry.source) {
+            // A directory merged from several sources is fine; a file is not.
+            if entry.kind == EntryKind::Dir {
+                continue;
+            }
+            return Err(Error::DuplicateDestination {
+                first: first.to_path_buf(),
+                second: entry.source.clone(),
+                dest: entry.dest.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_target(source: &Path, meta: &fs::Metadata, target: &Path) -> Result<()> {
@@ -211,9 +248,15 @@ pub(crate) fn source_meta(meta: &fs::Metadata) -> SourceMeta {
         mode: meta.mode() & 0o7777,
         uid: meta.uid(),
         gid: meta.gid(),
-        atime_ns: meta.atime() * 1_000_000_000 + meta.atime_nsec(),
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        atime_ns: time_ns(meta.atime(), meta.atime_nsec()),
+        mtime_ns: time_ns(meta.mtime(), meta.mtime_nsec()),
     }
+}
+
+/// Nanoseconds since the epoch, saturating: i64 covers 1677 to 2262, and a
+/// time outside that is clamped rather than wrapped.
+pub(crate) fn time_ns(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
 fn stat_error(path: &Path, e: io::Error) -> Error {

@@ -24,14 +24,22 @@ use crate::model::{
 #[derive(Clone, Debug)]
 pub enum Change {
     /// A transfer enters `to`; refused unless its current state is one of
-    /// `to.allowed_from()`.
+    /// `to.allowed_from()`, and, when `owner` is given, unless that is the
+    /// recorded owner (so only the owner dispatches: never two movers).
     Transfer {
         id: TransferId,
         to: TransferState,
+        owner: Option<Owner>,
         context: serde_json::Value,
     },
-    /// A new owner takes over a transfer whose owner is gone (re-attach).
-    Reattach { id: TransferId, owner: Owner },
+    /// `owner` takes over a transfer whose recorded owner is `from` (gone):
+    /// compare-and-swap, so of two processes re-attaching at once one wins
+    /// and the other gets [`StoreError::OwnerChanged`].
+    Reattach {
+        id: TransferId,
+        from: Owner,
+        owner: Owner,
+    },
     /// An entry enters `to`. `progress_bytes_durable` replaces the recorded
     /// progress when given (a restarted file goes back to 0).
     Entry {
@@ -84,6 +92,14 @@ pub enum StoreError {
         id: TransferId,
         from: String,
         to: String,
+    },
+
+    #[error("store {path}: transfer {id} has another owner now (pid {pid} on {host})")]
+    OwnerChanged {
+        path: PathBuf,
+        id: TransferId,
+        host: String,
+        pid: u32,
     },
 
     #[error("store {path}: transfer {id} was cancelled")]

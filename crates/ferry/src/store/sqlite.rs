@@ -360,7 +360,15 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         let now = now_ns();
         match change {
-            Change::Transfer { id, to, context } => {
+            Change::Transfer {
+                id,
+                to,
+                owner,
+                context,
+            } => {
+                if let Some(expected) = owner {
+                    self.check_owner(tx, *id, expected)?;
+                }
                 let from = self.transfer_state(tx, *id)?;
                 if !to.allowed_from().contains(&from) {
                     return Err(StoreError::IllegalTransition {
@@ -375,29 +383,23 @@ impl SqliteStore {
                     .map_err(|e| self.err(e))?;
                 self.insert_event(tx, *id, None, &format!("transfer.{to}"), context)
             }
-            Change::Reattach { id, owner } => {
-                let changed = tx
-                    .prepare_cached(
-                        "UPDATE transfers SET owner_host = ?1, owner_boot_id = ?2,
-                         owner_pid = ?3, owner_start_time = ?4, updated_ns = ?5 WHERE id = ?6",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            owner.host,
-                            owner.boot_id,
-                            owner.pid,
-                            owner.start_time as i64,
-                            now,
-                            id.0
-                        ])
-                    })
-                    .map_err(|e| self.err(e))?;
-                if changed != 1 {
-                    return Err(StoreError::NoSuchTransfer {
-                        path: self.path.clone(),
-                        id: *id,
-                    });
-                }
+            Change::Reattach { id, from, owner } => {
+                self.check_owner(tx, *id, from)?;
+                tx.prepare_cached(
+                    "UPDATE transfers SET owner_host = ?1, owner_boot_id = ?2,
+                     owner_pid = ?3, owner_start_time = ?4, updated_ns = ?5 WHERE id = ?6",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        owner.host,
+                        owner.boot_id,
+                        owner.pid,
+                        owner.start_time as i64,
+                        now,
+                        id.0
+                    ])
+                })
+                .map_err(|e| self.err(e))?;
                 let context = serde_json::json!({"host": owner.host, "pid": owner.pid});
                 self.insert_event(tx, *id, None, "transfer.reattached", &context)
             }
@@ -451,14 +453,55 @@ impl SqliteStore {
                         s.execute(params![*progress_bytes_durable as i64, id.0, index.0])
                     })
                     .map_err(|e| self.err(e))?;
-                assert!(
-                    changed == 1,
-                    "progress of transfer {id} entry {} went backwards or the entry is missing",
-                    index.0
-                );
+                if changed != 1 {
+                    return Err(StoreError::IllegalTransition {
+                        path: self.path.clone(),
+                        id: *id,
+                        from: format!("entry {} progress", index.0),
+                        to: format!("{progress_bytes_durable} bytes (progress never goes back)"),
+                    });
+                }
                 let context = serde_json::json!({"bytes_durable": progress_bytes_durable});
                 self.insert_event(tx, *id, Some(*index), "file.progress", &context)
             }
+        }
+    }
+
+    fn check_owner(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: TransferId,
+        expected: &Owner,
+    ) -> Result<(), StoreError> {
+        let owner: Option<Owner> = tx
+            .prepare_cached(
+                "SELECT owner_host, owner_boot_id, owner_pid, owner_start_time
+                 FROM transfers WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([id.0], |row| {
+                    Ok(Owner {
+                        host: row.get(0)?,
+                        boot_id: row.get(1)?,
+                        pid: row.get(2)?,
+                        start_time: row.get::<_, i64>(3)? as u64,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        match owner {
+            None => Err(StoreError::NoSuchTransfer {
+                path: self.path.clone(),
+                id,
+            }),
+            Some(owner) if owner == *expected => Ok(()),
+            Some(owner) => Err(StoreError::OwnerChanged {
+                path: self.path.clone(),
+                id,
+                host: owner.host,
+                pid: owner.pid,
+            }),
         }
     }
 
@@ -1118,6 +1161,7 @@ mod tests {
         let to = |to| Change::Transfer {
             id: t.id,
             to,
+            owner: None,
             context: serde_json::Value::Null,
         };
         store.apply(&[to(TransferState::Dispatched)]).unwrap();

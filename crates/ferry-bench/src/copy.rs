@@ -1,0 +1,276 @@
+//! `ferry-bench copy`: times `ferry cp -a` against `cp -a` + `sync -f` and
+//! `rsync -a` + `sync -f`, side by side in one run, alternating the tools,
+//! and prints medians and ratios. Every contender ends with its data durable,
+//! so the comparison is fair to ferry's fsyncs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct CopyArgs {
+    /// Scratch directory, on the file system to measure (needs about
+    /// (runs + 1) x 3 x 1.25 GiB free)
+    #[arg(long, default_value = "target/bench")]
+    dir: PathBuf,
+    /// Runs per tool and workload (the median is reported)
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Which workloads: small, large, or both
+    #[arg(long, default_value = "both", value_parser = ["small", "large", "both"])]
+    only: String,
+    /// The ferry binary [default: beside this one]
+    #[arg(long)]
+    ferry: Option<PathBuf>,
+    /// Extra arguments for `ferry cp` (for instance "--threads 4")
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    ferry_args: String,
+    /// Drop the page cache before each run (needs root), so sources are read from disk
+    #[arg(long)]
+    drop_caches: bool,
+    /// Size of the large file in MiB
+    #[arg(long, default_value_t = 1024)]
+    large_mib: u64,
+    /// Number of 64 KiB files in the small workload
+    #[arg(long, default_value_t = 4096)]
+    small_files: usize,
+}
+
+struct Workload {
+    name: String,
+    source: PathBuf,
+}
+
+/// Builds the commands copying `src` to `dst` (with `store` for ferry);
+/// the second command, if any, makes the copy durable.
+type Commands = Box<dyn Fn(&Path, &Path, &Path) -> Vec<Command>>;
+
+struct Tool {
+    name: &'static str,
+    command: Commands,
+}
+
+pub fn run(args: CopyArgs) {
+    let ferry = args.ferry.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("our own path")
+            .with_file_name("ferry")
+    });
+    assert!(
+        ferry.exists(),
+        "no ferry binary at {}: build it (cargo build --release) or pass --ferry",
+        ferry.display()
+    );
+    std::fs::create_dir_all(&args.dir).expect("the scratch directory");
+    let dir = args.dir.canonicalize().expect("the scratch directory");
+
+    let mut workloads = Vec::new();
+    if args.only != "large" {
+        workloads.push(make_small(&dir, args.small_files));
+    }
+    if args.only != "small" {
+        workloads.push(make_large(&dir, args.large_mib));
+    }
+    sync();
+
+    let ferry_args: Vec<String> = args
+        .ferry_args
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let tools = [
+        Tool {
+            name: "cp -a + sync -f",
+            command: Box::new(|src, dst, _| {
+                let mut cp = Command::new("cp");
+                cp.arg("-a").arg(src).arg(dst);
+                let mut sync = Command::new("sync");
+                sync.arg("-f").arg(dst);
+                vec![cp, sync]
+            }),
+        },
+        Tool {
+            name: "rsync -a + sync -f",
+            command: Box::new(|src, dst, _| {
+                let mut rsync = Command::new("rsync");
+                rsync.arg("-a").arg(src).arg(dst);
+                let mut sync = Command::new("sync");
+                sync.arg("-f").arg(dst);
+                vec![rsync, sync]
+            }),
+        },
+        Tool {
+            name: "ferry cp -a",
+            command: Box::new(move |src, dst, store| {
+                let mut cmd = Command::new(&ferry);
+                cmd.arg("--store")
+                    .arg(store)
+                    .args(["cp", "-a"])
+                    .args(&ferry_args)
+                    .arg(src)
+                    .arg(dst);
+                vec![cmd]
+            }),
+        },
+    ];
+    let have_rsync = Command::new("rsync")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+
+    println!(
+        "{:<28} {:<20} {:>9} {:>9} {:>9} {:>14}",
+        "workload", "tool", "median s", "min s", "max s", "vs cp -a+sync"
+    );
+    let mut verdicts = Vec::new();
+    for workload in &workloads {
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); tools.len()];
+        // Every run writes a fresh destination, and all are removed together
+        // at the end: on ext4 with online discard, creating files right after
+        // deleting thousands is several times slower, whichever tool does it.
+        // Round 0 is a warm-up that absorbs what the previous workload left.
+        let out = dir.join("out");
+        remove(&out);
+        std::fs::create_dir_all(&out).unwrap();
+        for run in 0..=args.runs {
+            // Alternate the order so that no tool always runs first.
+            for k in 0..tools.len() {
+                let t = (run + k) % tools.len();
+                if tools[t].name.starts_with("rsync") && !have_rsync {
+                    continue;
+                }
+                let dst = out.join(format!("dst-{t}-{run}"));
+                let store = out.join(format!("store-{t}-{run}.db"));
+                sync();
+                if args.drop_caches {
+                    drop_caches();
+                }
+                let started = Instant::now();
+                for mut cmd in (tools[t].command)(&workload.source, &dst, &store) {
+                    let status = cmd
+                        .stdout(std::process::Stdio::null())
+                        .status()
+                        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+                    assert!(status.success(), "{cmd:?} failed: {status}");
+                }
+                if run > 0 {
+                    times[t].push(started.elapsed());
+                }
+            }
+        }
+        remove(&out);
+        sync();
+        let baseline = median(&times[0]);
+        for (t, tool) in tools.iter().enumerate() {
+            if times[t].is_empty() {
+                println!("{:<28} {:<20} {:>9}", workload.name, tool.name, "missing");
+                continue;
+            }
+            let m = median(&times[t]);
+            let min = times[t].iter().min().unwrap().as_secs_f64();
+            let max = times[t].iter().max().unwrap().as_secs_f64();
+            println!(
+                "{:<28} {:<20} {:>9.3} {:>9.3} {:>9.3} {:>13.2}x",
+                workload.name,
+                tool.name,
+                m,
+                min,
+                max,
+                m / baseline
+            );
+        }
+        let ferry = median(&times[2]);
+        let rsync = (!times[1].is_empty()).then(|| median(&times[1]));
+        verdicts.push((
+            workload.name.clone(),
+            ferry / baseline,
+            rsync.map(|r| ferry / r),
+        ));
+    }
+    println!();
+    for (name, vs_cp, vs_rsync) in verdicts {
+        let vs_rsync = vs_rsync.map_or("rsync missing".into(), |r| format!("{r:.2}x rsync"));
+        println!("{name}: ferry = {vs_cp:.2}x cp -a+sync, {vs_rsync}");
+    }
+}
+
+fn make_small(dir: &Path, files: usize) -> Workload {
+    let root = dir.join("src-small");
+    let data = root.join("timestep.0");
+    let marker = root.join(format!(".complete-{files}"));
+    if !marker.exists() {
+        remove(&root);
+        std::fs::create_dir_all(&data).unwrap();
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut buf = vec![0u8; 64 << 10];
+        for i in 0..files {
+            rng.fill(&mut buf);
+            std::fs::write(data.join(format!("data.{i}")), &buf).unwrap();
+        }
+        std::fs::write(
+            root.join("timestep.0.root"),
+            b"timestep 0: ranks complete\n",
+        )
+        .unwrap();
+        std::fs::write(&marker, b"").unwrap();
+    }
+    Workload {
+        name: format!("{files} x 64 KiB (MPI layout)"),
+        source: root,
+    }
+}
+
+fn make_large(dir: &Path, mib: u64) -> Workload {
+    let root = dir.join("src-large");
+    let file = root.join("big.bin");
+    if std::fs::metadata(&file).map(|m| m.len()).ok() != Some(mib << 20) {
+        remove(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let mut out =
+            std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&file).unwrap());
+        let mut rng = fastrand::Rng::with_seed(2);
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            rng.fill(&mut buf);
+            std::io::Write::write_all(&mut out, &buf).unwrap();
+        }
+        std::io::Write::flush(&mut out).unwrap();
+    }
+    Workload {
+        name: format!("1 file of {mib} MiB"),
+        source: root,
+    }
+}
+
+fn median(times: &[Duration]) -> f64 {
+    let mut secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
+    secs.sort_by(f64::total_cmp);
+    let n = secs.len();
+    if n % 2 == 1 {
+        secs[n / 2]
+    } else {
+        (secs[n / 2 - 1] + secs[n / 2]) / 2.0
+    }
+}
+
+fn remove(path: &Path) {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path).unwrap();
+    } else if path.exists() {
+        std::fs::remove_file(path).unwrap();
+    }
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let _ = std::fs::remove_file(side);
+    }
+}
+
+fn sync() {
+    let status = Command::new("sync").status().expect("sync");
+    assert!(status.success());
+}
+
+fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", b"3\n").expect("--drop-caches needs root");
+}

@@ -1,0 +1,235 @@
+//! One test per fixed bug, named after it.
+
+mod util;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+
+use ferry::model::{NewTransfer, Owner};
+use ferry::store::{SqliteStore, Store};
+use ferry::{Kind, Preserve, Transfer};
+use util::*;
+
+#[test]
+fn two_sources_with_one_base_name_are_refused() {
+    let s = Scratch::new();
+    write_file(&s.path("a/x"), &vec![b'A'; 100_000]);
+    write_file(&s.path("b/x"), &vec![b'B'; 100_000]);
+    fs::create_dir(s.path("dest")).unwrap();
+    let out = run(s
+        .ferry()
+        .arg("cp")
+        .arg(s.path("a/x"))
+        .arg(s.path("b/x"))
+        .arg(s.path("dest")));
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dest/x"));
+    assert!(!s.path("dest/x").exists());
+}
+
+/// A transfer left by a process that is gone: its owner is a child that
+/// has exited.
+fn dead_transfer(store: &Arc<SqliteStore>, s: &Scratch) -> ferry::TransferId {
+    let child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let mut child = child;
+    child.wait().unwrap();
+    write_file(&s.path("src/f"), b"data");
+    let entries = ferry::plan(&[s.path("src")], &s.path("dst"), true).unwrap();
+    let owner = Owner {
+        pid,
+        ..Owner::current()
+    };
+    let new = NewTransfer {
+        name: Some("orphan".into()),
+        kind: Kind::Threads,
+        owner,
+        preserve: Preserve::ALL,
+        temp_suffix: ferry::model::DEFAULT_TEMP_SUFFIX.into(),
+    };
+    store.create_transfer(&new, &entries).unwrap().id
+}
+
+#[test]
+fn two_resumes_of_one_dead_transfer_never_run_two_movers() {
+    let s = Scratch::new();
+    let store = Arc::new(SqliteStore::open(&s.store()).unwrap());
+    dead_transfer(&store, &s);
+    // Both handles saw the dead owner; only the first re-attach wins.
+    let mut first = Transfer::open(store.clone(), "orphan").unwrap();
+    let mut second = Transfer::open(store.clone(), "orphan").unwrap();
+    first.resume(1).unwrap();
+    let Err(err) = second.resume(1) else {
+        panic!("the second resume must be refused");
+    };
+    assert!(matches!(err, ferry::Error::OwnerAlive { .. }), "{err}");
+    assert_eq!(first.wait().unwrap().state, ferry::TransferState::Completed);
+}
+
+#[test]
+fn a_large_file_whose_checkpoint_failed_is_never_committed() {
+    // The first 32 MiB are a hole: the ranges holding data finish first
+    // and the failing checkpoint races with the last range.
+    let s = Scratch::new();
+    let f = fs::File::create(s.path("big")).unwrap();
+    f.set_len(48 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&vec![7u8; 16 << 20], 32 << 20).unwrap();
+    drop(f);
+    for i in 0..8 {
+        let dst = s.path(&format!("copy{i}"));
+        let store = s.path(&format!("state/{i}.db"));
+        let out = run(ferry_at(&store)
+            .env("FERRY_FAILPOINT", "commit.record_progress=eio")
+            .args(["cp", "--threads", "3"])
+            .arg(s.path("big"))
+            .arg(&dst));
+        // Either the checkpoint was reached (the file fails, nothing under
+        // its final name) or the file finished first (and completed).
+        match out.status.code() {
+            Some(1) => assert!(!dst.exists(), "a failed file must not be visible"),
+            Some(0) => assert_eq!(fs::read(&dst).unwrap(), fs::read(s.path("big")).unwrap()),
+            other => panic!("exit {other:?}: {out:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_symlink_named_without_r_copies_its_target() {
+    let s = Scratch::new();
+    write_file(&s.path("target"), b"the content");
+    std::os::unix::fs::symlink("target", s.path("link")).unwrap();
+    run_ok(s.ferry().arg("cp").arg(s.path("link")).arg(s.path("out")));
+    assert!(fs::symlink_metadata(s.path("out")).unwrap().is_file());
+    assert_eq!(fs::read(s.path("out")).unwrap(), b"the content");
+}
+
+#[test]
+fn dot_source_copies_the_contents_into_the_destination() {
+    let s = Scratch::new();
+    write_file(&s.path("src/a"), b"a");
+    write_file(&s.path("src/sub/b"), b"b");
+    fs::create_dir(s.path("dest")).unwrap();
+    let mut dot = s.path("src").into_os_string();
+    dot.push("/.");
+    run_ok(s.ferry().args(["cp", "-r"]).arg(&dot).arg(s.path("dest")));
+    assert_eq!(fs::read(s.path("dest/a")).unwrap(), b"a");
+    assert_eq!(fs::read(s.path("dest/sub/b")).unwrap(), b"b");
+    assert!(!s.path("dest/src").exists());
+}
+
+#[test]
+fn an_existing_destination_directory_keeps_its_mode_without_p() {
+    let s = Scratch::new();
+    write_file(&s.path("src/f"), b"f");
+    fs::set_permissions(s.path("src"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(s.path("project")).unwrap();
+    fs::set_permissions(s.path("project"), fs::Permissions::from_mode(0o2775)).unwrap();
+    let mut dot = s.path("src").into_os_string();
+    dot.push("/.");
+    run_ok(
+        s.ferry()
+            .args(["cp", "-r"])
+            .arg(&dot)
+            .arg(s.path("project")),
+    );
+    assert_eq!(
+        fs::metadata(s.path("project")).unwrap().mode() & 0o7777,
+        0o2775
+    );
+    assert_eq!(fs::read(s.path("project/f")).unwrap(), b"f");
+    // With -a the source's mode is what cp -a gives it.
+    run_ok(
+        s.ferry()
+            .args(["cp", "-a"])
+            .arg(&dot)
+            .arg(s.path("project")),
+    );
+    assert_eq!(
+        fs::metadata(s.path("project")).unwrap().mode() & 0o7777,
+        0o755
+    );
+}
+
+#[test]
+fn an_mtime_beyond_2262_does_not_overflow() {
+    let s = Scratch::new();
+    write_file(&s.path("future"), b"f");
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2300-01-01"])
+        .arg(s.path("future"))
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let out = run(s
+        .ferry()
+        .args(["cp", "-p"])
+        .arg(s.path("future"))
+        .arg(s.path("copy")));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read(s.path("copy")).unwrap(), b"f");
+}
+
+#[test]
+fn a_symlink_planted_at_the_temporary_name_is_not_followed() {
+    let s = Scratch::new();
+    write_file(&s.path("x"), b"new content");
+    write_file(&s.path("victim"), b"precious");
+    fs::create_dir(s.path("dst")).unwrap();
+    // The first transfer of a fresh store has id 1.
+    std::os::unix::fs::symlink("../victim", s.path("dst/x._ferry-1")).unwrap();
+    run_ok(s.ferry().arg("cp").arg(s.path("x")).arg(s.path("dst")));
+    assert_eq!(fs::read(s.path("victim")).unwrap(), b"precious");
+    assert!(fs::symlink_metadata(s.path("dst/x")).unwrap().is_file());
+    assert_eq!(fs::read(s.path("dst/x")).unwrap(), b"new content");
+}
+
+#[test]
+fn a_source_changed_after_it_was_added_fails_instead_of_arriving_mixed() {
+    let s = Scratch::new();
+    write_file(&s.path("src"), &vec![1u8; 50_000]);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&s.store()).unwrap());
+    let entries = ferry::plan(&[s.path("src")], &s.path("dst"), false).unwrap();
+    let mut t = Transfer::create(store, Some("t"), Kind::Sync, Preserve::NONE, &entries).unwrap();
+    write_file(&s.path("src"), &vec![2u8; 20_000]);
+    t.dispatch(1).unwrap();
+    let report = t.wait().unwrap();
+    assert_eq!(report.state, ferry::TransferState::Failed);
+    assert!(
+        report.failures[0].error.contains("changed during transfer"),
+        "{:?}",
+        report.failures
+    );
+    assert!(!s.path("dst").exists());
+}
+
+#[test]
+fn a_resume_racing_a_resume_leaves_one_winner_and_an_identical_file() {
+    // The same race through the CLI: two `ferry resume` at once after a crash.
+    let s = Scratch::new();
+    let mut rng = fastrand::Rng::with_seed(5);
+    write_file(&s.path("src/big"), &random_bytes(&mut rng, 72 << 20));
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.record_progress:2")
+        .args(["cp", "-r", "--threads", "1", "--name", "r"])
+        .arg(s.path("src"))
+        .arg(s.path("dst")));
+    assert_eq!(out.status.signal(), Some(9));
+    let a = s.ferry().args(["resume", "r"]).spawn().unwrap();
+    let b = s.ferry().args(["resume", "r"]).spawn().unwrap();
+    let codes: Vec<i32> = [a, b]
+        .map(|c| c.wait_with_output().unwrap().status.code().unwrap())
+        .to_vec();
+    assert!(codes.contains(&0), "one resume completes: {codes:?}");
+    assert!(
+        codes.iter().all(|c| [0, 11, 13].contains(c)),
+        "the other is refused: {codes:?}"
+    );
+    assert_eq!(
+        fs::read(s.path("dst/big")).unwrap(),
+        fs::read(s.path("src/big")).unwrap()
+    );
+}
