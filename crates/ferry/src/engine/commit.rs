@@ -134,26 +134,7 @@ impl Committer<'_> {
         let recorded_failures = outcome.failed.len();
 
         // 4. Rename, and 5. metadata.
-        live.retain(|r| {
-            let entry = self.entry(r.index);
-            let done = failpoint::hit(CommitStep::Rename)
-                .and_then(|()| self.rename(entry))
-                .map_err(|e| format!("{}: cannot rename into place: {e}", entry.dest.display()))
-                .and_then(|()| {
-                    failpoint::hit(CommitStep::ApplyMetadata)
-                        .and_then(|()| apply_metadata(entry, self.preserve, self.umask))
-                        .map_err(|e| {
-                            format!("{}: cannot apply metadata: {e}", entry.dest.display())
-                        })
-                });
-            match done {
-                Ok(()) => true,
-                Err(message) => {
-                    outcome.failed.push((r.index, message));
-                    false
-                }
-            }
-        });
+        self.place(&mut live, &mut outcome.failed);
 
         // Renames and metadata durable: the directory fsync of step 4, and
         // the inode changes of step 5.
@@ -178,20 +159,76 @@ impl Committer<'_> {
 
         // 6. Record committed.
         failpoint::hit(CommitStep::RecordCommitted).map_err(|e| self.injected(e))?;
-        let mut changes: Vec<Change> = live
-            .iter()
-            .map(|r| self.entry_change(r.index, FileState::Committed, None, None))
-            .collect();
-        changes.extend(
-            outcome.failed[recorded_failures..]
-                .iter()
-                .map(|(index, message)| {
-                    self.entry_change(*index, FileState::Failed, None, Some(message.clone()))
-                }),
-        );
-        self.store.apply(&changes)?;
-        outcome.committed = live.iter().map(|r| r.index).collect();
+        let placed: Vec<EntryIndex> = live.iter().map(|r| r.index).collect();
+        self.store
+            .apply(&self.committed_changes(&placed, &outcome.failed[recorded_failures..]))?;
+        outcome.committed = placed;
         Ok(outcome)
+    }
+
+    /// Steps 4 and 5 for entries whose data is durable in their temporary:
+    /// rename into place, then metadata. Entries that fail move from `live`
+    /// to `failed`. Nothing is made durable or recorded here: the caller
+    /// syncs (once for many transfers, in finalize) and then records.
+    pub fn place(&self, live: &mut Vec<Ready>, failed: &mut Vec<(EntryIndex, String)>) {
+        live.retain(|r| {
+            let entry = self.entry(r.index);
+            let done = failpoint::hit(CommitStep::Rename)
+                .and_then(|()| self.rename(entry))
+                .map_err(|e| format!("{}: cannot rename into place: {e}", entry.dest.display()))
+                .and_then(|()| {
+                    failpoint::hit(CommitStep::ApplyMetadata)
+                        .and_then(|()| apply_metadata(entry, self.preserve, self.umask))
+                        .map_err(|e| {
+                            format!("{}: cannot apply metadata: {e}", entry.dest.display())
+                        })
+                });
+            match done {
+                Ok(()) => true,
+                Err(message) => {
+                    failed.push((r.index, message));
+                    false
+                }
+            }
+        });
+    }
+
+    /// Step 5 for directories, once everything inside is in place: `dirs`
+    /// deepest first. Those that fail move to `failed`.
+    pub fn place_directories<'e>(
+        &self,
+        dirs: impl Iterator<Item = &'e EntryRecord>,
+        failed: &mut Vec<(EntryIndex, String)>,
+    ) -> Vec<&'e EntryRecord> {
+        let mut done = Vec::new();
+        for dir in dirs {
+            let applied = failpoint::hit(CommitStep::ApplyMetadata)
+                .and_then(|()| apply_metadata(dir, self.preserve, self.umask));
+            match applied {
+                Ok(()) => done.push(dir),
+                Err(e) => failed.push((
+                    dir.index,
+                    format!("{}: cannot apply metadata: {e}", dir.dest.display()),
+                )),
+            }
+        }
+        done
+    }
+
+    /// Step 6's changes: `placed` committed (their renames and metadata now
+    /// durable) and `failed` recorded with their messages.
+    pub fn committed_changes(
+        &self,
+        placed: &[EntryIndex],
+        failed: &[(EntryIndex, String)],
+    ) -> Vec<Change> {
+        placed
+            .iter()
+            .map(|index| self.entry_change(*index, FileState::Committed, None, None))
+            .chain(failed.iter().map(|(index, message)| {
+                self.entry_change(*index, FileState::Failed, None, Some(message.clone()))
+            }))
+            .collect()
     }
 
     /// Step 4, idempotent: a temporary that is gone while its destination

@@ -466,63 +466,42 @@ impl Engine<'_> {
         left_alone: &HashSet<EntryIndex>,
         failed: &mut Vec<(EntryIndex, String)>,
     ) -> Result<()> {
-        let dirs: Vec<&EntryRecord> = entries
+        let dirs = entries.iter().rev().filter(|e| {
+            e.kind == EntryKind::Dir
+                && e.state != FileState::Committed
+                && !left_alone.contains(&e.index)
+        });
+        let first_failure = failed.len();
+        let mut done: Vec<EntryIndex> = self
+            .committer
+            .place_directories(dirs, failed)
             .iter()
-            .rev()
-            .filter(|e| {
-                e.kind == EntryKind::Dir
-                    && e.state != FileState::Committed
-                    && !left_alone.contains(&e.index)
-            })
+            .map(|d| d.index)
             .collect();
-        if dirs.is_empty() {
+        if done.is_empty() && failed.len() == first_failure {
             return Ok(());
         }
-        let mut changes = Vec::new();
-        let mut done = Vec::new();
-        for dir in &dirs {
-            let applied = failpoint::hit(CommitStep::ApplyMetadata).and_then(|()| {
-                commit::apply_metadata(dir, self.transfer.preserve, self.committer.umask)
-            });
-            match applied {
-                Ok(()) => done.push(*dir),
-                Err(e) => {
-                    let message = format!("{}: cannot apply metadata: {e}", dir.dest.display());
-                    changes.push(self.committer.entry_change(
-                        dir.index,
-                        FileState::Failed,
-                        None,
-                        Some(message.clone()),
-                    ));
-                    failed.push((dir.index, message));
-                }
-            }
-        }
-        let synced = failpoint::hit(CommitStep::SyncDir).and_then(|()| sync_dirs(&done));
+        let synced = failpoint::hit(CommitStep::SyncDir).and_then(|()| {
+            commit::make_durable(done.iter().map(|i| entries[i.0 as usize].dest.as_path()))
+        });
         if let Err(e) = synced {
-            for dir in done.drain(..) {
-                let message = format!(
-                    "{}: could not make metadata durable: {e}",
-                    dir.dest.display()
-                );
-                changes.push(self.committer.entry_change(
-                    dir.index,
-                    FileState::Failed,
-                    None,
-                    Some(message.clone()),
+            for index in done.drain(..) {
+                let dest = &entries[index.0 as usize].dest;
+                failed.push((
+                    index,
+                    format!("{}: could not make metadata durable: {e}", dest.display()),
                 ));
-                failed.push((dir.index, message));
             }
         }
         failpoint::hit(CommitStep::RecordCommitted).map_err(|e| Error::Io {
             path: self.store.location(),
             source: e,
         })?;
-        changes.extend(done.iter().map(|d| {
-            self.committer
-                .entry_change(d.index, FileState::Committed, None, None)
-        }));
-        self.store.apply(&changes)?;
+        self.store.apply(
+            &self
+                .committer
+                .committed_changes(&done, &failed[first_failure..]),
+        )?;
         Ok(())
     }
 
@@ -866,12 +845,6 @@ fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
         }
         other => other,
     }
-}
-
-/// A directory's mode and times live in its inode, its name in its parent:
-/// one syncfs of their file system covers both.
-fn sync_dirs(dirs: &[&EntryRecord]) -> io::Result<()> {
-    commit::make_durable(dirs.iter().map(|d| d.dest.as_path()))
 }
 
 fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
