@@ -11,6 +11,8 @@ pub enum Exit {
     /// The transfer ran, and some files failed (each was named on stderr).
     TransferFailed,
     Cancelled,
+    /// finalize left transfers with live owners alone (and nothing failed).
+    LeftAlone,
     Error(Error),
 }
 
@@ -52,6 +54,7 @@ impl From<Exit> for ExitCode {
             Exit::Ok => ExitCode::SUCCESS,
             Exit::TransferFailed => ExitCode::from(1),
             Exit::Cancelled => ExitCode::from(12),
+            Exit::LeftAlone => ExitCode::from(18),
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
                 ExitCode::from(code(&e))

@@ -2,6 +2,7 @@
 //! line and the `ferry` library; no transfer logic lives here.
 
 mod exit;
+mod finalize;
 mod output;
 mod watch;
 
@@ -55,6 +56,19 @@ enum Command {
     /// Maintain the store
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Post-stage: finish or clean up every transfer of the stores at or
+    /// below PATH (one per MPI rank, say), without needing the sources
+    Finalize(finalize::FinalizeArgs),
+    /// Cancel and free every transfer of the store (--dead: only those
+    /// whose owner is dead), removing their temporaries
+    Stop {
+        /// Only transfers whose owner process is dead
+        #[arg(long)]
+        dead: bool,
+        /// Treat owners on other hosts as dead
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args)]
@@ -131,6 +145,10 @@ struct RunArgs {
     /// Print a JSON summary on stdout instead of text
     #[arg(long)]
     json: bool,
+    /// Remove temporaries at the destinations that no transfer of this
+    /// store wrote (they are only reported otherwise)
+    #[arg(long)]
+    clean_orphans: bool,
 }
 
 #[derive(Args)]
@@ -166,10 +184,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<Exit, Exit> {
+    // finalize names its stores itself.
+    if let Command::Finalize(args) = cli.command {
+        return finalize::run(args);
+    }
     let store_path = cli.store.clone().unwrap_or_else(ferry::default_store_path);
-    let store: Arc<dyn Store> =
+    let sqlite =
         Arc::new(SqliteStore::open(&store_path).map_err(|e| Exit::from(ferry::Error::from(e)))?);
+    let store: Arc<dyn Store> = sqlite.clone();
     match cli.command {
+        Command::Finalize(_) => unreachable!("handled above"),
+        Command::Stop { dead, force } => finalize::stop(&sqlite, dead, force),
         Command::Cp(args) => cp(store, args),
         Command::Status(StatusArgs {
             at: Some(seq),
@@ -208,6 +233,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         }
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
+            transfer.set_clean_orphans(args.run.clean_orphans);
             let workers = workers(&args.run);
             let report = output::with_progress(&transfer.progress(), args.run.json, || {
                 transfer.resume(workers)?;
@@ -237,6 +263,7 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
     let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
     let entries = ferry::plan(sources, dest, args.recursive || args.archive)?;
     let mut transfer = Transfer::create(store, args.name.as_deref(), kind, preserve, &entries)?;
+    transfer.set_clean_orphans(args.run.clean_orphans);
     let workers = workers(&args.run);
     let progress = transfer.progress();
     let report = if transfer.reattached() {

@@ -84,9 +84,13 @@ pub fn report(report: &RunReport, json: bool) {
             "bytes_reused": report.bytes_reused,
             "seconds": seconds,
             "failures": failures,
+            "warnings": report.warnings,
         });
         println!("{value}");
         return;
+    }
+    for warning in &report.warnings {
+        eprintln!("ferry: warning: {warning}");
     }
     for failure in &report.failures {
         eprintln!("ferry: {}", failure.error);

@@ -256,6 +256,9 @@ pub fn snapshot_at(store: &dyn Store, seq: u64) -> Result<Vec<TransferSnapshot>>
                         });
                     }
                 }
+                "transfer.freed" => {
+                    transfers.remove(&id);
+                }
                 "transfer.reattached" => {
                     t.owner_host = context["host"].as_str().unwrap_or_default().into();
                     t.owner_pid = context["pid"].as_u64().unwrap_or_default() as u32;

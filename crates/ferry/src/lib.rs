@@ -14,6 +14,8 @@
 //!   the commit protocol; [`failpoint`] lets tests crash it at any step.
 //! - [`events`] follows the store's ordered event log ([`events::Watch`])
 //!   and rebuilds past states from it ([`events::snapshot_at`]).
+//! - [`finalize`] finishes what a job left behind, across many stores,
+//!   without the sources.
 //! - [`model`] is the vocabulary, [`owner`] tells live owners from dead ones.
 //!
 //! ```no_run
@@ -33,6 +35,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod failpoint;
+pub mod finalize;
 pub mod model;
 pub mod owner;
 pub mod store;

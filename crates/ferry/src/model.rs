@@ -114,7 +114,8 @@ impl TransferState {
             Dispatched => &[Created, Dispatched, Running, Failed, Cancelled],
             Running => &[Dispatched, Running],
             Completed => &[Running],
-            Failed => &[Dispatched, Running],
+            // Created: finalize --abort of a transfer never dispatched.
+            Failed => &[Created, Dispatched, Running],
             Cancelled => &[Created, Dispatched, Running, Failed],
             Finalized => &[Completed, Failed, Cancelled],
         }

@@ -24,6 +24,7 @@ pub struct Transfer {
     reattached: bool,
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
+    clean_orphans: bool,
     mover: Mover,
 }
 
@@ -119,6 +120,7 @@ impl Transfer {
             reattached,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::default()),
+            clean_orphans: false,
             mover: Mover::Idle,
         }
     }
@@ -182,6 +184,13 @@ impl Transfer {
     /// left behind by a dead owner.
     pub fn reattached(&self) -> bool {
         self.reattached
+    }
+
+    /// Whether the next dispatch or resume removes temporaries at its
+    /// destinations that no transfer of this store wrote (they are only
+    /// reported otherwise).
+    pub fn set_clean_orphans(&mut self, clean: bool) {
+        self.clean_orphans = clean;
     }
 
     pub fn progress(&self) -> Arc<Progress> {
@@ -255,6 +264,7 @@ impl Transfer {
             } else {
                 workers
             },
+            clean_orphans: self.clean_orphans,
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
         };

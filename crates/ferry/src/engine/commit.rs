@@ -367,8 +367,14 @@ pub fn make_durable<'p>(paths: impl Iterator<Item = &'p Path>) -> io::Result<()>
     let mut by_device: HashMap<u64, File> = HashMap::new();
     let reliable = syncfs_reports_errors();
     for path in paths {
-        if !reliable && !std::fs::symlink_metadata(path)?.file_type().is_symlink() {
-            File::open(path)?.sync_all()?;
+        if !reliable {
+            // A path that is gone (a removed temporary) only needs its directory.
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if !meta.file_type().is_symlink() => File::open(path)?.sync_all()?,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,

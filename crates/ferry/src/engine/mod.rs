@@ -20,6 +20,7 @@
 pub mod commit;
 pub mod copy;
 pub mod plan;
+mod stale;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -86,6 +87,9 @@ pub struct RunReport {
     /// Bytes this run did not copy because an earlier run made them durable.
     pub bytes_reused: u64,
     pub failures: Vec<FileFailure>,
+    /// Things worth saying that failed nothing: stale temporaries of other
+    /// transfers found at our destinations, and what was done with them.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -97,6 +101,9 @@ pub struct FileFailure {
 /// Options of one run.
 pub struct RunOptions {
     pub workers: usize,
+    /// Remove temporaries at our destinations that no transfer of this
+    /// store wrote.
+    pub clean_orphans: bool,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
 }
@@ -178,6 +185,7 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
             umask: current_umask(),
         },
         options,
+        warnings: Mutex::new(Vec::new()),
         copier: Copier {
             cancel: &options.cancel,
             bytes_copied: &options.progress.bytes_copied,
@@ -196,6 +204,7 @@ struct Engine<'a> {
     transfer: &'a TransferRecord,
     committer: Committer<'a>,
     options: &'a RunOptions,
+    warnings: Mutex<Vec<String>>,
     copier: Copier<'a>,
 }
 
@@ -212,6 +221,16 @@ impl Engine<'_> {
 
         // Directories first, so that files have somewhere to go.
         let left_alone = self.create_directories(entries, &mut failures)?;
+        let warnings = stale::clean(
+            self.store,
+            self.transfer,
+            entries,
+            self.options.clean_orphans,
+        )?;
+        self.warnings
+            .lock()
+            .expect("warnings poisoned")
+            .extend(warnings);
 
         // Then the work list, and what earlier runs already copied.
         let mut work = Vec::new();
@@ -352,6 +371,7 @@ impl Engine<'_> {
                     error,
                 })
                 .collect(),
+            warnings: std::mem::take(&mut *self.warnings.lock().expect("warnings poisoned")),
         })
     }
 
@@ -859,7 +879,7 @@ fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
 }
 
 /// The process umask, read without changing it (`umask(2)` can only set).
-fn current_umask() -> u32 {
+pub(crate) fn current_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {

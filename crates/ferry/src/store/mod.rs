@@ -50,6 +50,9 @@ pub enum Change {
         error: Option<String>,
         context: serde_json::Value,
     },
+    /// The transfer is released: it leaves `transfers()` and its name may
+    /// be used again. Its rows and events stay, for the record.
+    Free { id: TransferId },
     /// More of an entry's temporary is durable. Progress never goes back
     /// except through an `Entry` change that restarts the file.
     Progress {

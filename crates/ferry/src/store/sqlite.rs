@@ -136,6 +136,31 @@ impl SqliteStore {
     /// missing. Refuses files that are not ferry stores, or that a newer
     /// ferry wrote, without modifying them.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, true)
+    }
+
+    /// Opens a store for a batch job over many stores (finalize): commits
+    /// are not fsynced one by one and no checkpoint runs on close. The
+    /// caller must make the store's file system durable ([`crate::engine::commit::make_durable`]
+    /// on [`SqliteStore::files`]) before it reports anything as done.
+    pub fn open_deferred(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, false)
+    }
+
+    /// The files a crash-safe copy of this store consists of right now.
+    pub fn files(&self) -> Vec<PathBuf> {
+        ["", "-wal"]
+            .iter()
+            .map(|suffix| {
+                let mut p = self.path.clone().into_os_string();
+                p.push(suffix);
+                PathBuf::from(p)
+            })
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    fn open_with(path: &Path, sync_each_commit: bool) -> Result<SqliteStore, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
@@ -185,8 +210,18 @@ impl SqliteStore {
         let journal = if is_network_fs(path) { "DELETE" } else { "WAL" };
         conn.pragma_update(None, "journal_mode", journal)
             .map_err(|e| sqlite_err(path, e))?;
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        let synchronous = if sync_each_commit { "FULL" } else { "NORMAL" };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=ON;"
+        ))
+        .map_err(|e| sqlite_err(path, e))?;
+        if !sync_each_commit {
+            conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
             .map_err(|e| sqlite_err(path, e))?;
+        }
 
         let mut store = SqliteStore {
             path: path.to_path_buf(),
@@ -437,6 +472,21 @@ impl SqliteStore {
                 })
                 .map_err(|e| self.err(e))?;
                 self.insert_event(tx, *id, Some(*index), &format!("file.{to}"), context)
+            }
+            Change::Free { id } => {
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE transfers SET freed_ns = ?1 WHERE id = ?2 AND freed_ns IS NULL",
+                    )
+                    .and_then(|mut s| s.execute(params![now, id.0]))
+                    .map_err(|e| self.err(e))?;
+                if changed != 1 {
+                    return Err(StoreError::NoSuchTransfer {
+                        path: self.path.clone(),
+                        id: *id,
+                    });
+                }
+                self.insert_event(tx, *id, None, "transfer.freed", &serde_json::Value::Null)
             }
             Change::Progress {
                 id,

@@ -1,0 +1,136 @@
+//! `ferry finalize` and `ferry stop`: argument handling and reports only;
+//! the work is `ferry::finalize`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry::finalize::{DeadPolicy, FinalizeOptions, Outcome};
+use ferry::store::SqliteStore;
+
+use crate::exit::Exit;
+
+#[derive(clap::Args)]
+pub struct FinalizeArgs {
+    /// Stores, or directories searched recursively for stores
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Continue running transfers whose owner is dead (needs their sources)
+    #[arg(long, conflicts_with = "abort")]
+    resume: bool,
+    /// Fail running transfers whose owner is dead and remove their
+    /// temporaries (the default)
+    #[arg(long)]
+    abort: bool,
+    /// Treat owners on other hosts as dead
+    #[arg(long)]
+    force: bool,
+    /// Stores finalized at once [default: one per core]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: Option<u16>,
+    /// One JSON object on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
+    let started = Instant::now();
+    let stores = ferry::finalize::find_stores(&args.paths)?;
+    let options = FinalizeOptions {
+        dead: if args.resume {
+            DeadPolicy::Resume
+        } else {
+            DeadPolicy::Abort
+        },
+        force: args.force,
+        jobs: args.jobs.map_or_else(ferry::default_workers, usize::from),
+    };
+    let outcomes = ferry::finalize::finalize(&stores, options);
+    let seconds = started.elapsed().as_secs_f64();
+    let mut counts: BTreeMap<Outcome, usize> = BTreeMap::new();
+    for o in &outcomes {
+        *counts.entry(o.outcome).or_default() += 1;
+    }
+    let files: usize = outcomes.iter().map(|o| o.files_committed).sum();
+    let removed: usize = outcomes.iter().map(|o| o.temporaries_removed).sum();
+    let failed = counts.get(&Outcome::Failed).copied().unwrap_or(0);
+    let left = counts.get(&Outcome::LeftLive).copied().unwrap_or(0)
+        + counts.get(&Outcome::LeftUnknown).copied().unwrap_or(0);
+    if args.json {
+        let by_outcome: BTreeMap<&str, usize> =
+            counts.iter().map(|(o, n)| (o.as_str(), *n)).collect();
+        let value = serde_json::json!({
+            "stores": stores.len(),
+            "transfers": outcomes.len(),
+            "files_committed": files,
+            "temporaries_removed": removed,
+            "seconds": seconds,
+            "outcomes": by_outcome,
+            "details": outcomes,
+        });
+        println!("{value}");
+    } else {
+        for o in outcomes.iter().filter(|o| {
+            matches!(
+                o.outcome,
+                Outcome::Failed | Outcome::LeftLive | Outcome::LeftUnknown
+            )
+        }) {
+            let what = if o.transfer.is_empty() {
+                String::new()
+            } else {
+                format!(" transfer {}", o.transfer)
+            };
+            eprintln!(
+                "ferry: {}{what}: {}: {}",
+                o.store.display(),
+                o.outcome.as_str(),
+                o.detail.as_deref().unwrap_or("")
+            );
+        }
+        println!(
+            "ferry finalize: {} stores, {} transfers in {seconds:.2} s ({:.0} files/s)",
+            stores.len(),
+            outcomes.len(),
+            files as f64 / seconds.max(1e-9)
+        );
+        for (outcome, n) in &counts {
+            let extra = match outcome {
+                Outcome::Finalized | Outcome::Resumed => format!(" ({files} files committed)"),
+                Outcome::Cleaned => format!(" ({removed} temporaries removed)"),
+                Outcome::AlreadyFinalized if counts.len() == 1 => ": nothing to do".into(),
+                _ => String::new(),
+            };
+            println!("  {}: {n}{extra}", outcome.as_str());
+        }
+    }
+    Ok(if failed > 0 {
+        Exit::TransferFailed
+    } else if left > 0 {
+        Exit::LeftAlone
+    } else {
+        Exit::Ok
+    })
+}
+
+pub fn stop(store: &Arc<SqliteStore>, dead: bool, force: bool) -> Result<Exit, Exit> {
+    let stopped = ferry::finalize::stop(store, dead, force)?;
+    for s in &stopped {
+        let what = if s.cancelled {
+            "cancelled and freed"
+        } else {
+            "freed"
+        };
+        let temps = if s.owner_alive {
+            "; its owner is alive and stops at its next write, temporaries left to it".to_owned()
+        } else {
+            format!(", {} temporaries removed", s.temporaries_removed)
+        };
+        println!("ferry: {} (id {}) {what}{temps}", s.transfer, s.id);
+    }
+    if stopped.is_empty() {
+        println!("ferry: nothing to stop");
+    }
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,411 @@
+//! Recovery: owners alive or dead, re-attachment by name, stale
+//! temporaries, `stop`, and `finalize` for post-stage without the sources.
+//! (Re-running `cp --name` after a SIGKILL re-attaches the same id and
+//! completes: `failpoints.rs`, cp_with_the_name_of_a_dead_transfer….)
+
+mod util;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use ferry::events::{Watch, WatchItem};
+use ferry::model::{NewTransfer, Owner};
+use ferry::owner::{Liveness, process_start_time};
+use ferry::store::{EventFilter, SqliteStore, Store};
+use ferry::{Kind, Preserve, Transfer, TransferState};
+use util::*;
+
+fn tree(root: &Path, files: usize, seed: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for i in 0..files {
+        let len = rng.usize(0..30_000);
+        write_file(
+            &root.join(format!("d{}/f{i}", i % 2)),
+            &random_bytes(&mut rng, len),
+        );
+    }
+    let old = std::process::Command::new("touch")
+        .args(["-d", "2002-02-02 02:02:02.2"])
+        .arg(root.join("d0"))
+        .arg(root.join("d0/f0"))
+        .status()
+        .unwrap();
+    assert!(old.success());
+}
+
+/// A transfer recorded with `owner`, its entries planned from `src` to `dst`.
+fn transfer_with_owner(
+    store: &SqliteStore,
+    name: &str,
+    owner: Owner,
+    src: &Path,
+    dst: &Path,
+) -> ferry::TransferId {
+    let entries = ferry::plan(&[src.to_path_buf()], dst, true).unwrap();
+    let new = NewTransfer {
+        name: Some(name.into()),
+        kind: Kind::Threads,
+        owner,
+        preserve: Preserve::ALL,
+        temp_suffix: ferry::model::DEFAULT_TEMP_SUFFIX.into(),
+    };
+    store.create_transfer(&new, &entries).unwrap().id
+}
+
+fn parent_owner() -> Owner {
+    let pid = rustix::process::getppid().unwrap().as_raw_nonzero().get() as u32;
+    Owner {
+        pid,
+        start_time: process_start_time(pid).unwrap(),
+        ..Owner::current()
+    }
+}
+
+fn dead_owner() -> Owner {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    Owner {
+        pid,
+        start_time: 1,
+        ..Owner::current()
+    }
+}
+
+#[test]
+fn the_same_name_while_its_owner_is_alive_but_stopped_is_refused() {
+    let s = Scratch::new();
+    let mut rng = fastrand::Rng::with_seed(9);
+    write_file(&s.path("big"), &random_bytes(&mut rng, 200 << 20));
+    run_ok(s.ferry().arg("status"));
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let mut watch = Watch::new(
+        &store,
+        0,
+        EventFilter {
+            transfer: None,
+            kind: Some("transfer.running".into()),
+        },
+    )
+    .unwrap();
+    let mut owner = s
+        .ferry()
+        .args(["cp", "--threads", "1", "--name", "busy"])
+        .arg(s.path("big"))
+        .arg(s.path("copy"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the event, then freeze the owner: alive, but not moving.
+    while !matches!(watch.next().unwrap().unwrap(), WatchItem::Event(_)) {}
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(owner.id() as i32).unwrap(),
+        rustix::process::Signal::STOP,
+    )
+    .unwrap();
+    let out = run(s
+        .ferry()
+        .args(["cp", "--name", "busy"])
+        .arg(s.path("big"))
+        .arg(s.path("other")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(11), "{out:?}");
+    assert!(
+        stderr.contains(&format!("pid {}", owner.id())) && stderr.contains("busy"),
+        "{stderr}"
+    );
+    let out = run(s.ferry().args(["resume", "busy"]));
+    assert_eq!(out.status.code(), Some(11));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(owner.id() as i32).unwrap(),
+        rustix::process::Signal::CONT,
+    )
+    .unwrap();
+    assert!(owner.wait().unwrap().success());
+    assert_eq!(
+        fs::read(s.path("copy")).unwrap(),
+        fs::read(s.path("big")).unwrap()
+    );
+}
+
+#[test]
+fn a_live_pid_with_another_start_time_is_a_dead_owner() {
+    let s = Scratch::new();
+    tree(&s.path("src"), 3, 1);
+    let store = Arc::new(SqliteStore::open(&s.store()).unwrap());
+    // The pid is alive (our parent) but started at another time: reused.
+    let reused = Owner {
+        start_time: parent_owner().start_time + 1,
+        ..parent_owner()
+    };
+    assert_eq!(reused.liveness(), Liveness::Dead);
+    let id = transfer_with_owner(&store, "reused", reused, &s.path("src"), &s.path("dst"));
+    let status = json(&run_ok(s.ferry().args(["status", "--json"])));
+    assert_eq!(status[0]["owner"]["liveness"], "dead");
+    let mut t = Transfer::create(
+        store.clone(),
+        Some("reused"),
+        Kind::Threads,
+        Preserve::ALL,
+        &[],
+    )
+    .unwrap();
+    assert!(t.reattached());
+    assert_eq!(t.record().id, id, "re-attached: the same id");
+    t.resume(2).unwrap();
+    assert_eq!(t.wait().unwrap().state, TransferState::Completed);
+    assert_same_tree(&s.path("src"), &s.path("dst"));
+}
+
+#[test]
+fn stale_temporaries_of_dead_transfers_are_cleaned_and_live_ones_left_alone() {
+    let s = Scratch::new();
+    tree(&s.path("src"), 4, 2);
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let src = s.path("src");
+    let dst = s.path("dst");
+    let dead = transfer_with_owner(&store, "dead", dead_owner(), &src, &dst);
+    let live = transfer_with_owner(&store, "live", parent_owner(), &src, &dst);
+    let dead_temp = dst.join(format!("d0/f0._ferry-{dead}"));
+    let live_temp = dst.join(format!("d1/f1._ferry-{live}"));
+    let orphan_temp = dst.join("d0/f2._ferry-999");
+    for t in [&dead_temp, &live_temp, &orphan_temp] {
+        write_file(t, b"partial");
+    }
+    let out = run_ok(
+        s.ferry()
+            .args(["cp", "-r", "--json", "--name", "again"])
+            .arg(src.join("."))
+            .arg(&dst),
+    );
+    let warnings = json(&out)["warnings"].to_string();
+    assert!(
+        !dead_temp.exists(),
+        "the dead transfer's temporary is removed"
+    );
+    assert!(
+        live_temp.exists(),
+        "a live transfer's temporary is never touched"
+    );
+    assert!(orphan_temp.exists(), "an orphan is only reported");
+    assert!(
+        warnings.contains("f1._ferry-") && warnings.contains("alive"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("f2._ferry-999") && warnings.contains("--clean-orphans"),
+        "{warnings}"
+    );
+    let store = SqliteStore::open(&s.store()).unwrap();
+    assert_eq!(
+        store.transfer_by_name("dead").unwrap().unwrap().state,
+        TransferState::Cancelled
+    );
+    assert_eq!(
+        store.transfer_by_name("live").unwrap().unwrap().state,
+        TransferState::Created
+    );
+    // With --clean-orphans the orphan goes too; the live one still stays.
+    run_ok(
+        s.ferry()
+            .args(["cp", "-r", "--clean-orphans"])
+            .arg(src.join("."))
+            .arg(&dst),
+    );
+    assert!(!orphan_temp.exists());
+    assert!(live_temp.exists());
+}
+
+#[test]
+fn stop_dead_frees_only_transfers_whose_owner_is_dead() {
+    let s = Scratch::new();
+    tree(&s.path("src"), 2, 3);
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let dead = transfer_with_owner(&store, "dead", dead_owner(), &s.path("src"), &s.path("a"));
+    transfer_with_owner(&store, "live", parent_owner(), &s.path("src"), &s.path("b"));
+    let temp = s.path(&format!("a/d0/f0._ferry-{dead}"));
+    write_file(&temp, b"partial");
+    run_ok(s.ferry().args(["stop", "--dead"]));
+    assert!(!temp.exists());
+    let names: Vec<String> = store
+        .transfers()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["live"]);
+    // The name of a freed transfer can be used again.
+    run_ok(
+        s.ferry()
+            .args(["cp", "-r", "--name", "dead"])
+            .arg(s.path("src"))
+            .arg(s.path("c")),
+    );
+    run_ok(s.ferry().arg("stop"));
+    assert!(store.transfers().unwrap().is_empty());
+}
+
+/// A transfer crashed between `copied` and its renames, then its sources
+/// deleted: what a post-stage finalize on another node finds.
+fn crashed_before_rename(store: &Path, src: &Path, dst: &Path) {
+    let out = run(ferry_at(store)
+        .env("FERRY_FAILPOINT", "commit.rename:3")
+        .args(["cp", "-a", "--name", "ckpt"])
+        .arg(src)
+        .arg(dst));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9)
+    );
+}
+
+fn finalize(paths: &[&Path], extra: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(FERRY);
+    cmd.arg("finalize").args(extra);
+    for p in paths {
+        cmd.arg(p);
+    }
+    run(&mut cmd)
+}
+
+#[test]
+fn finalize_commits_copied_files_without_their_sources_and_a_second_run_changes_nothing() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    tree(&src, 20, 4);
+    let reference = s.path("reference");
+    run_ok(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(&reference),
+    );
+    crashed_before_rename(&s.store(), &src, &s.path("dst"));
+    fs::remove_dir_all(&src).unwrap();
+    let out = finalize(&[&s.store()], &["--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let report = json(&out);
+    assert_eq!(report["outcomes"]["finalized"], 1);
+    assert_same_tree(&reference, &s.path("dst"));
+    let store = SqliteStore::open(&s.store()).unwrap();
+    assert_eq!(
+        store.transfer_by_name("ckpt").unwrap().unwrap().state,
+        TransferState::Finalized
+    );
+    // Idempotent: nothing left to do, and it says so.
+    let before = store.last_seq().unwrap();
+    let out = finalize(&[&s.store()], &[]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to do"),
+        "{out:?}"
+    );
+    assert_eq!(
+        store.last_seq().unwrap(),
+        before,
+        "a second run writes nothing"
+    );
+    assert_same_tree(&reference, &s.path("dst"));
+}
+
+#[test]
+fn finalize_cleans_failed_cancelled_and_dead_running_transfers_and_leaves_live_ones() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    tree(&src, 6, 5);
+    let mut rng = fastrand::Rng::with_seed(6);
+    write_file(&src.join("large"), &random_bytes(&mut rng, 72 << 20));
+    let stores = s.path("ranks");
+    let store = |i: usize| stores.join(format!("node{}/rank.{i}.db", i % 2));
+    // rank 0: failed (EIO while writing); rank 1: cancelled; rank 2: running,
+    // owner dead mid large file; rank 3: live owner.
+    let out = run(ferry_at(&store(0))
+        .env("FERRY_FAILPOINT", "commit.write_data:3=eio")
+        .args(["cp", "-r", "--threads", "1", "--name", "r0"])
+        .arg(&src)
+        .arg(s.path("out0")));
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(ferry_at(&store(1))
+        .env("FERRY_FAILPOINT", "commit.record_progress:1")
+        .args(["cp", "-r", "--threads", "1", "--name", "r1"])
+        .arg(&src)
+        .arg(s.path("out1")));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9)
+    );
+    run_ok(ferry_at(&store(1)).args(["cancel", "r1"]));
+    let out = run(ferry_at(&store(2))
+        .env("FERRY_FAILPOINT", "commit.record_progress:2")
+        .args(["cp", "-r", "--threads", "1", "--name", "r2"])
+        .arg(&src)
+        .arg(s.path("out2")));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9)
+    );
+    {
+        let live = SqliteStore::open(&store(3)).unwrap();
+        transfer_with_owner(&live, "r3", parent_owner(), &src, &s.path("out3"));
+    }
+    // A non-store file among them is skipped.
+    let mut junk = fs::File::create(stores.join("node0/notes.txt")).unwrap();
+    junk.write_all(b"not a store").unwrap();
+
+    let out = finalize(&[&stores], &["--json", "--jobs", "2"]);
+    assert_eq!(
+        out.status.code(),
+        Some(18),
+        "a live owner was left alone: {out:?}"
+    );
+    let report = json(&out);
+    assert_eq!(report["stores"], 4);
+    assert_eq!(report["outcomes"]["cleaned"], 3, "{report}");
+    assert_eq!(
+        report["outcomes"]["left alone (owner alive)"], 1,
+        "{report}"
+    );
+    for i in 0..3 {
+        assert!(
+            temps(&s.path(&format!("out{i}"))).is_empty(),
+            "rank {i}: temporaries removed"
+        );
+        let state = SqliteStore::open(&store(i))
+            .unwrap()
+            .transfer_by_name(&format!("r{i}"))
+            .unwrap()
+            .unwrap()
+            .state;
+        assert_eq!(state, TransferState::Finalized);
+    }
+    assert_no_partial_files(&src, &s.path("out2"));
+    let out = finalize(&[&stores], &[]);
+    assert_eq!(out.status.code(), Some(18));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already finalized: 3"));
+}
+
+#[test]
+fn finalize_resume_continues_a_dead_owners_transfer() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    tree(&src, 6, 7);
+    let mut rng = fastrand::Rng::with_seed(8);
+    write_file(&src.join("large"), &random_bytes(&mut rng, 72 << 20));
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.record_progress:2")
+        .args(["cp", "-a", "--threads", "1", "--name", "r"])
+        .arg(&src)
+        .arg(s.path("dst")));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9)
+    );
+    let out = finalize(&[&s.store()], &["--resume", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(json(&out)["outcomes"]["resumed"], 1);
+    assert_same_tree(&src, &s.path("dst"));
+}

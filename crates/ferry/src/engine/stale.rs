@@ -1,0 +1,137 @@
+//! Temporaries other transfers left at our destinations.
+//!
+//! Before copying, each destination directory is listed once. A
+//! `DEST<suffix><id>` that is not ours is: removed (and its transfer
+//! cancelled) when that transfer is over or its owner is dead; left alone,
+//! with a warning, when its owner lives; reported, and removed only with
+//! `--clean-orphans`, when no transfer of this store wrote it. A temporary is
+//! attributed to a transfer only if that transfer has an entry for exactly
+//! this destination: ids repeat across stores (one per MPI rank), and a
+//! temporary of another store's live transfer must never be touched.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::model::{EntryKind, EntryRecord, FileState, TransferId, TransferRecord, TransferState};
+use crate::owner::Liveness;
+use crate::store::{Change, Store};
+
+pub(crate) fn clean(
+    store: &dyn Store,
+    ours: &TransferRecord,
+    entries: &[EntryRecord],
+    clean_orphans: bool,
+) -> Result<Vec<String>> {
+    let mut by_dir: HashMap<&Path, HashSet<&OsStr>> = HashMap::new();
+    for entry in entries {
+        if entry.kind == EntryKind::Dir || entry.state == FileState::Committed {
+            continue;
+        }
+        let (Some(dir), Some(name)) = (entry.dest.parent(), entry.dest.file_name()) else {
+            continue;
+        };
+        by_dir.entry(dir).or_default().insert(name);
+    }
+    let suffix = ours.temp_suffix.as_bytes();
+    let mut warnings = Vec::new();
+    let mut others: HashMap<i64, Option<(TransferRecord, HashSet<PathBuf>)>> = HashMap::new();
+    for (dir, names) in by_dir {
+        let listing = match std::fs::read_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        for child in listing {
+            let child = child.map_err(|e| Error::io(dir, e))?;
+            let file_name = child.file_name();
+            let bytes = file_name.as_bytes();
+            let Some(at) = bytes.windows(suffix.len()).rposition(|w| w == suffix) else {
+                continue;
+            };
+            let base = OsStr::from_bytes(&bytes[..at]);
+            let Some(id) = std::str::from_utf8(&bytes[at + suffix.len()..])
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            if id == ours.id.0 || !names.contains(base) {
+                continue;
+            }
+            let temp = dir.join(&file_name);
+            let dest = dir.join(base);
+            let owner = match others.entry(id) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(match store.transfer(TransferId(id))? {
+                        Some(t) => {
+                            let dests = store.entries(t.id)?.into_iter().map(|e| e.dest).collect();
+                            Some((t, dests))
+                        }
+                        None => None,
+                    })
+                }
+            };
+            match owner {
+                Some((other, dests)) if dests.contains(&dest) => {
+                    let liveness = other.owner.liveness();
+                    if !other.state.is_terminal() && liveness != Liveness::Dead {
+                        warnings.push(format!(
+                            "{} belongs to transfer {} (id {id}), whose owner pid {} on {} is alive: left alone",
+                            temp.display(),
+                            other.name,
+                            other.owner.pid,
+                            other.owner.host
+                        ));
+                        continue;
+                    }
+                    if !other.state.is_terminal() {
+                        store.apply(&[Change::Transfer {
+                            id: other.id,
+                            to: TransferState::Cancelled,
+                            owner: None,
+                            context: serde_json::json!({
+                                "by": ours.name, "why": "its owner is dead and its destination is being written again"
+                            }),
+                        }])?;
+                        other.state = TransferState::Cancelled;
+                        warnings.push(format!(
+                            "cancelled transfer {} (id {id}): its owner pid {} is dead and {} is being written again",
+                            other.name,
+                            other.owner.pid,
+                            dest.display()
+                        ));
+                    }
+                    remove(&temp)?;
+                    warnings.push(format!("removed stale temporary {} of transfer {}", temp.display(), other.name));
+                }
+                _ if clean_orphans => {
+                    remove(&temp)?;
+                    warnings.push(format!("removed orphan temporary {}", temp.display()));
+                }
+                _ => warnings.push(format!(
+                    "{} is a temporary of no transfer in this store: left alone (--clean-orphans removes it)",
+                    temp.display()
+                )),
+            }
+        }
+    }
+    warnings.sort();
+    Ok(warnings)
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}

@@ -1,0 +1,593 @@
+//! Post-stage: finish what a job left behind, later, on any node, without
+//! the sources — for one store per MPI rank, tens of thousands of them.
+//!
+//! For each transfer of each store: `completed` (or every file `copied`
+//! while its owner is dead) → rename and apply saved metadata where not yet
+//! done; `failed` / `cancelled` → remove temporaries; running with a dead
+//! owner → `--resume` continues it, `--abort` (the default) fails it and
+//! removes its temporaries; running with a live owner → left alone. Then the
+//! transfer is `finalized`. Idempotent: a finalized transfer is skipped.
+//!
+//! Cost: the renames and metadata of many stores share one `syncfs`, and so
+//! do their store commits (opened with [`SqliteStore::open_deferred`]):
+//! nothing is reported finalized before that sync returned.
+//!
+//! [`stop`] is the same clean-up for one store, on demand.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::Serialize;
+
+use crate::engine::commit::{self, Committer, Ready};
+use crate::error::{Error, Result};
+use crate::model::{EntryIndex, EntryKind, EntryRecord, FileState, TransferRecord, TransferState};
+use crate::owner::Liveness;
+use crate::store::{Change, SqliteStore, Store};
+use crate::transfer::Transfer;
+
+/// Stores finalized between two syncs, per worker thread.
+pub const GROUP_STORES_MAX: usize = 256;
+
+/// What to do with a transfer still running when its owner is dead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadPolicy {
+    /// Fail it and remove its temporaries (the default: needs no sources).
+    Abort,
+    /// Continue it from what is durable (needs the sources).
+    Resume,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct FinalizeOptions {
+    pub dead: DeadPolicy,
+    /// Treat owners on other hosts as dead (they cannot be checked from here).
+    pub force: bool,
+    pub jobs: usize,
+}
+
+/// How one transfer came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Completed, renamed and metadata applied by this run.
+    Finalized,
+    /// Continued with `--resume`, completed and finalized.
+    Resumed,
+    /// Failed or cancelled (or aborted now): temporaries removed.
+    Cleaned,
+    /// Finalized before: nothing to do.
+    AlreadyFinalized,
+    /// Its owner is alive: left alone.
+    LeftLive,
+    /// Its owner is on another host: left alone (`--force` finalizes it).
+    LeftUnknown,
+    /// Something failed: see `detail`.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Finalized => "finalized",
+            Outcome::Resumed => "resumed",
+            Outcome::Cleaned => "cleaned",
+            Outcome::AlreadyFinalized => "already finalized",
+            Outcome::LeftLive => "left alone (owner alive)",
+            Outcome::LeftUnknown => "left alone (owner on another host)",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferOutcome {
+    #[serde(serialize_with = "lossy")]
+    pub store: PathBuf,
+    pub transfer: String,
+    pub id: i64,
+    pub outcome: Outcome,
+    pub files_committed: usize,
+    pub temporaries_removed: usize,
+    pub detail: Option<String>,
+}
+
+/// Every ferry store at or below `paths` (directories are searched
+/// recursively). A store is recognised by its SQLite header and ferry's
+/// application id, not by its name.
+pub fn find_stores(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack: Vec<PathBuf> = paths.iter().rev().cloned().collect();
+    while let Some(path) = stack.pop() {
+        // Links are not followed: a tree of rank directories is walked as
+        // it is, and a dangling link is not an error.
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::SourceNotFound { path: path.clone() },
+            _ => Error::io(&path, e),
+        })?;
+        if meta.is_dir() {
+            let mut children: Vec<PathBuf> = std::fs::read_dir(&path)
+                .map_err(|e| Error::io(&path, e))?
+                .map(|c| c.map(|c| c.path()))
+                .collect::<io::Result<_>>()
+                .map_err(|e| Error::io(&path, e))?;
+            children.sort();
+            stack.extend(children.into_iter().rev());
+        } else if meta.is_file() && is_ferry_store(&path) {
+            found.push(path);
+        } else if paths.contains(&path) {
+            // Named explicitly: say why it is not taken.
+            return Err(crate::store::StoreError::NotAStore {
+                path,
+                detail: "no ferry store header".into(),
+            }
+            .into());
+        }
+    }
+    Ok(found)
+}
+
+/// The first 72 bytes: "SQLite format 3\0", and "FRRY" as application id
+/// at offset 68. A store whose owner was killed before its first checkpoint
+/// has that id only in its write-ahead log: then SQLite is asked, read-only.
+fn is_ferry_store(path: &Path) -> bool {
+    let mut header = [0u8; 72];
+    if File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_err()
+        || &header[..16] != b"SQLite format 3\0"
+    {
+        return false;
+    }
+    match &header[68..72] {
+        b"FRRY" => true,
+        [0, 0, 0, 0] => {
+            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|c| c.query_row("PRAGMA application_id", [], |row| row.get::<_, i64>(0)))
+                .is_ok_and(|id| id == 0x4652_5259)
+        }
+        _ => false,
+    }
+}
+
+/// Finalizes every transfer of every store, `options.jobs` stores at once.
+pub fn finalize(stores: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOutcome> {
+    let next = AtomicUsize::new(0);
+    let jobs = options.jobs.clamp(1, 256);
+    let mut outcomes: Vec<TransferOutcome> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut outcomes = Vec::new();
+                    loop {
+                        let first = next.fetch_add(GROUP_STORES_MAX, Ordering::Relaxed);
+                        let Some(group) =
+                            stores.get(first..(first + GROUP_STORES_MAX).min(stores.len()))
+                        else {
+                            return outcomes;
+                        };
+                        if group.is_empty() {
+                            return outcomes;
+                        }
+                        outcomes.extend(finalize_group(group, options));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a finalize worker panicked"))
+            .collect()
+    });
+    outcomes.sort_by(|a, b| (&a.store, a.id).cmp(&(&b.store, b.id)));
+    outcomes
+}
+
+/// Work done on disk for one transfer, waiting for the group's sync before
+/// its store records it.
+struct Pending {
+    store: Arc<SqliteStore>,
+    changes: Vec<Change>,
+    outcome: TransferOutcome,
+}
+
+fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOutcome> {
+    let mut done = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut to_sync: Vec<PathBuf> = Vec::new();
+    for path in group {
+        let store = match SqliteStore::open_deferred(path) {
+            Ok(store) => Arc::new(store),
+            Err(e) => {
+                done.push(store_failure(path, e.into()));
+                continue;
+            }
+        };
+        let transfers = match store.transfers() {
+            Ok(t) => t,
+            Err(e) => {
+                done.push(store_failure(path, e.into()));
+                continue;
+            }
+        };
+        for transfer in transfers {
+            match finalize_transfer(&store, &transfer, options, &mut to_sync) {
+                Ok(Step::Done(outcome)) => done.push(outcome),
+                Ok(Step::Record(changes, outcome)) => pending.push(Pending {
+                    store: Arc::clone(&store),
+                    changes,
+                    outcome,
+                }),
+                Err(e) => done.push(outcome(
+                    path,
+                    &transfer,
+                    Outcome::Failed,
+                    Some(e.to_string()),
+                )),
+            }
+        }
+        to_sync.extend(store.files());
+    }
+    // One sync for the renames, metadata and removals of the whole group...
+    if let Err(e) = commit::make_durable(to_sync.iter().map(PathBuf::as_path)) {
+        let message = format!("could not make the group durable: {e}");
+        done.extend(pending.drain(..).map(|p| failed(p.outcome, &message)));
+    }
+    // ...then each store records it, and one more sync makes the records
+    // durable before anything is reported.
+    let mut stores_written: Vec<PathBuf> = Vec::new();
+    let mut recorded = Vec::new();
+    for p in pending {
+        match p.store.apply(&p.changes) {
+            Ok(()) => {
+                stores_written.extend(p.store.files());
+                recorded.push(p.outcome);
+            }
+            Err(e) => done.push(failed(p.outcome, &e.to_string())),
+        }
+    }
+    match commit::make_durable(stores_written.iter().map(PathBuf::as_path)) {
+        Ok(()) => done.extend(recorded),
+        Err(e) => {
+            let message = format!("could not make the store durable: {e}");
+            done.extend(recorded.into_iter().map(|o| failed(o, &message)));
+        }
+    }
+    done
+}
+
+enum Step {
+    Done(TransferOutcome),
+    Record(Vec<Change>, TransferOutcome),
+}
+
+fn finalize_transfer(
+    store: &Arc<SqliteStore>,
+    transfer: &TransferRecord,
+    options: FinalizeOptions,
+    to_sync: &mut Vec<PathBuf>,
+) -> Result<Step> {
+    let path = store.location();
+    let state = transfer.state;
+    if state == TransferState::Finalized {
+        return Ok(Step::Done(outcome(
+            &path,
+            transfer,
+            Outcome::AlreadyFinalized,
+            None,
+        )));
+    }
+    if !state.is_terminal() {
+        match transfer.owner.liveness() {
+            Liveness::Alive | Liveness::Me => {
+                let detail = format!(
+                    "owner pid {} on {} is alive",
+                    transfer.owner.pid, transfer.owner.host
+                );
+                return Ok(Step::Done(outcome(
+                    &path,
+                    transfer,
+                    Outcome::LeftLive,
+                    Some(detail),
+                )));
+            }
+            Liveness::Unknown if !options.force => {
+                let detail = format!(
+                    "owner pid {} is on {}: use --force",
+                    transfer.owner.pid, transfer.owner.host
+                );
+                return Ok(Step::Done(outcome(
+                    &path,
+                    transfer,
+                    Outcome::LeftUnknown,
+                    Some(detail),
+                )));
+            }
+            Liveness::Unknown | Liveness::Dead => {}
+        }
+    }
+    let entries = store.entries(transfer.id)?;
+    let data_complete = entries.iter().all(|e| {
+        e.kind == EntryKind::Dir || matches!(e.state, FileState::Copied | FileState::Committed)
+    });
+    let finish =
+        matches!(state, TransferState::Completed) || (!state.is_terminal() && data_complete);
+    if finish {
+        return commit_remaining(store, transfer, &entries, to_sync);
+    }
+    if !state.is_terminal() && options.dead == DeadPolicy::Resume {
+        return resume(store, transfer);
+    }
+    // Failed, cancelled, or aborted now: remove what never got its final name.
+    let mut removed = 0;
+    for entry in entries
+        .iter()
+        .filter(|e| e.kind != EntryKind::Dir && e.state != FileState::Committed)
+    {
+        let temp = commit::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
+        match std::fs::remove_file(&temp) {
+            Ok(()) => {
+                removed += 1;
+                to_sync.push(temp);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&temp, e)),
+        }
+    }
+    let mut changes = Vec::new();
+    if !state.is_terminal() {
+        changes.push(transfer_change(
+            transfer,
+            TransferState::Failed,
+            "aborted by finalize: owner dead",
+        ));
+    }
+    changes.push(transfer_change(
+        transfer,
+        TransferState::Finalized,
+        "temporaries removed",
+    ));
+    let mut result = outcome(&path, transfer, Outcome::Cleaned, None);
+    result.temporaries_removed = removed;
+    Ok(Step::Record(changes, result))
+}
+
+/// Rename and apply metadata for every `copied` entry, directories last.
+fn commit_remaining(
+    store: &Arc<SqliteStore>,
+    transfer: &TransferRecord,
+    entries: &[EntryRecord],
+    to_sync: &mut Vec<PathBuf>,
+) -> Result<Step> {
+    let committer = Committer {
+        store: store.as_ref(),
+        id: transfer.id,
+        entries,
+        preserve: transfer.preserve,
+        temp_suffix: &transfer.temp_suffix,
+        umask: crate::engine::current_umask(),
+    };
+    let mut live: Vec<Ready> = entries
+        .iter()
+        .filter(|e| e.kind != EntryKind::Dir && e.state == FileState::Copied)
+        .map(|e| Ready {
+            index: e.index,
+            durable: true,
+            recorded: true,
+        })
+        .collect();
+    let mut failed: Vec<(EntryIndex, String)> = Vec::new();
+    committer.place(&mut live, &mut failed);
+    let mut placed: Vec<EntryIndex> = live.iter().map(|r| r.index).collect();
+    if failed.is_empty() {
+        let dirs = entries
+            .iter()
+            .rev()
+            .filter(|e| e.kind == EntryKind::Dir && e.state != FileState::Committed);
+        placed.extend(
+            committer
+                .place_directories(dirs, &mut failed)
+                .iter()
+                .map(|d| d.index),
+        );
+    }
+    to_sync.extend(placed.iter().map(|i| entries[i.0 as usize].dest.clone()));
+    let mut changes = committer.committed_changes(&placed, &failed);
+    let path = store.location();
+    let files_committed = live.len();
+    if !failed.is_empty() {
+        if !transfer.state.is_terminal() {
+            changes.push(transfer_change(
+                transfer,
+                TransferState::Failed,
+                "finalize could not place every file",
+            ));
+        }
+        let detail = failed
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut result = outcome(&path, transfer, Outcome::Failed, Some(detail));
+        result.files_committed = files_committed;
+        return Ok(Step::Record(changes, result));
+    }
+    // A transfer that never got to completed is walked there, each step
+    // with its event, so that the log tells the same story as the tables.
+    let walk: &[TransferState] = match transfer.state {
+        TransferState::Created => &[
+            TransferState::Dispatched,
+            TransferState::Running,
+            TransferState::Completed,
+        ],
+        TransferState::Dispatched => &[TransferState::Running, TransferState::Completed],
+        TransferState::Running => &[TransferState::Completed],
+        _ => &[],
+    };
+    for to in walk {
+        changes.push(transfer_change(
+            transfer,
+            *to,
+            "finalize: every file was copied",
+        ));
+    }
+    changes.push(transfer_change(
+        transfer,
+        TransferState::Finalized,
+        "renamed and metadata applied",
+    ));
+    let mut result = outcome(&path, transfer, Outcome::Finalized, None);
+    result.files_committed = files_committed;
+    Ok(Step::Record(changes, result))
+}
+
+/// `--resume`: continue a dead owner's transfer now (needs its sources),
+/// then finalize it.
+fn resume(store: &Arc<SqliteStore>, transfer: &TransferRecord) -> Result<Step> {
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let mut handle = Transfer::open(dyn_store, &transfer.name)?;
+    handle.resume(1)?;
+    let report = handle.wait()?;
+    let path = store.location();
+    if report.state != TransferState::Completed {
+        let detail = report
+            .failures
+            .iter()
+            .map(|f| f.error.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Ok(Step::Done(outcome(
+            &path,
+            transfer,
+            Outcome::Failed,
+            Some(detail),
+        )));
+    }
+    let changes = vec![transfer_change(
+        transfer,
+        TransferState::Finalized,
+        "resumed and completed",
+    )];
+    let mut result = outcome(&path, transfer, Outcome::Resumed, None);
+    result.files_committed = report.files_committed as usize;
+    Ok(Step::Record(changes, result))
+}
+
+fn transfer_change(transfer: &TransferRecord, to: TransferState, why: &str) -> Change {
+    Change::Transfer {
+        id: transfer.id,
+        to,
+        owner: None,
+        context: serde_json::json!({"by": "finalize", "why": why, "pid": std::process::id()}),
+    }
+}
+
+fn outcome(
+    store: &Path,
+    transfer: &TransferRecord,
+    outcome: Outcome,
+    detail: Option<String>,
+) -> TransferOutcome {
+    TransferOutcome {
+        store: store.to_path_buf(),
+        transfer: transfer.name.clone(),
+        id: transfer.id.0,
+        outcome,
+        files_committed: 0,
+        temporaries_removed: 0,
+        detail,
+    }
+}
+
+fn failed(mut outcome: TransferOutcome, message: &str) -> TransferOutcome {
+    outcome.outcome = Outcome::Failed;
+    outcome.detail = Some(message.to_owned());
+    outcome
+}
+
+fn store_failure(path: &Path, e: Error) -> TransferOutcome {
+    TransferOutcome {
+        store: path.to_path_buf(),
+        transfer: String::new(),
+        id: 0,
+        outcome: Outcome::Failed,
+        files_committed: 0,
+        temporaries_removed: 0,
+        detail: Some(e.to_string()),
+    }
+}
+
+/// What `stop` did to one transfer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stopped {
+    pub transfer: String,
+    pub id: i64,
+    /// Whether it was still moving and got cancelled.
+    pub cancelled: bool,
+    pub temporaries_removed: usize,
+    /// Its owner is alive: cancelled and freed, temporaries left for it.
+    pub owner_alive: bool,
+}
+
+/// `ferry stop [--dead]`: cancel and free every transfer of the store (only
+/// those whose owner is dead with `dead_only`), removing the temporaries of
+/// those no live process is writing.
+pub fn stop(store: &Arc<SqliteStore>, dead_only: bool, force: bool) -> Result<Vec<Stopped>> {
+    let mut stopped = Vec::new();
+    for transfer in store.transfers()? {
+        let liveness = transfer.owner.liveness();
+        let dead = matches!(liveness, Liveness::Dead) || (force && liveness == Liveness::Unknown);
+        if dead_only && !dead {
+            continue;
+        }
+        let mut changes = Vec::new();
+        let cancelled = !transfer.state.is_terminal();
+        if cancelled {
+            changes.push(Change::Transfer {
+                id: transfer.id,
+                to: TransferState::Cancelled,
+                owner: None,
+                context: serde_json::json!({"by": "stop", "pid": std::process::id()}),
+            });
+        }
+        let mut removed = 0;
+        let owner_alive = !dead && !transfer.state.is_terminal();
+        if !owner_alive {
+            let mut dirs: HashSet<PathBuf> = HashSet::new();
+            for entry in store.entries(transfer.id)? {
+                if entry.kind == EntryKind::Dir || entry.state == FileState::Committed {
+                    continue;
+                }
+                let temp = commit::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
+                match std::fs::remove_file(&temp) {
+                    Ok(()) => {
+                        removed += 1;
+                        dirs.insert(temp);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&temp, e)),
+                }
+            }
+            commit::make_durable(dirs.iter().map(PathBuf::as_path))
+                .map_err(|e| Error::io(store.location(), e))?;
+        }
+        changes.push(Change::Free { id: transfer.id });
+        store.apply(&changes)?;
+        stopped.push(Stopped {
+            transfer: transfer.name,
+            id: transfer.id.0,
+            cancelled,
+            temporaries_removed: removed,
+            owner_alive,
+        });
+    }
+    Ok(stopped)
+}
+
+fn lossy<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
