@@ -51,16 +51,7 @@ struct Tool {
 }
 
 pub fn run(args: CopyArgs) {
-    let ferry = args.ferry.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .expect("our own path")
-            .with_file_name("ferry")
-    });
-    assert!(
-        ferry.exists(),
-        "no ferry binary at {}: build it (cargo build --release) or pass --ferry",
-        ferry.display()
-    );
+    let ferry = crate::ferry_binary(args.ferry.clone());
     std::fs::create_dir_all(&args.dir).expect("the scratch directory");
     let dir = args.dir.canonicalize().expect("the scratch directory");
 

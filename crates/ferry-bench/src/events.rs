@@ -194,15 +194,7 @@ fn latencies_other_process(log: &mut Log, ferry: &std::path::Path, n: u64) -> Ve
 }
 
 pub fn run(args: EventArgs) {
-    let ferry = args
-        .ferry
-        .clone()
-        .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("ferry"));
-    assert!(
-        ferry.exists(),
-        "no ferry binary at {}: cargo build --release",
-        ferry.display()
-    );
+    let ferry = crate::ferry_binary(args.ferry.clone());
     let mut log = Log::new(&args.dir);
 
     println!(

@@ -3,6 +3,7 @@
 
 mod copy;
 mod events;
+mod finalize;
 
 use clap::{Parser, Subcommand};
 
@@ -23,11 +24,29 @@ enum Command {
     /// Event log: events appended per second, and commit-to-delivery latency
     /// in a watcher in another process
     Events(events::EventArgs),
+    /// Post-stage: finalize many per-rank stores (copied, not yet renamed)
+    Finalize(finalize::FinalizeArgs),
 }
 
 fn main() {
     match Cli::parse().command {
         Command::Copy(args) => copy::run(args),
         Command::Events(args) => events::run(args),
+        Command::Finalize(args) => finalize::run(args),
     }
+}
+
+/// `--ferry PATH`, else the `ferry` built beside this binary.
+pub fn ferry_binary(given: Option<std::path::PathBuf>) -> std::path::PathBuf {
+    let ferry = given.unwrap_or_else(|| {
+        std::env::current_exe()
+            .expect("our own path")
+            .with_file_name("ferry")
+    });
+    assert!(
+        ferry.exists(),
+        "no ferry binary at {}: build it (cargo build --release) or pass --ferry",
+        ferry.display()
+    );
+    ferry
 }

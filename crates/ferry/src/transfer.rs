@@ -156,23 +156,25 @@ impl Transfer {
                     from: self.record.owner.clone(),
                     owner: owner.clone(),
                 }]);
-                match taken {
-                    Ok(()) => {}
-                    // Another process re-attached it first: it is theirs.
-                    Err(StoreError::OwnerChanged { host, pid, .. }) => {
-                        return Err(Error::OwnerAlive {
-                            name: self.record.name.clone(),
-                            id: self.record.id,
-                            host,
-                            pid,
-                        });
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                // Another process re-attached it first: it is theirs.
+                taken.map_err(|e| self.owned_elsewhere(e))?;
                 self.record.owner = owner;
                 self.reattached = true;
                 Ok(())
             }
+        }
+    }
+
+    /// The store's "another owner" is, to the caller, a live owner.
+    fn owned_elsewhere(&self, e: StoreError) -> Error {
+        match e {
+            StoreError::OwnerChanged { host, pid, .. } => Error::OwnerAlive {
+                name: self.record.name.clone(),
+                id: self.record.id,
+                host,
+                pid,
+            },
+            e => e.into(),
         }
     }
 
@@ -243,18 +245,7 @@ impl Transfer {
             owner: Some(Owner::current()),
             context: serde_json::json!({"action": action, "workers": workers}),
         }]);
-        match dispatched {
-            Ok(()) => {}
-            Err(StoreError::OwnerChanged { host, pid, .. }) => {
-                return Err(Error::OwnerAlive {
-                    name: self.record.name.clone(),
-                    id: self.record.id,
-                    host,
-                    pid,
-                });
-            }
-            Err(e) => return Err(e.into()),
-        }
+        dispatched.map_err(|e| self.owned_elsewhere(e))?;
         self.record.state = TransferState::Dispatched;
         self.cancel.store(false, Ordering::Relaxed);
         let options = RunOptions {

@@ -127,6 +127,15 @@ struct Notifier {
     changed: Condvar,
 }
 
+/// How a store is opened: see [`SqliteStore::open`] and
+/// [`SqliteStore::open_deferred`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    Durable,
+    DeferredExclusive,
+    DeferredShared,
+}
+
 /// Cross-process change checks back off from this to [`POLL_MAX`].
 const POLL_MIN: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_millis(20);
@@ -136,15 +145,31 @@ impl SqliteStore {
     /// missing. Refuses files that are not ferry stores, or that a newer
     /// ferry wrote, without modifying them.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        SqliteStore::open_with(path, true)
+        SqliteStore::open_with(path, Opening::Durable)
     }
 
-    /// Opens a store for a batch job over many stores (finalize): commits
-    /// are not fsynced one by one and no checkpoint runs on close. The
-    /// caller must make the store's file system durable ([`crate::engine::commit::make_durable`]
-    /// on [`SqliteStore::files`]) before it reports anything as done.
+    /// Opens a store for a batch job over many stores (finalize): locked
+    /// for this connection alone, commits not fsynced one by one, and no
+    /// checkpoint (the database file is left untouched; commits go to the
+    /// write-ahead log). The caller must make the store's files durable
+    /// ([`crate::engine::commit::make_durable`] on [`SqliteStore::files`])
+    /// before it reports anything as done.
     pub fn open_deferred(path: &Path) -> Result<SqliteStore, StoreError> {
-        SqliteStore::open_with(path, false)
+        match SqliteStore::open_with(path, Opening::DeferredExclusive) {
+            // Another process has it open (a live owner, a watcher): share.
+            Err(StoreError::Sqlite { source, .. })
+                if source.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) =>
+            {
+                SqliteStore::open_with(path, Opening::DeferredShared)
+            }
+            other => other,
+        }
+    }
+
+    /// Moves everything from the write-ahead log into the database file
+    /// and empties the log, as a clean close does.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"))
     }
 
     /// The files a crash-safe copy of this store consists of right now.
@@ -160,7 +185,8 @@ impl SqliteStore {
             .collect()
     }
 
-    fn open_with(path: &Path, sync_each_commit: bool) -> Result<SqliteStore, StoreError> {
+    fn open_with(path: &Path, opening: Opening) -> Result<SqliteStore, StoreError> {
+        let sync_each_commit = opening == Opening::Durable;
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
@@ -175,23 +201,33 @@ impl SqliteStore {
             });
         }
         let conn = Connection::open(path).map_err(|e| sqlite_err(path, e))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| sqlite_err(path, e))?;
+        if opening == Opening::DeferredExclusive {
+            // A batch job holds each store for a moment: one lock for the
+            // whole connection, and no shared-memory file to create and map.
+            // If another process has the store open, fail at once and share.
+            conn.execute_batch("PRAGMA locking_mode=EXCLUSIVE")
+                .map_err(|e| sqlite_err(path, e))?;
+        } else {
+            conn.busy_timeout(BUSY_TIMEOUT)
+                .map_err(|e| sqlite_err(path, e))?;
+        }
 
         // Read the header before writing anything: a garbage file fails here.
-        let probe = |sql: &str| -> Result<i64, StoreError> {
-            conn.query_row(sql, [], |row| row.get(0))
-                .map_err(|e| match e.sqlite_error_code() {
-                    Some(ErrorCode::NotADatabase) => StoreError::NotAStore {
-                        path: path.to_path_buf(),
-                        detail: "not an SQLite database".into(),
-                    },
-                    _ => sqlite_err(path, e),
-                })
-        };
-        let app_id = probe("PRAGMA application_id")?;
-        let version = probe("PRAGMA user_version")?;
-        let tables = probe("SELECT count(*) FROM sqlite_master")?;
+        let (app_id, version, tables): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT application_id FROM pragma_application_id()),
+                        (SELECT user_version FROM pragma_user_version()),
+                        (SELECT count(*) FROM sqlite_master)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(ErrorCode::NotADatabase) => StoreError::NotAStore {
+                    path: path.to_path_buf(),
+                    detail: "not an SQLite database".into(),
+                },
+                _ => sqlite_err(path, e),
+            })?;
         let fresh = app_id == 0 && version == 0 && tables == 0;
         if !fresh && app_id != APPLICATION_ID {
             return Err(StoreError::NotAStore {
@@ -207,15 +243,30 @@ impl SqliteStore {
             });
         }
 
+        if opening == Opening::DeferredExclusive {
+            conn.busy_timeout(BUSY_TIMEOUT)
+                .map_err(|e| sqlite_err(path, e))?;
+        }
         let journal = if is_network_fs(path) { "DELETE" } else { "WAL" };
         conn.pragma_update(None, "journal_mode", journal)
             .map_err(|e| sqlite_err(path, e))?;
-        let synchronous = if sync_each_commit { "FULL" } else { "NORMAL" };
+        // Deferred (a batch job that syncs the file system itself): in WAL
+        // mode with no checkpoints the database file is never written, so
+        // unsynced commits can only be lost, never corrupt it; the caller's
+        // sync makes them durable. With a rollback journal pages are written
+        // in place, so the journal is still synced.
+        let synchronous = match (sync_each_commit, journal) {
+            (true, _) => "FULL",
+            (false, "WAL") => "OFF",
+            (false, _) => "NORMAL",
+        };
         conn.execute_batch(&format!(
             "PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=ON;"
         ))
         .map_err(|e| sqlite_err(path, e))?;
         if !sync_each_commit {
+            conn.execute_batch("PRAGMA wal_autocheckpoint=0")
+                .map_err(|e| sqlite_err(path, e))?;
             conn.set_db_config(
                 rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
                 true,
