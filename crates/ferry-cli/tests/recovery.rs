@@ -351,6 +351,15 @@ fn finalize_cleans_failed_cancelled_and_dead_running_transfers_and_leaves_live_o
         let live = SqliteStore::open(&store(3)).unwrap();
         transfer_with_owner(&live, "r3", parent_owner(), &src, &s.path("out3"));
     }
+    // Post-stage runs where the sources are gone.
+    let reference = s.path("reference");
+    run_ok(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(&reference),
+    );
+    fs::remove_dir_all(&src).unwrap();
     // A non-store file among them is skipped.
     let mut junk = fs::File::create(stores.join("node0/notes.txt")).unwrap();
     junk.write_all(b"not a store").unwrap();
@@ -381,7 +390,7 @@ fn finalize_cleans_failed_cancelled_and_dead_running_transfers_and_leaves_live_o
             .state;
         assert_eq!(state, TransferState::Finalized);
     }
-    assert_no_partial_files(&src, &s.path("out2"));
+    assert_no_partial_files(&reference, &s.path("out2"));
     let out = finalize(&[&stores], &[]);
     assert_eq!(out.status.code(), Some(18));
     assert!(String::from_utf8_lossy(&out.stdout).contains("already finalized: 3"));
@@ -408,4 +417,26 @@ fn finalize_resume_continues_a_dead_owners_transfer() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(json(&out)["outcomes"]["resumed"], 1);
     assert_same_tree(&src, &s.path("dst"));
+}
+
+#[test]
+fn finalize_leaves_owners_on_other_hosts_alone_unless_forced() {
+    let s = Scratch::new();
+    tree(&s.path("src"), 2, 9);
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let elsewhere = Owner {
+        host: format!("{}-elsewhere", Owner::current().host),
+        ..dead_owner()
+    };
+    let id = transfer_with_owner(&store, "remote", elsewhere, &s.path("src"), &s.path("dst"));
+    let temp = s.path(&format!("dst/d0/f0._ferry-{id}"));
+    write_file(&temp, b"partial");
+    drop(store);
+    let out = finalize(&[&s.store()], &[]);
+    assert_eq!(out.status.code(), Some(18), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another host"));
+    assert!(temp.exists(), "never guess about an owner on another host");
+    let out = finalize(&[&s.store()], &["--force"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!temp.exists());
 }
