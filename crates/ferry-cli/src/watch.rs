@@ -32,9 +32,16 @@ impl NamedTransfer {
         Ok(NamedTransfer { name, id })
     }
 
-    /// Learns the id from a creation event; then says whether `event` is ours.
+    /// Learns the id from a creation event (only while no transfer of that
+    /// name is known, or after the known one was freed: names are reused
+    /// once freed, ids never); then says whether `event` is ours.
     fn matches(&mut self, event: &Event) -> bool {
-        if event.name == "transfer.created"
+        if self.id == Some(event.transfer) && event.name == "transfer.freed" {
+            self.id = None;
+            return true;
+        }
+        if self.id.is_none()
+            && event.name == "transfer.created"
             && event.context["name"].as_str() == Some(self.name.as_str())
         {
             self.id = Some(event.transfer);
@@ -67,11 +74,23 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
             .filter(|s| s.is_terminal()),
         None => None,
     };
-    // Filtering by kind happens in the store; by transfer here, because a
+    // Filtering by kind happens in the store, unless --until-done needs the
+    // transfer events the kind would hide; by transfer here, because a
     // transfer named on the command line may not exist yet.
-    let filter = EventFilter {
+    let (filter, shown_kind) = if until.is_some() {
+        (EventFilter::default(), args.event)
+    } else {
+        (
+            EventFilter {
+                transfer: None,
+                kind: args.event,
+            },
+            None,
+        )
+    };
+    let kind_filter = EventFilter {
         transfer: None,
-        kind: args.event,
+        kind: shown_kind,
     };
     let mut names: HashMap<TransferId, String> = HashMap::new();
     let stdout = std::io::stdout();
@@ -80,11 +99,19 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
         let event = match item? {
             WatchItem::CaughtUp(seq) => {
                 if args.json {
-                    let _ = writeln!(out, "{}", serde_json::json!({"bookmark": seq}));
+                    if writeln!(out, "{}", serde_json::json!({"bookmark": seq})).is_err() {
+                        // The reader is gone (`ferry watch | head`): stop quietly.
+                        return Ok(Exit::Ok);
+                    }
                 } else {
-                    let _ = writeln!(out, "-- caught up at {seq}; live events follow --");
+                    if writeln!(out, "-- caught up at {seq}; live events follow --").is_err() {
+                        // The reader is gone (`ferry watch | head`): stop quietly.
+                        return Ok(Exit::Ok);
+                    }
                 }
-                let _ = out.flush();
+                if out.flush().is_err() {
+                    return Ok(Exit::Ok);
+                }
                 if let Some(state) = ended_before {
                     return Ok(outcome(state));
                 }
@@ -94,13 +121,15 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
         };
         let done = until.as_mut().is_some_and(|u| u.matches(&event))
             && until_done_state(&until, &event).is_some();
-        let shown = only.as_mut().is_none_or(|o| o.matches(&event));
+        let shown = only.as_mut().is_none_or(|o| o.matches(&event)) && kind_filter.matches(&event);
         if shown {
             let name = transfer_name(store, &mut names, &event);
             if args.json {
                 let mut line = event.to_json();
                 line["subject"]["name"] = name.into();
-                let _ = writeln!(out, "{line}");
+                if writeln!(out, "{line}").is_err() {
+                    return Ok(Exit::Ok);
+                }
             } else {
                 let entry = event
                     .entry
@@ -111,7 +140,7 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
                 } else {
                     format!(" {}", event.context)
                 };
-                let _ = writeln!(
+                if writeln!(
                     out,
                     "{:>8} {} {:<20} {}{}{}",
                     event.seq,
@@ -120,9 +149,16 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
                     name,
                     entry,
                     context
-                );
+                )
+                .is_err()
+                {
+                    // The reader is gone (`ferry watch | head`): stop quietly.
+                    return Ok(Exit::Ok);
+                }
             }
-            let _ = out.flush();
+            if out.flush().is_err() {
+                return Ok(Exit::Ok);
+            }
         }
         if done {
             return Ok(outcome(event.transfer_state().expect("a terminal event")));

@@ -178,8 +178,13 @@ fn a_symlink_planted_at_the_temporary_name_is_not_followed() {
     write_file(&s.path("x"), b"new content");
     write_file(&s.path("victim"), b"precious");
     fs::create_dir(s.path("dst")).unwrap();
-    // The first transfer of a fresh store has id 1.
-    std::os::unix::fs::symlink("../victim", s.path("dst/x._ferry-1")).unwrap();
+    // Ids are handed out in order: the next transfer gets the last one's + 1.
+    let last = {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&s.store()).unwrap());
+        let t = Transfer::create(store, Some("probe"), Kind::Sync, Preserve::NONE, &[]).unwrap();
+        t.record().id.0
+    };
+    std::os::unix::fs::symlink("../victim", s.path(&format!("dst/x._ferry-{}", last + 1))).unwrap();
     run_ok(s.ferry().arg("cp").arg(s.path("x")).arg(s.path("dst")));
     assert_eq!(fs::read(s.path("victim")).unwrap(), b"precious");
     assert!(fs::symlink_metadata(s.path("dst/x")).unwrap().is_file());
@@ -232,4 +237,42 @@ fn a_resume_racing_a_resume_leaves_one_winner_and_an_identical_file() {
         fs::read(s.path("dst/big")).unwrap(),
         fs::read(s.path("src/big")).unwrap()
     );
+}
+
+#[test]
+fn transfer_ids_of_two_fresh_stores_differ() {
+    // Temporaries are named after ids; the stores of two ranks writing one
+    // directory must not collide.
+    let s = Scratch::new();
+    let id = |name: &str| {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&s.path(name)).unwrap());
+        Transfer::create(store, None, Kind::Sync, Preserve::NONE, &[])
+            .unwrap()
+            .record()
+            .id
+            .0
+    };
+    assert_ne!(id("a.db"), id("b.db"));
+}
+
+#[test]
+fn a_freed_transfer_takes_no_more_changes() {
+    let s = Scratch::new();
+    write_file(&s.path("src/f"), b"f");
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.rename")
+        .args(["cp", "-r", "--name", "gone"])
+        .arg(s.path("src"))
+        .arg(s.path("dst")));
+    assert_eq!(out.status.signal(), Some(9));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&s.store()).unwrap());
+    let mut handle = Transfer::open(store.clone(), "gone").unwrap();
+    run_ok(s.ferry().arg("stop"));
+    assert!(
+        handle.resume(1).is_err(),
+        "a freed transfer cannot be resumed"
+    );
+    let last = store.last_seq().unwrap();
+    ferry::events::snapshot_at(store.as_ref(), last).expect("the log still replays");
 }

@@ -31,7 +31,8 @@ use crate::store::{Change, SqliteStore, Store};
 use crate::transfer::Transfer;
 
 /// Stores finalized between two syncs, per worker thread.
-pub const GROUP_STORES_MAX: usize = 256;
+/// Small enough that no store is held (locked) for long.
+pub const GROUP_STORES_MAX: usize = 64;
 
 /// What to do with a transfer still running when its owner is dead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,20 +102,31 @@ pub struct TransferOutcome {
 /// application id, not by its name.
 pub fn find_stores(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
+    // The same store named twice (or reached twice) is finalized once.
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
     let mut stack: Vec<PathBuf> = paths.iter().rev().cloned().collect();
     while let Some(path) = stack.pop() {
         // Links are not followed: a tree of rank directories is walked as
         // it is, and a dangling link is not an error.
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::SourceNotFound { path: path.clone() },
-            _ => Error::io(&path, e),
-        })?;
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            // Found by the walk and gone since (a journal file, say).
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !paths.contains(&path) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::SourceNotFound { path });
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        use std::os::unix::fs::MetadataExt;
+        if meta.is_file() && !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
         if meta.is_dir() {
-            let mut children: Vec<PathBuf> = std::fs::read_dir(&path)
-                .map_err(|e| Error::io(&path, e))?
-                .map(|c| c.map(|c| c.path()))
-                .collect::<io::Result<_>>()
-                .map_err(|e| Error::io(&path, e))?;
+            let mut children: Vec<PathBuf> = match std::fs::read_dir(&path) {
+                Ok(listing) => listing.filter_map(|c| c.ok().map(|c| c.path())).collect(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !paths.contains(&path) => continue,
+                Err(e) => return Err(Error::io(&path, e)),
+            };
             children.sort();
             stack.extend(children.into_iter().rev());
         } else if meta.is_file() && is_ferry_store(&path) {
@@ -322,6 +334,30 @@ fn finalize_transfer(
     if !state.is_terminal() && options.dead == DeadPolicy::Resume {
         return resume(store, transfer);
     }
+    // Aborted now: recorded first, and only if the dead owner is still the
+    // owner (a compare-and-swap), so that a rank that re-attached meanwhile
+    // keeps its transfer and its temporaries.
+    if !state.is_terminal() {
+        let aborted = store.apply(&[Change::Transfer {
+            id: transfer.id,
+            to: TransferState::Failed,
+            owner: Some(transfer.owner.clone()),
+            context: serde_json::json!({"by": "finalize", "why": "aborted: owner dead", "pid": std::process::id()}),
+        }]);
+        match aborted {
+            Ok(()) => {}
+            Err(crate::store::StoreError::OwnerChanged { host, pid, .. }) => {
+                let detail = format!("re-attached meanwhile by pid {pid} on {host}");
+                return Ok(Step::Done(outcome(
+                    &path,
+                    transfer,
+                    Outcome::LeftLive,
+                    Some(detail),
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     // Failed, cancelled, or aborted now: remove what never got its final name.
     let mut removed = 0;
     for entry in entries
@@ -338,19 +374,11 @@ fn finalize_transfer(
             Err(e) => return Err(Error::io(&temp, e)),
         }
     }
-    let mut changes = Vec::new();
-    if !state.is_terminal() {
-        changes.push(transfer_change(
-            transfer,
-            TransferState::Failed,
-            "aborted by finalize: owner dead",
-        ));
-    }
-    changes.push(transfer_change(
+    let changes = vec![transfer_change(
         transfer,
         TransferState::Finalized,
         "temporaries removed",
-    ));
+    )];
     let mut result = outcome(&path, transfer, Outcome::Cleaned, None);
     result.temporaries_removed = removed;
     Ok(Step::Record(changes, result))

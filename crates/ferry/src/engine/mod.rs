@@ -153,20 +153,6 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
             id,
         })?;
     let entries = store.entries(id)?;
-    if let Some((position, entry)) = entries
-        .iter()
-        .enumerate()
-        .find(|(p, e)| e.index.0 as usize != *p)
-    {
-        return Err(StoreError::Corrupt {
-            path: store.location(),
-            detail: format!(
-                "transfer {id}: entry {} found at position {position}",
-                entry.index.0
-            ),
-        }
-        .into());
-    }
     store.apply(&[Change::Transfer {
         id,
         to: TransferState::Running,

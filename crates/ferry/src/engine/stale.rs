@@ -57,9 +57,12 @@ pub(crate) fn clean(
                 continue;
             };
             let base = OsStr::from_bytes(&bytes[..at]);
-            let Some(id) = std::str::from_utf8(&bytes[at + suffix.len()..])
+            // Only the canonical spelling: "+2" or "02" is not temporary 2.
+            let digits = std::str::from_utf8(&bytes[at + suffix.len()..]).unwrap_or("");
+            let Some(id) = digits
+                .parse::<i64>()
                 .ok()
-                .and_then(|s| s.parse::<i64>().ok())
+                .filter(|id| id.to_string() == digits)
             else {
                 continue;
             };

@@ -90,6 +90,19 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 INSERT INTO meta (key, value) VALUES ('events_horizon', 0);
 "#,
+    r#"
+-- Transfer ids start at a random point of a 2^40 range (never below what
+-- was handed out): temporaries are named DEST._ferry-<id>, and the stores
+-- of many MPI ranks writing one directory must not name them alike.
+CREATE TEMP TABLE next_transfer_id AS SELECT max(
+    coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'transfers'), 0),
+    (SELECT coalesce(max(id), 0) FROM transfers),
+    abs(random() % 1099511627776)
+) AS seq;
+DELETE FROM sqlite_sequence WHERE name = 'transfers';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'transfers', seq FROM next_transfer_id;
+DROP TABLE next_transfer_id;
+"#,
 ];
 
 /// The schema version this build writes and understands.
@@ -201,6 +214,13 @@ impl SqliteStore {
             });
         }
         let conn = Connection::open(path).map_err(|e| sqlite_err(path, e))?;
+        // With a rollback journal an idle connection holds no lock, so an
+        // exclusive probe would succeed against a live owner: share there.
+        let opening = if opening == Opening::DeferredExclusive && is_network_fs(path) {
+            Opening::DeferredShared
+        } else {
+            opening
+        };
         if opening == Opening::DeferredExclusive {
             // A batch job holds each store for a moment: one lock for the
             // whole connection, and no shared-memory file to create and map.
@@ -255,10 +275,11 @@ impl SqliteStore {
         // unsynced commits can only be lost, never corrupt it; the caller's
         // sync makes them durable. With a rollback journal pages are written
         // in place, so the journal is still synced.
-        let synchronous = match (sync_each_commit, journal) {
-            (true, _) => "FULL",
-            (false, "WAL") => "OFF",
-            (false, _) => "NORMAL",
+        let synchronous = match (opening, journal) {
+            (Opening::DeferredExclusive, "WAL") => "OFF",
+            // Shared: other processes see our commits at once, so each must
+            // be durable before it is visible.
+            _ => "FULL",
         };
         conn.execute_batch(&format!(
             "PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=ON;"
@@ -427,7 +448,7 @@ impl SqliteStore {
         id: TransferId,
     ) -> Result<TransferState, StoreError> {
         let state: Option<String> = tx
-            .prepare_cached("SELECT state FROM transfers WHERE id = ?1")
+            .prepare_cached("SELECT state FROM transfers WHERE id = ?1 AND freed_ns IS NULL")
             .and_then(|mut s| s.query_row([id.0], |row| row.get(0)).optional())
             .map_err(|e| self.err(e))?;
         let state = state.ok_or_else(|| StoreError::NoSuchTransfer {
@@ -497,7 +518,7 @@ impl SqliteStore {
                 error,
                 context,
             } => {
-                self.check_not_cancelled(tx, *id, checked)?;
+                self.check_moving(tx, *id, checked)?;
                 let from = self.entry_state(tx, *id, *index)?;
                 if !to.allowed_from().contains(&from) {
                     return Err(StoreError::IllegalTransition {
@@ -544,7 +565,7 @@ impl SqliteStore {
                 index,
                 progress_bytes_durable,
             } => {
-                self.check_not_cancelled(tx, *id, checked)?;
+                self.check_moving(tx, *id, checked)?;
                 let changed = tx
                     .prepare_cached(
                         "UPDATE entries SET progress_bytes_durable = ?1
@@ -577,7 +598,7 @@ impl SqliteStore {
         let owner: Option<Owner> = tx
             .prepare_cached(
                 "SELECT owner_host, owner_boot_id, owner_pid, owner_start_time
-                 FROM transfers WHERE id = ?1",
+                 FROM transfers WHERE id = ?1 AND freed_ns IS NULL",
             )
             .and_then(|mut s| {
                 s.query_row([id.0], |row| {
@@ -606,7 +627,9 @@ impl SqliteStore {
         }
     }
 
-    fn check_not_cancelled(
+    /// Files change only while their transfer is moving: a cancel (or a
+    /// finalize, or a free) stops every mover at its next store write.
+    fn check_moving(
         &self,
         tx: &rusqlite::Transaction<'_>,
         id: TransferId,
@@ -615,11 +638,22 @@ impl SqliteStore {
         if checked.contains_key(&id) {
             return Ok(());
         }
-        if self.transfer_state(tx, id)? == TransferState::Cancelled {
-            return Err(StoreError::Cancelled {
-                path: self.path.clone(),
-                id,
-            });
+        match self.transfer_state(tx, id)? {
+            TransferState::Dispatched | TransferState::Running => {}
+            TransferState::Cancelled => {
+                return Err(StoreError::Cancelled {
+                    path: self.path.clone(),
+                    id,
+                });
+            }
+            state => {
+                return Err(StoreError::IllegalTransition {
+                    path: self.path.clone(),
+                    id,
+                    from: state.to_string(),
+                    to: "a change of its files (it is not moving)".into(),
+                });
+            }
         }
         checked.insert(id, ());
         Ok(())
@@ -864,8 +898,9 @@ impl Store for SqliteStore {
             rows.collect()
         })?;
         raw.into_iter()
+            .enumerate()
             .map(
-                |(index, kind, source, dest, m, link, state, progress, error)| {
+                |(position, (index, kind, source, dest, m, link, state, progress, error))| {
                     let (Some(kind), Some(state)) =
                         (EntryKind::parse(&kind), FileState::parse(&state))
                     else {
@@ -891,6 +926,11 @@ impl Store for SqliteStore {
                         progress_bytes_durable: progress as u64,
                         error,
                     };
+                    if record.index.0 as usize != position {
+                        return Err(self.corrupt(format!(
+                            "transfer {id}: entry {index} found at position {position}"
+                        )));
+                    }
                     if record.progress_bytes_durable > record.meta.size {
                         return Err(self.corrupt(format!(
                             "entry {index} of transfer {id}: progress {} beyond size {}",
