@@ -42,7 +42,7 @@ pub fn code(e: &Error) -> u8 {
         Error::NothingToDo { .. } | Error::NotDispatched { .. } => 13,
         Error::UnsupportedFileType { .. } => 14,
         Error::Store(StoreError::Open { .. }) => 15,
-        Error::Store(StoreError::Compacted { .. }) => 17,
+        Error::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => 17,
         Error::Store(_) => 16,
         Error::Io { .. } => 74,
     }

@@ -188,6 +188,12 @@ fn a_cursor_below_the_compaction_horizon_is_a_distinct_error() {
         seen.push(e.seq);
     }
     assert_eq!(seen, ((horizon + 1)..=last).collect::<Vec<_>>());
+    // A cursor past the end is not from this log: an error, not a silent skip.
+    let out = run(s
+        .ferry()
+        .args(["watch", "--since"])
+        .arg((last + 100).to_string()));
+    assert_eq!(out.status.code(), Some(17), "{out:?}");
     // A cursor saved before a restart continues exactly there.
     let mut watch = Watch::new(&store, last - 1, EventFilter::default()).unwrap();
     assert!(

@@ -50,6 +50,17 @@ pub struct Watch {
 impl Watch {
     /// Watches events with `seq > since` that pass `filter`.
     pub fn new(store: &dyn Store, since: u64, filter: EventFilter) -> Result<Watch> {
+        // A cursor past the end is not from this log (a typo, or another
+        // store): following it would silently skip what comes next.
+        let last = store.last_seq()?;
+        if since > last {
+            return Err(StoreError::CursorAhead {
+                path: store.location(),
+                requested: since,
+                last,
+            }
+            .into());
+        }
         Ok(Watch {
             reader: store.event_reader()?,
             filter,

@@ -128,6 +128,16 @@ pub enum StoreError {
         horizon: u64,
     },
 
+    #[error(
+        "store {path}: cursor {requested} is past the newest event ({last}): it is not from this \
+         store's log; use --since {last} or less"
+    )]
+    CursorAhead {
+        path: PathBuf,
+        requested: u64,
+        last: u64,
+    },
+
     #[error("store {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
 }
