@@ -227,7 +227,25 @@ fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOu
             }
         };
         for transfer in transfers {
-            match finalize_transfer(&store, &transfer, options, &mut to_sync) {
+            // A bug met in one store's data must not end the other stores'
+            // finalize: it becomes that transfer's failure.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                finalize_transfer(&store, &transfer, options, &mut to_sync)
+            }))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(Error::Io {
+                    path: path.clone(),
+                    source: io::Error::other(format!(
+                        "internal error (a bug, please report it): {what}"
+                    )),
+                })
+            });
+            match step {
                 Ok(Step::Done(outcome)) => done.push(outcome),
                 Ok(Step::Record(changes, outcome)) => pending.push(Pending {
                     store: Arc::clone(&store),

@@ -364,16 +364,18 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
 /// each file and each directory is fsynced instead: slower, never silent.
 pub fn make_durable<'p>(paths: impl Iterator<Item = &'p Path>) -> io::Result<()> {
     let mut parents: HashMap<&Path, ()> = HashMap::new();
-    let mut by_device: HashMap<u64, File> = HashMap::new();
+    let mut by_device: HashMap<u64, (&Path, File)> = HashMap::new();
     let reliable = syncfs_reports_errors();
     for path in paths {
         if !reliable {
             // A path that is gone (a removed temporary) only needs its directory.
             match std::fs::symlink_metadata(path) {
-                Ok(meta) if !meta.file_type().is_symlink() => File::open(path)?.sync_all()?,
+                Ok(meta) if !meta.file_type().is_symlink() => File::open(path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(at(path))?,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(at(path)(e)),
             }
         }
         let parent = match path.parent() {
@@ -383,18 +385,23 @@ pub fn make_durable<'p>(paths: impl Iterator<Item = &'p Path>) -> io::Result<()>
         if parents.insert(parent, ()).is_some() {
             continue;
         }
-        let dir = File::open(parent)?;
+        let dir = File::open(parent).map_err(at(parent))?;
         if !reliable {
-            dir.sync_all()?;
+            dir.sync_all().map_err(at(parent))?;
             continue;
         }
-        let dev = dir.metadata()?.dev();
-        by_device.entry(dev).or_insert(dir);
+        let dev = dir.metadata().map_err(at(parent))?.dev();
+        by_device.entry(dev).or_insert((parent, dir));
     }
-    for dir in by_device.values() {
-        rustix::fs::syncfs(dir)?;
+    for (parent, dir) in by_device.values() {
+        rustix::fs::syncfs(dir).map_err(|e| at(parent)(e.into()))?;
     }
     Ok(())
+}
+
+/// Every error of [`make_durable`] names the file or directory it came from.
+fn at(path: &Path) -> impl Fn(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Linux reports writeback errors from `syncfs` since 5.8.
