@@ -92,6 +92,16 @@ fn assert_store_within_disk(store: &Path) {
     }
 }
 
+/// `ferry cp -a --name fp --threads 1 SRC DST` with one fail point armed.
+fn cp_with_failpoint(s: &Scratch, spec: &str, src: &Path, dst: &Path) -> std::process::Output {
+    run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", spec)
+        .args(["cp", "-a", "--name", "fp", "--threads", "1"])
+        .arg(src)
+        .arg(dst))
+}
+
 fn resume_converges(s: &Scratch, src: &Path, dst: &Path) -> serde_json::Value {
     let out = run(s.ferry().args(["resume", "fp", "--json"]));
     assert!(out.status.success(), "resume must converge");
@@ -113,12 +123,7 @@ fn crash_at_every_commit_step_then_resume_converges() {
             let dst = s.path("dst");
             let spec = format!("{}:{nth}", step.name());
             println!("== crash at {spec}");
-            let out = run(s
-                .ferry()
-                .env("FERRY_FAILPOINT", &spec)
-                .args(["cp", "-a", "--name", "fp", "--threads", "1"])
-                .arg(&src)
-                .arg(&dst));
+            let out = cp_with_failpoint(&s, &spec, &src, &dst);
             let killed = out.status.signal() == Some(9);
             // Every step is reached at least once in a copy of this tree.
             assert!(killed || nth > 1, "{spec} was never reached: {out:?}");
@@ -176,12 +181,7 @@ fn io_error_at_every_commit_step_fails_cleanly_then_resume_converges() {
             let dst = s.path("dst");
             let spec = format!("{}:{nth}=eio", step.name());
             println!("== EIO at {spec}");
-            let out = run(s
-                .ferry()
-                .env("FERRY_FAILPOINT", &spec)
-                .args(["cp", "-a", "--name", "fp", "--threads", "1"])
-                .arg(&src)
-                .arg(&dst));
+            let out = cp_with_failpoint(&s, &spec, &src, &dst);
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert!(
                 out.status.code().is_some(),
@@ -207,12 +207,7 @@ fn io_error_at_every_commit_step_fails_cleanly_then_resume_converges() {
 /// Crashes right before the second progress record of the large file, so
 /// that 32 MiB of it are recorded durable, and returns its temporary.
 fn crash_mid_large_file(s: &Scratch, src: &Path, dst: &Path) -> std::path::PathBuf {
-    let out = run(s
-        .ferry()
-        .env("FERRY_FAILPOINT", "commit.record_progress:2")
-        .args(["cp", "-a", "--name", "fp", "--threads", "1"])
-        .arg(src)
-        .arg(dst));
+    let out = cp_with_failpoint(s, "commit.record_progress:2", src, dst);
     assert_eq!(out.status.signal(), Some(9));
     let store = SqliteStore::open(&s.store()).unwrap();
     let t = store.transfer_by_name("fp").unwrap().unwrap();
