@@ -43,6 +43,8 @@ pub fn code(e: &Error) -> u8 {
         Error::UnsupportedFileType { .. } => 14,
         Error::Store(StoreError::Open { .. }) => 15,
         Error::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => 17,
+        Error::Store(StoreError::ReadOnly { .. }) => 19,
+        Error::NotEnoughSpace { .. } => 20,
         Error::Store(_) => 16,
         Error::Io { .. } => 74,
     }

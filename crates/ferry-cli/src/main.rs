@@ -110,6 +110,13 @@ enum StoreCommand {
         #[arg(long, value_name = "SEQ")]
         before: Option<u64>,
     },
+    /// Check free space, the reserve and the database's integrity; a store
+    /// made read-only by a full disk turns read-write again if there is room
+    Check {
+        /// JSON on stdout
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -149,6 +156,10 @@ struct RunArgs {
     /// store wrote (they are only reported otherwise)
     #[arg(long)]
     clean_orphans: bool,
+    /// Refuse to start unless the destination has room for what is left
+    /// to copy (and reserve the space of large files)
+    #[arg(long)]
+    check_space: bool,
 }
 
 #[derive(Args)]
@@ -231,9 +242,11 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             );
             Ok(Exit::Ok)
         }
+        Command::Store(StoreCommand::Check { json }) => output::store_check(&sqlite, json),
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
             transfer.set_clean_orphans(args.run.clean_orphans);
+            transfer.set_check_space(args.run.check_space);
             let workers = workers(&args.run);
             let report = output::with_progress(&transfer.progress(), args.run.json, || {
                 transfer.resume(workers)?;
@@ -264,6 +277,7 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
     let entries = ferry::plan(sources, dest, args.recursive || args.archive)?;
     let mut transfer = Transfer::create(store, args.name.as_deref(), kind, preserve, &entries)?;
     transfer.set_clean_orphans(args.run.clean_orphans);
+    transfer.set_check_space(args.run.check_space);
     let workers = workers(&args.run);
     let progress = transfer.progress();
     let report = if transfer.reattached() {

@@ -102,8 +102,19 @@ fn cp_with_failpoint(s: &Scratch, spec: &str, src: &Path, dst: &Path) -> std::pr
         .arg(dst))
 }
 
+/// `ferry resume fp`; or, when the fault came before the transfer was
+/// recorded (`store.commit:1`), the same `ferry cp` again.
 fn resume_converges(s: &Scratch, src: &Path, dst: &Path) -> serde_json::Value {
-    let out = run(s.ferry().args(["resume", "fp", "--json"]));
+    let exists = run(s.ferry().args(["status", "fp"])).status.success();
+    let out = if exists {
+        run(s.ferry().args(["resume", "fp", "--json"]))
+    } else {
+        run(s
+            .ferry()
+            .args(["cp", "-a", "--json", "--name", "fp"])
+            .arg(src)
+            .arg(dst))
+    };
     assert!(out.status.success(), "resume must converge");
     let report = json(&out);
     assert_eq!(report["state"], "completed");
@@ -134,6 +145,17 @@ fn crash_at_every_commit_step_then_resume_converges() {
             }
             assert_no_partial_files(&src, &dst);
             assert_store_within_disk(&s.store());
+            let recorded = SqliteStore::open(&s.store())
+                .unwrap()
+                .transfer_by_name("fp")
+                .unwrap()
+                .is_some();
+            if !recorded {
+                // Killed while the transfer itself was being recorded.
+                assert_eq!((step, nth), (CommitStep::StoreCommit, 1));
+                resume_converges(&s, &src, &dst);
+                continue;
+            }
             let (large_progress, last_seq) = {
                 let store = SqliteStore::open(&s.store()).unwrap();
                 let t = store.transfer_by_name("fp").unwrap().unwrap();
@@ -170,36 +192,64 @@ fn crash_at_every_commit_step_then_resume_converges() {
     }
 }
 
+/// EIO, then ENOSPC, at every step of the commit protocol and at every
+/// transaction of the store, one point after another (SQLite's way): each
+/// fails with a message that names the fault, claims nothing the disk does
+/// not hold, and `ferry resume` converges from it.
 #[test]
-fn io_error_at_every_commit_step_fails_cleanly_then_resume_converges() {
+fn io_errors_at_every_step_fail_cleanly_then_resume_converges() {
     let source = Scratch::new();
     let src = source.path("src");
     make_tree(&src);
-    for step in CommitStep::ALL {
-        for nth in [1, 3] {
-            let s = Scratch::new();
-            let dst = s.path("dst");
-            let spec = format!("{}:{nth}=eio", step.name());
-            println!("== EIO at {spec}");
-            let out = cp_with_failpoint(&s, &spec, &src, &dst);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.code().is_some(),
-                "{spec}: ferry must not die of a signal"
-            );
-            assert!(!stderr.contains("panicked"), "{spec}: {stderr}");
-            assert_no_partial_files(&src, &dst);
-            assert_store_within_disk(&s.store());
-            if out.status.success() {
-                assert!(nth > 1, "{spec}: the injected error was swallowed");
-                assert_same_tree(&src, &dst);
-                continue;
+    for (action, expected) in [
+        ("eio", &["Input/output error"][..]),
+        (
+            "enospc",
+            &["no space left writing", "No space left", "is read-only"][..],
+        ),
+    ] {
+        for step in CommitStep::ALL {
+            // Every store transaction in turn; the others at a few hits.
+            let nths: Vec<u64> = match (step, action) {
+                (CommitStep::StoreCommit, _) => (1..=64).collect(),
+                (_, "eio") => vec![1, 3],
+                _ => vec![1],
+            };
+            let mut ran_clean = false;
+            for nth in nths {
+                let s = Scratch::new();
+                let dst = s.path("dst");
+                let spec = format!("{}:{nth}={action}", step.name());
+                println!("== {spec}");
+                let out = cp_with_failpoint(&s, &spec, &src, &dst);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    out.status.code().is_some(),
+                    "{spec}: ferry must not die of a signal"
+                );
+                assert!(!stderr.contains("panicked"), "{spec}: {stderr}");
+                assert_no_partial_files(&src, &dst);
+                assert_store_within_disk(&s.store());
+                if out.status.success() {
+                    assert!(nth > 1, "{spec}: the injected error was swallowed");
+                    assert_same_tree(&src, &dst);
+                    // Past the last store transaction: every one was hit.
+                    ran_clean = true;
+                    break;
+                }
+                assert!(
+                    expected.iter().any(|e| stderr.contains(e)),
+                    "{spec}: the error is reported: {stderr}"
+                );
+                if (step, action) == (CommitStep::StoreCommit, "enospc") {
+                    assert_eq!(out.status.code(), Some(19), "{spec}: read-only store");
+                }
+                resume_converges(&s, &src, &dst);
             }
             assert!(
-                stderr.contains("Input/output error"),
-                "{spec}: the error is reported: {stderr}"
+                ran_clean || step != CommitStep::StoreCommit,
+                "more store transactions than the test walks"
             );
-            resume_converges(&s, &src, &dst);
         }
     }
 }

@@ -85,6 +85,16 @@ pub enum Error {
         action: &'static str,
     },
 
+    #[error(
+        "not enough space on the file system of {path}: {needed} bytes to copy, {available} \
+         available; free space there or copy less (--check-space refused to start)"
+    )]
+    NotEnoughSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+
     #[error(transparent)]
     Store(#[from] StoreError),
 

@@ -4,7 +4,8 @@
 //! `FERRY_FAILPOINT=STEP[:N][=ACTION]` arms one point: at the N-th time
 //! (default 1) the engine reaches STEP, ACTION happens: `crash` (default,
 //! the process SIGKILLs itself, exactly as an outside `kill -9`), `eio` or
-//! `enospc` (the step fails with that error). STEP is a [`CommitStep`] name
+//! `enospc` (the step fails with that error), `stop` (the process SIGSTOPs
+//! itself, so that a test can change the world mid-step and SIGCONT it). STEP is a [`CommitStep`] name
 //! such as `commit.rename`. Unset, a fail point costs one relaxed load.
 //!
 //! A hand-written seam rather than the `fail` crate: that crate needs a cargo
@@ -19,6 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// each a place where a crash or an I/O error can be injected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitStep {
+    /// Before each chunk of a source is read (an `eio` here is a failing
+    /// source disk).
+    ReadSource,
     /// Before each chunk of data is written to a temporary.
     WriteData,
     /// Before progress of a large file is recorded (after its fdatasync).
@@ -35,10 +39,14 @@ pub enum CommitStep {
     SyncDir,
     /// Before `committed` is recorded for a batch.
     RecordCommitted,
+    /// Before each transaction of the store commits (its write and sync):
+    /// `enospc` fails it as SQLITE_FULL, `eio` as an I/O error.
+    StoreCommit,
 }
 
 impl CommitStep {
-    pub const ALL: [CommitStep; 8] = [
+    pub const ALL: [CommitStep; 10] = [
+        CommitStep::ReadSource,
         CommitStep::WriteData,
         CommitStep::RecordProgress,
         CommitStep::SyncData,
@@ -47,10 +55,12 @@ impl CommitStep {
         CommitStep::ApplyMetadata,
         CommitStep::SyncDir,
         CommitStep::RecordCommitted,
+        CommitStep::StoreCommit,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
+            CommitStep::ReadSource => "source.read",
             CommitStep::WriteData => "commit.write_data",
             CommitStep::RecordProgress => "commit.record_progress",
             CommitStep::SyncData => "commit.sync_data",
@@ -59,6 +69,7 @@ impl CommitStep {
             CommitStep::ApplyMetadata => "commit.apply_metadata",
             CommitStep::SyncDir => "commit.sync_dir",
             CommitStep::RecordCommitted => "commit.record_committed",
+            CommitStep::StoreCommit => "store.commit",
         }
     }
 }
@@ -66,6 +77,7 @@ impl CommitStep {
 #[derive(Debug)]
 enum Action {
     Crash,
+    Stop,
     Error(i32),
 }
 
@@ -95,6 +107,7 @@ fn parse(spec: &str) -> Option<Armed> {
         .name();
     let action = match action {
         "crash" => Action::Crash,
+        "stop" => Action::Stop,
         "eio" => Action::Error(rustix::io::Errno::IO.raw_os_error()),
         "enospc" => Action::Error(rustix::io::Errno::NOSPC.raw_os_error()),
         _ => return None,
@@ -128,6 +141,14 @@ pub fn hit(step: CommitStep) -> io::Result<()> {
                 rustix::process::Signal::KILL,
             );
             unreachable!("SIGKILL returned");
+        }
+        Action::Stop => {
+            // Returns once a SIGCONT arrives.
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::STOP,
+            );
+            Ok(())
         }
         Action::Error(errno) => Err(io::Error::from_raw_os_error(errno)),
     }

@@ -25,6 +25,7 @@ pub struct Transfer {
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
     clean_orphans: bool,
+    check_space: bool,
     mover: Mover,
 }
 
@@ -121,6 +122,7 @@ impl Transfer {
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::default()),
             clean_orphans: false,
+            check_space: false,
             mover: Mover::Idle,
         }
     }
@@ -195,6 +197,14 @@ impl Transfer {
         self.clean_orphans = clean;
     }
 
+    /// Whether the next dispatch or resume first checks that the
+    /// destinations' file systems have room for what is left to copy
+    /// (refusing with [`crate::Error::NotEnoughSpace`]) and reserves the
+    /// space of large files with fallocate.
+    pub fn set_check_space(&mut self, check: bool) {
+        self.check_space = check;
+    }
+
     pub fn progress(&self) -> Arc<Progress> {
         Arc::clone(&self.progress)
     }
@@ -256,6 +266,7 @@ impl Transfer {
                 workers
             },
             clean_orphans: self.clean_orphans,
+            check_space: self.check_space,
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
         };

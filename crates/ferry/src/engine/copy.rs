@@ -107,6 +107,7 @@ impl Copier<'_> {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(CopyError::Cancelled);
             }
+            failpoint::hit(CommitStep::ReadSource).map_err(CopyError::Read)?;
             failpoint::hit(CommitStep::WriteData)
                 .map_err(|error| CopyError::Write { error, at: pos })?;
             let want = (end - pos).min(CHUNK_BYTES as u64) as usize;

@@ -20,6 +20,7 @@
 pub mod commit;
 pub mod copy;
 pub mod plan;
+mod space;
 mod stale;
 
 use std::collections::HashSet;
@@ -104,6 +105,9 @@ pub struct RunOptions {
     /// Remove temporaries at our destinations that no transfer of this
     /// store wrote.
     pub clean_orphans: bool,
+    /// Refuse to start without room for what is left to copy, and reserve
+    /// the space of large files up front.
+    pub check_space: bool,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
 }
@@ -179,8 +183,22 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         },
     };
     let result = engine.run(&entries);
-    if let Err(Error::Store(StoreError::Cancelled { .. })) = &result {
-        return engine.report(TransferState::Cancelled, Vec::new());
+    match &result {
+        Err(Error::Store(StoreError::Cancelled { .. })) => {
+            return engine.report(TransferState::Cancelled, Vec::new());
+        }
+        // A clean shutdown: the read-only store still takes this one record
+        // (its reserve made room for it), so the transfer reads `failed`
+        // rather than `running` under a dead owner. Resume continues it.
+        Err(e @ (Error::Store(StoreError::ReadOnly { .. }) | Error::NotEnoughSpace { .. })) => {
+            let _ = store.apply(&[Change::Transfer {
+                id,
+                to: TransferState::Failed,
+                owner: None,
+                context: serde_json::json!({ "error": e.to_string() }),
+            }]);
+        }
+        _ => {}
     }
     result
 }
@@ -204,6 +222,9 @@ impl Engine<'_> {
             .bytes_total
             .store(entries.iter().map(|e| e.meta.size).sum(), Ordering::Relaxed);
         let mut failures: Vec<(EntryIndex, String)> = Vec::new();
+        if self.options.check_space {
+            space::check(entries)?;
+        }
 
         // Directories first, so that files have somewhere to go.
         let left_alone = self.create_directories(entries, &mut failures)?;
@@ -534,6 +555,10 @@ impl Engine<'_> {
             .and_then(|()| file.set_len(size))
             .and_then(|()| commit::sync_parent(&temp))
             .map_err(|e| write_error(&temp, &e, first, size))?;
+        if self.options.check_space {
+            space::reserve(&entry.source, &file, first, size)
+                .map_err(|e| write_error(&temp, &e, first, size))?;
+        }
         Ok(first)
     }
 
@@ -612,9 +637,7 @@ impl Engine<'_> {
             dst.set_len(size)
                 .map_err(|e| Some(write_error(&temp, &e, data_end, size)))?;
         }
-        self.check_source_unchanged(entry, &src)
-            .map(drop)
-            .map_err(Some)
+        self.check_source_at_end(entry, &src).map_err(Some)
     }
 
     fn copy_range(
@@ -642,7 +665,7 @@ impl Engine<'_> {
                 self.copier
                     .copy_range(&src, &dst, start, end, dense, buffer)
                     .map_err(|e| self.copy_error(entry, &temp, e))?;
-                self.check_source_unchanged(entry, &src).map_err(Some)?;
+                self.check_source_at_end(entry, &src).map_err(Some)?;
                 Ok(dst)
             });
         let mut tracker = tracker.lock().expect("tracker poisoned");
@@ -653,6 +676,9 @@ impl Engine<'_> {
             Err(message) => {
                 let first_failure = !tracker.failed;
                 tracker.failed = true;
+                if first_failure && message.is_some() {
+                    self.record_prefix(entry, &temp, &mut tracker);
+                }
                 return match message {
                     Some(message) if first_failure => Some(Done::Failed(entry.index, message)),
                     _ => None,
@@ -709,6 +735,30 @@ impl Engine<'_> {
         None
     }
 
+    /// A large file failed (its disk is full, say): make the ranges that
+    /// did complete durable and record them, so that a resume copies only
+    /// what is missing. Best effort: failing here only means a resume
+    /// copies more.
+    fn record_prefix(&self, entry: &EntryRecord, temp: &Path, tracker: &mut RangeTracker) {
+        let prefix = tracker.prefix(entry.meta.size);
+        if prefix <= tracker.recorded {
+            return;
+        }
+        let synced = File::open(temp).and_then(|f| f.sync_data());
+        if synced.is_ok()
+            && self
+                .store
+                .apply(&[Change::Progress {
+                    id: self.transfer.id,
+                    index: entry.index,
+                    progress_bytes_durable: prefix,
+                }])
+                .is_ok()
+        {
+            tracker.recorded = prefix;
+        }
+    }
+
     fn make_symlink(&self, entry: &EntryRecord) -> Result<(), String> {
         let temp = self.committer.temp_of(entry);
         let target = entry.link_target.as_deref().unwrap_or(Path::new(""));
@@ -755,6 +805,28 @@ impl Engine<'_> {
             ));
         }
         Ok(meta)
+    }
+
+    /// After the last byte: unchanged, and still the file at its path (a
+    /// source deleted or replaced mid-copy reads fine through the open
+    /// descriptor, but is no longer what the caller asked for).
+    fn check_source_at_end(&self, entry: &EntryRecord, file: &File) -> Result<(), String> {
+        let meta = self.check_source_unchanged(entry, file)?;
+        match std::fs::symlink_metadata(&entry.source) {
+            Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => Ok(()),
+            Ok(_) => Err(format!(
+                "source {} changed during transfer: it was replaced by another file; add it again",
+                entry.source.display()
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
+                "source {} changed during transfer: it was deleted",
+                entry.source.display()
+            )),
+            Err(e) => Err(format!(
+                "cannot stat source {}: {e}",
+                entry.source.display()
+            )),
+        }
     }
 
     fn copy_error(&self, entry: &EntryRecord, temp: &Path, e: CopyError) -> Option<String> {

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
+use super::space::{self, ReadOnlyCause, SpaceGuard};
 use super::{Change, ChangeToken, EventFilter, EventPage, EventReader, Store, StoreError};
+use crate::failpoint::{self, CommitStep};
 use crate::model::{
     EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind, NewEntry, NewTransfer, Owner,
     Preserve, SourceMeta, TransferId, TransferRecord, TransferState,
@@ -131,6 +133,22 @@ pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     notifier: Arc<Notifier>,
+    space: Arc<SpaceGuard>,
+}
+
+/// What `ferry store check` found (see [`SqliteStore::check`]).
+#[derive(Clone, Debug)]
+pub struct SpaceReport {
+    /// Still read-only, and why: there is not enough room yet.
+    pub read_only: Option<ReadOnlyCause>,
+    pub free_bytes: u64,
+    /// Free space the store wants before it writes again.
+    pub recover_bytes: u64,
+    pub reserve_path: PathBuf,
+    pub reserve_bytes: u64,
+    pub reserve_present: bool,
+    /// `PRAGMA quick_check`'s verdict: "ok" or the first problems.
+    pub integrity: String,
 }
 
 /// Wakes this process's watchers when this process commits a write.
@@ -299,9 +317,64 @@ impl SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             notifier: Arc::default(),
+            space: SpaceGuard::new(path),
         };
         store.migrate(version)?;
+        if sync_each_commit {
+            // Best effort: a store opened on a full disk still reads, and
+            // the probe re-creates the reserve once there is room. Batch
+            // jobs over thousands of stores (finalize) never create one.
+            let _ = store.space.ensure_reserve();
+        }
         Ok(store)
+    }
+
+    /// Why the store is read-only, if it is (see [`StoreError::ReadOnly`]).
+    pub fn read_only(&self) -> Option<ReadOnlyCause> {
+        self.space.cause()
+    }
+
+    /// Blocks until the store is read-write again (the background probe
+    /// found room) or `timeout` passed; returns whether it is.
+    pub fn wait_read_write(&self, timeout: Duration) -> bool {
+        self.space.wait_read_write(timeout)
+    }
+
+    /// `ferry store check`: returns a read-only store to read-write if its
+    /// file system has room again, re-creates the reserve if it is missing,
+    /// and checks the database's integrity.
+    pub fn check(&self) -> Result<SpaceReport, StoreError> {
+        self.space.try_recover();
+        let mut read_only = self.space.cause();
+        if read_only.is_none()
+            && let Err(e) = self.space.ensure_reserve()
+        {
+            // Writable for now, but with no room for the reserve the next
+            // write will likely fail: say so.
+            read_only = Some(ReadOnlyCause {
+                detail: format!(
+                    "its reserve {} cannot be created: {e}",
+                    self.space.reserve_path().display()
+                ),
+            });
+        }
+        let integrity: Vec<String> = self.read(|conn| {
+            let mut stmt = conn.prepare("PRAGMA quick_check(10)")?;
+            stmt.query_map([], |row| row.get(0))?.collect()
+        })?;
+        let free_bytes = self.space.free_bytes().map_err(|source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(SpaceReport {
+            read_only,
+            free_bytes,
+            recover_bytes: self.space.recover_bytes(),
+            reserve_path: self.space.reserve_path().to_path_buf(),
+            reserve_bytes: self.space.reserve_bytes(),
+            reserve_present: self.space.reserve_path().exists(),
+            integrity: integrity.join("; "),
+        })
     }
 
     fn migrate(&mut self, from: i64) -> Result<(), StoreError> {
@@ -334,16 +407,59 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_as(Writing::Normal, f)
+    }
+
+    /// [`SqliteStore::write`]; a [`Writing::Shutdown`] is written even while
+    /// the store is read-only, into the room its reserve left.
+    fn write_as<T>(
+        &self,
+        writing: Writing,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if writing == Writing::Normal
+            && let Some(cause) = self.space.cause()
+        {
+            return Err(self.read_only_error(cause));
+        }
         let mut conn = self.conn.lock().expect("store mutex poisoned");
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        let value = f(&tx)?;
-        tx.commit().map_err(|e| self.err(e))?;
+        let result = (|| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| self.err(e))?;
+            let value = f(&tx)?;
+            failpoint::hit(CommitStep::StoreCommit).map_err(|e| self.err(injected(&e)))?;
+            tx.commit().map_err(|e| self.err(e))?;
+            Ok(value)
+        })();
+        let value = match result {
+            Ok(value) => value,
+            Err(StoreError::Sqlite { source, .. })
+                if space::is_out_of_space(&source, system_errno(&conn)) =>
+            {
+                drop(conn);
+                let cause = format!("its disk is full ({source})");
+                self.space.enter_read_only(cause);
+                return Err(
+                    self.read_only_error(self.space.cause().unwrap_or(ReadOnlyCause {
+                        detail: source.to_string(),
+                    })),
+                );
+            }
+            Err(e) => return Err(e),
+        };
         drop(conn);
         *self.notifier.commits.lock().expect("notifier poisoned") += 1;
         self.notifier.changed.notify_all();
         Ok(value)
+    }
+
+    fn read_only_error(&self, cause: ReadOnlyCause) -> StoreError {
+        StoreError::ReadOnly {
+            path: self.path.clone(),
+            cause: cause.detail,
+            recover_bytes: self.space.recover_bytes(),
+        }
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -830,7 +946,21 @@ impl Store for SqliteStore {
         if changes.is_empty() {
             return Ok(());
         }
-        self.write(|tx| {
+        let ending = changes.iter().all(|c| {
+            matches!(
+                c,
+                Change::Transfer {
+                    to: TransferState::Failed | TransferState::Cancelled,
+                    ..
+                }
+            )
+        });
+        let writing = if ending {
+            Writing::Shutdown
+        } else {
+            Writing::Normal
+        };
+        self.write_as(writing, |tx| {
             let mut checked = HashMap::new();
             for change in changes {
                 self.apply_one(tx, change, &mut checked)?;
@@ -1159,6 +1289,35 @@ fn query_events(
     })
 }
 
+/// Whether a write may go to a read-only store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writing {
+    Normal,
+    /// Transfers ending `failed` or `cancelled`: a clean shutdown.
+    Shutdown,
+}
+
+/// The errno behind SQLite's last I/O error on this connection.
+fn system_errno(conn: &Connection) -> i32 {
+    // SAFETY: the handle is valid while `conn` is borrowed, and
+    // sqlite3_system_errno only reads the connection's last error.
+    unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) }
+}
+
+/// The error SQLite itself would have returned for an injected fault (fail
+/// point `store.commit`), so that it takes the same path as a real one.
+fn injected(e: &std::io::Error) -> rusqlite::Error {
+    let code = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+        rusqlite::ffi::SQLITE_FULL
+    } else {
+        rusqlite::ffi::SQLITE_IOERR_WRITE
+    };
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(code),
+        Some(format!("injected: {e}")),
+    )
+}
+
 fn sqlite_err(path: &Path, source: rusqlite::Error) -> StoreError {
     StoreError::Sqlite {
         path: path.to_path_buf(),
@@ -1212,6 +1371,91 @@ mod tests {
             preserve: Preserve::ALL,
             temp_suffix: crate::model::DEFAULT_TEMP_SUFFIX.into(),
         }
+    }
+
+    fn file_entry(i: usize) -> NewEntry {
+        NewEntry {
+            kind: EntryKind::File,
+            source: PathBuf::from(format!("/src/some/long/directory/name/file-{i:06}")),
+            dest: PathBuf::from(format!("/dst/some/long/directory/name/file-{i:06}")),
+            meta: SourceMeta {
+                size: 10,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                atime_ns: 1,
+                mtime_ns: 2,
+            },
+            link_target: None,
+        }
+    }
+
+    /// SQLite's own trick for a full disk without root: `max_page_count`.
+    /// The free-space reading is pinned at 0 so that the probe cannot
+    /// switch back until the test says there is room.
+    #[test]
+    fn a_full_store_turns_read_only_keeps_what_it_acknowledged_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let reserve = store.space.reserve_path().to_path_buf();
+        assert!(reserve.exists(), "the reserve is made when the store opens");
+        let t = store
+            .create_transfer(&new_transfer(Some("full")), &[])
+            .unwrap();
+        store.space.set_free_bytes(Some(0));
+        store
+            .read(|c| {
+                c.execute_batch("PRAGMA max_page_count = 0")?;
+                let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                c.execute_batch(&format!("PRAGMA max_page_count = {}", pages + 4))
+            })
+            .unwrap();
+
+        // Acknowledged batches, until the disk is "full".
+        let mut acknowledged = 0;
+        let err = loop {
+            let batch: Vec<_> = (acknowledged..acknowledged + 50).map(file_entry).collect();
+            match store.add_entries(t.id, &batch) {
+                Ok(()) => acknowledged += batch.len(),
+                Err(e) => break e,
+            }
+            assert!(
+                acknowledged < 100_000,
+                "max_page_count never filled the store"
+            );
+        };
+        assert!(
+            matches!(err, StoreError::ReadOnly { .. }),
+            "out of space is read-only: {err}"
+        );
+        assert!(err.to_string().contains("read-only"), "{err}");
+        assert!(!reserve.exists(), "the reserve is released");
+        assert!(store.read_only().is_some());
+
+        // Every mutating call fails at once; reads keep working.
+        let err = store.add_entries(t.id, &[file_entry(999_999)]).unwrap_err();
+        assert!(matches!(err, StoreError::ReadOnly { .. }), "{err}");
+        assert_eq!(store.entries(t.id).unwrap().len(), acknowledged);
+        // A clean shutdown is still written, into the room the reserve left.
+        let to = |to| Change::Transfer {
+            id: t.id,
+            to,
+            owner: None,
+            context: serde_json::Value::Null,
+        };
+        store
+            .read(|c| c.execute_batch("PRAGMA max_page_count = 1000000"))
+            .unwrap();
+        store.apply(&[to(TransferState::Failed)]).unwrap();
+        assert!(store.read_only().is_some(), "still read-only after it");
+
+        // Room again: the background probe switches back by itself.
+        store.space.set_free_bytes(None);
+        assert!(store.wait_read_write(Duration::from_secs(30)));
+        assert!(reserve.exists(), "the reserve is back");
+        store.apply(&[to(TransferState::Dispatched)]).unwrap();
+        assert_eq!(store.entries(t.id).unwrap().len(), acknowledged);
+        assert_eq!(store.check().unwrap().integrity, "ok");
     }
 
     #[test]
