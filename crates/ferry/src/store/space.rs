@@ -97,6 +97,13 @@ impl SpaceGuard {
         self.reserve_bytes + self.reserve_bytes.max(RECOVER_HEADROOM_BYTES_MIN)
     }
 
+    /// Whether the reserve exists with its blocks.
+    pub(crate) fn reserve_present(&self) -> bool {
+        self.reserve_bytes == 0
+            || std::fs::metadata(&self.reserve_path)
+                .is_ok_and(|m| m.blocks() * 512 >= self.reserve_bytes)
+    }
+
     pub(crate) fn cause(&self) -> Option<ReadOnlyCause> {
         self.read_only.lock().expect("space guard poisoned").clone()
     }
@@ -104,12 +111,7 @@ impl SpaceGuard {
     /// Creates the reserve, or tops it up, with real blocks: a sparse
     /// reserve would free nothing when deleted.
     pub(crate) fn ensure_reserve(&self) -> io::Result<()> {
-        if self.reserve_bytes == 0 {
-            return Ok(());
-        }
-        if let Ok(meta) = std::fs::metadata(&self.reserve_path)
-            && meta.blocks() * 512 >= self.reserve_bytes
-        {
+        if self.reserve_present() {
             return Ok(());
         }
         let file = OpenOptions::new()

@@ -134,6 +134,9 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
     notifier: Arc<Notifier>,
     space: Arc<SpaceGuard>,
+    /// Set until the first write has made sure the reserve exists: a
+    /// process that only reads (status, watch) never creates one.
+    reserve_unchecked: std::sync::atomic::AtomicBool,
 }
 
 /// What `ferry store check` found (see [`SqliteStore::check`]).
@@ -318,14 +321,10 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             notifier: Arc::default(),
             space: SpaceGuard::new(path),
+            // Batch jobs over thousands of stores (finalize) never make one.
+            reserve_unchecked: sync_each_commit.into(),
         };
         store.migrate(version)?;
-        if sync_each_commit {
-            // Best effort: a store opened on a full disk still reads, and
-            // the probe re-creates the reserve once there is room. Batch
-            // jobs over thousands of stores (finalize) never create one.
-            let _ = store.space.ensure_reserve();
-        }
         Ok(store)
     }
 
@@ -346,25 +345,31 @@ impl SqliteStore {
     pub fn check(&self) -> Result<SpaceReport, StoreError> {
         self.space.try_recover();
         let mut read_only = self.space.cause();
-        if read_only.is_none()
-            && let Err(e) = self.space.ensure_reserve()
-        {
-            // Writable for now, but with no room for the reserve the next
-            // write will likely fail: say so.
-            read_only = Some(ReadOnlyCause {
-                detail: format!(
-                    "its reserve {} cannot be created: {e}",
-                    self.space.reserve_path().display()
-                ),
-            });
+        let free_bytes = self.space.free_bytes().map_err(|source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        if read_only.is_none() && !self.space.reserve_present() {
+            // No reserve: another process released it when the disk filled.
+            // Writable again only on the terms the probe applies.
+            let recover = self.space.recover_bytes();
+            let detail = if free_bytes < recover {
+                Some(format!(
+                    "its file system has {free_bytes} bytes free and it needs {recover}"
+                ))
+            } else {
+                self.space.ensure_reserve().err().map(|e| {
+                    format!(
+                        "its reserve {} cannot be created: {e}",
+                        self.space.reserve_path().display()
+                    )
+                })
+            };
+            read_only = detail.map(|detail| ReadOnlyCause { detail });
         }
         let integrity: Vec<String> = self.read(|conn| {
             let mut stmt = conn.prepare("PRAGMA quick_check(10)")?;
             stmt.query_map([], |row| row.get(0))?.collect()
-        })?;
-        let free_bytes = self.space.free_bytes().map_err(|source| StoreError::Open {
-            path: self.path.clone(),
-            source,
         })?;
         Ok(SpaceReport {
             read_only,
@@ -372,7 +377,7 @@ impl SqliteStore {
             recover_bytes: self.space.recover_bytes(),
             reserve_path: self.space.reserve_path().to_path_buf(),
             reserve_bytes: self.space.reserve_bytes(),
-            reserve_present: self.space.reserve_path().exists(),
+            reserve_present: self.space.reserve_present(),
             integrity: integrity.join("; "),
         })
     }
@@ -449,6 +454,13 @@ impl SqliteStore {
             Err(e) => return Err(e),
         };
         drop(conn);
+        if self
+            .reserve_unchecked
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            // Best effort: without room now, the probe makes it later.
+            let _ = self.space.ensure_reserve();
+        }
         *self.notifier.commits.lock().expect("notifier poisoned") += 1;
         self.notifier.changed.notify_all();
         Ok(value)
@@ -1398,10 +1410,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         let reserve = store.space.reserve_path().to_path_buf();
-        assert!(reserve.exists(), "the reserve is made when the store opens");
+        assert!(!reserve.exists(), "opening alone makes no reserve");
         let t = store
             .create_transfer(&new_transfer(Some("full")), &[])
             .unwrap();
+        assert!(reserve.exists(), "the first write makes the reserve");
         store.space.set_free_bytes(Some(0));
         store
             .read(|c| {
