@@ -356,3 +356,74 @@ fn cp_with_the_name_of_a_dead_transfer_reattaches_and_continues() {
     assert_same_tree(&src, &dst);
     assert_eq!(resumed_offset_of_large(&s), Some(32 << 20));
 }
+
+/// A source deleted, replaced, grown or truncated while it is being copied
+/// fails as "changed during transfer": the copy is paused (fail point
+/// `pause`) right before its first chunk, the source is changed, and the
+/// copy continued.
+#[test]
+fn a_source_changed_mid_copy_fails_and_never_arrives() {
+    for change in ["deleted", "replaced", "grown", "truncated"] {
+        let s = Scratch::new();
+        let src = s.path("src");
+        let mut rng = fastrand::Rng::with_seed(21);
+        write_file(&src.join("f"), &random_bytes(&mut rng, 300_000));
+        let dst = s.path("dst");
+        let fifo = s.path("pause");
+        run_ok(std::process::Command::new("mkfifo").arg(&fifo));
+        let child = s
+            .ferry()
+            .env("FERRY_FAILPOINT", "commit.write_data=pause")
+            .env("FERRY_FAILPOINT_FIFO", &fifo)
+            .args(["cp", "-r", "--threads", "1"])
+            .arg(&src)
+            .arg(&dst)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Returns once ferry is paused right before the first chunk.
+        let pause = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let f = src.join("f");
+        match change {
+            "deleted" => fs::remove_file(&f).unwrap(),
+            "replaced" => {
+                write_file(&src.join("other"), b"another file");
+                fs::rename(src.join("other"), &f).unwrap();
+            }
+            "grown" => {
+                use std::io::Write;
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(&f)
+                    .unwrap()
+                    .write_all(b"more")
+                    .unwrap();
+            }
+            _ => fs::OpenOptions::new()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .set_len(1000)
+                .unwrap(),
+        }
+        drop(pause);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{change}: {stderr}");
+        assert!(
+            stderr.contains("changed during transfer") && stderr.contains("src/f"),
+            "{change}: {stderr}"
+        );
+        assert!(
+            !dst.join("f").exists(),
+            "{change}: nothing under the final name"
+        );
+        if change == "deleted" {
+            assert!(stderr.contains("deleted"), "{stderr}");
+        }
+        if change == "replaced" {
+            assert!(stderr.contains("replaced"), "{stderr}");
+        }
+    }
+}

@@ -141,8 +141,7 @@ fn assert_records_within_disk(store: &Path) {
 }
 
 #[test]
-fn a_full_destination_fails_the_file_keeps_its_temporary_and_resume_copies_only_what_is_missing()
-{
+fn a_full_destination_fails_the_file_keeps_its_temporary_and_resume_copies_only_what_is_missing() {
     let s = Scratch::new();
     let Some(tmpfs) = Tmpfs::mount(&s.path("dest-fs"), "24m") else {
         return;
@@ -176,9 +175,11 @@ fn a_full_destination_fails_the_file_keeps_its_temporary_and_resume_copies_only_
         "{message}"
     );
     assert!(
-        temps(&dst)
-            .iter()
-            .any(|t| t.file_name().unwrap().to_string_lossy().starts_with("large.")),
+        temps(&dst).iter().any(|t| t
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("large.")),
         "the temporary is kept"
     );
     assert_no_partial_files(&src, &dst);
@@ -241,11 +242,18 @@ fn a_read_only_destination_fails_each_file_with_its_path() {
     make_small_files(&src, 3, 100, 4);
     fs::create_dir_all(tmpfs.dir.join("dst/src")).unwrap();
     tmpfs.resize("4m,ro");
-    let out = run(s.ferry().args(["cp", "-r"]).arg(&src).arg(tmpfs.dir.join("dst")));
+    let out = run(s
+        .ferry()
+        .args(["cp", "-r"])
+        .arg(&src)
+        .arg(tmpfs.dir.join("dst")));
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Read-only file system"), "{stderr}");
-    assert!(stderr.contains(&tmpfs.dir.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&tmpfs.dir.display().to_string()),
+        "{stderr}"
+    );
 }
 
 /// The store's disk fills during a transfer: the CLI says the store is
@@ -253,8 +261,7 @@ fn a_read_only_destination_fails_each_file_with_its_path() {
 /// nothing the disk does not hold, reads keep working, and once space is
 /// freed the store is writable again and the transfer completes.
 #[test]
-fn a_full_store_disk_turns_the_store_read_only_and_the_transfer_completes_after_space_returns()
-{
+fn a_full_store_disk_turns_the_store_read_only_and_the_transfer_completes_after_space_returns() {
     let s = Scratch::new();
     let Some(tmpfs) = Tmpfs::mount(&s.path("store-fs"), "8m") else {
         return;
@@ -279,7 +286,9 @@ fn a_full_store_disk_turns_the_store_read_only_and_the_transfer_completes_after_
     assert_eq!(out.status.signal(), Some(9));
     let before = {
         let store = SqliteStore::open(&store).unwrap();
-        store.events_since(0, &EventFilter::default(), 1 << 20).unwrap()
+        store
+            .events_since(0, &EventFilter::default(), 1 << 20)
+            .unwrap()
     };
     assert!(tmpfs.dir.join("ferry.db.reserve").exists());
 

@@ -4,8 +4,10 @@
 //! `FERRY_FAILPOINT=STEP[:N][=ACTION]` arms one point: at the N-th time
 //! (default 1) the engine reaches STEP, ACTION happens: `crash` (default,
 //! the process SIGKILLs itself, exactly as an outside `kill -9`), `eio` or
-//! `enospc` (the step fails with that error), `stop` (the process SIGSTOPs
-//! itself, so that a test can change the world mid-step and SIGCONT it). STEP is a [`CommitStep`] name
+//! `enospc` (the step fails with that error), `pause` (the step waits until
+//! the FIFO named by `FERRY_FAILPOINT_FIFO` has been opened for writing and
+//! closed again, so that a test can change the world mid-step: opening it
+//! returns once ferry is paused there, closing it lets ferry go on). STEP is a [`CommitStep`] name
 //! such as `commit.rename`. Unset, a fail point costs one relaxed load.
 //!
 //! A hand-written seam rather than the `fail` crate: that crate needs a cargo
@@ -77,7 +79,7 @@ impl CommitStep {
 #[derive(Debug)]
 enum Action {
     Crash,
-    Stop,
+    Pause,
     Error(i32),
 }
 
@@ -107,7 +109,7 @@ fn parse(spec: &str) -> Option<Armed> {
         .name();
     let action = match action {
         "crash" => Action::Crash,
-        "stop" => Action::Stop,
+        "pause" => Action::Pause,
         "eio" => Action::Error(rustix::io::Errno::IO.raw_os_error()),
         "enospc" => Action::Error(rustix::io::Errno::NOSPC.raw_os_error()),
         _ => return None,
@@ -142,12 +144,14 @@ pub fn hit(step: CommitStep) -> io::Result<()> {
             );
             unreachable!("SIGKILL returned");
         }
-        Action::Stop => {
-            // Returns once a SIGCONT arrives.
-            let _ = rustix::process::kill_process(
-                rustix::process::getpid(),
-                rustix::process::Signal::STOP,
-            );
+        Action::Pause => {
+            // Opening blocks until the test opens the other end; reading
+            // returns end-of-file once it closes it.
+            use std::io::Read;
+            let fifo = std::env::var_os("FERRY_FAILPOINT_FIFO").ok_or_else(|| {
+                io::Error::other("the pause fail point needs FERRY_FAILPOINT_FIFO")
+            })?;
+            std::fs::File::open(fifo)?.read_to_end(&mut Vec::new())?;
             Ok(())
         }
         Action::Error(errno) => Err(io::Error::from_raw_os_error(errno)),
