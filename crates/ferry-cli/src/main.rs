@@ -137,6 +137,9 @@ struct CpArgs {
     /// How bytes move: sync (this thread) or threads (a pool)
     #[arg(long, default_value = "threads", value_parser = ["sync", "threads"])]
     kind: String,
+    /// The checksum every copied file gets, computed as it is read
+    #[arg(long, default_value = "xxh3", value_parser = ["xxh3", "blake3", "none"])]
+    checksum: String,
     #[command(flatten)]
     run: RunArgs,
     /// Sources, then the destination
@@ -275,7 +278,13 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
     };
     let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
     let entries = ferry::plan(sources, dest, args.recursive || args.archive)?;
-    let mut transfer = Transfer::create(store, args.name.as_deref(), kind, preserve, &entries)?;
+    let options = ferry::TransferOptions {
+        name: args.name.clone(),
+        kind,
+        preserve,
+        checksum: ferry::model::ChecksumAlgo::parse(&args.checksum),
+    };
+    let mut transfer = Transfer::create_with(store, &options, &entries)?;
     transfer.set_clean_orphans(args.run.clean_orphans);
     transfer.set_check_space(args.run.check_space);
     let workers = workers(&args.run);

@@ -7,7 +7,9 @@
 //! `enospc` (the step fails with that error), `pause` (the step waits until
 //! the FIFO named by `FERRY_FAILPOINT_FIFO` has been opened for writing and
 //! closed again, so that a test can change the world mid-step: opening it
-//! returns once ferry is paused there, closing it lets ferry go on). STEP is a [`CommitStep`] name
+//! returns once ferry is paused there, closing it lets ferry go on),
+//! `corrupt` (at `commit.write_data` only: a bit of the N-th buffer written
+//! is flipped after it was hashed, so the temporary differs from the source). STEP is a [`CommitStep`] name
 //! such as `commit.rename`. Unset, a fail point costs one relaxed load.
 //!
 //! A hand-written seam rather than the `fail` crate: that crate needs a cargo
@@ -80,6 +82,7 @@ impl CommitStep {
 enum Action {
     Crash,
     Pause,
+    Corrupt,
     Error(i32),
 }
 
@@ -110,6 +113,7 @@ fn parse(spec: &str) -> Option<Armed> {
     let action = match action {
         "crash" => Action::Crash,
         "pause" => Action::Pause,
+        "corrupt" => Action::Corrupt,
         "eio" => Action::Error(rustix::io::Errno::IO.raw_os_error()),
         "enospc" => Action::Error(rustix::io::Errno::NOSPC.raw_os_error()),
         _ => return None,
@@ -121,13 +125,26 @@ fn parse(spec: &str) -> Option<Armed> {
     })
 }
 
+/// `corrupt` (only at `commit.write_data`): whether the data about to be
+/// written should have a bit flipped, so that it differs from what was read
+/// and hashed. Counts its own hits.
+pub fn corrupts(step: CommitStep) -> bool {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    match armed() {
+        Some(armed) if armed.step == step.name() && matches!(armed.action, Action::Corrupt) => {
+            HITS.fetch_add(1, Ordering::SeqCst) + 1 == armed.nth
+        }
+        _ => false,
+    }
+}
+
 /// Called by the engine just before it performs `step`.
 pub fn hit(step: CommitStep) -> io::Result<()> {
     static HITS: AtomicU64 = AtomicU64::new(0);
     let Some(armed) = armed() else {
         return Ok(());
     };
-    if armed.step != step.name() {
+    if armed.step != step.name() || matches!(armed.action, Action::Corrupt) {
         return Ok(());
     }
     let n = HITS.fetch_add(1, Ordering::SeqCst) + 1;
@@ -135,6 +152,7 @@ pub fn hit(step: CommitStep) -> io::Result<()> {
         return Ok(());
     }
     match armed.action {
+        Action::Corrupt => Ok(()),
         Action::Crash => {
             // SIGKILL cannot be caught: nothing runs after this line, exactly
             // as when the process is killed from outside.

@@ -424,6 +424,7 @@ fn commit_remaining(
             index: e.index,
             durable: true,
             recorded: true,
+            checksum: e.checksum,
         })
         .collect();
     let mut failed: Vec<(EntryIndex, String)> = Vec::new();

@@ -31,6 +31,7 @@
 //! # Ok::<(), ferry::Error>(())
 //! ```
 
+pub mod checksum;
 pub mod engine;
 pub mod error;
 pub mod events;
@@ -45,4 +46,4 @@ pub use engine::plan::plan;
 pub use engine::{FileFailure, Progress, RunReport, temp_path};
 pub use error::{Error, Result};
 pub use model::{EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
-pub use transfer::{Transfer, default_store_path, default_workers};
+pub use transfer::{Transfer, TransferOptions, default_store_path, default_workers};

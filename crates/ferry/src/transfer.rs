@@ -11,11 +11,33 @@ use crate::engine::plan::plan;
 use crate::engine::{self, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
 use crate::model::{
-    DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve, TransferRecord,
-    TransferState,
+    ChecksumAlgo, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve,
+    TransferRecord, TransferState,
 };
 use crate::owner::Liveness;
 use crate::store::{Change, Store, StoreError};
+
+/// How a new transfer is made: [`Transfer::create_with`].
+#[derive(Clone, Debug)]
+pub struct TransferOptions {
+    /// `None`: the store names it `cp-<id>`.
+    pub name: Option<String>,
+    pub kind: Kind,
+    pub preserve: Preserve,
+    /// The hash every copied file gets; `None` for none. Default: XXH3-128.
+    pub checksum: Option<ChecksumAlgo>,
+}
+
+impl Default for TransferOptions {
+    fn default() -> TransferOptions {
+        TransferOptions {
+            name: None,
+            kind: Kind::Threads,
+            preserve: Preserve::NONE,
+            checksum: Some(ChecksumAlgo::Xxh3),
+        }
+    }
+}
 
 /// A transfer this process works with.
 pub struct Transfer {
@@ -70,6 +92,23 @@ impl Transfer {
         preserve: Preserve,
         entries: &[NewEntry],
     ) -> Result<Transfer> {
+        let options = TransferOptions {
+            name: name.map(str::to_owned),
+            kind,
+            preserve,
+            ..TransferOptions::default()
+        };
+        Transfer::create_with(store, &options, entries)
+    }
+
+    /// [`Transfer::create`] with every option.
+    pub fn create_with(
+        store: Arc<dyn Store>,
+        options: &TransferOptions,
+        entries: &[NewEntry],
+    ) -> Result<Transfer> {
+        let name = options.name.as_deref();
+        let (kind, preserve) = (options.kind, options.preserve);
         if let Some(name) = name
             && let Some(existing) = store.transfer_by_name(name)?
         {
@@ -82,6 +121,7 @@ impl Transfer {
                 owner: Owner::current(),
                 preserve,
                 temp_suffix: DEFAULT_TEMP_SUFFIX.into(),
+                checksum: options.checksum,
             },
             entries,
         );

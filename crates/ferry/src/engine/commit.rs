@@ -17,7 +17,7 @@ use rustix::fs::{AtFlags, CWD, Gid, Mode, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 
 use crate::failpoint::{self, CommitStep};
-use crate::model::{EntryIndex, EntryKind, EntryRecord, FileState, Preserve, TransferId};
+use crate::model::{Checksum, EntryIndex, EntryKind, EntryRecord, FileState, Preserve, TransferId};
 use crate::store::{Change, Store, StoreError};
 
 /// An entry whose data is in its temporary.
@@ -29,6 +29,8 @@ pub struct Ready {
     pub durable: bool,
     /// `copied` is already in the store (an earlier run got that far).
     pub recorded: bool,
+    /// Of the bytes as read from the source (`None`: no checksums).
+    pub checksum: Option<Checksum>,
 }
 
 /// What a batch commit needs to know about its transfer.
@@ -122,10 +124,7 @@ impl Committer<'_> {
         let mut changes: Vec<Change> = live
             .iter()
             .filter(|r| !r.recorded)
-            .map(|r| {
-                let entry = self.entry(r.index);
-                self.entry_change(r.index, FileState::Copied, Some(entry.meta.size), None)
-            })
+            .map(|r| self.copied_change(r.index, r.checksum))
             .collect();
         changes.extend(outcome.failed.iter().map(|(index, message)| {
             self.entry_change(*index, FileState::Failed, None, Some(message.clone()))
@@ -280,6 +279,26 @@ impl Committer<'_> {
             to,
             progress_bytes_durable,
             error,
+            checksum: None,
+            context,
+        }
+    }
+
+    /// Step 3 for one entry: `copied`, with the checksum of what was read,
+    /// which its event carries too.
+    pub fn copied_change(&self, index: EntryIndex, checksum: Option<Checksum>) -> Change {
+        let entry = self.entry(index);
+        let mut context = serde_json::json!({"bytes": entry.meta.size});
+        if let Some(checksum) = checksum {
+            context["checksum"] = checksum.to_string().into();
+        }
+        Change::Entry {
+            id: self.id,
+            index,
+            to: FileState::Copied,
+            progress_bytes_durable: Some(entry.meta.size),
+            error: None,
+            checksum,
             context,
         }
     }

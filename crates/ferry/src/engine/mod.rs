@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::checksum::{self, Checksum, Hasher};
 use crate::error::{Error, Result};
 use crate::failpoint::{self, CommitStep};
 use crate::model::{
@@ -46,10 +47,11 @@ use copy::{Copier, CopyError};
 
 pub use commit::temp_path;
 
-/// Files this large or larger are split into ranges.
-pub const SPLIT_BYTES_MIN: u64 = 2 * RANGE_BYTES;
+/// Files this large or larger are split into ranges (and hashed in pieces:
+/// a range is a checksum piece).
+pub const SPLIT_BYTES_MIN: u64 = checksum::PIECED_FROM_BYTES;
 /// The unit of work for large files.
-pub const RANGE_BYTES: u64 = 16 << 20;
+pub const RANGE_BYTES: u64 = checksum::PIECE_BYTES;
 /// A large file's durable prefix is recorded each time it grows this much.
 pub const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// At most this many files are committed in one batch (one syncfs, two
@@ -124,6 +126,13 @@ enum Work {
         end: u64,
     },
     Symlink(EntryIndex),
+    /// A piece of a large file that an earlier run made durable: hashed
+    /// from the temporary, so the file's checksum is the same as if it had
+    /// been copied in one go. Never reads the source.
+    Rehash {
+        index: EntryIndex,
+        piece: usize,
+    },
 }
 
 enum Done {
@@ -137,6 +146,10 @@ struct RangeTracker {
     done: Vec<bool>,
     recorded: u64,
     failed: bool,
+    /// One per piece of the whole file, when the transfer has checksums.
+    digests: Vec<Option<Checksum>>,
+    /// Reported copied (or failed): nothing more to send.
+    finished: bool,
 }
 
 impl RangeTracker {
@@ -263,6 +276,7 @@ impl Engine<'_> {
                         index: entry.index,
                         durable: true,
                         recorded: true,
+                        checksum: entry.checksum,
                     });
                 }
                 (EntryKind::Symlink, _) => work.push(Work::Symlink(entry.index)),
@@ -283,11 +297,22 @@ impl Engine<'_> {
                                 slot += 1;
                                 start = end;
                             }
+                            let pieces = checksum::pieces(entry.meta.size) as usize;
+                            let hashing = self.transfer.checksum.is_some();
+                            if hashing {
+                                let durable_pieces = (first / RANGE_BYTES) as usize;
+                                work.extend((0..durable_pieces).map(|piece| Work::Rehash {
+                                    index: entry.index,
+                                    piece,
+                                }));
+                            }
                             trackers[entry.index.0 as usize] = Some(Mutex::new(RangeTracker {
                                 first,
                                 done: vec![false; slot],
                                 recorded: first,
                                 failed: false,
+                                digests: vec![None; if hashing { pieces } else { 0 }],
+                                finished: false,
                             }));
                             copying.push(self.committer.entry_change(
                                 entry.index,
@@ -295,12 +320,14 @@ impl Engine<'_> {
                                 Some(first),
                                 None,
                             ));
-                            if slot == 0 {
-                                // Everything was durable already.
+                            if slot == 0 && !hashing {
+                                // Everything was durable already (with
+                                // checksums, the last rehash reports it).
                                 ready.push(Ready {
                                     index: entry.index,
                                     durable: true,
                                     recorded: false,
+                                    checksum: None,
                                 });
                             }
                         }
@@ -581,10 +608,11 @@ impl Engine<'_> {
                 Work::Whole(index) => {
                     let entry = &entries[index.0 as usize];
                     match self.copy_whole(entry, &mut buffer) {
-                        Ok(()) => Some(Done::Copied(Ready {
+                        Ok(checksum) => Some(Done::Copied(Ready {
                             index,
                             durable: false,
                             recorded: false,
+                            checksum,
                         })),
                         Err(None) => None,
                         Err(Some(message)) => Some(Done::Failed(index, message)),
@@ -597,6 +625,7 @@ impl Engine<'_> {
                             index,
                             durable: false,
                             recorded: false,
+                            checksum: None,
                         }),
                         Err(message) => Done::Failed(index, message),
                     })
@@ -613,6 +642,13 @@ impl Engine<'_> {
                         .expect("a range without its tracker");
                     self.copy_range(entry, tracker, slot, start, end, &mut buffer)
                 }
+                Work::Rehash { index, piece } => {
+                    let entry = &entries[index.0 as usize];
+                    let tracker = trackers[index.0 as usize]
+                        .as_ref()
+                        .expect("a piece without its tracker");
+                    self.rehash(entry, tracker, piece, &mut buffer)
+                }
             };
             if let Some(done) = done
                 && tx.send(done).is_err()
@@ -622,22 +658,101 @@ impl Engine<'_> {
         }
     }
 
-    /// Step 1 for a small file. `Err(None)`: cancelled.
-    fn copy_whole(&self, entry: &EntryRecord, buffer: &mut Vec<u8>) -> Result<(), Option<String>> {
+    /// Step 1 for a small file, with its checksum. `Err(None)`: cancelled.
+    fn copy_whole(
+        &self,
+        entry: &EntryRecord,
+        buffer: &mut Vec<u8>,
+    ) -> Result<Option<Checksum>, Option<String>> {
         let size = entry.meta.size;
         let (src, dense) = self.open_source(entry).map_err(Some)?;
         let temp = self.committer.temp_of(entry);
         let dst = open_temp(&temp, true).map_err(|e| Some(write_error(&temp, &e, 0, size)))?;
+        let mut hasher = self.transfer.checksum.map(Hasher::new);
         let data_end = self
             .copier
-            .copy_range(&src, &dst, 0, size, dense, buffer)
+            .copy_range(&src, &dst, 0, size, dense, buffer, hasher.as_mut())
             .map_err(|e| self.copy_error(entry, &temp, e))?;
         // Trailing holes: the length comes from the size, not the last write.
         if data_end < size {
             dst.set_len(size)
                 .map_err(|e| Some(write_error(&temp, &e, data_end, size)))?;
         }
-        self.check_source_at_end(entry, &src).map_err(Some)
+        self.check_source_at_end(entry, &src).map_err(Some)?;
+        Ok(hasher.map(Hasher::finish))
+    }
+
+    /// Hashes a piece an earlier run made durable, from the temporary.
+    fn rehash(
+        &self,
+        entry: &EntryRecord,
+        tracker: &Mutex<RangeTracker>,
+        piece: usize,
+        buffer: &mut Vec<u8>,
+    ) -> Option<Done> {
+        let algo = self.transfer.checksum?;
+        let temp = self.committer.temp_of(entry);
+        let start = piece as u64 * RANGE_BYTES;
+        let end = (start + RANGE_BYTES).min(entry.meta.size);
+        let digest =
+            File::open(&temp).and_then(|f| checksum::hash_range(&f, algo, start, end, buffer));
+        let mut tracker = tracker.lock().expect("tracker poisoned");
+        match digest {
+            Ok(digest) => {
+                tracker.digests[piece] = Some(digest);
+                self.complete(entry, &mut tracker, None)
+            }
+            Err(e) if !tracker.failed => {
+                tracker.failed = true;
+                Some(Done::Failed(
+                    entry.index,
+                    format!(
+                        "cannot read back the durable part of {}: {e}",
+                        temp.display()
+                    ),
+                ))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// A large file whose every range is written (and, with checksums,
+    /// every piece hashed): made durable here, by the worker that finished
+    /// it, so the committer's batch need not wait; reported once.
+    fn complete(
+        &self,
+        entry: &EntryRecord,
+        tracker: &mut RangeTracker,
+        dst: Option<&File>,
+    ) -> Option<Done> {
+        let size = entry.meta.size;
+        let hashed = tracker.digests.iter().all(Option::is_some);
+        if tracker.finished || tracker.failed || tracker.prefix(size) < size || !hashed {
+            return None;
+        }
+        tracker.finished = true;
+        let temp = self.committer.temp_of(entry);
+        let synced = failpoint::hit(CommitStep::SyncData).and_then(|()| match dst {
+            Some(dst) => dst.sync_data(),
+            None => File::open(&temp).and_then(|f| f.sync_data()),
+        });
+        if let Err(e) = synced {
+            tracker.failed = true;
+            return Some(Done::Failed(
+                entry.index,
+                write_error(&temp, &e, tracker.recorded, size),
+            ));
+        }
+        let checksum = self.transfer.checksum.map(|algo| {
+            let pieces: Vec<Checksum> = tracker.digests.iter().flatten().copied().collect();
+            checksum::combine(algo, &pieces)
+        });
+        Some(Done::Copied(Ready {
+            index: entry.index,
+            durable: true,
+            recorded: false,
+            checksum,
+        }))
     }
 
     fn copy_range(
@@ -653,6 +768,7 @@ impl Engine<'_> {
             return None;
         }
         let temp = self.committer.temp_of(entry);
+        let mut hasher = self.transfer.checksum.map(Hasher::new);
         let copied = self
             .open_source(entry)
             .map_err(Some)
@@ -663,7 +779,7 @@ impl Engine<'_> {
                     .open(&temp)
                     .map_err(|e| Some(write_error(&temp, &e, start, entry.meta.size)))?;
                 self.copier
-                    .copy_range(&src, &dst, start, end, dense, buffer)
+                    .copy_range(&src, &dst, start, end, dense, buffer, hasher.as_mut())
                     .map_err(|e| self.copy_error(entry, &temp, e))?;
                 self.check_source_at_end(entry, &src).map_err(Some)?;
                 Ok(dst)
@@ -686,6 +802,9 @@ impl Engine<'_> {
             }
         };
         tracker.done[slot] = true;
+        if let Some(hasher) = hasher {
+            tracker.digests[(start / RANGE_BYTES) as usize] = Some(hasher.finish());
+        }
         let size = entry.meta.size;
         let prefix = tracker.prefix(size);
         let recorded = tracker.recorded;
@@ -696,17 +815,9 @@ impl Engine<'_> {
             ))
         };
         if prefix == size {
-            // The last range: the whole file is made durable here, by the
-            // worker, so the committer's batch need not wait for it.
-            if let Err(e) = failpoint::hit(CommitStep::SyncData).and_then(|()| dst.sync_data()) {
-                tracker.failed = true;
-                return durable_error(e);
-            }
-            return Some(Done::Copied(Ready {
-                index: entry.index,
-                durable: true,
-                recorded: false,
-            }));
+            // The last range (unless a rehash of an earlier run's pieces
+            // is still going: then that one completes the file).
+            return self.complete(entry, &mut tracker, Some(&dst));
         }
         if prefix - tracker.recorded >= CHECKPOINT_BYTES {
             // Holding the tracker's lock keeps recorded progress monotonic.

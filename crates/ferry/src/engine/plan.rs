@@ -234,6 +234,8 @@ fn entry(source: &Path, meta: &fs::Metadata, dest: PathBuf) -> Result<NewEntry> 
         });
     };
     Ok(NewEntry {
+        link_leader: None,
+        xattrs: Default::default(),
         kind,
         source: source.to_path_buf(),
         dest,

@@ -17,7 +17,7 @@ pub use space::{RESERVE_BYTES_DEFAULT, RESERVE_ENV, ReadOnlyCause};
 pub use sqlite::{SCHEMA_VERSION, SpaceReport, SqliteStore};
 
 use crate::model::{
-    EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner, TransferId,
+    Checksum, EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner, TransferId,
     TransferRecord, TransferState,
 };
 
@@ -50,6 +50,9 @@ pub enum Change {
         to: FileState,
         progress_bytes_durable: Option<u64>,
         error: Option<String>,
+        /// Recorded with the entry when given (at `copied`, or `skipped`
+        /// after a checksum comparison).
+        checksum: Option<Checksum>,
         context: serde_json::Value,
     },
     /// The transfer is released: it leaves `transfers()` and its name may

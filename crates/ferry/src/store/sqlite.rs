@@ -18,8 +18,8 @@ use super::space::{self, ReadOnlyCause, SpaceGuard};
 use super::{Change, ChangeToken, EventFilter, EventPage, EventReader, Store, StoreError};
 use crate::failpoint::{self, CommitStep};
 use crate::model::{
-    EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind, NewEntry, NewTransfer, Owner,
-    Preserve, SourceMeta, TransferId, TransferRecord, TransferState,
+    Checksum, ChecksumAlgo, EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind, NewEntry,
+    NewTransfer, Owner, Preserve, SourceMeta, TransferId, TransferRecord, TransferState, Xattrs,
 };
 
 /// `PRAGMA application_id`: "FRRY". Tells a ferry store from any other
@@ -104,6 +104,11 @@ CREATE TEMP TABLE next_transfer_id AS SELECT max(
 DELETE FROM sqlite_sequence WHERE name = 'transfers';
 INSERT INTO sqlite_sequence (name, seq) SELECT 'transfers', seq FROM next_transfer_id;
 DROP TABLE next_transfer_id;
+"#,
+    r#"
+-- The hash each copied file of a transfer gets (NULL: none). The digest
+-- itself goes to entries.checksum_algo / entries.checksum.
+ALTER TABLE transfers ADD COLUMN checksum_algo TEXT;
 "#,
 ];
 
@@ -542,8 +547,8 @@ impl SqliteStore {
         let mut stmt = tx
             .prepare_cached(
                 "INSERT INTO entries (transfer_id, idx, kind, source, dest, size, mode, uid,
-                    gid, atime_ns, mtime_ns, link_target, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending')",
+                    gid, atime_ns, mtime_ns, link_target, link_group, xattrs, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'pending')",
             )
             .map_err(|e| self.err(e))?;
         for (offset, entry) in entries.iter().enumerate() {
@@ -562,6 +567,11 @@ impl SqliteStore {
                 entry.meta.atime_ns,
                 entry.meta.mtime_ns,
                 entry.link_target.as_ref().map(|t| t.as_os_str().as_bytes()),
+                entry.link_leader.map(|leader| {
+                    assert!(leader < offset, "a hard link's leader comes before it");
+                    first + leader as i64
+                }),
+                (!entry.xattrs.0.is_empty()).then(|| entry.xattrs.encode()),
             ])
             .map_err(|e| self.err(e))?;
         }
@@ -644,6 +654,7 @@ impl SqliteStore {
                 to,
                 progress_bytes_durable,
                 error,
+                checksum,
                 context,
             } => {
                 self.check_moving(tx, *id, checked)?;
@@ -671,6 +682,21 @@ impl SqliteStore {
                     ])
                 })
                 .map_err(|e| self.err(e))?;
+                if let Some(checksum) = checksum {
+                    tx.prepare_cached(
+                        "UPDATE entries SET checksum_algo = ?1, checksum = ?2
+                         WHERE transfer_id = ?3 AND idx = ?4",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            checksum.algo.as_str(),
+                            checksum.digest(),
+                            id.0,
+                            index.0
+                        ])
+                    })
+                    .map_err(|e| self.err(e))?;
+                }
                 self.insert_event(tx, *id, Some(*index), &format!("file.{to}"), context)
             }
             Change::Free { id } => {
@@ -817,6 +843,16 @@ impl SqliteStore {
                 "transfer {id} has unknown kind {kind:?} or state {state:?}"
             ))));
         };
+        let checksum: Option<String> = row.get(14)?;
+        let checksum = match checksum.as_deref().map(ChecksumAlgo::parse) {
+            None => None,
+            Some(Some(algo)) => Some(algo),
+            Some(None) => {
+                return Ok(Err(self.corrupt(format!(
+                    "transfer {id} has unknown checksum algorithm {checksum:?}"
+                ))));
+            }
+        };
         Ok(Ok(TransferRecord {
             id,
             name: row.get(1)?,
@@ -834,8 +870,68 @@ impl SqliteStore {
                 times: row.get(10)?,
             },
             temp_suffix: row.get(11)?,
+            checksum,
             created_ns: row.get(12)?,
             updated_ns: row.get(13)?,
+        }))
+    }
+
+    /// One `entries` row; a value that cannot be ours is [`StoreError::Corrupt`].
+    fn row_to_entry(
+        &self,
+        id: TransferId,
+        row: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<Result<EntryRecord, StoreError>> {
+        let index: u32 = row.get(0)?;
+        let kind: String = row.get(1)?;
+        let state: String = row.get(11)?;
+        let (Some(kind), Some(state)) = (EntryKind::parse(&kind), FileState::parse(&state)) else {
+            return Ok(Err(self.corrupt(format!(
+                "entry {index} of transfer {id}: unknown kind {kind:?} or state {state:?}"
+            ))));
+        };
+        let algo: Option<String> = row.get(14)?;
+        let digest: Option<Vec<u8>> = row.get(15)?;
+        let checksum = match (algo, digest) {
+            (Some(algo), Some(digest)) => {
+                match ChecksumAlgo::parse(&algo).and_then(|a| Checksum::from_digest(a, &digest)) {
+                    Some(checksum) => Some(checksum),
+                    None => {
+                        return Ok(Err(self.corrupt(format!(
+                            "entry {index} of transfer {id}: bad {algo} checksum"
+                        ))));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let xattrs: Option<Vec<u8>> = row.get(17)?;
+        let Some(xattrs) = Xattrs::decode(xattrs.as_deref().unwrap_or_default()) else {
+            return Ok(Err(self.corrupt(format!(
+                "entry {index} of transfer {id}: unreadable extended attributes"
+            ))));
+        };
+        let link: Option<Vec<u8>> = row.get(10)?;
+        Ok(Ok(EntryRecord {
+            index: EntryIndex(index),
+            kind,
+            source: path_from_bytes(row.get(2)?),
+            dest: path_from_bytes(row.get(3)?),
+            meta: SourceMeta {
+                size: row.get::<_, i64>(4)? as u64,
+                mode: row.get(5)?,
+                uid: row.get(6)?,
+                gid: row.get(7)?,
+                atime_ns: row.get(8)?,
+                mtime_ns: row.get(9)?,
+            },
+            link_target: link.map(path_from_bytes),
+            state,
+            progress_bytes_durable: row.get::<_, i64>(12)? as u64,
+            error: row.get(13)?,
+            checksum,
+            link_leader: row.get::<_, Option<u32>>(16)?.map(EntryIndex),
+            xattrs,
         }))
     }
 
@@ -847,7 +943,7 @@ impl SqliteStore {
         let sql = format!(
             "SELECT id, name, kind, state, owner_host, owner_boot_id, owner_pid, owner_start_time,
                     preserve_mode, preserve_ownership, preserve_times, temp_suffix, created_ns,
-                    updated_ns
+                    updated_ns, checksum_algo
              FROM transfers WHERE freed_ns IS NULL {filter} ORDER BY id"
         );
         let rows = self.read(|conn| {
@@ -895,8 +991,8 @@ impl Store for SqliteStore {
             tx.execute(
                 "INSERT INTO transfers (name, kind, state, owner_host, owner_boot_id, owner_pid,
                     owner_start_time, preserve_mode, preserve_ownership, preserve_times,
-                    temp_suffix, created_ns, updated_ns)
-                 VALUES (?1, ?2, 'created', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                    temp_suffix, created_ns, updated_ns, checksum_algo)
+                 VALUES (?1, ?2, 'created', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
                 params![
                     new.name.as_deref().unwrap_or(&placeholder),
                     new.kind.as_str(),
@@ -908,7 +1004,8 @@ impl Store for SqliteStore {
                     new.preserve.ownership,
                     new.preserve.times,
                     new.temp_suffix,
-                    now
+                    now,
+                    new.checksum.map(ChecksumAlgo::as_str)
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -1000,88 +1097,41 @@ impl Store for SqliteStore {
     }
 
     fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
-        type Raw = (
-            u32,
-            String,
-            Vec<u8>,
-            Vec<u8>,
-            [i64; 6],
-            Option<Vec<u8>>,
-            String,
-            i64,
-            Option<String>,
-        );
-        let raw: Vec<Raw> = self.read(|conn| {
+        let rows: Vec<Result<EntryRecord, StoreError>> = self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
-                        link_target, state, progress_bytes_durable, error
+                        link_target, state, progress_bytes_durable, error, checksum_algo,
+                        checksum, link_group, xattrs
                  FROM entries WHERE transfer_id = ?1 ORDER BY idx",
             )?;
-            let rows = stmt.query_map([id.0], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    [
-                        row.get(4)?,
-                        row.get(5)?,
-                        row.get(6)?,
-                        row.get(7)?,
-                        row.get(8)?,
-                        row.get(9)?,
-                    ],
-                    row.get(10)?,
-                    row.get(11)?,
-                    row.get(12)?,
-                    row.get(13)?,
-                ))
-            })?;
+            let rows = stmt.query_map([id.0], |row| self.row_to_entry(id, row))?;
             rows.collect()
         })?;
-        raw.into_iter()
+        rows.into_iter()
             .enumerate()
-            .map(
-                |(position, (index, kind, source, dest, m, link, state, progress, error))| {
-                    let (Some(kind), Some(state)) =
-                        (EntryKind::parse(&kind), FileState::parse(&state))
-                    else {
-                        return Err(self.corrupt(format!(
-                        "entry {index} of transfer {id}: unknown kind {kind:?} or state {state:?}"
+            .map(|(position, record)| {
+                let record = record?;
+                let index = record.index;
+                if index.0 as usize != position {
+                    return Err(self.corrupt(format!(
+                        "transfer {id}: entry {} found at position {position}",
+                        index.0
                     )));
-                    };
-                    let record = EntryRecord {
-                        index: EntryIndex(index),
-                        kind,
-                        source: path_from_bytes(source),
-                        dest: path_from_bytes(dest),
-                        meta: SourceMeta {
-                            size: m[0] as u64,
-                            mode: m[1] as u32,
-                            uid: m[2] as u32,
-                            gid: m[3] as u32,
-                            atime_ns: m[4],
-                            mtime_ns: m[5],
-                        },
-                        link_target: link.map(path_from_bytes),
-                        state,
-                        progress_bytes_durable: progress as u64,
-                        error,
-                    };
-                    if record.index.0 as usize != position {
-                        return Err(self.corrupt(format!(
-                            "transfer {id}: entry {index} found at position {position}"
-                        )));
-                    }
-                    if record.progress_bytes_durable > record.meta.size {
-                        return Err(self.corrupt(format!(
-                            "entry {index} of transfer {id}: progress {} beyond size {}",
-                            record.progress_bytes_durable, record.meta.size
-                        )));
-                    }
-                    Ok(record)
-                },
-            )
+                }
+                if record.progress_bytes_durable > record.meta.size {
+                    return Err(self.corrupt(format!(
+                        "entry {} of transfer {id}: progress {} beyond size {}",
+                        index.0, record.progress_bytes_durable, record.meta.size
+                    )));
+                }
+                if record.link_leader.is_some_and(|leader| leader.0 >= index.0) {
+                    return Err(self.corrupt(format!(
+                        "entry {} of transfer {id}: a hard link to a later entry",
+                        index.0
+                    )));
+                }
+                Ok(record)
+            })
             .collect()
     }
 
@@ -1377,6 +1427,7 @@ mod tests {
 
     fn new_transfer(name: Option<&str>) -> NewTransfer {
         NewTransfer {
+            checksum: None,
             name: name.map(str::to_owned),
             kind: Kind::Sync,
             owner: owner(),
@@ -1387,6 +1438,8 @@ mod tests {
 
     fn file_entry(i: usize) -> NewEntry {
         NewEntry {
+            link_leader: None,
+            xattrs: Default::default(),
             kind: EntryKind::File,
             source: PathBuf::from(format!("/src/some/long/directory/name/file-{i:06}")),
             dest: PathBuf::from(format!("/dst/some/long/directory/name/file-{i:06}")),
@@ -1540,6 +1593,8 @@ mod tests {
             .create_transfer(&new_transfer(Some("x")), &[])
             .unwrap();
         let entry = NewEntry {
+            link_leader: None,
+            xattrs: Default::default(),
             kind: EntryKind::File,
             source: PathBuf::from(OsString::from_vec(b"/src/\xff".to_vec())),
             dest: PathBuf::from("/dst/f"),
@@ -1571,6 +1626,7 @@ mod tests {
         // A batch with an illegal change is refused whole.
         let batch = [
             Change::Entry {
+                checksum: None,
                 id: t.id,
                 index: EntryIndex(0),
                 to: FileState::Copied,
@@ -1579,6 +1635,7 @@ mod tests {
                 context: serde_json::Value::Null,
             },
             Change::Entry {
+                checksum: None,
                 id: t.id,
                 index: EntryIndex(0),
                 to: FileState::Copying,
