@@ -45,6 +45,7 @@ pub fn code(e: &Error) -> u8 {
         Error::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => 17,
         Error::Store(StoreError::ReadOnly { .. }) => 19,
         Error::NotEnoughSpace { .. } => 20,
+        Error::VerifyFailed { .. } => 21,
         Error::Store(_) => 16,
         Error::Io { .. } => 74,
     }

@@ -134,7 +134,7 @@ impl Hasher {
 
     /// A hole of the source reads as zeros, and is hashed as such.
     pub fn update_zeros(&mut self, mut len: u64) {
-        const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         while len > 0 {
             let n = len.min(ZEROS.len() as u64) as usize;
             self.update(&ZEROS[..n]);

@@ -95,6 +95,12 @@ pub enum Error {
         available: u64,
     },
 
+    #[error(
+        "{problems} of {checked} files do not hold what was copied (each is named above): \
+         copy them again: `ferry cp -a --skip checksum SRC DST` recopies exactly those that differ"
+    )]
+    VerifyFailed { checked: usize, problems: usize },
+
     #[error(transparent)]
     Store(#[from] StoreError),
 

@@ -41,6 +41,7 @@ pub mod model;
 pub mod owner;
 pub mod store;
 mod transfer;
+pub mod verify;
 
 pub use engine::plan::plan;
 pub use engine::{FileFailure, Progress, RunReport, temp_path};

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crate::engine::plan::plan;
+use crate::engine::skip::SkipRule;
 use crate::engine::{self, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -16,6 +17,7 @@ use crate::model::{
 };
 use crate::owner::Liveness;
 use crate::store::{Change, Store, StoreError};
+use crate::verify::Verify;
 
 /// How a new transfer is made: [`Transfer::create_with`].
 #[derive(Clone, Debug)]
@@ -48,6 +50,8 @@ pub struct Transfer {
     progress: Arc<Progress>,
     clean_orphans: bool,
     check_space: bool,
+    skip: SkipRule,
+    verify: Verify,
     mover: Mover,
 }
 
@@ -163,6 +167,8 @@ impl Transfer {
             progress: Arc::new(Progress::default()),
             clean_orphans: false,
             check_space: false,
+            skip: SkipRule::Never,
+            verify: Verify::None,
             mover: Mover::Idle,
         }
     }
@@ -245,6 +251,17 @@ impl Transfer {
         self.check_space = check;
     }
 
+    /// Which destinations the next dispatch or resume takes as already
+    /// there (recorded `skipped`, no data copied).
+    pub fn set_skip(&mut self, skip: SkipRule) {
+        self.skip = skip;
+    }
+
+    /// How much the next dispatch or resume reads back what it wrote.
+    pub fn set_verify(&mut self, verify: Verify) {
+        self.verify = verify;
+    }
+
     pub fn progress(&self) -> Arc<Progress> {
         Arc::clone(&self.progress)
     }
@@ -307,6 +324,8 @@ impl Transfer {
             },
             clean_orphans: self.clean_orphans,
             check_space: self.check_space,
+            skip: self.skip,
+            verify: self.verify,
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
         };

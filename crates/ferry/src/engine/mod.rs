@@ -20,10 +20,11 @@
 pub mod commit;
 pub mod copy;
 pub mod plan;
+pub mod skip;
 mod space;
 mod stale;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -42,8 +43,10 @@ use crate::model::{
     EntryIndex, EntryKind, EntryRecord, FileState, TransferId, TransferRecord, TransferState,
 };
 use crate::store::{Change, Store, StoreError};
+use crate::verify::Verify;
 use commit::{Committer, Ready};
 use copy::{Copier, CopyError};
+use skip::SkipRule;
 
 pub use commit::temp_path;
 
@@ -110,6 +113,10 @@ pub struct RunOptions {
     /// Refuse to start without room for what is left to copy, and reserve
     /// the space of large files up front.
     pub check_space: bool,
+    /// Destinations that already match are recorded `skipped`, not copied.
+    pub skip: SkipRule,
+    /// Read back what was written, from disk, and compare checksums.
+    pub verify: Verify,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
 }
@@ -186,6 +193,7 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
             preserve: transfer.preserve,
             temp_suffix: &transfer.temp_suffix,
             umask: current_umask(),
+            verify: options.verify != Verify::None,
         },
         options,
         warnings: Mutex::new(Vec::new()),
@@ -258,9 +266,32 @@ impl Engine<'_> {
         let mut trackers: Vec<Option<Mutex<RangeTracker>>> =
             (0..entries.len()).map(|_| None).collect();
         let mut copying = Vec::new();
+        let mut skipped = Vec::new();
+        let mut followers = Vec::new();
         for entry in entries {
+            let unfinished = matches!(
+                entry.state,
+                FileState::Pending | FileState::Copying | FileState::Failed
+            );
+            if entry.link_leader.is_some() && unfinished {
+                // A hard link: its data comes with its leader's.
+                followers.push(entry);
+                continue;
+            }
+            let may_skip = entry.kind == EntryKind::File
+                && matches!(
+                    entry.state,
+                    FileState::Pending | FileState::Copying | FileState::Failed
+                );
+            if may_skip
+                && let Ok(Some(matched)) =
+                    skip::matches(entry, self.options.skip, self.transfer.checksum)
+            {
+                skipped.push((entry, matched.checksum));
+                continue;
+            }
             match (entry.kind, entry.state) {
-                (EntryKind::Dir, _) | (_, FileState::Committed) => {
+                (EntryKind::Dir, _) | (_, FileState::Committed | FileState::Skipped) => {
                     if entry.kind != EntryKind::Dir {
                         progress.files_done.fetch_add(1, Ordering::Relaxed);
                         progress
@@ -340,6 +371,10 @@ impl Engine<'_> {
         // Large files say "copying" (with the offset they resume from) in one
         // transaction; small files go straight to "copied".
         self.store.apply(&copying)?;
+        let skipped_now: HashSet<EntryIndex> = skipped.iter().map(|(e, _)| e.index).collect();
+        self.record_skipped(skipped, &mut failures)?;
+        let followers_of =
+            self.link_ready_followers(entries, followers, &skipped_now, &mut ready, &mut failures);
 
         let workers = self
             .options
@@ -355,7 +390,7 @@ impl Engine<'_> {
                 scope.spawn(move || self.worker(work, next, trackers, entries, tx));
             }
             drop(tx);
-            self.commit_loop(rx, ready, std::mem::take(&mut failures))
+            self.commit_loop(rx, ready, std::mem::take(&mut failures), &followers_of)
         });
         let mut failed = committed?;
 
@@ -364,6 +399,9 @@ impl Engine<'_> {
         }
         if failed.is_empty() {
             self.finish_directories(entries, &left_alone, &mut failed)?;
+        }
+        if self.options.verify == Verify::Full {
+            self.verify_finished(&mut failed)?;
         }
         let state = if failed.is_empty() {
             TransferState::Completed
@@ -528,7 +566,11 @@ impl Engine<'_> {
         let first_failure = failed.len();
         let mut done: Vec<EntryIndex> = self
             .committer
-            .place_directories(dirs, failed)
+            .place_directories(
+                dirs,
+                failed,
+                &mut self.warnings.lock().expect("warnings poisoned"),
+            )
             .iter()
             .map(|d| d.index)
             .collect();
@@ -556,6 +598,34 @@ impl Engine<'_> {
                 .committer
                 .committed_changes(&done, &failed[first_failure..]),
         )?;
+        Ok(())
+    }
+
+    /// `--verify full`: every finished file of the transfer, read back from
+    /// its final name (from disk) and compared with its stored checksum. A
+    /// mismatch fails the transfer; the file keeps its state, since what is
+    /// wrong is the disk, not the record.
+    fn verify_finished(&self, failed: &mut Vec<(EntryIndex, String)>) -> Result<()> {
+        let entries = self.store.entries(self.transfer.id)?;
+        for entry in entries.iter().filter(|e| e.state.is_done()) {
+            let Some(expected) = entry.checksum else {
+                continue;
+            };
+            match checksum::of_file(&entry.dest, expected.algo, true) {
+                Ok(found) if found == expected => {}
+                Ok(found) => failed.push((
+                    entry.index,
+                    format!(
+                        "{}: verification failed: it reads back as {found}, it was copied as {expected}",
+                        entry.dest.display()
+                    ),
+                )),
+                Err(e) => failed.push((
+                    entry.index,
+                    format!("{}: cannot read it back to verify it: {e}", entry.dest.display()),
+                )),
+            }
+        }
         Ok(())
     }
 
@@ -680,6 +750,142 @@ impl Engine<'_> {
         }
         self.check_source_at_end(entry, &src).map_err(Some)?;
         Ok(hasher.map(Hasher::finish))
+    }
+
+    /// Destinations found already matching: their metadata applied and made
+    /// durable, then recorded `skipped` in one transaction. One whose
+    /// metadata cannot be applied fails (it is not copied over).
+    fn record_skipped(
+        &self,
+        skipped: Vec<(&EntryRecord, Option<Checksum>)>,
+        failures: &mut Vec<(EntryIndex, String)>,
+    ) -> Result<()> {
+        if skipped.is_empty() {
+            return Ok(());
+        }
+        let progress = &self.options.progress;
+        let mut done = Vec::with_capacity(skipped.len());
+        for (entry, checksum) in skipped {
+            let mut warnings = Vec::new();
+            let applied = commit::apply_metadata(
+                entry,
+                self.transfer.preserve,
+                self.committer.umask,
+                &mut warnings,
+            );
+            self.warnings
+                .lock()
+                .expect("warnings poisoned")
+                .extend(warnings);
+            match applied {
+                Ok(()) => done.push((entry, checksum)),
+                Err(e) => failures.push((
+                    entry.index,
+                    format!("{}: cannot apply metadata: {e}", entry.dest.display()),
+                )),
+            }
+        }
+        let synced = commit::make_durable(done.iter().map(|(e, _)| e.dest.as_path()));
+        if let Err(e) = synced {
+            for (entry, _) in done.drain(..) {
+                failures.push((
+                    entry.index,
+                    format!(
+                        "{}: could not make metadata durable: {e}",
+                        entry.dest.display()
+                    ),
+                ));
+            }
+        }
+        let rule = self.options.skip.as_str();
+        let changes: Vec<Change> = done
+            .iter()
+            .map(|(entry, checksum)| {
+                let mut context = serde_json::json!({"rule": rule});
+                if let Some(c) = checksum {
+                    context["checksum"] = c.to_string().into();
+                }
+                Change::Entry {
+                    id: self.transfer.id,
+                    index: entry.index,
+                    to: FileState::Skipped,
+                    progress_bytes_durable: None,
+                    error: None,
+                    checksum: *checksum,
+                    context,
+                }
+            })
+            .collect();
+        self.store.apply(&changes)?;
+        for (entry, _) in &done {
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            progress
+                .bytes_reused
+                .fetch_add(entry.meta.size, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Hard links whose leader's data is already in place (committed,
+    /// skipped, or copied by an earlier run) are linked now and join the
+    /// first batch; the others wait for their leader in the commit loop,
+    /// which gets them back here, by leader.
+    fn link_ready_followers(
+        &self,
+        entries: &[EntryRecord],
+        followers: Vec<&EntryRecord>,
+        skipped_now: &HashSet<EntryIndex>,
+        ready: &mut Vec<Ready>,
+        failures: &mut Vec<(EntryIndex, String)>,
+    ) -> HashMap<EntryIndex, Vec<EntryIndex>> {
+        let mut waiting: HashMap<EntryIndex, Vec<EntryIndex>> = HashMap::new();
+        for follower in followers {
+            let leader_index = follower.link_leader.expect("followers have a leader");
+            let leader = &entries[leader_index.0 as usize];
+            let from = if leader.state.is_done() || skipped_now.contains(&leader.index) {
+                leader.dest.clone()
+            } else if leader.state == FileState::Copied {
+                let temp = self.committer.temp_of(leader);
+                if temp.exists() {
+                    temp
+                } else {
+                    leader.dest.clone()
+                }
+            } else {
+                waiting
+                    .entry(leader.index)
+                    .or_default()
+                    .push(follower.index);
+                continue;
+            };
+            match self.link_follower(&from, follower) {
+                Ok(()) => ready.push(Ready {
+                    index: follower.index,
+                    durable: false,
+                    recorded: false,
+                    checksum: leader.checksum,
+                }),
+                Err(message) => failures.push((follower.index, message)),
+            }
+        }
+        waiting
+    }
+
+    /// Step 1 for a hard link: its temporary is a link to its leader's data.
+    fn link_follower(&self, from: &Path, follower: &EntryRecord) -> Result<(), String> {
+        let temp = self.committer.temp_of(follower);
+        match std::fs::remove_file(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", temp.display())),
+        }
+        std::fs::hard_link(from, &temp)
+            .map_err(|e| format!("{}: cannot link to {}: {e}", temp.display(), from.display()))?;
+        self.options
+            .progress
+            .bytes_reused
+            .fetch_add(follower.meta.size, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Hashes a piece an earlier run made durable, from the temporary.
@@ -963,6 +1169,7 @@ impl Engine<'_> {
         rx: Receiver<Done>,
         mut batch: Vec<Ready>,
         mut failures: Vec<(EntryIndex, String)>,
+        followers_of: &HashMap<EntryIndex, Vec<EntryIndex>>,
     ) -> Result<Vec<(EntryIndex, String)>> {
         let mut failed = Vec::new();
         let mut flush =
@@ -977,6 +1184,10 @@ impl Engine<'_> {
                 progress
                     .files_done
                     .fetch_add(outcome.committed.len() as u64, Ordering::Relaxed);
+                self.warnings
+                    .lock()
+                    .expect("warnings poisoned")
+                    .extend(outcome.warnings);
                 failed.extend(outcome.failed);
                 Ok(())
             };
@@ -995,6 +1206,38 @@ impl Engine<'_> {
             match rx.recv_timeout(wait) {
                 Ok(done) => {
                     batch_started.get_or_insert_with(Instant::now);
+                    let index = match &done {
+                        Done::Copied(ready) => ready.index,
+                        Done::Failed(index, _) => *index,
+                    };
+                    let leader = &self.committer.entries[index.0 as usize];
+                    // Its hard links share the temporary's inode, and so
+                    // its batch: the data is never copied twice.
+                    for follower in followers_of.get(&index).into_iter().flatten() {
+                        let follower = &self.committer.entries[follower.0 as usize];
+                        match &done {
+                            Done::Copied(ready) => {
+                                let from = self.committer.temp_of(leader);
+                                match self.link_follower(&from, follower) {
+                                    Ok(()) => batch.push(Ready {
+                                        index: follower.index,
+                                        durable: false,
+                                        recorded: false,
+                                        checksum: ready.checksum,
+                                    }),
+                                    Err(message) => failures.push((follower.index, message)),
+                                }
+                            }
+                            Done::Failed(..) => failures.push((
+                                follower.index,
+                                format!(
+                                    "{}: a hard link to {}, which failed",
+                                    follower.dest.display(),
+                                    leader.dest.display()
+                                ),
+                            )),
+                        }
+                    }
                     match done {
                         Done::Copied(ready) => batch.push(ready),
                         Done::Failed(index, message) => failures.push((index, message)),
