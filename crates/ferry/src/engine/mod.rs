@@ -331,7 +331,12 @@ impl Engine<'_> {
                             let pieces = checksum::pieces(entry.meta.size) as usize;
                             let hashing = self.transfer.checksum.is_some();
                             if hashing {
-                                let durable_pieces = (first / RANGE_BYTES) as usize;
+                                // `first` is a multiple of a piece, or the size.
+                                let durable_pieces = if first == entry.meta.size {
+                                    pieces
+                                } else {
+                                    (first / RANGE_BYTES) as usize
+                                };
                                 work.extend((0..durable_pieces).map(|piece| Work::Rehash {
                                     index: entry.index,
                                     piece,
@@ -397,6 +402,7 @@ impl Engine<'_> {
         if self.options.cancel.load(Ordering::Relaxed) {
             return self.report(TransferState::Cancelled, failed);
         }
+        self.check_every_file_ended(&mut failed)?;
         if failed.is_empty() {
             self.finish_directories(entries, &left_alone, &mut failed)?;
         }
@@ -598,6 +604,31 @@ impl Engine<'_> {
                 .committer
                 .committed_changes(&done, &failed[first_failure..]),
         )?;
+        Ok(())
+    }
+
+    /// Every file either reached the committer or failed: one that did
+    /// neither is a bug in the engine, and must not let the transfer say
+    /// `completed`.
+    fn check_every_file_ended(&self, failed: &mut Vec<(EntryIndex, String)>) -> Result<()> {
+        let failed_now: HashSet<EntryIndex> = failed.iter().map(|(i, _)| *i).collect();
+        for entry in self.store.entries(self.transfer.id)? {
+            let ended = entry.kind == EntryKind::Dir
+                || entry.state.is_done()
+                || entry.state == FileState::Failed
+                || failed_now.contains(&entry.index);
+            if !ended {
+                debug_assert!(false, "{:?} neither copied nor failed", entry.dest);
+                failed.push((
+                    entry.index,
+                    format!(
+                        "{}: left {} by this run (a bug in ferry: please report it); resume retries it",
+                        entry.dest.display(),
+                        entry.state
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
