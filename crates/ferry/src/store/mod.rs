@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 
+use crate::hsm::{CatalogState, RequestId, RequestState};
 use crate::model::{
     EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner, TransferId,
     TransferRecord, TransferState,
@@ -140,6 +141,43 @@ pub enum StoreError {
 
     #[error("store {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+
+    #[error("store {path}: no HSM request with id {id}: `ferry hsm list` shows them")]
+    NoSuchRequest { path: PathBuf, id: RequestId },
+
+    #[error("store {path}: HSM request {id} cannot become {to} from {from}")]
+    RequestTransition {
+        path: PathBuf,
+        id: RequestId,
+        from: RequestState,
+        to: RequestState,
+    },
+
+    #[error(
+        "store {path}: HSM request {id} attempt {attempt} is stale (the request is {state} at \
+         attempt {current}): its lease expired or it was cancelled; the work is discarded"
+    )]
+    StaleLease {
+        path: PathBuf,
+        id: RequestId,
+        attempt: u32,
+        current: u32,
+        state: RequestState,
+    },
+
+    #[error("store {path}: {fid} is {state} in the HSM catalog, not {expected}: {hint}")]
+    CatalogConflict {
+        path: PathBuf,
+        fid: String,
+        state: String,
+        expected: CatalogState,
+        hint: &'static str,
+    },
+
+    #[error(
+        "store {path}: {fid} is not in the HSM catalog: archive it first (`ferry hsm archive`)"
+    )]
+    NotInCatalog { path: PathBuf, fid: String },
 }
 
 /// Where the state of transfers lives. Implementations must be safe to share
@@ -202,13 +240,16 @@ pub trait Store: Send + Sync {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventFilter {
     pub transfer: Option<TransferId>,
+    /// Only this HSM request's events.
+    pub request: Option<RequestId>,
     /// An event name (`transfer.completed`) or a family (`transfer`, `file`).
     pub kind: Option<String>,
 }
 
 impl EventFilter {
     pub fn matches(&self, event: &Event) -> bool {
-        self.transfer.is_none_or(|t| t == event.transfer)
+        self.transfer.is_none_or(|t| Some(t) == event.transfer)
+            && self.request.is_none_or(|r| Some(r) == event.request)
             && self.kind.as_deref().is_none_or(|kind| {
                 event.name == kind
                     || event
