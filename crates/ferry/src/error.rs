@@ -85,6 +85,15 @@ pub enum Error {
         action: &'static str,
     },
 
+    #[error(
+        "{path} changed since it was archived (it is dirty now): archive it again \
+         (`ferry hsm archive`) before releasing it"
+    )]
+    FileDirty { path: PathBuf },
+
+    #[error("archive {spec}: {reason}")]
+    Archive { spec: String, reason: String },
+
     #[error(transparent)]
     Store(#[from] StoreError),
 

@@ -35,6 +35,12 @@ pub enum CommitStep {
     SyncDir,
     /// Before `committed` is recorded for a batch.
     RecordCommitted,
+    /// HSM: before each chunk of an archive object is written.
+    ArchiveData,
+    /// HSM: before a finished archive object is renamed to its name.
+    ArchiveRename,
+    /// HSM: before each chunk of a restored file is written.
+    RestoreData,
 }
 
 impl CommitStep {
@@ -49,6 +55,14 @@ impl CommitStep {
         CommitStep::RecordCommitted,
     ];
 
+    /// The steps of the HSM archive and restore protocols (same shape:
+    /// temporary, sync, rename).
+    pub const HSM: [CommitStep; 3] = [
+        CommitStep::ArchiveData,
+        CommitStep::ArchiveRename,
+        CommitStep::RestoreData,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             CommitStep::WriteData => "commit.write_data",
@@ -59,6 +73,9 @@ impl CommitStep {
             CommitStep::ApplyMetadata => "commit.apply_metadata",
             CommitStep::SyncDir => "commit.sync_dir",
             CommitStep::RecordCommitted => "commit.record_committed",
+            CommitStep::ArchiveData => "hsm.archive_data",
+            CommitStep::ArchiveRename => "hsm.archive_rename",
+            CommitStep::RestoreData => "hsm.restore_data",
         }
     }
 }
@@ -91,6 +108,7 @@ fn parse(spec: &str) -> Option<Armed> {
     let (step, nth) = point.split_once(':').unwrap_or((point, "1"));
     let step = CommitStep::ALL
         .into_iter()
+        .chain(CommitStep::HSM)
         .find(|s| s.name() == step)?
         .name();
     let action = match action {
@@ -146,6 +164,7 @@ mod tests {
         assert_eq!(b.nth, 1);
         assert!(matches!(b.action, Action::Crash));
         assert!(parse("no.such.step").is_none());
+        assert_eq!(parse("hsm.archive_data:2").unwrap().nth, 2);
         assert!(parse("commit.rename=explode").is_none());
     }
 }

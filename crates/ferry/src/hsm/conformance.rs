@@ -14,7 +14,7 @@ use super::{
     Action, CatalogEntry, CatalogState, Enqueued, FailKind, Lease, LeaseFilter, NewRequest, Policy,
     RequestId, RequestQueue, RequestState,
 };
-use crate::store::{EventFilter, Store, StoreError};
+use crate::store::{EventFilter, StoreError};
 
 /// How long a poll for a time-based change may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -39,21 +39,21 @@ pub fn request(action: Action, fid: &str) -> NewRequest {
     }
 }
 
-fn enqueue_one<Q: RequestQueue + Store>(q: &Q, action: Action, fid: &str) -> RequestId {
+fn enqueue_one<Q: RequestQueue>(q: &Q, action: Action, fid: &str) -> RequestId {
     match q.enqueue(&[request(action, fid)]).unwrap().remove(0) {
         Enqueued::Queued { id } => id,
         other => panic!("expected a new request, got {other:?}"),
     }
 }
 
-fn lease_one<Q: RequestQueue + Store>(q: &Q, worker: &str, lease: Duration) -> Lease {
+fn lease_one<Q: RequestQueue>(q: &Q, worker: &str, lease: Duration) -> Lease {
     let mut leases = q.lease(worker, &LeaseFilter::default(), 1, lease).unwrap();
     assert_eq!(leases.len(), 1, "one request ready");
     leases.remove(0)
 }
 
 /// Leases one request, waiting (bounded) for one to become ready.
-fn lease_when_ready<Q: RequestQueue + Store>(q: &Q, worker: &str, lease: Duration) -> Lease {
+fn lease_when_ready<Q: RequestQueue>(q: &Q, worker: &str, lease: Duration) -> Lease {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let mut leases = q.lease(worker, &LeaseFilter::default(), 1, lease).unwrap();
@@ -80,12 +80,12 @@ fn archived(fid: &str, object: &str) -> CatalogEntry {
     }
 }
 
-fn state<Q: RequestQueue + Store>(q: &Q, id: RequestId) -> RequestState {
+fn state<Q: RequestQueue>(q: &Q, id: RequestId) -> RequestState {
     q.request(id).unwrap().expect("request exists").state
 }
 
 /// The names of a request's events, in order.
-fn events<Q: RequestQueue + Store>(q: &Q, id: RequestId) -> Vec<String> {
+fn events<Q: RequestQueue>(q: &Q, id: RequestId) -> Vec<String> {
     let filter = EventFilter {
         request: Some(id),
         ..Default::default()
@@ -104,7 +104,7 @@ fn is_stale<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
     matches!(r, Err(StoreError::StaleLease { .. }))
 }
 
-fn quick_policy<Q: RequestQueue + Store>(q: &Q, max_attempts: u32) {
+fn quick_policy<Q: RequestQueue>(q: &Q, max_attempts: u32) {
     q.set_policy(&Policy {
         max_attempts,
         backoff_base_ms: 20,
@@ -114,7 +114,7 @@ fn quick_policy<Q: RequestQueue + Store>(q: &Q, max_attempts: u32) {
     .unwrap();
 }
 
-pub fn enqueue_is_durable_and_has_events<Q: RequestQueue + Store>(q: &Q) {
+pub fn enqueue_is_durable_and_has_events<Q: RequestQueue>(q: &Q) {
     let mut batch = vec![
         request(Action::Archive, "a"),
         request(Action::Archive, "b"),
@@ -150,7 +150,7 @@ pub fn enqueue_is_durable_and_has_events<Q: RequestQueue + Store>(q: &Q) {
 }
 
 /// Every allowed transition, with its event, and refusals of the others.
-pub fn every_transition<Q: RequestQueue + Store>(q: &Q) {
+pub fn every_transition<Q: RequestQueue>(q: &Q) {
     quick_policy(q, 2);
     // waiting → started → succeed
     let a = enqueue_one(q, Action::Archive, "a");
@@ -261,7 +261,7 @@ pub fn every_transition<Q: RequestQueue + Store>(q: &Q) {
     );
 }
 
-pub fn restores_before_archives_with_ageing<Q: RequestQueue + Store>(q: &Q) {
+pub fn restores_before_archives_with_ageing<Q: RequestQueue>(q: &Q) {
     q.set_policy(&Policy {
         head_start_restore_ms: 60_000,
         ..Policy::DEFAULT
@@ -303,7 +303,7 @@ pub fn restores_before_archives_with_ageing<Q: RequestQueue + Store>(q: &Q) {
     assert_eq!(order, [old, fresh], "an aged archive is not starved");
 }
 
-pub fn fifo_when_no_head_start<Q: RequestQueue + Store>(q: &Q) {
+pub fn fifo_when_no_head_start<Q: RequestQueue>(q: &Q) {
     q.set_policy(&Policy::DEFAULT.fifo()).unwrap();
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -323,7 +323,7 @@ pub fn fifo_when_no_head_start<Q: RequestQueue + Store>(q: &Q) {
     assert_eq!(order, ids);
 }
 
-pub fn dedup_joins_waiters<Q: RequestQueue + Store>(q: &Q) {
+pub fn dedup_joins_waiters<Q: RequestQueue>(q: &Q) {
     let first = enqueue_one(q, Action::Restore, "f");
     let out = q
         .enqueue(&[request(Action::Restore, "f"), request(Action::Restore, "f")])
@@ -371,7 +371,7 @@ pub fn dedup_joins_waiters<Q: RequestQueue + Store>(q: &Q) {
     assert!(again > first);
 }
 
-pub fn remove_cancels_waiting_archive<Q: RequestQueue + Store>(q: &Q) {
+pub fn remove_cancels_waiting_archive<Q: RequestQueue>(q: &Q) {
     // Never archived: the remove cancels the archive and has nothing to do.
     let archive = enqueue_one(q, Action::Archive, "f");
     let out = q.enqueue(&[request(Action::Remove, "f")]).unwrap();
@@ -400,7 +400,7 @@ pub fn remove_cancels_waiting_archive<Q: RequestQueue + Store>(q: &Q) {
     assert_eq!(state(q, h), RequestState::Started);
 }
 
-pub fn archive_of_current_copy_is_noop<Q: RequestQueue + Store>(q: &Q) {
+pub fn archive_of_current_copy_is_noop<Q: RequestQueue>(q: &Q) {
     enqueue_one(q, Action::Archive, "f");
     let lease = lease_one(q, "w", LONG);
     q.ack(&lease, Some(&archived("f", "obj-f"))).unwrap();
@@ -413,7 +413,7 @@ pub fn archive_of_current_copy_is_noop<Q: RequestQueue + Store>(q: &Q) {
     enqueue_one(q, Action::Archive, "f");
 }
 
-pub fn stale_attempt_is_refused<Q: RequestQueue + Store>(q: &Q) {
+pub fn stale_attempt_is_refused<Q: RequestQueue>(q: &Q) {
     let id = enqueue_one(q, Action::Archive, "f");
     let old = lease_one(q, "w1", Duration::ZERO);
     let new = lease_when_ready(q, "w2", LONG);
@@ -433,7 +433,7 @@ pub fn stale_attempt_is_refused<Q: RequestQueue + Store>(q: &Q) {
     assert_eq!(entry.object.as_deref(), Some("fresh"));
 }
 
-pub fn expired_lease_returns_to_queue<Q: RequestQueue + Store>(q: &Q) {
+pub fn expired_lease_returns_to_queue<Q: RequestQueue>(q: &Q) {
     let id = enqueue_one(q, Action::Archive, "f");
     let lease = lease_one(q, "dead", Duration::from_millis(300));
     // A heartbeat keeps it: still started after an expiry pass.
@@ -453,7 +453,7 @@ pub fn expired_lease_returns_to_queue<Q: RequestQueue + Store>(q: &Q) {
     assert_eq!((next.id(), next.attempt), (id, 2));
 }
 
-pub fn retries_with_backoff_then_failed<Q: RequestQueue + Store>(q: &Q) {
+pub fn retries_with_backoff_then_failed<Q: RequestQueue>(q: &Q) {
     quick_policy(q, 3);
     let policy = q.policy().unwrap();
     assert_eq!(policy.max_attempts, 3);
@@ -488,7 +488,7 @@ pub fn retries_with_backoff_then_failed<Q: RequestQueue + Store>(q: &Q) {
     assert_eq!(state(q, id), RequestState::Failed);
 }
 
-pub fn lost_marks_catalog<Q: RequestQueue + Store>(q: &Q) {
+pub fn lost_marks_catalog<Q: RequestQueue>(q: &Q) {
     enqueue_one(q, Action::Archive, "f");
     let lease = lease_one(q, "w", LONG);
     q.ack(&lease, Some(&archived("f", "obj"))).unwrap();
@@ -506,7 +506,7 @@ pub fn lost_marks_catalog<Q: RequestQueue + Store>(q: &Q) {
     assert!(events(q, restore).ends_with(&["request.failed".into(), "catalog.lost".into()]));
 }
 
-pub fn cancel_stops_a_started_request<Q: RequestQueue + Store>(q: &Q) {
+pub fn cancel_stops_a_started_request<Q: RequestQueue>(q: &Q) {
     let id = enqueue_one(q, Action::Restore, "f");
     let lease = lease_one(q, "w", LONG);
     q.cancel(id).unwrap();
@@ -515,7 +515,7 @@ pub fn cancel_stops_a_started_request<Q: RequestQueue + Store>(q: &Q) {
     assert_eq!(state(q, id), RequestState::Canceled);
 }
 
-pub fn catalog_compare_and_swap<Q: RequestQueue + Store>(q: &Q) {
+pub fn catalog_compare_and_swap<Q: RequestQueue>(q: &Q) {
     assert!(matches!(
         q.set_catalog_state("nope", CatalogState::Archived, CatalogState::Released),
         Err(StoreError::NotInCatalog { .. })
@@ -542,7 +542,7 @@ pub fn catalog_compare_and_swap<Q: RequestQueue + Store>(q: &Q) {
     );
 }
 
-pub fn lease_filter_by_archive_id<Q: RequestQueue + Store>(q: &Q) {
+pub fn lease_filter_by_archive_id<Q: RequestQueue>(q: &Q) {
     let mut two = request(Action::Archive, "two");
     two.archive_id = 2;
     let mut any = request(Action::Archive, "any");
@@ -563,7 +563,7 @@ pub fn lease_filter_by_archive_id<Q: RequestQueue + Store>(q: &Q) {
     );
 }
 
-pub fn concurrent_workers_never_share_a_lease<Q: RequestQueue + Store>(q: &Q) {
+pub fn concurrent_workers_never_share_a_lease<Q: RequestQueue>(q: &Q) {
     let batch: Vec<NewRequest> = (0..200)
         .map(|i| request(Action::Archive, &format!("f{i}")))
         .collect();

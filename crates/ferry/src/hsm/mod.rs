@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// A request's id: assigned by the store, never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -415,7 +415,8 @@ impl QueueStats {
 /// The most requests one enqueue, lease or list call handles.
 pub const BATCH_MAX: usize = 10_000;
 
-/// The durable request queue and file catalog. Implemented by every store;
+/// The durable request queue and file catalog, part of a [`Store`] (its
+/// events are in the store's log). Implemented by every store;
 /// [`conformance`] holds the tests every implementation must pass.
 ///
 /// **Invariants:** every request state change is written with its
@@ -423,7 +424,7 @@ pub const BATCH_MAX: usize = 10_000;
 /// `catalog.*` event; a call that fails changes nothing. A lease, heartbeat,
 /// ack or fail with an attempt other than the request's current one is
 /// refused ([`StoreError::StaleLease`]).
-pub trait RequestQueue: Send + Sync {
+pub trait RequestQueue: Store {
     /// Makes the batch durable, in one transaction, in order. A restore or
     /// archive of a file with a live request of that action joins it; a
     /// remove cancels the file's waiting archive.
@@ -485,4 +486,50 @@ pub trait RequestQueue: Send + Sync {
         from: CatalogState,
         to: CatalogState,
     ) -> Result<CatalogEntry, StoreError>;
+}
+
+/// Blocks until request `id` is over (or `timeout` passed: `Ok(None)`),
+/// following the event log, and returns how it ended.
+pub fn wait_request(
+    queue: &dyn RequestQueue,
+    id: RequestId,
+    timeout: Option<Duration>,
+) -> crate::Result<Option<RequestRecord>> {
+    // The cursor first, then the state: a change in between is in the log
+    // after the cursor, so it cannot be missed.
+    let since = queue.last_seq()?;
+    let over = |queue: &dyn RequestQueue| -> crate::Result<Option<RequestRecord>> {
+        let r = queue
+            .request(id)?
+            .ok_or_else(|| StoreError::NoSuchRequest {
+                path: queue.location(),
+                id,
+            })?;
+        Ok(r.state.is_terminal().then_some(r))
+    };
+    if let Some(r) = over(queue)? {
+        return Ok(Some(r));
+    }
+    let filter = crate::store::EventFilter {
+        request: Some(id),
+        kind: Some("request".into()),
+        ..Default::default()
+    };
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let mut watch = crate::events::Watch::new(queue, since, filter)?;
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        match watch.next_timeout(left)? {
+            None => return Ok(None),
+            Some(crate::events::WatchItem::Event(e))
+                if e.context["state"]
+                    .as_str()
+                    .and_then(RequestState::parse)
+                    .is_some_and(RequestState::is_terminal) =>
+            {
+                return over(queue);
+            }
+            Some(_) => {}
+        }
+    }
 }
