@@ -1,6 +1,7 @@
 //! `ferry hsm …`: argument handling and reports only; the queue, workers
 //! and archives are `ferry::hsm`.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ pub enum HsmCommand {
         #[arg(value_parser = parse_flags)]
         flags: u64,
         /// Opaque data handed to the worker
-        data: String,
+        data: std::ffi::OsString,
         /// File identifiers: absolute paths, or names under the worker's --fid-root
         #[arg(required = true)]
         fids: Vec<String>,
@@ -183,7 +184,7 @@ pub fn run(store: &SqliteStore, command: HsmCommand) -> Result<Exit, Exit> {
                     fsname: fsname.clone(),
                     archive_id,
                     flags,
-                    data: data.clone().into_bytes(),
+                    data: data.as_bytes().to_vec(),
                     fid,
                     path: None,
                     priority_ms: 0,

@@ -188,13 +188,15 @@ impl CatalogState {
         match self {
             // A remove of the archived copy.
             Exists => &[None, Some(Exists), Some(Archived), Some(Dirty), Some(Lost)],
-            // An archive, or a restore that brought the data back.
+            // An archive (again, after a loss too), or a restore that
+            // brought the data back.
             Archived => &[
                 None,
                 Some(Exists),
                 Some(Archived),
                 Some(Dirty),
                 Some(Released),
+                Some(Lost),
             ],
             Dirty => &[Some(Archived)],
             Released => &[Some(Archived)],

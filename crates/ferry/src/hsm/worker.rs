@@ -219,6 +219,13 @@ impl<'a> Worker<'a> {
     fn archive(&self, lease: &Lease, path: &Path, fence: &mut LeaseFence<'_>) -> Result<(), Step> {
         let r = &lease.request;
         let previous = self.queue.catalog_entry(&r.fid).map_err(Step::Store)?;
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.state == CatalogState::Released)
+        {
+            // Released since it was queued: the archive has its data.
+            return self.ack(lease, None);
+        }
         let mut file = File::open(path).map_err(|e| io_fail(path, "open", e))?;
         let before = file.metadata().map_err(|e| io_fail(path, "stat", e))?;
         if !before.is_file() {
@@ -227,6 +234,25 @@ impl<'a> Worker<'a> {
                 format!("{} is not a regular file", path.display()),
             ));
         }
+        // A file whose copy was lost may be a stub: never archive its zeros
+        // as if they were its data.
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.state == CatalogState::Lost)
+            && before.len() > 0
+            && rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(0))
+                == Err(rustix::io::Errno::NXIO)
+        {
+            return Err(Step::Fail(
+                FailKind::Permanent,
+                format!(
+                    "{} holds no data (a released stub): restore it before archiving",
+                    path.display()
+                ),
+            ));
+        }
+        rustix::fs::seek(&file, rustix::fs::SeekFrom::Start(0))
+            .map_err(|e| io_fail(path, "seek", e.into()))?;
         let (size, mtime_ns, mode) = file_meta(&before);
         let object = object_id(&r.fid, r.id, lease.attempt);
         let meta = ObjectMeta {
@@ -443,6 +469,9 @@ impl Step {
     fn from_store(e: StoreError) -> Step {
         match e {
             StoreError::StaleLease { .. } => Step::Lost(e.to_string()),
+            // The catalog refused what this attempt found: fail the request,
+            // not the worker.
+            StoreError::CatalogConflict { .. } => Step::Fail(FailKind::Permanent, e.to_string()),
             e => Step::Store(e),
         }
     }

@@ -6,7 +6,10 @@
 //! **Invariant:** every state change goes through [`Store::apply`] (or
 //! [`Store::create_transfer`] / [`Store::add_entries`], which are the
 //! "created" changes), and each writes the change and its event row in one
-//! transaction. Nothing else in ferry writes state.
+//! transaction. The HSM request queue and catalog
+//! ([`crate::hsm::RequestQueue`], implemented for [`SqliteStore`] in
+//! `sqlite/queue.rs`) follow the same rule. Nothing else in ferry writes
+//! state.
 
 mod sqlite;
 

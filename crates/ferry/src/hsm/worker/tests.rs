@@ -121,6 +121,11 @@ fn archive_release_restore_round_trip() {
     );
     assert!(!has_data(&path), "a released file is sparse");
     assert_eq!(xattr_state(&path), Some(CatalogState::Released));
+    // The stub is never archived over the copy.
+    assert!(matches!(
+        enqueue(&s.store, Action::Archive, &path),
+        Enqueued::Noop { .. }
+    ));
     assert_eq!(
         s.store.catalog_entry(&fid).unwrap().unwrap().state,
         CatalogState::Released
@@ -286,6 +291,12 @@ fn checksum_mismatch_fails_the_restore_and_marks_the_file_lost() {
     assert_eq!(stub.len(), 100_000);
     assert!(!has_data(&path));
     assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    // Archiving the stub of a lost file is refused: its zeros are not its data.
+    let id = enqueue(&s.store, Action::Archive, &path).id().unwrap();
+    assert_eq!(run(&s.store, &s.archive).failed, 1);
+    let r = s.store.request(id).unwrap().unwrap();
+    assert_eq!(r.state, RequestState::Failed);
+    assert!(r.error.unwrap().contains("released stub"));
 }
 
 /// Fails every put.

@@ -471,6 +471,16 @@ impl SqliteStore {
                     reason: format!("{} is archived and unchanged since", request.fid),
                 });
             }
+            // Its data is only in the archive: the file is a stub.
+            Action::Archive
+                if catalog
+                    .as_ref()
+                    .is_some_and(|c| c.state == CatalogState::Released) =>
+            {
+                return Ok(Enqueued::Noop {
+                    reason: format!("{} is released: its data is in the archive", request.fid),
+                });
+            }
             Action::Remove if catalog.as_ref().is_none_or(|c| c.object.is_none()) => {
                 return Ok(Enqueued::Noop {
                     reason: format!("{} has no archived copy", request.fid),
