@@ -191,6 +191,39 @@ fn upcall_enqueue_then_worker_archives_by_fid() {
         stats["counts"][0],
         serde_json::json!(["archive", "succeed", 2])
     );
+    // The upcall never looks at the file system: a FID that names nothing
+    // (yet) is queued all the same; the worker finds out.
+    let ghost = run_ok(s.ferry().args([
+        "hsm",
+        "enqueue",
+        "archive",
+        "lustre0",
+        "1",
+        "0",
+        "",
+        "[0x200000400:0x7:0x0]",
+    ]));
+    let ghost_id = request_id(&ghost);
+    assert_eq!(request(&s, ghost_id)["state"], "waiting");
+    run_worker(&s);
+    let r = request(&s, ghost_id);
+    assert_eq!(r["state"], "failed");
+    assert!(r["error"].as_str().unwrap().contains("0x200000400"));
+    // A FID that is not a path is found under the worker's --fid-root (for
+    // Lustre, MOUNT/.lustre/fid).
+    let fid = "[0x200000400:0x8:0x0]";
+    util::write_file(&s.path("fid-root").join(fid), b"by fid");
+    let by_fid = request_id(&run_ok(
+        s.ferry()
+            .args(["hsm", "enqueue", "archive", "lustre0", "1", "0", "", fid]),
+    ));
+    run_ok(
+        s.ferry()
+            .args(worker_args(&s))
+            .arg("--fid-root")
+            .arg(s.path("fid-root")),
+    );
+    assert_eq!(request(&s, by_fid)["state"], "succeed");
     // Archiving again while unchanged: nothing to do.
     let again = run_ok(s.ferry().args(["hsm", "archive"]).arg(&a));
     assert!(

@@ -148,8 +148,6 @@ CREATE TABLE hsm_catalog (
     updated_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 
-CREATE INDEX events_request ON events(request_id) WHERE request_id IS NOT NULL;
-
 INSERT INTO meta (key, value) VALUES
     ('hsm.head_start_restore_ms', 600000),
     ('hsm.head_start_remove_ms', 60000),
