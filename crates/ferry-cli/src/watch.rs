@@ -184,7 +184,7 @@ fn transfer_name(
     event: &Event,
 ) -> String {
     let Some(transfer) = event.transfer else {
-        // A request or catalog event: its context names the file.
+        // A request or catalog event: named after its request, if any.
         return event
             .request
             .map(|r| format!("request {r}"))
