@@ -13,6 +13,10 @@ pub enum Exit {
     Cancelled,
     /// finalize left transfers with live owners alone (and nothing failed).
     LeftAlone,
+    /// `ferry hsm … --wait`: a request failed.
+    RequestFailed,
+    /// `ferry hsm … --wait`: a request was canceled.
+    RequestCanceled,
     Error(Error),
 }
 
@@ -46,6 +50,11 @@ pub fn code(e: &Error) -> u8 {
         Error::Store(StoreError::ReadOnly { .. }) => 19,
         Error::NotEnoughSpace { .. } => 20,
         Error::VerifyFailed { .. } => 21,
+        Error::Store(StoreError::NoSuchRequest { .. } | StoreError::NotInCatalog { .. }) => 22,
+        Error::Store(StoreError::StaleLease { .. }) => 23,
+        Error::FileDirty { .. } | Error::Store(StoreError::CatalogConflict { .. }) => 24,
+        Error::Store(StoreError::RequestTransition { .. }) => 26,
+        Error::Archive { .. } => 27,
         Error::Store(_) => 16,
         Error::Io { .. } => 74,
     }
@@ -58,6 +67,8 @@ impl From<Exit> for ExitCode {
             Exit::TransferFailed => ExitCode::from(1),
             Exit::Cancelled => ExitCode::from(12),
             Exit::LeftAlone => ExitCode::from(18),
+            Exit::RequestFailed => ExitCode::from(23),
+            Exit::RequestCanceled => ExitCode::from(25),
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
                 ExitCode::from(code(&e))

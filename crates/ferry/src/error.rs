@@ -101,6 +101,15 @@ pub enum Error {
     )]
     VerifyFailed { checked: usize, problems: usize },
 
+    #[error(
+        "{path} changed since it was archived (it is dirty now): archive it again \
+         (`ferry hsm archive`) before releasing it"
+    )]
+    FileDirty { path: PathBuf },
+
+    #[error("archive {spec}: {reason}")]
+    Archive { spec: String, reason: String },
+
     #[error(transparent)]
     Store(#[from] StoreError),
 

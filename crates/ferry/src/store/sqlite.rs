@@ -110,6 +110,59 @@ DROP TABLE next_transfer_id;
 -- itself goes to entries.checksum_algo / entries.checksum.
 ALTER TABLE transfers ADD COLUMN checksum_algo TEXT;
 "#,
+    r#"
+-- HSM coordination (see crate::hsm). rank = created_ns - head start: the
+-- lease query seeks hsm_requests_ready in rank order, never scans.
+CREATE TABLE hsm_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL,
+    fsname TEXT NOT NULL,
+    archive_id INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    fid TEXT NOT NULL,
+    path BLOB,
+    priority_ms INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    not_before_ns INTEGER NOT NULL DEFAULT 0,
+    lease_holder TEXT,
+    lease_expires_ns INTEGER,
+    waiters INTEGER NOT NULL DEFAULT 1,
+    error TEXT,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+);
+CREATE INDEX hsm_requests_ready ON hsm_requests(rank, id) WHERE state = 'waiting';
+CREATE INDEX hsm_requests_leased ON hsm_requests(lease_expires_ns) WHERE state = 'started';
+-- At most one live request per file and action: dedup joins it.
+CREATE UNIQUE INDEX hsm_requests_live ON hsm_requests(fid, action)
+    WHERE state IN ('waiting', 'started');
+CREATE INDEX hsm_requests_state ON hsm_requests(state, id);
+
+CREATE TABLE hsm_catalog (
+    fid TEXT PRIMARY KEY,
+    path BLOB,
+    state TEXT NOT NULL,
+    archive_id INTEGER NOT NULL,
+    object TEXT,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    checksum TEXT,
+    updated_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+
+INSERT INTO meta (key, value) VALUES
+    ('hsm.head_start_restore_ms', 600000),
+    ('hsm.head_start_remove_ms', 60000),
+    ('hsm.head_start_archive_ms', 0),
+    ('hsm.max_attempts', 5),
+    ('hsm.backoff_base_ms', 1000),
+    ('hsm.backoff_max_ms', 300000);
+"#,
 ];
 
 /// The schema version this build writes and understands.
@@ -133,6 +186,8 @@ const NETWORK_FS_MAGIC: &[i64] = &[
     0xAAD7_AAEA_u32 as i64, // PanFS
     0x6573_5546,            // FUSE (sshfs and friends: assume shared)
 ];
+
+mod queue;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -1282,13 +1337,23 @@ fn query_events(
             horizon: horizon as u64,
         });
     }
-    type Raw = (i64, i64, i64, Option<u32>, String, String);
+    type Raw = (
+        i64,
+        i64,
+        Option<i64>,
+        Option<u32>,
+        Option<i64>,
+        String,
+        String,
+    );
     let raw: Vec<Raw> = {
         let mut stmt = tx
             .prepare_cached(
-                "SELECT seq, time_ns, transfer_id, entry_idx, name, context FROM events
+                "SELECT seq, time_ns, transfer_id, entry_idx, request_id, name, context
+                 FROM events
                  WHERE seq > ?1
                    AND (?2 IS NULL OR transfer_id = ?2)
+                   AND (?5 IS NULL OR request_id = ?5)
                    AND (?3 IS NULL OR name = ?3 OR substr(name, 1, length(?3) + 1) = ?3 || '.')
                  ORDER BY seq LIMIT ?4",
             )
@@ -1299,7 +1364,8 @@ fn query_events(
                     after as i64,
                     filter.transfer.map(|t| t.0),
                     filter.kind.as_deref(),
-                    limit.min(i64::MAX as usize) as i64
+                    limit.min(i64::MAX as usize) as i64,
+                    filter.request.map(|r| r.0),
                 ],
                 |row| {
                     Ok((
@@ -1309,6 +1375,7 @@ fn query_events(
                         row.get(3)?,
                         row.get(4)?,
                         row.get(5)?,
+                        row.get(6)?,
                     ))
                 },
             )
@@ -1323,7 +1390,7 @@ fn query_events(
     tx.finish().map_err(err)?;
     let events: Vec<Event> = raw
         .into_iter()
-        .map(|(seq, time_ns, transfer, entry, name, context)| {
+        .map(|(seq, time_ns, transfer, entry, request, name, context)| {
             let context = serde_json::from_str(&context).map_err(|e| StoreError::Corrupt {
                 path: path.to_path_buf(),
                 detail: format!("event {seq}: bad context: {e}"),
@@ -1331,8 +1398,9 @@ fn query_events(
             Ok(Event {
                 seq: seq as u64,
                 time_ns,
-                transfer: TransferId(transfer),
+                transfer: transfer.map(TransferId),
                 entry: entry.map(EntryIndex),
+                request: request.map(crate::hsm::RequestId),
                 name,
                 context,
             })
