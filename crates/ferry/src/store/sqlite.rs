@@ -487,11 +487,17 @@ impl SqliteStore {
         {
             return Err(self.read_only_error(cause));
         }
+        // The probe found room while nobody wrote: said with this write.
+        let recovered = self.space.take_recovery();
         let mut conn = self.conn.lock().expect("store mutex poisoned");
         let result = (|| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| self.err(e))?;
+            if let Some(free_bytes) = recovered {
+                let context = serde_json::json!({ "free_bytes": free_bytes });
+                self.insert_store_event(&tx, "store.read_write", &context)?;
+            }
             let value = f(&tx)?;
             failpoint::hit(CommitStep::StoreCommit).map_err(|e| self.err(injected(&e)))?;
             tx.commit().map_err(|e| self.err(e))?;
@@ -499,19 +505,42 @@ impl SqliteStore {
         })();
         let value = match result {
             Ok(value) => value,
-            Err(StoreError::Sqlite { source, .. })
-                if space::is_out_of_space(&source, system_errno(&conn)) =>
-            {
-                drop(conn);
-                let cause = format!("its disk is full ({source})");
-                self.space.enter_read_only(cause);
-                return Err(
-                    self.read_only_error(self.space.cause().unwrap_or(ReadOnlyCause {
-                        detail: source.to_string(),
-                    })),
-                );
+            Err(e) => {
+                if let Some(free_bytes) = recovered {
+                    self.space.put_back_recovery(free_bytes);
+                }
+                let out_of_space = match &e {
+                    StoreError::Sqlite { source, .. } => {
+                        space::is_out_of_space(source, system_errno(&conn))
+                            .then(|| format!("its disk is full ({source})"))
+                    }
+                    _ => None,
+                };
+                let Some(cause) = out_of_space else {
+                    return Err(e);
+                };
+                if self.space.enter_read_only(cause.clone()) {
+                    // Into the room the released reserve left; if even that
+                    // fails, the error returned still says it all.
+                    let context = serde_json::json!({ "cause": cause });
+                    let recorded = conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(|e| self.err(e))
+                        .and_then(|tx| {
+                            self.insert_store_event(&tx, "store.read_only", &context)?;
+                            tx.commit().map_err(|e| self.err(e))
+                        });
+                    drop(conn);
+                    if recorded.is_ok() {
+                        self.notify_commit();
+                    }
+                }
+                let cause = self
+                    .space
+                    .cause()
+                    .unwrap_or(ReadOnlyCause { detail: cause });
+                return Err(self.read_only_error(cause));
             }
-            Err(e) => return Err(e),
         };
         drop(conn);
         if self
@@ -521,9 +550,14 @@ impl SqliteStore {
             // Best effort: without room now, the probe makes it later.
             let _ = self.space.ensure_reserve();
         }
+        self.notify_commit();
+        Ok(value)
+    }
+
+    /// Wakes this process's watchers after a commit.
+    fn notify_commit(&self) {
         *self.notifier.commits.lock().expect("notifier poisoned") += 1;
         self.notifier.changed.notify_all();
-        Ok(value)
     }
 
     fn read_only_error(&self, cause: ReadOnlyCause) -> StoreError {
@@ -548,6 +582,19 @@ impl SqliteStore {
             path: self.path.clone(),
             detail,
         }
+    }
+
+    /// An event about the store itself: no transfer, no request.
+    fn insert_store_event(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        name: &str,
+        context: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        tx.prepare_cached("INSERT INTO events (time_ns, name, context) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![now_ns(), name, context.to_string()]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     fn insert_event(
@@ -1565,6 +1612,19 @@ mod tests {
         assert!(err.to_string().contains("read-only"), "{err}");
         assert!(!reserve.exists(), "the reserve is released");
         assert!(store.read_only().is_some());
+        let names = |store: &SqliteStore| -> Vec<String> {
+            store
+                .events_since(0, &EventFilter::default(), 1 << 20)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect()
+        };
+        assert_eq!(
+            names(&store).last().map(String::as_str),
+            Some("store.read_only"),
+            "the switch is recorded, in the room the reserve left"
+        );
 
         // Every mutating call fails at once; reads keep working.
         let err = store.add_entries(t.id, &[file_entry(999_999)]).unwrap_err();
@@ -1588,6 +1648,12 @@ mod tests {
         assert!(store.wait_read_write(Duration::from_secs(30)));
         assert!(reserve.exists(), "the reserve is back");
         store.apply(&[to(TransferState::Dispatched)]).unwrap();
+        let names = names(&store);
+        assert_eq!(
+            &names[names.len() - 2..],
+            ["store.read_write", "transfer.dispatched"],
+            "the return is recorded with the first write after it"
+        );
         assert_eq!(store.entries(t.id).unwrap().len(), acknowledged);
         assert_eq!(store.check().unwrap().integrity, "ok");
     }
