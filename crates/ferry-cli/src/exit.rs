@@ -50,6 +50,7 @@ pub fn code(e: &Error) -> u8 {
         Error::Store(StoreError::ReadOnly { .. }) => 19,
         Error::NotEnoughSpace { .. } => 20,
         Error::VerifyFailed { .. } => 21,
+        Error::VerifyWithoutChecksum { .. } => 2,
         Error::Store(StoreError::NoSuchRequest { .. } | StoreError::NotInCatalog { .. }) => 22,
         Error::Store(StoreError::StaleLease { .. }) => 23,
         Error::FileDirty { .. } | Error::Store(StoreError::CatalogConflict { .. }) => 24,

@@ -102,6 +102,12 @@ pub enum Error {
     VerifyFailed { checked: usize, problems: usize },
 
     #[error(
+        "transfer {name} keeps no checksums (--checksum none), so --verify has nothing to \
+         compare with: drop --verify, or copy with a checksum"
+    )]
+    VerifyWithoutChecksum { name: String },
+
+    #[error(
         "{path} changed since it was archived (it is dirty now): archive it again \
          (`ferry hsm archive`) before releasing it"
     )]
