@@ -307,6 +307,8 @@ impl Transfer {
     /// Would [`Transfer::wait`] return at once?
     pub fn test(&self) -> Result<bool> {
         match &self.mover {
+            // Waited for already: a wait returns at once (with an error).
+            Mover::Idle if self.record.state.is_terminal() => Ok(true),
             Mover::Idle => Err(Error::NotDispatched {
                 id: self.record.id,
                 action: "testing it",
