@@ -283,11 +283,24 @@ pub unsafe extern "C" fn AXL_Create(
                 let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
                 let name = name
                     .ok_or_else(|| CError::invalid("a transfer with a state file needs a name"))?;
-                if kind.is_none() && store.transfer_by_name(&name)?.is_none() {
-                    return Err(CError::invalid(format!(
-                        "state file {} holds no transfer named {name} to reload",
-                        path.display()
-                    )));
+                // Checked before Transfer::create, which would take it over.
+                match (kind, store.transfer_by_name(&name)?) {
+                    (None, None) => {
+                        return Err(CError::invalid(format!(
+                            "state file {} holds no transfer named {name} to reload",
+                            path.display()
+                        )));
+                    }
+                    (Some(kind), Some(recorded)) if recorded.kind != kind => {
+                        return Err(CError::invalid(format!(
+                            "state file {} records transfer {name} as {}, not {}: \
+                             create it with AXL_XFER_STATE_FILE",
+                            path.display(),
+                            recorded.kind.as_str(),
+                            kind.as_str()
+                        )));
+                    }
+                    _ => {}
                 }
                 (store, path.clone(), Some(name))
             }
@@ -312,18 +325,6 @@ pub unsafe extern "C" fn AXL_Create(
             &[],
         )?;
         let recorded = transfer.record().kind;
-        if let Some(kind) = kind
-            && transfer.reattached()
-            && kind != recorded
-        {
-            return Err(CError::invalid(format!(
-                "state file {} records transfer {} as {}, not {}: create it with AXL_XFER_STATE_FILE",
-                store_path.display(),
-                transfer.record().name,
-                recorded.as_str(),
-                kind.as_str()
-            )));
-        }
         let ferry_config = ferry_config(&config, recorded);
         let handle = Handle {
             transfer: Arc::new(FerryTransfer::new(store, transfer, &ferry_config)),
