@@ -2,7 +2,9 @@
  * ferry.h: the C API of ferry, a durable data mover for HPC storage tiers.
  * Link with -lferry (pkg-config ferry). Every function returns FERRY_OK (0)
  * or a FERRY_E_* code and leaves a one-line message for ferry_last_error().
- * Any thread may call; handles may be shared between threads.
+ * Any thread may call. Stores, transfers and watches may be shared between
+ * threads; a ferry_config is set up by one thread (then any may read it).
+ * Strings are NUL-terminated; paths are any bytes, as on Unix.
  */
 
 #ifndef FERRY_H
@@ -113,6 +115,7 @@
 #define FERRY_FINALIZE_FORCE 2
 
 // How transfers are created and run; see the `ferry_config_set_*` setters.
+// Set it up in one thread; then any thread may pass it to a create.
 typedef struct ferry_config ferry_config;
 
 // A store: where transfers and their events live (an SQLite file).
@@ -122,7 +125,8 @@ typedef struct ferry_store ferry_store;
 // is in a `sync` dispatch or a wait of it.
 typedef struct ferry_transfer ferry_transfer;
 
-// A cursor over a store's event log.
+// A cursor over a store's event log. Any thread may poll it (one at a time:
+// a second waits for the first).
 typedef struct ferry_watch ferry_watch;
 
 // How a transfer's run ended (`ferry_transfer_wait`).
@@ -289,7 +293,7 @@ int ferry_watch_open(const ferry_store *store,
 
 // The next event, waiting at most `timeout_ms` for one: `FERRY_OK` with
 // `*event` filled, or `FERRY_E_TIMEOUT` when none came.
-int ferry_watch_next(ferry_watch *watch, uint32_t timeout_ms, ferry_event *event);
+int ferry_watch_next(const ferry_watch *watch, uint32_t timeout_ms, ferry_event *event);
 
 void ferry_watch_close(ferry_watch *watch);
 

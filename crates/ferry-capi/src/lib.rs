@@ -46,6 +46,7 @@ pub struct FerryStore {
 }
 
 /// How transfers are created and run; see the `ferry_config_set_*` setters.
+/// Set it up in one thread; then any thread may pass it to a create.
 #[derive(Clone)]
 pub struct FerryConfig {
     pub kind: Kind,
@@ -107,8 +108,13 @@ pub struct FerryFinalizeSummary {
     pub failed: u64,
 }
 
-/// A cursor over a store's event log.
+/// A cursor over a store's event log. Any thread may poll it (one at a time:
+/// a second waits for the first).
 pub struct FerryWatch {
+    inner: Mutex<WatchState>,
+}
+
+struct WatchState {
     watch: Watch,
     /// The strings the last `FerryEvent` points to.
     name: CString,
@@ -155,8 +161,8 @@ unsafe fn handle<'a, T>(ptr: *const T, what: &str) -> Result<&'a T, CError> {
     unsafe { ptr.as_ref() }.ok_or_else(|| CError::invalid(format!("{what} is NULL")))
 }
 
-/// Borrows a handle argument mutably (configs only: no other thread uses one
-/// while it is set up).
+/// Borrows a handle argument mutably (configs only: a config is set up by
+/// one thread; `ferry.h` says so).
 ///
 /// # Safety
 /// As [`handle`], and no other reference to it exists during the call.
@@ -778,9 +784,11 @@ pub unsafe extern "C" fn ferry_watch_open(
         };
         let watch = Watch::new(store.store.as_ref(), since, filter)?;
         let handle = Box::into_raw(Box::new(FerryWatch {
-            watch,
-            name: CString::default(),
-            context: CString::default(),
+            inner: Mutex::new(WatchState {
+                watch,
+                name: CString::default(),
+                context: CString::default(),
+            }),
         }));
         // SAFETY: C passes a writable pointer (checked for NULL).
         unsafe { put(out, handle, "out") }.inspect_err(|_| {
@@ -794,13 +802,14 @@ pub unsafe extern "C" fn ferry_watch_open(
 /// `*event` filled, or `FERRY_E_TIMEOUT` when none came.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ferry_watch_next(
-    watch: *mut FerryWatch,
+    watch: *const FerryWatch,
     timeout_ms: u32,
     event: *mut FerryEvent,
 ) -> c_int {
     status("ferry_watch_next", || {
-        // SAFETY: C passes a watch handle or NULL; one thread uses a watch at a time.
-        let watch = unsafe { handle_mut(watch, "watch") }?;
+        // SAFETY: C passes a watch handle or NULL.
+        let watch = unsafe { handle(watch, "watch") }?;
+        let mut watch = watch.inner.lock().unwrap_or_else(|p| p.into_inner());
         let item = watch
             .watch
             .next_timeout(Some(Duration::from_millis(u64::from(timeout_ms))))?;
