@@ -159,3 +159,47 @@ pub fn pause_after(bytes: u64) -> ChunkHook {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codes::FERRY_E_SOURCE_NOT_FOUND;
+
+    #[test]
+    fn a_panic_becomes_an_internal_error_not_an_unwind() {
+        let result: Result<(), CError> = catch("ferry_test_call", || panic!("boom {}", 42));
+        let e = result.expect_err("a panic is an error");
+        assert_eq!(e.code, FERRY_E_INTERNAL);
+        assert!(
+            e.message.contains("ferry_test_call") && e.message.contains("boom 42"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn library_errors_keep_their_code_and_message() {
+        let e = CError::from(ferry::Error::SourceNotFound {
+            path: "/nowhere/x".into(),
+        });
+        assert_eq!(e.code, FERRY_E_SOURCE_NOT_FOUND);
+        assert!(e.message.contains("/nowhere/x"));
+    }
+
+    #[test]
+    fn the_last_error_is_per_thread() {
+        set_last_error("main thread's");
+        std::thread::spawn(|| {
+            // SAFETY: last_error points to this thread's NUL-terminated message.
+            assert_eq!(unsafe { CStr::from_ptr(last_error()) }.to_bytes(), b"");
+            set_last_error("other thread's");
+        })
+        .join()
+        .expect("thread");
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { CStr::from_ptr(last_error()) }.to_bytes(),
+            b"main thread's"
+        );
+    }
+}
