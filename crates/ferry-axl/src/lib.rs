@@ -271,7 +271,7 @@ pub unsafe extern "C" fn AXL_Create(
             )
         };
         let kind = kind_of(xtype)?;
-        let (store, store_path, name) = match &state_file {
+        let (store, store_path, name, ended) = match &state_file {
             Some(path) => {
                 let exists = path.try_exists().unwrap_or(true);
                 if kind.is_none() && !exists {
@@ -283,8 +283,12 @@ pub unsafe extern "C" fn AXL_Create(
                 let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
                 let name = name
                     .ok_or_else(|| CError::invalid("a transfer with a state file needs a name"))?;
+                let existing = store.transfer_by_name(&name)?;
+                // A transfer that ended but was never freed (its program died
+                // between AXL_Wait and AXL_Free) is opened as it is, to be freed.
+                let ended = existing.as_ref().is_some_and(|r| r.state.is_terminal());
                 // Checked before Transfer::create, which would take it over.
-                match (kind, store.transfer_by_name(&name)?) {
+                match (kind, existing) {
                     (None, None) => {
                         return Err(CError::invalid(format!(
                             "state file {} holds no transfer named {name} to reload",
@@ -302,14 +306,14 @@ pub unsafe extern "C" fn AXL_Create(
                     }
                     _ => {}
                 }
-                (store, path.clone(), Some(name))
+                (store, path.clone(), Some(name), ended)
             }
             // Without a state file the name is only a label, as in AXL:
             // several transfers may share it.
             None => {
                 let store = scratch_store()?;
                 let path = store.location();
-                (store as Arc<dyn Store>, path, None)
+                (store as Arc<dyn Store>, path, None, false)
             }
         };
         let preserve = if config.copy_metadata {
@@ -317,13 +321,16 @@ pub unsafe extern "C" fn AXL_Create(
         } else {
             Preserve::NONE
         };
-        let transfer = Transfer::create(
-            Arc::clone(&store),
-            name.as_deref(),
-            kind.unwrap_or(Kind::Threads),
-            preserve,
-            &[],
-        )?;
+        let transfer = match name.as_deref() {
+            Some(name) if ended => Transfer::open(Arc::clone(&store), name)?,
+            name => Transfer::create(
+                Arc::clone(&store),
+                name,
+                kind.unwrap_or(Kind::Threads),
+                preserve,
+                &[],
+            )?,
+        };
         let recorded = transfer.record().kind;
         let ferry_config = ferry_config(&config, recorded);
         let handle = Handle {

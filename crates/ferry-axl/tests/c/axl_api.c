@@ -73,6 +73,18 @@ int main(int argc, char** argv) {
     int status = 0;
     CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0);
 
+    /* Another completes its transfer and dies before AXL_Free. */
+    child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        if (AXL_Init() != AXL_SUCCESS) _exit(3);
+        int id = AXL_Create(AXL_XFER_PTHREAD, "ended", at("ended.db"));
+        if (id < 0 || AXL_Add(id, at("b.txt"), at("out-ended.txt")) != AXL_SUCCESS ||
+            AXL_Dispatch(id) != AXL_SUCCESS || AXL_Wait(id) != AXL_SUCCESS) _exit(4);
+        _exit(0);
+    }
+    CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
     /* Nothing works before AXL_Init. */
     CHECK(AXL_Create(AXL_XFER_SYNC, "early", NULL) == -1);
     CHECK(AXL_Finalize() == -1);
@@ -128,6 +140,19 @@ int main(int argc, char** argv) {
     CHECK(same_file(at("a.txt"), at("out-reloaded.txt")));
     /* Freed, its name is free: no transfer of that name is left to reload. */
     CHECK(AXL_Create(AXL_XFER_STATE_FILE, "reloaded", at("state.db")) == -1);
+
+    /* The ended transfer reloads, has nothing to resume, and can be freed;
+     * then its name is free for a new transfer. */
+    id = AXL_Create(AXL_XFER_STATE_FILE, "ended", at("ended.db"));
+    CHECK(id >= 0);
+    CHECK(AXL_Resume(id) == -1);
+    CHECK(AXL_Free(id) == AXL_SUCCESS);
+    id = AXL_Create(AXL_XFER_SYNC, "ended", at("ended.db"));
+    CHECK(id >= 0);
+    CHECK(AXL_Add(id, at("a.txt"), at("out-ended.txt")) == AXL_SUCCESS);
+    CHECK(AXL_Dispatch(id) == AXL_SUCCESS && AXL_Wait(id) == AXL_SUCCESS);
+    CHECK(AXL_Free(id) == AXL_SUCCESS);
+    CHECK(same_file(at("a.txt"), at("out-ended.txt")));
 
     /* Cancel after completion changes nothing: Wait still succeeds. */
     id = AXL_Create(AXL_XFER_SYNC, "done", NULL);
