@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args)]
 pub struct CopyArgs {
     /// Scratch directory, on the file system to measure (needs about
-    /// (runs + 1) x 3 x 1.25 GiB free)
+    /// (runs + 1) x 5 x 1.25 GiB free)
     #[arg(long, default_value = "target/bench")]
     dir: PathBuf,
     /// Runs per tool and workload (the median is reported)
@@ -90,19 +90,19 @@ pub fn run(args: CopyArgs) {
                 vec![rsync, sync]
             }),
         },
-        Tool {
-            name: "ferry cp -a",
-            command: Box::new(move |src, dst, store| {
-                let mut cmd = Command::new(&ferry);
-                cmd.arg("--store")
-                    .arg(store)
-                    .args(["cp", "-a"])
-                    .args(&ferry_args)
-                    .arg(src)
-                    .arg(dst);
-                vec![cmd]
-            }),
-        },
+        ferry_tool("ferry cp -a", &ferry, &ferry_args, &[]),
+        ferry_tool(
+            "  --checksum none",
+            &ferry,
+            &ferry_args,
+            &["--checksum", "none"],
+        ),
+        ferry_tool(
+            "  --verify copied",
+            &ferry,
+            &ferry_args,
+            &["--verify", "copied"],
+        ),
     ];
     let have_rsync = Command::new("rsync")
         .arg("--version")
@@ -176,12 +176,44 @@ pub fn run(args: CopyArgs) {
             workload.name.clone(),
             ferry / baseline,
             rsync.map(|r| ferry / r),
+            ferry / median(&times[3]),
+            median(&times[4]) / ferry,
         ));
     }
     println!();
-    for (name, vs_cp, vs_rsync) in verdicts {
+    for (name, vs_cp, vs_rsync, checksum_cost, verify_cost) in verdicts {
         let vs_rsync = vs_rsync.map_or("rsync missing".into(), |r| format!("{r:.2}x rsync"));
-        println!("{name}: ferry = {vs_cp:.2}x cp -a+sync, {vs_rsync}");
+        println!(
+            "{name}: ferry = {vs_cp:.2}x cp -a+sync, {vs_rsync}; checksums cost {:+.1} %, \
+             --verify copied {:+.1} %",
+            (checksum_cost - 1.0) * 100.0,
+            (verify_cost - 1.0) * 100.0
+        );
+    }
+}
+
+/// `ferry cp -a EXTRA…` with the bench's `--ferry-args`.
+fn ferry_tool(
+    name: &'static str,
+    ferry: &Path,
+    ferry_args: &[String],
+    extra: &'static [&'static str],
+) -> Tool {
+    let ferry = ferry.to_path_buf();
+    let ferry_args = ferry_args.to_vec();
+    Tool {
+        name,
+        command: Box::new(move |src, dst, store| {
+            let mut cmd = Command::new(&ferry);
+            cmd.arg("--store")
+                .arg(store)
+                .args(["cp", "-a"])
+                .args(extra)
+                .args(&ferry_args)
+                .arg(src)
+                .arg(dst);
+            vec![cmd]
+        }),
     }
 }
 

@@ -76,8 +76,18 @@
 // Finalize left transfers alone because their owner is alive.
 #define FERRY_E_LEFT_ALONE 18
 
+// The store is read-only because its disk (or quota) is full: free space there.
+#define FERRY_E_STORE_READ_ONLY 19
+
+// Check-space: a destination file system has less free space than is left to copy.
+#define FERRY_E_NOT_ENOUGH_SPACE 20
+
+// Verify: a file does not hold what was copied, or is missing or unreadable.
+#define FERRY_E_VERIFY_FAILED 21
+
 // `ferry_watch_next`: no event came within the timeout (not a failure).
-#define FERRY_E_TIMEOUT 19
+// C only, like 2 and 70 (ETIMEDOUT's number on Linux).
+#define FERRY_E_TIMEOUT 110
 
 // A bug in ferry (a caught panic); the message says where.
 #define FERRY_E_INTERNAL 70

@@ -42,8 +42,15 @@ pub const FERRY_E_STORE: c_int = 16;
 pub const FERRY_E_CURSOR: c_int = 17;
 /// Finalize left transfers alone because their owner is alive.
 pub const FERRY_E_LEFT_ALONE: c_int = 18;
+/// The store is read-only because its disk (or quota) is full: free space there.
+pub const FERRY_E_STORE_READ_ONLY: c_int = 19;
+/// Check-space: a destination file system has less free space than is left to copy.
+pub const FERRY_E_NOT_ENOUGH_SPACE: c_int = 20;
+/// Verify: a file does not hold what was copied, or is missing or unreadable.
+pub const FERRY_E_VERIFY_FAILED: c_int = 21;
 /// `ferry_watch_next`: no event came within the timeout (not a failure).
-pub const FERRY_E_TIMEOUT: c_int = 19;
+/// C only, like 2 and 70 (ETIMEDOUT's number on Linux).
+pub const FERRY_E_TIMEOUT: c_int = 110;
 /// A bug in ferry (a caught panic); the message says where.
 pub const FERRY_E_INTERNAL: c_int = 70;
 /// Any other I/O error.

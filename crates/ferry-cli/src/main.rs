@@ -4,6 +4,7 @@
 mod exit;
 mod finalize;
 mod output;
+mod verify;
 mod watch;
 
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ enum Command {
         /// The transfer's name
         name: String,
     },
+    /// Read committed files back and compare them with their stored
+    /// checksums: one line per mismatch or missing file
+    Verify(VerifyArgs),
     /// Maintain the store
     #[command(subcommand)]
     Store(StoreCommand),
@@ -110,6 +114,13 @@ enum StoreCommand {
         #[arg(long, value_name = "SEQ")]
         before: Option<u64>,
     },
+    /// Check free space, the reserve and the database's integrity; a store
+    /// made read-only by a full disk turns read-write again if there is room
+    Check {
+        /// JSON on stdout
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -130,6 +141,12 @@ struct CpArgs {
     /// How bytes move: sync (this thread) or threads (a pool)
     #[arg(long, default_value = "threads", value_parser = ["sync", "threads"])]
     kind: String,
+    /// The checksum every copied file gets, computed as it is read
+    #[arg(long, default_value = "xxh3", value_parser = ["xxh3", "blake3", "none"])]
+    checksum: String,
+    /// Extended attributes and ACLs to keep [default: all with -a, none otherwise]
+    #[arg(long, value_parser = ["all", "none", "no-lustre"])]
+    xattrs: Option<String>,
     #[command(flatten)]
     run: RunArgs,
     /// Sources, then the destination
@@ -149,6 +166,18 @@ struct RunArgs {
     /// store wrote (they are only reported otherwise)
     #[arg(long)]
     clean_orphans: bool,
+    /// Refuse to start unless the destination has room for what is left
+    /// to copy (and reserve the space of large files)
+    #[arg(long)]
+    check_space: bool,
+    /// Destinations that already match are recorded skipped, not copied:
+    /// exists, size, mtime (size and mtime), checksum (reads both)
+    #[arg(long, default_value = "never", value_parser = ["never", "exists", "size", "mtime", "checksum"])]
+    skip: String,
+    /// Read what was written back from disk and compare checksums: copied
+    /// (each file before its rename), full (and every finished file at the end)
+    #[arg(long, default_value = "none", value_parser = ["none", "copied", "full"])]
+    verify: String,
 }
 
 #[derive(Args)]
@@ -164,6 +193,25 @@ struct StatusArgs {
     /// The state as it was right after event SEQ, rebuilt from the event log
     #[arg(long, value_name = "SEQ")]
     at: Option<u64>,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Transfer names, stores, or destination paths (files or directories
+    /// whose committed files are checked) [default: every transfer of the store]
+    targets: Vec<PathBuf>,
+    /// One JSON object per file checked
+    #[arg(long)]
+    json: bool,
+}
+
+impl RunArgs {
+    fn apply(&self, transfer: &mut Transfer) {
+        transfer.set_clean_orphans(self.clean_orphans);
+        transfer.set_check_space(self.check_space);
+        transfer.set_skip(ferry::engine::skip::SkipRule::parse(&self.skip).expect("clap checked"));
+        transfer.set_verify(ferry::verify::Verify::parse(&self.verify).expect("clap checked"));
+    }
 }
 
 #[derive(Args)]
@@ -231,9 +279,11 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             );
             Ok(Exit::Ok)
         }
+        Command::Store(StoreCommand::Check { json }) => output::store_check(&sqlite, json),
+        Command::Verify(args) => verify::run(store.as_ref(), &args.targets, args.json),
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
-            transfer.set_clean_orphans(args.run.clean_orphans);
+            args.run.apply(&mut transfer);
             let workers = workers(&args.run);
             let report = output::with_progress(&transfer.progress(), args.run.json, || {
                 transfer.resume(workers)?;
@@ -261,9 +311,25 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
         Preserve::NONE
     };
     let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
-    let entries = ferry::plan(sources, dest, args.recursive || args.archive)?;
-    let mut transfer = Transfer::create(store, args.name.as_deref(), kind, preserve, &entries)?;
-    transfer.set_clean_orphans(args.run.clean_orphans);
+    let xattrs = match args.xattrs.as_deref() {
+        Some(mode) => ferry::engine::plan::XattrMode::parse(mode).expect("clap checked"),
+        None if args.archive => ferry::engine::plan::XattrMode::All,
+        None => ferry::engine::plan::XattrMode::None,
+    };
+    let fidelity = ferry::engine::plan::Fidelity {
+        hard_links: args.archive,
+        xattrs,
+    };
+    let entries =
+        ferry::engine::plan::plan_with(sources, dest, args.recursive || args.archive, fidelity)?;
+    let options = ferry::TransferOptions {
+        name: args.name.clone(),
+        kind,
+        preserve,
+        checksum: ferry::model::ChecksumAlgo::parse(&args.checksum),
+    };
+    let mut transfer = Transfer::create_with(store, &options, &entries)?;
+    args.run.apply(&mut transfer);
     let workers = workers(&args.run);
     let progress = transfer.progress();
     let report = if transfer.reattached() {

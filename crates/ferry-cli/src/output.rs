@@ -154,8 +154,13 @@ pub fn status(
             "entries": entries.len(),
             "bytes": entries.iter().map(|e| e.meta.size).sum::<u64>(),
             "committed": count(FileState::Committed),
+            "skipped": count(FileState::Skipped),
             "failed": count(FileState::Failed),
-            "pending": entries.len() - count(FileState::Committed) - count(FileState::Failed),
+            "pending": entries.len()
+                - count(FileState::Committed)
+                - count(FileState::Skipped)
+                - count(FileState::Failed),
+            "checksum": transfer.checksum.map(|a| a.as_str()),
         });
         if files {
             row["files"] = entries
@@ -169,6 +174,9 @@ pub fn status(
                         "size": e.meta.size,
                         "state": e.state.to_string(),
                         "progress_bytes_durable": e.progress_bytes_durable,
+                        "checksum": e.checksum.map(|c| c.to_string()),
+                        "hard_link_to": e.link_leader.map(|l| l.0),
+                        "xattrs": e.xattrs.0.len(),
                         "error": e.error,
                     })
                 })
@@ -209,10 +217,14 @@ pub fn status(
         if let Some(files) = row["files"].as_array() {
             for file in files {
                 println!(
-                    "       {:<9} {:>10} {}{}",
+                    "       {:<9} {:>10} {}{}{}",
                     file["state"].as_str().unwrap_or(""),
                     HumanBytes(file["size"].as_u64().unwrap_or(0)).to_string(),
                     file["dest"].as_str().unwrap_or(""),
+                    file["checksum"]
+                        .as_str()
+                        .map(|c| format!("  {c}"))
+                        .unwrap_or_default(),
                     file["error"]
                         .as_str()
                         .map(|e| format!("  ({e})"))
@@ -265,4 +277,63 @@ pub fn status_at(
         );
     }
     Ok(Exit::Ok)
+}
+
+/// `ferry store check`: exit 0 when the store is writable and intact, 19
+/// when its disk still lacks room, 8 when the database is damaged.
+pub fn store_check(store: &ferry::store::SqliteStore, json: bool) -> Result<Exit, Exit> {
+    let report = store.check().map_err(ferry::Error::from)?;
+    let location = store.location();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "store": location.display().to_string(),
+                "read_only": report.read_only.as_ref().map(|c| c.detail.clone()),
+                "free_bytes": report.free_bytes,
+                "recover_bytes": report.recover_bytes,
+                "reserve": report.reserve_path.display().to_string(),
+                "reserve_bytes": report.reserve_bytes,
+                "reserve_present": report.reserve_present,
+                "integrity": report.integrity,
+            })
+        );
+    } else {
+        println!(
+            "ferry: store {}: {}, {} free (needs {} to write), reserve {} {}, integrity {}",
+            location.display(),
+            if report.read_only.is_some() {
+                "read-only"
+            } else {
+                "read-write"
+            },
+            HumanBytes(report.free_bytes),
+            HumanBytes(report.recover_bytes),
+            report.reserve_path.display(),
+            if report.reserve_present {
+                format!("present ({})", HumanBytes(report.reserve_bytes))
+            } else if report.reserve_bytes == 0 {
+                "disabled".to_string()
+            } else {
+                "missing".to_string()
+            },
+            report.integrity
+        );
+    }
+    if report.integrity != "ok" {
+        return Err(ferry::Error::Store(ferry::store::StoreError::Corrupt {
+            path: location,
+            detail: report.integrity,
+        })
+        .into());
+    }
+    match report.read_only {
+        Some(cause) => Err(ferry::Error::Store(ferry::store::StoreError::ReadOnly {
+            path: location,
+            cause: cause.detail,
+            recover_bytes: report.recover_bytes,
+        })
+        .into()),
+        None => Ok(Exit::Ok),
+    }
 }

@@ -102,8 +102,19 @@ fn cp_with_failpoint(s: &Scratch, spec: &str, src: &Path, dst: &Path) -> std::pr
         .arg(dst))
 }
 
+/// `ferry resume fp`; or, when the fault came before the transfer was
+/// recorded (`store.commit:1`), the same `ferry cp` again.
 fn resume_converges(s: &Scratch, src: &Path, dst: &Path) -> serde_json::Value {
-    let out = run(s.ferry().args(["resume", "fp", "--json"]));
+    let exists = run(s.ferry().args(["status", "fp"])).status.success();
+    let out = if exists {
+        run(s.ferry().args(["resume", "fp", "--json"]))
+    } else {
+        run(s
+            .ferry()
+            .args(["cp", "-a", "--json", "--name", "fp"])
+            .arg(src)
+            .arg(dst))
+    };
     assert!(out.status.success(), "resume must converge");
     let report = json(&out);
     assert_eq!(report["state"], "completed");
@@ -134,6 +145,17 @@ fn crash_at_every_commit_step_then_resume_converges() {
             }
             assert_no_partial_files(&src, &dst);
             assert_store_within_disk(&s.store());
+            let recorded = SqliteStore::open(&s.store())
+                .unwrap()
+                .transfer_by_name("fp")
+                .unwrap()
+                .is_some();
+            if !recorded {
+                // Killed while the transfer itself was being recorded.
+                assert_eq!((step, nth), (CommitStep::StoreCommit, 1));
+                resume_converges(&s, &src, &dst);
+                continue;
+            }
             let (large_progress, last_seq) = {
                 let store = SqliteStore::open(&s.store()).unwrap();
                 let t = store.transfer_by_name("fp").unwrap().unwrap();
@@ -170,36 +192,64 @@ fn crash_at_every_commit_step_then_resume_converges() {
     }
 }
 
+/// EIO, then ENOSPC, at every step of the commit protocol and at every
+/// transaction of the store, one point after another (SQLite's way): each
+/// fails with a message that names the fault, claims nothing the disk does
+/// not hold, and `ferry resume` converges from it.
 #[test]
-fn io_error_at_every_commit_step_fails_cleanly_then_resume_converges() {
+fn io_errors_at_every_step_fail_cleanly_then_resume_converges() {
     let source = Scratch::new();
     let src = source.path("src");
     make_tree(&src);
-    for step in CommitStep::ALL {
-        for nth in [1, 3] {
-            let s = Scratch::new();
-            let dst = s.path("dst");
-            let spec = format!("{}:{nth}=eio", step.name());
-            println!("== EIO at {spec}");
-            let out = cp_with_failpoint(&s, &spec, &src, &dst);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.code().is_some(),
-                "{spec}: ferry must not die of a signal"
-            );
-            assert!(!stderr.contains("panicked"), "{spec}: {stderr}");
-            assert_no_partial_files(&src, &dst);
-            assert_store_within_disk(&s.store());
-            if out.status.success() {
-                assert!(nth > 1, "{spec}: the injected error was swallowed");
-                assert_same_tree(&src, &dst);
-                continue;
+    for (action, expected) in [
+        ("eio", &["Input/output error"][..]),
+        (
+            "enospc",
+            &["no space left writing", "No space left", "is read-only"][..],
+        ),
+    ] {
+        for step in CommitStep::ALL {
+            // Every store transaction in turn; the others at a few hits.
+            let nths: Vec<u64> = match (step, action) {
+                (CommitStep::StoreCommit, _) => (1..=64).collect(),
+                (_, "eio") => vec![1, 3],
+                _ => vec![1],
+            };
+            let mut ran_clean = false;
+            for nth in nths {
+                let s = Scratch::new();
+                let dst = s.path("dst");
+                let spec = format!("{}:{nth}={action}", step.name());
+                println!("== {spec}");
+                let out = cp_with_failpoint(&s, &spec, &src, &dst);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    out.status.code().is_some(),
+                    "{spec}: ferry must not die of a signal"
+                );
+                assert!(!stderr.contains("panicked"), "{spec}: {stderr}");
+                assert_no_partial_files(&src, &dst);
+                assert_store_within_disk(&s.store());
+                if out.status.success() {
+                    assert!(nth > 1, "{spec}: the injected error was swallowed");
+                    assert_same_tree(&src, &dst);
+                    // Past the last store transaction: every one was hit.
+                    ran_clean = true;
+                    break;
+                }
+                assert!(
+                    expected.iter().any(|e| stderr.contains(e)),
+                    "{spec}: the error is reported: {stderr}"
+                );
+                if (step, action) == (CommitStep::StoreCommit, "enospc") {
+                    assert_eq!(out.status.code(), Some(19), "{spec}: read-only store");
+                }
+                resume_converges(&s, &src, &dst);
             }
             assert!(
-                stderr.contains("Input/output error"),
-                "{spec}: the error is reported: {stderr}"
+                ran_clean || step != CommitStep::StoreCommit,
+                "more store transactions than the test walks"
             );
-            resume_converges(&s, &src, &dst);
         }
     }
 }
@@ -305,4 +355,75 @@ fn cp_with_the_name_of_a_dead_transfer_reattaches_and_continues() {
     );
     assert_same_tree(&src, &dst);
     assert_eq!(resumed_offset_of_large(&s), Some(32 << 20));
+}
+
+/// A source deleted, replaced, grown or truncated while it is being copied
+/// fails as "changed during transfer": the copy is paused (fail point
+/// `pause`) right before its first chunk, the source is changed, and the
+/// copy continued.
+#[test]
+fn a_source_changed_mid_copy_fails_and_never_arrives() {
+    for change in ["deleted", "replaced", "grown", "truncated"] {
+        let s = Scratch::new();
+        let src = s.path("src");
+        let mut rng = fastrand::Rng::with_seed(21);
+        write_file(&src.join("f"), &random_bytes(&mut rng, 300_000));
+        let dst = s.path("dst");
+        let fifo = s.path("pause");
+        run_ok(std::process::Command::new("mkfifo").arg(&fifo));
+        let child = s
+            .ferry()
+            .env("FERRY_FAILPOINT", "commit.write_data=pause")
+            .env("FERRY_FAILPOINT_FIFO", &fifo)
+            .args(["cp", "-r", "--threads", "1"])
+            .arg(&src)
+            .arg(&dst)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Returns once ferry is paused right before the first chunk.
+        let pause = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let f = src.join("f");
+        match change {
+            "deleted" => fs::remove_file(&f).unwrap(),
+            "replaced" => {
+                write_file(&src.join("other"), b"another file");
+                fs::rename(src.join("other"), &f).unwrap();
+            }
+            "grown" => {
+                use std::io::Write;
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(&f)
+                    .unwrap()
+                    .write_all(b"more")
+                    .unwrap();
+            }
+            _ => fs::OpenOptions::new()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .set_len(1000)
+                .unwrap(),
+        }
+        drop(pause);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{change}: {stderr}");
+        assert!(
+            stderr.contains("changed during transfer") && stderr.contains("src/f"),
+            "{change}: {stderr}"
+        );
+        assert!(
+            !dst.join("f").exists(),
+            "{change}: nothing under the final name"
+        );
+        if change == "deleted" {
+            assert!(stderr.contains("deleted"), "{stderr}");
+        }
+        if change == "replaced" {
+            assert!(stderr.contains("replaced"), "{stderr}");
+        }
+    }
 }

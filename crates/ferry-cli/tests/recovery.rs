@@ -46,6 +46,7 @@ fn transfer_with_owner(
 ) -> ferry::TransferId {
     let entries = ferry::plan(&[src.to_path_buf()], dst, true).unwrap();
     let new = NewTransfer {
+        checksum: None,
         name: Some(name.into()),
         kind: Kind::Threads,
         owner,

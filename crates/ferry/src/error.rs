@@ -85,6 +85,22 @@ pub enum Error {
         action: &'static str,
     },
 
+    #[error(
+        "not enough space on the file system of {path}: {needed} bytes to copy, {available} \
+         available; free space there or copy less (--check-space refused to start)"
+    )]
+    NotEnoughSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+
+    #[error(
+        "{problems} of {checked} files do not hold what was copied (each is named above): \
+         copy them again: `ferry cp -a --skip checksum SRC DST` recopies exactly those that differ"
+    )]
+    VerifyFailed { checked: usize, problems: usize },
+
     #[error(transparent)]
     Store(#[from] StoreError),
 
@@ -116,6 +132,9 @@ impl Error {
             Error::UnsupportedFileType { .. } => 14,
             Error::Store(StoreError::Open { .. }) => 15,
             Error::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => 17,
+            Error::Store(StoreError::ReadOnly { .. }) => 19,
+            Error::NotEnoughSpace { .. } => 20,
+            Error::VerifyFailed { .. } => 21,
             Error::Store(_) => 16,
             Error::Io { .. } => 74,
         }

@@ -4,7 +4,12 @@
 //! `FERRY_FAILPOINT=STEP[:N][=ACTION]` arms one point: at the N-th time
 //! (default 1) the engine reaches STEP, ACTION happens: `crash` (default,
 //! the process SIGKILLs itself, exactly as an outside `kill -9`), `eio` or
-//! `enospc` (the step fails with that error). STEP is a [`CommitStep`] name
+//! `enospc` (the step fails with that error), `pause` (the step waits until
+//! the FIFO named by `FERRY_FAILPOINT_FIFO` has been opened for writing and
+//! closed again, so that a test can change the world mid-step: opening it
+//! returns once ferry is paused there, closing it lets ferry go on),
+//! `corrupt` (at `commit.write_data` only: a bit of the N-th buffer written
+//! is flipped after it was hashed, so the temporary differs from the source). STEP is a [`CommitStep`] name
 //! such as `commit.rename`. Unset, a fail point costs one relaxed load.
 //!
 //! A hand-written seam rather than the `fail` crate: that crate needs a cargo
@@ -19,6 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// each a place where a crash or an I/O error can be injected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitStep {
+    /// Before each chunk of a source is read (an `eio` here is a failing
+    /// source disk).
+    ReadSource,
     /// Before each chunk of data is written to a temporary.
     WriteData,
     /// Before progress of a large file is recorded (after its fdatasync).
@@ -35,10 +43,14 @@ pub enum CommitStep {
     SyncDir,
     /// Before `committed` is recorded for a batch.
     RecordCommitted,
+    /// Before each transaction of the store commits (its write and sync):
+    /// `enospc` fails it as SQLITE_FULL, `eio` as an I/O error.
+    StoreCommit,
 }
 
 impl CommitStep {
-    pub const ALL: [CommitStep; 8] = [
+    pub const ALL: [CommitStep; 10] = [
+        CommitStep::ReadSource,
         CommitStep::WriteData,
         CommitStep::RecordProgress,
         CommitStep::SyncData,
@@ -47,10 +59,12 @@ impl CommitStep {
         CommitStep::ApplyMetadata,
         CommitStep::SyncDir,
         CommitStep::RecordCommitted,
+        CommitStep::StoreCommit,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
+            CommitStep::ReadSource => "source.read",
             CommitStep::WriteData => "commit.write_data",
             CommitStep::RecordProgress => "commit.record_progress",
             CommitStep::SyncData => "commit.sync_data",
@@ -59,6 +73,7 @@ impl CommitStep {
             CommitStep::ApplyMetadata => "commit.apply_metadata",
             CommitStep::SyncDir => "commit.sync_dir",
             CommitStep::RecordCommitted => "commit.record_committed",
+            CommitStep::StoreCommit => "store.commit",
         }
     }
 }
@@ -66,6 +81,8 @@ impl CommitStep {
 #[derive(Debug)]
 enum Action {
     Crash,
+    Pause,
+    Corrupt,
     Error(i32),
 }
 
@@ -95,6 +112,8 @@ fn parse(spec: &str) -> Option<Armed> {
         .name();
     let action = match action {
         "crash" => Action::Crash,
+        "pause" => Action::Pause,
+        "corrupt" => Action::Corrupt,
         "eio" => Action::Error(rustix::io::Errno::IO.raw_os_error()),
         "enospc" => Action::Error(rustix::io::Errno::NOSPC.raw_os_error()),
         _ => return None,
@@ -106,13 +125,26 @@ fn parse(spec: &str) -> Option<Armed> {
     })
 }
 
+/// `corrupt` (only at `commit.write_data`): whether the data about to be
+/// written should have a bit flipped, so that it differs from what was read
+/// and hashed. Counts its own hits.
+pub fn corrupts(step: CommitStep) -> bool {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    match armed() {
+        Some(armed) if armed.step == step.name() && matches!(armed.action, Action::Corrupt) => {
+            HITS.fetch_add(1, Ordering::SeqCst) + 1 == armed.nth
+        }
+        _ => false,
+    }
+}
+
 /// Called by the engine just before it performs `step`.
 pub fn hit(step: CommitStep) -> io::Result<()> {
     static HITS: AtomicU64 = AtomicU64::new(0);
     let Some(armed) = armed() else {
         return Ok(());
     };
-    if armed.step != step.name() {
+    if armed.step != step.name() || matches!(armed.action, Action::Corrupt) {
         return Ok(());
     }
     let n = HITS.fetch_add(1, Ordering::SeqCst) + 1;
@@ -120,6 +152,7 @@ pub fn hit(step: CommitStep) -> io::Result<()> {
         return Ok(());
     }
     match armed.action {
+        Action::Corrupt => Ok(()),
         Action::Crash => {
             // SIGKILL cannot be caught: nothing runs after this line, exactly
             // as when the process is killed from outside.
@@ -128,6 +161,16 @@ pub fn hit(step: CommitStep) -> io::Result<()> {
                 rustix::process::Signal::KILL,
             );
             unreachable!("SIGKILL returned");
+        }
+        Action::Pause => {
+            // Opening blocks until the test opens the other end; reading
+            // returns end-of-file once it closes it.
+            use std::io::Read;
+            let fifo = std::env::var_os("FERRY_FAILPOINT_FIFO").ok_or_else(|| {
+                io::Error::other("the pause fail point needs FERRY_FAILPOINT_FIFO")
+            })?;
+            std::fs::File::open(fifo)?.read_to_end(&mut Vec::new())?;
+            Ok(())
         }
         Action::Error(errno) => Err(io::Error::from_raw_os_error(errno)),
     }

@@ -416,6 +416,7 @@ fn commit_remaining(
         preserve: transfer.preserve,
         temp_suffix: &transfer.temp_suffix,
         umask: crate::engine::current_umask(),
+        verify: false,
     };
     let mut live: Vec<Ready> = entries
         .iter()
@@ -424,10 +425,14 @@ fn commit_remaining(
             index: e.index,
             durable: true,
             recorded: true,
+            checksum: e.checksum,
         })
         .collect();
     let mut failed: Vec<(EntryIndex, String)> = Vec::new();
-    committer.place(&mut live, &mut failed);
+    // Nothing reports warnings here: a refused attribute was already
+    // refused when the copy first placed such a file.
+    let mut warnings = Vec::new();
+    committer.place(&mut live, &mut failed, &mut warnings);
     let mut placed: Vec<EntryIndex> = live.iter().map(|r| r.index).collect();
     if failed.is_empty() {
         let dirs = entries
@@ -436,7 +441,7 @@ fn commit_remaining(
             .filter(|e| e.kind == EntryKind::Dir && e.state != FileState::Committed);
         placed.extend(
             committer
-                .place_directories(dirs, &mut failed)
+                .place_directories(dirs, &mut failed, &mut warnings)
                 .iter()
                 .map(|d| d.index),
         );

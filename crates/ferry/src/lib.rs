@@ -31,6 +31,7 @@
 //! # Ok::<(), ferry::Error>(())
 //! ```
 
+pub mod checksum;
 pub mod engine;
 pub mod error;
 pub mod events;
@@ -40,9 +41,10 @@ pub mod model;
 pub mod owner;
 pub mod store;
 mod transfer;
+pub mod verify;
 
 pub use engine::plan::plan;
 pub use engine::{ChunkHook, FileFailure, Progress, RunReport, temp_path};
 pub use error::{Error, Result};
 pub use model::{EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
-pub use transfer::{Canceller, Transfer, default_store_path, default_workers};
+pub use transfer::{Canceller, Transfer, TransferOptions, default_store_path, default_workers};

@@ -8,14 +8,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crate::engine::plan::plan;
+use crate::engine::skip::SkipRule;
 use crate::engine::{self, ChunkHook, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
 use crate::model::{
-    DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve, TransferId, TransferRecord,
-    TransferState,
+    ChecksumAlgo, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve, TransferId,
+    TransferRecord, TransferState,
 };
 use crate::owner::Liveness;
 use crate::store::{Change, Store, StoreError};
+use crate::verify::Verify;
+
+/// How a new transfer is made: [`Transfer::create_with`].
+#[derive(Clone, Debug)]
+pub struct TransferOptions {
+    /// `None`: the store names it `cp-<id>`.
+    pub name: Option<String>,
+    pub kind: Kind,
+    pub preserve: Preserve,
+    /// The hash every copied file gets; `None` for none. Default: XXH3-128.
+    pub checksum: Option<ChecksumAlgo>,
+}
+
+impl Default for TransferOptions {
+    fn default() -> TransferOptions {
+        TransferOptions {
+            name: None,
+            kind: Kind::Threads,
+            preserve: Preserve::NONE,
+            checksum: Some(ChecksumAlgo::Xxh3),
+        }
+    }
+}
 
 /// A transfer this process works with.
 pub struct Transfer {
@@ -26,6 +50,9 @@ pub struct Transfer {
     progress: Arc<Progress>,
     clean_orphans: bool,
     after_chunk: Option<ChunkHook>,
+    check_space: bool,
+    skip: SkipRule,
+    verify: Verify,
     mover: Mover,
 }
 
@@ -93,6 +120,23 @@ impl Transfer {
         preserve: Preserve,
         entries: &[NewEntry],
     ) -> Result<Transfer> {
+        let options = TransferOptions {
+            name: name.map(str::to_owned),
+            kind,
+            preserve,
+            ..TransferOptions::default()
+        };
+        Transfer::create_with(store, &options, entries)
+    }
+
+    /// [`Transfer::create`] with every option.
+    pub fn create_with(
+        store: Arc<dyn Store>,
+        options: &TransferOptions,
+        entries: &[NewEntry],
+    ) -> Result<Transfer> {
+        let name = options.name.as_deref();
+        let (kind, preserve) = (options.kind, options.preserve);
         if let Some(name) = name
             && let Some(existing) = store.transfer_by_name(name)?
         {
@@ -105,6 +149,7 @@ impl Transfer {
                 owner: Owner::current(),
                 preserve,
                 temp_suffix: DEFAULT_TEMP_SUFFIX.into(),
+                checksum: options.checksum,
             },
             entries,
         );
@@ -146,6 +191,9 @@ impl Transfer {
             progress: Arc::new(Progress::default()),
             clean_orphans: false,
             after_chunk: None,
+            check_space: false,
+            skip: SkipRule::Never,
+            verify: Verify::None,
             mover: Mover::Idle,
         }
     }
@@ -226,6 +274,25 @@ impl Transfer {
         self.after_chunk = hook;
     }
 
+    /// Whether the next dispatch or resume first checks that the
+    /// destinations' file systems have room for what is left to copy
+    /// (refusing with [`crate::Error::NotEnoughSpace`]) and reserves the
+    /// space of large files with fallocate.
+    pub fn set_check_space(&mut self, check: bool) {
+        self.check_space = check;
+    }
+
+    /// Which destinations the next dispatch or resume takes as already
+    /// there (recorded `skipped`, no data copied).
+    pub fn set_skip(&mut self, skip: SkipRule) {
+        self.skip = skip;
+    }
+
+    /// How much the next dispatch or resume reads back what it wrote.
+    pub fn set_verify(&mut self, verify: Verify) {
+        self.verify = verify;
+    }
+
     pub fn progress(&self) -> Arc<Progress> {
         Arc::clone(&self.progress)
     }
@@ -287,6 +354,9 @@ impl Transfer {
                 workers
             },
             clean_orphans: self.clean_orphans,
+            check_space: self.check_space,
+            skip: self.skip,
+            verify: self.verify,
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
             after_chunk: self.after_chunk.clone(),

@@ -8,14 +8,16 @@
 //! "created" changes), and each writes the change and its event row in one
 //! transaction. Nothing else in ferry writes state.
 
+mod space;
 mod sqlite;
 
 use std::path::PathBuf;
 
-pub use sqlite::{SCHEMA_VERSION, SqliteStore};
+pub use space::{RESERVE_BYTES_DEFAULT, RESERVE_ENV, ReadOnlyCause};
+pub use sqlite::{SCHEMA_VERSION, SpaceReport, SqliteStore};
 
 use crate::model::{
-    EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner, TransferId,
+    Checksum, EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner, TransferId,
     TransferRecord, TransferState,
 };
 
@@ -48,6 +50,9 @@ pub enum Change {
         to: FileState,
         progress_bytes_durable: Option<u64>,
         error: Option<String>,
+        /// Recorded with the entry when given (at `copied`, or `skipped`
+        /// after a checksum comparison).
+        checksum: Option<Checksum>,
         context: serde_json::Value,
     },
     /// The transfer is released: it leaves `transfers()` and its name may
@@ -140,6 +145,19 @@ pub enum StoreError {
 
     #[error("store {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+
+    /// The store's disk (or quota) filled up: nothing more is written until
+    /// there is room again. Reads keep working.
+    #[error(
+        "store {path} is read-only: {cause}; nothing more is written to it until its file \
+         system has {recover_bytes} bytes free: free space there (ferry notices by itself, or \
+         run `ferry store check`); status and watch still work"
+    )]
+    ReadOnly {
+        path: PathBuf,
+        cause: String,
+        recover_bytes: u64,
+    },
 }
 
 /// Where the state of transfers lives. Implementations must be safe to share
@@ -164,6 +182,9 @@ pub trait Store: Send + Sync {
     /// Writes every change and its event in one transaction. Fails with
     /// [`StoreError::Cancelled`] when an entry change targets a cancelled
     /// transfer, so that a mover in another process learns of a cancel.
+    /// While the store is read-only ([`StoreError::ReadOnly`]) only a clean
+    /// shutdown is written: changes that all end transfers as `failed` or
+    /// `cancelled`.
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
 
     fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, StoreError>;

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
+use super::space::{self, ReadOnlyCause, SpaceGuard};
 use super::{Change, ChangeToken, EventFilter, EventPage, EventReader, Store, StoreError};
+use crate::failpoint::{self, CommitStep};
 use crate::model::{
-    EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind, NewEntry, NewTransfer, Owner,
-    Preserve, SourceMeta, TransferId, TransferRecord, TransferState,
+    Checksum, ChecksumAlgo, EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind, NewEntry,
+    NewTransfer, Owner, Preserve, SourceMeta, TransferId, TransferRecord, TransferState, Xattrs,
 };
 
 /// `PRAGMA application_id`: "FRRY". Tells a ferry store from any other
@@ -103,6 +105,11 @@ DELETE FROM sqlite_sequence WHERE name = 'transfers';
 INSERT INTO sqlite_sequence (name, seq) SELECT 'transfers', seq FROM next_transfer_id;
 DROP TABLE next_transfer_id;
 "#,
+    r#"
+-- The hash each copied file of a transfer gets (NULL: none). The digest
+-- itself goes to entries.checksum_algo / entries.checksum.
+ALTER TABLE transfers ADD COLUMN checksum_algo TEXT;
+"#,
 ];
 
 /// The schema version this build writes and understands.
@@ -131,6 +138,25 @@ pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     notifier: Arc<Notifier>,
+    space: Arc<SpaceGuard>,
+    /// Set until the first write has made sure the reserve exists: a
+    /// process that only reads (status, watch) never creates one.
+    reserve_unchecked: std::sync::atomic::AtomicBool,
+}
+
+/// What `ferry store check` found (see [`SqliteStore::check`]).
+#[derive(Clone, Debug)]
+pub struct SpaceReport {
+    /// Still read-only, and why: there is not enough room yet.
+    pub read_only: Option<ReadOnlyCause>,
+    pub free_bytes: u64,
+    /// Free space the store wants before it writes again.
+    pub recover_bytes: u64,
+    pub reserve_path: PathBuf,
+    pub reserve_bytes: u64,
+    pub reserve_present: bool,
+    /// `PRAGMA quick_check`'s verdict: "ok" or the first problems.
+    pub integrity: String,
 }
 
 /// Wakes this process's watchers when this process commits a write.
@@ -299,9 +325,66 @@ impl SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             notifier: Arc::default(),
+            space: SpaceGuard::new(path),
+            // Batch jobs over thousands of stores (finalize) never make one.
+            reserve_unchecked: sync_each_commit.into(),
         };
         store.migrate(version)?;
         Ok(store)
+    }
+
+    /// Why the store is read-only, if it is (see [`StoreError::ReadOnly`]).
+    pub fn read_only(&self) -> Option<ReadOnlyCause> {
+        self.space.cause()
+    }
+
+    /// Blocks until the store is read-write again (the background probe
+    /// found room) or `timeout` passed; returns whether it is.
+    pub fn wait_read_write(&self, timeout: Duration) -> bool {
+        self.space.wait_read_write(timeout)
+    }
+
+    /// `ferry store check`: returns a read-only store to read-write if its
+    /// file system has room again, re-creates the reserve if it is missing,
+    /// and checks the database's integrity.
+    pub fn check(&self) -> Result<SpaceReport, StoreError> {
+        self.space.try_recover();
+        let mut read_only = self.space.cause();
+        let free_bytes = self.space.free_bytes().map_err(|source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        if read_only.is_none() && !self.space.reserve_present() {
+            // No reserve: another process released it when the disk filled.
+            // Writable again only on the terms the probe applies.
+            let recover = self.space.recover_bytes();
+            let detail = if free_bytes < recover {
+                Some(format!(
+                    "its file system has {free_bytes} bytes free and it needs {recover}"
+                ))
+            } else {
+                self.space.ensure_reserve().err().map(|e| {
+                    format!(
+                        "its reserve {} cannot be created: {e}",
+                        self.space.reserve_path().display()
+                    )
+                })
+            };
+            read_only = detail.map(|detail| ReadOnlyCause { detail });
+        }
+        let integrity: Vec<String> = self.read(|conn| {
+            let mut stmt = conn.prepare("PRAGMA quick_check(10)")?;
+            stmt.query_map([], |row| row.get(0))?.collect()
+        })?;
+        Ok(SpaceReport {
+            read_only,
+            free_bytes,
+            recover_bytes: self.space.recover_bytes(),
+            reserve_path: self.space.reserve_path().to_path_buf(),
+            reserve_bytes: self.space.reserve_bytes(),
+            reserve_present: self.space.reserve_present(),
+            integrity: integrity.join("; "),
+        })
     }
 
     fn migrate(&mut self, from: i64) -> Result<(), StoreError> {
@@ -334,16 +417,66 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_as(Writing::Normal, f)
+    }
+
+    /// [`SqliteStore::write`]; a [`Writing::Shutdown`] is written even while
+    /// the store is read-only, into the room its reserve left.
+    fn write_as<T>(
+        &self,
+        writing: Writing,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if writing == Writing::Normal
+            && let Some(cause) = self.space.cause()
+        {
+            return Err(self.read_only_error(cause));
+        }
         let mut conn = self.conn.lock().expect("store mutex poisoned");
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        let value = f(&tx)?;
-        tx.commit().map_err(|e| self.err(e))?;
+        let result = (|| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| self.err(e))?;
+            let value = f(&tx)?;
+            failpoint::hit(CommitStep::StoreCommit).map_err(|e| self.err(injected(&e)))?;
+            tx.commit().map_err(|e| self.err(e))?;
+            Ok(value)
+        })();
+        let value = match result {
+            Ok(value) => value,
+            Err(StoreError::Sqlite { source, .. })
+                if space::is_out_of_space(&source, system_errno(&conn)) =>
+            {
+                drop(conn);
+                let cause = format!("its disk is full ({source})");
+                self.space.enter_read_only(cause);
+                return Err(
+                    self.read_only_error(self.space.cause().unwrap_or(ReadOnlyCause {
+                        detail: source.to_string(),
+                    })),
+                );
+            }
+            Err(e) => return Err(e),
+        };
         drop(conn);
+        if self
+            .reserve_unchecked
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            // Best effort: without room now, the probe makes it later.
+            let _ = self.space.ensure_reserve();
+        }
         *self.notifier.commits.lock().expect("notifier poisoned") += 1;
         self.notifier.changed.notify_all();
         Ok(value)
+    }
+
+    fn read_only_error(&self, cause: ReadOnlyCause) -> StoreError {
+        StoreError::ReadOnly {
+            path: self.path.clone(),
+            cause: cause.detail,
+            recover_bytes: self.space.recover_bytes(),
+        }
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -414,8 +547,8 @@ impl SqliteStore {
         let mut stmt = tx
             .prepare_cached(
                 "INSERT INTO entries (transfer_id, idx, kind, source, dest, size, mode, uid,
-                    gid, atime_ns, mtime_ns, link_target, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending')",
+                    gid, atime_ns, mtime_ns, link_target, link_group, xattrs, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'pending')",
             )
             .map_err(|e| self.err(e))?;
         for (offset, entry) in entries.iter().enumerate() {
@@ -434,6 +567,11 @@ impl SqliteStore {
                 entry.meta.atime_ns,
                 entry.meta.mtime_ns,
                 entry.link_target.as_ref().map(|t| t.as_os_str().as_bytes()),
+                entry.link_leader.map(|leader| {
+                    assert!(leader < offset, "a hard link's leader comes before it");
+                    first + leader as i64
+                }),
+                (!entry.xattrs.0.is_empty()).then(|| entry.xattrs.encode()),
             ])
             .map_err(|e| self.err(e))?;
         }
@@ -516,6 +654,7 @@ impl SqliteStore {
                 to,
                 progress_bytes_durable,
                 error,
+                checksum,
                 context,
             } => {
                 self.check_moving(tx, *id, checked)?;
@@ -543,6 +682,21 @@ impl SqliteStore {
                     ])
                 })
                 .map_err(|e| self.err(e))?;
+                if let Some(checksum) = checksum {
+                    tx.prepare_cached(
+                        "UPDATE entries SET checksum_algo = ?1, checksum = ?2
+                         WHERE transfer_id = ?3 AND idx = ?4",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            checksum.algo.as_str(),
+                            checksum.digest(),
+                            id.0,
+                            index.0
+                        ])
+                    })
+                    .map_err(|e| self.err(e))?;
+                }
                 self.insert_event(tx, *id, Some(*index), &format!("file.{to}"), context)
             }
             Change::Free { id } => {
@@ -689,6 +843,16 @@ impl SqliteStore {
                 "transfer {id} has unknown kind {kind:?} or state {state:?}"
             ))));
         };
+        let checksum: Option<String> = row.get(14)?;
+        let checksum = match checksum.as_deref().map(ChecksumAlgo::parse) {
+            None => None,
+            Some(Some(algo)) => Some(algo),
+            Some(None) => {
+                return Ok(Err(self.corrupt(format!(
+                    "transfer {id} has unknown checksum algorithm {checksum:?}"
+                ))));
+            }
+        };
         Ok(Ok(TransferRecord {
             id,
             name: row.get(1)?,
@@ -706,8 +870,68 @@ impl SqliteStore {
                 times: row.get(10)?,
             },
             temp_suffix: row.get(11)?,
+            checksum,
             created_ns: row.get(12)?,
             updated_ns: row.get(13)?,
+        }))
+    }
+
+    /// One `entries` row; a value that cannot be ours is [`StoreError::Corrupt`].
+    fn row_to_entry(
+        &self,
+        id: TransferId,
+        row: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<Result<EntryRecord, StoreError>> {
+        let index: u32 = row.get(0)?;
+        let kind: String = row.get(1)?;
+        let state: String = row.get(11)?;
+        let (Some(kind), Some(state)) = (EntryKind::parse(&kind), FileState::parse(&state)) else {
+            return Ok(Err(self.corrupt(format!(
+                "entry {index} of transfer {id}: unknown kind {kind:?} or state {state:?}"
+            ))));
+        };
+        let algo: Option<String> = row.get(14)?;
+        let digest: Option<Vec<u8>> = row.get(15)?;
+        let checksum = match (algo, digest) {
+            (Some(algo), Some(digest)) => {
+                match ChecksumAlgo::parse(&algo).and_then(|a| Checksum::from_digest(a, &digest)) {
+                    Some(checksum) => Some(checksum),
+                    None => {
+                        return Ok(Err(self.corrupt(format!(
+                            "entry {index} of transfer {id}: bad {algo} checksum"
+                        ))));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let xattrs: Option<Vec<u8>> = row.get(17)?;
+        let Some(xattrs) = Xattrs::decode(xattrs.as_deref().unwrap_or_default()) else {
+            return Ok(Err(self.corrupt(format!(
+                "entry {index} of transfer {id}: unreadable extended attributes"
+            ))));
+        };
+        let link: Option<Vec<u8>> = row.get(10)?;
+        Ok(Ok(EntryRecord {
+            index: EntryIndex(index),
+            kind,
+            source: path_from_bytes(row.get(2)?),
+            dest: path_from_bytes(row.get(3)?),
+            meta: SourceMeta {
+                size: row.get::<_, i64>(4)? as u64,
+                mode: row.get(5)?,
+                uid: row.get(6)?,
+                gid: row.get(7)?,
+                atime_ns: row.get(8)?,
+                mtime_ns: row.get(9)?,
+            },
+            link_target: link.map(path_from_bytes),
+            state,
+            progress_bytes_durable: row.get::<_, i64>(12)? as u64,
+            error: row.get(13)?,
+            checksum,
+            link_leader: row.get::<_, Option<u32>>(16)?.map(EntryIndex),
+            xattrs,
         }))
     }
 
@@ -719,7 +943,7 @@ impl SqliteStore {
         let sql = format!(
             "SELECT id, name, kind, state, owner_host, owner_boot_id, owner_pid, owner_start_time,
                     preserve_mode, preserve_ownership, preserve_times, temp_suffix, created_ns,
-                    updated_ns
+                    updated_ns, checksum_algo
              FROM transfers WHERE freed_ns IS NULL {filter} ORDER BY id"
         );
         let rows = self.read(|conn| {
@@ -767,8 +991,8 @@ impl Store for SqliteStore {
             tx.execute(
                 "INSERT INTO transfers (name, kind, state, owner_host, owner_boot_id, owner_pid,
                     owner_start_time, preserve_mode, preserve_ownership, preserve_times,
-                    temp_suffix, created_ns, updated_ns)
-                 VALUES (?1, ?2, 'created', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                    temp_suffix, created_ns, updated_ns, checksum_algo)
+                 VALUES (?1, ?2, 'created', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
                 params![
                     new.name.as_deref().unwrap_or(&placeholder),
                     new.kind.as_str(),
@@ -780,7 +1004,8 @@ impl Store for SqliteStore {
                     new.preserve.ownership,
                     new.preserve.times,
                     new.temp_suffix,
-                    now
+                    now,
+                    new.checksum.map(ChecksumAlgo::as_str)
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -830,7 +1055,21 @@ impl Store for SqliteStore {
         if changes.is_empty() {
             return Ok(());
         }
-        self.write(|tx| {
+        let ending = changes.iter().all(|c| {
+            matches!(
+                c,
+                Change::Transfer {
+                    to: TransferState::Failed | TransferState::Cancelled,
+                    ..
+                }
+            )
+        });
+        let writing = if ending {
+            Writing::Shutdown
+        } else {
+            Writing::Normal
+        };
+        self.write_as(writing, |tx| {
             let mut checked = HashMap::new();
             for change in changes {
                 self.apply_one(tx, change, &mut checked)?;
@@ -858,88 +1097,41 @@ impl Store for SqliteStore {
     }
 
     fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
-        type Raw = (
-            u32,
-            String,
-            Vec<u8>,
-            Vec<u8>,
-            [i64; 6],
-            Option<Vec<u8>>,
-            String,
-            i64,
-            Option<String>,
-        );
-        let raw: Vec<Raw> = self.read(|conn| {
+        let rows: Vec<Result<EntryRecord, StoreError>> = self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
-                        link_target, state, progress_bytes_durable, error
+                        link_target, state, progress_bytes_durable, error, checksum_algo,
+                        checksum, link_group, xattrs
                  FROM entries WHERE transfer_id = ?1 ORDER BY idx",
             )?;
-            let rows = stmt.query_map([id.0], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    [
-                        row.get(4)?,
-                        row.get(5)?,
-                        row.get(6)?,
-                        row.get(7)?,
-                        row.get(8)?,
-                        row.get(9)?,
-                    ],
-                    row.get(10)?,
-                    row.get(11)?,
-                    row.get(12)?,
-                    row.get(13)?,
-                ))
-            })?;
+            let rows = stmt.query_map([id.0], |row| self.row_to_entry(id, row))?;
             rows.collect()
         })?;
-        raw.into_iter()
+        rows.into_iter()
             .enumerate()
-            .map(
-                |(position, (index, kind, source, dest, m, link, state, progress, error))| {
-                    let (Some(kind), Some(state)) =
-                        (EntryKind::parse(&kind), FileState::parse(&state))
-                    else {
-                        return Err(self.corrupt(format!(
-                        "entry {index} of transfer {id}: unknown kind {kind:?} or state {state:?}"
+            .map(|(position, record)| {
+                let record = record?;
+                let index = record.index;
+                if index.0 as usize != position {
+                    return Err(self.corrupt(format!(
+                        "transfer {id}: entry {} found at position {position}",
+                        index.0
                     )));
-                    };
-                    let record = EntryRecord {
-                        index: EntryIndex(index),
-                        kind,
-                        source: path_from_bytes(source),
-                        dest: path_from_bytes(dest),
-                        meta: SourceMeta {
-                            size: m[0] as u64,
-                            mode: m[1] as u32,
-                            uid: m[2] as u32,
-                            gid: m[3] as u32,
-                            atime_ns: m[4],
-                            mtime_ns: m[5],
-                        },
-                        link_target: link.map(path_from_bytes),
-                        state,
-                        progress_bytes_durable: progress as u64,
-                        error,
-                    };
-                    if record.index.0 as usize != position {
-                        return Err(self.corrupt(format!(
-                            "transfer {id}: entry {index} found at position {position}"
-                        )));
-                    }
-                    if record.progress_bytes_durable > record.meta.size {
-                        return Err(self.corrupt(format!(
-                            "entry {index} of transfer {id}: progress {} beyond size {}",
-                            record.progress_bytes_durable, record.meta.size
-                        )));
-                    }
-                    Ok(record)
-                },
-            )
+                }
+                if record.progress_bytes_durable > record.meta.size {
+                    return Err(self.corrupt(format!(
+                        "entry {} of transfer {id}: progress {} beyond size {}",
+                        index.0, record.progress_bytes_durable, record.meta.size
+                    )));
+                }
+                if record.link_leader.is_some_and(|leader| leader.0 >= index.0) {
+                    return Err(self.corrupt(format!(
+                        "entry {} of transfer {id}: a hard link to a later entry",
+                        index.0
+                    )));
+                }
+                Ok(record)
+            })
             .collect()
     }
 
@@ -1159,6 +1351,35 @@ fn query_events(
     })
 }
 
+/// Whether a write may go to a read-only store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writing {
+    Normal,
+    /// Transfers ending `failed` or `cancelled`: a clean shutdown.
+    Shutdown,
+}
+
+/// The errno behind SQLite's last I/O error on this connection.
+fn system_errno(conn: &Connection) -> i32 {
+    // SAFETY: the handle is valid while `conn` is borrowed, and
+    // sqlite3_system_errno only reads the connection's last error.
+    unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) }
+}
+
+/// The error SQLite itself would have returned for an injected fault (fail
+/// point `store.commit`), so that it takes the same path as a real one.
+fn injected(e: &std::io::Error) -> rusqlite::Error {
+    let code = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+        rusqlite::ffi::SQLITE_FULL
+    } else {
+        rusqlite::ffi::SQLITE_IOERR_WRITE
+    };
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(code),
+        Some(format!("injected: {e}")),
+    )
+}
+
 fn sqlite_err(path: &Path, source: rusqlite::Error) -> StoreError {
     StoreError::Sqlite {
         path: path.to_path_buf(),
@@ -1206,12 +1427,101 @@ mod tests {
 
     fn new_transfer(name: Option<&str>) -> NewTransfer {
         NewTransfer {
+            checksum: None,
             name: name.map(str::to_owned),
             kind: Kind::Sync,
             owner: owner(),
             preserve: Preserve::ALL,
             temp_suffix: crate::model::DEFAULT_TEMP_SUFFIX.into(),
         }
+    }
+
+    fn file_entry(i: usize) -> NewEntry {
+        NewEntry {
+            link_leader: None,
+            xattrs: Default::default(),
+            kind: EntryKind::File,
+            source: PathBuf::from(format!("/src/some/long/directory/name/file-{i:06}")),
+            dest: PathBuf::from(format!("/dst/some/long/directory/name/file-{i:06}")),
+            meta: SourceMeta {
+                size: 10,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                atime_ns: 1,
+                mtime_ns: 2,
+            },
+            link_target: None,
+        }
+    }
+
+    /// SQLite's own trick for a full disk without root: `max_page_count`.
+    /// The free-space reading is pinned at 0 so that the probe cannot
+    /// switch back until the test says there is room.
+    #[test]
+    fn a_full_store_turns_read_only_keeps_what_it_acknowledged_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let reserve = store.space.reserve_path().to_path_buf();
+        assert!(!reserve.exists(), "opening alone makes no reserve");
+        let t = store
+            .create_transfer(&new_transfer(Some("full")), &[])
+            .unwrap();
+        assert!(reserve.exists(), "the first write makes the reserve");
+        store.space.set_free_bytes(Some(0));
+        store
+            .read(|c| {
+                c.execute_batch("PRAGMA max_page_count = 0")?;
+                let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                c.execute_batch(&format!("PRAGMA max_page_count = {}", pages + 4))
+            })
+            .unwrap();
+
+        // Acknowledged batches, until the disk is "full".
+        let mut acknowledged = 0;
+        let err = loop {
+            let batch: Vec<_> = (acknowledged..acknowledged + 50).map(file_entry).collect();
+            match store.add_entries(t.id, &batch) {
+                Ok(()) => acknowledged += batch.len(),
+                Err(e) => break e,
+            }
+            assert!(
+                acknowledged < 100_000,
+                "max_page_count never filled the store"
+            );
+        };
+        assert!(
+            matches!(err, StoreError::ReadOnly { .. }),
+            "out of space is read-only: {err}"
+        );
+        assert!(err.to_string().contains("read-only"), "{err}");
+        assert!(!reserve.exists(), "the reserve is released");
+        assert!(store.read_only().is_some());
+
+        // Every mutating call fails at once; reads keep working.
+        let err = store.add_entries(t.id, &[file_entry(999_999)]).unwrap_err();
+        assert!(matches!(err, StoreError::ReadOnly { .. }), "{err}");
+        assert_eq!(store.entries(t.id).unwrap().len(), acknowledged);
+        // A clean shutdown is still written, into the room the reserve left.
+        let to = |to| Change::Transfer {
+            id: t.id,
+            to,
+            owner: None,
+            context: serde_json::Value::Null,
+        };
+        store
+            .read(|c| c.execute_batch("PRAGMA max_page_count = 1000000"))
+            .unwrap();
+        store.apply(&[to(TransferState::Failed)]).unwrap();
+        assert!(store.read_only().is_some(), "still read-only after it");
+
+        // Room again: the background probe switches back by itself.
+        store.space.set_free_bytes(None);
+        assert!(store.wait_read_write(Duration::from_secs(30)));
+        assert!(reserve.exists(), "the reserve is back");
+        store.apply(&[to(TransferState::Dispatched)]).unwrap();
+        assert_eq!(store.entries(t.id).unwrap().len(), acknowledged);
+        assert_eq!(store.check().unwrap().integrity, "ok");
     }
 
     #[test]
@@ -1283,6 +1593,8 @@ mod tests {
             .create_transfer(&new_transfer(Some("x")), &[])
             .unwrap();
         let entry = NewEntry {
+            link_leader: None,
+            xattrs: Default::default(),
             kind: EntryKind::File,
             source: PathBuf::from(OsString::from_vec(b"/src/\xff".to_vec())),
             dest: PathBuf::from("/dst/f"),
@@ -1314,6 +1626,7 @@ mod tests {
         // A batch with an illegal change is refused whole.
         let batch = [
             Change::Entry {
+                checksum: None,
                 id: t.id,
                 index: EntryIndex(0),
                 to: FileState::Copied,
@@ -1322,6 +1635,7 @@ mod tests {
                 context: serde_json::Value::Null,
             },
             Change::Entry {
+                checksum: None,
                 id: t.id,
                 index: EntryIndex(0),
                 to: FileState::Copying,

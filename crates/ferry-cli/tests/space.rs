@@ -1,0 +1,466 @@
+//! Running out of space for real, on small tmpfs mounts: the destination
+//! fills (the file fails, its temporary stays, a resume copies only what is
+//! missing), and the store's own disk fills (the store turns read-only,
+//! loses nothing it acknowledged, and comes back once there is room).
+//!
+//! Mounting needs root: CI runs as root; elsewhere these tests print why
+//! they did not run (and fail under `CI=true`, so that CI never skips them
+//! silently).
+
+mod util;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use ferry::store::{EventFilter, SqliteStore, Store};
+use ferry::{EntryKind, FileState};
+use util::*;
+
+/// A tmpfs of a chosen size, unmounted when dropped.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// `None` (with the reason printed) when we may not mount.
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        if !rustix::process::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the out-of-space tests as root"
+            );
+            println!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount tmpfs: {out:?}");
+        Some(Tmpfs {
+            dir: at.to_path_buf(),
+        })
+    }
+
+    fn resize(&self, size: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "remount: {out:?}");
+    }
+
+    /// Fills the file system to the last byte with `name`, then gives back
+    /// `leave` bytes: a deterministic amount of room.
+    fn fill(&self, name: &str, leave: u64) -> PathBuf {
+        let path = self.dir.join(name);
+        let mut file = fs::File::create(&path).unwrap();
+        let chunk = vec![0x5a_u8; 64 << 10];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling {path:?}: {e}"),
+            }
+        }
+        let len = file.metadata().unwrap().len();
+        file.set_len(len.saturating_sub(leave)).unwrap();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+fn make_small_files(root: &Path, count: usize, len: usize, seed: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for i in 0..count {
+        write_file(
+            &root.join(format!("d{}/f{i:05}", i % 7)),
+            &random_bytes(&mut rng, len),
+        );
+    }
+}
+
+/// What each file of a transfer still needs copied, by the store's record.
+fn bytes_left(store: &Path, name: &str) -> u64 {
+    let store = SqliteStore::open(store).unwrap();
+    let t = store.transfer_by_name(name).unwrap().unwrap();
+    store
+        .entries(t.id)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .map(|e| match e.state {
+            FileState::Committed | FileState::Copied => 0,
+            _ => e.meta.size - e.progress_bytes_durable,
+        })
+        .sum()
+}
+
+/// The store claims nothing the disk does not hold: committed files are in
+/// place with their content, copied ones complete in their temporary (or
+/// already renamed).
+fn assert_records_within_disk(store: &Path) {
+    let store = SqliteStore::open(store).unwrap();
+    for t in store.transfers().unwrap() {
+        for e in store.entries(t.id).unwrap() {
+            if e.kind != EntryKind::File {
+                continue;
+            }
+            let source = fs::read(&e.source).unwrap();
+            let temp = ferry::temp_path(&e.dest, &t.temp_suffix, t.id);
+            match e.state {
+                FileState::Committed => assert_eq!(
+                    fs::read(&e.dest).ok().as_ref(),
+                    Some(&source),
+                    "{:?} recorded committed",
+                    e.dest
+                ),
+                FileState::Copied => assert!(
+                    fs::read(&temp).ok().as_ref() == Some(&source)
+                        || fs::read(&e.dest).ok().as_ref() == Some(&source),
+                    "{:?} recorded copied",
+                    e.dest
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn a_full_destination_fails_the_file_keeps_its_temporary_and_resume_copies_only_what_is_missing() {
+    let s = Scratch::new();
+    let Some(tmpfs) = Tmpfs::mount(&s.path("dest-fs"), "24m") else {
+        return;
+    };
+    let src = s.path("src");
+    make_small_files(&src, 20, 50 << 10, 1);
+    let mut rng = fastrand::Rng::with_seed(2);
+    // Ranges of 16 MiB: the first fits, the second does not.
+    write_file(&src.join("large"), &random_bytes(&mut rng, 40 << 20));
+    let dst = tmpfs.dir.join("dst");
+
+    let out = run(s
+        .ferry()
+        .args(["cp", "-a", "--json", "--threads", "1", "--name", "full"])
+        .arg(&src)
+        .arg(&dst));
+    assert_eq!(out.status.code(), Some(1), "the transfer fails");
+    let report = json(&out);
+    assert_eq!(report["state"], "failed");
+    let failures = report["failures"].as_array().unwrap();
+    let large = failures
+        .iter()
+        .find(|f| f["path"].as_str().unwrap().ends_with("/large"))
+        .expect("the large file failed");
+    let message = large["error"].as_str().unwrap();
+    assert!(
+        message.contains("no space left writing")
+            && message.contains("._ferry-")
+            && message.contains(&format!("of {} bytes written", 40 << 20))
+            && message.contains("more needed"),
+        "{message}"
+    );
+    assert!(
+        temps(&dst).iter().any(|t| t
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("large.")),
+        "the temporary is kept"
+    );
+    assert_no_partial_files(&src, &dst);
+    assert_records_within_disk(&s.store());
+
+    let missing = bytes_left(&s.store(), "full");
+    let total: u64 = 20 * (50 << 10) + (40 << 20);
+    assert_eq!(
+        missing,
+        total - (16 << 20),
+        "the first range, complete when the disk filled, is recorded durable"
+    );
+
+    tmpfs.resize("64m");
+    let out = run_ok(s.ferry().args(["resume", "full", "--json"]));
+    let report = json(&out);
+    assert_eq!(report["state"], "completed");
+    assert_eq!(
+        report["bytes_copied"].as_u64(),
+        Some(missing),
+        "resume copies exactly what was not durable"
+    );
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn check_space_refuses_to_start_when_the_destination_is_too_small() {
+    let s = Scratch::new();
+    let Some(tmpfs) = Tmpfs::mount(&s.path("dest-fs"), "4m") else {
+        return;
+    };
+    let src = s.path("src");
+    let mut rng = fastrand::Rng::with_seed(3);
+    write_file(&src.join("big"), &random_bytes(&mut rng, 6 << 20));
+    let dst = tmpfs.dir.join("dst");
+    let out = run(s
+        .ferry()
+        .args(["cp", "-a", "--check-space", "--name", "big"])
+        .arg(&src)
+        .arg(&dst));
+    assert_eq!(out.status.code(), Some(20), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not enough space") && stderr.contains(&tmpfs.dir.display().to_string()),
+        "{stderr}"
+    );
+    assert!(temps(&tmpfs.dir).is_empty(), "nothing was written");
+    tmpfs.resize("16m");
+    run_ok(s.ferry().args(["resume", "big", "--check-space"]));
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn a_read_only_destination_fails_each_file_with_its_path() {
+    let s = Scratch::new();
+    let Some(tmpfs) = Tmpfs::mount(&s.path("dest-fs"), "4m") else {
+        return;
+    };
+    let src = s.path("src");
+    make_small_files(&src, 3, 100, 4);
+    fs::create_dir_all(tmpfs.dir.join("dst/src")).unwrap();
+    tmpfs.resize("4m,ro");
+    let out = run(s
+        .ferry()
+        .args(["cp", "-r"])
+        .arg(&src)
+        .arg(tmpfs.dir.join("dst")));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert!(
+        stderr.contains(&tmpfs.dir.display().to_string()),
+        "{stderr}"
+    );
+}
+
+/// The store's disk fills during a transfer: the CLI says the store is
+/// read-only, the store keeps every record it acknowledged and claims
+/// nothing the disk does not hold, reads keep working, and once space is
+/// freed the store is writable again and the transfer completes.
+#[test]
+fn a_full_store_disk_turns_the_store_read_only_and_the_transfer_completes_after_space_returns() {
+    let s = Scratch::new();
+    let Some(tmpfs) = Tmpfs::mount(&s.path("store-fs"), "8m") else {
+        return;
+    };
+    let store = tmpfs.dir.join("ferry.db");
+    let ferry = || {
+        let mut cmd = ferry_at(&store);
+        cmd.env("FERRY_STORE_RESERVE", (1 << 20).to_string());
+        cmd
+    };
+    let src = s.path("src");
+    make_small_files(&src, 1500, 1024, 5);
+    let dst = s.path("dst");
+
+    // The transfer and its 1,500 entries are recorded, then the process is
+    // killed before the first file is: all the rest is still to write.
+    let out = run(ferry()
+        .env("FERRY_FAILPOINT", "commit.record_copied")
+        .args(["cp", "-a", "--threads", "1", "--name", "t"])
+        .arg(&src)
+        .arg(&dst));
+    assert_eq!(out.status.signal(), Some(9));
+    let before = {
+        let store = SqliteStore::open(&store).unwrap();
+        store
+            .events_since(0, &EventFilter::default(), 1 << 20)
+            .unwrap()
+    };
+    assert!(tmpfs.dir.join("ferry.db.reserve").exists());
+
+    // 96 KiB of room: far less than recording 1,500 files takes.
+    let filler = tmpfs.fill("filler", 96 << 10);
+    let out = run(ferry().args(["resume", "t", "--threads", "1"]));
+    assert_eq!(out.status.code(), Some(19), "read-only store: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is read-only") && stderr.contains("full") && stderr.contains("ferry.db"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !tmpfs.dir.join("ferry.db.reserve").exists(),
+        "the reserve was released"
+    );
+
+    // Nothing acknowledged is lost, nothing unwritten is claimed, and
+    // reads still work while the disk is full.
+    {
+        let reopened = SqliteStore::open(&store).unwrap();
+        let after = reopened
+            .events_since(0, &EventFilter::default(), 1 << 20)
+            .unwrap();
+        assert!(after.len() >= before.len());
+        for (a, b) in before.iter().zip(&after) {
+            assert_eq!((a.seq, &a.name), (b.seq, &b.name), "an event was lost");
+        }
+    }
+    assert_records_within_disk(&store);
+    let status = json(&run_ok(ferry().args(["status", "t", "--json"])));
+    assert_eq!(status["state"], "failed", "the clean shutdown was recorded");
+    let check = run(ferry().args(["store", "check", "--json"]));
+    assert_eq!(check.status.code(), Some(19), "still no room: {check:?}");
+    assert_eq!(json(&check)["integrity"], "ok");
+
+    // Space returns: the store is read-write again, the transfer completes.
+    fs::remove_file(filler).unwrap();
+    let check = json(&run_ok(ferry().args(["store", "check", "--json"])));
+    assert_eq!(check["read_only"], serde_json::Value::Null);
+    assert_eq!(check["reserve_present"], true);
+    let report = json(&run_ok(ferry().args(["resume", "t", "--json"])));
+    assert_eq!(report["state"], "completed");
+    assert_same_tree(&src, &dst);
+    assert_no_partial_files(&src, &dst);
+}
+
+/// At most this long for the soak, whatever the machine.
+const SOAK_LIMIT: Duration = Duration::from_secs(120);
+
+/// Fills and frees the store's tmpfs again and again while three transfers
+/// run: no acknowledged record is lost, nothing panics, and every transfer
+/// ends completed after the last free. Each round waits on the store's own
+/// progress (its event log) before filling, not on a clock.
+#[test]
+fn soak_filling_and_freeing_the_store_disk_while_transfers_run() {
+    let s = Scratch::new();
+    let Some(tmpfs) = Tmpfs::mount(&s.path("store-fs"), "8m") else {
+        return;
+    };
+    let started = Instant::now();
+    let store = tmpfs.dir.join("ferry.db");
+    let ferry = || {
+        let mut cmd = ferry_at(&store);
+        cmd.env("FERRY_STORE_RESERVE", (512 << 10).to_string());
+        cmd
+    };
+    let names = ["a", "b", "c"];
+    for (i, name) in names.iter().enumerate() {
+        make_small_files(&s.path(&format!("src-{name}")), 1500, 512, 10 + i as u64);
+    }
+    let mut done = [false; 3];
+    let mut acknowledged: Vec<(u64, String)> = Vec::new();
+    let mut rounds = 0;
+    let mut exits: std::collections::BTreeMap<i32, usize> = Default::default();
+    while !done.iter().all(|d| *d) {
+        rounds += 1;
+        assert!(rounds <= 40, "the transfers never completed");
+        assert!(started.elapsed() < SOAK_LIMIT, "soak ran over its bound");
+        let last = SqliteStore::open(&store)
+            .map(|st| st.last_seq().unwrap())
+            .unwrap_or(0);
+        let mut children: Vec<(usize, Child)> = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let mut cmd = ferry();
+            let recorded = SqliteStore::open(&store)
+                .is_ok_and(|st| st.transfer_by_name(name).is_ok_and(|t| t.is_some()));
+            if !recorded {
+                cmd.args(["cp", "-a", "--threads", "1", "--json", "--name", name])
+                    .arg(s.path(&format!("src-{name}")))
+                    .arg(s.path(&format!("dst-{name}")));
+            } else {
+                cmd.args(["resume", name, "--threads", "1", "--json"]);
+            }
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            children.push((i, cmd.spawn().unwrap()));
+        }
+        // Fill once the transfers have written something this round (or
+        // one of them has already finished).
+        let reader_store = SqliteStore::open(&store).unwrap();
+        let mut reader = reader_store.event_reader().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let token = reader.change_token().unwrap();
+            let page = reader
+                .events_since(last, &EventFilter::default(), 1 << 16)
+                .unwrap();
+            let exited = children
+                .iter_mut()
+                .any(|(_, c)| c.try_wait().unwrap().is_some());
+            if page.last_seq >= last + 20 || exited || Instant::now() > deadline {
+                break;
+            }
+            reader
+                .wait_changed(token, Duration::from_millis(200))
+                .unwrap();
+        }
+        drop(reader);
+        drop(reader_store);
+        let filler = tmpfs.fill("filler", 32 << 10);
+        for (i, child) in children {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.code().is_some(), "killed by a signal: {stderr}");
+            *exits.entry(out.status.code().unwrap()).or_default() += 1;
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            if out.status.success() {
+                done[i] = true;
+            } else {
+                assert!(
+                    [1, 15, 16, 19].contains(&out.status.code().unwrap()),
+                    "{stderr}"
+                );
+            }
+        }
+        fs::remove_file(filler).unwrap();
+        // Every event acknowledged in earlier rounds is still there, in
+        // order, and the records claim nothing the disk does not hold.
+        let reopened = SqliteStore::open(&store).unwrap();
+        let now: Vec<(u64, String)> = reopened
+            .events_since(0, &EventFilter::default(), 1 << 20)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.name))
+            .collect();
+        assert!(
+            now.starts_with(&acknowledged),
+            "round {rounds}: acknowledged events were lost"
+        );
+        acknowledged = now;
+        drop(reopened);
+        assert_records_within_disk(&store);
+    }
+    for name in names {
+        let status = json(&run_ok(ferry().args(["status", name, "--json"])));
+        assert_eq!(status["state"], "completed");
+        assert_same_tree(
+            &s.path(&format!("src-{name}")),
+            &s.path(&format!("dst-{name}")),
+        );
+    }
+    println!(
+        "soak: {rounds} rounds of fill and free in {:.1} s; exit codes {exits:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        exits.get(&19).is_some_and(|n| *n >= 3),
+        "the store turned read-only under the transfers: {exits:?}"
+    );
+}

@@ -1,0 +1,242 @@
+//! What keeps a store usable when its disk fills: the reserve file, the
+//! read-only switch, and the probe that switches back.
+//!
+//! When a write fails for lack of space (SQLITE_FULL, or an I/O error whose
+//! errno is ENOSPC or EDQUOT), the store turns read-only: every later
+//! mutating call fails at once with [`StoreError::ReadOnly`] without
+//! touching the database, reads keep working. The reserve, a preallocated
+//! file beside the store (`STORE.reserve`), is deleted at that moment, so
+//! that the switch itself and a clean shutdown (transfers ending `failed` or
+//! `cancelled`) can still be written. A background probe (one thread per
+//! read-only store, stopping when the store is dropped) returns the store to
+//! read-write once the file system has [`SpaceGuard::recover_bytes`] free
+//! again and the reserve could be re-created. `ferry store check` runs the
+//! same probe on demand.
+//!
+//! Like etcd's NOSPACE alarm, with one difference: we clear it ourselves.
+//!
+//! [`StoreError::ReadOnly`]: super::StoreError::ReadOnly
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+/// The reserve's default size, in bytes: enough for the switch to be
+/// recorded and for every transfer of a busy store to end cleanly.
+pub const RESERVE_BYTES_DEFAULT: u64 = 4 << 20;
+
+/// Environment variable that sets the reserve's size in bytes (0: none).
+pub const RESERVE_ENV: &str = "FERRY_STORE_RESERVE";
+
+/// The probe checks free space this often at first, backing off to
+/// [`PROBE_INTERVAL_MAX`]: statvfs is cheap, and nothing tells us when an
+/// administrator frees space.
+const PROBE_INTERVAL_MIN: Duration = Duration::from_millis(20);
+const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(1);
+
+/// Free space the store wants back, beyond its reserve, before it writes
+/// again: a store that flips back at the first free byte only fills up again.
+const RECOVER_HEADROOM_BYTES_MIN: u64 = 1 << 20;
+
+/// Why a store is read-only, for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOnlyCause {
+    pub detail: String,
+}
+
+/// Free-space state of one store; shared with its probe thread.
+pub(crate) struct SpaceGuard {
+    reserve_path: PathBuf,
+    reserve_bytes: u64,
+    read_only: Mutex<Option<ReadOnlyCause>>,
+    changed: Condvar,
+    /// Where free space is read: the store's directory.
+    dir: PathBuf,
+    /// Tests replace the file system's free-space reading.
+    #[cfg(test)]
+    free_bytes_override: Mutex<Option<u64>>,
+}
+
+impl SpaceGuard {
+    pub(crate) fn new(store: &Path) -> Arc<SpaceGuard> {
+        let reserve_bytes = std::env::var(RESERVE_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(RESERVE_BYTES_DEFAULT);
+        let mut reserve_path = store.as_os_str().to_owned();
+        reserve_path.push(".reserve");
+        let dir = store
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Arc::new(SpaceGuard {
+            reserve_path: PathBuf::from(reserve_path),
+            reserve_bytes,
+            read_only: Mutex::new(None),
+            changed: Condvar::new(),
+            dir,
+            #[cfg(test)]
+            free_bytes_override: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn reserve_path(&self) -> &Path {
+        &self.reserve_path
+    }
+
+    pub(crate) fn reserve_bytes(&self) -> u64 {
+        self.reserve_bytes
+    }
+
+    /// Free space needed before a read-only store writes again.
+    pub(crate) fn recover_bytes(&self) -> u64 {
+        self.reserve_bytes + self.reserve_bytes.max(RECOVER_HEADROOM_BYTES_MIN)
+    }
+
+    /// Whether the reserve exists with its blocks.
+    pub(crate) fn reserve_present(&self) -> bool {
+        self.reserve_bytes == 0
+            || std::fs::metadata(&self.reserve_path)
+                .is_ok_and(|m| m.blocks() * 512 >= self.reserve_bytes)
+    }
+
+    pub(crate) fn cause(&self) -> Option<ReadOnlyCause> {
+        self.read_only.lock().expect("space guard poisoned").clone()
+    }
+
+    /// Creates the reserve, or tops it up, with real blocks: a sparse
+    /// reserve would free nothing when deleted.
+    pub(crate) fn ensure_reserve(&self) -> io::Result<()> {
+        if self.reserve_present() {
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&self.reserve_path)?;
+        let allocated = rustix::fs::fallocate(
+            &file,
+            rustix::fs::FallocateFlags::empty(),
+            0,
+            self.reserve_bytes,
+        );
+        let result = match allocated {
+            Ok(()) => Ok(()),
+            // No fallocate here (some network file systems): real zeros.
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                use std::io::Write;
+                let zeros = vec![0u8; 1 << 16];
+                let mut w = &file;
+                let mut left = self.reserve_bytes;
+                let mut written = Ok(());
+                while left > 0 && written.is_ok() {
+                    let n = left.min(zeros.len() as u64) as usize;
+                    written = w.write_all(&zeros[..n]);
+                    left -= n as u64;
+                }
+                written
+            }
+            Err(e) => Err(e.into()),
+        }
+        .and_then(|()| file.sync_all());
+        if result.is_err() {
+            // Half a reserve would hold space and promise too much.
+            let _ = std::fs::remove_file(&self.reserve_path);
+        }
+        result
+    }
+
+    /// Switches to read-only (once) and frees the reserve. Returns whether
+    /// this call made the switch.
+    pub(crate) fn enter_read_only(self: &Arc<SpaceGuard>, detail: String) -> bool {
+        let mut state = self.read_only.lock().expect("space guard poisoned");
+        if state.is_some() {
+            return false;
+        }
+        *state = Some(ReadOnlyCause { detail });
+        drop(state);
+        let _ = std::fs::remove_file(&self.reserve_path);
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("ferry-space-probe".into())
+            .spawn(move || probe(weak));
+        // Without the thread, `ferry store check` (or a reopen) recovers.
+        drop(spawned);
+        true
+    }
+
+    /// Returns to read-write when there is room again and the reserve is
+    /// back. Returns whether the store is read-write now.
+    pub(crate) fn try_recover(&self) -> bool {
+        if self.cause().is_none() {
+            return true;
+        }
+        let enough = self
+            .free_bytes()
+            .is_ok_and(|free| free >= self.recover_bytes());
+        if !enough || self.ensure_reserve().is_err() {
+            return false;
+        }
+        *self.read_only.lock().expect("space guard poisoned") = None;
+        self.changed.notify_all();
+        true
+    }
+
+    /// Blocks until the store is read-write again or `timeout` passed.
+    pub(crate) fn wait_read_write(&self, timeout: Duration) -> bool {
+        let state = self.read_only.lock().expect("space guard poisoned");
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |s| s.is_some())
+            .expect("space guard poisoned");
+        state.is_none()
+    }
+
+    pub(crate) fn free_bytes(&self) -> io::Result<u64> {
+        #[cfg(test)]
+        if let Some(free) = *self.free_bytes_override.lock().unwrap() {
+            return Ok(free);
+        }
+        let stat = rustix::fs::statvfs(&self.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_free_bytes(&self, free: Option<u64>) {
+        *self.free_bytes_override.lock().unwrap() = free;
+    }
+}
+
+/// The background probe of one read-only store: ends when the store is
+/// read-write again or dropped.
+fn probe(guard: Weak<SpaceGuard>) {
+    let mut interval = PROBE_INTERVAL_MIN;
+    loop {
+        std::thread::sleep(interval);
+        let Some(guard) = guard.upgrade() else { return };
+        if guard.try_recover() {
+            return;
+        }
+        interval = (interval * 2).min(PROBE_INTERVAL_MAX);
+    }
+}
+
+/// Whether an SQLite failure means the disk (or quota) is full. `errno` is
+/// the system error SQLite saw last, for I/O errors that SQLite does not
+/// itself report as SQLITE_FULL (EDQUOT, a failed shared-memory resize).
+pub(crate) fn is_out_of_space(e: &rusqlite::Error, errno: i32) -> bool {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => true,
+        Some(rusqlite::ErrorCode::SystemIoFailure) => {
+            errno == rustix::io::Errno::NOSPC.raw_os_error()
+                || errno == rustix::io::Errno::DQUOT.raw_os_error()
+        }
+        _ => false,
+    }
+}
