@@ -75,3 +75,40 @@ fn finalize_cleans_what_a_dead_owner_left() {
         .collect();
     assert!(left.is_empty(), "temporaries left after finalize: {left:?}");
 }
+
+#[test]
+fn typed_setters_reach_the_library() {
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-native-")
+        .tempdir()
+        .expect("tempdir");
+    let (file, dest, store) = (
+        dir.path().join("data"),
+        dir.path().join("copy"),
+        dir.path().join("ferry.db"),
+    );
+    std::fs::write(&file, vec![7u8; 100_000]).expect("write");
+    let program = compile("native.c", "ferry", Link::Dynamic);
+    let output = std::process::Command::new(&program)
+        .args([
+            "twice",
+            store.to_str().unwrap(),
+            file.to_str().unwrap(),
+            dest.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The second round skips the file (same size): nothing copied.
+    assert!(
+        stdout.contains("round 0: 100000 bytes copied")
+            && stdout.contains("round 1: 0 bytes copied"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&file).unwrap());
+}

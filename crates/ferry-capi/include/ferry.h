@@ -124,6 +124,31 @@
 // `ferry_finalize` flag: treat owners on other hosts as dead.
 #define FERRY_FINALIZE_FORCE 2
 
+// `ferry_config_set_checksum`.
+#define FERRY_CHECKSUM_NONE 0
+
+#define FERRY_CHECKSUM_XXH3 1
+
+#define FERRY_CHECKSUM_BLAKE3 2
+
+// `ferry_config_set_skip`.
+#define FERRY_SKIP_NEVER 0
+
+#define FERRY_SKIP_EXISTS 1
+
+#define FERRY_SKIP_SIZE 2
+
+#define FERRY_SKIP_MTIME 3
+
+#define FERRY_SKIP_CHECKSUM 4
+
+// `ferry_config_set_verify`.
+#define FERRY_VERIFY_NONE 0
+
+#define FERRY_VERIFY_COPIED 1
+
+#define FERRY_VERIFY_FULL 2
+
 // How transfers are created and run; see the `ferry_config_set_*` setters.
 // Set it up in one thread; then any thread may pass it to a create.
 typedef struct ferry_config ferry_config;
@@ -217,6 +242,27 @@ int ferry_config_set_workers(ferry_config *config, uint32_t workers);
 // Whether dispatch removes temporaries at the destinations that no
 // transfer of this store wrote (they are only reported otherwise).
 int ferry_config_set_clean_orphans(ferry_config *config, bool clean);
+
+// The checksum every copied file gets, computed as its bytes are read:
+// `FERRY_CHECKSUM_XXH3` (the default), `FERRY_CHECKSUM_BLAKE3` or
+// `FERRY_CHECKSUM_NONE`.
+int ferry_config_set_checksum(ferry_config *config, int checksum);
+
+// Whether dispatch first checks that the destinations have room for what
+// is left to copy (`FERRY_E_NOT_ENOUGH_SPACE` otherwise) and reserves the
+// space of large files (`ferry cp --check-space`).
+int ferry_config_set_check_space(ferry_config *config, bool check);
+
+// Which destinations count as already there (recorded skipped, no data
+// copied): `FERRY_SKIP_NEVER` (the default), `FERRY_SKIP_EXISTS`,
+// `FERRY_SKIP_SIZE`, `FERRY_SKIP_MTIME` (size and mtime) or
+// `FERRY_SKIP_CHECKSUM` (size and checksum) — `ferry cp --skip`.
+int ferry_config_set_skip(ferry_config *config, int skip);
+
+// How much a run reads back what it wrote: `FERRY_VERIFY_NONE` (the
+// default), `FERRY_VERIFY_COPIED` (each file before its rename) or
+// `FERRY_VERIFY_FULL` (and every file at the end) — `ferry cp --verify`.
+int ferry_config_set_verify(ferry_config *config, int verify);
 
 // For tests: once a run has copied at least `bytes` (0: never), its movers
 // stop and wait for a cancel, after saying so on stderr.

@@ -76,3 +76,20 @@ pub const FERRY_STATE_FINALIZED: c_int = 6;
 pub const FERRY_FINALIZE_RESUME: u32 = 1;
 /// `ferry_finalize` flag: treat owners on other hosts as dead.
 pub const FERRY_FINALIZE_FORCE: u32 = 2;
+
+/// `ferry_config_set_checksum`.
+pub const FERRY_CHECKSUM_NONE: c_int = 0;
+pub const FERRY_CHECKSUM_XXH3: c_int = 1;
+pub const FERRY_CHECKSUM_BLAKE3: c_int = 2;
+
+/// `ferry_config_set_skip`.
+pub const FERRY_SKIP_NEVER: c_int = 0;
+pub const FERRY_SKIP_EXISTS: c_int = 1;
+pub const FERRY_SKIP_SIZE: c_int = 2;
+pub const FERRY_SKIP_MTIME: c_int = 3;
+pub const FERRY_SKIP_CHECKSUM: c_int = 4;
+
+/// `ferry_config_set_verify`.
+pub const FERRY_VERIFY_NONE: c_int = 0;
+pub const FERRY_VERIFY_COPIED: c_int = 1;
+pub const FERRY_VERIFY_FULL: c_int = 2;

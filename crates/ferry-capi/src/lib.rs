@@ -32,10 +32,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use ferry::engine::skip::SkipRule;
 use ferry::events::{Watch, WatchItem};
 use ferry::finalize::{DeadPolicy, FinalizeOptions, Outcome};
+use ferry::model::ChecksumAlgo;
 use ferry::store::{EventFilter, SqliteStore, Store, StoreError};
-use ferry::{Canceller, Kind, Preserve, Transfer, TransferId, TransferState};
+use ferry::verify::Verify;
+use ferry::{Canceller, Kind, Preserve, Transfer, TransferId, TransferOptions, TransferState};
 
 use boundary::{CError, catch, last_error, opt_path_arg, opt_str_arg, path_arg, set_last_error};
 use codes::*;
@@ -55,6 +58,10 @@ pub struct FerryConfig {
     pub clean_orphans: bool,
     /// See `ferry_config_set_debug_pause_after`.
     pub pause_after_bytes: u64,
+    pub checksum: Option<ChecksumAlgo>,
+    pub check_space: bool,
+    pub skip: SkipRule,
+    pub verify: Verify,
 }
 
 impl Default for FerryConfig {
@@ -65,6 +72,10 @@ impl Default for FerryConfig {
             workers: ferry::default_workers(),
             clean_orphans: false,
             pause_after_bytes: 0,
+            checksum: TransferOptions::default().checksum,
+            check_space: false,
+            skip: SkipRule::Never,
+            verify: Verify::None,
         }
     }
 }
@@ -213,6 +224,9 @@ impl FerryTransfer {
         config: &FerryConfig,
     ) -> FerryTransfer {
         transfer.set_clean_orphans(config.clean_orphans);
+        transfer.set_check_space(config.check_space);
+        transfer.set_skip(config.skip);
+        transfer.set_verify(config.verify);
         if config.pause_after_bytes > 0 {
             transfer.set_after_chunk(Some(boundary::pause_after(config.pause_after_bytes)));
         }
@@ -409,6 +423,81 @@ pub unsafe extern "C" fn ferry_config_set_clean_orphans(
     })
 }
 
+/// The checksum every copied file gets, computed as its bytes are read:
+/// `FERRY_CHECKSUM_XXH3` (the default), `FERRY_CHECKSUM_BLAKE3` or
+/// `FERRY_CHECKSUM_NONE`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ferry_config_set_checksum(
+    config: *mut FerryConfig,
+    checksum: c_int,
+) -> c_int {
+    status("ferry_config_set_checksum", || {
+        // SAFETY: C passes a config handle or NULL.
+        let config = unsafe { handle_mut(config, "config") }?;
+        config.checksum = match checksum {
+            FERRY_CHECKSUM_NONE => None,
+            FERRY_CHECKSUM_XXH3 => Some(ChecksumAlgo::Xxh3),
+            FERRY_CHECKSUM_BLAKE3 => Some(ChecksumAlgo::Blake3),
+            other => return Err(CError::invalid(format!("unknown checksum {other}"))),
+        };
+        Ok(())
+    })
+}
+
+/// Whether dispatch first checks that the destinations have room for what
+/// is left to copy (`FERRY_E_NOT_ENOUGH_SPACE` otherwise) and reserves the
+/// space of large files (`ferry cp --check-space`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ferry_config_set_check_space(
+    config: *mut FerryConfig,
+    check: bool,
+) -> c_int {
+    status("ferry_config_set_check_space", || {
+        // SAFETY: C passes a config handle or NULL.
+        unsafe { handle_mut(config, "config") }?.check_space = check;
+        Ok(())
+    })
+}
+
+/// Which destinations count as already there (recorded skipped, no data
+/// copied): `FERRY_SKIP_NEVER` (the default), `FERRY_SKIP_EXISTS`,
+/// `FERRY_SKIP_SIZE`, `FERRY_SKIP_MTIME` (size and mtime) or
+/// `FERRY_SKIP_CHECKSUM` (size and checksum) — `ferry cp --skip`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ferry_config_set_skip(config: *mut FerryConfig, skip: c_int) -> c_int {
+    status("ferry_config_set_skip", || {
+        // SAFETY: C passes a config handle or NULL.
+        let config = unsafe { handle_mut(config, "config") }?;
+        config.skip = match skip {
+            FERRY_SKIP_NEVER => SkipRule::Never,
+            FERRY_SKIP_EXISTS => SkipRule::Exists,
+            FERRY_SKIP_SIZE => SkipRule::Size,
+            FERRY_SKIP_MTIME => SkipRule::Mtime,
+            FERRY_SKIP_CHECKSUM => SkipRule::Checksum,
+            other => return Err(CError::invalid(format!("unknown skip rule {other}"))),
+        };
+        Ok(())
+    })
+}
+
+/// How much a run reads back what it wrote: `FERRY_VERIFY_NONE` (the
+/// default), `FERRY_VERIFY_COPIED` (each file before its rename) or
+/// `FERRY_VERIFY_FULL` (and every file at the end) — `ferry cp --verify`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ferry_config_set_verify(config: *mut FerryConfig, verify: c_int) -> c_int {
+    status("ferry_config_set_verify", || {
+        // SAFETY: C passes a config handle or NULL.
+        let config = unsafe { handle_mut(config, "config") }?;
+        config.verify = match verify {
+            FERRY_VERIFY_NONE => Verify::None,
+            FERRY_VERIFY_COPIED => Verify::Copied,
+            FERRY_VERIFY_FULL => Verify::Full,
+            other => return Err(CError::invalid(format!("unknown verify mode {other}"))),
+        };
+        Ok(())
+    })
+}
+
 /// For tests: once a run has copied at least `bytes` (0: never), its movers
 /// stop and wait for a cancel, after saying so on stderr.
 #[unsafe(no_mangle)]
@@ -445,13 +534,13 @@ pub unsafe extern "C" fn ferry_transfer_create(
             unsafe { handle(config, "config") }?.clone()
         };
         let store: Arc<dyn Store> = store.store.clone();
-        let transfer = Transfer::create(
-            store.clone(),
-            name.as_deref(),
-            config.kind,
-            config.preserve,
-            &[],
-        )?;
+        let options = TransferOptions {
+            name,
+            kind: config.kind,
+            preserve: config.preserve,
+            checksum: config.checksum,
+        };
+        let transfer = Transfer::create_with(store.clone(), &options, &[])?;
         let handle = Box::into_raw(Box::new(FerryTransfer::new(store, transfer, &config)));
         // SAFETY: C passes a writable pointer (checked for NULL).
         unsafe { put(out, handle, "out") }.inspect_err(|_| {

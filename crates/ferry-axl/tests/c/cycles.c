@@ -1,6 +1,7 @@
 /*
  * cycles: COUNT create/add/dispatch/wait/free cycles through axl.h, then
  * COUNT through ferry.h, in one process, for a leak checker (tests/leaks.rs).
+ * The checksum alternates between none, XXH3 and BLAKE3 (FERRY_CHECKSUM_*).
  *
  *   cycles STATE_FILE SOURCE DEST_DIR COUNT
  */
@@ -42,6 +43,8 @@ static int ferry_cycles(const char* state, const char* src, const char* dst, int
         ferry_transfer* t = NULL;
         ferry_report report;
         ferry_config_set_kind(config, i % 2 ? FERRY_KIND_THREADS : FERRY_KIND_SYNC);
+        /* Each checksum, and none (the in-kernel copy path). */
+        ferry_config_set_checksum(config, i % 3);
         if (ferry_transfer_create(store, "native-cycle", config, &t) != FERRY_OK ||
             ferry_transfer_add(t, src, dst) != FERRY_OK || ferry_transfer_dispatch(t) != FERRY_OK ||
             ferry_transfer_wait(t, &report) != FERRY_OK || ferry_transfer_free(t) != FERRY_OK) {

@@ -5,6 +5,7 @@
  *   native copy STORE SRC DST [PAUSE_BYTES]   create "ckpt", add, dispatch, wait
  *   native resume STORE                       re-attach "ckpt" (its owner must be dead), resume
  *   native finalize STORE                     ferry_finalize: abort what a dead owner left
+ *   native twice STORE FILE DEST              copy, then again with skip, verify, blake3
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,34 @@ int main(int argc, char** argv) {
     ferry_config* config = ferry_config_new();
     ferry_report report;
     if (ferry_store_open(argv[2], &store) != FERRY_OK) return fail("open store");
+    if (strcmp(mode, "twice") == 0 && argc == 5) {
+        /* The typed setters refuse what is not theirs. */
+        if (ferry_config_set_skip(config, 99) != FERRY_E_INVALID_ARGUMENT ||
+            ferry_config_set_verify(config, -1) != FERRY_E_INVALID_ARGUMENT ||
+            ferry_config_set_checksum(config, 7) != FERRY_E_INVALID_ARGUMENT ||
+            ferry_config_set_workers(config, 0) != FERRY_E_INVALID_ARGUMENT ||
+            ferry_config_set_kind(config, 5) != FERRY_E_INVALID_ARGUMENT) {
+            fprintf(stderr, "native: a bad setting was accepted\n");
+            return 1;
+        }
+        for (int round = 0; round < 2; round++) {
+            if (round == 1) {
+                ferry_config_set_skip(config, FERRY_SKIP_SIZE);
+                ferry_config_set_verify(config, FERRY_VERIFY_FULL);
+                ferry_config_set_checksum(config, FERRY_CHECKSUM_BLAKE3);
+                ferry_config_set_check_space(config, true);
+            }
+            if (ferry_transfer_create(store, NULL, config, &t) != FERRY_OK) return fail("create");
+            if (ferry_transfer_add(t, argv[3], argv[4]) != FERRY_OK) return fail("add");
+            if (ferry_transfer_dispatch(t) != FERRY_OK) return fail("dispatch");
+            if (ferry_transfer_wait(t, &report) != FERRY_OK) return fail("wait");
+            printf("round %d: %llu bytes copied\n", round, (unsigned long long)report.bytes_copied);
+            if (ferry_transfer_free(t) != FERRY_OK) return fail("free");
+        }
+        ferry_config_free(config);
+        ferry_store_close(store);
+        return 0;
+    }
     if (strcmp(mode, "copy") == 0 && argc >= 5) {
         ferry_config_set_kind(config, FERRY_KIND_THREADS);
         if (argc == 6) ferry_config_set_debug_pause_after(config, strtoull(argv[5], NULL, 10));

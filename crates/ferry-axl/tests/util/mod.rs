@@ -95,22 +95,36 @@ fn include_dirs() -> [PathBuf; 2] {
 /// Compiles `source` (in tests/c/) with `cc` against `lib` (`axl` or
 /// `ferry`), once per test binary and link kind; returns the program.
 pub fn compile(source: &str, lib: &str, link: Link) -> PathBuf {
-    static BUILT: Mutex<Vec<(String, Link, PathBuf)>> = Mutex::new(Vec::new());
+    compile_with(source, lib, link, &[])
+}
+
+/// As [`compile`], with extra `cc` flags (a sanitizer, say).
+pub fn compile_with(source: &str, lib: &str, link: Link, flags: &[&str]) -> PathBuf {
+    type Built = Vec<(String, Link, Vec<String>, PathBuf)>;
+    static BUILT: Mutex<Built> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, _, exe)) = built.iter().find(|(s, l, _)| s == source && *l == link) {
+    if let Some((.., exe)) = built
+        .iter()
+        .find(|(s, l, f, _)| s == source && *l == link && f.iter().eq(flags.iter()))
+    {
         return exe.clone();
     }
-    let exe = compile_now(source, lib, link);
-    built.push((source.to_owned(), link, exe.clone()));
+    let exe = compile_now(source, lib, link, flags, built.len());
+    let flags = flags.iter().map(|f| f.to_string()).collect();
+    built.push((source.to_owned(), link, flags, exe.clone()));
     exe
 }
 
-fn compile_now(source: &str, lib: &str, link: Link) -> PathBuf {
+fn compile_now(source: &str, lib: &str, link: Link, flags: &[&str], n: usize) -> PathBuf {
     let libs = lib_dir();
     let out_dir = libs.join("c-tests");
     fs::create_dir_all(&out_dir).expect("c-tests dir");
     let stem = source.trim_end_matches(".c");
-    let exe = out_dir.join(format!("{stem}-{}-{}", link.as_str(), std::process::id()));
+    let exe = out_dir.join(format!(
+        "{stem}-{}-{}-{n}",
+        link.as_str(),
+        std::process::id()
+    ));
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/c")
         .join(source);
@@ -122,8 +136,9 @@ fn compile_now(source: &str, lib: &str, link: Link) -> PathBuf {
         "-Wextra",
         "-Werror",
         "-g",
-        "-o",
     ])
+    .args(flags)
+    .arg("-o")
     .arg(&exe)
     .arg(&src);
     for dir in include_dirs() {
