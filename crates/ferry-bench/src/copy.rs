@@ -34,6 +34,12 @@ pub struct CopyArgs {
     /// Number of 64 KiB files in the small workload
     #[arg(long, default_value_t = 4096)]
     small_files: usize,
+    /// Write the copies to this directory instead, on another file system
+    /// (the burst buffer → parallel file system case: copy_file_range
+    /// fails with EXDEV and every tool reads and writes through memory).
+    /// Each copy is removed right after it is timed.
+    #[arg(long)]
+    dest_dir: Option<PathBuf>,
 }
 
 struct Workload {
@@ -120,7 +126,10 @@ pub fn run(args: CopyArgs) {
         // at the end: on ext4 with online discard, creating files right after
         // deleting thousands is several times slower, whichever tool does it.
         // Round 0 is a warm-up that absorbs what the previous workload left.
-        let out = dir.join("out");
+        let out = match &args.dest_dir {
+            Some(d) => d.join("ferry-bench-out"),
+            None => dir.join("out"),
+        };
         remove(&out);
         std::fs::create_dir_all(&out).unwrap();
         for run in 0..=args.runs {
@@ -146,6 +155,11 @@ pub fn run(args: CopyArgs) {
                 }
                 if run > 0 {
                     times[t].push(started.elapsed());
+                }
+                if args.dest_dir.is_some() {
+                    // Another file system (tmpfs, say) has room for one copy.
+                    remove(&dst);
+                    remove(&store);
                 }
             }
         }

@@ -4,6 +4,7 @@
 mod copy;
 mod events;
 mod finalize;
+mod hsm;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,9 @@ enum Command {
     Events(events::EventArgs),
     /// Post-stage: finalize many per-rank stores (copied, not yet renamed)
     Finalize(finalize::FinalizeArgs),
+    /// HSM queue: enqueue (batched and one process per request), lease +
+    /// ack with 1, 2 and 4 workers, and a restore behind 20,000 archives
+    Hsm(hsm::HsmArgs),
 }
 
 fn main() {
@@ -33,6 +37,7 @@ fn main() {
         Command::Copy(args) => copy::run(args),
         Command::Events(args) => events::run(args),
         Command::Finalize(args) => finalize::run(args),
+        Command::Hsm(args) => hsm::run(args),
     }
 }
 

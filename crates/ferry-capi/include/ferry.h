@@ -124,6 +124,10 @@
 // `ferry_finalize` flag: treat owners on other hosts as dead.
 #define FERRY_FINALIZE_FORCE 2
 
+// `ferry_finalize` flag: read each file back against its stored checksum
+// before renaming it (`ferry finalize --verify`).
+#define FERRY_FINALIZE_VERIFY 4
+
 // `ferry_config_set_checksum`.
 #define FERRY_CHECKSUM_NONE 0
 
@@ -195,6 +199,8 @@ typedef struct {
   uint64_t seq;
   // Nanoseconds since 1970 (UTC).
   int64_t time_ns;
+  // The transfer the event is about, or -1 (an HSM request's or the
+  // store's own event).
   int64_t transfer_id;
   // The entry (file) index, or -1 for a transfer event.
   int64_t entry;
@@ -331,7 +337,9 @@ void ferry_transfer_close(ferry_transfer *transfer);
 // Post-stage finalize of `count` stores or directories holding stores
 // (searched recursively): see `ferry finalize`. `flags`: `FERRY_FINALIZE_RESUME`
 // (continue dead owners' transfers instead of aborting them),
-// `FERRY_FINALIZE_FORCE` (treat owners on other hosts as dead). `jobs` 0:
+// `FERRY_FINALIZE_FORCE` (treat owners on other hosts as dead),
+// `FERRY_FINALIZE_VERIFY` (read each file back against its stored checksum
+// before the rename). `jobs` 0:
 // one per core. `FERRY_OK`, `FERRY_E_TRANSFER_FAILED` when anything failed,
 // `FERRY_E_LEFT_ALONE` when live transfers were left alone. `summary` may be NULL.
 int ferry_finalize(const char *const *paths,

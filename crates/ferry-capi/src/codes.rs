@@ -76,6 +76,9 @@ pub const FERRY_STATE_FINALIZED: c_int = 6;
 pub const FERRY_FINALIZE_RESUME: u32 = 1;
 /// `ferry_finalize` flag: treat owners on other hosts as dead.
 pub const FERRY_FINALIZE_FORCE: u32 = 2;
+/// `ferry_finalize` flag: read each file back against its stored checksum
+/// before renaming it (`ferry finalize --verify`).
+pub const FERRY_FINALIZE_VERIFY: u32 = 4;
 
 /// `ferry_config_set_checksum`.
 pub const FERRY_CHECKSUM_NONE: c_int = 0;

@@ -140,6 +140,8 @@ pub struct FerryEvent {
     pub seq: u64,
     /// Nanoseconds since 1970 (UTC).
     pub time_ns: i64,
+    /// The transfer the event is about, or -1 (an HSM request's or the
+    /// store's own event).
     pub transfer_id: i64,
     /// The entry (file) index, or -1 for a transfer event.
     pub entry: i64,
@@ -777,7 +779,9 @@ pub unsafe extern "C" fn ferry_transfer_close(transfer: *mut FerryTransfer) {
 /// Post-stage finalize of `count` stores or directories holding stores
 /// (searched recursively): see `ferry finalize`. `flags`: `FERRY_FINALIZE_RESUME`
 /// (continue dead owners' transfers instead of aborting them),
-/// `FERRY_FINALIZE_FORCE` (treat owners on other hosts as dead). `jobs` 0:
+/// `FERRY_FINALIZE_FORCE` (treat owners on other hosts as dead),
+/// `FERRY_FINALIZE_VERIFY` (read each file back against its stored checksum
+/// before the rename). `jobs` 0:
 /// one per core. `FERRY_OK`, `FERRY_E_TRANSFER_FAILED` when anything failed,
 /// `FERRY_E_LEFT_ALONE` when live transfers were left alone. `summary` may be NULL.
 #[unsafe(no_mangle)]
@@ -805,6 +809,7 @@ pub unsafe extern "C" fn ferry_finalize(
                 DeadPolicy::Abort
             },
             force: flags & FERRY_FINALIZE_FORCE != 0,
+            verify: flags & FERRY_FINALIZE_VERIFY != 0,
             jobs: if jobs == 0 {
                 ferry::default_workers()
             } else {
@@ -869,7 +874,7 @@ pub unsafe extern "C" fn ferry_watch_open(
         let store = unsafe { handle(store, "store") }?;
         let filter = EventFilter {
             transfer: (transfer_id >= 0).then_some(TransferId(transfer_id)),
-            kind: None,
+            ..EventFilter::default()
         };
         let watch = Watch::new(store.store.as_ref(), since, filter)?;
         let handle = Box::into_raw(Box::new(FerryWatch {
@@ -915,7 +920,7 @@ pub unsafe extern "C" fn ferry_watch_next(
             Some(WatchItem::Event(e)) => (
                 e.seq,
                 e.time_ns,
-                e.transfer.0,
+                e.transfer.map_or(-1, |t| t.0),
                 e.entry.map_or(-1, |i| i64::from(i.0)),
                 e.name,
                 e.context.to_string(),

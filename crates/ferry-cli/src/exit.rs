@@ -12,6 +12,10 @@ pub enum Exit {
     Cancelled,
     /// finalize left transfers with live owners alone (and nothing failed).
     LeftAlone,
+    /// `ferry hsm … --wait`: a request failed.
+    RequestFailed,
+    /// `ferry hsm … --wait`: a request was canceled.
+    RequestCanceled,
     Error(Error),
 }
 
@@ -28,6 +32,8 @@ impl From<Exit> for ExitCode {
             Exit::TransferFailed => ExitCode::from(1),
             Exit::Cancelled => ExitCode::from(12),
             Exit::LeftAlone => ExitCode::from(18),
+            Exit::RequestFailed => ExitCode::from(23),
+            Exit::RequestCanceled => ExitCode::from(25),
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
                 ExitCode::from(e.code())

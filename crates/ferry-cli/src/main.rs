@@ -3,6 +3,7 @@
 
 mod exit;
 mod finalize;
+mod hsm;
 mod output;
 mod verify;
 mod watch;
@@ -63,6 +64,10 @@ enum Command {
     /// Post-stage: finish or clean up every transfer of the stores at or
     /// below PATH (one per MPI rank, say), without needing the sources
     Finalize(finalize::FinalizeArgs),
+    /// HSM coordination: queue archive, restore and remove requests, and
+    /// serve them with workers
+    #[command(subcommand)]
+    Hsm(hsm::HsmCommand),
     /// Cancel and free every transfer of the store (--dead: only those
     /// whose owner is dead), removing their temporaries
     Stop {
@@ -243,6 +248,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     match cli.command {
         Command::Finalize(_) => unreachable!("handled above"),
         Command::Stop { dead, force } => finalize::stop(&sqlite, dead, force),
+        Command::Hsm(command) => hsm::run(&sqlite, command),
         Command::Cp(args) => cp(store, args),
         Command::Status(StatusArgs {
             at: Some(seq),

@@ -264,14 +264,14 @@ pub fn status_at(
     }
     println!("as of event {seq}:");
     for t in &snapshot {
-        let count = |state: FileState| t.entries.iter().filter(|e| e.state == state).count();
+        let done = t.entries.iter().filter(|e| e.state.is_done()).count();
         println!(
             "{:>5}  {:<20} {:<8} {:<10} {:>17}  pid {} on {}",
             t.id,
             t.name,
             t.kind,
             t.state.to_string(),
-            format!("{}/{}", count(FileState::Committed), t.entries.len()),
+            format!("{}/{}", done, t.entries.len()),
             t.owner_pid,
             t.owner_host
         );

@@ -36,7 +36,7 @@ impl NamedTransfer {
     /// name is known, or after the known one was freed: names are reused
     /// once freed, ids never); then says whether `event` is ours.
     fn matches(&mut self, event: &Event) -> bool {
-        if self.id == Some(event.transfer) && event.name == "transfer.freed" {
+        if event.transfer.is_some() && self.id == event.transfer && event.name == "transfer.freed" {
             self.id = None;
             return true;
         }
@@ -44,9 +44,9 @@ impl NamedTransfer {
             && event.name == "transfer.created"
             && event.context["name"].as_str() == Some(self.name.as_str())
         {
-            self.id = Some(event.transfer);
+            self.id = event.transfer;
         }
-        self.id == Some(event.transfer)
+        event.transfer.is_some() && self.id == event.transfer
     }
 }
 
@@ -84,6 +84,7 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
             EventFilter {
                 transfer: None,
                 kind: args.event,
+                ..Default::default()
             },
             None,
         )
@@ -91,6 +92,7 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
     let kind_filter = EventFilter {
         transfer: None,
         kind: shown_kind,
+        ..Default::default()
     };
     let mut names: HashMap<TransferId, String> = HashMap::new();
     let stdout = std::io::stdout();
@@ -126,7 +128,9 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
             let name = transfer_name(store, &mut names, &event);
             if args.json {
                 let mut line = event.to_json();
-                line["subject"]["name"] = name.into();
+                if event.transfer.is_some() {
+                    line["subject"]["name"] = name.into();
+                }
                 if writeln!(out, "{line}").is_err() {
                     return Ok(Exit::Ok);
                 }
@@ -179,17 +183,24 @@ fn transfer_name(
     names: &mut HashMap<TransferId, String>,
     event: &Event,
 ) -> String {
+    let Some(transfer) = event.transfer else {
+        // A request or catalog event: named after its request, if any.
+        return event
+            .request
+            .map(|r| format!("request {r}"))
+            .unwrap_or_default();
+    };
     if let Some(name) = event.context["name"]
         .as_str()
         .filter(|_| event.name == "transfer.created")
     {
-        names.insert(event.transfer, name.to_owned());
+        names.insert(transfer, name.to_owned());
     }
     names
-        .entry(event.transfer)
+        .entry(transfer)
         .or_insert_with(|| {
             store
-                .transfer(event.transfer)
+                .transfer(transfer)
                 .ok()
                 .flatten()
                 .map(|t| t.name)
@@ -217,6 +228,7 @@ pub fn wait(store: &dyn Store, name: &str) -> Result<Exit, Exit> {
     let filter = EventFilter {
         transfer: Some(transfer.id),
         kind: Some("transfer".into()),
+        ..Default::default()
     };
     for item in Watch::new(store, since, filter)? {
         if let WatchItem::Event(event) = item?

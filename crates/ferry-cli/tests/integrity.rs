@@ -390,3 +390,49 @@ fn skip_mtime_copies_nothing_and_skip_checksum_recopies_only_the_changed_file() 
     assert!(recopied[0]["dest"].as_str().unwrap().ends_with("d2/f6"));
     assert_same_tree(&src, &dst);
 }
+
+/// Finalize checks the stored checksums too: a temporary damaged after the
+/// copy (between the kill and the post-stage) fails, unrenamed, while the
+/// others get their final names.
+#[test]
+fn finalize_verify_refuses_a_temporary_that_changed_after_the_copy() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    let mut rng = fastrand::Rng::with_seed(12);
+    for i in 0..6 {
+        write_file(&src.join(format!("f{i}")), &random_bytes(&mut rng, 30_000));
+    }
+    let store = s.path("rank.db");
+    let dst = s.path("dst");
+    let out = run(ferry_at(&store)
+        .env("FERRY_FAILPOINT", "commit.rename")
+        .args(["cp", "-a", "--threads", "1"])
+        .arg(&src)
+        .arg(&dst));
+    assert_eq!(out.status.signal(), Some(9));
+    let damaged = temps(&dst)
+        .into_iter()
+        .find(|t| t.to_string_lossy().starts_with("f3."))
+        .expect("f3's temporary");
+    let damaged = dst.join(damaged);
+    let mut bytes = fs::read(&damaged).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&damaged, &bytes).unwrap();
+
+    let out = run(Command::new(FERRY)
+        .args(["finalize", "--verify", "--json"])
+        .arg(&store));
+    assert_eq!(out.status.code(), Some(1), "the transfer failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("verification failed") && stdout.contains("f3"),
+        "{stdout}"
+    );
+    assert!(!dst.join("f3").exists(), "never renamed");
+    for i in [0, 1, 2, 4, 5] {
+        assert_eq!(
+            fs::read(dst.join(format!("f{i}"))).unwrap(),
+            fs::read(src.join(format!("f{i}"))).unwrap()
+        );
+    }
+}

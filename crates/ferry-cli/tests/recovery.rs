@@ -89,6 +89,7 @@ fn the_same_name_while_its_owner_is_alive_but_stopped_is_refused() {
         EventFilter {
             transfer: None,
             kind: Some("transfer.running".into()),
+            ..Default::default()
         },
     )
     .unwrap();

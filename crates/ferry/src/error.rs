@@ -101,6 +101,15 @@ pub enum Error {
     )]
     VerifyFailed { checked: usize, problems: usize },
 
+    #[error(
+        "{path} changed since it was archived (it is dirty now): archive it again \
+         (`ferry hsm archive`) before releasing it"
+    )]
+    FileDirty { path: PathBuf },
+
+    #[error("archive {spec}: {reason}")]
+    Archive { spec: String, reason: String },
+
     #[error(transparent)]
     Store(#[from] StoreError),
 
@@ -135,6 +144,11 @@ impl Error {
             Error::Store(StoreError::ReadOnly { .. }) => 19,
             Error::NotEnoughSpace { .. } => 20,
             Error::VerifyFailed { .. } => 21,
+            Error::Store(StoreError::NoSuchRequest { .. } | StoreError::NotInCatalog { .. }) => 22,
+            Error::Store(StoreError::StaleLease { .. }) => 23,
+            Error::FileDirty { .. } | Error::Store(StoreError::CatalogConflict { .. }) => 24,
+            Error::Store(StoreError::RequestTransition { .. }) => 26,
+            Error::Archive { .. } => 27,
             Error::Store(_) => 16,
             Error::Io { .. } => 74,
         }

@@ -142,9 +142,15 @@ impl Event {
     /// The documented line format:
     /// `{"seq":N,"time":"RFC 3339 with ns","subject":{...},"event":"...","context":{...}}`.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut subject = serde_json::json!({"transfer": self.transfer.0});
+        let mut subject = serde_json::json!({});
+        if let Some(transfer) = self.transfer {
+            subject["transfer"] = transfer.0.into();
+        }
         if let Some(entry) = self.entry {
             subject["entry"] = entry.0.into();
+        }
+        if let Some(request) = self.request {
+            subject["request"] = request.0.into();
         }
         serde_json::json!({
             "seq": self.seq,
@@ -157,6 +163,7 @@ impl Event {
 
     /// The transfer state this event puts its transfer in, if any.
     pub fn transfer_state(&self) -> Option<TransferState> {
+        self.transfer?;
         self.name
             .strip_prefix("transfer.")
             .and_then(TransferState::parse)
@@ -234,7 +241,10 @@ pub fn snapshot_at(store: &dyn Store, seq: u64) -> Result<Vec<TransferSnapshot>>
                 break 'replay;
             }
             cursor = event.seq;
-            let id = event.transfer.0;
+            // HSM request and catalog events are not about transfers.
+            let Some(TransferId(id)) = event.transfer else {
+                continue;
+            };
             let context = &event.context;
             if event.name == "transfer.created" {
                 transfers.insert(
@@ -317,7 +327,7 @@ pub fn snapshot_at(store: &dyn Store, seq: u64) -> Result<Vec<TransferSnapshot>>
 
 /// The transfer `id`'s terminal event, if the log after `since` has one.
 pub fn is_terminal_event(event: &Event, id: TransferId) -> bool {
-    event.transfer == id
+    event.transfer == Some(id)
         && event
             .transfer_state()
             .is_some_and(TransferState::is_terminal)

@@ -46,6 +46,12 @@ pub enum CommitStep {
     /// Before each transaction of the store commits (its write and sync):
     /// `enospc` fails it as SQLITE_FULL, `eio` as an I/O error.
     StoreCommit,
+    /// HSM: before each chunk of an archive object is written.
+    ArchiveData,
+    /// HSM: before a finished archive object is renamed to its name.
+    ArchiveRename,
+    /// HSM: before each chunk of a restored file is written.
+    RestoreData,
 }
 
 impl CommitStep {
@@ -62,6 +68,14 @@ impl CommitStep {
         CommitStep::StoreCommit,
     ];
 
+    /// The steps of the HSM archive and restore protocols (same shape:
+    /// temporary, sync, rename).
+    pub const HSM: [CommitStep; 3] = [
+        CommitStep::ArchiveData,
+        CommitStep::ArchiveRename,
+        CommitStep::RestoreData,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             CommitStep::ReadSource => "source.read",
@@ -74,6 +88,9 @@ impl CommitStep {
             CommitStep::SyncDir => "commit.sync_dir",
             CommitStep::RecordCommitted => "commit.record_committed",
             CommitStep::StoreCommit => "store.commit",
+            CommitStep::ArchiveData => "hsm.archive_data",
+            CommitStep::ArchiveRename => "hsm.archive_rename",
+            CommitStep::RestoreData => "hsm.restore_data",
         }
     }
 }
@@ -108,6 +125,7 @@ fn parse(spec: &str) -> Option<Armed> {
     let (step, nth) = point.split_once(':').unwrap_or((point, "1"));
     let step = CommitStep::ALL
         .into_iter()
+        .chain(CommitStep::HSM)
         .find(|s| s.name() == step)?
         .name();
     let action = match action {
@@ -189,6 +207,7 @@ mod tests {
         assert_eq!(b.nth, 1);
         assert!(matches!(b.action, Action::Crash));
         assert!(parse("no.such.step").is_none());
+        assert_eq!(parse("hsm.archive_data:2").unwrap().nth, 2);
         assert!(parse("commit.rename=explode").is_none());
     }
 }

@@ -16,6 +16,8 @@
 //!   and rebuilds past states from it ([`events::snapshot_at`]).
 //! - [`finalize`] finishes what a job left behind, across many stores,
 //!   without the sources.
+//! - [`hsm`] is the HSM coordinator: a durable queue of archive, restore
+//!   and remove requests in the same store, workers, and archive back ends.
 //! - [`model`] is the vocabulary, [`owner`] tells live owners from dead ones.
 //!
 //! ```no_run
@@ -37,6 +39,7 @@ pub mod error;
 pub mod events;
 pub mod failpoint;
 pub mod finalize;
+pub mod hsm;
 pub mod model;
 pub mod owner;
 pub mod store;

@@ -380,8 +380,12 @@ pub struct NewTransfer {
 pub struct Event {
     pub seq: u64,
     pub time_ns: i64,
-    pub transfer: TransferId,
+    /// The transfer the event is about; `None` for HSM request and catalog
+    /// events.
+    pub transfer: Option<TransferId>,
     pub entry: Option<EntryIndex>,
+    /// The HSM request the event is about, if any.
+    pub request: Option<crate::hsm::RequestId>,
     pub name: String,
     pub context: serde_json::Value,
 }

@@ -45,6 +45,8 @@ pub struct Committer<'a> {
     /// Read each temporary back from disk after it is durable and compare
     /// its checksum with the source's, before the rename (`--verify`).
     pub verify: bool,
+    /// Also those recorded `copied` by an earlier run (finalize).
+    pub verify_recorded_too: bool,
 }
 
 /// What became of a batch: entries committed, and entries that failed with
@@ -130,7 +132,7 @@ impl Committer<'_> {
         // 2b. Verify: what the disk holds is what was read, or the file
         // fails and is never renamed.
         if self.verify {
-            live.retain(|r| match self.verify_temporary(r) {
+            live.retain(|r| match self.verify_durable(r) {
                 Ok(()) => true,
                 Err(message) => {
                     outcome.failed.push((r.index, message));
@@ -187,13 +189,20 @@ impl Committer<'_> {
 
     /// Reads a durable temporary back from disk (its cached pages dropped
     /// first) and compares its checksum with the one computed as the source
-    /// was read.
-    fn verify_temporary(&self, r: &Ready) -> Result<(), String> {
+    /// was read. A file `copied` by an earlier run of the same process
+    /// family was verified then, unless `again` (finalize --verify); there
+    /// an earlier finalize may have renamed it already, so the final name
+    /// is read when the temporary is gone.
+    pub fn verify_durable(&self, r: &Ready) -> Result<(), String> {
         let entry = self.entry(r.index);
-        let (Some(expected), EntryKind::File, false) = (r.checksum, entry.kind, r.recorded) else {
+        let again = !self.verify_recorded_too && r.recorded;
+        let (Some(expected), EntryKind::File, false) = (r.checksum, entry.kind, again) else {
             return Ok(());
         };
-        let temp = self.temp_of(entry);
+        let mut temp = self.temp_of(entry);
+        if r.recorded && !temp.exists() {
+            temp = entry.dest.clone();
+        }
         match checksum::of_file(&temp, expected.algo, true) {
             Ok(found) if found == expected => Ok(()),
             Ok(found) => Err(format!(

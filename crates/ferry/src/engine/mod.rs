@@ -204,6 +204,7 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
             temp_suffix: &transfer.temp_suffix,
             umask: current_umask(),
             verify: options.verify != Verify::None,
+            verify_recorded_too: false,
         },
         options,
         warnings: Mutex::new(Vec::new()),
@@ -485,7 +486,7 @@ impl Engine<'_> {
         let mut to_create = Vec::new();
         let mut left_alone = HashSet::new();
         for entry in entries {
-            if entry.state == FileState::Committed {
+            if entry.state.is_done() {
                 continue;
             }
             // Parents outside the transfer's own directories, as `mkdir -p`.

@@ -110,6 +110,59 @@ DROP TABLE next_transfer_id;
 -- itself goes to entries.checksum_algo / entries.checksum.
 ALTER TABLE transfers ADD COLUMN checksum_algo TEXT;
 "#,
+    r#"
+-- HSM coordination (see crate::hsm). rank = created_ns - head start: the
+-- lease query seeks hsm_requests_ready in rank order, never scans.
+CREATE TABLE hsm_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL,
+    fsname TEXT NOT NULL,
+    archive_id INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    fid TEXT NOT NULL,
+    path BLOB,
+    priority_ms INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    not_before_ns INTEGER NOT NULL DEFAULT 0,
+    lease_holder TEXT,
+    lease_expires_ns INTEGER,
+    waiters INTEGER NOT NULL DEFAULT 1,
+    error TEXT,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+);
+CREATE INDEX hsm_requests_ready ON hsm_requests(rank, id) WHERE state = 'waiting';
+CREATE INDEX hsm_requests_leased ON hsm_requests(lease_expires_ns) WHERE state = 'started';
+-- At most one live request per file and action: dedup joins it.
+CREATE UNIQUE INDEX hsm_requests_live ON hsm_requests(fid, action)
+    WHERE state IN ('waiting', 'started');
+CREATE INDEX hsm_requests_state ON hsm_requests(state, id);
+
+CREATE TABLE hsm_catalog (
+    fid TEXT PRIMARY KEY,
+    path BLOB,
+    state TEXT NOT NULL,
+    archive_id INTEGER NOT NULL,
+    object TEXT,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    checksum TEXT,
+    updated_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+
+INSERT INTO meta (key, value) VALUES
+    ('hsm.head_start_restore_ms', 600000),
+    ('hsm.head_start_remove_ms', 60000),
+    ('hsm.head_start_archive_ms', 0),
+    ('hsm.max_attempts', 5),
+    ('hsm.backoff_base_ms', 1000),
+    ('hsm.backoff_max_ms', 300000);
+"#,
 ];
 
 /// The schema version this build writes and understands.
@@ -133,6 +186,8 @@ const NETWORK_FS_MAGIC: &[i64] = &[
     0xAAD7_AAEA_u32 as i64, // PanFS
     0x6573_5546,            // FUSE (sshfs and friends: assume shared)
 ];
+
+mod queue;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -432,11 +487,17 @@ impl SqliteStore {
         {
             return Err(self.read_only_error(cause));
         }
+        // The probe found room while nobody wrote: said with this write.
+        let recovered = self.space.take_recovery();
         let mut conn = self.conn.lock().expect("store mutex poisoned");
         let result = (|| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| self.err(e))?;
+            if let Some(free_bytes) = recovered {
+                let context = serde_json::json!({ "free_bytes": free_bytes });
+                self.insert_store_event(&tx, "store.read_write", &context)?;
+            }
             let value = f(&tx)?;
             failpoint::hit(CommitStep::StoreCommit).map_err(|e| self.err(injected(&e)))?;
             tx.commit().map_err(|e| self.err(e))?;
@@ -444,19 +505,42 @@ impl SqliteStore {
         })();
         let value = match result {
             Ok(value) => value,
-            Err(StoreError::Sqlite { source, .. })
-                if space::is_out_of_space(&source, system_errno(&conn)) =>
-            {
-                drop(conn);
-                let cause = format!("its disk is full ({source})");
-                self.space.enter_read_only(cause);
-                return Err(
-                    self.read_only_error(self.space.cause().unwrap_or(ReadOnlyCause {
-                        detail: source.to_string(),
-                    })),
-                );
+            Err(e) => {
+                if let Some(free_bytes) = recovered {
+                    self.space.put_back_recovery(free_bytes);
+                }
+                let out_of_space = match &e {
+                    StoreError::Sqlite { source, .. } => {
+                        space::is_out_of_space(source, system_errno(&conn))
+                            .then(|| format!("its disk is full ({source})"))
+                    }
+                    _ => None,
+                };
+                let Some(cause) = out_of_space else {
+                    return Err(e);
+                };
+                if self.space.enter_read_only(cause.clone()) {
+                    // Into the room the released reserve left; if even that
+                    // fails, the error returned still says it all.
+                    let context = serde_json::json!({ "cause": cause });
+                    let recorded = conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(|e| self.err(e))
+                        .and_then(|tx| {
+                            self.insert_store_event(&tx, "store.read_only", &context)?;
+                            tx.commit().map_err(|e| self.err(e))
+                        });
+                    drop(conn);
+                    if recorded.is_ok() {
+                        self.notify_commit();
+                    }
+                }
+                let cause = self
+                    .space
+                    .cause()
+                    .unwrap_or(ReadOnlyCause { detail: cause });
+                return Err(self.read_only_error(cause));
             }
-            Err(e) => return Err(e),
         };
         drop(conn);
         if self
@@ -466,9 +550,14 @@ impl SqliteStore {
             // Best effort: without room now, the probe makes it later.
             let _ = self.space.ensure_reserve();
         }
+        self.notify_commit();
+        Ok(value)
+    }
+
+    /// Wakes this process's watchers after a commit.
+    fn notify_commit(&self) {
         *self.notifier.commits.lock().expect("notifier poisoned") += 1;
         self.notifier.changed.notify_all();
-        Ok(value)
     }
 
     fn read_only_error(&self, cause: ReadOnlyCause) -> StoreError {
@@ -493,6 +582,19 @@ impl SqliteStore {
             path: self.path.clone(),
             detail,
         }
+    }
+
+    /// An event about the store itself: no transfer, no request.
+    fn insert_store_event(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        name: &str,
+        context: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        tx.prepare_cached("INSERT INTO events (time_ns, name, context) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![now_ns(), name, context.to_string()]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     fn insert_event(
@@ -1282,13 +1384,23 @@ fn query_events(
             horizon: horizon as u64,
         });
     }
-    type Raw = (i64, i64, i64, Option<u32>, String, String);
+    type Raw = (
+        i64,
+        i64,
+        Option<i64>,
+        Option<u32>,
+        Option<i64>,
+        String,
+        String,
+    );
     let raw: Vec<Raw> = {
         let mut stmt = tx
             .prepare_cached(
-                "SELECT seq, time_ns, transfer_id, entry_idx, name, context FROM events
+                "SELECT seq, time_ns, transfer_id, entry_idx, request_id, name, context
+                 FROM events
                  WHERE seq > ?1
                    AND (?2 IS NULL OR transfer_id = ?2)
+                   AND (?5 IS NULL OR request_id = ?5)
                    AND (?3 IS NULL OR name = ?3 OR substr(name, 1, length(?3) + 1) = ?3 || '.')
                  ORDER BY seq LIMIT ?4",
             )
@@ -1299,7 +1411,8 @@ fn query_events(
                     after as i64,
                     filter.transfer.map(|t| t.0),
                     filter.kind.as_deref(),
-                    limit.min(i64::MAX as usize) as i64
+                    limit.min(i64::MAX as usize) as i64,
+                    filter.request.map(|r| r.0),
                 ],
                 |row| {
                     Ok((
@@ -1309,6 +1422,7 @@ fn query_events(
                         row.get(3)?,
                         row.get(4)?,
                         row.get(5)?,
+                        row.get(6)?,
                     ))
                 },
             )
@@ -1323,7 +1437,7 @@ fn query_events(
     tx.finish().map_err(err)?;
     let events: Vec<Event> = raw
         .into_iter()
-        .map(|(seq, time_ns, transfer, entry, name, context)| {
+        .map(|(seq, time_ns, transfer, entry, request, name, context)| {
             let context = serde_json::from_str(&context).map_err(|e| StoreError::Corrupt {
                 path: path.to_path_buf(),
                 detail: format!("event {seq}: bad context: {e}"),
@@ -1331,8 +1445,9 @@ fn query_events(
             Ok(Event {
                 seq: seq as u64,
                 time_ns,
-                transfer: TransferId(transfer),
+                transfer: transfer.map(TransferId),
                 entry: entry.map(EntryIndex),
+                request: request.map(crate::hsm::RequestId),
                 name,
                 context,
             })
@@ -1497,6 +1612,19 @@ mod tests {
         assert!(err.to_string().contains("read-only"), "{err}");
         assert!(!reserve.exists(), "the reserve is released");
         assert!(store.read_only().is_some());
+        let names = |store: &SqliteStore| -> Vec<String> {
+            store
+                .events_since(0, &EventFilter::default(), 1 << 20)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect()
+        };
+        assert_eq!(
+            names(&store).last().map(String::as_str),
+            Some("store.read_only"),
+            "the switch is recorded, in the room the reserve left"
+        );
 
         // Every mutating call fails at once; reads keep working.
         let err = store.add_entries(t.id, &[file_entry(999_999)]).unwrap_err();
@@ -1520,6 +1648,12 @@ mod tests {
         assert!(store.wait_read_write(Duration::from_secs(30)));
         assert!(reserve.exists(), "the reserve is back");
         store.apply(&[to(TransferState::Dispatched)]).unwrap();
+        let names = names(&store);
+        assert_eq!(
+            &names[names.len() - 2..],
+            ["store.read_write", "transfer.dispatched"],
+            "the return is recorded with the first write after it"
+        );
         assert_eq!(store.entries(t.id).unwrap().len(), acknowledged);
         assert_eq!(store.check().unwrap().integrity, "ok");
     }
