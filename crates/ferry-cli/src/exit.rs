@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use ferry::Error;
-use ferry::store::StoreError;
 
 pub enum Exit {
     Ok,
@@ -26,41 +25,6 @@ impl From<Error> for Exit {
     }
 }
 
-/// The code for each error; the README's table is generated from the same
-/// list by hand, so keep them in step.
-pub fn code(e: &Error) -> u8 {
-    match e {
-        Error::SourceNotFound { .. } => 3,
-        Error::PermissionDenied { .. } => 4,
-        Error::SourceIsDirectory { .. } => 5,
-        Error::DirectoryOntoFile { .. }
-        | Error::FileOntoDirectory { .. }
-        | Error::TargetNotADirectory { .. }
-        | Error::DuplicateDestination { .. } => 6,
-        Error::SameFile { .. } | Error::CopyIntoItself { .. } => 7,
-        Error::Store(StoreError::NotAStore { .. } | StoreError::Corrupt { .. }) => 8,
-        Error::Store(StoreError::TooNew { .. }) => 9,
-        Error::TransferNotFound { .. } => 10,
-        Error::OwnerAlive { .. } | Error::NameInUse { .. } => 11,
-        Error::Cancelled { .. } | Error::Store(StoreError::Cancelled { .. }) => 12,
-        Error::NothingToDo { .. } | Error::NotDispatched { .. } => 13,
-        Error::UnsupportedFileType { .. } => 14,
-        Error::Store(StoreError::Open { .. }) => 15,
-        Error::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => 17,
-        Error::Store(StoreError::ReadOnly { .. }) => 19,
-        Error::NotEnoughSpace { .. } => 20,
-        Error::VerifyFailed { .. } => 21,
-        Error::VerifyWithoutChecksum { .. } => 2,
-        Error::Store(StoreError::NoSuchRequest { .. } | StoreError::NotInCatalog { .. }) => 22,
-        Error::Store(StoreError::StaleLease { .. }) => 23,
-        Error::FileDirty { .. } | Error::Store(StoreError::CatalogConflict { .. }) => 24,
-        Error::Store(StoreError::RequestTransition { .. }) => 26,
-        Error::Archive { .. } => 27,
-        Error::Store(_) => 16,
-        Error::Io { .. } => 74,
-    }
-}
-
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> ExitCode {
         match exit {
@@ -72,7 +36,7 @@ impl From<Exit> for ExitCode {
             Exit::RequestCanceled => ExitCode::from(25),
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
-                ExitCode::from(code(&e))
+                ExitCode::from(e.code())
             }
         }
     }

@@ -119,7 +119,17 @@ pub struct RunOptions {
     pub verify: Verify,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
+    /// Called by a worker after each chunk it writes; see [`ChunkHook`].
+    pub after_chunk: Option<ChunkHook>,
 }
+
+/// A debugging hook (the C layer's `AXL_DEBUG_PAUSE_AFTER`): called from a
+/// worker thread after each chunk with the bytes this run has copied so far
+/// and the run's cancel flag. It may block — until that flag is set, say —
+/// so that a test can kill or cancel a transfer surely mid-copy.
+pub type ChunkHook = Arc<ChunkFn>;
+/// The function behind a [`ChunkHook`].
+pub type ChunkFn = dyn Fn(u64, &AtomicBool) + Send + Sync;
 
 /// One unit of work for a worker.
 #[derive(Clone, Copy, Debug)]
@@ -201,6 +211,7 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         copier: Copier {
             cancel: &options.cancel,
             bytes_copied: &options.progress.bytes_copied,
+            after_chunk: options.after_chunk.as_deref(),
             use_copy_file_range: AtomicBool::new(true),
         },
     };
