@@ -175,6 +175,30 @@ fn verify_names_exactly_the_file_whose_byte_flipped() {
     let out = run_ok(s.ferry().args(["verify", "v"]));
     assert!(out.stdout.is_empty(), "nothing to report");
 
+    // Each file's checksum is in its record (status) and its copied event.
+    let status = json(&run_ok(
+        s.ferry().args(["status", "v", "--json", "--files"]),
+    ));
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let events = store.events_since(0, &Default::default(), 1 << 20).unwrap();
+    for f in status["files"].as_array().unwrap() {
+        if f["kind"] != "file" {
+            continue;
+        }
+        let checksum = f["checksum"].as_str().unwrap();
+        assert!(
+            checksum.starts_with("xxh3:") && checksum.len() == 5 + 32,
+            "{f}"
+        );
+        let copied = events
+            .iter()
+            .find(|e| {
+                e.name == "file.copied" && e.entry.map(|i| u64::from(i.0)) == f["index"].as_u64()
+            })
+            .unwrap();
+        assert_eq!(copied.context["checksum"], checksum);
+    }
+
     let victim = dst.join("d1/f7");
     let mut bytes = fs::read(&victim).unwrap();
     bytes[1234] ^= 0x20;
