@@ -404,9 +404,19 @@ pub fn archive_of_current_copy_is_noop<Q: RequestQueue>(q: &Q) {
     enqueue_one(q, Action::Archive, "f");
     let lease = lease_one(q, "w", LONG);
     q.ack(&lease, Some(&archived("f", "obj-f"))).unwrap();
-    let out = q.enqueue(&[request(Action::Archive, "f")]).unwrap();
+    // A caller that looked at the file (it gives its path) learns at once.
+    let looked = NewRequest {
+        path: Some("/managed/f".into()),
+        ..request(Action::Archive, "f")
+    };
+    let out = q.enqueue(&[looked]).unwrap();
     assert!(matches!(out[0], Enqueued::Noop { .. }), "{out:?}");
     assert_eq!(q.stats().unwrap().count(None, RequestState::Waiting), 0);
+    // The upcall never looks: queued, for the worker to compare.
+    let out = q.enqueue(&[request(Action::Archive, "f")]).unwrap();
+    assert!(matches!(out[0], Enqueued::Queued { .. }), "{out:?}");
+    let lease = lease_one(q, "w", LONG);
+    q.ack(&lease, None).unwrap();
     // Once dirty, it is archived again.
     q.set_catalog_state("f", CatalogState::Archived, CatalogState::Dirty)
         .unwrap();

@@ -180,7 +180,16 @@ impl<'a> Worker<'a> {
         let outcome = match result {
             Ok(()) => Outcome::Succeeded,
             Err(Step::Fail(kind, msg)) => match self.queue.fail(lease, kind, &msg) {
-                Ok(state) => Outcome::Failed(state, msg),
+                Ok(state) => {
+                    // `lost` is a catalog change too: the file says so.
+                    if kind == FailKind::Lost
+                        && let Ok(Some(entry)) = self.queue.catalog_entry(&r.fid)
+                        && path.exists()
+                    {
+                        catalog::mirror(&path, &entry);
+                    }
+                    Outcome::Failed(state, msg)
+                }
                 Err(StoreError::StaleLease { .. }) => Outcome::Abandoned(msg),
                 Err(e) => return Err(e),
             },
@@ -254,6 +263,13 @@ impl<'a> Worker<'a> {
         rustix::fs::seek(&file, rustix::fs::SeekFrom::Start(0))
             .map_err(|e| io_fail(path, "seek", e.into()))?;
         let (size, mtime_ns, mode) = file_meta(&before);
+        // Queued without a look at the file (the upcall): its archived copy
+        // may be current already.
+        if previous.as_ref().is_some_and(|p| {
+            p.state == CatalogState::Archived && p.size == size && p.mtime_ns == mtime_ns
+        }) {
+            return self.ack(lease, None);
+        }
         let object = object_id(&r.fid, r.id, lease.attempt);
         let meta = ObjectMeta {
             fid: r.fid.clone(),

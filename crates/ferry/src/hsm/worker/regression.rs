@@ -217,3 +217,86 @@ fn a_restore_never_overwrites_data_written_into_a_released_stub() {
         "the user's new data was replaced"
     );
 }
+
+/// The upcall never looks at the file: an ARCHIVE of a file changed since
+/// its last archive is queued (and archived), not dropped as current.
+#[test]
+fn an_upcall_archive_of_a_changed_file_is_archived_again() {
+    let s = setup();
+    let (path, fid) = archived_file(&s, "u");
+    fs::write(&path, vec![1u8; 30_000]).unwrap();
+    let out = s.store.enqueue(&[request(Action::Archive, &fid)]).unwrap();
+    assert!(
+        !matches!(out[0], crate::hsm::Enqueued::Noop { .. }),
+        "{out:?}"
+    );
+    let r = Worker::new(&s.store, &s.archive, config()).run().unwrap();
+    assert_eq!(r.succeeded, 1, "{r:?}");
+    let entry = s.store.catalog_entry(&fid).unwrap().unwrap();
+    assert_eq!((entry.state, entry.size), (CatalogState::Archived, 30_000));
+    // And an upcall for an unchanged file costs no copy.
+    let out = s.store.enqueue(&[request(Action::Archive, &fid)]).unwrap();
+    assert!(!matches!(out[0], crate::hsm::Enqueued::Noop { .. }));
+    Worker::new(&s.store, &s.archive, config()).run().unwrap();
+    assert_eq!(
+        s.store.catalog_entry(&fid).unwrap().unwrap().object,
+        entry.object
+    );
+}
+
+/// `lost` is mirrored in the file's extended attribute like every other
+/// catalog state.
+#[test]
+fn a_lost_file_says_so_in_its_extended_attribute() {
+    let s = setup();
+    let (path, fid) = archived_file(&s, "l");
+    release(&s.store, &fid, &path).unwrap();
+    let object = s
+        .store
+        .catalog_entry(&fid)
+        .unwrap()
+        .unwrap()
+        .object
+        .unwrap();
+    let op = s.archive.object_path(&object);
+    let mut bytes = fs::read(&op).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&op, bytes).unwrap();
+    s.store
+        .enqueue(&[file_request(Action::Restore, &path)])
+        .unwrap();
+    Worker::new(&s.store, &s.archive, config()).run().unwrap();
+    let catalog = s.store.catalog_entry(&fid).unwrap().unwrap().state;
+    assert_eq!(catalog, CatalogState::Lost);
+    assert_eq!(crate::hsm::catalog::xattr_state(&path), Some(catalog));
+}
+
+/// A remove queued while an archive of the same file is started waits for
+/// it, then removes what it archived: never both at once, with the
+/// archive winning.
+#[test]
+fn a_remove_waits_for_a_started_archive_of_the_same_file() {
+    let s = setup();
+    let (path, fid) = archived_file(&s, "h");
+    fs::write(&path, vec![9u8; 20_000]).unwrap();
+    refresh(&s.store, &fid, &path).unwrap();
+    s.store
+        .enqueue(&[file_request(Action::Archive, &path)])
+        .unwrap();
+    let archive_lease = lease_one(&s, "w1").unwrap();
+    assert_eq!(archive_lease.request.action, Action::Archive);
+    s.store
+        .enqueue(&[file_request(Action::Remove, &path)])
+        .unwrap();
+    assert!(
+        lease_one(&s, "w2").is_none(),
+        "the remove waits for the archive"
+    );
+    let w = Worker::new(&s.store, &s.archive, config());
+    w.process(&archive_lease).unwrap();
+    let remove_lease = lease_one(&s, "w2").expect("now the remove");
+    assert_eq!(remove_lease.request.action, Action::Remove);
+    w.process(&remove_lease).unwrap();
+    let entry = s.store.catalog_entry(&fid).unwrap().unwrap();
+    assert_eq!((entry.state, entry.object), (CatalogState::Exists, None));
+}

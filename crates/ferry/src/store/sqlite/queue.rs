@@ -462,10 +462,15 @@ impl SqliteStore {
         }
         let catalog = self.catalog_in(tx, &request.fid)?;
         match request.action {
+            // Only a caller that looked at the file (the friendly commands
+            // refresh the catalog first, and give a path) knows it is
+            // unchanged; the upcall never looks, and Lustre sends ARCHIVE
+            // exactly when a file changed: the worker decides then.
             Action::Archive
-                if catalog
-                    .as_ref()
-                    .is_some_and(|c| c.state == CatalogState::Archived) =>
+                if request.path.is_some()
+                    && catalog
+                        .as_ref()
+                        .is_some_and(|c| c.state == CatalogState::Archived) =>
             {
                 return Ok(Enqueued::Noop {
                     reason: format!("{} is archived and unchanged since", request.fid),
@@ -561,18 +566,26 @@ impl RequestQueue for SqliteStore {
             self.expire_in(tx, now)?;
             // Seeks hsm_requests_ready in rank order (INDEXED BY: an error,
             // never a silent scan, if the index cannot serve); a request still
-            // backing off is stepped over (there are few).
+            // backing off is stepped over (there are few). One request per
+            // file at a time: a remove queued behind a started archive of
+            // the same file waits for it (one probe per candidate).
             let ready = self.query_requests(
                 tx,
                 "hsm_requests INDEXED BY hsm_requests_ready
                  WHERE state = 'waiting' AND not_before_ns <= ?1
                    AND (?2 IS NULL OR archive_id IN (0, ?2))
+                   AND NOT EXISTS (SELECT 1 FROM hsm_requests AS busy
+                       WHERE busy.fid = hsm_requests.fid AND busy.state = 'started')
                  ORDER BY rank, id LIMIT ?3",
                 &[&now, &filter.archive_id, &(max as i64)],
             )?;
             let expires_ns = now.saturating_add(duration_ns(lease));
             let mut leases = Vec::with_capacity(ready.len());
+            let mut files = std::collections::HashSet::new();
             for old in &ready {
+                if !files.insert(old.fid.clone()) {
+                    continue;
+                }
                 let mut new = old.clone();
                 new.state = RequestState::Started;
                 new.attempts += 1;
