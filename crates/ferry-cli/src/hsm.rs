@@ -108,7 +108,11 @@ pub struct PolicyArgs {
     remove_head_start: Option<i64>,
     #[arg(long, value_name = "MS")]
     archive_head_start: Option<i64>,
-    /// Plain FIFO: no head starts
+    /// Leases restores and removes get for each one an archive gets, when
+    /// both wait (0: rank order only)
+    #[arg(long, value_name = "N")]
+    restore_share: Option<u32>,
+    /// Plain FIFO: no head starts, no shares
     #[arg(long)]
     fifo: bool,
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -417,6 +421,7 @@ fn policy(queue: &dyn RequestQueue, args: PolicyArgs) -> Result<Exit, Exit> {
     new.max_attempts = args.max_attempts.unwrap_or(new.max_attempts);
     new.backoff_base_ms = args.backoff_ms.unwrap_or(new.backoff_base_ms);
     new.backoff_max_ms = args.backoff_max_ms.unwrap_or(new.backoff_max_ms);
+    new.restore_share = args.restore_share.unwrap_or(new.restore_share);
     if new != old {
         queue.set_policy(&new).map_err(ferry::Error::from)?;
     }
@@ -424,10 +429,11 @@ fn policy(queue: &dyn RequestQueue, args: PolicyArgs) -> Result<Exit, Exit> {
         println!("{}", serde_json::to_value(new).expect("serializes"));
     } else {
         println!(
-            "head start (ms): restore {}, remove {}, archive {}; max attempts {}; back-off {} ms doubling up to {} ms",
+            "head start (ms): restore {}, remove {}, archive {}; restore share {}; max attempts {}; back-off {} ms doubling up to {} ms",
             new.head_start_restore_ms,
             new.head_start_remove_ms,
             new.head_start_archive_ms,
+            new.restore_share,
             new.max_attempts,
             new.backoff_base_ms,
             new.backoff_max_ms

@@ -277,30 +277,44 @@ pub fn restores_before_archives_with_ageing<Q: RequestQueue>(q: &Q) {
     let r = &first.request;
     assert_eq!(r.rank, r.created_ns - 60_000 * 1_000_000);
 
-    // Ageing: with a 2 ms head start, an archive that waited longer than
-    // that outranks a restore enqueued now.
-    let q2_policy = Policy {
-        head_start_restore_ms: 2,
+    // Weights, not ageing into FIFO: behind a backlog of archives however
+    // old (no head start at all here), a restore waits for at most one of
+    // them; and with restores streaming in, an archive still gets one lease
+    // in every restore_share + 1.
+    q.set_policy(&Policy {
+        head_start_restore_ms: 0,
+        restore_share: 2,
         ..Policy::DEFAULT
-    };
-    q.set_policy(&q2_policy).unwrap();
+    })
+    .unwrap();
     let drained = q.lease("w", &LeaseFilter::default(), 1000, LONG).unwrap();
     assert_eq!(drained.len(), 100);
-    let old = enqueue_one(q, Action::Archive, "old");
-    let created = q.request(old).unwrap().unwrap().created_ns;
-    let deadline = Instant::now() + DEADLINE;
-    while now_ns() <= created + 5_000_000 {
-        assert!(Instant::now() < deadline);
-        std::thread::yield_now();
-    }
-    let fresh = enqueue_one(q, Action::Restore, "fresh");
-    let order: Vec<RequestId> = q
-        .lease("w", &LeaseFilter::default(), 10, LONG)
-        .unwrap()
+    let backlog: Vec<NewRequest> = (0..50)
+        .map(|i| request(Action::Archive, &format!("old{i}")))
+        .collect();
+    q.enqueue(&backlog).unwrap();
+    let restores: Vec<RequestId> = (0..6)
+        .map(|i| enqueue_one(q, Action::Restore, &format!("r{i}")))
+        .collect();
+    let order: Vec<Lease> = (0..9).map(|_| lease_one(q, "w", LONG)).collect();
+    let is_archive: Vec<bool> = order
         .iter()
+        .map(|l| l.request.action == Action::Archive)
+        .collect();
+    assert!(
+        !is_archive[..2].iter().all(|a| *a),
+        "a restore waits behind at most one archive: {is_archive:?}"
+    );
+    assert!(
+        is_archive.windows(3).all(|w| w.contains(&true)),
+        "an archive gets one lease in every three: {is_archive:?}"
+    );
+    let leased_restores: Vec<RequestId> = order
+        .iter()
+        .filter(|l| l.request.action == Action::Restore)
         .map(Lease::id)
         .collect();
-    assert_eq!(order, [old, fresh], "an aged archive is not starved");
+    assert_eq!(leased_restores, restores, "restores in their own order");
 }
 
 pub fn fifo_when_no_head_start<Q: RequestQueue>(q: &Q) {

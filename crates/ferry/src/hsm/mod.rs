@@ -347,6 +347,11 @@ pub struct Policy {
     /// Back-off after the n-th failure: `base * 2^(n-1)`, at most `max`.
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
+    /// When both wait, restores and removes get this many leases for each
+    /// one an archive gets: a restore never waits behind an archive
+    /// backlog, however old, and archives never starve. 0: rank order only
+    /// (head starts and enqueue time).
+    pub restore_share: u32,
 }
 
 impl Policy {
@@ -359,6 +364,7 @@ impl Policy {
         max_attempts: 5,
         backoff_base_ms: 1_000,
         backoff_max_ms: 300_000,
+        restore_share: 4,
     };
 
     /// Plain FIFO: no action goes first.
@@ -367,6 +373,7 @@ impl Policy {
             head_start_restore_ms: 0,
             head_start_remove_ms: 0,
             head_start_archive_ms: 0,
+            restore_share: 0,
             ..self
         }
     }

@@ -136,6 +136,9 @@ CREATE TABLE hsm_requests (
     updated_ns INTEGER NOT NULL
 );
 CREATE INDEX hsm_requests_ready ON hsm_requests(rank, id) WHERE state = 'waiting';
+-- The best waiting request of one action: the weighted choice seeks here.
+CREATE INDEX hsm_requests_ready_action ON hsm_requests(action, rank, id)
+    WHERE state = 'waiting';
 CREATE INDEX hsm_requests_leased ON hsm_requests(lease_expires_ns) WHERE state = 'started';
 -- At most one live request per file and action: dedup joins it.
 CREATE UNIQUE INDEX hsm_requests_live ON hsm_requests(fid, action)
@@ -161,7 +164,10 @@ INSERT INTO meta (key, value) VALUES
     ('hsm.head_start_archive_ms', 0),
     ('hsm.max_attempts', 5),
     ('hsm.backoff_base_ms', 1000),
-    ('hsm.backoff_max_ms', 300000);
+    ('hsm.backoff_max_ms', 300000),
+    ('hsm.restore_share', 4),
+    -- Restores and removes leased since the last archive (the weighting).
+    ('hsm.restores_since_archive', 0);
 "#,
     r#"
 -- A large file's piece digests below its durable progress, as read from

@@ -26,13 +26,14 @@ const CATALOG_COLUMNS: &str =
     "fid, path, state, archive_id, object, size, mtime_ns, mode, checksum, updated_ns";
 
 /// `meta` keys of the [`Policy`], in the order of its fields.
-const POLICY_KEYS: [&str; 6] = [
+const POLICY_KEYS: [&str; 7] = [
     "hsm.head_start_restore_ms",
     "hsm.head_start_remove_ms",
     "hsm.head_start_archive_ms",
     "hsm.max_attempts",
     "hsm.backoff_base_ms",
     "hsm.backoff_max_ms",
+    "hsm.restore_share",
 ];
 
 fn ms_to_ns(ms: i64) -> i64 {
@@ -353,8 +354,89 @@ impl SqliteStore {
         Ok(new)
     }
 
+    /// The next request to lease. One request per file at a time (a remove
+    /// queued behind a started archive of the same file waits for it). With
+    /// a restore share, restores and removes go first until they have had
+    /// `restore_share` leases since the last archive; then the best archive
+    /// gets one. Without, rank order. Each choice seeks an index (INDEXED
+    /// BY: an error, never a silent scan, if the index cannot serve); a
+    /// request still backing off is stepped over (there are few).
+    fn next_ready(
+        &self,
+        tx: &Transaction<'_>,
+        now: i64,
+        filter: &LeaseFilter,
+        policy: &Policy,
+        since_archive: i64,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        const READY: &str = "state = 'waiting' AND not_before_ns <= ?1
+               AND (?2 IS NULL OR archive_id IN (0, ?2))
+               AND NOT EXISTS (SELECT 1 FROM hsm_requests AS busy
+                   WHERE busy.fid = hsm_requests.fid AND busy.state = 'started')";
+        let best = |action: Option<Action>| -> Result<Option<RequestRecord>, StoreError> {
+            let found = match action {
+                None => self.query_requests(
+                    tx,
+                    &format!(
+                        "hsm_requests INDEXED BY hsm_requests_ready WHERE {READY}
+                         ORDER BY rank, id LIMIT 1"
+                    ),
+                    &[&now, &filter.archive_id],
+                )?,
+                Some(action) => self.query_requests(
+                    tx,
+                    &format!(
+                        "hsm_requests INDEXED BY hsm_requests_ready_action
+                         WHERE action = ?3 AND {READY} ORDER BY rank, id LIMIT 1"
+                    ),
+                    &[&now, &filter.archive_id, &action.as_str()],
+                )?,
+            };
+            Ok(found.into_iter().next())
+        };
+        if policy.restore_share == 0 {
+            return best(None);
+        }
+        let first_class = || -> Result<Option<RequestRecord>, StoreError> {
+            let restore = best(Some(Action::Restore))?;
+            let remove = best(Some(Action::Remove))?;
+            Ok(match (restore, remove) {
+                (Some(a), Some(b)) => Some(if (b.rank, b.id.0) < (a.rank, a.id.0) {
+                    b
+                } else {
+                    a
+                }),
+                (a, b) => a.or(b),
+            })
+        };
+        if since_archive >= i64::from(policy.restore_share) {
+            match best(Some(Action::Archive))? {
+                Some(archive) => Ok(Some(archive)),
+                None => first_class(),
+            }
+        } else {
+            match first_class()? {
+                Some(request) => Ok(Some(request)),
+                None => best(Some(Action::Archive)),
+            }
+        }
+    }
+
+    fn meta_in(&self, conn: &rusqlite::Connection, key: &str) -> Result<i64, StoreError> {
+        conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .and_then(|mut stmt| stmt.query_row([key], |row| row.get(0)))
+            .map_err(|e| self.err(e))
+    }
+
+    fn set_meta_in(&self, tx: &Transaction<'_>, key: &str, value: i64) -> Result<(), StoreError> {
+        tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = ?2")
+            .and_then(|mut stmt| stmt.execute(params![value, key]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     fn policy_in(&self, conn: &rusqlite::Connection) -> Result<Policy, StoreError> {
-        let mut v = [0i64; 6];
+        let mut v = [0i64; 7];
         for (slot, key) in v.iter_mut().zip(POLICY_KEYS) {
             *slot = conn
                 .prepare_cached("SELECT value FROM meta WHERE key = ?1")
@@ -368,6 +450,7 @@ impl SqliteStore {
             max_attempts: v[3].clamp(1, u32::MAX as i64) as u32,
             backoff_base_ms: v[4].max(0) as u64,
             backoff_max_ms: v[5].max(0) as u64,
+            restore_share: v[6].clamp(0, u32::MAX as i64) as u32,
         })
     }
 
@@ -564,28 +647,21 @@ impl RequestQueue for SqliteStore {
         self.write(|tx| {
             let now = now_ns();
             self.expire_in(tx, now)?;
-            // Seeks hsm_requests_ready in rank order (INDEXED BY: an error,
-            // never a silent scan, if the index cannot serve); a request still
-            // backing off is stepped over (there are few). One request per
-            // file at a time: a remove queued behind a started archive of
-            // the same file waits for it (one probe per candidate).
-            let ready = self.query_requests(
-                tx,
-                "hsm_requests INDEXED BY hsm_requests_ready
-                 WHERE state = 'waiting' AND not_before_ns <= ?1
-                   AND (?2 IS NULL OR archive_id IN (0, ?2))
-                   AND NOT EXISTS (SELECT 1 FROM hsm_requests AS busy
-                       WHERE busy.fid = hsm_requests.fid AND busy.state = 'started')
-                 ORDER BY rank, id LIMIT ?3",
-                &[&now, &filter.archive_id, &(max as i64)],
-            )?;
+            let policy = self.policy_in(tx)?;
+            let mut since_archive = self.meta_in(tx, "hsm.restores_since_archive")?;
             let expires_ns = now.saturating_add(duration_ns(lease));
-            let mut leases = Vec::with_capacity(ready.len());
-            let mut files = std::collections::HashSet::new();
-            for old in &ready {
-                if !files.insert(old.fid.clone()) {
-                    continue;
+            let mut leases = Vec::with_capacity(max);
+            while leases.len() < max {
+                let Some(old) = self.next_ready(tx, now, filter, &policy, since_archive)? else {
+                    break;
+                };
+                let old = &old;
+                if old.action == Action::Archive {
+                    since_archive = 0;
+                } else {
+                    since_archive = since_archive.saturating_add(1);
                 }
+
                 let mut new = old.clone();
                 new.state = RequestState::Started;
                 new.attempts += 1;
@@ -600,6 +676,7 @@ impl RequestQueue for SqliteStore {
                     expires_ns,
                 });
             }
+            self.set_meta_in(tx, "hsm.restores_since_archive", since_archive)?;
             Ok(leases)
         })
     }
@@ -766,6 +843,7 @@ impl RequestQueue for SqliteStore {
             policy.max_attempts as i64,
             policy.backoff_base_ms.min(i64::MAX as u64) as i64,
             policy.backoff_max_ms.min(i64::MAX as u64) as i64,
+            i64::from(policy.restore_share),
         ];
         self.write(|tx| {
             for (key, value) in POLICY_KEYS.iter().zip(values) {
