@@ -241,6 +241,42 @@ fn remove_store(store: &SqliteStore) {
     for file in store.files() {
         let _ = std::fs::remove_file(file);
     }
+    // The scratch store's own directory (with its reserve file).
+    if let Some(dir) = store.location().parent()
+        && dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("ferry-axl-"))
+    {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A directory only this user can enter, under `$TMPDIR`, made new (never
+/// one that someone else put at a predictable name).
+fn private_dir() -> Result<std::path::PathBuf, CError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut last = None;
+    // Bounded: a name taken is someone else's; try a few others.
+    for attempt in 0..16u32 {
+        let dir = base.join(format!(
+            "ferry-axl-{}-{:08x}",
+            std::process::id(),
+            nanos.wrapping_add(attempt.wrapping_mul(0x9e37_79b9))
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.expect("at least one attempt");
+    Err(CError::from(ferry::Error::Io {
+        path: base,
+        source: e,
+    }))
 }
 
 /// The private store of this process's transfers without a state file.
@@ -249,8 +285,7 @@ fn scratch_store() -> Result<Arc<SqliteStore>, CError> {
     if let Some(store) = &table.scratch {
         return Ok(Arc::clone(store));
     }
-    let path = std::env::temp_dir().join(format!("ferry-axl-{}.db", std::process::id()));
-    let store = Arc::new(SqliteStore::open(&path)?);
+    let store = Arc::new(SqliteStore::open(&private_dir()?.join("transfers.db"))?);
     table.scratch = Some(Arc::clone(&store));
     Ok(store)
 }
