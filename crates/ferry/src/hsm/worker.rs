@@ -191,6 +191,16 @@ impl<'a> Worker<'a> {
                     Outcome::Failed(state, msg)
                 }
                 Err(StoreError::StaleLease { .. }) => Outcome::Abandoned(msg),
+                // The catalog moved on (the file is no longer what `lost`
+                // can follow): the request fails all the same, and this
+                // worker goes on serving others.
+                Err(StoreError::CatalogConflict { .. }) if kind == FailKind::Lost => {
+                    match self.queue.fail(lease, FailKind::Permanent, &msg) {
+                        Ok(state) => Outcome::Failed(state, msg),
+                        Err(StoreError::StaleLease { .. }) => Outcome::Abandoned(msg),
+                        Err(e) => return Err(e),
+                    }
+                }
                 Err(e) => return Err(e),
             },
             Err(Step::Lost(msg)) => Outcome::Abandoned(msg),
@@ -341,10 +351,11 @@ impl<'a> Worker<'a> {
         let object = entry.object.as_deref().expect("checked above");
         let temp = restore_temp(path, lease);
         let stub = fs::metadata(path).ok();
+        // A new file only (the name is predictable and workers often run
+        // as root): never one planted there, a link or a FIFO.
         let file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&temp)
