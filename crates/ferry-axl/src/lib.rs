@@ -478,7 +478,14 @@ pub extern "C" fn AXL_Dispatch(id: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn AXL_Resume(id: c_int) -> c_int {
     axl("AXL_Resume", || {
-        lookup(id)?.resume()?;
+        let transfer = lookup(id)?;
+        // Reloaded after it had completed (an SCR restart after the flush
+        // finished): nothing to resume, and AXL_Wait reports success.
+        if transfer.recorded_state()? == ferry::TransferState::Completed {
+            debug(|| format!("AXL_Resume: id {id}: completed already"));
+            return Ok(AXL_SUCCESS);
+        }
+        transfer.resume()?;
         debug(|| format!("AXL_Resume: id {id}"));
         Ok(AXL_SUCCESS)
     })
@@ -499,7 +506,15 @@ pub extern "C" fn AXL_Test(id: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn AXL_Wait(id: c_int) -> c_int {
     axl("AXL_Wait", || {
-        let run = lookup(id)?.wait()?;
+        let transfer = lookup(id)?;
+        let run = match transfer.wait() {
+            Ok(run) => run,
+            // Not moving in this process: the store says how it ended.
+            Err(e) => match transfer.recorded_state()? {
+                ferry::TransferState::Completed => return Ok(AXL_SUCCESS),
+                _ => return Err(e),
+            },
+        };
         debug(|| format!("AXL_Wait: id {id}: {}", run.state));
         run_outcome(&run)?;
         Ok(AXL_SUCCESS)

@@ -32,7 +32,6 @@ fn axl_conventions() {
         "records transfer reloaded",
         "is already open as id",
         "holds no transfer named reloaded",
-        "AXL: AXL_Resume: transfer ended",
         "AXL_MKDIR=0",
         "AXL_COPY_METADATA=yes is not a non-negative integer",
     ] {

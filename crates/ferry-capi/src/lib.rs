@@ -350,7 +350,12 @@ pub unsafe extern "C" fn ferry_store_open(path: *const c_char, out: *mut *mut Fe
 pub unsafe extern "C" fn ferry_store_close(store: *mut FerryStore) {
     if !store.is_null() {
         // SAFETY: a handle from ferry_store_open, closed once.
-        drop(unsafe { Box::from_raw(store) });
+        let store = unsafe { Box::from_raw(store) };
+        // A panic in a destructor becomes the last error, never an abort.
+        let _ = catch("ferry_store_close", || {
+            drop(store);
+            Ok(())
+        });
     }
 }
 
@@ -365,7 +370,11 @@ pub extern "C" fn ferry_config_new() -> *mut FerryConfig {
 pub unsafe extern "C" fn ferry_config_free(config: *mut FerryConfig) {
     if !config.is_null() {
         // SAFETY: a handle from ferry_config_new, freed once.
-        drop(unsafe { Box::from_raw(config) });
+        let config = unsafe { Box::from_raw(config) };
+        let _ = catch("ferry_config_free", || {
+            drop(config);
+            Ok(())
+        });
     }
 }
 
@@ -780,10 +789,11 @@ pub unsafe extern "C" fn ferry_transfer_close(transfer: *mut FerryTransfer) {
     // SAFETY: a handle from ferry_transfer_create/open, closed once.
     let transfer = unsafe { Box::from_raw(transfer) };
     let _ = catch("ferry_transfer_close", || {
-        if lock(&transfer).test().unwrap_or(true) {
-            return Ok(());
+        if !lock(&transfer).test().unwrap_or(true) {
+            transfer.wait().map(drop)?;
         }
-        transfer.wait().map(drop)
+        drop(transfer);
+        Ok(())
     });
 }
 
@@ -956,6 +966,10 @@ pub unsafe extern "C" fn ferry_watch_next(
 pub unsafe extern "C" fn ferry_watch_close(watch: *mut FerryWatch) {
     if !watch.is_null() {
         // SAFETY: a handle from ferry_watch_open, closed once.
-        drop(unsafe { Box::from_raw(watch) });
+        let watch = unsafe { Box::from_raw(watch) };
+        let _ = catch("ferry_watch_close", || {
+            drop(watch);
+            Ok(())
+        });
     }
 }

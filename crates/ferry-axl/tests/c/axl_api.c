@@ -142,11 +142,13 @@ int main(int argc, char** argv) {
     /* Freed, its name is free: no transfer of that name is left to reload. */
     CHECK(AXL_Create(AXL_XFER_STATE_FILE, "reloaded", at("state.db")) == -1);
 
-    /* The ended transfer reloads, has nothing to resume, and can be freed;
-     * then its name is free for a new transfer. */
+    /* The ended transfer reloads; as after an SCR restart whose flush had
+     * finished, Resume has nothing to do and Wait reports success; it can
+     * be freed, and then its name is free for a new transfer. */
     id = AXL_Create(AXL_XFER_STATE_FILE, "ended", at("ended.db"));
     CHECK(id >= 0);
-    CHECK(AXL_Resume(id) == -1);
+    CHECK(AXL_Resume(id) == AXL_SUCCESS);
+    CHECK(AXL_Wait(id) == AXL_SUCCESS);
     CHECK(AXL_Free(id) == AXL_SUCCESS);
     id = AXL_Create(AXL_XFER_SYNC, "ended", at("ended.db"));
     CHECK(id >= 0);

@@ -825,6 +825,17 @@ impl SqliteStore {
                 self.insert_event(tx, *id, Some(*index), &format!("file.{to}"), context)
             }
             Change::Free { id } => {
+                // A moving transfer is cancelled first (and its temporaries
+                // then belong to a record that still shows them).
+                let state = self.transfer_state(tx, *id)?;
+                if matches!(state, TransferState::Dispatched | TransferState::Running) {
+                    return Err(StoreError::IllegalTransition {
+                        path: self.path.clone(),
+                        id: *id,
+                        from: state.to_string(),
+                        to: "freed (cancel it first)".into(),
+                    });
+                }
                 let changed = tx
                     .prepare_cached(
                         "UPDATE transfers SET freed_ns = ?1 WHERE id = ?2 AND freed_ns IS NULL",
