@@ -66,6 +66,7 @@ impl Log {
         let new = NewTransfer {
             name: Some("bench".into()),
             kind: Kind::Threads,
+            caller: None,
             owner: Owner::current(),
             preserve: Preserve::NONE,
             temp_suffix: ferry::model::DEFAULT_TEMP_SUFFIX.into(),

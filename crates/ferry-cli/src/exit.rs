@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use ferry::Error;
 use ferry::store::StoreError;
+use ferry_serve::ServeError;
+use ferry_serve::client::ClientError;
 
 pub enum Exit {
     Ok,
@@ -14,6 +16,10 @@ pub enum Exit {
     /// finalize left transfers with live owners alone (and nothing failed).
     LeftAlone,
     Error(Error),
+    /// A request to the daemon failed.
+    Daemon(ClientError),
+    /// `ferry serve` could not start, or failed.
+    Serve(ServeError),
 }
 
 impl From<Error> for Exit {
@@ -50,6 +56,44 @@ pub fn code(e: &Error) -> u8 {
     }
 }
 
+/// The code for a daemon error: the daemon's `kind` where it means what
+/// a local error means (a missing source is 3 either way), else 30–39.
+pub fn daemon_code(e: &ClientError) -> u8 {
+    match e {
+        ClientError::NoDaemon { .. } => 30,
+        ClientError::Protocol { .. } => 34,
+        ClientError::Api { kind, .. } => match kind.as_str() {
+            "source_not_found" => 3,
+            "permission_denied" => 4,
+            "source_is_directory" => 5,
+            "destination_conflict" => 6,
+            "same_file" => 7,
+            "transfer_not_found" => 10,
+            "name_in_use" => 11,
+            "cancelled" => 12,
+            "nothing_to_do" => 13,
+            "unsupported_file_type" => 14,
+            "bad_cursor" => 17,
+            "store_read_only" => 19,
+            "not_enough_space" => 20,
+            "forbidden" | "not_a_daemon_transfer" => 31,
+            "bad_request" | "bad_json" | "body_too_large" | "invalid_path" | "no_such_route" => 32,
+            "busy" => 33,
+            _ => 34,
+        },
+    }
+}
+
+/// `ferry serve`'s own failures.
+pub fn serve_code(e: &ServeError) -> u8 {
+    match e {
+        ServeError::AlreadyServing { .. } => 35,
+        ServeError::Listen { .. } => 36,
+        ServeError::Runtime(_) => 74,
+        ServeError::Ferry(e) => code(e),
+    }
+}
+
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> ExitCode {
         match exit {
@@ -60,6 +104,14 @@ impl From<Exit> for ExitCode {
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
                 ExitCode::from(code(&e))
+            }
+            Exit::Daemon(e) => {
+                eprintln!("ferry: {e}");
+                ExitCode::from(daemon_code(&e))
+            }
+            Exit::Serve(e) => {
+                eprintln!("ferry: {e}");
+                ExitCode::from(serve_code(&e))
             }
         }
     }

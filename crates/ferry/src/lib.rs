@@ -44,5 +44,5 @@ mod transfer;
 pub use engine::plan::plan;
 pub use engine::{FileFailure, Progress, RunReport, temp_path};
 pub use error::{Error, Result};
-pub use model::{EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
+pub use model::{Caller, EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
 pub use transfer::{Transfer, default_store_path, default_workers};

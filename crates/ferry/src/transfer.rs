@@ -11,7 +11,7 @@ use crate::engine::plan::plan;
 use crate::engine::{self, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
 use crate::model::{
-    DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve, TransferRecord,
+    Caller, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve, TransferRecord,
     TransferState,
 };
 use crate::owner::Liveness;
@@ -31,6 +31,9 @@ pub struct Transfer {
 
 enum Mover {
     Idle,
+    /// A `daemon` transfer whose dispatch or resume is recorded; the
+    /// daemon's mover runs it with [`Transfer::run_dispatched`].
+    Recorded(RunOptions),
     Thread(JoinHandle<Result<RunReport>>),
     Finished(Result<RunReport>),
 }
@@ -70,6 +73,19 @@ impl Transfer {
         preserve: Preserve,
         entries: &[NewEntry],
     ) -> Result<Transfer> {
+        Transfer::create_for(store, None, name, kind, preserve, entries)
+    }
+
+    /// [`Transfer::create`] on behalf of `caller` (the daemon's client),
+    /// recorded with the transfer in the same transaction.
+    pub fn create_for(
+        store: Arc<dyn Store>,
+        caller: Option<Caller>,
+        name: Option<&str>,
+        kind: Kind,
+        preserve: Preserve,
+        entries: &[NewEntry],
+    ) -> Result<Transfer> {
         if let Some(name) = name
             && let Some(existing) = store.transfer_by_name(name)?
         {
@@ -82,6 +98,7 @@ impl Transfer {
                 owner: Owner::current(),
                 preserve,
                 temp_suffix: DEFAULT_TEMP_SUFFIX.into(),
+                caller,
             },
             entries,
         );
@@ -205,6 +222,13 @@ impl Transfer {
         self.check_space = check;
     }
 
+    /// Setting this flag stops the mover at its next chunk without recording
+    /// anything: the transfer stays `running`, with the progress already
+    /// recorded, for a later resume (the daemon's shutdown).
+    pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.cancel)
+    }
+
     pub fn progress(&self) -> Arc<Progress> {
         Arc::clone(&self.progress)
     }
@@ -218,7 +242,8 @@ impl Transfer {
     }
 
     /// Starts moving the data: in this thread for `sync` (returns when done),
-    /// in a pool of `workers` threads for `threads`.
+    /// in a pool of `workers` threads for `threads`; for `daemon` it only
+    /// records the dispatch (see [`Transfer::run_dispatched`]).
     pub fn dispatch(&mut self, workers: usize) -> Result<()> {
         self.start(TransferState::Created, workers, "dispatch")
     }
@@ -279,8 +304,26 @@ impl Transfer {
                     engine::run(store.as_ref(), id, &options)
                 }))
             }
+            Kind::Daemon => Mover::Recorded(options),
         };
         Ok(())
+    }
+
+    /// Moves a `daemon` transfer whose dispatch or resume was recorded, in
+    /// this thread (the daemon's mover; the worker threads it starts inherit
+    /// this thread's file credentials). Returns when it is done.
+    pub fn run_dispatched(&mut self) -> Result<RunReport> {
+        let Mover::Recorded(options) = std::mem::replace(&mut self.mover, Mover::Idle) else {
+            return Err(Error::NotDispatched {
+                id: self.record.id,
+                action: "running it",
+            });
+        };
+        let result = engine::run(self.store.as_ref(), self.record.id, &options);
+        if let Ok(report) = &result {
+            self.record.state = report.state;
+        }
+        result
     }
 
     /// Would [`Transfer::wait`] return at once?
@@ -291,6 +334,7 @@ impl Transfer {
                 action: "testing it",
             }),
             Mover::Thread(handle) => Ok(handle.is_finished()),
+            Mover::Recorded(_) => Ok(false),
             Mover::Finished(_) => Ok(true),
         }
     }
@@ -298,7 +342,7 @@ impl Transfer {
     /// Blocks until the mover is done, and says how it went.
     pub fn wait(&mut self) -> Result<RunReport> {
         let result = match std::mem::replace(&mut self.mover, Mover::Idle) {
-            Mover::Idle => {
+            Mover::Idle | Mover::Recorded(_) => {
                 return Err(Error::NotDispatched {
                     id: self.record.id,
                     action: "waiting for it",
