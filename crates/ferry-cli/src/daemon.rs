@@ -81,9 +81,12 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
         );
         client.resume(&created.name, &run)
     } else {
-        client
-            .add(&created.name, &add)
-            .and_then(|_| client.dispatch(&created.name, &run))
+        if let Err(e) = client.add(&created.name, &add) {
+            // Nothing of it ran: do not leave it behind as `created`.
+            let _ = client.cancel(&created.name);
+            return Err(Exit::Daemon(e));
+        }
+        client.dispatch(&created.name, &run)
     }
     .map_err(Exit::Daemon)?;
     if !args.wait {

@@ -299,23 +299,28 @@ fn mover(daemon: &Daemon, rx: &Mutex<Receiver<Job>>) {
                 m.file_errors
                     .fetch_add(report.failures.len() as u64, Ordering::Relaxed);
             }
-            Ok(Err(e)) => {
-                m.run_errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!("ferry: transfer {id}: {e}");
-            }
-            Err(e) => {
-                m.run_errors.fetch_add(1, Ordering::Relaxed);
-                let message = format!("cannot act as uid {}: {e}", caller.uid);
-                eprintln!("ferry: transfer {id}: {message}");
-                let _ = daemon.store.apply(&[Change::Transfer {
-                    id,
-                    to: TransferState::Failed,
-                    owner: None,
-                    context: serde_json::json!({ "error": message }),
-                }]);
-            }
+            Ok(Err(e)) => fail(daemon, id, e.to_string()),
+            Err(e) => fail(daemon, id, format!("cannot act as uid {}: {e}", caller.uid)),
         }
     }
+}
+
+/// A run that ended in an error rather than a report (its destination
+/// directory cannot be listed, say): the daemon, its owner, lives on, so
+/// unless a shutdown interrupted it the transfer is recorded `failed` with
+/// the reason, for its user to see and resume; never left `running`.
+fn fail(daemon: &Daemon, id: TransferId, message: String) {
+    daemon.metrics.run_errors.fetch_add(1, Ordering::Relaxed);
+    eprintln!("ferry: transfer {id}: {message}");
+    if daemon.shutdown.load(Ordering::Relaxed) {
+        return;
+    }
+    let _ = daemon.store.apply(&[Change::Transfer {
+        id,
+        to: TransferState::Failed,
+        owner: None,
+        context: serde_json::json!({ "error": message }),
+    }]);
 }
 
 impl Daemon {
