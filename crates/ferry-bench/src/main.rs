@@ -4,6 +4,7 @@
 mod copy;
 mod events;
 mod finalize;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,9 @@ enum Command {
     Events(events::EventArgs),
     /// Post-stage: finalize many per-rank stores (copied, not yet renamed)
     Finalize(finalize::FinalizeArgs),
+    /// The daemon under load: concurrent clients submitting small
+    /// transfers; submit latency and throughput
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -33,6 +37,7 @@ fn main() {
         Command::Copy(args) => copy::run(args),
         Command::Events(args) => events::run(args),
         Command::Finalize(args) => finalize::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 
