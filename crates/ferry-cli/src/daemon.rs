@@ -74,13 +74,21 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
             preserve: args.archive || args.preserve,
         })
         .map_err(Exit::Daemon)?;
-    let view = if created.reattached {
+    // A re-attached transfer whose caller died before dispatching it takes
+    // this call's sources, as a new one does.
+    let view = if created.reattached && created.state != "created" {
         eprintln!(
             "ferry: re-attached transfer {} (id {}) in the daemon; resuming it",
             created.name, created.id
         );
         client.resume(&created.name, &run)
     } else {
+        if created.reattached {
+            eprintln!(
+                "ferry: re-attached transfer {} (id {}), never dispatched, in the daemon",
+                created.name, created.id
+            );
+        }
         if let Err(e) = client.add(&created.name, &add) {
             // Nothing of it ran: do not leave it behind as `created`.
             let _ = client.cancel(&created.name);

@@ -281,8 +281,11 @@ fn mover(daemon: &Daemon, rx: &Mutex<Receiver<Job>>) {
         };
         daemon.queued.fetch_sub(1, Ordering::Relaxed);
         let id = transfer.record().id;
-        if daemon.shutdown.load(Ordering::Relaxed) {
-            // Left `dispatched`: the next daemon resumes it.
+        // Left `dispatched` at a shutdown: the next daemon resumes it. A
+        // cancel while queued: nothing to run.
+        if daemon.shutdown.load(Ordering::Relaxed)
+            || transfer.interrupt_flag().load(Ordering::Relaxed)
+        {
             daemon.moving.lock().expect("moving poisoned").remove(&id);
             continue;
         }
@@ -348,7 +351,8 @@ impl Daemon {
                         "ferry: resuming transfer {} (id {})",
                         record.name, record.id
                     );
-                    self.enqueue(transfer, caller)
+                    let mut moving = self.moving.lock().expect("moving poisoned");
+                    self.enqueue(&mut moving, transfer, caller)
                         .map_err(|e| ServeError::Runtime(std::io::Error::other(e.message)))?;
                 }
                 TransferState::Created if record.owner != Owner::current() => {
@@ -375,11 +379,18 @@ impl Daemon {
         Ok(())
     }
 
-    /// Hands a transfer whose dispatch or resume is recorded to a mover.
-    /// The caller checked the queue has room (or this is start-up).
-    fn enqueue(&self, transfer: Transfer, caller: Caller) -> Result<(), ApiError> {
+    /// Hands a transfer whose dispatch or resume is recorded to a mover,
+    /// under the `moving` lock the caller took before recording it (so no
+    /// second dispatch or resume slips in between). The caller checked the
+    /// queue has room (or this is start-up).
+    fn enqueue(
+        &self,
+        moving: &mut HashMap<TransferId, Moving>,
+        transfer: Transfer,
+        caller: Caller,
+    ) -> Result<(), ApiError> {
         let id = transfer.record().id;
-        self.moving.lock().expect("moving poisoned").insert(
+        moving.insert(
             id,
             Moving {
                 interrupt: transfer.interrupt_flag(),
@@ -396,7 +407,7 @@ impl Daemon {
             // Recorded but not queued: it stays dispatched for the next
             // daemon (or a resume), like after a crash.
             self.queued.fetch_sub(1, Ordering::Relaxed);
-            self.moving.lock().expect("moving poisoned").remove(&id);
+            moving.remove(&id);
             return Err(ApiError::busy(format!(
                 "the daemon's queue is full ({QUEUE_MAX} transfers); transfer {id} stays \
                  dispatched and is resumed when the daemon restarts, or resume it later"
@@ -469,7 +480,7 @@ impl Daemon {
         if self.shutdown.load(Ordering::Relaxed) {
             return Err(ApiError::busy("the daemon is shutting down"));
         }
-        let moving = self.moving.lock().expect("moving poisoned");
+        let mut moving = self.moving.lock().expect("moving poisoned");
         if moving.contains_key(&record.id) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -488,12 +499,11 @@ impl Daemon {
         } else {
             transfer.dispatch(threads.into())?;
         }
-        drop(moving);
         let mut record = transfer.record().clone();
         record.state = TransferState::Dispatched;
-        let view = self.view(&record, false)?;
-        self.enqueue(transfer, caller)?;
-        Ok(view)
+        self.enqueue(&mut moving, transfer, caller)?;
+        drop(moving);
+        self.view(&record, false)
     }
 
     fn gauges(&self) -> Result<Gauges, ApiError> {
