@@ -665,3 +665,74 @@ fn sigterm_stops_the_daemon_within_its_bound_and_a_second_daemon_is_refused() {
         "no daemon answers"
     );
 }
+
+/// Polls the daemon's log for `text` (bounded): the daemon says when it
+/// got a signal.
+fn wait_for_log(daemon: &Daemon, text: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while !daemon.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never logged {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sigterm_mid_transfer_leaves_it_running_for_the_next_daemon() {
+    let s = Scratch::new();
+    let mut rng = fastrand::Rng::with_seed(5);
+    write_file(&s.path("src/big"), &random_bytes(&mut rng, 64 << 20));
+    write_file(&s.path("src/small"), b"small");
+    let fifo = s.path("pause");
+    mkfifo(&fifo);
+    let mut first = Daemon::start(
+        &s,
+        &[
+            ("FERRY_FAILPOINT", Path::new("commit.write_data:3=pause")),
+            ("FERRY_FAILPOINT_FIFO", &fifo),
+        ],
+    );
+    run_ok(
+        s.ferry()
+            .arg("--socket")
+            .arg(&first.socket)
+            .args([
+                "cp",
+                "--kind",
+                "daemon",
+                "--threads",
+                "2",
+                "--name",
+                "term",
+                "-a",
+            ])
+            .arg(s.path("src"))
+            .arg(s.path("dst")),
+    );
+    // Mid-copy, held; then SIGTERM, and once the daemon took it, let go.
+    let pause = paused(&fifo);
+    let pid = rustix::process::Pid::from_raw(first.child.id() as i32).unwrap();
+    let signalled = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    wait_for_log(&first, "SIGTERM");
+    drop(pause);
+    let status = first.exited();
+    assert!(status.success(), "{status}: {}", first.log());
+    assert!(
+        signalled.elapsed() < ferry_serve::server::SHUTDOWN_MOVERS + Duration::from_secs(5),
+        "stopped within its bound"
+    );
+    // Not failed, not cancelled: still running, for the next daemon.
+    let local = json(&run_ok(s.ferry().args(["status", "term", "--json"])));
+    assert_eq!(local["state"], "running", "{local}");
+    assert!(
+        !s.path("dst/big").exists(),
+        "nothing partial under its final name"
+    );
+
+    let second = Daemon::start(&s, &[]);
+    assert_eq!(second.client().wait("term").unwrap().state, "completed");
+    assert_same_tree(&s.path("src"), &s.path("dst"));
+}
