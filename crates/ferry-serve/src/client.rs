@@ -304,3 +304,13 @@ impl Client {
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_percent_encoded_in_paths() {
+        assert_eq!(super::encode("ckpt-4.2_x~"), "ckpt-4.2_x~");
+        assert_eq!(super::encode("a b/c?d%"), "a%20b%2Fc%3Fd%25");
+        assert_eq!(super::encode("é"), "%C3%A9");
+    }
+}

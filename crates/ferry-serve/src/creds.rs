@@ -131,3 +131,58 @@ fn switch_this_thread(caller: &Caller) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_known_by_its_kernel_credentials() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+            let peer = peer(&a).unwrap();
+            assert_eq!(peer.pid as u32, std::process::id());
+            assert_eq!(peer.caller.uid, rustix::process::geteuid().as_raw());
+            assert_eq!(peer.caller.gid, rustix::process::getegid().as_raw());
+            let groups: Vec<u32> = rustix::process::getgroups()
+                .unwrap()
+                .iter()
+                .map(|g| g.as_raw())
+                .collect();
+            assert_eq!(peer.caller.groups, groups);
+        });
+    }
+
+    #[test]
+    fn as_caller_changes_only_its_own_thread() {
+        let me = Caller {
+            uid: daemon_uid(),
+            gid: rustix::process::getegid().as_raw(),
+            groups: vec![],
+        };
+        let fsuid = || {
+            // SAFETY: -1 reads the fsuid without changing it.
+            unsafe { libc::setfsuid(u32::MAX) as u32 }
+        };
+        let before = fsuid();
+        let inside = as_caller(&me, fsuid).unwrap();
+        assert_eq!(inside, me.uid);
+        assert_eq!(fsuid(), before, "the calling thread is untouched");
+        if daemon_uid() == 0 {
+            let nobody = Caller {
+                uid: 65_534,
+                gid: 65_534,
+                groups: vec![],
+            };
+            assert_eq!(as_caller(&nobody, fsuid).unwrap(), 65_534);
+            // Threads started inside inherit it.
+            let nested = as_caller(&nobody, || std::thread::spawn(fsuid).join().unwrap());
+            assert_eq!(nested.unwrap(), 65_534);
+            assert_eq!(fsuid(), 0);
+        }
+    }
+}

@@ -139,3 +139,41 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_cumulative_buckets() {
+        let m = Metrics::default();
+        m.bytes_moved.fetch_add(10, Ordering::Relaxed);
+        m.observe("/v1/transfers", 201, Duration::from_millis(3));
+        m.observe("/v1/transfers", 400, Duration::from_millis(700));
+        let text = m.render(&Gauges {
+            transfers_by_state: vec![("running", 2)],
+            read_only: true,
+            bytes_moving: 5,
+            transfers_queued: 1,
+            transfers_moving: 1,
+        });
+        assert!(text.contains("ferry_bytes_moved_total 15\n"), "{text}");
+        assert!(text.contains("ferry_store_read_only 1\n"));
+        assert!(text.contains("ferry_transfers{state=\"running\"} 2\n"));
+        assert!(text.contains("ferry_errors_total{kind=\"request_4xx\"} 1\n"));
+        let bucket = |le: &str| {
+            let key = format!("route=\"/v1/transfers\",le=\"{le}\"}} ");
+            let line = text.lines().find(|l| l.contains(&key)).unwrap();
+            line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+        };
+        assert_eq!(
+            (
+                bucket("0.001"),
+                bucket("0.005"),
+                bucket("1"),
+                bucket("+Inf")
+            ),
+            (0, 1, 2, 2)
+        );
+    }
+}

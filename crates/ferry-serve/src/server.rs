@@ -152,7 +152,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listener = listen(&config.socket)?;
         let workers = config.workers.clamp(1, WORKERS_MAX);
         let (tx, rx) = sync_channel::<Job>(QUEUE_MAX);
@@ -225,7 +225,11 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Runtime(std::io::Error::other(e)))?;
         eprintln!("ferry: stopped");
         Ok(())
-    })
+    });
+    // A request still on a blocking thread (a long plan, say) does not
+    // hold the exit past the bound.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
 async fn wait_for_signal() -> &'static str {
@@ -1085,4 +1089,36 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Result<Response, ApiError
         daemon.metrics.render(&gauges),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_be_absolute_without_nul_and_not_too_long() {
+        assert!(check_path("source", "/a/b").is_ok());
+        let e = check_path("source", "/a\0b").unwrap_err();
+        assert_eq!(
+            (e.status, e.kind),
+            (StatusCode::BAD_REQUEST, "invalid_path")
+        );
+        assert!(e.message.contains("NUL"));
+        assert!(
+            check_path("source", "a/b")
+                .unwrap_err()
+                .message
+                .contains("relative")
+        );
+        let long = format!("/{}", "x".repeat(PATH_BYTES_MAX));
+        assert!(check_path("source", &long).is_err());
+    }
+
+    #[test]
+    fn names_are_bounded_and_printable() {
+        assert!(check_name("ckpt-42").is_ok());
+        for bad in ["", "a/b", "a\nb", &"x".repeat(NAME_BYTES_MAX + 1)] {
+            assert_eq!(check_name(bad).unwrap_err().kind, "bad_request", "{bad:?}");
+        }
+    }
 }
