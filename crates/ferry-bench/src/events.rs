@@ -50,6 +50,8 @@ impl Log {
         }
         let store = Arc::new(SqliteStore::open(&path).unwrap());
         let entry = NewEntry {
+            link_leader: None,
+            xattrs: Default::default(),
             kind: EntryKind::File,
             source: "/bench/source".into(),
             dest: "/bench/dest".into(),
@@ -64,6 +66,7 @@ impl Log {
             link_target: None,
         };
         let new = NewTransfer {
+            checksum: None,
             name: Some("bench".into()),
             kind: Kind::Threads,
             caller: None,

@@ -72,6 +72,8 @@ fn generate_rank(root: &Path, store_root: &Path, owner: &Owner, rank: usize) {
         let store = SqliteStore::open_deferred(&store_path).unwrap();
         let entries: Vec<NewEntry> = (0..FILES_PER_STORE)
             .map(|k| NewEntry {
+                link_leader: None,
+                xattrs: Default::default(),
                 kind: EntryKind::File,
                 source: PathBuf::from(format!("/gone/rank.{rank}/file.{k}")),
                 dest: out.join(format!("file.{k}")),
@@ -87,6 +89,7 @@ fn generate_rank(root: &Path, store_root: &Path, owner: &Owner, rank: usize) {
             })
             .collect();
         let new = NewTransfer {
+            checksum: None,
             name: Some("ckpt".into()),
             kind: Kind::Threads,
             caller: None,
@@ -109,6 +112,7 @@ fn generate_rank(root: &Path, store_root: &Path, owner: &Owner, rank: usize) {
             })
             .collect();
         changes.extend((0..FILES_PER_STORE).map(|k| Change::Entry {
+            checksum: None,
             id: t.id,
             index: ferry::model::EntryIndex(k as u32),
             to: FileState::Copied,

@@ -4,6 +4,7 @@
 mod copy;
 mod events;
 mod finalize;
+mod hsm;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,9 @@ enum Command {
     /// The daemon under load: concurrent clients submitting small
     /// transfers; submit latency and throughput
     Serve(serve::ServeArgs),
+    /// HSM queue: enqueue (batched and one process per request), lease +
+    /// ack with 1, 2 and 4 workers, and a restore behind 20,000 archives
+    Hsm(hsm::HsmArgs),
 }
 
 fn main() {
@@ -38,6 +42,7 @@ fn main() {
         Command::Events(args) => events::run(args),
         Command::Finalize(args) => finalize::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Hsm(args) => hsm::run(args),
     }
 }
 

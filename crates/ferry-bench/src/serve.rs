@@ -150,11 +150,18 @@ fn submit(client: &Client, src: &Path, dst: &Path) -> String {
                 sources: vec![src.to_str().unwrap().to_owned()],
                 dest: dst.to_str().unwrap().to_owned(),
                 recursive: true,
+                ..AddRequest::default()
             },
         )
         .unwrap();
     client
-        .dispatch(&created.name, &RunRequest { threads: Some(1) })
+        .dispatch(
+            &created.name,
+            &RunRequest {
+                threads: Some(1),
+                ..RunRequest::default()
+            },
+        )
         .unwrap();
     created.name
 }

@@ -9,7 +9,7 @@ use ferry_serve::api::{AddRequest, CreateRequest, RunRequest, TransferView};
 use ferry_serve::client::{Client, ClientError};
 
 use crate::exit::Exit;
-use crate::{Command, CpArgs};
+use crate::{Command, CpArgs, RunArgs};
 
 pub fn serve(store: Option<PathBuf>, socket: PathBuf, workers: Option<u16>) -> Result<Exit, Exit> {
     let config = ferry_serve::server::Config {
@@ -64,14 +64,18 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
             .collect::<Result<_, _>>()?,
         dest: absolute(dest)?,
         recursive: args.recursive || args.archive,
+        hard_links: args.archive,
+        xattrs: args
+            .xattrs
+            .clone()
+            .or_else(|| args.archive.then(|| "all".into())),
     };
-    let run = RunRequest {
-        threads: args.run.threads,
-    };
+    let run = run_request(&args.run);
     let created = client
         .create(&CreateRequest {
             name: args.name.clone(),
             preserve: args.archive || args.preserve,
+            checksum: Some(args.checksum.clone()),
         })
         .map_err(Exit::Daemon)?;
     // A re-attached transfer whose caller died before dispatching it takes
@@ -113,6 +117,17 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
         return Ok(Exit::Ok);
     }
     wait(&client, &view.name, args.run.json)
+}
+
+/// The run options a daemon dispatch or resume takes, as the local ones.
+fn run_request(args: &RunArgs) -> RunRequest {
+    RunRequest {
+        threads: args.threads,
+        skip: Some(args.skip.clone()),
+        verify: Some(args.verify.clone()),
+        check_space: args.check_space,
+        clean_orphans: args.clean_orphans,
+    }
 }
 
 fn wait(client: &Client, name: &str, json: bool) -> Result<Exit, Exit> {
@@ -173,12 +188,7 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
             );
         }
         Command::Resume(args) => {
-            let view = daemon(client.resume(
-                &args.name,
-                &RunRequest {
-                    threads: args.run.threads,
-                },
-            ))?;
+            let view = daemon(client.resume(&args.name, &run_request(&args.run)))?;
             println!(
                 "ferry: resuming {} (id {}) in the daemon",
                 view.name, view.id

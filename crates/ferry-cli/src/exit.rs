@@ -15,6 +15,10 @@ pub enum Exit {
     Cancelled,
     /// finalize left transfers with live owners alone (and nothing failed).
     LeftAlone,
+    /// `ferry hsm … --wait`: a request failed.
+    RequestFailed,
+    /// `ferry hsm … --wait`: a request was canceled.
+    RequestCanceled,
     Error(Error),
     /// A request to the daemon failed.
     Daemon(ClientError),
@@ -51,6 +55,12 @@ pub fn code(e: &Error) -> u8 {
         Error::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => 17,
         Error::Store(StoreError::ReadOnly { .. }) => 19,
         Error::NotEnoughSpace { .. } => 20,
+        Error::VerifyFailed { .. } => 21,
+        Error::Store(StoreError::NoSuchRequest { .. } | StoreError::NotInCatalog { .. }) => 22,
+        Error::Store(StoreError::StaleLease { .. }) => 23,
+        Error::FileDirty { .. } | Error::Store(StoreError::CatalogConflict { .. }) => 24,
+        Error::Store(StoreError::RequestTransition { .. }) => 26,
+        Error::Archive { .. } => 27,
         Error::Store(_) => 16,
         Error::Io { .. } => 74,
     }
@@ -76,6 +86,7 @@ pub fn daemon_code(e: &ClientError) -> u8 {
             "bad_cursor" => 17,
             "store_read_only" => 19,
             "not_enough_space" => 20,
+            "verify_failed" => 21,
             "forbidden" | "not_a_daemon_transfer" => 31,
             "bad_request" | "bad_json" | "body_too_large" | "invalid_path" | "no_such_route" => 32,
             "busy" => 33,
@@ -101,6 +112,8 @@ impl From<Exit> for ExitCode {
             Exit::TransferFailed => ExitCode::from(1),
             Exit::Cancelled => ExitCode::from(12),
             Exit::LeftAlone => ExitCode::from(18),
+            Exit::RequestFailed => ExitCode::from(23),
+            Exit::RequestCanceled => ExitCode::from(25),
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
                 ExitCode::from(code(&e))

@@ -32,6 +32,10 @@ pub struct FinalizeArgs {
     /// One JSON object on stdout
     #[arg(long)]
     json: bool,
+    /// Read each file back before renaming it and compare it with the
+    /// checksum stored when it was copied (a mismatch fails it, unrenamed)
+    #[arg(long)]
+    verify: bool,
 }
 
 pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
@@ -45,6 +49,7 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
         },
         force: args.force,
         jobs: args.jobs.map_or_else(ferry::default_workers, usize::from),
+        verify: args.verify,
     };
     let outcomes = ferry::finalize::finalize(&stores, options);
     let seconds = started.elapsed().as_secs_f64();

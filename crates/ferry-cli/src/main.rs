@@ -4,7 +4,9 @@
 mod daemon;
 mod exit;
 mod finalize;
+mod hsm;
 mod output;
+mod verify;
 mod watch;
 
 use std::path::PathBuf;
@@ -64,6 +66,9 @@ pub(crate) enum Command {
         /// The transfer's name
         name: String,
     },
+    /// Read committed files back and compare them with their stored
+    /// checksums: one line per mismatch or missing file
+    Verify(VerifyArgs),
     /// Maintain the store
     #[command(subcommand)]
     Store(StoreCommand),
@@ -77,6 +82,10 @@ pub(crate) enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
         workers: Option<u16>,
     },
+    /// HSM coordination: queue archive, restore and remove requests, and
+    /// serve them with workers
+    #[command(subcommand)]
+    Hsm(hsm::HsmCommand),
     /// Cancel and free every transfer of the store (--dead: only those
     /// whose owner is dead), removing their temporaries
     Stop {
@@ -161,6 +170,12 @@ pub(crate) struct CpArgs {
     /// dispatched
     #[arg(long)]
     wait: bool,
+    /// The checksum every copied file gets, computed as it is read
+    #[arg(long, default_value = "xxh3", value_parser = ["xxh3", "blake3", "none"])]
+    checksum: String,
+    /// Extended attributes and ACLs to keep [default: all with -a, none otherwise]
+    #[arg(long, value_parser = ["all", "none", "no-lustre"])]
+    xattrs: Option<String>,
     #[command(flatten)]
     run: RunArgs,
     /// Sources, then the destination
@@ -184,6 +199,14 @@ pub(crate) struct RunArgs {
     /// to copy (and reserve the space of large files)
     #[arg(long)]
     check_space: bool,
+    /// Destinations that already match are recorded skipped, not copied:
+    /// exists, size, mtime (size and mtime), checksum (reads both)
+    #[arg(long, default_value = "never", value_parser = ["never", "exists", "size", "mtime", "checksum"])]
+    skip: String,
+    /// Read what was written back from disk and compare checksums: copied
+    /// (each file before its rename), full (and every finished file at the end)
+    #[arg(long, default_value = "none", value_parser = ["none", "copied", "full"])]
+    verify: String,
 }
 
 #[derive(Args)]
@@ -202,7 +225,26 @@ pub(crate) struct StatusArgs {
 }
 
 #[derive(Args)]
-pub(crate) struct ResumeArgs {
+struct VerifyArgs {
+    /// Transfer names, stores, or destination paths (files or directories
+    /// whose committed files are checked) [default: every transfer of the store]
+    targets: Vec<PathBuf>,
+    /// One JSON object per file checked
+    #[arg(long)]
+    json: bool,
+}
+
+impl RunArgs {
+    fn apply(&self, transfer: &mut Transfer) {
+        transfer.set_clean_orphans(self.clean_orphans);
+        transfer.set_check_space(self.check_space);
+        transfer.set_skip(ferry::engine::skip::SkipRule::parse(&self.skip).expect("clap checked"));
+        transfer.set_verify(ferry::verify::Verify::parse(&self.verify).expect("clap checked"));
+    }
+}
+
+#[derive(Args)]
+struct ResumeArgs {
     /// The transfer's name
     name: String,
     #[command(flatten)]
@@ -248,6 +290,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     match cli.command {
         Command::Finalize(_) | Command::Serve { .. } => unreachable!("handled above"),
         Command::Stop { dead, force } => finalize::stop(&sqlite, dead, force),
+        Command::Hsm(command) => hsm::run(&sqlite, command),
         Command::Cp(args) => cp(store, args),
         Command::Status(StatusArgs {
             at: Some(seq),
@@ -285,10 +328,10 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             Ok(Exit::Ok)
         }
         Command::Store(StoreCommand::Check { json }) => output::store_check(&sqlite, json),
+        Command::Verify(args) => verify::run(store.as_ref(), &args.targets, args.json),
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
-            transfer.set_clean_orphans(args.run.clean_orphans);
-            transfer.set_check_space(args.run.check_space);
+            args.run.apply(&mut transfer);
             let workers = workers(&args.run);
             let report = output::with_progress(&transfer.progress(), args.run.json, || {
                 transfer.resume(workers)?;
@@ -317,10 +360,26 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
         Preserve::NONE
     };
     let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
-    let entries = ferry::plan(sources, dest, args.recursive || args.archive)?;
-    let mut transfer = Transfer::create(store, args.name.as_deref(), kind, preserve, &entries)?;
-    transfer.set_clean_orphans(args.run.clean_orphans);
-    transfer.set_check_space(args.run.check_space);
+    let xattrs = match args.xattrs.as_deref() {
+        Some(mode) => ferry::engine::plan::XattrMode::parse(mode).expect("clap checked"),
+        None if args.archive => ferry::engine::plan::XattrMode::All,
+        None => ferry::engine::plan::XattrMode::None,
+    };
+    let fidelity = ferry::engine::plan::Fidelity {
+        hard_links: args.archive,
+        xattrs,
+    };
+    let entries =
+        ferry::engine::plan::plan_with(sources, dest, args.recursive || args.archive, fidelity)?;
+    let options = ferry::TransferOptions {
+        name: args.name.clone(),
+        kind,
+        preserve,
+        checksum: ferry::model::ChecksumAlgo::parse(&args.checksum),
+        caller: None,
+    };
+    let mut transfer = Transfer::create_with(store, &options, &entries)?;
+    args.run.apply(&mut transfer);
     let workers = workers(&args.run);
     let progress = transfer.progress();
     let report = if transfer.reattached() {

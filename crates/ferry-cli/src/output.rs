@@ -154,8 +154,13 @@ pub fn status(
             "entries": entries.len(),
             "bytes": entries.iter().map(|e| e.meta.size).sum::<u64>(),
             "committed": count(FileState::Committed),
+            "skipped": count(FileState::Skipped),
             "failed": count(FileState::Failed),
-            "pending": entries.len() - count(FileState::Committed) - count(FileState::Failed),
+            "pending": entries.len()
+                - count(FileState::Committed)
+                - count(FileState::Skipped)
+                - count(FileState::Failed),
+            "checksum": transfer.checksum.map(|a| a.as_str()),
         });
         if files {
             row["files"] = entries
@@ -169,6 +174,9 @@ pub fn status(
                         "size": e.meta.size,
                         "state": e.state.to_string(),
                         "progress_bytes_durable": e.progress_bytes_durable,
+                        "checksum": e.checksum.map(|c| c.to_string()),
+                        "hard_link_to": e.link_leader.map(|l| l.0),
+                        "xattrs": e.xattrs.0.len(),
                         "error": e.error,
                     })
                 })
@@ -209,10 +217,14 @@ pub fn status(
         if let Some(files) = row["files"].as_array() {
             for file in files {
                 println!(
-                    "       {:<9} {:>10} {}{}",
+                    "       {:<9} {:>10} {}{}{}",
                     file["state"].as_str().unwrap_or(""),
                     HumanBytes(file["size"].as_u64().unwrap_or(0)).to_string(),
                     file["dest"].as_str().unwrap_or(""),
+                    file["checksum"]
+                        .as_str()
+                        .map(|c| format!("  {c}"))
+                        .unwrap_or_default(),
                     file["error"]
                         .as_str()
                         .map(|e| format!("  ({e})"))
@@ -252,14 +264,14 @@ pub fn status_at(
     }
     println!("as of event {seq}:");
     for t in &snapshot {
-        let count = |state: FileState| t.entries.iter().filter(|e| e.state == state).count();
+        let done = t.entries.iter().filter(|e| e.state.is_done()).count();
         println!(
             "{:>5}  {:<20} {:<8} {:<10} {:>17}  pid {} on {}",
             t.id,
             t.name,
             t.kind,
             t.state.to_string(),
-            format!("{}/{}", count(FileState::Committed), t.entries.len()),
+            format!("{}/{}", done, t.entries.len()),
             t.owner_pid,
             t.owner_host
         );

@@ -35,7 +35,7 @@ impl NamedTransfer {
     /// name is known, or after the known one was freed: names are reused
     /// once freed, ids never); then says whether `event` is ours.
     fn matches(&mut self, event: &Event) -> bool {
-        if self.id == Some(event.transfer) && event.name == "transfer.freed" {
+        if event.transfer.is_some() && self.id == event.transfer && event.name == "transfer.freed" {
             self.id = None;
             return true;
         }
@@ -43,9 +43,9 @@ impl NamedTransfer {
             && event.name == "transfer.created"
             && event.context["name"].as_str() == Some(self.name.as_str())
         {
-            self.id = Some(event.transfer);
+            self.id = event.transfer;
         }
-        self.id == Some(event.transfer)
+        event.transfer.is_some() && self.id == event.transfer
     }
 }
 
@@ -83,6 +83,7 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
             EventFilter {
                 transfer: None,
                 kind: args.event,
+                ..Default::default()
             },
             None,
         )
@@ -90,6 +91,7 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
     let kind_filter = EventFilter {
         transfer: None,
         kind: shown_kind,
+        ..Default::default()
     };
     let mut names = TransferNames::default();
     let stdout = std::io::stdout();
@@ -191,6 +193,7 @@ pub fn wait(store: &dyn Store, name: &str) -> Result<Exit, Exit> {
     let filter = EventFilter {
         transfer: Some(transfer.id),
         kind: Some("transfer".into()),
+        ..Default::default()
     };
     for item in Watch::new(store, since, filter)? {
         if let WatchItem::Event(event) = item?

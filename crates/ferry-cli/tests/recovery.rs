@@ -46,6 +46,7 @@ fn transfer_with_owner(
 ) -> ferry::TransferId {
     let entries = ferry::plan(&[src.to_path_buf()], dst, true).unwrap();
     let new = NewTransfer {
+        checksum: None,
         name: Some(name.into()),
         kind: Kind::Threads,
         caller: None,
@@ -89,6 +90,7 @@ fn the_same_name_while_its_owner_is_alive_but_stopped_is_refused() {
         EventFilter {
             transfer: None,
             kind: Some("transfer.running".into()),
+            ..Default::default()
         },
     )
     .unwrap();

@@ -560,7 +560,7 @@ fn malformed_requests_get_a_clear_4xx_and_the_daemon_goes_on() {
     let t = client
         .create(&CreateRequest {
             name: Some("nul".into()),
-            preserve: false,
+            ..CreateRequest::default()
         })
         .unwrap();
     let src = s.path("src/f").to_str().unwrap().to_owned();
@@ -584,6 +584,7 @@ fn malformed_requests_get_a_clear_4xx_and_the_daemon_goes_on() {
                     sources,
                     dest,
                     recursive: false,
+                    ..AddRequest::default()
                 },
             )
             .unwrap_err();
@@ -606,6 +607,7 @@ fn malformed_requests_get_a_clear_4xx_and_the_daemon_goes_on() {
             &t.name,
             &RunRequest {
                 threads: Some(1000),
+                ..RunRequest::default()
             },
         )
         .unwrap_err();
@@ -620,6 +622,7 @@ fn malformed_requests_get_a_clear_4xx_and_the_daemon_goes_on() {
                 sources: vec![src],
                 dest: s.path("dst").to_str().unwrap().to_owned(),
                 recursive: false,
+                ..AddRequest::default()
             },
         )
         .unwrap();

@@ -315,6 +315,12 @@ fn a_full_store_disk_turns_the_store_read_only_and_the_transfer_completes_after_
             .events_since(0, &EventFilter::default(), 1 << 20)
             .unwrap();
         assert!(after.len() >= before.len());
+        assert!(
+            after
+                .iter()
+                .any(|e| e.name == "store.read_only" && e.transfer.is_none()),
+            "the switch is an event of the store"
+        );
         for (a, b) in before.iter().zip(&after) {
             assert_eq!((a.seq, &a.name), (b.seq, &b.name), "an event was lost");
         }

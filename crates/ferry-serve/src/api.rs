@@ -14,6 +14,10 @@ pub struct CreateRequest {
     /// Keep mode, ownership (where the caller may) and times, as `cp -p`.
     #[serde(default)]
     pub preserve: bool,
+    /// `xxh3` (default), `blake3` or `none`: the checksum every copied file
+    /// gets, computed as it is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 /// `POST /v1/transfers/{name}/entries`: `cp`'s destination rules, planned
@@ -25,6 +29,13 @@ pub struct AddRequest {
     pub dest: String,
     #[serde(default)]
     pub recursive: bool,
+    /// Hard links among the sources stay hard links (as `cp -a`).
+    #[serde(default)]
+    pub hard_links: bool,
+    /// `all`, `none` (default) or `no-lustre`: extended attributes and ACLs
+    /// to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xattrs: Option<String>,
 }
 
 /// `POST /v1/transfers/{name}/dispatch` and `…/resume`.
@@ -34,6 +45,19 @@ pub struct RunRequest {
     /// Copy threads for this transfer [default: 4, at most 64].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u16>,
+    /// `never` (default), `exists`, `size`, `mtime` or `checksum`:
+    /// destinations that already match are recorded skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<String>,
+    /// `none` (default), `copied` or `full`: read back what was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+    /// Refuse to start without room for what is left to copy.
+    #[serde(default)]
+    pub check_space: bool,
+    /// Remove temporaries at the destinations that no transfer wrote.
+    #[serde(default)]
+    pub clean_orphans: bool,
 }
 
 /// A transfer as the daemon shows it.

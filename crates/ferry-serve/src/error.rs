@@ -71,6 +71,9 @@ impl From<ferry::Error> for ApiError {
                 (S::CONFLICT, "cancelled")
             }
             E::NotEnoughSpace { .. } => (S::INSUFFICIENT_STORAGE, "not_enough_space"),
+            E::VerifyFailed { .. } => (S::CONFLICT, "verify_failed"),
+            // HSM errors: the daemon does not serve HSM requests.
+            E::FileDirty { .. } | E::Archive { .. } => (S::INTERNAL_SERVER_ERROR, "internal"),
             E::Store(StoreError::ReadOnly { .. }) => (S::SERVICE_UNAVAILABLE, "store_read_only"),
             E::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => {
                 (S::GONE, "bad_cursor")

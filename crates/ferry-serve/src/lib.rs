@@ -17,11 +17,16 @@
 //! use ferry_serve::{api, client::Client, server::default_socket_path};
 //!
 //! let client = Client::new(&default_socket_path())?;
-//! let t = client.create(&api::CreateRequest { name: Some("ckpt".into()), preserve: true })?;
+//! let t = client.create(&api::CreateRequest {
+//!     name: Some("ckpt".into()),
+//!     preserve: true,
+//!     ..Default::default()
+//! })?;
 //! client.add(&t.name, &api::AddRequest {
 //!     sources: vec!["/bb/ckpt".into()],
 //!     dest: "/pfs/ckpt".into(),
 //!     recursive: true,
+//!     ..Default::default()
 //! })?;
 //! client.dispatch(&t.name, &api::RunRequest::default())?;
 //! let done = client.wait(&t.name)?;

@@ -28,10 +28,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
+use ferry::engine::plan::{Fidelity, XattrMode, plan_with};
+use ferry::engine::skip::SkipRule;
 use ferry::events::{TransferNames, Watch, WatchItem, is_terminal_event};
-use ferry::model::{EntryRecord, Owner, TransferRecord};
+use ferry::model::{ChecksumAlgo, EntryRecord, Owner, TransferRecord};
 use ferry::store::{Change, EventFilter, SqliteStore, Store};
-use ferry::{Caller, FileState, Kind, Preserve, Progress, Transfer, TransferId, TransferState};
+use ferry::verify::Verify;
+use ferry::{
+    Caller, FileState, Kind, Preserve, Progress, Transfer, TransferId, TransferOptions,
+    TransferState,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixListener;
@@ -462,7 +468,7 @@ impl Daemon {
         &self,
         peer: &Peer,
         name: &str,
-        threads: u16,
+        settings: &RunSettings,
         resume: bool,
     ) -> Result<TransferView, ApiError> {
         let record = self.find(peer, name)?;
@@ -498,10 +504,11 @@ impl Daemon {
             )));
         }
         let mut transfer = Transfer::open(Arc::clone(&self.store), name)?;
+        settings.apply(&mut transfer);
         if resume {
-            transfer.resume(threads.into())?;
+            transfer.resume(settings.threads.into())?;
         } else {
-            transfer.dispatch(threads.into())?;
+            transfer.dispatch(settings.threads.into())?;
         }
         let mut record = transfer.record().clone();
         record.state = TransferState::Dispatched;
@@ -728,6 +735,14 @@ async fn create(
     if let Some(name) = &request.name {
         check_name(name)?;
     }
+    let checksum = match request.checksum.as_deref().unwrap_or("xxh3") {
+        "none" => None,
+        algo => Some(ChecksumAlgo::parse(algo).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "checksum must be xxh3, blake3 or none ({algo:?} given)"
+            ))
+        })?),
+    };
     let view = blocking(move || {
         let taken = || {
             ApiError::new(
@@ -750,14 +765,14 @@ async fn create(
         } else {
             Preserve::NONE
         };
-        let transfer = Transfer::create_for(
-            Arc::clone(&daemon.store),
-            Some(peer.caller.clone()),
-            request.name.as_deref(),
-            Kind::Daemon,
+        let options = TransferOptions {
+            name: request.name.clone(),
+            kind: Kind::Daemon,
             preserve,
-            &[],
-        )?;
+            checksum,
+            caller: Some(peer.caller.clone()),
+        };
+        let transfer = Transfer::create_with(Arc::clone(&daemon.store), &options, &[])?;
         if transfer.reattached() && !Daemon::visible(&peer, transfer.record()) {
             return Err(taken());
         }
@@ -821,6 +836,15 @@ async fn add(
         .map(|s| check_path("source", s))
         .collect::<Result<Vec<_>, _>>()?;
     let dest = check_path("destination", &request.dest)?;
+    let xattrs = request.xattrs.as_deref().unwrap_or("none");
+    let fidelity = Fidelity {
+        hard_links: request.hard_links,
+        xattrs: XattrMode::parse(xattrs).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "xattrs must be all, none or no-lustre ({xattrs:?} given)"
+            ))
+        })?,
+    };
     blocking(move || {
         let record = daemon.find(&peer, &name)?;
         let caller = record.caller.clone().ok_or_else(|| {
@@ -833,8 +857,10 @@ async fn add(
         // cp's rules (lstat of the sources, the destination's type) with
         // the caller's credentials: what they cannot see, the daemon does
         // not see for them.
-        let entries = creds::as_caller(&caller, || ferry::plan(&sources, &dest, request.recursive))
-            .map_err(|e| ApiError::internal(format!("cannot act as uid {}: {e}", caller.uid)))??;
+        let entries = creds::as_caller(&caller, || {
+            plan_with(&sources, &dest, request.recursive, fidelity)
+        })
+        .map_err(|e| ApiError::internal(format!("cannot act as uid {}: {e}", caller.uid)))??;
         daemon.store.add_entries(record.id, &entries)?;
         Ok(Json(AddResponse {
             added: entries.len(),
@@ -843,13 +869,50 @@ async fn add(
     .await
 }
 
-fn threads(request: &RunRequest) -> Result<u16, ApiError> {
-    match request.threads {
-        None => Ok(THREADS_DEFAULT),
-        Some(n @ 1..=THREADS_MAX) => Ok(n),
-        Some(n) => Err(ApiError::bad_request(format!(
-            "threads must be 1 to {THREADS_MAX} ({n} given)"
-        ))),
+/// A dispatch's or resume's options, checked.
+struct RunSettings {
+    threads: u16,
+    skip: SkipRule,
+    verify: Verify,
+    check_space: bool,
+    clean_orphans: bool,
+}
+
+impl RunSettings {
+    fn from(request: &RunRequest) -> Result<RunSettings, ApiError> {
+        let threads = match request.threads {
+            None => THREADS_DEFAULT,
+            Some(n @ 1..=THREADS_MAX) => n,
+            Some(n) => {
+                return Err(ApiError::bad_request(format!(
+                    "threads must be 1 to {THREADS_MAX} ({n} given)"
+                )));
+            }
+        };
+        let skip = request.skip.as_deref().unwrap_or("never");
+        let verify = request.verify.as_deref().unwrap_or("none");
+        Ok(RunSettings {
+            threads,
+            skip: SkipRule::parse(skip).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "skip must be never, exists, size, mtime or checksum ({skip:?} given)"
+                ))
+            })?,
+            verify: Verify::parse(verify).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "verify must be none, copied or full ({verify:?} given)"
+                ))
+            })?,
+            check_space: request.check_space,
+            clean_orphans: request.clean_orphans,
+        })
+    }
+
+    fn apply(&self, transfer: &mut Transfer) {
+        transfer.set_skip(self.skip);
+        transfer.set_verify(self.verify);
+        transfer.set_check_space(self.check_space);
+        transfer.set_clean_orphans(self.clean_orphans);
     }
 }
 
@@ -860,8 +923,8 @@ async fn dispatch(
     ApiJson(request): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
     let peer = info.peer()?;
-    let threads = threads(&request)?;
-    let view = blocking(move || daemon.start(&peer, &name, threads, false)).await?;
+    let settings = RunSettings::from(&request)?;
+    let view = blocking(move || daemon.start(&peer, &name, &settings, false)).await?;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
@@ -872,8 +935,8 @@ async fn resume(
     ApiJson(request): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
     let peer = info.peer()?;
-    let threads = threads(&request)?;
-    let view = blocking(move || daemon.start(&peer, &name, threads, true)).await?;
+    let settings = RunSettings::from(&request)?;
+    let view = blocking(move || daemon.start(&peer, &name, &settings, true)).await?;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
@@ -942,6 +1005,7 @@ async fn wait(
         let filter = EventFilter {
             transfer: Some(record.id),
             kind: Some("transfer".into()),
+            ..EventFilter::default()
         };
         let mut watch = Watch::new(daemon.store.as_ref(), since, filter)?;
         let mut state = record.state;
@@ -970,8 +1034,10 @@ struct EventsQuery {
     transfer: Option<String>,
 }
 
-/// Which transfers a user's watch shows: learned from `transfer.created`
-/// (its context carries the uid), else looked up once per transfer.
+/// Which events a user's watch shows: those of its transfers, learned from
+/// `transfer.created` (its context carries the uid), else looked up once
+/// per transfer; and the store's own events (read-only and back), which
+/// concern every user. HSM request events are root's only.
 struct Visibility {
     peer: Peer,
     known: HashMap<TransferId, bool>,
@@ -986,16 +1052,19 @@ impl Visibility {
         if uid == 0 {
             return true;
         }
+        let Some(transfer) = event.transfer else {
+            return event.request.is_none();
+        };
         if self.known.len() >= VISIBILITY_REMEMBERED_MAX {
             self.known.clear();
         }
         if event.name == "transfer.created" {
             let mine = event.context["uid"].as_u64() == Some(uid.into());
-            self.known.insert(event.transfer, mine);
+            self.known.insert(transfer, mine);
         }
         let peer = &self.peer;
-        *self.known.entry(event.transfer).or_insert_with(
-            || matches!(store.transfer(event.transfer), Ok(Some(r)) if Daemon::visible(peer, &r)),
+        *self.known.entry(transfer).or_insert_with(
+            || matches!(store.transfer(transfer), Ok(Some(r)) if Daemon::visible(peer, &r)),
         )
     }
 }
@@ -1029,7 +1098,7 @@ async fn events(
         };
         let filter = EventFilter {
             transfer,
-            kind: None,
+            ..EventFilter::default()
         };
         Ok(Watch::new(daemon.store.as_ref(), since, filter)?)
     })

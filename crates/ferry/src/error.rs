@@ -95,6 +95,21 @@ pub enum Error {
         available: u64,
     },
 
+    #[error(
+        "{problems} of {checked} files do not hold what was copied (each is named above): \
+         copy them again: `ferry cp -a --skip checksum SRC DST` recopies exactly those that differ"
+    )]
+    VerifyFailed { checked: usize, problems: usize },
+
+    #[error(
+        "{path} changed since it was archived (it is dirty now): archive it again \
+         (`ferry hsm archive`) before releasing it"
+    )]
+    FileDirty { path: PathBuf },
+
+    #[error("archive {spec}: {reason}")]
+    Archive { spec: String, reason: String },
+
     #[error(transparent)]
     Store(#[from] StoreError),
 

@@ -142,9 +142,15 @@ impl Event {
     /// The documented line format:
     /// `{"seq":N,"time":"RFC 3339 with ns","subject":{...},"event":"...","context":{...}}`.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut subject = serde_json::json!({"transfer": self.transfer.0});
+        let mut subject = serde_json::json!({});
+        if let Some(transfer) = self.transfer {
+            subject["transfer"] = transfer.0.into();
+        }
         if let Some(entry) = self.entry {
             subject["entry"] = entry.0.into();
+        }
+        if let Some(request) = self.request {
+            subject["request"] = request.0.into();
         }
         serde_json::json!({
             "seq": self.seq,
@@ -157,6 +163,7 @@ impl Event {
 
     /// The transfer state this event puts its transfer in, if any.
     pub fn transfer_state(&self) -> Option<TransferState> {
+        self.transfer?;
         self.name
             .strip_prefix("transfer.")
             .and_then(TransferState::parse)
@@ -171,18 +178,26 @@ impl Event {
 pub struct TransferNames(HashMap<TransferId, String>);
 
 impl TransferNames {
+    /// The transfer's name; a request or catalog event (no transfer) is
+    /// named after its request, if any.
     pub fn name(&mut self, store: &dyn Store, event: &Event) -> String {
+        let Some(transfer) = event.transfer else {
+            return event
+                .request
+                .map(|r| format!("request {r}"))
+                .unwrap_or_default();
+        };
         if let Some(name) = event.context["name"]
             .as_str()
             .filter(|_| event.name == "transfer.created")
         {
-            self.0.insert(event.transfer, name.to_owned());
+            self.0.insert(transfer, name.to_owned());
         }
         self.0
-            .entry(event.transfer)
+            .entry(transfer)
             .or_insert_with(|| {
                 store
-                    .transfer(event.transfer)
+                    .transfer(transfer)
                     .ok()
                     .flatten()
                     .map(|t| t.name)
@@ -191,10 +206,13 @@ impl TransferNames {
             .clone()
     }
 
-    /// The documented JSON line, with the transfer's name in its subject.
+    /// The documented JSON line, with the transfer's name in its subject
+    /// (transfer events only).
     pub fn json_line(&mut self, store: &dyn Store, event: &Event) -> serde_json::Value {
         let mut line = event.to_json();
-        line["subject"]["name"] = self.name(store, event).into();
+        if event.transfer.is_some() {
+            line["subject"]["name"] = self.name(store, event).into();
+        }
         line
     }
 }
@@ -270,7 +288,10 @@ pub fn snapshot_at(store: &dyn Store, seq: u64) -> Result<Vec<TransferSnapshot>>
                 break 'replay;
             }
             cursor = event.seq;
-            let id = event.transfer.0;
+            // HSM request and catalog events are not about transfers.
+            let Some(TransferId(id)) = event.transfer else {
+                continue;
+            };
             let context = &event.context;
             if event.name == "transfer.created" {
                 transfers.insert(
@@ -353,7 +374,7 @@ pub fn snapshot_at(store: &dyn Store, seq: u64) -> Result<Vec<TransferSnapshot>>
 
 /// The transfer `id`'s terminal event, if the log after `since` has one.
 pub fn is_terminal_event(event: &Event, id: TransferId) -> bool {
-    event.transfer == id
+    event.transfer == Some(id)
         && event
             .transfer_state()
             .is_some_and(TransferState::is_terminal)

@@ -7,7 +7,9 @@
 //! `enospc` (the step fails with that error), `pause` (the step waits until
 //! the FIFO named by `FERRY_FAILPOINT_FIFO` has been opened for writing and
 //! closed again, so that a test can change the world mid-step: opening it
-//! returns once ferry is paused there, closing it lets ferry go on). STEP is a [`CommitStep`] name
+//! returns once ferry is paused there, closing it lets ferry go on),
+//! `corrupt` (at `commit.write_data` only: a bit of the N-th buffer written
+//! is flipped after it was hashed, so the temporary differs from the source). STEP is a [`CommitStep`] name
 //! such as `commit.rename`. Unset, a fail point costs one relaxed load.
 //!
 //! A hand-written seam rather than the `fail` crate: that crate needs a cargo
@@ -44,6 +46,12 @@ pub enum CommitStep {
     /// Before each transaction of the store commits (its write and sync):
     /// `enospc` fails it as SQLITE_FULL, `eio` as an I/O error.
     StoreCommit,
+    /// HSM: before each chunk of an archive object is written.
+    ArchiveData,
+    /// HSM: before a finished archive object is renamed to its name.
+    ArchiveRename,
+    /// HSM: before each chunk of a restored file is written.
+    RestoreData,
 }
 
 impl CommitStep {
@@ -60,6 +68,14 @@ impl CommitStep {
         CommitStep::StoreCommit,
     ];
 
+    /// The steps of the HSM archive and restore protocols (same shape:
+    /// temporary, sync, rename).
+    pub const HSM: [CommitStep; 3] = [
+        CommitStep::ArchiveData,
+        CommitStep::ArchiveRename,
+        CommitStep::RestoreData,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             CommitStep::ReadSource => "source.read",
@@ -72,6 +88,9 @@ impl CommitStep {
             CommitStep::SyncDir => "commit.sync_dir",
             CommitStep::RecordCommitted => "commit.record_committed",
             CommitStep::StoreCommit => "store.commit",
+            CommitStep::ArchiveData => "hsm.archive_data",
+            CommitStep::ArchiveRename => "hsm.archive_rename",
+            CommitStep::RestoreData => "hsm.restore_data",
         }
     }
 }
@@ -80,6 +99,7 @@ impl CommitStep {
 enum Action {
     Crash,
     Pause,
+    Corrupt,
     Error(i32),
 }
 
@@ -105,11 +125,13 @@ fn parse(spec: &str) -> Option<Armed> {
     let (step, nth) = point.split_once(':').unwrap_or((point, "1"));
     let step = CommitStep::ALL
         .into_iter()
+        .chain(CommitStep::HSM)
         .find(|s| s.name() == step)?
         .name();
     let action = match action {
         "crash" => Action::Crash,
         "pause" => Action::Pause,
+        "corrupt" => Action::Corrupt,
         "eio" => Action::Error(rustix::io::Errno::IO.raw_os_error()),
         "enospc" => Action::Error(rustix::io::Errno::NOSPC.raw_os_error()),
         _ => return None,
@@ -121,13 +143,26 @@ fn parse(spec: &str) -> Option<Armed> {
     })
 }
 
+/// `corrupt` (only at `commit.write_data`): whether the data about to be
+/// written should have a bit flipped, so that it differs from what was read
+/// and hashed. Counts its own hits.
+pub fn corrupts(step: CommitStep) -> bool {
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    match armed() {
+        Some(armed) if armed.step == step.name() && matches!(armed.action, Action::Corrupt) => {
+            HITS.fetch_add(1, Ordering::SeqCst) + 1 == armed.nth
+        }
+        _ => false,
+    }
+}
+
 /// Called by the engine just before it performs `step`.
 pub fn hit(step: CommitStep) -> io::Result<()> {
     static HITS: AtomicU64 = AtomicU64::new(0);
     let Some(armed) = armed() else {
         return Ok(());
     };
-    if armed.step != step.name() {
+    if armed.step != step.name() || matches!(armed.action, Action::Corrupt) {
         return Ok(());
     }
     let n = HITS.fetch_add(1, Ordering::SeqCst) + 1;
@@ -135,6 +170,7 @@ pub fn hit(step: CommitStep) -> io::Result<()> {
         return Ok(());
     }
     match armed.action {
+        Action::Corrupt => Ok(()),
         Action::Crash => {
             // SIGKILL cannot be caught: nothing runs after this line, exactly
             // as when the process is killed from outside.
@@ -171,6 +207,7 @@ mod tests {
         assert_eq!(b.nth, 1);
         assert!(matches!(b.action, Action::Crash));
         assert!(parse("no.such.step").is_none());
+        assert_eq!(parse("hsm.archive_data:2").unwrap().nth, 2);
         assert!(parse("commit.rename=explode").is_none());
     }
 }

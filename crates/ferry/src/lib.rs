@@ -16,6 +16,8 @@
 //!   and rebuilds past states from it ([`events::snapshot_at`]).
 //! - [`finalize`] finishes what a job left behind, across many stores,
 //!   without the sources.
+//! - [`hsm`] is the HSM coordinator: a durable queue of archive, restore
+//!   and remove requests in the same store, workers, and archive back ends.
 //! - [`model`] is the vocabulary, [`owner`] tells live owners from dead ones.
 //!
 //! ```no_run
@@ -31,18 +33,21 @@
 //! # Ok::<(), ferry::Error>(())
 //! ```
 
+pub mod checksum;
 pub mod engine;
 pub mod error;
 pub mod events;
 pub mod failpoint;
 pub mod finalize;
+pub mod hsm;
 pub mod model;
 pub mod owner;
 pub mod store;
 mod transfer;
+pub mod verify;
 
 pub use engine::plan::plan;
 pub use engine::{FileFailure, Progress, RunReport, temp_path};
 pub use error::{Error, Result};
 pub use model::{Caller, EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
-pub use transfer::{Transfer, default_store_path, default_workers};
+pub use transfer::{Transfer, TransferOptions, default_store_path, default_workers};

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+pub use crate::checksum::{Checksum, ChecksumAlgo};
+
 /// A transfer's id: assigned by the store, strictly increasing, never reused
 /// within one store (SQLite `AUTOINCREMENT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -137,6 +139,8 @@ impl fmt::Display for TransferState {
 /// `pending → copying → copied → committed | failed` (see SPEC "Transfer
 /// lifecycle"). Small files go from `pending` straight to `copied`: a
 /// transaction per file to say "copying" would cost more than the copy.
+/// `skipped`: a skip rule found the destination already matching; like
+/// `committed`, it is final.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileState {
@@ -145,16 +149,23 @@ pub enum FileState {
     Copied,
     Committed,
     Failed,
+    Skipped,
 }
 
 impl FileState {
-    pub const ALL: [FileState; 5] = [
+    pub const ALL: [FileState; 6] = [
         FileState::Pending,
         FileState::Copying,
         FileState::Copied,
         FileState::Committed,
         FileState::Failed,
+        FileState::Skipped,
     ];
+
+    /// Committed or skipped: the destination is what it should be.
+    pub fn is_done(self) -> bool {
+        matches!(self, FileState::Committed | FileState::Skipped)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -163,6 +174,7 @@ impl FileState {
             FileState::Copied => "copied",
             FileState::Committed => "committed",
             FileState::Failed => "failed",
+            FileState::Skipped => "skipped",
         }
     }
 
@@ -180,6 +192,7 @@ impl FileState {
             Copied => &[Pending, Copying, Copied, Failed],
             Committed => &[Copied],
             Failed => &[Pending, Copying, Copied, Failed],
+            Skipped => &[Pending, Copying, Copied, Failed],
         }
     }
 }
@@ -285,6 +298,8 @@ pub struct TransferRecord {
     /// Appended to a destination's name while it is written:
     /// `DEST<temp_suffix><id>`, `._ferry-` by default.
     pub temp_suffix: String,
+    /// The hash every copied file gets (`None`: no checksums).
+    pub checksum: Option<ChecksumAlgo>,
     pub created_ns: i64,
     pub updated_ns: i64,
     /// See [`Caller`].
@@ -304,6 +319,13 @@ pub struct EntryRecord {
     /// Bytes of the temporary, from offset 0, known to be durable on disk.
     pub progress_bytes_durable: u64,
     pub error: Option<String>,
+    /// Of the bytes as they were read, once the file is copied.
+    pub checksum: Option<Checksum>,
+    /// Hard links: the entry (of this transfer) whose inode this file
+    /// shares; its data is copied once, by that entry.
+    pub link_leader: Option<EntryIndex>,
+    /// Extended attributes (ACLs included), captured with the metadata.
+    pub xattrs: Xattrs,
 }
 
 /// An entry about to be added to a transfer.
@@ -314,6 +336,50 @@ pub struct NewEntry {
     pub dest: PathBuf,
     pub meta: SourceMeta,
     pub link_target: Option<PathBuf>,
+    /// Position, in the same slice of new entries, of the first entry
+    /// that shares this file's inode (a hard link).
+    pub link_leader: Option<usize>,
+    pub xattrs: Xattrs,
+}
+
+/// Extended attributes of an entry: (name, value) pairs, names as bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Xattrs(pub Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Xattrs {
+    /// Length-prefixed pairs: `u32 name length, name, u32 value length,
+    /// value`, little-endian. Empty when there are none.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in &self.0 {
+            assert!(!name.is_empty(), "an extended attribute has a name");
+            for part in [name, value] {
+                out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                out.extend_from_slice(part);
+            }
+        }
+        out
+    }
+
+    /// `None` when `bytes` is not what [`Xattrs::encode`] writes.
+    pub fn decode(mut bytes: &[u8]) -> Option<Xattrs> {
+        let take = |bytes: &mut &[u8]| -> Option<Vec<u8>> {
+            let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+            let part = bytes.get(4..4 + len)?.to_vec();
+            *bytes = &bytes[4 + len..];
+            Some(part)
+        };
+        let mut pairs = Vec::new();
+        while !bytes.is_empty() {
+            let name = take(&mut bytes)?;
+            let value = take(&mut bytes)?;
+            if name.is_empty() {
+                return None;
+            }
+            pairs.push((name, value));
+        }
+        Some(Xattrs(pairs))
+    }
 }
 
 /// A transfer about to be created.
@@ -325,6 +391,7 @@ pub struct NewTransfer {
     pub owner: Owner,
     pub preserve: Preserve,
     pub temp_suffix: String,
+    pub checksum: Option<ChecksumAlgo>,
     /// See [`Caller`].
     pub caller: Option<Caller>,
 }
@@ -334,8 +401,12 @@ pub struct NewTransfer {
 pub struct Event {
     pub seq: u64,
     pub time_ns: i64,
-    pub transfer: TransferId,
+    /// The transfer the event is about; `None` for HSM request and catalog
+    /// events.
+    pub transfer: Option<TransferId>,
     pub entry: Option<EntryIndex>,
+    /// The HSM request the event is about, if any.
+    pub request: Option<crate::hsm::RequestId>,
     pub name: String,
     pub context: serde_json::Value,
 }

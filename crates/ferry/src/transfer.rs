@@ -8,14 +8,42 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crate::engine::plan::plan;
+use crate::engine::skip::SkipRule;
 use crate::engine::{self, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
 use crate::model::{
-    Caller, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve, TransferRecord,
-    TransferState,
+    Caller, ChecksumAlgo, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve,
+    TransferRecord, TransferState,
 };
 use crate::owner::Liveness;
 use crate::store::{Change, Store, StoreError};
+use crate::verify::Verify;
+
+/// How a new transfer is made: [`Transfer::create_with`].
+#[derive(Clone, Debug)]
+pub struct TransferOptions {
+    /// `None`: the store names it `cp-<id>`.
+    pub name: Option<String>,
+    pub kind: Kind,
+    pub preserve: Preserve,
+    /// The hash every copied file gets; `None` for none. Default: XXH3-128.
+    pub checksum: Option<ChecksumAlgo>,
+    /// The daemon's client this transfer is made for (see [`Caller`]),
+    /// recorded with it in the same transaction.
+    pub caller: Option<Caller>,
+}
+
+impl Default for TransferOptions {
+    fn default() -> TransferOptions {
+        TransferOptions {
+            name: None,
+            kind: Kind::Threads,
+            preserve: Preserve::NONE,
+            checksum: Some(ChecksumAlgo::Xxh3),
+            caller: None,
+        }
+    }
+}
 
 /// A transfer this process works with.
 pub struct Transfer {
@@ -26,6 +54,8 @@ pub struct Transfer {
     progress: Arc<Progress>,
     clean_orphans: bool,
     check_space: bool,
+    skip: SkipRule,
+    verify: Verify,
     mover: Mover,
 }
 
@@ -73,19 +103,23 @@ impl Transfer {
         preserve: Preserve,
         entries: &[NewEntry],
     ) -> Result<Transfer> {
-        Transfer::create_for(store, None, name, kind, preserve, entries)
+        let options = TransferOptions {
+            name: name.map(str::to_owned),
+            kind,
+            preserve,
+            ..TransferOptions::default()
+        };
+        Transfer::create_with(store, &options, entries)
     }
 
-    /// [`Transfer::create`] on behalf of `caller` (the daemon's client),
-    /// recorded with the transfer in the same transaction.
-    pub fn create_for(
+    /// [`Transfer::create`] with every option.
+    pub fn create_with(
         store: Arc<dyn Store>,
-        caller: Option<Caller>,
-        name: Option<&str>,
-        kind: Kind,
-        preserve: Preserve,
+        options: &TransferOptions,
         entries: &[NewEntry],
     ) -> Result<Transfer> {
+        let name = options.name.as_deref();
+        let (kind, preserve) = (options.kind, options.preserve);
         if let Some(name) = name
             && let Some(existing) = store.transfer_by_name(name)?
         {
@@ -98,7 +132,8 @@ impl Transfer {
                 owner: Owner::current(),
                 preserve,
                 temp_suffix: DEFAULT_TEMP_SUFFIX.into(),
-                caller,
+                checksum: options.checksum,
+                caller: options.caller.clone(),
             },
             entries,
         );
@@ -140,6 +175,8 @@ impl Transfer {
             progress: Arc::new(Progress::default()),
             clean_orphans: false,
             check_space: false,
+            skip: SkipRule::Never,
+            verify: Verify::None,
             mover: Mover::Idle,
         }
     }
@@ -229,6 +266,17 @@ impl Transfer {
         Arc::clone(&self.cancel)
     }
 
+    /// Which destinations the next dispatch or resume takes as already
+    /// there (recorded `skipped`, no data copied).
+    pub fn set_skip(&mut self, skip: SkipRule) {
+        self.skip = skip;
+    }
+
+    /// How much the next dispatch or resume reads back what it wrote.
+    pub fn set_verify(&mut self, verify: Verify) {
+        self.verify = verify;
+    }
+
     pub fn progress(&self) -> Arc<Progress> {
         Arc::clone(&self.progress)
     }
@@ -292,6 +340,8 @@ impl Transfer {
             },
             clean_orphans: self.clean_orphans,
             check_space: self.check_space,
+            skip: self.skip,
+            verify: self.verify,
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
         };

@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, CWD, Gid, Mode, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 
+use crate::checksum;
 use crate::failpoint::{self, CommitStep};
-use crate::model::{EntryIndex, EntryKind, EntryRecord, FileState, Preserve, TransferId};
+use crate::model::{Checksum, EntryIndex, EntryKind, EntryRecord, FileState, Preserve, TransferId};
 use crate::store::{Change, Store, StoreError};
 
 /// An entry whose data is in its temporary.
@@ -29,6 +30,8 @@ pub struct Ready {
     pub durable: bool,
     /// `copied` is already in the store (an earlier run got that far).
     pub recorded: bool,
+    /// Of the bytes as read from the source (`None`: no checksums).
+    pub checksum: Option<Checksum>,
 }
 
 /// What a batch commit needs to know about its transfer.
@@ -39,6 +42,11 @@ pub struct Committer<'a> {
     pub preserve: Preserve,
     pub temp_suffix: &'a str,
     pub umask: u32,
+    /// Read each temporary back from disk after it is durable and compare
+    /// its checksum with the source's, before the rename (`--verify`).
+    pub verify: bool,
+    /// Also those recorded `copied` by an earlier run (finalize).
+    pub verify_recorded_too: bool,
 }
 
 /// What became of a batch: entries committed, and entries that failed with
@@ -47,6 +55,9 @@ pub struct Committer<'a> {
 pub struct BatchOutcome {
     pub committed: Vec<EntryIndex>,
     pub failed: Vec<(EntryIndex, String)>,
+    /// Metadata a destination refused without failing it (an extended
+    /// attribute its file system does not take), as `cp -a` warns.
+    pub warnings: Vec<String>,
 }
 
 impl Committer<'_> {
@@ -71,6 +82,7 @@ impl Committer<'_> {
         let mut outcome = BatchOutcome {
             committed: Vec::with_capacity(batch.len()),
             failed: failures,
+            warnings: Vec::new(),
         };
         // A file the workers reported failed is never committed, even if
         // another of its ranges also reported it copied.
@@ -117,15 +129,24 @@ impl Committer<'_> {
             }
         }
 
+        // 2b. Verify: what the disk holds is what was read, or the file
+        // fails and is never renamed.
+        if self.verify {
+            live.retain(|r| match self.verify_durable(r) {
+                Ok(()) => true,
+                Err(message) => {
+                    outcome.failed.push((r.index, message));
+                    false
+                }
+            });
+        }
+
         // 3. Record copied (with the failures so far).
         failpoint::hit(CommitStep::RecordCopied).map_err(|e| self.injected(e))?;
         let mut changes: Vec<Change> = live
             .iter()
             .filter(|r| !r.recorded)
-            .map(|r| {
-                let entry = self.entry(r.index);
-                self.entry_change(r.index, FileState::Copied, Some(entry.meta.size), None)
-            })
+            .map(|r| self.copied_change(r.index, r.checksum))
             .collect();
         changes.extend(outcome.failed.iter().map(|(index, message)| {
             self.entry_change(*index, FileState::Failed, None, Some(message.clone()))
@@ -134,7 +155,7 @@ impl Committer<'_> {
         let recorded_failures = outcome.failed.len();
 
         // 4. Rename, and 5. metadata.
-        self.place(&mut live, &mut outcome.failed);
+        self.place(&mut live, &mut outcome.failed, &mut outcome.warnings);
 
         // Renames and metadata durable: the directory fsync of step 4, and
         // the inode changes of step 5.
@@ -166,11 +187,48 @@ impl Committer<'_> {
         Ok(outcome)
     }
 
+    /// Reads a durable temporary back from disk (its cached pages dropped
+    /// first) and compares its checksum with the one computed as the source
+    /// was read. A file `copied` by an earlier run of the same process
+    /// family was verified then, unless `again` (finalize --verify); there
+    /// an earlier finalize may have renamed it already, so the final name
+    /// is read when the temporary is gone.
+    pub fn verify_durable(&self, r: &Ready) -> Result<(), String> {
+        let entry = self.entry(r.index);
+        let again = !self.verify_recorded_too && r.recorded;
+        let (Some(expected), EntryKind::File, false) = (r.checksum, entry.kind, again) else {
+            return Ok(());
+        };
+        let mut temp = self.temp_of(entry);
+        if r.recorded && !temp.exists() {
+            temp = entry.dest.clone();
+        }
+        match checksum::of_file(&temp, expected.algo, true) {
+            Ok(found) if found == expected => Ok(()),
+            Ok(found) => Err(format!(
+                "{}: verification failed: its temporary {} reads back as {found}, the source \
+                 was read as {expected}; it was not renamed",
+                entry.dest.display(),
+                temp.display()
+            )),
+            Err(e) => Err(format!(
+                "{}: cannot read back {} to verify it: {e}",
+                entry.dest.display(),
+                temp.display()
+            )),
+        }
+    }
+
     /// Steps 4 and 5 for entries whose data is durable in their temporary:
     /// rename into place, then metadata. Entries that fail move from `live`
     /// to `failed`. Nothing is made durable or recorded here: the caller
     /// syncs (once for many transfers, in finalize) and then records.
-    pub fn place(&self, live: &mut Vec<Ready>, failed: &mut Vec<(EntryIndex, String)>) {
+    pub fn place(
+        &self,
+        live: &mut Vec<Ready>,
+        failed: &mut Vec<(EntryIndex, String)>,
+        warnings: &mut Vec<String>,
+    ) {
         live.retain(|r| {
             let entry = self.entry(r.index);
             let done = failpoint::hit(CommitStep::Rename)
@@ -178,7 +236,7 @@ impl Committer<'_> {
                 .map_err(|e| format!("{}: cannot rename into place: {e}", entry.dest.display()))
                 .and_then(|()| {
                     failpoint::hit(CommitStep::ApplyMetadata)
-                        .and_then(|()| apply_metadata(entry, self.preserve, self.umask))
+                        .and_then(|()| apply_metadata(entry, self.preserve, self.umask, warnings))
                         .map_err(|e| {
                             format!("{}: cannot apply metadata: {e}", entry.dest.display())
                         })
@@ -199,11 +257,12 @@ impl Committer<'_> {
         &self,
         dirs: impl Iterator<Item = &'e EntryRecord>,
         failed: &mut Vec<(EntryIndex, String)>,
+        warnings: &mut Vec<String>,
     ) -> Vec<&'e EntryRecord> {
         let mut done = Vec::new();
         for dir in dirs {
             let applied = failpoint::hit(CommitStep::ApplyMetadata)
-                .and_then(|()| apply_metadata(dir, self.preserve, self.umask));
+                .and_then(|()| apply_metadata(dir, self.preserve, self.umask, warnings));
             match applied {
                 Ok(()) => done.push(dir),
                 Err(e) => failed.push((
@@ -280,6 +339,26 @@ impl Committer<'_> {
             to,
             progress_bytes_durable,
             error,
+            checksum: None,
+            context,
+        }
+    }
+
+    /// Step 3 for one entry: `copied`, with the checksum of what was read,
+    /// which its event carries too.
+    pub fn copied_change(&self, index: EntryIndex, checksum: Option<Checksum>) -> Change {
+        let entry = self.entry(index);
+        let mut context = serde_json::json!({"bytes": entry.meta.size});
+        if let Some(checksum) = checksum {
+            context["checksum"] = checksum.to_string().into();
+        }
+        Change::Entry {
+            id: self.id,
+            index,
+            to: FileState::Copied,
+            progress_bytes_durable: Some(entry.meta.size),
+            error: None,
+            checksum,
             context,
         }
     }
@@ -299,9 +378,16 @@ pub fn temp_path(dest: &Path, suffix: &str, id: TransferId) -> PathBuf {
     dest.with_file_name(name)
 }
 
-/// Step 5: ownership where permitted, then mode (last, because chown clears
-/// set-id bits), then times to the nanosecond. Symlinks have no mode.
-pub fn apply_metadata(entry: &EntryRecord, preserve: Preserve, umask: u32) -> io::Result<()> {
+/// Step 5: ownership where permitted, extended attributes (ACLs among them),
+/// then mode (last, because chown clears set-id bits and an ACL sets the
+/// group bits), then times to the nanosecond. Symlinks have no mode. An
+/// attribute the destination refuses is a warning, as with `cp -a`.
+pub fn apply_metadata(
+    entry: &EntryRecord,
+    preserve: Preserve,
+    umask: u32,
+    warnings: &mut Vec<String>,
+) -> io::Result<()> {
     let path = entry.dest.as_path();
     let meta = entry.meta;
     if preserve.ownership {
@@ -326,6 +412,29 @@ pub fn apply_metadata(entry: &EntryRecord, preserve: Preserve, umask: u32) -> io
         }
     }
     if entry.kind != EntryKind::Symlink {
+        for (name, value) in &entry.xattrs.0 {
+            let set = rustix::fs::lsetxattr(
+                path,
+                name.as_slice(),
+                value,
+                rustix::fs::XattrFlags::empty(),
+            );
+            match set {
+                Ok(()) => {}
+                Err(
+                    e @ (Errno::OPNOTSUPP
+                    | Errno::PERM
+                    | Errno::ACCESS
+                    | Errno::INVAL
+                    | Errno::RANGE),
+                ) => warnings.push(format!(
+                    "{}: extended attribute {} not kept: {e}",
+                    path.display(),
+                    String::from_utf8_lossy(name)
+                )),
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mode = if preserve.mode {
             meta.mode
         } else {

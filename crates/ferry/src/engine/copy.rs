@@ -5,7 +5,9 @@
 //! file systems); otherwise — `EXDEV` between a burst buffer and a parallel
 //! file system is the normal case — `pread`/`pwrite` through a large buffer.
 //! Several ranges are in flight at once because the engine runs one copy per
-//! worker thread.
+//! worker thread. With a checksum the bytes must pass through our hands, so
+//! the buffered path is taken and each buffer is hashed between its read and
+//! its write (holes are hashed as the zeros they read as).
 
 use std::fs::File;
 use std::io;
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
+use crate::checksum::Hasher;
 use crate::failpoint::{self, CommitStep};
 
 /// Bytes per `copy_file_range` call or buffered read: large enough to
@@ -53,8 +56,10 @@ pub struct Copier<'a> {
 
 impl Copier<'_> {
     /// Copies `[start, end)` of `src` to the same offsets of `dst`, skipping
-    /// holes unless `dense` says there are none. Returns where the last data
-    /// written ends: the caller extends `dst` when a hole ends the file.
+    /// holes unless `dense` says there are none, and feeding `hasher` every
+    /// byte of the range in order. Returns where the last data written
+    /// ends: the caller extends `dst` when a hole ends the file.
+    #[allow(clippy::too_many_arguments)]
     pub fn copy_range(
         &self,
         src: &File,
@@ -63,11 +68,17 @@ impl Copier<'_> {
         end: u64,
         dense: bool,
         buffer: &mut Vec<u8>,
+        mut hasher: Option<&mut Hasher>,
     ) -> Result<u64, CopyError> {
         if dense {
-            self.copy_data(src, dst, start, end, buffer)?;
+            self.copy_data(src, dst, start, end, buffer, hasher)?;
             return Ok(end);
         }
+        let zeros = |hasher: &mut Option<&mut Hasher>, len: u64| {
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update_zeros(len);
+            }
+        };
         let mut pos = start;
         let mut data_end = start;
         while pos < end {
@@ -75,19 +86,24 @@ impl Copier<'_> {
                 Ok(data) => data,
                 // No data after pos: the rest is a hole (the caller checks
                 // afterwards that the source did not shrink).
-                Err(Errno::NXIO) => return Ok(data_end),
+                Err(Errno::NXIO) => {
+                    zeros(&mut hasher, end - pos);
+                    return Ok(data_end);
+                }
                 // The file system cannot tell holes: everything is data.
                 Err(Errno::INVAL | Errno::OPNOTSUPP) => pos,
                 Err(e) => return Err(CopyError::Read(e.into())),
             };
             if data >= end {
+                zeros(&mut hasher, end - pos);
                 return Ok(data_end);
             }
+            zeros(&mut hasher, data - pos);
             let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
                 Ok(hole) => hole.min(end),
                 Err(_) => end,
             };
-            self.copy_data(src, dst, data, hole, buffer)?;
+            self.copy_data(src, dst, data, hole, buffer, hasher.as_deref_mut())?;
             data_end = hole;
             pos = hole;
         }
@@ -101,6 +117,7 @@ impl Copier<'_> {
         start: u64,
         end: u64,
         buffer: &mut Vec<u8>,
+        mut hasher: Option<&mut Hasher>,
     ) -> Result<(), CopyError> {
         let mut pos = start;
         while pos < end {
@@ -111,7 +128,8 @@ impl Copier<'_> {
             failpoint::hit(CommitStep::WriteData)
                 .map_err(|error| CopyError::Write { error, at: pos })?;
             let want = (end - pos).min(CHUNK_BYTES as u64) as usize;
-            let copied = if self.use_copy_file_range.load(Ordering::Relaxed) {
+            let in_kernel = hasher.is_none() && self.use_copy_file_range.load(Ordering::Relaxed);
+            let copied = if in_kernel {
                 let (mut off_in, mut off_out) = (pos, pos);
                 match rustix::fs::copy_file_range(
                     src,
@@ -135,7 +153,7 @@ impl Copier<'_> {
             };
             let copied = match copied {
                 Some(n) => n,
-                None => self.copy_buffered(src, dst, pos, want, buffer)?,
+                None => self.copy_buffered(src, dst, pos, want, buffer, hasher.as_deref_mut())?,
             };
             if copied == 0 {
                 return Err(CopyError::SourceShrank { at: pos });
@@ -154,6 +172,7 @@ impl Copier<'_> {
         pos: u64,
         want: usize,
         buffer: &mut Vec<u8>,
+        hasher: Option<&mut Hasher>,
     ) -> Result<usize, CopyError> {
         if buffer.len() < BUFFER_BYTES {
             buffer.resize(BUFFER_BYTES, 0);
@@ -166,6 +185,13 @@ impl Copier<'_> {
                 Err(e) => return Err(CopyError::Read(e)),
             }
         };
+        if let Some(hasher) = hasher {
+            hasher.update(&buffer[..n]);
+        }
+        if n > 0 && failpoint::corrupts(CommitStep::WriteData) {
+            // The I/O seam's bit flip between what was read and what lands.
+            buffer[n / 2] ^= 0x01;
+        }
         dst.write_all_at(&buffer[..n], pos)
             .map_err(|error| CopyError::Write { error, at: pos })?;
         Ok(n)

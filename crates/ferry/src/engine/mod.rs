@@ -20,10 +20,11 @@
 pub mod commit;
 pub mod copy;
 pub mod plan;
+pub mod skip;
 mod space;
 mod stale;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -35,21 +36,25 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::checksum::{self, Checksum, Hasher};
 use crate::error::{Error, Result};
 use crate::failpoint::{self, CommitStep};
 use crate::model::{
     EntryIndex, EntryKind, EntryRecord, FileState, TransferId, TransferRecord, TransferState,
 };
 use crate::store::{Change, Store, StoreError};
+use crate::verify::Verify;
 use commit::{Committer, Ready};
 use copy::{Copier, CopyError};
+use skip::SkipRule;
 
 pub use commit::temp_path;
 
-/// Files this large or larger are split into ranges.
-pub const SPLIT_BYTES_MIN: u64 = 2 * RANGE_BYTES;
+/// Files this large or larger are split into ranges (and hashed in pieces:
+/// a range is a checksum piece).
+pub const SPLIT_BYTES_MIN: u64 = checksum::PIECED_FROM_BYTES;
 /// The unit of work for large files.
-pub const RANGE_BYTES: u64 = 16 << 20;
+pub const RANGE_BYTES: u64 = checksum::PIECE_BYTES;
 /// A large file's durable prefix is recorded each time it grows this much.
 pub const CHECKPOINT_BYTES: u64 = 32 << 20;
 /// At most this many files are committed in one batch (one syncfs, two
@@ -108,6 +113,10 @@ pub struct RunOptions {
     /// Refuse to start without room for what is left to copy, and reserve
     /// the space of large files up front.
     pub check_space: bool,
+    /// Destinations that already match are recorded `skipped`, not copied.
+    pub skip: SkipRule,
+    /// Read back what was written, from disk, and compare checksums.
+    pub verify: Verify,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
 }
@@ -124,6 +133,13 @@ enum Work {
         end: u64,
     },
     Symlink(EntryIndex),
+    /// A piece of a large file that an earlier run made durable: hashed
+    /// from the temporary, so the file's checksum is the same as if it had
+    /// been copied in one go. Never reads the source.
+    Rehash {
+        index: EntryIndex,
+        piece: usize,
+    },
 }
 
 enum Done {
@@ -137,6 +153,10 @@ struct RangeTracker {
     done: Vec<bool>,
     recorded: u64,
     failed: bool,
+    /// One per piece of the whole file, when the transfer has checksums.
+    digests: Vec<Option<Checksum>>,
+    /// Reported copied (or failed): nothing more to send.
+    finished: bool,
 }
 
 impl RangeTracker {
@@ -173,6 +193,8 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
             preserve: transfer.preserve,
             temp_suffix: &transfer.temp_suffix,
             umask: current_umask(),
+            verify: options.verify != Verify::None,
+            verify_recorded_too: false,
         },
         options,
         warnings: Mutex::new(Vec::new()),
@@ -245,9 +267,32 @@ impl Engine<'_> {
         let mut trackers: Vec<Option<Mutex<RangeTracker>>> =
             (0..entries.len()).map(|_| None).collect();
         let mut copying = Vec::new();
+        let mut skipped = Vec::new();
+        let mut followers = Vec::new();
         for entry in entries {
+            let unfinished = matches!(
+                entry.state,
+                FileState::Pending | FileState::Copying | FileState::Failed
+            );
+            if entry.link_leader.is_some() && unfinished {
+                // A hard link: its data comes with its leader's.
+                followers.push(entry);
+                continue;
+            }
+            let may_skip = entry.kind == EntryKind::File
+                && matches!(
+                    entry.state,
+                    FileState::Pending | FileState::Copying | FileState::Failed
+                );
+            if may_skip
+                && let Ok(Some(matched)) =
+                    skip::matches(entry, self.options.skip, self.transfer.checksum)
+            {
+                skipped.push((entry, matched.checksum));
+                continue;
+            }
             match (entry.kind, entry.state) {
-                (EntryKind::Dir, _) | (_, FileState::Committed) => {
+                (EntryKind::Dir, _) | (_, FileState::Committed | FileState::Skipped) => {
                     if entry.kind != EntryKind::Dir {
                         progress.files_done.fetch_add(1, Ordering::Relaxed);
                         progress
@@ -263,6 +308,7 @@ impl Engine<'_> {
                         index: entry.index,
                         durable: true,
                         recorded: true,
+                        checksum: entry.checksum,
                     });
                 }
                 (EntryKind::Symlink, _) => work.push(Work::Symlink(entry.index)),
@@ -283,11 +329,27 @@ impl Engine<'_> {
                                 slot += 1;
                                 start = end;
                             }
+                            let pieces = checksum::pieces(entry.meta.size) as usize;
+                            let hashing = self.transfer.checksum.is_some();
+                            if hashing {
+                                // `first` is a multiple of a piece, or the size.
+                                let durable_pieces = if first == entry.meta.size {
+                                    pieces
+                                } else {
+                                    (first / RANGE_BYTES) as usize
+                                };
+                                work.extend((0..durable_pieces).map(|piece| Work::Rehash {
+                                    index: entry.index,
+                                    piece,
+                                }));
+                            }
                             trackers[entry.index.0 as usize] = Some(Mutex::new(RangeTracker {
                                 first,
                                 done: vec![false; slot],
                                 recorded: first,
                                 failed: false,
+                                digests: vec![None; if hashing { pieces } else { 0 }],
+                                finished: false,
                             }));
                             copying.push(self.committer.entry_change(
                                 entry.index,
@@ -295,12 +357,14 @@ impl Engine<'_> {
                                 Some(first),
                                 None,
                             ));
-                            if slot == 0 {
-                                // Everything was durable already.
+                            if slot == 0 && !hashing {
+                                // Everything was durable already (with
+                                // checksums, the last rehash reports it).
                                 ready.push(Ready {
                                     index: entry.index,
                                     durable: true,
                                     recorded: false,
+                                    checksum: None,
                                 });
                             }
                         }
@@ -313,6 +377,10 @@ impl Engine<'_> {
         // Large files say "copying" (with the offset they resume from) in one
         // transaction; small files go straight to "copied".
         self.store.apply(&copying)?;
+        let skipped_now: HashSet<EntryIndex> = skipped.iter().map(|(e, _)| e.index).collect();
+        self.record_skipped(skipped, &mut failures)?;
+        let followers_of =
+            self.link_ready_followers(entries, followers, &skipped_now, &mut ready, &mut failures);
 
         let workers = self
             .options
@@ -328,15 +396,19 @@ impl Engine<'_> {
                 scope.spawn(move || self.worker(work, next, trackers, entries, tx));
             }
             drop(tx);
-            self.commit_loop(rx, ready, std::mem::take(&mut failures))
+            self.commit_loop(rx, ready, std::mem::take(&mut failures), &followers_of)
         });
         let mut failed = committed?;
 
         if self.options.cancel.load(Ordering::Relaxed) {
             return self.report(TransferState::Cancelled, failed);
         }
+        self.check_every_file_ended(&mut failed)?;
         if failed.is_empty() {
             self.finish_directories(entries, &left_alone, &mut failed)?;
+        }
+        if self.options.verify == Verify::Full {
+            self.verify_finished(&mut failed)?;
         }
         let state = if failed.is_empty() {
             TransferState::Completed
@@ -403,7 +475,7 @@ impl Engine<'_> {
         let mut to_create = Vec::new();
         let mut left_alone = HashSet::new();
         for entry in entries {
-            if entry.state == FileState::Committed {
+            if entry.state.is_done() {
                 continue;
             }
             // Parents outside the transfer's own directories, as `mkdir -p`.
@@ -501,7 +573,11 @@ impl Engine<'_> {
         let first_failure = failed.len();
         let mut done: Vec<EntryIndex> = self
             .committer
-            .place_directories(dirs, failed)
+            .place_directories(
+                dirs,
+                failed,
+                &mut self.warnings.lock().expect("warnings poisoned"),
+            )
             .iter()
             .map(|d| d.index)
             .collect();
@@ -529,6 +605,59 @@ impl Engine<'_> {
                 .committer
                 .committed_changes(&done, &failed[first_failure..]),
         )?;
+        Ok(())
+    }
+
+    /// Every file either reached the committer or failed: one that did
+    /// neither is a bug in the engine, and must not let the transfer say
+    /// `completed`.
+    fn check_every_file_ended(&self, failed: &mut Vec<(EntryIndex, String)>) -> Result<()> {
+        let failed_now: HashSet<EntryIndex> = failed.iter().map(|(i, _)| *i).collect();
+        for entry in self.store.entries(self.transfer.id)? {
+            let ended = entry.kind == EntryKind::Dir
+                || entry.state.is_done()
+                || entry.state == FileState::Failed
+                || failed_now.contains(&entry.index);
+            if !ended {
+                debug_assert!(false, "{:?} neither copied nor failed", entry.dest);
+                failed.push((
+                    entry.index,
+                    format!(
+                        "{}: left {} by this run (a bug in ferry: please report it); resume retries it",
+                        entry.dest.display(),
+                        entry.state
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `--verify full`: every finished file of the transfer, read back from
+    /// its final name (from disk) and compared with its stored checksum. A
+    /// mismatch fails the transfer; the file keeps its state, since what is
+    /// wrong is the disk, not the record.
+    fn verify_finished(&self, failed: &mut Vec<(EntryIndex, String)>) -> Result<()> {
+        let entries = self.store.entries(self.transfer.id)?;
+        for entry in entries.iter().filter(|e| e.state.is_done()) {
+            let Some(expected) = entry.checksum else {
+                continue;
+            };
+            match checksum::of_file(&entry.dest, expected.algo, true) {
+                Ok(found) if found == expected => {}
+                Ok(found) => failed.push((
+                    entry.index,
+                    format!(
+                        "{}: verification failed: it reads back as {found}, it was copied as {expected}",
+                        entry.dest.display()
+                    ),
+                )),
+                Err(e) => failed.push((
+                    entry.index,
+                    format!("{}: cannot read it back to verify it: {e}", entry.dest.display()),
+                )),
+            }
+        }
         Ok(())
     }
 
@@ -581,10 +710,11 @@ impl Engine<'_> {
                 Work::Whole(index) => {
                     let entry = &entries[index.0 as usize];
                     match self.copy_whole(entry, &mut buffer) {
-                        Ok(()) => Some(Done::Copied(Ready {
+                        Ok(checksum) => Some(Done::Copied(Ready {
                             index,
                             durable: false,
                             recorded: false,
+                            checksum,
                         })),
                         Err(None) => None,
                         Err(Some(message)) => Some(Done::Failed(index, message)),
@@ -597,6 +727,7 @@ impl Engine<'_> {
                             index,
                             durable: false,
                             recorded: false,
+                            checksum: None,
                         }),
                         Err(message) => Done::Failed(index, message),
                     })
@@ -613,6 +744,13 @@ impl Engine<'_> {
                         .expect("a range without its tracker");
                     self.copy_range(entry, tracker, slot, start, end, &mut buffer)
                 }
+                Work::Rehash { index, piece } => {
+                    let entry = &entries[index.0 as usize];
+                    let tracker = trackers[index.0 as usize]
+                        .as_ref()
+                        .expect("a piece without its tracker");
+                    self.rehash(entry, tracker, piece, &mut buffer)
+                }
             };
             if let Some(done) = done
                 && tx.send(done).is_err()
@@ -622,22 +760,237 @@ impl Engine<'_> {
         }
     }
 
-    /// Step 1 for a small file. `Err(None)`: cancelled.
-    fn copy_whole(&self, entry: &EntryRecord, buffer: &mut Vec<u8>) -> Result<(), Option<String>> {
+    /// Step 1 for a small file, with its checksum. `Err(None)`: cancelled.
+    fn copy_whole(
+        &self,
+        entry: &EntryRecord,
+        buffer: &mut Vec<u8>,
+    ) -> Result<Option<Checksum>, Option<String>> {
         let size = entry.meta.size;
         let (src, dense) = self.open_source(entry).map_err(Some)?;
         let temp = self.committer.temp_of(entry);
         let dst = open_temp(&temp, true).map_err(|e| Some(write_error(&temp, &e, 0, size)))?;
+        let mut hasher = self.transfer.checksum.map(Hasher::new);
         let data_end = self
             .copier
-            .copy_range(&src, &dst, 0, size, dense, buffer)
+            .copy_range(&src, &dst, 0, size, dense, buffer, hasher.as_mut())
             .map_err(|e| self.copy_error(entry, &temp, e))?;
         // Trailing holes: the length comes from the size, not the last write.
         if data_end < size {
             dst.set_len(size)
                 .map_err(|e| Some(write_error(&temp, &e, data_end, size)))?;
         }
-        self.check_source_at_end(entry, &src).map_err(Some)
+        self.check_source_at_end(entry, &src).map_err(Some)?;
+        Ok(hasher.map(Hasher::finish))
+    }
+
+    /// Destinations found already matching: their metadata applied and made
+    /// durable, then recorded `skipped` in one transaction. One whose
+    /// metadata cannot be applied fails (it is not copied over).
+    fn record_skipped(
+        &self,
+        skipped: Vec<(&EntryRecord, Option<Checksum>)>,
+        failures: &mut Vec<(EntryIndex, String)>,
+    ) -> Result<()> {
+        if skipped.is_empty() {
+            return Ok(());
+        }
+        let progress = &self.options.progress;
+        let mut done = Vec::with_capacity(skipped.len());
+        for (entry, checksum) in skipped {
+            let mut warnings = Vec::new();
+            let applied = commit::apply_metadata(
+                entry,
+                self.transfer.preserve,
+                self.committer.umask,
+                &mut warnings,
+            );
+            self.warnings
+                .lock()
+                .expect("warnings poisoned")
+                .extend(warnings);
+            match applied {
+                Ok(()) => done.push((entry, checksum)),
+                Err(e) => failures.push((
+                    entry.index,
+                    format!("{}: cannot apply metadata: {e}", entry.dest.display()),
+                )),
+            }
+        }
+        let synced = commit::make_durable(done.iter().map(|(e, _)| e.dest.as_path()));
+        if let Err(e) = synced {
+            for (entry, _) in done.drain(..) {
+                failures.push((
+                    entry.index,
+                    format!(
+                        "{}: could not make metadata durable: {e}",
+                        entry.dest.display()
+                    ),
+                ));
+            }
+        }
+        let rule = self.options.skip.as_str();
+        let changes: Vec<Change> = done
+            .iter()
+            .map(|(entry, checksum)| {
+                let mut context = serde_json::json!({"rule": rule});
+                if let Some(c) = checksum {
+                    context["checksum"] = c.to_string().into();
+                }
+                Change::Entry {
+                    id: self.transfer.id,
+                    index: entry.index,
+                    to: FileState::Skipped,
+                    progress_bytes_durable: None,
+                    error: None,
+                    checksum: *checksum,
+                    context,
+                }
+            })
+            .collect();
+        self.store.apply(&changes)?;
+        for (entry, _) in &done {
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            progress
+                .bytes_reused
+                .fetch_add(entry.meta.size, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Hard links whose leader's data is already in place (committed,
+    /// skipped, or copied by an earlier run) are linked now and join the
+    /// first batch; the others wait for their leader in the commit loop,
+    /// which gets them back here, by leader.
+    fn link_ready_followers(
+        &self,
+        entries: &[EntryRecord],
+        followers: Vec<&EntryRecord>,
+        skipped_now: &HashSet<EntryIndex>,
+        ready: &mut Vec<Ready>,
+        failures: &mut Vec<(EntryIndex, String)>,
+    ) -> HashMap<EntryIndex, Vec<EntryIndex>> {
+        let mut waiting: HashMap<EntryIndex, Vec<EntryIndex>> = HashMap::new();
+        for follower in followers {
+            let leader_index = follower.link_leader.expect("followers have a leader");
+            let leader = &entries[leader_index.0 as usize];
+            let from = if leader.state.is_done() || skipped_now.contains(&leader.index) {
+                leader.dest.clone()
+            } else if leader.state == FileState::Copied {
+                let temp = self.committer.temp_of(leader);
+                if temp.exists() {
+                    temp
+                } else {
+                    leader.dest.clone()
+                }
+            } else {
+                waiting
+                    .entry(leader.index)
+                    .or_default()
+                    .push(follower.index);
+                continue;
+            };
+            match self.link_follower(&from, follower) {
+                Ok(()) => ready.push(Ready {
+                    index: follower.index,
+                    durable: false,
+                    recorded: false,
+                    checksum: leader.checksum,
+                }),
+                Err(message) => failures.push((follower.index, message)),
+            }
+        }
+        waiting
+    }
+
+    /// Step 1 for a hard link: its temporary is a link to its leader's data.
+    fn link_follower(&self, from: &Path, follower: &EntryRecord) -> Result<(), String> {
+        let temp = self.committer.temp_of(follower);
+        match std::fs::remove_file(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", temp.display())),
+        }
+        std::fs::hard_link(from, &temp)
+            .map_err(|e| format!("{}: cannot link to {}: {e}", temp.display(), from.display()))?;
+        self.options
+            .progress
+            .bytes_reused
+            .fetch_add(follower.meta.size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Hashes a piece an earlier run made durable, from the temporary.
+    fn rehash(
+        &self,
+        entry: &EntryRecord,
+        tracker: &Mutex<RangeTracker>,
+        piece: usize,
+        buffer: &mut Vec<u8>,
+    ) -> Option<Done> {
+        let algo = self.transfer.checksum?;
+        let temp = self.committer.temp_of(entry);
+        let start = piece as u64 * RANGE_BYTES;
+        let end = (start + RANGE_BYTES).min(entry.meta.size);
+        let digest =
+            File::open(&temp).and_then(|f| checksum::hash_range(&f, algo, start, end, buffer));
+        let mut tracker = tracker.lock().expect("tracker poisoned");
+        match digest {
+            Ok(digest) => {
+                tracker.digests[piece] = Some(digest);
+                self.complete(entry, &mut tracker, None)
+            }
+            Err(e) if !tracker.failed => {
+                tracker.failed = true;
+                Some(Done::Failed(
+                    entry.index,
+                    format!(
+                        "cannot read back the durable part of {}: {e}",
+                        temp.display()
+                    ),
+                ))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// A large file whose every range is written (and, with checksums,
+    /// every piece hashed): made durable here, by the worker that finished
+    /// it, so the committer's batch need not wait; reported once.
+    fn complete(
+        &self,
+        entry: &EntryRecord,
+        tracker: &mut RangeTracker,
+        dst: Option<&File>,
+    ) -> Option<Done> {
+        let size = entry.meta.size;
+        let hashed = tracker.digests.iter().all(Option::is_some);
+        if tracker.finished || tracker.failed || tracker.prefix(size) < size || !hashed {
+            return None;
+        }
+        tracker.finished = true;
+        let temp = self.committer.temp_of(entry);
+        let synced = failpoint::hit(CommitStep::SyncData).and_then(|()| match dst {
+            Some(dst) => dst.sync_data(),
+            None => File::open(&temp).and_then(|f| f.sync_data()),
+        });
+        if let Err(e) = synced {
+            tracker.failed = true;
+            return Some(Done::Failed(
+                entry.index,
+                write_error(&temp, &e, tracker.recorded, size),
+            ));
+        }
+        let checksum = self.transfer.checksum.map(|algo| {
+            let pieces: Vec<Checksum> = tracker.digests.iter().flatten().copied().collect();
+            checksum::combine(algo, &pieces)
+        });
+        Some(Done::Copied(Ready {
+            index: entry.index,
+            durable: true,
+            recorded: false,
+            checksum,
+        }))
     }
 
     fn copy_range(
@@ -653,6 +1006,7 @@ impl Engine<'_> {
             return None;
         }
         let temp = self.committer.temp_of(entry);
+        let mut hasher = self.transfer.checksum.map(Hasher::new);
         let copied = self
             .open_source(entry)
             .map_err(Some)
@@ -663,7 +1017,7 @@ impl Engine<'_> {
                     .open(&temp)
                     .map_err(|e| Some(write_error(&temp, &e, start, entry.meta.size)))?;
                 self.copier
-                    .copy_range(&src, &dst, start, end, dense, buffer)
+                    .copy_range(&src, &dst, start, end, dense, buffer, hasher.as_mut())
                     .map_err(|e| self.copy_error(entry, &temp, e))?;
                 self.check_source_at_end(entry, &src).map_err(Some)?;
                 Ok(dst)
@@ -686,6 +1040,9 @@ impl Engine<'_> {
             }
         };
         tracker.done[slot] = true;
+        if let Some(hasher) = hasher {
+            tracker.digests[(start / RANGE_BYTES) as usize] = Some(hasher.finish());
+        }
         let size = entry.meta.size;
         let prefix = tracker.prefix(size);
         let recorded = tracker.recorded;
@@ -696,17 +1053,9 @@ impl Engine<'_> {
             ))
         };
         if prefix == size {
-            // The last range: the whole file is made durable here, by the
-            // worker, so the committer's batch need not wait for it.
-            if let Err(e) = failpoint::hit(CommitStep::SyncData).and_then(|()| dst.sync_data()) {
-                tracker.failed = true;
-                return durable_error(e);
-            }
-            return Some(Done::Copied(Ready {
-                index: entry.index,
-                durable: true,
-                recorded: false,
-            }));
+            // The last range (unless a rehash of an earlier run's pieces
+            // is still going: then that one completes the file).
+            return self.complete(entry, &mut tracker, Some(&dst));
         }
         if prefix - tracker.recorded >= CHECKPOINT_BYTES {
             // Holding the tracker's lock keeps recorded progress monotonic.
@@ -852,6 +1201,7 @@ impl Engine<'_> {
         rx: Receiver<Done>,
         mut batch: Vec<Ready>,
         mut failures: Vec<(EntryIndex, String)>,
+        followers_of: &HashMap<EntryIndex, Vec<EntryIndex>>,
     ) -> Result<Vec<(EntryIndex, String)>> {
         let mut failed = Vec::new();
         let mut flush =
@@ -866,6 +1216,10 @@ impl Engine<'_> {
                 progress
                     .files_done
                     .fetch_add(outcome.committed.len() as u64, Ordering::Relaxed);
+                self.warnings
+                    .lock()
+                    .expect("warnings poisoned")
+                    .extend(outcome.warnings);
                 failed.extend(outcome.failed);
                 Ok(())
             };
@@ -884,6 +1238,38 @@ impl Engine<'_> {
             match rx.recv_timeout(wait) {
                 Ok(done) => {
                     batch_started.get_or_insert_with(Instant::now);
+                    let index = match &done {
+                        Done::Copied(ready) => ready.index,
+                        Done::Failed(index, _) => *index,
+                    };
+                    let leader = &self.committer.entries[index.0 as usize];
+                    // Its hard links share the temporary's inode, and so
+                    // its batch: the data is never copied twice.
+                    for follower in followers_of.get(&index).into_iter().flatten() {
+                        let follower = &self.committer.entries[follower.0 as usize];
+                        match &done {
+                            Done::Copied(ready) => {
+                                let from = self.committer.temp_of(leader);
+                                match self.link_follower(&from, follower) {
+                                    Ok(()) => batch.push(Ready {
+                                        index: follower.index,
+                                        durable: false,
+                                        recorded: false,
+                                        checksum: ready.checksum,
+                                    }),
+                                    Err(message) => failures.push((follower.index, message)),
+                                }
+                            }
+                            Done::Failed(..) => failures.push((
+                                follower.index,
+                                format!(
+                                    "{}: a hard link to {}, which failed",
+                                    follower.dest.display(),
+                                    leader.dest.display()
+                                ),
+                            )),
+                        }
+                    }
                     match done {
                         Done::Copied(ready) => batch.push(ready),
                         Done::Failed(index, message) => failures.push((index, message)),

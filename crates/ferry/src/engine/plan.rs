@@ -12,10 +12,140 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::model::{EntryKind, NewEntry, SourceMeta};
+use crate::model::{EntryKind, NewEntry, SourceMeta, Xattrs};
 
 /// Upper bound on the entries of one transfer; the store numbers them in u32.
 pub const ENTRIES_MAX: usize = 1 << 30;
+
+/// What `cp -a` keeps beyond mode, ownership and times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fidelity {
+    /// Hard links among the sources stay hard links (data copied once).
+    pub hard_links: bool,
+    pub xattrs: XattrMode,
+}
+
+impl Fidelity {
+    /// `cp -a`: hard links, and every extended attribute.
+    pub const ARCHIVE: Fidelity = Fidelity {
+        hard_links: true,
+        xattrs: XattrMode::All,
+    };
+}
+
+/// Which extended attributes (POSIX ACLs are `system.posix_acl_*` ones) are
+/// captured and given to the destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XattrMode {
+    #[default]
+    None,
+    /// All that can be read (`trusted.*` only as root).
+    All,
+    /// All but Lustre's own (`lustre.*`, and its layout and identity
+    /// attributes under `trusted.`), which describe the source file system.
+    NoLustre,
+}
+
+impl XattrMode {
+    pub fn parse(s: &str) -> Option<XattrMode> {
+        Some(match s {
+            "none" => XattrMode::None,
+            "all" => XattrMode::All,
+            "no-lustre" => XattrMode::NoLustre,
+            _ => return None,
+        })
+    }
+
+    fn keeps(self, name: &[u8]) -> bool {
+        const LUSTRE: [&[u8]; 6] = [
+            b"lustre.",
+            b"trusted.lov",
+            b"trusted.lma",
+            b"trusted.link",
+            b"trusted.fid",
+            b"trusted.som",
+        ];
+        match self {
+            XattrMode::None => false,
+            XattrMode::All => true,
+            XattrMode::NoLustre => !LUSTRE.iter().any(|p| name.starts_with(p)),
+        }
+    }
+}
+
+/// [`plan`], then what `fidelity` asks for: hard-link groups (by device and
+/// inode, among this transfer's files) and extended attributes, captured now
+/// so that finalize applies them without the sources.
+pub fn plan_with(
+    sources: &[PathBuf],
+    dest: &Path,
+    recursive: bool,
+    fidelity: Fidelity,
+) -> Result<Vec<NewEntry>> {
+    let mut entries = plan(sources, dest, recursive)?;
+    let mut inodes: std::collections::HashMap<(u64, u64), usize> = Default::default();
+    for (position, entry) in entries.iter_mut().enumerate() {
+        if fidelity.hard_links && entry.kind == EntryKind::File {
+            let meta =
+                fs::symlink_metadata(&entry.source).map_err(|e| stat_error(&entry.source, e))?;
+            if meta.nlink() > 1 {
+                let leader = *inodes.entry((meta.dev(), meta.ino())).or_insert(position);
+                entry.link_leader = (leader != position).then_some(leader);
+            }
+        }
+        if fidelity.xattrs != XattrMode::None && entry.kind != EntryKind::Symlink {
+            entry.xattrs = read_xattrs(&entry.source, fidelity.xattrs)
+                .map_err(|e| Error::io(&entry.source, e))?;
+        }
+    }
+    Ok(entries)
+}
+
+/// The extended attributes of `path` (not following a symlink) that `mode`
+/// keeps. None where the file system has none.
+fn read_xattrs(path: &Path, mode: XattrMode) -> io::Result<Xattrs> {
+    use rustix::io::Errno;
+    let unsupported = |e: Errno| matches!(e, Errno::OPNOTSUPP | Errno::NODATA);
+    let mut names = Vec::new();
+    // Attributes may appear between the size query and the read: retry a
+    // bounded number of times.
+    for _ in 0..4 {
+        let len = match rustix::fs::llistxattr_query(path) {
+            Ok(len) => len,
+            Err(e) if unsupported(e) => return Ok(Xattrs::default()),
+            Err(e) => return Err(e.into()),
+        };
+        names.resize(len, 0);
+        match rustix::fs::llistxattr(path, &mut names[..]) {
+            Ok(n) => {
+                names.truncate(n);
+                break;
+            }
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut pairs = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !mode.keeps(name) {
+            continue;
+        }
+        let len = match rustix::fs::lgetxattr_query(path, name) {
+            Ok(len) => len,
+            // Gone since the listing, or not ours to read (trusted.* as a user).
+            Err(Errno::NODATA | Errno::PERM | Errno::ACCESS) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut value = vec![0; len];
+        match rustix::fs::lgetxattr(path, name, &mut value[..]) {
+            Ok(n) => value.truncate(n),
+            Err(Errno::NODATA | Errno::PERM | Errno::ACCESS) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        pairs.push((name.to_vec(), value));
+    }
+    Ok(Xattrs(pairs))
+}
 
 /// Lists the entries that copying `sources` to `dest` creates. `recursive`
 /// is `cp -r`: without it a directory source is refused and symlinks named
@@ -234,6 +364,8 @@ fn entry(source: &Path, meta: &fs::Metadata, dest: PathBuf) -> Result<NewEntry> 
         });
     };
     Ok(NewEntry {
+        link_leader: None,
+        xattrs: Default::default(),
         kind,
         source: source.to_path_buf(),
         dest,

@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::model::{EntryKind, EntryRecord, FileState, TransferId, TransferRecord, TransferState};
+use crate::model::{EntryKind, EntryRecord, TransferId, TransferRecord, TransferState};
 use crate::owner::Liveness;
 use crate::store::{Change, Store};
 
@@ -28,7 +28,7 @@ pub(crate) fn clean(
 ) -> Result<Vec<String>> {
     let mut by_dir: HashMap<&Path, HashSet<&OsStr>> = HashMap::new();
     for entry in entries {
-        if entry.kind == EntryKind::Dir || entry.state == FileState::Committed {
+        if entry.kind == EntryKind::Dir || entry.state.is_done() {
             continue;
         }
         let (Some(dir), Some(name)) = (entry.dest.parent(), entry.dest.file_name()) else {

@@ -6,7 +6,10 @@
 //! **Invariant:** every state change goes through [`Store::apply`] (or
 //! [`Store::create_transfer`] / [`Store::add_entries`], which are the
 //! "created" changes), and each writes the change and its event row in one
-//! transaction. Nothing else in ferry writes state.
+//! transaction. The HSM request queue and catalog
+//! ([`crate::hsm::RequestQueue`], implemented for [`SqliteStore`] in
+//! `sqlite/queue.rs`) follow the same rule. Nothing else in ferry writes
+//! state.
 
 mod space;
 mod sqlite;
@@ -16,8 +19,9 @@ use std::path::PathBuf;
 pub use space::{RESERVE_BYTES_DEFAULT, RESERVE_ENV, ReadOnlyCause};
 pub use sqlite::{SCHEMA_VERSION, SpaceReport, SqliteStore};
 
+use crate::hsm::{CatalogState, RequestId, RequestState};
 use crate::model::{
-    EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner, TransferId,
+    Checksum, EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner, TransferId,
     TransferRecord, TransferState,
 };
 
@@ -50,6 +54,9 @@ pub enum Change {
         to: FileState,
         progress_bytes_durable: Option<u64>,
         error: Option<String>,
+        /// Recorded with the entry when given (at `copied`, or `skipped`
+        /// after a checksum comparison).
+        checksum: Option<Checksum>,
         context: serde_json::Value,
     },
     /// The transfer is released: it leaves `transfers()` and its name may
@@ -155,6 +162,42 @@ pub enum StoreError {
         cause: String,
         recover_bytes: u64,
     },
+    #[error("store {path}: no HSM request with id {id}: `ferry hsm list` shows them")]
+    NoSuchRequest { path: PathBuf, id: RequestId },
+
+    #[error("store {path}: HSM request {id} cannot become {to} from {from}")]
+    RequestTransition {
+        path: PathBuf,
+        id: RequestId,
+        from: RequestState,
+        to: RequestState,
+    },
+
+    #[error(
+        "store {path}: HSM request {id} attempt {attempt} is stale (the request is {state} at \
+         attempt {current}): its lease expired or it was cancelled; the work is discarded"
+    )]
+    StaleLease {
+        path: PathBuf,
+        id: RequestId,
+        attempt: u32,
+        current: u32,
+        state: RequestState,
+    },
+
+    #[error("store {path}: {fid} is {state} in the HSM catalog, not {expected}: {hint}")]
+    CatalogConflict {
+        path: PathBuf,
+        fid: String,
+        state: String,
+        expected: CatalogState,
+        hint: &'static str,
+    },
+
+    #[error(
+        "store {path}: {fid} is not in the HSM catalog: archive it first (`ferry hsm archive`)"
+    )]
+    NotInCatalog { path: PathBuf, fid: String },
 }
 
 /// Where the state of transfers lives. Implementations must be safe to share
@@ -220,13 +263,16 @@ pub trait Store: Send + Sync {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventFilter {
     pub transfer: Option<TransferId>,
+    /// Only this HSM request's events.
+    pub request: Option<RequestId>,
     /// An event name (`transfer.completed`) or a family (`transfer`, `file`).
     pub kind: Option<String>,
 }
 
 impl EventFilter {
     pub fn matches(&self, event: &Event) -> bool {
-        self.transfer.is_none_or(|t| t == event.transfer)
+        self.transfer.is_none_or(|t| Some(t) == event.transfer)
+            && self.request.is_none_or(|r| Some(r) == event.request)
             && self.kind.as_deref().is_none_or(|kind| {
                 event.name == kind
                     || event

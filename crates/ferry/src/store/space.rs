@@ -52,6 +52,9 @@ pub(crate) struct SpaceGuard {
     reserve_path: PathBuf,
     reserve_bytes: u64,
     read_only: Mutex<Option<ReadOnlyCause>>,
+    /// Set by the probe when it returned the store to read-write (the free
+    /// bytes it saw), until a write records `store.read_write`.
+    recovered: Mutex<Option<u64>>,
     changed: Condvar,
     /// Where free space is read: the store's directory.
     dir: PathBuf,
@@ -77,6 +80,7 @@ impl SpaceGuard {
             reserve_path: PathBuf::from(reserve_path),
             reserve_bytes,
             read_only: Mutex::new(None),
+            recovered: Mutex::new(None),
             changed: Condvar::new(),
             dir,
             #[cfg(test)]
@@ -177,15 +181,28 @@ impl SpaceGuard {
         if self.cause().is_none() {
             return true;
         }
-        let enough = self
-            .free_bytes()
-            .is_ok_and(|free| free >= self.recover_bytes());
-        if !enough || self.ensure_reserve().is_err() {
+        let free = self.free_bytes().unwrap_or(0);
+        if free < self.recover_bytes() || self.ensure_reserve().is_err() {
             return false;
         }
+        *self.recovered.lock().expect("space guard poisoned") = Some(free);
         *self.read_only.lock().expect("space guard poisoned") = None;
         self.changed.notify_all();
         true
+    }
+
+    /// The free bytes the probe saw when it returned the store to
+    /// read-write, once: the next write records it as an event.
+    pub(crate) fn take_recovery(&self) -> Option<u64> {
+        self.recovered.lock().expect("space guard poisoned").take()
+    }
+
+    /// A write that was to record the recovery failed: the next one will.
+    pub(crate) fn put_back_recovery(&self, free: u64) {
+        self.recovered
+            .lock()
+            .expect("space guard poisoned")
+            .get_or_insert(free);
     }
 
     /// Blocks until the store is read-write again or `timeout` passed.

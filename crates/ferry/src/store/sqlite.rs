@@ -18,8 +18,9 @@ use super::space::{self, ReadOnlyCause, SpaceGuard};
 use super::{Change, ChangeToken, EventFilter, EventPage, EventReader, Store, StoreError};
 use crate::failpoint::{self, CommitStep};
 use crate::model::{
-    Caller, EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind, NewEntry, NewTransfer,
-    Owner, Preserve, SourceMeta, TransferId, TransferRecord, TransferState,
+    Caller, Checksum, ChecksumAlgo, EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind,
+    NewEntry, NewTransfer, Owner, Preserve, SourceMeta, TransferId, TransferRecord, TransferState,
+    Xattrs,
 };
 
 /// `PRAGMA application_id`: "FRRY". Tells a ferry store from any other
@@ -106,6 +107,64 @@ INSERT INTO sqlite_sequence (name, seq) SELECT 'transfers', seq FROM next_transf
 DROP TABLE next_transfer_id;
 "#,
     r#"
+-- The hash each copied file of a transfer gets (NULL: none). The digest
+-- itself goes to entries.checksum_algo / entries.checksum.
+ALTER TABLE transfers ADD COLUMN checksum_algo TEXT;
+"#,
+    r#"
+-- HSM coordination (see crate::hsm). rank = created_ns - head start: the
+-- lease query seeks hsm_requests_ready in rank order, never scans.
+CREATE TABLE hsm_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL,
+    fsname TEXT NOT NULL,
+    archive_id INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    fid TEXT NOT NULL,
+    path BLOB,
+    priority_ms INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    not_before_ns INTEGER NOT NULL DEFAULT 0,
+    lease_holder TEXT,
+    lease_expires_ns INTEGER,
+    waiters INTEGER NOT NULL DEFAULT 1,
+    error TEXT,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+);
+CREATE INDEX hsm_requests_ready ON hsm_requests(rank, id) WHERE state = 'waiting';
+CREATE INDEX hsm_requests_leased ON hsm_requests(lease_expires_ns) WHERE state = 'started';
+-- At most one live request per file and action: dedup joins it.
+CREATE UNIQUE INDEX hsm_requests_live ON hsm_requests(fid, action)
+    WHERE state IN ('waiting', 'started');
+CREATE INDEX hsm_requests_state ON hsm_requests(state, id);
+
+CREATE TABLE hsm_catalog (
+    fid TEXT PRIMARY KEY,
+    path BLOB,
+    state TEXT NOT NULL,
+    archive_id INTEGER NOT NULL,
+    object TEXT,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    checksum TEXT,
+    updated_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+
+INSERT INTO meta (key, value) VALUES
+    ('hsm.head_start_restore_ms', 600000),
+    ('hsm.head_start_remove_ms', 60000),
+    ('hsm.head_start_archive_ms', 0),
+    ('hsm.max_attempts', 5),
+    ('hsm.backoff_base_ms', 1000),
+    ('hsm.backoff_max_ms', 300000);
+"#,
+    r#"
 -- Daemon transfers: the user they were created for (the socket peer's
 -- credentials), who alone may see and control them, and whose file
 -- credentials their data path runs with. NULL outside the daemon.
@@ -136,6 +195,8 @@ const NETWORK_FS_MAGIC: &[i64] = &[
     0xAAD7_AAEA_u32 as i64, // PanFS
     0x6573_5546,            // FUSE (sshfs and friends: assume shared)
 ];
+
+mod queue;
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -435,11 +496,17 @@ impl SqliteStore {
         {
             return Err(self.read_only_error(cause));
         }
+        // The probe found room while nobody wrote: said with this write.
+        let recovered = self.space.take_recovery();
         let mut conn = self.conn.lock().expect("store mutex poisoned");
         let result = (|| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| self.err(e))?;
+            if let Some(free_bytes) = recovered {
+                let context = serde_json::json!({ "free_bytes": free_bytes });
+                self.insert_store_event(&tx, "store.read_write", &context)?;
+            }
             let value = f(&tx)?;
             failpoint::hit(CommitStep::StoreCommit).map_err(|e| self.err(injected(&e)))?;
             tx.commit().map_err(|e| self.err(e))?;
@@ -447,19 +514,42 @@ impl SqliteStore {
         })();
         let value = match result {
             Ok(value) => value,
-            Err(StoreError::Sqlite { source, .. })
-                if space::is_out_of_space(&source, system_errno(&conn)) =>
-            {
-                drop(conn);
-                let cause = format!("its disk is full ({source})");
-                self.space.enter_read_only(cause);
-                return Err(
-                    self.read_only_error(self.space.cause().unwrap_or(ReadOnlyCause {
-                        detail: source.to_string(),
-                    })),
-                );
+            Err(e) => {
+                if let Some(free_bytes) = recovered {
+                    self.space.put_back_recovery(free_bytes);
+                }
+                let out_of_space = match &e {
+                    StoreError::Sqlite { source, .. } => {
+                        space::is_out_of_space(source, system_errno(&conn))
+                            .then(|| format!("its disk is full ({source})"))
+                    }
+                    _ => None,
+                };
+                let Some(cause) = out_of_space else {
+                    return Err(e);
+                };
+                if self.space.enter_read_only(cause.clone()) {
+                    // Into the room the released reserve left; if even that
+                    // fails, the error returned still says it all.
+                    let context = serde_json::json!({ "cause": cause });
+                    let recorded = conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(|e| self.err(e))
+                        .and_then(|tx| {
+                            self.insert_store_event(&tx, "store.read_only", &context)?;
+                            tx.commit().map_err(|e| self.err(e))
+                        });
+                    drop(conn);
+                    if recorded.is_ok() {
+                        self.notify_commit();
+                    }
+                }
+                let cause = self
+                    .space
+                    .cause()
+                    .unwrap_or(ReadOnlyCause { detail: cause });
+                return Err(self.read_only_error(cause));
             }
-            Err(e) => return Err(e),
         };
         drop(conn);
         if self
@@ -469,9 +559,14 @@ impl SqliteStore {
             // Best effort: without room now, the probe makes it later.
             let _ = self.space.ensure_reserve();
         }
+        self.notify_commit();
+        Ok(value)
+    }
+
+    /// Wakes this process's watchers after a commit.
+    fn notify_commit(&self) {
         *self.notifier.commits.lock().expect("notifier poisoned") += 1;
         self.notifier.changed.notify_all();
-        Ok(value)
     }
 
     fn read_only_error(&self, cause: ReadOnlyCause) -> StoreError {
@@ -496,6 +591,19 @@ impl SqliteStore {
             path: self.path.clone(),
             detail,
         }
+    }
+
+    /// An event about the store itself: no transfer, no request.
+    fn insert_store_event(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        name: &str,
+        context: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        tx.prepare_cached("INSERT INTO events (time_ns, name, context) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![now_ns(), name, context.to_string()]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     fn insert_event(
@@ -550,8 +658,8 @@ impl SqliteStore {
         let mut stmt = tx
             .prepare_cached(
                 "INSERT INTO entries (transfer_id, idx, kind, source, dest, size, mode, uid,
-                    gid, atime_ns, mtime_ns, link_target, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending')",
+                    gid, atime_ns, mtime_ns, link_target, link_group, xattrs, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'pending')",
             )
             .map_err(|e| self.err(e))?;
         for (offset, entry) in entries.iter().enumerate() {
@@ -570,6 +678,11 @@ impl SqliteStore {
                 entry.meta.atime_ns,
                 entry.meta.mtime_ns,
                 entry.link_target.as_ref().map(|t| t.as_os_str().as_bytes()),
+                entry.link_leader.map(|leader| {
+                    assert!(leader < offset, "a hard link's leader comes before it");
+                    first + leader as i64
+                }),
+                (!entry.xattrs.0.is_empty()).then(|| entry.xattrs.encode()),
             ])
             .map_err(|e| self.err(e))?;
         }
@@ -652,6 +765,7 @@ impl SqliteStore {
                 to,
                 progress_bytes_durable,
                 error,
+                checksum,
                 context,
             } => {
                 self.check_moving(tx, *id, checked)?;
@@ -679,6 +793,21 @@ impl SqliteStore {
                     ])
                 })
                 .map_err(|e| self.err(e))?;
+                if let Some(checksum) = checksum {
+                    tx.prepare_cached(
+                        "UPDATE entries SET checksum_algo = ?1, checksum = ?2
+                         WHERE transfer_id = ?3 AND idx = ?4",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            checksum.algo.as_str(),
+                            checksum.digest(),
+                            id.0,
+                            index.0
+                        ])
+                    })
+                    .map_err(|e| self.err(e))?;
+                }
                 self.insert_event(tx, *id, Some(*index), &format!("file.{to}"), context)
             }
             Change::Free { id } => {
@@ -825,6 +954,16 @@ impl SqliteStore {
                 "transfer {id} has unknown kind {kind:?} or state {state:?}"
             ))));
         };
+        let checksum: Option<String> = row.get(14)?;
+        let checksum = match checksum.as_deref().map(ChecksumAlgo::parse) {
+            None => None,
+            Some(Some(algo)) => Some(algo),
+            Some(None) => {
+                return Ok(Err(self.corrupt(format!(
+                    "transfer {id} has unknown checksum algorithm {checksum:?}"
+                ))));
+            }
+        };
         Ok(Ok(TransferRecord {
             id,
             name: row.get(1)?,
@@ -842,14 +981,15 @@ impl SqliteStore {
                 times: row.get(10)?,
             },
             temp_suffix: row.get(11)?,
+            checksum,
             created_ns: row.get(12)?,
             updated_ns: row.get(13)?,
             caller: match (
-                row.get::<_, Option<u32>>(14)?,
                 row.get::<_, Option<u32>>(15)?,
+                row.get::<_, Option<u32>>(16)?,
             ) {
                 (Some(uid), Some(gid)) => {
-                    let groups: Option<String> = row.get(16)?;
+                    let groups: Option<String> = row.get(17)?;
                     let groups = groups.unwrap_or_default();
                     let groups = groups.split(',').filter(|g| !g.is_empty());
                     let Ok(groups) = groups.map(str::parse).collect::<Result<Vec<u32>, _>>() else {
@@ -864,6 +1004,65 @@ impl SqliteStore {
         }))
     }
 
+    /// One `entries` row; a value that cannot be ours is [`StoreError::Corrupt`].
+    fn row_to_entry(
+        &self,
+        id: TransferId,
+        row: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<Result<EntryRecord, StoreError>> {
+        let index: u32 = row.get(0)?;
+        let kind: String = row.get(1)?;
+        let state: String = row.get(11)?;
+        let (Some(kind), Some(state)) = (EntryKind::parse(&kind), FileState::parse(&state)) else {
+            return Ok(Err(self.corrupt(format!(
+                "entry {index} of transfer {id}: unknown kind {kind:?} or state {state:?}"
+            ))));
+        };
+        let algo: Option<String> = row.get(14)?;
+        let digest: Option<Vec<u8>> = row.get(15)?;
+        let checksum = match (algo, digest) {
+            (Some(algo), Some(digest)) => {
+                match ChecksumAlgo::parse(&algo).and_then(|a| Checksum::from_digest(a, &digest)) {
+                    Some(checksum) => Some(checksum),
+                    None => {
+                        return Ok(Err(self.corrupt(format!(
+                            "entry {index} of transfer {id}: bad {algo} checksum"
+                        ))));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let xattrs: Option<Vec<u8>> = row.get(17)?;
+        let Some(xattrs) = Xattrs::decode(xattrs.as_deref().unwrap_or_default()) else {
+            return Ok(Err(self.corrupt(format!(
+                "entry {index} of transfer {id}: unreadable extended attributes"
+            ))));
+        };
+        let link: Option<Vec<u8>> = row.get(10)?;
+        Ok(Ok(EntryRecord {
+            index: EntryIndex(index),
+            kind,
+            source: path_from_bytes(row.get(2)?),
+            dest: path_from_bytes(row.get(3)?),
+            meta: SourceMeta {
+                size: row.get::<_, i64>(4)? as u64,
+                mode: row.get(5)?,
+                uid: row.get(6)?,
+                gid: row.get(7)?,
+                atime_ns: row.get(8)?,
+                mtime_ns: row.get(9)?,
+            },
+            link_target: link.map(path_from_bytes),
+            state,
+            progress_bytes_durable: row.get::<_, i64>(12)? as u64,
+            error: row.get(13)?,
+            checksum,
+            link_leader: row.get::<_, Option<u32>>(16)?.map(EntryIndex),
+            xattrs,
+        }))
+    }
+
     fn query_transfers(
         &self,
         filter: &str,
@@ -872,7 +1071,7 @@ impl SqliteStore {
         let sql = format!(
             "SELECT id, name, kind, state, owner_host, owner_boot_id, owner_pid, owner_start_time,
                     preserve_mode, preserve_ownership, preserve_times, temp_suffix, created_ns,
-                    updated_ns, caller_uid, caller_gid, caller_groups
+                    updated_ns, checksum_algo, caller_uid, caller_gid, caller_groups
              FROM transfers WHERE freed_ns IS NULL {filter} ORDER BY id"
         );
         let rows = self.read(|conn| {
@@ -920,9 +1119,10 @@ impl Store for SqliteStore {
             tx.execute(
                 "INSERT INTO transfers (name, kind, state, owner_host, owner_boot_id, owner_pid,
                     owner_start_time, preserve_mode, preserve_ownership, preserve_times,
-                    temp_suffix, created_ns, updated_ns, caller_uid, caller_gid, caller_groups)
+                    temp_suffix, created_ns, updated_ns, checksum_algo, caller_uid, caller_gid,
+                    caller_groups)
                  VALUES (?1, ?2, 'created', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13,
-                    ?14)",
+                    ?14, ?15)",
                 params![
                     new.name.as_deref().unwrap_or(&placeholder),
                     new.kind.as_str(),
@@ -935,6 +1135,7 @@ impl Store for SqliteStore {
                     new.preserve.times,
                     new.temp_suffix,
                     now,
+                    new.checksum.map(ChecksumAlgo::as_str),
                     new.caller.as_ref().map(|c| c.uid),
                     new.caller.as_ref().map(|c| c.gid),
                     new.caller.as_ref().map(|c| c
@@ -1038,88 +1239,41 @@ impl Store for SqliteStore {
     }
 
     fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
-        type Raw = (
-            u32,
-            String,
-            Vec<u8>,
-            Vec<u8>,
-            [i64; 6],
-            Option<Vec<u8>>,
-            String,
-            i64,
-            Option<String>,
-        );
-        let raw: Vec<Raw> = self.read(|conn| {
+        let rows: Vec<Result<EntryRecord, StoreError>> = self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
-                        link_target, state, progress_bytes_durable, error
+                        link_target, state, progress_bytes_durable, error, checksum_algo,
+                        checksum, link_group, xattrs
                  FROM entries WHERE transfer_id = ?1 ORDER BY idx",
             )?;
-            let rows = stmt.query_map([id.0], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    [
-                        row.get(4)?,
-                        row.get(5)?,
-                        row.get(6)?,
-                        row.get(7)?,
-                        row.get(8)?,
-                        row.get(9)?,
-                    ],
-                    row.get(10)?,
-                    row.get(11)?,
-                    row.get(12)?,
-                    row.get(13)?,
-                ))
-            })?;
+            let rows = stmt.query_map([id.0], |row| self.row_to_entry(id, row))?;
             rows.collect()
         })?;
-        raw.into_iter()
+        rows.into_iter()
             .enumerate()
-            .map(
-                |(position, (index, kind, source, dest, m, link, state, progress, error))| {
-                    let (Some(kind), Some(state)) =
-                        (EntryKind::parse(&kind), FileState::parse(&state))
-                    else {
-                        return Err(self.corrupt(format!(
-                        "entry {index} of transfer {id}: unknown kind {kind:?} or state {state:?}"
+            .map(|(position, record)| {
+                let record = record?;
+                let index = record.index;
+                if index.0 as usize != position {
+                    return Err(self.corrupt(format!(
+                        "transfer {id}: entry {} found at position {position}",
+                        index.0
                     )));
-                    };
-                    let record = EntryRecord {
-                        index: EntryIndex(index),
-                        kind,
-                        source: path_from_bytes(source),
-                        dest: path_from_bytes(dest),
-                        meta: SourceMeta {
-                            size: m[0] as u64,
-                            mode: m[1] as u32,
-                            uid: m[2] as u32,
-                            gid: m[3] as u32,
-                            atime_ns: m[4],
-                            mtime_ns: m[5],
-                        },
-                        link_target: link.map(path_from_bytes),
-                        state,
-                        progress_bytes_durable: progress as u64,
-                        error,
-                    };
-                    if record.index.0 as usize != position {
-                        return Err(self.corrupt(format!(
-                            "transfer {id}: entry {index} found at position {position}"
-                        )));
-                    }
-                    if record.progress_bytes_durable > record.meta.size {
-                        return Err(self.corrupt(format!(
-                            "entry {index} of transfer {id}: progress {} beyond size {}",
-                            record.progress_bytes_durable, record.meta.size
-                        )));
-                    }
-                    Ok(record)
-                },
-            )
+                }
+                if record.progress_bytes_durable > record.meta.size {
+                    return Err(self.corrupt(format!(
+                        "entry {} of transfer {id}: progress {} beyond size {}",
+                        index.0, record.progress_bytes_durable, record.meta.size
+                    )));
+                }
+                if record.link_leader.is_some_and(|leader| leader.0 >= index.0) {
+                    return Err(self.corrupt(format!(
+                        "entry {} of transfer {id}: a hard link to a later entry",
+                        index.0
+                    )));
+                }
+                Ok(record)
+            })
             .collect()
     }
 
@@ -1270,13 +1424,23 @@ fn query_events(
             horizon: horizon as u64,
         });
     }
-    type Raw = (i64, i64, i64, Option<u32>, String, String);
+    type Raw = (
+        i64,
+        i64,
+        Option<i64>,
+        Option<u32>,
+        Option<i64>,
+        String,
+        String,
+    );
     let raw: Vec<Raw> = {
         let mut stmt = tx
             .prepare_cached(
-                "SELECT seq, time_ns, transfer_id, entry_idx, name, context FROM events
+                "SELECT seq, time_ns, transfer_id, entry_idx, request_id, name, context
+                 FROM events
                  WHERE seq > ?1
                    AND (?2 IS NULL OR transfer_id = ?2)
+                   AND (?5 IS NULL OR request_id = ?5)
                    AND (?3 IS NULL OR name = ?3 OR substr(name, 1, length(?3) + 1) = ?3 || '.')
                  ORDER BY seq LIMIT ?4",
             )
@@ -1287,7 +1451,8 @@ fn query_events(
                     after as i64,
                     filter.transfer.map(|t| t.0),
                     filter.kind.as_deref(),
-                    limit.min(i64::MAX as usize) as i64
+                    limit.min(i64::MAX as usize) as i64,
+                    filter.request.map(|r| r.0),
                 ],
                 |row| {
                     Ok((
@@ -1297,6 +1462,7 @@ fn query_events(
                         row.get(3)?,
                         row.get(4)?,
                         row.get(5)?,
+                        row.get(6)?,
                     ))
                 },
             )
@@ -1311,7 +1477,7 @@ fn query_events(
     tx.finish().map_err(err)?;
     let events: Vec<Event> = raw
         .into_iter()
-        .map(|(seq, time_ns, transfer, entry, name, context)| {
+        .map(|(seq, time_ns, transfer, entry, request, name, context)| {
             let context = serde_json::from_str(&context).map_err(|e| StoreError::Corrupt {
                 path: path.to_path_buf(),
                 detail: format!("event {seq}: bad context: {e}"),
@@ -1319,8 +1485,9 @@ fn query_events(
             Ok(Event {
                 seq: seq as u64,
                 time_ns,
-                transfer: TransferId(transfer),
+                transfer: transfer.map(TransferId),
                 entry: entry.map(EntryIndex),
+                request: request.map(crate::hsm::RequestId),
                 name,
                 context,
             })
@@ -1415,6 +1582,7 @@ mod tests {
 
     fn new_transfer(name: Option<&str>) -> NewTransfer {
         NewTransfer {
+            checksum: None,
             name: name.map(str::to_owned),
             kind: Kind::Sync,
             caller: None,
@@ -1426,6 +1594,8 @@ mod tests {
 
     fn file_entry(i: usize) -> NewEntry {
         NewEntry {
+            link_leader: None,
+            xattrs: Default::default(),
             kind: EntryKind::File,
             source: PathBuf::from(format!("/src/some/long/directory/name/file-{i:06}")),
             dest: PathBuf::from(format!("/dst/some/long/directory/name/file-{i:06}")),
@@ -1483,6 +1653,19 @@ mod tests {
         assert!(err.to_string().contains("read-only"), "{err}");
         assert!(!reserve.exists(), "the reserve is released");
         assert!(store.read_only().is_some());
+        let names = |store: &SqliteStore| -> Vec<String> {
+            store
+                .events_since(0, &EventFilter::default(), 1 << 20)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect()
+        };
+        assert_eq!(
+            names(&store).last().map(String::as_str),
+            Some("store.read_only"),
+            "the switch is recorded, in the room the reserve left"
+        );
 
         // Every mutating call fails at once; reads keep working.
         let err = store.add_entries(t.id, &[file_entry(999_999)]).unwrap_err();
@@ -1506,6 +1689,12 @@ mod tests {
         assert!(store.wait_read_write(Duration::from_secs(30)));
         assert!(reserve.exists(), "the reserve is back");
         store.apply(&[to(TransferState::Dispatched)]).unwrap();
+        let names = names(&store);
+        assert_eq!(
+            &names[names.len() - 2..],
+            ["store.read_write", "transfer.dispatched"],
+            "the return is recorded with the first write after it"
+        );
         assert_eq!(store.entries(t.id).unwrap().len(), acknowledged);
         assert_eq!(store.check().unwrap().integrity, "ok");
     }
@@ -1579,6 +1768,8 @@ mod tests {
             .create_transfer(&new_transfer(Some("x")), &[])
             .unwrap();
         let entry = NewEntry {
+            link_leader: None,
+            xattrs: Default::default(),
             kind: EntryKind::File,
             source: PathBuf::from(OsString::from_vec(b"/src/\xff".to_vec())),
             dest: PathBuf::from("/dst/f"),
@@ -1610,6 +1801,7 @@ mod tests {
         // A batch with an illegal change is refused whole.
         let batch = [
             Change::Entry {
+                checksum: None,
                 id: t.id,
                 index: EntryIndex(0),
                 to: FileState::Copied,
@@ -1618,6 +1810,7 @@ mod tests {
                 context: serde_json::Value::Null,
             },
             Change::Entry {
+                checksum: None,
                 id: t.id,
                 index: EntryIndex(0),
                 to: FileState::Copying,

@@ -1,0 +1,127 @@
+//! `ferry verify`: which transfers to check, and how to say what was found.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use ferry::store::{SqliteStore, Store};
+use ferry::verify::{Checked, Finding, verify_transfer_where};
+
+use crate::exit::Exit;
+
+pub fn run(store: &dyn Store, targets: &[PathBuf], json: bool) -> Result<Exit, Exit> {
+    let mut found = Found::default();
+    if targets.is_empty() {
+        found.all_of(store, &|_| true)?;
+    }
+    for target in targets {
+        if let Some(name) = target.to_str()
+            && let Some(t) = store.transfer_by_name(name).map_err(ferry::Error::from)?
+        {
+            found.one(store, &t, &|_| true)?;
+            continue;
+        }
+        if looks_like_sqlite(target) {
+            let other = SqliteStore::open(target).map_err(ferry::Error::from)?;
+            found.all_of(&other, &|_| true)?;
+            continue;
+        }
+        if target.exists() {
+            let root = canonical(target);
+            found.all_of(store, &|dest| canonical(dest).starts_with(&root))?;
+            continue;
+        }
+        return Err(ferry::Error::TransferNotFound {
+            name: target.display().to_string(),
+            store: store.location(),
+        }
+        .into());
+    }
+    report(&found.checked, found.transfers, json)
+}
+
+#[derive(Default)]
+struct Found {
+    checked: Vec<Checked>,
+    transfers: usize,
+}
+
+impl Found {
+    fn all_of(&mut self, store: &dyn Store, keep: &dyn Fn(&Path) -> bool) -> Result<(), Exit> {
+        for t in store.transfers().map_err(ferry::Error::from)? {
+            self.one(store, &t, keep)?;
+        }
+        Ok(())
+    }
+
+    fn one(
+        &mut self,
+        store: &dyn Store,
+        t: &ferry::model::TransferRecord,
+        keep: &dyn Fn(&Path) -> bool,
+    ) -> Result<(), Exit> {
+        self.transfers += 1;
+        let checked = verify_transfer_where(store, t, keep).map_err(ferry::Error::from)?;
+        self.checked.extend(checked);
+        Ok(())
+    }
+}
+
+/// Only a file with SQLite's header is opened as a store: opening an empty
+/// file would make it one.
+fn looks_like_sqlite(path: &Path) -> bool {
+    let mut header = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| &header == b"SQLite format 3\0")
+}
+
+/// The absolute path, resolved as far as it exists.
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            canonical(parent).join(name)
+        }
+        _ => std::env::current_dir().unwrap_or_default().join(path),
+    }
+}
+
+fn report(checked: &[Checked], transfers: usize, json: bool) -> Result<Exit, Exit> {
+    let mut problems = 0;
+    let mut unchecked = 0;
+    for c in checked {
+        let problem = match &c.finding {
+            Finding::Match => None,
+            Finding::Unchecked => {
+                unchecked += 1;
+                None
+            }
+            Finding::Mismatch { expected, found } => {
+                Some(format!("expected {expected}, found {found}"))
+            }
+            Finding::Missing => Some("missing".to_string()),
+            Finding::Unreadable { error } => Some(format!("unreadable: {error}")),
+        };
+        if json {
+            println!("{}", serde_json::to_string(c).expect("serialisable"));
+        } else if let Some(problem) = &problem {
+            println!("{}: {problem} (transfer {})", c.dest.display(), c.transfer);
+        }
+        problems += usize::from(problem.is_some());
+    }
+    eprintln!(
+        "ferry: verified {} files of {transfers} transfers: {} match, {problems} do not, {unchecked} have no checksum",
+        checked.len(),
+        checked.len() - problems - unchecked
+    );
+    if problems > 0 {
+        return Err(ferry::Error::VerifyFailed {
+            checked: checked.len(),
+            problems,
+        }
+        .into());
+    }
+    Ok(Exit::Ok)
+}

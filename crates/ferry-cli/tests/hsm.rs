@@ -1,0 +1,355 @@
+//! `ferry hsm`: the upcall, the friendly commands, real worker processes
+//! (one SIGKILLed mid-archive), exit codes and request events.
+
+mod util;
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use util::{Scratch, json, run, run_ok};
+
+fn archive_dir(s: &Scratch) -> PathBuf {
+    let dir = s.path("archive");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn worker_args(s: &Scratch) -> Vec<String> {
+    vec![
+        "hsm".into(),
+        "worker".into(),
+        "--archive".into(),
+        format!("posix:{}", archive_dir(s).display()),
+        "--lease-ms".into(),
+        "300".into(),
+        "--until-idle".into(),
+    ]
+}
+
+fn run_worker(s: &Scratch) -> Output {
+    run_ok(s.ferry().args(worker_args(s)))
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The request id in "… queued as request N" / "joined request N".
+fn request_id(out: &Output) -> i64 {
+    let text = stdout(out);
+    let tail = text
+        .split("request ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no request id in {text:?}"));
+    tail.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn request(s: &Scratch, id: i64) -> serde_json::Value {
+    json(&run_ok(s.ferry().args([
+        "hsm",
+        "status",
+        &id.to_string(),
+        "--json",
+    ])))
+}
+
+fn file_status(s: &Scratch, path: &Path) -> serde_json::Value {
+    json(&run_ok(
+        s.ferry().args(["hsm", "status"]).arg(path).arg("--json"),
+    ))
+}
+
+fn data(len: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(8);
+    util::random_bytes(&mut rng, len)
+}
+
+#[test]
+fn worker_killed_mid_archive_loses_its_lease_and_another_completes_it() {
+    let s = Scratch::new();
+    let file = s.path("fs/big");
+    util::write_file(&file, &data(6 << 20));
+    let id = request_id(&run_ok(s.ferry().args(["hsm", "archive"]).arg(&file)));
+
+    // Worker A dies by SIGKILL at its third chunk, its lease held.
+    let a = run(s
+        .ferry()
+        .args(worker_args(&s))
+        .args(["--name", "worker-a"])
+        .env("FERRY_FAILPOINT", "hsm.archive_data:3"));
+    assert_eq!(a.status.signal(), Some(9), "worker A was killed");
+    let r = request(&s, id);
+    assert_eq!(r["state"], "started");
+    assert_eq!(r["attempts"], 1);
+    assert_eq!(r["lease_holder"], "worker-a");
+    assert_eq!(
+        file_status_code(&s, &file),
+        Some(22),
+        "nothing archived yet"
+    );
+
+    // Worker B waits for A's lease to expire, then completes the request.
+    let b = run_ok(s.ferry().args(worker_args(&s)).args(["--name", "worker-b"]));
+    assert!(String::from_utf8_lossy(&b.stderr).contains("1 succeeded"));
+    let r = request(&s, id);
+    assert_eq!(r["state"], "succeed");
+    assert_eq!(r["attempts"], 2);
+    let entry = file_status(&s, &file);
+    assert_eq!(entry["state"], "archived");
+    assert_eq!(entry["xattr"], "archived");
+    let object = entry["object"].as_str().unwrap().to_owned();
+    assert!(object.ends_with(&format!("-{id}-2")), "{object}");
+    let path = archive_dir(&s)
+        .join(&object[..2])
+        .join(&object[2..4])
+        .join(&object);
+    assert_eq!(fs::read(&path).unwrap(), data(6 << 20));
+    // Attempt 1 never got an object under its name.
+    let stale = path.with_file_name(object.replace(&format!("-{id}-2"), &format!("-{id}-1")));
+    assert!(!stale.exists());
+
+    // The log tells the story, in order (read as `ferry watch --json` prints it).
+    let store = ferry::store::SqliteStore::open(&s.store()).unwrap();
+    let filter = ferry::store::EventFilter {
+        kind: Some("request".into()),
+        ..Default::default()
+    };
+    let lines: Vec<serde_json::Value> = ferry::store::Store::events_since(&store, 0, &filter, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.to_json())
+        .collect();
+    let names: Vec<&str> = lines.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "request.waiting",
+            "request.started",
+            "request.waiting",
+            "request.started",
+            "request.succeed"
+        ]
+    );
+    assert_eq!(lines[2]["context"]["reason"], "lease expired");
+    assert_eq!(lines[2]["context"]["worker"], "worker-a");
+    assert!(
+        lines
+            .iter()
+            .all(|v| v["subject"] == serde_json::json!({"request": id}))
+    );
+}
+
+fn file_status_code(s: &Scratch, path: &Path) -> Option<i32> {
+    code(&run(s.ferry().args(["hsm", "status"]).arg(path)))
+}
+
+#[test]
+fn upcall_enqueue_then_worker_archives_by_fid() {
+    let s = Scratch::new();
+    let a = s.path("fs/a");
+    let b = s.path("fs/b");
+    util::write_file(&a, b"alpha");
+    util::write_file(&b, b"bravo");
+    let out = run_ok(
+        s.ferry()
+            .args([
+                "hsm", "enqueue", "archive", "lustre0", "1", "0x10", "opaque",
+            ])
+            .arg(&a)
+            .arg(&b),
+    );
+    assert_eq!(stdout(&out).lines().count(), 2);
+    assert!(stdout(&out).contains("queued as request"));
+    let listed = run_ok(
+        s.ferry()
+            .args(["hsm", "list", "--state", "waiting", "--json"]),
+    );
+    let requests: Vec<serde_json::Value> = stdout(&listed)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0]["fsname"], "lustre0");
+    assert_eq!(requests[0]["flags"], 16);
+    run_worker(&s);
+    for path in [&a, &b] {
+        assert_eq!(file_status(&s, path)["state"], "archived");
+    }
+    let stats = json(&run_ok(s.ferry().args(["hsm", "stats", "--json"])));
+    assert_eq!(
+        stats["counts"][0],
+        serde_json::json!(["archive", "succeed", 2])
+    );
+    // The upcall never looks at the file system: a FID that names nothing
+    // (yet) is queued all the same; the worker finds out.
+    let ghost = run_ok(s.ferry().args([
+        "hsm",
+        "enqueue",
+        "archive",
+        "lustre0",
+        "1",
+        "0",
+        "",
+        "[0x200000400:0x7:0x0]",
+    ]));
+    let ghost_id = request_id(&ghost);
+    assert_eq!(request(&s, ghost_id)["state"], "waiting");
+    run_worker(&s);
+    let r = request(&s, ghost_id);
+    assert_eq!(r["state"], "failed");
+    assert!(r["error"].as_str().unwrap().contains("0x200000400"));
+    // A FID that is not a path is found under the worker's --fid-root (for
+    // Lustre, MOUNT/.lustre/fid).
+    let fid = "[0x200000400:0x8:0x0]";
+    util::write_file(&s.path("fid-root").join(fid), b"by fid");
+    let by_fid = request_id(&run_ok(
+        s.ferry()
+            .args(["hsm", "enqueue", "archive", "lustre0", "1", "0", "", fid]),
+    ));
+    run_ok(
+        s.ferry()
+            .args(worker_args(&s))
+            .arg("--fid-root")
+            .arg(s.path("fid-root")),
+    );
+    assert_eq!(request(&s, by_fid)["state"], "succeed");
+    // Archiving again while unchanged: nothing to do.
+    let again = run_ok(s.ferry().args(["hsm", "archive"]).arg(&a));
+    assert!(
+        stdout(&again).contains("nothing to do"),
+        "{}",
+        stdout(&again)
+    );
+}
+
+#[test]
+fn remove_cancels_a_pending_archive() {
+    let s = Scratch::new();
+    let f = s.path("fs/f");
+    util::write_file(&f, b"data");
+    let id = request_id(&run_ok(s.ferry().args(["hsm", "archive"]).arg(&f)));
+    let out = run_ok(s.ferry().args(["hsm", "remove"]).arg(&f));
+    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+    let r = request(&s, id);
+    assert_eq!(r["state"], "canceled");
+    assert!(r["error"].as_str().unwrap().contains("remove"));
+    // The worker has nothing left to do, and the file was never archived.
+    run_worker(&s);
+    assert_eq!(file_status_code(&s, &f), Some(22));
+}
+
+#[test]
+fn release_restore_and_dirty_files_with_exit_codes() {
+    let s = Scratch::new();
+    let f = s.path("fs/f");
+    util::write_file(&f, &data(300_000));
+    run_ok(s.ferry().args(["hsm", "archive"]).arg(&f));
+    run_worker(&s);
+    run_ok(s.ferry().args(["hsm", "release"]).arg(&f));
+    assert_eq!(file_status(&s, &f)["state"], "released");
+    assert_eq!(fs::metadata(&f).unwrap().len(), 300_000);
+
+    // restore --wait blocks until a worker has brought the data back.
+    let waiting = s
+        .ferry()
+        .args(["hsm", "restore", "--wait"])
+        .arg(&f)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = run_ok(s.ferry().args(["hsm", "list", "--state", "waiting"]));
+        if stdout(&listed).contains("restore") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restore was never queued");
+    }
+    run_worker(&s);
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(0), "{out:?}");
+    assert!(stdout(&out).contains("succeed"));
+    assert_eq!(fs::read(&f).unwrap(), data(300_000));
+
+    // Changed since archiving: release is refused (24) and the file is dirty.
+    fs::write(&f, b"new contents").unwrap();
+    let refused = run(s.ferry().args(["hsm", "release"]).arg(&f));
+    assert_eq!(code(&refused), Some(24));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("archive it again"));
+    assert_eq!(file_status(&s, &f)["state"], "dirty");
+    assert_eq!(fs::read(&f).unwrap(), b"new contents");
+}
+
+#[test]
+fn user_mistakes_have_their_own_exit_codes() {
+    let s = Scratch::new();
+    let f = s.path("fs/f");
+    util::write_file(&f, b"x");
+    // Not in the catalog; no such request.
+    assert_eq!(file_status_code(&s, &f), Some(22));
+    assert_eq!(
+        code(&run(s.ferry().args(["hsm", "release"]).arg(&f))),
+        Some(22)
+    );
+    assert_eq!(
+        code(&run(s.ferry().args(["hsm", "cancel", "12345"]))),
+        Some(22)
+    );
+    // A bad archive.
+    let bad = run(s.ferry().args(["hsm", "worker", "--archive", "tape:0"]));
+    assert_eq!(code(&bad), Some(27));
+    let missing = run(s
+        .ferry()
+        .args(["hsm", "worker", "--archive"])
+        .arg(format!("posix:{}", s.path("nope").display())));
+    assert_eq!(code(&missing), Some(27));
+    // A restore of a file never archived fails: --wait exits 23.
+    let id = request_id(&run_ok(s.ferry().args(["hsm", "restore"]).arg(&f)));
+    let waiting = spawn_waiting(&s, "restore", &f, id);
+    run_worker(&s);
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(23), "{out:?}");
+    let r = request(&s, id);
+    assert_eq!(r["state"], "failed");
+    assert!(r["error"].as_str().unwrap().contains("no archived copy"));
+    // Cancelling something that is over: 26.
+    assert_eq!(
+        code(&run(s.ferry().args(["hsm", "cancel", &id.to_string()]))),
+        Some(26)
+    );
+    // A canceled request: --wait exits 25.
+    let id = request_id(&run_ok(s.ferry().args(["hsm", "archive"]).arg(&f)));
+    let waiting = spawn_waiting(&s, "archive", &f, id);
+    run_ok(s.ferry().args(["hsm", "cancel", &id.to_string()]));
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(25), "{out:?}");
+}
+
+/// `ferry hsm ACTION --wait PATH`, once it has joined request `id`.
+fn spawn_waiting(s: &Scratch, action: &str, path: &Path, id: i64) -> std::process::Child {
+    let child = s
+        .ferry()
+        .args(["hsm", action, "--wait"])
+        .arg(path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while request(s, id)["waiters"] != 2 {
+        assert!(Instant::now() < deadline, "the waiter never joined");
+    }
+    child
+}

@@ -1,0 +1,528 @@
+//! Workers: lease a request, move the data, heartbeat while moving, then
+//! ack or fail. `max_inflight` threads each serve one request at a time.
+//!
+//! **Invariant:** a worker changes a request only through the queue, with
+//! its lease's attempt; every step that makes something visible (an archive
+//! object, a restored file) is preceded by a forced heartbeat, so a worker
+//! that lost its lease stops before, not after.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::hsm::archive::{Archive, Fence, ObjectMeta, object_id};
+use crate::hsm::catalog::{self, file_meta};
+use crate::hsm::{
+    Action, CatalogEntry, CatalogState, FailKind, Lease, LeaseFilter, RequestQueue, RequestState,
+};
+use crate::store::StoreError;
+
+/// At most this many requests in flight per worker process.
+pub const INFLIGHT_MAX: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Names the lease holder: `host:pid` by default.
+    pub name: String,
+    pub filter: LeaseFilter,
+    pub max_inflight: usize,
+    /// How long a lease lasts without a heartbeat; heartbeats come every
+    /// third of it while data moves.
+    pub lease: Duration,
+    /// Resolves a FID that is not an absolute path: `ROOT/FID` (for Lustre,
+    /// `MOUNT/.lustre/fid`).
+    pub fid_root: Option<PathBuf>,
+    /// Return once no request is waiting or started.
+    pub until_idle: bool,
+    /// The longest wait for a change before looking at the queue again
+    /// (lease expiries and back-offs end without a write to wake us).
+    pub idle_poll: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(name: impl Into<String>) -> WorkerConfig {
+        WorkerConfig {
+            name: name.into(),
+            filter: LeaseFilter::default(),
+            max_inflight: 1,
+            lease: Duration::from_secs(60),
+            fid_root: None,
+            until_idle: false,
+            idle_poll: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What one worker run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Attempts abandoned because the lease was lost (expired, cancelled).
+    pub abandoned: u64,
+}
+
+/// The outcome of one attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    /// The attempt failed; the request is now in this state.
+    Failed(RequestState, String),
+    /// The lease was lost: someone else owns the request now.
+    Abandoned(String),
+}
+
+pub struct Worker<'a> {
+    queue: &'a dyn RequestQueue,
+    archive: &'a dyn Archive,
+    config: WorkerConfig,
+    stop: AtomicBool,
+}
+
+impl<'a> Worker<'a> {
+    pub fn new(
+        queue: &'a dyn RequestQueue,
+        archive: &'a dyn Archive,
+        config: WorkerConfig,
+    ) -> Worker<'a> {
+        assert!(
+            (1..=INFLIGHT_MAX).contains(&config.max_inflight),
+            "1 to {INFLIGHT_MAX} requests in flight"
+        );
+        Worker {
+            queue,
+            archive,
+            config,
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Asks [`Worker::run`] to return after the requests in flight.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Serves requests until stopped (or idle, with `until_idle`).
+    pub fn run(&self) -> Result<WorkerReport, StoreError> {
+        let counts = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..self.config.max_inflight)
+                .map(|_| s.spawn(|| self.serve(&counts)))
+                .collect();
+            let mut result = Ok(());
+            for t in threads {
+                let r = t.join().expect("a worker thread panicked");
+                if r.is_err() {
+                    // One thread's store error stops the others too.
+                    self.stop();
+                    result = r;
+                }
+            }
+            result
+        })?;
+        Ok(WorkerReport {
+            succeeded: counts[0].load(Ordering::SeqCst),
+            failed: counts[1].load(Ordering::SeqCst),
+            abandoned: counts[2].load(Ordering::SeqCst),
+        })
+    }
+
+    fn serve(&self, counts: &[AtomicU64; 3]) -> Result<(), StoreError> {
+        let mut reader = self.queue.event_reader()?;
+        while !self.stop.load(Ordering::SeqCst) {
+            let token = reader.change_token()?;
+            let lease = self
+                .queue
+                .lease(&self.config.name, &self.config.filter, 1, self.config.lease)?
+                .pop();
+            let Some(lease) = lease else {
+                if self.config.until_idle && self.idle()? {
+                    return Ok(());
+                }
+                reader.wait_changed(token, self.config.idle_poll)?;
+                continue;
+            };
+            let slot = match self.process(&lease)? {
+                Outcome::Succeeded => 0,
+                Outcome::Failed(..) => 1,
+                Outcome::Abandoned(_) => 2,
+            };
+            counts[slot].fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn idle(&self) -> Result<bool, StoreError> {
+        let stats = self.queue.stats()?;
+        Ok(stats.count(None, RequestState::Waiting) == 0
+            && stats.count(None, RequestState::Started) == 0)
+    }
+
+    /// Serves one leased request to its end: ack, fail or abandon.
+    pub fn process(&self, lease: &Lease) -> Result<Outcome, StoreError> {
+        let r = &lease.request;
+        let path = self.resolve(&r.fid, r.path.as_deref());
+        let mut fence = LeaseFence {
+            queue: self.queue,
+            lease,
+            every: self.config.lease / 3,
+            extend: self.config.lease,
+            last: Instant::now(),
+        };
+        let result = match r.action {
+            Action::Archive => self.archive(lease, &path, &mut fence),
+            Action::Restore => self.restore(lease, &path, &mut fence),
+            Action::Remove => self.remove(lease, &path),
+        };
+        let outcome = match result {
+            Ok(()) => Outcome::Succeeded,
+            Err(Step::Fail(kind, msg)) => match self.queue.fail(lease, kind, &msg) {
+                Ok(state) => Outcome::Failed(state, msg),
+                Err(StoreError::StaleLease { .. }) => Outcome::Abandoned(msg),
+                Err(e) => return Err(e),
+            },
+            Err(Step::Lost(msg)) => Outcome::Abandoned(msg),
+            Err(Step::Store(e)) => return Err(e),
+        };
+        let line = match &outcome {
+            Outcome::Succeeded => "succeed".to_owned(),
+            Outcome::Failed(state, msg) => format!("{state}: {msg}"),
+            Outcome::Abandoned(msg) => format!("abandoned (lease lost): {msg}"),
+        };
+        eprintln!(
+            "ferry: request {} {} {} attempt {}: {line}",
+            r.id,
+            r.action,
+            path.display(),
+            lease.attempt
+        );
+        Ok(outcome)
+    }
+
+    fn resolve(&self, fid: &str, path: Option<&Path>) -> PathBuf {
+        if let Some(path) = path {
+            return path.to_path_buf();
+        }
+        match &self.config.fid_root {
+            Some(root) if !fid.starts_with('/') => root.join(fid),
+            _ => PathBuf::from(fid),
+        }
+    }
+
+    fn ack(&self, lease: &Lease, entry: Option<&CatalogEntry>) -> Result<(), Step> {
+        self.queue.ack(lease, entry).map_err(Step::from_store)
+    }
+
+    fn archive(&self, lease: &Lease, path: &Path, fence: &mut LeaseFence<'_>) -> Result<(), Step> {
+        let r = &lease.request;
+        let previous = self.queue.catalog_entry(&r.fid).map_err(Step::Store)?;
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.state == CatalogState::Released)
+        {
+            // Released since it was queued: the archive has its data.
+            return self.ack(lease, None);
+        }
+        let mut file = File::open(path).map_err(|e| io_fail(path, "open", e))?;
+        let before = file.metadata().map_err(|e| io_fail(path, "stat", e))?;
+        if !before.is_file() {
+            return Err(Step::Fail(
+                FailKind::Permanent,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        // A file whose copy was lost may be a stub: never archive its zeros
+        // as if they were its data.
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.state == CatalogState::Lost)
+            && before.len() > 0
+            && rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(0))
+                == Err(rustix::io::Errno::NXIO)
+        {
+            return Err(Step::Fail(
+                FailKind::Permanent,
+                format!(
+                    "{} holds no data (a released stub): restore it before archiving",
+                    path.display()
+                ),
+            ));
+        }
+        rustix::fs::seek(&file, rustix::fs::SeekFrom::Start(0))
+            .map_err(|e| io_fail(path, "seek", e.into()))?;
+        let (size, mtime_ns, mode) = file_meta(&before);
+        let object = object_id(&r.fid, r.id, lease.attempt);
+        let meta = ObjectMeta {
+            fid: r.fid.clone(),
+            path: Some(path.to_path_buf()),
+            size,
+            mtime_ns,
+            mode,
+            checksum: String::new(),
+            request: r.id.0,
+            attempt: lease.attempt,
+        };
+        let checksum = self
+            .archive
+            .put(&object, &mut file, &meta, fence)
+            .map_err(|e| fence.classify(path, "archive", e))?;
+        let after = fs::metadata(path).map_err(|e| io_fail(path, "stat", e))?;
+        if file_meta(&after).0 != size || file_meta(&after).1 != mtime_ns {
+            let _ = self.archive.remove(&object);
+            return Err(Step::Fail(
+                FailKind::Retry,
+                format!("{} changed while it was archived", path.display()),
+            ));
+        }
+        let entry = CatalogEntry {
+            fid: r.fid.clone(),
+            path: Some(path.to_path_buf()),
+            state: CatalogState::Archived,
+            archive_id: r.archive_id,
+            object: Some(object.clone()),
+            size,
+            mtime_ns,
+            mode,
+            checksum: Some(checksum),
+            updated_ns: 0,
+        };
+        if let Err(e) = self.ack(lease, Some(&entry)) {
+            // Not ours any more: our object is garbage, the catalog never
+            // pointed at it.
+            let _ = self.archive.remove(&object);
+            return Err(e);
+        }
+        catalog::mirror(path, &entry);
+        // The copy this one replaces is not needed any more.
+        if let Some(old) = previous.and_then(|p| p.object).filter(|o| *o != object) {
+            let _ = self.archive.remove(&old);
+        }
+        Ok(())
+    }
+
+    fn restore(&self, lease: &Lease, path: &Path, fence: &mut LeaseFence<'_>) -> Result<(), Step> {
+        let r = &lease.request;
+        let entry = self.queue.catalog_entry(&r.fid).map_err(Step::Store)?;
+        let Some(entry) = entry.filter(|e| e.object.is_some() && e.checksum.is_some()) else {
+            return Err(Step::Fail(
+                FailKind::Permanent,
+                format!("{} has no archived copy", r.fid),
+            ));
+        };
+        if entry.state == CatalogState::Lost {
+            return Err(Step::Fail(
+                FailKind::Permanent,
+                format!("the archived copy of {} is lost", r.fid),
+            ));
+        }
+        if entry.state != CatalogState::Released && path.exists() {
+            // The data is in the file already: nothing to bring back.
+            return self.ack(lease, None);
+        }
+        let object = entry.object.as_deref().expect("checked above");
+        let temp = restore_temp(path, lease);
+        let stub = fs::metadata(path).ok();
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&temp)
+            .map_err(|e| io_fail(&temp, "create", e))?;
+        let mut out = BufWriter::with_capacity(super::archive::CHUNK, file);
+        let got = self.archive.get(object, &mut out, fence);
+        let file = out
+            .into_inner()
+            .map_err(|e| io_fail(&temp, "write", e.into_error()));
+        let result = got
+            .map_err(|e| fence.classify(path, "restore", e))
+            .and_then(|sum| Ok((sum, file?)))
+            .and_then(|(sum, file)| {
+                let size = file.metadata().map_err(|e| io_fail(&temp, "stat", e))?.len();
+                if Some(&sum) != entry.checksum.as_ref() || size != entry.size {
+                    return Err(Step::Fail(
+                        FailKind::Lost,
+                        format!(
+                            "checksum mismatch restoring {}: object {object} reads {sum} ({size} bytes), \
+                             the catalog recorded {} ({} bytes); the archived copy is unusable",
+                            path.display(),
+                            entry.checksum.as_deref().unwrap_or("?"),
+                            entry.size
+                        ),
+                    ));
+                }
+                finish_restore(&file, &temp, &entry, stub.as_ref())
+                    .map_err(|e| io_fail(&temp, "finish", e))?;
+                // Only the current attempt replaces the file.
+                fence
+                    .check(true)
+                    .map_err(|e| fence.classify(path, "restore", e))?;
+                fs::rename(&temp, path).map_err(|e| io_fail(path, "rename", e))?;
+                if let Some(dir) = path.parent() {
+                    File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| io_fail(dir, "sync", e))?;
+                }
+                Ok(())
+            });
+        if let Err(e) = result {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        let restored = CatalogEntry {
+            state: CatalogState::Archived,
+            path: Some(path.to_path_buf()),
+            ..entry
+        };
+        self.ack(lease, Some(&restored))
+    }
+
+    fn remove(&self, lease: &Lease, path: &Path) -> Result<(), Step> {
+        let r = &lease.request;
+        let entry = self.queue.catalog_entry(&r.fid).map_err(Step::Store)?;
+        let Some(entry) = entry else {
+            return self.ack(lease, None);
+        };
+        if entry.state == CatalogState::Released {
+            return Err(Step::Fail(
+                FailKind::Permanent,
+                format!(
+                    "{} is released: its only data is the archived copy; restore it first",
+                    path.display()
+                ),
+            ));
+        }
+        if let Some(object) = &entry.object {
+            self.archive
+                .remove(object)
+                .map_err(|e| Step::Fail(FailKind::Retry, format!("remove {object}: {e}")))?;
+        }
+        let gone = CatalogEntry {
+            state: CatalogState::Exists,
+            object: None,
+            checksum: None,
+            ..entry
+        };
+        self.ack(lease, Some(&gone))?;
+        if path.exists() {
+            catalog::mirror(path, &gone);
+        }
+        Ok(())
+    }
+}
+
+/// `DIR/.NAME._ferry-hsm-REQUEST-ATTEMPT`: one per attempt, like objects.
+fn restore_temp(path: &Path, lease: &Lease) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(
+        ".{name}._ferry-hsm-{}-{}",
+        lease.id(),
+        lease.attempt
+    ))
+}
+
+/// Mode, owner (where permitted), times and the catalog mirror on the
+/// restored temporary, then a sync: the rename publishes a finished file.
+fn finish_restore(
+    file: &File,
+    temp: &Path,
+    entry: &CatalogEntry,
+    stub: Option<&fs::Metadata>,
+) -> io::Result<()> {
+    if let Some(stub) = stub {
+        // Root restores other users' files; others keep their own.
+        let _ = rustix::fs::fchown(
+            file,
+            Some(rustix::fs::Uid::from_raw(stub.uid())),
+            Some(rustix::fs::Gid::from_raw(stub.gid())),
+        );
+    }
+    file.set_permissions(fs::Permissions::from_mode(entry.mode))?;
+    let atime_ns = stub.map_or(entry.mtime_ns, |s| {
+        s.atime() * 1_000_000_000 + s.atime_nsec()
+    });
+    catalog::set_times(file, atime_ns, entry.mtime_ns)?;
+    let archived = CatalogEntry {
+        state: CatalogState::Archived,
+        ..entry.clone()
+    };
+    catalog::mirror(temp, &archived);
+    file.sync_all()
+}
+
+/// How a step of an attempt ends when it does not succeed.
+enum Step {
+    Fail(FailKind, String),
+    /// The lease is gone: drop the work, change nothing.
+    Lost(String),
+    Store(StoreError),
+}
+
+impl Step {
+    fn from_store(e: StoreError) -> Step {
+        match e {
+            StoreError::StaleLease { .. } => Step::Lost(e.to_string()),
+            // The catalog refused what this attempt found: fail the request,
+            // not the worker.
+            StoreError::CatalogConflict { .. } => Step::Fail(FailKind::Permanent, e.to_string()),
+            e => Step::Store(e),
+        }
+    }
+}
+
+fn io_fail(path: &Path, what: &str, e: io::Error) -> Step {
+    let kind = match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied => FailKind::Permanent,
+        _ => FailKind::Retry,
+    };
+    Step::Fail(kind, format!("{what} {}: {e}", path.display()))
+}
+
+/// Heartbeats the lease every third of its length while data moves.
+struct LeaseFence<'a> {
+    queue: &'a dyn RequestQueue,
+    lease: &'a Lease,
+    every: Duration,
+    extend: Duration,
+    last: Instant,
+}
+
+const LEASE_LOST: &str = "ferry: lease lost";
+
+impl LeaseFence<'_> {
+    /// An I/O error from a copy: the fence's own refusal means the lease
+    /// is gone; anything else fails the attempt.
+    fn classify(&self, path: &Path, what: &str, e: io::Error) -> Step {
+        if e.get_ref()
+            .is_some_and(|inner| inner.to_string().starts_with(LEASE_LOST))
+        {
+            return Step::Lost(e.to_string());
+        }
+        io_fail(path, what, e)
+    }
+}
+
+impl Fence for LeaseFence<'_> {
+    fn check(&mut self, before_commit: bool) -> io::Result<()> {
+        if !before_commit && self.last.elapsed() < self.every {
+            return Ok(());
+        }
+        match self.queue.heartbeat(self.lease, self.extend) {
+            Ok(_) => {
+                self.last = Instant::now();
+                Ok(())
+            }
+            Err(e) => Err(io::Error::other(format!("{LEASE_LOST}: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,864 @@
+//! The HSM request queue and file catalog in the SQLite store.
+//!
+//! Every request change goes through [`SqliteStore::write_request`] and
+//! every catalog change through [`SqliteStore::write_catalog`]: each checks
+//! the transition, writes the row with a guard on what it read, and appends
+//! the event, inside the caller's transaction.
+
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use serde_json::json;
+
+use super::{SqliteStore, now_ns, path_from_bytes};
+use crate::hsm::{
+    Action, BATCH_MAX, CatalogEntry, CatalogState, Enqueued, FailKind, Lease, LeaseFilter,
+    NewRequest, Policy, QueueStats, RequestId, RequestQueue, RequestRecord, RequestState,
+};
+use crate::store::StoreError;
+
+const REQUEST_COLUMNS: &str = "id, action, fsname, archive_id, flags, data, fid, path, \
+     priority_ms, rank, state, attempts, max_attempts, not_before_ns, lease_holder, \
+     lease_expires_ns, waiters, error, created_ns, updated_ns";
+
+const CATALOG_COLUMNS: &str =
+    "fid, path, state, archive_id, object, size, mtime_ns, mode, checksum, updated_ns";
+
+/// `meta` keys of the [`Policy`], in the order of its fields.
+const POLICY_KEYS: [&str; 6] = [
+    "hsm.head_start_restore_ms",
+    "hsm.head_start_remove_ms",
+    "hsm.head_start_archive_ms",
+    "hsm.max_attempts",
+    "hsm.backoff_base_ms",
+    "hsm.backoff_max_ms",
+];
+
+fn ms_to_ns(ms: i64) -> i64 {
+    ms.saturating_mul(1_000_000)
+}
+
+fn duration_ns(d: Duration) -> i64 {
+    d.as_nanos().min(i64::MAX as u128) as i64
+}
+
+impl SqliteStore {
+    fn request_from_row(
+        &self,
+        row: &Row<'_>,
+    ) -> rusqlite::Result<Result<RequestRecord, StoreError>> {
+        let id = RequestId(row.get(0)?);
+        let action: String = row.get(1)?;
+        let state: String = row.get(10)?;
+        let (Some(action), Some(state)) = (Action::parse(&action), RequestState::parse(&state))
+        else {
+            return Ok(Err(self.corrupt(format!(
+                "HSM request {id} has unknown action {action:?} or state {state:?}"
+            ))));
+        };
+        Ok(Ok(RequestRecord {
+            id,
+            action,
+            fsname: row.get(2)?,
+            archive_id: row.get(3)?,
+            flags: row.get::<_, i64>(4)? as u64,
+            data: row.get(5)?,
+            fid: row.get(6)?,
+            path: row.get::<_, Option<Vec<u8>>>(7)?.map(path_from_bytes),
+            priority_ms: row.get(8)?,
+            rank: row.get(9)?,
+            state,
+            attempts: row.get(11)?,
+            max_attempts: row.get(12)?,
+            not_before_ns: row.get(13)?,
+            lease_holder: row.get(14)?,
+            lease_expires_ns: row.get(15)?,
+            waiters: row.get(16)?,
+            error: row.get(17)?,
+            created_ns: row.get(18)?,
+            updated_ns: row.get(19)?,
+        }))
+    }
+
+    /// Requests matching `filter`: `hsm_requests [INDEXED BY …] WHERE …`.
+    fn query_requests(
+        &self,
+        conn: &rusqlite::Connection,
+        filter: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        let sql = format!("SELECT {REQUEST_COLUMNS} FROM {filter}");
+        let rows = conn
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| {
+                stmt.query_map(params, |row| self.request_from_row(row))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| self.err(e))?;
+        rows.into_iter().collect()
+    }
+
+    fn request_in(&self, tx: &Transaction<'_>, id: RequestId) -> Result<RequestRecord, StoreError> {
+        self.query_requests(tx, "hsm_requests WHERE id = ?1", &[&id.0])?
+            .pop()
+            .ok_or_else(|| StoreError::NoSuchRequest {
+                path: self.path.clone(),
+                id,
+            })
+    }
+
+    fn live_request(
+        &self,
+        tx: &Transaction<'_>,
+        fid: &str,
+        action: Action,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        Ok(self
+            .query_requests(
+                tx,
+                "hsm_requests WHERE fid = ?1 AND action = ?2 AND state IN ('waiting', 'started')",
+                &[&fid, &action.as_str()],
+            )?
+            .pop())
+    }
+
+    fn insert_request_event(
+        &self,
+        tx: &Transaction<'_>,
+        request: Option<RequestId>,
+        name: &str,
+        context: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        tx.prepare_cached(
+            "INSERT INTO events (time_ns, request_id, name, context) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                now_ns(),
+                request.map(|r| r.0),
+                name,
+                context.to_string()
+            ])
+        })
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// THE way a request changes: `old` is what the caller read in this
+    /// transaction (`None`: a new request). Checks the transition, writes
+    /// the row only if it is still as read, and appends `request.<event>`.
+    /// Returns the request as written (its id assigned).
+    fn write_request(
+        &self,
+        tx: &Transaction<'_>,
+        old: Option<&RequestRecord>,
+        new: &RequestRecord,
+        event: &str,
+        mut context: serde_json::Value,
+    ) -> Result<RequestRecord, StoreError> {
+        let now = now_ns();
+        let mut new = new.clone();
+        new.updated_ns = now;
+        if new.state == RequestState::Started {
+            assert!(
+                new.lease_holder.is_some() && new.lease_expires_ns.is_some(),
+                "a started request has a lease"
+            );
+        }
+        match old {
+            None => {
+                assert_eq!(new.state, RequestState::Waiting, "requests start waiting");
+                tx.prepare_cached(
+                    "INSERT INTO hsm_requests (action, fsname, archive_id, flags, data, fid, path,
+                        priority_ms, rank, state, attempts, max_attempts, not_before_ns,
+                        waiters, created_ns, updated_ns)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13, ?14, ?15)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        new.action.as_str(),
+                        new.fsname,
+                        new.archive_id,
+                        new.flags as i64,
+                        new.data,
+                        new.fid,
+                        new.path.as_ref().map(|p| p.as_os_str().as_bytes()),
+                        new.priority_ms,
+                        new.rank,
+                        new.state.as_str(),
+                        new.max_attempts,
+                        new.not_before_ns,
+                        new.waiters,
+                        new.created_ns,
+                        now
+                    ])
+                })
+                .map_err(|e| self.err(e))?;
+                new.id = RequestId(tx.last_insert_rowid());
+            }
+            Some(old) => {
+                assert_eq!(old.id, new.id);
+                let allowed = if old.state == new.state {
+                    // A waiter joins a live request; a finished one stays so.
+                    !old.state.is_terminal()
+                } else {
+                    new.state.allowed_from().contains(&old.state)
+                };
+                if !allowed {
+                    return Err(StoreError::RequestTransition {
+                        path: self.path.clone(),
+                        id: old.id,
+                        from: old.state,
+                        to: new.state,
+                    });
+                }
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE hsm_requests SET state = ?1, attempts = ?2, not_before_ns = ?3,
+                            lease_holder = ?4, lease_expires_ns = ?5, waiters = ?6, error = ?7,
+                            updated_ns = ?8
+                         WHERE id = ?9 AND state = ?10 AND attempts = ?11",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            new.state.as_str(),
+                            new.attempts,
+                            new.not_before_ns,
+                            new.lease_holder,
+                            new.lease_expires_ns,
+                            new.waiters,
+                            new.error,
+                            now,
+                            old.id.0,
+                            old.state.as_str(),
+                            old.attempts
+                        ])
+                    })
+                    .map_err(|e| self.err(e))?;
+                // We read the row in this transaction: nobody changed it since.
+                assert_eq!(
+                    changed, 1,
+                    "request {} changed under our transaction",
+                    old.id
+                );
+            }
+        }
+        if let serde_json::Value::Object(map) = &mut context {
+            map.insert("state".into(), new.state.as_str().into());
+            map.insert("attempt".into(), new.attempts.into());
+        }
+        self.insert_request_event(tx, Some(new.id), &format!("request.{event}"), &context)?;
+        Ok(new)
+    }
+
+    fn catalog_in(
+        &self,
+        conn: &rusqlite::Connection,
+        fid: &str,
+    ) -> Result<Option<CatalogEntry>, StoreError> {
+        let sql = format!("SELECT {CATALOG_COLUMNS} FROM hsm_catalog WHERE fid = ?1");
+        let row = conn
+            .prepare_cached(&sql)
+            .and_then(|mut stmt| {
+                stmt.query_row([fid], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Option<Vec<u8>>>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, u32>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                        [row.get::<_, i64>(5)?, row.get(6)?, row.get(7)?, row.get(9)?],
+                        row.get::<_, Option<String>>(8)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let Some((fid, path, state, archive_id, object, n, checksum)) = row else {
+            return Ok(None);
+        };
+        let state = CatalogState::parse(&state).ok_or_else(|| {
+            self.corrupt(format!("HSM catalog: {fid} has unknown state {state:?}"))
+        })?;
+        Ok(Some(CatalogEntry {
+            fid,
+            path: path.map(path_from_bytes),
+            state,
+            archive_id,
+            object,
+            size: n[0] as u64,
+            mtime_ns: n[1],
+            mode: n[2] as u32,
+            checksum,
+            updated_ns: n[3],
+        }))
+    }
+
+    /// THE way the catalog changes: checks the transition from what this
+    /// transaction reads, writes the row and appends `catalog.<state>`.
+    fn write_catalog(
+        &self,
+        tx: &Transaction<'_>,
+        new: &CatalogEntry,
+        request: Option<RequestId>,
+    ) -> Result<CatalogEntry, StoreError> {
+        let old = self.catalog_in(tx, &new.fid)?;
+        let from = old.as_ref().map(|o| o.state);
+        if !new.state.allowed_from().contains(&from) {
+            return Err(StoreError::CatalogConflict {
+                path: self.path.clone(),
+                fid: new.fid.clone(),
+                state: from.map_or("unknown".into(), |s| s.to_string()),
+                expected: new.state,
+                hint: "the catalog refuses that change",
+            });
+        }
+        // An archived or released file has a copy to come back from.
+        if matches!(new.state, CatalogState::Archived | CatalogState::Released) {
+            assert!(
+                new.object.is_some() && new.checksum.is_some(),
+                "an archived file has an object and a checksum"
+            );
+        }
+        let mut new = new.clone();
+        new.updated_ns = now_ns();
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO hsm_catalog (fid, path, state, archive_id, object, size,
+                mtime_ns, mode, checksum, updated_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                new.fid,
+                new.path.as_ref().map(|p| p.as_os_str().as_bytes()),
+                new.state.as_str(),
+                new.archive_id,
+                new.object,
+                new.size as i64,
+                new.mtime_ns,
+                new.mode,
+                new.checksum,
+                new.updated_ns
+            ])
+        })
+        .map_err(|e| self.err(e))?;
+        let context = json!({
+            "fid": new.fid,
+            "path": new.path.as_ref().map(|p| p.to_string_lossy()),
+            "from": from.map(|s| s.as_str()),
+            "object": new.object,
+        });
+        self.insert_request_event(tx, request, &format!("catalog.{}", new.state), &context)?;
+        Ok(new)
+    }
+
+    fn policy_in(&self, conn: &rusqlite::Connection) -> Result<Policy, StoreError> {
+        let mut v = [0i64; 6];
+        for (slot, key) in v.iter_mut().zip(POLICY_KEYS) {
+            *slot = conn
+                .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+                .and_then(|mut stmt| stmt.query_row([key], |row| row.get(0)))
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(Policy {
+            head_start_restore_ms: v[0],
+            head_start_remove_ms: v[1],
+            head_start_archive_ms: v[2],
+            max_attempts: v[3].clamp(1, u32::MAX as i64) as u32,
+            backoff_base_ms: v[4].max(0) as u64,
+            backoff_max_ms: v[5].max(0) as u64,
+        })
+    }
+
+    /// The leased request as it is now, if `lease` is still its current
+    /// lease; [`StoreError::StaleLease`] otherwise.
+    fn check_lease(
+        &self,
+        tx: &Transaction<'_>,
+        lease: &Lease,
+    ) -> Result<RequestRecord, StoreError> {
+        let current = self.request_in(tx, lease.id())?;
+        if current.state != RequestState::Started
+            || current.attempts != lease.attempt
+            || current.lease_holder.as_deref() != Some(lease.worker.as_str())
+        {
+            return Err(StoreError::StaleLease {
+                path: self.path.clone(),
+                id: lease.id(),
+                attempt: lease.attempt,
+                current: current.attempts,
+                state: current.state,
+            });
+        }
+        Ok(current)
+    }
+
+    fn expire_in(&self, tx: &Transaction<'_>, now: i64) -> Result<usize, StoreError> {
+        let expired = self.query_requests(
+            tx,
+            "hsm_requests INDEXED BY hsm_requests_leased
+             WHERE state = 'started' AND lease_expires_ns < ?1 ORDER BY lease_expires_ns",
+            &[&now],
+        )?;
+        for old in &expired {
+            let mut new = old.clone();
+            let worker = new.lease_holder.take();
+            new.lease_expires_ns = None;
+            let context = json!({"reason": "lease expired", "worker": worker});
+            if old.attempts >= old.max_attempts {
+                new.state = RequestState::Failed;
+                new.error = Some(format!(
+                    "the lease of worker {} expired at attempt {} of {}",
+                    worker.as_deref().unwrap_or("?"),
+                    old.attempts,
+                    old.max_attempts
+                ));
+                self.write_request(tx, Some(old), &new, "failed", context)?;
+            } else {
+                new.state = RequestState::Waiting;
+                new.not_before_ns = now;
+                self.write_request(tx, Some(old), &new, "waiting", context)?;
+            }
+        }
+        Ok(expired.len())
+    }
+
+    fn enqueue_one(
+        &self,
+        tx: &Transaction<'_>,
+        policy: &Policy,
+        request: &NewRequest,
+    ) -> Result<Enqueued, StoreError> {
+        if request.action == Action::Remove
+            && let Some(archive) = self.live_request(tx, &request.fid, Action::Archive)?
+            && archive.state == RequestState::Waiting
+        {
+            let mut canceled = archive.clone();
+            canceled.state = RequestState::Canceled;
+            canceled.error = Some("superseded by a remove of the same file".into());
+            self.write_request(
+                tx,
+                Some(&archive),
+                &canceled,
+                "canceled",
+                json!({"reason": "removed"}),
+            )?;
+        }
+        if let Some(live) = self.live_request(tx, &request.fid, request.action)? {
+            let mut joined = live.clone();
+            joined.waiters += 1;
+            let joined = self.write_request(
+                tx,
+                Some(&live),
+                &joined,
+                "joined",
+                json!({"waiters": live.waiters + 1}),
+            )?;
+            return Ok(Enqueued::Joined {
+                id: joined.id,
+                waiters: joined.waiters,
+            });
+        }
+        let catalog = self.catalog_in(tx, &request.fid)?;
+        match request.action {
+            Action::Archive
+                if catalog
+                    .as_ref()
+                    .is_some_and(|c| c.state == CatalogState::Archived) =>
+            {
+                return Ok(Enqueued::Noop {
+                    reason: format!("{} is archived and unchanged since", request.fid),
+                });
+            }
+            // Its data is only in the archive: the file is a stub.
+            Action::Archive
+                if catalog
+                    .as_ref()
+                    .is_some_and(|c| c.state == CatalogState::Released) =>
+            {
+                return Ok(Enqueued::Noop {
+                    reason: format!("{} is released: its data is in the archive", request.fid),
+                });
+            }
+            Action::Remove if catalog.as_ref().is_none_or(|c| c.object.is_none()) => {
+                return Ok(Enqueued::Noop {
+                    reason: format!("{} has no archived copy", request.fid),
+                });
+            }
+            _ => {}
+        }
+        let now = now_ns();
+        let head_start = policy
+            .head_start_ms(request.action)
+            .saturating_add(request.priority_ms);
+        let new = RequestRecord {
+            id: RequestId(0),
+            action: request.action,
+            fsname: request.fsname.clone(),
+            archive_id: request.archive_id,
+            flags: request.flags,
+            data: request.data.clone(),
+            fid: request.fid.clone(),
+            path: request.path.clone(),
+            priority_ms: request.priority_ms,
+            rank: now.saturating_sub(ms_to_ns(head_start)),
+            state: RequestState::Waiting,
+            attempts: 0,
+            max_attempts: policy.max_attempts,
+            not_before_ns: 0,
+            lease_holder: None,
+            lease_expires_ns: None,
+            waiters: 1,
+            error: None,
+            created_ns: now,
+            updated_ns: now,
+        };
+        let context = json!({
+            "action": request.action.as_str(),
+            "fid": request.fid,
+            "fsname": request.fsname,
+            "archive_id": request.archive_id,
+            "path": request.path.as_ref().map(|p| p.to_string_lossy()),
+        });
+        let written = self.write_request(tx, None, &new, "waiting", context)?;
+        Ok(Enqueued::Queued { id: written.id })
+    }
+}
+
+fn check_batch(len: usize) {
+    assert!(
+        len <= BATCH_MAX,
+        "a batch of {len} requests is over the bound of {BATCH_MAX}"
+    );
+}
+
+impl RequestQueue for SqliteStore {
+    fn enqueue(&self, batch: &[NewRequest]) -> Result<Vec<Enqueued>, StoreError> {
+        check_batch(batch.len());
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| {
+            let policy = self.policy_in(tx)?;
+            batch
+                .iter()
+                .map(|request| self.enqueue_one(tx, &policy, request))
+                .collect()
+        })
+    }
+
+    fn lease(
+        &self,
+        worker: &str,
+        filter: &LeaseFilter,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Lease>, StoreError> {
+        check_batch(max);
+        self.write(|tx| {
+            let now = now_ns();
+            self.expire_in(tx, now)?;
+            // Seeks hsm_requests_ready in rank order (INDEXED BY: an error,
+            // never a silent scan, if the index cannot serve); a request still
+            // backing off is stepped over (there are few).
+            let ready = self.query_requests(
+                tx,
+                "hsm_requests INDEXED BY hsm_requests_ready
+                 WHERE state = 'waiting' AND not_before_ns <= ?1
+                   AND (?2 IS NULL OR archive_id IN (0, ?2))
+                 ORDER BY rank, id LIMIT ?3",
+                &[&now, &filter.archive_id, &(max as i64)],
+            )?;
+            let expires_ns = now.saturating_add(duration_ns(lease));
+            let mut leases = Vec::with_capacity(ready.len());
+            for old in &ready {
+                let mut new = old.clone();
+                new.state = RequestState::Started;
+                new.attempts += 1;
+                new.lease_holder = Some(worker.to_owned());
+                new.lease_expires_ns = Some(expires_ns);
+                let request =
+                    self.write_request(tx, Some(old), &new, "started", json!({"worker": worker}))?;
+                leases.push(Lease {
+                    attempt: request.attempts,
+                    request,
+                    worker: worker.to_owned(),
+                    expires_ns,
+                });
+            }
+            Ok(leases)
+        })
+    }
+
+    fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<i64, StoreError> {
+        self.write(|tx| {
+            self.check_lease(tx, lease)?;
+            // The lease's end is bookkeeping, not a state: no event.
+            let expires = now_ns().saturating_add(duration_ns(extend));
+            tx.prepare_cached("UPDATE hsm_requests SET lease_expires_ns = ?1 WHERE id = ?2")
+                .and_then(|mut stmt| stmt.execute(params![expires, lease.id().0]))
+                .map_err(|e| self.err(e))?;
+            Ok(expires)
+        })
+    }
+
+    fn ack(&self, lease: &Lease, catalog: Option<&CatalogEntry>) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let old = self.check_lease(tx, lease)?;
+            let mut new = old.clone();
+            new.state = RequestState::Succeed;
+            new.lease_expires_ns = None;
+            new.error = None;
+            self.write_request(tx, Some(&old), &new, "succeed", json!({}))?;
+            if let Some(entry) = catalog {
+                assert_eq!(entry.fid, old.fid, "an ack names its request's file");
+                self.write_catalog(tx, entry, Some(old.id))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn fail(&self, lease: &Lease, kind: FailKind, error: &str) -> Result<RequestState, StoreError> {
+        self.write(|tx| {
+            let policy = self.policy_in(tx)?;
+            let old = self.check_lease(tx, lease)?;
+            let mut new = old.clone();
+            new.lease_holder = None;
+            new.lease_expires_ns = None;
+            new.error = Some(error.to_owned());
+            let retry = kind == FailKind::Retry && old.attempts < old.max_attempts;
+            let context = if retry {
+                let backoff = policy.backoff(old.attempts);
+                new.state = RequestState::Waiting;
+                new.not_before_ns = now_ns().saturating_add(duration_ns(backoff));
+                let context = json!({"error": error, "retry_in_ms": backoff.as_millis() as u64});
+                self.write_request(tx, Some(&old), &new, "waiting", context)?;
+                RequestState::Waiting
+            } else {
+                new.state = RequestState::Failed;
+                self.write_request(tx, Some(&old), &new, "failed", json!({"error": error}))?;
+                RequestState::Failed
+            };
+            if kind == FailKind::Lost
+                && let Some(mut entry) = self.catalog_in(tx, &old.fid)?
+            {
+                entry.state = CatalogState::Lost;
+                self.write_catalog(tx, &entry, Some(old.id))?;
+            }
+            Ok(context)
+        })
+    }
+
+    fn cancel(&self, id: RequestId) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let old = self.request_in(tx, id)?;
+            let mut new = old.clone();
+            new.state = RequestState::Canceled;
+            new.lease_holder = None;
+            new.lease_expires_ns = None;
+            new.error = Some("canceled".into());
+            self.write_request(
+                tx,
+                Some(&old),
+                &new,
+                "canceled",
+                json!({"reason": "cancel"}),
+            )?;
+            Ok(())
+        })
+    }
+
+    fn expire_leases(&self) -> Result<usize, StoreError> {
+        self.write(|tx| self.expire_in(tx, now_ns()))
+    }
+
+    fn request(&self, id: RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        let conn = self.conn.lock().expect("store mutex poisoned");
+        Ok(self
+            .query_requests(&conn, "hsm_requests WHERE id = ?1", &[&id.0])?
+            .pop())
+    }
+
+    fn requests(
+        &self,
+        state: Option<RequestState>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        check_batch(limit);
+        let conn = self.conn.lock().expect("store mutex poisoned");
+        self.query_requests(
+            &conn,
+            "hsm_requests WHERE (?1 IS NULL OR state = ?1) ORDER BY id LIMIT ?2",
+            &[&state.map(|s| s.as_str()), &(limit as i64)],
+        )
+    }
+
+    fn stats(&self) -> Result<QueueStats, StoreError> {
+        let now = now_ns();
+        let (raw, backing_off, expired) = self.read(|conn| {
+            let raw = conn
+                .prepare_cached(
+                    "SELECT action, state, count(*) FROM hsm_requests GROUP BY action, state",
+                )?
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let backing_off: i64 = conn.query_row(
+                "SELECT count(*) FROM hsm_requests WHERE state = 'waiting' AND not_before_ns > ?1",
+                [now],
+                |row| row.get(0),
+            )?;
+            let expired: i64 = conn.query_row(
+                "SELECT count(*) FROM hsm_requests WHERE state = 'started' AND lease_expires_ns < ?1",
+                [now],
+                |row| row.get(0),
+            )?;
+            Ok((raw, backing_off, expired))
+        })?;
+        let counts = raw
+            .into_iter()
+            .map(
+                |(action, state, n)| match (Action::parse(&action), RequestState::parse(&state)) {
+                    (Some(a), Some(s)) => Ok((a, s, n as u64)),
+                    _ => Err(self.corrupt(format!(
+                        "HSM requests with unknown action {action:?} or state {state:?}"
+                    ))),
+                },
+            )
+            .collect::<Result<_, _>>()?;
+        Ok(QueueStats {
+            counts,
+            backing_off: backing_off as u64,
+            expired_leases: expired as u64,
+        })
+    }
+
+    fn policy(&self) -> Result<Policy, StoreError> {
+        let conn = self.conn.lock().expect("store mutex poisoned");
+        self.policy_in(&conn)
+    }
+
+    fn set_policy(&self, policy: &Policy) -> Result<(), StoreError> {
+        assert!(policy.max_attempts >= 1, "at least one attempt");
+        let values = [
+            policy.head_start_restore_ms,
+            policy.head_start_remove_ms,
+            policy.head_start_archive_ms,
+            policy.max_attempts as i64,
+            policy.backoff_base_ms.min(i64::MAX as u64) as i64,
+            policy.backoff_max_ms.min(i64::MAX as u64) as i64,
+        ];
+        self.write(|tx| {
+            for (key, value) in POLICY_KEYS.iter().zip(values) {
+                tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = ?2")
+                    .and_then(|mut stmt| stmt.execute(params![value, key]))
+                    .map_err(|e| self.err(e))?;
+            }
+            let context = serde_json::to_value(policy).expect("a policy serializes");
+            self.insert_request_event(tx, None, "hsm.policy", &context)
+        })
+    }
+
+    fn catalog_entry(&self, fid: &str) -> Result<Option<CatalogEntry>, StoreError> {
+        let conn = self.conn.lock().expect("store mutex poisoned");
+        self.catalog_in(&conn, fid)
+    }
+
+    fn set_catalog_state(
+        &self,
+        fid: &str,
+        from: CatalogState,
+        to: CatalogState,
+    ) -> Result<CatalogEntry, StoreError> {
+        self.write(|tx| {
+            let mut entry = self
+                .catalog_in(tx, fid)?
+                .ok_or_else(|| StoreError::NotInCatalog {
+                    path: self.path.clone(),
+                    fid: fid.to_owned(),
+                })?;
+            if entry.state != from {
+                return Err(StoreError::CatalogConflict {
+                    path: self.path.clone(),
+                    fid: fid.to_owned(),
+                    state: entry.state.to_string(),
+                    expected: from,
+                    hint: match from {
+                        CatalogState::Archived => "only an archived, unchanged file can change so",
+                        _ => "it changed meanwhile; look again",
+                    },
+                });
+            }
+            entry.state = to;
+            self.write_catalog(tx, &entry, None)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hsm::conformance;
+
+    fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        (dir, store)
+    }
+
+    macro_rules! conformance_tests {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() {
+                    let (_dir, store) = fresh();
+                    conformance::$name(&store);
+                }
+            )*
+        };
+    }
+
+    conformance_tests!(
+        enqueue_is_durable_and_has_events,
+        every_transition,
+        restores_before_archives_with_ageing,
+        fifo_when_no_head_start,
+        dedup_joins_waiters,
+        remove_cancels_waiting_archive,
+        archive_of_current_copy_is_noop,
+        stale_attempt_is_refused,
+        expired_lease_returns_to_queue,
+        retries_with_backoff_then_failed,
+        lost_marks_catalog,
+        cancel_stops_a_started_request,
+        catalog_compare_and_swap,
+        lease_filter_by_archive_id,
+        concurrent_workers_never_share_a_lease,
+    );
+
+    #[test]
+    fn lease_query_seeks_the_ready_index() {
+        let (_dir, store) = fresh();
+        let plan: Vec<String> = store
+            .read(|conn| {
+                let mut stmt = conn.prepare(&format!(
+                    "EXPLAIN QUERY PLAN SELECT {REQUEST_COLUMNS} FROM hsm_requests
+                     INDEXED BY hsm_requests_ready WHERE state = 'waiting' AND not_before_ns <= ?1
+                       AND (?2 IS NULL OR archive_id IN (0, ?2))
+                     ORDER BY rank, id LIMIT ?3"
+                ))?;
+                stmt.query_map(params![0, Option::<u32>::None, 1], |row| row.get(3))?
+                    .collect()
+            })
+            .unwrap();
+        let plan = plan.join("; ");
+        assert!(plan.contains("hsm_requests_ready"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
+}
