@@ -101,6 +101,7 @@ impl Log {
                     id: self.id,
                     index: EntryIndex(0),
                     progress_bytes_durable: self.progress,
+                    piece_digests: Vec::new(),
                 }
             })
             .collect()

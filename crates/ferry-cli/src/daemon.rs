@@ -46,6 +46,7 @@ fn absolute(path: &Path) -> Result<String, Exit> {
         Exit::Daemon(ClientError::Api {
             status: 400,
             kind: "invalid_path".into(),
+            code: None,
             message: format!(
                 "{}: the daemon's API takes UTF-8 paths only; use --kind threads for this one",
                 PathBuf::from(p).display()
@@ -210,6 +211,7 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
             return Err(Exit::Daemon(ClientError::Api {
                 status: 400,
                 kind: "bad_request".into(),
+                code: None,
                 message: "with --daemon: status [NAME] [--json], wait NAME, cancel NAME, \
                           resume NAME, watch --json [--since SEQ] [--transfer NAME]"
                     .into(),

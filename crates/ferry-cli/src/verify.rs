@@ -1,6 +1,5 @@
 //! `ferry verify`: which transfers to check, and how to say what was found.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ferry::store::{SqliteStore, Store};
@@ -20,7 +19,7 @@ pub fn run(store: &dyn Store, targets: &[PathBuf], json: bool) -> Result<Exit, E
             found.one(store, &t, &|_| true)?;
             continue;
         }
-        if looks_like_sqlite(target) {
+        if ferry::finalize::is_ferry_store(target) {
             let other = SqliteStore::open(target).map_err(ferry::Error::from)?;
             found.all_of(&other, &|_| true)?;
             continue;
@@ -64,15 +63,6 @@ impl Found {
         self.checked.extend(checked);
         Ok(())
     }
-}
-
-/// Only a file with SQLite's header is opened as a store: opening an empty
-/// file would make it one.
-fn looks_like_sqlite(path: &Path) -> bool {
-    let mut header = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .is_ok_and(|()| &header == b"SQLite format 3\0")
 }
 
 /// The absolute path, resolved as far as it exists.

@@ -175,6 +175,30 @@ fn verify_names_exactly_the_file_whose_byte_flipped() {
     let out = run_ok(s.ferry().args(["verify", "v"]));
     assert!(out.stdout.is_empty(), "nothing to report");
 
+    // Each file's checksum is in its record (status) and its copied event.
+    let status = json(&run_ok(
+        s.ferry().args(["status", "v", "--json", "--files"]),
+    ));
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let events = store.events_since(0, &Default::default(), 1 << 20).unwrap();
+    for f in status["files"].as_array().unwrap() {
+        if f["kind"] != "file" {
+            continue;
+        }
+        let checksum = f["checksum"].as_str().unwrap();
+        assert!(
+            checksum.starts_with("xxh3:") && checksum.len() == 5 + 32,
+            "{f}"
+        );
+        let copied = events
+            .iter()
+            .find(|e| {
+                e.name == "file.copied" && e.entry.map(|i| u64::from(i.0)) == f["index"].as_u64()
+            })
+            .unwrap();
+        assert_eq!(copied.context["checksum"], checksum);
+    }
+
     let victim = dst.join("d1/f7");
     let mut bytes = fs::read(&victim).unwrap();
     bytes[1234] ^= 0x20;
@@ -435,4 +459,137 @@ fn finalize_verify_refuses_a_temporary_that_changed_after_the_copy() {
             fs::read(src.join(format!("f{i}"))).unwrap()
         );
     }
+}
+
+/// A large file that failed `--verify copied` starts over on resume: its
+/// durable prefix held the corruption, so nothing of it is trusted.
+#[test]
+fn a_large_file_that_failed_verification_is_copied_again_on_resume() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    let mut rng = fastrand::Rng::with_seed(13);
+    write_file(&src.join("large"), &random_bytes(&mut rng, 72 << 20));
+    let dst = s.path("dst");
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.write_data:1=corrupt")
+        .args([
+            "cp",
+            "-a",
+            "--threads",
+            "1",
+            "--verify",
+            "copied",
+            "--name",
+            "v",
+        ])
+        .arg(&src)
+        .arg(&dst));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!dst.join("large").exists());
+    let report = json(&run_ok(
+        s.ferry()
+            .args(["resume", "v", "--verify", "copied", "--json"]),
+    ));
+    assert_eq!(report["state"], "completed");
+    assert_eq!(
+        report["bytes_copied"].as_u64(),
+        Some(72 << 20),
+        "copied again whole"
+    );
+    assert_eq!(
+        fs::read(dst.join("large")).unwrap(),
+        fs::read(src.join("large")).unwrap()
+    );
+    run_ok(s.ferry().args(["verify", "v"]));
+}
+
+/// A hard link whose leader fails before any data moves fails too, named,
+/// and the run ends (it is never left waiting for its leader).
+#[test]
+fn a_hard_link_whose_leader_fails_early_fails_with_it() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    let mut rng = fastrand::Rng::with_seed(14);
+    write_file(&src.join("big"), &random_bytes(&mut rng, 40 << 20));
+    fs::hard_link(src.join("big"), src.join("link")).unwrap();
+    let dst = s.path("dst");
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.record_progress")
+        .args(["cp", "-a", "--threads", "1", "--name", "h"])
+        .arg(&src)
+        .arg(&dst));
+    assert_eq!(out.status.signal(), Some(9));
+    // The leader's temporary becomes something it cannot be reopened as.
+    let temp = temps(&dst)
+        .into_iter()
+        .find(|t| t.to_string_lossy().starts_with("big."))
+        .unwrap();
+    fs::remove_file(dst.join(&temp)).unwrap();
+    fs::create_dir(dst.join(&temp)).unwrap();
+    let out = run(s.ferry().args(["resume", "h", "--json"]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let report = json(&out);
+    let failures = report["failures"].as_array().unwrap();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f["path"].as_str().unwrap().ends_with("/link")
+                && f["error"].as_str().unwrap().contains("a hard link to"))
+    );
+}
+
+#[test]
+fn rerunning_archive_copy_with_skip_over_hard_links_leaves_no_temporary() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    make_fidelity_tree(&src);
+    let dst = s.path("dst");
+    run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(&dst));
+    let contents = format!("{}/.", src.display());
+    let report = json(&run_ok(
+        s.ferry()
+            .args(["cp", "-a", "--skip", "mtime", "--json", &contents])
+            .arg(&dst),
+    ));
+    assert_eq!(report["bytes_copied"], 0);
+    assert_fidelity(&src, &dst);
+}
+
+/// Paths given relative to one directory are recorded absolute, so that
+/// verify (and resume, finalize) work from anywhere.
+#[test]
+fn relative_paths_are_recorded_absolute() {
+    let s = Scratch::new();
+    write_file(&s.path("src/f"), b"relative");
+    run_ok(
+        s.ferry()
+            .current_dir(s.dir.path())
+            .args(["cp", "-r", "--name", "rel", "src", "dst"]),
+    );
+    let out = run_ok(s.ferry().current_dir("/").args(["verify", "rel"]));
+    assert!(out.stdout.is_empty());
+    let status = json(&run_ok(
+        s.ferry().args(["status", "rel", "--json", "--files"]),
+    ));
+    for f in status["files"].as_array().unwrap() {
+        assert!(f["dest"].as_str().unwrap().starts_with('/'), "{f}");
+        assert!(f["source"].as_str().unwrap().starts_with('/'), "{f}");
+    }
+}
+
+#[test]
+fn verify_without_checksums_is_refused() {
+    let s = Scratch::new();
+    write_file(&s.path("src/f"), b"x");
+    let out = run(s
+        .ferry()
+        .args(["cp", "-r", "--checksum", "none", "--verify", "copied"])
+        .arg(s.path("src"))
+        .arg(s.path("dst")));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--checksum none"));
 }

@@ -110,6 +110,10 @@ pub struct WaitResponse {
 pub struct ErrorBody {
     pub error: String,
     pub kind: String,
+    /// For an error of the library (a missing source, a name in use…): the
+    /// number `ferry` exits with for it, with or without the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
 }
 
 /// Request bodies larger than this are refused (413).

@@ -26,6 +26,8 @@ pub enum ClientError {
         status: u16,
         kind: String,
         message: String,
+        /// [`crate::api::ErrorBody::code`].
+        code: Option<u8>,
     },
     /// The answer was not what the API promises (not a ferry daemon?).
     Protocol { socket: PathBuf, detail: String },
@@ -168,6 +170,7 @@ impl Client {
                 status,
                 kind: e.kind,
                 message: e.error,
+                code: e.code,
             }),
             Err(_) => Err(ClientError::Protocol {
                 socket: self.socket.clone(),
@@ -274,6 +277,7 @@ impl Client {
                             status,
                             kind: value["kind"].as_str().unwrap_or_default().into(),
                             message: value["error"].as_str().unwrap_or_default().into(),
+                            code: value["code"].as_u64().and_then(|c| u8::try_from(c).ok()),
                         });
                     }
                     if !line(value) {
@@ -287,6 +291,7 @@ impl Client {
                     status,
                     kind: value["kind"].as_str().unwrap_or_default().into(),
                     message: value["error"].as_str().unwrap_or_default().into(),
+                    code: value["code"].as_u64().and_then(|c| u8::try_from(c).ok()),
                 });
             }
             Ok(())

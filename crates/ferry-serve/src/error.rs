@@ -16,6 +16,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
     pub message: String,
+    /// For a library error, [`ferry::Error::code`]: the CLI exits with it,
+    /// as it would for the same error without the daemon.
+    pub code: Option<u8>,
 }
 
 impl ApiError {
@@ -24,6 +27,7 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            code: None,
         }
     }
 
@@ -45,6 +49,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.message,
             kind: self.kind.into(),
+            code: self.code,
         };
         (self.status, Json(body)).into_response()
     }
@@ -72,6 +77,7 @@ impl From<ferry::Error> for ApiError {
             }
             E::NotEnoughSpace { .. } => (S::INSUFFICIENT_STORAGE, "not_enough_space"),
             E::VerifyFailed { .. } => (S::CONFLICT, "verify_failed"),
+            E::VerifyWithoutChecksum { .. } => (S::BAD_REQUEST, "verify_without_checksum"),
             // HSM errors: the daemon does not serve HSM requests.
             E::FileDirty { .. } | E::Archive { .. } => (S::INTERNAL_SERVER_ERROR, "internal"),
             E::Store(StoreError::ReadOnly { .. }) => (S::SERVICE_UNAVAILABLE, "store_read_only"),
@@ -84,7 +90,10 @@ impl From<ferry::Error> for ApiError {
             E::Store(_) => (S::INTERNAL_SERVER_ERROR, "store_error"),
             E::Io { .. } => (S::INTERNAL_SERVER_ERROR, "io_error"),
         };
-        ApiError::new(status, kind, e.to_string())
+        ApiError {
+            code: Some(e.code()),
+            ..ApiError::new(status, kind, e.to_string())
+        }
     }
 }
 

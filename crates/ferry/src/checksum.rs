@@ -48,7 +48,8 @@ impl ChecksumAlgo {
         }
     }
 
-    fn len(self) -> usize {
+    /// Bytes of a digest.
+    pub fn digest_len(self) -> usize {
         match self {
             ChecksumAlgo::Xxh3 => 16,
             ChecksumAlgo::Blake3 => 32,
@@ -73,7 +74,7 @@ pub struct Checksum {
 impl Checksum {
     /// From a stored digest; `None` when its length does not fit the algo.
     pub fn from_digest(algo: ChecksumAlgo, digest: &[u8]) -> Option<Checksum> {
-        if digest.len() != algo.len() {
+        if digest.len() != algo.digest_len() {
             return None;
         }
         let mut bytes = [0; 32];
@@ -82,7 +83,7 @@ impl Checksum {
     }
 
     pub fn digest(&self) -> &[u8] {
-        &self.bytes[..self.algo.len()]
+        &self.bytes[..self.algo.digest_len()]
     }
 }
 
@@ -208,8 +209,20 @@ pub fn hash_range(
 /// `from_disk` first drops the file's cached pages, so that what is read is
 /// what the disk holds, not what the copy left in memory.
 pub fn of_file(path: &Path, algo: ChecksumAlgo, from_disk: bool) -> io::Result<Checksum> {
-    let file = File::open(path)?;
-    let size = file.metadata()?.len();
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a symlink, and never blocked by a FIFO put there.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    let size = meta.len();
     if from_disk {
         // Clean pages only (the caller made the file durable first).
         rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)?;

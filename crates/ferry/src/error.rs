@@ -102,6 +102,12 @@ pub enum Error {
     VerifyFailed { checked: usize, problems: usize },
 
     #[error(
+        "transfer {name} keeps no checksums (--checksum none), so --verify has nothing to \
+         compare with: drop --verify, or copy with a checksum"
+    )]
+    VerifyWithoutChecksum { name: String },
+
+    #[error(
         "{path} changed since it was archived (it is dirty now): archive it again \
          (`ferry hsm archive`) before releasing it"
     )]
@@ -118,6 +124,43 @@ pub enum Error {
 }
 
 impl Error {
+    /// A number for each kind of error, the same as the CLI's exit status
+    /// and the C API's return code, so that a script or a C caller can tell
+    /// "nothing to copy from" from "no room to copy to". The README's table
+    /// lists them; keep the two in step.
+    pub fn code(&self) -> u8 {
+        match self {
+            Error::SourceNotFound { .. } => 3,
+            Error::PermissionDenied { .. } => 4,
+            Error::SourceIsDirectory { .. } => 5,
+            Error::DirectoryOntoFile { .. }
+            | Error::FileOntoDirectory { .. }
+            | Error::TargetNotADirectory { .. }
+            | Error::DuplicateDestination { .. } => 6,
+            Error::SameFile { .. } | Error::CopyIntoItself { .. } => 7,
+            Error::Store(StoreError::NotAStore { .. } | StoreError::Corrupt { .. }) => 8,
+            Error::Store(StoreError::TooNew { .. }) => 9,
+            Error::TransferNotFound { .. } => 10,
+            Error::OwnerAlive { .. } | Error::NameInUse { .. } => 11,
+            Error::Cancelled { .. } | Error::Store(StoreError::Cancelled { .. }) => 12,
+            Error::NothingToDo { .. } | Error::NotDispatched { .. } => 13,
+            Error::UnsupportedFileType { .. } => 14,
+            Error::Store(StoreError::Open { .. }) => 15,
+            Error::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => 17,
+            Error::Store(StoreError::ReadOnly { .. }) => 19,
+            Error::NotEnoughSpace { .. } => 20,
+            Error::VerifyFailed { .. } => 21,
+            Error::VerifyWithoutChecksum { .. } => 2,
+            Error::Store(StoreError::NoSuchRequest { .. } | StoreError::NotInCatalog { .. }) => 22,
+            Error::Store(StoreError::StaleLease { .. }) => 23,
+            Error::FileDirty { .. } | Error::Store(StoreError::CatalogConflict { .. }) => 24,
+            Error::Store(StoreError::RequestTransition { .. }) => 26,
+            Error::Archive { .. } => 27,
+            Error::Store(_) => 16,
+            Error::Io { .. } => 74,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
         let path = path.into();
         if source.kind() == io::ErrorKind::PermissionDenied {

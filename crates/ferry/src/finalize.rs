@@ -149,7 +149,7 @@ pub fn find_stores(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// The first 72 bytes: "SQLite format 3\0", and "FRRY" as application id
 /// at offset 68. A store whose owner was killed before its first checkpoint
 /// has that id only in its write-ahead log: then SQLite is asked, read-only.
-fn is_ferry_store(path: &Path) -> bool {
+pub fn is_ferry_store(path: &Path) -> bool {
     let mut header = [0u8; 72];
     if File::open(path)
         .and_then(|mut f| f.read_exact(&mut header))
@@ -434,11 +434,13 @@ fn commit_remaining(
         })
         .collect();
     let mut failed: Vec<(EntryIndex, String)> = Vec::new();
+    let mut restart = HashSet::new();
     if verify {
         // The stored checksums: what the copy read from the sources.
         live.retain(|r| match committer.verify_durable(r) {
             Ok(()) => true,
             Err(message) => {
+                restart.insert(r.index);
                 failed.push((r.index, message));
                 false
             }
@@ -462,7 +464,7 @@ fn commit_remaining(
         );
     }
     to_sync.extend(placed.iter().map(|i| entries[i.0 as usize].dest.clone()));
-    let mut changes = committer.committed_changes(&placed, &failed);
+    let mut changes = committer.committed_changes(&placed, &failed, &restart);
     let path = store.location();
     let files_committed = live.len();
     if !failed.is_empty() {

@@ -47,7 +47,7 @@ mod transfer;
 pub mod verify;
 
 pub use engine::plan::plan;
-pub use engine::{FileFailure, Progress, RunReport, temp_path};
+pub use engine::{ChunkHook, FileFailure, Progress, RunReport, temp_path};
 pub use error::{Error, Result};
 pub use model::{Caller, EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
-pub use transfer::{Transfer, TransferOptions, default_store_path, default_workers};
+pub use transfer::{Canceller, Transfer, TransferOptions, default_store_path, default_workers};

@@ -321,6 +321,9 @@ pub struct EntryRecord {
     pub error: Option<String>,
     /// Of the bytes as they were read, once the file is copied.
     pub checksum: Option<Checksum>,
+    /// A large file's pieces below its durable progress: their digests,
+    /// concatenated, as the source's bytes were read (empty if unknown).
+    pub piece_digests: Vec<u8>,
     /// Hard links: the entry (of this transfer) whose inode this file
     /// shares; its data is copied once, by that entry.
     pub link_leader: Option<EntryIndex>,

@@ -1,6 +1,6 @@
-//! The operations on a transfer, as the library, the CLI and (later) the C
-//! API and the daemon expose them: create, add, dispatch, resume, test, wait,
-//! cancel.
+//! The operations on a transfer, as the library, the CLI, the C API and
+//! (later) the daemon expose them: create, add, dispatch, resume, test, wait,
+//! cancel, free.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,11 +9,11 @@ use std::thread::JoinHandle;
 
 use crate::engine::plan::plan;
 use crate::engine::skip::SkipRule;
-use crate::engine::{self, Progress, RunOptions, RunReport};
+use crate::engine::{self, ChunkHook, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
 use crate::model::{
     Caller, ChecksumAlgo, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve,
-    TransferRecord, TransferState,
+    TransferId, TransferRecord, TransferState,
 };
 use crate::owner::Liveness;
 use crate::store::{Change, Store, StoreError};
@@ -53,10 +53,34 @@ pub struct Transfer {
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
     clean_orphans: bool,
+    after_chunk: Option<ChunkHook>,
     check_space: bool,
     skip: SkipRule,
     verify: Verify,
     mover: Mover,
+}
+
+/// Cancels one transfer from any thread, also while another thread is
+/// inside [`Transfer::dispatch`] of a `sync` transfer or [`Transfer::wait`].
+#[derive(Clone)]
+pub struct Canceller {
+    store: Arc<dyn Store>,
+    id: TransferId,
+    flag: Arc<AtomicBool>,
+}
+
+impl Canceller {
+    /// See [`Transfer::cancel`].
+    pub fn cancel(&self) -> Result<()> {
+        self.store.apply(&[Change::Transfer {
+            id: self.id,
+            to: TransferState::Cancelled,
+            owner: None,
+            context: serde_json::json!({"by_pid": std::process::id()}),
+        }])?;
+        self.flag.store(true, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 enum Mover {
@@ -174,6 +198,7 @@ impl Transfer {
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::default()),
             clean_orphans: false,
+            after_chunk: None,
             check_space: false,
             skip: SkipRule::Never,
             verify: Verify::None,
@@ -249,6 +274,12 @@ impl Transfer {
     /// reported otherwise).
     pub fn set_clean_orphans(&mut self, clean: bool) {
         self.clean_orphans = clean;
+    }
+
+    /// A hook the workers of the next dispatch or resume call after each
+    /// chunk (see [`ChunkHook`]).
+    pub fn set_after_chunk(&mut self, hook: Option<ChunkHook>) {
+        self.after_chunk = hook;
     }
 
     /// Whether the next dispatch or resume first checks that the
@@ -344,6 +375,7 @@ impl Transfer {
             verify: self.verify,
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
+            after_chunk: self.after_chunk.clone(),
         };
         let id = self.record.id;
         self.mover = match self.record.kind {
@@ -379,6 +411,8 @@ impl Transfer {
     /// Would [`Transfer::wait`] return at once?
     pub fn test(&self) -> Result<bool> {
         match &self.mover {
+            // Waited for already: a wait returns at once (with an error).
+            Mover::Idle if self.record.state.is_terminal() => Ok(true),
             Mover::Idle => Err(Error::NotDispatched {
                 id: self.record.id,
                 action: "testing it",
@@ -414,13 +448,37 @@ impl Transfer {
     /// owner's process) stops at its next chunk or store write. Temporaries
     /// are kept, so that a resume continues where it stopped.
     pub fn cancel(&self) -> Result<()> {
-        self.store.apply(&[Change::Transfer {
+        self.canceller().cancel()
+    }
+
+    /// Cancels this transfer from another thread; see [`Canceller`].
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            store: Arc::clone(&self.store),
             id: self.record.id,
-            to: TransferState::Cancelled,
-            owner: None,
-            context: serde_json::json!({"by_pid": std::process::id()}),
-        }])?;
-        self.cancel.store(true, Ordering::Relaxed);
+            flag: Arc::clone(&self.cancel),
+        }
+    }
+
+    /// Releases the transfer: it leaves the store's list and its name may be
+    /// used again (its rows and events stay). A transfer still moving is
+    /// cancelled first and its mover joined, so nothing writes after this
+    /// returns. Temporaries stay, as after a cancel.
+    pub fn free(mut self) -> Result<()> {
+        if let Mover::Thread(handle) = &self.mover
+            && !handle.is_finished()
+        {
+            match self.cancel() {
+                // It finished in between: nothing to cancel.
+                Err(Error::Store(StoreError::IllegalTransition { .. })) => {}
+                other => other?,
+            }
+        }
+        if !matches!(self.mover, Mover::Idle) {
+            // How the run ended does not matter to a free; the store has it.
+            let _ = self.wait();
+        }
+        self.store.apply(&[Change::Free { id: self.record.id }])?;
         Ok(())
     }
 }

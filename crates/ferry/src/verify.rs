@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::checksum::{self, Checksum};
-use crate::model::{EntryKind, FileState, TransferRecord};
+use crate::model::{EntryKind, TransferRecord};
 use crate::store::{Store, StoreError};
 
 /// How much a copy checks what it wrote.
@@ -89,25 +89,42 @@ pub fn verify_transfer_where(
         .map(|e| Checked {
             transfer: transfer.name.clone(),
             dest: e.dest.clone(),
-            finding: check(&e.dest, e.checksum, e.state),
+            finding: check(&e.dest, e.checksum),
         })
         .collect())
 }
 
-fn check(dest: &std::path::Path, expected: Option<Checksum>, state: FileState) -> Finding {
-    let Some(expected) = expected else {
-        return if dest.exists() || state == FileState::Skipped {
-            Finding::Unchecked
-        } else {
-            Finding::Missing
-        };
-    };
-    match checksum::of_file(dest, expected.algo, true) {
+fn check(dest: &std::path::Path, expected: Option<Checksum>) -> Finding {
+    match expected {
+        Some(expected) => read_back(dest, expected),
+        None if std::fs::symlink_metadata(dest).is_err() => Finding::Missing,
+        None => Finding::Unchecked,
+    }
+}
+
+/// Reads `path` back from disk (its cached pages dropped first) and
+/// compares it with `expected`. The one way ferry checks what it wrote.
+pub fn read_back(path: &std::path::Path, expected: Checksum) -> Finding {
+    match checksum::of_file(path, expected.algo, true) {
         Ok(found) if found == expected => Finding::Match,
         Ok(found) => Finding::Mismatch { expected, found },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Finding::Missing,
         Err(e) => Finding::Unreadable {
             error: e.to_string(),
         },
+    }
+}
+
+impl Finding {
+    /// What is wrong, for a message; `None` when nothing is.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Finding::Match | Finding::Unchecked => None,
+            Finding::Mismatch { expected, found } => Some(format!(
+                "it reads back as {found}, the source was read as {expected}"
+            )),
+            Finding::Missing => Some("it is missing".into()),
+            Finding::Unreadable { error } => Some(format!("it cannot be read back: {error}")),
+        }
     }
 }

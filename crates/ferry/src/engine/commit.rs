@@ -7,7 +7,7 @@
 //! recorded only after the data's fsync/syncfs returned, `committed` only
 //! after the rename and the metadata were made durable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, CWD, Gid, Mode, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 
-use crate::checksum;
 use crate::failpoint::{self, CommitStep};
 use crate::model::{Checksum, EntryIndex, EntryKind, EntryRecord, FileState, Preserve, TransferId};
 use crate::store::{Change, Store, StoreError};
@@ -130,11 +129,13 @@ impl Committer<'_> {
         }
 
         // 2b. Verify: what the disk holds is what was read, or the file
-        // fails and is never renamed.
+        // fails, is never renamed, and starts over on resume.
+        let mut restart = HashSet::new();
         if self.verify {
             live.retain(|r| match self.verify_durable(r) {
                 Ok(()) => true,
                 Err(message) => {
+                    restart.insert(r.index);
                     outcome.failed.push((r.index, message));
                     false
                 }
@@ -148,9 +149,12 @@ impl Committer<'_> {
             .filter(|r| !r.recorded)
             .map(|r| self.copied_change(r.index, r.checksum))
             .collect();
-        changes.extend(outcome.failed.iter().map(|(index, message)| {
-            self.entry_change(*index, FileState::Failed, None, Some(message.clone()))
-        }));
+        changes.extend(
+            outcome
+                .failed
+                .iter()
+                .map(|(index, message)| self.failed_change(*index, message, &restart)),
+        );
         self.store.apply(&changes)?;
         let recorded_failures = outcome.failed.len();
 
@@ -181,8 +185,11 @@ impl Committer<'_> {
         // 6. Record committed.
         failpoint::hit(CommitStep::RecordCommitted).map_err(|e| self.injected(e))?;
         let placed: Vec<EntryIndex> = live.iter().map(|r| r.index).collect();
-        self.store
-            .apply(&self.committed_changes(&placed, &outcome.failed[recorded_failures..]))?;
+        self.store.apply(&self.committed_changes(
+            &placed,
+            &outcome.failed[recorded_failures..],
+            &restart,
+        ))?;
         outcome.committed = placed;
         Ok(outcome)
     }
@@ -203,16 +210,10 @@ impl Committer<'_> {
         if r.recorded && !temp.exists() {
             temp = entry.dest.clone();
         }
-        match checksum::of_file(&temp, expected.algo, true) {
-            Ok(found) if found == expected => Ok(()),
-            Ok(found) => Err(format!(
-                "{}: verification failed: its temporary {} reads back as {found}, the source \
-                 was read as {expected}; it was not renamed",
-                entry.dest.display(),
-                temp.display()
-            )),
-            Err(e) => Err(format!(
-                "{}: cannot read back {} to verify it: {e}",
+        match crate::verify::read_back(&temp, expected).problem() {
+            None => Ok(()),
+            Some(problem) => Err(format!(
+                "{}: verification failed: {}: {problem}; it was not renamed",
                 entry.dest.display(),
                 temp.display()
             )),
@@ -280,14 +281,30 @@ impl Committer<'_> {
         &self,
         placed: &[EntryIndex],
         failed: &[(EntryIndex, String)],
+        restart: &HashSet<EntryIndex>,
     ) -> Vec<Change> {
         placed
             .iter()
             .map(|index| self.entry_change(*index, FileState::Committed, None, None))
-            .chain(failed.iter().map(|(index, message)| {
-                self.entry_change(*index, FileState::Failed, None, Some(message.clone()))
-            }))
+            .chain(
+                failed
+                    .iter()
+                    .map(|(index, message)| self.failed_change(*index, message, restart)),
+            )
             .collect()
+    }
+
+    /// `failed`, keeping the durable prefix for a resume — unless the file
+    /// is in `restart` (its temporary did not read back as the source was
+    /// read): then its progress goes back to 0 and it is copied again.
+    pub fn failed_change(
+        &self,
+        index: EntryIndex,
+        message: &str,
+        restart: &HashSet<EntryIndex>,
+    ) -> Change {
+        let progress = restart.contains(&index).then_some(0);
+        self.entry_change(index, FileState::Failed, progress, Some(message.to_owned()))
     }
 
     /// Step 4, idempotent: a temporary that is gone while its destination
@@ -295,6 +312,13 @@ impl Committer<'_> {
     fn rename(&self, entry: &EntryRecord) -> io::Result<()> {
         let temp = self.temp_of(entry);
         match std::fs::rename(&temp, &entry.dest) {
+            // Renaming one name of an inode onto another of the same inode
+            // succeeds and does nothing (POSIX): a hard link already in
+            // place. The temporary name goes.
+            Ok(()) if entry.link_leader.is_some() => match same_inode(&temp, &entry.dest) {
+                true => std::fs::remove_file(&temp),
+                false => Ok(()),
+            },
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let renamed =
@@ -368,6 +392,14 @@ impl Committer<'_> {
             path: self.store.location(),
             source: e,
         }
+    }
+}
+
+/// Whether two names are links to one inode (false if either is missing).
+fn same_inode(a: &Path, b: &Path) -> bool {
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Copier<'a> {
     pub cancel: &'a AtomicBool,
     /// Bytes written this run, for progress display and reports.
     pub bytes_copied: &'a AtomicU64,
+    /// See [`super::ChunkHook`].
+    pub after_chunk: Option<&'a super::ChunkFn>,
     /// Cleared on the first `copy_file_range` refusal, so that later copies
     /// go straight to the buffered path.
     pub use_copy_file_range: AtomicBool,
@@ -159,8 +161,13 @@ impl Copier<'_> {
                 return Err(CopyError::SourceShrank { at: pos });
             }
             pos += copied as u64;
-            self.bytes_copied
-                .fetch_add(copied as u64, Ordering::Relaxed);
+            let total = self
+                .bytes_copied
+                .fetch_add(copied as u64, Ordering::Relaxed)
+                + copied as u64;
+            if let Some(hook) = self.after_chunk {
+                hook(total, self.cancel);
+            }
         }
         Ok(())
     }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::checksum::{self, Checksum, Hasher};
+use crate::checksum::{self, Checksum, ChecksumAlgo, Hasher};
 use crate::error::{Error, Result};
 use crate::failpoint::{self, CommitStep};
 use crate::model::{
@@ -119,7 +119,17 @@ pub struct RunOptions {
     pub verify: Verify,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
+    /// Called by a worker after each chunk it writes; see [`ChunkHook`].
+    pub after_chunk: Option<ChunkHook>,
 }
+
+/// A debugging hook (the C layer's `AXL_DEBUG_PAUSE_AFTER`): called from a
+/// worker thread after each chunk with the bytes this run has copied so far
+/// and the run's cancel flag. It may block — until that flag is set, say —
+/// so that a test can kill or cancel a transfer surely mid-copy.
+pub type ChunkHook = Arc<ChunkFn>;
+/// The function behind a [`ChunkHook`].
+pub type ChunkFn = dyn Fn(u64, &AtomicBool) + Send + Sync;
 
 /// One unit of work for a worker.
 #[derive(Clone, Copy, Debug)]
@@ -201,6 +211,7 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         copier: Copier {
             cancel: &options.cancel,
             bytes_copied: &options.progress.bytes_copied,
+            after_chunk: options.after_chunk.as_deref(),
             use_copy_file_range: AtomicBool::new(true),
         },
     };
@@ -212,7 +223,11 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         // A clean shutdown: the read-only store still takes this one record
         // (its reserve made room for it), so the transfer reads `failed`
         // rather than `running` under a dead owner. Resume continues it.
-        Err(e @ (Error::Store(StoreError::ReadOnly { .. }) | Error::NotEnoughSpace { .. })) => {
+        Err(
+            e @ (Error::Store(StoreError::ReadOnly { .. })
+            | Error::NotEnoughSpace { .. }
+            | Error::VerifyWithoutChecksum { .. }),
+        ) => {
             let _ = store.apply(&[Change::Transfer {
                 id,
                 to: TransferState::Failed,
@@ -244,6 +259,11 @@ impl Engine<'_> {
             .bytes_total
             .store(entries.iter().map(|e| e.meta.size).sum(), Ordering::Relaxed);
         let mut failures: Vec<(EntryIndex, String)> = Vec::new();
+        if self.options.verify != Verify::None && self.transfer.checksum.is_none() {
+            return Err(Error::VerifyWithoutChecksum {
+                name: self.transfer.name.clone(),
+            });
+        }
         if self.options.check_space {
             space::check(entries)?;
         }
@@ -330,26 +350,53 @@ impl Engine<'_> {
                                 start = end;
                             }
                             let pieces = checksum::pieces(entry.meta.size) as usize;
-                            let hashing = self.transfer.checksum.is_some();
-                            if hashing {
-                                // `first` is a multiple of a piece, or the size.
-                                let durable_pieces = if first == entry.meta.size {
-                                    pieces
-                                } else {
-                                    (first / RANGE_BYTES) as usize
-                                };
-                                work.extend((0..durable_pieces).map(|piece| Work::Rehash {
-                                    index: entry.index,
-                                    piece,
-                                }));
-                            }
+                            let mut digests = vec![None; pieces];
+                            let whole = match self.transfer.checksum {
+                                None => {
+                                    digests.clear();
+                                    None
+                                }
+                                // Fully durable and its checksum recorded
+                                // at `copied` by an earlier run.
+                                Some(_) if first == entry.meta.size && entry.checksum.is_some() => {
+                                    digests.clear();
+                                    entry.checksum
+                                }
+                                Some(algo) => {
+                                    // `first` is a multiple of a piece, or the size.
+                                    let durable = if first == entry.meta.size {
+                                        pieces
+                                    } else {
+                                        (first / RANGE_BYTES) as usize
+                                    };
+                                    // The durable pieces' digests of the bytes as
+                                    // read from the source, recorded with the
+                                    // progress; else (an older record) hashed
+                                    // from the temporary.
+                                    match decode_pieces(algo, &entry.piece_digests, durable) {
+                                        Some(recorded) => {
+                                            for (slot, d) in digests.iter_mut().zip(recorded) {
+                                                *slot = Some(d);
+                                            }
+                                        }
+                                        None => {
+                                            work.extend((0..durable).map(|piece| Work::Rehash {
+                                                index: entry.index,
+                                                piece,
+                                            }))
+                                        }
+                                    }
+                                    None
+                                }
+                            };
+                            let complete_now = slot == 0 && digests.iter().all(Option::is_some);
                             trackers[entry.index.0 as usize] = Some(Mutex::new(RangeTracker {
                                 first,
                                 done: vec![false; slot],
                                 recorded: first,
                                 failed: false,
-                                digests: vec![None; if hashing { pieces } else { 0 }],
-                                finished: false,
+                                digests,
+                                finished: complete_now,
                             }));
                             copying.push(self.committer.entry_change(
                                 entry.index,
@@ -357,14 +404,19 @@ impl Engine<'_> {
                                 Some(first),
                                 None,
                             ));
-                            if slot == 0 && !hashing {
-                                // Everything was durable already (with
-                                // checksums, the last rehash reports it).
+                            if complete_now {
+                                // Everything was durable already (else the
+                                // last rehash reports it).
+                                let checksum = whole.or_else(|| {
+                                    let algo = self.transfer.checksum?;
+                                    let pieces = self.pieces_of(&trackers, entry.index)?;
+                                    Some(checksum::combine(algo, &pieces))
+                                });
                                 ready.push(Ready {
                                     index: entry.index,
                                     durable: true,
                                     recorded: false,
-                                    checksum: None,
+                                    checksum,
                                 });
                             }
                         }
@@ -377,7 +429,8 @@ impl Engine<'_> {
         // Large files say "copying" (with the offset they resume from) in one
         // transaction; small files go straight to "copied".
         self.store.apply(&copying)?;
-        let skipped_now: HashSet<EntryIndex> = skipped.iter().map(|(e, _)| e.index).collect();
+        let skipped_now: HashMap<EntryIndex, Option<Checksum>> =
+            skipped.iter().map(|(e, c)| (e.index, *c)).collect();
         self.record_skipped(skipped, &mut failures)?;
         let followers_of =
             self.link_ready_followers(entries, followers, &skipped_now, &mut ready, &mut failures);
@@ -600,11 +653,11 @@ impl Engine<'_> {
             path: self.store.location(),
             source: e,
         })?;
-        self.store.apply(
-            &self
-                .committer
-                .committed_changes(&done, &failed[first_failure..]),
-        )?;
+        self.store.apply(&self.committer.committed_changes(
+            &done,
+            &failed[first_failure..],
+            &HashSet::new(),
+        ))?;
         Ok(())
     }
 
@@ -619,7 +672,6 @@ impl Engine<'_> {
                 || entry.state == FileState::Failed
                 || failed_now.contains(&entry.index);
             if !ended {
-                debug_assert!(false, "{:?} neither copied nor failed", entry.dest);
                 failed.push((
                     entry.index,
                     format!(
@@ -643,19 +695,11 @@ impl Engine<'_> {
             let Some(expected) = entry.checksum else {
                 continue;
             };
-            match checksum::of_file(&entry.dest, expected.algo, true) {
-                Ok(found) if found == expected => {}
-                Ok(found) => failed.push((
+            if let Some(problem) = crate::verify::read_back(&entry.dest, expected).problem() {
+                failed.push((
                     entry.index,
-                    format!(
-                        "{}: verification failed: it reads back as {found}, it was copied as {expected}",
-                        entry.dest.display()
-                    ),
-                )),
-                Err(e) => failed.push((
-                    entry.index,
-                    format!("{}: cannot read it back to verify it: {e}", entry.dest.display()),
-                )),
+                    format!("{}: verification failed: {problem}", entry.dest.display()),
+                ));
             }
         }
         Ok(())
@@ -798,6 +842,18 @@ impl Engine<'_> {
         let progress = &self.options.progress;
         let mut done = Vec::with_capacity(skipped.len());
         for (entry, checksum) in skipped {
+            // An earlier run's temporary of this file is not needed now.
+            match std::fs::remove_file(self.committer.temp_of(entry)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    failures.push((
+                        entry.index,
+                        format!("{}: cannot remove its temporary: {e}", entry.dest.display()),
+                    ));
+                    continue;
+                }
+            }
             let mut warnings = Vec::new();
             let applied = commit::apply_metadata(
                 entry,
@@ -866,17 +922,32 @@ impl Engine<'_> {
         &self,
         entries: &[EntryRecord],
         followers: Vec<&EntryRecord>,
-        skipped_now: &HashSet<EntryIndex>,
+        skipped_now: &HashMap<EntryIndex, Option<Checksum>>,
         ready: &mut Vec<Ready>,
         failures: &mut Vec<(EntryIndex, String)>,
     ) -> HashMap<EntryIndex, Vec<EntryIndex>> {
         let mut waiting: HashMap<EntryIndex, Vec<EntryIndex>> = HashMap::new();
+        let ready_now: HashMap<EntryIndex, Option<Checksum>> =
+            ready.iter().map(|r| (r.index, r.checksum)).collect();
+        let failed_now: HashSet<EntryIndex> = failures.iter().map(|(i, _)| *i).collect();
         for follower in followers {
             let leader_index = follower.link_leader.expect("followers have a leader");
             let leader = &entries[leader_index.0 as usize];
-            let from = if leader.state.is_done() || skipped_now.contains(&leader.index) {
+            let from = if failed_now.contains(&leader.index) {
+                failures.push((
+                    follower.index,
+                    format!(
+                        "{}: a hard link to {}, which failed",
+                        follower.dest.display(),
+                        leader.dest.display()
+                    ),
+                ));
+                continue;
+            } else if leader.state.is_done() || skipped_now.contains_key(&leader.index) {
                 leader.dest.clone()
-            } else if leader.state == FileState::Copied {
+            } else if leader.state == FileState::Copied || ready_now.contains_key(&leader.index) {
+                // Its data is durable in its temporary (or, copied by an
+                // earlier run, maybe renamed already).
                 let temp = self.committer.temp_of(leader);
                 if temp.exists() {
                     temp
@@ -895,7 +966,12 @@ impl Engine<'_> {
                     index: follower.index,
                     durable: false,
                     recorded: false,
-                    checksum: leader.checksum,
+                    checksum: ready_now
+                        .get(&leader.index)
+                        .or(skipped_now.get(&leader.index))
+                        .copied()
+                        .flatten()
+                        .or(leader.checksum),
                 }),
                 Err(message) => failures.push((follower.index, message)),
             }
@@ -918,6 +994,16 @@ impl Engine<'_> {
             .bytes_reused
             .fetch_add(follower.meta.size, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// All piece digests of a large file, when they are all known.
+    fn pieces_of(
+        &self,
+        trackers: &[Option<Mutex<RangeTracker>>],
+        index: EntryIndex,
+    ) -> Option<Vec<Checksum>> {
+        let tracker = trackers[index.0 as usize].as_ref()?.lock().ok()?;
+        tracker.digests.iter().copied().collect()
     }
 
     /// Hashes a piece an earlier run made durable, from the temporary.
@@ -1071,6 +1157,7 @@ impl Engine<'_> {
                 id: self.transfer.id,
                 index: entry.index,
                 progress_bytes_durable: prefix,
+                piece_digests: prefix_digests(&tracker, prefix),
             }]) {
                 Ok(()) => tracker.recorded = prefix,
                 Err(StoreError::Cancelled { .. }) => {
@@ -1101,6 +1188,7 @@ impl Engine<'_> {
                     id: self.transfer.id,
                     index: entry.index,
                     progress_bytes_durable: prefix,
+                    piece_digests: prefix_digests(tracker, prefix),
                 }])
                 .is_ok()
         {
@@ -1287,6 +1375,31 @@ impl Engine<'_> {
         }
         result.map(|()| failed)
     }
+}
+
+/// The digests of the pieces below `prefix`, to record with it; empty when
+/// the transfer has no checksums or some are not known yet (a resume then
+/// hashes those pieces from the temporary).
+fn prefix_digests(tracker: &RangeTracker, prefix: u64) -> Vec<Checksum> {
+    let n = (prefix / RANGE_BYTES) as usize;
+    tracker
+        .digests
+        .get(..n)
+        .and_then(|d| d.iter().copied().collect::<Option<Vec<_>>>())
+        .unwrap_or_default()
+}
+
+/// The first `n` piece digests recorded with a file's progress, if they
+/// are all there and of `algo`'s length.
+fn decode_pieces(algo: ChecksumAlgo, raw: &[u8], n: usize) -> Option<Vec<Checksum>> {
+    let len = algo.digest_len();
+    if n == 0 || raw.len() < n * len {
+        return None;
+    }
+    raw.chunks_exact(len)
+        .take(n)
+        .map(|d| Checksum::from_digest(algo, d))
+        .collect()
 }
 
 /// Opens a temporary for writing, owner-only, never through a symlink: a

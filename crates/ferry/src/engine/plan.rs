@@ -225,7 +225,16 @@ pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<New
         }
     }
     refuse_duplicate_destinations(&entries)?;
+    // Recorded absolute: resume, finalize and verify may run elsewhere.
+    for entry in &mut entries {
+        entry.source = absolute(&entry.source)?;
+        entry.dest = absolute(&entry.dest)?;
+    }
     Ok(entries)
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| Error::io(path, e))
 }
 
 /// Two sources with one destination (`ferry cp a/x b/x dest/`) would write

@@ -20,16 +20,16 @@ pub(crate) fn check(entries: &[EntryRecord]) -> Result<()> {
     let mut needed: HashMap<u64, (&Path, u64)> = HashMap::new();
     let mut device_of: HashMap<&Path, (u64, &Path)> = HashMap::new();
     for entry in entries {
+        // Hard links take no space of their own.
         if entry.kind != EntryKind::File
-            || matches!(entry.state, FileState::Committed | FileState::Copied)
+            || entry.link_leader.is_some()
+            || entry.state == FileState::Copied
+            || entry.state.is_done()
         {
             continue;
         }
-        let durable = if entry.state == FileState::Copying {
-            entry.progress_bytes_durable
-        } else {
-            0
-        };
+        // What a resume continues from (failed files keep theirs too).
+        let durable = entry.progress_bytes_durable;
         let left = entry.meta.size.saturating_sub(durable);
         let parent = entry.dest.parent().unwrap_or(Path::new("."));
         let (device, dir) = match device_of.get(parent) {

@@ -68,6 +68,10 @@ pub enum Change {
         id: TransferId,
         index: EntryIndex,
         progress_bytes_durable: u64,
+        /// The digests of the pieces below that offset, as read from the
+        /// source (empty: not known), so a resume need not trust the
+        /// temporary for them.
+        piece_digests: Vec<Checksum>,
     },
 }
 

@@ -244,6 +244,14 @@ fn probe(guard: Weak<SpaceGuard>) {
     }
 }
 
+/// Whether an I/O error is ENOSPC or EDQUOT.
+pub(crate) fn is_errno_out_of_space(e: &io::Error) -> bool {
+    e.raw_os_error().is_some_and(|errno| {
+        errno == rustix::io::Errno::NOSPC.raw_os_error()
+            || errno == rustix::io::Errno::DQUOT.raw_os_error()
+    })
+}
+
 /// Whether an SQLite failure means the disk (or quota) is full. `errno` is
 /// the system error SQLite saw last, for I/O errors that SQLite does not
 /// itself report as SQLITE_FULL (EDQUOT, a failed shared-memory resize).

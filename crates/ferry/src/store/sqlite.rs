@@ -165,6 +165,11 @@ INSERT INTO meta (key, value) VALUES
     ('hsm.backoff_max_ms', 300000);
 "#,
     r#"
+-- A large file's piece digests below its durable progress, as read from
+-- the source: a resume takes them instead of hashing the temporary.
+ALTER TABLE entries ADD COLUMN piece_digests BLOB;
+"#,
+    r#"
 -- Daemon transfers: the user they were created for (the socket peer's
 -- credentials), who alone may see and control them, and whose file
 -- credentials their data path runs with. NULL outside the daemon.
@@ -491,14 +496,31 @@ impl SqliteStore {
         writing: Writing,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        if writing == Writing::Normal
-            && let Some(cause) = self.space.cause()
-        {
-            return Err(self.read_only_error(cause));
+        // Checked under the lock: every write of this process waits on it,
+        // so none slips past a switch another thread just made.
+        let mut conn = self.conn.lock().expect("store mutex poisoned");
+        if writing == Writing::Normal {
+            if let Some(cause) = self.space.cause() {
+                return Err(self.read_only_error(cause));
+            }
+            // A writer keeps a reserve; with no room even for that, it is
+            // read-only from its first write (as `ferry store check` says).
+            if self
+                .reserve_unchecked
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+                && let Err(e) = self.space.ensure_reserve()
+                && space::is_errno_out_of_space(&e)
+            {
+                let cause = format!(
+                    "there is no room for its reserve {} ({e})",
+                    self.space.reserve_path().display()
+                );
+                self.space.enter_read_only(cause.clone());
+                return Err(self.read_only_error(ReadOnlyCause { detail: cause }));
+            }
         }
         // The probe found room while nobody wrote: said with this write.
         let recovered = self.space.take_recovery();
-        let mut conn = self.conn.lock().expect("store mutex poisoned");
         let result = (|| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -552,13 +574,6 @@ impl SqliteStore {
             }
         };
         drop(conn);
-        if self
-            .reserve_unchecked
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
-            // Best effort: without room now, the probe makes it later.
-            let _ = self.space.ensure_reserve();
-        }
         self.notify_commit();
         Ok(value)
     }
@@ -778,9 +793,11 @@ impl SqliteStore {
                         to: to.to_string(),
                     });
                 }
+                // Progress back to 0 restarts the file: its pieces' digests go.
                 tx.prepare_cached(
                     "UPDATE entries SET state = ?1, error = ?2,
-                     progress_bytes_durable = coalesce(?3, progress_bytes_durable)
+                     progress_bytes_durable = coalesce(?3, progress_bytes_durable),
+                     piece_digests = CASE WHEN ?3 = 0 THEN NULL ELSE piece_digests END
                      WHERE transfer_id = ?4 AND idx = ?5",
                 )
                 .and_then(|mut s| {
@@ -829,15 +846,25 @@ impl SqliteStore {
                 id,
                 index,
                 progress_bytes_durable,
+                piece_digests,
             } => {
                 self.check_moving(tx, *id, checked)?;
+                let digests: Vec<u8> = piece_digests
+                    .iter()
+                    .flat_map(|d| d.digest().iter().copied())
+                    .collect();
                 let changed = tx
                     .prepare_cached(
-                        "UPDATE entries SET progress_bytes_durable = ?1
+                        "UPDATE entries SET progress_bytes_durable = ?1, piece_digests = ?4
                          WHERE transfer_id = ?2 AND idx = ?3 AND progress_bytes_durable <= ?1",
                     )
                     .and_then(|mut s| {
-                        s.execute(params![*progress_bytes_durable as i64, id.0, index.0])
+                        s.execute(params![
+                            *progress_bytes_durable as i64,
+                            id.0,
+                            index.0,
+                            (!digests.is_empty()).then_some(digests)
+                        ])
                     })
                     .map_err(|e| self.err(e))?;
                 if changed != 1 {
@@ -1060,6 +1087,7 @@ impl SqliteStore {
             checksum,
             link_leader: row.get::<_, Option<u32>>(16)?.map(EntryIndex),
             xattrs,
+            piece_digests: row.get::<_, Option<Vec<u8>>>(18)?.unwrap_or_default(),
         }))
     }
 
@@ -1243,7 +1271,7 @@ impl Store for SqliteStore {
             let mut stmt = conn.prepare_cached(
                 "SELECT idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
                         link_target, state, progress_bytes_durable, error, checksum_algo,
-                        checksum, link_group, xattrs
+                        checksum, link_group, xattrs, piece_digests
                  FROM entries WHERE transfer_id = ?1 ORDER BY idx",
             )?;
             let rows = stmt.query_map([id.0], |row| self.row_to_entry(id, row))?;
@@ -1855,6 +1883,7 @@ mod tests {
                 id: t.id,
                 index: EntryIndex(0),
                 progress_bytes_durable: 10,
+                piece_digests: Vec::new(),
             }])
             .unwrap_err();
         assert!(matches!(err, StoreError::Cancelled { .. }));

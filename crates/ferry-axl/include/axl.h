@@ -1,0 +1,73 @@
+/*
+ * axl.h: AXL 0.9's C interface, implemented by ferry (libaxl.so, libaxl.a).
+ * Programs written for AXL build against it unchanged: link with -laxl
+ * (pkg-config axl). Written for ferry from the interface's description;
+ * crates/ferry-axl/src/lib.rs implements it and the README documents how
+ * ferry maps each transfer type and environment variable.
+ *
+ * Every function returns AXL_SUCCESS (0) or -1 after printing one line on
+ * stderr naming what failed; AXL_Create returns a new id >= 0, or -1.
+ */
+
+#ifndef AXL_H
+#define AXL_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define AXL_SUCCESS (0)
+
+#define AXL_VERSION "0.9.0"
+
+/* Keys of AXL_Config's tree (AXL_Config returns NULL in ferry). */
+#define AXL_KEY_CONFIG_FILE_BUF_SIZE "FILE_BUF_SIZE"
+#define AXL_KEY_CONFIG_DEBUG "DEBUG"
+#define AXL_KEY_CONFIG_MKDIR "MKDIR"
+#define AXL_KEY_CONFIG_USE_EXTENSION "USE_EXTENSION"
+#define AXL_KEY_CONFIG_COPY_METADATA "COPY_METADATA"
+#define AXL_KEY_CONFIG_RANK "RANK"
+
+/* Transfer types, values 0..8 in this order. */
+typedef enum {
+    AXL_XFER_NULL = 0,       /* invalid */
+    AXL_XFER_DEFAULT,        /* best available: ferry threads (no daemon yet) */
+    AXL_XFER_SYNC,           /* copy inside AXL_Dispatch */
+    AXL_XFER_ASYNC_DAEMON,   /* ferry threads (no daemon yet) */
+    AXL_XFER_ASYNC_DW,       /* ferry threads (no daemon yet) */
+    AXL_XFER_ASYNC_BBAPI,    /* ferry threads (no daemon yet) */
+    AXL_XFER_NATIVE,         /* best available: ferry threads (no daemon yet) */
+    AXL_XFER_PTHREAD,        /* a pool of threads */
+    AXL_XFER_STATE_FILE,     /* the type recorded in an existing state file */
+} axl_xfer_t;
+
+/* Reads AXL_DEBUG, AXL_MKDIR, AXL_USE_EXTENSION, AXL_COPY_METADATA and
+ * AXL_DEBUG_PAUSE_AFTER from the environment; reference counted. */
+int AXL_Init(void);
+int AXL_Finalize(void);
+
+/* A new transfer; with an existing state_file (a ferry store), the transfer
+ * recorded there under name is reloaded. state_file may be NULL. */
+int AXL_Create(axl_xfer_t xtype, const char* name, const char* state_file);
+int AXL_Add(int id, const char* source, const char* destination);
+int AXL_Dispatch(int id);
+int AXL_Resume(int id);
+int AXL_Test(int id);
+int AXL_Wait(int id);
+int AXL_Cancel(int id);
+int AXL_Free(int id);
+int AXL_Stop(void);
+
+/* KVTree's tree type; ferry does not use KVTree. */
+struct kvtree_struct;
+typedef struct kvtree_struct kvtree;
+
+/* Always NULL in ferry: configuration comes from the environment (and from
+ * ferry.h's typed setters). */
+kvtree* AXL_Config(const kvtree* config);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AXL_H */

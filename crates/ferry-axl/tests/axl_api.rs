@@ -1,0 +1,51 @@
+//! AXL's conventions through axl.h alone (tests/c/axl_api.c): enum values,
+//! return values, reference-counted init, reload from a state file left by
+//! a dead process (and its type check), one id per transfer, destination
+//! rules, Test/Wait before dispatch, cancel after completion, Stop,
+//! AXL_MKDIR=0, a bad environment value. Every error prints one line.
+
+mod util;
+
+use util::{Link, compile, run};
+
+#[test]
+fn axl_conventions() {
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-axl-api-")
+        .tempdir()
+        .expect("tempdir");
+    let program = compile("axl_api.c", "axl", Link::Dynamic);
+    let (code, stderr) = run(
+        &program,
+        &[dir.path().to_str().expect("utf-8")],
+        &[("AXL_MKDIR", "1")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    for expected in [
+        "AXL: AXL_Create: AXL_Init was not called",
+        "AXL: AXL_Free: no transfer with id",
+        "AXL: AXL_Create: unknown transfer type 0",
+        "AXL: AXL_Create: unknown transfer type 42",
+        "AXL: AXL_Test: transfer",
+        "AXL: AXL_Add: cannot overwrite non-directory",
+        "does-not-exist",
+        "records transfer reloaded",
+        "is already open as id",
+        "holds no transfer named reloaded",
+        "AXL: AXL_Resume: transfer ended",
+        "AXL_MKDIR=0",
+        "AXL_COPY_METADATA=yes is not a non-negative integer",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "stderr lacks {expected:?}:\n{stderr}"
+        );
+    }
+    // One line per error, each saying which call failed.
+    for line in stderr.lines().filter(|l| !l.starts_with("axl_api")) {
+        assert!(
+            line.starts_with("AXL: AXL_"),
+            "not an AXL error line: {line}"
+        );
+    }
+}

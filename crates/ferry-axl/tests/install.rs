@@ -1,0 +1,174 @@
+//! The documented install step (`scripts/install-clib --prefix DIR`) puts
+//! headers, libraries and pkg-config files where `cc` finds them: the
+//! README's C example and axl_cp.c build with nothing but
+//! `pkg-config --cflags --libs ferry|axl`, and run.
+
+mod util;
+
+use std::path::Path;
+use std::process::Command;
+
+use util::{lib_dir, make_tree, run, same_tree};
+
+const MARKER: &str = "<!-- C example: built and run by crates/ferry-axl/tests/install.rs -->";
+
+/// The C block that follows the marker in the README.
+fn readme_example() -> String {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let text = std::fs::read_to_string(readme).expect("README.md");
+    let after = text
+        .split_once(MARKER)
+        .expect("README has the C example marker")
+        .1;
+    let code = after
+        .split_once("```c\n")
+        .expect("a ```c block after the marker")
+        .1;
+    code.split_once("\n```").expect("closed block").0.to_owned()
+}
+
+fn cc_with_pkg_config(prefix: &Path, source: &Path, package: &str, exe: &Path) {
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs"])
+        .args(package.split_whitespace())
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .output()
+        .expect("run pkg-config (.ci/run installs it)");
+    assert!(
+        flags.status.success(),
+        "pkg-config {package}: {}",
+        String::from_utf8_lossy(&flags.stderr)
+    );
+    let flags = String::from_utf8(flags.stdout).expect("utf-8");
+    let output = Command::new("cc")
+        .args([
+            "-std=c11",
+            "-D_GNU_SOURCE",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-o",
+        ])
+        .arg(exe)
+        .arg(source)
+        .args(flags.split_whitespace())
+        .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
+        .arg("-lpthread")
+        .output()
+        .expect("run cc");
+    assert!(
+        output.status.success(),
+        "cc {}: {}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn install_then_build_with_pkg_config() {
+    lib_dir(); // Build first, so the script's own build is a no-op.
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-install-")
+        .tempdir()
+        .expect("tempdir");
+    let prefix = dir.path().join("prefix");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-clib");
+    let profile = if lib_dir().ends_with("release") {
+        [].as_slice()
+    } else {
+        ["--debug"].as_slice()
+    };
+    let status = Command::new(&script)
+        .args(profile)
+        .arg("--prefix")
+        .arg(&prefix)
+        .status()
+        .expect("run install-clib");
+    assert!(status.success(), "scripts/install-clib failed");
+    for file in [
+        "include/ferry.h",
+        "include/axl.h",
+        "lib/libferry.so",
+        "lib/libferry.a",
+        "lib/libaxl.so",
+        "lib/libaxl.a",
+        "lib/pkgconfig/ferry.pc",
+        "lib/pkgconfig/axl.pc",
+    ] {
+        assert!(prefix.join(file).exists(), "{file} not installed");
+    }
+
+    // The README's example, as a user would build it.
+    let example = dir.path().join("copy.c");
+    std::fs::write(&example, readme_example()).expect("write example");
+    let copy = dir.path().join("copy");
+    cc_with_pkg_config(&prefix, &example, "ferry", &copy);
+    let (src, dst, store) = (
+        dir.path().join("src"),
+        dir.path().join("dst"),
+        dir.path().join("ferry.db"),
+    );
+    make_tree(&src, 10);
+    let (code, stderr) = run(
+        &copy,
+        &[
+            store.to_str().unwrap(),
+            src.to_str().unwrap(),
+            dst.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "the README example failed: {stderr}");
+    assert!(same_tree(&src, &dst));
+
+    // A program written for AXL builds unchanged against the installed libaxl.
+    let axl_cp = dir.path().join("axl_cp");
+    cc_with_pkg_config(
+        &prefix,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/axl_cp.c"),
+        "axl",
+        &axl_cp,
+    );
+    let dst2 = dir.path().join("dst2");
+    let (code, stderr) = run(
+        &axl_cp,
+        &[
+            "-r",
+            "-X",
+            "pthread",
+            src.to_str().unwrap(),
+            dst2.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(same_tree(&src, &dst2));
+
+    // Both libraries in one program: AXL_* and ferry_* calls side by side.
+    let cycles = dir.path().join("cycles");
+    cc_with_pkg_config(
+        &prefix,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/cycles.c"),
+        "ferry axl",
+        &cycles,
+    );
+    let one = src.join("d1/e1/file1");
+    let dst3 = dir.path().join("dst3");
+    std::fs::create_dir(&dst3).expect("mkdir");
+    let state = dir.path().join("cycles.db");
+    let (code, stderr) = run(
+        &cycles,
+        &[
+            state.to_str().unwrap(),
+            one.to_str().unwrap(),
+            dst3.to_str().unwrap(),
+            "4",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        std::fs::read(dst3.join("file1")).unwrap(),
+        std::fs::read(&one).unwrap()
+    );
+}

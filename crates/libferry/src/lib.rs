@@ -1,0 +1,1 @@
+pub use ferry_capi;
