@@ -593,3 +593,22 @@ fn verify_without_checksums_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--checksum none"));
 }
+
+/// As `cp -a`: a destination directory's default ACL does not stay on the
+/// copies of files and directories that have no ACL at the source.
+#[test]
+fn archive_copy_drops_acls_inherited_from_the_destination() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    make_fidelity_tree(&src);
+    let dst = s.path("dst");
+    fs::create_dir(&dst).unwrap();
+    tool(
+        Command::new("setfacl")
+            .args(["-d", "-m", "u:65534:rwx"])
+            .arg(&dst),
+    );
+    let contents = format!("{}/.", src.display());
+    run_ok(s.ferry().args(["cp", "-a", &contents]).arg(&dst));
+    assert_fidelity(&src, &dst);
+}

@@ -443,3 +443,26 @@ fn finalize_leaves_owners_on_other_hosts_alone_unless_forced() {
     assert!(out.status.success(), "{out:?}");
     assert!(!temp.exists());
 }
+
+#[test]
+fn finalize_resume_force_continues_a_transfer_whose_owner_is_on_another_host() {
+    let s = Scratch::new();
+    tree(&s.path("src"), 2, 9);
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let elsewhere = Owner {
+        host: format!("{}-elsewhere", Owner::current().host),
+        ..dead_owner()
+    };
+    transfer_with_owner(&store, "remote", elsewhere, &s.path("src"), &s.path("dst"));
+    drop(store);
+    let out = finalize(&[&s.store()], &["--resume"]);
+    assert_eq!(
+        out.status.code(),
+        Some(18),
+        "left alone without --force: {out:?}"
+    );
+    let out = finalize(&[&s.store()], &["--resume", "--force", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(json(&out)["outcomes"]["resumed"], 1);
+    assert_same_tree(&s.path("src"), &s.path("dst"));
+}

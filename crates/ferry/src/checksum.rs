@@ -185,8 +185,10 @@ pub fn hash_range(
     buffer: &mut Vec<u8>,
 ) -> io::Result<Checksum> {
     const BUFFER_BYTES: usize = 4 << 20;
-    if buffer.len() < BUFFER_BYTES {
-        buffer.resize(BUFFER_BYTES, 0);
+    let want =
+        usize::try_from(end.saturating_sub(start)).map_or(BUFFER_BYTES, |n| n.min(BUFFER_BYTES));
+    if buffer.len() < want {
+        buffer.resize(want, 0);
     }
     let mut hasher = Hasher::new(algo);
     let mut pos = start;

@@ -353,7 +353,7 @@ fn finalize_transfer(
         return commit_remaining(store, transfer, &entries, to_sync, options.verify);
     }
     if !state.is_terminal() && options.dead == DeadPolicy::Resume {
-        return resume(store, transfer);
+        return resume(store, transfer, options.force);
     }
     // Aborted now: recorded first, and only if the dead owner is still the
     // owner (a compare-and-swap), so that a rank that re-attached meanwhile
@@ -515,9 +515,11 @@ fn commit_remaining(
 
 /// `--resume`: continue a dead owner's transfer now (needs its sources),
 /// then finalize it.
-fn resume(store: &Arc<SqliteStore>, transfer: &TransferRecord) -> Result<Step> {
+fn resume(store: &Arc<SqliteStore>, transfer: &TransferRecord, force: bool) -> Result<Step> {
     let dyn_store: Arc<dyn Store> = store.clone();
     let mut handle = Transfer::open(dyn_store, &transfer.name)?;
+    // --force: an owner on another host counts as dead, as for --abort.
+    handle.set_take_over_unknown_owner(force);
     handle.resume(1)?;
     let report = handle.wait()?;
     let path = store.location();

@@ -55,6 +55,7 @@ pub struct Transfer {
     clean_orphans: bool,
     after_chunk: Option<ChunkHook>,
     check_space: bool,
+    take_over_unknown_owner: bool,
     skip: SkipRule,
     verify: Verify,
     mover: Mover,
@@ -200,6 +201,7 @@ impl Transfer {
             clean_orphans: false,
             after_chunk: None,
             check_space: false,
+            take_over_unknown_owner: false,
             skip: SkipRule::Never,
             verify: Verify::None,
             mover: Mover::Idle,
@@ -224,26 +226,39 @@ impl Transfer {
     fn take_ownership(&mut self) -> Result<()> {
         match self.record.owner.liveness() {
             Liveness::Me => Ok(()),
+            Liveness::Unknown if self.take_over_unknown_owner => self.reattach_from_dead(),
             Liveness::Alive | Liveness::Unknown => Err(Error::OwnerAlive {
                 name: self.record.name.clone(),
                 id: self.record.id,
                 host: self.record.owner.host.clone(),
                 pid: self.record.owner.pid,
             }),
-            Liveness::Dead => {
-                let owner = Owner::current();
-                let taken = self.store.apply(&[Change::Reattach {
-                    id: self.record.id,
-                    from: self.record.owner.clone(),
-                    owner: owner.clone(),
-                }]);
-                // Another process re-attached it first: it is theirs.
-                taken.map_err(|e| self.owned_elsewhere(e))?;
-                self.record.owner = owner;
-                self.reattached = true;
-                Ok(())
-            }
+            Liveness::Dead => self.reattach_from_dead(),
         }
+    }
+
+    /// Takes over from a recorded owner known (or, with
+    /// [`Transfer::set_take_over_unknown_owner`], declared) gone: a
+    /// compare-and-swap on that owner in the store.
+    fn reattach_from_dead(&mut self) -> Result<()> {
+        let owner = Owner::current();
+        let taken = self.store.apply(&[Change::Reattach {
+            id: self.record.id,
+            from: self.record.owner.clone(),
+            owner: owner.clone(),
+        }]);
+        // Another process re-attached it first: it is theirs.
+        taken.map_err(|e| self.owned_elsewhere(e))?;
+        self.record.owner = owner;
+        self.reattached = true;
+        Ok(())
+    }
+
+    /// Whether an owner on another host (whose liveness cannot be checked
+    /// from here) counts as dead when this transfer is resumed: the
+    /// caller's `--force`. Never guessed otherwise.
+    pub fn set_take_over_unknown_owner(&mut self, force: bool) {
+        self.take_over_unknown_owner = force;
     }
 
     /// The store's "another owner" is, to the caller, a live owner.

@@ -445,6 +445,15 @@ pub fn apply_metadata(
     }
     if entry.kind != EntryKind::Symlink {
         for (name, value) in &entry.xattrs.0 {
+            let is_acl =
+                name == crate::engine::plan::ACL_ACCESS || name == crate::engine::plan::ACL_DEFAULT;
+            if is_acl && value.is_empty() {
+                // The source has no such ACL: neither will the destination.
+                match rustix::fs::lremovexattr(path, name.as_slice()) {
+                    Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
             let set = rustix::fs::lsetxattr(
                 path,
                 name.as_slice(),

@@ -181,10 +181,12 @@ impl Copier<'_> {
         buffer: &mut Vec<u8>,
         hasher: Option<&mut Hasher>,
     ) -> Result<usize, CopyError> {
-        if buffer.len() < BUFFER_BYTES {
-            buffer.resize(BUFFER_BYTES, 0);
+        // Grown to what the largest copy so far needed, at most the bound:
+        // a run of small files never fills a 4 MiB buffer with zeros.
+        let len = want.min(BUFFER_BYTES);
+        if buffer.len() < len {
+            buffer.resize(len, 0);
         }
-        let len = want.min(buffer.len());
         let n = loop {
             match src.read_at(&mut buffer[..len], pos) {
                 Ok(n) => break n,

@@ -94,12 +94,30 @@ pub fn plan_with(
             }
         }
         if fidelity.xattrs != XattrMode::None && entry.kind != EntryKind::Symlink {
-            entry.xattrs = read_xattrs(&entry.source, fidelity.xattrs)
+            let mut xattrs = read_xattrs(&entry.source, fidelity.xattrs)
                 .map_err(|e| Error::io(&entry.source, e))?;
+            // As cp -a: the destination gets the source's ACL, none
+            // included. An empty value says "none here": an ACL inherited
+            // from the destination directory's default ACL is removed.
+            let mut acls = vec![ACL_ACCESS];
+            if entry.kind == EntryKind::Dir {
+                acls.push(ACL_DEFAULT);
+            }
+            for acl in acls {
+                if !xattrs.0.iter().any(|(name, _)| name == acl) {
+                    xattrs.0.push((acl.to_vec(), Vec::new()));
+                }
+            }
+            entry.xattrs = xattrs;
         }
     }
     Ok(entries)
 }
+
+/// POSIX ACLs, as extended attributes. A real ACL is never empty: an empty
+/// value in [`Xattrs`] means the source has none (see `apply_metadata`).
+pub const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+pub const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
 /// The extended attributes of `path` (not following a symlink) that `mode`
 /// keeps. None where the file system has none.
