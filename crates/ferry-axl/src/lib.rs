@@ -216,6 +216,8 @@ pub extern "C" fn AXL_Finalize() -> c_int {
         drop(table);
         let mut failed = Vec::new();
         for (id, handle) in handles {
+            // A thread still in AXL_Wait returns once it is cancelled.
+            let _ = handle.transfer.cancel();
             if let Err(e) = free(handle) {
                 failed.push(format!("id {id}: {}", e.message));
             }
@@ -474,7 +476,14 @@ pub extern "C" fn AXL_Wait(id: c_int) -> c_int {
 pub extern "C" fn AXL_Cancel(id: c_int) -> c_int {
     axl("AXL_Cancel", || {
         // A transfer that had finished stays so: AXL_Wait reports how.
-        lookup(id)?.cancel()?;
+        let transfer = lookup(id)?;
+        // As AXL: only a dispatched transfer can be cancelled.
+        if transfer.recorded_state()? == ferry::TransferState::Created {
+            return Err(CError::invalid(format!(
+                "transfer {id} was not dispatched: nothing to cancel (AXL_Free releases it)"
+            )));
+        }
+        transfer.cancel()?;
         debug(|| format!("AXL_Cancel: id {id}"));
         Ok(AXL_SUCCESS)
     })
@@ -530,7 +539,8 @@ pub extern "C" fn AXL_Stop() -> c_int {
         };
         let mut failed = Vec::new();
         for (id, handle) in handles {
-            // Free cancels a transfer that is still moving.
+            // A thread still in AXL_Wait returns once it is cancelled.
+            let _ = handle.transfer.cancel();
             if let Err(e) = free(handle) {
                 failed.push(format!("id {id}: {}", e.message));
             }

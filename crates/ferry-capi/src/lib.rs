@@ -281,6 +281,17 @@ impl FerryTransfer {
     }
 
     /// Cancels; a transfer that has finished already stays as it ended.
+    /// The state the store has for it now (another thread may be moving it).
+    pub fn recorded_state(&self) -> Result<TransferState, CError> {
+        let record = self.store.transfer(self.id)?.ok_or_else(|| {
+            CError::from(ferry::Error::Store(StoreError::NoSuchTransfer {
+                path: self.store.location(),
+                id: self.id,
+            }))
+        })?;
+        Ok(record.state)
+    }
+
     pub fn cancel(&self) -> Result<(), CError> {
         match self.canceller.cancel() {
             Err(ferry::Error::Store(StoreError::IllegalTransition { .. })) => Ok(()),

@@ -480,6 +480,29 @@ impl Transfer {
     /// cancelled first and its mover joined, so nothing writes after this
     /// returns. Temporaries stay, as after a cancel.
     pub fn free(mut self) -> Result<()> {
+        // Moving under another handle or process: not this handle's to free.
+        if matches!(self.mover, Mover::Idle)
+            && let Some(now) = self.store.transfer(self.record.id)?
+            && matches!(
+                now.state,
+                TransferState::Dispatched | TransferState::Running
+            )
+        {
+            match now.owner.liveness() {
+                Liveness::Dead => match self.cancel() {
+                    Err(Error::Store(StoreError::IllegalTransition { .. })) | Ok(()) => {}
+                    Err(e) => return Err(e),
+                },
+                _ => {
+                    return Err(Error::OwnerAlive {
+                        name: now.name,
+                        id: now.id,
+                        host: now.owner.host,
+                        pid: now.owner.pid,
+                    });
+                }
+            }
+        }
         if let Mover::Thread(handle) = &self.mover
             && !handle.is_finished()
         {
@@ -495,5 +518,62 @@ impl Transfer {
         }
         self.store.apply(&[Change::Free { id: self.record.id }])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    /// A second handle (`ferry_transfer_open`) cannot free a transfer that
+    /// is moving under the first: the name stays taken, the mover goes on.
+    #[test]
+    fn a_moving_transfer_cannot_be_freed_through_another_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let src = dir.path().join("src");
+        std::fs::write(&src, vec![5u8; 1 << 20]).unwrap();
+        let mut moving = Transfer::create(
+            Arc::clone(&store),
+            Some("n"),
+            Kind::Threads,
+            Preserve::NONE,
+            &[],
+        )
+        .unwrap();
+        moving.add(&[src], &dir.path().join("dst"), false).unwrap();
+        // The mover stops after its first chunk until it is cancelled.
+        let (paused_tx, paused) = std::sync::mpsc::sync_channel(1);
+        moving.set_after_chunk(Some(Arc::new(move |_bytes: u64, cancel: &AtomicBool| {
+            let _ = paused_tx.try_send(());
+            while !cancel.load(Ordering::Relaxed) {
+                std::thread::park_timeout(std::time::Duration::from_millis(5));
+            }
+        })));
+        moving.dispatch(2).unwrap();
+        paused.recv().unwrap();
+
+        let other = Transfer::open(Arc::clone(&store), "n").unwrap();
+        let refused = other.free();
+        assert!(
+            matches!(refused, Err(Error::OwnerAlive { .. })),
+            "{refused:?}"
+        );
+        // The name still names the moving transfer: no second one is made.
+        let again = Transfer::create(
+            Arc::clone(&store),
+            Some("n"),
+            Kind::Threads,
+            Preserve::NONE,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(again.record().id, moving.record().id);
+
+        moving.cancel().unwrap();
+        let report = moving.wait().unwrap();
+        assert_eq!(report.state, TransferState::Cancelled);
+        moving.free().unwrap();
     }
 }

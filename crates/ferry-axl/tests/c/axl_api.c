@@ -95,6 +95,7 @@ int main(int argc, char** argv) {
     CHECK(AXL_Finalize() == AXL_SUCCESS);
     int id = AXL_Create(AXL_XFER_SYNC, "still-initialised", NULL);
     CHECK(id >= 0);
+    CHECK(AXL_Cancel(id) == -1); /* as AXL: not dispatched, nothing to cancel */
     CHECK(AXL_Free(id) == AXL_SUCCESS);
     CHECK(AXL_Free(id) == -1); /* freed already */
 

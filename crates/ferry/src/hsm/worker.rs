@@ -355,6 +355,23 @@ impl<'a> Worker<'a> {
                         ),
                     ));
                 }
+                // The stub must still be what release left: data written
+                // into it since is newer than the archive and is kept.
+                if let Some(stub) = &stub {
+                    let mtime_ns = stub.mtime() * 1_000_000_000 + stub.mtime_nsec();
+                    if stub.len() != entry.size || mtime_ns != entry.mtime_ns {
+                        return Err(Step::Fail(
+                            FailKind::Permanent,
+                            format!(
+                                "{} was written to since it was released ({} bytes now): its \
+                                 data is newer than the archived copy, which is not restored \
+                                 over it",
+                                path.display(),
+                                stub.len()
+                            ),
+                        ));
+                    }
+                }
                 finish_restore(&file, &temp, &entry, stub.as_ref())
                     .map_err(|e| io_fail(&temp, "finish", e))?;
                 // Only the current attempt replaces the file.
@@ -396,20 +413,31 @@ impl<'a> Worker<'a> {
                 ),
             ));
         }
-        if let Some(object) = &entry.object {
-            self.archive
-                .remove(object)
-                .map_err(|e| Step::Fail(FailKind::Retry, format!("remove {object}: {e}")))?;
-        }
+        let object = entry.object.clone();
         let gone = CatalogEntry {
             state: CatalogState::Exists,
             object: None,
             checksum: None,
             ..entry
         };
+        // Recorded first, fenced: a cancelled or expired attempt, or a
+        // release that got there first (the catalog is no longer what it
+        // read), stops here with the copy intact. Only then does the copy
+        // go; a crash in between leaves an orphan object, never a catalog
+        // entry pointing at nothing.
         self.ack(lease, Some(&gone))?;
         if path.exists() {
             catalog::mirror(path, &gone);
+        }
+        if let Some(object) = object
+            && let Err(e) = self.archive.remove(&object)
+        {
+            eprintln!(
+                "ferry: request {}: the archived copy {object} of {} is no longer recorded, \
+                 but could not be deleted ({e}); remove it by hand",
+                r.id,
+                path.display()
+            );
         }
         Ok(())
     }
@@ -524,5 +552,7 @@ impl Fence for LeaseFence<'_> {
     }
 }
 
+#[cfg(test)]
+mod regression;
 #[cfg(test)]
 mod tests;

@@ -795,6 +795,25 @@ impl RequestQueue for SqliteStore {
                     },
                 });
             }
+            // A queued or running remove is about to delete the only copy.
+            let removing: bool = to == CatalogState::Released
+                && tx
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM hsm_requests WHERE fid = ?1
+                            AND action = 'remove' AND state IN ('waiting', 'started'))",
+                        [fid],
+                        |row| row.get(0),
+                    )
+                    .map_err(|e| self.err(e))?;
+            if removing {
+                return Err(StoreError::CatalogConflict {
+                    path: self.path.clone(),
+                    fid: fid.to_owned(),
+                    state: "being removed from the archive".into(),
+                    expected: from,
+                    hint: "a remove of its archived copy is queued; it cannot be released",
+                });
+            }
             entry.state = to;
             self.write_catalog(tx, &entry, None)
         })
