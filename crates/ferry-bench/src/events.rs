@@ -69,6 +69,7 @@ impl Log {
             checksum: None,
             name: Some("bench".into()),
             kind: Kind::Threads,
+            caller: None,
             owner: Owner::current(),
             preserve: Preserve::NONE,
             temp_suffix: ferry::model::DEFAULT_TEMP_SUFFIX.into(),

@@ -92,6 +92,7 @@ fn generate_rank(root: &Path, store_root: &Path, owner: &Owner, rank: usize) {
             checksum: None,
             name: Some("ckpt".into()),
             kind: Kind::Threads,
+            caller: None,
             owner: owner.clone(),
             preserve: Preserve::ALL,
             temp_suffix: ferry::model::DEFAULT_TEMP_SUFFIX.into(),

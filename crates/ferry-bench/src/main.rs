@@ -5,6 +5,7 @@ mod copy;
 mod events;
 mod finalize;
 mod hsm;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,9 @@ enum Command {
     Events(events::EventArgs),
     /// Post-stage: finalize many per-rank stores (copied, not yet renamed)
     Finalize(finalize::FinalizeArgs),
+    /// The daemon under load: concurrent clients submitting small
+    /// transfers; submit latency and throughput
+    Serve(serve::ServeArgs),
     /// HSM queue: enqueue (batched and one process per request), lease +
     /// ack with 1, 2 and 4 workers, and a restore behind 20,000 archives
     Hsm(hsm::HsmArgs),
@@ -37,6 +41,7 @@ fn main() {
         Command::Copy(args) => copy::run(args),
         Command::Events(args) => events::run(args),
         Command::Finalize(args) => finalize::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Hsm(args) => hsm::run(args),
     }
 }

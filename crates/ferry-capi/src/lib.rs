@@ -561,6 +561,7 @@ pub unsafe extern "C" fn ferry_transfer_create(
             kind: config.kind,
             preserve: config.preserve,
             checksum: config.checksum,
+            caller: None,
         };
         let transfer = Transfer::create_with(store.clone(), &options, &[])?;
         let handle = Box::into_raw(Box::new(FerryTransfer::new(store, transfer, &config)));

@@ -4,6 +4,8 @@
 use std::process::ExitCode;
 
 use ferry::Error;
+use ferry_serve::ServeError;
+use ferry_serve::client::ClientError;
 
 pub enum Exit {
     Ok,
@@ -17,11 +19,46 @@ pub enum Exit {
     /// `ferry hsm … --wait`: a request was canceled.
     RequestCanceled,
     Error(Error),
+    /// A request to the daemon failed.
+    Daemon(ClientError),
+    /// `ferry serve` could not start, or failed.
+    Serve(ServeError),
 }
 
 impl From<Error> for Exit {
     fn from(e: Error) -> Exit {
         Exit::Error(e)
+    }
+}
+
+/// The code for a daemon error: a library error's own code (a missing
+/// source is 3 with or without the daemon), else the daemon's 30–39.
+pub fn daemon_code(e: &ClientError) -> u8 {
+    match e {
+        ClientError::NoDaemon { .. } => 30,
+        ClientError::Protocol { .. } => 34,
+        ClientError::Api {
+            code: Some(code), ..
+        } => *code,
+        ClientError::Api { kind, .. } => match kind.as_str() {
+            "transfer_not_found" => 10,
+            "name_in_use" => 11,
+            "nothing_to_do" => 13,
+            "forbidden" | "not_a_daemon_transfer" => 31,
+            "bad_request" | "bad_json" | "body_too_large" | "invalid_path" | "no_such_route" => 32,
+            "busy" => 33,
+            _ => 34,
+        },
+    }
+}
+
+/// `ferry serve`'s own failures.
+pub fn serve_code(e: &ServeError) -> u8 {
+    match e {
+        ServeError::AlreadyServing { .. } => 35,
+        ServeError::Listen { .. } => 36,
+        ServeError::Runtime(_) => 74,
+        ServeError::Ferry(e) => e.code(),
     }
 }
 
@@ -37,6 +74,14 @@ impl From<Exit> for ExitCode {
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
                 ExitCode::from(e.code())
+            }
+            Exit::Daemon(e) => {
+                eprintln!("ferry: {e}");
+                ExitCode::from(daemon_code(&e))
+            }
+            Exit::Serve(e) => {
+                eprintln!("ferry: {e}");
+                ExitCode::from(serve_code(&e))
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `ferry`: the command-line tool. It only translates between the command
 //! line and the `ferry` library; no transfer logic lives here.
 
+mod daemon;
 mod exit;
 mod finalize;
 mod hsm;
@@ -29,12 +30,22 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     store: Option<PathBuf>,
 
+    /// The daemon's socket [default: $FERRY_SOCKET, else /run/ferry/ferry.sock for root, else
+    /// $XDG_RUNTIME_DIR/ferry.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// status, wait, cancel, resume and watch act on the daemon's transfers
+    /// (through its socket) instead of the store's
+    #[arg(long, global = true)]
+    daemon: bool,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Copy files and directories, durably: nothing appears under its final
     /// name until it is complete
     Cp(CpArgs),
@@ -64,6 +75,13 @@ enum Command {
     /// Post-stage: finish or clean up every transfer of the stores at or
     /// below PATH (one per MPI rank, say), without needing the sources
     Finalize(finalize::FinalizeArgs),
+    /// Run the daemon: move `daemon`-kind transfers for every local user,
+    /// with an HTTP/JSON API on a Unix socket, until SIGTERM
+    Serve {
+        /// Transfers moved at once [default: one per core]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: Option<u16>,
+    },
     /// HSM coordination: queue archive, restore and remove requests, and
     /// serve them with workers
     #[command(subcommand)]
@@ -81,7 +99,7 @@ enum Command {
 }
 
 #[derive(Args)]
-struct WatchArgs {
+pub(crate) struct WatchArgs {
     /// Deliver the events after this sequence number (a saved cursor) [default: 0, all history]
     #[arg(long, value_name = "SEQ", conflicts_with = "from_now")]
     since: Option<u64>,
@@ -104,7 +122,7 @@ struct WatchArgs {
 }
 
 #[derive(Subcommand)]
-enum StoreCommand {
+pub(crate) enum StoreCommand {
     /// Drop old events: keep the newest N, or those from SEQ on
     Compact {
         /// Keep the newest N events
@@ -129,7 +147,7 @@ enum StoreCommand {
 }
 
 #[derive(Args)]
-struct CpArgs {
+pub(crate) struct CpArgs {
     /// Copy directories recursively
     #[arg(short, long)]
     recursive: bool,
@@ -143,9 +161,15 @@ struct CpArgs {
     /// name is re-attached and continued)
     #[arg(long)]
     name: Option<String>,
-    /// How bytes move: sync (this thread) or threads (a pool)
-    #[arg(long, default_value = "threads", value_parser = ["sync", "threads"])]
+    /// How bytes move: sync (this thread), threads (a pool), daemon (handed
+    /// to `ferry serve`; returns once dispatched unless --wait), default
+    /// (daemon when one answers on the socket, else threads)
+    #[arg(long, default_value = "threads", value_parser = ["sync", "threads", "daemon", "default"])]
     kind: String,
+    /// With --kind daemon: return when the transfer is over, not when it is
+    /// dispatched
+    #[arg(long)]
+    wait: bool,
     /// The checksum every copied file gets, computed as it is read
     #[arg(long, default_value = "xxh3", value_parser = ["xxh3", "blake3", "none"])]
     checksum: String,
@@ -160,7 +184,7 @@ struct CpArgs {
 }
 
 #[derive(Args)]
-struct RunArgs {
+pub(crate) struct RunArgs {
     /// Worker threads [default: one per core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: Option<u16>,
@@ -186,7 +210,7 @@ struct RunArgs {
 }
 
 #[derive(Args)]
-struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// A transfer's name; all transfers when omitted
     name: Option<String>,
     /// List every file of the transfer
@@ -241,12 +265,30 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     if let Command::Finalize(args) = cli.command {
         return finalize::run(args);
     }
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(ferry_serve::server::default_socket_path);
+    if let Command::Serve { workers } = cli.command {
+        return daemon::serve(cli.store, socket, workers);
+    }
+    if let Command::Cp(args) = &cli.command
+        && daemon::wants_daemon(&args.kind, &socket)
+    {
+        let Command::Cp(args) = cli.command else {
+            unreachable!("matched above")
+        };
+        return daemon::cp(&socket, args);
+    }
+    if cli.daemon {
+        return daemon::command(&socket, cli.command);
+    }
     let store_path = cli.store.clone().unwrap_or_else(ferry::default_store_path);
     let sqlite =
         Arc::new(SqliteStore::open(&store_path).map_err(|e| Exit::from(ferry::Error::from(e)))?);
     let store: Arc<dyn Store> = sqlite.clone();
     match cli.command {
-        Command::Finalize(_) => unreachable!("handled above"),
+        Command::Finalize(_) | Command::Serve { .. } => unreachable!("handled above"),
         Command::Stop { dead, force } => finalize::stop(&sqlite, dead, force),
         Command::Hsm(command) => hsm::run(&sqlite, command),
         Command::Cp(args) => cp(store, args),
@@ -310,7 +352,8 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
 }
 
 fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
-    let kind = Kind::parse(&args.kind).expect("clap checked the kind");
+    // `default` without a daemon answering: threads.
+    let kind = Kind::parse(&args.kind).unwrap_or(Kind::Threads);
     let preserve = if args.archive || args.preserve {
         Preserve::ALL
     } else {
@@ -333,6 +376,7 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
         kind,
         preserve,
         checksum: ferry::model::ChecksumAlgo::parse(&args.checksum),
+        caller: None,
     };
     let mut transfer = Transfer::create_with(store, &options, &entries)?;
     args.run.apply(&mut transfer);

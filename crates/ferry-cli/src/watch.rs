@@ -1,9 +1,8 @@
 //! `ferry watch` and `ferry wait`: both read the one ordered event log.
 
-use std::collections::HashMap;
 use std::io::Write;
 
-use ferry::events::{Watch, WatchItem, is_terminal_event};
+use ferry::events::{TransferNames, Watch, WatchItem, is_terminal_event};
 use ferry::model::Event;
 use ferry::store::{EventFilter, Store};
 use ferry::{TransferId, TransferState};
@@ -94,7 +93,7 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
         kind: shown_kind,
         ..Default::default()
     };
-    let mut names: HashMap<TransferId, String> = HashMap::new();
+    let mut names = TransferNames::default();
     let stdout = std::io::stdout();
     for item in Watch::new(store, since, filter)? {
         let mut out = stdout.lock();
@@ -125,16 +124,13 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
             && until_done_state(&until, &event).is_some();
         let shown = only.as_mut().is_none_or(|o| o.matches(&event)) && kind_filter.matches(&event);
         if shown {
-            let name = transfer_name(store, &mut names, &event);
             if args.json {
-                let mut line = event.to_json();
-                if event.transfer.is_some() {
-                    line["subject"]["name"] = name.into();
-                }
+                let line = names.json_line(store, &event);
                 if writeln!(out, "{line}").is_err() {
                     return Ok(Exit::Ok);
                 }
             } else {
+                let name = names.name(store, &event);
                 let entry = event
                     .entry
                     .map(|e| format!(" entry {}", e.0))
@@ -176,37 +172,6 @@ fn until_done_state(until: &Option<NamedTransfer>, event: &Event) -> Option<Tran
     is_terminal_event(event, id)
         .then(|| event.transfer_state())
         .flatten()
-}
-
-fn transfer_name(
-    store: &dyn Store,
-    names: &mut HashMap<TransferId, String>,
-    event: &Event,
-) -> String {
-    let Some(transfer) = event.transfer else {
-        // A request or catalog event: named after its request, if any.
-        return event
-            .request
-            .map(|r| format!("request {r}"))
-            .unwrap_or_default();
-    };
-    if let Some(name) = event.context["name"]
-        .as_str()
-        .filter(|_| event.name == "transfer.created")
-    {
-        names.insert(transfer, name.to_owned());
-    }
-    names
-        .entry(transfer)
-        .or_insert_with(|| {
-            store
-                .transfer(transfer)
-                .ok()
-                .flatten()
-                .map(|t| t.name)
-                .unwrap_or_default()
-        })
-        .clone()
 }
 
 /// `ferry wait NAME`: returns when the transfer is terminal; the exit code

@@ -49,6 +49,7 @@ fn transfer_with_owner(
         checksum: None,
         name: Some(name.into()),
         kind: Kind::Threads,
+        caller: None,
         owner,
         preserve: Preserve::ALL,
         temp_suffix: ferry::model::DEFAULT_TEMP_SUFFIX.into(),

@@ -46,6 +46,7 @@ fn dead_transfer(store: &Arc<SqliteStore>, s: &Scratch) -> ferry::TransferId {
         checksum: None,
         name: Some("orphan".into()),
         kind: Kind::Threads,
+        caller: None,
         owner,
         preserve: Preserve::ALL,
         temp_suffix: ferry::model::DEFAULT_TEMP_SUFFIX.into(),

@@ -13,7 +13,7 @@
 //! event by replaying the log; [`snapshot_now`] reads the same from the
 //! tables. They agree: that is what makes the log trustworthy.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -167,6 +167,53 @@ impl Event {
         self.name
             .strip_prefix("transfer.")
             .and_then(TransferState::parse)
+    }
+}
+
+/// Transfer names for event lines (`subject.name`): learned from
+/// `transfer.created` events, otherwise looked up once per transfer. One
+/// map per watcher: `ferry watch --json` and the daemon's watch print the
+/// same lines through it.
+#[derive(Default)]
+pub struct TransferNames(HashMap<TransferId, String>);
+
+impl TransferNames {
+    /// The transfer's name; a request or catalog event (no transfer) is
+    /// named after its request, if any.
+    pub fn name(&mut self, store: &dyn Store, event: &Event) -> String {
+        let Some(transfer) = event.transfer else {
+            return event
+                .request
+                .map(|r| format!("request {r}"))
+                .unwrap_or_default();
+        };
+        if let Some(name) = event.context["name"]
+            .as_str()
+            .filter(|_| event.name == "transfer.created")
+        {
+            self.0.insert(transfer, name.to_owned());
+        }
+        self.0
+            .entry(transfer)
+            .or_insert_with(|| {
+                store
+                    .transfer(transfer)
+                    .ok()
+                    .flatten()
+                    .map(|t| t.name)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    /// The documented JSON line, with the transfer's name in its subject
+    /// (transfer events only).
+    pub fn json_line(&mut self, store: &dyn Store, event: &Event) -> serde_json::Value {
+        let mut line = event.to_json();
+        if event.transfer.is_some() {
+            line["subject"]["name"] = self.name(store, event).into();
+        }
+        line
     }
 }
 

@@ -49,5 +49,5 @@ pub mod verify;
 pub use engine::plan::plan;
 pub use engine::{ChunkHook, FileFailure, Progress, RunReport, temp_path};
 pub use error::{Error, Result};
-pub use model::{EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
+pub use model::{Caller, EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
 pub use transfer::{Canceller, Transfer, TransferOptions, default_store_path, default_workers};

@@ -35,6 +35,10 @@ pub enum Kind {
     Sync,
     /// A pool of threads inside the caller's process.
     Threads,
+    /// Handed to `ferry serve`, which keeps moving the data after the caller
+    /// exits or dies. Dispatch and resume only record the change; the
+    /// daemon's mover runs it ([`crate::Transfer::run_dispatched`]).
+    Daemon,
 }
 
 impl Kind {
@@ -42,6 +46,7 @@ impl Kind {
         match self {
             Kind::Sync => "sync",
             Kind::Threads => "threads",
+            Kind::Daemon => "daemon",
         }
     }
 
@@ -49,6 +54,7 @@ impl Kind {
         match s {
             "sync" => Some(Kind::Sync),
             "threads" => Some(Kind::Threads),
+            "daemon" => Some(Kind::Daemon),
             _ => None,
         }
     }
@@ -269,6 +275,17 @@ pub struct Owner {
     pub start_time: u64,
 }
 
+/// The user a daemon transfer was created for (from the socket's peer
+/// credentials): who may see and control it, and whose file credentials
+/// its data path runs with. `None` for transfers made outside the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
 /// A transfer as the store holds it.
 #[derive(Clone, Debug, Serialize)]
 pub struct TransferRecord {
@@ -285,6 +302,8 @@ pub struct TransferRecord {
     pub checksum: Option<ChecksumAlgo>,
     pub created_ns: i64,
     pub updated_ns: i64,
+    /// See [`Caller`].
+    pub caller: Option<Caller>,
 }
 
 /// One entry (file, directory or symlink) of a transfer as the store holds it.
@@ -376,6 +395,8 @@ pub struct NewTransfer {
     pub preserve: Preserve,
     pub temp_suffix: String,
     pub checksum: Option<ChecksumAlgo>,
+    /// See [`Caller`].
+    pub caller: Option<Caller>,
 }
 
 /// One row of the event log.

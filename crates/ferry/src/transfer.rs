@@ -12,8 +12,8 @@ use crate::engine::skip::SkipRule;
 use crate::engine::{self, ChunkHook, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
 use crate::model::{
-    ChecksumAlgo, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve, TransferId,
-    TransferRecord, TransferState,
+    Caller, ChecksumAlgo, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve,
+    TransferId, TransferRecord, TransferState,
 };
 use crate::owner::Liveness;
 use crate::store::{Change, Store, StoreError};
@@ -28,6 +28,9 @@ pub struct TransferOptions {
     pub preserve: Preserve,
     /// The hash every copied file gets; `None` for none. Default: XXH3-128.
     pub checksum: Option<ChecksumAlgo>,
+    /// The daemon's client this transfer is made for (see [`Caller`]),
+    /// recorded with it in the same transaction.
+    pub caller: Option<Caller>,
 }
 
 impl Default for TransferOptions {
@@ -37,6 +40,7 @@ impl Default for TransferOptions {
             kind: Kind::Threads,
             preserve: Preserve::NONE,
             checksum: Some(ChecksumAlgo::Xxh3),
+            caller: None,
         }
     }
 }
@@ -82,6 +86,9 @@ impl Canceller {
 
 enum Mover {
     Idle,
+    /// A `daemon` transfer whose dispatch or resume is recorded; the
+    /// daemon's mover runs it with [`Transfer::run_dispatched`].
+    Recorded(RunOptions),
     Thread(JoinHandle<Result<RunReport>>),
     Finished(Result<RunReport>),
 }
@@ -151,6 +158,7 @@ impl Transfer {
                 preserve,
                 temp_suffix: DEFAULT_TEMP_SUFFIX.into(),
                 checksum: options.checksum,
+                caller: options.caller.clone(),
             },
             entries,
         );
@@ -297,6 +305,13 @@ impl Transfer {
         self.check_space = check;
     }
 
+    /// Setting this flag stops the mover at its next chunk without recording
+    /// anything: the transfer stays `running`, with the progress already
+    /// recorded, for a later resume (the daemon's shutdown).
+    pub fn interrupt_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.cancel)
+    }
+
     /// Which destinations the next dispatch or resume takes as already
     /// there (recorded `skipped`, no data copied).
     pub fn set_skip(&mut self, skip: SkipRule) {
@@ -321,7 +336,8 @@ impl Transfer {
     }
 
     /// Starts moving the data: in this thread for `sync` (returns when done),
-    /// in a pool of `workers` threads for `threads`.
+    /// in a pool of `workers` threads for `threads`; for `daemon` it only
+    /// records the dispatch (see [`Transfer::run_dispatched`]).
     pub fn dispatch(&mut self, workers: usize) -> Result<()> {
         self.start(TransferState::Created, workers, "dispatch")
     }
@@ -385,8 +401,26 @@ impl Transfer {
                     engine::run(store.as_ref(), id, &options)
                 }))
             }
+            Kind::Daemon => Mover::Recorded(options),
         };
         Ok(())
+    }
+
+    /// Moves a `daemon` transfer whose dispatch or resume was recorded, in
+    /// this thread (the daemon's mover; the worker threads it starts inherit
+    /// this thread's file credentials). Returns when it is done.
+    pub fn run_dispatched(&mut self) -> Result<RunReport> {
+        let Mover::Recorded(options) = std::mem::replace(&mut self.mover, Mover::Idle) else {
+            return Err(Error::NotDispatched {
+                id: self.record.id,
+                action: "running it",
+            });
+        };
+        let result = engine::run(self.store.as_ref(), self.record.id, &options);
+        if let Ok(report) = &result {
+            self.record.state = report.state;
+        }
+        result
     }
 
     /// Would [`Transfer::wait`] return at once?
@@ -399,6 +433,7 @@ impl Transfer {
                 action: "testing it",
             }),
             Mover::Thread(handle) => Ok(handle.is_finished()),
+            Mover::Recorded(_) => Ok(false),
             Mover::Finished(_) => Ok(true),
         }
     }
@@ -406,7 +441,7 @@ impl Transfer {
     /// Blocks until the mover is done, and says how it went.
     pub fn wait(&mut self) -> Result<RunReport> {
         let result = match std::mem::replace(&mut self.mover, Mover::Idle) {
-            Mover::Idle => {
+            Mover::Idle | Mover::Recorded(_) => {
                 return Err(Error::NotDispatched {
                     id: self.record.id,
                     action: "waiting for it",

@@ -18,8 +18,9 @@ use super::space::{self, ReadOnlyCause, SpaceGuard};
 use super::{Change, ChangeToken, EventFilter, EventPage, EventReader, Store, StoreError};
 use crate::failpoint::{self, CommitStep};
 use crate::model::{
-    Checksum, ChecksumAlgo, EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind, NewEntry,
-    NewTransfer, Owner, Preserve, SourceMeta, TransferId, TransferRecord, TransferState, Xattrs,
+    Caller, Checksum, ChecksumAlgo, EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind,
+    NewEntry, NewTransfer, Owner, Preserve, SourceMeta, TransferId, TransferRecord, TransferState,
+    Xattrs,
 };
 
 /// `PRAGMA application_id`: "FRRY". Tells a ferry store from any other
@@ -173,6 +174,14 @@ INSERT INTO meta (key, value) VALUES
 -- A large file's piece digests below its durable progress, as read from
 -- the source: a resume takes them instead of hashing the temporary.
 ALTER TABLE entries ADD COLUMN piece_digests BLOB;
+"#,
+    r#"
+-- Daemon transfers: the user they were created for (the socket peer's
+-- credentials), who alone may see and control them, and whose file
+-- credentials their data path runs with. NULL outside the daemon.
+ALTER TABLE transfers ADD COLUMN caller_uid INTEGER;
+ALTER TABLE transfers ADD COLUMN caller_gid INTEGER;
+ALTER TABLE transfers ADD COLUMN caller_groups TEXT;
 "#,
 ];
 
@@ -1019,6 +1028,23 @@ impl SqliteStore {
             checksum,
             created_ns: row.get(12)?,
             updated_ns: row.get(13)?,
+            caller: match (
+                row.get::<_, Option<u32>>(15)?,
+                row.get::<_, Option<u32>>(16)?,
+            ) {
+                (Some(uid), Some(gid)) => {
+                    let groups: Option<String> = row.get(17)?;
+                    let groups = groups.unwrap_or_default();
+                    let groups = groups.split(',').filter(|g| !g.is_empty());
+                    let Ok(groups) = groups.map(str::parse).collect::<Result<Vec<u32>, _>>() else {
+                        return Ok(Err(
+                            self.corrupt(format!("transfer {id} has unreadable caller groups"))
+                        ));
+                    };
+                    Some(Caller { uid, gid, groups })
+                }
+                _ => None,
+            },
         }))
     }
 
@@ -1090,7 +1116,7 @@ impl SqliteStore {
         let sql = format!(
             "SELECT id, name, kind, state, owner_host, owner_boot_id, owner_pid, owner_start_time,
                     preserve_mode, preserve_ownership, preserve_times, temp_suffix, created_ns,
-                    updated_ns, checksum_algo
+                    updated_ns, checksum_algo, caller_uid, caller_gid, caller_groups
              FROM transfers WHERE freed_ns IS NULL {filter} ORDER BY id"
         );
         let rows = self.read(|conn| {
@@ -1138,8 +1164,10 @@ impl Store for SqliteStore {
             tx.execute(
                 "INSERT INTO transfers (name, kind, state, owner_host, owner_boot_id, owner_pid,
                     owner_start_time, preserve_mode, preserve_ownership, preserve_times,
-                    temp_suffix, created_ns, updated_ns, checksum_algo)
-                 VALUES (?1, ?2, 'created', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
+                    temp_suffix, created_ns, updated_ns, checksum_algo, caller_uid, caller_gid,
+                    caller_groups)
+                 VALUES (?1, ?2, 'created', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13,
+                    ?14, ?15)",
                 params![
                     new.name.as_deref().unwrap_or(&placeholder),
                     new.kind.as_str(),
@@ -1152,7 +1180,15 @@ impl Store for SqliteStore {
                     new.preserve.times,
                     new.temp_suffix,
                     now,
-                    new.checksum.map(ChecksumAlgo::as_str)
+                    new.checksum.map(ChecksumAlgo::as_str),
+                    new.caller.as_ref().map(|c| c.uid),
+                    new.caller.as_ref().map(|c| c.gid),
+                    new.caller.as_ref().map(|c| c
+                        .groups
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")),
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -1169,12 +1205,15 @@ impl Store for SqliteStore {
                     name
                 }
             };
-            let context = serde_json::json!({
+            let mut context = serde_json::json!({
                 "name": name,
                 "kind": new.kind.as_str(),
                 "host": new.owner.host,
                 "pid": new.owner.pid,
             });
+            if let Some(caller) = &new.caller {
+                context["uid"] = caller.uid.into();
+            }
             self.insert_event(tx, id, None, "transfer.created", &context)?;
             if !entries.is_empty() {
                 self.insert_entries(tx, id, entries)?;
@@ -1190,6 +1229,7 @@ impl Store for SqliteStore {
         // Read back what we wrote: the disk and our model must agree.
         assert_eq!(record.kind, new.kind);
         assert_eq!(record.owner, new.owner);
+        assert_eq!(record.caller, new.caller);
         assert_eq!(record.state, TransferState::Created);
         Ok(record)
     }
@@ -1590,6 +1630,7 @@ mod tests {
             checksum: None,
             name: name.map(str::to_owned),
             kind: Kind::Sync,
+            caller: None,
             owner: owner(),
             preserve: Preserve::ALL,
             temp_suffix: crate::model::DEFAULT_TEMP_SUFFIX.into(),

@@ -1,0 +1,127 @@
+//! The requests and answers of the daemon's HTTP/JSON API, shared by the
+//! server and the client (`openapi.yaml` describes the same). Requests
+//! refuse unknown fields: a typo is an error, never silently ignored.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/transfers`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// `cp-<id>` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Keep mode, ownership (where the caller may) and times, as `cp -p`.
+    #[serde(default)]
+    pub preserve: bool,
+    /// `xxh3` (default), `blake3` or `none`: the checksum every copied file
+    /// gets, computed as it is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+}
+
+/// `POST /v1/transfers/{name}/entries`: `cp`'s destination rules, planned
+/// with the caller's credentials. Paths are absolute and UTF-8.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    pub sources: Vec<String>,
+    pub dest: String,
+    #[serde(default)]
+    pub recursive: bool,
+    /// Hard links among the sources stay hard links (as `cp -a`).
+    #[serde(default)]
+    pub hard_links: bool,
+    /// `all`, `none` (default) or `no-lustre`: extended attributes and ACLs
+    /// to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xattrs: Option<String>,
+}
+
+/// `POST /v1/transfers/{name}/dispatch` and `…/resume`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Copy threads for this transfer [default: 4, at most 64].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u16>,
+    /// `never` (default), `exists`, `size`, `mtime` or `checksum`:
+    /// destinations that already match are recorded skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<String>,
+    /// `none` (default), `copied` or `full`: read back what was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+    /// Refuse to start without room for what is left to copy.
+    #[serde(default)]
+    pub check_space: bool,
+    /// Remove temporaries at the destinations that no transfer wrote.
+    #[serde(default)]
+    pub clean_orphans: bool,
+}
+
+/// A transfer as the daemon shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransferView {
+    pub id: i64,
+    pub name: String,
+    pub kind: String,
+    pub state: String,
+    /// The user it belongs to.
+    pub uid: Option<u32>,
+    pub files: u64,
+    pub files_committed: u64,
+    pub files_failed: u64,
+    pub bytes: u64,
+    /// Bytes of the temporaries known durable, plus committed files.
+    pub bytes_durable: u64,
+    pub failures: Vec<Failure>,
+    /// `create` found this name already taken by one of the caller's
+    /// unfinished transfers and returned it (re-attach by name).
+    #[serde(default)]
+    pub reattached: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Failure {
+    pub path: String,
+    pub error: String,
+}
+
+/// `POST /v1/transfers/{name}/entries`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddResponse {
+    pub added: usize,
+}
+
+/// `GET /v1/transfers/{name}/wait?timeout_ms=N`: `done` is false when the
+/// long-poll timed out first (ask again).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WaitResponse {
+    pub name: String,
+    pub id: i64,
+    pub state: String,
+    pub done: bool,
+}
+
+/// Every error answer: a message naming the thing and what to do, and a
+/// stable `kind` a client can act on (the CLI maps it to an exit code).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub kind: String,
+    /// For an error of the library (a missing source, a name in use…): the
+    /// number `ferry` exits with for it, with or without the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
+}
+
+/// Request bodies larger than this are refused (413).
+pub const BODY_BYTES_MAX: usize = 1 << 20;
+/// A long-poll `wait` returns after at most this long.
+pub const WAIT_MS_MAX: u64 = 60_000;
+/// … and after this long when the request does not say.
+pub const WAIT_MS_DEFAULT: u64 = 30_000;
+/// Copy threads of one transfer.
+pub const THREADS_MAX: u16 = 64;
+pub const THREADS_DEFAULT: u16 = 4;

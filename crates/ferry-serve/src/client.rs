@@ -1,0 +1,321 @@
+//! A blocking client of the daemon's API, for the CLI (`--kind daemon`,
+//! `--daemon`), the benchmark and the tests. One connection per request:
+//! the socket is local, and a connection costs microseconds.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::*;
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// Nothing answers on the socket (no daemon, or a dead one's socket).
+    NoDaemon {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    /// The daemon refused the request.
+    Api {
+        status: u16,
+        kind: String,
+        message: String,
+        /// [`crate::api::ErrorBody::code`].
+        code: Option<u8>,
+    },
+    /// The answer was not what the API promises (not a ferry daemon?).
+    Protocol { socket: PathBuf, detail: String },
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::NoDaemon { socket, source } => write!(
+                f,
+                "no ferry daemon answers on {} ({source}): start one with `ferry serve`, or set \
+                 $FERRY_SOCKET / --socket",
+                socket.display()
+            ),
+            ClientError::Api { message, .. } => write!(f, "the daemon says: {message}"),
+            ClientError::Protocol { socket, detail } => write!(
+                f,
+                "the daemon on {} answered something unexpected: {detail}",
+                socket.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+pub type ClientResult<T> = Result<T, ClientError>;
+
+/// A client of one daemon socket.
+pub struct Client {
+    socket: PathBuf,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// Path segments are percent-encoded: a name may hold any character but
+/// '/' and control characters.
+fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    pub fn new(socket: &Path) -> ClientResult<Client> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Protocol {
+                socket: socket.to_path_buf(),
+                detail: format!("cannot start a runtime: {e}"),
+            })?;
+        Ok(Client {
+            socket: socket.to_path_buf(),
+            runtime,
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Whether a daemon answers on the socket (for `--kind default`).
+    pub fn answers(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>) -> ClientResult<Response<Incoming>> {
+        let protocol = |detail: String| ClientError::Protocol {
+            socket: self.socket.clone(),
+            detail,
+        };
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::NoDaemon {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| protocol(e.to_string()))
+    }
+
+    /// Sends `body` (raw bytes) and returns status and body: for tests of
+    /// malformed requests, and the typed calls below.
+    pub fn raw(&self, method: &str, path: &str, body: Vec<u8>) -> ClientResult<(u16, Vec<u8>)> {
+        self.runtime.block_on(async {
+            let request = Request::builder()
+                .method(Method::from_bytes(method.as_bytes()).expect("a valid method"))
+                .uri(path)
+                .header("host", "ferry")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .expect("a valid request");
+            let response = self.send(request).await?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol {
+                    socket: self.socket.clone(),
+                    detail: e.to_string(),
+                })?
+                .to_bytes();
+            Ok((status, body.to_vec()))
+        })
+    }
+
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> ClientResult<T> {
+        let body = body.map_or_else(Vec::new, |b| {
+            serde_json::to_vec(b).expect("requests serialize")
+        });
+        let (status, body) = self.raw(method, path, body)?;
+        if StatusCode::from_u16(status).is_ok_and(|s| s.is_success()) {
+            return serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+                socket: self.socket.clone(),
+                detail: format!("status {status}, body not understood: {e}"),
+            });
+        }
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => Err(ClientError::Api {
+                status,
+                kind: e.kind,
+                message: e.error,
+                code: e.code,
+            }),
+            Err(_) => Err(ClientError::Protocol {
+                socket: self.socket.clone(),
+                detail: format!("status {status}: {}", String::from_utf8_lossy(&body)),
+            }),
+        }
+    }
+
+    pub fn create(&self, request: &CreateRequest) -> ClientResult<TransferView> {
+        self.call("POST", "/v1/transfers", Some(request))
+    }
+
+    pub fn add(&self, name: &str, request: &AddRequest) -> ClientResult<AddResponse> {
+        let path = format!("/v1/transfers/{}/entries", encode(name));
+        self.call("POST", &path, Some(request))
+    }
+
+    pub fn dispatch(&self, name: &str, request: &RunRequest) -> ClientResult<TransferView> {
+        let path = format!("/v1/transfers/{}/dispatch", encode(name));
+        self.call("POST", &path, Some(request))
+    }
+
+    pub fn resume(&self, name: &str, request: &RunRequest) -> ClientResult<TransferView> {
+        let path = format!("/v1/transfers/{}/resume", encode(name));
+        self.call("POST", &path, Some(request))
+    }
+
+    pub fn cancel(&self, name: &str) -> ClientResult<TransferView> {
+        let path = format!("/v1/transfers/{}/cancel", encode(name));
+        self.call("POST", &path, None::<&()>)
+    }
+
+    pub fn status(&self, name: &str) -> ClientResult<TransferView> {
+        let path = format!("/v1/transfers/{}", encode(name));
+        self.call("GET", &path, None::<&()>)
+    }
+
+    pub fn list(&self) -> ClientResult<Vec<TransferView>> {
+        self.call("GET", "/v1/transfers", None::<&()>)
+    }
+
+    /// One long-poll: returns when the transfer is over or `timeout` passed.
+    pub fn wait_once(&self, name: &str, timeout: Duration) -> ClientResult<WaitResponse> {
+        let path = format!(
+            "/v1/transfers/{}/wait?timeout_ms={}",
+            encode(name),
+            timeout.as_millis()
+        );
+        self.call("GET", &path, None::<&()>)
+    }
+
+    /// Long-polls until the transfer is over.
+    pub fn wait(&self, name: &str) -> ClientResult<WaitResponse> {
+        loop {
+            let answer = self.wait_once(name, Duration::from_millis(WAIT_MS_DEFAULT))?;
+            if answer.done {
+                return Ok(answer);
+            }
+        }
+    }
+
+    /// Follows `GET /v1/events` from `since`, handing each JSON line to
+    /// `line` until it returns false or the stream ends (the daemon
+    /// stopped: continue from the last `seq` with a new call).
+    pub fn watch(
+        &self,
+        since: u64,
+        transfer: Option<&str>,
+        mut line: impl FnMut(serde_json::Value) -> bool,
+    ) -> ClientResult<()> {
+        let mut path = format!("/v1/events?since={since}");
+        if let Some(name) = transfer {
+            path.push_str(&format!("&transfer={}", encode(name)));
+        }
+        self.runtime.block_on(async {
+            let request = Request::builder()
+                .method(Method::GET)
+                .uri(path)
+                .header("host", "ferry")
+                .body(Full::new(Bytes::new()))
+                .expect("a valid request");
+            let response = self.send(request).await?;
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut pending = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    // The daemon went away mid-stream.
+                    return Ok(());
+                };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                pending.extend_from_slice(&data);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let text: Vec<u8> = pending.drain(..=end).collect();
+                    let value: serde_json::Value =
+                        serde_json::from_slice(&text).map_err(|e| ClientError::Protocol {
+                            socket: self.socket.clone(),
+                            detail: format!("status {status}, a line that is not JSON: {e}"),
+                        })?;
+                    if status != 200 {
+                        return Err(ClientError::Api {
+                            status,
+                            kind: value["kind"].as_str().unwrap_or_default().into(),
+                            message: value["error"].as_str().unwrap_or_default().into(),
+                            code: value["code"].as_u64().and_then(|c| u8::try_from(c).ok()),
+                        });
+                    }
+                    if !line(value) {
+                        return Ok(());
+                    }
+                }
+            }
+            if status != 200 {
+                let value: serde_json::Value = serde_json::from_slice(&pending).unwrap_or_default();
+                return Err(ClientError::Api {
+                    status,
+                    kind: value["kind"].as_str().unwrap_or_default().into(),
+                    message: value["error"].as_str().unwrap_or_default().into(),
+                    code: value["code"].as_u64().and_then(|c| u8::try_from(c).ok()),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    pub fn metrics(&self) -> ClientResult<String> {
+        let (status, body) = self.raw("GET", "/metrics", Vec::new())?;
+        if status != 200 {
+            return Err(ClientError::Protocol {
+                socket: self.socket.clone(),
+                detail: format!("metrics answered {status}"),
+            });
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_percent_encoded_in_paths() {
+        assert_eq!(super::encode("ckpt-4.2_x~"), "ckpt-4.2_x~");
+        assert_eq!(super::encode("a b/c?d%"), "a%20b%2Fc%3Fd%25");
+        assert_eq!(super::encode("é"), "%C3%A9");
+    }
+}

@@ -1,0 +1,188 @@
+//! Who is calling, and acting as them on the file system.
+//!
+//! The caller is known by the socket's peer credentials (`SO_PEERCRED`:
+//! uid, gid, pid; `SO_PEERGROUPS`: supplementary groups), taken by the
+//! kernel when the caller connected: they cannot be forged.
+//!
+//! Data is read and written with the caller's credentials: [`as_caller`]
+//! runs a closure on a fresh thread whose file-system uid and gid
+//! (`setfsuid`/`setfsgid`) and supplementary groups are the caller's. On
+//! Linux these are per-thread credentials (the raw system calls; glibc's
+//! `setgroups` would change every thread of the process, so it is not
+//! used), and threads started by that thread inherit them: the engine's
+//! workers and committer run as the caller too. A root daemon's thread
+//! whose fsuid is not 0 loses CAP_DAC_OVERRIDE, CAP_CHOWN, CAP_FOWNER and
+//! friends, so the kernel checks permissions exactly as for the caller.
+//! The thread ends with its closure, so no pooled thread ever keeps
+//! someone's credentials.
+//!
+//! **Invariant:** this module is the only place in ferry that changes
+//! credentials.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use ferry::Caller;
+
+/// The peer of a connection on the daemon's socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: i32,
+    pub caller: Caller,
+}
+
+/// Supplementary groups read at most (Linux's `NGROUPS_MAX`).
+const GROUPS_MAX: usize = 65_536;
+
+/// The peer credentials of a connected Unix socket.
+pub fn peer(stream: &tokio::net::UnixStream) -> io::Result<Peer> {
+    let cred = stream.peer_cred()?;
+    let groups = peer_groups(stream)?;
+    Ok(Peer {
+        pid: cred.pid().unwrap_or(0),
+        caller: Caller {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            groups,
+        },
+    })
+}
+
+fn peer_groups(stream: &tokio::net::UnixStream) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` holds `len` bytes, and the kernel writes at most
+        // that many (it sets `len` to what it needs and fails with ERANGE
+        // when that is more).
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) || needed > GROUPS_MAX || needed <= groups.len() {
+            return Err(e);
+        }
+        groups.resize(needed, 0);
+    }
+}
+
+/// This process's effective uid: a root daemon acts as each caller; any
+/// other serves only its own uid (it could not switch).
+pub fn daemon_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Runs `f` on a fresh thread with `caller`'s file-system credentials (and
+/// so does every thread `f` starts). A daemon that is not root runs `f` as
+/// itself: it serves only its own uid (see the server's authorisation).
+pub fn as_caller<T: Send>(caller: &Caller, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name(format!("ferry-uid-{}", caller.uid))
+            .spawn_scoped(scope, || {
+                switch_this_thread(caller)?;
+                Ok(f())
+            })?;
+        match thread.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+fn switch_this_thread(caller: &Caller) -> io::Result<()> {
+    if daemon_uid() != 0 {
+        return Ok(());
+    }
+    let groups: Vec<_> = caller
+        .groups
+        .iter()
+        .map(|&g| rustix::process::Gid::from_raw(g))
+        .collect();
+    // Groups and gid first: changing the fsuid away from 0 drops the
+    // capabilities that file checks use, not CAP_SETGID, but keep the
+    // order obvious anyway.
+    rustix::thread::set_thread_groups(&groups)?;
+    // SAFETY: setfsgid/setfsuid take plain integers and change only this
+    // thread's file-system ids; they return the previous id and cannot
+    // fail in a way other than leaving it unchanged, which is checked by
+    // reading it back (an argument of -1 changes nothing).
+    unsafe {
+        libc::setfsgid(caller.gid);
+        libc::setfsuid(caller.uid);
+        let (gid, uid) = (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX));
+        if gid as u32 != caller.gid || uid as u32 != caller.uid {
+            return Err(io::Error::other(format!(
+                "could not take the file credentials of uid {} gid {} (have {uid}/{gid})",
+                caller.uid, caller.gid
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_known_by_its_kernel_credentials() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+            let peer = peer(&a).unwrap();
+            assert_eq!(peer.pid as u32, std::process::id());
+            assert_eq!(peer.caller.uid, rustix::process::geteuid().as_raw());
+            assert_eq!(peer.caller.gid, rustix::process::getegid().as_raw());
+            let groups: Vec<u32> = rustix::process::getgroups()
+                .unwrap()
+                .iter()
+                .map(|g| g.as_raw())
+                .collect();
+            assert_eq!(peer.caller.groups, groups);
+        });
+    }
+
+    #[test]
+    fn as_caller_changes_only_its_own_thread() {
+        let me = Caller {
+            uid: daemon_uid(),
+            gid: rustix::process::getegid().as_raw(),
+            groups: vec![],
+        };
+        let fsuid = || {
+            // SAFETY: -1 reads the fsuid without changing it.
+            unsafe { libc::setfsuid(u32::MAX) as u32 }
+        };
+        let before = fsuid();
+        let inside = as_caller(&me, fsuid).unwrap();
+        assert_eq!(inside, me.uid);
+        assert_eq!(fsuid(), before, "the calling thread is untouched");
+        if daemon_uid() == 0 {
+            let nobody = Caller {
+                uid: 65_534,
+                gid: 65_534,
+                groups: vec![],
+            };
+            assert_eq!(as_caller(&nobody, fsuid).unwrap(), 65_534);
+            // Threads started inside inherit it.
+            let nested = as_caller(&nobody, || std::thread::spawn(fsuid).join().unwrap());
+            assert_eq!(nested.unwrap(), 65_534);
+            assert_eq!(fsuid(), 0);
+        }
+    }
+}
