@@ -370,6 +370,8 @@ pub unsafe extern "C" fn AXL_Create(
         };
         let recorded = transfer.record().kind;
         let ferry_config = ferry_config(&config, recorded);
+        // One file however it is spelled (`state.db`, `./state.db`, a link).
+        let store_path = std::fs::canonicalize(&store_path).unwrap_or(store_path);
         let handle = Handle {
             transfer: Arc::new(FerryTransfer::new(store, transfer, &ferry_config)),
             store: store_path,

@@ -133,8 +133,9 @@ int main(int argc, char** argv) {
     CHECK(AXL_Create(AXL_XFER_PTHREAD, "reloaded", at("state.db")) == -1);
     id = AXL_Create(AXL_XFER_STATE_FILE, "reloaded", at("state.db"));
     CHECK(id >= 0);
-    /* One transfer is never open under two ids. */
+    /* One transfer is never open under two ids, however the file is spelled. */
     CHECK(AXL_Create(AXL_XFER_STATE_FILE, "reloaded", at("state.db")) == -1);
+    CHECK(AXL_Create(AXL_XFER_STATE_FILE, "reloaded", at("./state.db")) == -1);
     CHECK(AXL_Resume(id) == AXL_SUCCESS);
     CHECK(AXL_Wait(id) == AXL_SUCCESS);
     CHECK(AXL_Free(id) == AXL_SUCCESS);
