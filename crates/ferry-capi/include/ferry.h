@@ -4,6 +4,9 @@
  * or a FERRY_E_* code and leaves a one-line message for ferry_last_error().
  * Any thread may call. Stores, transfers and watches may be shared between
  * threads; a ferry_config is set up by one thread (then any may read it).
+ * Closing or freeing a handle needs it to be in use by no other thread.
+ * An event's strings belong to its watch: valid until that watch's next
+ * ferry_watch_next, so a watch shared by threads is polled by one at a time.
  * Strings are NUL-terminated; paths are any bytes, as on Unix.
  */
 
