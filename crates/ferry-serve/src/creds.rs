@@ -11,8 +11,10 @@
 //! `setgroups` would change every thread of the process, so it is not
 //! used), and threads started by that thread inherit them: the engine's
 //! workers and committer run as the caller too. A root daemon's thread
-//! whose fsuid is not 0 loses CAP_DAC_OVERRIDE, CAP_CHOWN, CAP_FOWNER and
-//! friends, so the kernel checks permissions exactly as for the caller.
+//! also drops every capability (a non-zero fsuid alone only clears
+//! CAP_DAC_OVERRIDE, CAP_CHOWN, CAP_FOWNER and friends; CAP_SETFCAP or
+//! CAP_SYS_ADMIN would let a caller's copy carry file capabilities or
+//! `trusted.*` attributes), so the kernel treats it exactly as the caller.
 //! The thread ends with its closure, so no pooled thread ever keeps
 //! someone's credentials.
 //!
@@ -129,6 +131,29 @@ fn switch_this_thread(caller: &Caller) -> io::Result<()> {
             )));
         }
     }
+    // A non-zero fsuid drops only the file-permission capabilities: a root
+    // daemon's thread would keep CAP_SETFCAP, CAP_SYS_ADMIN (trusted.*
+    // attributes), CAP_SYS_RESOURCE (quotas, reserved blocks) and more. The
+    // caller has none of them, so neither does this thread (nor the
+    // threads it starts, which inherit its credentials).
+    if caller.uid == 0 {
+        return Ok(());
+    }
+    let none = rustix::thread::CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        rustix::thread::CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )?;
+    let now = rustix::thread::capabilities(None)?;
+    if !now.effective.is_empty() || !now.permitted.is_empty() {
+        return Err(io::Error::other(
+            "could not drop the daemon's capabilities for a caller's thread",
+        ));
+    }
     Ok(())
 }
 
@@ -183,6 +208,19 @@ mod tests {
             let nested = as_caller(&nobody, || std::thread::spawn(fsuid).join().unwrap());
             assert_eq!(nested.unwrap(), 65_534);
             assert_eq!(fsuid(), 0);
+            // And no capability is left to them (CAP_SETFCAP, CAP_SYS_ADMIN…),
+            // in the thread or in those it starts; the daemon keeps its own.
+            let caps = || rustix::thread::capabilities(None).unwrap();
+            let inside = as_caller(&nobody, || {
+                (caps(), std::thread::spawn(caps).join().unwrap())
+            });
+            let (inside, nested) = inside.unwrap();
+            assert!(inside.effective.is_empty() && inside.permitted.is_empty());
+            assert!(nested.effective.is_empty() && nested.permitted.is_empty());
+            assert!(
+                !caps().effective.is_empty(),
+                "the daemon's own thread keeps them"
+            );
         }
     }
 }

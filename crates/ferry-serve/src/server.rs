@@ -147,6 +147,10 @@ pub fn default_socket_path() -> PathBuf {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
+/// How often a read-only store is checked for room, with the daemon's own
+/// credentials.
+const SPACE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 pub fn serve(config: Config) -> Result<(), ServeError> {
     let sqlite = Arc::new(SqliteStore::open(&config.store).map_err(ferry::Error::from)?);
     let store: Arc<dyn Store> = sqlite.clone();
@@ -196,6 +200,23 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             config.socket.display(),
             std::process::id()
         );
+        // A full store disk is most often met by a mover acting as its
+        // caller, whose thread (and the probe it starts) can neither free
+        // nor re-create the daemon's reserve. The daemon's own credentials
+        // check again, every few seconds while the store is read-only.
+        {
+            let sqlite = Arc::clone(&daemon.sqlite);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(SPACE_CHECK_EVERY);
+                loop {
+                    every.tick().await;
+                    if sqlite.read_only().is_some() {
+                        let sqlite = Arc::clone(&sqlite);
+                        let _ = tokio::task::spawn_blocking(move || sqlite.check()).await;
+                    }
+                }
+            });
+        }
         let app = router(Arc::clone(&daemon));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
@@ -483,10 +504,11 @@ impl Daemon {
                 ),
             ));
         }
-        let caller = record
+        let recorded = record
             .caller
             .clone()
             .ok_or_else(|| ApiError::internal(format!("transfer {name} has no recorded caller")))?;
+        let caller = acting_caller(peer, recorded);
         if self.shutdown.load(Ordering::Relaxed) {
             return Err(ApiError::busy("the daemon is shutting down"));
         }
@@ -847,13 +869,14 @@ async fn add(
     };
     blocking(move || {
         let record = daemon.find(&peer, &name)?;
-        let caller = record.caller.clone().ok_or_else(|| {
+        let recorded = record.caller.clone().ok_or_else(|| {
             ApiError::new(
                 StatusCode::CONFLICT,
                 "not_a_daemon_transfer",
                 format!("transfer {name} was not made through the daemon"),
             )
         })?;
+        let caller = acting_caller(&peer, recorded);
         // cp's rules (lstat of the sources, the destination's type) with
         // the caller's credentials: what they cannot see, the daemon does
         // not see for them.
@@ -1189,5 +1212,17 @@ mod tests {
         for bad in ["", "a/b", "a\nb", &"x".repeat(NAME_BYTES_MAX + 1)] {
             assert_eq!(check_name(bad).unwrap_err().kind, "bad_request", "{bad:?}");
         }
+    }
+}
+
+/// Whose credentials a request acts with on a transfer: the requester's
+/// own, as they are now (groups gained or lost since the transfer was
+/// made count), when it is the transfer's user; the recorded ones when root
+/// acts on another user's transfer (its data stays that user's).
+fn acting_caller(peer: &Peer, recorded: Caller) -> Caller {
+    if peer.caller.uid == recorded.uid {
+        peer.caller.clone()
+    } else {
+        recorded
     }
 }

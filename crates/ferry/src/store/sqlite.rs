@@ -1196,7 +1196,25 @@ impl Store for SqliteStore {
             let name = match &new.name {
                 Some(name) => name.clone(),
                 None => {
-                    let name = format!("cp-{id}");
+                    // `cp-ID`, unless someone chose that name already (a
+                    // user of a shared daemon may): then `cp-ID-2`, -3…
+                    // Bounded: a live name is taken at most once per try.
+                    let taken = |name: &str| -> Result<bool, StoreError> {
+                        tx.query_row(
+                            "SELECT EXISTS (SELECT 1 FROM transfers
+                                WHERE name = ?1 AND freed_ns IS NULL)",
+                            [name],
+                            |row| row.get(0),
+                        )
+                        .map_err(|e| self.err(e))
+                    };
+                    let mut name = format!("cp-{id}");
+                    let mut n = 1;
+                    while taken(&name)? {
+                        n += 1;
+                        assert!(n <= 1 << 20, "unbounded names for transfer {id}");
+                        name = format!("cp-{id}-{n}");
+                    }
                     tx.execute(
                         "UPDATE transfers SET name = ?1 WHERE id = ?2",
                         params![name, id.0],
@@ -1742,6 +1760,24 @@ mod tests {
         );
         assert_eq!(store.entries(t.id).unwrap().len(), acknowledged);
         assert_eq!(store.check().unwrap().integrity, "ok");
+    }
+
+    /// A name chosen to look like the next unnamed transfer's (`cp-ID`)
+    /// does not make that transfer fail: it is named `cp-ID-2`.
+    #[test]
+    fn an_unnamed_transfer_never_collides_with_a_chosen_cp_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let first = store.create_transfer(&new_transfer(None), &[]).unwrap();
+        assert_eq!(first.name, format!("cp-{}", first.id.0));
+        // Ids count up: the squatter takes the next, and the name after it.
+        let squatter = store
+            .create_transfer(&new_transfer(Some(&format!("cp-{}", first.id.0 + 2))), &[])
+            .unwrap();
+        assert_eq!(squatter.id.0, first.id.0 + 1);
+        let unnamed = store.create_transfer(&new_transfer(None), &[]).unwrap();
+        assert_eq!(unnamed.id.0, first.id.0 + 2);
+        assert_eq!(unnamed.name, format!("cp-{}-2", unnamed.id.0));
     }
 
     #[test]
