@@ -1183,6 +1183,18 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Result<Response, ApiError
         .into_response())
 }
 
+/// Whose credentials a request acts with on a transfer: the requester's
+/// own, as they are now (groups gained or lost since the transfer was
+/// made count), when it is the transfer's user; the recorded ones when root
+/// acts on another user's transfer (its data stays that user's).
+fn acting_caller(peer: &Peer, recorded: Caller) -> Caller {
+    if peer.caller.uid == recorded.uid {
+        peer.caller.clone()
+    } else {
+        recorded
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1212,17 +1224,5 @@ mod tests {
         for bad in ["", "a/b", "a\nb", &"x".repeat(NAME_BYTES_MAX + 1)] {
             assert_eq!(check_name(bad).unwrap_err().kind, "bad_request", "{bad:?}");
         }
-    }
-}
-
-/// Whose credentials a request acts with on a transfer: the requester's
-/// own, as they are now (groups gained or lost since the transfer was
-/// made count), when it is the transfer's user; the recorded ones when root
-/// acts on another user's transfer (its data stays that user's).
-fn acting_caller(peer: &Peer, recorded: Caller) -> Caller {
-    if peer.caller.uid == recorded.uid {
-        peer.caller.clone()
-    } else {
-        recorded
     }
 }
