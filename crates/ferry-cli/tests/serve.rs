@@ -209,6 +209,8 @@ fn daemon_killed_mid_transfer_is_resumed_by_the_next_without_restarting_files() 
                 "--name",
                 "big",
                 "-a",
+                "--verify",
+                "copied",
             ])
             .arg(s.path("src"))
             .arg(s.path("dst")),
@@ -253,6 +255,13 @@ fn daemon_killed_mid_transfer_is_resumed_by_the_next_without_restarting_files() 
         after.iter().any(|l| l["event"] == "transfer.reattached"),
         "the second daemon re-attached the transfer"
     );
+    // …and resumed it with the options it was dispatched with.
+    let resumed = after
+        .iter()
+        .find(|l| l["event"] == "transfer.dispatched")
+        .expect("the second daemon dispatched it again");
+    assert_eq!(resumed["context"]["verify"], "copied", "{resumed}");
+    assert_eq!(resumed["context"]["workers"], 1, "{resumed}");
 
     // What each file had durable before the crash, from the log…
     let mut durable: std::collections::HashMap<u64, u64> = Default::default();

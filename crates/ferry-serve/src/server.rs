@@ -362,6 +362,37 @@ impl Daemon {
     /// belonged to a daemon that is gone; re-attach each (compare-and-swap
     /// on the dead owner) and queue it. A transfer only created is
     /// re-attached too, so that its user can dispatch it.
+    /// The run options of a transfer's last dispatch or resume, from its
+    /// `transfer.dispatched` event.
+    fn last_settings(&self, record: &ferry::model::TransferRecord) -> RunSettings {
+        let filter = ferry::store::EventFilter {
+            transfer: Some(record.id),
+            kind: Some("transfer.dispatched".into()),
+            ..Default::default()
+        };
+        let last = self
+            .store
+            .events_since(0, &filter, usize::MAX >> 1)
+            .ok()
+            .and_then(|events| events.into_iter().last());
+        let Some(event) = last else {
+            return RunSettings::default();
+        };
+        let c = &event.context;
+        let text = |key: &str| c[key].as_str().map(str::to_owned);
+        let request = RunRequest {
+            threads: c["workers"]
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| (1..=THREADS_MAX).contains(n)),
+            skip: text("skip"),
+            verify: text("verify"),
+            check_space: c["check_space"].as_bool().unwrap_or(false),
+            clean_orphans: c["clean_orphans"].as_bool().unwrap_or(false),
+        };
+        RunSettings::from(&request).unwrap_or_default()
+    }
+
     fn recover(&self) -> Result<(), ServeError> {
         for record in self.store.transfers().map_err(ferry::Error::from)? {
             if record.kind != Kind::Daemon {
@@ -377,7 +408,11 @@ impl Daemon {
                         continue;
                     };
                     let mut transfer = Transfer::open(Arc::clone(&self.store), &record.name)?;
-                    transfer.resume(THREADS_DEFAULT.into())?;
+                    // As it was last dispatched (the options are in that
+                    // event); defaults if the log was compacted since.
+                    let settings = self.last_settings(&record);
+                    settings.apply(&mut transfer);
+                    transfer.resume(settings.threads.into())?;
                     eprintln!(
                         "ferry: resuming transfer {} (id {})",
                         record.name, record.id
@@ -899,6 +934,18 @@ struct RunSettings {
     verify: Verify,
     check_space: bool,
     clean_orphans: bool,
+}
+
+impl Default for RunSettings {
+    fn default() -> RunSettings {
+        RunSettings {
+            threads: THREADS_DEFAULT,
+            skip: SkipRule::Never,
+            verify: Verify::None,
+            check_space: false,
+            clean_orphans: false,
+        }
+    }
 }
 
 impl RunSettings {

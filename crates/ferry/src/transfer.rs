@@ -372,7 +372,16 @@ impl Transfer {
             id: self.record.id,
             to: TransferState::Dispatched,
             owner: Some(Owner::current()),
-            context: serde_json::json!({"action": action, "workers": workers}),
+            // The run options too: a process that takes over after a crash
+            // (the daemon's next start) runs it as it was asked to.
+            context: serde_json::json!({
+                "action": action,
+                "workers": workers,
+                "skip": self.skip.as_str(),
+                "verify": self.verify,
+                "check_space": self.check_space,
+                "clean_orphans": self.clean_orphans,
+            }),
         }]);
         dispatched.map_err(|e| self.owned_elsewhere(e))?;
         self.record.state = TransferState::Dispatched;
