@@ -52,6 +52,10 @@ use crate::metrics::{Gauges, Metrics};
 pub const REQUESTS_MAX: usize = 256;
 /// Open watch streams and long-polls at once.
 pub const WATCHERS_MAX: usize = 128;
+/// What one user (root aside) may hold of those: a quarter, so that one
+/// user cannot lock the others out.
+pub const REQUESTS_PER_USER_MAX: usize = REQUESTS_MAX / 4;
+pub const WATCHERS_PER_USER_MAX: usize = WATCHERS_MAX / 4;
 /// Dispatched transfers waiting for a mover.
 pub const QUEUE_MAX: usize = 4096;
 /// Sources in one `add`.
@@ -106,6 +110,8 @@ struct Daemon {
     metrics: Metrics,
     requests: Arc<Semaphore>,
     watchers: Arc<Semaphore>,
+    requests_by_user: Arc<PerUser>,
+    watchers_by_user: Arc<PerUser>,
     uid: u32,
 }
 
@@ -176,6 +182,8 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             metrics: Metrics::default(),
             requests: Arc::new(Semaphore::new(REQUESTS_MAX)),
             watchers: Arc::new(Semaphore::new(WATCHERS_MAX)),
+            requests_by_user: PerUser::new(REQUESTS_PER_USER_MAX),
+            watchers_by_user: PerUser::new(WATCHERS_PER_USER_MAX),
             uid: creds::daemon_uid(),
         });
         let rx = Arc::new(Mutex::new(rx));
@@ -688,7 +696,16 @@ async fn guard(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) 
                     .into_response()
                 }
                 Some(Err(e)) => e.into_response(),
-                _ => next.run(request).await,
+                Some(Ok(peer)) => match daemon.requests_by_user.acquire(peer.caller.uid) {
+                    None => ApiError::busy(format!(
+                        "uid {} has {REQUESTS_PER_USER_MAX} requests in flight already; try \
+                         again",
+                        peer.caller.uid
+                    ))
+                    .into_response(),
+                    Some(_mine) => next.run(request).await,
+                },
+                None => next.run(request).await,
             }
         }
     };
@@ -1057,6 +1074,7 @@ async fn wait(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::busy(format!("{WATCHERS_MAX} watchers and waiters already")))?;
+    let _mine = daemon.watchers_by_user.acquire_or_busy(peer.caller.uid)?;
     blocking(move || {
         let deadline = Instant::now() + timeout;
         // The cursor first, then the state: a change in between is in the
@@ -1150,6 +1168,8 @@ async fn events(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::busy(format!("{WATCHERS_MAX} watchers and waiters already")))?;
+    let mine = daemon.watchers_by_user.acquire_or_busy(peer.caller.uid)?;
+    let permit = (permit, mine);
     let setup_daemon = Arc::clone(&daemon);
     let setup_peer = peer.clone();
     let watch = blocking(move || {
@@ -1230,6 +1250,66 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Result<Response, ApiError
         .into_response())
 }
 
+/// Per-user counts under a bound (root is not counted: it may need every
+/// slot to repair things). A permit gives its slot back when dropped.
+struct PerUser {
+    max: usize,
+    held: Mutex<HashMap<u32, usize>>,
+}
+
+struct UserPermit {
+    of: Arc<PerUser>,
+    uid: u32,
+}
+
+impl PerUser {
+    fn new(max: usize) -> Arc<PerUser> {
+        Arc::new(PerUser {
+            max,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn acquire(self: &Arc<PerUser>, uid: u32) -> Option<UserPermit> {
+        if uid != 0 {
+            let mut held = self.held.lock().expect("per-user counts poisoned");
+            let n = held.entry(uid).or_insert(0);
+            if *n >= self.max {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(UserPermit {
+            of: Arc::clone(self),
+            uid,
+        })
+    }
+
+    fn acquire_or_busy(self: &Arc<PerUser>, uid: u32) -> Result<UserPermit, ApiError> {
+        self.acquire(uid).ok_or_else(|| {
+            ApiError::busy(format!(
+                "uid {uid} holds {} watchers and waiters already",
+                self.max
+            ))
+        })
+    }
+}
+
+impl Drop for UserPermit {
+    fn drop(&mut self) {
+        if self.uid == 0 {
+            return;
+        }
+        let mut held = self.of.held.lock().expect("per-user counts poisoned");
+        if let Some(n) = held.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// Whose credentials a request acts with on a transfer: the requester's
 /// own, as they are now (groups gained or lost since the transfer was
 /// made count), when it is the transfer's user; the recorded ones when root
@@ -1245,6 +1325,27 @@ fn acting_caller(peer: &Peer, recorded: Caller) -> Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_user_cannot_take_every_slot() {
+        let slots = PerUser::new(2);
+        let a1 = slots.acquire(1000).unwrap();
+        let _a2 = slots.acquire(1000).unwrap();
+        assert!(
+            slots.acquire(1000).is_none(),
+            "a user holds at most its share"
+        );
+        assert!(slots.acquire(1001).is_some(), "another user still gets in");
+        assert!(
+            (0..10).all(|_| slots.acquire(0).is_some()),
+            "root is not counted"
+        );
+        drop(a1);
+        assert!(
+            slots.acquire(1000).is_some(),
+            "a slot comes back when released"
+        );
+    }
 
     #[test]
     fn paths_must_be_absolute_without_nul_and_not_too_long() {
