@@ -4,46 +4,13 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use super::*;
+use crate::hsm::LeaseFilter;
 use crate::hsm::archive::{Archive, Fence, ObjectMeta, PosixArchive};
 use crate::hsm::catalog::{fid_of, refresh, release};
 use crate::hsm::conformance::request;
-use crate::hsm::{LeaseFilter, NewRequest};
 use crate::store::SqliteStore;
 
-struct Setup {
-    dir: tempfile::TempDir,
-    store: SqliteStore,
-    archive: PosixArchive,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-    fs::create_dir(dir.path().join("archive")).unwrap();
-    fs::create_dir(dir.path().join("fs")).unwrap();
-    let archive = PosixArchive::open(&dir.path().join("archive")).unwrap();
-    Setup {
-        dir,
-        store,
-        archive,
-    }
-}
-
-fn config() -> WorkerConfig {
-    WorkerConfig {
-        until_idle: true,
-        lease: Duration::from_secs(30),
-        ..WorkerConfig::new("test-worker")
-    }
-}
-
-fn file_request(action: Action, path: &Path) -> NewRequest {
-    let (fid, abs) = fid_of(path).unwrap();
-    NewRequest {
-        path: Some(abs),
-        ..request(action, &fid)
-    }
-}
+use super::tests::{Setup, config, file_request, setup};
 
 fn archived_file(s: &Setup, name: &str) -> (PathBuf, String) {
     let path = s.dir.path().join("fs").join(name);

@@ -14,13 +14,13 @@ use crate::hsm::conformance::request;
 use crate::hsm::{Enqueued, NewRequest, Policy, RequestId, wait_request};
 use crate::store::{SqliteStore, Store};
 
-struct Setup {
-    dir: tempfile::TempDir,
-    store: SqliteStore,
-    archive: PosixArchive,
+pub(super) struct Setup {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) store: SqliteStore,
+    pub(super) archive: PosixArchive,
 }
 
-fn setup() -> Setup {
+pub(super) fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
     fs::create_dir(dir.path().join("archive")).unwrap();
@@ -33,7 +33,7 @@ fn setup() -> Setup {
     }
 }
 
-fn config() -> WorkerConfig {
+pub(super) fn config() -> WorkerConfig {
     WorkerConfig {
         until_idle: true,
         lease: Duration::from_secs(30),
@@ -41,7 +41,7 @@ fn config() -> WorkerConfig {
     }
 }
 
-fn file_request(action: Action, path: &Path) -> NewRequest {
+pub(super) fn file_request(action: Action, path: &Path) -> NewRequest {
     let (fid, abs) = fid_of(path).unwrap();
     NewRequest {
         path: Some(abs),
