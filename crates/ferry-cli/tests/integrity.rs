@@ -158,13 +158,7 @@ fn killed_archive_copy_finalized_without_its_sources_keeps_the_same_fidelity() {
 fn verify_names_exactly_the_file_whose_byte_flipped() {
     let s = Scratch::new();
     let src = s.path("src");
-    let mut rng = fastrand::Rng::with_seed(8);
-    for i in 0..20 {
-        write_file(
-            &src.join(format!("d{}/f{i}", i % 3)),
-            &random_bytes(&mut rng, 1000 + i * 997),
-        );
-    }
+    random_files(&src, 20, 3, 8, |i| 1000 + i * 997);
     let dst = s.path("dst");
     run_ok(
         s.ferry()
@@ -351,13 +345,7 @@ fn a_killed_and_resumed_large_file_gets_the_checksum_of_an_uninterrupted_copy() 
 fn skip_mtime_copies_nothing_and_skip_checksum_recopies_only_the_changed_file() {
     let s = Scratch::new();
     let src = s.path("src");
-    let mut rng = fastrand::Rng::with_seed(11);
-    for i in 0..40 {
-        write_file(
-            &src.join(format!("d{}/f{i}", i % 4)),
-            &random_bytes(&mut rng, 2000 + i * 100),
-        );
-    }
+    random_files(&src, 40, 4, 11, |i| 2000 + i * 100);
     let dst = s.path("dst");
     let contents = format!("{}/.", src.display());
     run_ok(s.ferry().args(["cp", "-a", &contents]).arg(&dst));

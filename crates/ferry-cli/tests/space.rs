@@ -84,13 +84,7 @@ impl Drop for Tmpfs {
 }
 
 fn make_small_files(root: &Path, count: usize, len: usize, seed: u64) {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    for i in 0..count {
-        write_file(
-            &root.join(format!("d{}/f{i:05}", i % 7)),
-            &random_bytes(&mut rng, len),
-        );
-    }
+    random_files(root, count, 7, seed, |_| len);
 }
 
 /// What each file of a transfer still needs copied, by the store's record.

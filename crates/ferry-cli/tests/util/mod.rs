@@ -76,6 +76,24 @@ pub fn random_bytes(rng: &mut fastrand::Rng, len: usize) -> Vec<u8> {
     buf
 }
 
+/// `count` files of random bytes, `DIR/d<i % dirs>/f<i>`, the i-th `len(i)`
+/// bytes long, the same for the same `seed`.
+pub fn random_files(
+    root: &Path,
+    count: usize,
+    dirs: usize,
+    seed: u64,
+    len: impl Fn(usize) -> usize,
+) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for i in 0..count {
+        write_file(
+            &root.join(format!("d{}/f{i}", i % dirs)),
+            &random_bytes(&mut rng, len(i)),
+        );
+    }
+}
+
 pub fn write_file(path: &Path, data: &[u8]) {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).unwrap();
