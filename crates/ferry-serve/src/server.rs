@@ -1009,10 +1009,7 @@ async fn dispatch(
     UrlPath(name): UrlPath<String>,
     ApiJson(request): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
-    let peer = info.peer()?;
-    let settings = RunSettings::from(&request)?;
-    let view = blocking(move || daemon.start(&peer, &name, &settings, false)).await?;
-    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+    start(daemon, info, name, request, false).await
 }
 
 async fn resume(
@@ -1021,9 +1018,20 @@ async fn resume(
     UrlPath(name): UrlPath<String>,
     ApiJson(request): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
+    start(daemon, info, name, request, true).await
+}
+
+/// Dispatch or resume: the same checks, the same queue.
+async fn start(
+    daemon: Arc<Daemon>,
+    info: PeerInfo,
+    name: String,
+    request: RunRequest,
+    resume: bool,
+) -> Result<Response, ApiError> {
     let peer = info.peer()?;
     let settings = RunSettings::from(&request)?;
-    let view = blocking(move || daemon.start(&peer, &name, &settings, true)).await?;
+    let view = blocking(move || daemon.start(&peer, &name, &settings, resume)).await?;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
