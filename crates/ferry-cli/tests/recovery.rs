@@ -57,6 +57,18 @@ fn transfer_with_owner(
     store.create_transfer(&new, &entries).unwrap().id
 }
 
+/// A transfer `remote` of `src` (a small tree) to `dst` in the scratch
+/// store, whose owner is on another host (so never known dead).
+fn remote_transfer(s: &Scratch) -> ferry::TransferId {
+    tree(&s.path("src"), 2, 9);
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let elsewhere = Owner {
+        host: format!("{}-elsewhere", Owner::current().host),
+        ..dead_owner()
+    };
+    transfer_with_owner(&store, "remote", elsewhere, &s.path("src"), &s.path("dst"))
+}
+
 fn parent_owner() -> Owner {
     let pid = rustix::process::getppid().unwrap().as_raw_nonzero().get() as u32;
     Owner {
@@ -425,16 +437,9 @@ fn finalize_resume_continues_a_dead_owners_transfer() {
 #[test]
 fn finalize_leaves_owners_on_other_hosts_alone_unless_forced() {
     let s = Scratch::new();
-    tree(&s.path("src"), 2, 9);
-    let store = SqliteStore::open(&s.store()).unwrap();
-    let elsewhere = Owner {
-        host: format!("{}-elsewhere", Owner::current().host),
-        ..dead_owner()
-    };
-    let id = transfer_with_owner(&store, "remote", elsewhere, &s.path("src"), &s.path("dst"));
+    let id = remote_transfer(&s);
     let temp = s.path(&format!("dst/d0/f0._ferry-{id}"));
     write_file(&temp, b"partial");
-    drop(store);
     let out = finalize(&[&s.store()], &[]);
     assert_eq!(out.status.code(), Some(18), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("another host"));
@@ -447,14 +452,7 @@ fn finalize_leaves_owners_on_other_hosts_alone_unless_forced() {
 #[test]
 fn finalize_resume_force_continues_a_transfer_whose_owner_is_on_another_host() {
     let s = Scratch::new();
-    tree(&s.path("src"), 2, 9);
-    let store = SqliteStore::open(&s.store()).unwrap();
-    let elsewhere = Owner {
-        host: format!("{}-elsewhere", Owner::current().host),
-        ..dead_owner()
-    };
-    transfer_with_owner(&store, "remote", elsewhere, &s.path("src"), &s.path("dst"));
-    drop(store);
+    remote_transfer(&s);
     let out = finalize(&[&s.store()], &["--resume"]);
     assert_eq!(
         out.status.code(),
