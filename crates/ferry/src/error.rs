@@ -145,7 +145,7 @@ impl Error {
             Error::Cancelled { .. } | Error::Store(StoreError::Cancelled { .. }) => 12,
             Error::NothingToDo { .. } | Error::NotDispatched { .. } => 13,
             Error::UnsupportedFileType { .. } => 14,
-            Error::Store(StoreError::Open { .. }) => 15,
+            Error::Store(StoreError::Open { .. } | StoreError::Unreachable { .. }) => 15,
             Error::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => 17,
             Error::Store(StoreError::ReadOnly { .. }) => 19,
             Error::NotEnoughSpace { .. } => 20,

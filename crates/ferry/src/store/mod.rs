@@ -102,6 +102,20 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
 
+    /// A database server's store (PostgreSQL) could not be reached.
+    #[error(
+        "cannot reach store {path}: {detail}: check that the server runs and that the URL (host, \
+         port, database, user) is right"
+    )]
+    Unreachable { path: PathBuf, detail: String },
+
+    /// Any other error a database server's store reported.
+    #[error("store {path}: {source}")]
+    Server {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error("store {path}: transfer {id} cannot become {to} from {from}")]
     IllegalTransition {
         path: PathBuf,

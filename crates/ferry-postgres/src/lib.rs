@@ -1,0 +1,467 @@
+//! ferry's state store on PostgreSQL: the same [`Store`] and
+//! [`RequestQueue`] as the embedded SQLite store, for sites whose workers
+//! and daemons on many nodes share one queue and one event log.
+//!
+//! A store is one PostgreSQL schema (`?schema=NAME` in the URL, default
+//! `ferry`), created and migrated on first open.
+//!
+//! **Invariants** (a change here could break them silently):
+//! - Every write goes through [`PgStore::write`]: one transaction whose
+//!   events are appended by [`Tx::event`] and numbered at commit, under the
+//!   `event_counter` row lock, which is taken last (after every row lock of
+//!   the transaction, so it cannot be part of a deadlock) and held until
+//!   commit. So event numbers are assigned in commit order and a reader's
+//!   snapshot always holds a prefix of the log: a watcher never skips an
+//!   event. [`EventNumbering::Sequence`] (a plain sequence, the usual
+//!   mistake) exists only so the tests can show the skip it causes.
+//! - `pg_notify('ferry_events', schema)` is sent in every transaction that
+//!   appends an event; PostgreSQL delivers it at commit, so a listener
+//!   woken by it finds the events.
+
+mod schema;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ferry::store::StoreError;
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+
+pub use schema::SCHEMA_VERSION;
+
+/// The LISTEN/NOTIFY channel; the payload is the store's schema.
+pub const CHANNEL: &str = "ferry_events";
+
+/// The schema a URL without `schema=` uses.
+pub const DEFAULT_SCHEMA: &str = "ferry";
+
+/// Connections one process keeps open at most; a caller waits for one
+/// at most [`CONNECTION_WAIT`].
+const POOL_SIZE: u32 = 8;
+const CONNECTION_WAIT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often [`PgStore::write`] runs a transaction that PostgreSQL aborted
+/// as a deadlock victim or a serialization failure before it gives up.
+const WRITE_ATTEMPTS: u32 = 5;
+
+/// How events get their sequence numbers.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventNumbering {
+    /// At commit, under the counter's row lock: commit order. The only
+    /// correct choice.
+    Ordered,
+    /// From a sequence as each event is inserted: numbers become visible
+    /// out of order. For the test that shows why [`EventNumbering::Ordered`]
+    /// exists; never for real use.
+    Sequence,
+}
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub(crate) type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+pub struct PgStore {
+    /// The URL without its password, for messages.
+    location: PathBuf,
+    schema: String,
+    /// Connects with `search_path` set to the schema; event readers open
+    /// their own connection from it (a LISTEN needs one to itself).
+    config: postgres::Config,
+    pool: Pool,
+    numbering: EventNumbering,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `location` names a PostgreSQL store rather than a file.
+pub fn is_postgres_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+impl PgStore {
+    /// Opens the store at `url` (`postgres://USER@HOST[:PORT]/DB[?schema=NAME&…]`,
+    /// any libpq URL parameter the `postgres` crate understands), creating
+    /// and migrating its schema when needed. Refuses a schema that holds
+    /// other tables, or one a newer ferry migrated, without touching it.
+    pub fn open(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::open_with(url, EventNumbering::Ordered)
+    }
+
+    #[doc(hidden)]
+    pub fn open_with(url: &str, numbering: EventNumbering) -> Result<PgStore, StoreError> {
+        let (url, schema) = split_schema(url)?;
+        let mut config = postgres::Config::from_str(&url).map_err(|e| StoreError::Unreachable {
+            path: PathBuf::from(redact(&url)),
+            detail: format!("not a PostgreSQL URL ({e})"),
+        })?;
+        let location = PathBuf::from(describe(&config, &schema));
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // Kept with any options the URL gives, so every connection (pooled
+        // or a reader's own) lives in the store's schema.
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c search_path={schema}"),
+            None => format!("-c search_path={schema}"),
+        };
+        config.options(&options);
+        if config.get_application_name().is_none() {
+            config.application_name("ferry");
+        }
+        // One direct connection first: an unreachable server fails at once
+        // with its own message, rather than after the pool's wait.
+        let mut client = config.connect(NoTls).map_err(|e| StoreError::Unreachable {
+            path: location.clone(),
+            detail: e.to_string(),
+        })?;
+        migrate(&mut client, &schema, &location)?;
+        drop(client);
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(0))
+            .connection_timeout(CONNECTION_WAIT)
+            .build_unchecked(PostgresConnectionManager::new(config.clone(), NoTls));
+        Ok(PgStore {
+            location,
+            schema,
+            config,
+            pool,
+            numbering,
+        })
+    }
+
+    /// The PostgreSQL schema this store lives in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub(crate) fn location_path(&self) -> PathBuf {
+        self.location.clone()
+    }
+
+    pub(crate) fn config(&self) -> &postgres::Config {
+        &self.config
+    }
+
+    pub(crate) fn conn(&self) -> Result<Conn, StoreError> {
+        self.pool.get().map_err(|e| StoreError::Unreachable {
+            path: self.location.clone(),
+            detail: format!("no connection within {CONNECTION_WAIT:?} ({e})"),
+        })
+    }
+
+    pub(crate) fn err(&self, e: postgres::Error) -> StoreError {
+        server_err(&self.location, e)
+    }
+
+    /// Runs `f` in one transaction, appends the events it queued with
+    /// [`Tx::event`], and commits. A deadlock victim or serialization
+    /// failure is run again from the start, at most [`WRITE_ATTEMPTS`]
+    /// times; `f` must therefore keep no state between calls.
+    pub(crate) fn write<T>(
+        &self,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        let mut attempt = 1;
+        loop {
+            match self.write_once(&mut conn, &mut f) {
+                Err(e) if attempt < WRITE_ATTEMPTS && is_retryable(&e) => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn write_once<T>(
+        &self,
+        conn: &mut Conn,
+        f: &mut impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let mut tx = Tx {
+            tx,
+            store: self,
+            events: Vec::new(),
+            appended: false,
+        };
+        let value = f(&mut tx)?;
+        let Tx {
+            mut tx,
+            events,
+            appended,
+            ..
+        } = tx;
+        if !events.is_empty() {
+            // Last, after every row lock `f` took: see the crate's invariants.
+            let n = events.len() as i64;
+            let last: i64 = tx
+                .query_one(
+                    "UPDATE event_counter SET last_seq = last_seq + $1 RETURNING last_seq",
+                    &[&n],
+                )
+                .map_err(|e| self.err(e))?
+                .get(0);
+            insert_events(&mut tx, last - n + 1, &events).map_err(|e| self.err(e))?;
+        }
+        if appended || !events.is_empty() {
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.schema])
+                .map_err(|e| self.err(e))?;
+        }
+        ferry::failpoint::hit(ferry::failpoint::CommitStep::StoreCommit).map_err(|e| {
+            StoreError::Server {
+                path: self.location.clone(),
+                source: Box::new(e),
+            }
+        })?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(value)
+    }
+}
+
+/// One write transaction (see [`PgStore::write`]).
+pub(crate) struct Tx<'a> {
+    pub(crate) tx: postgres::Transaction<'a>,
+    store: &'a PgStore,
+    /// Numbered and inserted at commit ([`EventNumbering::Ordered`]).
+    events: Vec<NewEvent>,
+    /// Some event was inserted already ([`EventNumbering::Sequence`]).
+    appended: bool,
+}
+
+/// An event of the transaction, before it has its number.
+pub(crate) struct NewEvent {
+    pub(crate) time_ns: i64,
+    pub(crate) transfer: Option<i64>,
+    pub(crate) entry: Option<i64>,
+    pub(crate) request: Option<i64>,
+    pub(crate) name: String,
+    pub(crate) context: String,
+}
+
+impl Tx<'_> {
+    /// Appends an event to the log, in this transaction.
+    pub(crate) fn event(&mut self, event: NewEvent) -> Result<(), StoreError> {
+        match self.store.numbering {
+            EventNumbering::Ordered => self.events.push(event),
+            EventNumbering::Sequence => {
+                let seq: i64 = self
+                    .tx
+                    .query_one("SELECT nextval('events_unordered_seq')", &[])
+                    .map_err(|e| self.store.err(e))?
+                    .get(0);
+                insert_events(&mut self.tx, seq, std::slice::from_ref(&event))
+                    .map_err(|e| self.store.err(e))?;
+                self.appended = true;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn err(&self, e: postgres::Error) -> StoreError {
+        self.store.err(e)
+    }
+}
+
+/// Inserts `events` numbered from `first` on, in one statement.
+fn insert_events(
+    tx: &mut postgres::Transaction<'_>,
+    first: i64,
+    events: &[NewEvent],
+) -> Result<(), postgres::Error> {
+    let seqs: Vec<i64> = (first..first + events.len() as i64).collect();
+    let times: Vec<i64> = events.iter().map(|e| e.time_ns).collect();
+    let transfers: Vec<Option<i64>> = events.iter().map(|e| e.transfer).collect();
+    let entries: Vec<Option<i64>> = events.iter().map(|e| e.entry).collect();
+    let requests: Vec<Option<i64>> = events.iter().map(|e| e.request).collect();
+    let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    let contexts: Vec<&str> = events.iter().map(|e| e.context.as_str()).collect();
+    tx.execute(
+        "INSERT INTO events (seq, time_ns, transfer_id, entry_idx, request_id, name, context)
+         SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[],
+                              $5::BIGINT[], $6::TEXT[], $7::TEXT[])",
+        &[
+            &seqs, &times, &transfers, &entries, &requests, &names, &contexts,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Creates the schema when missing and applies the migrations it lacks,
+/// under an advisory lock so that processes opening at once take turns.
+fn migrate(
+    client: &mut postgres::Client,
+    schema: &str,
+    location: &std::path::Path,
+) -> Result<(), StoreError> {
+    let err = |e| server_err(location, e);
+    let mut tx = client.transaction().map_err(err)?;
+    // 'FRRY': the same number the SQLite store uses as its application id.
+    tx.execute("SELECT pg_advisory_xact_lock(1179800153)", &[])
+        .map_err(err)?;
+    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .map_err(err)?;
+    let tables: Vec<String> = tx
+        .query(
+            "SELECT table_name::TEXT FROM information_schema.tables WHERE table_schema = $1",
+            &[&schema],
+        )
+        .map_err(err)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let found: i64 = if tables.iter().any(|t| t == "schema_version") {
+        tx.query_one("SELECT version FROM schema_version", &[])
+            .map_err(err)?
+            .get(0)
+    } else if tables.is_empty() {
+        tx.batch_execute("CREATE TABLE schema_version (version BIGINT NOT NULL)")
+            .map_err(err)?;
+        tx.execute("INSERT INTO schema_version VALUES (0)", &[])
+            .map_err(err)?;
+        0
+    } else {
+        return Err(StoreError::NotAStore {
+            path: location.to_path_buf(),
+            detail: format!(
+                "schema {schema} holds other tables ({}); give another ?schema=",
+                tables.join(", ")
+            ),
+        });
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: location.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for migration in &schema::MIGRATIONS[found as usize..] {
+        tx.batch_execute(migration).map_err(err)?;
+    }
+    tx.execute("UPDATE schema_version SET version = $1", &[&SCHEMA_VERSION])
+        .map_err(err)?;
+    tx.commit().map_err(err)
+}
+
+/// Takes ferry's own `schema=NAME` parameter out of `url`.
+fn split_schema(url: &str) -> Result<(String, String), StoreError> {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, query),
+        None => (url, ""),
+    };
+    let mut schema = DEFAULT_SCHEMA.to_string();
+    let mut rest = Vec::new();
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        match param.strip_prefix("schema=") {
+            Some(name) => schema = name.to_string(),
+            None => rest.push(param),
+        }
+    }
+    let valid = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(StoreError::Unreachable {
+            path: PathBuf::from(redact(url)),
+            detail: format!(
+                "schema {schema:?} is not a plain name: use lower-case letters, digits and _ \
+                 (at most 63)"
+            ),
+        });
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, schema))
+}
+
+/// `postgres://USER@HOST:PORT/DB?schema=S`, never the password.
+fn describe(config: &postgres::Config, schema: &str) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}?schema={schema}",
+        config.get_user().unwrap_or(""),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+/// `url` with any password replaced, for a message about a URL that did
+/// not parse.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) if userinfo.contains(':') => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+pub(crate) fn server_err(location: &std::path::Path, e: postgres::Error) -> StoreError {
+    if e.is_closed() {
+        // The connection broke (server restarted, network): say so.
+        return StoreError::Unreachable {
+            path: location.to_path_buf(),
+            detail: e.to_string(),
+        };
+    }
+    StoreError::Server {
+        path: location.to_path_buf(),
+        source: Box::new(e),
+    }
+}
+
+/// A deadlock victim or serialization failure: run the transaction again.
+fn is_retryable(e: &StoreError) -> bool {
+    let StoreError::Server { source, .. } = e else {
+        return false;
+    };
+    source
+        .downcast_ref::<postgres::Error>()
+        .and_then(|e| e.code())
+        .is_some_and(|code| {
+            *code == postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                || *code == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+        })
+}
+
+pub mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_parameter_is_ferrys_and_the_password_never_shows() {
+        let (url, schema) =
+            split_schema("postgres://u:secret@h/db?schema=s1&sslmode=disable").unwrap();
+        assert_eq!(url, "postgres://u:secret@h/db?sslmode=disable");
+        assert_eq!(schema, "s1");
+        assert_eq!(split_schema("postgres://h/db").unwrap().1, DEFAULT_SCHEMA);
+        assert!(split_schema("postgres://h/db?schema=x;drop").is_err());
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        let config = postgres::Config::from_str("postgres://u:secret@h:5433/db").unwrap();
+        assert_eq!(describe(&config, "s"), "postgres://u@h:5433/db?schema=s");
+    }
+}

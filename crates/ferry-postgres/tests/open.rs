@@ -1,0 +1,63 @@
+//! Opening a PostgreSQL store: created once, reopened as is, other
+//! schemas and newer stores refused untouched. Needs the test server
+//! (see `ferry_postgres::testing`).
+
+use ferry::store::StoreError;
+use ferry_postgres::testing::TestSchema;
+use ferry_postgres::{PgStore, SCHEMA_VERSION};
+
+#[test]
+fn a_store_is_created_once_and_reopened_as_is() {
+    let schema = TestSchema::new();
+    let first = schema.open();
+    assert_eq!(first.schema(), schema.name);
+    drop(first);
+    schema.open();
+    let version: i64 = schema
+        .client()
+        .query_one("SELECT version FROM schema_version", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[test]
+fn a_schema_with_other_tables_or_a_newer_store_is_refused_untouched() {
+    let schema = TestSchema::new();
+    let mut client = schema.client();
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {0}; CREATE TABLE {0}.payroll (x INT)",
+            schema.name
+        ))
+        .unwrap();
+    match PgStore::open(&schema.url) {
+        Err(e @ StoreError::NotAStore { .. }) => assert!(e.to_string().contains("payroll"), "{e}"),
+        other => panic!("expected NotAStore, got {other:?}"),
+    }
+    client
+        .batch_execute(&format!("DROP TABLE {}.payroll", schema.name))
+        .unwrap();
+    drop(schema.open());
+    client
+        .execute("UPDATE schema_version SET version = version + 1", &[])
+        .unwrap();
+    match PgStore::open(&schema.url) {
+        Err(StoreError::TooNew { found, .. }) => assert_eq!(found, SCHEMA_VERSION + 1),
+        other => panic!("expected TooNew, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_unreachable_server_is_named_with_what_to_check() {
+    // Port 1 on loopback: nothing listens there.
+    let err = PgStore::open("postgres://u:hunter2@127.0.0.1:1/db").unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, StoreError::Unreachable { .. }), "{err:?}");
+    assert!(
+        message.contains("postgres://u@127.0.0.1:1/db?schema=ferry"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+    assert_eq!(ferry::Error::from(err).code(), 15);
+}
