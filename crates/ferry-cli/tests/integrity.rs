@@ -10,7 +10,7 @@
 mod util;
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
@@ -338,6 +338,63 @@ fn a_killed_and_resumed_large_file_gets_the_checksum_of_an_uninterrupted_copy() 
         );
         assert_eq!(large_file_checksum(&killed), expected, "{algo}");
         run_ok(ferry_at(&killed).args(["verify", "big"]));
+    }
+}
+
+/// A large hashed file's ranges are written `O_DIRECT` (where the file
+/// system allows it): an unaligned last block and data between holes at
+/// odd offsets must still arrive exactly, with the checksum of the bytes.
+#[test]
+fn large_hashed_files_are_written_direct_and_unaligned_ends_still_arrive() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    let mut rng = fastrand::Rng::with_seed(12);
+    // Dense, 40 MiB and 1,234 bytes: three ranges, the last ends mid-block.
+    write_file(
+        &src.join("dense"),
+        &random_bytes(&mut rng, (40 << 20) + 1_234),
+    );
+    // Sparse: data, a hole, data at an odd offset, a hole to an odd size.
+    let sparse = fs::File::create(src.join("sparse")).unwrap();
+    sparse
+        .write_all_at(&random_bytes(&mut rng, 1 << 20), 0)
+        .unwrap();
+    sparse
+        .write_all_at(&random_bytes(&mut rng, 4_900), (20 << 20) + 100)
+        .unwrap();
+    sparse.set_len((40 << 20) + 333).unwrap();
+    drop(sparse);
+
+    let dst = s.path("dst");
+    let trace = s.path("trace");
+    let out = Command::new("strace")
+        .args(["-f", "-e", "trace=openat,fcntl", "-o"])
+        .arg(&trace)
+        .arg(FERRY)
+        .arg("--store")
+        .arg(s.store())
+        .args(["cp", "-a", "--name", "direct"])
+        .arg(&src)
+        .arg(&dst)
+        .output()
+        .expect("strace runs (.ci/run installs it)");
+    assert!(out.status.success(), "{out:?}");
+    assert_same_tree(&src, &dst);
+    run_ok(s.ferry().args(["verify", "direct"]));
+    let trace = fs::read_to_string(&trace).unwrap();
+    let direct_opens: Vec<&str> = trace
+        .lines()
+        .filter(|l| l.contains("._ferry-") && l.contains("O_DIRECT"))
+        .collect();
+    assert!(
+        !direct_opens.is_empty(),
+        "the ranges' temporaries were opened O_DIRECT:\n{trace}"
+    );
+    if direct_opens.iter().any(|l| !l.contains("= -1")) {
+        assert!(
+            trace.contains("F_SETFL"),
+            "the unaligned last block went through the page cache:\n{trace}"
+        );
     }
 }
 

@@ -27,6 +27,10 @@ pub const CHUNK_BYTES: usize = 8 << 20;
 /// The buffered path's buffer, per worker.
 pub const BUFFER_BYTES: usize = 4 << 20;
 
+/// What `O_DIRECT` needs of a buffer's address, offsets and lengths: the
+/// largest logical block size in use (512 or 4096).
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// Why a copy stopped early.
 #[derive(Debug)]
 pub enum CopyError {
@@ -57,6 +61,12 @@ pub struct Copier<'a> {
 }
 
 impl Copier<'_> {
+    /// Whether a copy goes through ferry's buffer rather than the kernel's
+    /// `copy_file_range`: always when it is hashed.
+    pub fn buffered(&self, hashed: bool) -> bool {
+        hashed || !self.use_copy_file_range.load(Ordering::Relaxed)
+    }
+
     /// Copies `[start, end)` of `src` to the same offsets of `dst`, skipping
     /// holes unless `dense` says there are none, and feeding `hasher` every
     /// byte of the range in order. Returns where the last data written
@@ -130,7 +140,7 @@ impl Copier<'_> {
             failpoint::hit(CommitStep::WriteData)
                 .map_err(|error| CopyError::Write { error, at: pos })?;
             let want = (end - pos).min(CHUNK_BYTES as u64) as usize;
-            let in_kernel = hasher.is_none() && self.use_copy_file_range.load(Ordering::Relaxed);
+            let in_kernel = !self.buffered(hasher.is_some());
             let copied = if in_kernel {
                 let (mut off_in, mut off_out) = (pos, pos);
                 match rustix::fs::copy_file_range(
@@ -182,11 +192,14 @@ impl Copier<'_> {
         hasher: Option<&mut Hasher>,
     ) -> Result<usize, CopyError> {
         // Grown to what the largest copy so far needed, at most the bound:
-        // a run of small files never fills a 4 MiB buffer with zeros.
+        // a run of small files never fills a 4 MiB buffer with zeros. The
+        // data starts at an aligned address, for an O_DIRECT temporary.
         let len = want.min(BUFFER_BYTES);
-        if buffer.len() < len {
-            buffer.resize(len, 0);
+        if buffer.len() < len + DIRECT_ALIGN {
+            buffer.resize(len + DIRECT_ALIGN, 0);
         }
+        let at = buffer.as_ptr().align_offset(DIRECT_ALIGN);
+        let buffer = &mut buffer[at..at + len];
         let n = loop {
             match src.read_at(&mut buffer[..len], pos) {
                 Ok(n) => break n,
@@ -201,9 +214,25 @@ impl Copier<'_> {
             // The I/O seam's bit flip between what was read and what lands.
             buffer[n / 2] ^= 0x01;
         }
-        dst.write_all_at(&buffer[..n], pos)
-            .map_err(|error| CopyError::Write { error, at: pos })?;
+        write_at(dst, &buffer[..n], pos).map_err(|error| CopyError::Write { error, at: pos })?;
         Ok(n)
+    }
+}
+
+/// Writes all of `data` at `pos`. An `O_DIRECT` temporary refuses a write
+/// that is not aligned (a file's last block, a hole's edge): it is then
+/// written through the page cache, as is everything after it.
+fn write_at(dst: &File, data: &[u8], pos: u64) -> io::Result<()> {
+    match dst.write_all_at(data, pos) {
+        Err(e) if e.raw_os_error() == Some(Errno::INVAL.raw_os_error()) => {
+            let flags = rustix::fs::fcntl_getfl(dst)?;
+            if !flags.contains(rustix::fs::OFlags::DIRECT) {
+                return Err(e);
+            }
+            rustix::fs::fcntl_setfl(dst, flags - rustix::fs::OFlags::DIRECT)?;
+            dst.write_all_at(data, pos)
+        }
+        other => other,
     }
 }
 

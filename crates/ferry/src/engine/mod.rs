@@ -1097,10 +1097,7 @@ impl Engine<'_> {
             .open_source(entry)
             .map_err(Some)
             .and_then(|(src, dense)| {
-                let dst = OpenOptions::new()
-                    .write(true)
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(&temp)
+                let dst = open_range_temp(&temp, self.copier.buffered(hasher.is_some()))
                     .map_err(|e| Some(write_error(&temp, &e, start, entry.meta.size)))?;
                 self.copier
                     .copy_range(&src, &dst, start, end, dense, buffer, hasher.as_mut())
@@ -1422,6 +1419,29 @@ fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
         }
         other => other,
     }
+}
+
+/// Opens a large file's temporary to write one of its ranges. When the
+/// bytes pass through ferry's buffer anyway (`direct`: they are hashed, or
+/// the kernel cannot copy between these file systems), it is opened
+/// `O_DIRECT`: the data is not copied a second time into the page cache
+/// and written back later, which made checksums cost 10–20 % against an
+/// in-kernel copy. A file system that refuses `O_DIRECT` (tmpfs) gets the
+/// page cache.
+fn open_range_temp(temp: &Path, direct: bool) -> io::Result<File> {
+    let open = |flags: rustix::fs::OFlags| {
+        OpenOptions::new()
+            .write(true)
+            .custom_flags((rustix::fs::OFlags::NOFOLLOW | flags).bits() as i32)
+            .open(temp)
+    };
+    if direct {
+        match open(rustix::fs::OFlags::DIRECT) {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
+            other => return other,
+        }
+    }
+    open(rustix::fs::OFlags::empty())
 }
 
 fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
