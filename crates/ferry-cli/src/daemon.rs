@@ -12,8 +12,10 @@ use crate::exit::Exit;
 use crate::{Command, CpArgs, RunArgs};
 
 pub fn serve(store: Option<PathBuf>, socket: PathBuf, workers: Option<u16>) -> Result<Exit, Exit> {
+    let store = store.unwrap_or_else(ferry::default_store_path);
+    crate::store::refuse_postgres(&store, "serve")?;
     let config = ferry_serve::server::Config {
-        store: store.unwrap_or_else(ferry::default_store_path),
+        store,
         socket,
         workers: workers.map_or_else(ferry::default_workers, usize::from),
     };

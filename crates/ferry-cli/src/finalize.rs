@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry::finalize::{DeadPolicy, FinalizeOptions, Outcome};
-use ferry::store::SqliteStore;
+use ferry::store::Store;
 
 use crate::exit::Exit;
 
@@ -119,7 +119,7 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
     })
 }
 
-pub fn stop(store: &Arc<SqliteStore>, dead: bool, force: bool) -> Result<Exit, Exit> {
+pub fn stop(store: &dyn Store, dead: bool, force: bool) -> Result<Exit, Exit> {
     let stopped = ferry::finalize::stop(store, dead, force)?;
     for s in &stopped {
         let what = if s.cancelled {

@@ -12,7 +12,6 @@ use ferry::hsm::worker::{INFLIGHT_MAX, Worker, WorkerConfig};
 use ferry::hsm::{
     Action, Enqueued, LeaseFilter, NewRequest, RequestId, RequestQueue, RequestRecord, RequestState,
 };
-use ferry::store::SqliteStore;
 
 use crate::exit::Exit;
 
@@ -170,8 +169,7 @@ fn parse_flags(s: &str) -> Result<u64, String> {
     .map_err(|e| format!("{s:?}: {e}"))
 }
 
-pub fn run(store: &SqliteStore, command: HsmCommand) -> Result<Exit, Exit> {
-    let queue: &dyn RequestQueue = store;
+pub fn run(queue: &dyn RequestQueue, command: HsmCommand) -> Result<Exit, Exit> {
     match command {
         HsmCommand::Enqueue {
             action,
@@ -234,7 +232,7 @@ pub fn run(store: &SqliteStore, command: HsmCommand) -> Result<Exit, Exit> {
                             .map_err(ferry::Error::from)?
                             .ok_or_else(|| {
                                 ferry::Error::from(ferry::store::StoreError::NoSuchRequest {
-                                    path: store_path(store),
+                                    path: queue.location(),
                                     id: RequestId(id),
                                 })
                             })?;
@@ -244,7 +242,7 @@ pub fn run(store: &SqliteStore, command: HsmCommand) -> Result<Exit, Exit> {
                             serde_json::Value::String(request_text(&r))
                         }
                     }
-                    Err(_) => file_status(queue, store, PathBuf::from(target), json)?,
+                    Err(_) => file_status(queue, PathBuf::from(target), json)?,
                 };
                 match line {
                     serde_json::Value::String(s) => println!("{s}"),
@@ -295,9 +293,6 @@ pub fn run(store: &SqliteStore, command: HsmCommand) -> Result<Exit, Exit> {
     }
 }
 
-fn store_path(store: &SqliteStore) -> PathBuf {
-    ferry::store::Store::location(store)
-}
 
 fn outcome_text(outcome: &Enqueued) -> String {
     match outcome {
@@ -329,7 +324,6 @@ fn request_text(r: &RequestRecord) -> String {
 
 fn file_status(
     queue: &dyn RequestQueue,
-    store: &SqliteStore,
     path: PathBuf,
     json: bool,
 ) -> Result<serde_json::Value, Exit> {
@@ -341,7 +335,7 @@ fn file_status(
     };
     let entry = entry.ok_or_else(|| {
         ferry::Error::from(ferry::store::StoreError::NotInCatalog {
-            path: store_path(store),
+            path: queue.location(),
             fid: fid.clone(),
         })
     })?;

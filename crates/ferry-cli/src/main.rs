@@ -6,6 +6,7 @@ mod exit;
 mod finalize;
 mod hsm;
 mod output;
+mod store;
 mod verify;
 mod watch;
 
@@ -14,10 +15,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use ferry::store::{SqliteStore, Store};
+use ferry::store::Store;
 use ferry::{Kind, Preserve, RunReport, Transfer};
 
 use exit::Exit;
+use store::OpenedStore;
 
 #[derive(Parser)]
 #[command(
@@ -26,8 +28,10 @@ use exit::Exit;
     about = "Move data between storage tiers, durably"
 )]
 struct Cli {
-    /// The state store [default: $FERRY_STORE, else $XDG_STATE_HOME/ferry/ferry.db]
-    #[arg(long, global = true, value_name = "PATH")]
+    /// The state store: a SQLite file, or a PostgreSQL database shared by many nodes
+    /// (postgres://USER@HOST/DB[?schema=NAME]) [default: $FERRY_STORE, else
+    /// $XDG_STATE_HOME/ferry/ferry.db]
+    #[arg(long, global = true, value_name = "PATH|URL")]
     store: Option<PathBuf>,
 
     /// The daemon's socket [default: $FERRY_SOCKET, else /run/ferry/ferry.sock for root, else
@@ -283,14 +287,13 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     if cli.daemon {
         return daemon::command(&socket, cli.command);
     }
-    let store_path = cli.store.clone().unwrap_or_else(ferry::default_store_path);
-    let sqlite =
-        Arc::new(SqliteStore::open(&store_path).map_err(|e| Exit::from(ferry::Error::from(e)))?);
-    let store: Arc<dyn Store> = sqlite.clone();
+    let location = cli.store.clone().unwrap_or_else(ferry::default_store_path);
+    let opened = OpenedStore::open(&location)?;
+    let store = opened.store();
     match cli.command {
         Command::Finalize(_) | Command::Serve { .. } => unreachable!("handled above"),
-        Command::Stop { dead, force } => finalize::stop(&sqlite, dead, force),
-        Command::Hsm(command) => hsm::run(&sqlite, command),
+        Command::Stop { dead, force } => finalize::stop(store.as_ref(), dead, force),
+        Command::Hsm(command) => hsm::run(opened.queue(), command),
         Command::Cp(args) => cp(store, args),
         Command::Status(StatusArgs {
             at: Some(seq),
@@ -327,7 +330,9 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             );
             Ok(Exit::Ok)
         }
-        Command::Store(StoreCommand::Check { json }) => output::store_check(&sqlite, json),
+        Command::Store(StoreCommand::Check { json }) => {
+            output::store_check(opened.sqlite("store check")?, json)
+        }
         Command::Verify(args) => verify::run(store.as_ref(), &args.targets, args.json),
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;

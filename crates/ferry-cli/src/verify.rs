@@ -2,10 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry::store::{SqliteStore, Store};
+use ferry::store::Store;
 use ferry::verify::{Checked, Finding, verify_transfer_where};
 
 use crate::exit::Exit;
+use crate::store::OpenedStore;
 
 pub fn run(store: &dyn Store, targets: &[PathBuf], json: bool) -> Result<Exit, Exit> {
     let mut found = Found::default();
@@ -19,9 +20,9 @@ pub fn run(store: &dyn Store, targets: &[PathBuf], json: bool) -> Result<Exit, E
             found.one(store, &t, &|_| true)?;
             continue;
         }
-        if ferry::finalize::is_ferry_store(target) {
-            let other = SqliteStore::open(target).map_err(ferry::Error::from)?;
-            found.all_of(&other, &|_| true)?;
+        if OpenedStore::is_store(target) {
+            let other = OpenedStore::open(target)?.store();
+            found.all_of(other.as_ref(), &|_| true)?;
             continue;
         }
         if target.exists() {

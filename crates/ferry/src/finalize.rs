@@ -606,7 +606,7 @@ pub struct Stopped {
 /// `ferry stop [--dead]`: cancel and free every transfer of the store (only
 /// those whose owner is dead with `dead_only`), removing the temporaries of
 /// those no live process is writing.
-pub fn stop(store: &Arc<SqliteStore>, dead_only: bool, force: bool) -> Result<Vec<Stopped>> {
+pub fn stop(store: &dyn Store, dead_only: bool, force: bool) -> Result<Vec<Stopped>> {
     let mut stopped = Vec::new();
     for transfer in store.transfers()? {
         let liveness = transfer.owner.liveness();
