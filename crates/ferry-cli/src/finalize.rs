@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use ferry::finalize::{DeadPolicy, FinalizeOptions, Outcome};
