@@ -18,7 +18,9 @@
 //!   appends an event; PostgreSQL delivers it at commit, so a listener
 //!   woken by it finds the events.
 
+mod queue;
 mod schema;
+mod wake;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -29,6 +31,7 @@ use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 
 pub use schema::SCHEMA_VERSION;
+pub use wake::WorkWaiter;
 
 /// The LISTEN/NOTIFY channel; the payload is the store's schema.
 pub const CHANNEL: &str = "ferry_events";
