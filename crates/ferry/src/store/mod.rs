@@ -11,6 +11,9 @@
 //! `sqlite/queue.rs`) follow the same rule. Nothing else in ferry writes
 //! state.
 
+pub mod conformance;
+#[doc(hidden)]
+pub mod rules;
 mod space;
 mod sqlite;
 

@@ -6,21 +6,20 @@
 //! so names that are not UTF-8 round-trip exactly.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
+use super::rules;
 use super::space::{self, ReadOnlyCause, SpaceGuard};
 use super::{Change, ChangeToken, EventFilter, EventPage, EventReader, Store, StoreError};
 use crate::failpoint::{self, CommitStep};
 use crate::model::{
-    Caller, Checksum, ChecksumAlgo, EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind,
-    NewEntry, NewTransfer, Owner, Preserve, SourceMeta, TransferId, TransferRecord, TransferState,
-    Xattrs,
+    ChecksumAlgo, EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner,
+    Preserve, TransferId, TransferRecord, TransferState,
 };
 
 /// `PRAGMA application_id`: "FRRY". Tells a ferry store from any other
@@ -660,15 +659,7 @@ impl SqliteStore {
         id: TransferId,
         entries: &[NewEntry],
     ) -> Result<(), StoreError> {
-        let state = self.transfer_state(tx, id)?;
-        if state != TransferState::Created {
-            return Err(StoreError::IllegalTransition {
-                path: self.path.clone(),
-                id,
-                from: state.to_string(),
-                to: "added to".into(),
-            });
-        }
+        rules::check_adding(&self.path, id, self.transfer_state(tx, id)?)?;
         let first: i64 = tx
             .query_row(
                 "SELECT coalesce(max(idx) + 1, 0) FROM entries WHERE transfer_id = ?1",
@@ -684,8 +675,7 @@ impl SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         for (offset, entry) in entries.iter().enumerate() {
-            let index = first + offset as i64;
-            assert!(index < u32::MAX as i64, "too many entries in one transfer");
+            let index = rules::entry_index(first, offset);
             stmt.execute(params![
                 id.0,
                 index,
@@ -699,17 +689,13 @@ impl SqliteStore {
                 entry.meta.atime_ns,
                 entry.meta.mtime_ns,
                 entry.link_target.as_ref().map(|t| t.as_os_str().as_bytes()),
-                entry.link_leader.map(|leader| {
-                    assert!(leader < offset, "a hard link's leader comes before it");
-                    first + leader as i64
-                }),
-                (!entry.xattrs.0.is_empty()).then(|| entry.xattrs.encode()),
+                rules::link_group_column(first, offset, entry),
+                rules::xattrs_column(&entry.xattrs),
             ])
             .map_err(|e| self.err(e))?;
         }
-        let bytes: u64 = entries.iter().map(|e| e.meta.size).sum();
-        let context = serde_json::json!({"entries": entries.len(), "bytes": bytes});
-        self.insert_event(tx, id, None, "transfer.added", &context)
+        let context = rules::added_context(entries);
+        self.insert_event(tx, id, None, rules::EVENT_ADDED, &context)
     }
 
     fn transfer_state(
@@ -721,12 +707,8 @@ impl SqliteStore {
             .prepare_cached("SELECT state FROM transfers WHERE id = ?1 AND freed_ns IS NULL")
             .and_then(|mut s| s.query_row([id.0], |row| row.get(0)).optional())
             .map_err(|e| self.err(e))?;
-        let state = state.ok_or_else(|| StoreError::NoSuchTransfer {
-            path: self.path.clone(),
-            id,
-        })?;
-        TransferState::parse(&state)
-            .ok_or_else(|| self.corrupt(format!("transfer {id} has unknown state {state:?}")))
+        let state = state.ok_or_else(|| rules::no_such_transfer(&self.path, id))?;
+        rules::parse_transfer_state(&self.path, id, &state)
     }
 
     fn apply_one(
@@ -747,18 +729,11 @@ impl SqliteStore {
                     self.check_owner(tx, *id, expected)?;
                 }
                 let from = self.transfer_state(tx, *id)?;
-                if !to.allowed_from().contains(&from) {
-                    return Err(StoreError::IllegalTransition {
-                        path: self.path.clone(),
-                        id: *id,
-                        from: from.to_string(),
-                        to: to.to_string(),
-                    });
-                }
+                rules::check_transfer_transition(&self.path, *id, from, *to)?;
                 tx.prepare_cached("UPDATE transfers SET state = ?1, updated_ns = ?2 WHERE id = ?3")
                     .and_then(|mut s| s.execute(params![to.as_str(), now, id.0]))
                     .map_err(|e| self.err(e))?;
-                self.insert_event(tx, *id, None, &format!("transfer.{to}"), context)
+                self.insert_event(tx, *id, None, &rules::transfer_event_name(*to), context)
             }
             Change::Reattach { id, from, owner } => {
                 self.check_owner(tx, *id, from)?;
@@ -777,8 +752,8 @@ impl SqliteStore {
                     ])
                 })
                 .map_err(|e| self.err(e))?;
-                let context = serde_json::json!({"host": owner.host, "pid": owner.pid});
-                self.insert_event(tx, *id, None, "transfer.reattached", &context)
+                let context = rules::reattached_context(owner);
+                self.insert_event(tx, *id, None, rules::EVENT_REATTACHED, &context)
             }
             Change::Entry {
                 id,
@@ -791,14 +766,7 @@ impl SqliteStore {
             } => {
                 self.check_moving(tx, *id, checked)?;
                 let from = self.entry_state(tx, *id, *index)?;
-                if !to.allowed_from().contains(&from) {
-                    return Err(StoreError::IllegalTransition {
-                        path: self.path.clone(),
-                        id: *id,
-                        from: format!("entry {} {from}", index.0),
-                        to: to.to_string(),
-                    });
-                }
+                rules::check_entry_transition(&self.path, *id, *index, from, *to)?;
                 // Progress back to 0 restarts the file: its pieces' digests go.
                 tx.prepare_cached(
                     "UPDATE entries SET state = ?1, error = ?2,
@@ -831,20 +799,10 @@ impl SqliteStore {
                     })
                     .map_err(|e| self.err(e))?;
                 }
-                self.insert_event(tx, *id, Some(*index), &format!("file.{to}"), context)
+                self.insert_event(tx, *id, Some(*index), &rules::file_event_name(*to), context)
             }
             Change::Free { id } => {
-                // A moving transfer is cancelled first (and its temporaries
-                // then belong to a record that still shows them).
-                let state = self.transfer_state(tx, *id)?;
-                if matches!(state, TransferState::Dispatched | TransferState::Running) {
-                    return Err(StoreError::IllegalTransition {
-                        path: self.path.clone(),
-                        id: *id,
-                        from: state.to_string(),
-                        to: "freed (cancel it first)".into(),
-                    });
-                }
+                rules::check_free(&self.path, *id, self.transfer_state(tx, *id)?)?;
                 let changed = tx
                     .prepare_cached(
                         "UPDATE transfers SET freed_ns = ?1 WHERE id = ?2 AND freed_ns IS NULL",
@@ -852,12 +810,9 @@ impl SqliteStore {
                     .and_then(|mut s| s.execute(params![now, id.0]))
                     .map_err(|e| self.err(e))?;
                 if changed != 1 {
-                    return Err(StoreError::NoSuchTransfer {
-                        path: self.path.clone(),
-                        id: *id,
-                    });
+                    return Err(rules::no_such_transfer(&self.path, *id));
                 }
-                self.insert_event(tx, *id, None, "transfer.freed", &serde_json::Value::Null)
+                self.insert_event(tx, *id, None, rules::EVENT_FREED, &serde_json::Value::Null)
             }
             Change::Progress {
                 id,
@@ -866,10 +821,7 @@ impl SqliteStore {
                 piece_digests,
             } => {
                 self.check_moving(tx, *id, checked)?;
-                let digests: Vec<u8> = piece_digests
-                    .iter()
-                    .flat_map(|d| d.digest().iter().copied())
-                    .collect();
+                let digests = rules::piece_digests_column(piece_digests);
                 let changed = tx
                     .prepare_cached(
                         "UPDATE entries SET progress_bytes_durable = ?1, piece_digests = ?4
@@ -880,20 +832,20 @@ impl SqliteStore {
                             *progress_bytes_durable as i64,
                             id.0,
                             index.0,
-                            (!digests.is_empty()).then_some(digests)
+                            digests
                         ])
                     })
                     .map_err(|e| self.err(e))?;
                 if changed != 1 {
-                    return Err(StoreError::IllegalTransition {
-                        path: self.path.clone(),
-                        id: *id,
-                        from: format!("entry {} progress", index.0),
-                        to: format!("{progress_bytes_durable} bytes (progress never goes back)"),
-                    });
+                    return Err(rules::progress_refused(
+                        &self.path,
+                        *id,
+                        *index,
+                        *progress_bytes_durable,
+                    ));
                 }
-                let context = serde_json::json!({"bytes_durable": progress_bytes_durable});
-                self.insert_event(tx, *id, Some(*index), "file.progress", &context)
+                let context = rules::progress_context(*progress_bytes_durable);
+                self.insert_event(tx, *id, Some(*index), rules::EVENT_PROGRESS, &context)
             }
         }
     }
@@ -921,19 +873,7 @@ impl SqliteStore {
                 .optional()
             })
             .map_err(|e| self.err(e))?;
-        match owner {
-            None => Err(StoreError::NoSuchTransfer {
-                path: self.path.clone(),
-                id,
-            }),
-            Some(owner) if owner == *expected => Ok(()),
-            Some(owner) => Err(StoreError::OwnerChanged {
-                path: self.path.clone(),
-                id,
-                host: owner.host,
-                pid: owner.pid,
-            }),
-        }
+        rules::check_owner(&self.path, id, owner, expected)
     }
 
     /// Files change only while their transfer is moving: a cancel (or a
@@ -947,165 +887,79 @@ impl SqliteStore {
         if checked.contains_key(&id) {
             return Ok(());
         }
-        match self.transfer_state(tx, id)? {
-            TransferState::Dispatched | TransferState::Running => {}
-            TransferState::Cancelled => {
-                return Err(StoreError::Cancelled {
-                    path: self.path.clone(),
-                    id,
-                });
-            }
-            state => {
-                return Err(StoreError::IllegalTransition {
-                    path: self.path.clone(),
-                    id,
-                    from: state.to_string(),
-                    to: "a change of its files (it is not moving)".into(),
-                });
-            }
-        }
+        rules::check_moving(&self.path, id, self.transfer_state(tx, id)?)?;
         checked.insert(id, ());
         Ok(())
     }
 
+    /// The entry's state; `None` when the transfer has no such entry.
     fn entry_state(
         &self,
         tx: &rusqlite::Transaction<'_>,
         id: TransferId,
         index: EntryIndex,
-    ) -> Result<FileState, StoreError> {
-        let state: String = tx
+    ) -> Result<Option<FileState>, StoreError> {
+        let state: Option<String> = tx
             .prepare_cached("SELECT state FROM entries WHERE transfer_id = ?1 AND idx = ?2")
-            .and_then(|mut s| s.query_row(params![id.0, index.0], |row| row.get(0)))
+            .and_then(|mut s| {
+                s.query_row(params![id.0, index.0], |row| row.get(0))
+                    .optional()
+            })
             .map_err(|e| self.err(e))?;
-        FileState::parse(&state).ok_or_else(|| {
-            self.corrupt(format!(
-                "entry {} of transfer {id} has unknown state {state:?}",
-                index.0
-            ))
-        })
+        state
+            .map(|state| rules::parse_file_state(&self.path, id, index, &state))
+            .transpose()
     }
 
-    fn row_to_transfer(
-        &self,
-        row: &rusqlite::Row<'_>,
-    ) -> rusqlite::Result<Result<TransferRecord, StoreError>> {
-        let id = TransferId(row.get(0)?);
-        let kind: String = row.get(2)?;
-        let state: String = row.get(3)?;
-        let (Some(kind), Some(state)) = (Kind::parse(&kind), TransferState::parse(&state)) else {
-            return Ok(Err(self.corrupt(format!(
-                "transfer {id} has unknown kind {kind:?} or state {state:?}"
-            ))));
-        };
-        let checksum: Option<String> = row.get(14)?;
-        let checksum = match checksum.as_deref().map(ChecksumAlgo::parse) {
-            None => None,
-            Some(Some(algo)) => Some(algo),
-            Some(None) => {
-                return Ok(Err(self.corrupt(format!(
-                    "transfer {id} has unknown checksum algorithm {checksum:?}"
-                ))));
-            }
-        };
-        Ok(Ok(TransferRecord {
-            id,
+    /// One `transfers` row, in the column order of `query_transfers`.
+    fn row_to_transfer(row: &rusqlite::Row<'_>) -> rusqlite::Result<rules::TransferRow> {
+        Ok(rules::TransferRow {
+            id: row.get(0)?,
             name: row.get(1)?,
-            kind,
-            state,
-            owner: Owner {
-                host: row.get(4)?,
-                boot_id: row.get(5)?,
-                pid: row.get(6)?,
-                start_time: row.get::<_, i64>(7)? as u64,
-            },
+            kind: row.get(2)?,
+            state: row.get(3)?,
+            owner_host: row.get(4)?,
+            owner_boot_id: row.get(5)?,
+            owner_pid: row.get(6)?,
+            owner_start_time: row.get(7)?,
             preserve: Preserve {
                 mode: row.get(8)?,
                 ownership: row.get(9)?,
                 times: row.get(10)?,
             },
             temp_suffix: row.get(11)?,
-            checksum,
             created_ns: row.get(12)?,
             updated_ns: row.get(13)?,
-            caller: match (
-                row.get::<_, Option<u32>>(15)?,
-                row.get::<_, Option<u32>>(16)?,
-            ) {
-                (Some(uid), Some(gid)) => {
-                    let groups: Option<String> = row.get(17)?;
-                    let groups = groups.unwrap_or_default();
-                    let groups = groups.split(',').filter(|g| !g.is_empty());
-                    let Ok(groups) = groups.map(str::parse).collect::<Result<Vec<u32>, _>>() else {
-                        return Ok(Err(
-                            self.corrupt(format!("transfer {id} has unreadable caller groups"))
-                        ));
-                    };
-                    Some(Caller { uid, gid, groups })
-                }
-                _ => None,
-            },
-        }))
+            checksum_algo: row.get(14)?,
+            caller_uid: row.get(15)?,
+            caller_gid: row.get(16)?,
+            caller_groups: row.get(17)?,
+        })
     }
 
-    /// One `entries` row; a value that cannot be ours is [`StoreError::Corrupt`].
-    fn row_to_entry(
-        &self,
-        id: TransferId,
-        row: &rusqlite::Row<'_>,
-    ) -> rusqlite::Result<Result<EntryRecord, StoreError>> {
-        let index: u32 = row.get(0)?;
-        let kind: String = row.get(1)?;
-        let state: String = row.get(11)?;
-        let (Some(kind), Some(state)) = (EntryKind::parse(&kind), FileState::parse(&state)) else {
-            return Ok(Err(self.corrupt(format!(
-                "entry {index} of transfer {id}: unknown kind {kind:?} or state {state:?}"
-            ))));
-        };
-        let algo: Option<String> = row.get(14)?;
-        let digest: Option<Vec<u8>> = row.get(15)?;
-        let checksum = match (algo, digest) {
-            (Some(algo), Some(digest)) => {
-                match ChecksumAlgo::parse(&algo).and_then(|a| Checksum::from_digest(a, &digest)) {
-                    Some(checksum) => Some(checksum),
-                    None => {
-                        return Ok(Err(self.corrupt(format!(
-                            "entry {index} of transfer {id}: bad {algo} checksum"
-                        ))));
-                    }
-                }
-            }
-            _ => None,
-        };
-        let xattrs: Option<Vec<u8>> = row.get(17)?;
-        let Some(xattrs) = Xattrs::decode(xattrs.as_deref().unwrap_or_default()) else {
-            return Ok(Err(self.corrupt(format!(
-                "entry {index} of transfer {id}: unreadable extended attributes"
-            ))));
-        };
-        let link: Option<Vec<u8>> = row.get(10)?;
-        Ok(Ok(EntryRecord {
-            index: EntryIndex(index),
-            kind,
-            source: path_from_bytes(row.get(2)?),
-            dest: path_from_bytes(row.get(3)?),
-            meta: SourceMeta {
-                size: row.get::<_, i64>(4)? as u64,
-                mode: row.get(5)?,
-                uid: row.get(6)?,
-                gid: row.get(7)?,
-                atime_ns: row.get(8)?,
-                mtime_ns: row.get(9)?,
-            },
-            link_target: link.map(path_from_bytes),
-            state,
-            progress_bytes_durable: row.get::<_, i64>(12)? as u64,
+    /// One `entries` row, in the column order of `entries`.
+    fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<rules::EntryRow> {
+        Ok(rules::EntryRow {
+            index: row.get(0)?,
+            kind: row.get(1)?,
+            source: row.get(2)?,
+            dest: row.get(3)?,
+            size: row.get(4)?,
+            mode: row.get(5)?,
+            uid: row.get(6)?,
+            gid: row.get(7)?,
+            atime_ns: row.get(8)?,
+            mtime_ns: row.get(9)?,
+            link_target: row.get(10)?,
+            state: row.get(11)?,
+            progress_bytes_durable: row.get(12)?,
             error: row.get(13)?,
-            checksum,
-            link_leader: row.get::<_, Option<u32>>(16)?.map(EntryIndex),
-            xattrs,
-            piece_digests: row.get::<_, Option<Vec<u8>>>(18)?.unwrap_or_default(),
-        }))
+            checksum_algo: row.get(14)?,
+            checksum: row.get(15)?,
+            link_group: row.get(16)?,
+            xattrs: row.get(17)?,
+            piece_digests: row.get(18)?,
+        })
     }
 
     fn query_transfers(
@@ -1122,10 +976,12 @@ impl SqliteStore {
         let rows = self.read(|conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
             let params: Vec<&dyn rusqlite::ToSql> = param.into_iter().collect();
-            let rows = stmt.query_map(params.as_slice(), |row| self.row_to_transfer(row))?;
+            let rows = stmt.query_map(params.as_slice(), Self::row_to_transfer)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        rows.into_iter().collect()
+        rows.into_iter()
+            .map(|row| row.into_record(&self.path))
+            .collect()
     }
 }
 
@@ -1183,12 +1039,7 @@ impl Store for SqliteStore {
                     new.checksum.map(ChecksumAlgo::as_str),
                     new.caller.as_ref().map(|c| c.uid),
                     new.caller.as_ref().map(|c| c.gid),
-                    new.caller.as_ref().map(|c| c
-                        .groups
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")),
+                    new.caller.as_ref().map(rules::caller_groups_column),
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -1208,12 +1059,11 @@ impl Store for SqliteStore {
                         )
                         .map_err(|e| self.err(e))
                     };
-                    let mut name = format!("cp-{id}");
                     let mut n = 1;
+                    let mut name = rules::unnamed_name(id, n);
                     while taken(&name)? {
                         n += 1;
-                        assert!(n <= 1 << 20, "unbounded names for transfer {id}");
-                        name = format!("cp-{id}-{n}");
+                        name = rules::unnamed_name(id, n);
                     }
                     tx.execute(
                         "UPDATE transfers SET name = ?1 WHERE id = ?2",
@@ -1223,16 +1073,14 @@ impl Store for SqliteStore {
                     name
                 }
             };
-            let mut context = serde_json::json!({
-                "name": name,
-                "kind": new.kind.as_str(),
-                "host": new.owner.host,
-                "pid": new.owner.pid,
-            });
-            if let Some(caller) = &new.caller {
-                context["uid"] = caller.uid.into();
-            }
-            self.insert_event(tx, id, None, "transfer.created", &context)?;
+            let context = rules::created_context(new, &name);
+            self.insert_event(
+                tx,
+                id,
+                None,
+                &rules::transfer_event_name(TransferState::Created),
+                &context,
+            )?;
             if !entries.is_empty() {
                 self.insert_entries(tx, id, entries)?;
             }
@@ -1240,15 +1088,8 @@ impl Store for SqliteStore {
         })?;
         let record = self
             .transfer(id)?
-            .ok_or_else(|| StoreError::NoSuchTransfer {
-                path: self.path.clone(),
-                id,
-            })?;
-        // Read back what we wrote: the disk and our model must agree.
-        assert_eq!(record.kind, new.kind);
-        assert_eq!(record.owner, new.owner);
-        assert_eq!(record.caller, new.caller);
-        assert_eq!(record.state, TransferState::Created);
+            .ok_or_else(|| rules::no_such_transfer(&self.path, id))?;
+        rules::check_created(&record, new);
         Ok(record)
     }
 
@@ -1260,16 +1101,7 @@ impl Store for SqliteStore {
         if changes.is_empty() {
             return Ok(());
         }
-        let ending = changes.iter().all(|c| {
-            matches!(
-                c,
-                Change::Transfer {
-                    to: TransferState::Failed | TransferState::Cancelled,
-                    ..
-                }
-            )
-        });
-        let writing = if ending {
+        let writing = if rules::is_shutdown(changes) {
             Writing::Shutdown
         } else {
             Writing::Normal
@@ -1302,42 +1134,21 @@ impl Store for SqliteStore {
     }
 
     fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
-        let rows: Vec<Result<EntryRecord, StoreError>> = self.read(|conn| {
+        let rows = self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
                         link_target, state, progress_bytes_durable, error, checksum_algo,
                         checksum, link_group, xattrs, piece_digests
                  FROM entries WHERE transfer_id = ?1 ORDER BY idx",
             )?;
-            let rows = stmt.query_map([id.0], |row| self.row_to_entry(id, row))?;
-            rows.collect()
+            let rows = stmt.query_map([id.0], Self::row_to_entry)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        rows.into_iter()
-            .enumerate()
-            .map(|(position, record)| {
-                let record = record?;
-                let index = record.index;
-                if index.0 as usize != position {
-                    return Err(self.corrupt(format!(
-                        "transfer {id}: entry {} found at position {position}",
-                        index.0
-                    )));
-                }
-                if record.progress_bytes_durable > record.meta.size {
-                    return Err(self.corrupt(format!(
-                        "entry {} of transfer {id}: progress {} beyond size {}",
-                        index.0, record.progress_bytes_durable, record.meta.size
-                    )));
-                }
-                if record.link_leader.is_some_and(|leader| leader.0 >= index.0) {
-                    return Err(self.corrupt(format!(
-                        "entry {} of transfer {id}: a hard link to a later entry",
-                        index.0
-                    )));
-                }
-                Ok(record)
-            })
-            .collect()
+        let records = rows
+            .into_iter()
+            .map(|row| row.into_record(&self.path, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        rules::check_entries(&self.path, id, records)
     }
 
     fn events_since(
@@ -1373,19 +1184,18 @@ impl Store for SqliteStore {
                     |row| row.get(0),
                 )
                 .map_err(|e| self.err(e))?;
-            // The newest event always stays, so a store's last seq survives.
-            let before = (before as i64).min(last);
-            if before - 1 <= horizon {
+            let Some(new_horizon) = rules::compact_horizon(before, last as u64, horizon as u64)
+            else {
                 return Ok(horizon as u64);
-            }
-            tx.execute("DELETE FROM events WHERE seq < ?1", [before])
+            };
+            tx.execute("DELETE FROM events WHERE seq <= ?1", [new_horizon as i64])
                 .map_err(|e| self.err(e))?;
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'events_horizon'",
-                [before - 1],
+                [new_horizon as i64],
             )
             .map_err(|e| self.err(e))?;
-            Ok((before - 1) as u64)
+            Ok(new_horizon)
         })
     }
 
@@ -1480,23 +1290,8 @@ fn query_events(
             |row| row.get(0),
         )
         .map_err(err)?;
-    if (after as i64) < horizon {
-        return Err(StoreError::Compacted {
-            path: path.to_path_buf(),
-            requested: after,
-            horizon: horizon as u64,
-        });
-    }
-    type Raw = (
-        i64,
-        i64,
-        Option<i64>,
-        Option<u32>,
-        Option<i64>,
-        String,
-        String,
-    );
-    let raw: Vec<Raw> = {
+    rules::check_horizon(path, after, horizon as u64)?;
+    let raw: Vec<rules::EventRow> = {
         let mut stmt = tx
             .prepare_cached(
                 "SELECT seq, time_ns, transfer_id, entry_idx, request_id, name, context
@@ -1518,15 +1313,15 @@ fn query_events(
                     filter.request.map(|r| r.0),
                 ],
                 |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                        row.get(5)?,
-                        row.get(6)?,
-                    ))
+                    Ok(rules::EventRow {
+                        seq: row.get(0)?,
+                        time_ns: row.get(1)?,
+                        transfer: row.get(2)?,
+                        entry: row.get(3)?,
+                        request: row.get(4)?,
+                        name: row.get(5)?,
+                        context: row.get(6)?,
+                    })
                 },
             )
             .map_err(err)?;
@@ -1540,29 +1335,9 @@ fn query_events(
     tx.finish().map_err(err)?;
     let events: Vec<Event> = raw
         .into_iter()
-        .map(|(seq, time_ns, transfer, entry, request, name, context)| {
-            let context = serde_json::from_str(&context).map_err(|e| StoreError::Corrupt {
-                path: path.to_path_buf(),
-                detail: format!("event {seq}: bad context: {e}"),
-            })?;
-            Ok(Event {
-                seq: seq as u64,
-                time_ns,
-                transfer: transfer.map(TransferId),
-                entry: entry.map(EntryIndex),
-                request: request.map(crate::hsm::RequestId),
-                name,
-                context,
-            })
-        })
+        .map(|row| row.into_event(path))
         .collect::<Result<_, StoreError>>()?;
-    // Read back: what crosses the disk is strictly ordered and filtered.
-    assert!(
-        events.windows(2).all(|w| w[0].seq < w[1].seq),
-        "events out of order"
-    );
-    assert!(events.first().is_none_or(|e| e.seq > after));
-    assert!(events.last().is_none_or(|e| e.seq <= last_seq as u64));
+    rules::check_event_page(&events, after, last_seq as u64);
     Ok(EventPage {
         events,
         last_seq: last_seq as u64,
@@ -1605,10 +1380,6 @@ fn sqlite_err(path: &Path, source: rusqlite::Error) -> StoreError {
     }
 }
 
-fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
-    PathBuf::from(OsString::from_vec(bytes))
-}
-
 pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1633,45 +1404,10 @@ fn is_network_fs(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn owner() -> Owner {
-        Owner {
-            host: "h".into(),
-            boot_id: "b".into(),
-            pid: 1,
-            start_time: 2,
-        }
-    }
-
-    fn new_transfer(name: Option<&str>) -> NewTransfer {
-        NewTransfer {
-            checksum: None,
-            name: name.map(str::to_owned),
-            kind: Kind::Sync,
-            caller: None,
-            owner: owner(),
-            preserve: Preserve::ALL,
-            temp_suffix: crate::model::DEFAULT_TEMP_SUFFIX.into(),
-        }
-    }
+    use crate::store::conformance::new_transfer;
 
     fn file_entry(i: usize) -> NewEntry {
-        NewEntry {
-            link_leader: None,
-            xattrs: Default::default(),
-            kind: EntryKind::File,
-            source: PathBuf::from(format!("/src/some/long/directory/name/file-{i:06}")),
-            dest: PathBuf::from(format!("/dst/some/long/directory/name/file-{i:06}")),
-            meta: SourceMeta {
-                size: 10,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                atime_ns: 1,
-                mtime_ns: 2,
-            },
-            link_target: None,
-        }
+        crate::store::conformance::file_entry(i, 10)
     }
 
     /// SQLite's own trick for a full disk without root: `max_page_count`.
@@ -1762,24 +1498,6 @@ mod tests {
         assert_eq!(store.check().unwrap().integrity, "ok");
     }
 
-    /// A name chosen to look like the next unnamed transfer's (`cp-ID`)
-    /// does not make that transfer fail: it is named `cp-ID-2`.
-    #[test]
-    fn an_unnamed_transfer_never_collides_with_a_chosen_cp_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let first = store.create_transfer(&new_transfer(None), &[]).unwrap();
-        assert_eq!(first.name, format!("cp-{}", first.id.0));
-        // Ids count up: the squatter takes the next, and the name after it.
-        let squatter = store
-            .create_transfer(&new_transfer(Some(&format!("cp-{}", first.id.0 + 2))), &[])
-            .unwrap();
-        assert_eq!(squatter.id.0, first.id.0 + 1);
-        let unnamed = store.create_transfer(&new_transfer(None), &[]).unwrap();
-        assert_eq!(unnamed.id.0, first.id.0 + 2);
-        assert_eq!(unnamed.name, format!("cp-{}-2", unnamed.id.0));
-    }
-
     #[test]
     fn garbage_file_is_not_a_store_and_is_left_untouched() {
         let dir = tempfile::tempdir().unwrap();
@@ -1819,21 +1537,16 @@ mod tests {
         assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
     }
 
+    /// Ids come from AUTOINCREMENT: deleting the newest row does not
+    /// hand its id out again. (The rest of the promise, and every other
+    /// Store-generic test, is in `store::conformance`.)
     #[test]
-    fn ids_are_never_reused_and_names_are_unique() {
+    fn a_deleted_newest_id_is_never_handed_out_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let a = store.create_transfer(&new_transfer(None), &[]).unwrap();
-        assert_eq!(a.name, format!("cp-{}", a.id));
         let b = store
             .create_transfer(&new_transfer(Some("ckpt")), &[])
             .unwrap();
-        assert!(b.id > a.id);
-        let dup = store
-            .create_transfer(&new_transfer(Some("ckpt")), &[])
-            .unwrap_err();
-        assert!(matches!(dup, StoreError::DuplicateName { .. }));
-        // Delete the newest row: AUTOINCREMENT still never hands its id out again.
         store
             .read(|c| c.execute("DELETE FROM transfers WHERE id = ?1", [b.id.0]))
             .unwrap();
@@ -1841,104 +1554,11 @@ mod tests {
         assert!(c.id > b.id);
     }
 
-    #[test]
-    fn every_change_writes_its_event_and_illegal_transitions_change_nothing() {
+    fn fresh(test: impl FnOnce(&dyn Fn() -> SqliteStore)) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let t = store
-            .create_transfer(&new_transfer(Some("x")), &[])
-            .unwrap();
-        let entry = NewEntry {
-            link_leader: None,
-            xattrs: Default::default(),
-            kind: EntryKind::File,
-            source: PathBuf::from(OsString::from_vec(b"/src/\xff".to_vec())),
-            dest: PathBuf::from("/dst/f"),
-            meta: SourceMeta {
-                size: 10,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                atime_ns: 1,
-                mtime_ns: 2,
-            },
-            link_target: None,
-        };
-        store
-            .add_entries(t.id, std::slice::from_ref(&entry))
-            .unwrap();
-        let to = |to| Change::Transfer {
-            id: t.id,
-            to,
-            owner: None,
-            context: serde_json::Value::Null,
-        };
-        store.apply(&[to(TransferState::Dispatched)]).unwrap();
-        store.apply(&[to(TransferState::Running)]).unwrap();
-        let before = store
-            .events_since(0, &EventFilter::default(), 1000)
-            .unwrap()
-            .len();
-        // A batch with an illegal change is refused whole.
-        let batch = [
-            Change::Entry {
-                checksum: None,
-                id: t.id,
-                index: EntryIndex(0),
-                to: FileState::Copied,
-                progress_bytes_durable: Some(10),
-                error: None,
-                context: serde_json::Value::Null,
-            },
-            Change::Entry {
-                checksum: None,
-                id: t.id,
-                index: EntryIndex(0),
-                to: FileState::Copying,
-                progress_bytes_durable: None,
-                error: None,
-                context: serde_json::Value::Null,
-            },
-        ];
-        assert!(store.apply(&batch).is_err());
-        assert_eq!(
-            store
-                .events_since(0, &EventFilter::default(), 1000)
-                .unwrap()
-                .len(),
-            before
-        );
-        assert_eq!(store.entries(t.id).unwrap()[0].state, FileState::Pending);
-        store.apply(&batch[..1]).unwrap();
-        let entries = store.entries(t.id).unwrap();
-        assert_eq!(entries[0].source, entry.source);
-        assert_eq!(entries[0].state, FileState::Copied);
-        let events = store
-            .events_since(0, &EventFilter::default(), 1000)
-            .unwrap();
-        let names: Vec<_> = events.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "transfer.created",
-                "transfer.added",
-                "transfer.dispatched",
-                "transfer.running",
-                "file.copied"
-            ]
-        );
-        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
-        // A cancelled transfer refuses entry changes: that is how a mover in
-        // another process learns of the cancel.
-        store.apply(&[to(TransferState::Cancelled)]).unwrap();
-        let err = store
-            .apply(&[Change::Progress {
-                id: t.id,
-                index: EntryIndex(0),
-                progress_bytes_durable: 10,
-                piece_digests: Vec::new(),
-            }])
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Cancelled { .. }));
+        let path = dir.path().join("s.db");
+        test(&|| SqliteStore::open(&path).unwrap());
     }
+
+    crate::store_conformance_tests!(fresh);
 }

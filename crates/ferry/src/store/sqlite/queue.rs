@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
-use super::{SqliteStore, now_ns, path_from_bytes};
+use super::{SqliteStore, now_ns};
 use crate::hsm::rules::{self, LeaseClass, Transition, duration_ns};
 use crate::hsm::{
     Action, BATCH_MAX, CatalogEntry, CatalogState, Enqueued, FailKind, Lease, LeaseFilter,
     NewRequest, Policy, QueueStats, RequestId, RequestQueue, RequestRecord, RequestState,
 };
 use crate::store::StoreError;
+use crate::store::rules::path_from_bytes;
 
 const REQUEST_COLUMNS: &str = "id, action, fsname, archive_id, flags, data, fid, path, \
      priority_ms, rank, state, attempts, max_attempts, not_before_ns, lease_holder, \
