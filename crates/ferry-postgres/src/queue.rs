@@ -30,7 +30,7 @@
 //! other nodes' leases early nor jumps the queue. One reading per
 //! transaction: everything a transaction writes carries the same time.
 
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -95,15 +95,12 @@ fn path_bytes(path: &Option<PathBuf>) -> Option<&[u8]> {
 }
 
 fn path_from(bytes: Option<Vec<u8>>) -> Option<PathBuf> {
-    bytes.map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)))
+    bytes.map(ferry::store::rules::path_from_bytes)
 }
 
 impl PgStore {
     fn corrupt(&self, detail: String) -> StoreError {
-        StoreError::Corrupt {
-            path: self.location_path(),
-            detail,
-        }
+        ferry::store::rules::corrupt(&self.location_path(), detail)
     }
 
     fn request_from_row(&self, row: &postgres::Row) -> Result<RequestRecord, StoreError> {

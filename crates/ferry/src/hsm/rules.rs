@@ -376,7 +376,7 @@ mod tests {
         );
         let ctx = event_context(last.context, &last.new);
         assert_eq!(ctx["state"], "failed");
-        assert_eq!(ctx["attempt"], 2);
+        assert_eq!(ctx["attempt"], Policy::DEFAULT.max_attempts);
     }
 
     #[test]
