@@ -20,6 +20,7 @@
 
 mod queue;
 mod schema;
+mod store;
 mod wake;
 
 use std::path::PathBuf;
@@ -224,8 +225,31 @@ impl PgStore {
                 source: Box::new(e),
             }
         })?;
+        if let Some(hook) = BEFORE_COMMIT.with(|hook| hook.borrow_mut().take()) {
+            hook();
+        }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(value)
+    }
+}
+
+thread_local! {
+    /// See [`PgStore::holding_commit`].
+    static BEFORE_COMMIT: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl PgStore {
+    /// Tests only: runs `op` on this thread, and the first transaction it
+    /// is about to commit (its events numbered, so in
+    /// [`EventNumbering::Ordered`] holding the counter lock) first calls
+    /// `before_commit`, which may block to hold the transaction open.
+    #[doc(hidden)]
+    pub fn holding_commit<T>(before_commit: impl FnOnce() + 'static, op: impl FnOnce() -> T) -> T {
+        BEFORE_COMMIT.with(|hook| *hook.borrow_mut() = Some(Box::new(before_commit)));
+        let value = op();
+        BEFORE_COMMIT.with(|hook| hook.borrow_mut().take());
+        value
     }
 }
 
