@@ -1,7 +1,9 @@
 //! The durable state store: transfers, their entries and the event log.
 //!
 //! [`Store`] is the interface; [`SqliteStore`] the embedded implementation.
-//! A PostgreSQL implementation satisfies the same trait.
+//! A PostgreSQL implementation (crate `ferry-postgres`) satisfies the same
+//! trait; [`rules`] holds the decisions both make, and [`conformance`] the
+//! tests both pass.
 //!
 //! **Invariant:** every state change goes through [`Store::apply`] (or
 //! [`Store::create_transfer`] / [`Store::add_entries`], which are the
@@ -337,7 +339,8 @@ pub trait EventReader: Send {
     /// Blocks until the store changed since `since`, or `timeout` passed.
     /// Writers in this process wake it at once; writers in other processes
     /// are noticed by a cheap check (SQLite's `data_version`) with bounded
-    /// back-off. Returns whether a change was seen.
+    /// back-off, or (PostgreSQL) by a notification at their commit.
+    /// Returns whether a change was seen.
     fn wait_changed(
         &mut self,
         since: ChangeToken,
