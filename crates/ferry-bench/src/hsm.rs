@@ -4,6 +4,10 @@
 //! workers, and the case sites complain about: with 20,000 archives queued
 //! and workers busy, how long a restore enqueued last waits before a worker
 //! starts it — with restores first (the default policy) and in plain FIFO.
+//!
+//! With `--store postgres://…`: the same enqueue and lease + ack workload
+//! on PostgreSQL and on SQLite, side by side in one table (fresh schemas
+//! `ferry_bench_hsm_*`, dropped afterwards).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +37,10 @@ pub struct HsmArgs {
     /// The ferry binary [default: beside this one]
     #[arg(long)]
     ferry: Option<PathBuf>,
+    /// A PostgreSQL server (`postgres://USER@HOST/DB`, no `schema=`): run
+    /// the queue workload on it and on SQLite, side by side
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 }
 
 const LEASE: Duration = Duration::from_secs(600);
@@ -73,6 +81,9 @@ fn rate(n: usize, elapsed: Duration) -> String {
 }
 
 pub fn run(args: HsmArgs) {
+    if let Some(url) = args.store.clone() {
+        return side_by_side(&args, &url);
+    }
     let ferry = crate::ferry_binary(args.ferry.clone());
     println!("| hsm queue (SQLite, synchronous=FULL) | |");
     println!("|---|---:|");
@@ -250,4 +261,157 @@ fn restore_wait(args: &HsmArgs, policy: Policy) -> (Duration, usize) {
         Duration::from_nanos((started.time_ns - enqueued.time_ns).max(0) as u64),
         ahead,
     )
+}
+
+/// Where a side-by-side measurement keeps its queue.
+enum Backend<'a> {
+    Sqlite(&'a Path),
+    Postgres(&'a str),
+}
+
+impl Backend<'_> {
+    fn label(&self) -> &'static str {
+        match self {
+            Backend::Sqlite(_) => "SQLite",
+            Backend::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    fn schema(name: &str) -> String {
+        format!("ferry_bench_hsm_{name}_{}", std::process::id())
+    }
+
+    fn pg_url(url: &str, name: &str) -> String {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}schema={}", Backend::schema(name))
+    }
+
+    /// The queue `name`, empty.
+    fn fresh(&self, name: &str) -> Box<dyn RequestQueue> {
+        match self {
+            Backend::Sqlite(dir) => Box::new(fresh_store(dir, &format!("{name}.db")).1),
+            Backend::Postgres(_) => {
+                self.drop_schema(name);
+                self.open(name)
+            }
+        }
+    }
+
+    /// Another handle on the queue `name` (its own connections).
+    fn open(&self, name: &str) -> Box<dyn RequestQueue> {
+        match self {
+            Backend::Sqlite(dir) => {
+                Box::new(SqliteStore::open(&dir.join(format!("{name}.db"))).unwrap())
+            }
+            Backend::Postgres(url) => Box::new(
+                ferry_postgres::PgStore::open(&Backend::pg_url(url, name))
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
+        }
+    }
+
+    fn drop_schema(&self, name: &str) {
+        if let Backend::Postgres(url) = self {
+            let mut client = postgres::Client::connect(url, postgres::NoTls)
+                .unwrap_or_else(|e| panic!("cannot reach {url}: {e}"));
+            client
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {} CASCADE",
+                    Backend::schema(name)
+                ))
+                .unwrap();
+        }
+    }
+}
+
+/// The rates of one backend: enqueue batched, enqueue one per
+/// transaction, lease + ack with 1, 2 and 4 workers.
+fn queue_rates(args: &HsmArgs, backend: &Backend<'_>) -> Vec<String> {
+    let mut rates = Vec::new();
+    let store = backend.fresh("enqueue");
+    let batch = archives(0, args.requests.max(1000));
+    let started = Instant::now();
+    for chunk in batch.chunks(1000) {
+        store.enqueue(chunk).unwrap();
+    }
+    rates.push(rate(batch.len(), started.elapsed()));
+    let single = archives(batch.len(), args.requests);
+    let started = Instant::now();
+    for r in &single {
+        store.enqueue(std::slice::from_ref(r)).unwrap();
+    }
+    rates.push(rate(single.len(), started.elapsed()));
+    drop(store);
+    backend.drop_schema("enqueue");
+
+    for workers in [1, 2, 4] {
+        let store = backend.fresh("lease");
+        for chunk in archives(0, args.requests).chunks(1000) {
+            store.enqueue(chunk).unwrap();
+        }
+        // Opened before the clock starts: connecting is not leasing.
+        let handles: Vec<Box<dyn RequestQueue>> =
+            (0..workers).map(|_| backend.open("lease")).collect();
+        let started = Instant::now();
+        let done: usize = std::thread::scope(|s| {
+            let threads: Vec<_> = handles
+                .iter()
+                .enumerate()
+                .map(|(w, queue)| {
+                    s.spawn(move || {
+                        let name = format!("w{w}");
+                        let mut done = 0;
+                        while let Some(lease) = queue
+                            .lease(&name, &LeaseFilter::default(), 1, LEASE)
+                            .unwrap()
+                            .pop()
+                        {
+                            queue.ack(&lease, None).unwrap();
+                            done += 1;
+                        }
+                        done
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).sum()
+        });
+        rates.push(rate(done, started.elapsed()));
+        assert_eq!(done, args.requests);
+        assert_eq!(
+            store.stats().unwrap().count(None, RequestState::Succeed),
+            args.requests as u64
+        );
+        drop(handles);
+        drop(store);
+        backend.drop_schema("lease");
+    }
+    rates
+}
+
+/// `--store postgres://…`: one table, SQLite and PostgreSQL side by side.
+fn side_by_side(args: &HsmArgs, url: &str) {
+    assert!(
+        ferry_postgres::is_postgres_url(url) && !url.contains("schema="),
+        "--store takes a postgres:// URL without schema= (the bench makes its own)"
+    );
+    std::fs::create_dir_all(&args.dir).unwrap();
+    let sqlite = queue_rates(args, &Backend::Sqlite(&args.dir));
+    let pg = queue_rates(args, &Backend::Postgres(url));
+    let n = args.requests;
+    let rows = [
+        format!("enqueue, 1,000 per transaction ({} requests)", n.max(1000)),
+        format!("enqueue, 1 per transaction ({n} requests)"),
+        format!("lease + ack, 1 worker ({n} requests)"),
+        format!("lease + ack, 2 workers ({n} requests)"),
+        format!("lease + ack, 4 workers ({n} requests)"),
+    ];
+    println!(
+        "| hsm queue | {} | {} |",
+        Backend::Sqlite(&args.dir).label(),
+        Backend::Postgres(url).label()
+    );
+    println!("|---|---:|---:|");
+    for ((row, a), b) in rows.iter().zip(&sqlite).zip(&pg) {
+        println!("| {row} | {a} | {b} |");
+    }
 }

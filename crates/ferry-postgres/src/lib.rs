@@ -18,8 +18,10 @@
 //!   appends an event; PostgreSQL delivers it at commit, so a listener
 //!   woken by it finds the events.
 
+mod queue;
 mod schema;
 mod store;
+mod wake;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -30,6 +32,7 @@ use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 
 pub use schema::SCHEMA_VERSION;
+pub use wake::WorkWaiter;
 
 /// The LISTEN/NOTIFY channel; the payload is the store's schema.
 pub const CHANNEL: &str = "ferry_events";

@@ -21,10 +21,13 @@
 //!   file; [`catalog`] mirrors it in the `user.ferry.hsm` extended attribute
 //!   and releases files. [`archive`] holds the back-end trait and the POSIX
 //!   archive; [`worker`] leases, moves, heartbeats and acks.
+//! - [`rules`] decides every step (new record, event, weighted order, back-off)
+//!   without I/O, so that every store applies the same rules.
 
 pub mod archive;
 pub mod catalog;
 pub mod conformance;
+pub mod rules;
 pub mod worker;
 
 use std::fmt;

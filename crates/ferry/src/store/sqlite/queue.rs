@@ -9,9 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use serde_json::json;
 
 use super::{SqliteStore, now_ns};
+use crate::hsm::rules::{self, LeaseClass, Transition, duration_ns};
 use crate::hsm::{
     Action, BATCH_MAX, CatalogEntry, CatalogState, Enqueued, FailKind, Lease, LeaseFilter,
     NewRequest, Policy, QueueStats, RequestId, RequestQueue, RequestRecord, RequestState,
@@ -36,14 +36,6 @@ const POLICY_KEYS: [&str; 7] = [
     "hsm.backoff_max_ms",
     "hsm.restore_share",
 ];
-
-fn ms_to_ns(ms: i64) -> i64 {
-    ms.saturating_mul(1_000_000)
-}
-
-fn duration_ns(d: Duration) -> i64 {
-    d.as_nanos().min(i64::MAX as u128) as i64
-}
 
 impl SqliteStore {
     fn request_from_row(
@@ -155,12 +147,14 @@ impl SqliteStore {
         &self,
         tx: &Transaction<'_>,
         old: Option<&RequestRecord>,
-        new: &RequestRecord,
-        event: &str,
-        mut context: serde_json::Value,
+        change: Transition,
     ) -> Result<RequestRecord, StoreError> {
         let now = now_ns();
-        let mut new = new.clone();
+        let Transition {
+            mut new,
+            event,
+            context,
+        } = change;
         new.updated_ns = now;
         if new.state == RequestState::Started {
             assert!(
@@ -201,13 +195,7 @@ impl SqliteStore {
             }
             Some(old) => {
                 assert_eq!(old.id, new.id);
-                let allowed = if old.state == new.state {
-                    // A waiter joins a live request; a finished one stays so.
-                    !old.state.is_terminal()
-                } else {
-                    new.state.allowed_from().contains(&old.state)
-                };
-                if !allowed {
+                if !rules::transition_allowed(old.state, new.state) {
                     return Err(StoreError::RequestTransition {
                         path: self.path.clone(),
                         id: old.id,
@@ -246,10 +234,7 @@ impl SqliteStore {
                 );
             }
         }
-        if let serde_json::Value::Object(map) = &mut context {
-            map.insert("state".into(), new.state.as_str().into());
-            map.insert("attempt".into(), new.attempts.into());
-        }
+        let context = rules::event_context(context, &new);
         self.insert_request_event(tx, Some(new.id), &format!("request.{event}"), &context)?;
         Ok(new)
     }
@@ -345,12 +330,7 @@ impl SqliteStore {
             ])
         })
         .map_err(|e| self.err(e))?;
-        let context = json!({
-            "fid": new.fid,
-            "path": new.path.as_ref().map(|p| p.to_string_lossy()),
-            "from": from.map(|s| s.as_str()),
-            "object": new.object,
-        });
+        let context = rules::catalog_context(&new, from);
         self.insert_request_event(tx, request, &format!("catalog.{}", new.state), &context)?;
         Ok(new)
     }
@@ -395,32 +375,22 @@ impl SqliteStore {
             };
             Ok(found.into_iter().next())
         };
-        if policy.restore_share == 0 {
-            return best(None);
-        }
-        let first_class = || -> Result<Option<RequestRecord>, StoreError> {
-            let restore = best(Some(Action::Restore))?;
-            let remove = best(Some(Action::Remove))?;
-            Ok(match (restore, remove) {
-                (Some(a), Some(b)) => Some(if (b.rank, b.id.0) < (a.rank, a.id.0) {
-                    b
-                } else {
-                    a
-                }),
-                (a, b) => a.or(b),
-            })
-        };
-        if since_archive >= i64::from(policy.restore_share) {
-            match best(Some(Action::Archive))? {
-                Some(archive) => Ok(Some(archive)),
-                None => first_class(),
-            }
-        } else {
-            match first_class()? {
-                Some(request) => Ok(Some(request)),
-                None => best(Some(Action::Archive)),
+        for class in rules::lease_order(policy, since_archive) {
+            let found = match class {
+                LeaseClass::Any => best(None)?,
+                LeaseClass::Archives => best(Some(Action::Archive))?,
+                LeaseClass::FirstClass => {
+                    match (best(Some(Action::Restore))?, best(Some(Action::Remove))?) {
+                        (Some(a), Some(b)) => Some(rules::better(a, b)),
+                        (a, b) => a.or(b),
+                    }
+                }
+            };
+            if found.is_some() {
+                return Ok(found);
             }
         }
+        Ok(None)
     }
 
     fn meta_in(&self, conn: &rusqlite::Connection, key: &str) -> Result<i64, StoreError> {
@@ -463,10 +433,7 @@ impl SqliteStore {
         lease: &Lease,
     ) -> Result<RequestRecord, StoreError> {
         let current = self.request_in(tx, lease.id())?;
-        if current.state != RequestState::Started
-            || current.attempts != lease.attempt
-            || current.lease_holder.as_deref() != Some(lease.worker.as_str())
-        {
+        if !rules::lease_is_current(&current, lease) {
             return Err(StoreError::StaleLease {
                 path: self.path.clone(),
                 id: lease.id(),
@@ -486,24 +453,7 @@ impl SqliteStore {
             &[&now],
         )?;
         for old in &expired {
-            let mut new = old.clone();
-            let worker = new.lease_holder.take();
-            new.lease_expires_ns = None;
-            let context = json!({"reason": "lease expired", "worker": worker});
-            if old.attempts >= old.max_attempts {
-                new.state = RequestState::Failed;
-                new.error = Some(format!(
-                    "the lease of worker {} expired at attempt {} of {}",
-                    worker.as_deref().unwrap_or("?"),
-                    old.attempts,
-                    old.max_attempts
-                ));
-                self.write_request(tx, Some(old), &new, "failed", context)?;
-            } else {
-                new.state = RequestState::Waiting;
-                new.not_before_ns = now;
-                self.write_request(tx, Some(old), &new, "waiting", context)?;
-            }
+            self.write_request(tx, Some(old), rules::expired(old, now))?;
         }
         Ok(expired.len())
     }
@@ -518,99 +468,20 @@ impl SqliteStore {
             && let Some(archive) = self.live_request(tx, &request.fid, Action::Archive)?
             && archive.state == RequestState::Waiting
         {
-            let mut canceled = archive.clone();
-            canceled.state = RequestState::Canceled;
-            canceled.error = Some("superseded by a remove of the same file".into());
-            self.write_request(
-                tx,
-                Some(&archive),
-                &canceled,
-                "canceled",
-                json!({"reason": "removed"}),
-            )?;
+            self.write_request(tx, Some(&archive), rules::superseded(&archive))?;
         }
         if let Some(live) = self.live_request(tx, &request.fid, request.action)? {
-            let mut joined = live.clone();
-            joined.waiters += 1;
-            let joined = self.write_request(
-                tx,
-                Some(&live),
-                &joined,
-                "joined",
-                json!({"waiters": live.waiters + 1}),
-            )?;
+            let joined = self.write_request(tx, Some(&live), rules::joined(&live))?;
             return Ok(Enqueued::Joined {
                 id: joined.id,
                 waiters: joined.waiters,
             });
         }
         let catalog = self.catalog_in(tx, &request.fid)?;
-        match request.action {
-            // Only a caller that looked at the file (the friendly commands
-            // refresh the catalog first, and give a path) knows it is
-            // unchanged; the upcall never looks, and Lustre sends ARCHIVE
-            // exactly when a file changed: the worker decides then.
-            Action::Archive
-                if request.path.is_some()
-                    && catalog
-                        .as_ref()
-                        .is_some_and(|c| c.state == CatalogState::Archived) =>
-            {
-                return Ok(Enqueued::Noop {
-                    reason: format!("{} is archived and unchanged since", request.fid),
-                });
-            }
-            // Its data is only in the archive: the file is a stub.
-            Action::Archive
-                if catalog
-                    .as_ref()
-                    .is_some_and(|c| c.state == CatalogState::Released) =>
-            {
-                return Ok(Enqueued::Noop {
-                    reason: format!("{} is released: its data is in the archive", request.fid),
-                });
-            }
-            Action::Remove if catalog.as_ref().is_none_or(|c| c.object.is_none()) => {
-                return Ok(Enqueued::Noop {
-                    reason: format!("{} has no archived copy", request.fid),
-                });
-            }
-            _ => {}
+        if let Some(reason) = rules::enqueue_noop(request, catalog.as_ref()) {
+            return Ok(Enqueued::Noop { reason });
         }
-        let now = now_ns();
-        let head_start = policy
-            .head_start_ms(request.action)
-            .saturating_add(request.priority_ms);
-        let new = RequestRecord {
-            id: RequestId(0),
-            action: request.action,
-            fsname: request.fsname.clone(),
-            archive_id: request.archive_id,
-            flags: request.flags,
-            data: request.data.clone(),
-            fid: request.fid.clone(),
-            path: request.path.clone(),
-            priority_ms: request.priority_ms,
-            rank: now.saturating_sub(ms_to_ns(head_start)),
-            state: RequestState::Waiting,
-            attempts: 0,
-            max_attempts: policy.max_attempts,
-            not_before_ns: 0,
-            lease_holder: None,
-            lease_expires_ns: None,
-            waiters: 1,
-            error: None,
-            created_ns: now,
-            updated_ns: now,
-        };
-        let context = json!({
-            "action": request.action.as_str(),
-            "fid": request.fid,
-            "fsname": request.fsname,
-            "archive_id": request.archive_id,
-            "path": request.path.as_ref().map(|p| p.to_string_lossy()),
-        });
-        let written = self.write_request(tx, None, &new, "waiting", context)?;
+        let written = self.write_request(tx, None, rules::enqueued(policy, request, now_ns()))?;
         Ok(Enqueued::Queued { id: written.id })
     }
 }
@@ -656,20 +527,9 @@ impl RequestQueue for SqliteStore {
                 let Some(old) = self.next_ready(tx, now, filter, &policy, since_archive)? else {
                     break;
                 };
-                let old = &old;
-                if old.action == Action::Archive {
-                    since_archive = 0;
-                } else {
-                    since_archive = since_archive.saturating_add(1);
-                }
-
-                let mut new = old.clone();
-                new.state = RequestState::Started;
-                new.attempts += 1;
-                new.lease_holder = Some(worker.to_owned());
-                new.lease_expires_ns = Some(expires_ns);
+                since_archive = rules::since_archive_after(since_archive, old.action);
                 let request =
-                    self.write_request(tx, Some(old), &new, "started", json!({"worker": worker}))?;
+                    self.write_request(tx, Some(&old), rules::started(&old, worker, expires_ns))?;
                 leases.push(Lease {
                     attempt: request.attempts,
                     request,
@@ -697,11 +557,7 @@ impl RequestQueue for SqliteStore {
     fn ack(&self, lease: &Lease, catalog: Option<&CatalogEntry>) -> Result<(), StoreError> {
         self.write(|tx| {
             let old = self.check_lease(tx, lease)?;
-            let mut new = old.clone();
-            new.state = RequestState::Succeed;
-            new.lease_expires_ns = None;
-            new.error = None;
-            self.write_request(tx, Some(&old), &new, "succeed", json!({}))?;
+            self.write_request(tx, Some(&old), rules::succeeded(&old))?;
             if let Some(entry) = catalog {
                 assert_eq!(entry.fid, old.fid, "an ack names its request's file");
                 self.write_catalog(tx, entry, Some(old.id))?;
@@ -714,48 +570,22 @@ impl RequestQueue for SqliteStore {
         self.write(|tx| {
             let policy = self.policy_in(tx)?;
             let old = self.check_lease(tx, lease)?;
-            let mut new = old.clone();
-            new.lease_holder = None;
-            new.lease_expires_ns = None;
-            new.error = Some(error.to_owned());
-            let retry = kind == FailKind::Retry && old.attempts < old.max_attempts;
-            let context = if retry {
-                let backoff = policy.backoff(old.attempts);
-                new.state = RequestState::Waiting;
-                new.not_before_ns = now_ns().saturating_add(duration_ns(backoff));
-                let context = json!({"error": error, "retry_in_ms": backoff.as_millis() as u64});
-                self.write_request(tx, Some(&old), &new, "waiting", context)?;
-                RequestState::Waiting
-            } else {
-                new.state = RequestState::Failed;
-                self.write_request(tx, Some(&old), &new, "failed", json!({"error": error}))?;
-                RequestState::Failed
-            };
+            let change = rules::failed(&old, &policy, kind, error, now_ns());
+            let to = self.write_request(tx, Some(&old), change)?.state;
             if kind == FailKind::Lost
                 && let Some(mut entry) = self.catalog_in(tx, &old.fid)?
             {
                 entry.state = CatalogState::Lost;
                 self.write_catalog(tx, &entry, Some(old.id))?;
             }
-            Ok(context)
+            Ok(to)
         })
     }
 
     fn cancel(&self, id: RequestId) -> Result<(), StoreError> {
         self.write(|tx| {
             let old = self.request_in(tx, id)?;
-            let mut new = old.clone();
-            new.state = RequestState::Canceled;
-            new.lease_holder = None;
-            new.lease_expires_ns = None;
-            new.error = Some("canceled".into());
-            self.write_request(
-                tx,
-                Some(&old),
-                &new,
-                "canceled",
-                json!({"reason": "cancel"}),
-            )?;
+            self.write_request(tx, Some(&old), rules::canceled(&old))?;
             Ok(())
         })
     }
