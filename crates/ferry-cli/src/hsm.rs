@@ -293,7 +293,6 @@ pub fn run(queue: &dyn RequestQueue, command: HsmCommand) -> Result<Exit, Exit> 
     }
 }
 
-
 fn outcome_text(outcome: &Enqueued) -> String {
     match outcome {
         Enqueued::Queued { id } => format!("queued as request {id}"),

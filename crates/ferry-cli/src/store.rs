@@ -20,7 +20,10 @@ pub enum OpenedStore {
 impl OpenedStore {
     /// `location` is a PostgreSQL URL, or else a path to a SQLite store.
     pub fn open(location: &Path) -> Result<OpenedStore, Exit> {
-        let opened = match location.to_str().filter(|l| ferry_postgres::is_postgres_url(l)) {
+        let opened = match location
+            .to_str()
+            .filter(|l| ferry_postgres::is_postgres_url(l))
+        {
             Some(url) => PgStore::open(url).map(|s| OpenedStore::Postgres(Arc::new(s))),
             None => SqliteStore::open(location).map(|s| OpenedStore::Sqlite(Arc::new(s))),
         };
@@ -30,9 +33,7 @@ impl OpenedStore {
     /// Whether `target` names a store (a URL, or a ferry SQLite file)
     /// rather than a transfer or a destination path.
     pub fn is_store(target: &Path) -> bool {
-        target
-            .to_str()
-            .is_some_and(ferry_postgres::is_postgres_url)
+        target.to_str().is_some_and(ferry_postgres::is_postgres_url)
             || ferry::finalize::is_ferry_store(target)
     }
 
@@ -62,7 +63,10 @@ impl OpenedStore {
 /// Refuses a PostgreSQL `location` for a command that works on a SQLite
 /// store only, before anything is opened.
 pub fn refuse_postgres(location: &Path, command: &str) -> Result<(), Exit> {
-    match location.to_str().filter(|l| ferry_postgres::is_postgres_url(l)) {
+    match location
+        .to_str()
+        .filter(|l| ferry_postgres::is_postgres_url(l))
+    {
         Some(_) => Err(sqlite_only(location, command)),
         None => Ok(()),
     }

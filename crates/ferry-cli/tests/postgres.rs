@@ -23,7 +23,12 @@ fn cp_status_watch_and_verify_on_a_postgres_store() {
     let schema = TestSchema::new();
     let (src, dst) = (s.path("src"), s.path("dst"));
     util::random_files(&src, 60, 4, 7, |i| i * 1_000);
-    run_ok(ferry(&schema).args(["cp", "-a", "--name", "pg1"]).arg(&src).arg(&dst));
+    run_ok(
+        ferry(&schema)
+            .args(["cp", "-a", "--name", "pg1"])
+            .arg(&src)
+            .arg(&dst),
+    );
     assert_same_tree(&src, &dst);
     // Nothing was written beside the scratch tree: the state is in the database.
     assert!(!s.store().exists());
@@ -46,7 +51,10 @@ fn cp_status_watch_and_verify_on_a_postgres_store() {
         .collect();
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
-    let copied = events.iter().filter(|e| e["event"] == "file.committed").count();
+    let copied = events
+        .iter()
+        .filter(|e| e["event"] == "file.committed")
+        .count();
     assert!(copied >= 60, "every file's commit is in the log: {copied}");
     assert_eq!(events.last().unwrap()["event"], "transfer.completed");
 
@@ -57,7 +65,10 @@ fn cp_status_watch_and_verify_on_a_postgres_store() {
     fs::write(&victim, bytes).unwrap();
     let bad = run(ferry(&schema).args(["verify", "pg1"]));
     assert_eq!(bad.status.code(), Some(21));
-    assert!(String::from_utf8_lossy(&bad.stdout).contains("d1/f5"), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("d1/f5"),
+        "{bad:?}"
+    );
 }
 
 #[test]
@@ -68,10 +79,13 @@ fn a_copy_killed_mid_commit_resumes_from_the_postgres_store() {
     util::random_files(&src, 40, 3, 11, |i| 500 + i * 700);
     let crashed = run(ferry(&schema)
         .env("FERRY_FAILPOINT", "commit.rename:10")
-        .args(["cp", "-r", "--threads", "1", "--name", "pg2"])
+        .args(["cp", "-a", "--threads", "1", "--name", "pg2"])
         .arg(&src)
         .arg(&dst));
-    assert!(crashed.status.code().is_none(), "killed by its fail point: {crashed:?}");
+    assert!(
+        crashed.status.code().is_none(),
+        "killed by its fail point: {crashed:?}"
+    );
     let before = json(&run_ok(ferry(&schema).args(["status", "pg2", "--json"])));
     assert_ne!(before["state"], "completed", "{before}");
     run_ok(ferry(&schema).args(["resume", "pg2"]));
@@ -102,7 +116,9 @@ fn the_hsm_queue_on_a_postgres_store_archives_and_restores() {
     run_ok(ferry(&schema).args(["hsm", "restore"]).arg(&f));
     worker(&schema);
     assert_eq!(fs::read(&f).unwrap(), data);
-    let status = json(&run_ok(ferry(&schema).args(["hsm", "status", "--json"]).arg(&f)));
+    let status = json(&run_ok(
+        ferry(&schema).args(["hsm", "status", "--json"]).arg(&f),
+    ));
     assert_eq!(status["state"], "archived", "{status}");
 }
 
@@ -111,13 +127,19 @@ fn commands_about_a_store_file_refuse_a_postgres_url_and_an_unreachable_server_i
     let schema = TestSchema::new();
     let check = run(ferry(&schema).args(["store", "check"]));
     assert_eq!(check.status.code(), Some(8));
-    assert!(String::from_utf8_lossy(&check.stderr).contains("PostgreSQL"), "{check:?}");
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains("PostgreSQL"),
+        "{check:?}"
+    );
     let serve = run(ferry(&schema).arg("serve"));
     assert_eq!(serve.status.code(), Some(8));
 
     let nowhere = run(ferry_at(Path::new("postgres://u:hunter2@127.0.0.1:1/db")).arg("status"));
     assert_eq!(nowhere.status.code(), Some(15));
     let stderr = String::from_utf8_lossy(&nowhere.stderr);
-    assert!(stderr.contains("cannot reach store postgres://u@127.0.0.1:1/db"), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach store postgres://u@127.0.0.1:1/db"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
