@@ -18,6 +18,7 @@
 //!   appends an event; PostgreSQL delivers it at commit, so a listener
 //!   woken by it finds the events.
 
+mod conn;
 mod queue;
 mod schema;
 mod store;
@@ -29,7 +30,8 @@ use std::time::Duration;
 
 use ferry::store::StoreError;
 use postgres::NoTls;
-use r2d2_postgres::PostgresConnectionManager;
+
+use conn::{CachedTx, Db, Manager};
 
 pub use schema::SCHEMA_VERSION;
 pub use wake::WorkWaiter;
@@ -63,8 +65,8 @@ pub enum EventNumbering {
     Sequence,
 }
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-pub(crate) type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<Manager>;
+pub(crate) type Conn = r2d2::PooledConnection<Manager>;
 
 pub struct PgStore {
     /// The URL without its password, for messages.
@@ -132,7 +134,9 @@ impl PgStore {
             .max_size(POOL_SIZE)
             .min_idle(Some(0))
             .connection_timeout(CONNECTION_WAIT)
-            .build_unchecked(PostgresConnectionManager::new(config.clone(), NoTls));
+            .build_unchecked(Manager {
+                config: config.clone(),
+            });
         Ok(PgStore {
             location,
             schema,
@@ -189,7 +193,11 @@ impl PgStore {
         conn: &mut Conn,
         f: &mut impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let conn = &mut **conn;
+        let tx = CachedTx {
+            tx: conn.client.transaction().map_err(|e| self.err(e))?,
+            statements: &mut conn.statements,
+        };
         let mut tx = Tx {
             tx,
             store: self,
@@ -228,7 +236,7 @@ impl PgStore {
         if let Some(hook) = BEFORE_COMMIT.with(|hook| hook.borrow_mut().take()) {
             hook();
         }
-        tx.commit().map_err(|e| self.err(e))?;
+        tx.tx.commit().map_err(|e| self.err(e))?;
         Ok(value)
     }
 }
@@ -255,7 +263,7 @@ impl PgStore {
 
 /// One write transaction (see [`PgStore::write`]).
 pub(crate) struct Tx<'a> {
-    pub(crate) tx: postgres::Transaction<'a>,
+    pub(crate) tx: CachedTx<'a>,
     store: &'a PgStore,
     /// Numbered and inserted at commit ([`EventNumbering::Ordered`]).
     events: Vec<NewEvent>,
@@ -299,7 +307,7 @@ impl Tx<'_> {
 
 /// Inserts `events` numbered from `first` on, in one statement.
 fn insert_events(
-    tx: &mut postgres::Transaction<'_>,
+    tx: &mut CachedTx<'_>,
     first: i64,
     events: &[NewEvent],
 ) -> Result<(), postgres::Error> {

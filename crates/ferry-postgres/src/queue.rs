@@ -34,13 +34,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::conn::Db;
 use ferry::hsm::rules::{self, LeaseClass, Transition, duration_ns};
 use ferry::hsm::{
     Action, BATCH_MAX, CatalogEntry, CatalogState, Enqueued, FailKind, Lease, LeaseFilter,
     NewRequest, Policy, QueueStats, RequestId, RequestQueue, RequestRecord, RequestState,
 };
 use ferry::store::StoreError;
-use postgres::GenericClient;
 use postgres::types::ToSql;
 
 use crate::{NewEvent, PgStore, Tx};
@@ -146,7 +146,7 @@ impl PgStore {
     /// `SELECT REQUEST_COLUMNS FROM {rest}`.
     fn query_requests(
         &self,
-        client: &mut impl GenericClient,
+        client: &mut impl Db,
         rest: &str,
         params: Params<'_>,
     ) -> Result<Vec<RequestRecord>, StoreError> {
@@ -327,7 +327,7 @@ impl PgStore {
 
     fn catalog_query(
         &self,
-        client: &mut impl GenericClient,
+        client: &mut impl Db,
         fid: &str,
         lock: bool,
     ) -> Result<Option<CatalogEntry>, StoreError> {
@@ -422,14 +422,14 @@ impl PgStore {
         Ok(new)
     }
 
-    fn server_now(&self, client: &mut impl GenericClient) -> Result<i64, StoreError> {
+    fn server_now(&self, client: &mut impl Db) -> Result<i64, StoreError> {
         Ok(client
             .query_one(&format!("SELECT {NOW_SQL}"), &[])
             .map_err(|e| self.err(e))?
             .get(0))
     }
 
-    fn policy_in(&self, client: &mut impl GenericClient) -> Result<Policy, StoreError> {
+    fn policy_in(&self, client: &mut impl Db) -> Result<Policy, StoreError> {
         let keys: Vec<&str> = POLICY_KEYS.to_vec();
         let rows = client
             .query("SELECT key, value FROM meta WHERE key = ANY($1)", &[&keys])
@@ -453,7 +453,7 @@ impl PgStore {
         })
     }
 
-    fn meta_in(&self, client: &mut impl GenericClient, key: &str) -> Result<i64, StoreError> {
+    fn meta_in(&self, client: &mut impl Db, key: &str) -> Result<i64, StoreError> {
         client
             .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])
             .map_err(|e| self.err(e))?

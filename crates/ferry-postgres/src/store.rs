@@ -24,9 +24,10 @@ use ferry::store::{Change, ChangeToken, EventFilter, EventPage, EventReader, Sto
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{IsolationLevel, NoTls, Row};
+use postgres::{IsolationLevel, Row};
 use serde_json::Value;
 
+use crate::conn::{CachedTx, Db, PgConn};
 use crate::{CHANNEL, NewEvent, PgStore, Tx, server_err};
 
 const TRANSFER_COLUMNS: &str = "id, name, kind, state, owner_host, owner_boot_id, owner_pid,
@@ -484,7 +485,7 @@ impl Store for PgStore {
         entries: &[NewEntry],
     ) -> Result<TransferRecord, StoreError> {
         let path = self.location_path();
-        let live_id = |client: &mut postgres::Transaction<'_>, name: &str| {
+        let live_id = |client: &mut CachedTx<'_>, name: &str| {
             client
                 .query_opt(
                     "SELECT id FROM transfers WHERE name = $1 AND freed_ns IS NULL",
@@ -531,37 +532,46 @@ impl Store for PgStore {
             // In a savepoint: a concurrent creator of the same name, whose
             // row the check above could not see yet, makes this insert fail
             // on the live-name index, and the transaction goes on to say so.
-            let mut savepoint = tx.tx.transaction().map_err(|e| self.err(e))?;
-            let inserted = savepoint.execute(
-                "INSERT INTO transfers (id, name, kind, state, owner_host, owner_boot_id,
+            let inserted = {
+                let mut savepoint = CachedTx {
+                    tx: tx.tx.tx.transaction().map_err(|e| self.err(e))?,
+                    statements: &mut *tx.tx.statements,
+                };
+                let inserted = savepoint.execute(
+                    "INSERT INTO transfers (id, name, kind, state, owner_host, owner_boot_id,
                     owner_pid, owner_start_time, preserve_mode, preserve_ownership,
                     preserve_times, temp_suffix, created_ns, updated_ns, checksum_algo,
                     caller_uid, caller_gid, caller_groups)
                  VALUES ($1, $2, $3, 'created', $4, $5, $6, $7, $8, $9, $10, $11, $12, $12,
                     $13, $14, $15, $16)",
-                &[
-                    &id.0,
-                    &name,
-                    &new.kind.as_str(),
-                    &new.owner.host,
-                    &new.owner.boot_id,
-                    &i64::from(new.owner.pid),
-                    &(new.owner.start_time as i64),
-                    &new.preserve.mode,
-                    &new.preserve.ownership,
-                    &new.preserve.times,
-                    &new.temp_suffix,
-                    &now,
-                    &new.checksum.map(ChecksumAlgo::as_str),
-                    &caller.map(|c| i64::from(c.uid)),
-                    &caller.map(|c| i64::from(c.gid)),
-                    &caller.map(rules::caller_groups_column),
-                ],
-            );
-            match inserted {
-                Ok(_) => savepoint.commit().map_err(|e| self.err(e))?,
+                    &[
+                        &id.0,
+                        &name,
+                        &new.kind.as_str(),
+                        &new.owner.host,
+                        &new.owner.boot_id,
+                        &i64::from(new.owner.pid),
+                        &(new.owner.start_time as i64),
+                        &new.preserve.mode,
+                        &new.preserve.ownership,
+                        &new.preserve.times,
+                        &new.temp_suffix,
+                        &now,
+                        &new.checksum.map(ChecksumAlgo::as_str),
+                        &caller.map(|c| i64::from(c.uid)),
+                        &caller.map(|c| i64::from(c.gid)),
+                        &caller.map(rules::caller_groups_column),
+                    ],
+                );
+                match inserted {
+                    Ok(_) => savepoint.tx.commit().map(|()| Ok(())),
+                    // Dropped: rolled back to the savepoint.
+                    Err(e) => Ok(Err(e)),
+                }
+            };
+            match inserted.map_err(|e| self.err(e))? {
+                Ok(()) => {}
                 Err(e) if is_duplicate_name(&e) => {
-                    drop(savepoint);
                     return match live_id(&mut tx.tx, &name)? {
                         Some(existing) => Err(StoreError::DuplicateName {
                             path: path.clone(),
@@ -709,26 +719,23 @@ impl Store for PgStore {
         let location = self.location_path();
         // A LISTEN belongs to its connection: this one is the reader's own,
         // never the pool's.
-        let mut client = self
-            .config()
-            .connect(NoTls)
-            .map_err(|e| StoreError::Unreachable {
-                path: location.clone(),
-                detail: e.to_string(),
-            })?;
-        client
+        let mut conn = PgConn::connect(self.config()).map_err(|e| StoreError::Unreachable {
+            path: location.clone(),
+            detail: e.to_string(),
+        })?;
+        conn.client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .map_err(|e| server_err(&location, e))?;
         Ok(Box::new(PgEventReader {
             location,
             schema: self.schema().to_string(),
-            client,
+            conn,
             notifications_seen: 0,
         }))
     }
 }
 
-fn last_seq(client: &mut postgres::Client, path: &Path) -> Result<u64, StoreError> {
+fn last_seq(client: &mut PgConn, path: &Path) -> Result<u64, StoreError> {
     let seq: i64 = client
         .query_one(LAST_SEQ, &[])
         .and_then(|row| row.try_get(0))
@@ -740,19 +747,23 @@ fn last_seq(client: &mut postgres::Client, path: &Path) -> Result<u64, StoreErro
 /// and the newest number see the same snapshot, so a compaction in between
 /// cannot open a silent gap.
 fn query_events(
-    client: &mut postgres::Client,
+    conn: &mut PgConn,
     path: &Path,
     after: u64,
     filter: &EventFilter,
     limit: usize,
 ) -> Result<EventPage, StoreError> {
     let err = |e| server_err(path, e);
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(err)?;
+    let mut tx = CachedTx {
+        tx: conn
+            .client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(err)?,
+        statements: &mut conn.statements,
+    };
     let horizon: i64 = tx
         .query_one("SELECT value FROM meta WHERE key = 'events_horizon'", &[])
         .and_then(|row| row.try_get(0))
@@ -780,7 +791,7 @@ fn query_events(
         .query_one(LAST_SEQ, &[])
         .and_then(|row| row.try_get(0))
         .map_err(err)?;
-    tx.commit().map_err(err)?;
+    tx.tx.commit().map_err(err)?;
     let events = rows
         .iter()
         .map(|row| {
@@ -811,7 +822,8 @@ fn query_events(
 struct PgEventReader {
     location: PathBuf,
     schema: String,
-    client: postgres::Client,
+    /// Its own connection (a LISTEN belongs to one), with its statements.
+    conn: PgConn,
     /// Notifications for this store's schema received so far.
     notifications_seen: u64,
 }
@@ -819,7 +831,7 @@ struct PgEventReader {
 impl PgEventReader {
     /// Counts the notifications already received, without waiting.
     fn drain(&mut self) -> Result<(), StoreError> {
-        let mut pending = self.client.notifications();
+        let mut pending = self.conn.client.notifications();
         let mut pending = pending.iter();
         while let Some(notification) = pending.next().map_err(|e| server_err(&self.location, e))? {
             if notification.payload() == self.schema {
@@ -837,14 +849,14 @@ impl EventReader for PgEventReader {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<EventPage, StoreError> {
-        query_events(&mut self.client, &self.location, after, filter, limit)
+        query_events(&mut self.conn, &self.location, after, filter, limit)
     }
 
     fn change_token(&mut self) -> Result<ChangeToken, StoreError> {
         self.drain()?;
         Ok(ChangeToken {
             local: self.notifications_seen,
-            data_version: last_seq(&mut self.client, &self.location)? as i64,
+            data_version: last_seq(&mut self.conn, &self.location)? as i64,
         })
     }
 
@@ -860,7 +872,7 @@ impl EventReader for PgEventReader {
             }
             // Blocks on the connection's socket until a notification (of
             // any store sharing the server) arrives or the time is up.
-            let notification = self.client.notifications().timeout_iter(left).next();
+            let notification = self.conn.client.notifications().timeout_iter(left).next();
             match notification {
                 Ok(Some(n)) if n.payload() == self.schema => {
                     self.notifications_seen += 1;
