@@ -213,17 +213,10 @@ impl PgStore {
         } = tx;
         if !events.is_empty() {
             // Last, after every row lock `f` took: see the crate's invariants.
-            let n = events.len() as i64;
-            let last: i64 = tx
-                .query_one(
-                    "UPDATE event_counter SET last_seq = last_seq + $1 RETURNING last_seq",
-                    &[&n],
-                )
-                .map_err(|e| self.err(e))?
-                .get(0);
-            insert_events(&mut tx, last - n + 1, &events).map_err(|e| self.err(e))?;
-        }
-        if appended || !events.is_empty() {
+            // One statement: the counter, the events numbered from it, and
+            // the notification.
+            append_events(&mut tx, &events, &self.schema).map_err(|e| self.err(e))?;
+        } else if appended {
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.schema])
                 .map_err(|e| self.err(e))?;
         }
@@ -305,6 +298,65 @@ impl Tx<'_> {
     }
 }
 
+/// The events' columns, as arrays for `unnest`.
+struct EventColumns<'e> {
+    times: Vec<i64>,
+    transfers: Vec<Option<i64>>,
+    entries: Vec<Option<i64>>,
+    requests: Vec<Option<i64>>,
+    names: Vec<&'e str>,
+    contexts: Vec<&'e str>,
+}
+
+impl<'e> EventColumns<'e> {
+    fn new(events: &'e [NewEvent]) -> EventColumns<'e> {
+        EventColumns {
+            times: events.iter().map(|e| e.time_ns).collect(),
+            transfers: events.iter().map(|e| e.transfer).collect(),
+            entries: events.iter().map(|e| e.entry).collect(),
+            requests: events.iter().map(|e| e.request).collect(),
+            names: events.iter().map(|e| e.name.as_str()).collect(),
+            contexts: events.iter().map(|e| e.context.as_str()).collect(),
+        }
+    }
+}
+
+/// [`EventNumbering::Ordered`] at commit, in one statement: takes the
+/// counter's row lock and advances it by `events.len()`, inserts `events`
+/// numbered in order after the counter's old value, and notifies
+/// listeners of `schema`.
+fn append_events(
+    tx: &mut CachedTx<'_>,
+    events: &[NewEvent],
+    schema: &str,
+) -> Result<(), postgres::Error> {
+    let n = events.len() as i64;
+    let c = EventColumns::new(events);
+    tx.execute(
+        "WITH counter AS (
+            UPDATE event_counter SET last_seq = last_seq + $1 RETURNING last_seq
+         ), appended AS (
+            INSERT INTO events (seq, time_ns, transfer_id, entry_idx, request_id, name, context)
+            SELECT counter.last_seq - $1 + u.n, u.t, u.tr, u.en, u.rq, u.na, u.co
+            FROM counter, unnest($2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[],
+                                 $6::TEXT[], $7::TEXT[]) WITH ORDINALITY AS u(t, tr, en, rq, na, co, n)
+         )
+         SELECT pg_notify($8, $9)",
+        &[
+            &n,
+            &c.times,
+            &c.transfers,
+            &c.entries,
+            &c.requests,
+            &c.names,
+            &c.contexts,
+            &CHANNEL,
+            &schema,
+        ],
+    )?;
+    Ok(())
+}
+
 /// Inserts `events` numbered from `first` on, in one statement.
 fn insert_events(
     tx: &mut CachedTx<'_>,
@@ -312,18 +364,19 @@ fn insert_events(
     events: &[NewEvent],
 ) -> Result<(), postgres::Error> {
     let seqs: Vec<i64> = (first..first + events.len() as i64).collect();
-    let times: Vec<i64> = events.iter().map(|e| e.time_ns).collect();
-    let transfers: Vec<Option<i64>> = events.iter().map(|e| e.transfer).collect();
-    let entries: Vec<Option<i64>> = events.iter().map(|e| e.entry).collect();
-    let requests: Vec<Option<i64>> = events.iter().map(|e| e.request).collect();
-    let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
-    let contexts: Vec<&str> = events.iter().map(|e| e.context.as_str()).collect();
+    let c = EventColumns::new(events);
     tx.execute(
         "INSERT INTO events (seq, time_ns, transfer_id, entry_idx, request_id, name, context)
          SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[],
                               $5::BIGINT[], $6::TEXT[], $7::TEXT[])",
         &[
-            &seqs, &times, &transfers, &entries, &requests, &names, &contexts,
+            &seqs,
+            &c.times,
+            &c.transfers,
+            &c.entries,
+            &c.requests,
+            &c.names,
+            &c.contexts,
         ],
     )?;
     Ok(())

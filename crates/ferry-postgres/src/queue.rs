@@ -159,22 +159,24 @@ impl PgStore {
             .collect()
     }
 
-    /// The request, locked for this transaction.
+    /// The request, locked for this transaction, and the server's clock
+    /// (the transaction's one reading: see the module's "Clock"), in one
+    /// statement.
     fn request_for_update(
         &self,
         tx: &mut Tx<'_>,
         id: RequestId,
-    ) -> Result<RequestRecord, StoreError> {
-        self.query_requests(
-            &mut tx.tx,
-            "hsm_requests WHERE id = $1 FOR UPDATE",
-            &[&id.0],
-        )?
-        .pop()
-        .ok_or_else(|| StoreError::NoSuchRequest {
-            path: self.location_path(),
-            id,
-        })
+    ) -> Result<(RequestRecord, i64), StoreError> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS}, {NOW_SQL} FROM hsm_requests WHERE id = $1 FOR UPDATE"
+        );
+        let Some(row) = tx.tx.query_opt(&sql, &[&id.0]).map_err(|e| self.err(e))? else {
+            return Err(StoreError::NoSuchRequest {
+                path: self.location_path(),
+                id,
+            });
+        };
+        Ok((self.request_from_row(&row)?, row.get(20)))
     }
 
     fn live_request(
@@ -275,6 +277,22 @@ impl PgStore {
         change: Transition,
         now: i64,
     ) -> Result<RequestRecord, StoreError> {
+        Ok(self
+            .write_request(tx, old, change, now, false)?
+            .expect("an unguarded update changes its row"))
+    }
+
+    /// [`PgStore::update_request`], and with `file_idle` only if, in this
+    /// statement's snapshot, no request of the file is started: `None`
+    /// (nothing written) if one is.
+    fn write_request(
+        &self,
+        tx: &mut Tx<'_>,
+        old: &RequestRecord,
+        change: Transition,
+        now: i64,
+        file_idle: bool,
+    ) -> Result<Option<RequestRecord>, StoreError> {
         let Transition {
             mut new,
             event,
@@ -296,13 +314,22 @@ impl PgStore {
                 to: new.state,
             });
         }
+        const UPDATE: &str = "UPDATE hsm_requests SET state = $1, attempts = $2,
+                not_before_ns = $3, lease_holder = $4, lease_expires_ns = $5, waiters = $6,
+                error = $7, updated_ns = $8
+             WHERE id = $9 AND state = $10 AND attempts = $11";
+        let sql = if file_idle {
+            format!(
+                "{UPDATE} AND NOT EXISTS (SELECT 1 FROM hsm_requests AS busy
+                    WHERE busy.fid = hsm_requests.fid AND busy.state = 'started')"
+            )
+        } else {
+            UPDATE.to_owned()
+        };
         let changed = tx
             .tx
             .execute(
-                "UPDATE hsm_requests SET state = $1, attempts = $2, not_before_ns = $3,
-                    lease_holder = $4, lease_expires_ns = $5, waiters = $6, error = $7,
-                    updated_ns = $8
-                 WHERE id = $9 AND state = $10 AND attempts = $11",
+                &sql,
                 &[
                     &new.state.as_str(),
                     &i64::from(new.attempts),
@@ -318,11 +345,14 @@ impl PgStore {
                 ],
             )
             .map_err(|e| self.err(e))?;
+        if file_idle && changed == 0 {
+            return Ok(None);
+        }
         // We read it FOR UPDATE in this transaction: nobody changed it since.
         assert_eq!(changed, 1, "request {} changed under our lock", old.id);
         let context = rules::event_context(context, &new);
         self.request_event(tx, Some(new.id), format!("request.{event}"), &context, now)?;
-        Ok(new)
+        Ok(Some(new))
     }
 
     fn catalog_query(
@@ -430,19 +460,33 @@ impl PgStore {
     }
 
     fn policy_in(&self, client: &mut impl Db) -> Result<Policy, StoreError> {
-        let keys: Vec<&str> = POLICY_KEYS.to_vec();
-        let rows = client
-            .query("SELECT key, value FROM meta WHERE key = ANY($1)", &[&keys])
+        Ok(self.now_and_meta(client)?.1)
+    }
+
+    /// The server's clock (the transaction's one reading: see the module's
+    /// "Clock"), the policy and [`SINCE_ARCHIVE`], in one statement.
+    fn now_and_meta(&self, client: &mut impl Db) -> Result<(i64, Policy, i64), StoreError> {
+        let keys: Vec<&str> = POLICY_KEYS
+            .iter()
+            .chain([&SINCE_ARCHIVE])
+            .copied()
+            .collect();
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT {NOW_SQL}, array(SELECT m.value
+                        FROM unnest($1::TEXT[]) WITH ORDINALITY AS k(key, n)
+                        LEFT JOIN meta AS m ON m.key = k.key ORDER BY k.n)"
+                ),
+                &[&keys],
+            )
             .map_err(|e| self.err(e))?;
-        let mut v = [0i64; 7];
-        for (slot, key) in v.iter_mut().zip(POLICY_KEYS) {
-            *slot = rows
-                .iter()
-                .find(|row| row.get::<_, &str>(0) == key)
-                .map(|row| row.get(1))
-                .ok_or_else(|| self.corrupt(format!("meta has no {key}")))?;
+        let values: Vec<Option<i64>> = row.get(1);
+        let mut v = [0i64; 8];
+        for ((slot, key), value) in v.iter_mut().zip(&keys).zip(values) {
+            *slot = value.ok_or_else(|| self.corrupt(format!("meta has no {key}")))?;
         }
-        Ok(Policy {
+        let policy = Policy {
             head_start_restore_ms: v[0],
             head_start_remove_ms: v[1],
             head_start_archive_ms: v[2],
@@ -450,21 +494,19 @@ impl PgStore {
             backoff_base_ms: v[4].max(0) as u64,
             backoff_max_ms: v[5].max(0) as u64,
             restore_share: v[6].clamp(0, u32::MAX as i64) as u32,
-        })
-    }
-
-    fn meta_in(&self, client: &mut impl Db, key: &str) -> Result<i64, StoreError> {
-        client
-            .query_opt("SELECT value FROM meta WHERE key = $1", &[&key])
-            .map_err(|e| self.err(e))?
-            .map(|row| row.get(0))
-            .ok_or_else(|| self.corrupt(format!("meta has no {key}")))
+        };
+        Ok((row.get(0), policy, v[7]))
     }
 
     /// The leased request as it is now, locked, if `lease` is still its
     /// current lease; [`StoreError::StaleLease`] otherwise.
-    fn check_lease(&self, tx: &mut Tx<'_>, lease: &Lease) -> Result<RequestRecord, StoreError> {
-        let current = self.request_for_update(tx, lease.id())?;
+    /// With the server's clock, as [`PgStore::request_for_update`].
+    fn check_lease(
+        &self,
+        tx: &mut Tx<'_>,
+        lease: &Lease,
+    ) -> Result<(RequestRecord, i64), StoreError> {
+        let (current, now) = self.request_for_update(tx, lease.id())?;
         if !rules::lease_is_current(&current, lease) {
             return Err(StoreError::StaleLease {
                 path: self.location_path(),
@@ -474,7 +516,7 @@ impl PgStore {
                 state: current.state,
             });
         }
-        Ok(current)
+        Ok((current, now))
     }
 
     /// Returns expired leases to the queue (at most [`BATCH_MAX`] per call;
@@ -492,37 +534,60 @@ impl PgStore {
         Ok(expired.len())
     }
 
-    /// The best ready request of `class`, locked (`SKIP LOCKED`: another
-    /// leaser's candidates are stepped over, never waited for), not one of
-    /// `skipped`. "Ready": waiting, back-off over, the filter's archive,
-    /// and no started request of its file in this snapshot.
+    /// The best ready request of `actions` (all: `None`), locked (`SKIP
+    /// LOCKED`: another leaser's candidates are stepped over, never waited
+    /// for), not one of `skipped`. "Ready": waiting, back-off over, the
+    /// filter's archive, and no started request of its file in this
+    /// snapshot. Of several actions, each one's best is locked and the
+    /// better of them (smaller `(rank, id)`, [`rules::better`]) returned,
+    /// all in one statement.
     fn best_ready(
         &self,
         tx: &mut Tx<'_>,
         now: i64,
         filter: &LeaseFilter,
-        action: Option<Action>,
+        actions: Option<&[Action]>,
         skipped: &[i64],
     ) -> Result<Option<RequestRecord>, StoreError> {
         let archive_id = filter.archive_id.map(i64::from);
-        let action = action.map(Action::as_str);
-        // Two texts, so that each plan seeks its own index.
-        let by_action = if action.is_some() {
-            "AND action = $4"
-        } else {
-            "AND $4::TEXT IS NULL"
+        // A text per action (a literal), so that each plan seeks its index.
+        let head = |by_action: &str| {
+            format!(
+                "(SELECT {REQUEST_COLUMNS} FROM hsm_requests AS r
+                    WHERE state = 'waiting' {by_action} AND not_before_ns <= $1
+                    AND ($2::BIGINT IS NULL OR archive_id IN (0, $2))
+                    AND id <> ALL($3)
+                    AND NOT EXISTS (SELECT 1 FROM hsm_requests AS busy
+                        WHERE busy.fid = r.fid AND busy.state = 'started')
+                 ORDER BY rank, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            )
         };
-        let sql = format!(
-            "hsm_requests AS r WHERE state = 'waiting' {by_action} AND not_before_ns <= $1
-                AND ($2::BIGINT IS NULL OR archive_id IN (0, $2))
-                AND id <> ALL($3)
-                AND NOT EXISTS (SELECT 1 FROM hsm_requests AS busy
-                    WHERE busy.fid = r.fid AND busy.state = 'started')
-             ORDER BY rank, id LIMIT 1 FOR UPDATE SKIP LOCKED"
-        );
-        Ok(self
-            .query_requests(&mut tx.tx, &sql, &[&now, &archive_id, &skipped, &action])?
-            .pop())
+        let sql = match actions {
+            None => head(""),
+            Some([action]) => head(&format!("AND action = '{action}'")),
+            Some(actions) => {
+                // Each head a subquery: a locking clause may not stand
+                // in a branch of a UNION itself.
+                let heads: Vec<String> = actions
+                    .iter()
+                    .map(|action| {
+                        let head = head(&format!("AND action = '{action}'"));
+                        format!("SELECT * FROM {head} AS {action}")
+                    })
+                    .collect();
+                format!(
+                    "SELECT * FROM ({}) AS heads ORDER BY rank, id LIMIT 1",
+                    heads.join(" UNION ALL ")
+                )
+            }
+        };
+        let rows = tx
+            .tx
+            .query(&sql, &[&now, &archive_id, &skipped])
+            .map_err(|e| self.err(e))?;
+        rows.first()
+            .map(|row| self.request_from_row(row))
+            .transpose()
     }
 
     /// The next request to lease, by the weighted order
@@ -537,21 +602,12 @@ impl PgStore {
         skipped: &[i64],
     ) -> Result<Option<RequestRecord>, StoreError> {
         for class in rules::lease_order(policy, since_archive) {
-            let found = match class {
-                LeaseClass::Any => self.best_ready(tx, now, filter, None, skipped)?,
-                LeaseClass::Archives => {
-                    self.best_ready(tx, now, filter, Some(Action::Archive), skipped)?
-                }
-                LeaseClass::FirstClass => {
-                    let restore =
-                        self.best_ready(tx, now, filter, Some(Action::Restore), skipped)?;
-                    let remove = self.best_ready(tx, now, filter, Some(Action::Remove), skipped)?;
-                    match (restore, remove) {
-                        (Some(a), Some(b)) => Some(rules::better(a, b)),
-                        (a, b) => a.or(b),
-                    }
-                }
+            let actions: Option<&[Action]> = match class {
+                LeaseClass::Any => None,
+                LeaseClass::Archives => Some(&[Action::Archive]),
+                LeaseClass::FirstClass => Some(&[Action::Restore, Action::Remove]),
             };
+            let found = self.best_ready(tx, now, filter, actions, skipped)?;
             if found.is_some() {
                 return Ok(found);
             }
@@ -559,10 +615,12 @@ impl PgStore {
         Ok(None)
     }
 
-    /// Takes the file for this transaction: its advisory lock (without
-    /// waiting), then, in a snapshot taken after it, no started request of
-    /// the file. False: another lease has it, or had it and committed.
-    fn claim_file(&self, tx: &mut Tx<'_>, fid: &str) -> Result<bool, StoreError> {
+    /// Takes the file's advisory lock for this transaction, without
+    /// waiting. False: another lease has it. The caller then starts its
+    /// request only if, in a snapshot taken after this (its update's), no
+    /// request of the file is started: another lease may have had the
+    /// lock and committed.
+    fn lock_file(&self, tx: &mut Tx<'_>, fid: &str) -> Result<bool, StoreError> {
         let key = format!("{}/{fid}", self.schema());
         let locked: bool = tx
             .tx
@@ -572,18 +630,7 @@ impl PgStore {
             )
             .map_err(|e| self.err(e))?
             .get(0);
-        if !locked {
-            return Ok(false);
-        }
-        let busy: bool = tx
-            .tx
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM hsm_requests WHERE fid = $1 AND state = 'started')",
-                &[&fid],
-            )
-            .map_err(|e| self.err(e))?
-            .get(0);
-        Ok(!busy)
+        Ok(locked)
     }
 
     fn enqueue_one(
@@ -637,8 +684,7 @@ impl RequestQueue for PgStore {
             return Ok(Vec::new());
         }
         self.write(|tx| {
-            let now = self.server_now(&mut tx.tx)?;
-            let policy = self.policy_in(&mut tx.tx)?;
+            let (now, policy, _) = self.now_and_meta(&mut tx.tx)?;
             batch
                 .iter()
                 .map(|request| self.enqueue_one(tx, &policy, request, now))
@@ -655,10 +701,8 @@ impl RequestQueue for PgStore {
     ) -> Result<Vec<Lease>, StoreError> {
         check_batch(max);
         self.write(|tx| {
-            let now = self.server_now(&mut tx.tx)?;
+            let (now, policy, mut since_archive) = self.now_and_meta(&mut tx.tx)?;
             self.expire_in(tx, now)?;
-            let policy = self.policy_in(&mut tx.tx)?;
-            let mut since_archive = self.meta_in(&mut tx.tx, SINCE_ARCHIVE)?;
             let expires_ns = now.saturating_add(duration_ns(lease));
             let mut leases: Vec<Lease> = Vec::with_capacity(max.min(1024));
             let mut skipped: Vec<i64> = Vec::new();
@@ -668,13 +712,16 @@ impl RequestQueue for PgStore {
                 else {
                     break;
                 };
-                if !self.claim_file(tx, &old.fid)? {
+                if !self.lock_file(tx, &old.fid)? {
                     skipped.push(old.id.0);
                     continue;
                 }
-                since_archive = rules::since_archive_after(since_archive, old.action);
                 let change = rules::started(&old, worker, expires_ns);
-                let request = self.update_request(tx, &old, change, now)?;
+                let Some(request) = self.write_request(tx, &old, change, now, true)? else {
+                    skipped.push(old.id.0);
+                    continue;
+                };
+                since_archive = rules::since_archive_after(since_archive, old.action);
                 leases.push(Lease {
                     attempt: request.attempts,
                     request,
@@ -701,9 +748,8 @@ impl RequestQueue for PgStore {
 
     fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<i64, StoreError> {
         self.write(|tx| {
-            self.check_lease(tx, lease)?;
+            let (_, now) = self.check_lease(tx, lease)?;
             // The lease's end is bookkeeping, not a state: no event.
-            let now = self.server_now(&mut tx.tx)?;
             let expires = now.saturating_add(duration_ns(extend));
             tx.tx
                 .execute(
@@ -717,8 +763,7 @@ impl RequestQueue for PgStore {
 
     fn ack(&self, lease: &Lease, catalog: Option<&CatalogEntry>) -> Result<(), StoreError> {
         self.write(|tx| {
-            let now = self.server_now(&mut tx.tx)?;
-            let old = self.check_lease(tx, lease)?;
+            let (old, now) = self.check_lease(tx, lease)?;
             self.update_request(tx, &old, rules::succeeded(&old), now)?;
             if let Some(entry) = catalog {
                 assert_eq!(entry.fid, old.fid, "an ack names its request's file");
@@ -730,9 +775,8 @@ impl RequestQueue for PgStore {
 
     fn fail(&self, lease: &Lease, kind: FailKind, error: &str) -> Result<RequestState, StoreError> {
         self.write(|tx| {
-            let now = self.server_now(&mut tx.tx)?;
-            let policy = self.policy_in(&mut tx.tx)?;
-            let old = self.check_lease(tx, lease)?;
+            let (now, policy, _) = self.now_and_meta(&mut tx.tx)?;
+            let (old, _) = self.check_lease(tx, lease)?;
             let change = rules::failed(&old, &policy, kind, error, now);
             let to = self.update_request(tx, &old, change, now)?.state;
             if kind == FailKind::Lost
@@ -747,8 +791,7 @@ impl RequestQueue for PgStore {
 
     fn cancel(&self, id: RequestId) -> Result<(), StoreError> {
         self.write(|tx| {
-            let now = self.server_now(&mut tx.tx)?;
-            let old = self.request_for_update(tx, id)?;
+            let (old, now) = self.request_for_update(tx, id)?;
             self.update_request(tx, &old, rules::canceled(&old), now)?;
             Ok(())
         })
