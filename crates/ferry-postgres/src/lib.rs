@@ -26,6 +26,7 @@ mod wake;
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry::store::StoreError;
@@ -77,6 +78,8 @@ pub struct PgStore {
     config: postgres::Config,
     pool: Pool,
     numbering: EventNumbering,
+    /// Batches enqueued one by one after all (see `queue/batch.rs`).
+    enqueue_fallbacks: AtomicU64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -143,7 +146,19 @@ impl PgStore {
             config,
             pool,
             numbering,
+            enqueue_fallbacks: AtomicU64::new(0),
         })
+    }
+
+    /// Tests only: how many batches this handle enqueued one request at a
+    /// time after all (a concurrent enqueue raced the batch's insert).
+    #[doc(hidden)]
+    pub fn enqueue_fallbacks(&self) -> u64 {
+        self.enqueue_fallbacks.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_enqueue_fallback(&self) {
+        self.enqueue_fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The PostgreSQL schema this store lives in.

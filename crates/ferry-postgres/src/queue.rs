@@ -45,6 +45,8 @@ use postgres::types::ToSql;
 
 use crate::{NewEvent, PgStore, Tx};
 
+mod batch;
+
 const REQUEST_COLUMNS: &str = "id, action, fsname, archive_id, flags, data, fid, path, \
      priority_ms, rank, state, attempts, max_attempts, not_before_ns, lease_holder, \
      lease_expires_ns, waiters, error, created_ns, updated_ns";
@@ -368,6 +370,10 @@ impl PgStore {
         let Some(row) = client.query_opt(&sql, &[&fid]).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
+        self.catalog_from_row(&row).map(Some)
+    }
+
+    fn catalog_from_row(&self, row: &postgres::Row) -> Result<CatalogEntry, StoreError> {
         let fid: String = row.get(0);
         let state: &str = row.get(2);
         let state = CatalogState::parse(state).ok_or_else(|| {
@@ -380,7 +386,7 @@ impl PgStore {
                 "HSM catalog: {fid} has archive id {archive_id} or mode {mode} out of range"
             )));
         };
-        Ok(Some(CatalogEntry {
+        Ok(CatalogEntry {
             path: path_from(row.get(1)),
             state,
             archive_id,
@@ -391,7 +397,7 @@ impl PgStore {
             checksum: row.get(8),
             updated_ns: row.get(9),
             fid,
-        }))
+        })
     }
 
     /// THE way the catalog changes: checks the transition from what this
@@ -685,6 +691,11 @@ impl RequestQueue for PgStore {
         }
         self.write(|tx| {
             let (now, policy, _) = self.now_and_meta(&mut tx.tx)?;
+            if batch.len() > 1
+                && let Some(enqueued) = self.enqueue_batch(tx, &policy, batch, now)?
+            {
+                return Ok(enqueued);
+            }
             batch
                 .iter()
                 .map(|request| self.enqueue_one(tx, &policy, request, now))

@@ -1,0 +1,235 @@
+//! An enqueue of many requests at once is written in a few statements
+//! (`queue/batch.rs`); it must decide exactly what the SQLite store decides
+//! one request at a time: the same outcomes, requests and events, in the
+//! same order. And when a concurrent enqueue commits a request the batch
+//! meant to insert, the batch joins it, as one request alone would. Needs
+//! the test server; no sleeps (the race is forced).
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ferry::hsm::{
+    Action, CatalogEntry, CatalogState, Enqueued, LeaseFilter, NewRequest, RequestId, RequestQueue,
+    RequestState,
+};
+use ferry::store::{EventFilter, SqliteStore, Store};
+use ferry_postgres::PgStore;
+use ferry_postgres::testing::TestSchema;
+
+const LONG: Duration = Duration::from_secs(600);
+
+fn request(action: Action, fid: &str) -> NewRequest {
+    NewRequest {
+        action,
+        fsname: "fs".into(),
+        archive_id: 1,
+        flags: 0,
+        data: b"d".to_vec(),
+        fid: fid.into(),
+        path: None,
+        priority_ms: 0,
+    }
+}
+
+fn archived(fid: &str) -> CatalogEntry {
+    CatalogEntry {
+        fid: fid.into(),
+        path: Some(format!("/managed/{fid}").into()),
+        state: CatalogState::Archived,
+        archive_id: 1,
+        object: Some(format!("obj-{fid}")),
+        size: 1,
+        mtime_ns: 1,
+        mode: 0o644,
+        checksum: Some("c".into()),
+        updated_ns: 0,
+    }
+}
+
+/// Enqueues `fid`'s archive alone, leases it, and (with `catalog`) acks it.
+fn archive_alone<Q: RequestQueue>(q: &Q, fid: &str, catalog: Option<CatalogEntry>) {
+    q.enqueue(&[request(Action::Archive, fid)]).unwrap();
+    let lease = q
+        .lease("w", &LeaseFilter::default(), 1, LONG)
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(lease.request.fid, fid);
+    if let Some(entry) = catalog {
+        q.ack(&lease, Some(&entry)).unwrap();
+    }
+}
+
+/// Sets up a queue with every case a batch meets, enqueues one batch, and
+/// returns what came out, with request ids as their rank among all ids.
+fn scenario<Q: RequestQueue + Store>(q: &Q) -> Vec<String> {
+    // g: archived, changed since, its new archive waiting.
+    archive_alone(q, "g", Some(archived("g")));
+    q.set_catalog_state("g", CatalogState::Archived, CatalogState::Dirty)
+        .unwrap();
+    // r: archived, then released.
+    archive_alone(q, "r", Some(archived("r")));
+    q.set_catalog_state("r", CatalogState::Archived, CatalogState::Released)
+        .unwrap();
+    // s: its archive started.
+    archive_alone(q, "s", None);
+    q.enqueue(&[request(Action::Archive, "g")]).unwrap();
+    let after = q.last_seq().unwrap();
+
+    let batch = [
+        request(Action::Archive, "a"),
+        request(Action::Archive, "a"),
+        request(Action::Restore, "a"),
+        // Supersedes g's waiting archive; g has a copy: queued.
+        request(Action::Remove, "g"),
+        // g's archive again: a new one (the old one is canceled).
+        request(Action::Archive, "g"),
+        // Joins s's started archive, twice.
+        request(Action::Archive, "s"),
+        request(Action::Archive, "s"),
+        // Nothing archived: nothing to remove.
+        request(Action::Remove, "n"),
+        // Released: its data is in the archive.
+        request(Action::Archive, "r"),
+        request(Action::Remove, "r"),
+        // h's archive, superseded within the batch, then a new one.
+        request(Action::Archive, "h"),
+        request(Action::Remove, "h"),
+        request(Action::Archive, "h"),
+        request(Action::Restore, "a"),
+    ];
+    let out = q.enqueue(&batch).unwrap();
+
+    let requests = q.requests(None, 1000).unwrap();
+    let rank: HashMap<RequestId, usize> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id, i))
+        .collect();
+    let mut lines: Vec<String> = out
+        .iter()
+        .map(|e| match e {
+            Enqueued::Queued { id } => format!("queued #{}", rank[id]),
+            Enqueued::Joined { id, waiters } => format!("joined #{} waiters {waiters}", rank[id]),
+            Enqueued::Noop { reason } => format!("noop {reason}"),
+        })
+        .collect();
+    lines.extend(requests.iter().map(|r| {
+        format!(
+            "request #{} {} {} {} attempts {} waiters {} error {:?} rank_is_created {}",
+            rank[&r.id],
+            r.action,
+            r.fid,
+            r.state,
+            r.attempts,
+            r.waiters,
+            r.error,
+            r.rank == r.created_ns,
+        )
+    }));
+    lines.extend(
+        q.events_since(after, &EventFilter::default(), 1000)
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "event {} #{:?} {}",
+                    e.name,
+                    e.request.map(|id| rank[&id]),
+                    e.context
+                )
+            }),
+    );
+    lines
+}
+
+#[test]
+fn a_batch_decides_as_one_request_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("q.db")).unwrap();
+    let expected = scenario(&sqlite);
+    let schema = TestSchema::new();
+    let store = schema.open();
+    let got = scenario(&store);
+    assert_eq!(got, expected);
+    assert_eq!(
+        store.enqueue_fallbacks(),
+        0,
+        "the batch was written at once"
+    );
+    // Every case was met.
+    for needle in ["joined", "noop", "canceled", "request.waiting"] {
+        assert!(expected.iter().any(|l| l.contains(needle)), "{needle}");
+    }
+}
+
+/// Waits until the backend of `application_name` waits for a lock.
+fn wait_until_blocked(schema: &TestSchema, application_name: &str) {
+    let mut client = schema.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let blocked: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&application_name],
+            )
+            .unwrap()
+            .get(0);
+        if blocked > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the batch never blocked");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_batch_joins_a_request_a_concurrent_enqueue_committed() {
+    let schema = TestSchema::new();
+    let store = schema.open();
+    // Another enqueuer's request of x, inserted and not committed yet: the
+    // batch does not see it, and its insert of x waits for it.
+    let mut other = schema.client();
+    let mut other_tx = other.transaction().unwrap();
+    let other_id: i64 = other_tx
+        .query_one(
+            "INSERT INTO hsm_requests (action, fsname, archive_id, flags, data, fid,
+                priority_ms, rank, state, max_attempts, created_ns, updated_ns)
+             VALUES ('archive', 'fs', 1, 0, '', 'x', 0, 0, 'waiting', 5, 0, 0) RETURNING id",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let name = format!("batch_{}", schema.name);
+    let batcher = PgStore::open(&format!("{}&application_name={name}", schema.url)).unwrap();
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let out = batcher
+                .enqueue(&[request(Action::Archive, "w"), request(Action::Archive, "x")])
+                .unwrap();
+            done_tx.send(out).unwrap();
+        });
+        wait_until_blocked(&schema, &name);
+        other_tx.commit().unwrap();
+    });
+    let out = done_rx.recv().unwrap();
+    assert_eq!(batcher.enqueue_fallbacks(), 1, "the batch met the race");
+    assert!(matches!(out[0], Enqueued::Queued { .. }), "{out:?}");
+    assert!(
+        matches!(out[1], Enqueued::Joined { id, waiters: 2 } if id == RequestId(other_id)),
+        "{out:?}"
+    );
+    let requests = store.requests(None, 10).unwrap();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests.iter().all(|r| r.state == RequestState::Waiting));
+    let names: Vec<String> = store
+        .events_since(0, &EventFilter::default(), 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["request.waiting", "request.joined"]);
+}
