@@ -83,6 +83,41 @@ const SKIPS_MAX: usize = BATCH_MAX;
 /// gives up.
 const ENQUEUE_RACES_MAX: usize = 8;
 
+/// The best ready request of `class` (see [`PgStore::next_ready`]): a
+/// query of parameters `$1` now, `$2` the filter's archive id, `$3` the
+/// ids to skip. A text per action (a literal), so that each plan seeks
+/// its own index.
+fn class_sql(class: LeaseClass) -> String {
+    let head = |by_action: &str| {
+        format!(
+            "(SELECT {REQUEST_COLUMNS} FROM hsm_requests AS r
+                WHERE state = 'waiting' {by_action} AND not_before_ns <= $1
+                AND ($2::BIGINT IS NULL OR archive_id IN (0, $2))
+                AND id <> ALL($3)
+                AND NOT EXISTS (SELECT 1 FROM hsm_requests AS busy
+                    WHERE busy.fid = r.fid AND busy.state = 'started')
+             ORDER BY rank, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+        )
+    };
+    let by_action = |action: Action| head(&format!("AND action = '{action}'"));
+    match class {
+        LeaseClass::Any => format!("SELECT * FROM {} AS head", head("")),
+        LeaseClass::Archives => format!("SELECT * FROM {} AS head", by_action(Action::Archive)),
+        LeaseClass::FirstClass => {
+            // Each head a subquery: a locking clause may not stand in a
+            // branch of a UNION itself.
+            let heads: Vec<String> = [Action::Restore, Action::Remove]
+                .iter()
+                .map(|&action| format!("SELECT * FROM {} AS {action}", by_action(action)))
+                .collect();
+            format!(
+                "SELECT * FROM ({}) AS heads ORDER BY rank, id LIMIT 1",
+                heads.join(" UNION ALL ")
+            )
+        }
+    }
+}
+
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 fn check_batch(len: usize) {
@@ -540,64 +575,16 @@ impl PgStore {
         Ok(expired.len())
     }
 
-    /// The best ready request of `actions` (all: `None`), locked (`SKIP
-    /// LOCKED`: another leaser's candidates are stepped over, never waited
-    /// for), not one of `skipped`. "Ready": waiting, back-off over, the
-    /// filter's archive, and no started request of its file in this
-    /// snapshot. Of several actions, each one's best is locked and the
-    /// better of them (smaller `(rank, id)`, [`rules::better`]) returned,
-    /// all in one statement.
-    fn best_ready(
-        &self,
-        tx: &mut Tx<'_>,
-        now: i64,
-        filter: &LeaseFilter,
-        actions: Option<&[Action]>,
-        skipped: &[i64],
-    ) -> Result<Option<RequestRecord>, StoreError> {
-        let archive_id = filter.archive_id.map(i64::from);
-        // A text per action (a literal), so that each plan seeks its index.
-        let head = |by_action: &str| {
-            format!(
-                "(SELECT {REQUEST_COLUMNS} FROM hsm_requests AS r
-                    WHERE state = 'waiting' {by_action} AND not_before_ns <= $1
-                    AND ($2::BIGINT IS NULL OR archive_id IN (0, $2))
-                    AND id <> ALL($3)
-                    AND NOT EXISTS (SELECT 1 FROM hsm_requests AS busy
-                        WHERE busy.fid = r.fid AND busy.state = 'started')
-                 ORDER BY rank, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-            )
-        };
-        let sql = match actions {
-            None => head(""),
-            Some([action]) => head(&format!("AND action = '{action}'")),
-            Some(actions) => {
-                // Each head a subquery: a locking clause may not stand
-                // in a branch of a UNION itself.
-                let heads: Vec<String> = actions
-                    .iter()
-                    .map(|action| {
-                        let head = head(&format!("AND action = '{action}'"));
-                        format!("SELECT * FROM {head} AS {action}")
-                    })
-                    .collect();
-                format!(
-                    "SELECT * FROM ({}) AS heads ORDER BY rank, id LIMIT 1",
-                    heads.join(" UNION ALL ")
-                )
-            }
-        };
-        let rows = tx
-            .tx
-            .query(&sql, &[&now, &archive_id, &skipped])
-            .map_err(|e| self.err(e))?;
-        rows.first()
-            .map(|row| self.request_from_row(row))
-            .transpose()
-    }
-
     /// The next request to lease, by the weighted order
-    /// ([`rules::lease_order`]).
+    /// ([`rules::lease_order`]), locked (`SKIP LOCKED`: another leaser's
+    /// candidates are stepped over, never waited for), not one of
+    /// `skipped`. "Ready": waiting, back-off over, the filter's archive,
+    /// and no started request of its file in this snapshot.
+    ///
+    /// One statement: each class in turn, the next one looked at only when
+    /// the ones before it found nothing. Of a class of several actions
+    /// (restores and removes), each one's best is locked and the better of
+    /// them (smaller `(rank, id)`, [`rules::better`]) taken.
     fn next_ready(
         &self,
         tx: &mut Tx<'_>,
@@ -607,18 +594,38 @@ impl PgStore {
         since_archive: i64,
         skipped: &[i64],
     ) -> Result<Option<RequestRecord>, StoreError> {
-        for class in rules::lease_order(policy, since_archive) {
-            let actions: Option<&[Action]> = match class {
-                LeaseClass::Any => None,
-                LeaseClass::Archives => Some(&[Action::Archive]),
-                LeaseClass::FirstClass => Some(&[Action::Restore, Action::Remove]),
-            };
-            let found = self.best_ready(tx, now, filter, actions, skipped)?;
-            if found.is_some() {
-                return Ok(found);
+        let classes = rules::lease_order(policy, since_archive);
+        let sql = match classes {
+            [class] => class_sql(*class),
+            _ => {
+                // Each class a materialized query, run only if none of the
+                // classes before it found one (its filter is a constant:
+                // the planner checks it once, before running the query).
+                let mut ctes = Vec::new();
+                for (i, class) in classes.iter().enumerate() {
+                    let before: Vec<String> = (0..i)
+                        .map(|j| format!("AND NOT EXISTS (SELECT 1 FROM class{j})"))
+                        .collect();
+                    ctes.push(format!(
+                        "class{i} AS MATERIALIZED (SELECT * FROM ({}) AS found WHERE TRUE {})",
+                        class_sql(*class),
+                        before.join(" ")
+                    ));
+                }
+                let all: Vec<String> = (0..classes.len())
+                    .map(|i| format!("SELECT * FROM class{i}"))
+                    .collect();
+                format!("WITH {} {}", ctes.join(", "), all.join(" UNION ALL "))
             }
-        }
-        Ok(None)
+        };
+        let archive_id = filter.archive_id.map(i64::from);
+        let rows = tx
+            .tx
+            .query(&sql, &[&now, &archive_id, &skipped])
+            .map_err(|e| self.err(e))?;
+        rows.first()
+            .map(|row| self.request_from_row(row))
+            .transpose()
     }
 
     /// Takes the file's advisory lock for this transaction, without
