@@ -507,6 +507,16 @@ impl PgStore {
     /// The server's clock (the transaction's one reading: see the module's
     /// "Clock"), the policy and [`SINCE_ARCHIVE`], in one statement.
     fn now_and_meta(&self, client: &mut impl Db) -> Result<(i64, Policy, i64), StoreError> {
+        let (now, policy, since_archive, _) = self.now_meta_expired(client)?;
+        Ok((now, policy, since_archive))
+    }
+
+    /// [`PgStore::now_and_meta`], and whether, by that clock, some lease
+    /// has expired.
+    fn now_meta_expired(
+        &self,
+        client: &mut impl Db,
+    ) -> Result<(i64, Policy, i64, bool), StoreError> {
         let keys: Vec<&str> = POLICY_KEYS
             .iter()
             .chain([&SINCE_ARCHIVE])
@@ -515,9 +525,14 @@ impl PgStore {
         let row = client
             .query_one(
                 &format!(
-                    "SELECT {NOW_SQL}, array(SELECT m.value
-                        FROM unnest($1::TEXT[]) WITH ORDINALITY AS k(key, n)
-                        LEFT JOIN meta AS m ON m.key = k.key ORDER BY k.n)"
+                    "WITH clock AS MATERIALIZED (SELECT {NOW_SQL} AS ns)
+                     SELECT clock.ns,
+                        array(SELECT m.value
+                            FROM unnest($1::TEXT[]) WITH ORDINALITY AS k(key, n)
+                            LEFT JOIN meta AS m ON m.key = k.key ORDER BY k.n),
+                        EXISTS (SELECT 1 FROM hsm_requests
+                            WHERE state = 'started' AND lease_expires_ns < clock.ns)
+                     FROM clock"
                 ),
                 &[&keys],
             )
@@ -536,7 +551,7 @@ impl PgStore {
             backoff_max_ms: v[5].max(0) as u64,
             restore_share: v[6].clamp(0, u32::MAX as i64) as u32,
         };
-        Ok((row.get(0), policy, v[7]))
+        Ok((row.get(0), policy, v[7], row.get(2)))
     }
 
     /// The leased request as it is now, locked, if `lease` is still its
@@ -719,8 +734,11 @@ impl RequestQueue for PgStore {
     ) -> Result<Vec<Lease>, StoreError> {
         check_batch(max);
         self.write(|tx| {
-            let (now, policy, mut since_archive) = self.now_and_meta(&mut tx.tx)?;
-            self.expire_in(tx, now)?;
+            let (now, policy, mut since_archive, expired) = self.now_meta_expired(&mut tx.tx)?;
+            // A lease that expires after this look is returned by the next.
+            if expired {
+                self.expire_in(tx, now)?;
+            }
             let expires_ns = now.saturating_add(duration_ns(lease));
             let mut leases: Vec<Lease> = Vec::with_capacity(max.min(1024));
             let mut skipped: Vec<i64> = Vec::new();
