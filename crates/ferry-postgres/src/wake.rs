@@ -15,15 +15,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ferry::store::StoreError;
-use postgres::NoTls;
 use postgres::fallible_iterator::FallibleIterator;
 
+use crate::conn::{Db, PgConn};
 use crate::queue::NOW_SQL;
 use crate::{CHANNEL, PgStore, server_err};
 
 /// See the module documentation; made by [`PgStore::work_waiter`].
 pub struct WorkWaiter {
-    client: postgres::Client,
+    /// Its own connection (a LISTEN belongs to one), with its statements.
+    conn: PgConn,
     schema: String,
     location: PathBuf,
 }
@@ -42,15 +43,12 @@ impl PgStore {
     /// lease that found nothing.
     pub fn work_waiter(&self) -> Result<WorkWaiter, StoreError> {
         let location = self.location_path();
-        let mut client = self
-            .config()
-            .connect(NoTls)
-            .map_err(|e| server_err(&location, e))?;
-        client
+        let mut conn = PgConn::connect(self.config()).map_err(|e| server_err(&location, e))?;
+        conn.client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .map_err(|e| server_err(&location, e))?;
         Ok(WorkWaiter {
-            client,
+            conn,
             schema: self.schema().to_owned(),
             location,
         })
@@ -75,6 +73,7 @@ impl WorkWaiter {
                 return Ok(false);
             }
             let got = self
+                .conn
                 .client
                 .notifications()
                 .timeout_iter(left)
@@ -95,7 +94,7 @@ impl WorkWaiter {
     /// Takes every notification already delivered; whether one was ours.
     fn drain(&mut self) -> Result<bool, StoreError> {
         let mut ours = false;
-        let mut pending = self.client.notifications();
+        let mut pending = self.conn.client.notifications();
         let mut iter = pending.iter();
         while let Some(n) = iter.next().map_err(|e| server_err(&self.location, e))? {
             ours |= n.payload() == self.schema;
@@ -107,7 +106,7 @@ impl WorkWaiter {
     /// clock, which set them), if any is pending.
     fn next_due(&mut self) -> Result<Option<Duration>, StoreError> {
         let row = self
-            .client
+            .conn
             .query_one(
                 &format!(
                     "WITH now AS (SELECT {NOW_SQL} AS ns)
