@@ -61,3 +61,51 @@ fn an_unreachable_server_is_named_with_what_to_check() {
     assert!(!message.contains("hunter2"), "{message}");
     assert_eq!(ferry::Error::from(err).code(), 15);
 }
+
+#[test]
+fn a_reconnected_connection_prepares_its_statements_anew() {
+    use ferry::hsm::{Action, LeaseFilter, NewRequest, RequestQueue};
+    let schema = TestSchema::new();
+    let name = format!("reconnect_{}", schema.name);
+    let store = PgStore::open(&format!("{}&application_name={name}", schema.url)).unwrap();
+    let request = |fid: &str| NewRequest {
+        action: Action::Archive,
+        fsname: "fs".into(),
+        archive_id: 1,
+        flags: 0,
+        data: Vec::new(),
+        fid: fid.into(),
+        path: None,
+        priority_ms: 0,
+    };
+    let lease_and_ack = || {
+        let lease = store
+            .lease(
+                "w",
+                &LeaseFilter::default(),
+                1,
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap()
+            .pop()
+            .unwrap();
+        store.ack(&lease, None).unwrap();
+    };
+    store.enqueue(&[request("a"), request("b")]).unwrap();
+    // The pool's connection has prepared the lease's statements.
+    lease_and_ack();
+    // The server ends it (a restart, an administrator), and is done.
+    let ended: i64 = schema
+        .client()
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid, 60000) FROM pg_stat_activity
+                WHERE application_name = $1) AS t",
+            &[&name],
+        )
+        .unwrap()
+        .get(0);
+    assert!(ended >= 1);
+    // The pool replaces it; its replacement prepares what it runs.
+    lease_and_ack();
+    store.enqueue(&[request("c"), request("d")]).unwrap();
+}
