@@ -8,10 +8,12 @@
 //!   and never lease one request twice), then updates them with a guard on
 //!   what it read, inside [`PgStore::write`] with its event.
 //! - One request per file at a time: a lease takes a transaction-scoped
-//!   advisory lock on the file (`pg_try_advisory_xact_lock`, never waiting)
-//!   and then looks again, in a new snapshot, for a started request of that
-//!   file. Only a lease starts a request and it holds that lock until it
-//!   commits, so two workers never start two requests of one file.
+//!   advisory lock on the file (`pg_try_advisory_xact_lock`, never waiting,
+//!   in the statement that finds the request) and then looks again, in a
+//!   new snapshot (the statement that starts the request, which changes
+//!   nothing if it finds one), for a started request of that file. Only a
+//!   lease starts a request and it holds that lock until it commits, so two
+//!   workers never start two requests of one file.
 //! - Two enqueuers of the same file and action meet at the unique index of
 //!   live requests: the second one's insert does nothing and it joins the
 //!   first one's request instead.
@@ -594,7 +596,8 @@ impl PgStore {
     /// ([`rules::lease_order`]), locked (`SKIP LOCKED`: another leaser's
     /// candidates are stepped over, never waited for), not one of
     /// `skipped`. "Ready": waiting, back-off over, the filter's archive,
-    /// and no started request of its file in this snapshot.
+    /// and no started request of its file in this snapshot. With it,
+    /// whether it took its file's advisory lock.
     ///
     /// One statement: each class in turn, the next one looked at only when
     /// the ones before it found nothing. Of a class of several actions
@@ -608,7 +611,7 @@ impl PgStore {
         policy: &Policy,
         since_archive: i64,
         skipped: &[i64],
-    ) -> Result<Option<RequestRecord>, StoreError> {
+    ) -> Result<Option<(RequestRecord, bool)>, StoreError> {
         let classes = rules::lease_order(policy, since_archive);
         let sql = match classes {
             [class] => class_sql(*class),
@@ -633,32 +636,33 @@ impl PgStore {
                 format!("WITH {} {}", ctes.join(", "), all.join(" UNION ALL "))
             }
         };
+        // The one request found takes its file's advisory lock for this
+        // transaction, without waiting (key: `SCHEMA/FID`). Not taken:
+        // another lease has it. Taken: the caller starts the request only
+        // if, in a snapshot taken after this statement (its update's), no
+        // request of the file is started: another lease may have had the
+        // lock and committed.
+        let sql = format!(
+            "SELECT found.*, pg_try_advisory_xact_lock($4, hashtext($5 || '/' || found.fid))
+             FROM ({sql}) AS found"
+        );
         let archive_id = filter.archive_id.map(i64::from);
         let rows = tx
             .tx
-            .query(&sql, &[&now, &archive_id, &skipped])
+            .query(
+                &sql,
+                &[
+                    &now,
+                    &archive_id,
+                    &skipped,
+                    &FILE_LOCK_CLASS,
+                    &self.schema(),
+                ],
+            )
             .map_err(|e| self.err(e))?;
         rows.first()
-            .map(|row| self.request_from_row(row))
+            .map(|row| Ok((self.request_from_row(row)?, row.get(20))))
             .transpose()
-    }
-
-    /// Takes the file's advisory lock for this transaction, without
-    /// waiting. False: another lease has it. The caller then starts its
-    /// request only if, in a snapshot taken after this (its update's), no
-    /// request of the file is started: another lease may have had the
-    /// lock and committed.
-    fn lock_file(&self, tx: &mut Tx<'_>, fid: &str) -> Result<bool, StoreError> {
-        let key = format!("{}/{fid}", self.schema());
-        let locked: bool = tx
-            .tx
-            .query_one(
-                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
-                &[&FILE_LOCK_CLASS, &key],
-            )
-            .map_err(|e| self.err(e))?
-            .get(0);
-        Ok(locked)
     }
 
     fn enqueue_one(
@@ -743,12 +747,12 @@ impl RequestQueue for PgStore {
             let mut leases: Vec<Lease> = Vec::with_capacity(max.min(1024));
             let mut skipped: Vec<i64> = Vec::new();
             while leases.len() < max && skipped.len() < SKIPS_MAX {
-                let Some(old) =
+                let Some((old, file_locked)) =
                     self.next_ready(tx, now, filter, &policy, since_archive, &skipped)?
                 else {
                     break;
                 };
-                if !self.lock_file(tx, &old.fid)? {
+                if !file_locked {
                     skipped.push(old.id.0);
                     continue;
                 }
