@@ -67,7 +67,10 @@ pub fn refuse_postgres(location: &Path, command: &str) -> Result<(), Exit> {
         .to_str()
         .filter(|l| ferry_postgres::is_postgres_url(l))
     {
-        Some(_) => Err(sqlite_only(location, command)),
+        Some(url) => Err(sqlite_only(
+            Path::new(&ferry_postgres::redacted(url)),
+            command,
+        )),
         None => Ok(()),
     }
 }

@@ -22,7 +22,6 @@ mod conn;
 mod queue;
 mod schema;
 mod store;
-mod wake;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -35,7 +34,6 @@ use postgres::NoTls;
 use conn::{CachedTx, Db, Manager};
 
 pub use schema::SCHEMA_VERSION;
-pub use wake::WorkWaiter;
 
 /// The LISTEN/NOTIFY channel; the payload is the store's schema.
 pub const CHANNEL: &str = "ferry_events";
@@ -48,6 +46,12 @@ pub const DEFAULT_SCHEMA: &str = "ferry";
 const POOL_SIZE: u32 = 8;
 const CONNECTION_WAIT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive: a server or a reader gone silent (a partition, a
+/// firewall's idle timeout) is noticed in about a minute, not two hours.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_DEFAULT: Duration = Duration::from_secs(2 * 60 * 60);
+/// The server ends a session idle this long inside a transaction.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
 
 /// How often [`PgStore::write`] runs a transaction that PostgreSQL aborted
 /// as a deadlock victim or a serialization failure before it gives up.
@@ -108,18 +112,30 @@ impl PgStore {
     pub fn open_with(url: &str, numbering: EventNumbering) -> Result<PgStore, StoreError> {
         let (url, schema) = split_schema(url)?;
         let mut config = postgres::Config::from_str(&url).map_err(|e| StoreError::Unreachable {
-            path: PathBuf::from(redact(&url)),
+            path: PathBuf::from(redacted(&url)),
             detail: format!("not a PostgreSQL URL ({e})"),
         })?;
         let location = PathBuf::from(describe(&config, &schema));
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        // Kept with any options the URL gives, so every connection (pooled
-        // or a reader's own) lives in the store's schema.
+        if config.get_keepalives_idle() == KEEPALIVE_DEFAULT {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        // After any options the URL gives, so that ours win: every
+        // connection (pooled or a reader's own) lives in the store's schema;
+        // a commit is durable before its events are visible (a server crash
+        // must not hand the same numbers out again); and a writer stopped
+        // mid-transaction (Ctrl-Z, a partition) is cut off rather than
+        // holding the event counter, which every writer needs, for ever.
+        let ours = format!(
+            "-c search_path={schema} -c synchronous_commit=on \
+             -c idle_in_transaction_session_timeout={}s",
+            IDLE_IN_TRANSACTION.as_secs()
+        );
         let options = match config.get_options() {
-            Some(given) => format!("{given} -c search_path={schema}"),
-            None => format!("-c search_path={schema}"),
+            Some(given) => format!("{given} {ours}"),
+            None => ours,
         };
         config.options(&options);
         if config.get_application_name().is_none() {
@@ -129,7 +145,7 @@ impl PgStore {
         // with its own message, rather than after the pool's wait.
         let mut client = config.connect(NoTls).map_err(|e| StoreError::Unreachable {
             path: location.clone(),
-            detail: e.to_string(),
+            detail: error_text(&e),
         })?;
         migrate(&mut client, &schema, &location)?;
         drop(client);
@@ -175,9 +191,20 @@ impl PgStore {
     }
 
     pub(crate) fn conn(&self) -> Result<Conn, StoreError> {
-        self.pool.get().map_err(|e| StoreError::Unreachable {
-            path: self.location.clone(),
-            detail: format!("no connection within {CONNECTION_WAIT:?} ({e})"),
+        self.pool.get().map_err(|e| {
+            // The pool keeps only "db error" of why it could not connect:
+            // one direct try says what the server says.
+            let detail = match self.config.connect(NoTls) {
+                Err(e) => error_text(&e),
+                Ok(_) => format!(
+                    "all {POOL_SIZE} connections of this process stayed busy for \
+                     {CONNECTION_WAIT:?} ({e})"
+                ),
+            };
+            StoreError::Unreachable {
+                path: self.location.clone(),
+                detail,
+            }
         })
     }
 
@@ -208,9 +235,17 @@ impl PgStore {
         conn: &mut Conn,
         f: &mut impl FnMut(&mut Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        // Read committed whatever the server's default: the row locks and
+        // the counter give the guarantees, a serializable default would
+        // only add failures.
         let conn = &mut **conn;
         let tx = CachedTx {
-            tx: conn.client.transaction().map_err(|e| self.err(e))?,
+            tx: conn
+                .client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::ReadCommitted)
+                .start()
+                .map_err(|e| self.err(e))?,
             statements: &mut conn.statements,
         };
         let mut tx = Tx {
@@ -409,8 +444,17 @@ fn migrate(
     // 'FRRY': the same number the SQLite store uses as its application id.
     tx.execute("SELECT pg_advisory_xact_lock(1179800153)", &[])
         .map_err(err)?;
-    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-        .map_err(err)?;
+    // Only when missing: CREATE SCHEMA IF NOT EXISTS needs the CREATE
+    // privilege on the database even when the schema exists, and a store's
+    // owner need not have it.
+    let exists = !tx
+        .query("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+        .map_err(err)?
+        .is_empty();
+    if !exists {
+        tx.batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .map_err(err)?;
+    }
     let tables: Vec<String> = tx
         .query(
             "SELECT table_name::TEXT FROM information_schema.tables WHERE table_schema = $1",
@@ -420,10 +464,32 @@ fn migrate(
         .iter()
         .map(|row| row.get(0))
         .collect();
+    let not_ours = |detail: String| StoreError::NotAStore {
+        path: location.to_path_buf(),
+        detail,
+    };
     let found: i64 = if tables.iter().any(|t| t == "schema_version") {
-        tx.query_one("SELECT version FROM schema_version", &[])
-            .map_err(err)?
-            .get(0)
+        let version: i64 = tx
+            .query_one("SELECT version FROM schema_version", &[])
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| {
+                not_ours(format!(
+                    "its schema_version table is not ferry's ({}); give another ?schema=",
+                    error_text(&e)
+                ))
+            })?;
+        let missing: Vec<&str> = ["event_counter", "meta", "transfers", "events"]
+            .into_iter()
+            .filter(|t| version > 0 && !tables.iter().any(|have| have == t))
+            .collect();
+        if !missing.is_empty() {
+            return Err(not_ours(format!(
+                "schema {schema} says it is at version {version} but has no {}; give another \
+                 ?schema=",
+                missing.join(", ")
+            )));
+        }
+        version
     } else if tables.is_empty() {
         tx.batch_execute("CREATE TABLE schema_version (version BIGINT NOT NULL)")
             .map_err(err)?;
@@ -431,13 +497,10 @@ fn migrate(
             .map_err(err)?;
         0
     } else {
-        return Err(StoreError::NotAStore {
-            path: location.to_path_buf(),
-            detail: format!(
-                "schema {schema} holds other tables ({}); give another ?schema=",
-                tables.join(", ")
-            ),
-        });
+        return Err(not_ours(format!(
+            "schema {schema} holds other tables ({}); give another ?schema=",
+            tables.join(", ")
+        )));
     };
     if found > SCHEMA_VERSION {
         return Err(StoreError::TooNew {
@@ -476,7 +539,7 @@ fn split_schema(url: &str) -> Result<(String, String), StoreError> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !valid {
         return Err(StoreError::Unreachable {
-            path: PathBuf::from(redact(url)),
+            path: PathBuf::from(redacted(url)),
             detail: format!(
                 "schema {schema:?} is not a plain name: use lower-case letters, digits and _ \
                  (at most 63)"
@@ -506,32 +569,104 @@ fn describe(config: &postgres::Config, schema: &str) -> String {
     )
 }
 
-/// `url` with any password replaced, for a message about a URL that did
-/// not parse.
-fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((userinfo, host)) if userinfo.contains(':') => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}:***@{host}")
-            }
-            _ => url.to_string(),
+/// `url` with its password (in the user part or a `password=` parameter)
+/// replaced: for messages about a URL, which must never show one.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    // The host follows the last '@': a password may hold one.
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
         },
-        None => url.to_string(),
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((key, _)) if key == "password" => format!("{key}=***"),
+                    _ => p.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// What the server said (message, detail, hint), or what broke: the
+/// `postgres` crate's own text for a server error is only "db error".
+pub(crate) fn error_text(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("{} ({})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!("; {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; hint: {hint}"));
+        }
+        return text;
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// A server error with the server's words: see [`error_text`].
+#[derive(Debug)]
+pub(crate) struct ServerError {
+    text: String,
+    pub(crate) inner: postgres::Error,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.inner)
     }
 }
 
 pub(crate) fn server_err(location: &std::path::Path, e: postgres::Error) -> StoreError {
-    if e.is_closed() {
-        // The connection broke (server restarted, network): say so.
+    // The connection broke (server restarted or shut down, network): the
+    // store is unreachable, exit code 15, not a store error.
+    let shutdown = e.code().is_some_and(|code| {
+        *code == postgres::error::SqlState::ADMIN_SHUTDOWN
+            || *code == postgres::error::SqlState::CRASH_SHUTDOWN
+            || *code == postgres::error::SqlState::CANNOT_CONNECT_NOW
+            || *code == postgres::error::SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+    });
+    let broken = e.as_db_error().is_none()
+        && std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || shutdown || broken {
         return StoreError::Unreachable {
             path: location.to_path_buf(),
-            detail: e.to_string(),
+            detail: error_text(&e),
         };
     }
     StoreError::Server {
         path: location.to_path_buf(),
-        source: Box::new(e),
+        source: Box::new(ServerError {
+            text: error_text(&e),
+            inner: e,
+        }),
     }
 }
 
@@ -541,8 +676,8 @@ fn is_retryable(e: &StoreError) -> bool {
         return false;
     };
     source
-        .downcast_ref::<postgres::Error>()
-        .and_then(|e| e.code())
+        .downcast_ref::<ServerError>()
+        .and_then(|e| e.inner.code())
         .is_some_and(|code| {
             *code == postgres::error::SqlState::T_R_DEADLOCK_DETECTED
                 || *code == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
@@ -563,7 +698,15 @@ mod tests {
         assert_eq!(schema, "s1");
         assert_eq!(split_schema("postgres://h/db").unwrap().1, DEFAULT_SCHEMA);
         assert!(split_schema("postgres://h/db?schema=x;drop").is_err());
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redacted("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(
+            redacted("postgres://u:hun@ter2@h:5/db?password=x&sslmode=disable"),
+            "postgres://u:***@h:5/db?password=***&sslmode=disable"
+        );
+        assert_eq!(redacted("postgres://h/db"), "postgres://h/db");
         let config = postgres::Config::from_str("postgres://u:secret@h:5433/db").unwrap();
         assert_eq!(describe(&config, "s"), "postgres://u@h:5433/db?schema=s");
     }

@@ -70,7 +70,7 @@ const POLICY_KEYS: [&str; 7] = [
 const SINCE_ARCHIVE: &str = "hsm.restores_since_archive";
 
 /// The server's clock in ns since the epoch (see the module's "Clock").
-pub(crate) const NOW_SQL: &str = "(extract(epoch from clock_timestamp()) * 1000000000)::BIGINT";
+const NOW_SQL: &str = "(extract(epoch from clock_timestamp()) * 1000000000)::BIGINT";
 
 /// The first key of the per-file advisory locks of leases ('FRRY', as the
 /// migration lock; the two-key space does not overlap the one-key one).

@@ -109,3 +109,67 @@ fn a_reconnected_connection_prepares_its_statements_anew() {
     lease_and_ack();
     store.enqueue(&[request("c"), request("d")]).unwrap();
 }
+
+#[test]
+fn the_servers_own_words_are_in_the_message_and_no_password_ever_is() {
+    let server = ferry_postgres::testing::server_url();
+    let (base, _) = server.rsplit_once('/').unwrap();
+    let err = PgStore::open(&format!("{base}/no_such_db_for_ferry?password=hunter2")).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, StoreError::Unreachable { .. }), "{err:?}");
+    assert!(
+        message.contains("database \"no_such_db_for_ferry\" does not exist"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+
+    let err = PgStore::open("postgres://u:hun@ter2@127.0.0.1:1/db?schema=Bad&password=hunter2")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("hunter2") && !err.contains("ter2"), "{err}");
+}
+
+#[test]
+fn another_programs_schema_version_table_is_refused_not_a_panic() {
+    let schema = TestSchema::new();
+    let mut client = schema.client();
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {0}; CREATE TABLE {0}.schema_version (version TEXT);
+             INSERT INTO {0}.schema_version VALUES ('v2')",
+            schema.name
+        ))
+        .unwrap();
+    match PgStore::open(&schema.url) {
+        Err(e @ StoreError::NotAStore { .. }) => {
+            assert!(e.to_string().contains("schema_version"), "{e}")
+        }
+        other => panic!("expected NotAStore, got {other:?}"),
+    }
+}
+
+/// A store's owner need not be allowed to create schemas in the database.
+#[test]
+fn a_role_that_may_not_create_schemas_opens_an_existing_store() {
+    let schema = TestSchema::new();
+    drop(schema.open());
+    let role = format!("{}_user", schema.name);
+    let mut admin = schema.client();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA {s} TO {role};
+             GRANT ALL ON ALL TABLES IN SCHEMA {s} TO {role};
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA {s} TO {role};",
+            s = schema.name
+        ))
+        .unwrap();
+    let (scheme_host, rest) = schema.url.split_once('@').unwrap();
+    let (scheme, _user) = scheme_host.split_once("://").unwrap();
+    let used = PgStore::open(&format!("{scheme}://{role}@{rest}"))
+        .and_then(|store| ferry::store::Store::last_seq(&store));
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role} CASCADE; DROP ROLE {role};"))
+        .unwrap();
+    assert_eq!(used.unwrap(), 0);
+}

@@ -3,7 +3,8 @@
 //! exactly once (each worker prints the ids it acked), and a watcher
 //! following the event log sees every event exactly once, in order: seq
 //! 1..N without a gap or a duplicate. Idle workers block on LISTEN/NOTIFY
-//! ([`ferry_postgres::WorkWaiter`]), never on a sleep.
+//! through the store's event reader, as `ferry hsm worker` does, never on a
+//! sleep.
 //!
 //! The children are this test binary itself, re-run with `--exact
 //! queue_process_child` and the role in the environment. Needs the test
@@ -173,10 +174,11 @@ fn four_workers_four_enqueuers_each_request_completed_once_events_in_order() {
 /// that each page continues the last without a gap or a duplicate.
 /// Returns `(seq, name, request id)` of every event.
 fn watch(store: &PgStore, deadline: Instant) -> Vec<(u64, String, i64)> {
-    let mut waiter = store.work_waiter().unwrap();
+    let mut reader = store.event_reader().unwrap();
     let mut seen = Vec::new();
     let mut last = 0u64;
     while last < EVENTS {
+        let token = reader.change_token().unwrap();
         let page = store
             .events_since(last, &EventFilter::default(), 5000)
             .unwrap();
@@ -186,7 +188,7 @@ fn watch(store: &PgStore, deadline: Instant) -> Vec<(u64, String, i64)> {
                 !left.is_zero(),
                 "the watcher saw {last} of {EVENTS} events by the deadline"
             );
-            waiter.wait(left).unwrap();
+            reader.wait_changed(token, left).unwrap();
             continue;
         }
         for e in page {
@@ -251,7 +253,7 @@ fn enqueue(store: &PgStore, k: usize) {
 
 fn work(store: &PgStore, name: &str, done_flag: &std::path::Path, deadline: Instant) {
     // Listening before the first lease: no commit after it is missed.
-    let mut waiter = store.work_waiter().unwrap();
+    let mut reader = store.event_reader().unwrap();
     let name = format!("w{name}");
     loop {
         assert!(
@@ -259,6 +261,7 @@ fn work(store: &PgStore, name: &str, done_flag: &std::path::Path, deadline: Inst
             "worker {name} ran past the deadline"
         );
         // The flag first, then the queue: once both say so, nothing comes.
+        let token = reader.change_token().unwrap();
         let done = done_flag.exists();
         let leases = store
             .lease(
@@ -272,8 +275,8 @@ fn work(store: &PgStore, name: &str, done_flag: &std::path::Path, deadline: Inst
             if done && store.stats().unwrap().count(None, RequestState::Waiting) == 0 {
                 return;
             }
-            waiter
-                .wait(deadline.saturating_duration_since(Instant::now()))
+            reader
+                .wait_changed(token, deadline.saturating_duration_since(Instant::now()))
                 .unwrap();
             continue;
         }

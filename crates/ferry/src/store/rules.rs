@@ -503,11 +503,12 @@ pub fn check_entries(
 }
 
 /// Read back what `create_transfer` wrote: the disk and our model agree.
+/// Only what never changes is compared: the read comes after the commit,
+/// and another process may already have cancelled the transfer.
 pub fn check_created(record: &TransferRecord, new: &NewTransfer) {
     assert_eq!(record.kind, new.kind);
     assert_eq!(record.owner, new.owner);
     assert_eq!(record.caller, new.caller);
-    assert_eq!(record.state, TransferState::Created);
 }
 
 /// An `events` row as stored, before it is checked.
