@@ -30,6 +30,10 @@ use serde_json::Value;
 use crate::conn::{CachedTx, Db, PgConn};
 use crate::{CHANNEL, NewEvent, PgStore, Tx, server_err};
 
+/// The longest an event reader waits on its connection before it looks
+/// at the store again (see `wait_changed`).
+const READER_LOOK_AGAIN: Duration = Duration::from_secs(30);
+
 const TRANSFER_COLUMNS: &str = "id, name, kind, state, owner_host, owner_boot_id, owner_pid,
     owner_start_time, preserve_mode, preserve_ownership, preserve_times, temp_suffix, created_ns,
     updated_ns, checksum_algo, caller_uid, caller_gid, caller_groups";
@@ -515,75 +519,88 @@ impl Store for PgStore {
                 .and_then(|row| row.try_get(0))
                 .map_err(|e| self.err(e))?;
             let id = TransferId(id);
-            let name = match &new.name {
-                Some(name) => name.clone(),
-                None => {
-                    let mut n = 1;
-                    let mut name = rules::unnamed_name(id, n);
-                    while live_id(&mut tx.tx, &name)?.is_some() {
-                        n += 1;
-                        name = rules::unnamed_name(id, n);
-                    }
-                    name
-                }
-            };
             let now = now_ns();
             let caller = new.caller.as_ref();
-            // In a savepoint: a concurrent creator of the same name, whose
-            // row the check above could not see yet, makes this insert fail
-            // on the live-name index, and the transaction goes on to say so.
-            let inserted = {
-                let mut savepoint = CachedTx {
-                    tx: tx.tx.tx.transaction().map_err(|e| self.err(e))?,
-                    statements: &mut *tx.tx.statements,
+            // An unnamed transfer's name is the first `cp-ID[-N]` free; one
+            // another creator takes between our look and our insert (its
+            // row was not committed yet) sends us to the next.
+            let mut n = 1;
+            let name = loop {
+                let name = match &new.name {
+                    Some(name) => name.clone(),
+                    None => {
+                        let mut name = rules::unnamed_name(id, n);
+                        while live_id(&mut tx.tx, &name)?.is_some() && n < rules::UNNAMED_TRIES_MAX
+                        {
+                            n += 1;
+                            name = rules::unnamed_name(id, n);
+                        }
+                        name
+                    }
                 };
-                let inserted = savepoint.execute(
-                    "INSERT INTO transfers (id, name, kind, state, owner_host, owner_boot_id,
+                // In a savepoint: a concurrent creator of the same name, whose
+                // row the check above could not see yet, makes this insert fail
+                // on the live-name index, and the transaction goes on to say so.
+                let inserted = {
+                    let mut savepoint = CachedTx {
+                        tx: tx.tx.tx.transaction().map_err(|e| self.err(e))?,
+                        statements: &mut *tx.tx.statements,
+                    };
+                    let inserted = savepoint.execute(
+                        "INSERT INTO transfers (id, name, kind, state, owner_host, owner_boot_id,
                     owner_pid, owner_start_time, preserve_mode, preserve_ownership,
                     preserve_times, temp_suffix, created_ns, updated_ns, checksum_algo,
                     caller_uid, caller_gid, caller_groups)
                  VALUES ($1, $2, $3, 'created', $4, $5, $6, $7, $8, $9, $10, $11, $12, $12,
                     $13, $14, $15, $16)",
-                    &[
-                        &id.0,
-                        &name,
-                        &new.kind.as_str(),
-                        &new.owner.host,
-                        &new.owner.boot_id,
-                        &i64::from(new.owner.pid),
-                        &(new.owner.start_time as i64),
-                        &new.preserve.mode,
-                        &new.preserve.ownership,
-                        &new.preserve.times,
-                        &new.temp_suffix,
-                        &now,
-                        &new.checksum.map(ChecksumAlgo::as_str),
-                        &caller.map(|c| i64::from(c.uid)),
-                        &caller.map(|c| i64::from(c.gid)),
-                        &caller.map(rules::caller_groups_column),
-                    ],
-                );
-                match inserted {
-                    Ok(_) => savepoint.tx.commit().map(|()| Ok(())),
-                    // Dropped: rolled back to the savepoint.
-                    Err(e) => Ok(Err(e)),
+                        &[
+                            &id.0,
+                            &name,
+                            &new.kind.as_str(),
+                            &new.owner.host,
+                            &new.owner.boot_id,
+                            &i64::from(new.owner.pid),
+                            &(new.owner.start_time as i64),
+                            &new.preserve.mode,
+                            &new.preserve.ownership,
+                            &new.preserve.times,
+                            &new.temp_suffix,
+                            &now,
+                            &new.checksum.map(ChecksumAlgo::as_str),
+                            &caller.map(|c| i64::from(c.uid)),
+                            &caller.map(|c| i64::from(c.gid)),
+                            &caller.map(rules::caller_groups_column),
+                        ],
+                    );
+                    match inserted {
+                        Ok(_) => savepoint.tx.commit().map(|()| Ok(())),
+                        // Dropped: rolled back to the savepoint.
+                        Err(e) => Ok(Err(e)),
+                    }
+                };
+                match inserted.map_err(|e| self.err(e))? {
+                    Ok(()) => break name,
+                    Err(e)
+                        if is_duplicate_name(&e)
+                            && new.name.is_none()
+                            && n < rules::UNNAMED_TRIES_MAX =>
+                    {
+                        n += 1;
+                    }
+                    Err(e) if is_duplicate_name(&e) => {
+                        return match live_id(&mut tx.tx, &name)? {
+                            Some(existing) => Err(StoreError::DuplicateName {
+                                path: path.clone(),
+                                name,
+                                id: TransferId(existing),
+                            }),
+                            // Freed again in the meantime: say what happened.
+                            None => Err(self.err(e)),
+                        };
+                    }
+                    Err(e) => return Err(self.err(e)),
                 }
             };
-            match inserted.map_err(|e| self.err(e))? {
-                Ok(()) => {}
-                Err(e) if is_duplicate_name(&e) => {
-                    return match live_id(&mut tx.tx, &name)? {
-                        Some(existing) => Err(StoreError::DuplicateName {
-                            path: path.clone(),
-                            name,
-                            id: TransferId(existing),
-                        }),
-                        // Freed again in the meantime: say what happened.
-                        None => Err(self.err(e)),
-                    };
-                }
-                Err(e) => return Err(self.err(e)),
-            }
             let context = rules::created_context(new, &name);
             let created = rules::transfer_event_name(TransferState::Created);
             self.event(tx, id, None, &created, &context)?;
@@ -871,8 +888,16 @@ impl EventReader for PgEventReader {
                 return Ok(false);
             }
             // Blocks on the connection's socket until a notification (of
-            // any store sharing the server) arrives or the time is up.
-            let notification = self.conn.client.notifications().timeout_iter(left).next();
+            // any store sharing the server) arrives or the time is up; at
+            // most READER_LOOK_AGAIN at a time, so that a connection that
+            // died silently (a failover, a firewall's idle timeout) is
+            // noticed by the next look rather than after the whole wait.
+            let notification = self
+                .conn
+                .client
+                .notifications()
+                .timeout_iter(left.min(READER_LOOK_AGAIN))
+                .next();
             match notification {
                 Ok(Some(n)) if n.payload() == self.schema => {
                     self.notifications_seen += 1;

@@ -60,6 +60,34 @@ impl TestSchema {
     }
 }
 
+impl TestSchema {
+    /// Waits (at most a minute, then panics) until the backend whose
+    /// `application_name` is given waits for a lock: the deterministic way
+    /// to know another connection reached a conflicting row.
+    pub fn wait_until_blocked(&self, application_name: &str) {
+        let mut client = self.client();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let blocked: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    &[&application_name],
+                )
+                .expect("pg_stat_activity is readable")
+                .get(0);
+            if blocked > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{application_name} never blocked on a lock"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
 impl Default for TestSchema {
     fn default() -> Self {
         TestSchema::new()

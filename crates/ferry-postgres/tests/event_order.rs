@@ -38,30 +38,6 @@ struct Outcome {
     a: u64,
 }
 
-/// Waits until the backend of `application_name` waits for a lock.
-fn wait_until_blocked(schema: &TestSchema, application_name: &str) {
-    let mut client = schema.client();
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let blocked: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
-                &[&application_name],
-            )
-            .unwrap()
-            .get(0);
-        if blocked > 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B never blocked on A's counter lock"
-        );
-        std::thread::yield_now();
-    }
-}
-
 /// A holds its transaction open after appending its event; B appends and
 /// (Sequence) commits or (Ordered) blocks; the watcher reads and moves its
 /// cursor to the newest event it saw; A commits; the watcher reads again.
@@ -113,7 +89,7 @@ fn scenario(numbering: EventNumbering) -> Outcome {
         let b_thread = s.spawn(|| b.apply(&[dispatch(tb.id)]));
         let b_thread = match numbering {
             EventNumbering::Ordered => {
-                wait_until_blocked(&schema, &b_name);
+                schema.wait_until_blocked(&b_name);
                 Some(b_thread)
             }
             EventNumbering::Sequence => {

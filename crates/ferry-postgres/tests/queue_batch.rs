@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry::hsm::{
     Action, CatalogEntry, CatalogState, Enqueued, LeaseFilter, NewRequest, RequestId, RequestQueue,
@@ -164,27 +164,6 @@ fn a_batch_decides_as_one_request_at_a_time() {
     }
 }
 
-/// Waits until the backend of `application_name` waits for a lock.
-fn wait_until_blocked(schema: &TestSchema, application_name: &str) {
-    let mut client = schema.client();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let blocked: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
-                &[&application_name],
-            )
-            .unwrap()
-            .get(0);
-        if blocked > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the batch never blocked");
-        std::thread::yield_now();
-    }
-}
-
 #[test]
 fn a_batch_joins_a_request_a_concurrent_enqueue_committed() {
     let schema = TestSchema::new();
@@ -212,7 +191,7 @@ fn a_batch_joins_a_request_a_concurrent_enqueue_committed() {
                 .unwrap();
             done_tx.send(out).unwrap();
         });
-        wait_until_blocked(&schema, &name);
+        schema.wait_until_blocked(&name);
         other_tx.commit().unwrap();
     });
     let out = done_rx.recv().unwrap();
