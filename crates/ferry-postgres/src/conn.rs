@@ -28,6 +28,15 @@ const STATEMENTS_MAX: usize = 256;
 #[derive(Default)]
 pub(crate) struct Statements(HashMap<String, Statement>);
 
+/// A prepared statement the server no longer accepts: a schema change
+/// altered what it returns, or a proxy lost it. The cache is emptied (see
+/// [`Statements::forget_if_stale`]) and the transaction may run again.
+pub(crate) fn is_stale_statement(code: &postgres::error::SqlState) -> bool {
+    // "cached plan must not change result type" is FEATURE_NOT_SUPPORTED.
+    *code == postgres::error::SqlState::FEATURE_NOT_SUPPORTED
+        || *code == postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME
+}
+
 impl Statements {
     /// `sql` prepared on `client`'s session, once.
     fn get(&mut self, client: &mut impl GenericClient, sql: &str) -> Result<Statement, Error> {
@@ -40,6 +49,17 @@ impl Statements {
         }
         self.0.insert(sql.to_owned(), statement.clone());
         Ok(statement)
+    }
+
+    /// Passes `result` on, first forgetting every statement when it says
+    /// they are stale: the next use prepares them anew.
+    fn forget_if_stale<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(e) = &result
+            && e.code().is_some_and(is_stale_statement)
+        {
+            self.0.clear();
+        }
+        result
     }
 }
 
@@ -70,25 +90,29 @@ pub(crate) trait Db {
     fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
         let (client, statements) = self.split();
         let statement = statements.get(client, sql)?;
-        client.query(&statement, params)
+        let result = client.query(&statement, params);
+        statements.forget_if_stale(result)
     }
 
     fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let (client, statements) = self.split();
         let statement = statements.get(client, sql)?;
-        client.query_one(&statement, params)
+        let result = client.query_one(&statement, params);
+        statements.forget_if_stale(result)
     }
 
     fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let (client, statements) = self.split();
         let statement = statements.get(client, sql)?;
-        client.query_opt(&statement, params)
+        let result = client.query_opt(&statement, params);
+        statements.forget_if_stale(result)
     }
 
     fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
         let (client, statements) = self.split();
         let statement = statements.get(client, sql)?;
-        client.execute(&statement, params)
+        let result = client.execute(&statement, params);
+        statements.forget_if_stale(result)
     }
 }
 

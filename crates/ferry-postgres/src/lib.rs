@@ -84,6 +84,9 @@ pub struct PgStore {
     numbering: EventNumbering,
     /// Batches enqueued one by one after all (see `queue/batch.rs`).
     enqueue_fallbacks: AtomicU64,
+    /// Transactions run again as a deadlock victim or serialization
+    /// failure (see [`PgStore::write`]).
+    retried_writes: AtomicU64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -163,6 +166,7 @@ impl PgStore {
             pool,
             numbering,
             enqueue_fallbacks: AtomicU64::new(0),
+            retried_writes: AtomicU64::new(0),
         })
     }
 
@@ -171,6 +175,13 @@ impl PgStore {
     #[doc(hidden)]
     pub fn enqueue_fallbacks(&self) -> u64 {
         self.enqueue_fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// How many transactions this handle ran again (deadlock victims,
+    /// serialization failures, statements a schema change invalidated).
+    #[doc(hidden)]
+    pub fn retried_writes(&self) -> u64 {
+        self.retried_writes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn count_enqueue_fallback(&self) {
@@ -224,7 +235,10 @@ impl PgStore {
         let mut attempt = 1;
         loop {
             match self.write_once(&mut conn, &mut f) {
-                Err(e) if attempt < WRITE_ATTEMPTS && is_retryable(&e) => attempt += 1,
+                Err(e) if attempt < WRITE_ATTEMPTS && is_retryable(&e) => {
+                    attempt += 1;
+                    self.retried_writes.fetch_add(1, Ordering::Relaxed);
+                }
                 other => return other,
             }
         }
@@ -681,6 +695,7 @@ fn is_retryable(e: &StoreError) -> bool {
         .is_some_and(|code| {
             *code == postgres::error::SqlState::T_R_DEADLOCK_DETECTED
                 || *code == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+                || conn::is_stale_statement(code)
         })
 }
 

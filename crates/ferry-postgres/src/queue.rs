@@ -75,6 +75,8 @@ const NOW_SQL: &str = "(extract(epoch from clock_timestamp()) * 1000000000)::BIG
 /// The first key of the per-file advisory locks of leases ('FRRY', as the
 /// migration lock; the two-key space does not overlap the one-key one).
 const FILE_LOCK_CLASS: i32 = 1_179_800_153;
+/// The first key of the per-file locks enqueues take (see `enqueue`).
+const ENQUEUE_LOCK_CLASS: i32 = FILE_LOCK_CLASS + 1;
 
 /// A lease steps over at most this many candidates whose file is busy
 /// before it returns what it has.
@@ -206,8 +208,11 @@ impl PgStore {
         tx: &mut Tx<'_>,
         id: RequestId,
     ) -> Result<(RequestRecord, i64), StoreError> {
+        // The clock in the outer query: read once the row lock is ours,
+        // not before a wait for it (a lease would start already shortened).
         let sql = format!(
-            "SELECT {REQUEST_COLUMNS}, {NOW_SQL} FROM hsm_requests WHERE id = $1 FOR UPDATE"
+            "SELECT locked.*, {NOW_SQL} FROM (SELECT {REQUEST_COLUMNS} FROM hsm_requests
+             WHERE id = $1 FOR UPDATE) AS locked"
         );
         let Some(row) = tx.tx.query_opt(&sql, &[&id.0]).map_err(|e| self.err(e))? else {
             return Err(StoreError::NoSuchRequest {
@@ -715,7 +720,20 @@ impl RequestQueue for PgStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let fids: Vec<&str> = batch.iter().map(|r| r.fid.as_str()).collect();
         self.write(|tx| {
+            // Enqueuers of overlapping files wait on each other's
+            // uncommitted inserts (the live-request index), each in its
+            // batch's order: a deadlock cycle, found only after the
+            // server's deadlock_timeout. Every enqueue first takes its
+            // files' enqueue locks, in one global order, and waits there.
+            tx.tx
+                .execute(
+                    "SELECT pg_advisory_xact_lock($1, key) FROM (SELECT DISTINCT hashtext(fid) \
+                     AS key FROM unnest($2::TEXT[]) AS fid) AS keys ORDER BY key",
+                    &[&ENQUEUE_LOCK_CLASS, &fids],
+                )
+                .map_err(|e| self.err(e))?;
             let (now, policy, _) = self.now_and_meta(&mut tx.tx)?;
             if batch.len() > 1
                 && let Some(enqueued) = self.enqueue_batch(tx, &policy, batch, now)?
@@ -815,8 +833,8 @@ impl RequestQueue for PgStore {
 
     fn fail(&self, lease: &Lease, kind: FailKind, error: &str) -> Result<RequestState, StoreError> {
         self.write(|tx| {
-            let (now, policy, _) = self.now_and_meta(&mut tx.tx)?;
-            let (old, _) = self.check_lease(tx, lease)?;
+            let (_, policy, _) = self.now_and_meta(&mut tx.tx)?;
+            let (old, now) = self.check_lease(tx, lease)?;
             let change = rules::failed(&old, &policy, kind, error, now);
             let to = self.update_request(tx, &old, change, now)?.state;
             if kind == FailKind::Lost

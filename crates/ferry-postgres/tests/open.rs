@@ -173,3 +173,26 @@ fn a_role_that_may_not_create_schemas_opens_an_existing_store() {
         .unwrap();
     assert_eq!(used.unwrap(), 0);
 }
+
+/// A schema change makes the server refuse statements a connection had
+/// prepared ("cached plan must not change result type"): the connection
+/// forgets them and prepares again, rather than failing until it is
+/// recycled.
+#[test]
+fn statements_a_schema_change_invalidated_are_prepared_again() {
+    let schema = TestSchema::new();
+    let store = schema.open();
+    use ferry::hsm::RequestQueue;
+    for _ in 0..3 {
+        assert!(store.catalog_entry("f").unwrap().is_none());
+    }
+    schema
+        .client()
+        .batch_execute("ALTER TABLE hsm_catalog ALTER COLUMN object TYPE VARCHAR(200)")
+        .unwrap();
+    let mut failures = 0;
+    while store.catalog_entry("f").is_err() {
+        failures += 1;
+        assert!(failures < 10, "the stale statement is never prepared again");
+    }
+}
