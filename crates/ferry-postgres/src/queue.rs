@@ -37,7 +37,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::conn::Db;
-use ferry::hsm::rules::{self, LeaseClass, Transition, duration_ns};
+use ferry::hsm::rules::{
+    self, CATALOG_COLUMNS, LeaseClass, POLICY_KEYS, REQUEST_COLUMNS, Transition, duration_ns,
+};
 use ferry::hsm::{
     Action, BATCH_MAX, CatalogEntry, CatalogState, Enqueued, FailKind, Lease, LeaseFilter,
     NewRequest, Policy, QueueStats, RequestId, RequestQueue, RequestRecord, RequestState,
@@ -48,24 +50,6 @@ use postgres::types::ToSql;
 use crate::{NewEvent, PgStore, Tx};
 
 mod batch;
-
-const REQUEST_COLUMNS: &str = "id, action, fsname, archive_id, flags, data, fid, path, \
-     priority_ms, rank, state, attempts, max_attempts, not_before_ns, lease_holder, \
-     lease_expires_ns, waiters, error, created_ns, updated_ns";
-
-const CATALOG_COLUMNS: &str =
-    "fid, path, state, archive_id, object, size, mtime_ns, mode, checksum, updated_ns";
-
-/// `meta` keys of the [`Policy`], in the order of its fields.
-const POLICY_KEYS: [&str; 7] = [
-    "hsm.head_start_restore_ms",
-    "hsm.head_start_remove_ms",
-    "hsm.head_start_archive_ms",
-    "hsm.max_attempts",
-    "hsm.backoff_base_ms",
-    "hsm.backoff_max_ms",
-    "hsm.restore_share",
-];
 
 const SINCE_ARCHIVE: &str = "hsm.restores_since_archive";
 
@@ -453,23 +437,7 @@ impl PgStore {
         now: i64,
     ) -> Result<CatalogEntry, StoreError> {
         let old = self.catalog_query(&mut tx.tx, &new.fid, true)?;
-        let from = old.as_ref().map(|o| o.state);
-        if !new.state.allowed_from().contains(&from) {
-            return Err(StoreError::CatalogConflict {
-                path: self.location_path(),
-                fid: new.fid.clone(),
-                state: from.map_or("unknown".into(), |s| s.to_string()),
-                expected: new.state,
-                hint: "the catalog refuses that change",
-            });
-        }
-        // An archived or released file has a copy to come back from.
-        if matches!(new.state, CatalogState::Archived | CatalogState::Released) {
-            assert!(
-                new.object.is_some() && new.checksum.is_some(),
-                "an archived file has an object and a checksum"
-            );
-        }
+        rules::check_catalog_change(&self.location_path(), old.as_ref(), new)?;
         let mut new = new.clone();
         new.updated_ns = now;
         tx.tx
@@ -495,7 +463,7 @@ impl PgStore {
                 ],
             )
             .map_err(|e| self.err(e))?;
-        let context = rules::catalog_context(&new, from);
+        let context = rules::catalog_context(&new, old.as_ref().map(|o| o.state));
         self.request_event(tx, request, format!("catalog.{}", new.state), &context, now)?;
         Ok(new)
     }

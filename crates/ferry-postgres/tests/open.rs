@@ -64,20 +64,11 @@ fn an_unreachable_server_is_named_with_what_to_check() {
 
 #[test]
 fn a_reconnected_connection_prepares_its_statements_anew() {
-    use ferry::hsm::{Action, LeaseFilter, NewRequest, RequestQueue};
+    use ferry::hsm::{Action, LeaseFilter, RequestQueue};
     let schema = TestSchema::new();
     let name = format!("reconnect_{}", schema.name);
     let store = PgStore::open(&format!("{}&application_name={name}", schema.url)).unwrap();
-    let request = |fid: &str| NewRequest {
-        action: Action::Archive,
-        fsname: "fs".into(),
-        archive_id: 1,
-        flags: 0,
-        data: Vec::new(),
-        fid: fid.into(),
-        path: None,
-        priority_ms: 0,
-    };
+    let request = |fid: &str| ferry::hsm::conformance::request(Action::Archive, fid);
     let lease_and_ack = || {
         let lease = store
             .lease(

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use ferry::hsm::conformance::request;
 use ferry::hsm::{
     Action, CatalogEntry, CatalogState, Enqueued, LeaseFilter, NewRequest, RequestId, RequestQueue,
     RequestState,
@@ -18,19 +19,6 @@ use ferry_postgres::PgStore;
 use ferry_postgres::testing::TestSchema;
 
 const LONG: Duration = Duration::from_secs(600);
-
-fn request(action: Action, fid: &str) -> NewRequest {
-    NewRequest {
-        action,
-        fsname: "fs".into(),
-        archive_id: 1,
-        flags: 0,
-        data: b"d".to_vec(),
-        fid: fid.into(),
-        path: None,
-        priority_ms: 0,
-    }
-}
 
 fn archived(fid: &str) -> CatalogEntry {
     CatalogEntry {

@@ -8,24 +8,12 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use ferry::hsm::{Action, LeaseFilter, NewRequest, RequestQueue};
+use ferry::hsm::conformance::request;
+use ferry::hsm::{Action, LeaseFilter, RequestQueue};
 use ferry_postgres::PgStore;
 use ferry_postgres::testing::TestSchema;
 
 const LONG: Duration = Duration::from_secs(600);
-
-fn request(action: Action, fid: &str) -> NewRequest {
-    NewRequest {
-        action,
-        fsname: "fs".into(),
-        archive_id: 1,
-        flags: 0,
-        data: Vec::new(),
-        fid: fid.into(),
-        path: None,
-        priority_ms: 0,
-    }
-}
 
 #[test]
 fn a_file_started_by_one_leaser_is_passed_over_by_another() {

@@ -619,3 +619,40 @@ pub fn concurrent_workers_never_share_a_lease<Q: RequestQueue>(q: &Q) {
     assert_eq!((all.len(), unique.len()), (200, 200));
     assert_eq!(q.stats().unwrap().count(None, RequestState::Succeed), 200);
 }
+
+/// Runs every function of this suite as a `#[test]`, each on the store
+/// `$fresh()` makes: `(guard, store)`, where the guard (a directory, a
+/// schema) outlives the store. The one list of the suite, for every store.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! hsm_conformance_tests {
+    ($fresh:expr) => {
+        $crate::hsm_conformance_tests!(
+            $fresh;
+            enqueue_is_durable_and_has_events,
+            every_transition,
+            restores_before_archives_with_ageing,
+            fifo_when_no_head_start,
+            dedup_joins_waiters,
+            remove_cancels_waiting_archive,
+            archive_of_current_copy_is_noop,
+            stale_attempt_is_refused,
+            expired_lease_returns_to_queue,
+            retries_with_backoff_then_failed,
+            lost_marks_catalog,
+            cancel_stops_a_started_request,
+            catalog_compare_and_swap,
+            lease_filter_by_archive_id,
+            concurrent_workers_never_share_a_lease,
+        );
+    };
+    ($fresh:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let (_guard, store) = $fresh();
+                $crate::hsm::conformance::$name(&store);
+            }
+        )*
+    };
+}

@@ -9,10 +9,32 @@
 
 use serde_json::{Value, json};
 
+use crate::store::StoreError;
+
 use super::{
     Action, CatalogEntry, CatalogState, FailKind, Lease, NewRequest, Policy, RequestId,
     RequestRecord, RequestState,
 };
+
+/// The columns of a request row, in the order both stores read them.
+pub const REQUEST_COLUMNS: &str = "id, action, fsname, archive_id, flags, data, fid, path, \
+     priority_ms, rank, state, attempts, max_attempts, not_before_ns, lease_holder, \
+     lease_expires_ns, waiters, error, created_ns, updated_ns";
+
+/// The columns of a catalog row, in the order both stores read them.
+pub const CATALOG_COLUMNS: &str =
+    "fid, path, state, archive_id, object, size, mtime_ns, mode, checksum, updated_ns";
+
+/// `meta` keys of the [`Policy`], in the order of its fields.
+pub const POLICY_KEYS: [&str; 7] = [
+    "hsm.head_start_restore_ms",
+    "hsm.head_start_remove_ms",
+    "hsm.head_start_archive_ms",
+    "hsm.max_attempts",
+    "hsm.backoff_base_ms",
+    "hsm.backoff_max_ms",
+    "hsm.restore_share",
+];
 
 /// One request change, decided: the record to write, the event's name
 /// (`request.<event>`) and its context (without `state` and `attempt`,
@@ -304,6 +326,33 @@ pub fn better(a: RequestRecord, b: RequestRecord) -> RequestRecord {
     } else {
         a
     }
+}
+
+/// Whether a file's catalog entry may become `new` from `old` (none: not
+/// in the catalog): refused as [`StoreError::CatalogConflict`].
+pub fn check_catalog_change(
+    path: &std::path::Path,
+    old: Option<&CatalogEntry>,
+    new: &CatalogEntry,
+) -> Result<(), StoreError> {
+    let from = old.map(|o| o.state);
+    if !new.state.allowed_from().contains(&from) {
+        return Err(StoreError::CatalogConflict {
+            path: path.to_path_buf(),
+            fid: new.fid.clone(),
+            state: from.map_or("unknown".into(), |s| s.to_string()),
+            expected: new.state,
+            hint: "the catalog refuses that change",
+        });
+    }
+    // An archived or released file has a copy to come back from.
+    if matches!(new.state, CatalogState::Archived | CatalogState::Released) {
+        assert!(
+            new.object.is_some() && new.checksum.is_some(),
+            "an archived file has an object and a checksum"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,31 +11,15 @@ use std::time::Duration;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use super::{SqliteStore, now_ns};
-use crate::hsm::rules::{self, LeaseClass, Transition, duration_ns};
+use crate::hsm::rules::{
+    self, CATALOG_COLUMNS, LeaseClass, POLICY_KEYS, REQUEST_COLUMNS, Transition, duration_ns,
+};
 use crate::hsm::{
     Action, BATCH_MAX, CatalogEntry, CatalogState, Enqueued, FailKind, Lease, LeaseFilter,
     NewRequest, Policy, QueueStats, RequestId, RequestQueue, RequestRecord, RequestState,
 };
 use crate::store::StoreError;
 use crate::store::rules::path_from_bytes;
-
-const REQUEST_COLUMNS: &str = "id, action, fsname, archive_id, flags, data, fid, path, \
-     priority_ms, rank, state, attempts, max_attempts, not_before_ns, lease_holder, \
-     lease_expires_ns, waiters, error, created_ns, updated_ns";
-
-const CATALOG_COLUMNS: &str =
-    "fid, path, state, archive_id, object, size, mtime_ns, mode, checksum, updated_ns";
-
-/// `meta` keys of the [`Policy`], in the order of its fields.
-const POLICY_KEYS: [&str; 7] = [
-    "hsm.head_start_restore_ms",
-    "hsm.head_start_remove_ms",
-    "hsm.head_start_archive_ms",
-    "hsm.max_attempts",
-    "hsm.backoff_base_ms",
-    "hsm.backoff_max_ms",
-    "hsm.restore_share",
-];
 
 impl SqliteStore {
     fn request_from_row(
@@ -291,23 +275,7 @@ impl SqliteStore {
         request: Option<RequestId>,
     ) -> Result<CatalogEntry, StoreError> {
         let old = self.catalog_in(tx, &new.fid)?;
-        let from = old.as_ref().map(|o| o.state);
-        if !new.state.allowed_from().contains(&from) {
-            return Err(StoreError::CatalogConflict {
-                path: self.path.clone(),
-                fid: new.fid.clone(),
-                state: from.map_or("unknown".into(), |s| s.to_string()),
-                expected: new.state,
-                hint: "the catalog refuses that change",
-            });
-        }
-        // An archived or released file has a copy to come back from.
-        if matches!(new.state, CatalogState::Archived | CatalogState::Released) {
-            assert!(
-                new.object.is_some() && new.checksum.is_some(),
-                "an archived file has an object and a checksum"
-            );
-        }
+        rules::check_catalog_change(&self.path, old.as_ref(), new)?;
         let mut new = new.clone();
         new.updated_ns = now_ns();
         tx.prepare_cached(
@@ -330,7 +298,7 @@ impl SqliteStore {
             ])
         })
         .map_err(|e| self.err(e))?;
-        let context = rules::catalog_context(&new, from);
+        let context = rules::catalog_context(&new, old.as_ref().map(|o| o.state));
         self.insert_request_event(tx, request, &format!("catalog.{}", new.state), &context)?;
         Ok(new)
     }
@@ -745,7 +713,6 @@ impl RequestQueue for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hsm::conformance;
 
     fn fresh() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -753,35 +720,7 @@ mod tests {
         (dir, store)
     }
 
-    macro_rules! conformance_tests {
-        ($($name:ident),* $(,)?) => {
-            $(
-                #[test]
-                fn $name() {
-                    let (_dir, store) = fresh();
-                    conformance::$name(&store);
-                }
-            )*
-        };
-    }
-
-    conformance_tests!(
-        enqueue_is_durable_and_has_events,
-        every_transition,
-        restores_before_archives_with_ageing,
-        fifo_when_no_head_start,
-        dedup_joins_waiters,
-        remove_cancels_waiting_archive,
-        archive_of_current_copy_is_noop,
-        stale_attempt_is_refused,
-        expired_lease_returns_to_queue,
-        retries_with_backoff_then_failed,
-        lost_marks_catalog,
-        cancel_stops_a_started_request,
-        catalog_compare_and_swap,
-        lease_filter_by_archive_id,
-        concurrent_workers_never_share_a_lease,
-    );
+    crate::hsm_conformance_tests!(fresh);
 
     #[test]
     fn lease_query_seeks_the_ready_index() {
