@@ -14,8 +14,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry::hsm::{Action, LeaseFilter, NewRequest, Policy, RequestId, RequestQueue, RequestState};
 use ferry::store::{EventFilter, SqliteStore, Store};
+use ferry_hsm::{Action, LeaseFilter, NewRequest, Policy, RequestId, RequestQueue, RequestState};
 
 #[derive(clap::Args)]
 pub struct HsmArgs {

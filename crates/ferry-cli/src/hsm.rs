@@ -1,15 +1,15 @@
 //! `ferry hsm …`: argument handling and reports only; the queue, workers
-//! and archives are `ferry::hsm`.
+//! and archives are `ferry_hsm`.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use ferry::hsm::archive;
-use ferry::hsm::catalog::{self, fid_of};
-use ferry::hsm::worker::{INFLIGHT_MAX, Worker, WorkerConfig};
-use ferry::hsm::{
+use ferry_hsm::archive;
+use ferry_hsm::catalog::{self, fid_of};
+use ferry_hsm::worker::{INFLIGHT_MAX, Worker, WorkerConfig};
+use ferry_hsm::{
     Action, Enqueued, LeaseFilter, NewRequest, RequestId, RequestQueue, RequestRecord, RequestState,
 };
 
@@ -192,7 +192,7 @@ pub fn run(queue: &dyn RequestQueue, command: HsmCommand) -> Result<Exit, Exit> 
                     priority_ms: 0,
                 })
                 .collect();
-            for chunk in batch.chunks(ferry::hsm::BATCH_MAX) {
+            for chunk in batch.chunks(ferry_hsm::BATCH_MAX) {
                 let out = queue.enqueue(chunk).map_err(ferry::Error::from)?;
                 for (request, outcome) in chunk.iter().zip(out) {
                     println!("{} {}", request.fid, outcome_text(&outcome));
@@ -362,7 +362,7 @@ fn by_path(queue: &dyn RequestQueue, action: Action, args: PathArgs) -> Result<E
         .map(|p| catalog::request_for_path(queue, action, p, args.archive_id, args.priority))
         .collect::<ferry::Result<_>>()?;
     let mut ids = Vec::new();
-    for chunk in batch.chunks(ferry::hsm::BATCH_MAX) {
+    for chunk in batch.chunks(ferry_hsm::BATCH_MAX) {
         let out = queue.enqueue(chunk).map_err(ferry::Error::from)?;
         for (request, outcome) in chunk.iter().zip(out) {
             let path = request.path.as_ref().expect("friendly requests have paths");
@@ -386,7 +386,7 @@ fn by_path(queue: &dyn RequestQueue, action: Action, args: PathArgs) -> Result<E
     }
     let mut exit = Exit::Ok;
     for id in ids {
-        let r = ferry::hsm::wait_request(queue, id, None)?.expect("no timeout");
+        let r = ferry_hsm::wait_request(queue, id, None)?.expect("no timeout");
         if args.json {
             println!(
                 "{}",

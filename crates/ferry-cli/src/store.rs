@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ferry::hsm::RequestQueue;
 use ferry::store::{SqliteStore, Store};
+use ferry_hsm::RequestQueue;
 use ferry_postgres::PgStore;
 
 use crate::exit::Exit;

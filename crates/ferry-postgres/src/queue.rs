@@ -1,6 +1,6 @@
 //! The HSM request queue and file catalog on PostgreSQL: the same
 //! [`RequestQueue`] as the SQLite store, deciding every step with
-//! [`ferry::hsm::rules`] and writing it here.
+//! [`ferry_hsm::rules`] and writing it here.
 //!
 //! **Concurrency.** Many workers on many nodes share one queue:
 //! - Every write reads the rows it changes `FOR UPDATE` (a lease: `FOR
@@ -37,14 +37,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::conn::Db;
-use ferry::hsm::rules::{
+use ferry::store::StoreError;
+use ferry_hsm::rules::{
     self, CATALOG_COLUMNS, LeaseClass, POLICY_KEYS, REQUEST_COLUMNS, Transition, duration_ns,
 };
-use ferry::hsm::{
+use ferry_hsm::{
     Action, BATCH_MAX, CatalogEntry, CatalogState, Enqueued, FailKind, Lease, LeaseFilter,
     NewRequest, Policy, QueueStats, RequestId, RequestQueue, RequestRecord, RequestState,
 };
-use ferry::store::StoreError;
 use postgres::types::ToSql;
 
 use crate::{NewEvent, PgStore, Tx};

@@ -1,4 +1,4 @@
-//! The Store conformance suite (`ferry::store::conformance`), the same
+//! The Store conformance suite (`ferry::conformance`), the same
 //! functions the SQLite store runs, each on a fresh schema of the test
 //! server (see `ferry_postgres::testing`).
 

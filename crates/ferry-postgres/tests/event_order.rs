@@ -12,8 +12,8 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ferry::conformance::{file_entry, new_transfer};
 use ferry::model::{EntryIndex, TransferId, TransferState};
-use ferry::store::conformance::{file_entry, new_transfer};
 use ferry::store::{Change, EventFilter, Store};
 use ferry_postgres::testing::TestSchema;
 use ferry_postgres::{EventNumbering, PgStore};

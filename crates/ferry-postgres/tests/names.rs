@@ -5,8 +5,8 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
+use ferry::conformance::new_transfer;
 use ferry::store::Store;
-use ferry::store::conformance::new_transfer;
 use ferry_postgres::PgStore;
 use ferry_postgres::testing::TestSchema;
 

@@ -64,11 +64,11 @@ fn an_unreachable_server_is_named_with_what_to_check() {
 
 #[test]
 fn a_reconnected_connection_prepares_its_statements_anew() {
-    use ferry::hsm::{Action, LeaseFilter, RequestQueue};
+    use ferry_hsm::{Action, LeaseFilter, RequestQueue};
     let schema = TestSchema::new();
     let name = format!("reconnect_{}", schema.name);
     let store = PgStore::open(&format!("{}&application_name={name}", schema.url)).unwrap();
-    let request = |fid: &str| ferry::hsm::conformance::request(Action::Archive, fid);
+    let request = |fid: &str| ferry_hsm::conformance::request(Action::Archive, fid);
     let lease_and_ack = || {
         let lease = store
             .lease(
@@ -173,7 +173,7 @@ fn a_role_that_may_not_create_schemas_opens_an_existing_store() {
 fn statements_a_schema_change_invalidated_are_prepared_again() {
     let schema = TestSchema::new();
     let store = schema.open();
-    use ferry::hsm::RequestQueue;
+    use ferry_hsm::RequestQueue;
     for _ in 0..3 {
         assert!(store.catalog_entry("f").unwrap().is_none());
     }

@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use ferry::hsm::conformance::request;
-use ferry::hsm::{
+use ferry::store::{EventFilter, SqliteStore, Store};
+use ferry_hsm::conformance::request;
+use ferry_hsm::{
     Action, CatalogEntry, CatalogState, Enqueued, LeaseFilter, NewRequest, RequestId, RequestQueue,
     RequestState,
 };
-use ferry::store::{EventFilter, SqliteStore, Store};
 use ferry_postgres::PgStore;
 use ferry_postgres::testing::TestSchema;
 

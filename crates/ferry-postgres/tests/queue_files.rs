@@ -8,8 +8,8 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use ferry::hsm::conformance::request;
-use ferry::hsm::{Action, LeaseFilter, RequestQueue};
+use ferry_hsm::conformance::request;
+use ferry_hsm::{Action, LeaseFilter, RequestQueue};
 use ferry_postgres::PgStore;
 use ferry_postgres::testing::TestSchema;
 

@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ferry::hsm::{Action, LeaseFilter, NewRequest, RequestQueue, RequestState};
 use ferry::store::{EventFilter, Store};
+use ferry_hsm::{Action, LeaseFilter, NewRequest, RequestQueue, RequestState};
 use ferry_postgres::PgStore;
 use ferry_postgres::testing::TestSchema;
 

@@ -161,7 +161,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+    /// An I/O error on `path`; a refused permission is its own error.
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
         let path = path.into();
         if source.kind() == io::ErrorKind::PermissionDenied {
             return Error::PermissionDenied {

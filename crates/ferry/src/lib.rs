@@ -16,8 +16,9 @@
 //!   and rebuilds past states from it ([`events::snapshot_at`]).
 //! - [`finalize`] finishes what a job left behind, across many stores,
 //!   without the sources.
-//! - [`hsm`] is the HSM coordinator: a durable queue of archive, restore
-//!   and remove requests in the same store, workers, and archive back ends.
+//! - The HSM coordinator (a durable queue of archive, restore and remove
+//!   requests in the same store, workers, archive back ends) is the crate
+//!   `ferry-hsm`, which stands above this one: nothing here imports it.
 //! - [`model`] is the vocabulary, [`owner`] tells live owners from dead ones.
 //!
 //! ```no_run
@@ -34,12 +35,12 @@
 //! ```
 
 pub mod checksum;
+pub mod conformance;
 pub mod engine;
 pub mod error;
 pub mod events;
 pub mod failpoint;
 pub mod finalize;
-pub mod hsm;
 pub mod model;
 pub mod owner;
 pub mod store;

@@ -1,7 +1,8 @@
 //! The vocabulary of ferry: transfers, their files, their owners and states.
 //!
 //! These types carry no I/O. The store persists them; the engine changes
-//! them only through [`crate::store::Change`].
+//! them only through the store's `Change`. This is the bottom layer of the
+//! crate: it imports nothing of ferry but the checksum types.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -9,6 +10,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use crate::checksum::{Checksum, ChecksumAlgo};
+pub use hsm::{CatalogState, RequestId, RequestState};
+
+mod hsm;
 
 /// A transfer's id: assigned by the store, strictly increasing, never reused
 /// within one store (SQLite `AUTOINCREMENT`).
@@ -409,7 +413,7 @@ pub struct Event {
     pub transfer: Option<TransferId>,
     pub entry: Option<EntryIndex>,
     /// The HSM request the event is about, if any.
-    pub request: Option<crate::hsm::RequestId>,
+    pub request: Option<RequestId>,
     pub name: String,
     pub context: serde_json::Value,
 }

@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 
-use ferry::hsm::rules::{self, Transition};
-use ferry::hsm::{Action, Enqueued, NewRequest, Policy, RequestId, RequestRecord, RequestState};
 use ferry::store::StoreError;
+use ferry_hsm::rules::{self, Transition};
+use ferry_hsm::{Action, Enqueued, NewRequest, Policy, RequestId, RequestRecord, RequestState};
 
 use super::{CATALOG_COLUMNS, REQUEST_COLUMNS, path_bytes};
 use crate::conn::Db;

@@ -2,18 +2,16 @@
 //!
 //! [`Store`] is the interface; [`SqliteStore`] the embedded implementation.
 //! A PostgreSQL implementation (crate `ferry-postgres`) satisfies the same
-//! trait; [`rules`] holds the decisions both make, and [`conformance`] the
-//! tests both pass.
+//! trait; [`rules`] holds the decisions both make, and the crate's
+//! `conformance` module the tests both pass.
 //!
 //! **Invariant:** every state change goes through [`Store::apply`] (or
 //! [`Store::create_transfer`] / [`Store::add_entries`], which are the
 //! "created" changes), and each writes the change and its event row in one
-//! transaction. The HSM request queue and catalog
-//! ([`crate::hsm::RequestQueue`], implemented for [`SqliteStore`] in
-//! `sqlite/queue.rs`) follow the same rule. Nothing else in ferry writes
-//! state.
+//! transaction. The HSM request queue and catalog (crate `ferry-hsm`, whose
+//! SQLite queue writes its own tables of this store through
+//! [`SqliteStore::write`]) follow the same rule. Nothing else writes state.
 
-pub mod conformance;
 #[doc(hidden)]
 pub mod rules;
 mod space;
@@ -22,12 +20,11 @@ mod sqlite;
 use std::path::PathBuf;
 
 pub use space::{RESERVE_BYTES_DEFAULT, RESERVE_ENV, ReadOnlyCause};
-pub use sqlite::{SCHEMA_VERSION, SpaceReport, SqliteStore};
+pub use sqlite::{SCHEMA_VERSION, SpaceReport, SqliteStore, now_ns};
 
-use crate::hsm::{CatalogState, RequestId, RequestState};
 use crate::model::{
-    Checksum, EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner, TransferId,
-    TransferRecord, TransferState,
+    CatalogState, Checksum, EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer,
+    Owner, RequestId, RequestState, TransferId, TransferRecord, TransferState,
 };
 
 /// One state change. [`Store::apply`] writes a batch of them, each with its

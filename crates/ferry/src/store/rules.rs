@@ -539,7 +539,7 @@ impl EventRow {
             time_ns: self.time_ns,
             transfer: self.transfer.map(TransferId),
             entry,
-            request: self.request.map(crate::hsm::RequestId),
+            request: self.request.map(crate::model::RequestId),
             name: self.name,
             context,
         })

@@ -1,7 +1,13 @@
 //! The HSM request queue and file catalog in the SQLite store.
 //!
-//! Every request change goes through [`SqliteStore::write_request`] and
-//! every catalog change through [`SqliteStore::write_catalog`]: each checks
+//! The queue keeps its tables (`hsm_requests`, `hsm_catalog`, policy keys
+//! in `meta`) in the store's file, and reaches them only through the
+//! store's own transactions ([`SqliteStore::write`], [`SqliteStore::read`]),
+//! so its changes and their events share the store's one log, its read-only
+//! switch and its commit fail point.
+//!
+//! Every request change goes through `Queue::write_request` and every
+//! catalog change through `Queue::write_catalog`: each checks
 //! the transition, writes the row with a guard on what it read, and appends
 //! the event, inside the caller's transaction.
 
@@ -10,18 +16,29 @@ use std::time::Duration;
 
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
-use super::{SqliteStore, now_ns};
-use crate::hsm::rules::{
+use crate::rules::{
     self, CATALOG_COLUMNS, LeaseClass, POLICY_KEYS, REQUEST_COLUMNS, Transition, duration_ns,
 };
-use crate::hsm::{
+use crate::{
     Action, BATCH_MAX, CatalogEntry, CatalogState, Enqueued, FailKind, Lease, LeaseFilter,
     NewRequest, Policy, QueueStats, RequestId, RequestQueue, RequestRecord, RequestState,
 };
-use crate::store::StoreError;
-use crate::store::rules::path_from_bytes;
+use ferry::store::StoreError;
+use ferry::store::rules::path_from_bytes;
+use ferry::store::{SqliteStore, Store, now_ns};
 
-impl SqliteStore {
+/// The queue's side of a [`SqliteStore`]: its rows, guards and events.
+struct Queue<'a>(&'a SqliteStore);
+
+impl std::ops::Deref for Queue<'_> {
+    type Target = SqliteStore;
+
+    fn deref(&self) -> &SqliteStore {
+        self.0
+    }
+}
+
+impl Queue<'_> {
     fn request_from_row(
         &self,
         row: &Row<'_>,
@@ -81,7 +98,7 @@ impl SqliteStore {
         self.query_requests(tx, "hsm_requests WHERE id = ?1", &[&id.0])?
             .pop()
             .ok_or_else(|| StoreError::NoSuchRequest {
-                path: self.path.clone(),
+                path: self.location(),
                 id,
             })
     }
@@ -181,7 +198,7 @@ impl SqliteStore {
                 assert_eq!(old.id, new.id);
                 if !rules::transition_allowed(old.state, new.state) {
                     return Err(StoreError::RequestTransition {
-                        path: self.path.clone(),
+                        path: self.location(),
                         id: old.id,
                         from: old.state,
                         to: new.state,
@@ -275,7 +292,7 @@ impl SqliteStore {
         request: Option<RequestId>,
     ) -> Result<CatalogEntry, StoreError> {
         let old = self.catalog_in(tx, &new.fid)?;
-        rules::check_catalog_change(&self.path, old.as_ref(), new)?;
+        rules::check_catalog_change(&self.location(), old.as_ref(), new)?;
         let mut new = new.clone();
         new.updated_ns = now_ns();
         tx.prepare_cached(
@@ -403,7 +420,7 @@ impl SqliteStore {
         let current = self.request_in(tx, lease.id())?;
         if !rules::lease_is_current(&current, lease) {
             return Err(StoreError::StaleLease {
-                path: self.path.clone(),
+                path: self.location(),
                 id: lease.id(),
                 attempt: lease.attempt,
                 current: current.attempts,
@@ -461,7 +478,8 @@ fn check_batch(len: usize) {
     );
 }
 
-impl RequestQueue for SqliteStore {
+/// The queue's operations, as [`RequestQueue`] names them.
+impl Queue<'_> {
     fn enqueue(&self, batch: &[NewRequest]) -> Result<Vec<Enqueued>, StoreError> {
         check_batch(batch.len());
         if batch.is_empty() {
@@ -563,10 +581,11 @@ impl RequestQueue for SqliteStore {
     }
 
     fn request(&self, id: RequestId) -> Result<Option<RequestRecord>, StoreError> {
-        let conn = self.conn.lock().expect("store mutex poisoned");
-        Ok(self
-            .query_requests(&conn, "hsm_requests WHERE id = ?1", &[&id.0])?
-            .pop())
+        self.read_checked(|conn| {
+            Ok(self
+                .query_requests(conn, "hsm_requests WHERE id = ?1", &[&id.0])?
+                .pop())
+        })
     }
 
     fn requests(
@@ -575,12 +594,13 @@ impl RequestQueue for SqliteStore {
         limit: usize,
     ) -> Result<Vec<RequestRecord>, StoreError> {
         check_batch(limit);
-        let conn = self.conn.lock().expect("store mutex poisoned");
-        self.query_requests(
-            &conn,
-            "hsm_requests WHERE (?1 IS NULL OR state = ?1) ORDER BY id LIMIT ?2",
-            &[&state.map(|s| s.as_str()), &(limit as i64)],
-        )
+        self.read_checked(|conn| {
+            self.query_requests(
+                conn,
+                "hsm_requests WHERE (?1 IS NULL OR state = ?1) ORDER BY id LIMIT ?2",
+                &[&state.map(|s| s.as_str()), &(limit as i64)],
+            )
+        })
     }
 
     fn stats(&self) -> Result<QueueStats, StoreError> {
@@ -629,8 +649,7 @@ impl RequestQueue for SqliteStore {
     }
 
     fn policy(&self) -> Result<Policy, StoreError> {
-        let conn = self.conn.lock().expect("store mutex poisoned");
-        self.policy_in(&conn)
+        self.read_checked(|conn| self.policy_in(conn))
     }
 
     fn set_policy(&self, policy: &Policy) -> Result<(), StoreError> {
@@ -656,8 +675,7 @@ impl RequestQueue for SqliteStore {
     }
 
     fn catalog_entry(&self, fid: &str) -> Result<Option<CatalogEntry>, StoreError> {
-        let conn = self.conn.lock().expect("store mutex poisoned");
-        self.catalog_in(&conn, fid)
+        self.read_checked(|conn| self.catalog_in(conn, fid))
     }
 
     fn set_catalog_state(
@@ -670,12 +688,12 @@ impl RequestQueue for SqliteStore {
             let mut entry = self
                 .catalog_in(tx, fid)?
                 .ok_or_else(|| StoreError::NotInCatalog {
-                    path: self.path.clone(),
+                    path: self.location(),
                     fid: fid.to_owned(),
                 })?;
             if entry.state != from {
                 return Err(StoreError::CatalogConflict {
-                    path: self.path.clone(),
+                    path: self.location(),
                     fid: fid.to_owned(),
                     state: entry.state.to_string(),
                     expected: from,
@@ -697,7 +715,7 @@ impl RequestQueue for SqliteStore {
                     .map_err(|e| self.err(e))?;
             if removing {
                 return Err(StoreError::CatalogConflict {
-                    path: self.path.clone(),
+                    path: self.location(),
                     fid: fid.to_owned(),
                     state: "being removed from the archive".into(),
                     expected: from,
@@ -707,6 +725,79 @@ impl RequestQueue for SqliteStore {
             entry.state = to;
             self.write_catalog(tx, &entry, None)
         })
+    }
+}
+
+impl RequestQueue for SqliteStore {
+    fn enqueue(&self, batch: &[NewRequest]) -> Result<Vec<Enqueued>, StoreError> {
+        Queue(self).enqueue(batch)
+    }
+
+    fn lease(
+        &self,
+        worker: &str,
+        filter: &LeaseFilter,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Lease>, StoreError> {
+        Queue(self).lease(worker, filter, max, lease)
+    }
+
+    fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<i64, StoreError> {
+        Queue(self).heartbeat(lease, extend)
+    }
+
+    fn ack(&self, lease: &Lease, catalog: Option<&CatalogEntry>) -> Result<(), StoreError> {
+        Queue(self).ack(lease, catalog)
+    }
+
+    fn fail(&self, lease: &Lease, kind: FailKind, error: &str) -> Result<RequestState, StoreError> {
+        Queue(self).fail(lease, kind, error)
+    }
+
+    fn cancel(&self, id: RequestId) -> Result<(), StoreError> {
+        Queue(self).cancel(id)
+    }
+
+    fn expire_leases(&self) -> Result<usize, StoreError> {
+        Queue(self).expire_leases()
+    }
+
+    fn request(&self, id: RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        Queue(self).request(id)
+    }
+
+    fn requests(
+        &self,
+        state: Option<RequestState>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        Queue(self).requests(state, limit)
+    }
+
+    fn stats(&self) -> Result<QueueStats, StoreError> {
+        Queue(self).stats()
+    }
+
+    fn policy(&self) -> Result<Policy, StoreError> {
+        Queue(self).policy()
+    }
+
+    fn set_policy(&self, policy: &Policy) -> Result<(), StoreError> {
+        Queue(self).set_policy(policy)
+    }
+
+    fn catalog_entry(&self, fid: &str) -> Result<Option<CatalogEntry>, StoreError> {
+        Queue(self).catalog_entry(fid)
+    }
+
+    fn set_catalog_state(
+        &self,
+        fid: &str,
+        from: CatalogState,
+        to: CatalogState,
+    ) -> Result<CatalogEntry, StoreError> {
+        Queue(self).set_catalog_state(fid, from, to)
     }
 }
 

@@ -2,13 +2,18 @@
 //! requests on the files of a managed file system, workers that serve it,
 //! and the archive back ends they move data to.
 //!
+//! This crate stands above `ferry`: it keeps its queue and catalog in a
+//! ferry store (the same file or database as the transfers, so that its
+//! events are in the store's one ordered log), and `ferry` never imports it.
+//!
 //! # Brief overview
 //!
-//! - [`RequestQueue`] is the queue: [`SqliteStore`](crate::store::SqliteStore)
-//!   implements it in the same SQLite file as the transfers (a PostgreSQL
-//!   store implements it too, and [`conformance`] checks both the same way).
-//!   Requests go `waiting → started → succeed | failed | canceled`; every
-//!   change is written with its event (`request.*`) in one transaction.
+//! - [`RequestQueue`] is the queue: `ferry::store::SqliteStore` implements
+//!   it here (`sqlite.rs`, through the store's write and read transactions),
+//!   and `ferry_postgres::PgStore` in its own crate; [`conformance`] checks
+//!   both the same way. Requests go `waiting → started → succeed | failed |
+//!   canceled`; every change is written with its event (`request.*`) in one
+//!   transaction.
 //! - Leases: [`RequestQueue::lease`] hands out the best-ranked waiting
 //!   requests for a bounded time with an attempt number, the fencing token
 //!   that [`RequestQueue::heartbeat`], [`RequestQueue::ack`] and
@@ -23,11 +28,14 @@
 //!   archive; [`worker`] leases, moves, heartbeats and acks.
 //! - [`rules`] decides every step (new record, event, weighted order, back-off)
 //!   without I/O, so that every store applies the same rules.
+//! - The words the store itself needs ([`RequestId`], [`RequestState`],
+//!   [`CatalogState`]) live in `ferry::model` and are re-exported here.
 
 pub mod archive;
 pub mod catalog;
 pub mod conformance;
 pub mod rules;
+mod sqlite;
 pub mod worker;
 
 use std::fmt;
@@ -36,17 +44,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::store::{Store, StoreError};
-
-/// A request's id: assigned by the store, never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct RequestId(pub i64);
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+pub use ferry::model::{CatalogState, RequestId, RequestState};
+use ferry::store::{Store, StoreError};
 
 /// What a request asks for (Lustre's `hsm_copytool_action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -76,139 +75,6 @@ impl Action {
 }
 
 impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// `waiting → started → succeed | failed | canceled`; a started request
-/// goes back to `waiting` when its lease expires or it failed and may be
-/// retried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RequestState {
-    Waiting,
-    Started,
-    Succeed,
-    Failed,
-    Canceled,
-}
-
-impl RequestState {
-    pub const ALL: [RequestState; 5] = [
-        RequestState::Waiting,
-        RequestState::Started,
-        RequestState::Succeed,
-        RequestState::Failed,
-        RequestState::Canceled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RequestState::Waiting => "waiting",
-            RequestState::Started => "started",
-            RequestState::Succeed => "succeed",
-            RequestState::Failed => "failed",
-            RequestState::Canceled => "canceled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RequestState> {
-        Self::ALL.into_iter().find(|state| state.as_str() == s)
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RequestState::Succeed | RequestState::Failed | RequestState::Canceled
-        )
-    }
-
-    /// The states a request may enter this one from; the store refuses any
-    /// other transition.
-    pub fn allowed_from(self) -> &'static [RequestState] {
-        use RequestState::*;
-        match self {
-            // Back to the queue: lease expired, or a failure to retry.
-            Waiting => &[Started],
-            Started => &[Waiting],
-            Succeed => &[Started],
-            Failed => &[Started],
-            Canceled => &[Waiting, Started],
-        }
-    }
-}
-
-impl fmt::Display for RequestState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What the archive holds of a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CatalogState {
-    /// Known, with no archived copy.
-    Exists,
-    /// The archived copy equals the file.
-    Archived,
-    /// The file changed since it was archived: the copy is stale.
-    Dirty,
-    /// Only the archive holds the data; the file is a sparse stub.
-    Released,
-    /// The archived copy is unusable (failed its checksum).
-    Lost,
-}
-
-impl CatalogState {
-    pub const ALL: [CatalogState; 5] = [
-        CatalogState::Exists,
-        CatalogState::Archived,
-        CatalogState::Dirty,
-        CatalogState::Released,
-        CatalogState::Lost,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CatalogState::Exists => "exists",
-            CatalogState::Archived => "archived",
-            CatalogState::Dirty => "dirty",
-            CatalogState::Released => "released",
-            CatalogState::Lost => "lost",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<CatalogState> {
-        Self::ALL.into_iter().find(|state| state.as_str() == s)
-    }
-
-    /// The states a file may enter this one from (`None`: not in the
-    /// catalog yet); the store refuses any other change.
-    pub fn allowed_from(self) -> &'static [Option<CatalogState>] {
-        use CatalogState::*;
-        match self {
-            // A remove of the archived copy.
-            Exists => &[None, Some(Exists), Some(Archived), Some(Dirty), Some(Lost)],
-            // An archive (again, after a loss too), or a restore that
-            // brought the data back.
-            Archived => &[
-                None,
-                Some(Exists),
-                Some(Archived),
-                Some(Dirty),
-                Some(Released),
-                Some(Lost),
-            ],
-            Dirty => &[Some(Archived)],
-            Released => &[Some(Archived)],
-            Lost => &[Some(Archived), Some(Released), Some(Dirty)],
-        }
-    }
-}
-
-impl fmt::Display for CatalogState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -506,11 +372,11 @@ pub fn wait_request(
     queue: &dyn RequestQueue,
     id: RequestId,
     timeout: Option<Duration>,
-) -> crate::Result<Option<RequestRecord>> {
+) -> ferry::Result<Option<RequestRecord>> {
     // The cursor first, then the state: a change in between is in the log
     // after the cursor, so it cannot be missed.
     let since = queue.last_seq()?;
-    let over = |queue: &dyn RequestQueue| -> crate::Result<Option<RequestRecord>> {
+    let over = |queue: &dyn RequestQueue| -> ferry::Result<Option<RequestRecord>> {
         let r = queue
             .request(id)?
             .ok_or_else(|| StoreError::NoSuchRequest {
@@ -522,18 +388,18 @@ pub fn wait_request(
     if let Some(r) = over(queue)? {
         return Ok(Some(r));
     }
-    let filter = crate::store::EventFilter {
+    let filter = ferry::store::EventFilter {
         request: Some(id),
         kind: Some("request".into()),
         ..Default::default()
     };
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
-    let mut watch = crate::events::Watch::new(queue, since, filter)?;
+    let mut watch = ferry::events::Watch::new(queue, since, filter)?;
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
         match watch.next_timeout(left)? {
             None => return Ok(None),
-            Some(crate::events::WatchItem::Event(e))
+            Some(ferry::events::WatchItem::Event(e))
                 if e.context["state"]
                     .as_str()
                     .and_then(RequestState::parse)

@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::hsm::archive::{Archive, Fence, ObjectMeta, object_id};
-use crate::hsm::catalog::{self, file_meta};
-use crate::hsm::{
+use crate::archive::{Archive, Fence, ObjectMeta, object_id};
+use crate::catalog::{self, file_meta};
+use crate::{
     Action, CatalogEntry, CatalogState, FailKind, Lease, LeaseFilter, RequestQueue, RequestState,
 };
-use crate::store::StoreError;
+use ferry::store::StoreError;
 
 /// At most this many requests in flight per worker process.
 pub const INFLIGHT_MAX: usize = 256;

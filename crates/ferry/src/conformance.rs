@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Change, EventFilter, Store, StoreError};
-use crate::hsm::RequestId;
+use crate::model::RequestId;
 use crate::model::{
     Caller, Checksum, ChecksumAlgo, EntryIndex, EntryKind, Event, FileState, Kind, NewEntry,
     NewTransfer, Owner, Preserve, SourceMeta, TransferId, TransferRecord, TransferState, Xattrs,
 };
+use crate::store::{Change, EventFilter, Store, StoreError};
 
 /// How long a wait for something that must happen may take before the test
 /// fails; far beyond what it takes on a loaded machine.
@@ -966,7 +966,7 @@ macro_rules! store_conformance_tests {
         $(
             #[test]
             fn $name() {
-                $fresh(|open| $crate::store::conformance::$name(open));
+                $fresh(|open| $crate::conformance::$name(open));
             }
         )*
     };

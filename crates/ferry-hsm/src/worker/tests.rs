@@ -8,11 +8,11 @@ use std::sync::Barrier;
 use std::sync::atomic::AtomicUsize;
 
 use super::*;
-use crate::hsm::archive::PosixArchive;
-use crate::hsm::catalog::{fid_of, release, xattr_state};
-use crate::hsm::conformance::request;
-use crate::hsm::{Enqueued, NewRequest, Policy, RequestId, wait_request};
-use crate::store::{SqliteStore, Store};
+use crate::archive::PosixArchive;
+use crate::catalog::{fid_of, release, xattr_state};
+use crate::conformance::request;
+use crate::{Enqueued, NewRequest, Policy, RequestId, wait_request};
+use ferry::store::{SqliteStore, Store};
 
 pub(super) struct Setup {
     pub(super) dir: tempfile::TempDir,
@@ -85,7 +85,7 @@ fn archived_file(s: &Setup, name: &str, len: usize) -> (PathBuf, String) {
 #[test]
 fn archive_release_restore_round_trip() {
     let s = setup();
-    let (path, fid) = archived_file(&s, "f", 3 * super::super::archive::CHUNK + 5);
+    let (path, fid) = archived_file(&s, "f", 3 * crate::archive::CHUNK + 5);
     let before = fs::metadata(&path).unwrap();
     let entry = s.store.catalog_entry(&fid).unwrap().unwrap();
     assert_eq!(entry.state, CatalogState::Archived);
@@ -170,7 +170,7 @@ fn release_refuses_a_dirty_file() {
     let (path, fid) = archived_file(&s, "f", 1000);
     fs::write(&path, b"changed after archiving").unwrap();
     let err = release(&s.store, &fid, &path).unwrap_err();
-    assert!(matches!(err, crate::Error::FileDirty { .. }), "{err}");
+    assert!(matches!(err, ferry::Error::FileDirty { .. }), "{err}");
     assert!(err.to_string().contains("archive it again"));
     assert_eq!(fs::read(&path).unwrap(), b"changed after archiving");
     assert_eq!(
@@ -346,7 +346,7 @@ fn failures_are_retried_with_backoff_then_failed() {
     assert_eq!(report.failed, 3, "{report:?}");
     let r = s.store.request(id).unwrap().unwrap();
     assert_eq!((r.state, r.attempts), (RequestState::Failed, 3));
-    let filter = crate::store::EventFilter {
+    let filter = ferry::store::EventFilter {
         request: Some(id),
         ..Default::default()
     };

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::failpoint::{self, CommitStep};
-use crate::hsm::RequestId;
+use crate::RequestId;
+use ferry::failpoint::{self, CommitStep};
 
 /// Bytes moved per read/write (and per fence check).
 pub const CHUNK: usize = 1 << 20;

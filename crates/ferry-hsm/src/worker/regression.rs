@@ -4,11 +4,11 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use super::*;
-use crate::hsm::LeaseFilter;
-use crate::hsm::archive::{Archive, Fence, ObjectMeta, PosixArchive};
-use crate::hsm::catalog::{fid_of, refresh, release};
-use crate::hsm::conformance::request;
-use crate::store::SqliteStore;
+use crate::LeaseFilter;
+use crate::archive::{Archive, Fence, ObjectMeta, PosixArchive};
+use crate::catalog::{fid_of, refresh, release};
+use crate::conformance::request;
+use ferry::store::SqliteStore;
 
 use super::tests::{Setup, config, file_request, setup};
 
@@ -193,17 +193,14 @@ fn an_upcall_archive_of_a_changed_file_is_archived_again() {
     let (path, fid) = archived_file(&s, "u");
     fs::write(&path, vec![1u8; 30_000]).unwrap();
     let out = s.store.enqueue(&[request(Action::Archive, &fid)]).unwrap();
-    assert!(
-        !matches!(out[0], crate::hsm::Enqueued::Noop { .. }),
-        "{out:?}"
-    );
+    assert!(!matches!(out[0], crate::Enqueued::Noop { .. }), "{out:?}");
     let r = Worker::new(&s.store, &s.archive, config()).run().unwrap();
     assert_eq!(r.succeeded, 1, "{r:?}");
     let entry = s.store.catalog_entry(&fid).unwrap().unwrap();
     assert_eq!((entry.state, entry.size), (CatalogState::Archived, 30_000));
     // And an upcall for an unchanged file costs no copy.
     let out = s.store.enqueue(&[request(Action::Archive, &fid)]).unwrap();
-    assert!(!matches!(out[0], crate::hsm::Enqueued::Noop { .. }));
+    assert!(!matches!(out[0], crate::Enqueued::Noop { .. }));
     Worker::new(&s.store, &s.archive, config()).run().unwrap();
     assert_eq!(
         s.store.catalog_entry(&fid).unwrap().unwrap().object,
@@ -235,7 +232,7 @@ fn a_lost_file_says_so_in_its_extended_attribute() {
     Worker::new(&s.store, &s.archive, config()).run().unwrap();
     let catalog = s.store.catalog_entry(&fid).unwrap().unwrap().state;
     assert_eq!(catalog, CatalogState::Lost);
-    assert_eq!(crate::hsm::catalog::xattr_state(&path), Some(catalog));
+    assert_eq!(crate::catalog::xattr_state(&path), Some(catalog));
 }
 
 /// A remove queued while an archive of the same file is started waits for

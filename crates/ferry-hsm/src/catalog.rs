@@ -11,8 +11,8 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
-use crate::hsm::{CatalogEntry, CatalogState, RequestQueue};
+use crate::{CatalogEntry, CatalogState, RequestQueue};
+use ferry::error::{Error, Result};
 
 /// The extended attribute that mirrors the catalog state.
 pub const XATTR: &str = "user.ferry.hsm";
@@ -109,7 +109,7 @@ pub fn refresh(queue: &dyn RequestQueue, fid: &str, path: &Path) -> Result<Optio
 /// it), never a hole the catalog calls archived.
 pub fn release(queue: &dyn RequestQueue, fid: &str, path: &Path) -> Result<CatalogEntry> {
     let entry = refresh(queue, fid, path)?.ok_or_else(|| {
-        Error::Store(crate::store::StoreError::NotInCatalog {
+        Error::Store(ferry::store::StoreError::NotInCatalog {
             path: queue.location(),
             fid: fid.to_owned(),
         })
@@ -164,13 +164,13 @@ pub fn set_times(file: &File, atime_ns: i64, mtime_ns: i64) -> io::Result<()> {
 /// dirty and archived again rather than skipped.
 pub fn request_for_path(
     queue: &dyn RequestQueue,
-    action: crate::hsm::Action,
+    action: crate::Action,
     path: &Path,
     archive_id: u32,
     priority_ms: i64,
-) -> Result<crate::hsm::NewRequest> {
+) -> Result<crate::NewRequest> {
     let (fid, abs) = fid_of(path)?;
-    if action == crate::hsm::Action::Archive {
+    if action == crate::Action::Archive {
         let meta = fs::symlink_metadata(&abs).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::SourceNotFound { path: abs.clone() },
             _ => Error::io(&abs, e),
@@ -183,7 +183,7 @@ pub fn request_for_path(
         }
         refresh(queue, &fid, &abs)?;
     }
-    Ok(crate::hsm::NewRequest {
+    Ok(crate::NewRequest {
         action,
         fsname: String::new(),
         archive_id,

@@ -14,7 +14,7 @@ use super::{
     Action, CatalogEntry, CatalogState, Enqueued, FailKind, Lease, LeaseFilter, NewRequest, Policy,
     RequestId, RequestQueue, RequestState,
 };
-use crate::store::{EventFilter, StoreError};
+use ferry::store::{EventFilter, StoreError};
 
 /// How long a poll for a time-based change may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -651,7 +651,7 @@ macro_rules! hsm_conformance_tests {
             #[test]
             fn $name() {
                 let (_guard, store) = $fresh();
-                $crate::hsm::conformance::$name(&store);
+                $crate::conformance::$name(&store);
             }
         )*
     };

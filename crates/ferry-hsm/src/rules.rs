@@ -9,7 +9,7 @@
 
 use serde_json::{Value, json};
 
-use crate::store::StoreError;
+use ferry::store::StoreError;
 
 use super::{
     Action, CatalogEntry, CatalogState, FailKind, Lease, NewRequest, Policy, RequestId,
@@ -362,7 +362,7 @@ mod tests {
     fn record(action: Action) -> RequestRecord {
         enqueued(
             &Policy::DEFAULT,
-            &super::super::conformance::request(action, "f"),
+            &crate::conformance::request(action, "f"),
             1_000_000_000_000,
         )
         .new

@@ -1,0 +1,161 @@
+//! The store's schema: migrations in order, each applied once. The HSM
+//! tables are here too (their meaning is ferry-hsm's): one `user_version`
+//! covers the whole file.
+
+/// Schema migrations, in order; the store's `user_version` is how many have
+/// been applied. Never edit one that has shipped: append a new one.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE transfers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner_host TEXT NOT NULL,
+    owner_boot_id TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    owner_start_time INTEGER NOT NULL,
+    preserve_mode INTEGER NOT NULL,
+    preserve_ownership INTEGER NOT NULL,
+    preserve_times INTEGER NOT NULL,
+    temp_suffix TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    freed_ns INTEGER
+);
+CREATE UNIQUE INDEX transfers_live_name ON transfers(name) WHERE freed_ns IS NULL;
+
+CREATE TABLE entries (
+    transfer_id INTEGER NOT NULL REFERENCES transfers(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    source BLOB NOT NULL,
+    dest BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    link_target BLOB,
+    state TEXT NOT NULL,
+    progress_bytes_durable INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    -- Room for integrity and fidelity: checksums, extended attributes and
+    -- ACLs, hard-link groups.
+    checksum_algo TEXT,
+    checksum BLOB,
+    xattrs BLOB,
+    link_group INTEGER,
+    PRIMARY KEY (transfer_id, idx)
+) WITHOUT ROWID;
+
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ns INTEGER NOT NULL,
+    transfer_id INTEGER,
+    entry_idx INTEGER,
+    request_id INTEGER,
+    name TEXT NOT NULL,
+    context TEXT NOT NULL
+);
+"#,
+    r#"
+-- Event log retention: events with seq <= events_horizon were compacted.
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('events_horizon', 0);
+"#,
+    r#"
+-- Transfer ids start at a random point of a 2^40 range (never below what
+-- was handed out): temporaries are named DEST._ferry-<id>, and the stores
+-- of many MPI ranks writing one directory must not name them alike.
+CREATE TEMP TABLE next_transfer_id AS SELECT max(
+    coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'transfers'), 0),
+    (SELECT coalesce(max(id), 0) FROM transfers),
+    abs(random() % 1099511627776)
+) AS seq;
+DELETE FROM sqlite_sequence WHERE name = 'transfers';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'transfers', seq FROM next_transfer_id;
+DROP TABLE next_transfer_id;
+"#,
+    r#"
+-- The hash each copied file of a transfer gets (NULL: none). The digest
+-- itself goes to entries.checksum_algo / entries.checksum.
+ALTER TABLE transfers ADD COLUMN checksum_algo TEXT;
+"#,
+    r#"
+-- HSM coordination (see the ferry-hsm crate). rank = created_ns - head start: the
+-- lease query seeks hsm_requests_ready in rank order, never scans.
+CREATE TABLE hsm_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL,
+    fsname TEXT NOT NULL,
+    archive_id INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    fid TEXT NOT NULL,
+    path BLOB,
+    priority_ms INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    not_before_ns INTEGER NOT NULL DEFAULT 0,
+    lease_holder TEXT,
+    lease_expires_ns INTEGER,
+    waiters INTEGER NOT NULL DEFAULT 1,
+    error TEXT,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+);
+CREATE INDEX hsm_requests_ready ON hsm_requests(rank, id) WHERE state = 'waiting';
+-- The best waiting request of one action: the weighted choice seeks here.
+CREATE INDEX hsm_requests_ready_action ON hsm_requests(action, rank, id)
+    WHERE state = 'waiting';
+CREATE INDEX hsm_requests_leased ON hsm_requests(lease_expires_ns) WHERE state = 'started';
+-- At most one live request per file and action: dedup joins it.
+CREATE UNIQUE INDEX hsm_requests_live ON hsm_requests(fid, action)
+    WHERE state IN ('waiting', 'started');
+CREATE INDEX hsm_requests_state ON hsm_requests(state, id);
+
+CREATE TABLE hsm_catalog (
+    fid TEXT PRIMARY KEY,
+    path BLOB,
+    state TEXT NOT NULL,
+    archive_id INTEGER NOT NULL,
+    object TEXT,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    checksum TEXT,
+    updated_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+
+INSERT INTO meta (key, value) VALUES
+    ('hsm.head_start_restore_ms', 600000),
+    ('hsm.head_start_remove_ms', 60000),
+    ('hsm.head_start_archive_ms', 0),
+    ('hsm.max_attempts', 5),
+    ('hsm.backoff_base_ms', 1000),
+    ('hsm.backoff_max_ms', 300000),
+    ('hsm.restore_share', 4),
+    -- Restores and removes leased since the last archive (the weighting).
+    ('hsm.restores_since_archive', 0);
+"#,
+    r#"
+-- A large file's piece digests below its durable progress, as read from
+-- the source: a resume takes them instead of hashing the temporary.
+ALTER TABLE entries ADD COLUMN piece_digests BLOB;
+"#,
+    r#"
+-- Daemon transfers: the user they were created for (the socket peer's
+-- credentials), who alone may see and control them, and whose file
+-- credentials their data path runs with. NULL outside the daemon.
+ALTER TABLE transfers ADD COLUMN caller_uid INTEGER;
+ALTER TABLE transfers ADD COLUMN caller_gid INTEGER;
+ALTER TABLE transfers ADD COLUMN caller_groups TEXT;
+"#,
+];

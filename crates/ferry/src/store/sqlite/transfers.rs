@@ -1,0 +1,590 @@
+//! The transfers' side of the store: entries, state changes with their
+//! events ([`Store::apply`]), and the [`Store`] trait's reads.
+
+use super::events::{SqliteEventReader, query_events};
+use super::*;
+
+impl SqliteStore {
+    fn insert_event(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        transfer: TransferId,
+        entry: Option<EntryIndex>,
+        name: &str,
+        context: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO events (time_ns, transfer_id, entry_idx, name, context)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.execute(params![
+            now_ns(),
+            transfer.0,
+            entry.map(|i| i.0),
+            name,
+            context.to_string()
+        ])
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Appends entries (state `pending`) to a transfer that is still
+    /// `created`, and one `transfer.added` event.
+    fn insert_entries(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: TransferId,
+        entries: &[NewEntry],
+    ) -> Result<(), StoreError> {
+        rules::check_adding(&self.path, id, self.transfer_state(tx, id)?)?;
+        let first: i64 = tx
+            .query_row(
+                "SELECT coalesce(max(idx) + 1, 0) FROM entries WHERE transfer_id = ?1",
+                [id.0],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO entries (transfer_id, idx, kind, source, dest, size, mode, uid,
+                    gid, atime_ns, mtime_ns, link_target, link_group, xattrs, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'pending')",
+            )
+            .map_err(|e| self.err(e))?;
+        for (offset, entry) in entries.iter().enumerate() {
+            let index = rules::entry_index(first, offset);
+            stmt.execute(params![
+                id.0,
+                index,
+                entry.kind.as_str(),
+                entry.source.as_os_str().as_bytes(),
+                entry.dest.as_os_str().as_bytes(),
+                entry.meta.size as i64,
+                entry.meta.mode,
+                entry.meta.uid,
+                entry.meta.gid,
+                entry.meta.atime_ns,
+                entry.meta.mtime_ns,
+                entry.link_target.as_ref().map(|t| t.as_os_str().as_bytes()),
+                rules::link_group_column(first, offset, entry),
+                rules::xattrs_column(&entry.xattrs),
+            ])
+            .map_err(|e| self.err(e))?;
+        }
+        let context = rules::added_context(entries);
+        self.insert_event(tx, id, None, rules::EVENT_ADDED, &context)
+    }
+
+    fn transfer_state(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: TransferId,
+    ) -> Result<TransferState, StoreError> {
+        let state: Option<String> = tx
+            .prepare_cached("SELECT state FROM transfers WHERE id = ?1 AND freed_ns IS NULL")
+            .and_then(|mut s| s.query_row([id.0], |row| row.get(0)).optional())
+            .map_err(|e| self.err(e))?;
+        let state = state.ok_or_else(|| rules::no_such_transfer(&self.path, id))?;
+        rules::parse_transfer_state(&self.path, id, &state)
+    }
+
+    fn apply_one(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        change: &Change,
+        checked: &mut HashMap<TransferId, ()>,
+    ) -> Result<(), StoreError> {
+        let now = now_ns();
+        match change {
+            Change::Transfer {
+                id,
+                to,
+                owner,
+                context,
+            } => {
+                if let Some(expected) = owner {
+                    self.check_owner(tx, *id, expected)?;
+                }
+                let from = self.transfer_state(tx, *id)?;
+                rules::check_transfer_transition(&self.path, *id, from, *to)?;
+                tx.prepare_cached("UPDATE transfers SET state = ?1, updated_ns = ?2 WHERE id = ?3")
+                    .and_then(|mut s| s.execute(params![to.as_str(), now, id.0]))
+                    .map_err(|e| self.err(e))?;
+                self.insert_event(tx, *id, None, &rules::transfer_event_name(*to), context)
+            }
+            Change::Reattach { id, from, owner } => {
+                self.check_owner(tx, *id, from)?;
+                tx.prepare_cached(
+                    "UPDATE transfers SET owner_host = ?1, owner_boot_id = ?2,
+                     owner_pid = ?3, owner_start_time = ?4, updated_ns = ?5 WHERE id = ?6",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        owner.host,
+                        owner.boot_id,
+                        owner.pid,
+                        owner.start_time as i64,
+                        now,
+                        id.0
+                    ])
+                })
+                .map_err(|e| self.err(e))?;
+                let context = rules::reattached_context(owner);
+                self.insert_event(tx, *id, None, rules::EVENT_REATTACHED, &context)
+            }
+            Change::Entry {
+                id,
+                index,
+                to,
+                progress_bytes_durable,
+                error,
+                checksum,
+                context,
+            } => {
+                self.check_moving(tx, *id, checked)?;
+                let from = self.entry_state(tx, *id, *index)?;
+                rules::check_entry_transition(&self.path, *id, *index, from, *to)?;
+                // Progress back to 0 restarts the file: its pieces' digests go.
+                tx.prepare_cached(
+                    "UPDATE entries SET state = ?1, error = ?2,
+                     progress_bytes_durable = coalesce(?3, progress_bytes_durable),
+                     piece_digests = CASE WHEN ?3 = 0 THEN NULL ELSE piece_digests END
+                     WHERE transfer_id = ?4 AND idx = ?5",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        to.as_str(),
+                        error,
+                        progress_bytes_durable.map(|p| p as i64),
+                        id.0,
+                        index.0
+                    ])
+                })
+                .map_err(|e| self.err(e))?;
+                if let Some(checksum) = checksum {
+                    tx.prepare_cached(
+                        "UPDATE entries SET checksum_algo = ?1, checksum = ?2
+                         WHERE transfer_id = ?3 AND idx = ?4",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            checksum.algo.as_str(),
+                            checksum.digest(),
+                            id.0,
+                            index.0
+                        ])
+                    })
+                    .map_err(|e| self.err(e))?;
+                }
+                self.insert_event(tx, *id, Some(*index), &rules::file_event_name(*to), context)
+            }
+            Change::Free { id } => {
+                rules::check_free(&self.path, *id, self.transfer_state(tx, *id)?)?;
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE transfers SET freed_ns = ?1 WHERE id = ?2 AND freed_ns IS NULL",
+                    )
+                    .and_then(|mut s| s.execute(params![now, id.0]))
+                    .map_err(|e| self.err(e))?;
+                if changed != 1 {
+                    return Err(rules::no_such_transfer(&self.path, *id));
+                }
+                self.insert_event(tx, *id, None, rules::EVENT_FREED, &serde_json::Value::Null)
+            }
+            Change::Progress {
+                id,
+                index,
+                progress_bytes_durable,
+                piece_digests,
+            } => {
+                self.check_moving(tx, *id, checked)?;
+                let digests = rules::piece_digests_column(piece_digests);
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE entries SET progress_bytes_durable = ?1, piece_digests = ?4
+                         WHERE transfer_id = ?2 AND idx = ?3 AND progress_bytes_durable <= ?1",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            *progress_bytes_durable as i64,
+                            id.0,
+                            index.0,
+                            digests
+                        ])
+                    })
+                    .map_err(|e| self.err(e))?;
+                if changed != 1 {
+                    return Err(rules::progress_refused(
+                        &self.path,
+                        *id,
+                        *index,
+                        *progress_bytes_durable,
+                    ));
+                }
+                let context = rules::progress_context(*progress_bytes_durable);
+                self.insert_event(tx, *id, Some(*index), rules::EVENT_PROGRESS, &context)
+            }
+        }
+    }
+
+    fn check_owner(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: TransferId,
+        expected: &Owner,
+    ) -> Result<(), StoreError> {
+        let owner: Option<Owner> = tx
+            .prepare_cached(
+                "SELECT owner_host, owner_boot_id, owner_pid, owner_start_time
+                 FROM transfers WHERE id = ?1 AND freed_ns IS NULL",
+            )
+            .and_then(|mut s| {
+                s.query_row([id.0], |row| {
+                    Ok(Owner {
+                        host: row.get(0)?,
+                        boot_id: row.get(1)?,
+                        pid: row.get(2)?,
+                        start_time: row.get::<_, i64>(3)? as u64,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        rules::check_owner(&self.path, id, owner, expected)
+    }
+
+    /// Files change only while their transfer is moving: a cancel (or a
+    /// finalize, or a free) stops every mover at its next store write.
+    fn check_moving(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: TransferId,
+        checked: &mut HashMap<TransferId, ()>,
+    ) -> Result<(), StoreError> {
+        if checked.contains_key(&id) {
+            return Ok(());
+        }
+        rules::check_moving(&self.path, id, self.transfer_state(tx, id)?)?;
+        checked.insert(id, ());
+        Ok(())
+    }
+
+    /// The entry's state; `None` when the transfer has no such entry.
+    fn entry_state(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: TransferId,
+        index: EntryIndex,
+    ) -> Result<Option<FileState>, StoreError> {
+        let state: Option<String> = tx
+            .prepare_cached("SELECT state FROM entries WHERE transfer_id = ?1 AND idx = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![id.0, index.0], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        state
+            .map(|state| rules::parse_file_state(&self.path, id, index, &state))
+            .transpose()
+    }
+
+    /// One `transfers` row, in the column order of `query_transfers`.
+    fn row_to_transfer(row: &rusqlite::Row<'_>) -> rusqlite::Result<rules::TransferRow> {
+        Ok(rules::TransferRow {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            kind: row.get(2)?,
+            state: row.get(3)?,
+            owner_host: row.get(4)?,
+            owner_boot_id: row.get(5)?,
+            owner_pid: row.get(6)?,
+            owner_start_time: row.get(7)?,
+            preserve: Preserve {
+                mode: row.get(8)?,
+                ownership: row.get(9)?,
+                times: row.get(10)?,
+            },
+            temp_suffix: row.get(11)?,
+            created_ns: row.get(12)?,
+            updated_ns: row.get(13)?,
+            checksum_algo: row.get(14)?,
+            caller_uid: row.get(15)?,
+            caller_gid: row.get(16)?,
+            caller_groups: row.get(17)?,
+        })
+    }
+
+    /// One `entries` row, in the column order of `entries`.
+    fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<rules::EntryRow> {
+        Ok(rules::EntryRow {
+            index: row.get(0)?,
+            kind: row.get(1)?,
+            source: row.get(2)?,
+            dest: row.get(3)?,
+            size: row.get(4)?,
+            mode: row.get(5)?,
+            uid: row.get(6)?,
+            gid: row.get(7)?,
+            atime_ns: row.get(8)?,
+            mtime_ns: row.get(9)?,
+            link_target: row.get(10)?,
+            state: row.get(11)?,
+            progress_bytes_durable: row.get(12)?,
+            error: row.get(13)?,
+            checksum_algo: row.get(14)?,
+            checksum: row.get(15)?,
+            link_group: row.get(16)?,
+            xattrs: row.get(17)?,
+            piece_digests: row.get(18)?,
+        })
+    }
+
+    fn query_transfers(
+        &self,
+        filter: &str,
+        param: Option<&dyn rusqlite::ToSql>,
+    ) -> Result<Vec<TransferRecord>, StoreError> {
+        let sql = format!(
+            "SELECT id, name, kind, state, owner_host, owner_boot_id, owner_pid, owner_start_time,
+                    preserve_mode, preserve_ownership, preserve_times, temp_suffix, created_ns,
+                    updated_ns, checksum_algo, caller_uid, caller_gid, caller_groups
+             FROM transfers WHERE freed_ns IS NULL {filter} ORDER BY id"
+        );
+        let rows = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let params: Vec<&dyn rusqlite::ToSql> = param.into_iter().collect();
+            let rows = stmt.query_map(params.as_slice(), Self::row_to_transfer)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.into_iter()
+            .map(|row| row.into_record(&self.path))
+            .collect()
+    }
+}
+
+impl Store for SqliteStore {
+    fn location(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn create_transfer(
+        &self,
+        new: &NewTransfer,
+        entries: &[NewEntry],
+    ) -> Result<TransferRecord, StoreError> {
+        let id = self.write(|tx| {
+            if let Some(name) = &new.name {
+                let existing: Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM transfers WHERE name = ?1 AND freed_ns IS NULL",
+                        [name],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(|e| self.err(e))?;
+                if let Some(existing) = existing {
+                    return Err(StoreError::DuplicateName {
+                        path: self.path.clone(),
+                        name: name.clone(),
+                        id: TransferId(existing),
+                    });
+                }
+            }
+            let now = now_ns();
+            // An unnamed transfer is named after its id, which exists only
+            // once the row does: insert under a placeholder, then rename.
+            let placeholder = format!("\u{1}unnamed-{}", new.owner.pid);
+            tx.execute(
+                "INSERT INTO transfers (name, kind, state, owner_host, owner_boot_id, owner_pid,
+                    owner_start_time, preserve_mode, preserve_ownership, preserve_times,
+                    temp_suffix, created_ns, updated_ns, checksum_algo, caller_uid, caller_gid,
+                    caller_groups)
+                 VALUES (?1, ?2, 'created', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13,
+                    ?14, ?15)",
+                params![
+                    new.name.as_deref().unwrap_or(&placeholder),
+                    new.kind.as_str(),
+                    new.owner.host,
+                    new.owner.boot_id,
+                    new.owner.pid,
+                    new.owner.start_time as i64,
+                    new.preserve.mode,
+                    new.preserve.ownership,
+                    new.preserve.times,
+                    new.temp_suffix,
+                    now,
+                    new.checksum.map(ChecksumAlgo::as_str),
+                    new.caller.as_ref().map(|c| c.uid),
+                    new.caller.as_ref().map(|c| c.gid),
+                    new.caller.as_ref().map(rules::caller_groups_column),
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+            let id = TransferId(tx.last_insert_rowid());
+            let name = match &new.name {
+                Some(name) => name.clone(),
+                None => {
+                    // `cp-ID`, unless someone chose that name already (a
+                    // user of a shared daemon may): then `cp-ID-2`, -3…
+                    // Bounded: a live name is taken at most once per try.
+                    let taken = |name: &str| -> Result<bool, StoreError> {
+                        tx.query_row(
+                            "SELECT EXISTS (SELECT 1 FROM transfers
+                                WHERE name = ?1 AND freed_ns IS NULL)",
+                            [name],
+                            |row| row.get(0),
+                        )
+                        .map_err(|e| self.err(e))
+                    };
+                    let mut n = 1;
+                    let mut name = rules::unnamed_name(id, n);
+                    while taken(&name)? {
+                        n += 1;
+                        name = rules::unnamed_name(id, n);
+                    }
+                    tx.execute(
+                        "UPDATE transfers SET name = ?1 WHERE id = ?2",
+                        params![name, id.0],
+                    )
+                    .map_err(|e| self.err(e))?;
+                    name
+                }
+            };
+            let context = rules::created_context(new, &name);
+            self.insert_event(
+                tx,
+                id,
+                None,
+                &rules::transfer_event_name(TransferState::Created),
+                &context,
+            )?;
+            if !entries.is_empty() {
+                self.insert_entries(tx, id, entries)?;
+            }
+            Ok(id)
+        })?;
+        let record = self
+            .transfer(id)?
+            .ok_or_else(|| rules::no_such_transfer(&self.path, id))?;
+        rules::check_created(&record, new);
+        Ok(record)
+    }
+
+    fn add_entries(&self, id: TransferId, entries: &[NewEntry]) -> Result<(), StoreError> {
+        self.write(|tx| self.insert_entries(tx, id, entries))
+    }
+
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let writing = if rules::is_shutdown(changes) {
+            Writing::Shutdown
+        } else {
+            Writing::Normal
+        };
+        self.write_as(writing, |tx| {
+            let mut checked = HashMap::new();
+            for change in changes {
+                self.apply_one(tx, change, &mut checked)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, StoreError> {
+        Ok(self
+            .query_transfers("AND id = ?1", Some(&id.0))?
+            .into_iter()
+            .next())
+    }
+
+    fn transfer_by_name(&self, name: &str) -> Result<Option<TransferRecord>, StoreError> {
+        Ok(self
+            .query_transfers("AND name = ?1", Some(&name))?
+            .into_iter()
+            .next())
+    }
+
+    fn transfers(&self) -> Result<Vec<TransferRecord>, StoreError> {
+        self.query_transfers("", None)
+    }
+
+    fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
+        let rows = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
+                        link_target, state, progress_bytes_durable, error, checksum_algo,
+                        checksum, link_group, xattrs, piece_digests
+                 FROM entries WHERE transfer_id = ?1 ORDER BY idx",
+            )?;
+            let rows = stmt.query_map([id.0], Self::row_to_entry)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let records = rows
+            .into_iter()
+            .map(|row| row.into_record(&self.path, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        rules::check_entries(&self.path, id, records)
+    }
+
+    fn events_since(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let conn = self.conn.lock().expect("store mutex poisoned");
+        query_events(&conn, &self.path, after, filter, limit).map(|page| page.events)
+    }
+
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |row| {
+                row.get::<_, i64>(0)
+            })
+        })
+        .map(|seq| seq as u64)
+    }
+
+    fn compact(&self, before: u64) -> Result<u64, StoreError> {
+        self.write(|tx| {
+            let last: i64 = tx
+                .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |row| {
+                    row.get(0)
+                })
+                .map_err(|e| self.err(e))?;
+            let horizon: i64 = tx
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'events_horizon'",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            let Some(new_horizon) = rules::compact_horizon(before, last as u64, horizon as u64)
+            else {
+                return Ok(horizon as u64);
+            };
+            tx.execute("DELETE FROM events WHERE seq <= ?1", [new_horizon as i64])
+                .map_err(|e| self.err(e))?;
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'events_horizon'",
+                [new_horizon as i64],
+            )
+            .map_err(|e| self.err(e))?;
+            Ok(new_horizon)
+        })
+    }
+
+    fn event_reader(&self) -> Result<Box<dyn EventReader>, StoreError> {
+        let conn = Connection::open(&self.path).map_err(|e| self.err(e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| self.err(e))?;
+        Ok(Box::new(SqliteEventReader {
+            path: self.path.clone(),
+            conn,
+            notifier: Arc::clone(&self.notifier),
+        }))
+    }
+}
