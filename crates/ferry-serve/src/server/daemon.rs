@@ -1,0 +1,388 @@
+//! The daemon's shared state and its movers: the threads that run queued
+//! transfers, each with its caller's file credentials.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use ferry::model::{EntryRecord, Owner, TransferRecord};
+use ferry::store::{Change, SqliteStore, Store};
+use ferry::{Caller, FileState, Kind, Progress, Transfer, TransferId, TransferState};
+use tokio::sync::Semaphore;
+
+use super::QUEUE_MAX;
+use super::handlers::RunSettings;
+use super::routes::{PerUser, acting_caller};
+use crate::api::{Failure, RunRequest, THREADS_MAX, TransferView};
+use crate::creds::{self, Peer};
+use crate::error::{ApiError, ServeError};
+use crate::metrics::{Gauges, Metrics};
+
+/// A transfer handed to a mover.
+pub(super) struct Job {
+    transfer: Transfer,
+    caller: Caller,
+}
+
+/// A transfer queued for or run by a mover.
+pub(super) struct Moving {
+    pub(super) interrupt: Arc<AtomicBool>,
+    pub(super) progress: Arc<Progress>,
+}
+
+pub(super) struct Daemon {
+    pub(super) sqlite: Arc<SqliteStore>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) jobs: Mutex<Option<SyncSender<Job>>>,
+    pub(super) queued: AtomicUsize,
+    /// Queued or running: never two movers for one transfer. The lock is
+    /// held from the check to the recorded dispatch.
+    pub(super) moving: Mutex<HashMap<TransferId, Moving>>,
+    pub(super) shutdown: AtomicBool,
+    pub(super) metrics: Metrics,
+    pub(super) requests: Arc<Semaphore>,
+    pub(super) watchers: Arc<Semaphore>,
+    pub(super) requests_by_user: Arc<PerUser>,
+    pub(super) watchers_by_user: Arc<PerUser>,
+    pub(super) uid: u32,
+}
+
+/// A mover: runs queued transfers one at a time, each on a fresh thread
+/// with its caller's file credentials.
+pub(super) fn mover(daemon: &Daemon, rx: &Mutex<Receiver<Job>>) {
+    loop {
+        let job = rx.lock().expect("queue poisoned").recv();
+        let Ok(Job {
+            mut transfer,
+            caller,
+        }) = job
+        else {
+            return;
+        };
+        daemon.queued.fetch_sub(1, Ordering::Relaxed);
+        let id = transfer.record().id;
+        // Left `dispatched` at a shutdown: the next daemon resumes it. A
+        // cancel while queued: nothing to run.
+        if daemon.shutdown.load(Ordering::Relaxed)
+            || transfer.interrupt_flag().load(Ordering::Relaxed)
+        {
+            daemon.moving.lock().expect("moving poisoned").remove(&id);
+            continue;
+        }
+        let result = creds::as_caller(&caller, || transfer.run_dispatched());
+        let mut moving = daemon.moving.lock().expect("moving poisoned");
+        moving.remove(&id);
+        let m = &daemon.metrics;
+        match result {
+            Ok(Ok(report)) => {
+                m.bytes_moved
+                    .fetch_add(report.bytes_copied, Ordering::Relaxed);
+                m.files_moved
+                    .fetch_add(report.files_committed, Ordering::Relaxed);
+                m.file_errors
+                    .fetch_add(report.failures.len() as u64, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => fail(daemon, id, e.to_string()),
+            Err(e) => fail(daemon, id, format!("cannot act as uid {}: {e}", caller.uid)),
+        }
+    }
+}
+
+/// A run that ended in an error rather than a report (its destination
+/// directory cannot be listed, say): the daemon, its owner, lives on, so
+/// unless a shutdown interrupted it the transfer is recorded `failed` with
+/// the reason, for its user to see and resume; never left `running`.
+fn fail(daemon: &Daemon, id: TransferId, message: String) {
+    daemon.metrics.run_errors.fetch_add(1, Ordering::Relaxed);
+    eprintln!("ferry: transfer {id}: {message}");
+    if daemon.shutdown.load(Ordering::Relaxed) {
+        return;
+    }
+    let _ = daemon.store.apply(&[Change::Transfer {
+        id,
+        to: TransferState::Failed,
+        owner: None,
+        context: serde_json::json!({ "error": message }),
+    }]);
+}
+
+impl Daemon {
+    /// The run options of a transfer's last dispatch or resume, from its
+    /// `transfer.dispatched` event.
+    fn last_settings(&self, record: &ferry::model::TransferRecord) -> RunSettings {
+        let filter = ferry::store::EventFilter {
+            transfer: Some(record.id),
+            kind: Some("transfer.dispatched".into()),
+            ..Default::default()
+        };
+        let last = self
+            .store
+            .events_since(0, &filter, usize::MAX >> 1)
+            .ok()
+            .and_then(|events| events.into_iter().last());
+        let Some(event) = last else {
+            return RunSettings::default();
+        };
+        let c = &event.context;
+        let text = |key: &str| c[key].as_str().map(str::to_owned);
+        let request = RunRequest {
+            threads: c["workers"]
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| (1..=THREADS_MAX).contains(n)),
+            skip: text("skip"),
+            verify: text("verify"),
+            check_space: c["check_space"].as_bool().unwrap_or(false),
+            clean_orphans: c["clean_orphans"].as_bool().unwrap_or(false),
+        };
+        RunSettings::from(&request).unwrap_or_default()
+    }
+
+    /// Start-up: every daemon transfer that was dispatched or running
+    /// belonged to a daemon that is gone; re-attach each (compare-and-swap
+    /// on the dead owner) and queue it. A transfer only created is
+    /// re-attached too, so that its user can dispatch it.
+    pub(super) fn recover(&self) -> Result<(), ServeError> {
+        for record in self.store.transfers().map_err(ferry::Error::from)? {
+            if record.kind != Kind::Daemon {
+                continue;
+            }
+            match record.state {
+                TransferState::Dispatched | TransferState::Running => {
+                    let Some(caller) = record.caller.clone() else {
+                        eprintln!(
+                            "ferry: transfer {} (id {}) has no recorded caller; left alone",
+                            record.name, record.id
+                        );
+                        continue;
+                    };
+                    let mut transfer = Transfer::open(Arc::clone(&self.store), &record.name)?;
+                    // As it was last dispatched (the options are in that
+                    // event); defaults if the log was compacted since.
+                    let settings = self.last_settings(&record);
+                    settings.apply(&mut transfer);
+                    transfer.resume(settings.threads.into())?;
+                    eprintln!(
+                        "ferry: resuming transfer {} (id {})",
+                        record.name, record.id
+                    );
+                    let mut moving = self.moving.lock().expect("moving poisoned");
+                    self.enqueue(&mut moving, transfer, caller)
+                        .map_err(|e| ServeError::Runtime(std::io::Error::other(e.message)))?;
+                }
+                TransferState::Created if record.owner != Owner::current() => {
+                    if record.owner.liveness() == ferry::owner::Liveness::Alive {
+                        return Err(ferry::Error::OwnerAlive {
+                            name: record.name,
+                            id: record.id,
+                            host: record.owner.host,
+                            pid: record.owner.pid,
+                        }
+                        .into());
+                    }
+                    self.store
+                        .apply(&[Change::Reattach {
+                            id: record.id,
+                            from: record.owner.clone(),
+                            owner: Owner::current(),
+                        }])
+                        .map_err(ferry::Error::from)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a transfer whose dispatch or resume is recorded to a mover,
+    /// under the `moving` lock the caller took before recording it (so no
+    /// second dispatch or resume slips in between). The caller checked the
+    /// queue has room (or this is start-up).
+    fn enqueue(
+        &self,
+        moving: &mut HashMap<TransferId, Moving>,
+        transfer: Transfer,
+        caller: Caller,
+    ) -> Result<(), ApiError> {
+        let id = transfer.record().id;
+        moving.insert(
+            id,
+            Moving {
+                interrupt: transfer.interrupt_flag(),
+                progress: transfer.progress(),
+            },
+        );
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let jobs = self.jobs.lock().expect("jobs poisoned");
+        let sent = jobs
+            .as_ref()
+            .ok_or_else(|| ApiError::busy("the daemon is shutting down"))?
+            .try_send(Job { transfer, caller });
+        if sent.is_err() {
+            // Recorded but not queued: it stays dispatched for the next
+            // daemon (or a resume), like after a crash.
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            moving.remove(&id);
+            return Err(ApiError::busy(format!(
+                "the daemon's queue is full ({QUEUE_MAX} transfers); transfer {id} stays \
+                 dispatched and is resumed when the daemon restarts, or resume it later"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn begin_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        // Movers stop at their next chunk, record nothing more than what is
+        // durable, and the transfers stay `running` for the next daemon.
+        for moving in self.moving.lock().expect("moving poisoned").values() {
+            moving.interrupt.store(true, Ordering::Relaxed);
+        }
+        // Movers drain the queue (leaving those transfers dispatched) and end.
+        self.jobs.lock().expect("jobs poisoned").take();
+    }
+
+    pub(super) fn visible(peer: &Peer, record: &TransferRecord) -> bool {
+        peer.caller.uid == 0 || record.caller.as_ref().map(|c| c.uid) == Some(peer.caller.uid)
+    }
+
+    /// The transfer `name` if `peer` may see it. Another user's transfer is
+    /// "not found", exactly as a missing one: its existence is not told.
+    pub(super) fn find(&self, peer: &Peer, name: &str) -> Result<TransferRecord, ApiError> {
+        match self.store.transfer_by_name(name)? {
+            Some(record) if Daemon::visible(peer, &record) => Ok(record),
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "transfer_not_found",
+                format!(
+                    "no transfer named {name} of uid {} in the daemon's store: `GET /v1/transfers` \
+                     (`ferry status --daemon`) lists yours",
+                    peer.caller.uid
+                ),
+            )),
+        }
+    }
+
+    pub(super) fn view(
+        &self,
+        record: &TransferRecord,
+        reattached: bool,
+    ) -> Result<TransferView, ApiError> {
+        let entries = self.store.entries(record.id)?;
+        Ok(view(record, &entries, reattached))
+    }
+
+    /// Dispatch or resume, under the `moving` lock: never two movers.
+    pub(super) fn start(
+        &self,
+        peer: &Peer,
+        name: &str,
+        settings: &RunSettings,
+        resume: bool,
+    ) -> Result<TransferView, ApiError> {
+        let record = self.find(peer, name)?;
+        if record.kind != Kind::Daemon {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_a_daemon_transfer",
+                format!(
+                    "transfer {name} is a {} transfer: the process that made it moves it, not the \
+                     daemon",
+                    record.kind.as_str()
+                ),
+            ));
+        }
+        let recorded = record
+            .caller
+            .clone()
+            .ok_or_else(|| ApiError::internal(format!("transfer {name} has no recorded caller")))?;
+        let caller = acting_caller(peer, recorded);
+        if self.shutdown.load(Ordering::Relaxed) {
+            return Err(ApiError::busy("the daemon is shutting down"));
+        }
+        let mut moving = self.moving.lock().expect("moving poisoned");
+        if moving.contains_key(&record.id) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "nothing_to_do",
+                format!("transfer {name} (id {}) is already moving", record.id),
+            ));
+        }
+        if self.queued.load(Ordering::Relaxed) >= QUEUE_MAX {
+            return Err(ApiError::busy(format!(
+                "the daemon's queue is full ({QUEUE_MAX} transfers): try again later"
+            )));
+        }
+        let mut transfer = Transfer::open(Arc::clone(&self.store), name)?;
+        settings.apply(&mut transfer);
+        if resume {
+            transfer.resume(settings.threads.into())?;
+        } else {
+            transfer.dispatch(settings.threads.into())?;
+        }
+        let mut record = transfer.record().clone();
+        record.state = TransferState::Dispatched;
+        self.enqueue(&mut moving, transfer, caller)?;
+        drop(moving);
+        self.view(&record, false)
+    }
+
+    pub(super) fn gauges(&self) -> Result<Gauges, ApiError> {
+        let mut counts: Vec<(&'static str, u64)> =
+            TransferState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        for t in self.store.transfers()? {
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == t.state.as_str()) {
+                c.1 += 1;
+            }
+        }
+        let moving = self.moving.lock().expect("moving poisoned");
+        let queued = self.queued.load(Ordering::Relaxed) as u64;
+        Ok(Gauges {
+            transfers_by_state: counts,
+            read_only: self.sqlite.read_only().is_some(),
+            bytes_moving: moving
+                .values()
+                .map(|m| m.progress.bytes_copied.load(Ordering::Relaxed))
+                .sum(),
+            transfers_queued: queued,
+            transfers_moving: (moving.len() as u64).saturating_sub(queued),
+        })
+    }
+}
+
+fn view(record: &TransferRecord, entries: &[EntryRecord], reattached: bool) -> TransferView {
+    let files: Vec<_> = entries
+        .iter()
+        .filter(|e| e.kind != ferry::EntryKind::Dir)
+        .collect();
+    let count = |state| files.iter().filter(|e| e.state == state).count() as u64;
+    TransferView {
+        id: record.id.0,
+        name: record.name.clone(),
+        kind: record.kind.as_str().into(),
+        state: record.state.as_str().into(),
+        uid: record.caller.as_ref().map(|c| c.uid),
+        files: files.len() as u64,
+        files_committed: count(FileState::Committed),
+        files_failed: count(FileState::Failed),
+        bytes: files.iter().map(|e| e.meta.size).sum(),
+        bytes_durable: files
+            .iter()
+            .map(|e| match e.state {
+                FileState::Copied | FileState::Committed => e.meta.size,
+                _ => e.progress_bytes_durable,
+            })
+            .sum(),
+        failures: entries
+            .iter()
+            .filter(|e| e.state == FileState::Failed)
+            .map(|e| Failure {
+                path: e.dest.to_string_lossy().into_owned(),
+                error: e.error.clone().unwrap_or_default(),
+            })
+            .collect(),
+        reattached,
+    }
+}

@@ -1,0 +1,288 @@
+//! The routes on transfers: create, list, status, add, and dispatch,
+//! resume or cancel.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ferry::engine::plan::{Fidelity, XattrMode, plan_with};
+use ferry::engine::skip::SkipRule;
+use ferry::model::ChecksumAlgo;
+use ferry::verify::Verify;
+use ferry::{Kind, Preserve, Transfer, TransferOptions};
+
+use crate::api::{
+    AddRequest, AddResponse, CreateRequest, RunRequest, THREADS_DEFAULT, THREADS_MAX, TransferView,
+};
+use crate::creds;
+use crate::error::ApiError;
+use crate::server::SOURCES_MAX;
+use crate::server::daemon::Daemon;
+use crate::server::routes::{
+    ApiJson, Caller_, PeerInfo, acting_caller, blocking, check_name, check_path,
+};
+
+pub(in crate::server) async fn create(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(info): Caller_,
+    ApiJson(request): ApiJson<CreateRequest>,
+) -> Result<Response, ApiError> {
+    let peer = info.peer()?;
+    if let Some(name) = &request.name {
+        check_name(name)?;
+    }
+    let checksum = match request.checksum.as_deref().unwrap_or("xxh3") {
+        "none" => None,
+        algo => Some(ChecksumAlgo::parse(algo).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "checksum must be xxh3, blake3 or none ({algo:?} given)"
+            ))
+        })?),
+    };
+    let view = blocking(move || {
+        let taken = || {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "name_in_use",
+                format!(
+                    "the name {} is taken in the daemon's store: choose another name",
+                    request.name.as_deref().unwrap_or_default()
+                ),
+            )
+        };
+        if let Some(name) = &request.name
+            && let Some(existing) = daemon.store.transfer_by_name(name)?
+            && (!Daemon::visible(&peer, &existing) || existing.kind != Kind::Daemon)
+        {
+            return Err(taken());
+        }
+        let preserve = if request.preserve {
+            Preserve::ALL
+        } else {
+            Preserve::NONE
+        };
+        let options = TransferOptions {
+            name: request.name.clone(),
+            kind: Kind::Daemon,
+            preserve,
+            checksum,
+            caller: Some(peer.caller.clone()),
+        };
+        let transfer = Transfer::create_with(Arc::clone(&daemon.store), &options, &[])?;
+        if transfer.reattached() && !Daemon::visible(&peer, transfer.record()) {
+            return Err(taken());
+        }
+        daemon.view(transfer.record(), transfer.reattached())
+    })
+    .await?;
+    let status = if view.reattached {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+pub(in crate::server) async fn list(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(info): Caller_,
+) -> Result<Json<Vec<TransferView>>, ApiError> {
+    let peer = info.peer()?;
+    blocking(move || {
+        let mut out = Vec::new();
+        for record in daemon.store.transfers()? {
+            if Daemon::visible(&peer, &record) {
+                out.push(daemon.view(&record, false)?);
+            }
+        }
+        Ok(Json(out))
+    })
+    .await
+}
+
+pub(in crate::server) async fn status(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(info): Caller_,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<TransferView>, ApiError> {
+    let peer = info.peer()?;
+    blocking(move || {
+        let record = daemon.find(&peer, &name)?;
+        Ok(Json(daemon.view(&record, false)?))
+    })
+    .await
+}
+
+pub(in crate::server) async fn add(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(info): Caller_,
+    UrlPath(name): UrlPath<String>,
+    ApiJson(request): ApiJson<AddRequest>,
+) -> Result<Json<AddResponse>, ApiError> {
+    let peer = info.peer()?;
+    if request.sources.is_empty() || request.sources.len() > SOURCES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "give 1 to {SOURCES_MAX} sources ({} given)",
+            request.sources.len()
+        )));
+    }
+    let sources = request
+        .sources
+        .iter()
+        .map(|s| check_path("source", s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dest = check_path("destination", &request.dest)?;
+    let xattrs = request.xattrs.as_deref().unwrap_or("none");
+    let fidelity = Fidelity {
+        hard_links: request.hard_links,
+        xattrs: XattrMode::parse(xattrs).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "xattrs must be all, none or no-lustre ({xattrs:?} given)"
+            ))
+        })?,
+    };
+    blocking(move || {
+        let record = daemon.find(&peer, &name)?;
+        let recorded = record.caller.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "not_a_daemon_transfer",
+                format!("transfer {name} was not made through the daemon"),
+            )
+        })?;
+        let caller = acting_caller(&peer, recorded);
+        // cp's rules (lstat of the sources, the destination's type) with
+        // the caller's credentials: what they cannot see, the daemon does
+        // not see for them.
+        let entries = creds::as_caller(&caller, || {
+            plan_with(&sources, &dest, request.recursive, fidelity)
+        })
+        .map_err(|e| ApiError::internal(format!("cannot act as uid {}: {e}", caller.uid)))??;
+        daemon.store.add_entries(record.id, &entries)?;
+        Ok(Json(AddResponse {
+            added: entries.len(),
+        }))
+    })
+    .await
+}
+
+/// A dispatch's or resume's options, checked.
+pub(in crate::server) struct RunSettings {
+    pub(in crate::server) threads: u16,
+    skip: SkipRule,
+    verify: Verify,
+    check_space: bool,
+    clean_orphans: bool,
+}
+
+impl Default for RunSettings {
+    fn default() -> RunSettings {
+        RunSettings {
+            threads: THREADS_DEFAULT,
+            skip: SkipRule::Never,
+            verify: Verify::None,
+            check_space: false,
+            clean_orphans: false,
+        }
+    }
+}
+
+impl RunSettings {
+    pub(in crate::server) fn from(request: &RunRequest) -> Result<RunSettings, ApiError> {
+        let threads = match request.threads {
+            None => THREADS_DEFAULT,
+            Some(n @ 1..=THREADS_MAX) => n,
+            Some(n) => {
+                return Err(ApiError::bad_request(format!(
+                    "threads must be 1 to {THREADS_MAX} ({n} given)"
+                )));
+            }
+        };
+        let skip = request.skip.as_deref().unwrap_or("never");
+        let verify = request.verify.as_deref().unwrap_or("none");
+        Ok(RunSettings {
+            threads,
+            skip: SkipRule::parse(skip).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "skip must be never, exists, size, mtime or checksum ({skip:?} given)"
+                ))
+            })?,
+            verify: Verify::parse(verify).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "verify must be none, copied or full ({verify:?} given)"
+                ))
+            })?,
+            check_space: request.check_space,
+            clean_orphans: request.clean_orphans,
+        })
+    }
+
+    pub(in crate::server) fn apply(&self, transfer: &mut Transfer) {
+        transfer.set_skip(self.skip);
+        transfer.set_verify(self.verify);
+        transfer.set_check_space(self.check_space);
+        transfer.set_clean_orphans(self.clean_orphans);
+    }
+}
+
+pub(in crate::server) async fn dispatch(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(info): Caller_,
+    UrlPath(name): UrlPath<String>,
+    ApiJson(request): ApiJson<RunRequest>,
+) -> Result<Response, ApiError> {
+    start(daemon, info, name, request, false).await
+}
+
+pub(in crate::server) async fn resume(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(info): Caller_,
+    UrlPath(name): UrlPath<String>,
+    ApiJson(request): ApiJson<RunRequest>,
+) -> Result<Response, ApiError> {
+    start(daemon, info, name, request, true).await
+}
+
+/// Dispatch or resume: the same checks, the same queue.
+async fn start(
+    daemon: Arc<Daemon>,
+    info: PeerInfo,
+    name: String,
+    request: RunRequest,
+    resume: bool,
+) -> Result<Response, ApiError> {
+    let peer = info.peer()?;
+    let settings = RunSettings::from(&request)?;
+    let view = blocking(move || daemon.start(&peer, &name, &settings, resume)).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+pub(in crate::server) async fn cancel(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(info): Caller_,
+    UrlPath(name): UrlPath<String>,
+    ApiJson(_): ApiJson<RunRequest>,
+) -> Result<Json<TransferView>, ApiError> {
+    let peer = info.peer()?;
+    blocking(move || {
+        let record = daemon.find(&peer, &name)?;
+        let transfer = Transfer::open(Arc::clone(&daemon.store), &name)?;
+        transfer.cancel()?;
+        // The store refuses the mover's next write; the flag stops it at
+        // its next chunk already.
+        if let Some(moving) = daemon
+            .moving
+            .lock()
+            .expect("moving poisoned")
+            .get(&record.id)
+        {
+            moving.interrupt.store(true, Ordering::Relaxed);
+        }
+        let record = daemon.find(&peer, &name)?;
+        Ok(Json(daemon.view(&record, false)?))
+    })
+    .await
+}

@@ -1,0 +1,245 @@
+//! `ferry serve`: the HTTP/JSON API on a Unix socket, the movers that run
+//! `daemon` transfers, start-up recovery and shutdown.
+//!
+//! A request runs on tokio; everything that touches the store or the file
+//! system runs on a blocking thread, and everything that touches the
+//! caller's files (planning, copying) on a thread with the caller's file
+//! credentials ([`creds::as_caller`]). Store writes of requests run as the
+//! daemon; the movers' store writes go through connections the daemon
+//! opened.
+//!
+//! Its parts: `daemon.rs` (the shared state and the movers), `routes.rs`
+//! (the router and what every request goes through) and `handlers/`.
+
+mod daemon;
+mod handlers;
+mod routes;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry::store::{SqliteStore, Store};
+use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
+
+use crate::creds;
+use crate::error::ServeError;
+use crate::metrics::Metrics;
+
+use daemon::{Daemon, Job, mover};
+pub use routes::PeerInfo;
+use routes::{PerUser, router};
+
+/// Requests handled at once; more are answered 503 at once.
+pub const REQUESTS_MAX: usize = 256;
+/// Open watch streams and long-polls at once.
+pub const WATCHERS_MAX: usize = 128;
+/// What one user (root aside) may hold of those: a quarter, so that one
+/// user cannot lock the others out.
+pub const REQUESTS_PER_USER_MAX: usize = REQUESTS_MAX / 4;
+pub const WATCHERS_PER_USER_MAX: usize = WATCHERS_MAX / 4;
+/// Dispatched transfers waiting for a mover.
+pub const QUEUE_MAX: usize = 4096;
+/// Sources in one `add`.
+pub const SOURCES_MAX: usize = 4096;
+/// Longest path accepted (Linux's `PATH_MAX`).
+pub const PATH_BYTES_MAX: usize = 4096;
+/// Longest transfer name.
+pub const NAME_BYTES_MAX: usize = 255;
+/// Movers at most (`--workers`).
+pub const WORKERS_MAX: usize = 256;
+/// After SIGTERM: in-flight requests get this long to finish…
+pub const SHUTDOWN_REQUESTS: Duration = Duration::from_secs(5);
+/// …and movers this long (from the signal) to stop at their next chunk and
+/// commit what is durable. The daemon exits by then in any case: what is
+/// left is resumed by the next daemon, as after a crash.
+pub const SHUTDOWN_MOVERS: Duration = Duration::from_secs(10);
+/// How often blocking watchers and long-polls look at the shutdown flag
+/// and their client.
+const WATCH_SLICE: Duration = Duration::from_millis(250);
+/// Lines buffered per watch stream before the watcher waits for the client.
+const WATCH_LINES_BUFFERED: usize = 64;
+
+/// How `ferry serve` runs.
+pub struct Config {
+    pub store: PathBuf,
+    pub socket: PathBuf,
+    /// Transfers moved at once.
+    pub workers: usize,
+}
+
+/// The default socket: `$FERRY_SOCKET`, else `/run/ferry/ferry.sock` for
+/// root, else `$XDG_RUNTIME_DIR/ferry.sock`, else `/run/ferry/ferry.sock`.
+pub fn default_socket_path() -> PathBuf {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(socket) = var("FERRY_SOCKET") {
+        return socket.into();
+    }
+    if creds::daemon_uid() != 0
+        && let Some(dir) = var("XDG_RUNTIME_DIR")
+    {
+        return PathBuf::from(dir).join("ferry.sock");
+    }
+    PathBuf::from("/run/ferry/ferry.sock")
+}
+
+/// How often a read-only store is checked for room, with the daemon's own
+/// credentials.
+const SPACE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn serve(config: Config) -> Result<(), ServeError> {
+    let sqlite = Arc::new(SqliteStore::open(&config.store).map_err(ferry::Error::from)?);
+    let store: Arc<dyn Store> = sqlite.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        // Watchers and long-polls hold a blocking thread each; requests
+        // one each for a short while.
+        .max_blocking_threads(REQUESTS_MAX + WATCHERS_MAX)
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let result = runtime.block_on(async move {
+        let listener = listen(&config.socket)?;
+        let workers = config.workers.clamp(1, WORKERS_MAX);
+        let (tx, rx) = sync_channel::<Job>(QUEUE_MAX);
+        let daemon = Arc::new(Daemon {
+            sqlite,
+            store,
+            jobs: Mutex::new(Some(tx)),
+            queued: AtomicUsize::new(0),
+            moving: Mutex::new(HashMap::new()),
+            shutdown: AtomicBool::new(false),
+            metrics: Metrics::default(),
+            requests: Arc::new(Semaphore::new(REQUESTS_MAX)),
+            watchers: Arc::new(Semaphore::new(WATCHERS_MAX)),
+            requests_by_user: PerUser::new(REQUESTS_PER_USER_MAX),
+            watchers_by_user: PerUser::new(WATCHERS_PER_USER_MAX),
+            uid: creds::daemon_uid(),
+        });
+        let rx = Arc::new(Mutex::new(rx));
+        let movers: Vec<_> = (0..workers)
+            .map(|i| {
+                let (daemon, rx) = (Arc::clone(&daemon), Arc::clone(&rx));
+                std::thread::Builder::new()
+                    .name(format!("ferry-mover-{i}"))
+                    .spawn(move || mover(&daemon, &rx))
+                    .map_err(ServeError::Runtime)
+            })
+            .collect::<Result<_, _>>()?;
+        {
+            let daemon = Arc::clone(&daemon);
+            tokio::task::spawn_blocking(move || daemon.recover())
+                .await
+                .map_err(|e| ServeError::Runtime(std::io::Error::other(e)))??;
+        }
+        eprintln!(
+            "ferry: serving store {} on {} with {workers} movers (pid {})",
+            daemon.store.location().display(),
+            config.socket.display(),
+            std::process::id()
+        );
+        // A full store disk is most often met by a mover acting as its
+        // caller, whose thread (and the probe it starts) can neither free
+        // nor re-create the daemon's reserve. The daemon's own credentials
+        // check again, every few seconds while the store is read-only.
+        {
+            let sqlite = Arc::clone(&daemon.sqlite);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(SPACE_CHECK_EVERY);
+                loop {
+                    every.tick().await;
+                    if sqlite.read_only().is_some() {
+                        let sqlite = Arc::clone(&sqlite);
+                        let _ = tokio::task::spawn_blocking(move || sqlite.check()).await;
+                    }
+                }
+            });
+        }
+        let app = router(Arc::clone(&daemon));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<PeerInfo>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+        );
+        let signal = wait_for_signal().await;
+        let signalled = Instant::now();
+        eprintln!("ferry: {signal}: no new work; stopping movers (at most {SHUTDOWN_MOVERS:?})");
+        daemon.begin_shutdown();
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(SHUTDOWN_REQUESTS, server).await;
+        let _ = std::fs::remove_file(&config.socket);
+        tokio::task::spawn_blocking(move || {
+            // Bounded: each mover stops at its next chunk; we do not wait
+            // past the deadline (what is left is resumed next time).
+            let deadline = signalled + SHUTDOWN_MOVERS;
+            while Instant::now() < deadline && !movers.iter().all(|m| m.is_finished()) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let left = movers.iter().filter(|m| !m.is_finished()).count();
+            if left > 0 {
+                eprintln!("ferry: {left} movers still busy at the deadline; exiting anyway");
+            }
+        })
+        .await
+        .map_err(|e| ServeError::Runtime(std::io::Error::other(e)))?;
+        eprintln!("ferry: stopped");
+        Ok(())
+    });
+    // A request still on a blocking thread (a long plan, say) does not
+    // hold the exit past the bound.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        unreachable!("pending never resolves");
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Binds the socket (mode 0666: every local user may connect; each is
+/// known by its peer credentials). A socket file nobody answers on is left
+/// by a dead daemon and replaced; a live one is refused.
+fn listen(socket: &Path) -> Result<UnixListener, ServeError> {
+    let listen_err = |source| ServeError::Listen {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(ServeError::AlreadyServing {
+                socket: socket.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(socket).map_err(listen_err)?;
+    }
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(listen_err)?;
+    }
+    let listener = UnixListener::bind(socket).map_err(listen_err)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).map_err(listen_err)?;
+    Ok(listener)
+}
