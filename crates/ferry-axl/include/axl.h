@@ -2,8 +2,8 @@
  * axl.h: AXL 0.9's C interface, implemented by ferry (libaxl.so, libaxl.a).
  * Programs written for AXL build against it unchanged: link with -laxl
  * (pkg-config axl). Written for ferry from the interface's description;
- * crates/ferry-axl/src/lib.rs implements it and the README documents how
- * ferry maps each transfer type and environment variable.
+ * crates/ferry-axl/src/lib.rs implements it and docs/c-libraries.md
+ * documents how ferry maps each transfer type and environment variable.
  *
  * Every function returns AXL_SUCCESS (0) or -1 after printing one line on
  * stderr naming what failed; AXL_Create returns a new id >= 0, or -1.
@@ -31,12 +31,12 @@ extern "C" {
 /* Transfer types, values 0..8 in this order. */
 typedef enum {
     AXL_XFER_NULL = 0,       /* invalid */
-    AXL_XFER_DEFAULT,        /* best available: ferry threads (no daemon yet) */
+    AXL_XFER_DEFAULT,        /* best available: ferry threads (not the daemon yet) */
     AXL_XFER_SYNC,           /* copy inside AXL_Dispatch */
-    AXL_XFER_ASYNC_DAEMON,   /* ferry threads (no daemon yet) */
-    AXL_XFER_ASYNC_DW,       /* ferry threads (no daemon yet) */
-    AXL_XFER_ASYNC_BBAPI,    /* ferry threads (no daemon yet) */
-    AXL_XFER_NATIVE,         /* best available: ferry threads (no daemon yet) */
+    AXL_XFER_ASYNC_DAEMON,   /* ferry threads (not the daemon yet) */
+    AXL_XFER_ASYNC_DW,       /* ferry threads (not the daemon yet) */
+    AXL_XFER_ASYNC_BBAPI,    /* ferry threads (not the daemon yet) */
+    AXL_XFER_NATIVE,         /* best available: ferry threads (not the daemon yet) */
     AXL_XFER_PTHREAD,        /* a pool of threads */
     AXL_XFER_STATE_FILE,     /* the type recorded in an existing state file */
 } axl_xfer_t;

@@ -165,9 +165,9 @@ fn lookup(id: c_int) -> Result<Arc<FerryTransfer>, CError> {
 }
 
 /// The ferry kind of an AXL type. DEFAULT, NATIVE, ASYNC_DW, ASYNC_BBAPI
-/// and ASYNC_DAEMON pick the daemon kind when it exists and a daemon is
-/// reachable; ferry has no daemon yet, so they run on threads, as AXL falls
-/// back to pthreads.
+/// and ASYNC_DAEMON should pick the daemon kind when a daemon is reachable;
+/// this layer does not hand transfers to `ferry serve` yet, so they run on
+/// threads, as AXL falls back to pthreads.
 fn kind_of(xtype: c_int) -> Result<Option<Kind>, CError> {
     match xtype {
         AXL_XFER_SYNC => Ok(Some(Kind::Sync)),

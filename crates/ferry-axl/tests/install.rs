@@ -1,6 +1,6 @@
 //! The documented install step (`scripts/install-clib --prefix DIR`) puts
 //! headers, libraries and pkg-config files where `cc` finds them: the
-//! README's C example and axl_cp.c build with nothing but
+//! C example of docs/c-libraries.md and axl_cp.c build with nothing but
 //! `pkg-config --cflags --libs ferry|axl`, and run.
 
 mod util;
@@ -12,13 +12,13 @@ use util::{lib_dir, make_tree, run, same_tree};
 
 const MARKER: &str = "<!-- C example: built and run by crates/ferry-axl/tests/install.rs -->";
 
-/// The C block that follows the marker in the README.
-fn readme_example() -> String {
-    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    let text = std::fs::read_to_string(readme).expect("README.md");
+/// The C block that follows the marker in docs/c-libraries.md.
+fn docs_example() -> String {
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/c-libraries.md");
+    let text = std::fs::read_to_string(doc).expect("docs/c-libraries.md");
     let after = text
         .split_once(MARKER)
-        .expect("README has the C example marker")
+        .expect("docs/c-libraries.md has the C example marker")
         .1;
     let code = after
         .split_once("```c\n")
@@ -98,9 +98,9 @@ fn install_then_build_with_pkg_config() {
         assert!(prefix.join(file).exists(), "{file} not installed");
     }
 
-    // The README's example, as a user would build it.
+    // The documented example, as a user would build it.
     let example = dir.path().join("copy.c");
-    std::fs::write(&example, readme_example()).expect("write example");
+    std::fs::write(&example, docs_example()).expect("write example");
     let copy = dir.path().join("copy");
     cc_with_pkg_config(&prefix, &example, "ferry", &copy);
     let (src, dst, store) = (
@@ -118,7 +118,7 @@ fn install_then_build_with_pkg_config() {
         ],
         &[],
     );
-    assert_eq!(code, 0, "the README example failed: {stderr}");
+    assert_eq!(code, 0, "the docs/c-libraries.md example failed: {stderr}");
     assert!(same_tree(&src, &dst));
 
     // A program written for AXL builds unchanged against the installed libaxl.

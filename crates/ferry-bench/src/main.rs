@@ -1,4 +1,4 @@
-//! `ferry-bench`: the benchmarks whose numbers the README and the closing
+//! `ferry-bench`: the benchmarks whose numbers docs/benchmarks.md and the closing
 //! notes quote. Each prints a table; see `ferry-bench help`.
 
 mod copy;

@@ -1,5 +1,6 @@
 //! The C API's return codes and constants. An error's code is the same
-//! number as the `ferry` command's exit status for it (README, "Exit codes").
+//! number as the `ferry` command's exit status for it (docs/user-guide.md,
+//! "Exit codes").
 
 use std::ffi::c_int;
 

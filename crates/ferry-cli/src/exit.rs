@@ -1,4 +1,4 @@
-//! Exit codes. Each user mistake has its own, listed in the README; a script
+//! Exit codes. Each user mistake has its own, listed in docs/user-guide.md; a script
 //! can tell "nothing to copy from" from "no room to copy to".
 
 use std::process::ExitCode;

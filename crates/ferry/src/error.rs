@@ -126,8 +126,8 @@ pub enum Error {
 impl Error {
     /// A number for each kind of error, the same as the CLI's exit status
     /// and the C API's return code, so that a script or a C caller can tell
-    /// "nothing to copy from" from "no room to copy to". The README's table
-    /// lists them; keep the two in step.
+    /// "nothing to copy from" from "no room to copy to". The table in
+    /// docs/user-guide.md ("Exit codes") lists them; keep the two in step.
     pub fn code(&self) -> u8 {
         match self {
             Error::SourceNotFound { .. } => 3,
