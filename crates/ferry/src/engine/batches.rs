@@ -1,0 +1,282 @@
+//! What reaches the committer's batches besides the workers' copies:
+//! skipped destinations and hard links, which ride on their leader's data;
+//! and the commit loop that receives and commits them.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use super::commit::{self, Ready};
+use super::pool::Done;
+use super::{BATCH_FILES_MAX, BATCH_WAIT, Engine};
+use crate::checksum::Checksum;
+use crate::error::Result;
+use crate::model::{EntryIndex, EntryRecord, FileState};
+use crate::store::Change;
+
+impl Engine<'_> {
+    /// Destinations found already matching: their metadata applied and made
+    /// durable, then recorded `skipped` in one transaction. One whose
+    /// metadata cannot be applied fails (it is not copied over).
+    pub(super) fn record_skipped(
+        &self,
+        skipped: Vec<(&EntryRecord, Option<Checksum>)>,
+        failures: &mut Vec<(EntryIndex, String)>,
+    ) -> Result<()> {
+        if skipped.is_empty() {
+            return Ok(());
+        }
+        let progress = &self.options.progress;
+        let mut done = Vec::with_capacity(skipped.len());
+        for (entry, checksum) in skipped {
+            // An earlier run's temporary of this file is not needed now.
+            match std::fs::remove_file(self.committer.temp_of(entry)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    failures.push((
+                        entry.index,
+                        format!("{}: cannot remove its temporary: {e}", entry.dest.display()),
+                    ));
+                    continue;
+                }
+            }
+            let mut warnings = Vec::new();
+            let applied = commit::apply_metadata(
+                entry,
+                self.transfer.preserve,
+                self.committer.umask,
+                &mut warnings,
+            );
+            self.warnings
+                .lock()
+                .expect("warnings poisoned")
+                .extend(warnings);
+            match applied {
+                Ok(()) => done.push((entry, checksum)),
+                Err(e) => failures.push((
+                    entry.index,
+                    format!("{}: cannot apply metadata: {e}", entry.dest.display()),
+                )),
+            }
+        }
+        let synced = commit::make_durable(done.iter().map(|(e, _)| e.dest.as_path()));
+        if let Err(e) = synced {
+            for (entry, _) in done.drain(..) {
+                failures.push((
+                    entry.index,
+                    format!(
+                        "{}: could not make metadata durable: {e}",
+                        entry.dest.display()
+                    ),
+                ));
+            }
+        }
+        let rule = self.options.skip.as_str();
+        let changes: Vec<Change> = done
+            .iter()
+            .map(|(entry, checksum)| {
+                let mut context = serde_json::json!({"rule": rule});
+                if let Some(c) = checksum {
+                    context["checksum"] = c.to_string().into();
+                }
+                Change::Entry {
+                    id: self.transfer.id,
+                    index: entry.index,
+                    to: FileState::Skipped,
+                    progress_bytes_durable: None,
+                    error: None,
+                    checksum: *checksum,
+                    context,
+                }
+            })
+            .collect();
+        self.store.apply(&changes)?;
+        for (entry, _) in &done {
+            progress.files_done.fetch_add(1, Ordering::Relaxed);
+            progress
+                .bytes_reused
+                .fetch_add(entry.meta.size, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Hard links whose leader's data is already in place (committed,
+    /// skipped, or copied by an earlier run) are linked now and join the
+    /// first batch; the others wait for their leader in the commit loop,
+    /// which gets them back here, by leader.
+    pub(super) fn link_ready_followers(
+        &self,
+        entries: &[EntryRecord],
+        followers: Vec<&EntryRecord>,
+        skipped_now: &HashMap<EntryIndex, Option<Checksum>>,
+        ready: &mut Vec<Ready>,
+        failures: &mut Vec<(EntryIndex, String)>,
+    ) -> HashMap<EntryIndex, Vec<EntryIndex>> {
+        let mut waiting: HashMap<EntryIndex, Vec<EntryIndex>> = HashMap::new();
+        let ready_now: HashMap<EntryIndex, Option<Checksum>> =
+            ready.iter().map(|r| (r.index, r.checksum)).collect();
+        let failed_now: HashSet<EntryIndex> = failures.iter().map(|(i, _)| *i).collect();
+        for follower in followers {
+            let leader_index = follower.link_leader.expect("followers have a leader");
+            let leader = &entries[leader_index.0 as usize];
+            let from = if failed_now.contains(&leader.index) {
+                failures.push((
+                    follower.index,
+                    format!(
+                        "{}: a hard link to {}, which failed",
+                        follower.dest.display(),
+                        leader.dest.display()
+                    ),
+                ));
+                continue;
+            } else if leader.state.is_done() || skipped_now.contains_key(&leader.index) {
+                leader.dest.clone()
+            } else if leader.state == FileState::Copied || ready_now.contains_key(&leader.index) {
+                // Its data is durable in its temporary (or, copied by an
+                // earlier run, maybe renamed already).
+                let temp = self.committer.temp_of(leader);
+                if temp.exists() {
+                    temp
+                } else {
+                    leader.dest.clone()
+                }
+            } else {
+                waiting
+                    .entry(leader.index)
+                    .or_default()
+                    .push(follower.index);
+                continue;
+            };
+            match self.link_follower(&from, follower) {
+                Ok(()) => ready.push(Ready {
+                    index: follower.index,
+                    durable: false,
+                    recorded: false,
+                    checksum: ready_now
+                        .get(&leader.index)
+                        .or(skipped_now.get(&leader.index))
+                        .copied()
+                        .flatten()
+                        .or(leader.checksum),
+                }),
+                Err(message) => failures.push((follower.index, message)),
+            }
+        }
+        waiting
+    }
+
+    /// Step 1 for a hard link: its temporary is a link to its leader's data.
+    fn link_follower(&self, from: &Path, follower: &EntryRecord) -> Result<(), String> {
+        let temp = self.committer.temp_of(follower);
+        match std::fs::remove_file(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", temp.display())),
+        }
+        std::fs::hard_link(from, &temp)
+            .map_err(|e| format!("{}: cannot link to {}: {e}", temp.display(), from.display()))?;
+        self.options
+            .progress
+            .bytes_reused
+            .fetch_add(follower.meta.size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Receives finished copies and commits them in batches until every
+    /// worker is done. Returns the entries that failed.
+    pub(super) fn commit_loop(
+        &self,
+        rx: Receiver<Done>,
+        mut batch: Vec<Ready>,
+        mut failures: Vec<(EntryIndex, String)>,
+        followers_of: &HashMap<EntryIndex, Vec<EntryIndex>>,
+    ) -> Result<Vec<(EntryIndex, String)>> {
+        let mut failed = Vec::new();
+        let mut flush =
+            |batch: &mut Vec<Ready>, failures: &mut Vec<(EntryIndex, String)>| -> Result<()> {
+                if batch.is_empty() && failures.is_empty() {
+                    return Ok(());
+                }
+                let outcome = self.committer.commit(batch, std::mem::take(failures));
+                batch.clear();
+                let outcome = outcome?;
+                let progress = &self.options.progress;
+                progress
+                    .files_done
+                    .fetch_add(outcome.committed.len() as u64, Ordering::Relaxed);
+                self.warnings
+                    .lock()
+                    .expect("warnings poisoned")
+                    .extend(outcome.warnings);
+                failed.extend(outcome.failed);
+                Ok(())
+            };
+        // A batch is committed when it is full, or BATCH_WAIT after its
+        // first file arrived, whichever is first.
+        let mut batch_started: Option<Instant> = (!batch.is_empty()).then(Instant::now);
+        let result = loop {
+            let due = batch_started.is_some_and(|t| t.elapsed() >= BATCH_WAIT);
+            if batch.len() >= BATCH_FILES_MAX || due {
+                if let Err(e) = flush(&mut batch, &mut failures) {
+                    break Err(e);
+                }
+                batch_started = None;
+            }
+            let wait = batch_started.map_or(BATCH_WAIT, |t| BATCH_WAIT.saturating_sub(t.elapsed()));
+            match rx.recv_timeout(wait) {
+                Ok(done) => {
+                    batch_started.get_or_insert_with(Instant::now);
+                    let index = match &done {
+                        Done::Copied(ready) => ready.index,
+                        Done::Failed(index, _) => *index,
+                    };
+                    let leader = &self.committer.entries[index.0 as usize];
+                    // Its hard links share the temporary's inode, and so
+                    // its batch: the data is never copied twice.
+                    for follower in followers_of.get(&index).into_iter().flatten() {
+                        let follower = &self.committer.entries[follower.0 as usize];
+                        match &done {
+                            Done::Copied(ready) => {
+                                let from = self.committer.temp_of(leader);
+                                match self.link_follower(&from, follower) {
+                                    Ok(()) => batch.push(Ready {
+                                        index: follower.index,
+                                        durable: false,
+                                        recorded: false,
+                                        checksum: ready.checksum,
+                                    }),
+                                    Err(message) => failures.push((follower.index, message)),
+                                }
+                            }
+                            Done::Failed(..) => failures.push((
+                                follower.index,
+                                format!(
+                                    "{}: a hard link to {}, which failed",
+                                    follower.dest.display(),
+                                    leader.dest.display()
+                                ),
+                            )),
+                        }
+                    }
+                    match done {
+                        Done::Copied(ready) => batch.push(ready),
+                        Done::Failed(index, message) => failures.push((index, message)),
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break flush(&mut batch, &mut failures),
+            }
+        };
+        if result.is_err() {
+            // Stop the workers, and keep receiving so none blocks on a full
+            // channel while the scope waits for it.
+            self.options.cancel.store(true, Ordering::Relaxed);
+            for _ in rx.iter() {}
+        }
+        result.map(|()| failed)
+    }
+}

@@ -1,0 +1,267 @@
+//! The worker threads: each takes the next unit of the work list, copies it
+//! into its temporary and sends the outcome to the commit loop.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+
+use super::Engine;
+use super::commit::Ready;
+use super::copy::CopyError;
+use super::plan;
+use super::ranges::RangeTracker;
+use crate::checksum::{Checksum, Hasher};
+use crate::model::{EntryIndex, EntryRecord};
+
+/// One unit of work for a worker.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Work {
+    Whole(EntryIndex),
+    Range {
+        index: EntryIndex,
+        /// Which range of the file's [`RangeTracker`].
+        slot: usize,
+        start: u64,
+        end: u64,
+    },
+    Symlink(EntryIndex),
+    /// A piece of a large file that an earlier run made durable: hashed
+    /// from the temporary, so the file's checksum is the same as if it had
+    /// been copied in one go. Never reads the source.
+    Rehash {
+        index: EntryIndex,
+        piece: usize,
+    },
+}
+
+pub(super) enum Done {
+    Copied(Ready),
+    Failed(EntryIndex, String),
+}
+
+impl Engine<'_> {
+    pub(super) fn worker(
+        &self,
+        work: &[Work],
+        next: &AtomicUsize,
+        trackers: &[Option<Mutex<RangeTracker>>],
+        entries: &[EntryRecord],
+        tx: SyncSender<Done>,
+    ) {
+        let mut buffer = Vec::new();
+        loop {
+            if self.options.cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = work.get(i) else { return };
+            let done = match *item {
+                Work::Whole(index) => {
+                    let entry = &entries[index.0 as usize];
+                    match self.copy_whole(entry, &mut buffer) {
+                        Ok(checksum) => Some(Done::Copied(Ready {
+                            index,
+                            durable: false,
+                            recorded: false,
+                            checksum,
+                        })),
+                        Err(None) => None,
+                        Err(Some(message)) => Some(Done::Failed(index, message)),
+                    }
+                }
+                Work::Symlink(index) => {
+                    let entry = &entries[index.0 as usize];
+                    Some(match self.make_symlink(entry) {
+                        Ok(()) => Done::Copied(Ready {
+                            index,
+                            durable: false,
+                            recorded: false,
+                            checksum: None,
+                        }),
+                        Err(message) => Done::Failed(index, message),
+                    })
+                }
+                Work::Range {
+                    index,
+                    slot,
+                    start,
+                    end,
+                } => {
+                    let entry = &entries[index.0 as usize];
+                    let tracker = trackers[index.0 as usize]
+                        .as_ref()
+                        .expect("a range without its tracker");
+                    self.copy_range(entry, tracker, slot, start, end, &mut buffer)
+                }
+                Work::Rehash { index, piece } => {
+                    let entry = &entries[index.0 as usize];
+                    let tracker = trackers[index.0 as usize]
+                        .as_ref()
+                        .expect("a piece without its tracker");
+                    self.rehash(entry, tracker, piece, &mut buffer)
+                }
+            };
+            if let Some(done) = done
+                && tx.send(done).is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Step 1 for a small file, with its checksum. `Err(None)`: cancelled.
+    fn copy_whole(
+        &self,
+        entry: &EntryRecord,
+        buffer: &mut Vec<u8>,
+    ) -> Result<Option<Checksum>, Option<String>> {
+        let size = entry.meta.size;
+        let (src, dense) = self.open_source(entry).map_err(Some)?;
+        let temp = self.committer.temp_of(entry);
+        let dst = open_temp(&temp, true).map_err(|e| Some(write_error(&temp, &e, 0, size)))?;
+        let mut hasher = self.transfer.checksum.map(Hasher::new);
+        let data_end = self
+            .copier
+            .copy_range(&src, &dst, 0, size, dense, buffer, hasher.as_mut())
+            .map_err(|e| self.copy_error(entry, &temp, e))?;
+        // Trailing holes: the length comes from the size, not the last write.
+        if data_end < size {
+            dst.set_len(size)
+                .map_err(|e| Some(write_error(&temp, &e, data_end, size)))?;
+        }
+        self.check_source_at_end(entry, &src).map_err(Some)?;
+        Ok(hasher.map(Hasher::finish))
+    }
+
+    fn make_symlink(&self, entry: &EntryRecord) -> Result<(), String> {
+        let temp = self.committer.temp_of(entry);
+        let target = entry.link_target.as_deref().unwrap_or(Path::new(""));
+        match std::fs::remove_file(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", temp.display())),
+        }
+        std::os::unix::fs::symlink(target, &temp)
+            .map_err(|e| format!("{}: cannot create symlink: {e}", temp.display()))
+    }
+
+    /// Opens a source and checks it is still what was added. Also says
+    /// whether it is dense (all its blocks allocated), in which case looking
+    /// for holes is a waste of two system calls.
+    pub(super) fn open_source(&self, entry: &EntryRecord) -> Result<(File, bool), String> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&entry.source)
+            .map_err(|e| format!("cannot open source {}: {e}", entry.source.display()))?;
+        let meta = self.check_source_unchanged(entry, &file)?;
+        Ok((file, meta.blocks().saturating_mul(512) >= meta.size()))
+    }
+
+    /// Size and mtime as captured when the entry was added: checked when a
+    /// copy starts and again when it ends, so that a source truncated,
+    /// grown or rewritten meanwhile fails instead of arriving mixed.
+    fn check_source_unchanged(
+        &self,
+        entry: &EntryRecord,
+        file: &File,
+    ) -> Result<std::fs::Metadata, String> {
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot stat source {}: {e}", entry.source.display()))?;
+        let mtime_ns = plan::time_ns(meta.mtime(), meta.mtime_nsec());
+        if meta.size() != entry.meta.size || mtime_ns != entry.meta.mtime_ns {
+            return Err(format!(
+                "source {} changed during transfer (size {} when added, {} now; or its mtime changed): add it again",
+                entry.source.display(),
+                entry.meta.size,
+                meta.size()
+            ));
+        }
+        Ok(meta)
+    }
+
+    /// After the last byte: unchanged, and still the file at its path (a
+    /// source deleted or replaced mid-copy reads fine through the open
+    /// descriptor, but is no longer what the caller asked for).
+    pub(super) fn check_source_at_end(
+        &self,
+        entry: &EntryRecord,
+        file: &File,
+    ) -> Result<(), String> {
+        let meta = self.check_source_unchanged(entry, file)?;
+        match std::fs::symlink_metadata(&entry.source) {
+            Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => Ok(()),
+            Ok(_) => Err(format!(
+                "source {} changed during transfer: it was replaced by another file; add it again",
+                entry.source.display()
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!(
+                "source {} changed during transfer: it was deleted",
+                entry.source.display()
+            )),
+            Err(e) => Err(format!(
+                "cannot stat source {}: {e}",
+                entry.source.display()
+            )),
+        }
+    }
+
+    pub(super) fn copy_error(
+        &self,
+        entry: &EntryRecord,
+        temp: &Path,
+        e: CopyError,
+    ) -> Option<String> {
+        match e {
+            CopyError::Cancelled => None,
+            CopyError::Read(e) => Some(format!(
+                "cannot read source {}: {e}",
+                entry.source.display()
+            )),
+            CopyError::Write { error, at } => Some(write_error(temp, &error, at, entry.meta.size)),
+            CopyError::SourceShrank { at } => Some(format!(
+                "source {} changed during transfer: it ended at byte {at} of {}",
+                entry.source.display(),
+                entry.meta.size
+            )),
+        }
+    }
+}
+
+/// Opens a temporary for writing, owner-only, never through a symlink: a
+/// link planted at the predictable name is removed, not followed.
+pub(super) fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
+    let open = |fresh: bool| {
+        OpenOptions::new()
+            .write(true)
+            .create(!fresh)
+            .create_new(fresh)
+            .truncate(truncate && !fresh)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(temp)
+    };
+    match open(false) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            std::fs::remove_file(temp)?;
+            open(true)
+        }
+        other => other,
+    }
+}
+
+pub(super) fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
+    match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
+        Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT) => format!(
+            "no space left writing {}: {written} of {size} bytes written, {} more needed",
+            temp.display(),
+            size.saturating_sub(written)
+        ),
+        _ => format!("cannot write {}: {e}", temp.display()),
+    }
+}

@@ -1,0 +1,313 @@
+//! Large files, copied in ranges by several workers at once: what each
+//! file has made durable, its checkpoints and its piece digests.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use super::commit::{self, Ready};
+use super::pool::{Done, open_temp, write_error};
+use super::{CHECKPOINT_BYTES, Engine, RANGE_BYTES, space};
+use crate::checksum::{self, Checksum, ChecksumAlgo, Hasher};
+use crate::failpoint::{self, CommitStep};
+use crate::model::{EntryIndex, EntryRecord};
+use crate::store::{Change, StoreError};
+
+/// The ranges of one large file in flight, and its durable prefix.
+pub(super) struct RangeTracker {
+    pub(super) first: u64,
+    pub(super) done: Vec<bool>,
+    pub(super) recorded: u64,
+    pub(super) failed: bool,
+    /// One per piece of the whole file, when the transfer has checksums.
+    pub(super) digests: Vec<Option<Checksum>>,
+    /// Reported copied (or failed): nothing more to send.
+    pub(super) finished: bool,
+}
+
+impl RangeTracker {
+    fn prefix(&self, size: u64) -> u64 {
+        let ranges = self.done.iter().take_while(|d| **d).count() as u64;
+        (self.first + ranges * RANGE_BYTES).min(size)
+    }
+}
+
+impl Engine<'_> {
+    /// Creates or re-opens a large file's temporary, checks what an earlier
+    /// run made durable, and returns the offset to continue from.
+    pub(super) fn prepare_large(&self, entry: &EntryRecord) -> Result<u64, String> {
+        let temp = self.committer.temp_of(entry);
+        let size = entry.meta.size;
+        // Not truncated: its durable prefix is what a resume continues from.
+        let file = open_temp(&temp, false).map_err(|e| write_error(&temp, &e, 0, size))?;
+        let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // Continue only from a prefix the store recorded as durable and the
+        // temporary still holds; anything else restarts from zero.
+        let first = if entry.progress_bytes_durable > 0 && length >= entry.progress_bytes_durable {
+            entry.progress_bytes_durable
+        } else {
+            0
+        };
+        // Cut what is past the prefix, so that holes of the source stay holes,
+        // then give the file its full length so ranges can land anywhere. The
+        // directory entry is made durable once, so that the progress recorded
+        // later never points at a temporary a crash could lose.
+        file.set_len(first)
+            .and_then(|()| file.set_len(size))
+            .and_then(|()| commit::sync_parent(&temp))
+            .map_err(|e| write_error(&temp, &e, first, size))?;
+        if self.options.check_space {
+            space::reserve(&entry.source, &file, first, size)
+                .map_err(|e| write_error(&temp, &e, first, size))?;
+        }
+        Ok(first)
+    }
+
+    pub(super) fn copy_range(
+        &self,
+        entry: &EntryRecord,
+        tracker: &Mutex<RangeTracker>,
+        slot: usize,
+        start: u64,
+        end: u64,
+        buffer: &mut Vec<u8>,
+    ) -> Option<Done> {
+        if tracker.lock().expect("tracker poisoned").failed {
+            return None;
+        }
+        let temp = self.committer.temp_of(entry);
+        let mut hasher = self.transfer.checksum.map(Hasher::new);
+        let copied = self
+            .open_source(entry)
+            .map_err(Some)
+            .and_then(|(src, dense)| {
+                let dst = open_range_temp(&temp, self.copier.buffered(hasher.is_some()))
+                    .map_err(|e| Some(write_error(&temp, &e, start, entry.meta.size)))?;
+                self.copier
+                    .copy_range(&src, &dst, start, end, dense, buffer, hasher.as_mut())
+                    .map_err(|e| self.copy_error(entry, &temp, e))?;
+                self.check_source_at_end(entry, &src).map_err(Some)?;
+                Ok(dst)
+            });
+        let mut tracker = tracker.lock().expect("tracker poisoned");
+        let dst = match copied {
+            Ok(dst) if !tracker.failed => dst,
+            // Another range of this file failed meanwhile: it reported it.
+            Ok(_) => return None,
+            Err(message) => {
+                let first_failure = !tracker.failed;
+                tracker.failed = true;
+                if first_failure && message.is_some() {
+                    self.record_prefix(entry, &temp, &mut tracker);
+                }
+                return match message {
+                    Some(message) if first_failure => Some(Done::Failed(entry.index, message)),
+                    _ => None,
+                };
+            }
+        };
+        tracker.done[slot] = true;
+        if let Some(hasher) = hasher {
+            tracker.digests[(start / RANGE_BYTES) as usize] = Some(hasher.finish());
+        }
+        let size = entry.meta.size;
+        let prefix = tracker.prefix(size);
+        let recorded = tracker.recorded;
+        let durable_error = |e: io::Error| {
+            Some(Done::Failed(
+                entry.index,
+                write_error(&temp, &e, recorded, size),
+            ))
+        };
+        if prefix == size {
+            // The last range (unless a rehash of an earlier run's pieces
+            // is still going: then that one completes the file).
+            return self.complete(entry, &mut tracker, Some(&dst));
+        }
+        if prefix - tracker.recorded >= CHECKPOINT_BYTES {
+            // Holding the tracker's lock keeps recorded progress monotonic.
+            if let Err(e) = dst.sync_data() {
+                tracker.failed = true;
+                return durable_error(e);
+            }
+            if let Err(e) = failpoint::hit(CommitStep::RecordProgress) {
+                tracker.failed = true;
+                return durable_error(e);
+            }
+            match self.store.apply(&[Change::Progress {
+                id: self.transfer.id,
+                index: entry.index,
+                progress_bytes_durable: prefix,
+                piece_digests: prefix_digests(&tracker, prefix),
+            }]) {
+                Ok(()) => tracker.recorded = prefix,
+                Err(StoreError::Cancelled { .. }) => {
+                    self.options.cancel.store(true, Ordering::Relaxed)
+                }
+                // Progress is an optimisation: a store that cannot take it
+                // now only means a resume copies more.
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    /// A large file failed (its disk is full, say): make the ranges that
+    /// did complete durable and record them, so that a resume copies only
+    /// what is missing. Best effort: failing here only means a resume
+    /// copies more.
+    fn record_prefix(&self, entry: &EntryRecord, temp: &Path, tracker: &mut RangeTracker) {
+        let prefix = tracker.prefix(entry.meta.size);
+        if prefix <= tracker.recorded {
+            return;
+        }
+        let synced = File::open(temp).and_then(|f| f.sync_data());
+        if synced.is_ok()
+            && self
+                .store
+                .apply(&[Change::Progress {
+                    id: self.transfer.id,
+                    index: entry.index,
+                    progress_bytes_durable: prefix,
+                    piece_digests: prefix_digests(tracker, prefix),
+                }])
+                .is_ok()
+        {
+            tracker.recorded = prefix;
+        }
+    }
+
+    /// All piece digests of a large file, when they are all known.
+    pub(super) fn pieces_of(
+        &self,
+        trackers: &[Option<Mutex<RangeTracker>>],
+        index: EntryIndex,
+    ) -> Option<Vec<Checksum>> {
+        let tracker = trackers[index.0 as usize].as_ref()?.lock().ok()?;
+        tracker.digests.iter().copied().collect()
+    }
+
+    /// Hashes a piece an earlier run made durable, from the temporary.
+    pub(super) fn rehash(
+        &self,
+        entry: &EntryRecord,
+        tracker: &Mutex<RangeTracker>,
+        piece: usize,
+        buffer: &mut Vec<u8>,
+    ) -> Option<Done> {
+        let algo = self.transfer.checksum?;
+        let temp = self.committer.temp_of(entry);
+        let start = piece as u64 * RANGE_BYTES;
+        let end = (start + RANGE_BYTES).min(entry.meta.size);
+        let digest =
+            File::open(&temp).and_then(|f| checksum::hash_range(&f, algo, start, end, buffer));
+        let mut tracker = tracker.lock().expect("tracker poisoned");
+        match digest {
+            Ok(digest) => {
+                tracker.digests[piece] = Some(digest);
+                self.complete(entry, &mut tracker, None)
+            }
+            Err(e) if !tracker.failed => {
+                tracker.failed = true;
+                Some(Done::Failed(
+                    entry.index,
+                    format!(
+                        "cannot read back the durable part of {}: {e}",
+                        temp.display()
+                    ),
+                ))
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// A large file whose every range is written (and, with checksums,
+    /// every piece hashed): made durable here, by the worker that finished
+    /// it, so the committer's batch need not wait; reported once.
+    fn complete(
+        &self,
+        entry: &EntryRecord,
+        tracker: &mut RangeTracker,
+        dst: Option<&File>,
+    ) -> Option<Done> {
+        let size = entry.meta.size;
+        let hashed = tracker.digests.iter().all(Option::is_some);
+        if tracker.finished || tracker.failed || tracker.prefix(size) < size || !hashed {
+            return None;
+        }
+        tracker.finished = true;
+        let temp = self.committer.temp_of(entry);
+        let synced = failpoint::hit(CommitStep::SyncData).and_then(|()| match dst {
+            Some(dst) => dst.sync_data(),
+            None => File::open(&temp).and_then(|f| f.sync_data()),
+        });
+        if let Err(e) = synced {
+            tracker.failed = true;
+            return Some(Done::Failed(
+                entry.index,
+                write_error(&temp, &e, tracker.recorded, size),
+            ));
+        }
+        let checksum = self.transfer.checksum.map(|algo| {
+            let pieces: Vec<Checksum> = tracker.digests.iter().flatten().copied().collect();
+            checksum::combine(algo, &pieces)
+        });
+        Some(Done::Copied(Ready {
+            index: entry.index,
+            durable: true,
+            recorded: false,
+            checksum,
+        }))
+    }
+}
+
+/// The digests of the pieces below `prefix`, to record with it; empty when
+/// the transfer has no checksums or some are not known yet (a resume then
+/// hashes those pieces from the temporary).
+fn prefix_digests(tracker: &RangeTracker, prefix: u64) -> Vec<Checksum> {
+    let n = (prefix / RANGE_BYTES) as usize;
+    tracker
+        .digests
+        .get(..n)
+        .and_then(|d| d.iter().copied().collect::<Option<Vec<_>>>())
+        .unwrap_or_default()
+}
+
+/// The first `n` piece digests recorded with a file's progress, if they
+/// are all there and of `algo`'s length.
+pub(super) fn decode_pieces(algo: ChecksumAlgo, raw: &[u8], n: usize) -> Option<Vec<Checksum>> {
+    let len = algo.digest_len();
+    if n == 0 || raw.len() < n * len {
+        return None;
+    }
+    raw.chunks_exact(len)
+        .take(n)
+        .map(|d| Checksum::from_digest(algo, d))
+        .collect()
+}
+
+/// Opens a large file's temporary to write one of its ranges. When the
+/// bytes pass through ferry's buffer anyway (`direct`: they are hashed, or
+/// the kernel cannot copy between these file systems), it is opened
+/// `O_DIRECT`: the data is not copied a second time into the page cache
+/// and written back later, which made checksums cost 10–20 % against an
+/// in-kernel copy. A file system that refuses `O_DIRECT` (tmpfs) gets the
+/// page cache.
+fn open_range_temp(temp: &Path, direct: bool) -> io::Result<File> {
+    let open = |flags: rustix::fs::OFlags| {
+        OpenOptions::new()
+            .write(true)
+            .custom_flags((rustix::fs::OFlags::NOFOLLOW | flags).bits() as i32)
+            .open(temp)
+    };
+    if direct {
+        match open(rustix::fs::OFlags::DIRECT) {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
+            other => return other,
+        }
+    }
+    open(rustix::fs::OFlags::empty())
+}
