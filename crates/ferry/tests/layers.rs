@@ -18,7 +18,7 @@ const FERRY_LAYERS: &[&[&str]] = &[
     &["store"],
     &["error", "events", "owner"],
     &["engine", "verify"],
-    &["transfer", "finalize"],
+    &["transfer", "rerun", "finalize"],
     &["conformance"],
 ];
 
