@@ -316,8 +316,17 @@ fn check_destination(dest: &Path, meta: Option<&fs::Metadata>) -> Result<()> {
     let Some(dir) = receiving else {
         return Ok(());
     };
-    use rustix::fs::Access;
-    match rustix::fs::access(&dir, Access::WRITE_OK | Access::EXEC_OK) {
+    use rustix::fs::{Access, AtFlags, CWD};
+    // AT_EACCESS: checked as the file system will check the writes (fsuid,
+    // effective capabilities), not as the real uid — the daemon runs a
+    // caller's plan with that caller's fsuid and no capabilities while its
+    // real uid stays root.
+    match rustix::fs::accessat(
+        CWD,
+        &dir,
+        Access::WRITE_OK | Access::EXEC_OK,
+        AtFlags::EACCESS,
+    ) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
             let owner = fs::metadata(&dir)
