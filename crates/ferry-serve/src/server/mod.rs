@@ -111,6 +111,9 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .build()
         .map_err(ServeError::Runtime)?;
     let result = runtime.block_on(async move {
+        // Before the socket exists: a SIGTERM sent as soon as the daemon
+        // answers must stop it cleanly, not kill it with the default action.
+        let signals = Signals::register();
         let listener = listen(&config.socket)?;
         let workers = config.workers.clamp(1, WORKERS_MAX);
         let (tx, rx) = sync_channel::<Job>(QUEUE_MAX);
@@ -179,7 +182,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             })
             .into_future(),
         );
-        let signal = wait_for_signal().await;
+        let signal = signals.wait().await;
         let signalled = Instant::now();
         eprintln!("ferry: {signal}: no new work; stopping movers (at most {SHUTDOWN_MOVERS:?})");
         daemon.begin_shutdown();
@@ -209,18 +212,31 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     result
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        unreachable!("pending never resolves");
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from the moment they are registered.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn register() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            _ => Signals(None),
+        }
+    }
+
+    /// Which one came first; never, when they could not be registered.
+    async fn wait(self) -> &'static str {
+        let Some((mut term, mut int)) = self.0 else {
+            std::future::pending::<()>().await;
+            unreachable!("pending never resolves");
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
 
