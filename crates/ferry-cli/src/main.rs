@@ -17,6 +17,7 @@ macro_rules! println {
 mod daemon;
 mod exit;
 mod finalize;
+mod generate;
 mod hsm;
 mod output;
 mod store;
@@ -114,6 +115,9 @@ pub(crate) enum Command {
     /// serve them with workers
     #[command(subcommand)]
     Hsm(hsm::HsmCommand),
+    /// Write the man pages, or print a shell's completion script
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
     /// Cancel and free every unfinished transfer of the store (--dead: only
     /// those whose owner is dead; --all: completed ones too), removing their
     /// temporaries
@@ -375,6 +379,9 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     if let Command::Finalize(args) = cli.command {
         return finalize::run(args);
     }
+    if let Command::Generate(what) = cli.command {
+        return generate::run::<Cli>(what);
+    }
     let socket = cli
         .socket
         .clone()
@@ -397,7 +404,9 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     let opened = OpenedStore::open(&location)?;
     let store = opened.store();
     match cli.command {
-        Command::Finalize(_) | Command::Serve { .. } => unreachable!("handled above"),
+        Command::Finalize(_) | Command::Serve { .. } | Command::Generate(_) => {
+            unreachable!("handled above")
+        }
         Command::Stop { dead, all, force } => finalize::stop(store.as_ref(), dead, all, force),
         Command::Forget { name, force } => finalize::forget(store.as_ref(), &name, force),
         Command::Hsm(command) => hsm::run(opened.queue(), command),
