@@ -205,10 +205,18 @@ fn upcall_enqueue_then_worker_archives_by_fid() {
     ]));
     let ghost_id = request_id(&ghost);
     assert_eq!(request(&s, ghost_id)["state"], "waiting");
-    run_worker(&s);
+    // Without --fid-root, a relative FID is refused, never looked up in
+    // the worker's current directory (where a file of that name waits).
+    let cwd = s.path("cwd");
+    util::write_file(&cwd.join("[0x200000400:0x7:0x0]"), b"not this one");
+    run_ok(s.ferry().args(worker_args(&s)).current_dir(&cwd));
     let r = request(&s, ghost_id);
     assert_eq!(r["state"], "failed");
-    assert!(r["error"].as_str().unwrap().contains("0x200000400"));
+    let error = r["error"].as_str().unwrap();
+    assert!(
+        error.contains("0x200000400") && error.contains("--fid-root"),
+        "{error}"
+    );
     // A FID that is not a path is found under the worker's --fid-root (for
     // Lustre, MOUNT/.lustre/fid).
     let fid = "[0x200000400:0x8:0x0]";
@@ -315,7 +323,15 @@ fn user_mistakes_have_their_own_exit_codes() {
         .args(["hsm", "worker", "--archive"])
         .arg(format!("posix:{}", s.path("nope").display())));
     assert_eq!(code(&missing), Some(27));
-    // A restore of a file never archived fails: --wait exits 23.
+    // A restore of a file never archived is refused at once (22)...
+    let refused = run(s.ferry().args(["hsm", "restore"]).arg(&f));
+    assert_eq!(code(&refused), Some(22), "{refused:?}");
+    assert_eq!(stdout(&run_ok(s.ferry().args(["hsm", "list"]))), "");
+    // ...and one whose archived copy was removed fails: --wait exits 23.
+    run_ok(s.ferry().args(["hsm", "archive"]).arg(&f));
+    run_worker(&s);
+    run_ok(s.ferry().args(["hsm", "remove"]).arg(&f));
+    run_worker(&s);
     let id = request_id(&run_ok(s.ferry().args(["hsm", "restore"]).arg(&f)));
     let waiting = spawn_waiting(&s, "restore", &f, id);
     run_worker(&s);

@@ -173,6 +173,16 @@ impl<'a> Worker<'a> {
             last: Instant::now(),
         };
         let result = match r.action {
+            // Resolved against the worker's current directory it would name
+            // whatever file happens to be there.
+            _ if path.is_relative() => Err(Step::Fail(
+                FailKind::Permanent,
+                format!(
+                    "FID {} is relative and this worker has no --fid-root to resolve it under \
+                     (for Lustre, --fid-root MOUNT/.lustre/fid)",
+                    r.fid
+                ),
+            )),
             Action::Archive => self.archive(lease, &path, &mut fence),
             Action::Restore => self.restore(lease, &path, &mut fence),
             Action::Remove => self.remove(lease, &path),
