@@ -35,6 +35,8 @@ mod pool;
 mod ranges;
 mod space;
 mod stale;
+mod temp;
+mod work;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -54,9 +56,9 @@ use crate::store::{Change, Store, StoreError};
 use crate::verify::Verify;
 use commit::{Committer, Ready};
 use copy::Copier;
-use pool::{Done, Work};
 use ranges::{RangeTracker, decode_pieces};
 use skip::SkipRule;
+use work::{Done, Work};
 
 pub use commit::temp_path;
 

@@ -1,16 +1,16 @@
 //! Large files, copied in ranges by several workers at once: what each
 //! file has made durable, its checkpoints and its piece digests.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use super::commit::{self, Ready};
 use super::copy::CopyError;
-use super::pool::{Done, open_temp, write_error};
+use super::temp::{open_range_temp, open_temp, write_error};
+use super::work::Done;
 use super::{CHECKPOINT_BYTES, Engine, RANGE_BYTES, space};
 use crate::checksum::{self, Checksum, ChecksumAlgo, Hasher};
 use crate::failpoint::{self, CommitStep};
@@ -426,27 +426,4 @@ pub(super) fn decode_pieces(algo: ChecksumAlgo, raw: &[u8], n: usize) -> Option<
         .take(n)
         .map(|d| Checksum::from_digest(algo, d))
         .collect()
-}
-
-/// Opens a large file's temporary to write one of its ranges. When the
-/// bytes pass through ferry's buffer anyway (`direct`: they are hashed, or
-/// the kernel cannot copy between these file systems), it is opened
-/// `O_DIRECT`: the data is not copied a second time into the page cache
-/// and written back later, which made checksums cost 10–20 % against an
-/// in-kernel copy. A file system that refuses `O_DIRECT` (tmpfs) gets the
-/// page cache.
-fn open_range_temp(temp: &Path, direct: bool) -> io::Result<File> {
-    let open = |flags: rustix::fs::OFlags| {
-        OpenOptions::new()
-            .write(true)
-            .custom_flags((rustix::fs::OFlags::NOFOLLOW | flags).bits() as i32)
-            .open(temp)
-    };
-    if direct {
-        match open(rustix::fs::OFlags::DIRECT) {
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
-            other => return other,
-        }
-    }
-    open(rustix::fs::OFlags::empty())
 }
