@@ -115,9 +115,15 @@ fn worker_killed_mid_archive_loses_its_lease_and_another_completes_it() {
         .join(&object[2..4])
         .join(&object);
     assert_eq!(fs::read(&path).unwrap(), data(6 << 20));
-    // Attempt 1 never got an object under its name.
+    // Attempt 1 never got an object under its name, and what it was
+    // writing when it died is gone once attempt 2 completed.
     let stale = path.with_file_name(object.replace(&format!("-{id}-2"), &format!("-{id}-1")));
     assert!(!stale.exists());
+    let left: Vec<_> = util::walk(&archive_dir(&s))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "partial objects left: {left:?}");
 
     // The log tells the story, in order (read as `ferry watch --json` prints it).
     let store = ferry::store::SqliteStore::open(&s.store()).unwrap();
