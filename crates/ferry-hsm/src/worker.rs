@@ -173,6 +173,16 @@ impl<'a> Worker<'a> {
             last: Instant::now(),
         };
         let result = match r.action {
+            // Resolved against the worker's current directory it would name
+            // whatever file happens to be there.
+            _ if path.is_relative() => Err(Step::Fail(
+                FailKind::Permanent,
+                format!(
+                    "FID {} is relative and this worker has no --fid-root to resolve it under \
+                     (for Lustre, --fid-root MOUNT/.lustre/fid)",
+                    r.fid
+                ),
+            )),
             Action::Archive => self.archive(lease, &path, &mut fence),
             Action::Restore => self.restore(lease, &path, &mut fence),
             Action::Remove => self.remove(lease, &path),
@@ -329,6 +339,19 @@ impl<'a> Worker<'a> {
         }
         catalog::mirror(path, &entry);
         catalog::restamp(self.queue, &r.fid, CatalogState::Archived, path);
+        // Earlier attempts of this request lost their lease (a worker
+        // killed mid-copy, say): what they wrote is garbage no catalog entry
+        // can point at any more, since this attempt's ack won. Bounded by the
+        // policy's attempts.
+        for attempt in 1..lease.attempt {
+            if let Err(e) = self.archive.remove(&object_id(&r.fid, r.id, attempt)) {
+                eprintln!(
+                    "ferry: request {}: cannot remove what attempt {attempt} left in the \
+                     archive ({e}); it is garbage",
+                    r.id
+                );
+            }
+        }
         // The copy this one replaces is not needed any more.
         if let Some(old) = previous.and_then(|p| p.object).filter(|o| *o != object) {
             let _ = self.archive.remove(&old);

@@ -175,7 +175,8 @@ pub enum StoreError {
     #[error(
         "store {path} is read-only: {cause}; nothing more is written to it until its file \
          system has {recover_bytes} bytes free: free space there (ferry notices by itself, or \
-         run `ferry store check`); status and watch still work"
+         run `ferry store check`), or on a small disk set FERRY_STORE_RESERVE to a smaller \
+         reserve (in bytes); status and watch still work"
     )]
     ReadOnly {
         path: PathBuf,

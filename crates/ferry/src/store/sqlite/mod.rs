@@ -276,22 +276,17 @@ impl SqliteStore {
             path: self.path.clone(),
             source,
         })?;
-        if read_only.is_none() && !self.space.reserve_present() {
-            // No reserve: another process released it when the disk filled.
-            // Writable again only on the terms the probe applies.
-            let recover = self.space.recover_bytes();
-            let detail = if free_bytes < recover {
-                Some(format!(
-                    "its file system has {free_bytes} bytes free and it needs {recover}"
-                ))
-            } else {
+        if read_only.is_none() {
+            // The terms the probe and a writer's first write apply, whether
+            // the reserve is there or another process released it.
+            let detail = self.space.room_verdict().or_else(|| {
                 self.space.ensure_reserve().err().map(|e| {
                     format!(
                         "its reserve {} cannot be created: {e}",
                         self.space.reserve_path().display()
                     )
                 })
-            };
+            });
             read_only = detail.map(|detail| ReadOnlyCause { detail });
         }
         let integrity: Vec<String> = self.read(|conn| {
@@ -362,20 +357,36 @@ impl SqliteStore {
             if let Some(cause) = self.space.cause() {
                 return Err(self.read_only_error(cause));
             }
-            // A writer keeps a reserve; with no room even for that, it is
-            // read-only from its first write (as `ferry store check` says).
+            // A writer keeps a reserve. Without one (a process released it
+            // when the disk filled), it writes only on the terms the probe
+            // and `ferry store check` apply, else it is read-only from its
+            // first write; with no room even for the reserve, too.
             if self
                 .reserve_unchecked
                 .swap(false, std::sync::atomic::Ordering::Relaxed)
-                && let Err(e) = self.space.ensure_reserve()
-                && space::is_errno_out_of_space(&e)
             {
-                let cause = format!(
-                    "there is no room for its reserve {} ({e})",
-                    self.space.reserve_path().display()
-                );
-                self.space.enter_read_only(cause.clone());
-                return Err(self.read_only_error(ReadOnlyCause { detail: cause }));
+                let released = !self.space.reserve_present();
+                let verdict = if released {
+                    self.space.room_verdict()
+                } else {
+                    None
+                };
+                let cause = verdict.or_else(|| {
+                    self.space
+                        .ensure_reserve()
+                        .err()
+                        .filter(space::is_errno_out_of_space)
+                        .map(|e| {
+                            format!(
+                                "there is no room for its reserve {} ({e})",
+                                self.space.reserve_path().display()
+                            )
+                        })
+                });
+                if let Some(cause) = cause {
+                    self.space.enter_read_only(cause.clone());
+                    return Err(self.read_only_error(ReadOnlyCause { detail: cause }));
+                }
             }
         }
         // The probe found room while nobody wrote: said with this write.
