@@ -58,6 +58,7 @@ pub struct Transfer {
     take_over_unknown_owner: bool,
     skip: SkipRule,
     verify: Verify,
+    umask: Option<u32>,
     mover: Mover,
 }
 
@@ -204,6 +205,7 @@ impl Transfer {
             take_over_unknown_owner: false,
             skip: SkipRule::Never,
             verify: Verify::None,
+            umask: None,
             mover: Mover::Idle,
         }
     }
@@ -323,6 +325,14 @@ impl Transfer {
         self.verify = verify;
     }
 
+    /// The umask the next dispatch or resume computes modes with (the
+    /// caller's, for a daemon that is not its caller's process); recorded
+    /// with the dispatch, so that a take-over after a crash uses it too.
+    /// `None`: this process's.
+    pub fn set_umask(&mut self, umask: Option<u32>) {
+        self.umask = umask.map(|u| u & 0o777);
+    }
+
     pub fn progress(&self) -> Arc<Progress> {
         Arc::clone(&self.progress)
     }
@@ -381,6 +391,7 @@ impl Transfer {
                 "verify": self.verify,
                 "check_space": self.check_space,
                 "clean_orphans": self.clean_orphans,
+                "umask": self.umask,
             }),
         }]);
         dispatched.map_err(|e| self.owned_elsewhere(e))?;
@@ -400,6 +411,7 @@ impl Transfer {
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
             after_chunk: self.after_chunk.clone(),
+            umask: self.umask,
         };
         let id = self.record.id;
         self.mover = match self.record.kind {

@@ -16,6 +16,7 @@ use ferry::{Kind, Preserve, Transfer, TransferOptions};
 
 use crate::api::{
     AddRequest, AddResponse, CreateRequest, RunRequest, THREADS_DEFAULT, THREADS_MAX, TransferView,
+    UMASK_DEFAULT,
 };
 use crate::creds;
 use crate::error::ApiError;
@@ -176,6 +177,7 @@ pub(in crate::server) struct RunSettings {
     verify: Verify,
     check_space: bool,
     clean_orphans: bool,
+    umask: u32,
 }
 
 impl Default for RunSettings {
@@ -186,6 +188,7 @@ impl Default for RunSettings {
             verify: Verify::None,
             check_space: false,
             clean_orphans: false,
+            umask: UMASK_DEFAULT,
         }
     }
 }
@@ -198,6 +201,15 @@ impl RunSettings {
             Some(n) => {
                 return Err(ApiError::bad_request(format!(
                     "threads must be 1 to {THREADS_MAX} ({n} given)"
+                )));
+            }
+        };
+        let umask = match request.umask {
+            None => UMASK_DEFAULT,
+            Some(u @ 0..=0o777) => u,
+            Some(u) => {
+                return Err(ApiError::bad_request(format!(
+                    "umask must be 0 to 511 (0o777) ({u} given)"
                 )));
             }
         };
@@ -217,6 +229,7 @@ impl RunSettings {
             })?,
             check_space: request.check_space,
             clean_orphans: request.clean_orphans,
+            umask,
         })
     }
 
@@ -225,6 +238,7 @@ impl RunSettings {
         transfer.set_verify(self.verify);
         transfer.set_check_space(self.check_space);
         transfer.set_clean_orphans(self.clean_orphans);
+        transfer.set_umask(Some(self.umask));
     }
 }
 
