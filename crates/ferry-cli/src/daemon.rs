@@ -129,6 +129,8 @@ fn run_request(args: &RunArgs) -> RunRequest {
         skip: args.skip.clone(),
         verify: args.verify.clone(),
         check_space: args.check_space,
+        // Modes as a local cp would give them: the daemon has its own umask.
+        umask: Some(ferry::engine::current_umask()),
         clean_orphans: args.clean_orphans,
     }
 }
@@ -155,6 +157,9 @@ fn report(view: &TransferView, json: bool) {
     }
     for failure in &view.failures {
         eprintln!("ferry: {}: {}", failure.path, failure.error);
+    }
+    for warning in &view.warnings {
+        eprintln!("ferry: warning: {warning}");
     }
     println!(
         "{} (id {}) {}: {}/{} files, {} of {} bytes durable",

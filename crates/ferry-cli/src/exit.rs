@@ -63,6 +63,7 @@ pub fn serve_code(e: &ServeError) -> u8 {
     match e {
         ServeError::AlreadyServing { .. } => 35,
         ServeError::Listen { .. } => 36,
+        ServeError::UnsafeStore { .. } => 39,
         ServeError::Runtime(_) => 74,
         ServeError::Ferry(e) => e.code(),
     }

@@ -95,6 +95,7 @@ pub struct Transfer {
     take_over_unknown_owner: bool,
     skip: SkipRule,
     verify: Verify,
+    umask: Option<u32>,
     mover: Mover,
 }
 
@@ -259,6 +260,7 @@ impl Transfer {
             take_over_unknown_owner: false,
             skip: SkipRule::Never,
             verify: Verify::None,
+            umask: None,
             mover: Mover::Idle,
         }
     }
@@ -410,6 +412,14 @@ impl Transfer {
         self.verify = settings.verify;
     }
 
+    /// The umask the next dispatch or resume computes modes with (the
+    /// caller's, for a daemon that is not its caller's process); recorded
+    /// with the dispatch, so that a take-over after a crash uses it too.
+    /// `None`: this process's.
+    pub fn set_umask(&mut self, umask: Option<u32>) {
+        self.umask = umask.map(|u| u & 0o777);
+    }
+
     pub fn progress(&self) -> Arc<Progress> {
         Arc::clone(&self.progress)
     }
@@ -468,6 +478,7 @@ impl Transfer {
                 "verify": self.verify,
                 "check_space": self.check_space,
                 "clean_orphans": self.clean_orphans,
+                "umask": self.umask,
             }),
         }]);
         dispatched.map_err(|e| self.owned_elsewhere(e))?;
@@ -487,6 +498,7 @@ impl Transfer {
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
             after_chunk: self.after_chunk.clone(),
+            umask: self.umask,
         };
         let id = self.record.id;
         self.mover = match self.record.kind {

@@ -15,6 +15,7 @@ mod daemon;
 mod handlers;
 mod peer;
 mod request;
+mod private;
 mod routes;
 mod run_settings;
 #[cfg(test)]
@@ -28,7 +29,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry::store::{SqliteStore, Store};
+use ferry::store::Store;
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 
@@ -100,7 +101,7 @@ const SPACE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn serve(config: Config) -> Result<(), ServeError> {
-    let sqlite = Arc::new(SqliteStore::open(&config.store).map_err(ferry::Error::from)?);
+    let sqlite = Arc::new(private::open_store(&config.store, creds::daemon_uid())?);
     let store: Arc<dyn Store> = sqlite.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
