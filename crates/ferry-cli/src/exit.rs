@@ -21,6 +21,9 @@ pub enum Exit {
     /// `wait`, `watch --until-done`: the transfer is not over and its owner
     /// is dead, so nothing will end it.
     OwnerDead(Box<ferry::model::TransferRecord>),
+    /// `cp`, `resume`: stopped by a signal (the code is 128 + its number;
+    /// what to do was said).
+    Interrupted(u8),
     Error(Error),
     /// A request to the daemon failed.
     Daemon(ClientError),
@@ -85,6 +88,7 @@ impl From<Exit> for ExitCode {
                 );
                 ExitCode::from(OWNER_DEAD)
             }
+            Exit::Interrupted(code) => ExitCode::from(code),
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
                 ExitCode::from(e.code())

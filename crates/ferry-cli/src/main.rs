@@ -6,6 +6,7 @@ mod exit;
 mod finalize;
 mod hsm;
 mod output;
+mod signals;
 mod store;
 mod verify;
 mod watch;
@@ -381,7 +382,16 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         return daemon::command(&socket, cli.command);
     }
     let location = cli.store.clone().unwrap_or_else(ferry::default_store_path);
-    let opened = OpenedStore::open(&location)?;
+    // Only commands that make transfers or requests create a store; a
+    // store named by the user never gets a directory made for it.
+    let explicit =
+        cli.store.is_some() || std::env::var_os("FERRY_STORE").is_some_and(|v| !v.is_empty());
+    let create = match (&cli.command, explicit) {
+        (Command::Cp(_) | Command::Hsm(_), false) => store::Create::WithDirectory,
+        (Command::Cp(_) | Command::Hsm(_), true) => store::Create::FileOnly,
+        _ => store::Create::Nothing,
+    };
+    let opened = OpenedStore::open(&location, create)?;
     let store = opened.store();
     match cli.command {
         Command::Finalize(_) | Command::Serve { .. } => unreachable!("handled above"),
@@ -431,11 +441,12 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
             let workers = args.run.apply_to_resume(&mut transfer)?;
-            let report = output::with_progress(&transfer.progress(), args.run.json, || {
-                transfer.resume(workers)?;
-                transfer.wait()
-            })?;
-            Ok(finish(&report, args.run.json))
+            Ok(move_and_wait(
+                transfer,
+                Start::Resume,
+                workers,
+                args.run.json,
+            )?)
         }
         Command::Cancel { name } => {
             let transfer = Transfer::open(store, &name)?;
@@ -515,26 +526,18 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
         caller: None,
     };
     let mut transfer = Transfer::create_with(store, &options, &entries)?;
-    let progress = transfer.progress();
-    let report = if transfer.reattached() {
+    let (start, workers) = if transfer.reattached() {
         let record = transfer.record();
         eprintln!(
             "ferry: re-attached transfer {} (id {}) left by dead process {} on {}; continuing it",
             record.name, record.id, record.owner.pid, record.owner.host
         );
         let workers = args.run.apply_to_resume(&mut transfer)?;
-        output::with_progress(&progress, args.run.json, || {
-            transfer.resume(workers)?;
-            transfer.wait()
-        })?
+        (Start::Resume, workers)
     } else {
-        let workers = args.run.apply(&mut transfer, base);
-        output::with_progress(&progress, args.run.json, || {
-            transfer.dispatch(workers)?;
-            transfer.wait()
-        })?
+        (Start::Dispatch, args.run.apply(&mut transfer, base))
     };
-    Ok(finish(&report, args.run.json))
+    move_and_wait(transfer, start, workers, args.run.json)
 }
 
 /// A re-run of a copy whose transfer is not over (or failed, or was
@@ -558,12 +561,43 @@ fn continue_rerun(
         before.name, before.id, before.state
     );
     let workers = args.run.apply_to_resume(&mut transfer)?;
+    move_and_wait(transfer, Start::Resume, workers, args.run.json)
+}
+
+enum Start {
+    Dispatch,
+    Resume,
+}
+
+/// Moves the data with a progress bar on a terminal and waits; SIGINT or
+/// SIGTERM meanwhile cancels the transfer (recorded as an interruption),
+/// clears the bar and ends with how to continue.
+fn move_and_wait(
+    mut transfer: Transfer,
+    start: Start,
+    workers: usize,
+    json: bool,
+) -> Result<Exit, Exit> {
+    signals::cancel_on_interrupt(transfer.canceller())
+        .map_err(|e| ferry::Error::io(std::path::Path::new("signal handlers"), e))?;
     let progress = transfer.progress();
-    let report = output::with_progress(&progress, args.run.json, || {
-        transfer.resume(workers)?;
+    let report = output::with_progress(&progress, json, || {
+        match start {
+            Start::Dispatch => transfer.dispatch(workers)?,
+            Start::Resume => transfer.resume(workers)?,
+        }
         transfer.wait()
     })?;
-    Ok(finish(&report, args.run.json))
+    if report.state == ferry::TransferState::Cancelled
+        && let Some(signal) = signals::received()
+    {
+        output::report(&report, json);
+        return Err(Exit::Interrupted(signals::report_interrupted(
+            &report.name,
+            signal,
+        )));
+    }
+    Ok(finish(&report, json))
 }
 
 fn finish(report: &RunReport, json: bool) -> Exit {

@@ -94,7 +94,6 @@ fn the_same_name_while_its_owner_is_alive_but_stopped_is_refused() {
     let s = Scratch::new();
     let mut rng = fastrand::Rng::with_seed(9);
     write_file(&s.path("big"), &random_bytes(&mut rng, 200 << 20));
-    run_ok(s.ferry().arg("status"));
     let store = SqliteStore::open(&s.store()).unwrap();
     let mut watch = Watch::new(
         &store,
@@ -344,6 +343,10 @@ fn finalize_cleans_failed_cancelled_and_dead_running_transfers_and_leaves_live_o
     write_file(&src.join("large"), &random_bytes(&mut rng, 72 << 20));
     let stores = s.path("ranks");
     let store = |i: usize| stores.join(format!("node{}/rank.{i}.db", i % 2));
+    // ferry makes no directory for a store it is given.
+    for node in ["node0", "node1"] {
+        fs::create_dir_all(stores.join(node)).unwrap();
+    }
     // rank 0: failed (EIO while writing); rank 1: cancelled; rank 2: running,
     // owner dead mid large file; rank 3: live owner.
     let out = run(ferry_at(&store(0))

@@ -316,8 +316,16 @@ fn check_destination(dest: &Path, meta: Option<&fs::Metadata>) -> Result<()> {
     let Some(dir) = receiving else {
         return Ok(());
     };
-    use rustix::fs::Access;
-    match rustix::fs::access(&dir, Access::WRITE_OK | Access::EXEC_OK) {
+    use rustix::fs::{Access, AtFlags, CWD};
+    // AT_EACCESS: checked as the file system will check the writes (the
+    // effective and file-system ids and capabilities: the daemon acts with
+    // its caller's fsuid), not the real uid.
+    match rustix::fs::accessat(
+        CWD,
+        &dir,
+        Access::WRITE_OK | Access::EXEC_OK,
+        AtFlags::EACCESS,
+    ) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
             let owner = fs::metadata(&dir)

@@ -109,6 +109,40 @@ impl SqliteStore {
         SqliteStore::open_with(path, Opening::Durable)
     }
 
+    /// [`SqliteStore::open`], creating the store file when missing but
+    /// never its directory: a mistyped `--store /nonexistent/dir/x.db` is
+    /// refused, not made.
+    pub fn open_in_existing_dir(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "its directory {} does not exist; create it first (ferry creates only \
+                         the default store's directory)",
+                        parent.display()
+                    ),
+                ),
+            });
+        }
+        SqliteStore::open(path)
+    }
+
+    /// [`SqliteStore::open`] of a store that must exist already (commands
+    /// that only read, or act on transfers a store holds): nothing is
+    /// created.
+    pub fn open_existing(path: &Path) -> Result<SqliteStore, StoreError> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(StoreError::NoStore {
+                path: path.to_path_buf(),
+            });
+        }
+        SqliteStore::open(path)
+    }
+
     /// Opens a store for a batch job over many stores (finalize): locked
     /// for this connection alone, commits not fsynced one by one, and no
     /// checkpoint (the database file is left untouched; commits go to the
@@ -161,7 +195,7 @@ impl SqliteStore {
                 detail: "it is a directory".into(),
             });
         }
-        let conn = Connection::open(path).map_err(|e| sqlite_err(path, e))?;
+        let conn = Connection::open(path).map_err(|e| open_err_cause(path, e))?;
         // With a rollback journal an idle connection holds no lock, so an
         // exclusive probe would succeed against a live owner: share there.
         let opening = if opening == Opening::DeferredExclusive && is_network_fs(path) {
@@ -194,7 +228,7 @@ impl SqliteStore {
                     path: path.to_path_buf(),
                     detail: "not an SQLite database".into(),
                 },
-                _ => sqlite_err(path, e),
+                _ => open_err_cause(path, e),
             })?;
         let fresh = app_id == 0 && version == 0 && tables == 0;
         if !fresh && app_id != APPLICATION_ID {
@@ -217,7 +251,7 @@ impl SqliteStore {
         }
         let journal = if is_network_fs(path) { "DELETE" } else { "WAL" };
         conn.pragma_update(None, "journal_mode", journal)
-            .map_err(|e| sqlite_err(path, e))?;
+            .map_err(|e| open_err_cause(path, e))?;
         // Deferred (a batch job that syncs the file system itself): in WAL
         // mode with no checkpoints the database file is never written, so
         // unsynced commits can only be lost, never corrupt it; the caller's
@@ -523,6 +557,51 @@ fn injected(e: &std::io::Error) -> rusqlite::Error {
         rusqlite::ffi::Error::new(code),
         Some(format!("injected: {e}")),
     )
+}
+
+/// SQLite's "unable to open database file" says nothing of why: find the
+/// cause (the file's or its directory's permissions, a missing directory)
+/// and name it, as [`StoreError::Open`].
+fn open_err_cause(path: &Path, e: rusqlite::Error) -> StoreError {
+    let cannot = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied)
+    );
+    if !cannot {
+        return sqlite_err(path, e);
+    }
+    use rustix::fs::Access;
+    let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => parent.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let rw = Access::READ_OK | Access::WRITE_OK;
+    let cause = if let Err(errno) = rustix::fs::access(&dir, Access::EXEC_OK) {
+        format!(
+            "its directory {}: {}",
+            dir.display(),
+            std::io::Error::from(errno)
+        )
+    } else if path.exists()
+        && let Err(errno) = rustix::fs::access(path, rw)
+    {
+        format!(
+            "the file: {}; the store needs read and write access",
+            std::io::Error::from(errno)
+        )
+    } else if let Err(errno) = rustix::fs::access(&dir, Access::WRITE_OK | Access::EXEC_OK) {
+        format!(
+            "its directory {}: {} (the store writes its journal beside it)",
+            dir.display(),
+            std::io::Error::from(errno)
+        )
+    } else {
+        e.to_string()
+    };
+    StoreError::Open {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, cause),
+    }
 }
 
 fn sqlite_err(path: &Path, source: rusqlite::Error) -> StoreError {
