@@ -14,6 +14,8 @@ pub enum Exit {
     Cancelled,
     /// finalize left transfers with live owners alone (and nothing failed).
     LeftAlone,
+    /// finalize aborted a transfer or removed partial data (each named).
+    DataRemoved,
     /// `ferry hsm … --wait`: a request failed.
     RequestFailed,
     /// `ferry hsm … --wait`: a request was canceled.
@@ -78,6 +80,7 @@ impl From<Exit> for ExitCode {
             Exit::TransferFailed => ExitCode::from(1),
             Exit::Cancelled => ExitCode::from(12),
             Exit::LeftAlone => ExitCode::from(18),
+            Exit::DataRemoved => ExitCode::from(38),
             Exit::RequestFailed => ExitCode::from(23),
             Exit::RequestCanceled => ExitCode::from(25),
             Exit::OwnerDead(t) => {

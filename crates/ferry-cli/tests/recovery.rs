@@ -390,14 +390,27 @@ fn finalize_cleans_failed_cancelled_and_dead_running_transfers_and_leaves_live_o
     // A non-store file among them is skipped.
     let mut junk = fs::File::create(stores.join("node0/notes.txt")).unwrap();
     junk.write_all(b"not a store").unwrap();
+    // One that looks like a store and is not: skipped, and said so.
+    write_file(&stores.join("node1/rank.9.db"), b"truncated by a full disk");
 
     let out = finalize(&[&stores], &["--json", "--jobs", "2"]);
     assert_eq!(
         out.status.code(),
-        Some(18),
-        "a live owner was left alone: {out:?}"
+        Some(38),
+        "a transfer was aborted and partial data removed: {out:?}"
     );
     let report = json(&out);
+    assert_eq!(report["aborted"], 1, "{report}");
+    let removed = report["removed"].as_array().unwrap();
+    assert!(!removed.is_empty(), "{report}");
+    for path in removed {
+        let path = path.as_str().unwrap();
+        assert!(path.contains("/out"), "{path}");
+        assert!(!Path::new(path).exists(), "{path} never reached its name");
+    }
+    let skipped = report["skipped"].to_string();
+    assert!(skipped.contains("rank.9.db"), "{report}");
+    assert!(!skipped.contains("notes.txt"), "{report}");
     assert_eq!(report["stores"], 4);
     assert_eq!(report["outcomes"]["cleaned"], 3, "{report}");
     assert_eq!(
@@ -457,7 +470,12 @@ fn finalize_leaves_owners_on_other_hosts_alone_unless_forced() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("another host"));
     assert!(temp.exists(), "never guess about an owner on another host");
     let out = finalize(&[&s.store()], &["--force"]);
-    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.status.code(), Some(38), "aborted and removed: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("aborted transfer") && err.contains("removed"),
+        "{err}"
+    );
     assert!(!temp.exists());
 }
 
