@@ -208,7 +208,7 @@ pub(crate) struct CpArgs {
     paths: Vec<PathBuf>,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct RunArgs {
     /// Worker threads [default: one per core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -341,7 +341,7 @@ fn verify_word(verify: ferry::verify::Verify) -> &'static str {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ResumeArgs {
     /// The transfer's name
     name: String,
@@ -381,6 +381,45 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     if cli.daemon {
         return daemon::command(&socket, cli.command);
     }
+    // One namespace: a transfer the store does not have may be the
+    // daemon's (`cp --kind daemon`), found there when the daemon answers.
+    let twin = daemon_twin(&cli.command);
+    match (run_local(cli), twin) {
+        (Err(Exit::Error(e)), Some(twin)) if is_not_here(&e) && daemon::answers(&socket) => {
+            daemon::command(&socket, twin)
+        }
+        (result, _) => result,
+    }
+}
+
+/// The same command for the daemon, for those the daemon serves.
+fn daemon_twin(command: &Command) -> Option<Command> {
+    Some(match command {
+        Command::Status(args) if args.at.is_none() && !args.files && args.name.is_some() => {
+            Command::Status(StatusArgs {
+                name: args.name.clone(),
+                files: false,
+                json: args.json,
+                at: None,
+            })
+        }
+        Command::Wait { name } => Command::Wait { name: name.clone() },
+        Command::Cancel { name } => Command::Cancel { name: name.clone() },
+        Command::Resume(args) => Command::Resume(args.clone()),
+        _ => return None,
+    })
+}
+
+/// The store has no such transfer (or there is no store at all).
+fn is_not_here(e: &ferry::Error) -> bool {
+    matches!(
+        e,
+        ferry::Error::TransferNotFound { .. }
+            | ferry::Error::Store(ferry::store::StoreError::NoStore { .. })
+    )
+}
+
+fn run_local(cli: Cli) -> Result<Exit, Exit> {
     let location = cli.store.clone().unwrap_or_else(ferry::default_store_path);
     // Only commands that make transfers or requests create a store; a
     // store named by the user never gets a directory made for it.
