@@ -1,6 +1,19 @@
 //! `ferry`: the command-line tool. It only translates between the command
 //! line and the `ferry` library; no transfer logic lives here.
 
+/// Every line for stdout goes through `output::line`, so that a reader that
+/// went away (`ferry hsm list | head -1`) ends the command quietly instead of
+/// panicking as std's `println!` does. Defined before the modules so that it
+/// shadows std's macro in all of them.
+macro_rules! println {
+    () => {
+        $crate::output::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+
 mod daemon;
 mod exit;
 mod finalize;

@@ -407,4 +407,22 @@ impl RequestQueue for PgStore {
             self.write_catalog(tx, &entry, None, now)
         })
     }
+
+    fn set_catalog_stamp(
+        &self,
+        fid: &str,
+        state: CatalogState,
+        ino: u64,
+        ctime_ns: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            tx.tx
+                .execute(
+                    "UPDATE hsm_catalog SET ino = $1, ctime_ns = $2 WHERE fid = $3 AND state = $4",
+                    &[&(ino as i64), &ctime_ns, &fid, &state.as_str()],
+                )
+                .map(|n| n == 1)
+                .map_err(|e| self.err(e))
+        })
+    }
 }

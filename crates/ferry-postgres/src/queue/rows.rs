@@ -306,6 +306,8 @@ impl PgStore {
             mode,
             checksum: row.get(8),
             updated_ns: row.get(9),
+            ino: row.get::<_, i64>(10) as u64,
+            ctime_ns: row.get(11),
             fid,
         })
     }
@@ -327,12 +329,13 @@ impl PgStore {
         tx.tx
             .execute(
                 "INSERT INTO hsm_catalog (fid, path, state, archive_id, object, size,
-                    mtime_ns, mode, checksum, updated_ns)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                    mtime_ns, mode, checksum, updated_ns, ino, ctime_ns)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  ON CONFLICT (fid) DO UPDATE SET path = EXCLUDED.path, state = EXCLUDED.state,
                     archive_id = EXCLUDED.archive_id, object = EXCLUDED.object,
                     size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, mode = EXCLUDED.mode,
-                    checksum = EXCLUDED.checksum, updated_ns = EXCLUDED.updated_ns",
+                    checksum = EXCLUDED.checksum, updated_ns = EXCLUDED.updated_ns,
+                    ino = EXCLUDED.ino, ctime_ns = EXCLUDED.ctime_ns",
                 &[
                     &new.fid,
                     &path_bytes(&new.path),
@@ -344,6 +347,8 @@ impl PgStore {
                     &i64::from(new.mode),
                     &new.checksum,
                     &new.updated_ns,
+                    &(new.ino as i64),
+                    &new.ctime_ns,
                 ],
             )
             .map_err(|e| self.err(e))?;

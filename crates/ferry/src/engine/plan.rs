@@ -317,9 +317,10 @@ fn check_destination(dest: &Path, meta: Option<&fs::Metadata>) -> Result<()> {
         return Ok(());
     };
     use rustix::fs::{Access, AtFlags, CWD};
-    // AT_EACCESS: checked as the file system will check the writes (the
-    // effective and file-system ids and capabilities: the daemon acts with
-    // its caller's fsuid), not the real uid.
+    // AT_EACCESS: checked as the file system will check the writes (fsuid,
+    // effective capabilities), not as the real uid — the daemon runs a
+    // caller's plan with that caller's fsuid and no capabilities while its
+    // real uid stays root.
     match rustix::fs::accessat(
         CWD,
         &dir,
