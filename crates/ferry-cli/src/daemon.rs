@@ -32,6 +32,11 @@ pub fn wants_daemon(kind: &str, socket: &Path) -> bool {
     }
 }
 
+/// Whether a daemon answers on `socket`.
+pub fn answers(socket: &Path) -> bool {
+    Client::new(socket).is_ok_and(|c| c.answers())
+}
+
 fn client(socket: &Path) -> Result<Client, Exit> {
     Client::new(socket).map_err(Exit::Daemon)
 }

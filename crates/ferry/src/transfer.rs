@@ -111,11 +111,25 @@ pub struct Canceller {
 impl Canceller {
     /// See [`Transfer::cancel`].
     pub fn cancel(&self) -> Result<()> {
+        self.cancel_with(serde_json::json!({"by_pid": std::process::id()}))
+    }
+
+    /// A cancel because the owner was told to stop (SIGINT, SIGTERM): the
+    /// event says so, with the signal's name, and a resume continues from
+    /// what is durable.
+    pub fn interrupt(&self, signal: &str) -> Result<()> {
+        self.cancel_with(serde_json::json!({
+            "by_pid": std::process::id(),
+            "interrupted": signal,
+        }))
+    }
+
+    fn cancel_with(&self, context: serde_json::Value) -> Result<()> {
         self.store.apply(&[Change::Transfer {
             id: self.id,
             to: TransferState::Cancelled,
             owner: None,
-            context: serde_json::json!({"by_pid": std::process::id()}),
+            context,
         }])?;
         self.flag.store(true, Ordering::Relaxed);
         Ok(())

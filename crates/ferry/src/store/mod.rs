@@ -92,6 +92,12 @@ pub enum StoreError {
         supported: i64,
     },
 
+    #[error(
+        "no store at {path}: nothing was copied with this store yet (`ferry cp` creates it); \
+         give --store or $FERRY_STORE to use another"
+    )]
+    NoStore { path: PathBuf },
+
     #[error("cannot open store {path}: {source}")]
     Open {
         path: PathBuf,
