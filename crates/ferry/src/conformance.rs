@@ -23,6 +23,9 @@ use crate::model::{
 };
 use crate::store::{Change, EventFilter, Store, StoreError};
 
+mod lease;
+pub use lease::the_lease_is_renewed_by_the_owner_and_fences_the_old_one;
+
 /// How long a wait for something that must happen may take before the test
 /// fails; far beyond what it takes on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -960,6 +963,7 @@ macro_rules! store_conformance_tests {
             compaction_and_cursors,
             the_event_reader_wakes_on_a_write_from_another_handle,
             concurrent_handles_number_events_without_gaps,
+            the_lease_is_renewed_by_the_owner_and_fences_the_old_one,
         );
     };
     ($fresh:expr; $($name:ident),* $(,)?) => {

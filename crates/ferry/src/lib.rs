@@ -41,8 +41,10 @@ pub mod error;
 pub mod events;
 pub mod failpoint;
 pub mod finalize;
+mod heartbeat;
 pub mod model;
 pub mod owner;
+mod signals;
 pub mod store;
 mod transfer;
 pub mod verify;
@@ -51,4 +53,6 @@ pub use engine::plan::plan;
 pub use engine::{ChunkHook, FileFailure, Progress, RunReport, temp_path};
 pub use error::{Error, Result};
 pub use model::{Caller, EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
-pub use transfer::{Canceller, Transfer, TransferOptions, default_store_path, default_workers};
+pub use transfer::{
+    Canceller, RunEnded, Transfer, TransferOptions, default_store_path, default_workers,
+};

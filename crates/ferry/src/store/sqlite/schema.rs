@@ -158,4 +158,10 @@ ALTER TABLE transfers ADD COLUMN caller_uid INTEGER;
 ALTER TABLE transfers ADD COLUMN caller_gid INTEGER;
 ALTER TABLE transfers ADD COLUMN caller_groups TEXT;
 "#,
+    r#"
+-- The owner's lease: its last heartbeat (its wall clock, ns) and how long
+-- that holds (ms). NULL: no heartbeat yet, judged as before leases.
+ALTER TABLE transfers ADD COLUMN owner_heartbeat_ns INTEGER;
+ALTER TABLE transfers ADD COLUMN owner_lease_ms INTEGER;
+"#,
 ];
