@@ -126,8 +126,8 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
 fn run_request(args: &RunArgs) -> RunRequest {
     RunRequest {
         threads: args.threads,
-        skip: Some(args.skip.clone()),
-        verify: Some(args.verify.clone()),
+        skip: args.skip.clone(),
+        verify: args.verify.clone(),
         check_space: args.check_space,
         clean_orphans: args.clean_orphans,
     }

@@ -18,6 +18,9 @@ pub enum Exit {
     RequestFailed,
     /// `ferry hsm … --wait`: a request was canceled.
     RequestCanceled,
+    /// `wait`, `watch --until-done`: the transfer is not over and its owner
+    /// is dead, so nothing will end it.
+    OwnerDead(Box<ferry::model::TransferRecord>),
     Error(Error),
     /// A request to the daemon failed.
     Daemon(ClientError),
@@ -30,6 +33,9 @@ impl From<Error> for Exit {
         Exit::Error(e)
     }
 }
+
+/// `wait` and `watch --until-done` on a transfer whose owner died.
+pub const OWNER_DEAD: u8 = 28;
 
 /// The code for a daemon error: a library error's own code (a missing
 /// source is 3 with or without the daemon), else the daemon's 30–39.
@@ -71,6 +77,14 @@ impl From<Exit> for ExitCode {
             Exit::LeftAlone => ExitCode::from(18),
             Exit::RequestFailed => ExitCode::from(23),
             Exit::RequestCanceled => ExitCode::from(25),
+            Exit::OwnerDead(t) => {
+                eprintln!(
+                    "ferry: transfer {} (id {}) is {} but its owner (pid {} on {}) is dead: \
+                     nothing will move it; `ferry resume {}` continues it, `ferry cancel {}` ends it",
+                    t.name, t.id, t.state, t.owner.pid, t.owner.host, t.name, t.name
+                );
+                ExitCode::from(OWNER_DEAD)
+            }
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
                 ExitCode::from(e.code())

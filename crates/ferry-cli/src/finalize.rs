@@ -118,23 +118,62 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
     })
 }
 
-pub fn stop(store: &dyn Store, dead: bool, force: bool) -> Result<Exit, Exit> {
-    let stopped = ferry::finalize::stop(store, dead, force)?;
+pub fn stop(store: &dyn Store, dead: bool, all: bool, force: bool) -> Result<Exit, Exit> {
+    let which = match (dead, all) {
+        (true, _) => ferry::finalize::StopWhich::Dead,
+        (false, true) => ferry::finalize::StopWhich::All,
+        (false, false) => ferry::finalize::StopWhich::Unfinished,
+    };
+    let stopped = ferry::finalize::stop(store, which, force)?;
     for s in &stopped {
-        let what = if s.cancelled {
-            "cancelled and freed"
-        } else {
-            "freed"
-        };
-        let temps = if s.owner_alive {
-            "; its owner is alive and stops at its next write, temporaries left to it".to_owned()
-        } else {
-            format!(", {} temporaries removed", s.temporaries_removed)
-        };
-        println!("ferry: {} (id {}) {what}{temps}", s.transfer, s.id);
+        print_stopped(s);
     }
     if stopped.is_empty() {
         println!("ferry: nothing to stop");
     }
+    if which == ferry::finalize::StopWhich::Unfinished {
+        let kept: Vec<_> = store
+            .transfers()
+            .map_err(ferry::Error::from)?
+            .into_iter()
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    ferry::TransferState::Completed | ferry::TransferState::Finalized
+                )
+            })
+            .collect();
+        if let Some(first) = kept.first() {
+            println!(
+                "ferry: left {} completed transfer(s) ({}{}) and their names: `ferry forget NAME` \
+                 frees one, `ferry stop --all` every one",
+                kept.len(),
+                first.name,
+                if kept.len() > 1 { ", …" } else { "" }
+            );
+        }
+    }
     Ok(Exit::Ok)
+}
+
+/// `ferry forget NAME`.
+pub fn forget(store: &dyn Store, name: &str, force: bool) -> Result<Exit, Exit> {
+    let stopped = ferry::finalize::forget(store, name, force)?;
+    print_stopped(&stopped);
+    println!("ferry: the name {name} is free; the transfer stays in the store's history");
+    Ok(Exit::Ok)
+}
+
+fn print_stopped(s: &ferry::finalize::Stopped) {
+    let what = if s.cancelled {
+        "cancelled and freed"
+    } else {
+        "freed"
+    };
+    let temps = if s.owner_alive {
+        "; its owner is alive and stops at its next write, temporaries left to it".to_owned()
+    } else {
+        format!(", {} temporaries removed", s.temporaries_removed)
+    };
+    println!("ferry: {} (id {}) {what}{temps}", s.transfer, s.id);
 }

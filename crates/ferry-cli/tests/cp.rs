@@ -210,7 +210,7 @@ fn permission_denied_names_the_path() {
 }
 
 #[test]
-fn status_lists_transfers_and_named_transfers_are_refused_twice() {
+fn status_lists_transfers_and_a_finished_name_is_used_again() {
     let s = Scratch::new();
     write_file(&s.path("f"), b"f");
     run_ok(
@@ -223,16 +223,31 @@ fn status_lists_transfers_and_named_transfers_are_refused_twice() {
     let status = json(&out);
     assert_eq!(status["state"], "completed");
     assert_eq!(status["files"][0]["state"], "committed");
-    // The name is taken by a completed transfer: a clear refusal.
-    let out = run(s
-        .ferry()
-        .args(["cp", "--name", "ckpt-1"])
-        .arg(s.path("f"))
-        .arg(s.path("h")));
-    assert_refused(&out, 11, "ckpt-1");
+    let first = status["id"].clone();
     // Nothing to resume in a completed transfer.
     let out = run(s.ferry().args(["resume", "ckpt-1"]));
     assert_refused(&out, 13, "ckpt-1");
+    // A job script with a fixed name, run again: the finished transfer
+    // gives up its name to a new one.
+    run_ok(
+        s.ferry()
+            .args(["cp", "--name", "ckpt-1"])
+            .arg(s.path("f"))
+            .arg(s.path("h")),
+    );
+    let status = json(&run_ok(s.ferry().args(["status", "ckpt-1", "--json"])));
+    assert_ne!(status["id"], first, "{status}");
+    assert_eq!(fs::read(s.path("h")).unwrap(), b"f");
+    // Names no one could type or print are refused before anything is made.
+    for bad in ["", "two\nlines", " padded", &"x".repeat(256)] {
+        let out = run(s
+            .ferry()
+            .args(["cp", "--name", bad])
+            .arg(s.path("f"))
+            .arg(s.path("i")));
+        assert_refused(&out, 29, "cannot name a transfer");
+        assert!(!s.path("i").exists());
+    }
 }
 
 #[test]

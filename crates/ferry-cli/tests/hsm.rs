@@ -353,3 +353,62 @@ fn spawn_waiting(s: &Scratch, action: &str, path: &Path, id: i64) -> std::proces
     }
     child
 }
+
+/// A byte rewritten in place, then the mtime set back (what time-preserving
+/// tools do): size and mtime look unchanged, but release used to punch the
+/// file (exit 0) and the change was lost for good. The change time gives
+/// it away: release refuses, the file is untouched and dirty; archived
+/// again, it releases and restores with the new byte. Data written into a
+/// released stub the same way is not restored over either.
+#[test]
+fn release_refuses_a_file_changed_in_place_with_its_mtime_set_back() {
+    use std::os::unix::fs::FileExt;
+    let s = Scratch::new();
+    let f = s.path("fs/f");
+    util::write_file(&f, &data(300_000));
+    run_ok(s.ferry().args(["hsm", "archive"]).arg(&f));
+    run_worker(&s);
+    let rewrite = |at: u64, byte: u8| {
+        let before = fs::metadata(&f).unwrap();
+        let file = fs::OpenOptions::new().write(true).open(&f).unwrap();
+        file.write_all_at(&[byte], at).unwrap();
+        file.set_modified(before.modified().unwrap()).unwrap();
+        drop(file);
+        let after = fs::metadata(&f).unwrap();
+        assert_eq!(after.len(), before.len());
+        assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+    };
+    rewrite(1000, b'Z');
+    let mut changed = data(300_000);
+    changed[1000] = b'Z';
+
+    let refused = run(s.ferry().args(["hsm", "release"]).arg(&f));
+    assert_eq!(code(&refused), Some(24));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("archive it again"));
+    assert_eq!(file_status(&s, &f)["state"], "dirty");
+    assert_eq!(fs::read(&f).unwrap(), changed, "the file is untouched");
+
+    run_ok(s.ferry().args(["hsm", "archive"]).arg(&f));
+    run_worker(&s);
+    run_ok(s.ferry().args(["hsm", "release"]).arg(&f));
+    run_ok(s.ferry().args(["hsm", "restore"]).arg(&f));
+    run_worker(&s);
+    assert_eq!(
+        fs::read(&f).unwrap(),
+        changed,
+        "the restore brings back the new byte"
+    );
+
+    // Into a released stub: the restore fails rather than overwrite it.
+    run_ok(s.ferry().args(["hsm", "release"]).arg(&f));
+    rewrite(7, b'Q');
+    let id = request_id(&run_ok(s.ferry().args(["hsm", "restore"]).arg(&f)));
+    run_worker(&s);
+    let r = request(&s, id);
+    assert_eq!(r["state"], "failed", "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("written to since"),
+        "{r}"
+    );
+    assert_eq!(fs::read(&f).unwrap()[7], b'Q');
+}

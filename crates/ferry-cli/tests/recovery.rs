@@ -259,7 +259,16 @@ fn stop_dead_frees_only_transfers_whose_owner_is_dead() {
             .arg(s.path("src"))
             .arg(s.path("c")),
     );
+    // Plain stop keeps the completed one; --all frees it too.
     run_ok(s.ferry().arg("stop"));
+    let names: Vec<String> = store
+        .transfers()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["dead"]);
+    run_ok(s.ferry().args(["stop", "--all"]));
     assert!(store.transfers().unwrap().is_empty());
 }
 

@@ -181,10 +181,15 @@ fn a_full_destination_fails_the_file_keeps_its_temporary_and_resume_copies_only_
 
     let missing = bytes_left(&s.store(), "full");
     let total: u64 = 20 * (50 << 10) + (40 << 20);
+    let written = bytes_written_in(message);
+    assert!(
+        written >= 16 << 20,
+        "the first range, complete when the disk filled, is recorded durable: {message}"
+    );
     assert_eq!(
         missing,
-        total - (16 << 20),
-        "the first range, complete when the disk filled, is recorded durable"
+        total - written,
+        "what the message says was written is what the store recorded"
     );
 
     tmpfs.resize("64m");
@@ -197,6 +202,66 @@ fn a_full_destination_fails_the_file_keeps_its_temporary_and_resume_copies_only_
         "resume copies exactly what was not durable"
     );
     assert_same_tree(&src, &dst);
+}
+
+/// W in "no space left writing …: W of S bytes written, … more needed".
+fn bytes_written_in(message: &str) -> u64 {
+    let (_, tail) = message.rsplit_once(": ").expect("a message with a colon");
+    tail.split(' ').next().unwrap().parse().expect("a number")
+}
+
+/// A full destination used to record nothing below the first whole range
+/// (a file under 32 MiB restarted from zero), and its message counted
+/// bytes still in flight. Now the bytes that landed are made durable and
+/// recorded at the failure, and the message names them. A 1 MiB filler
+/// puts the failure inside a piece, so that the resume's checksum of that
+/// piece joins the durable head (read from the temporary) to the rest.
+#[test]
+fn a_full_destination_records_every_byte_that_landed_and_resume_continues_from_it() {
+    let s = Scratch::new();
+    let Some(tmpfs) = Tmpfs::mount(&s.path("dest-fs"), "16m") else {
+        return;
+    };
+    let src = s.path("src");
+    let mut rng = fastrand::Rng::with_seed(23);
+    write_file(&src.join("large"), &random_bytes(&mut rng, 40 << 20));
+    write_file(&tmpfs.dir.join("filler"), &vec![1u8; 1 << 20]);
+    let dst = tmpfs.dir.join("dst");
+    let out = run(s
+        .ferry()
+        .args(["cp", "--json", "--threads", "1", "--name", "full"])
+        .arg(src.join("large"))
+        .arg(&dst));
+    assert_eq!(out.status.code(), Some(1), "the transfer fails");
+    let report = json(&out);
+    let message = report["failures"][0]["error"].as_str().unwrap().to_owned();
+    let written = bytes_written_in(&message);
+    let temp = tmpfs
+        .dir
+        .join(temps(&tmpfs.dir).pop().expect("the temporary is kept"));
+    let on_disk = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(&temp).unwrap()) * 512;
+    assert_eq!(
+        written, on_disk,
+        "the message names the bytes on disk: {message}"
+    );
+    assert_eq!(
+        written,
+        15 << 20,
+        "the file system held 15 MiB besides the filler"
+    );
+    assert_eq!(bytes_left(&s.store(), "full"), (40 << 20) - written);
+
+    tmpfs.resize("64m");
+    let report = json(&run_ok(s.ferry().args(["resume", "full", "--json"])));
+    assert_eq!(report["state"], "completed");
+    assert_eq!(report["bytes_reused"].as_u64(), Some(written));
+    assert_eq!(report["bytes_copied"].as_u64(), Some((40 << 20) - written));
+    assert_eq!(
+        fs::read(&dst).unwrap(),
+        fs::read(src.join("large")).unwrap()
+    );
+    // The recorded checksum is the source's: verify re-reads and agrees.
+    run_ok(s.ferry().args(["verify", "full"]));
 }
 
 #[test]
@@ -227,7 +292,7 @@ fn check_space_refuses_to_start_when_the_destination_is_too_small() {
 }
 
 #[test]
-fn a_read_only_destination_fails_each_file_with_its_path() {
+fn a_read_only_destination_is_refused_up_front_with_its_path() {
     let s = Scratch::new();
     let Some(tmpfs) = Tmpfs::mount(&s.path("dest-fs"), "4m") else {
         return;
@@ -241,9 +306,11 @@ fn a_read_only_destination_fails_each_file_with_its_path() {
         .args(["cp", "-r"])
         .arg(&src)
         .arg(tmpfs.dir.join("dst")));
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Refused before anything is written, in one line (not one per file).
+    assert_eq!(out.status.code(), Some(37), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("read-only"), "{stderr}");
     assert!(
         stderr.contains(&tmpfs.dir.display().to_string()),
         "{stderr}"

@@ -276,7 +276,7 @@ impl<'a> Worker<'a> {
         // Queued without a look at the file (the upcall): its archived copy
         // may be current already.
         if previous.as_ref().is_some_and(|p| {
-            p.state == CatalogState::Archived && p.size == size && p.mtime_ns == mtime_ns
+            p.state == CatalogState::Archived && !catalog::changed_since(p, &before)
         }) {
             return self.ack(lease, None);
         }
@@ -296,7 +296,11 @@ impl<'a> Worker<'a> {
             .put(&object, &mut file, &meta, fence)
             .map_err(|e| fence.classify(path, "archive", e))?;
         let after = fs::metadata(path).map_err(|e| io_fail(path, "stat", e))?;
-        if file_meta(&after).0 != size || file_meta(&after).1 != mtime_ns {
+        let (ino, ctime_ns) = catalog::stamp_of(&after);
+        if file_meta(&after).0 != size
+            || file_meta(&after).1 != mtime_ns
+            || (ino, ctime_ns) != catalog::stamp_of(&before)
+        {
             let _ = self.archive.remove(&object);
             return Err(Step::Fail(
                 FailKind::Retry,
@@ -314,6 +318,8 @@ impl<'a> Worker<'a> {
             mode,
             checksum: Some(checksum),
             updated_ns: 0,
+            ino,
+            ctime_ns,
         };
         if let Err(e) = self.ack(lease, Some(&entry)) {
             // Not ours any more: our object is garbage, the catalog never
@@ -322,6 +328,7 @@ impl<'a> Worker<'a> {
             return Err(e);
         }
         catalog::mirror(path, &entry);
+        catalog::restamp(self.queue, &r.fid, CatalogState::Archived, path);
         // The copy this one replaces is not needed any more.
         if let Some(old) = previous.and_then(|p| p.object).filter(|o| *o != object) {
             let _ = self.archive.remove(&old);
@@ -385,8 +392,7 @@ impl<'a> Worker<'a> {
                 // The stub must still be what release left: data written
                 // into it since is newer than the archive and is kept.
                 if let Some(stub) = &stub {
-                    let mtime_ns = stub.mtime() * 1_000_000_000 + stub.mtime_nsec();
-                    if stub.len() != entry.size || mtime_ns != entry.mtime_ns {
+                    if catalog::changed_since(&entry, stub) {
                         return Err(Step::Fail(
                             FailKind::Permanent,
                             format!(
@@ -417,9 +423,16 @@ impl<'a> Worker<'a> {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
+        // The rename changed ctime after the mirror: the restored file's
+        // stamp is taken now.
+        let (ino, ctime_ns) = fs::symlink_metadata(path)
+            .map(|m| catalog::stamp_of(&m))
+            .map_err(|e| io_fail(path, "stat", e))?;
         let restored = CatalogEntry {
             state: CatalogState::Archived,
             path: Some(path.to_path_buf()),
+            ino,
+            ctime_ns,
             ..entry
         };
         self.ack(lease, Some(&restored))

@@ -139,6 +139,11 @@ CREATE TABLE hsm_catalog (
 );
 "#,
     r#"
+-- The HSM catalog's change stamp (see the SQLite store's migration).
+ALTER TABLE hsm_catalog ADD COLUMN ino BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE hsm_catalog ADD COLUMN ctime_ns BIGINT NOT NULL DEFAULT 0;
+"#,
+    r#"
 -- The owner's lease (see ferry's sqlite schema).
 ALTER TABLE transfers ADD COLUMN owner_heartbeat_ns BIGINT;
 ALTER TABLE transfers ADD COLUMN owner_lease_ms BIGINT;

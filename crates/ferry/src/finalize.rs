@@ -605,44 +605,93 @@ pub struct Stopped {
     pub owner_alive: bool,
 }
 
-/// `ferry stop [--dead]`: cancel and free every transfer of the store (only
-/// those whose owner is dead with `dead_only`), removing the temporaries of
-/// those no live process is writing.
-pub fn stop(store: &dyn Store, dead_only: bool, force: bool) -> Result<Vec<Stopped>> {
+/// Which transfers [`stop`] frees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopWhich {
+    /// Every one (AXL's `AXL_Stop`; `ferry stop --all`).
+    All,
+    /// All but the completed (and finalized) ones, whose record a user
+    /// may still want (`ferry stop`).
+    Unfinished,
+    /// Only those whose owner is dead (`ferry stop --dead`).
+    Dead,
+}
+
+/// `ferry stop [--dead|--all]`: cancel and free the store's transfers that
+/// `which` names, removing the temporaries of those no live process is
+/// writing. Returns what it did to each, and the transfers it left.
+pub fn stop(store: &dyn Store, which: StopWhich, force: bool) -> Result<Vec<Stopped>> {
     let mut stopped = Vec::new();
     for transfer in store.transfers()? {
         let liveness = transfer.owner_liveness();
         let dead = matches!(liveness, Liveness::Dead) || (force && liveness == Liveness::Unknown);
-        if dead_only && !dead {
+        let finished = matches!(
+            transfer.state,
+            TransferState::Completed | TransferState::Finalized
+        );
+        let left = match which {
+            StopWhich::All => false,
+            StopWhich::Unfinished => finished,
+            StopWhich::Dead => !dead,
+        };
+        if left {
             continue;
         }
-        let mut changes = Vec::new();
-        let cancelled = !transfer.state.is_terminal();
-        if cancelled {
-            changes.push(Change::Transfer {
-                id: transfer.id,
-                to: TransferState::Cancelled,
-                owner: None,
-                context: serde_json::json!({"by": "stop", "pid": std::process::id()}),
-            });
-        }
-        let owner_alive = !dead && !transfer.state.is_terminal();
-        let removed = if owner_alive {
-            0
-        } else {
-            remove_temporaries(store, &transfer)?
-        };
-        changes.push(Change::Free { id: transfer.id });
-        store.apply(&changes)?;
-        stopped.push(Stopped {
-            transfer: transfer.name,
-            id: transfer.id.0,
-            cancelled,
-            temporaries_removed: removed,
-            owner_alive,
-        });
+        stopped.push(stop_one(store, transfer, dead)?);
     }
     Ok(stopped)
+}
+
+/// `ferry forget NAME`: free one transfer, so that its name can be used
+/// again (its rows and events stay). One that is not over is cancelled
+/// first and its temporaries removed; one whose owner is alive (or on
+/// another host, without `force`) is refused.
+pub fn forget(store: &dyn Store, name: &str, force: bool) -> Result<Stopped> {
+    let transfer = store
+        .transfer_by_name(name)?
+        .ok_or_else(|| Error::TransferNotFound {
+            name: name.to_owned(),
+            store: store.location(),
+        })?;
+    let liveness = transfer.owner_liveness();
+    let dead = matches!(liveness, Liveness::Dead) || (force && liveness == Liveness::Unknown);
+    if !dead && !transfer.state.is_terminal() {
+        return Err(Error::OwnerAlive {
+            name: transfer.name,
+            id: transfer.id,
+            host: transfer.owner.host,
+            pid: transfer.owner.pid,
+        });
+    }
+    stop_one(store, transfer, dead)
+}
+
+fn stop_one(store: &dyn Store, transfer: TransferRecord, dead: bool) -> Result<Stopped> {
+    let mut changes = Vec::new();
+    let cancelled = !transfer.state.is_terminal();
+    if cancelled {
+        changes.push(Change::Transfer {
+            id: transfer.id,
+            to: TransferState::Cancelled,
+            owner: None,
+            context: serde_json::json!({"by": "stop", "pid": std::process::id()}),
+        });
+    }
+    let owner_alive = !dead && !transfer.state.is_terminal();
+    let removed = if owner_alive {
+        0
+    } else {
+        remove_temporaries(store, &transfer)?
+    };
+    changes.push(Change::Free { id: transfer.id });
+    store.apply(&changes)?;
+    Ok(Stopped {
+        transfer: transfer.name,
+        id: transfer.id.0,
+        cancelled,
+        temporaries_removed: removed,
+        owner_alive,
+    })
 }
 
 /// Removes the temporaries of `transfer`'s files that are not done, and

@@ -13,7 +13,10 @@
 
 mod daemon;
 mod handlers;
+mod peer;
+mod request;
 mod routes;
+mod run_settings;
 #[cfg(test)]
 mod tests;
 
@@ -34,8 +37,9 @@ use crate::error::ServeError;
 use crate::metrics::Metrics;
 
 use daemon::{Daemon, Job, mover};
-pub use routes::PeerInfo;
-use routes::{PerUser, router};
+pub use peer::PeerInfo;
+use peer::PerUser;
+use routes::router;
 
 /// Requests handled at once; more are answered 503 at once.
 pub const REQUESTS_MAX: usize = 256;

@@ -1,0 +1,296 @@
+//! No surprises when things go wrong: the same command run again is the
+//! same transfer, waits end, resumes keep their options.
+
+mod util;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ferry::TransferState;
+use ferry::store::{SqliteStore, Store};
+use util::*;
+
+fn tree(root: &Path, files: usize, seed: u64) {
+    random_files(root, files, 3, seed, |i| 1000 + i * 97);
+}
+
+fn killed(out: &std::process::Output) -> bool {
+    out.status.signal() == Some(9)
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `ferry cp -a SRC DST`, killed in its first batch's renames: DST exists
+/// (directories come first), so cp's rule alone would nest the re-run.
+fn killed_copy(s: &Scratch, src: &Path, dst: &Path) {
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.rename:3")
+        .args(["cp", "-a", "--threads", "2"])
+        .arg(src)
+        .arg(dst));
+    assert!(killed(&out), "{out:?}");
+    assert!(dst.is_dir(), "the first run made {dst:?}");
+}
+
+#[test]
+fn the_same_cp_after_a_kill_continues_the_transfer_and_never_nests() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 40, 1);
+    killed_copy(&s, &src, &dst);
+    let out = run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(&dst));
+    assert!(stderr(&out).contains("continuing it"), "{out:?}");
+    assert!(!dst.join("src").exists(), "the re-run nested into DST/src");
+    assert_same_tree(&src, &dst);
+    assert!(temps(&dst).is_empty(), "{:?}", temps(&dst));
+    // One transfer, continued, not a second one.
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let transfers = store.transfers().unwrap();
+    assert_eq!(transfers.len(), 1, "{transfers:?}");
+    assert_eq!(transfers[0].state, TransferState::Completed);
+}
+
+#[test]
+fn the_same_cp_after_it_completed_brings_the_destination_up_to_date_in_place() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 10, 2);
+    run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(&dst));
+    write_file(&src.join("d0/new"), b"added later");
+    write_file(&src.join("d1/f1"), b"changed");
+    // verify's suggested fix is this command line: it must not nest either.
+    let out = run_ok(
+        s.ferry()
+            .args(["cp", "-a", "--skip", "checksum", "--json"])
+            .arg(&src)
+            .arg(&dst),
+    );
+    assert!(stderr(&out).contains("up to date"), "{out:?}");
+    assert!(!dst.join("src").exists(), "the re-run nested into DST/src");
+    assert_same_tree(&src, &dst);
+    let report = json(&out);
+    assert_eq!(
+        report["bytes_copied"], 18,
+        "only the two changed files: {report}"
+    );
+    // Without --skip: the files that match by size and mtime are skipped.
+    let out = run_ok(s.ferry().args(["cp", "-a", "--json"]).arg(&src).arg(&dst));
+    assert_eq!(json(&out)["bytes_copied"], 0, "{out:?}");
+    // --new: cp's rules, a new copy nested into the existing DST.
+    run_ok(s.ferry().args(["cp", "-a", "--new"]).arg(&src).arg(&dst));
+    assert_same_tree(&src, &dst.join("src"));
+}
+
+#[test]
+fn wait_and_watch_until_done_end_when_the_owner_was_killed() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 20, 3);
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.rename:3")
+        .args(["cp", "-r", "--name", "job"])
+        .arg(&src)
+        .arg(&dst));
+    assert!(killed(&out), "{out:?}");
+    for args in [&["wait", "job"][..], &["watch", "--until-done", "job"][..]] {
+        let mut child = s
+            .ferry()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("`ferry {args:?}` still waits on a dead owner after 30 s");
+            }
+            std::thread::park_timeout(Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(status.code(), Some(28), "{args:?}: {err}");
+        assert!(err.contains("ferry resume job"), "{args:?}: {err}");
+    }
+}
+
+/// Dispatched with `--verify copied`, killed, resumed with a bit flipped
+/// as it is written: the resume must read it back and refuse to rename it.
+#[test]
+fn resume_runs_with_the_options_the_transfer_was_dispatched_with() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 20, 5);
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.write_data:5")
+        .args([
+            "cp",
+            "-a",
+            "--name",
+            "v",
+            "--verify",
+            "copied",
+            "--threads",
+            "3",
+        ])
+        .arg(&src)
+        .arg(&dst));
+    assert!(killed(&out), "{out:?}");
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.write_data:1=corrupt")
+        .args(["resume", "v"]));
+    let err = stderr(&out);
+    assert!(err.contains("--verify copied"), "{err}");
+    assert!(err.contains("--threads 3"), "{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the flipped bit was committed: {err}"
+    );
+    assert!(err.contains("verification failed"), "{err}");
+    // What the store recorded for the resume, not only what it printed.
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let id = store.transfer_by_name("v").unwrap().unwrap().id;
+    let filter = ferry::store::EventFilter {
+        transfer: Some(id),
+        kind: Some("transfer.dispatched".into()),
+        ..Default::default()
+    };
+    let dispatches = store.events_since(0, &filter, 100).unwrap();
+    assert_eq!(dispatches.len(), 2);
+    let resumed = &dispatches[1].context;
+    assert_eq!(resumed["action"], "resume", "{resumed}");
+    assert_eq!(resumed["verify"], "copied", "{resumed}");
+    assert_eq!(resumed["workers"], 3, "{resumed}");
+    // Given on the command line, an option wins over the recorded one.
+    let out = run_ok(s.ferry().args(["resume", "v", "--verify", "none"]));
+    assert!(stderr(&out).contains("--verify none"), "{out:?}");
+    assert_same_tree(&src, &dst);
+}
+
+/// A job script with a fixed `--name`, run twice, then cleaned up.
+#[test]
+fn a_fixed_name_runs_twice_and_only_forget_or_stop_all_frees_a_finished_transfer() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 5, 6);
+    for _ in 0..2 {
+        run_ok(
+            s.ferry()
+                .args(["cp", "-a", "--name", "job"])
+                .arg(&src)
+                .arg(&dst),
+        );
+    }
+    assert_same_tree(&src, &dst);
+    run_ok(
+        s.ferry()
+            .args(["cp", "-a", "--name", "other"])
+            .arg(&src)
+            .arg(s.path("dst2")),
+    );
+    // Plain stop keeps finished transfers, and says how to free them.
+    let out = run_ok(s.ferry().arg("stop"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ferry forget NAME"), "{text}");
+    assert!(text.contains("--all"), "{text}");
+    run_ok(s.ferry().args(["status", "job"]));
+    // forget frees one.
+    let out = run_ok(s.ferry().args(["forget", "job"]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("job"),
+        "{out:?}"
+    );
+    assert_eq!(
+        run(s.ferry().args(["status", "job"])).status.code(),
+        Some(10)
+    );
+    run_ok(s.ferry().args(["status", "other"]));
+    assert_eq!(
+        run(s.ferry().args(["forget", "job"])).status.code(),
+        Some(10)
+    );
+    // stop --all frees the rest.
+    run_ok(s.ferry().args(["stop", "--all"]));
+    assert_eq!(
+        run(s.ferry().args(["status", "other"])).status.code(),
+        Some(10)
+    );
+    assert_same_tree(&src, &dst);
+}
+
+/// `cp afile newdir/` with newdir missing: refused up front, as cp does,
+/// with nothing written (no `newdir._ferry-ID`, no resume that can never
+/// succeed).
+#[test]
+fn a_missing_directory_named_with_a_trailing_slash_is_refused_before_anything_is_written() {
+    let s = Scratch::new();
+    write_file(&s.path("afile"), b"data");
+    let dest = format!("{}/", s.path("newdir").display());
+    let out = run(s.ferry().arg("cp").arg(s.path("afile")).arg(&dest));
+    assert_eq!(out.status.code(), Some(37), "{out:?}");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("newdir/") && err.contains("no such directory"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(s.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("newdir"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let store = SqliteStore::open(&s.store()).unwrap();
+    assert!(store.transfers().unwrap().is_empty());
+}
+
+/// A destination directory owned by another user: one line naming it and
+/// the permission, nothing written (root: runs ferry as uid 64002).
+#[test]
+fn a_destination_owned_by_another_user_is_refused_in_one_line() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as two users");
+        return;
+    }
+    let s = Scratch::new();
+    // Both users must reach the scratch directory, the store and the source.
+    std::fs::set_permissions(
+        s.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    write_file(&s.path("src/f"), b"data");
+    let theirs = s.path("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(64001), Some(64001)).unwrap();
+    let store = s.path("mine/ferry.db");
+    std::fs::create_dir(s.path("mine")).unwrap();
+    std::os::unix::fs::chown(s.path("mine"), Some(64002), Some(64002)).unwrap();
+    let out = run(std::process::Command::new("setpriv")
+        .args(["--reuid=64002", "--regid=64002", "--clear-groups", FERRY])
+        .arg("--store")
+        .arg(&store)
+        .args(["cp", "-r"])
+        .arg(s.path("src"))
+        .arg(theirs.join("copy")));
+    assert_eq!(out.status.code(), Some(37), "{out:?}");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line, not a cascade: {err}");
+    assert!(
+        err.contains(&*theirs.to_string_lossy()) && err.contains("permission denied"),
+        "{err}"
+    );
+    assert!(std::fs::read_dir(&theirs).unwrap().next().is_none());
+}
