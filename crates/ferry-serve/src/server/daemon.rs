@@ -187,7 +187,7 @@ impl Daemon {
                         .map_err(|e| ServeError::Runtime(std::io::Error::other(e.message)))?;
                 }
                 TransferState::Created if record.owner != Owner::current() => {
-                    if record.owner.liveness() == ferry::owner::Liveness::Alive {
+                    if record.owner_liveness() == ferry::owner::Liveness::Alive {
                         return Err(ferry::Error::OwnerAlive {
                             name: record.name,
                             id: record.id,

@@ -14,8 +14,8 @@
 mod daemon;
 mod handlers;
 mod peer;
-mod request;
 mod private;
+mod request;
 mod routes;
 mod run_settings;
 #[cfg(test)]
