@@ -293,6 +293,7 @@ impl RunArgs {
             }),
             check_space: self.check_space || base.check_space,
             clean_orphans: self.clean_orphans || base.clean_orphans,
+            umask: base.umask,
         }
     }
 

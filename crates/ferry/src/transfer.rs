@@ -55,6 +55,9 @@ pub struct RunSettings {
     pub verify: Verify,
     pub check_space: bool,
     pub clean_orphans: bool,
+    /// The umask modes are computed with (a daemon's caller's); `None`:
+    /// the running process's.
+    pub umask: Option<u32>,
 }
 
 /// Bound on the `transfer.dispatched` events read to find the last one: a
@@ -62,6 +65,20 @@ pub struct RunSettings {
 const DISPATCHES_MAX: usize = 10_000;
 
 impl RunSettings {
+    /// Transfer `id`'s last dispatch or resume options, from its newest
+    /// `transfer.dispatched` event; `None` when it was never dispatched.
+    pub fn recorded(store: &dyn Store, id: TransferId) -> Result<Option<RunSettings>> {
+        let filter = crate::store::EventFilter {
+            transfer: Some(id),
+            kind: Some("transfer.dispatched".into()),
+            ..Default::default()
+        };
+        let events = store.events_since(0, &filter, DISPATCHES_MAX)?;
+        Ok(events
+            .last()
+            .map(|event| RunSettings::from_context(&event.context)))
+    }
+
     /// Read back from a `transfer.dispatched` event's context.
     pub fn from_context(c: &serde_json::Value) -> RunSettings {
         RunSettings {
@@ -79,6 +96,10 @@ impl RunSettings {
                 .unwrap_or_default(),
             check_space: c["check_space"].as_bool().unwrap_or(false),
             clean_orphans: c["clean_orphans"].as_bool().unwrap_or(false),
+            umask: c["umask"]
+                .as_u64()
+                .and_then(|u| u32::try_from(u).ok())
+                .map(|u| u & 0o777),
         }
     }
 }
@@ -470,15 +491,7 @@ impl Transfer {
     /// its newest `transfer.dispatched` event; `None` when it was never
     /// dispatched (or that event was compacted away, an error).
     pub fn recorded_settings(&self) -> Result<Option<RunSettings>> {
-        let filter = crate::store::EventFilter {
-            transfer: Some(self.record.id),
-            kind: Some("transfer.dispatched".into()),
-            ..Default::default()
-        };
-        let events = self.store.events_since(0, &filter, DISPATCHES_MAX)?;
-        Ok(events
-            .last()
-            .map(|event| RunSettings::from_context(&event.context)))
+        RunSettings::recorded(self.store.as_ref(), self.record.id)
     }
 
     /// Sets every run option of the next dispatch or resume at once.
@@ -487,6 +500,9 @@ impl Transfer {
         self.check_space = settings.check_space;
         self.skip = settings.skip;
         self.verify = settings.verify;
+        if settings.umask.is_some() {
+            self.umask = settings.umask;
+        }
     }
 
     /// The umask the next dispatch or resume computes modes with (the
