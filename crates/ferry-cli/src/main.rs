@@ -590,9 +590,10 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
     let mut transfer = Transfer::create_with(store, &options, &entries)?;
     let (start, workers) = if transfer.reattached() {
         let record = transfer.record();
+        let left_by = transfer.previous_owner().unwrap_or(&record.owner);
         eprintln!(
             "ferry: re-attached transfer {} (id {}) left by dead process {} on {}; continuing it",
-            record.name, record.id, record.owner.pid, record.owner.host
+            record.name, record.id, left_by.pid, left_by.host
         );
         let workers = args.run.apply_to_resume(&mut transfer)?;
         (Start::Resume, workers)

@@ -109,6 +109,8 @@ pub struct Transfer {
     store: Arc<dyn Store>,
     record: TransferRecord,
     reattached: bool,
+    /// The dead owner this process took the transfer over from.
+    previous_owner: Option<Owner>,
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
     clean_orphans: bool,
@@ -328,6 +330,7 @@ impl Transfer {
             store,
             record,
             reattached,
+            previous_owner: None,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::default()),
             clean_orphans: false,
@@ -413,7 +416,7 @@ impl Transfer {
         }]);
         // Another process re-attached it first: it is theirs.
         taken.map_err(|e| self.owned_elsewhere(e))?;
-        self.record.owner = owner;
+        self.previous_owner = Some(std::mem::replace(&mut self.record.owner, owner));
         self.reattached = true;
         Ok(())
     }
@@ -446,6 +449,12 @@ impl Transfer {
     /// left behind by a dead owner.
     pub fn reattached(&self) -> bool {
         self.reattached
+    }
+
+    /// The dead owner this process took the transfer over from, if it took
+    /// one over (the record names the new owner, this process).
+    pub fn previous_owner(&self) -> Option<&Owner> {
+        self.previous_owner.as_ref()
     }
 
     /// Whether the next dispatch or resume removes temporaries at its
