@@ -434,3 +434,35 @@ fn release_refuses_a_file_changed_in_place_with_its_mtime_set_back() {
     );
     assert_eq!(fs::read(&f).unwrap()[7], b'Q');
 }
+
+/// The store's disk filling used to end the worker with exit 19, for a
+/// supervisor to restart. Now it pauses while the store is read-only and
+/// goes on when the store's probe finds room. The I/O seam fails the
+/// worker's second store transaction as a full disk (the real read-only
+/// path: the reserve is released, the probe finds the room there is).
+#[test]
+fn a_worker_pauses_while_the_store_is_read_only_and_completes_its_queue() {
+    let s = Scratch::new();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let f = s.path(&format!("fs/f{i}"));
+        util::write_file(&f, &data(1000 + i));
+        ids.push(request_id(&run_ok(
+            s.ferry().args(["hsm", "archive"]).arg(&f),
+        )));
+    }
+    let out = run(s
+        .ferry()
+        .args(worker_args(&s))
+        .env("FERRY_FAILPOINT", "store.commit:2=enospc"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("worker paused") && stderr.contains("read-only"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("worker resumed"), "{stderr}");
+    for id in ids {
+        assert_eq!(request(&s, id)["state"], "succeed");
+    }
+}

@@ -757,6 +757,14 @@ impl Queue<'_> {
 }
 
 impl RequestQueue for SqliteStore {
+    fn recovers_from_read_only(&self) -> bool {
+        true
+    }
+
+    fn wait_read_write(&self, timeout: Duration) -> bool {
+        SqliteStore::wait_read_write(self, timeout)
+    }
+
     fn enqueue(&self, batch: &[NewRequest]) -> Result<Vec<Enqueued>, StoreError> {
         Queue(self).enqueue(batch)
     }

@@ -130,7 +130,30 @@ impl<'a> Worker<'a> {
         })
     }
 
+    /// One serving thread: [`Worker::serve_until_error`], paused while the
+    /// store is read-only (its disk full) and resumed when it takes writes
+    /// again, so that a supervisor need not restart the worker. A request
+    /// whose ack the full store refused is leased again once its lease
+    /// expires.
     fn serve(&self, counts: &[AtomicU64; 3]) -> Result<(), StoreError> {
+        loop {
+            match self.serve_until_error(counts) {
+                Err(e @ StoreError::ReadOnly { .. }) if self.queue.recovers_from_read_only() => {
+                    eprintln!("ferry: worker paused: {e}");
+                    // Each wait bounded, so that a stop is seen.
+                    while !self.queue.wait_read_write(self.config.idle_poll) {
+                        if self.stop.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                    }
+                    eprintln!("ferry: worker resumed: the store takes writes again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn serve_until_error(&self, counts: &[AtomicU64; 3]) -> Result<(), StoreError> {
         let mut reader = self.queue.event_reader()?;
         while !self.stop.load(Ordering::SeqCst) {
             let token = reader.change_token()?;
