@@ -268,6 +268,25 @@ fn remove_cancels_a_pending_archive() {
     assert_eq!(file_status_code(&s, &f), Some(22));
 }
 
+/// A changed file's new archive canceled by a remove used to leave the
+/// catalog with the old archived size.
+#[test]
+fn a_remove_after_a_change_records_the_file_as_it_is_now() {
+    let s = Scratch::new();
+    let f = s.path("fs/f");
+    util::write_file(&f, b"data");
+    run_ok(s.ferry().args(["hsm", "archive"]).arg(&f));
+    run_worker(&s);
+    fs::write(&f, b"longer data now").unwrap();
+    let id = request_id(&run_ok(s.ferry().args(["hsm", "archive"]).arg(&f)));
+    run_ok(s.ferry().args(["hsm", "remove"]).arg(&f));
+    assert_eq!(request(&s, id)["state"], "canceled");
+    run_worker(&s);
+    let entry = file_status(&s, &f);
+    assert_eq!(entry["state"], "exists", "{entry}");
+    assert_eq!(entry["size"], 15, "{entry}");
+}
+
 #[test]
 fn release_restore_and_dirty_files_with_exit_codes() {
     let s = Scratch::new();

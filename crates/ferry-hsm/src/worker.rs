@@ -500,12 +500,20 @@ impl<'a> Worker<'a> {
             ));
         }
         let object = entry.object.clone();
-        let gone = CatalogEntry {
+        let mut gone = CatalogEntry {
             state: CatalogState::Exists,
             object: None,
             checksum: None,
+            ino: 0,
+            ctime_ns: 0,
             ..entry
         };
+        // The archived copy's size and times no longer describe anything:
+        // the entry says what the file is now (it may have changed since,
+        // its new archive canceled by this remove).
+        if let Ok(meta) = fs::metadata(path) {
+            (gone.size, gone.mtime_ns, gone.mode) = file_meta(&meta);
+        }
         // Recorded first, fenced: a cancelled or expired attempt, or a
         // release that got there first (the catalog is no longer what it
         // read), stops here with the copy intact. Only then does the copy
