@@ -58,6 +58,19 @@ int AXL_Cancel(int id);
 int AXL_Free(int id);
 int AXL_Stop(void);
 
+/* Signal handlers. As AXL's axl_cp does, a SIGTERM handler may call
+ * AXL_Cancel(id), AXL_Free(id) and AXL_Finalize() (then exit) while the
+ * thread it interrupted is inside AXL_Wait(id) (or a sync AXL_Dispatch(id)):
+ * the free cancels the transfer, waits (at most 30 s) for its movers to
+ * stop, removes its temporaries and frees it; the interrupted wait, if the
+ * handler returns, fails as cancelled. ferry's own threads block
+ * asynchronous signals, so a handler always runs on one of the program's
+ * threads. These calls are not async-signal-safe in general (nor are
+ * AXL's): call them from a handler only when the interrupted thread was in
+ * AXL_Wait or outside libaxl, never when it was inside another AXL call.
+ * With AXL_XFER_SYNC a temporary the interrupted copy was writing may be
+ * left behind. */
+
 /* KVTree's tree type; ferry does not use KVTree. */
 struct kvtree_struct;
 typedef struct kvtree_struct kvtree;

@@ -49,6 +49,30 @@ pub const AXL_XFER_NATIVE: c_int = 6;
 pub const AXL_XFER_PTHREAD: c_int = 7;
 pub const AXL_XFER_STATE_FILE: c_int = 8;
 
+/// How long `AXL_Free` or `AXL_Finalize` called from a signal handler waits
+/// for the interrupted transfer's mover to stop before it gives up.
+pub const HANDLER_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+thread_local! {
+    /// The id this thread is inside `AXL_Wait` (or a `sync` `AXL_Dispatch`)
+    /// of, or -1. If `AXL_Free`/`AXL_Finalize` runs on a thread that is
+    /// inside a wait, it runs in a signal handler that interrupted that
+    /// wait: the wait holds the transfer and will never return.
+    static WAITING: std::cell::Cell<c_int> = const { std::cell::Cell::new(-1) };
+}
+
+/// Marks this thread as waiting for `id` while `f` runs.
+fn waiting<T>(id: c_int, f: impl FnOnce() -> T) -> T {
+    let outer = WAITING.with(|w| w.replace(id));
+    let value = f();
+    WAITING.with(|w| w.set(outer));
+    value
+}
+
+fn interrupted_wait_of(id: c_int) -> bool {
+    WAITING.with(|w| w.get()) == id
+}
+
 /// At most this many AXL ids are open at once in a process; `AXL_Create`
 /// fails beyond (SCR keeps a handful).
 pub const HANDLES_MAX: usize = 4096;
@@ -218,7 +242,7 @@ pub extern "C" fn AXL_Finalize() -> c_int {
         for (id, handle) in handles {
             // A thread still in AXL_Wait returns once it is cancelled.
             let _ = handle.transfer.cancel();
-            if let Err(e) = free(handle) {
+            if let Err(e) = free_or_discard(id, handle) {
                 failed.push(format!("id {id}: {}", e.message));
             }
         }
@@ -469,7 +493,9 @@ fn check_parent(dest: &Path) -> Result<(), CError> {
 #[unsafe(no_mangle)]
 pub extern "C" fn AXL_Dispatch(id: c_int) -> c_int {
     axl("AXL_Dispatch", || {
-        lookup(id)?.dispatch()?;
+        let transfer = lookup(id)?;
+        // A sync dispatch moves the files here: a handler may interrupt it.
+        waiting(id, || transfer.dispatch())?;
         debug(|| format!("AXL_Dispatch: id {id}"));
         Ok(AXL_SUCCESS)
     })
@@ -509,7 +535,7 @@ pub extern "C" fn AXL_Test(id: c_int) -> c_int {
 pub extern "C" fn AXL_Wait(id: c_int) -> c_int {
     axl("AXL_Wait", || {
         let transfer = lookup(id)?;
-        let run = match transfer.wait() {
+        let run = match waiting(id, || transfer.wait()) {
             Ok(run) => run,
             // Not moving in this process: the store says how it ended.
             Err(e) => match transfer.recorded_state()? {
@@ -555,16 +581,28 @@ pub extern "C" fn AXL_Free(id: c_int) -> c_int {
                 .handles
                 .get(&id)
                 .ok_or_else(|| CError::invalid(format!("no transfer with id {id}")))?;
-            // Ids are looked up under this lock, so no new user can appear.
-            if Arc::strong_count(&handle.transfer) > 1 {
+            // Ids are looked up under this lock, so no new user can appear;
+            // the one exception is the wait this handler interrupted.
+            if Arc::strong_count(&handle.transfer) > 1 && !interrupted_wait_of(id) {
                 return Err(busy());
             }
             table.handles.remove(&id).expect("present")
         };
-        free(handle)?;
+        free_or_discard(id, handle)?;
         debug(|| format!("AXL_Free: id {id}"));
         Ok(AXL_SUCCESS)
     })
+}
+
+/// [`free`], or, in a signal handler that interrupted `AXL_Wait(id)`, end
+/// the transfer without its lock: cancelled, its mover stopped, its
+/// temporaries removed, freed.
+fn free_or_discard(id: c_int, handle: Handle) -> Result<(), CError> {
+    if interrupted_wait_of(id) {
+        handle.transfer.discard(HANDLER_STOP_WAIT)?;
+        return Ok(());
+    }
+    free(handle)
 }
 
 fn free(handle: Handle) -> Result<(), CError> {
@@ -593,7 +631,7 @@ pub extern "C" fn AXL_Stop() -> c_int {
         for (id, handle) in handles {
             // A thread still in AXL_Wait returns once it is cancelled.
             let _ = handle.transfer.cancel();
-            if let Err(e) = free(handle) {
+            if let Err(e) = free_or_discard(id, handle) {
                 failed.push(format!("id {id}: {}", e.message));
             }
         }

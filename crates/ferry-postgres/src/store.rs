@@ -36,7 +36,8 @@ const READER_LOOK_AGAIN: Duration = Duration::from_secs(30);
 
 const TRANSFER_COLUMNS: &str = "id, name, kind, state, owner_host, owner_boot_id, owner_pid,
     owner_start_time, preserve_mode, preserve_ownership, preserve_times, temp_suffix, created_ns,
-    updated_ns, checksum_algo, caller_uid, caller_gid, caller_groups";
+    updated_ns, checksum_algo, caller_uid, caller_gid, caller_groups, owner_heartbeat_ns,
+    owner_lease_ms";
 
 const ENTRY_COLUMNS: &str = "idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
     link_target, state, progress_bytes_durable, error, checksum_algo, checksum, link_group,
@@ -287,7 +288,8 @@ impl PgStore {
                 tx.tx
                     .execute(
                         "UPDATE transfers SET owner_host = $1, owner_boot_id = $2,
-                         owner_pid = $3, owner_start_time = $4, updated_ns = $5 WHERE id = $6",
+                         owner_pid = $3, owner_start_time = $4, updated_ns = $5,
+                         owner_heartbeat_ns = $5, owner_lease_ms = NULL WHERE id = $6",
                         &[
                             &owner.host,
                             &owner.boot_id,
@@ -353,6 +355,7 @@ impl PgStore {
                 }
                 self.event(tx, *id, Some(*index), &rules::file_event_name(*to), context)
             }
+            Change::Owned { id, owner } => self.check_owner(tx, *id, owner),
             Change::Free { id } => {
                 let state = self.transfer_state(tx, *id)?;
                 rules::check_free(&path, *id, state)?;
@@ -444,6 +447,8 @@ fn transfer_row(row: &Row) -> Result<TransferRow, postgres::Error> {
         caller_uid: row.try_get(15)?,
         caller_gid: row.try_get(16)?,
         caller_groups: row.try_get(17)?,
+        owner_heartbeat_ns: row.try_get(18)?,
+        owner_lease_ms: row.try_get(19)?,
     })
 }
 
@@ -631,6 +636,7 @@ impl Store for PgStore {
                 | Change::Reattach { id, .. }
                 | Change::Entry { id, .. }
                 | Change::Free { id }
+                | Change::Owned { id, .. }
                 | Change::Progress { id, .. } => id.0,
             })
             .collect();
@@ -649,6 +655,20 @@ impl Store for PgStore {
             .query_transfers("AND id = $1", &[&id.0])?
             .into_iter()
             .next())
+    }
+
+    fn renew_lease(&self, id: TransferId, owner: &Owner, lease_ms: u64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            self.check_owner(tx, id, owner)?;
+            tx.tx
+                .execute(
+                    "UPDATE transfers SET owner_heartbeat_ns = $1, owner_lease_ms = $2
+                     WHERE id = $3",
+                    &[&now_ns(), &(lease_ms as i64), &id.0],
+                )
+                .map_err(|e| self.err(e))?;
+            Ok(())
+        })
     }
 
     fn transfer_by_name(&self, name: &str) -> Result<Option<TransferRecord>, StoreError> {

@@ -80,8 +80,11 @@ impl From<ferry::Error> for ApiError {
             E::NotEnoughSpace { .. } => (S::INSUFFICIENT_STORAGE, "not_enough_space"),
             E::VerifyFailed { .. } => (S::CONFLICT, "verify_failed"),
             E::VerifyWithoutChecksum { .. } => (S::BAD_REQUEST, "verify_without_checksum"),
-            // HSM errors: the daemon does not serve HSM requests.
-            E::FileDirty { .. } | E::Archive { .. } => (S::INTERNAL_SERVER_ERROR, "internal"),
+            // HSM errors: the daemon does not serve HSM requests; a bad
+            // setting is the daemon's own environment, not the client's.
+            E::FileDirty { .. } | E::Archive { .. } | E::BadSetting { .. } => {
+                (S::INTERNAL_SERVER_ERROR, "internal")
+            }
             E::Store(StoreError::ReadOnly { .. }) => (S::SERVICE_UNAVAILABLE, "store_read_only"),
             E::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => {
                 (S::GONE, "bad_cursor")
@@ -117,6 +120,11 @@ pub enum ServeError {
     },
     Runtime(std::io::Error),
     Ferry(ferry::Error),
+    /// The store is not private: other users could read, replace or lock it.
+    UnsafeStore {
+        path: PathBuf,
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for ServeError {
@@ -132,6 +140,9 @@ impl std::fmt::Display for ServeError {
             }
             ServeError::Runtime(e) => write!(f, "cannot start the daemon's runtime: {e}"),
             ServeError::Ferry(e) => e.fmt(f),
+            ServeError::UnsafeStore { path, detail } => {
+                write!(f, "refusing to serve store {}: {detail}", path.display())
+            }
         }
     }
 }

@@ -127,6 +127,13 @@ pub enum Error {
     #[error("archive {spec}: {reason}")]
     Archive { spec: String, reason: String },
 
+    #[error("{name}={value} is not {expected}")]
+    BadSetting {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+
     #[error(transparent)]
     Store(#[from] StoreError),
 
@@ -156,14 +163,18 @@ impl Error {
             Error::Cancelled { .. } | Error::Store(StoreError::Cancelled { .. }) => 12,
             Error::NothingToDo { .. } | Error::NotDispatched { .. } => 13,
             Error::UnsupportedFileType { .. } => 14,
-            Error::Store(StoreError::Open { .. } | StoreError::Unreachable { .. }) => 15,
+            Error::Store(
+                StoreError::Open { .. }
+                | StoreError::Unreachable { .. }
+                | StoreError::NoStore { .. },
+            ) => 15,
             Error::InvalidName { .. } => 29,
             Error::BadDestination { .. } => 37,
             Error::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => 17,
             Error::Store(StoreError::ReadOnly { .. }) => 19,
             Error::NotEnoughSpace { .. } => 20,
             Error::VerifyFailed { .. } => 21,
-            Error::VerifyWithoutChecksum { .. } => 2,
+            Error::VerifyWithoutChecksum { .. } | Error::BadSetting { .. } => 2,
             Error::Store(StoreError::NoSuchRequest { .. } | StoreError::NotInCatalog { .. }) => 22,
             Error::Store(StoreError::StaleLease { .. }) => 23,
             Error::FileDirty { .. } | Error::Store(StoreError::CatalogConflict { .. }) => 24,

@@ -11,6 +11,7 @@ use crate::engine::plan::plan;
 use crate::engine::skip::SkipRule;
 use crate::engine::{self, ChunkHook, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
+use crate::heartbeat::Heartbeat;
 use crate::model::{
     Caller, ChecksumAlgo, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve,
     TransferId, TransferRecord, TransferState,
@@ -95,7 +96,44 @@ pub struct Transfer {
     take_over_unknown_owner: bool,
     skip: SkipRule,
     verify: Verify,
+    umask: Option<u32>,
     mover: Mover,
+    /// Renews this process's lease while it owns the transfer.
+    heartbeat: Option<Heartbeat>,
+    /// Set when the last run's mover thread ends.
+    ended: Arc<RunEnded>,
+}
+
+/// Says when a mover thread has ended, to a thread that cannot join it (a
+/// signal handler that interrupted the thread joining it, in libaxl).
+#[derive(Debug, Default)]
+pub struct RunEnded {
+    ended: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl RunEnded {
+    fn ended() -> RunEnded {
+        let ended = RunEnded::default();
+        ended.set();
+        ended
+    }
+
+    fn set(&self) {
+        *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits at most `timeout` for the mover to end; whether it has. A
+    /// transfer never dispatched in a thread has nothing to wait for.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let (ended, _) = self
+            .changed
+            .wait_timeout_while(ended, timeout, |ended| !*ended)
+            .unwrap_or_else(|p| p.into_inner());
+        *ended
+    }
 }
 
 /// Cancels one transfer from any thread, also while another thread is
@@ -110,11 +148,25 @@ pub struct Canceller {
 impl Canceller {
     /// See [`Transfer::cancel`].
     pub fn cancel(&self) -> Result<()> {
+        self.cancel_with(serde_json::json!({"by_pid": std::process::id()}))
+    }
+
+    /// A cancel because the owner was told to stop (SIGINT, SIGTERM): the
+    /// event says so, with the signal's name, and a resume continues from
+    /// what is durable.
+    pub fn interrupt(&self, signal: &str) -> Result<()> {
+        self.cancel_with(serde_json::json!({
+            "by_pid": std::process::id(),
+            "interrupted": signal,
+        }))
+    }
+
+    fn cancel_with(&self, context: serde_json::Value) -> Result<()> {
         self.store.apply(&[Change::Transfer {
             id: self.id,
             to: TransferState::Cancelled,
             owner: None,
-            context: serde_json::json!({"by_pid": std::process::id()}),
+            context,
         }])?;
         self.flag.store(true, Ordering::Relaxed);
         Ok(())
@@ -180,6 +232,8 @@ impl Transfer {
         options: &TransferOptions,
         entries: &[NewEntry],
     ) -> Result<Transfer> {
+        // A bad FERRY_OWNER_LEASE is said before anything is written.
+        crate::owner::lease()?;
         let name = options.name.as_deref();
         let (kind, preserve) = (options.kind, options.preserve);
         if let Some(name) = name {
@@ -232,7 +286,9 @@ impl Transfer {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Transfer::with(store, record, false))
+        let mut transfer = Transfer::with(store, record, false);
+        transfer.hold()?;
+        Ok(transfer)
     }
 
     /// Opens an existing transfer by name, without taking it over.
@@ -259,8 +315,30 @@ impl Transfer {
             take_over_unknown_owner: false,
             skip: SkipRule::Never,
             verify: Verify::None,
+            umask: None,
             mover: Mover::Idle,
+            heartbeat: None,
+            ended: Arc::new(RunEnded::ended()),
         }
+    }
+
+    /// Ends when the current (or last) mover thread ends.
+    pub fn run_ended(&self) -> Arc<RunEnded> {
+        Arc::clone(&self.ended)
+    }
+
+    /// Starts the heartbeat once this process owns the transfer.
+    fn hold(&mut self) -> Result<()> {
+        let lease = crate::owner::lease()?;
+        if self.heartbeat.is_none() && self.record.owner == Owner::current() {
+            self.heartbeat = Some(Heartbeat::start(
+                Arc::clone(&self.store),
+                self.record.id,
+                self.record.owner.clone(),
+                lease,
+            ));
+        }
+        Ok(())
     }
 
     fn reattach(store: Arc<dyn Store>, existing: TransferRecord) -> Result<Transfer> {
@@ -274,6 +352,7 @@ impl Transfer {
         }
         let mut transfer = Transfer::with(store, existing, true);
         transfer.take_ownership()?;
+        transfer.hold()?;
         Ok(transfer)
     }
 
@@ -288,7 +367,7 @@ impl Transfer {
 
     /// Makes this process the owner, if the recorded one is gone.
     fn take_ownership(&mut self) -> Result<()> {
-        match self.record.owner.liveness() {
+        match self.record.owner_liveness() {
             Liveness::Me => Ok(()),
             Liveness::Unknown if self.take_over_unknown_owner => self.reattach_from_dead(),
             Liveness::Alive | Liveness::Unknown => Err(Error::OwnerAlive {
@@ -410,6 +489,14 @@ impl Transfer {
         self.verify = settings.verify;
     }
 
+    /// The umask the next dispatch or resume computes modes with (the
+    /// caller's, for a daemon that is not its caller's process); recorded
+    /// with the dispatch, so that a take-over after a crash uses it too.
+    /// `None`: this process's.
+    pub fn set_umask(&mut self, umask: Option<u32>) {
+        self.umask = umask.map(|u| u & 0o777);
+    }
+
     pub fn progress(&self) -> Arc<Progress> {
         Arc::clone(&self.progress)
     }
@@ -468,9 +555,12 @@ impl Transfer {
                 "verify": self.verify,
                 "check_space": self.check_space,
                 "clean_orphans": self.clean_orphans,
+                "umask": self.umask,
             }),
         }]);
         dispatched.map_err(|e| self.owned_elsewhere(e))?;
+        self.record.owner = Owner::current();
+        self.hold()?;
         self.record.state = TransferState::Dispatched;
         self.cancel.store(false, Ordering::Relaxed);
         let options = RunOptions {
@@ -487,14 +577,21 @@ impl Transfer {
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
             after_chunk: self.after_chunk.clone(),
+            umask: self.umask,
         };
         let id = self.record.id;
         self.mover = match self.record.kind {
             Kind::Sync => Mover::Finished(engine::run(self.store.as_ref(), id, &options)),
             Kind::Threads => {
                 let store = Arc::clone(&self.store);
-                Mover::Thread(std::thread::spawn(move || {
-                    engine::run(store.as_ref(), id, &options)
+                let ended = Arc::new(RunEnded::default());
+                self.ended = Arc::clone(&ended);
+                Mover::Thread(crate::signals::spawn_blocked(|| {
+                    std::thread::spawn(move || {
+                        let result = engine::run(store.as_ref(), id, &options);
+                        ended.set();
+                        result
+                    })
                 }))
             }
             Kind::Daemon => Mover::Recorded(options),
@@ -584,7 +681,7 @@ impl Transfer {
                 TransferState::Dispatched | TransferState::Running
             )
         {
-            match now.owner.liveness() {
+            match now.owner_liveness() {
                 Liveness::Dead => match self.cancel() {
                     Err(Error::Store(StoreError::IllegalTransition { .. })) | Ok(()) => {}
                     Err(e) => return Err(e),

@@ -136,6 +136,7 @@ impl Daemon {
             verify: text("verify"),
             check_space: c["check_space"].as_bool().unwrap_or(false),
             clean_orphans: c["clean_orphans"].as_bool().unwrap_or(false),
+            umask: c["umask"].as_u64().and_then(|u| u32::try_from(u).ok()),
         };
         RunSettings::from(&request).unwrap_or_default()
     }
@@ -151,13 +152,26 @@ impl Daemon {
             }
             match record.state {
                 TransferState::Dispatched | TransferState::Running => {
-                    let Some(caller) = record.caller.clone() else {
+                    let Some(mut caller) = record.caller.clone() else {
                         eprintln!(
                             "ferry: transfer {} (id {}) has no recorded caller; left alone",
                             record.name, record.id
                         );
                         continue;
                     };
+                    // The groups its user has now, not those recorded at
+                    // creation: a group lost since no longer opens files.
+                    match creds::current_groups(caller.uid, caller.gid) {
+                        Ok((gid, groups)) => (caller.gid, caller.groups) = (gid, groups),
+                        Err(e) => {
+                            eprintln!(
+                                "ferry: transfer {} (id {}): cannot read the groups of uid {}: \
+                                 {e}; left alone until the next start",
+                                record.name, record.id, caller.uid
+                            );
+                            continue;
+                        }
+                    }
                     let mut transfer = Transfer::open(Arc::clone(&self.store), &record.name)?;
                     // As it was last dispatched (the options are in that
                     // event); defaults if the log was compacted since.
@@ -173,7 +187,7 @@ impl Daemon {
                         .map_err(|e| ServeError::Runtime(std::io::Error::other(e.message)))?;
                 }
                 TransferState::Created if record.owner != Owner::current() => {
-                    if record.owner.liveness() == ferry::owner::Liveness::Alive {
+                    if record.owner_liveness() == ferry::owner::Liveness::Alive {
                         return Err(ferry::Error::OwnerAlive {
                             name: record.name,
                             id: record.id,
@@ -271,7 +285,36 @@ impl Daemon {
         reattached: bool,
     ) -> Result<TransferView, ApiError> {
         let entries = self.store.entries(record.id)?;
-        Ok(view(record, &entries, reattached))
+        let mut view = view(record, &entries, reattached);
+        view.warnings = self.warnings(record);
+        Ok(view)
+    }
+
+    /// The warnings of a finished transfer's last run, from its final
+    /// event (the engine records at most a few there).
+    fn warnings(&self, record: &TransferRecord) -> Vec<String> {
+        if !matches!(
+            record.state,
+            TransferState::Completed | TransferState::Failed
+        ) {
+            return Vec::new();
+        }
+        let filter = ferry::store::EventFilter {
+            transfer: Some(record.id),
+            kind: Some(format!("transfer.{}", record.state.as_str())),
+            ..Default::default()
+        };
+        let last = self
+            .store
+            .events_since(0, &filter, usize::MAX >> 1)
+            .ok()
+            .and_then(|events| events.into_iter().last());
+        last.and_then(|e| e.context["warnings"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|w| w.as_str().map(str::to_owned))
+            .take(ferry::engine::WARNINGS_RECORDED_MAX)
+            .collect()
     }
 
     /// Dispatch or resume, under the `moving` lock: never two movers.
@@ -383,6 +426,7 @@ fn view(record: &TransferRecord, entries: &[EntryRecord], reattached: bool) -> T
                 error: e.error.clone().unwrap_or_default(),
             })
             .collect(),
+        warnings: Vec::new(),
         reattached,
     }
 }

@@ -6,7 +6,7 @@ use ferry::Transfer;
 use ferry::engine::skip::SkipRule;
 use ferry::verify::Verify;
 
-use crate::api::{RunRequest, THREADS_DEFAULT, THREADS_MAX};
+use crate::api::{RunRequest, THREADS_DEFAULT, THREADS_MAX, UMASK_DEFAULT};
 use crate::error::ApiError;
 
 /// A dispatch's or resume's options, checked.
@@ -16,6 +16,7 @@ pub(super) struct RunSettings {
     verify: Verify,
     check_space: bool,
     clean_orphans: bool,
+    umask: u32,
 }
 
 impl Default for RunSettings {
@@ -26,6 +27,7 @@ impl Default for RunSettings {
             verify: Verify::None,
             check_space: false,
             clean_orphans: false,
+            umask: UMASK_DEFAULT,
         }
     }
 }
@@ -38,6 +40,15 @@ impl RunSettings {
             Some(n) => {
                 return Err(ApiError::bad_request(format!(
                     "threads must be 1 to {THREADS_MAX} ({n} given)"
+                )));
+            }
+        };
+        let umask = match request.umask {
+            None => UMASK_DEFAULT,
+            Some(u @ 0..=0o777) => u,
+            Some(u) => {
+                return Err(ApiError::bad_request(format!(
+                    "umask must be 0 to 511 (0o777) ({u} given)"
                 )));
             }
         };
@@ -57,6 +68,7 @@ impl RunSettings {
             })?,
             check_space: request.check_space,
             clean_orphans: request.clean_orphans,
+            umask,
         })
     }
 
@@ -65,5 +77,6 @@ impl RunSettings {
         transfer.set_verify(self.verify);
         transfer.set_check_space(self.check_space);
         transfer.set_clean_orphans(self.clean_orphans);
+        transfer.set_umask(Some(self.umask));
     }
 }

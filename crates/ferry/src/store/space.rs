@@ -155,8 +155,8 @@ impl SpaceGuard {
     /// Whether the reserve exists with its blocks.
     pub(crate) fn reserve_present(&self) -> bool {
         self.reserve_bytes == 0
-            || std::fs::metadata(&self.reserve_path)
-                .is_ok_and(|m| m.blocks() * 512 >= self.reserve_bytes)
+            || std::fs::symlink_metadata(&self.reserve_path)
+                .is_ok_and(|m| m.is_file() && m.blocks() * 512 >= self.reserve_bytes)
     }
 
     pub(crate) fn cause(&self) -> Option<ReadOnlyCause> {
@@ -169,12 +169,24 @@ impl SpaceGuard {
         if self.reserve_present() {
             return Ok(());
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.reserve_path)?;
+        // Never through a symlink, and created exclusively: in a directory
+        // others can write, a link planted at the name would have root
+        // extend whatever it points at.
+        let open = |new: bool| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(new)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&self.reserve_path)
+        };
+        let file = match open(true) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open(false)?,
+            opened => opened?,
+        };
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other("it is not a regular file"));
+        }
         let allocated = rustix::fs::fallocate(
             &file,
             rustix::fs::FallocateFlags::empty(),
