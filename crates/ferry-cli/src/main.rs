@@ -407,7 +407,20 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     let twin = daemon_twin(&cli.command);
     match (run_local(cli), twin) {
         (Err(Exit::Error(e)), Some(twin)) if is_not_here(&e) && daemon::answers(&socket) => {
-            daemon::command(&socket, twin)
+            match daemon::command(&socket, twin) {
+                // Neither side has it: the store's refusal, and that the
+                // daemon was asked too.
+                Err(Exit::Daemon(ferry_serve::client::ClientError::Api { kind, .. }))
+                    if kind == "transfer_not_found" =>
+                {
+                    eprintln!(
+                        "ferry: the daemon at {} has no transfer of that name either",
+                        socket.display()
+                    );
+                    Err(Exit::Error(e))
+                }
+                other => other,
+            }
         }
         (result, _) => result,
     }
