@@ -7,6 +7,24 @@
  *
  * Every function returns AXL_SUCCESS (0) or -1 after printing one line on
  * stderr naming what failed; AXL_Create returns a new id >= 0, or -1.
+ *
+ * Return codes are AXL 0.9's, including its per-id states: calls work
+ * before AXL_Init and after the last AXL_Finalize (with the environment's
+ * settings); AXL_Finalize without AXL_Init succeeds; AXL_Dispatch and
+ * AXL_Resume only once; AXL_Wait only after a dispatch and only once;
+ * AXL_Cancel only between dispatch and the end of the wait (success, and
+ * nothing changes, when the transfer already finished); AXL_Free after
+ * create, wait or cancel, not of a dispatched transfer not waited for;
+ * AXL_Stop is AXL_Cancel, AXL_Wait and AXL_Free of every id and fails if
+ * any of them did (an id never dispatched cannot be cancelled).
+ * Differences from AXL 0.9, each on purpose:
+ *  - AXL_Test after AXL_Wait returns AXL_SUCCESS (AXL: -1, invalid state):
+ *    "Wait would not block" stays true.
+ *  - AXL_Config returns NULL (AXL: a kvtree): see below.
+ *  - AXL_Create of a name held in a state file by a live owner fails;
+ *    restarting after a crash re-attaches (AXL cannot tell the two apart).
+ *  - The transfer types without a ferry daemon kind run on threads (see
+ *    axl_xfer_t).
  */
 
 #ifndef AXL_H
