@@ -11,6 +11,7 @@
 //! Its parts: `daemon.rs` (the shared state and the movers), `routes.rs`
 //! (the router and what every request goes through) and `handlers/`.
 
+mod conns;
 mod daemon;
 mod handlers;
 mod private;
@@ -108,7 +109,14 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .build()
         .map_err(ServeError::Runtime)?;
     let result = runtime.block_on(async move {
-        let listener = listen(&config.socket)?;
+        let connections = conns::connections_max();
+        let listener = conns::Guarded {
+            listener: listen(&config.socket)?,
+            all: Arc::new(Semaphore::new(connections)),
+            all_max: connections,
+            by_user: PerUser::new(conns::CONNECTIONS_PER_USER_MAX),
+            idle: conns::idle_timeout(),
+        };
         let workers = config.workers.clamp(1, WORKERS_MAX);
         let (tx, rx) = sync_channel::<Job>(QUEUE_MAX);
         let daemon = Arc::new(Daemon {

@@ -6,8 +6,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::conns::{ConnState, Guarded};
+use super::daemon::Daemon;
+use super::handlers::{add, cancel, create, dispatch, events, list, metrics, resume, status, wait};
+use super::{NAME_BYTES_MAX, PATH_BYTES_MAX, REQUESTS_MAX, REQUESTS_PER_USER_MAX};
+use crate::api::BODY_BYTES_MAX;
+use crate::creds::Peer;
+use crate::error::ApiError;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -17,28 +24,34 @@ use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use ferry::Caller;
 use serde::de::DeserializeOwned;
-use tokio::net::UnixListener;
 
-use super::daemon::Daemon;
-use super::handlers::{add, cancel, create, dispatch, events, list, metrics, resume, status, wait};
-use super::{NAME_BYTES_MAX, PATH_BYTES_MAX, REQUESTS_MAX, REQUESTS_PER_USER_MAX};
-use crate::api::BODY_BYTES_MAX;
-use crate::creds::{self, Peer};
-use crate::error::ApiError;
-
-/// The peer of a connection, read once when it connects.
+/// The peer of a connection, read once when it connects, and the
+/// connection's idle clock.
 #[derive(Clone)]
-pub struct PeerInfo(Result<Peer, String>);
+pub struct PeerInfo {
+    peer: Result<Peer, String>,
+    conn: Arc<ConnState>,
+}
 
-impl Connected<IncomingStream<'_, UnixListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> PeerInfo {
-        PeerInfo(creds::peer(stream.io()).map_err(|e| e.to_string()))
+impl std::fmt::Debug for PeerInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.peer.fmt(f)
+    }
+}
+
+impl Connected<IncomingStream<'_, Guarded>> for PeerInfo {
+    fn connect_info(stream: IncomingStream<'_, Guarded>) -> PeerInfo {
+        stream.remote_addr().clone()
     }
 }
 
 impl PeerInfo {
+    pub(super) fn new(peer: Result<Peer, String>, conn: Arc<ConnState>) -> PeerInfo {
+        PeerInfo { peer, conn }
+    }
+
     pub(super) fn peer(&self) -> Result<Peer, ApiError> {
-        self.0.clone().map_err(|e| {
+        self.peer.clone().map_err(|e| {
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -80,6 +93,12 @@ async fn guard(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) 
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
+    // The connection's idle clock stops while this request and its answer
+    // (a watch stream's included) are in flight.
+    let in_flight = request
+        .extensions()
+        .get::<ConnectInfo<PeerInfo>>()
+        .map(|c| c.0.conn.begin());
     let response = match daemon.requests.clone().try_acquire_owned() {
         Err(_) => ApiError::busy(format!(
             "the daemon is busy: {REQUESTS_MAX} requests in flight; try again"
@@ -120,7 +139,16 @@ async fn guard(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) 
     daemon
         .metrics
         .observe(&route, response.status().as_u16(), started.elapsed());
-    response
+    match in_flight {
+        Some(in_flight) if response.body().size_hint().exact().is_none() => response.map(|body| {
+            use futures_util::StreamExt;
+            Body::from_stream(body.into_data_stream().map(move |chunk| {
+                let _held = &in_flight;
+                chunk
+            }))
+        }),
+        _ => response,
+    }
 }
 
 /// A JSON request body: refused with a clear 4xx when it is too large, not
