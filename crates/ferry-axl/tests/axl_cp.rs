@@ -144,6 +144,50 @@ fn kill_and_resume(link: Link, kind: &str) {
     assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
 }
 
+/// The killed program stays a zombie (this test is its parent and does not
+/// reap it until the end, as a parent that never reaps): the same command
+/// line resumes at once, without waiting for anyone to reap it.
+#[test]
+fn resume_while_the_killed_owner_is_an_unreaped_zombie() {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    let dir = scratch();
+    let (src, dst, state) = (
+        dir.path().join("src"),
+        dir.path().join("dst"),
+        dir.path().join("state.db"),
+    );
+    make_tree(&src, FILES);
+    let mut child = spawn(
+        &axl_cp(Link::Dynamic),
+        &["-r", "-S", s(&state), "-X", "pthread", s(&src), s(&dst)],
+        &[("AXL_DEBUG_PAUSE_AFTER", PAUSE_AFTER)],
+    );
+    wait_for_line(&mut child, "paused after");
+    let pid = Pid::from_child(&child);
+    kill_process(pid, Signal::KILL).expect("kill -9");
+    // Waits for the exit but leaves it unreaped: a zombie.
+    waitid(
+        WaitId::Pid(pid),
+        WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+    )
+    .expect("waitid");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
+        .expect("the zombie is still listed");
+    assert!(stat.contains(") Z "), "not a zombie: {stat}");
+
+    let (code, stderr) = run(
+        &axl_cp(Link::Dynamic),
+        &["-S", s(&state), "-U", "-X", "state_file"],
+        &[],
+    );
+    assert_eq!(
+        code, 0,
+        "resume with the old owner a zombie failed: {stderr}"
+    );
+    assert!(same_tree(&src, &dst), "the resumed copy differs");
+    child.wait().expect("reap at last");
+}
+
 #[test]
 fn state_file_type_needs_an_existing_state_file() {
     let dir = scratch();

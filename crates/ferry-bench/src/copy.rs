@@ -53,7 +53,7 @@ struct Workload {
 
 /// Builds the commands copying `src` to `dst` (with `store` for ferry);
 /// the second command, if any, makes the copy durable.
-type Commands = Box<dyn Fn(&Path, &Path, &Path) -> Vec<Command>>;
+pub type Commands = Box<dyn Fn(&Path, &Path, &Path) -> Vec<Command>>;
 
 struct Tool {
     name: &'static str,
@@ -292,7 +292,7 @@ fn fastest(times: &[Duration]) -> f64 {
     times.iter().min().map_or(f64::NAN, Duration::as_secs_f64)
 }
 
-fn median(times: &[Duration]) -> f64 {
+pub fn median(times: &[Duration]) -> f64 {
     let mut secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
     secs.sort_by(f64::total_cmp);
     let n = secs.len();
@@ -303,7 +303,7 @@ fn median(times: &[Duration]) -> f64 {
     }
 }
 
-fn remove(path: &Path) {
+pub fn remove(path: &Path) {
     if path.is_dir() {
         std::fs::remove_dir_all(path).unwrap();
     } else if path.exists() {
@@ -316,7 +316,7 @@ fn remove(path: &Path) {
     }
 }
 
-fn sync() {
+pub fn sync() {
     let status = Command::new("sync").status().expect("sync");
     assert!(status.success());
 }

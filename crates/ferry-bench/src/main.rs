@@ -6,6 +6,7 @@ mod events;
 mod finalize;
 mod hsm;
 mod serve;
+mod tree;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,10 @@ enum Command {
     /// HSM queue: enqueue (batched and one process per request), lease +
     /// ack with 1, 2 and 4 workers, and a restore behind 20,000 archives
     Hsm(hsm::HsmArgs),
+    /// Many small files in many directories (W4 and its re-run) and a growth
+    /// series of empty files: wall time, peak RSS and store size against cp -a,
+    /// rsync -a and dcp/dsync
+    Tree(tree::TreeArgs),
 }
 
 fn main() {
@@ -43,6 +48,7 @@ fn main() {
         Command::Finalize(args) => finalize::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Hsm(args) => hsm::run(args),
+        Command::Tree(args) => tree::run(args),
     }
 }
 

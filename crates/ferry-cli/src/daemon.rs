@@ -32,6 +32,11 @@ pub fn wants_daemon(kind: &str, socket: &Path) -> bool {
     }
 }
 
+/// Whether a daemon answers on `socket`.
+pub fn answers(socket: &Path) -> bool {
+    Client::new(socket).is_ok_and(|c| c.answers())
+}
+
 fn client(socket: &Path) -> Result<Client, Exit> {
     Client::new(socket).map_err(Exit::Daemon)
 }
@@ -126,8 +131,8 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
 fn run_request(args: &RunArgs) -> RunRequest {
     RunRequest {
         threads: args.threads,
-        skip: Some(args.skip.clone()),
-        verify: Some(args.verify.clone()),
+        skip: args.skip.clone(),
+        verify: args.verify.clone(),
         check_space: args.check_space,
         // Modes as a local cp would give them: the daemon has its own umask.
         umask: Some(ferry::engine::current_umask()),

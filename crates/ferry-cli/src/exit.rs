@@ -14,10 +14,18 @@ pub enum Exit {
     Cancelled,
     /// finalize left transfers with live owners alone (and nothing failed).
     LeftAlone,
+    /// finalize aborted a transfer or removed partial data (each named).
+    DataRemoved,
     /// `ferry hsm … --wait`: a request failed.
     RequestFailed,
     /// `ferry hsm … --wait`: a request was canceled.
     RequestCanceled,
+    /// `wait`, `watch --until-done`: the transfer is not over and its owner
+    /// is dead, so nothing will end it.
+    OwnerDead(Box<ferry::model::TransferRecord>),
+    /// `cp`, `resume`: stopped by a signal (the code is 128 + its number;
+    /// what to do was said).
+    Interrupted(u8),
     Error(Error),
     /// A request to the daemon failed.
     Daemon(ClientError),
@@ -30,6 +38,9 @@ impl From<Error> for Exit {
         Exit::Error(e)
     }
 }
+
+/// `wait` and `watch --until-done` on a transfer whose owner died.
+pub const OWNER_DEAD: u8 = 28;
 
 /// The code for a daemon error: a library error's own code (a missing
 /// source is 3 with or without the daemon), else the daemon's 30–39.
@@ -57,7 +68,7 @@ pub fn serve_code(e: &ServeError) -> u8 {
     match e {
         ServeError::AlreadyServing { .. } => 35,
         ServeError::Listen { .. } => 36,
-        ServeError::UnsafeStore { .. } => 37,
+        ServeError::UnsafeStore { .. } => 39,
         ServeError::Runtime(_) => 74,
         ServeError::Ferry(e) => e.code(),
     }
@@ -70,8 +81,18 @@ impl From<Exit> for ExitCode {
             Exit::TransferFailed => ExitCode::from(1),
             Exit::Cancelled => ExitCode::from(12),
             Exit::LeftAlone => ExitCode::from(18),
+            Exit::DataRemoved => ExitCode::from(38),
             Exit::RequestFailed => ExitCode::from(23),
             Exit::RequestCanceled => ExitCode::from(25),
+            Exit::OwnerDead(t) => {
+                eprintln!(
+                    "ferry: transfer {} (id {}) is {} but its owner (pid {} on {}) is dead: \
+                     nothing will move it; `ferry resume {}` continues it, `ferry cancel {}` ends it",
+                    t.name, t.id, t.state, t.owner.pid, t.owner.host, t.name, t.name
+                );
+                ExitCode::from(OWNER_DEAD)
+            }
+            Exit::Interrupted(code) => ExitCode::from(code),
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
                 ExitCode::from(e.code())

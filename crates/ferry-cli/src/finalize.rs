@@ -39,7 +39,7 @@ pub struct FinalizeArgs {
 
 pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
     let started = Instant::now();
-    let stores = ferry::finalize::find_stores(&args.paths)?;
+    let (stores, skipped) = ferry::finalize::find_stores_reporting(&args.paths)?;
     let options = FinalizeOptions {
         dead: if args.resume {
             DeadPolicy::Resume
@@ -61,6 +61,8 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
     let failed = counts.get(&Outcome::Failed).copied().unwrap_or(0);
     let left = counts.get(&Outcome::LeftLive).copied().unwrap_or(0)
         + counts.get(&Outcome::LeftUnknown).copied().unwrap_or(0);
+    let aborted = outcomes.iter().filter(|o| o.aborted).count();
+    let lost: Vec<&PathBuf> = outcomes.iter().flat_map(|o| &o.removed).collect();
     if args.json {
         let by_outcome: BTreeMap<&str, usize> =
             counts.iter().map(|(o, n)| (o.as_str(), *n)).collect();
@@ -71,10 +73,48 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
             "temporaries_removed": removed,
             "seconds": seconds,
             "outcomes": by_outcome,
+            "aborted": aborted,
+            "removed": lost,
+            "skipped": skipped,
             "details": outcomes,
         });
         println!("{value}");
     } else {
+        for s in &skipped {
+            eprintln!(
+                "ferry finalize: skipped {}: {}; not finalized",
+                s.path.display(),
+                s.why
+            );
+        }
+        for o in outcomes.iter().filter(|o| o.aborted) {
+            eprintln!(
+                "ferry finalize: aborted transfer {} (id {}) of {}: its owner is dead \
+                 (`--resume` would have continued it)",
+                o.transfer,
+                o.id,
+                o.store.display()
+            );
+        }
+        if !lost.is_empty() {
+            const SHOWN: usize = 5;
+            let first: Vec<String> = lost
+                .iter()
+                .take(SHOWN)
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            let more = if lost.len() > SHOWN {
+                format!(" and {} more (`--json` lists them all)", lost.len() - SHOWN)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "ferry finalize: removed the partial data of {} files that never reached their \
+                 final name: {}{more}",
+                lost.len(),
+                first.join(", ")
+            );
+        }
         for o in outcomes.iter().filter(|o| {
             matches!(
                 o.outcome,
@@ -111,6 +151,8 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
     }
     Ok(if failed > 0 {
         Exit::TransferFailed
+    } else if aborted > 0 || !lost.is_empty() {
+        Exit::DataRemoved
     } else if left > 0 {
         Exit::LeftAlone
     } else {
@@ -118,23 +160,62 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
     })
 }
 
-pub fn stop(store: &dyn Store, dead: bool, force: bool) -> Result<Exit, Exit> {
-    let stopped = ferry::finalize::stop(store, dead, force)?;
+pub fn stop(store: &dyn Store, dead: bool, all: bool, force: bool) -> Result<Exit, Exit> {
+    let which = match (dead, all) {
+        (true, _) => ferry::finalize::StopWhich::Dead,
+        (false, true) => ferry::finalize::StopWhich::All,
+        (false, false) => ferry::finalize::StopWhich::Unfinished,
+    };
+    let stopped = ferry::finalize::stop(store, which, force)?;
     for s in &stopped {
-        let what = if s.cancelled {
-            "cancelled and freed"
-        } else {
-            "freed"
-        };
-        let temps = if s.owner_alive {
-            "; its owner is alive and stops at its next write, temporaries left to it".to_owned()
-        } else {
-            format!(", {} temporaries removed", s.temporaries_removed)
-        };
-        println!("ferry: {} (id {}) {what}{temps}", s.transfer, s.id);
+        print_stopped(s);
     }
     if stopped.is_empty() {
         println!("ferry: nothing to stop");
     }
+    if which == ferry::finalize::StopWhich::Unfinished {
+        let kept: Vec<_> = store
+            .transfers()
+            .map_err(ferry::Error::from)?
+            .into_iter()
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    ferry::TransferState::Completed | ferry::TransferState::Finalized
+                )
+            })
+            .collect();
+        if let Some(first) = kept.first() {
+            println!(
+                "ferry: left {} completed transfer(s) ({}{}) and their names: `ferry forget NAME` \
+                 frees one, `ferry stop --all` every one",
+                kept.len(),
+                first.name,
+                if kept.len() > 1 { ", …" } else { "" }
+            );
+        }
+    }
     Ok(Exit::Ok)
+}
+
+/// `ferry forget NAME`.
+pub fn forget(store: &dyn Store, name: &str, force: bool) -> Result<Exit, Exit> {
+    let stopped = ferry::finalize::forget(store, name, force)?;
+    print_stopped(&stopped);
+    println!("ferry: the name {name} is free; the transfer stays in the store's history");
+    Ok(Exit::Ok)
+}
+
+fn print_stopped(s: &ferry::finalize::Stopped) {
+    let what = if s.cancelled {
+        "cancelled and freed"
+    } else {
+        "freed"
+    };
+    let temps = if s.owner_alive {
+        "; its owner is alive and stops at its next write, temporaries left to it".to_owned()
+    } else {
+        format!(", {} temporaries removed", s.temporaries_removed)
+    };
+    println!("ferry: {} (id {}) {what}{temps}", s.transfer, s.id);
 }

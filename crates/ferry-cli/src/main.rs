@@ -1,11 +1,26 @@
 //! `ferry`: the command-line tool. It only translates between the command
 //! line and the `ferry` library; no transfer logic lives here.
 
+/// Every line for stdout goes through `output::line`, so that a reader that
+/// went away (`ferry hsm list | head -1`) ends the command quietly instead of
+/// panicking as std's `println!` does. Defined before the modules so that it
+/// shadows std's macro in all of them.
+macro_rules! println {
+    () => {
+        $crate::output::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+
 mod daemon;
 mod exit;
 mod finalize;
+mod generate;
 mod hsm;
 mod output;
+mod signals;
 mod store;
 mod verify;
 mod watch;
@@ -15,8 +30,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
+use ferry::engine::plan::DestRule;
+use ferry::rerun::Rerun;
 use ferry::store::Store;
-use ferry::{Kind, Preserve, RunReport, Transfer};
+use ferry::{Kind, Preserve, RunReport, RunSettings, Transfer};
 
 use exit::Exit;
 use store::OpenedStore;
@@ -57,6 +74,15 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Continue a transfer from what is durable
     Resume(ResumeArgs),
+    /// Free one transfer so that its name can be used again (cancelled
+    /// first, temporaries removed, if it is not over; its history stays)
+    Forget {
+        /// The transfer's name
+        name: String,
+        /// Treat an owner on another host as dead
+        #[arg(long)]
+        force: bool,
+    },
     /// Cancel a transfer (its temporaries are kept for a resume)
     Cancel {
         /// The transfer's name
@@ -90,12 +116,19 @@ pub(crate) enum Command {
     /// serve them with workers
     #[command(subcommand)]
     Hsm(hsm::HsmCommand),
-    /// Cancel and free every transfer of the store (--dead: only those
-    /// whose owner is dead), removing their temporaries
+    /// Write the man pages, or print a shell's completion script
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
+    /// Cancel and free every unfinished transfer of the store (--dead: only
+    /// those whose owner is dead; --all: completed ones too), removing their
+    /// temporaries
     Stop {
         /// Only transfers whose owner process is dead
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all")]
         dead: bool,
+        /// Completed transfers too (their names become free)
+        #[arg(long)]
+        all: bool,
         /// Treat owners on other hosts as dead
         #[arg(long)]
         force: bool,
@@ -174,6 +207,11 @@ pub(crate) struct CpArgs {
     /// dispatched
     #[arg(long)]
     wait: bool,
+    /// A new transfer under cp's destination rules, even when a transfer of
+    /// the store already copied these sources to this destination (which a
+    /// re-run otherwise continues, or brings up to date)
+    #[arg(long)]
+    new: bool,
     /// The checksum every copied file gets, computed as it is read
     #[arg(long, default_value = "xxh3", value_parser = ["xxh3", "blake3", "none"])]
     checksum: String,
@@ -187,7 +225,7 @@ pub(crate) struct CpArgs {
     paths: Vec<PathBuf>,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct RunArgs {
     /// Worker threads [default: one per core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -204,13 +242,16 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     check_space: bool,
     /// Destinations that already match are recorded skipped, not copied:
-    /// exists, size, mtime (size and mtime), checksum (reads both)
-    #[arg(long, default_value = "never", value_parser = ["never", "exists", "size", "mtime", "checksum"])]
-    skip: String,
+    /// exists, size, mtime (size and mtime), checksum (reads both) [default:
+    /// never; mtime when bringing a finished copy up to date; resume: as
+    /// dispatched]
+    #[arg(long, value_parser = ["never", "exists", "size", "mtime", "checksum"])]
+    skip: Option<String>,
     /// Read what was written back from disk and compare checksums: copied
-    /// (each file before its rename), full (and every finished file at the end)
-    #[arg(long, default_value = "none", value_parser = ["none", "copied", "full"])]
-    verify: String,
+    /// (each file before its rename), full (and every finished file at the
+    /// end) [default: none; resume: as dispatched]
+    #[arg(long, value_parser = ["none", "copied", "full"])]
+    verify: Option<String>,
 }
 
 #[derive(Args)]
@@ -239,15 +280,85 @@ struct VerifyArgs {
 }
 
 impl RunArgs {
-    fn apply(&self, transfer: &mut Transfer) {
-        transfer.set_clean_orphans(self.clean_orphans);
-        transfer.set_check_space(self.check_space);
-        transfer.set_skip(ferry::engine::skip::SkipRule::parse(&self.skip).expect("clap checked"));
-        transfer.set_verify(ferry::verify::Verify::parse(&self.verify).expect("clap checked"));
+    /// The options given here, over `base` (what the transfer was
+    /// dispatched with, when it is resumed; else the defaults).
+    fn settings(&self, base: RunSettings) -> RunSettings {
+        RunSettings {
+            workers: self.threads.map(usize::from).or(base.workers),
+            skip: self.skip.as_deref().map_or(base.skip, |s| {
+                ferry::engine::skip::SkipRule::parse(s).expect("clap checked")
+            }),
+            verify: self.verify.as_deref().map_or(base.verify, |v| {
+                ferry::verify::Verify::parse(v).expect("clap checked")
+            }),
+            check_space: self.check_space || base.check_space,
+            clean_orphans: self.clean_orphans || base.clean_orphans,
+        }
+    }
+
+    /// Sets the options of a new dispatch; returns the worker count.
+    fn apply(&self, transfer: &mut Transfer, base: RunSettings) -> usize {
+        let settings = self.settings(base);
+        transfer.apply_settings(&settings);
+        settings.workers.unwrap_or_else(ferry::default_workers)
+    }
+
+    /// Sets the options of a resume: those recorded at its last dispatch,
+    /// overridden by those given here; says which it uses. Returns the
+    /// worker count.
+    fn apply_to_resume(&self, transfer: &mut Transfer) -> Result<usize, Exit> {
+        let name = transfer.record().name.clone();
+        let recorded = match transfer.recorded_settings() {
+            Ok(recorded) => recorded,
+            Err(ferry::Error::Store(ferry::store::StoreError::Compacted { .. })) => {
+                eprintln!(
+                    "ferry: the options {name} was dispatched with were compacted out of the \
+                     event log; resuming with the defaults and those given here"
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let settings = self.settings(recorded.unwrap_or_default());
+        transfer.apply_settings(&settings);
+        let workers = settings.workers.unwrap_or_else(ferry::default_workers);
+        // A completed transfer is refused by the resume itself, in one line.
+        let resumable = !matches!(
+            transfer.record().state,
+            ferry::TransferState::Completed | ferry::TransferState::Finalized
+        );
+        if !self.json && resumable {
+            let mut words = format!(
+                "--threads {workers} --skip {} --verify {}",
+                settings.skip.as_str(),
+                verify_word(settings.verify)
+            );
+            if settings.check_space {
+                words.push_str(" --check-space");
+            }
+            if settings.clean_orphans {
+                words.push_str(" --clean-orphans");
+            }
+            let origin = if recorded.is_some() {
+                "as dispatched, with what is given here"
+            } else {
+                "defaults, with what is given here"
+            };
+            eprintln!("ferry: resuming {name} with {words} ({origin})");
+        }
+        Ok(workers)
     }
 }
 
-#[derive(Args)]
+fn verify_word(verify: ferry::verify::Verify) -> &'static str {
+    match verify {
+        ferry::verify::Verify::None => "none",
+        ferry::verify::Verify::Copied => "copied",
+        ferry::verify::Verify::Full => "full",
+    }
+}
+
+#[derive(Args, Clone)]
 struct ResumeArgs {
     /// The transfer's name
     name: String,
@@ -269,6 +380,9 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     if let Command::Finalize(args) = cli.command {
         return finalize::run(args);
     }
+    if let Command::Generate(what) = cli.command {
+        return generate::run::<Cli>(what);
+    }
     let socket = cli
         .socket
         .clone()
@@ -287,12 +401,63 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     if cli.daemon {
         return daemon::command(&socket, cli.command);
     }
+    // One namespace: a transfer the store does not have may be the
+    // daemon's (`cp --kind daemon`), found there when the daemon answers.
+    let twin = daemon_twin(&cli.command);
+    match (run_local(cli), twin) {
+        (Err(Exit::Error(e)), Some(twin)) if is_not_here(&e) && daemon::answers(&socket) => {
+            daemon::command(&socket, twin)
+        }
+        (result, _) => result,
+    }
+}
+
+/// The same command for the daemon, for those the daemon serves.
+fn daemon_twin(command: &Command) -> Option<Command> {
+    Some(match command {
+        Command::Status(args) if args.at.is_none() && !args.files && args.name.is_some() => {
+            Command::Status(StatusArgs {
+                name: args.name.clone(),
+                files: false,
+                json: args.json,
+                at: None,
+            })
+        }
+        Command::Wait { name } => Command::Wait { name: name.clone() },
+        Command::Cancel { name } => Command::Cancel { name: name.clone() },
+        Command::Resume(args) => Command::Resume(args.clone()),
+        _ => return None,
+    })
+}
+
+/// The store has no such transfer (or there is no store at all).
+fn is_not_here(e: &ferry::Error) -> bool {
+    matches!(
+        e,
+        ferry::Error::TransferNotFound { .. }
+            | ferry::Error::Store(ferry::store::StoreError::NoStore { .. })
+    )
+}
+
+fn run_local(cli: Cli) -> Result<Exit, Exit> {
     let location = cli.store.clone().unwrap_or_else(ferry::default_store_path);
-    let opened = OpenedStore::open(&location)?;
+    // Only commands that make transfers or requests create a store; a
+    // store named by the user never gets a directory made for it.
+    let explicit =
+        cli.store.is_some() || std::env::var_os("FERRY_STORE").is_some_and(|v| !v.is_empty());
+    let create = match (&cli.command, explicit) {
+        (Command::Cp(_) | Command::Hsm(_), false) => store::Create::WithDirectory,
+        (Command::Cp(_) | Command::Hsm(_), true) => store::Create::FileOnly,
+        _ => store::Create::Nothing,
+    };
+    let opened = OpenedStore::open(&location, create)?;
     let store = opened.store();
     match cli.command {
-        Command::Finalize(_) | Command::Serve { .. } => unreachable!("handled above"),
-        Command::Stop { dead, force } => finalize::stop(store.as_ref(), dead, force),
+        Command::Finalize(_) | Command::Serve { .. } | Command::Generate(_) => {
+            unreachable!("handled above")
+        }
+        Command::Stop { dead, all, force } => finalize::stop(store.as_ref(), dead, all, force),
+        Command::Forget { name, force } => finalize::forget(store.as_ref(), &name, force),
         Command::Hsm(command) => hsm::run(opened.queue(), command),
         Command::Cp(args) => cp(store, args),
         Command::Status(StatusArgs {
@@ -336,13 +501,13 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Verify(args) => verify::run(store.as_ref(), &args.targets, args.json),
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
-            args.run.apply(&mut transfer);
-            let workers = workers(&args.run);
-            let report = output::with_progress(&transfer.progress(), args.run.json, || {
-                transfer.resume(workers)?;
-                transfer.wait()
-            })?;
-            Ok(finish(&report, args.run.json))
+            let workers = args.run.apply_to_resume(&mut transfer)?;
+            Ok(move_and_wait(
+                transfer,
+                Start::Resume,
+                workers,
+                args.run.json,
+            )?)
         }
         Command::Cancel { name } => {
             let transfer = Transfer::open(store, &name)?;
@@ -365,6 +530,39 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
         Preserve::NONE
     };
     let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
+    // The same command run again is the same transfer: found before cp's
+    // destination rule could nest it into what the first run created.
+    let found = if args.new {
+        None
+    } else {
+        ferry::rerun::find_same_copy(store.as_ref(), args.name.as_deref(), sources, dest)?
+    };
+    let mut rule = DestRule::Cp;
+    let mut base = RunSettings::default();
+    let before = found.as_ref().map(|f| f.record.clone());
+    match found
+        .map(|found| ferry::rerun::take_up(Arc::clone(&store), found))
+        .transpose()?
+    {
+        Some(Rerun::Continue(transfer)) => {
+            let before = before.expect("found");
+            return continue_rerun(*transfer, &before, &args);
+        }
+        Some(Rerun::UpToDate(same)) => {
+            rule = same.rule;
+            base.skip = ferry::engine::skip::SkipRule::Mtime;
+            let skip = args.run.skip.as_deref().unwrap_or("mtime");
+            eprintln!(
+                "ferry: transfer {} (id {}) already copied this to {}; bringing it up to date \
+                 (--skip {skip}: files that match are not copied again; --new copies anew \
+                 with cp's rules)",
+                same.record.name,
+                same.record.id,
+                dest.display()
+            );
+        }
+        None => {}
+    }
     let xattrs = match args.xattrs.as_deref() {
         Some(mode) => ferry::engine::plan::XattrMode::parse(mode).expect("clap checked"),
         None if args.archive => ferry::engine::plan::XattrMode::All,
@@ -374,8 +572,13 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
         hard_links: args.archive,
         xattrs,
     };
-    let entries =
-        ferry::engine::plan::plan_with(sources, dest, args.recursive || args.archive, fidelity)?;
+    let entries = ferry::engine::plan::plan_onto(
+        sources,
+        dest,
+        args.recursive || args.archive,
+        fidelity,
+        rule,
+    )?;
     let options = ferry::TransferOptions {
         name: args.name.clone(),
         kind,
@@ -384,31 +587,78 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
         caller: None,
     };
     let mut transfer = Transfer::create_with(store, &options, &entries)?;
-    args.run.apply(&mut transfer);
-    let workers = workers(&args.run);
-    let progress = transfer.progress();
-    let report = if transfer.reattached() {
+    let (start, workers) = if transfer.reattached() {
         let record = transfer.record();
         eprintln!(
             "ferry: re-attached transfer {} (id {}) left by dead process {} on {}; continuing it",
             record.name, record.id, record.owner.pid, record.owner.host
         );
-        output::with_progress(&progress, args.run.json, || {
-            transfer.resume(workers)?;
-            transfer.wait()
-        })?
+        let workers = args.run.apply_to_resume(&mut transfer)?;
+        (Start::Resume, workers)
     } else {
-        output::with_progress(&progress, args.run.json, || {
-            transfer.dispatch(workers)?;
-            transfer.wait()
-        })?
+        (Start::Dispatch, args.run.apply(&mut transfer, base))
     };
-    Ok(finish(&report, args.run.json))
+    move_and_wait(transfer, start, workers, args.run.json)
 }
 
-fn workers(args: &RunArgs) -> usize {
-    args.threads
-        .map_or_else(ferry::default_workers, usize::from)
+/// A re-run of a copy whose transfer is not over (or failed, or was
+/// cancelled): continue it, as `ferry resume` would.
+fn continue_rerun(
+    mut transfer: Transfer,
+    before: &ferry::model::TransferRecord,
+    args: &CpArgs,
+) -> Result<Exit, Exit> {
+    let how = if transfer.reattached() {
+        format!(
+            "re-attached it from dead process {} on {}",
+            before.owner.pid, before.owner.host
+        )
+    } else {
+        "it is this process's".into()
+    };
+    eprintln!(
+        "ferry: this copy is transfer {} (id {}), left {}; {how}; continuing it \
+         (`ferry cp --new` copies anew with cp's rules)",
+        before.name, before.id, before.state
+    );
+    let workers = args.run.apply_to_resume(&mut transfer)?;
+    move_and_wait(transfer, Start::Resume, workers, args.run.json)
+}
+
+enum Start {
+    Dispatch,
+    Resume,
+}
+
+/// Moves the data with a progress bar on a terminal and waits; SIGINT or
+/// SIGTERM meanwhile cancels the transfer (recorded as an interruption),
+/// clears the bar and ends with how to continue.
+fn move_and_wait(
+    mut transfer: Transfer,
+    start: Start,
+    workers: usize,
+    json: bool,
+) -> Result<Exit, Exit> {
+    signals::cancel_on_interrupt(transfer.canceller())
+        .map_err(|e| ferry::Error::io(std::path::Path::new("signal handlers"), e))?;
+    let progress = transfer.progress();
+    let report = output::with_progress(&progress, json, || {
+        match start {
+            Start::Dispatch => transfer.dispatch(workers)?,
+            Start::Resume => transfer.resume(workers)?,
+        }
+        transfer.wait()
+    })?;
+    if report.state == ferry::TransferState::Cancelled
+        && let Some(signal) = signals::received()
+    {
+        output::report(&report, json);
+        return Err(Exit::Interrupted(signals::report_interrupted(
+            &report.name,
+            signal,
+        )));
+    }
+    Ok(finish(&report, json))
 }
 
 fn finish(report: &RunReport, json: bool) -> Exit {

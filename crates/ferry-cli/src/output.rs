@@ -12,6 +12,30 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use crate::exit::Exit;
 
+/// Set once stdout's reader has gone away: the rest of the output has no
+/// reader, so it is dropped, and the command still ends with its own exit
+/// code (a worker keeps working; `cp`'s result is still its status).
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// One line on stdout (the crate's `println!`). A closed pipe
+/// (`ferry hsm list | head -1`) drops this line and the rest; any other
+/// write error is reported once on stderr, and the output stops there too.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!(
+                "ferry: cannot write to standard output: {e}; the rest of the output is dropped"
+            );
+        }
+    }
+}
+
 /// Runs `f` (dispatch + wait) with a progress bar on stderr when stderr is
 /// a terminal and no JSON was asked for.
 pub fn with_progress<T>(

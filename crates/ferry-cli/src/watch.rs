@@ -2,7 +2,9 @@
 
 use std::io::Write;
 
-use ferry::events::{TransferNames, Watch, WatchItem, is_terminal_event};
+use ferry::events::{
+    OWNER_CHECK_INTERVAL, TransferNames, Watch, WatchItem, abandoned, is_terminal_event,
+};
 use ferry::model::Event;
 use ferry::store::{EventFilter, Store};
 use ferry::{TransferId, TransferState};
@@ -95,9 +97,25 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
     };
     let mut names = TransferNames::default();
     let stdout = std::io::stdout();
-    for item in Watch::new(store, since, filter)? {
+    let mut watch = Watch::new(store, since, filter)?;
+    let mut owner_checked = std::time::Instant::now();
+    loop {
+        let item = watch.next_timeout(Some(OWNER_CHECK_INTERVAL))?;
+        // Other transfers' events may never let the watch time out: the
+        // owner is looked at by the clock, quiet or not.
+        if owner_checked.elapsed() >= OWNER_CHECK_INTERVAL {
+            owner_checked = std::time::Instant::now();
+            if let Some(id) = until.as_ref().and_then(|u| u.id)
+                && let Some(record) = abandoned(store, id)?
+            {
+                return Err(Exit::OwnerDead(Box::new(record)));
+            }
+        }
+        let Some(item) = item else {
+            continue;
+        };
         let mut out = stdout.lock();
-        let event = match item? {
+        let event = match item {
             WatchItem::CaughtUp(seq) => {
                 if args.json {
                     if writeln!(out, "{}", serde_json::json!({"bookmark": seq})).is_err() {
@@ -164,7 +182,6 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
             return Ok(outcome(event.transfer_state().expect("a terminal event")));
         }
     }
-    Ok(Exit::Ok)
 }
 
 fn until_done_state(until: &Option<NamedTransfer>, event: &Event) -> Option<TransferState> {
@@ -195,16 +212,22 @@ pub fn wait(store: &dyn Store, name: &str) -> Result<Exit, Exit> {
         kind: Some("transfer".into()),
         ..Default::default()
     };
-    for item in Watch::new(store, since, filter)? {
-        if let WatchItem::Event(event) = item?
-            && is_terminal_event(&event, transfer.id)
-        {
-            let state = event.transfer_state().expect("a terminal event");
-            println!("ferry: {name} {state}");
-            return Ok(outcome(state));
+    let mut watch = Watch::new(store, since, filter)?;
+    loop {
+        match watch.next_timeout(Some(OWNER_CHECK_INTERVAL))? {
+            Some(WatchItem::Event(event)) if is_terminal_event(&event, transfer.id) => {
+                let state = event.transfer_state().expect("a terminal event");
+                println!("ferry: {name} {state}");
+                return Ok(outcome(state));
+            }
+            Some(_) => {}
+            None => {
+                if let Some(record) = abandoned(store, transfer.id)? {
+                    return Err(Exit::OwnerDead(Box::new(record)));
+                }
+            }
         }
     }
-    Ok(Exit::Ok)
 }
 
 fn outcome(state: TransferState) -> Exit {

@@ -210,7 +210,7 @@ fn permission_denied_names_the_path() {
 }
 
 #[test]
-fn status_lists_transfers_and_named_transfers_are_refused_twice() {
+fn status_lists_transfers_and_a_finished_name_is_used_again() {
     let s = Scratch::new();
     write_file(&s.path("f"), b"f");
     run_ok(
@@ -223,16 +223,31 @@ fn status_lists_transfers_and_named_transfers_are_refused_twice() {
     let status = json(&out);
     assert_eq!(status["state"], "completed");
     assert_eq!(status["files"][0]["state"], "committed");
-    // The name is taken by a completed transfer: a clear refusal.
-    let out = run(s
-        .ferry()
-        .args(["cp", "--name", "ckpt-1"])
-        .arg(s.path("f"))
-        .arg(s.path("h")));
-    assert_refused(&out, 11, "ckpt-1");
+    let first = status["id"].clone();
     // Nothing to resume in a completed transfer.
     let out = run(s.ferry().args(["resume", "ckpt-1"]));
     assert_refused(&out, 13, "ckpt-1");
+    // A job script with a fixed name, run again: the finished transfer
+    // gives up its name to a new one.
+    run_ok(
+        s.ferry()
+            .args(["cp", "--name", "ckpt-1"])
+            .arg(s.path("f"))
+            .arg(s.path("h")),
+    );
+    let status = json(&run_ok(s.ferry().args(["status", "ckpt-1", "--json"])));
+    assert_ne!(status["id"], first, "{status}");
+    assert_eq!(fs::read(s.path("h")).unwrap(), b"f");
+    // Names no one could type or print are refused before anything is made.
+    for bad in ["", "two\nlines", " padded", &"x".repeat(256)] {
+        let out = run(s
+            .ferry()
+            .args(["cp", "--name", bad])
+            .arg(s.path("f"))
+            .arg(s.path("i")));
+        assert_refused(&out, 29, "cannot name a transfer");
+        assert!(!s.path("i").exists());
+    }
 }
 
 #[test]
@@ -280,23 +295,60 @@ fn sync_kind_copies_in_the_callers_thread() {
 #[test]
 fn default_store_is_ferry_store_then_xdg_state_home_then_home() {
     let s = Scratch::new();
-    let status = |env: &[(&str, PathBuf)]| {
+    write_file(&s.path("f"), b"f");
+    let ferry = |command: &[&str], env: &[(&str, PathBuf)]| {
         let mut cmd = std::process::Command::new(FERRY);
-        cmd.arg("status")
+        cmd.args(command)
             .env_remove("FERRY_STORE")
             .env_remove("XDG_STATE_HOME");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        run_ok(&mut cmd);
+        run(&mut cmd)
     };
-    status(&[("HOME", s.path("home"))]);
+    let copy = |env: &[(&str, PathBuf)]| {
+        let out = ferry(
+            &[
+                "cp",
+                "--new",
+                &s.path("f").to_string_lossy(),
+                &s.path("g").to_string_lossy(),
+            ],
+            env,
+        );
+        assert!(out.status.success(), "{out:?}");
+    };
+    // Reading commands never create a store, nor its directory.
+    let out = ferry(&["status"], &[("HOME", s.path("home"))]);
+    assert_eq!(out.status.code(), Some(15), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no store at"),
+        "{out:?}"
+    );
+    assert!(!s.path("home").exists());
+    copy(&[("HOME", s.path("home"))]);
     assert!(s.path("home/.local/state/ferry/ferry.db").is_file());
-    status(&[("HOME", s.path("home")), ("XDG_STATE_HOME", s.path("xdg"))]);
+    copy(&[("HOME", s.path("home")), ("XDG_STATE_HOME", s.path("xdg"))]);
     assert!(s.path("xdg/ferry/ferry.db").is_file());
-    status(&[
+    copy(&[
         ("XDG_STATE_HOME", s.path("xdg")),
         ("FERRY_STORE", s.path("explicit.db")),
     ]);
     assert!(s.path("explicit.db").is_file());
+    // A store named by the user never gets a directory made for it.
+    let out = ferry(
+        &[
+            "cp",
+            &s.path("f").to_string_lossy(),
+            &s.path("h").to_string_lossy(),
+        ],
+        &[("FERRY_STORE", s.path("nonexistent/dir/x.db"))],
+    );
+    assert_eq!(out.status.code(), Some(15), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{out:?}"
+    );
+    assert!(!s.path("nonexistent").exists());
+    assert!(!s.path("h").exists());
 }

@@ -115,9 +115,15 @@ fn worker_killed_mid_archive_loses_its_lease_and_another_completes_it() {
         .join(&object[2..4])
         .join(&object);
     assert_eq!(fs::read(&path).unwrap(), data(6 << 20));
-    // Attempt 1 never got an object under its name.
+    // Attempt 1 never got an object under its name, and what it was
+    // writing when it died is gone once attempt 2 completed.
     let stale = path.with_file_name(object.replace(&format!("-{id}-2"), &format!("-{id}-1")));
     assert!(!stale.exists());
+    let left: Vec<_> = util::walk(&archive_dir(&s))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "partial objects left: {left:?}");
 
     // The log tells the story, in order (read as `ferry watch --json` prints it).
     let store = ferry::store::SqliteStore::open(&s.store()).unwrap();
@@ -205,10 +211,18 @@ fn upcall_enqueue_then_worker_archives_by_fid() {
     ]));
     let ghost_id = request_id(&ghost);
     assert_eq!(request(&s, ghost_id)["state"], "waiting");
-    run_worker(&s);
+    // Without --fid-root, a relative FID is refused, never looked up in
+    // the worker's current directory (where a file of that name waits).
+    let cwd = s.path("cwd");
+    util::write_file(&cwd.join("[0x200000400:0x7:0x0]"), b"not this one");
+    run_ok(s.ferry().args(worker_args(&s)).current_dir(&cwd));
     let r = request(&s, ghost_id);
     assert_eq!(r["state"], "failed");
-    assert!(r["error"].as_str().unwrap().contains("0x200000400"));
+    let error = r["error"].as_str().unwrap();
+    assert!(
+        error.contains("0x200000400") && error.contains("--fid-root"),
+        "{error}"
+    );
     // A FID that is not a path is found under the worker's --fid-root (for
     // Lustre, MOUNT/.lustre/fid).
     let fid = "[0x200000400:0x8:0x0]";
@@ -315,7 +329,15 @@ fn user_mistakes_have_their_own_exit_codes() {
         .args(["hsm", "worker", "--archive"])
         .arg(format!("posix:{}", s.path("nope").display())));
     assert_eq!(code(&missing), Some(27));
-    // A restore of a file never archived fails: --wait exits 23.
+    // A restore of a file never archived is refused at once (22)...
+    let refused = run(s.ferry().args(["hsm", "restore"]).arg(&f));
+    assert_eq!(code(&refused), Some(22), "{refused:?}");
+    assert_eq!(stdout(&run_ok(s.ferry().args(["hsm", "list"]))), "");
+    // ...and one whose archived copy was removed fails: --wait exits 23.
+    run_ok(s.ferry().args(["hsm", "archive"]).arg(&f));
+    run_worker(&s);
+    run_ok(s.ferry().args(["hsm", "remove"]).arg(&f));
+    run_worker(&s);
     let id = request_id(&run_ok(s.ferry().args(["hsm", "restore"]).arg(&f)));
     let waiting = spawn_waiting(&s, "restore", &f, id);
     run_worker(&s);
@@ -352,4 +374,63 @@ fn spawn_waiting(s: &Scratch, action: &str, path: &Path, id: i64) -> std::proces
         assert!(Instant::now() < deadline, "the waiter never joined");
     }
     child
+}
+
+/// A byte rewritten in place, then the mtime set back (what time-preserving
+/// tools do): size and mtime look unchanged, but release used to punch the
+/// file (exit 0) and the change was lost for good. The change time gives
+/// it away: release refuses, the file is untouched and dirty; archived
+/// again, it releases and restores with the new byte. Data written into a
+/// released stub the same way is not restored over either.
+#[test]
+fn release_refuses_a_file_changed_in_place_with_its_mtime_set_back() {
+    use std::os::unix::fs::FileExt;
+    let s = Scratch::new();
+    let f = s.path("fs/f");
+    util::write_file(&f, &data(300_000));
+    run_ok(s.ferry().args(["hsm", "archive"]).arg(&f));
+    run_worker(&s);
+    let rewrite = |at: u64, byte: u8| {
+        let before = fs::metadata(&f).unwrap();
+        let file = fs::OpenOptions::new().write(true).open(&f).unwrap();
+        file.write_all_at(&[byte], at).unwrap();
+        file.set_modified(before.modified().unwrap()).unwrap();
+        drop(file);
+        let after = fs::metadata(&f).unwrap();
+        assert_eq!(after.len(), before.len());
+        assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+    };
+    rewrite(1000, b'Z');
+    let mut changed = data(300_000);
+    changed[1000] = b'Z';
+
+    let refused = run(s.ferry().args(["hsm", "release"]).arg(&f));
+    assert_eq!(code(&refused), Some(24));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("archive it again"));
+    assert_eq!(file_status(&s, &f)["state"], "dirty");
+    assert_eq!(fs::read(&f).unwrap(), changed, "the file is untouched");
+
+    run_ok(s.ferry().args(["hsm", "archive"]).arg(&f));
+    run_worker(&s);
+    run_ok(s.ferry().args(["hsm", "release"]).arg(&f));
+    run_ok(s.ferry().args(["hsm", "restore"]).arg(&f));
+    run_worker(&s);
+    assert_eq!(
+        fs::read(&f).unwrap(),
+        changed,
+        "the restore brings back the new byte"
+    );
+
+    // Into a released stub: the restore fails rather than overwrite it.
+    run_ok(s.ferry().args(["hsm", "release"]).arg(&f));
+    rewrite(7, b'Q');
+    let id = request_id(&run_ok(s.ferry().args(["hsm", "restore"]).arg(&f)));
+    run_worker(&s);
+    let r = request(&s, id);
+    assert_eq!(r["state"], "failed", "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("written to since"),
+        "{r}"
+    );
+    assert_eq!(fs::read(&f).unwrap()[7], b'Q');
 }

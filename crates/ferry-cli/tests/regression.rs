@@ -278,3 +278,57 @@ fn a_freed_transfer_takes_no_more_changes() {
     let last = store.last_seq().unwrap();
     ferry::events::snapshot_at(store.as_ref(), last).expect("the log still replays");
 }
+
+/// `ferry hsm list | head -1` panicked (exit 101) on the closed pipe. The
+/// reader end is closed before ferry starts, so its first line meets EPIPE
+/// every time, not only when `head` wins a race.
+#[test]
+fn listing_commands_into_a_closed_pipe_never_panic() {
+    let s = Scratch::new();
+    for i in 0..3 {
+        write_file(&s.path(&format!("src/d0/f{i}")), &[b'x'; 1000]);
+    }
+    run_ok(
+        s.ferry()
+            .args(["cp", "-r", "--name", "t"])
+            .arg(s.path("src"))
+            .arg(s.path("dst")),
+    );
+    let f = s.path("src/d0/f0");
+    for action in ["archive", "restore"] {
+        let _ = run(s.ferry().args(["hsm", action]).arg(&f));
+    }
+    let commands: &[&[&str]] = &[
+        &["status"],
+        &["status", "t", "--files"],
+        &["status", "--json"],
+        &["status", "--at", "1"],
+        &["hsm", "list"],
+        &["hsm", "list", "--json"],
+        &["hsm", "stats"],
+        &["hsm", "stats", "--json"],
+        &["hsm", "status", "1"],
+        &["verify", "t"],
+        &["store", "check"],
+        &["watch", "--until-done", "t"],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = s
+            .ferry()
+            .args(*args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("ferry {args:?}: {:?} {stderr}", out.status);
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(141)),
+            "ferry {args:?} into a closed pipe: {:?} {stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -208,11 +208,6 @@ fn another_user_can_neither_read_nor_lock_the_daemons_store() {
     client.dispatch("t", &RunRequest::default()).unwrap();
     assert_eq!(ended(&client, "t"), "completed");
     let store = s.store();
-    assert_eq!(
-        mode(store.parent().unwrap()),
-        0o700,
-        "the store's directory"
-    );
     for file in [
         store.clone(),
         beside(&store, "-wal"),
@@ -256,10 +251,9 @@ fn an_old_world_readable_store_is_made_private_at_start() {
 fn a_store_directory_others_can_write_is_refused_at_start() {
     let s = Scratch::new();
     let dir = s.store().parent().unwrap().to_path_buf();
-    fs::create_dir(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     let (code, err) = refused(&s);
-    assert_eq!(code, Some(37), "{err}");
+    assert_eq!(code, Some(39), "{err}");
     assert!(
         err.contains(&dir.display().to_string()) && err.contains("writable by other users"),
         "{err}"
@@ -280,7 +274,7 @@ fn a_symlink_planted_at_the_reserve_is_refused_and_its_target_unchanged() {
     std::os::unix::fs::symlink(&victim, beside(&store, ".reserve")).unwrap();
     // The daemon refuses to start on it…
     let (code, err) = refused(&s);
-    assert_eq!(code, Some(37), "{err}");
+    assert_eq!(code, Some(39), "{err}");
     assert!(
         err.contains(".reserve") && err.contains("symbolic link"),
         "{err}"

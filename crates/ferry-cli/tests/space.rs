@@ -181,10 +181,15 @@ fn a_full_destination_fails_the_file_keeps_its_temporary_and_resume_copies_only_
 
     let missing = bytes_left(&s.store(), "full");
     let total: u64 = 20 * (50 << 10) + (40 << 20);
+    let written = bytes_written_in(message);
+    assert!(
+        written >= 16 << 20,
+        "the first range, complete when the disk filled, is recorded durable: {message}"
+    );
     assert_eq!(
         missing,
-        total - (16 << 20),
-        "the first range, complete when the disk filled, is recorded durable"
+        total - written,
+        "what the message says was written is what the store recorded"
     );
 
     tmpfs.resize("64m");
@@ -197,6 +202,66 @@ fn a_full_destination_fails_the_file_keeps_its_temporary_and_resume_copies_only_
         "resume copies exactly what was not durable"
     );
     assert_same_tree(&src, &dst);
+}
+
+/// W in "no space left writing …: W of S bytes written, … more needed".
+fn bytes_written_in(message: &str) -> u64 {
+    let (_, tail) = message.rsplit_once(": ").expect("a message with a colon");
+    tail.split(' ').next().unwrap().parse().expect("a number")
+}
+
+/// A full destination used to record nothing below the first whole range
+/// (a file under 32 MiB restarted from zero), and its message counted
+/// bytes still in flight. Now the bytes that landed are made durable and
+/// recorded at the failure, and the message names them. A 1 MiB filler
+/// puts the failure inside a piece, so that the resume's checksum of that
+/// piece joins the durable head (read from the temporary) to the rest.
+#[test]
+fn a_full_destination_records_every_byte_that_landed_and_resume_continues_from_it() {
+    let s = Scratch::new();
+    let Some(tmpfs) = Tmpfs::mount(&s.path("dest-fs"), "16m") else {
+        return;
+    };
+    let src = s.path("src");
+    let mut rng = fastrand::Rng::with_seed(23);
+    write_file(&src.join("large"), &random_bytes(&mut rng, 40 << 20));
+    write_file(&tmpfs.dir.join("filler"), &vec![1u8; 1 << 20]);
+    let dst = tmpfs.dir.join("dst");
+    let out = run(s
+        .ferry()
+        .args(["cp", "--json", "--threads", "1", "--name", "full"])
+        .arg(src.join("large"))
+        .arg(&dst));
+    assert_eq!(out.status.code(), Some(1), "the transfer fails");
+    let report = json(&out);
+    let message = report["failures"][0]["error"].as_str().unwrap().to_owned();
+    let written = bytes_written_in(&message);
+    let temp = tmpfs
+        .dir
+        .join(temps(&tmpfs.dir).pop().expect("the temporary is kept"));
+    let on_disk = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(&temp).unwrap()) * 512;
+    assert_eq!(
+        written, on_disk,
+        "the message names the bytes on disk: {message}"
+    );
+    assert_eq!(
+        written,
+        15 << 20,
+        "the file system held 15 MiB besides the filler"
+    );
+    assert_eq!(bytes_left(&s.store(), "full"), (40 << 20) - written);
+
+    tmpfs.resize("64m");
+    let report = json(&run_ok(s.ferry().args(["resume", "full", "--json"])));
+    assert_eq!(report["state"], "completed");
+    assert_eq!(report["bytes_reused"].as_u64(), Some(written));
+    assert_eq!(report["bytes_copied"].as_u64(), Some((40 << 20) - written));
+    assert_eq!(
+        fs::read(&dst).unwrap(),
+        fs::read(src.join("large")).unwrap()
+    );
+    // The recorded checksum is the source's: verify re-reads and agrees.
+    run_ok(s.ferry().args(["verify", "full"]));
 }
 
 #[test]
@@ -227,7 +292,7 @@ fn check_space_refuses_to_start_when_the_destination_is_too_small() {
 }
 
 #[test]
-fn a_read_only_destination_fails_each_file_with_its_path() {
+fn a_read_only_destination_is_refused_up_front_with_its_path() {
     let s = Scratch::new();
     let Some(tmpfs) = Tmpfs::mount(&s.path("dest-fs"), "4m") else {
         return;
@@ -241,9 +306,11 @@ fn a_read_only_destination_fails_each_file_with_its_path() {
         .args(["cp", "-r"])
         .arg(&src)
         .arg(tmpfs.dir.join("dst")));
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Refused before anything is written, in one line (not one per file).
+    assert_eq!(out.status.code(), Some(37), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("read-only"), "{stderr}");
     assert!(
         stderr.contains(&tmpfs.dir.display().to_string()),
         "{stderr}"
@@ -335,6 +402,64 @@ fn a_full_store_disk_turns_the_store_read_only_and_the_transfer_completes_after_
     assert_eq!(report["state"], "completed");
     assert_same_tree(&src, &dst);
     assert_no_partial_files(&src, &dst);
+}
+
+/// With the default reserve (no FERRY_STORE_RESERVE), an 8 MiB store file
+/// system used to need 8 MiB free to come back, so it never did by itself;
+/// `store check` said 19 while a resume wrote anyway, and then check said
+/// read-write. Now the reserve and its threshold scale to the disk, and
+/// check, resume and the probe apply one rule, reserve file or not.
+#[test]
+fn a_small_store_disk_with_the_default_reserve_comes_back_and_check_agrees_with_resume() {
+    let s = Scratch::new();
+    let Some(tmpfs) = Tmpfs::mount(&s.path("store-fs"), "8m") else {
+        return;
+    };
+    let store = tmpfs.dir.join("ferry.db");
+    let ferry = || {
+        let mut cmd = ferry_at(&store);
+        cmd.env_remove("FERRY_STORE_RESERVE");
+        cmd
+    };
+    let src = s.path("src");
+    make_small_files(&src, 1500, 1024, 7);
+    let dst = s.path("dst");
+    let out = run(ferry()
+        .env("FERRY_FAILPOINT", "commit.record_copied")
+        .args(["cp", "-a", "--threads", "1", "--name", "t"])
+        .arg(&src)
+        .arg(&dst));
+    assert_eq!(out.status.signal(), Some(9));
+    let check = json(&run_ok(ferry().args(["store", "check", "--json"])));
+    let reserve = check["reserve_bytes"].as_u64().unwrap();
+    let recover = check["recover_bytes"].as_u64().unwrap();
+    assert!(reserve < 4 << 20, "the reserve fits the disk: {check}");
+    assert!(recover < 2 << 20, "the threshold is reachable: {check}");
+
+    let filler = tmpfs.fill("filler", 96 << 10);
+    let out = run(ferry().args(["resume", "t", "--threads", "1"]));
+    assert_eq!(out.status.code(), Some(19), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FERRY_STORE_RESERVE"), "{stderr}");
+    // Full: check and resume say the same, before and after each other.
+    for _ in 0..2 {
+        let check = run(ferry().args(["store", "check", "--json"]));
+        assert_eq!(check.status.code(), Some(19), "{check:?}");
+        let out = run(ferry().args(["resume", "t", "--threads", "1"]));
+        assert_eq!(out.status.code(), Some(19), "{out:?}");
+    }
+
+    // Room again: read-write with no help, then the same after a resume.
+    fs::remove_file(filler).unwrap();
+    let check = run(ferry().args(["store", "check", "--json"]));
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    assert_eq!(json(&check)["read_only"], serde_json::Value::Null);
+    let report = json(&run_ok(ferry().args(["resume", "t", "--json"])));
+    assert_eq!(report["state"], "completed");
+    let after = run(ferry().args(["store", "check", "--json"]));
+    assert_eq!(after.status.code(), Some(0), "{after:?}");
+    assert_eq!(json(&after)["recover_bytes"], json(&check)["recover_bytes"]);
+    assert_same_tree(&src, &dst);
 }
 
 /// At most this long for the soak, whatever the machine.

@@ -4,7 +4,12 @@
 //! The store's catalog is the truth; the attribute is a mirror for tools
 //! that look at the file (written after the store, best effort: a file
 //! system without user attributes still works). A file is dirty when its
-//! size or modification time differ from what was archived.
+//! size or modification time differ from what was archived, or its inode
+//! or change time from what ferry last left (ctime cannot be set back:
+//! a byte rewritten in place and `touch -d` back to the old mtime is seen).
+//! Ferry's own changes (the mirror, a release's punch) are followed by a
+//! new stamp; a change by someone else between ferry's change and that
+//! stamp, microseconds, would go unseen if it also restored the mtime.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -41,10 +46,44 @@ pub fn file_meta(meta: &fs::Metadata) -> (u64, i64, u32) {
     )
 }
 
-/// Whether `meta` differs from what `entry` archived.
+/// `(inode, ctime_ns)`: what identifies this version of a file.
+pub fn stamp_of(meta: &fs::Metadata) -> (u64, i64) {
+    (
+        meta.ino(),
+        meta.ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.ctime_nsec()),
+    )
+}
+
+/// Whether `meta` differs from what `entry` archived, or from the stamp
+/// ferry recorded (when it recorded one: entries from before did not).
 pub fn changed_since(entry: &CatalogEntry, meta: &fs::Metadata) -> bool {
     let (size, mtime_ns, _) = file_meta(meta);
-    size != entry.size || mtime_ns != entry.mtime_ns
+    size != entry.size
+        || mtime_ns != entry.mtime_ns
+        || (entry.ctime_ns != 0 && stamp_of(meta) != (entry.ino, entry.ctime_ns))
+}
+
+/// Records `path`'s stamp after ferry's own change to it, while its entry
+/// is in `state`. Best effort (warned): a missed stamp makes the file look
+/// dirty later, never clean.
+pub fn restamp(queue: &dyn RequestQueue, fid: &str, state: CatalogState, path: &Path) {
+    let stamped = fs::symlink_metadata(path)
+        .map_err(|e| e.to_string())
+        .and_then(|meta| {
+            let (ino, ctime_ns) = stamp_of(&meta);
+            queue
+                .set_catalog_stamp(fid, state, ino, ctime_ns)
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = stamped {
+        eprintln!(
+            "ferry: warning: {}: cannot record its change time ({e}); it will look changed \
+             (dirty) until it is archived again",
+            path.display()
+        );
+    }
 }
 
 /// Writes the mirror of `entry` on `path`.
@@ -122,6 +161,9 @@ pub fn release(queue: &dyn RequestQueue, fid: &str, path: &Path) -> Result<Catal
     let released = queue.set_catalog_state(fid, CatalogState::Archived, CatalogState::Released)?;
     punch(path, &released).map_err(|e| Error::io(path, e))?;
     mirror(path, &released);
+    // The punch and the mirror changed ctime: a restore compares the stub
+    // with this stamp to tell data written into it since.
+    restamp(queue, fid, CatalogState::Released, path);
     Ok(released)
 }
 
@@ -182,6 +224,14 @@ pub fn request_for_path(
             });
         }
         refresh(queue, &fid, &abs)?;
+    }
+    // A restore needs an archived copy: without one in the catalog the
+    // request could only fail, so it is refused here (exit 22).
+    if action == crate::Action::Restore && queue.catalog_entry(&fid)?.is_none() {
+        return Err(Error::Store(ferry::store::StoreError::NotInCatalog {
+            path: queue.location(),
+            fid,
+        }));
     }
     Ok(crate::NewRequest {
         action,

@@ -77,6 +77,8 @@ fn archived(fid: &str, object: &str) -> CatalogEntry {
         mode: 0o644,
         checksum: Some("xxh3-128:0".into()),
         updated_ns: 0,
+        ino: 11,
+        ctime_ns: 13,
     }
 }
 
@@ -566,6 +568,41 @@ pub fn catalog_compare_and_swap<Q: RequestQueue>(q: &Q) {
     );
 }
 
+/// The change stamp (inode, ctime) round-trips, follows state changes, and
+/// is written only while the entry is in the state the caller saw.
+pub fn catalog_stamp<Q: RequestQueue>(q: &Q) {
+    enqueue_one(q, Action::Archive, "f");
+    let lease = lease_one(q, "w", LONG);
+    q.ack(&lease, Some(&archived("f", "obj"))).unwrap();
+    let entry = q.catalog_entry("f").unwrap().unwrap();
+    assert_eq!((entry.ino, entry.ctime_ns), (11, 13));
+    assert!(
+        q.set_catalog_stamp("f", CatalogState::Archived, 17, 19)
+            .unwrap()
+    );
+    let released = q
+        .set_catalog_state("f", CatalogState::Archived, CatalogState::Released)
+        .unwrap();
+    assert_eq!((released.ino, released.ctime_ns), (17, 19));
+    assert!(
+        !q.set_catalog_stamp("f", CatalogState::Archived, 23, 29)
+            .unwrap()
+    );
+    assert!(
+        !q.set_catalog_stamp("nope", CatalogState::Archived, 23, 29)
+            .unwrap()
+    );
+    assert!(
+        q.set_catalog_stamp("f", CatalogState::Released, 31, 37)
+            .unwrap()
+    );
+    let entry = q.catalog_entry("f").unwrap().unwrap();
+    assert_eq!(
+        (entry.state, entry.ino, entry.ctime_ns),
+        (CatalogState::Released, 31, 37)
+    );
+}
+
 pub fn lease_filter_by_archive_id<Q: RequestQueue>(q: &Q) {
     let mut two = request(Action::Archive, "two");
     two.archive_id = 2;
@@ -642,6 +679,7 @@ macro_rules! hsm_conformance_tests {
             lost_marks_catalog,
             cancel_stops_a_started_request,
             catalog_compare_and_swap,
+            catalog_stamp,
             lease_filter_by_archive_id,
             concurrent_workers_never_share_a_lease,
         );

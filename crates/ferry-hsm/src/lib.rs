@@ -188,6 +188,12 @@ pub struct CatalogEntry {
     pub mode: u32,
     pub checksum: Option<String>,
     pub updated_ns: i64,
+    /// The file's inode and change time as ferry last left it (after its
+    /// own archive, release or restore of it; 0: not recorded). A user
+    /// can set mtime back, never ctime: a file changed in place with its
+    /// mtime restored is dirty by these.
+    pub ino: u64,
+    pub ctime_ns: i64,
 }
 
 /// How a failed attempt ends.
@@ -364,6 +370,19 @@ pub trait RequestQueue: Store {
         from: CatalogState,
         to: CatalogState,
     ) -> Result<CatalogEntry, StoreError>;
+
+    /// Records the file's inode and change time after ferry's own change
+    /// to it (the mirror attribute, a release's punch), while its entry is
+    /// still in `state`; `false` when it no longer is (nothing written).
+    /// Not a state change, so no event: a missed stamp only makes the file
+    /// look dirty later, never clean.
+    fn set_catalog_stamp(
+        &self,
+        fid: &str,
+        state: CatalogState,
+        ino: u64,
+        ctime_ns: i64,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Blocks until request `id` is over (or `timeout` passed: `Ok(None)`),

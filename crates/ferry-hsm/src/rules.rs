@@ -22,8 +22,8 @@ pub const REQUEST_COLUMNS: &str = "id, action, fsname, archive_id, flags, data, 
      lease_expires_ns, waiters, error, created_ns, updated_ns";
 
 /// The columns of a catalog row, in the order both stores read them.
-pub const CATALOG_COLUMNS: &str =
-    "fid, path, state, archive_id, object, size, mtime_ns, mode, checksum, updated_ns";
+pub const CATALOG_COLUMNS: &str = "fid, path, state, archive_id, object, size, mtime_ns, mode, checksum, updated_ns, ino, \
+     ctime_ns";
 
 /// `meta` keys of the [`Policy`], in the order of its fields.
 pub const POLICY_KEYS: [&str; 7] = [

@@ -256,7 +256,14 @@ impl Queue<'_> {
                         row.get::<_, String>(2)?,
                         row.get::<_, u32>(3)?,
                         row.get::<_, Option<String>>(4)?,
-                        [row.get::<_, i64>(5)?, row.get(6)?, row.get(7)?, row.get(9)?],
+                        [
+                            row.get::<_, i64>(5)?,
+                            row.get(6)?,
+                            row.get(7)?,
+                            row.get(9)?,
+                            row.get(10)?,
+                            row.get(11)?,
+                        ],
                         row.get::<_, Option<String>>(8)?,
                     ))
                 })
@@ -280,6 +287,8 @@ impl Queue<'_> {
             mode: n[2] as u32,
             checksum,
             updated_ns: n[3],
+            ino: n[4] as u64,
+            ctime_ns: n[5],
         }))
     }
 
@@ -297,8 +306,8 @@ impl Queue<'_> {
         new.updated_ns = now_ns();
         tx.prepare_cached(
             "INSERT OR REPLACE INTO hsm_catalog (fid, path, state, archive_id, object, size,
-                mtime_ns, mode, checksum, updated_ns)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                mtime_ns, mode, checksum, updated_ns, ino, ctime_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )
         .and_then(|mut stmt| {
             stmt.execute(params![
@@ -311,7 +320,9 @@ impl Queue<'_> {
                 new.mtime_ns,
                 new.mode,
                 new.checksum,
-                new.updated_ns
+                new.updated_ns,
+                new.ino as i64,
+                new.ctime_ns
             ])
         })
         .map_err(|e| self.err(e))?;
@@ -726,6 +737,23 @@ impl Queue<'_> {
             self.write_catalog(tx, &entry, None)
         })
     }
+
+    fn set_catalog_stamp(
+        &self,
+        fid: &str,
+        state: CatalogState,
+        ino: u64,
+        ctime_ns: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached(
+                "UPDATE hsm_catalog SET ino = ?1, ctime_ns = ?2 WHERE fid = ?3 AND state = ?4",
+            )
+            .and_then(|mut stmt| stmt.execute(params![ino as i64, ctime_ns, fid, state.as_str()]))
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
+        })
+    }
 }
 
 impl RequestQueue for SqliteStore {
@@ -798,6 +826,16 @@ impl RequestQueue for SqliteStore {
         to: CatalogState,
     ) -> Result<CatalogEntry, StoreError> {
         Queue(self).set_catalog_state(fid, from, to)
+    }
+
+    fn set_catalog_stamp(
+        &self,
+        fid: &str,
+        state: CatalogState,
+        ino: u64,
+        ctime_ns: i64,
+    ) -> Result<bool, StoreError> {
+        Queue(self).set_catalog_stamp(fid, state, ino, ctime_ns)
     }
 }
 

@@ -173,6 +173,16 @@ impl<'a> Worker<'a> {
             last: Instant::now(),
         };
         let result = match r.action {
+            // Resolved against the worker's current directory it would name
+            // whatever file happens to be there.
+            _ if path.is_relative() => Err(Step::Fail(
+                FailKind::Permanent,
+                format!(
+                    "FID {} is relative and this worker has no --fid-root to resolve it under \
+                     (for Lustre, --fid-root MOUNT/.lustre/fid)",
+                    r.fid
+                ),
+            )),
             Action::Archive => self.archive(lease, &path, &mut fence),
             Action::Restore => self.restore(lease, &path, &mut fence),
             Action::Remove => self.remove(lease, &path),
@@ -276,7 +286,7 @@ impl<'a> Worker<'a> {
         // Queued without a look at the file (the upcall): its archived copy
         // may be current already.
         if previous.as_ref().is_some_and(|p| {
-            p.state == CatalogState::Archived && p.size == size && p.mtime_ns == mtime_ns
+            p.state == CatalogState::Archived && !catalog::changed_since(p, &before)
         }) {
             return self.ack(lease, None);
         }
@@ -296,7 +306,11 @@ impl<'a> Worker<'a> {
             .put(&object, &mut file, &meta, fence)
             .map_err(|e| fence.classify(path, "archive", e))?;
         let after = fs::metadata(path).map_err(|e| io_fail(path, "stat", e))?;
-        if file_meta(&after).0 != size || file_meta(&after).1 != mtime_ns {
+        let (ino, ctime_ns) = catalog::stamp_of(&after);
+        if file_meta(&after).0 != size
+            || file_meta(&after).1 != mtime_ns
+            || (ino, ctime_ns) != catalog::stamp_of(&before)
+        {
             let _ = self.archive.remove(&object);
             return Err(Step::Fail(
                 FailKind::Retry,
@@ -314,6 +328,8 @@ impl<'a> Worker<'a> {
             mode,
             checksum: Some(checksum),
             updated_ns: 0,
+            ino,
+            ctime_ns,
         };
         if let Err(e) = self.ack(lease, Some(&entry)) {
             // Not ours any more: our object is garbage, the catalog never
@@ -322,6 +338,20 @@ impl<'a> Worker<'a> {
             return Err(e);
         }
         catalog::mirror(path, &entry);
+        catalog::restamp(self.queue, &r.fid, CatalogState::Archived, path);
+        // Earlier attempts of this request lost their lease (a worker
+        // killed mid-copy, say): what they wrote is garbage no catalog entry
+        // can point at any more, since this attempt's ack won. Bounded by the
+        // policy's attempts.
+        for attempt in 1..lease.attempt {
+            if let Err(e) = self.archive.remove(&object_id(&r.fid, r.id, attempt)) {
+                eprintln!(
+                    "ferry: request {}: cannot remove what attempt {attempt} left in the \
+                     archive ({e}); it is garbage",
+                    r.id
+                );
+            }
+        }
         // The copy this one replaces is not needed any more.
         if let Some(old) = previous.and_then(|p| p.object).filter(|o| *o != object) {
             let _ = self.archive.remove(&old);
@@ -385,8 +415,7 @@ impl<'a> Worker<'a> {
                 // The stub must still be what release left: data written
                 // into it since is newer than the archive and is kept.
                 if let Some(stub) = &stub {
-                    let mtime_ns = stub.mtime() * 1_000_000_000 + stub.mtime_nsec();
-                    if stub.len() != entry.size || mtime_ns != entry.mtime_ns {
+                    if catalog::changed_since(&entry, stub) {
                         return Err(Step::Fail(
                             FailKind::Permanent,
                             format!(
@@ -417,9 +446,16 @@ impl<'a> Worker<'a> {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
+        // The rename changed ctime after the mirror: the restored file's
+        // stamp is taken now.
+        let (ino, ctime_ns) = fs::symlink_metadata(path)
+            .map(|m| catalog::stamp_of(&m))
+            .map_err(|e| io_fail(path, "stat", e))?;
         let restored = CatalogEntry {
             state: CatalogState::Archived,
             path: Some(path.to_path_buf()),
+            ino,
+            ctime_ns,
             ..entry
         };
         self.ack(lease, Some(&restored))

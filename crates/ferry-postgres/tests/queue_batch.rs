@@ -32,6 +32,8 @@ fn archived(fid: &str) -> CatalogEntry {
         mode: 0o644,
         checksum: Some("c".into()),
         updated_ns: 0,
+        ino: 0,
+        ctime_ns: 0,
     }
 }
 

@@ -66,10 +66,12 @@ impl From<ferry::Error> for ApiError {
             E::DirectoryOntoFile { .. }
             | E::FileOntoDirectory { .. }
             | E::TargetNotADirectory { .. }
-            | E::DuplicateDestination { .. } => (S::UNPROCESSABLE_ENTITY, "destination_conflict"),
+            | E::DuplicateDestination { .. }
+            | E::BadDestination { .. } => (S::UNPROCESSABLE_ENTITY, "destination_conflict"),
             E::SameFile { .. } | E::CopyIntoItself { .. } => (S::UNPROCESSABLE_ENTITY, "same_file"),
             E::UnsupportedFileType { .. } => (S::UNPROCESSABLE_ENTITY, "unsupported_file_type"),
             E::TransferNotFound { .. } => (S::NOT_FOUND, "transfer_not_found"),
+            E::InvalidName { .. } => (S::BAD_REQUEST, "invalid_name"),
             E::OwnerAlive { .. } | E::NameInUse { .. } => (S::CONFLICT, "name_in_use"),
             E::NothingToDo { .. } | E::NotDispatched { .. } => (S::CONFLICT, "nothing_to_do"),
             E::Cancelled { .. } | E::Store(StoreError::Cancelled { .. }) => {

@@ -59,7 +59,8 @@ pub enum Error {
 
     #[error(
         "a transfer named {name} already exists in store {store} (id {id}, {state}): \
-         choose another --name"
+         `ferry resume {name}` continues it, `ferry forget {name}` frees the name, or choose \
+         another --name"
     )]
     NameInUse {
         name: String,
@@ -67,6 +68,16 @@ pub enum Error {
         state: TransferState,
         store: PathBuf,
     },
+
+    #[error(
+        "{name:?} cannot name a transfer: {why}; a name is 1 to {max} printable characters",
+        max = crate::model::NAME_BYTES_MAX
+    )]
+    InvalidName { name: String, why: &'static str },
+
+    /// Refused before anything is written: a destination that cannot be.
+    #[error("cannot copy to {path}: {why}")]
+    BadDestination { path: PathBuf, why: String },
 
     #[error("transfer {name} (id {id}) is {state}: nothing to {action}")]
     NothingToDo {
@@ -145,7 +156,13 @@ impl Error {
             Error::Cancelled { .. } | Error::Store(StoreError::Cancelled { .. }) => 12,
             Error::NothingToDo { .. } | Error::NotDispatched { .. } => 13,
             Error::UnsupportedFileType { .. } => 14,
-            Error::Store(StoreError::Open { .. } | StoreError::Unreachable { .. }) => 15,
+            Error::Store(
+                StoreError::Open { .. }
+                | StoreError::Unreachable { .. }
+                | StoreError::NoStore { .. },
+            ) => 15,
+            Error::InvalidName { .. } => 29,
+            Error::BadDestination { .. } => 37,
             Error::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => 17,
             Error::Store(StoreError::ReadOnly { .. }) => 19,
             Error::NotEnoughSpace { .. } => 20,

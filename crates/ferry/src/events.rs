@@ -19,7 +19,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::model::{Event, FileState, TransferId, TransferState};
+use crate::model::{Event, FileState, TransferId, TransferRecord, TransferState};
+use crate::owner::Liveness;
 use crate::store::{EventFilter, EventReader, Store, StoreError};
 
 /// Events fetched per read.
@@ -378,4 +379,31 @@ pub fn is_terminal_event(event: &Event, id: TransferId) -> bool {
         && event
             .transfer_state()
             .is_some_and(TransferState::is_terminal)
+}
+
+/// How often a waiter ([`Watch::next_timeout`]) that sees no event looks at
+/// the owner of the transfer it waits for: a job epilogue waiting on a
+/// copier that was OOM-killed must end, not hang.
+pub const OWNER_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The transfer `id` when nothing will ever end it: it is not over and its
+/// owner is dead ([`crate::owner`]'s liveness: on this host, no such
+/// process). `None` while it is over, moving, or owned by a process this
+/// host cannot see (another host is never guessed about).
+pub fn abandoned(store: &dyn Store, id: TransferId) -> Result<Option<TransferRecord>> {
+    let Some(before) = store.transfer(id)? else {
+        return Ok(None);
+    };
+    if before.state.is_terminal() || before.owner.liveness() != Liveness::Dead {
+        return Ok(None);
+    }
+    // The owner may have written the end just before it exited: read again
+    // now that it is known dead (it writes nothing more), and a re-attach
+    // in between gave the transfer a new owner.
+    Ok(store.transfer(id)?.filter(|now| {
+        let (a, b) = (&now.owner, &before.owner);
+        !now.state.is_terminal()
+            && (&a.host, &a.boot_id, a.pid, a.start_time)
+                == (&b.host, &b.boot_id, b.pid, b.start_time)
+    }))
 }

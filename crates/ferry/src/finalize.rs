@@ -97,13 +97,35 @@ pub struct TransferOutcome {
     pub outcome: Outcome,
     pub files_committed: usize,
     pub temporaries_removed: usize,
+    /// The files whose temporaries were removed: data that never reached
+    /// its final name and is gone.
+    #[serde(serialize_with = "lossy_all")]
+    pub removed: Vec<PathBuf>,
+    /// This run failed it (its owner was dead and `--resume` not given).
+    pub aborted: bool,
     pub detail: Option<String>,
+}
+
+/// A file below finalize's paths that looks like a store (named `*.db`, or
+/// an SQLite database) and was not taken as one.
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    #[serde(serialize_with = "lossy")]
+    pub path: PathBuf,
+    pub why: &'static str,
 }
 
 /// Every ferry store at or below `paths` (directories are searched
 /// recursively). A store is recognised by its SQLite header and ferry's
 /// application id, not by its name.
 pub fn find_stores(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    Ok(find_stores_reporting(paths)?.0)
+}
+
+/// [`find_stores`], and the files that look like stores (named `*.db`, or
+/// SQLite databases) that were not taken, with why.
+pub fn find_stores_reporting(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Skipped>)> {
+    let mut skipped = Vec::new();
     let mut found = Vec::new();
     // The same store named twice (or reached twice) is finalized once.
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
@@ -134,7 +156,11 @@ pub fn find_stores(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             stack.extend(children.into_iter().rev());
         } else if meta.is_file() && is_ferry_store(&path) {
             found.push(path);
-        } else if paths.contains(&path) {
+        } else if !paths.contains(&path) {
+            if let Some(why) = looks_like_a_store(&path) {
+                skipped.push(Skipped { path, why });
+            }
+        } else {
             // Named explicitly: say why it is not taken.
             return Err(crate::store::StoreError::NotAStore {
                 path,
@@ -143,7 +169,24 @@ pub fn find_stores(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             .into());
         }
     }
-    Ok(found)
+    Ok((found, skipped))
+}
+
+/// Why a file that is not a ferry store might have been meant as one.
+fn looks_like_a_store(path: &Path) -> Option<&'static str> {
+    let mut header = [0u8; 16];
+    let read = File::open(path).and_then(|mut f| f.read_exact(&mut header));
+    let named = path.extension().is_some_and(|e| e == "db");
+    match read {
+        Ok(()) if &header == b"SQLite format 3\0" => {
+            Some("an SQLite database, but not a ferry store (another application's)")
+        }
+        Err(e) if named && e.kind() == io::ErrorKind::PermissionDenied => {
+            Some("cannot be read (permission denied)")
+        }
+        _ if named => Some("not an SQLite database"),
+        _ => None,
+    }
 }
 
 /// The first 72 bytes: "SQLite format 3\0", and "FRRY" as application id
@@ -214,6 +257,7 @@ fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOu
     let mut done = Vec::new();
     let mut pending: Vec<Pending> = Vec::new();
     let mut to_sync: Vec<PathBuf> = Vec::new();
+    let mut opened: Vec<Arc<SqliteStore>> = Vec::new();
     for path in group {
         let store = match SqliteStore::open_deferred(path) {
             Ok(store) => Arc::new(store),
@@ -222,6 +266,7 @@ fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOu
                 continue;
             }
         };
+        opened.push(Arc::clone(&store));
         let transfers = match store.transfers() {
             Ok(t) => t,
             Err(e) => {
@@ -289,6 +334,12 @@ fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOu
             let message = format!("could not make the store durable: {e}");
             done.extend(recorded.into_iter().map(|o| failed(o, &message)));
         }
+    }
+    // Everything is durable in the write-ahead logs: fold them in. A store
+    // that cannot settle (another process has it open) keeps its log,
+    // which is as safe, only larger.
+    for store in opened {
+        let _ = store.settle();
     }
     done
 }
@@ -380,7 +431,7 @@ fn finalize_transfer(
         }
     }
     // Failed, cancelled, or aborted now: remove what never got its final name.
-    let mut removed = 0;
+    let mut removed = Vec::new();
     for entry in entries
         .iter()
         .filter(|e| e.kind != EntryKind::Dir && !e.state.is_done())
@@ -388,7 +439,7 @@ fn finalize_transfer(
         let temp = commit::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
         match std::fs::remove_file(&temp) {
             Ok(()) => {
-                removed += 1;
+                removed.push(entry.dest.clone());
                 to_sync.push(temp);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -401,7 +452,9 @@ fn finalize_transfer(
         "temporaries removed",
     )];
     let mut result = outcome(&path, transfer, Outcome::Cleaned, None);
-    result.temporaries_removed = removed;
+    result.temporaries_removed = removed.len();
+    result.removed = removed;
+    result.aborted = !state.is_terminal();
     Ok(Step::Record(changes, result))
 }
 
@@ -569,6 +622,8 @@ fn outcome(
         outcome,
         files_committed: 0,
         temporaries_removed: 0,
+        removed: Vec::new(),
+        aborted: false,
         detail,
     }
 }
@@ -587,6 +642,8 @@ fn store_failure(path: &Path, e: Error) -> TransferOutcome {
         outcome: Outcome::Failed,
         files_committed: 0,
         temporaries_removed: 0,
+        removed: Vec::new(),
+        aborted: false,
         detail: Some(e.to_string()),
     }
 }
@@ -603,59 +660,115 @@ pub struct Stopped {
     pub owner_alive: bool,
 }
 
-/// `ferry stop [--dead]`: cancel and free every transfer of the store (only
-/// those whose owner is dead with `dead_only`), removing the temporaries of
-/// those no live process is writing.
-pub fn stop(store: &dyn Store, dead_only: bool, force: bool) -> Result<Vec<Stopped>> {
+/// Which transfers [`stop`] frees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopWhich {
+    /// Every one (AXL's `AXL_Stop`; `ferry stop --all`).
+    All,
+    /// All but the completed (and finalized) ones, whose record a user
+    /// may still want (`ferry stop`).
+    Unfinished,
+    /// Only those whose owner is dead (`ferry stop --dead`).
+    Dead,
+}
+
+/// `ferry stop [--dead|--all]`: cancel and free the store's transfers that
+/// `which` names, removing the temporaries of those no live process is
+/// writing. Returns what it did to each, and the transfers it left.
+pub fn stop(store: &dyn Store, which: StopWhich, force: bool) -> Result<Vec<Stopped>> {
     let mut stopped = Vec::new();
     for transfer in store.transfers()? {
         let liveness = transfer.owner.liveness();
         let dead = matches!(liveness, Liveness::Dead) || (force && liveness == Liveness::Unknown);
-        if dead_only && !dead {
+        let finished = matches!(
+            transfer.state,
+            TransferState::Completed | TransferState::Finalized
+        );
+        let left = match which {
+            StopWhich::All => false,
+            StopWhich::Unfinished => finished,
+            StopWhich::Dead => !dead,
+        };
+        if left {
             continue;
         }
-        let mut changes = Vec::new();
-        let cancelled = !transfer.state.is_terminal();
-        if cancelled {
-            changes.push(Change::Transfer {
-                id: transfer.id,
-                to: TransferState::Cancelled,
-                owner: None,
-                context: serde_json::json!({"by": "stop", "pid": std::process::id()}),
-            });
-        }
-        let mut removed = 0;
-        let owner_alive = !dead && !transfer.state.is_terminal();
-        if !owner_alive {
-            let mut dirs: HashSet<PathBuf> = HashSet::new();
-            for entry in store.entries(transfer.id)? {
-                if entry.kind == EntryKind::Dir || entry.state.is_done() {
-                    continue;
-                }
-                let temp = commit::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
-                match std::fs::remove_file(&temp) {
-                    Ok(()) => {
-                        removed += 1;
-                        dirs.insert(temp);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io(&temp, e)),
-                }
-            }
-            commit::make_durable(dirs.iter().map(PathBuf::as_path))
-                .map_err(|e| Error::io(store.location(), e))?;
-        }
-        changes.push(Change::Free { id: transfer.id });
-        store.apply(&changes)?;
-        stopped.push(Stopped {
-            transfer: transfer.name,
-            id: transfer.id.0,
-            cancelled,
-            temporaries_removed: removed,
-            owner_alive,
-        });
+        stopped.push(stop_one(store, transfer, dead)?);
     }
     Ok(stopped)
+}
+
+/// `ferry forget NAME`: free one transfer, so that its name can be used
+/// again (its rows and events stay). One that is not over is cancelled
+/// first and its temporaries removed; one whose owner is alive (or on
+/// another host, without `force`) is refused.
+pub fn forget(store: &dyn Store, name: &str, force: bool) -> Result<Stopped> {
+    let transfer = store
+        .transfer_by_name(name)?
+        .ok_or_else(|| Error::TransferNotFound {
+            name: name.to_owned(),
+            store: store.location(),
+        })?;
+    let liveness = transfer.owner.liveness();
+    let dead = matches!(liveness, Liveness::Dead) || (force && liveness == Liveness::Unknown);
+    if !dead && !transfer.state.is_terminal() {
+        return Err(Error::OwnerAlive {
+            name: transfer.name,
+            id: transfer.id,
+            host: transfer.owner.host,
+            pid: transfer.owner.pid,
+        });
+    }
+    stop_one(store, transfer, dead)
+}
+
+fn stop_one(store: &dyn Store, transfer: TransferRecord, dead: bool) -> Result<Stopped> {
+    let mut changes = Vec::new();
+    let cancelled = !transfer.state.is_terminal();
+    if cancelled {
+        changes.push(Change::Transfer {
+            id: transfer.id,
+            to: TransferState::Cancelled,
+            owner: None,
+            context: serde_json::json!({"by": "stop", "pid": std::process::id()}),
+        });
+    }
+    let mut removed = 0;
+    let owner_alive = !dead && !transfer.state.is_terminal();
+    if !owner_alive {
+        let mut dirs: HashSet<PathBuf> = HashSet::new();
+        for entry in store.entries(transfer.id)? {
+            if entry.kind == EntryKind::Dir || entry.state.is_done() {
+                continue;
+            }
+            let temp = commit::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
+            match std::fs::remove_file(&temp) {
+                Ok(()) => {
+                    removed += 1;
+                    dirs.insert(temp);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&temp, e)),
+            }
+        }
+        commit::make_durable(dirs.iter().map(PathBuf::as_path))
+            .map_err(|e| Error::io(store.location(), e))?;
+    }
+    changes.push(Change::Free { id: transfer.id });
+    store.apply(&changes)?;
+    Ok(Stopped {
+        transfer: transfer.name,
+        id: transfer.id.0,
+        cancelled,
+        temporaries_removed: removed,
+        owner_alive,
+    })
+}
+
+fn lossy_all<S: serde::Serializer>(
+    paths: &[PathBuf],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
 }
 
 fn lossy<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {

@@ -43,6 +43,7 @@ pub mod failpoint;
 pub mod finalize;
 pub mod model;
 pub mod owner;
+pub mod rerun;
 pub mod store;
 mod transfer;
 pub mod verify;
@@ -51,4 +52,6 @@ pub use engine::plan::plan;
 pub use engine::{ChunkHook, FileFailure, Progress, RunReport, temp_path};
 pub use error::{Error, Result};
 pub use model::{Caller, EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
-pub use transfer::{Canceller, Transfer, TransferOptions, default_store_path, default_workers};
+pub use transfer::{
+    Canceller, RunSettings, Transfer, TransferOptions, default_store_path, default_workers,
+};

@@ -268,6 +268,29 @@ impl Preserve {
     };
 }
 
+/// The longest transfer name, in bytes: a name is typed, printed in the
+/// status table and used in file names by scripts.
+pub const NAME_BYTES_MAX: usize = 255;
+
+/// Refuses a name no one could type or print: empty, over
+/// [`NAME_BYTES_MAX`] bytes, or holding a control character (a newline
+/// would break the status table).
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err("it is too long");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("it holds a control character (a newline, a tab…)");
+    }
+    if name.trim() != name {
+        return Err("it starts or ends with a space");
+    }
+    Ok(())
+}
+
 /// The process that created (or last re-attached) a transfer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Owner {

@@ -2,8 +2,10 @@
 //!
 //! A pid alone is not an identity: pids are reused. An owner is (host, boot
 //! id, pid, start time); it is dead when it ran on this host and either the
-//! host rebooted or no process with that pid has that start time. Owners on
-//! other hosts are never guessed about.
+//! host rebooted, or no process with that pid has that start time, or that
+//! process is a zombie (killed, not yet reaped: it will never write again,
+//! and a parent that never reaps would otherwise hold the transfer forever).
+//! Owners on other hosts are never guessed about.
 
 use std::sync::OnceLock;
 
@@ -54,8 +56,8 @@ impl Owner {
         if self.pid == me.pid && self.start_time == me.start_time {
             return Liveness::Me;
         }
-        match process_start_time(self.pid) {
-            Some(start) if start == self.start_time => Liveness::Alive,
+        match process_stat(self.pid) {
+            Some(stat) if stat.start_time == self.start_time && !stat.exited() => Liveness::Alive,
             _ => Liveness::Dead,
         }
     }
@@ -75,13 +77,35 @@ fn boot_id() -> String {
 }
 
 /// Field 22 of `/proc/PID/stat`, or `None` when there is no such process.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    process_stat(pid).map(|s| s.start_time)
+}
+
+/// What liveness needs of `/proc/PID/stat`.
+struct ProcStat {
+    /// Field 3.
+    state: char,
+    /// Field 22.
+    start_time: u64,
+}
+
+impl ProcStat {
+    /// Zombie (Z) or dead (X): the process has exited, whether or not its
+    /// parent has reaped it yet.
+    fn exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
 /// The command name (field 2) may contain spaces and parentheses, so fields
 /// are counted from the last `)`.
-pub fn process_start_time(pid: u32) -> Option<u64> {
+fn process_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    // after_comm starts with field 3 (state); field 22 is the 20th from there.
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    // The fields start with field 3 (state); field 22 is the 20th from there.
+    let state = fields.next()?.chars().next()?;
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(ProcStat { state, start_time })
 }
 
 #[cfg(test)]
@@ -108,6 +132,33 @@ mod tests {
             ..me
         };
         assert_eq!(remote.liveness(), Liveness::Unknown);
+    }
+
+    #[test]
+    fn an_unreaped_child_is_dead() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        let owner = Owner {
+            pid,
+            start_time: process_start_time(pid).unwrap(),
+            ..Owner::current()
+        };
+        assert_eq!(owner.liveness(), Liveness::Alive);
+        child.kill().expect("kill -9");
+        // Waits for the exit but leaves the child unreaped: a zombie.
+        use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
+        let raw = Pid::from_raw(pid as i32).expect("a pid");
+        waitid(
+            WaitId::Pid(raw),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        )
+        .expect("waitid");
+        assert!(process_stat(pid).expect("still listed").exited());
+        assert_eq!(owner.liveness(), Liveness::Dead);
+        child.wait().expect("reap");
     }
 
     #[test]

@@ -45,6 +45,43 @@ impl Default for TransferOptions {
     }
 }
 
+/// The run options of a dispatch or resume, as its `transfer.dispatched`
+/// event records them: what a later resume runs with unless told otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunSettings {
+    pub workers: Option<usize>,
+    pub skip: SkipRule,
+    pub verify: Verify,
+    pub check_space: bool,
+    pub clean_orphans: bool,
+}
+
+/// Bound on the `transfer.dispatched` events read to find the last one: a
+/// transfer resumed more often than this runs with the defaults.
+const DISPATCHES_MAX: usize = 10_000;
+
+impl RunSettings {
+    /// Read back from a `transfer.dispatched` event's context.
+    pub fn from_context(c: &serde_json::Value) -> RunSettings {
+        RunSettings {
+            workers: c["workers"]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (1..=engine::WORKERS_MAX).contains(n)),
+            skip: c["skip"]
+                .as_str()
+                .and_then(SkipRule::parse)
+                .unwrap_or_default(),
+            verify: c["verify"]
+                .as_str()
+                .and_then(Verify::parse)
+                .unwrap_or_default(),
+            check_space: c["check_space"].as_bool().unwrap_or(false),
+            clean_orphans: c["clean_orphans"].as_bool().unwrap_or(false),
+        }
+    }
+}
+
 /// A transfer this process works with.
 pub struct Transfer {
     store: Arc<dyn Store>,
@@ -74,11 +111,25 @@ pub struct Canceller {
 impl Canceller {
     /// See [`Transfer::cancel`].
     pub fn cancel(&self) -> Result<()> {
+        self.cancel_with(serde_json::json!({"by_pid": std::process::id()}))
+    }
+
+    /// A cancel because the owner was told to stop (SIGINT, SIGTERM): the
+    /// event says so, with the signal's name, and a resume continues from
+    /// what is durable.
+    pub fn interrupt(&self, signal: &str) -> Result<()> {
+        self.cancel_with(serde_json::json!({
+            "by_pid": std::process::id(),
+            "interrupted": signal,
+        }))
+    }
+
+    fn cancel_with(&self, context: serde_json::Value) -> Result<()> {
         self.store.apply(&[Change::Transfer {
             id: self.id,
             to: TransferState::Cancelled,
             owner: None,
-            context: serde_json::json!({"by_pid": std::process::id()}),
+            context,
         }])?;
         self.flag.store(true, Ordering::Relaxed);
         Ok(())
@@ -146,10 +197,28 @@ impl Transfer {
     ) -> Result<Transfer> {
         let name = options.name.as_deref();
         let (kind, preserve) = (options.kind, options.preserve);
+        if let Some(name) = name {
+            crate::model::check_name(name).map_err(|why| Error::InvalidName {
+                name: name.to_owned(),
+                why,
+            })?;
+        }
         if let Some(name) = name
             && let Some(existing) = store.transfer_by_name(name)?
         {
-            return Transfer::reattach(store, existing);
+            if !matches!(
+                existing.state,
+                TransferState::Completed | TransferState::Finalized
+            ) {
+                return Transfer::reattach(store, existing);
+            }
+            // A job script with a fixed name runs again: the finished
+            // transfer gives up its name and stays readable by id.
+            match store.apply(&[Change::Free { id: existing.id }]) {
+                // Another process freed it first.
+                Ok(()) | Err(StoreError::NoSuchTransfer { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let record = store.create_transfer(
             &NewTransfer {
@@ -220,6 +289,15 @@ impl Transfer {
             });
         }
         let mut transfer = Transfer::with(store, existing, true);
+        transfer.take_ownership()?;
+        Ok(transfer)
+    }
+
+    /// Takes `record` over for a re-run of the same copy
+    /// ([`crate::rerun`]): this process becomes its owner if the recorded
+    /// one is gone ([`Error::OwnerAlive`] otherwise), whatever its state.
+    pub(crate) fn take_over(store: Arc<dyn Store>, record: TransferRecord) -> Result<Transfer> {
+        let mut transfer = Transfer::with(store, record, false);
         transfer.take_ownership()?;
         Ok(transfer)
     }
@@ -323,6 +401,29 @@ impl Transfer {
     /// How much the next dispatch or resume reads back what it wrote.
     pub fn set_verify(&mut self, verify: Verify) {
         self.verify = verify;
+    }
+
+    /// The run options of this transfer's last dispatch or resume, from
+    /// its newest `transfer.dispatched` event; `None` when it was never
+    /// dispatched (or that event was compacted away, an error).
+    pub fn recorded_settings(&self) -> Result<Option<RunSettings>> {
+        let filter = crate::store::EventFilter {
+            transfer: Some(self.record.id),
+            kind: Some("transfer.dispatched".into()),
+            ..Default::default()
+        };
+        let events = self.store.events_since(0, &filter, DISPATCHES_MAX)?;
+        Ok(events
+            .last()
+            .map(|event| RunSettings::from_context(&event.context)))
+    }
+
+    /// Sets every run option of the next dispatch or resume at once.
+    pub fn apply_settings(&mut self, settings: &RunSettings) {
+        self.clean_orphans = settings.clean_orphans;
+        self.check_space = settings.check_space;
+        self.skip = settings.skip;
+        self.verify = settings.verify;
     }
 
     /// The umask the next dispatch or resume computes modes with (the

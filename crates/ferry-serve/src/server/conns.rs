@@ -21,7 +21,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use super::routes::{PeerInfo, PerUser, UserPermit};
+use super::peer::{PeerInfo, PerUser, UserPermit};
 use crate::creds;
 
 /// Connections at once, at most (fewer when the descriptor limit is low:

@@ -13,8 +13,8 @@ use ferry::{Caller, FileState, Kind, Progress, Transfer, TransferId, TransferSta
 use tokio::sync::Semaphore;
 
 use super::QUEUE_MAX;
-use super::handlers::RunSettings;
-use super::routes::{PerUser, acting_caller};
+use super::peer::{PerUser, acting_caller};
+use super::run_settings::RunSettings;
 use crate::api::{Failure, RunRequest, THREADS_MAX, TransferView};
 use crate::creds::{self, Peer};
 use crate::error::{ApiError, ServeError};

@@ -14,8 +14,11 @@
 mod conns;
 mod daemon;
 mod handlers;
+mod peer;
 mod private;
+mod request;
 mod routes;
+mod run_settings;
 #[cfg(test)]
 mod tests;
 
@@ -36,8 +39,9 @@ use crate::error::ServeError;
 use crate::metrics::Metrics;
 
 use daemon::{Daemon, Job, mover};
-pub use routes::PeerInfo;
-use routes::{PerUser, router};
+pub use peer::PeerInfo;
+use peer::PerUser;
+use routes::router;
 
 /// Requests handled at once; more are answered 503 at once.
 pub const REQUESTS_MAX: usize = 256;
@@ -109,6 +113,9 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .build()
         .map_err(ServeError::Runtime)?;
     let result = runtime.block_on(async move {
+        // Before the socket exists: a SIGTERM sent as soon as the daemon
+        // answers must stop it cleanly, not kill it with the default action.
+        let signals = Signals::register();
         let connections = conns::connections_max();
         let listener = conns::Guarded {
             listener: listen(&config.socket)?,
@@ -184,7 +191,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             })
             .into_future(),
         );
-        let signal = wait_for_signal().await;
+        let signal = signals.wait().await;
         let signalled = Instant::now();
         eprintln!("ferry: {signal}: no new work; stopping movers (at most {SHUTDOWN_MOVERS:?})");
         daemon.begin_shutdown();
@@ -214,18 +221,31 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     result
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        unreachable!("pending never resolves");
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from the moment they are registered.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn register() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            _ => Signals(None),
+        }
+    }
+
+    /// Which one came first; never, when they could not be registered.
+    async fn wait(self) -> &'static str {
+        let Some((mut term, mut int)) = self.0 else {
+            std::future::pending::<()>().await;
+            unreachable!("pending never resolves");
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 
 use axum::http::StatusCode;
 
-use super::routes::{PerUser, check_name, check_path};
+use super::peer::PerUser;
+use super::request::{check_name, check_path};
 use super::{NAME_BYTES_MAX, PATH_BYTES_MAX};
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
 use super::commit::{self, Ready};
-use super::pool::Done;
+use super::work::Done;
 use super::{BATCH_FILES_MAX, BATCH_WAIT, Engine};
 use crate::checksum::Checksum;
 use crate::error::Result;

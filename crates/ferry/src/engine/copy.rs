@@ -214,26 +214,40 @@ impl Copier<'_> {
             // The I/O seam's bit flip between what was read and what lands.
             buffer[n / 2] ^= 0x01;
         }
-        write_at(dst, &buffer[..n], pos).map_err(|error| CopyError::Write { error, at: pos })?;
+        // `at` counts the bytes of this chunk that did land before the
+        // failure: a full disk's message and the recorded prefix say what
+        // the disk holds, not where the chunk began.
+        write_at(dst, &buffer[..n], pos).map_err(|(error, written)| CopyError::Write {
+            error,
+            at: pos + written as u64,
+        })?;
         Ok(n)
     }
 }
 
-/// Writes all of `data` at `pos`. An `O_DIRECT` temporary refuses a write
-/// that is not aligned (a file's last block, a hole's edge): it is then
-/// written through the page cache, as is everything after it.
-fn write_at(dst: &File, data: &[u8], pos: u64) -> io::Result<()> {
-    match dst.write_all_at(data, pos) {
-        Err(e) if e.raw_os_error() == Some(Errno::INVAL.raw_os_error()) => {
-            let flags = rustix::fs::fcntl_getfl(dst)?;
-            if !flags.contains(rustix::fs::OFlags::DIRECT) {
-                return Err(e);
+/// Writes all of `data` at `pos`; on failure, also says how many bytes did
+/// land. An `O_DIRECT` temporary refuses a write that is not aligned (a
+/// file's last block, a hole's edge): it is then written through the page
+/// cache, as is everything after it.
+fn write_at(dst: &File, data: &[u8], pos: u64) -> Result<(), (io::Error, usize)> {
+    let mut written = 0;
+    while written < data.len() {
+        match dst.write_at(&data[written..], pos + written as u64) {
+            Ok(0) => return Err((io::ErrorKind::WriteZero.into(), written)),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(Errno::INVAL.raw_os_error()) => {
+                let flags = rustix::fs::fcntl_getfl(dst).map_err(|e| (e.into(), written))?;
+                if !flags.contains(rustix::fs::OFlags::DIRECT) {
+                    return Err((e, written));
+                }
+                rustix::fs::fcntl_setfl(dst, flags - rustix::fs::OFlags::DIRECT)
+                    .map_err(|e| (e.into(), written))?;
             }
-            rustix::fs::fcntl_setfl(dst, flags - rustix::fs::OFlags::DIRECT)?;
-            dst.write_all_at(data, pos)
+            Err(e) => return Err((e, written)),
         }
-        other => other,
     }
+    Ok(())
 }
 
 /// Attributes a `copy_file_range` failure to the side that caused it.

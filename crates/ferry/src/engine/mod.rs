@@ -11,8 +11,9 @@
 //! Small files are copied whole by one worker and made durable together (one
 //! `syncfs` per batch). Files of at least [`SPLIT_BYTES_MIN`] are split into
 //! [`RANGE_BYTES`] ranges copied by several workers at once; their durable
-//! prefix is recorded every [`CHECKPOINT_BYTES`], after an `fdatasync`, so a
-//! resume continues from there.
+//! prefix is recorded every [`CHECKPOINT_BYTES`] and at a failure (to the
+//! last byte that landed), after an `fdatasync`, so a resume continues from
+//! there.
 //!
 //! **Invariant:** the engine changes state only through the store's
 //! [`Store::apply`], and never records a file before the disk holds it.
@@ -34,6 +35,8 @@ mod pool;
 mod ranges;
 mod space;
 mod stale;
+mod temp;
+mod work;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -53,9 +56,9 @@ use crate::store::{Change, Store, StoreError};
 use crate::verify::Verify;
 use commit::{Committer, Ready};
 use copy::Copier;
-use pool::{Done, Work};
 use ranges::{RangeTracker, decode_pieces};
 use skip::SkipRule;
+use work::{Done, Work};
 
 pub use commit::temp_path;
 
@@ -307,7 +310,7 @@ impl Engine<'_> {
                             let mut slot = 0;
                             let mut start = first;
                             while start < entry.meta.size {
-                                let end = (start + RANGE_BYTES).min(entry.meta.size);
+                                let end = ranges::range_end(start, entry.meta.size);
                                 work.push(Work::Range {
                                     index: entry.index,
                                     slot,
@@ -331,7 +334,8 @@ impl Engine<'_> {
                                     entry.checksum
                                 }
                                 Some(algo) => {
-                                    // `first` is a multiple of a piece, or the size.
+                                    // The pieces wholly below `first` (a failure
+                                    // records a prefix anywhere in a piece).
                                     let durable = if first == entry.meta.size {
                                         pieces
                                     } else {
@@ -357,15 +361,9 @@ impl Engine<'_> {
                                     None
                                 }
                             };
-                            let complete_now = slot == 0 && digests.iter().all(Option::is_some);
-                            trackers[entry.index.0 as usize] = Some(Mutex::new(RangeTracker {
-                                first,
-                                done: vec![false; slot],
-                                recorded: first,
-                                failed: false,
-                                digests,
-                                finished: complete_now,
-                            }));
+                            let tracker = RangeTracker::new(first, slot, digests);
+                            let complete_now = tracker.finished;
+                            trackers[entry.index.0 as usize] = Some(Mutex::new(tracker));
                             copying.push(self.committer.entry_change(
                                 entry.index,
                                 FileState::Copying,

@@ -82,7 +82,29 @@ pub fn plan_with(
     recursive: bool,
     fidelity: Fidelity,
 ) -> Result<Vec<NewEntry>> {
-    let mut entries = plan(sources, dest, recursive)?;
+    plan_onto(sources, dest, recursive, fidelity, DestRule::Cp)
+}
+
+/// Where the sources land.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestRule {
+    /// `cp`'s: an existing directory receives each source's base name.
+    Cp,
+    /// The one source becomes the destination itself, even when that is an
+    /// existing directory: a re-run of a copy whose first run created it
+    /// (see `crate::rerun`), which `cp`'s rule would nest.
+    Exactly,
+}
+
+/// [`plan_with`] under `rule`.
+pub fn plan_onto(
+    sources: &[PathBuf],
+    dest: &Path,
+    recursive: bool,
+    fidelity: Fidelity,
+    rule: DestRule,
+) -> Result<Vec<NewEntry>> {
+    let mut entries = plan_by(sources, dest, recursive, rule)?;
     let mut inodes: std::collections::HashMap<(u64, u64), usize> = Default::default();
     for (position, entry) in entries.iter_mut().enumerate() {
         if fidelity.hard_links && entry.kind == EntryKind::File {
@@ -169,9 +191,19 @@ fn read_xattrs(path: &Path, mode: XattrMode) -> io::Result<Xattrs> {
 /// is `cp -r`: without it a directory source is refused and symlinks named
 /// on the command line are followed, as `cp` does.
 pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<NewEntry>> {
+    plan_by(sources, dest, recursive, DestRule::Cp)
+}
+
+fn plan_by(
+    sources: &[PathBuf],
+    dest: &Path,
+    recursive: bool,
+    rule: DestRule,
+) -> Result<Vec<NewEntry>> {
     let dest_meta = fs::metadata(dest).ok();
-    let dest_is_dir = dest_meta.as_ref().is_some_and(|m| m.is_dir());
-    if sources.len() > 1 && !dest_is_dir {
+    check_destination(dest, dest_meta.as_ref())?;
+    let dest_is_dir = rule == DestRule::Cp && dest_meta.as_ref().is_some_and(|m| m.is_dir());
+    if sources.len() > 1 && (rule == DestRule::Exactly || !dest_is_dir) {
         return Err(Error::TargetNotADirectory {
             path: dest.to_path_buf(),
         });
@@ -254,6 +286,72 @@ pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<New
         entry.dest = absolute(&entry.dest)?;
     }
     Ok(entries)
+}
+
+/// What `cp` refuses about a destination before writing anything: a
+/// trailing slash on something that is not a directory (`cp f newdir/`),
+/// and a directory the caller cannot write into. A refusal here leaves
+/// nothing behind; the same found later would leave a temporary and a
+/// resume that fails the same way forever.
+fn check_destination(dest: &Path, meta: Option<&fs::Metadata>) -> Result<()> {
+    let bytes = dest.as_os_str().as_bytes();
+    if bytes.len() > 1 && bytes.ends_with(b"/") && !meta.is_some_and(|m| m.is_dir()) {
+        let why = if meta.is_some() {
+            "it is not a directory, and the trailing slash says it must be"
+        } else {
+            "no such directory (a trailing slash names one): create it first, or drop the slash"
+        };
+        return Err(Error::BadDestination {
+            path: dest.to_path_buf(),
+            why: why.into(),
+        });
+    }
+    // The directory that receives what is written: DST itself when it is
+    // one, else the nearest existing ancestor (missing ones are created).
+    let receiving = if meta.is_some_and(|m| m.is_dir()) {
+        Some(dest.to_path_buf())
+    } else {
+        let absolute = absolute(dest)?;
+        absolute
+            .ancestors()
+            .skip(1)
+            .find(|a| fs::symlink_metadata(a).is_ok())
+            .map(Path::to_path_buf)
+    };
+    let Some(dir) = receiving else {
+        return Ok(());
+    };
+    use rustix::fs::{Access, AtFlags, CWD};
+    // AT_EACCESS: checked as the file system will check the writes (fsuid,
+    // effective capabilities), not as the real uid — the daemon runs a
+    // caller's plan with that caller's fsuid and no capabilities while its
+    // real uid stays root.
+    match rustix::fs::accessat(
+        CWD,
+        &dir,
+        Access::WRITE_OK | Access::EXEC_OK,
+        AtFlags::EACCESS,
+    ) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
+            let owner = fs::metadata(&dir)
+                .map(|m| format!(" (owner uid {}, mode {:o})", m.uid(), m.mode() & 0o7777))
+                .unwrap_or_default();
+            Err(Error::BadDestination {
+                path: dir,
+                why: format!(
+                    "permission denied: you cannot write in this directory{owner}; choose \
+                     another destination or ask its owner"
+                ),
+            })
+        }
+        Err(rustix::io::Errno::ROFS) => Err(Error::BadDestination {
+            path: dir,
+            why: "its file system is read-only".into(),
+        }),
+        // Anything else is found, and named, when the copy gets there.
+        Err(_) => Ok(()),
+    }
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

@@ -14,34 +14,10 @@ use super::commit::Ready;
 use super::copy::CopyError;
 use super::plan;
 use super::ranges::RangeTracker;
+use super::temp::{open_temp, write_error};
+use super::work::{Done, Work};
 use crate::checksum::{Checksum, Hasher};
-use crate::model::{EntryIndex, EntryRecord};
-
-/// One unit of work for a worker.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Work {
-    Whole(EntryIndex),
-    Range {
-        index: EntryIndex,
-        /// Which range of the file's [`RangeTracker`].
-        slot: usize,
-        start: u64,
-        end: u64,
-    },
-    Symlink(EntryIndex),
-    /// A piece of a large file that an earlier run made durable: hashed
-    /// from the temporary, so the file's checksum is the same as if it had
-    /// been copied in one go. Never reads the source.
-    Rehash {
-        index: EntryIndex,
-        piece: usize,
-    },
-}
-
-pub(super) enum Done {
-    Copied(Ready),
-    Failed(EntryIndex, String),
-}
+use crate::model::EntryRecord;
 
 impl Engine<'_> {
     pub(super) fn worker(
@@ -261,37 +237,4 @@ pub(super) fn open_source_file(source: &Path) -> Result<File, String> {
         ));
     }
     Ok(file)
-}
-
-/// Opens a temporary for writing, owner-only, never through a symlink: a
-/// link planted at the predictable name is removed, not followed.
-pub(super) fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
-    let open = |fresh: bool| {
-        OpenOptions::new()
-            .write(true)
-            .create(!fresh)
-            .create_new(fresh)
-            .truncate(truncate && !fresh)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(temp)
-    };
-    match open(false) {
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            std::fs::remove_file(temp)?;
-            open(true)
-        }
-        other => other,
-    }
-}
-
-pub(super) fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
-    match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
-        Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT) => format!(
-            "no space left writing {}: {written} of {size} bytes written, {} more needed",
-            temp.display(),
-            size.saturating_sub(written)
-        ),
-        _ => format!("cannot write {}: {e}", temp.display()),
-    }
 }

@@ -1,15 +1,16 @@
 //! Large files, copied in ranges by several workers at once: what each
 //! file has made durable, its checkpoints and its piece digests.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 use super::commit::{self, Ready};
-use super::pool::{Done, open_temp, write_error};
+use super::copy::CopyError;
+use super::temp::{open_range_temp, open_temp, write_error};
+use super::work::Done;
 use super::{CHECKPOINT_BYTES, Engine, RANGE_BYTES, space};
 use crate::checksum::{self, Checksum, ChecksumAlgo, Hasher};
 use crate::failpoint::{self, CommitStep};
@@ -17,22 +18,76 @@ use crate::model::{EntryIndex, EntryRecord};
 use crate::store::{Change, StoreError};
 
 /// The ranges of one large file in flight, and its durable prefix.
+///
+/// Ranges are aligned to checksum pieces: the first runs from `first` (a
+/// resume's durable prefix, anywhere in a piece) to the next piece
+/// boundary, each other is one piece.
 pub(super) struct RangeTracker {
     pub(super) first: u64,
     pub(super) done: Vec<bool>,
+    /// How far each range got before it failed (absolute offsets; 0: not
+    /// failed), so that the prefix recorded at a failure runs to the last
+    /// byte that landed, not to the last whole range.
+    pub(super) reached: Vec<u64>,
     pub(super) recorded: u64,
     pub(super) failed: bool,
+    /// Ranges being copied now. A failure is reported by the last of them
+    /// to stop, once every byte that will land has landed, so that the
+    /// prefix it records and names is what the disk holds.
+    pub(super) in_flight: usize,
+    /// The file's first failure, until it is reported.
+    pub(super) failure: Option<RangeFailure>,
     /// One per piece of the whole file, when the transfer has checksums.
     pub(super) digests: Vec<Option<Checksum>>,
     /// Reported copied (or failed): nothing more to send.
     pub(super) finished: bool,
 }
 
+/// Why a large file's range failed, kept until the report.
+pub(super) enum RangeFailure {
+    /// A write to the temporary failed (a full disk): the message names
+    /// the durable prefix, known only at the report. The offset is how far
+    /// the range got.
+    Write(io::Error, u64),
+    Other(String),
+}
+
 impl RangeTracker {
-    fn prefix(&self, size: u64) -> u64 {
-        let ranges = self.done.iter().take_while(|d| **d).count() as u64;
-        (self.first + ranges * RANGE_BYTES).min(size)
+    pub(super) fn new(first: u64, ranges: usize, digests: Vec<Option<Checksum>>) -> RangeTracker {
+        RangeTracker {
+            first,
+            done: vec![false; ranges],
+            reached: vec![0; ranges],
+            recorded: first,
+            failed: false,
+            in_flight: 0,
+            failure: None,
+            finished: ranges == 0 && digests.iter().all(Option::is_some),
+            digests,
+        }
     }
+
+    fn range_end(&self, slot: usize, size: u64) -> u64 {
+        ((self.first / RANGE_BYTES + 1 + slot as u64) * RANGE_BYTES).min(size)
+    }
+
+    fn prefix(&self, size: u64) -> u64 {
+        let ranges = self.done.iter().take_while(|d| **d).count();
+        let whole = match ranges {
+            0 => self.first,
+            n => self.range_end(n - 1, size),
+        };
+        // The next range's bytes that landed before it failed.
+        match self.reached.get(ranges) {
+            Some(&reached) if reached > whole => reached.min(size),
+            _ => whole,
+        }
+    }
+}
+
+/// The end of the range that starts at `start`: the next piece boundary.
+pub(super) fn range_end(start: u64, size: u64) -> u64 {
+    ((start / RANGE_BYTES + 1) * RANGE_BYTES).min(size)
 }
 
 impl Engine<'_> {
@@ -75,38 +130,71 @@ impl Engine<'_> {
         end: u64,
         buffer: &mut Vec<u8>,
     ) -> Option<Done> {
-        if tracker.lock().expect("tracker poisoned").failed {
-            return None;
+        {
+            let mut tracker = tracker.lock().expect("tracker poisoned");
+            if tracker.failed {
+                return None;
+            }
+            tracker.in_flight += 1;
         }
         let temp = self.committer.temp_of(entry);
         let mut hasher = self.transfer.checksum.map(Hasher::new);
-        let copied = self
-            .open_source(entry)
-            .map_err(Some)
-            .and_then(|(src, dense)| {
-                let dst = open_range_temp(&temp, self.copier.buffered(hasher.is_some()))
-                    .map_err(|e| Some(write_error(&temp, &e, start, entry.meta.size)))?;
-                self.copier
-                    .copy_range(&src, &dst, start, end, dense, buffer, hasher.as_mut())
-                    .map_err(|e| self.copy_error(entry, &temp, e))?;
-                self.check_source_at_end(entry, &src).map_err(Some)?;
-                Ok(dst)
-            });
+        let copied =
+            self.open_source(entry)
+                .map_err(|m| Some(RangeFailure::Other(m)))
+                .and_then(|(src, dense)| {
+                    let dst = open_range_temp(&temp, self.copier.buffered(hasher.is_some()))
+                        .map_err(|e| {
+                            Some(RangeFailure::Other(write_error(
+                                &temp,
+                                &e,
+                                start,
+                                entry.meta.size,
+                            )))
+                        })?;
+                    if let Some(hasher) = hasher.as_mut() {
+                        // A resume's first range starts inside a piece: the
+                        // piece's durable head is hashed as the temporary holds it.
+                        hash_head(&temp, start, hasher, buffer).map_err(|e| {
+                            Some(RangeFailure::Other(format!(
+                                "cannot read back the durable part of {}: {e}",
+                                temp.display()
+                            )))
+                        })?;
+                    }
+                    self.copier
+                        .copy_range(&src, &dst, start, end, dense, buffer, hasher.as_mut())
+                        .map_err(|e| match e {
+                            CopyError::Write { error, at } => Some(RangeFailure::Write(error, at)),
+                            e => self.copy_error(entry, &temp, e).map(RangeFailure::Other),
+                        })?;
+                    self.check_source_at_end(entry, &src)
+                        .map_err(|m| Some(RangeFailure::Other(m)))?;
+                    Ok(dst)
+                });
         let mut tracker = tracker.lock().expect("tracker poisoned");
+        tracker.in_flight -= 1;
         let dst = match copied {
             Ok(dst) if !tracker.failed => dst,
-            // Another range of this file failed meanwhile: it reported it.
-            Ok(_) => return None,
-            Err(message) => {
+            // Another range of this file failed meanwhile: this one's bytes
+            // count towards the prefix that failure records.
+            Ok(_) => {
+                tracker.done[slot] = true;
+                if let Some(hasher) = hasher {
+                    tracker.digests[(start / RANGE_BYTES) as usize] = Some(hasher.finish());
+                }
+                return self.report_failure(entry, &temp, &mut tracker);
+            }
+            Err(failure) => {
                 let first_failure = !tracker.failed;
                 tracker.failed = true;
-                if first_failure && message.is_some() {
-                    self.record_prefix(entry, &temp, &mut tracker);
+                if let Some(RangeFailure::Write(_, at)) = failure {
+                    tracker.reached[slot] = at;
                 }
-                return match message {
-                    Some(message) if first_failure => Some(Done::Failed(entry.index, message)),
-                    _ => None,
-                };
+                if first_failure {
+                    tracker.failure = failure;
+                }
+                return self.report_failure(entry, &temp, &mut tracker);
             }
         };
         tracker.done[slot] = true;
@@ -155,10 +243,32 @@ impl Engine<'_> {
         None
     }
 
-    /// A large file failed (its disk is full, say): make the ranges that
-    /// did complete durable and record them, so that a resume copies only
-    /// what is missing. Best effort: failing here only means a resume
-    /// copies more.
+    /// A large file failed (its disk is full, say): once no range of it is
+    /// in flight, make what did land durable and record it, so that a
+    /// resume copies only what is missing, then report the failure once,
+    /// naming that prefix.
+    fn report_failure(
+        &self,
+        entry: &EntryRecord,
+        temp: &Path,
+        tracker: &mut RangeTracker,
+    ) -> Option<Done> {
+        if tracker.in_flight > 0 {
+            return None;
+        }
+        let failure = tracker.failure.take()?;
+        self.record_prefix(entry, temp, tracker);
+        let message = match failure {
+            RangeFailure::Write(error, _) => {
+                write_error(temp, &error, tracker.recorded, entry.meta.size)
+            }
+            RangeFailure::Other(message) => message,
+        };
+        Some(Done::Failed(entry.index, message))
+    }
+
+    /// Best effort: failing here only means a resume copies more, and the
+    /// message names the smaller prefix that was recorded.
     fn record_prefix(&self, entry: &EntryRecord, temp: &Path, tracker: &mut RangeTracker) {
         let prefix = tracker.prefix(entry.meta.size);
         if prefix <= tracker.recorded {
@@ -264,6 +374,35 @@ impl Engine<'_> {
     }
 }
 
+/// Feeds `hasher` the bytes of `start`'s piece below `start`, read from the
+/// temporary (where an earlier run made them durable); nothing when
+/// `start` is a piece boundary.
+fn hash_head(temp: &Path, start: u64, hasher: &mut Hasher, buffer: &mut Vec<u8>) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut pos = start - start % RANGE_BYTES;
+    if pos == start {
+        return Ok(());
+    }
+    let file = File::open(temp)?;
+    let len = usize::try_from(start - pos).map_or(4 << 20, |n| n.min(4 << 20));
+    if buffer.len() < len {
+        buffer.resize(len, 0);
+    }
+    while pos < start {
+        let want = ((start - pos) as usize).min(buffer.len());
+        let n = file.read_at(&mut buffer[..want], pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("it ends at byte {pos}, before {start}"),
+            ));
+        }
+        hasher.update(&buffer[..n]);
+        pos += n as u64;
+    }
+    Ok(())
+}
+
 /// The digests of the pieces below `prefix`, to record with it; empty when
 /// the transfer has no checksums or some are not known yet (a resume then
 /// hashes those pieces from the temporary).
@@ -287,27 +426,4 @@ pub(super) fn decode_pieces(algo: ChecksumAlgo, raw: &[u8], n: usize) -> Option<
         .take(n)
         .map(|d| Checksum::from_digest(algo, d))
         .collect()
-}
-
-/// Opens a large file's temporary to write one of its ranges. When the
-/// bytes pass through ferry's buffer anyway (`direct`: they are hashed, or
-/// the kernel cannot copy between these file systems), it is opened
-/// `O_DIRECT`: the data is not copied a second time into the page cache
-/// and written back later, which made checksums cost 10–20 % against an
-/// in-kernel copy. A file system that refuses `O_DIRECT` (tmpfs) gets the
-/// page cache.
-fn open_range_temp(temp: &Path, direct: bool) -> io::Result<File> {
-    let open = |flags: rustix::fs::OFlags| {
-        OpenOptions::new()
-            .write(true)
-            .custom_flags((rustix::fs::OFlags::NOFOLLOW | flags).bits() as i32)
-            .open(temp)
-    };
-    if direct {
-        match open(rustix::fs::OFlags::DIRECT) {
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
-            other => return other,
-        }
-    }
-    open(rustix::fs::OFlags::empty())
 }

@@ -20,7 +20,8 @@ use crate::api::{WAIT_MS_DEFAULT, WAIT_MS_MAX, WaitResponse};
 use crate::creds::Peer;
 use crate::error::ApiError;
 use crate::server::daemon::Daemon;
-use crate::server::routes::{Caller_, blocking};
+use crate::server::peer::PeerConn;
+use crate::server::request::blocking;
 use crate::server::{WATCH_LINES_BUFFERED, WATCH_SLICE, WATCHERS_MAX};
 
 #[derive(Deserialize)]
@@ -31,7 +32,7 @@ pub(in crate::server) struct WaitQuery {
 
 pub(in crate::server) async fn wait(
     State(daemon): State<Arc<Daemon>>,
-    ConnectInfo(info): Caller_,
+    ConnectInfo(info): PeerConn,
     UrlPath(name): UrlPath<String>,
     Query(query): Query<WaitQuery>,
 ) -> Result<Json<WaitResponse>, ApiError> {
@@ -128,7 +129,7 @@ impl Visibility {
 
 pub(in crate::server) async fn events(
     State(daemon): State<Arc<Daemon>>,
-    ConnectInfo(info): Caller_,
+    ConnectInfo(info): PeerConn,
     Query(query): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let peer = info.peer()?;

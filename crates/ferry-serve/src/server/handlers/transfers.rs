@@ -9,26 +9,21 @@ use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ferry::engine::plan::{Fidelity, XattrMode, plan_with};
-use ferry::engine::skip::SkipRule;
 use ferry::model::ChecksumAlgo;
-use ferry::verify::Verify;
 use ferry::{Kind, Preserve, Transfer, TransferOptions};
 
-use crate::api::{
-    AddRequest, AddResponse, CreateRequest, RunRequest, THREADS_DEFAULT, THREADS_MAX, TransferView,
-    UMASK_DEFAULT,
-};
+use crate::api::{AddRequest, AddResponse, CreateRequest, RunRequest, TransferView};
 use crate::creds;
 use crate::error::ApiError;
 use crate::server::SOURCES_MAX;
 use crate::server::daemon::Daemon;
-use crate::server::routes::{
-    ApiJson, Caller_, PeerInfo, acting_caller, blocking, check_name, check_path,
-};
+use crate::server::peer::{PeerConn, PeerInfo, acting_caller};
+use crate::server::request::{ApiJson, blocking, check_name, check_path};
+use crate::server::run_settings::RunSettings;
 
 pub(in crate::server) async fn create(
     State(daemon): State<Arc<Daemon>>,
-    ConnectInfo(info): Caller_,
+    ConnectInfo(info): PeerConn,
     ApiJson(request): ApiJson<CreateRequest>,
 ) -> Result<Response, ApiError> {
     let peer = info.peer()?;
@@ -89,7 +84,7 @@ pub(in crate::server) async fn create(
 
 pub(in crate::server) async fn list(
     State(daemon): State<Arc<Daemon>>,
-    ConnectInfo(info): Caller_,
+    ConnectInfo(info): PeerConn,
 ) -> Result<Json<Vec<TransferView>>, ApiError> {
     let peer = info.peer()?;
     blocking(move || {
@@ -106,7 +101,7 @@ pub(in crate::server) async fn list(
 
 pub(in crate::server) async fn status(
     State(daemon): State<Arc<Daemon>>,
-    ConnectInfo(info): Caller_,
+    ConnectInfo(info): PeerConn,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<TransferView>, ApiError> {
     let peer = info.peer()?;
@@ -119,7 +114,7 @@ pub(in crate::server) async fn status(
 
 pub(in crate::server) async fn add(
     State(daemon): State<Arc<Daemon>>,
-    ConnectInfo(info): Caller_,
+    ConnectInfo(info): PeerConn,
     UrlPath(name): UrlPath<String>,
     ApiJson(request): ApiJson<AddRequest>,
 ) -> Result<Json<AddResponse>, ApiError> {
@@ -170,81 +165,9 @@ pub(in crate::server) async fn add(
     .await
 }
 
-/// A dispatch's or resume's options, checked.
-pub(in crate::server) struct RunSettings {
-    pub(in crate::server) threads: u16,
-    skip: SkipRule,
-    verify: Verify,
-    check_space: bool,
-    clean_orphans: bool,
-    umask: u32,
-}
-
-impl Default for RunSettings {
-    fn default() -> RunSettings {
-        RunSettings {
-            threads: THREADS_DEFAULT,
-            skip: SkipRule::Never,
-            verify: Verify::None,
-            check_space: false,
-            clean_orphans: false,
-            umask: UMASK_DEFAULT,
-        }
-    }
-}
-
-impl RunSettings {
-    pub(in crate::server) fn from(request: &RunRequest) -> Result<RunSettings, ApiError> {
-        let threads = match request.threads {
-            None => THREADS_DEFAULT,
-            Some(n @ 1..=THREADS_MAX) => n,
-            Some(n) => {
-                return Err(ApiError::bad_request(format!(
-                    "threads must be 1 to {THREADS_MAX} ({n} given)"
-                )));
-            }
-        };
-        let umask = match request.umask {
-            None => UMASK_DEFAULT,
-            Some(u @ 0..=0o777) => u,
-            Some(u) => {
-                return Err(ApiError::bad_request(format!(
-                    "umask must be 0 to 511 (0o777) ({u} given)"
-                )));
-            }
-        };
-        let skip = request.skip.as_deref().unwrap_or("never");
-        let verify = request.verify.as_deref().unwrap_or("none");
-        Ok(RunSettings {
-            threads,
-            skip: SkipRule::parse(skip).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "skip must be never, exists, size, mtime or checksum ({skip:?} given)"
-                ))
-            })?,
-            verify: Verify::parse(verify).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "verify must be none, copied or full ({verify:?} given)"
-                ))
-            })?,
-            check_space: request.check_space,
-            clean_orphans: request.clean_orphans,
-            umask,
-        })
-    }
-
-    pub(in crate::server) fn apply(&self, transfer: &mut Transfer) {
-        transfer.set_skip(self.skip);
-        transfer.set_verify(self.verify);
-        transfer.set_check_space(self.check_space);
-        transfer.set_clean_orphans(self.clean_orphans);
-        transfer.set_umask(Some(self.umask));
-    }
-}
-
 pub(in crate::server) async fn dispatch(
     State(daemon): State<Arc<Daemon>>,
-    ConnectInfo(info): Caller_,
+    ConnectInfo(info): PeerConn,
     UrlPath(name): UrlPath<String>,
     ApiJson(request): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
@@ -253,7 +176,7 @@ pub(in crate::server) async fn dispatch(
 
 pub(in crate::server) async fn resume(
     State(daemon): State<Arc<Daemon>>,
-    ConnectInfo(info): Caller_,
+    ConnectInfo(info): PeerConn,
     UrlPath(name): UrlPath<String>,
     ApiJson(request): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
@@ -276,7 +199,7 @@ async fn start(
 
 pub(in crate::server) async fn cancel(
     State(daemon): State<Arc<Daemon>>,
-    ConnectInfo(info): Caller_,
+    ConnectInfo(info): PeerConn,
     UrlPath(name): UrlPath<String>,
     ApiJson(_): ApiJson<RunRequest>,
 ) -> Result<Json<TransferView>, ApiError> {

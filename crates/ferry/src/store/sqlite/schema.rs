@@ -158,4 +158,12 @@ ALTER TABLE transfers ADD COLUMN caller_uid INTEGER;
 ALTER TABLE transfers ADD COLUMN caller_gid INTEGER;
 ALTER TABLE transfers ADD COLUMN caller_groups TEXT;
 "#,
+    r#"
+-- The HSM catalog's change stamp: the file's inode and change time as
+-- ferry last left it (ctime cannot be set back by a user, unlike mtime),
+-- so that a file rewritten in place with its mtime restored is dirty.
+-- 0: not recorded (an entry from before), size and mtime alone decide.
+ALTER TABLE hsm_catalog ADD COLUMN ino INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hsm_catalog ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;
+"#,
 ];

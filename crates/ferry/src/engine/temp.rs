@@ -1,0 +1,64 @@
+//! The temporaries: how a worker opens one (owner-only, never through a
+//! symlink; a large file's ranges with `O_DIRECT`), and what a failed
+//! write says.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Opens a temporary for writing, owner-only, never through a symlink: a
+/// link planted at the predictable name is removed, not followed.
+pub(super) fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
+    let open = |fresh: bool| {
+        OpenOptions::new()
+            .write(true)
+            .create(!fresh)
+            .create_new(fresh)
+            .truncate(truncate && !fresh)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(temp)
+    };
+    match open(false) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            std::fs::remove_file(temp)?;
+            open(true)
+        }
+        other => other,
+    }
+}
+
+pub(super) fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
+    match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
+        Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT) => format!(
+            "no space left writing {}: {written} of {size} bytes written, {} more needed",
+            temp.display(),
+            size.saturating_sub(written)
+        ),
+        _ => format!("cannot write {}: {e}", temp.display()),
+    }
+}
+
+/// Opens a large file's temporary to write one of its ranges. When the
+/// bytes pass through ferry's buffer anyway (`direct`: they are hashed, or
+/// the kernel cannot copy between these file systems), it is opened
+/// `O_DIRECT`: the data is not copied a second time into the page cache
+/// and written back later, which made checksums cost 10–20 % against an
+/// in-kernel copy. A file system that refuses `O_DIRECT` (tmpfs) gets the
+/// page cache.
+pub(super) fn open_range_temp(temp: &Path, direct: bool) -> io::Result<File> {
+    let open = |flags: rustix::fs::OFlags| {
+        OpenOptions::new()
+            .write(true)
+            .custom_flags((rustix::fs::OFlags::NOFOLLOW | flags).bits() as i32)
+            .open(temp)
+    };
+    if direct {
+        match open(rustix::fs::OFlags::DIRECT) {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
+            other => return other,
+        }
+    }
+    open(rustix::fs::OFlags::empty())
+}
