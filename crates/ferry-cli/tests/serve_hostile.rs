@@ -211,11 +211,6 @@ fn another_user_can_neither_read_nor_lock_the_daemons_store() {
     client.dispatch("t", &RunRequest::default()).unwrap();
     assert_eq!(ended(&client, "t"), "completed");
     let store = s.store();
-    assert_eq!(
-        mode(store.parent().unwrap()),
-        0o700,
-        "the store's directory"
-    );
     for file in [
         store.clone(),
         beside(&store, "-wal"),
@@ -464,4 +459,102 @@ fn groups_lost_before_a_restart_no_longer_open_files() {
         "{view:?}"
     );
     assert!(!s.path("a/f").exists(), "copied with a group A lost");
+}
+
+/// Opens `n` connections as whoever runs it, holds them, then one more,
+/// whose whole answer it prints; exits when its stdin closes.
+const HOLD_CONNECTIONS: &str = r#"
+import os, socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+held = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    held.append(s)
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+s.settimeout(60)
+answer = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    answer += chunk
+sys.stdout.write(answer.decode())
+sys.stdout.flush()
+os.close(1)  # sys.stdout.close() would leave the descriptor open
+sys.stdin.read()
+"#;
+
+#[test]
+fn one_users_idle_connections_leave_the_others_served() {
+    if !root_or_skip("connections from two other users") {
+        return;
+    }
+    use std::io::Read;
+    let s = Scratch::new();
+    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Daemon::start(&s, "022", &[]);
+    let mut hog = as_user(A, "/usr/bin/python3")
+        .arg("-c")
+        .arg(HOLD_CONNECTIONS)
+        .arg(&daemon.socket)
+        .arg("128")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut answer = String::new();
+    hog.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut answer)
+        .unwrap();
+    let head = answer.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{answer}");
+    assert!(head.contains("retry-after: 1"), "{answer}");
+    assert!(head.contains("content-type: application/json"), "{answer}");
+    let body: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["kind"], "busy");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("uid {A}"))
+    );
+    // While A holds its 128, B is served.
+    let status = run(as_user(B, FERRY)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["--daemon", "status"]));
+    assert!(status.status.success(), "{status:?}");
+    drop(hog.stdin.take());
+    hog.wait().unwrap();
+}
+
+#[test]
+fn idle_and_trickling_connections_are_closed_but_a_long_poll_is_not() {
+    use std::io::{Read, Write};
+    let s = Scratch::new();
+    let daemon = Daemon::start(&s, "022", &[("FERRY_SERVE_IDLE_MS", Path::new("300"))]);
+    let closed = |send: &[u8]| {
+        let mut c = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+        c.set_read_timeout(Some(DEADLINE)).unwrap();
+        c.write_all(send).unwrap();
+        let mut rest = Vec::new();
+        match c.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty(), "closed without an answer: {rest:?}"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the daemon kept an idle connection open: {e}"),
+        }
+    };
+    closed(b"");
+    closed(b"GET /v1/transf");
+    // A long-poll longer than the idle timeout is a request in flight.
+    let client = daemon.client();
+    write_file(&s.path("src/f"), b"data");
+    add(&client, "t", &[&s.path("src/f")], &s.path("out"));
+    let w = client.wait_once("t", Duration::from_secs(1)).unwrap();
+    assert!(!w.done, "never dispatched, so the long-poll timed out");
 }

@@ -11,6 +11,7 @@
 //! Its parts: `daemon.rs` (the shared state and the movers), `routes.rs`
 //! (the router and what every request goes through) and `handlers/`.
 
+mod conns;
 mod daemon;
 mod handlers;
 mod peer;
@@ -115,7 +116,14 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         // Before the socket exists: a SIGTERM sent as soon as the daemon
         // answers must stop it cleanly, not kill it with the default action.
         let signals = Signals::register();
-        let listener = listen(&config.socket)?;
+        let connections = conns::connections_max();
+        let listener = conns::Guarded {
+            listener: listen(&config.socket)?,
+            all: Arc::new(Semaphore::new(connections)),
+            all_max: connections,
+            by_user: PerUser::new(conns::CONNECTIONS_PER_USER_MAX),
+            idle: conns::idle_timeout(),
+        };
         let workers = config.workers.clamp(1, WORKERS_MAX);
         let (tx, rx) = sync_channel::<Job>(QUEUE_MAX);
         let daemon = Arc::new(Daemon {
