@@ -461,7 +461,6 @@ fn finalize_leaves_each_store_checkpointed_without_wal_or_shm() {
 }
 
 #[test]
-#[ignore = "needs the reserve sizing from the full-disk issue"]
 fn sixty_four_finalized_rank_stores_take_under_256_kib_each_on_disk() {
     use std::os::unix::fs::MetadataExt;
     let s = Scratch::new();
