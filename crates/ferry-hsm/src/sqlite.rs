@@ -492,6 +492,14 @@ fn check_batch(len: usize) {
 }
 
 impl RequestQueue for SqliteStore {
+    fn recovers_from_read_only(&self) -> bool {
+        true
+    }
+
+    fn wait_read_write(&self, timeout: Duration) -> bool {
+        SqliteStore::wait_read_write(self, timeout)
+    }
+
     fn enqueue(&self, batch: &[NewRequest]) -> Result<Vec<Enqueued>, StoreError> {
         let q = Queue(self);
         check_batch(batch.len());
