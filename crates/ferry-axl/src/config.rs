@@ -4,6 +4,7 @@
 //! Without KVTree in the process, `AXL_Config` fails (returns NULL).
 
 use std::ffi::{CStr, c_char, c_int, c_ulong, c_void};
+use std::mem::transmute;
 
 /// KVTree's `KVTREE_SUCCESS`.
 const KVTREE_SUCCESS: c_int = 0;
@@ -18,16 +19,24 @@ pub const KEYS: [&CStr; 6] = [
     c"RANK",
 ];
 
+type NewFn = unsafe extern "C" fn() -> *mut c_void;
+type SetIntFn = unsafe extern "C" fn(*mut c_void, *const c_char, c_int) -> c_int;
+type GetIntFn = unsafe extern "C" fn(*const c_void, *const c_char, *mut c_int) -> c_int;
+type SetBytesFn = unsafe extern "C" fn(*mut c_void, *const c_char, c_ulong) -> c_int;
+type GetBytesFn = unsafe extern "C" fn(*const c_void, *const c_char, *mut c_ulong) -> c_int;
+type ElemFn = unsafe extern "C" fn(*const c_void) -> *mut c_void;
+type KeyFn = unsafe extern "C" fn(*const c_void) -> *mut c_char;
+
 /// The KVTree functions `AXL_Config` uses.
 pub struct KvTree {
-    new: unsafe extern "C" fn() -> *mut c_void,
-    set_int: unsafe extern "C" fn(*mut c_void, *const c_char, c_int) -> c_int,
-    get_int: unsafe extern "C" fn(*const c_void, *const c_char, *mut c_int) -> c_int,
-    set_bytecount: unsafe extern "C" fn(*mut c_void, *const c_char, c_ulong) -> c_int,
-    get_bytecount: unsafe extern "C" fn(*const c_void, *const c_char, *mut c_ulong) -> c_int,
-    elem_first: unsafe extern "C" fn(*const c_void) -> *mut c_void,
-    elem_next: unsafe extern "C" fn(*const c_void) -> *mut c_void,
-    elem_key: unsafe extern "C" fn(*const c_void) -> *mut c_char,
+    new: NewFn,
+    set_int: SetIntFn,
+    get_int: GetIntFn,
+    set_bytecount: SetBytesFn,
+    get_bytecount: GetBytesFn,
+    elem_first: ElemFn,
+    elem_next: ElemFn,
+    elem_key: KeyFn,
 }
 
 impl KvTree {
@@ -47,18 +56,18 @@ impl KvTree {
         // signature the field's type spells (kvtree.h, kvtree_util.h).
         unsafe {
             Ok(KvTree {
-                new: std::mem::transmute::<*mut c_void, _>(sym(c"kvtree_new")?),
-                set_int: std::mem::transmute::<*mut c_void, _>(sym(c"kvtree_util_set_int")?),
-                get_int: std::mem::transmute::<*mut c_void, _>(sym(c"kvtree_util_get_int")?),
-                set_bytecount: std::mem::transmute::<*mut c_void, _>(sym(
+                new: transmute::<*mut c_void, NewFn>(sym(c"kvtree_new")?),
+                set_int: transmute::<*mut c_void, SetIntFn>(sym(c"kvtree_util_set_int")?),
+                get_int: transmute::<*mut c_void, GetIntFn>(sym(c"kvtree_util_get_int")?),
+                set_bytecount: transmute::<*mut c_void, SetBytesFn>(sym(
                     c"kvtree_util_set_bytecount",
                 )?),
-                get_bytecount: std::mem::transmute::<*mut c_void, _>(sym(
+                get_bytecount: transmute::<*mut c_void, GetBytesFn>(sym(
                     c"kvtree_util_get_bytecount",
                 )?),
-                elem_first: std::mem::transmute::<*mut c_void, _>(sym(c"kvtree_elem_first")?),
-                elem_next: std::mem::transmute::<*mut c_void, _>(sym(c"kvtree_elem_next")?),
-                elem_key: std::mem::transmute::<*mut c_void, _>(sym(c"kvtree_elem_key")?),
+                elem_first: transmute::<*mut c_void, ElemFn>(sym(c"kvtree_elem_first")?),
+                elem_next: transmute::<*mut c_void, ElemFn>(sym(c"kvtree_elem_next")?),
+                elem_key: transmute::<*mut c_void, KeyFn>(sym(c"kvtree_elem_key")?),
             })
         }
     }
