@@ -32,6 +32,11 @@ pub fn wants_daemon(kind: &str, socket: &Path) -> bool {
     }
 }
 
+/// Whether a daemon answers on `socket`.
+pub fn answers(socket: &Path) -> bool {
+    Client::new(socket).is_ok_and(|c| c.answers())
+}
+
 fn client(socket: &Path) -> Result<Client, Exit> {
     Client::new(socket).map_err(Exit::Daemon)
 }
@@ -129,6 +134,8 @@ fn run_request(args: &RunArgs) -> RunRequest {
         skip: args.skip.clone(),
         verify: args.verify.clone(),
         check_space: args.check_space,
+        // Modes as a local cp would give them: the daemon has its own umask.
+        umask: Some(ferry::engine::current_umask()),
         clean_orphans: args.clean_orphans,
     }
 }
@@ -155,6 +162,9 @@ fn report(view: &TransferView, json: bool) {
     }
     for failure in &view.failures {
         eprintln!("ferry: {}: {}", failure.path, failure.error);
+    }
+    for warning in &view.warnings {
+        eprintln!("ferry: warning: {warning}");
     }
     println!(
         "{} (id {}) {}: {}/{} files, {} of {} bytes durable",

@@ -14,6 +14,8 @@ pub enum Exit {
     Cancelled,
     /// finalize left transfers with live owners alone (and nothing failed).
     LeftAlone,
+    /// finalize aborted a transfer or removed partial data (each named).
+    DataRemoved,
     /// `ferry hsm … --wait`: a request failed.
     RequestFailed,
     /// `ferry hsm … --wait`: a request was canceled.
@@ -21,6 +23,9 @@ pub enum Exit {
     /// `wait`, `watch --until-done`: the transfer is not over and its owner
     /// is dead, so nothing will end it.
     OwnerDead(Box<ferry::model::TransferRecord>),
+    /// `cp`, `resume`: stopped by a signal (the code is 128 + its number;
+    /// what to do was said).
+    Interrupted(u8),
     Error(Error),
     /// A request to the daemon failed.
     Daemon(ClientError),
@@ -63,6 +68,7 @@ pub fn serve_code(e: &ServeError) -> u8 {
     match e {
         ServeError::AlreadyServing { .. } => 35,
         ServeError::Listen { .. } => 36,
+        ServeError::UnsafeStore { .. } => 39,
         ServeError::Runtime(_) => 74,
         ServeError::Ferry(e) => e.code(),
     }
@@ -75,6 +81,7 @@ impl From<Exit> for ExitCode {
             Exit::TransferFailed => ExitCode::from(1),
             Exit::Cancelled => ExitCode::from(12),
             Exit::LeftAlone => ExitCode::from(18),
+            Exit::DataRemoved => ExitCode::from(38),
             Exit::RequestFailed => ExitCode::from(23),
             Exit::RequestCanceled => ExitCode::from(25),
             Exit::OwnerDead(t) => {
@@ -85,6 +92,7 @@ impl From<Exit> for ExitCode {
                 );
                 ExitCode::from(OWNER_DEAD)
             }
+            Exit::Interrupted(code) => ExitCode::from(code),
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
                 ExitCode::from(e.code())

@@ -39,7 +39,7 @@ pub struct FinalizeArgs {
 
 pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
     let started = Instant::now();
-    let stores = ferry::finalize::find_stores(&args.paths)?;
+    let (stores, skipped) = ferry::finalize::find_stores_reporting(&args.paths)?;
     let options = FinalizeOptions {
         dead: if args.resume {
             DeadPolicy::Resume
@@ -61,6 +61,8 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
     let failed = counts.get(&Outcome::Failed).copied().unwrap_or(0);
     let left = counts.get(&Outcome::LeftLive).copied().unwrap_or(0)
         + counts.get(&Outcome::LeftUnknown).copied().unwrap_or(0);
+    let aborted = outcomes.iter().filter(|o| o.aborted).count();
+    let lost: Vec<&PathBuf> = outcomes.iter().flat_map(|o| &o.removed).collect();
     if args.json {
         let by_outcome: BTreeMap<&str, usize> =
             counts.iter().map(|(o, n)| (o.as_str(), *n)).collect();
@@ -71,10 +73,48 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
             "temporaries_removed": removed,
             "seconds": seconds,
             "outcomes": by_outcome,
+            "aborted": aborted,
+            "removed": lost,
+            "skipped": skipped,
             "details": outcomes,
         });
         println!("{value}");
     } else {
+        for s in &skipped {
+            eprintln!(
+                "ferry finalize: skipped {}: {}; not finalized",
+                s.path.display(),
+                s.why
+            );
+        }
+        for o in outcomes.iter().filter(|o| o.aborted) {
+            eprintln!(
+                "ferry finalize: aborted transfer {} (id {}) of {}: its owner is dead \
+                 (`--resume` would have continued it)",
+                o.transfer,
+                o.id,
+                o.store.display()
+            );
+        }
+        if !lost.is_empty() {
+            const SHOWN: usize = 5;
+            let first: Vec<String> = lost
+                .iter()
+                .take(SHOWN)
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            let more = if lost.len() > SHOWN {
+                format!(" and {} more (`--json` lists them all)", lost.len() - SHOWN)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "ferry finalize: removed the partial data of {} files that never reached their \
+                 final name: {}{more}",
+                lost.len(),
+                first.join(", ")
+            );
+        }
         for o in outcomes.iter().filter(|o| {
             matches!(
                 o.outcome,
@@ -111,6 +151,8 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
     }
     Ok(if failed > 0 {
         Exit::TransferFailed
+    } else if aborted > 0 || !lost.is_empty() {
+        Exit::DataRemoved
     } else if left > 0 {
         Exit::LeftAlone
     } else {

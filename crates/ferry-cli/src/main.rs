@@ -17,8 +17,10 @@ macro_rules! println {
 mod daemon;
 mod exit;
 mod finalize;
+mod generate;
 mod hsm;
 mod output;
+mod signals;
 mod store;
 mod verify;
 mod watch;
@@ -114,6 +116,9 @@ pub(crate) enum Command {
     /// serve them with workers
     #[command(subcommand)]
     Hsm(hsm::HsmCommand),
+    /// Write the man pages, or print a shell's completion script
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
     /// Cancel and free every unfinished transfer of the store (--dead: only
     /// those whose owner is dead; --all: completed ones too), removing their
     /// temporaries
@@ -220,7 +225,7 @@ pub(crate) struct CpArgs {
     paths: Vec<PathBuf>,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct RunArgs {
     /// Worker threads [default: one per core]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -288,6 +293,7 @@ impl RunArgs {
             }),
             check_space: self.check_space || base.check_space,
             clean_orphans: self.clean_orphans || base.clean_orphans,
+            umask: base.umask,
         }
     }
 
@@ -353,7 +359,7 @@ fn verify_word(verify: ferry::verify::Verify) -> &'static str {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ResumeArgs {
     /// The transfer's name
     name: String,
@@ -375,6 +381,9 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     if let Command::Finalize(args) = cli.command {
         return finalize::run(args);
     }
+    if let Command::Generate(what) = cli.command {
+        return generate::run::<Cli>(what);
+    }
     let socket = cli
         .socket
         .clone()
@@ -393,11 +402,74 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     if cli.daemon {
         return daemon::command(&socket, cli.command);
     }
+    // One namespace: a transfer the store does not have may be the
+    // daemon's (`cp --kind daemon`), found there when the daemon answers.
+    let twin = daemon_twin(&cli.command);
+    match (run_local(cli), twin) {
+        (Err(Exit::Error(e)), Some(twin)) if is_not_here(&e) && daemon::answers(&socket) => {
+            match daemon::command(&socket, twin) {
+                // Neither side has it: the store's refusal, and that the
+                // daemon was asked too.
+                Err(Exit::Daemon(ferry_serve::client::ClientError::Api { kind, .. }))
+                    if kind == "transfer_not_found" =>
+                {
+                    eprintln!(
+                        "ferry: the daemon at {} has no transfer of that name either",
+                        socket.display()
+                    );
+                    Err(Exit::Error(e))
+                }
+                other => other,
+            }
+        }
+        (result, _) => result,
+    }
+}
+
+/// The same command for the daemon, for those the daemon serves.
+fn daemon_twin(command: &Command) -> Option<Command> {
+    Some(match command {
+        Command::Status(args) if args.at.is_none() && !args.files && args.name.is_some() => {
+            Command::Status(StatusArgs {
+                name: args.name.clone(),
+                files: false,
+                json: args.json,
+                at: None,
+            })
+        }
+        Command::Wait { name } => Command::Wait { name: name.clone() },
+        Command::Cancel { name } => Command::Cancel { name: name.clone() },
+        Command::Resume(args) => Command::Resume(args.clone()),
+        _ => return None,
+    })
+}
+
+/// The store has no such transfer (or there is no store at all).
+fn is_not_here(e: &ferry::Error) -> bool {
+    matches!(
+        e,
+        ferry::Error::TransferNotFound { .. }
+            | ferry::Error::Store(ferry::store::StoreError::NoStore { .. })
+    )
+}
+
+fn run_local(cli: Cli) -> Result<Exit, Exit> {
     let location = cli.store.clone().unwrap_or_else(ferry::default_store_path);
-    let opened = OpenedStore::open(&location)?;
+    // Only commands that make transfers or requests create a store; a
+    // store named by the user never gets a directory made for it.
+    let explicit =
+        cli.store.is_some() || std::env::var_os("FERRY_STORE").is_some_and(|v| !v.is_empty());
+    let create = match (&cli.command, explicit) {
+        (Command::Cp(_) | Command::Hsm(_), false) => store::Create::WithDirectory,
+        (Command::Cp(_) | Command::Hsm(_), true) => store::Create::FileOnly,
+        _ => store::Create::Nothing,
+    };
+    let opened = OpenedStore::open(&location, create)?;
     let store = opened.store();
     match cli.command {
-        Command::Finalize(_) | Command::Serve { .. } => unreachable!("handled above"),
+        Command::Finalize(_) | Command::Serve { .. } | Command::Generate(_) => {
+            unreachable!("handled above")
+        }
         Command::Stop { dead, all, force } => finalize::stop(store.as_ref(), dead, all, force),
         Command::Forget { name, force } => finalize::forget(store.as_ref(), &name, force),
         Command::Hsm(command) => hsm::run(opened.queue(), command),
@@ -444,11 +516,12 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
             let workers = args.run.apply_to_resume(&mut transfer)?;
-            let report = output::with_progress(&transfer.progress(), args.run.json, || {
-                transfer.resume(workers)?;
-                transfer.wait()
-            })?;
-            Ok(finish(&report, args.run.json))
+            Ok(move_and_wait(
+                transfer,
+                Start::Resume,
+                workers,
+                args.run.json,
+            )?)
         }
         Command::Cancel { name } => {
             let transfer = Transfer::open(store, &name)?;
@@ -528,26 +601,19 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
         caller: None,
     };
     let mut transfer = Transfer::create_with(store, &options, &entries)?;
-    let progress = transfer.progress();
-    let report = if transfer.reattached() {
+    let (start, workers) = if transfer.reattached() {
         let record = transfer.record();
+        let left_by = transfer.previous_owner().unwrap_or(&record.owner);
         eprintln!(
             "ferry: re-attached transfer {} (id {}) left by dead process {} on {}; continuing it",
-            record.name, record.id, record.owner.pid, record.owner.host
+            record.name, record.id, left_by.pid, left_by.host
         );
         let workers = args.run.apply_to_resume(&mut transfer)?;
-        output::with_progress(&progress, args.run.json, || {
-            transfer.resume(workers)?;
-            transfer.wait()
-        })?
+        (Start::Resume, workers)
     } else {
-        let workers = args.run.apply(&mut transfer, base);
-        output::with_progress(&progress, args.run.json, || {
-            transfer.dispatch(workers)?;
-            transfer.wait()
-        })?
+        (Start::Dispatch, args.run.apply(&mut transfer, base))
     };
-    Ok(finish(&report, args.run.json))
+    move_and_wait(transfer, start, workers, args.run.json)
 }
 
 /// A re-run of a copy whose transfer is not over (or failed, or was
@@ -571,12 +637,43 @@ fn continue_rerun(
         before.name, before.id, before.state
     );
     let workers = args.run.apply_to_resume(&mut transfer)?;
+    move_and_wait(transfer, Start::Resume, workers, args.run.json)
+}
+
+enum Start {
+    Dispatch,
+    Resume,
+}
+
+/// Moves the data with a progress bar on a terminal and waits; SIGINT or
+/// SIGTERM meanwhile cancels the transfer (recorded as an interruption),
+/// clears the bar and ends with how to continue.
+fn move_and_wait(
+    mut transfer: Transfer,
+    start: Start,
+    workers: usize,
+    json: bool,
+) -> Result<Exit, Exit> {
+    signals::cancel_on_interrupt(transfer.canceller())
+        .map_err(|e| ferry::Error::io(std::path::Path::new("signal handlers"), e))?;
     let progress = transfer.progress();
-    let report = output::with_progress(&progress, args.run.json, || {
-        transfer.resume(workers)?;
+    let report = output::with_progress(&progress, json, || {
+        match start {
+            Start::Dispatch => transfer.dispatch(workers)?,
+            Start::Resume => transfer.resume(workers)?,
+        }
         transfer.wait()
     })?;
-    Ok(finish(&report, args.run.json))
+    if report.state == ferry::TransferState::Cancelled
+        && let Some(signal) = signals::received()
+    {
+        output::report(&report, json);
+        return Err(Exit::Interrupted(signals::report_interrupted(
+            &report.name,
+            signal,
+        )));
+    }
+    Ok(finish(&report, json))
 }
 
 fn finish(report: &RunReport, json: bool) -> Exit {

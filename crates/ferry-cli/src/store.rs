@@ -12,6 +12,19 @@ use ferry_postgres::PgStore;
 
 use crate::exit::Exit;
 
+/// Whether opening may create a SQLite store, and where.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// The store and its directory (the default store under
+    /// `$XDG_STATE_HOME`, for a command that writes).
+    WithDirectory,
+    /// The store file, in a directory that exists (an explicit `--store`).
+    FileOnly,
+    /// Nothing: the store must exist (a command that reads, or acts on
+    /// transfers a store holds).
+    Nothing,
+}
+
 pub enum OpenedStore {
     Sqlite(Arc<SqliteStore>),
     Postgres(Arc<PgStore>),
@@ -19,13 +32,18 @@ pub enum OpenedStore {
 
 impl OpenedStore {
     /// `location` is a PostgreSQL URL, or else a path to a SQLite store.
-    pub fn open(location: &Path) -> Result<OpenedStore, Exit> {
+    pub fn open(location: &Path, create: Create) -> Result<OpenedStore, Exit> {
         let opened = match location
             .to_str()
             .filter(|l| ferry_postgres::is_postgres_url(l))
         {
             Some(url) => PgStore::open(url).map(|s| OpenedStore::Postgres(Arc::new(s))),
-            None => SqliteStore::open(location).map(|s| OpenedStore::Sqlite(Arc::new(s))),
+            None => match create {
+                Create::WithDirectory => SqliteStore::open(location),
+                Create::FileOnly => SqliteStore::open_in_existing_dir(location),
+                Create::Nothing => SqliteStore::open_existing(location),
+            }
+            .map(|s| OpenedStore::Sqlite(Arc::new(s))),
         };
         opened.map_err(|e| Exit::from(ferry::Error::from(e)))
     }

@@ -21,7 +21,7 @@ pub fn run(store: &dyn Store, targets: &[PathBuf], json: bool) -> Result<Exit, E
             continue;
         }
         if OpenedStore::is_store(target) {
-            let other = OpenedStore::open(target)?.store();
+            let other = OpenedStore::open(target, crate::store::Create::Nothing)?.store();
             found.all_of(other.as_ref(), &|_| true)?;
             continue;
         }

@@ -295,23 +295,60 @@ fn sync_kind_copies_in_the_callers_thread() {
 #[test]
 fn default_store_is_ferry_store_then_xdg_state_home_then_home() {
     let s = Scratch::new();
-    let status = |env: &[(&str, PathBuf)]| {
+    write_file(&s.path("f"), b"f");
+    let ferry = |command: &[&str], env: &[(&str, PathBuf)]| {
         let mut cmd = std::process::Command::new(FERRY);
-        cmd.arg("status")
+        cmd.args(command)
             .env_remove("FERRY_STORE")
             .env_remove("XDG_STATE_HOME");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        run_ok(&mut cmd);
+        run(&mut cmd)
     };
-    status(&[("HOME", s.path("home"))]);
+    let copy = |env: &[(&str, PathBuf)]| {
+        let out = ferry(
+            &[
+                "cp",
+                "--new",
+                &s.path("f").to_string_lossy(),
+                &s.path("g").to_string_lossy(),
+            ],
+            env,
+        );
+        assert!(out.status.success(), "{out:?}");
+    };
+    // Reading commands never create a store, nor its directory.
+    let out = ferry(&["status"], &[("HOME", s.path("home"))]);
+    assert_eq!(out.status.code(), Some(15), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no store at"),
+        "{out:?}"
+    );
+    assert!(!s.path("home").exists());
+    copy(&[("HOME", s.path("home"))]);
     assert!(s.path("home/.local/state/ferry/ferry.db").is_file());
-    status(&[("HOME", s.path("home")), ("XDG_STATE_HOME", s.path("xdg"))]);
+    copy(&[("HOME", s.path("home")), ("XDG_STATE_HOME", s.path("xdg"))]);
     assert!(s.path("xdg/ferry/ferry.db").is_file());
-    status(&[
+    copy(&[
         ("XDG_STATE_HOME", s.path("xdg")),
         ("FERRY_STORE", s.path("explicit.db")),
     ]);
     assert!(s.path("explicit.db").is_file());
+    // A store named by the user never gets a directory made for it.
+    let out = ferry(
+        &[
+            "cp",
+            &s.path("f").to_string_lossy(),
+            &s.path("h").to_string_lossy(),
+        ],
+        &[("FERRY_STORE", s.path("nonexistent/dir/x.db"))],
+    );
+    assert_eq!(out.status.code(), Some(15), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{out:?}"
+    );
+    assert!(!s.path("nonexistent").exists());
+    assert!(!s.path("h").exists());
 }

@@ -41,7 +41,9 @@ fn a_watcher_started_before_the_transfer_and_one_started_after_see_the_same_sequ
     let s = Scratch::new();
     let src = s.path("src");
     small_tree(&src, 12, 1);
-    run_ok(s.ferry().arg("status")); // creates the store
+    // The store exists before the watcher starts (reading commands never
+    // create one).
+    ferry::store::SqliteStore::open(&s.store()).unwrap();
     let mut early = s
         .ferry()
         .args(["watch", "--json", "--transfer", "T", "--until-done", "T"])

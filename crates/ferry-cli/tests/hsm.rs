@@ -115,9 +115,15 @@ fn worker_killed_mid_archive_loses_its_lease_and_another_completes_it() {
         .join(&object[2..4])
         .join(&object);
     assert_eq!(fs::read(&path).unwrap(), data(6 << 20));
-    // Attempt 1 never got an object under its name.
+    // Attempt 1 never got an object under its name, and what it was
+    // writing when it died is gone once attempt 2 completed.
     let stale = path.with_file_name(object.replace(&format!("-{id}-2"), &format!("-{id}-1")));
     assert!(!stale.exists());
+    let left: Vec<_> = util::walk(&archive_dir(&s))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "partial objects left: {left:?}");
 
     // The log tells the story, in order (read as `ferry watch --json` prints it).
     let store = ferry::store::SqliteStore::open(&s.store()).unwrap();
@@ -205,10 +211,18 @@ fn upcall_enqueue_then_worker_archives_by_fid() {
     ]));
     let ghost_id = request_id(&ghost);
     assert_eq!(request(&s, ghost_id)["state"], "waiting");
-    run_worker(&s);
+    // Without --fid-root, a relative FID is refused, never looked up in
+    // the worker's current directory (where a file of that name waits).
+    let cwd = s.path("cwd");
+    util::write_file(&cwd.join("[0x200000400:0x7:0x0]"), b"not this one");
+    run_ok(s.ferry().args(worker_args(&s)).current_dir(&cwd));
     let r = request(&s, ghost_id);
     assert_eq!(r["state"], "failed");
-    assert!(r["error"].as_str().unwrap().contains("0x200000400"));
+    let error = r["error"].as_str().unwrap();
+    assert!(
+        error.contains("0x200000400") && error.contains("--fid-root"),
+        "{error}"
+    );
     // A FID that is not a path is found under the worker's --fid-root (for
     // Lustre, MOUNT/.lustre/fid).
     let fid = "[0x200000400:0x8:0x0]";
@@ -240,13 +254,37 @@ fn remove_cancels_a_pending_archive() {
     util::write_file(&f, b"data");
     let id = request_id(&run_ok(s.ferry().args(["hsm", "archive"]).arg(&f)));
     let out = run_ok(s.ferry().args(["hsm", "remove"]).arg(&f));
-    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+    // It did something: it canceled the archive, and says so.
+    let said = stdout(&out);
+    assert!(
+        !said.contains("nothing to do") && said.contains("canceled its waiting archive"),
+        "{said}"
+    );
     let r = request(&s, id);
     assert_eq!(r["state"], "canceled");
     assert!(r["error"].as_str().unwrap().contains("remove"));
     // The worker has nothing left to do, and the file was never archived.
     run_worker(&s);
     assert_eq!(file_status_code(&s, &f), Some(22));
+}
+
+/// A changed file's new archive canceled by a remove used to leave the
+/// catalog with the old archived size.
+#[test]
+fn a_remove_after_a_change_records_the_file_as_it_is_now() {
+    let s = Scratch::new();
+    let f = s.path("fs/f");
+    util::write_file(&f, b"data");
+    run_ok(s.ferry().args(["hsm", "archive"]).arg(&f));
+    run_worker(&s);
+    fs::write(&f, b"longer data now").unwrap();
+    let id = request_id(&run_ok(s.ferry().args(["hsm", "archive"]).arg(&f)));
+    run_ok(s.ferry().args(["hsm", "remove"]).arg(&f));
+    assert_eq!(request(&s, id)["state"], "canceled");
+    run_worker(&s);
+    let entry = file_status(&s, &f);
+    assert_eq!(entry["state"], "exists", "{entry}");
+    assert_eq!(entry["size"], 15, "{entry}");
 }
 
 #[test]
@@ -315,7 +353,15 @@ fn user_mistakes_have_their_own_exit_codes() {
         .args(["hsm", "worker", "--archive"])
         .arg(format!("posix:{}", s.path("nope").display())));
     assert_eq!(code(&missing), Some(27));
-    // A restore of a file never archived fails: --wait exits 23.
+    // A restore of a file never archived is refused at once (22)...
+    let refused = run(s.ferry().args(["hsm", "restore"]).arg(&f));
+    assert_eq!(code(&refused), Some(22), "{refused:?}");
+    assert_eq!(stdout(&run_ok(s.ferry().args(["hsm", "list"]))), "");
+    // ...and one whose archived copy was removed fails: --wait exits 23.
+    run_ok(s.ferry().args(["hsm", "archive"]).arg(&f));
+    run_worker(&s);
+    run_ok(s.ferry().args(["hsm", "remove"]).arg(&f));
+    run_worker(&s);
     let id = request_id(&run_ok(s.ferry().args(["hsm", "restore"]).arg(&f)));
     let waiting = spawn_waiting(&s, "restore", &f, id);
     run_worker(&s);
@@ -411,4 +457,36 @@ fn release_refuses_a_file_changed_in_place_with_its_mtime_set_back() {
         "{r}"
     );
     assert_eq!(fs::read(&f).unwrap()[7], b'Q');
+}
+
+/// The store's disk filling used to end the worker with exit 19, for a
+/// supervisor to restart. Now it pauses while the store is read-only and
+/// goes on when the store's probe finds room. The I/O seam fails the
+/// worker's second store transaction as a full disk (the real read-only
+/// path: the reserve is released, the probe finds the room there is).
+#[test]
+fn a_worker_pauses_while_the_store_is_read_only_and_completes_its_queue() {
+    let s = Scratch::new();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let f = s.path(&format!("fs/f{i}"));
+        util::write_file(&f, &data(1000 + i));
+        ids.push(request_id(&run_ok(
+            s.ferry().args(["hsm", "archive"]).arg(&f),
+        )));
+    }
+    let out = run(s
+        .ferry()
+        .args(worker_args(&s))
+        .env("FERRY_FAILPOINT", "store.commit:2=enospc"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("worker paused") && stderr.contains("read-only"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("worker resumed"), "{stderr}");
+    for id in ids {
+        assert_eq!(request(&s, id)["state"], "succeed");
+    }
 }

@@ -94,7 +94,6 @@ fn the_same_name_while_its_owner_is_alive_but_stopped_is_refused() {
     let s = Scratch::new();
     let mut rng = fastrand::Rng::with_seed(9);
     write_file(&s.path("big"), &random_bytes(&mut rng, 200 << 20));
-    run_ok(s.ferry().arg("status"));
     let store = SqliteStore::open(&s.store()).unwrap();
     let mut watch = Watch::new(
         &store,
@@ -344,6 +343,10 @@ fn finalize_cleans_failed_cancelled_and_dead_running_transfers_and_leaves_live_o
     write_file(&src.join("large"), &random_bytes(&mut rng, 72 << 20));
     let stores = s.path("ranks");
     let store = |i: usize| stores.join(format!("node{}/rank.{i}.db", i % 2));
+    // ferry makes no directory for a store it is given.
+    for node in ["node0", "node1"] {
+        fs::create_dir_all(stores.join(node)).unwrap();
+    }
     // rank 0: failed (EIO while writing); rank 1: cancelled; rank 2: running,
     // owner dead mid large file; rank 3: live owner.
     let out = run(ferry_at(&store(0))
@@ -387,14 +390,27 @@ fn finalize_cleans_failed_cancelled_and_dead_running_transfers_and_leaves_live_o
     // A non-store file among them is skipped.
     let mut junk = fs::File::create(stores.join("node0/notes.txt")).unwrap();
     junk.write_all(b"not a store").unwrap();
+    // One that looks like a store and is not: skipped, and said so.
+    write_file(&stores.join("node1/rank.9.db"), b"truncated by a full disk");
 
     let out = finalize(&[&stores], &["--json", "--jobs", "2"]);
     assert_eq!(
         out.status.code(),
-        Some(18),
-        "a live owner was left alone: {out:?}"
+        Some(38),
+        "a transfer was aborted and partial data removed: {out:?}"
     );
     let report = json(&out);
+    assert_eq!(report["aborted"], 1, "{report}");
+    let removed = report["removed"].as_array().unwrap();
+    assert!(!removed.is_empty(), "{report}");
+    for path in removed {
+        let path = path.as_str().unwrap();
+        assert!(path.contains("/out"), "{path}");
+        assert!(!Path::new(path).exists(), "{path} never reached its name");
+    }
+    let skipped = report["skipped"].to_string();
+    assert!(skipped.contains("rank.9.db"), "{report}");
+    assert!(!skipped.contains("notes.txt"), "{report}");
     assert_eq!(report["stores"], 4);
     assert_eq!(report["outcomes"]["cleaned"], 3, "{report}");
     assert_eq!(
@@ -454,7 +470,12 @@ fn finalize_leaves_owners_on_other_hosts_alone_unless_forced() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("another host"));
     assert!(temp.exists(), "never guess about an owner on another host");
     let out = finalize(&[&s.store()], &["--force"]);
-    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.status.code(), Some(38), "aborted and removed: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("aborted transfer") && err.contains("removed"),
+        "{err}"
+    );
     assert!(!temp.exists());
 }
 

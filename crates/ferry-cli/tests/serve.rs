@@ -155,6 +155,61 @@ fn caller_killed_after_dispatch_the_transfer_completes() {
     assert_same_tree(&s.path("src"), &s.path("dst"));
 }
 
+/// One namespace: a transfer handed to the daemon (whose store is not the
+/// user's) is found by plain `status NAME` and `wait NAME`, no `--daemon`.
+#[test]
+fn a_daemon_transfer_is_found_by_plain_status_and_wait() {
+    let s = Scratch::new();
+    write_file(&s.path("src/f"), b"to the daemon");
+    let fifo = s.path("pause");
+    mkfifo(&fifo);
+    let daemon = Daemon::start(
+        &s,
+        &[
+            ("FERRY_FAILPOINT", Path::new("commit.write_data=pause")),
+            ("FERRY_FAILPOINT_FIFO", &fifo),
+        ],
+    );
+    // The user's own store is another one, which has never heard of it.
+    let mine = s.path("state/mine.db");
+    ferry::store::SqliteStore::open(&mine).unwrap();
+    let user = || {
+        let mut cmd = ferry_at(&mine);
+        cmd.arg("--socket").arg(&daemon.socket);
+        cmd
+    };
+    run_ok(
+        user()
+            .args(["cp", "--kind", "daemon", "--name", "handed", "-r"])
+            .arg(s.path("src"))
+            .arg(s.path("dst")),
+    );
+    let pause = paused(&fifo);
+    let out = run_ok(user().args(["status", "handed", "--json"]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("handed"),
+        "{out:?}"
+    );
+    let waiting = user()
+        .args(["wait", "handed"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(pause);
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read(s.path("dst/f")).unwrap(), b"to the daemon");
+    // A name neither side has: refused, exit 10, and both sides named.
+    let out = run(user().args(["status", "nowhere"]));
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mine.db") && err.contains("the daemon at"),
+        "{err}"
+    );
+}
+
 /// One JSON line of the daemon's watch.
 fn seq(line: &serde_json::Value) -> Option<u64> {
     line["seq"].as_u64()

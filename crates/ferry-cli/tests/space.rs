@@ -404,6 +404,64 @@ fn a_full_store_disk_turns_the_store_read_only_and_the_transfer_completes_after_
     assert_no_partial_files(&src, &dst);
 }
 
+/// With the default reserve (no FERRY_STORE_RESERVE), an 8 MiB store file
+/// system used to need 8 MiB free to come back, so it never did by itself;
+/// `store check` said 19 while a resume wrote anyway, and then check said
+/// read-write. Now the reserve and its threshold scale to the disk, and
+/// check, resume and the probe apply one rule, reserve file or not.
+#[test]
+fn a_small_store_disk_with_the_default_reserve_comes_back_and_check_agrees_with_resume() {
+    let s = Scratch::new();
+    let Some(tmpfs) = Tmpfs::mount(&s.path("store-fs"), "8m") else {
+        return;
+    };
+    let store = tmpfs.dir.join("ferry.db");
+    let ferry = || {
+        let mut cmd = ferry_at(&store);
+        cmd.env_remove("FERRY_STORE_RESERVE");
+        cmd
+    };
+    let src = s.path("src");
+    make_small_files(&src, 1500, 1024, 7);
+    let dst = s.path("dst");
+    let out = run(ferry()
+        .env("FERRY_FAILPOINT", "commit.record_copied")
+        .args(["cp", "-a", "--threads", "1", "--name", "t"])
+        .arg(&src)
+        .arg(&dst));
+    assert_eq!(out.status.signal(), Some(9));
+    let check = json(&run_ok(ferry().args(["store", "check", "--json"])));
+    let reserve = check["reserve_bytes"].as_u64().unwrap();
+    let recover = check["recover_bytes"].as_u64().unwrap();
+    assert!(reserve < 4 << 20, "the reserve fits the disk: {check}");
+    assert!(recover < 2 << 20, "the threshold is reachable: {check}");
+
+    let filler = tmpfs.fill("filler", 96 << 10);
+    let out = run(ferry().args(["resume", "t", "--threads", "1"]));
+    assert_eq!(out.status.code(), Some(19), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FERRY_STORE_RESERVE"), "{stderr}");
+    // Full: check and resume say the same, before and after each other.
+    for _ in 0..2 {
+        let check = run(ferry().args(["store", "check", "--json"]));
+        assert_eq!(check.status.code(), Some(19), "{check:?}");
+        let out = run(ferry().args(["resume", "t", "--threads", "1"]));
+        assert_eq!(out.status.code(), Some(19), "{out:?}");
+    }
+
+    // Room again: read-write with no help, then the same after a resume.
+    fs::remove_file(filler).unwrap();
+    let check = run(ferry().args(["store", "check", "--json"]));
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    assert_eq!(json(&check)["read_only"], serde_json::Value::Null);
+    let report = json(&run_ok(ferry().args(["resume", "t", "--json"])));
+    assert_eq!(report["state"], "completed");
+    let after = run(ferry().args(["store", "check", "--json"]));
+    assert_eq!(after.status.code(), Some(0), "{after:?}");
+    assert_eq!(json(&after)["recover_bytes"], json(&check)["recover_bytes"]);
+    assert_same_tree(&src, &dst);
+}
+
 /// At most this long for the soak, whatever the machine.
 const SOAK_LIMIT: Duration = Duration::from_secs(120);
 

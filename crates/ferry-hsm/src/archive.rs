@@ -121,7 +121,8 @@ pub trait Archive: Send + Sync {
     /// was read; the caller compares it with the catalog's.
     fn get(&self, object: &str, dst: &mut dyn Write, fence: &mut dyn Fence) -> io::Result<String>;
 
-    /// Removes an object and its record; a missing one is not an error.
+    /// Removes an object and its record, and what an attempt that died
+    /// writing them left (temporaries); a missing one is not an error.
     fn remove(&self, object: &str) -> io::Result<()>;
 
     /// The record written with the object.
@@ -287,7 +288,12 @@ impl Archive for PosixArchive {
 
     fn remove(&self, object: &str) -> io::Result<()> {
         let path = self.object_path(object);
-        for p in [path.clone(), Self::with_suffix(&path, ".meta")] {
+        let meta = Self::with_suffix(&path, ".meta");
+        let temps = [
+            Self::with_suffix(&path, ".tmp"),
+            Self::with_suffix(&meta, ".tmp"),
+        ];
+        for p in [path.clone(), meta].into_iter().chain(temps) {
             match fs::remove_file(&p) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}

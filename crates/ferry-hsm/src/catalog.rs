@@ -225,6 +225,14 @@ pub fn request_for_path(
         }
         refresh(queue, &fid, &abs)?;
     }
+    // A restore needs an archived copy: without one in the catalog the
+    // request could only fail, so it is refused here (exit 22).
+    if action == crate::Action::Restore && queue.catalog_entry(&fid)?.is_none() {
+        return Err(Error::Store(ferry::store::StoreError::NotInCatalog {
+            path: queue.location(),
+            fid,
+        }));
+    }
     Ok(crate::NewRequest {
         action,
         fsname: String::new(),

@@ -460,11 +460,13 @@ impl Queue<'_> {
         policy: &Policy,
         request: &NewRequest,
     ) -> Result<Enqueued, StoreError> {
+        let mut superseded = false;
         if request.action == Action::Remove
             && let Some(archive) = self.live_request(tx, &request.fid, Action::Archive)?
             && archive.state == RequestState::Waiting
         {
             self.write_request(tx, Some(&archive), rules::superseded(&archive))?;
+            superseded = true;
         }
         if let Some(live) = self.live_request(tx, &request.fid, request.action)? {
             let joined = self.write_request(tx, Some(&live), rules::joined(&live))?;
@@ -474,7 +476,7 @@ impl Queue<'_> {
             });
         }
         let catalog = self.catalog_in(tx, &request.fid)?;
-        if let Some(reason) = rules::enqueue_noop(request, catalog.as_ref()) {
+        if let Some(reason) = rules::enqueue_noop(request, catalog.as_ref(), superseded) {
             return Ok(Enqueued::Noop { reason });
         }
         let written = self.write_request(tx, None, rules::enqueued(policy, request, now_ns()))?;
@@ -757,6 +759,14 @@ impl Queue<'_> {
 }
 
 impl RequestQueue for SqliteStore {
+    fn recovers_from_read_only(&self) -> bool {
+        true
+    }
+
+    fn wait_read_write(&self, timeout: Duration) -> bool {
+        SqliteStore::wait_read_write(self, timeout)
+    }
+
     fn enqueue(&self, batch: &[NewRequest]) -> Result<Vec<Enqueued>, StoreError> {
         Queue(self).enqueue(batch)
     }

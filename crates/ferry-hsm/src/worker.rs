@@ -130,7 +130,30 @@ impl<'a> Worker<'a> {
         })
     }
 
+    /// One serving thread: [`Worker::serve_until_error`], paused while the
+    /// store is read-only (its disk full) and resumed when it takes writes
+    /// again, so that a supervisor need not restart the worker. A request
+    /// whose ack the full store refused is leased again once its lease
+    /// expires.
     fn serve(&self, counts: &[AtomicU64; 3]) -> Result<(), StoreError> {
+        loop {
+            match self.serve_until_error(counts) {
+                Err(e @ StoreError::ReadOnly { .. }) if self.queue.recovers_from_read_only() => {
+                    eprintln!("ferry: worker paused: {e}");
+                    // Each wait bounded, so that a stop is seen.
+                    while !self.queue.wait_read_write(self.config.idle_poll) {
+                        if self.stop.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                    }
+                    eprintln!("ferry: worker resumed: the store takes writes again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn serve_until_error(&self, counts: &[AtomicU64; 3]) -> Result<(), StoreError> {
         let mut reader = self.queue.event_reader()?;
         while !self.stop.load(Ordering::SeqCst) {
             let token = reader.change_token()?;
@@ -173,6 +196,16 @@ impl<'a> Worker<'a> {
             last: Instant::now(),
         };
         let result = match r.action {
+            // Resolved against the worker's current directory it would name
+            // whatever file happens to be there.
+            _ if path.is_relative() => Err(Step::Fail(
+                FailKind::Permanent,
+                format!(
+                    "FID {} is relative and this worker has no --fid-root to resolve it under \
+                     (for Lustre, --fid-root MOUNT/.lustre/fid)",
+                    r.fid
+                ),
+            )),
             Action::Archive => self.archive(lease, &path, &mut fence),
             Action::Restore => self.restore(lease, &path, &mut fence),
             Action::Remove => self.remove(lease, &path),
@@ -329,6 +362,19 @@ impl<'a> Worker<'a> {
         }
         catalog::mirror(path, &entry);
         catalog::restamp(self.queue, &r.fid, CatalogState::Archived, path);
+        // Earlier attempts of this request lost their lease (a worker
+        // killed mid-copy, say): what they wrote is garbage no catalog entry
+        // can point at any more, since this attempt's ack won. Bounded by the
+        // policy's attempts.
+        for attempt in 1..lease.attempt {
+            if let Err(e) = self.archive.remove(&object_id(&r.fid, r.id, attempt)) {
+                eprintln!(
+                    "ferry: request {}: cannot remove what attempt {attempt} left in the \
+                     archive ({e}); it is garbage",
+                    r.id
+                );
+            }
+        }
         // The copy this one replaces is not needed any more.
         if let Some(old) = previous.and_then(|p| p.object).filter(|o| *o != object) {
             let _ = self.archive.remove(&old);
@@ -454,12 +500,20 @@ impl<'a> Worker<'a> {
             ));
         }
         let object = entry.object.clone();
-        let gone = CatalogEntry {
+        let mut gone = CatalogEntry {
             state: CatalogState::Exists,
             object: None,
             checksum: None,
+            ino: 0,
+            ctime_ns: 0,
             ..entry
         };
+        // The archived copy's size and times no longer describe anything:
+        // the entry says what the file is now (it may have changed since,
+        // its new archive canceled by this remove).
+        if let Ok(meta) = fs::metadata(path) {
+            (gone.size, gone.mtime_ns, gone.mode) = file_meta(&meta);
+        }
         // Recorded first, fenced: a cancelled or expired attempt, or a
         // release that got there first (the catalog is no longer what it
         // read), stops here with the copy intact. Only then does the copy

@@ -58,7 +58,15 @@ pub struct RunRequest {
     /// Remove temporaries at the destinations that no transfer wrote.
     #[serde(default)]
     pub clean_orphans: bool,
+    /// The caller's umask (0 to 0o777, sent as a number), applied as `cp`
+    /// does to what is not preserved: the daemon's own umask is not the
+    /// caller's. Our client sends the process's; without it, 0o022.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umask: Option<u32>,
 }
+
+/// The umask a dispatch or resume that does not say uses.
+pub const UMASK_DEFAULT: u32 = 0o022;
 
 /// A transfer as the daemon shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,6 +84,10 @@ pub struct TransferView {
     /// Bytes of the temporaries known durable, plus committed files.
     pub bytes_durable: u64,
     pub failures: Vec<Failure>,
+    /// What the last run could not keep (ownership, attributes), as a
+    /// local `cp -a` says on stderr; at most 64.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// `create` found this name already taken by one of the caller's
     /// unfinished transfers and returned it (re-attach by name).
     #[serde(default)]

@@ -188,14 +188,17 @@ impl Client {
         self.call("POST", &path, Some(request))
     }
 
+    /// Dispatches `name`; unless `request` says otherwise, with this
+    /// process's umask (files get the modes a local `cp` would give).
     pub fn dispatch(&self, name: &str, request: &RunRequest) -> ClientResult<TransferView> {
         let path = format!("/v1/transfers/{}/dispatch", encode(name));
-        self.call("POST", &path, Some(request))
+        self.call("POST", &path, Some(&with_umask(request)))
     }
 
+    /// Resumes `name`, with this process's umask as [`Client::dispatch`].
     pub fn resume(&self, name: &str, request: &RunRequest) -> ClientResult<TransferView> {
         let path = format!("/v1/transfers/{}/resume", encode(name));
-        self.call("POST", &path, Some(request))
+        self.call("POST", &path, Some(&with_umask(request)))
     }
 
     pub fn cancel(&self, name: &str) -> ClientResult<TransferView> {
@@ -307,6 +310,16 @@ impl Client {
             });
         }
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// The request, with this process's umask when it names none.
+fn with_umask(request: &RunRequest) -> RunRequest {
+    RunRequest {
+        umask: request
+            .umask
+            .or_else(|| Some(ferry::engine::current_umask())),
+        ..request.clone()
     }
 }
 

@@ -79,6 +79,58 @@ fn peer_groups(stream: &tokio::net::UnixStream) -> io::Result<Vec<u32>> {
     }
 }
 
+/// `uid`'s primary group and supplementary groups as the system reports
+/// them now (`getpwuid_r`, `getgrouplist`): what a transfer resumed after a
+/// restart runs with, since its user may have lost a group since it was
+/// created. A uid the user database does not know has no supplementary
+/// groups and keeps `recorded_gid`.
+pub fn current_groups(uid: u32, recorded_gid: u32) -> io::Result<(u32, Vec<u32>)> {
+    // Bounded: a user's groups fit in NGROUPS_MAX, a passwd line in 1 MiB.
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let (name, gid) = loop {
+        // SAFETY: `pwd` is plain old data that getpwuid_r fills in; `buf`
+        // holds `buf.len()` bytes for the strings it points into; `found`
+        // is set to `&pwd` or null.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 && rc != libc::ENOENT {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if found.is_null() {
+            return Ok((recorded_gid, Vec::new()));
+        }
+        // SAFETY: getpwuid_r succeeded, so pw_name points to a NUL-ended
+        // string inside `buf`, which lives until the end of this function.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }.to_owned();
+        break (name, pwd.pw_gid);
+    };
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: `name` is NUL-ended; `groups` holds `n` entries and
+        // getgrouplist writes at most that many (it sets `n` to what it
+        // needs and returns -1 when that is more).
+        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n as usize);
+            return Ok((gid, groups));
+        }
+        let needed = (n as usize).max(groups.len() * 2);
+        if needed > GROUPS_MAX {
+            return Err(io::Error::other(format!(
+                "uid {uid} is in more than {GROUPS_MAX} groups"
+            )));
+        }
+        groups.resize(needed, 0);
+    }
+}
+
 /// This process's effective uid: a root daemon acts as each caller; any
 /// other serves only its own uid (it could not switch).
 pub fn daemon_uid() -> u32 {

@@ -120,6 +120,11 @@ pub enum ServeError {
     },
     Runtime(std::io::Error),
     Ferry(ferry::Error),
+    /// The store is not private: other users could read, replace or lock it.
+    UnsafeStore {
+        path: PathBuf,
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for ServeError {
@@ -135,6 +140,9 @@ impl std::fmt::Display for ServeError {
             }
             ServeError::Runtime(e) => write!(f, "cannot start the daemon's runtime: {e}"),
             ServeError::Ferry(e) => e.fmt(f),
+            ServeError::UnsafeStore { path, detail } => {
+                write!(f, "refusing to serve store {}: {detail}", path.display())
+            }
         }
     }
 }

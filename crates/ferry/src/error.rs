@@ -163,7 +163,11 @@ impl Error {
             Error::Cancelled { .. } | Error::Store(StoreError::Cancelled { .. }) => 12,
             Error::NothingToDo { .. } | Error::NotDispatched { .. } => 13,
             Error::UnsupportedFileType { .. } => 14,
-            Error::Store(StoreError::Open { .. } | StoreError::Unreachable { .. }) => 15,
+            Error::Store(
+                StoreError::Open { .. }
+                | StoreError::Unreachable { .. }
+                | StoreError::NoStore { .. },
+            ) => 15,
             Error::InvalidName { .. } => 29,
             Error::BadDestination { .. } => 37,
             Error::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => 17,

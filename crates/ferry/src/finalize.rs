@@ -99,13 +99,35 @@ pub struct TransferOutcome {
     pub outcome: Outcome,
     pub files_committed: usize,
     pub temporaries_removed: usize,
+    /// The files whose temporaries were removed: data that never reached
+    /// its final name and is gone.
+    #[serde(serialize_with = "lossy_all")]
+    pub removed: Vec<PathBuf>,
+    /// This run failed it (its owner was dead and `--resume` not given).
+    pub aborted: bool,
     pub detail: Option<String>,
+}
+
+/// A file below finalize's paths that looks like a store (named `*.db`, or
+/// an SQLite database) and was not taken as one.
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    #[serde(serialize_with = "lossy")]
+    pub path: PathBuf,
+    pub why: &'static str,
 }
 
 /// Every ferry store at or below `paths` (directories are searched
 /// recursively). A store is recognised by its SQLite header and ferry's
 /// application id, not by its name.
 pub fn find_stores(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    Ok(find_stores_reporting(paths)?.0)
+}
+
+/// [`find_stores`], and the files that look like stores (named `*.db`, or
+/// SQLite databases) that were not taken, with why.
+pub fn find_stores_reporting(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Skipped>)> {
+    let mut skipped = Vec::new();
     let mut found = Vec::new();
     // The same store named twice (or reached twice) is finalized once.
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
@@ -136,7 +158,11 @@ pub fn find_stores(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             stack.extend(children.into_iter().rev());
         } else if meta.is_file() && is_ferry_store(&path) {
             found.push(path);
-        } else if paths.contains(&path) {
+        } else if !paths.contains(&path) {
+            if let Some(why) = looks_like_a_store(&path) {
+                skipped.push(Skipped { path, why });
+            }
+        } else {
             // Named explicitly: say why it is not taken.
             return Err(crate::store::StoreError::NotAStore {
                 path,
@@ -145,7 +171,24 @@ pub fn find_stores(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             .into());
         }
     }
-    Ok(found)
+    Ok((found, skipped))
+}
+
+/// Why a file that is not a ferry store might have been meant as one.
+fn looks_like_a_store(path: &Path) -> Option<&'static str> {
+    let mut header = [0u8; 16];
+    let read = File::open(path).and_then(|mut f| f.read_exact(&mut header));
+    let named = path.extension().is_some_and(|e| e == "db");
+    match read {
+        Ok(()) if &header == b"SQLite format 3\0" => {
+            Some("an SQLite database, but not a ferry store (another application's)")
+        }
+        Err(e) if named && e.kind() == io::ErrorKind::PermissionDenied => {
+            Some("cannot be read (permission denied)")
+        }
+        _ if named => Some("not an SQLite database"),
+        _ => None,
+    }
 }
 
 /// The first 72 bytes: "SQLite format 3\0", and "FRRY" as application id
@@ -216,6 +259,7 @@ fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOu
     let mut done = Vec::new();
     let mut pending: Vec<Pending> = Vec::new();
     let mut to_sync: Vec<PathBuf> = Vec::new();
+    let mut opened: Vec<Arc<SqliteStore>> = Vec::new();
     for path in group {
         let store = match SqliteStore::open_deferred(path) {
             Ok(store) => Arc::new(store),
@@ -224,6 +268,7 @@ fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOu
                 continue;
             }
         };
+        opened.push(Arc::clone(&store));
         let transfers = match store.transfers() {
             Ok(t) => t,
             Err(e) => {
@@ -291,6 +336,12 @@ fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOu
             let message = format!("could not make the store durable: {e}");
             done.extend(recorded.into_iter().map(|o| failed(o, &message)));
         }
+    }
+    // Everything is durable in the write-ahead logs: fold them in. A store
+    // that cannot settle (another process has it open) keeps its log,
+    // which is as safe, only larger.
+    for store in opened {
+        let _ = store.settle();
     }
     done
 }
@@ -382,7 +433,7 @@ fn finalize_transfer(
         }
     }
     // Failed, cancelled, or aborted now: remove what never got its final name.
-    let mut removed = 0;
+    let mut removed = Vec::new();
     for entry in entries
         .iter()
         .filter(|e| e.kind != EntryKind::Dir && !e.state.is_done())
@@ -390,7 +441,7 @@ fn finalize_transfer(
         let temp = commit::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
         match std::fs::remove_file(&temp) {
             Ok(()) => {
-                removed += 1;
+                removed.push(entry.dest.clone());
                 to_sync.push(temp);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -403,7 +454,9 @@ fn finalize_transfer(
         "temporaries removed",
     )];
     let mut result = outcome(&path, transfer, Outcome::Cleaned, None);
-    result.temporaries_removed = removed;
+    result.temporaries_removed = removed.len();
+    result.removed = removed;
+    result.aborted = !state.is_terminal();
     Ok(Step::Record(changes, result))
 }
 
@@ -571,6 +624,8 @@ fn outcome(
         outcome,
         files_committed: 0,
         temporaries_removed: 0,
+        removed: Vec::new(),
+        aborted: false,
         detail,
     }
 }
@@ -589,6 +644,8 @@ fn store_failure(path: &Path, e: Error) -> TransferOutcome {
         outcome: Outcome::Failed,
         files_committed: 0,
         temporaries_removed: 0,
+        removed: Vec::new(),
+        aborted: false,
         detail: Some(e.to_string()),
     }
 }
@@ -692,6 +749,13 @@ fn stop_one(store: &dyn Store, transfer: TransferRecord, dead: bool) -> Result<S
         temporaries_removed: removed,
         owner_alive,
     })
+}
+
+fn lossy_all<S: serde::Serializer>(
+    paths: &[PathBuf],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
 }
 
 /// Removes the temporaries of `transfer`'s files that are not done, and

@@ -55,6 +55,9 @@ pub struct RunSettings {
     pub verify: Verify,
     pub check_space: bool,
     pub clean_orphans: bool,
+    /// The umask modes are computed with (a daemon's caller's); `None`:
+    /// the running process's.
+    pub umask: Option<u32>,
 }
 
 /// Bound on the `transfer.dispatched` events read to find the last one: a
@@ -62,6 +65,20 @@ pub struct RunSettings {
 const DISPATCHES_MAX: usize = 10_000;
 
 impl RunSettings {
+    /// Transfer `id`'s last dispatch or resume options, from its newest
+    /// `transfer.dispatched` event; `None` when it was never dispatched.
+    pub fn recorded(store: &dyn Store, id: TransferId) -> Result<Option<RunSettings>> {
+        let filter = crate::store::EventFilter {
+            transfer: Some(id),
+            kind: Some("transfer.dispatched".into()),
+            ..Default::default()
+        };
+        let events = store.events_since(0, &filter, DISPATCHES_MAX)?;
+        Ok(events
+            .last()
+            .map(|event| RunSettings::from_context(&event.context)))
+    }
+
     /// Read back from a `transfer.dispatched` event's context.
     pub fn from_context(c: &serde_json::Value) -> RunSettings {
         RunSettings {
@@ -79,6 +96,10 @@ impl RunSettings {
                 .unwrap_or_default(),
             check_space: c["check_space"].as_bool().unwrap_or(false),
             clean_orphans: c["clean_orphans"].as_bool().unwrap_or(false),
+            umask: c["umask"]
+                .as_u64()
+                .and_then(|u| u32::try_from(u).ok())
+                .map(|u| u & 0o777),
         }
     }
 }
@@ -88,6 +109,8 @@ pub struct Transfer {
     store: Arc<dyn Store>,
     record: TransferRecord,
     reattached: bool,
+    /// The dead owner this process took the transfer over from.
+    previous_owner: Option<Owner>,
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
     clean_orphans: bool,
@@ -96,6 +119,7 @@ pub struct Transfer {
     take_over_unknown_owner: bool,
     skip: SkipRule,
     verify: Verify,
+    umask: Option<u32>,
     mover: Mover,
     /// Renews this process's lease while it owns the transfer.
     heartbeat: Option<Heartbeat>,
@@ -147,11 +171,25 @@ pub struct Canceller {
 impl Canceller {
     /// See [`Transfer::cancel`].
     pub fn cancel(&self) -> Result<()> {
+        self.cancel_with(serde_json::json!({"by_pid": std::process::id()}))
+    }
+
+    /// A cancel because the owner was told to stop (SIGINT, SIGTERM): the
+    /// event says so, with the signal's name, and a resume continues from
+    /// what is durable.
+    pub fn interrupt(&self, signal: &str) -> Result<()> {
+        self.cancel_with(serde_json::json!({
+            "by_pid": std::process::id(),
+            "interrupted": signal,
+        }))
+    }
+
+    fn cancel_with(&self, context: serde_json::Value) -> Result<()> {
         self.store.apply(&[Change::Transfer {
             id: self.id,
             to: TransferState::Cancelled,
             owner: None,
-            context: serde_json::json!({"by_pid": std::process::id()}),
+            context,
         }])?;
         self.flag.store(true, Ordering::Relaxed);
         Ok(())
@@ -292,6 +330,7 @@ impl Transfer {
             store,
             record,
             reattached,
+            previous_owner: None,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::default()),
             clean_orphans: false,
@@ -300,6 +339,7 @@ impl Transfer {
             take_over_unknown_owner: false,
             skip: SkipRule::Never,
             verify: Verify::None,
+            umask: None,
             mover: Mover::Idle,
             heartbeat: None,
             ended: Arc::new(RunEnded::ended()),
@@ -376,7 +416,7 @@ impl Transfer {
         }]);
         // Another process re-attached it first: it is theirs.
         taken.map_err(|e| self.owned_elsewhere(e))?;
-        self.record.owner = owner;
+        self.previous_owner = Some(std::mem::replace(&mut self.record.owner, owner));
         self.reattached = true;
         Ok(())
     }
@@ -409,6 +449,12 @@ impl Transfer {
     /// left behind by a dead owner.
     pub fn reattached(&self) -> bool {
         self.reattached
+    }
+
+    /// The dead owner this process took the transfer over from, if it took
+    /// one over (the record names the new owner, this process).
+    pub fn previous_owner(&self) -> Option<&Owner> {
+        self.previous_owner.as_ref()
     }
 
     /// Whether the next dispatch or resume removes temporaries at its
@@ -454,15 +500,7 @@ impl Transfer {
     /// its newest `transfer.dispatched` event; `None` when it was never
     /// dispatched (or that event was compacted away, an error).
     pub fn recorded_settings(&self) -> Result<Option<RunSettings>> {
-        let filter = crate::store::EventFilter {
-            transfer: Some(self.record.id),
-            kind: Some("transfer.dispatched".into()),
-            ..Default::default()
-        };
-        let events = self.store.events_since(0, &filter, DISPATCHES_MAX)?;
-        Ok(events
-            .last()
-            .map(|event| RunSettings::from_context(&event.context)))
+        RunSettings::recorded(self.store.as_ref(), self.record.id)
     }
 
     /// Sets every run option of the next dispatch or resume at once.
@@ -471,6 +509,17 @@ impl Transfer {
         self.check_space = settings.check_space;
         self.skip = settings.skip;
         self.verify = settings.verify;
+        if settings.umask.is_some() {
+            self.umask = settings.umask;
+        }
+    }
+
+    /// The umask the next dispatch or resume computes modes with (the
+    /// caller's, for a daemon that is not its caller's process); recorded
+    /// with the dispatch, so that a take-over after a crash uses it too.
+    /// `None`: this process's.
+    pub fn set_umask(&mut self, umask: Option<u32>) {
+        self.umask = umask.map(|u| u & 0o777);
     }
 
     pub fn progress(&self) -> Arc<Progress> {
@@ -531,6 +580,7 @@ impl Transfer {
                 "verify": self.verify,
                 "check_space": self.check_space,
                 "clean_orphans": self.clean_orphans,
+                "umask": self.umask,
             }),
         }]);
         dispatched.map_err(|e| self.owned_elsewhere(e))?;
@@ -552,6 +602,7 @@ impl Transfer {
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
             after_chunk: self.after_chunk.clone(),
+            umask: self.umask,
         };
         let id = self.record.id;
         self.mover = match self.record.kind {

@@ -17,12 +17,13 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
-        Scratch {
-            dir: tempfile::Builder::new()
-                .prefix("ferry-test-")
-                .tempdir()
-                .expect("a scratch directory"),
-        }
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-test-")
+            .tempdir()
+            .expect("a scratch directory");
+        // ferry never makes the directory of a store given with --store.
+        fs::create_dir(dir.path().join("state")).expect("the store's directory");
+        Scratch { dir }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

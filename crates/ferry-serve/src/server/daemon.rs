@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use super::QUEUE_MAX;
 use super::peer::{PerUser, acting_caller};
 use super::run_settings::RunSettings;
-use crate::api::{Failure, RunRequest, THREADS_MAX, TransferView};
+use crate::api::{Failure, TransferView};
 use crate::creds::{self, Peer};
 use crate::error::{ApiError, ServeError};
 use crate::metrics::{Gauges, Metrics};
@@ -112,32 +112,10 @@ impl Daemon {
     /// The run options of a transfer's last dispatch or resume, from its
     /// `transfer.dispatched` event.
     fn last_settings(&self, record: &ferry::model::TransferRecord) -> RunSettings {
-        let filter = ferry::store::EventFilter {
-            transfer: Some(record.id),
-            kind: Some("transfer.dispatched".into()),
-            ..Default::default()
-        };
-        let last = self
-            .store
-            .events_since(0, &filter, usize::MAX >> 1)
+        ferry::RunSettings::recorded(self.store.as_ref(), record.id)
             .ok()
-            .and_then(|events| events.into_iter().last());
-        let Some(event) = last else {
-            return RunSettings::default();
-        };
-        let c = &event.context;
-        let text = |key: &str| c[key].as_str().map(str::to_owned);
-        let request = RunRequest {
-            threads: c["workers"]
-                .as_u64()
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|n| (1..=THREADS_MAX).contains(n)),
-            skip: text("skip"),
-            verify: text("verify"),
-            check_space: c["check_space"].as_bool().unwrap_or(false),
-            clean_orphans: c["clean_orphans"].as_bool().unwrap_or(false),
-        };
-        RunSettings::from(&request).unwrap_or_default()
+            .flatten()
+            .map_or_else(RunSettings::default, RunSettings::recorded)
     }
 
     /// Start-up: every daemon transfer that was dispatched or running
@@ -151,13 +129,26 @@ impl Daemon {
             }
             match record.state {
                 TransferState::Dispatched | TransferState::Running => {
-                    let Some(caller) = record.caller.clone() else {
+                    let Some(mut caller) = record.caller.clone() else {
                         eprintln!(
                             "ferry: transfer {} (id {}) has no recorded caller; left alone",
                             record.name, record.id
                         );
                         continue;
                     };
+                    // The groups its user has now, not those recorded at
+                    // creation: a group lost since no longer opens files.
+                    match creds::current_groups(caller.uid, caller.gid) {
+                        Ok((gid, groups)) => (caller.gid, caller.groups) = (gid, groups),
+                        Err(e) => {
+                            eprintln!(
+                                "ferry: transfer {} (id {}): cannot read the groups of uid {}: \
+                                 {e}; left alone until the next start",
+                                record.name, record.id, caller.uid
+                            );
+                            continue;
+                        }
+                    }
                     let mut transfer = Transfer::open(Arc::clone(&self.store), &record.name)?;
                     // As it was last dispatched (the options are in that
                     // event); defaults if the log was compacted since.
@@ -271,7 +262,36 @@ impl Daemon {
         reattached: bool,
     ) -> Result<TransferView, ApiError> {
         let entries = self.store.entries(record.id)?;
-        Ok(view(record, &entries, reattached))
+        let mut view = view(record, &entries, reattached);
+        view.warnings = self.warnings(record);
+        Ok(view)
+    }
+
+    /// The warnings of a finished transfer's last run, from its final
+    /// event (the engine records at most a few there).
+    fn warnings(&self, record: &TransferRecord) -> Vec<String> {
+        if !matches!(
+            record.state,
+            TransferState::Completed | TransferState::Failed
+        ) {
+            return Vec::new();
+        }
+        let filter = ferry::store::EventFilter {
+            transfer: Some(record.id),
+            kind: Some(format!("transfer.{}", record.state.as_str())),
+            ..Default::default()
+        };
+        let last = self
+            .store
+            .events_since(0, &filter, usize::MAX >> 1)
+            .ok()
+            .and_then(|events| events.into_iter().last());
+        last.and_then(|e| e.context["warnings"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|w| w.as_str().map(str::to_owned))
+            .take(ferry::engine::WARNINGS_RECORDED_MAX)
+            .collect()
     }
 
     /// Dispatch or resume, under the `moving` lock: never two movers.
@@ -383,6 +403,7 @@ fn view(record: &TransferRecord, entries: &[EntryRecord], reattached: bool) -> T
                 error: e.error.clone().unwrap_or_default(),
             })
             .collect(),
+        warnings: Vec::new(),
         reattached,
     }
 }

@@ -11,9 +11,11 @@
 //! Its parts: `daemon.rs` (the shared state and the movers), `routes.rs`
 //! (the router and what every request goes through) and `handlers/`.
 
+mod conns;
 mod daemon;
 mod handlers;
 mod peer;
+mod private;
 mod request;
 mod routes;
 mod run_settings;
@@ -28,7 +30,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry::store::{SqliteStore, Store};
+use ferry::store::Store;
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 
@@ -100,7 +102,7 @@ const SPACE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn serve(config: Config) -> Result<(), ServeError> {
-    let sqlite = Arc::new(SqliteStore::open(&config.store).map_err(ferry::Error::from)?);
+    let sqlite = Arc::new(private::open_store(&config.store, creds::daemon_uid())?);
     let store: Arc<dyn Store> = sqlite.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -111,7 +113,17 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .build()
         .map_err(ServeError::Runtime)?;
     let result = runtime.block_on(async move {
-        let listener = listen(&config.socket)?;
+        // Before the socket exists: a SIGTERM sent as soon as the daemon
+        // answers must stop it cleanly, not kill it with the default action.
+        let signals = Signals::register();
+        let connections = conns::connections_max();
+        let listener = conns::Guarded {
+            listener: listen(&config.socket)?,
+            all: Arc::new(Semaphore::new(connections)),
+            all_max: connections,
+            by_user: PerUser::new(conns::CONNECTIONS_PER_USER_MAX),
+            idle: conns::idle_timeout(),
+        };
         let workers = config.workers.clamp(1, WORKERS_MAX);
         let (tx, rx) = sync_channel::<Job>(QUEUE_MAX);
         let daemon = Arc::new(Daemon {
@@ -179,7 +191,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             })
             .into_future(),
         );
-        let signal = wait_for_signal().await;
+        let signal = signals.wait().await;
         let signalled = Instant::now();
         eprintln!("ferry: {signal}: no new work; stopping movers (at most {SHUTDOWN_MOVERS:?})");
         daemon.begin_shutdown();
@@ -209,18 +221,31 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     result
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        unreachable!("pending never resolves");
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from the moment they are registered.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn register() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            _ => Signals(None),
+        }
+    }
+
+    /// Which one came first; never, when they could not be registered.
+    async fn wait(self) -> &'static str {
+        let Some((mut term, mut int)) = self.0 else {
+            std::future::pending::<()>().await;
+            unreachable!("pending never resolves");
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
 

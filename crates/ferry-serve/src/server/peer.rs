@@ -5,29 +5,42 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::conns::{ConnState, Guarded};
+use crate::creds::Peer;
+use crate::error::ApiError;
 use axum::extract::ConnectInfo;
 use axum::extract::connect_info::Connected;
 use axum::http::StatusCode;
 use axum::serve::IncomingStream;
 use ferry::Caller;
-use tokio::net::UnixListener;
 
-use crate::creds::{self, Peer};
-use crate::error::ApiError;
-
-/// The peer of a connection, read once when it connects.
+/// The peer of a connection, read once when it connects (by the
+/// listener, [`Guarded`]), and the connection's idle clock.
 #[derive(Clone)]
-pub struct PeerInfo(Result<Peer, String>);
+pub struct PeerInfo {
+    peer: Result<Peer, String>,
+    pub(super) conn: Arc<ConnState>,
+}
 
-impl Connected<IncomingStream<'_, UnixListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> PeerInfo {
-        PeerInfo(creds::peer(stream.io()).map_err(|e| e.to_string()))
+impl std::fmt::Debug for PeerInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.peer.fmt(f)
+    }
+}
+
+impl Connected<IncomingStream<'_, Guarded>> for PeerInfo {
+    fn connect_info(stream: IncomingStream<'_, Guarded>) -> PeerInfo {
+        stream.remote_addr().clone()
     }
 }
 
 impl PeerInfo {
+    pub(super) fn new(peer: Result<Peer, String>, conn: Arc<ConnState>) -> PeerInfo {
+        PeerInfo { peer, conn }
+    }
+
     pub(super) fn peer(&self) -> Result<Peer, ApiError> {
-        self.0.clone().map_err(|e| {
+        self.peer.clone().map_err(|e| {
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::{Body, HttpBody};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -50,6 +51,12 @@ async fn guard(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) 
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
+    // The connection's idle clock stops while this request and its answer
+    // (a watch stream's included) are in flight.
+    let in_flight = request
+        .extensions()
+        .get::<ConnectInfo<PeerInfo>>()
+        .map(|c| c.0.conn.begin());
     let response = match daemon.requests.clone().try_acquire_owned() {
         Err(_) => ApiError::busy(format!(
             "the daemon is busy: {REQUESTS_MAX} requests in flight; try again"
@@ -90,5 +97,14 @@ async fn guard(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) 
     daemon
         .metrics
         .observe(&route, response.status().as_u16(), started.elapsed());
-    response
+    match in_flight {
+        Some(in_flight) if response.body().size_hint().exact().is_none() => response.map(|body| {
+            use futures_util::StreamExt;
+            Body::from_stream(body.into_data_stream().map(move |chunk| {
+                let _held = &in_flight;
+                chunk
+            }))
+        }),
+        _ => response,
+    }
 }

@@ -422,6 +422,9 @@ pub fn apply_metadata(
 ) -> io::Result<()> {
     let path = entry.dest.as_path();
     let meta = entry.meta;
+    // Set-id bits not to give back: a set-user-ID file whose owner could not
+    // be kept would run as whoever copied it (cp -a clears them too).
+    let mut setid_lost = 0;
     if preserve.ownership {
         let both = rustix::fs::chownat(
             CWD,
@@ -431,14 +434,28 @@ pub fn apply_metadata(
             AtFlags::SYMLINK_NOFOLLOW,
         );
         // Like cp -a: an unprivileged user keeps what ownership they may.
-        if let Err(Errno::PERM | Errno::INVAL) = both {
-            let _ = rustix::fs::chownat(
+        if let Err(e @ (Errno::PERM | Errno::INVAL)) = both {
+            let group = rustix::fs::chownat(
                 CWD,
                 path,
                 None,
                 Some(Gid::from_raw(meta.gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
             );
+            setid_lost = if group.is_ok() { 0o4000 } else { 0o6000 };
+            if entry.kind != EntryKind::Symlink {
+                let cleared = if meta.mode & setid_lost != 0 {
+                    "; its set-user-ID/set-group-ID bits are cleared"
+                } else {
+                    ""
+                };
+                let what = if group.is_ok() {
+                    format!("owner {}", meta.uid)
+                } else {
+                    format!("owner {} and group {}", meta.uid, meta.gid)
+                };
+                warnings.push(format!("{}: {what} not kept: {e}{cleared}", path.display()));
+            }
         } else {
             both?;
         }
@@ -477,7 +494,7 @@ pub fn apply_metadata(
             }
         }
         let mode = if preserve.mode {
-            meta.mode
+            meta.mode & !setid_lost
         } else {
             meta.mode & !umask & 0o777
         };

@@ -134,6 +134,10 @@ pub struct RunOptions {
     pub progress: Arc<Progress>,
     /// Called by a worker after each chunk it writes; see [`ChunkHook`].
     pub after_chunk: Option<ChunkHook>,
+    /// The umask that modes are computed with when they are not preserved:
+    /// the caller's (the daemon's callers send theirs); `None` is this
+    /// process's.
+    pub umask: Option<u32>,
 }
 
 /// A debugging hook (the C layer's `AXL_DEBUG_PAUSE_AFTER`): called from a
@@ -176,7 +180,7 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
             entries: &entries,
             preserve: transfer.preserve,
             temp_suffix: &transfer.temp_suffix,
-            umask: current_umask(),
+            umask: options.umask.unwrap_or_else(current_umask),
             verify: options.verify != Verify::None,
             verify_recorded_too: false,
         },
@@ -445,6 +449,10 @@ impl Engine<'_> {
             owner: None,
             context: serde_json::json!({
                 "files_failed": failed.len(),
+                // For a caller that was not there (the daemon's): the first
+                // few, so that the event stays small.
+                "warnings": self.warnings.lock().expect("warnings poisoned")
+                    .iter().take(WARNINGS_RECORDED_MAX).collect::<Vec<_>>(),
                 "bytes_copied": self.options.progress.bytes_copied.load(Ordering::Relaxed),
             }),
         }])?;
@@ -452,8 +460,12 @@ impl Engine<'_> {
     }
 }
 
+/// Warnings (attributes or ownership not kept…) carried in a transfer's
+/// final event, at most.
+pub const WARNINGS_RECORDED_MAX: usize = 64;
+
 /// The process umask, read without changing it (`umask(2)` can only set).
-pub(crate) fn current_umask() -> u32 {
+pub fn current_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {

@@ -8,7 +8,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -247,8 +247,13 @@ fn plan_by(
             // A file named on the command line that cannot be read is the
             // caller's mistake, refused now; one deep in a tree fails alone
             // when it is copied, as with `cp -r`.
+            // Non-blocking: a FIFO swapped in since the lstat must not hold
+            // the request.
             if meta.is_file()
-                && let Err(e) = fs::File::open(source)
+                && let Err(e) = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                    .open(source)
             {
                 return Err(Error::io(source, e));
             }
@@ -316,8 +321,17 @@ fn check_destination(dest: &Path, meta: Option<&fs::Metadata>) -> Result<()> {
     let Some(dir) = receiving else {
         return Ok(());
     };
-    use rustix::fs::Access;
-    match rustix::fs::access(&dir, Access::WRITE_OK | Access::EXEC_OK) {
+    use rustix::fs::{Access, AtFlags, CWD};
+    // AT_EACCESS: checked as the file system will check the writes (fsuid,
+    // effective capabilities), not as the real uid — the daemon runs a
+    // caller's plan with that caller's fsuid and no capabilities while its
+    // real uid stays root.
+    match rustix::fs::accessat(
+        CWD,
+        &dir,
+        Access::WRITE_OK | Access::EXEC_OK,
+        AtFlags::EACCESS,
+    ) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
             let owner = fs::metadata(&dir)

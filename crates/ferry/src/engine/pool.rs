@@ -129,11 +129,7 @@ impl Engine<'_> {
     /// whether it is dense (all its blocks allocated), in which case looking
     /// for holes is a waste of two system calls.
     pub(super) fn open_source(&self, entry: &EntryRecord) -> Result<(File, bool), String> {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&entry.source)
-            .map_err(|e| format!("cannot open source {}: {e}", entry.source.display()))?;
+        let file = open_source_file(&entry.source)?;
         let meta = self.check_source_unchanged(entry, &file)?;
         Ok((file, meta.blocks().saturating_mul(512) >= meta.size()))
     }
@@ -207,4 +203,38 @@ impl Engine<'_> {
             )),
         }
     }
+}
+
+/// Opens a source for reading without following a symlink and without
+/// blocking (a FIFO or device swapped in after `add` would hold a worker in
+/// `open` forever), then checks through the descriptor that it is a regular
+/// file before a byte is read. Reads of a regular file never block, so the
+/// descriptor keeps `O_NONBLOCK`.
+pub(super) fn open_source_file(source: &Path) -> Result<File, String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(source)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                format!(
+                    "source {} changed since it was added: it is now a symbolic link, which is \
+                     not followed; add it again",
+                    source.display()
+                )
+            } else {
+                format!("cannot open source {}: {e}", source.display())
+            }
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot stat source {}: {e}", source.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "source {} changed since it was added: it is no longer a regular file (a FIFO, \
+             device, socket or directory now); nothing was read from it",
+            source.display()
+        ));
+    }
+    Ok(file)
 }

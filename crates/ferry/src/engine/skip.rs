@@ -2,7 +2,6 @@
 //! recorded `skipped` and costs no data I/O (but for `checksum`, which reads
 //! both to compare them). Its metadata is still checked and applied.
 
-use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 
@@ -91,7 +90,7 @@ pub(crate) fn matches(
             let algo = algo.unwrap_or(ChecksumAlgo::Xxh3);
             let source = checksum::of_file(&entry.source, algo, false)?;
             // The source must still be what was added.
-            let now = File::open(&entry.source)?.metadata()?;
+            let now = std::fs::symlink_metadata(&entry.source)?;
             if now.size() != entry.meta.size {
                 return Ok(None);
             }

@@ -98,6 +98,12 @@ pub enum StoreError {
         supported: i64,
     },
 
+    #[error(
+        "no store at {path}: nothing was copied with this store yet (`ferry cp` creates it); \
+         give --store or $FERRY_STORE to use another"
+    )]
+    NoStore { path: PathBuf },
+
     #[error("cannot open store {path}: {source}")]
     Open {
         path: PathBuf,
@@ -181,7 +187,8 @@ pub enum StoreError {
     #[error(
         "store {path} is read-only: {cause}; nothing more is written to it until its file \
          system has {recover_bytes} bytes free: free space there (ferry notices by itself, or \
-         run `ferry store check`); status and watch still work"
+         run `ferry store check`), or on a small disk set FERRY_STORE_RESERVE to a smaller \
+         reserve (in bytes); status and watch still work"
     )]
     ReadOnly {
         path: PathBuf,

@@ -24,9 +24,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
-/// The reserve's default size, in bytes: enough for the switch to be
-/// recorded and for every transfer of a busy store to end cleanly.
+/// The reserve's default size on a file system of 256 MiB or more, in
+/// bytes: enough for the switch to be recorded and for every transfer of a
+/// busy store to end cleanly. Smaller file systems get 1/64 of their size
+/// (at least [`RESERVE_BYTES_MIN`]), so that the reserve and its return
+/// threshold fit any disk a store fits on.
 pub const RESERVE_BYTES_DEFAULT: u64 = 4 << 20;
+
+/// The smallest default reserve: the read-only switch and a clean shutdown
+/// of a few transfers (a few pages each, in the WAL).
+pub const RESERVE_BYTES_MIN: u64 = 64 << 10;
 
 /// Environment variable that sets the reserve's size in bytes (0: none).
 pub const RESERVE_ENV: &str = "FERRY_STORE_RESERVE";
@@ -38,8 +45,21 @@ const PROBE_INTERVAL_MIN: Duration = Duration::from_millis(20);
 const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(1);
 
 /// Free space the store wants back, beyond its reserve, before it writes
-/// again: a store that flips back at the first free byte only fills up again.
-const RECOVER_HEADROOM_BYTES_MIN: u64 = 1 << 20;
+/// again: a store that flips back at the first free byte only fills up
+/// again. 1/16 of the file system, between these bounds, so that the
+/// threshold is reachable on a small disk.
+const RECOVER_HEADROOM_BYTES_MIN: u64 = 64 << 10;
+const RECOVER_HEADROOM_BYTES_MAX: u64 = 1 << 20;
+
+/// The default reserve for a file system of `total` bytes.
+pub fn reserve_bytes_for(total: u64) -> u64 {
+    (total / 64).clamp(RESERVE_BYTES_MIN, RESERVE_BYTES_DEFAULT) & !4095
+}
+
+/// The headroom for a file system of `total` bytes.
+fn headroom_bytes_for(total: u64) -> u64 {
+    (total / 16).clamp(RECOVER_HEADROOM_BYTES_MIN, RECOVER_HEADROOM_BYTES_MAX)
+}
 
 /// Why a store is read-only, for messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +71,7 @@ pub struct ReadOnlyCause {
 pub(crate) struct SpaceGuard {
     reserve_path: PathBuf,
     reserve_bytes: u64,
+    headroom_bytes: u64,
     read_only: Mutex<Option<ReadOnlyCause>>,
     /// Set by the probe when it returned the store to read-write (the free
     /// bytes it saw), until a write records `store.read_write`.
@@ -65,10 +86,6 @@ pub(crate) struct SpaceGuard {
 
 impl SpaceGuard {
     pub(crate) fn new(store: &Path) -> Arc<SpaceGuard> {
-        let reserve_bytes = std::env::var(RESERVE_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(RESERVE_BYTES_DEFAULT);
         let mut reserve_path = store.as_os_str().to_owned();
         reserve_path.push(".reserve");
         let dir = store
@@ -76,9 +93,18 @@ impl SpaceGuard {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
+        // Sized to the file system the store is on (unknown: as if large).
+        let total = rustix::fs::statvfs(&dir)
+            .map(|s| s.f_blocks.saturating_mul(s.f_frsize))
+            .unwrap_or(u64::MAX);
+        let reserve_bytes = std::env::var(RESERVE_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| reserve_bytes_for(total));
         Arc::new(SpaceGuard {
             reserve_path: PathBuf::from(reserve_path),
             reserve_bytes,
+            headroom_bytes: headroom_bytes_for(total),
             read_only: Mutex::new(None),
             recovered: Mutex::new(None),
             changed: Condvar::new(),
@@ -96,16 +122,41 @@ impl SpaceGuard {
         self.reserve_bytes
     }
 
-    /// Free space needed before a read-only store writes again.
+    /// Free space needed (the reserve's own blocks counted as free) before
+    /// a read-only store writes again, and before a process's first write.
     pub(crate) fn recover_bytes(&self) -> u64 {
-        self.reserve_bytes + self.reserve_bytes.max(RECOVER_HEADROOM_BYTES_MIN)
+        self.reserve_bytes + self.headroom_bytes
+    }
+
+    /// Free space, counting the reserve's blocks as free: the same number
+    /// whether the reserve exists or not, so that every verdict on it does.
+    pub(crate) fn free_counting_reserve(&self) -> io::Result<u64> {
+        let reserve = if self.reserve_bytes > 0 && self.reserve_present() {
+            self.reserve_bytes
+        } else {
+            0
+        };
+        Ok(self.free_bytes()?.saturating_add(reserve))
+    }
+
+    /// Why the store may not write now, by free space alone (`None`: it may).
+    pub(crate) fn room_verdict(&self) -> Option<String> {
+        let free = self.free_counting_reserve().unwrap_or(0);
+        let recover = self.recover_bytes();
+        (free < recover).then(|| {
+            format!(
+                "its file system has {free} bytes free (its reserve counted) and it needs \
+                 {recover}: {} for its reserve ({RESERVE_ENV}) and {} more",
+                self.reserve_bytes, self.headroom_bytes
+            )
+        })
     }
 
     /// Whether the reserve exists with its blocks.
     pub(crate) fn reserve_present(&self) -> bool {
         self.reserve_bytes == 0
-            || std::fs::metadata(&self.reserve_path)
-                .is_ok_and(|m| m.blocks() * 512 >= self.reserve_bytes)
+            || std::fs::symlink_metadata(&self.reserve_path)
+                .is_ok_and(|m| m.is_file() && m.blocks() * 512 >= self.reserve_bytes)
     }
 
     pub(crate) fn cause(&self) -> Option<ReadOnlyCause> {
@@ -118,12 +169,24 @@ impl SpaceGuard {
         if self.reserve_present() {
             return Ok(());
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.reserve_path)?;
+        // Never through a symlink, and created exclusively: in a directory
+        // others can write, a link planted at the name would have root
+        // extend whatever it points at.
+        let open = |new: bool| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(new)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&self.reserve_path)
+        };
+        let file = match open(true) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open(false)?,
+            opened => opened?,
+        };
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other("it is not a regular file"));
+        }
         let allocated = rustix::fs::fallocate(
             &file,
             rustix::fs::FallocateFlags::empty(),
@@ -181,7 +244,7 @@ impl SpaceGuard {
         if self.cause().is_none() {
             return true;
         }
-        let free = self.free_bytes().unwrap_or(0);
+        let free = self.free_counting_reserve().unwrap_or(0);
         if free < self.recover_bytes() || self.ensure_reserve().is_err() {
             return false;
         }
@@ -263,5 +326,23 @@ pub(crate) fn is_out_of_space(e: &rusqlite::Error, errno: i32) -> bool {
                 || errno == rustix::io::Errno::DQUOT.raw_os_error()
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_and_its_threshold_fit_the_disk() {
+        assert_eq!(reserve_bytes_for(8 << 20), 128 << 10);
+        assert_eq!(reserve_bytes_for(1 << 30), RESERVE_BYTES_DEFAULT);
+        assert_eq!(reserve_bytes_for(u64::MAX), RESERVE_BYTES_DEFAULT);
+        assert_eq!(reserve_bytes_for(0), RESERVE_BYTES_MIN);
+        // Reachable: under a quarter of any disk of 1 MiB or more.
+        for total in [1u64 << 20, 8 << 20, 64 << 20, 256 << 20, 1 << 40] {
+            let recover = reserve_bytes_for(total) + headroom_bytes_for(total);
+            assert!(recover <= total / 4, "{total}: {recover}");
+        }
     }
 }

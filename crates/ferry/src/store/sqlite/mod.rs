@@ -109,6 +109,40 @@ impl SqliteStore {
         SqliteStore::open_with(path, Opening::Durable)
     }
 
+    /// [`SqliteStore::open`], creating the store file when missing but
+    /// never its directory: a mistyped `--store /nonexistent/dir/x.db` is
+    /// refused, not made.
+    pub fn open_in_existing_dir(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "its directory {} does not exist; create it first (ferry creates only \
+                         the default store's directory)",
+                        parent.display()
+                    ),
+                ),
+            });
+        }
+        SqliteStore::open(path)
+    }
+
+    /// [`SqliteStore::open`] of a store that must exist already (commands
+    /// that only read, or act on transfers a store holds): nothing is
+    /// created.
+    pub fn open_existing(path: &Path) -> Result<SqliteStore, StoreError> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(StoreError::NoStore {
+                path: path.to_path_buf(),
+            });
+        }
+        SqliteStore::open(path)
+    }
+
     /// Opens a store for a batch job over many stores (finalize): locked
     /// for this connection alone, commits not fsynced one by one, and no
     /// checkpoint (the database file is left untouched; commits go to the
@@ -131,6 +165,39 @@ impl SqliteStore {
     /// and empties the log, as a clean close does.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"))
+    }
+
+    /// Leaves the store as a clean, last close would: every commit moved
+    /// into the database file (synced before the log is emptied) and the
+    /// store switched to a rollback journal, which removes its `-wal` and
+    /// `-shm` files; the next open returns it to WAL. Finalize does this
+    /// to each store it opened alone, so that ten thousand rank stores do
+    /// not leave twenty thousand journal files behind. Refused (busy) while
+    /// another process has the store open: then it stays as it is.
+    pub fn settle(&self) -> Result<(), StoreError> {
+        let (journal, locking): (String, String) = self.read(|conn| {
+            conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_checkpoint(TRUNCATE);")?;
+            let journal = conn.query_row("PRAGMA journal_mode=DELETE", [], |row| row.get(0))?;
+            let locking = conn.query_row("PRAGMA locking_mode", [], |row| row.get(0))?;
+            Ok((journal, locking))
+        })?;
+        // The `-shm` a WAL-mode process left is only an index of a log
+        // that is gone now; held exclusively, nobody else maps it.
+        if journal.eq_ignore_ascii_case("delete") && locking.eq_ignore_ascii_case("exclusive") {
+            let mut shm = self.path.clone().into_os_string();
+            shm.push("-shm");
+            match std::fs::remove_file(&shm) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: PathBuf::from(shm),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The files a crash-safe copy of this store consists of right now.
@@ -161,7 +228,7 @@ impl SqliteStore {
                 detail: "it is a directory".into(),
             });
         }
-        let conn = Connection::open(path).map_err(|e| sqlite_err(path, e))?;
+        let conn = Connection::open(path).map_err(|e| open_err_cause(path, e))?;
         // With a rollback journal an idle connection holds no lock, so an
         // exclusive probe would succeed against a live owner: share there.
         let opening = if opening == Opening::DeferredExclusive && is_network_fs(path) {
@@ -194,7 +261,7 @@ impl SqliteStore {
                     path: path.to_path_buf(),
                     detail: "not an SQLite database".into(),
                 },
-                _ => sqlite_err(path, e),
+                _ => open_err_cause(path, e),
             })?;
         let fresh = app_id == 0 && version == 0 && tables == 0;
         if !fresh && app_id != APPLICATION_ID {
@@ -217,7 +284,7 @@ impl SqliteStore {
         }
         let journal = if is_network_fs(path) { "DELETE" } else { "WAL" };
         conn.pragma_update(None, "journal_mode", journal)
-            .map_err(|e| sqlite_err(path, e))?;
+            .map_err(|e| open_err_cause(path, e))?;
         // Deferred (a batch job that syncs the file system itself): in WAL
         // mode with no checkpoints the database file is never written, so
         // unsynced commits can only be lost, never corrupt it; the caller's
@@ -276,22 +343,17 @@ impl SqliteStore {
             path: self.path.clone(),
             source,
         })?;
-        if read_only.is_none() && !self.space.reserve_present() {
-            // No reserve: another process released it when the disk filled.
-            // Writable again only on the terms the probe applies.
-            let recover = self.space.recover_bytes();
-            let detail = if free_bytes < recover {
-                Some(format!(
-                    "its file system has {free_bytes} bytes free and it needs {recover}"
-                ))
-            } else {
+        if read_only.is_none() {
+            // The terms the probe and a writer's first write apply, whether
+            // the reserve is there or another process released it.
+            let detail = self.space.room_verdict().or_else(|| {
                 self.space.ensure_reserve().err().map(|e| {
                     format!(
                         "its reserve {} cannot be created: {e}",
                         self.space.reserve_path().display()
                     )
                 })
-            };
+            });
             read_only = detail.map(|detail| ReadOnlyCause { detail });
         }
         let integrity: Vec<String> = self.read(|conn| {
@@ -362,20 +424,36 @@ impl SqliteStore {
             if let Some(cause) = self.space.cause() {
                 return Err(self.read_only_error(cause));
             }
-            // A writer keeps a reserve; with no room even for that, it is
-            // read-only from its first write (as `ferry store check` says).
+            // A writer keeps a reserve. Without one (a process released it
+            // when the disk filled), it writes only on the terms the probe
+            // and `ferry store check` apply, else it is read-only from its
+            // first write; with no room even for the reserve, too.
             if self
                 .reserve_unchecked
                 .swap(false, std::sync::atomic::Ordering::Relaxed)
-                && let Err(e) = self.space.ensure_reserve()
-                && space::is_errno_out_of_space(&e)
             {
-                let cause = format!(
-                    "there is no room for its reserve {} ({e})",
-                    self.space.reserve_path().display()
-                );
-                self.space.enter_read_only(cause.clone());
-                return Err(self.read_only_error(ReadOnlyCause { detail: cause }));
+                let released = !self.space.reserve_present();
+                let verdict = if released {
+                    self.space.room_verdict()
+                } else {
+                    None
+                };
+                let cause = verdict.or_else(|| {
+                    self.space
+                        .ensure_reserve()
+                        .err()
+                        .filter(space::is_errno_out_of_space)
+                        .map(|e| {
+                            format!(
+                                "there is no room for its reserve {} ({e})",
+                                self.space.reserve_path().display()
+                            )
+                        })
+                });
+                if let Some(cause) = cause {
+                    self.space.enter_read_only(cause.clone());
+                    return Err(self.read_only_error(ReadOnlyCause { detail: cause }));
+                }
             }
         }
         // The probe found room while nobody wrote: said with this write.
@@ -523,6 +601,51 @@ fn injected(e: &std::io::Error) -> rusqlite::Error {
         rusqlite::ffi::Error::new(code),
         Some(format!("injected: {e}")),
     )
+}
+
+/// SQLite's "unable to open database file" says nothing of why: find the
+/// cause (the file's or its directory's permissions, a missing directory)
+/// and name it, as [`StoreError::Open`].
+fn open_err_cause(path: &Path, e: rusqlite::Error) -> StoreError {
+    let cannot = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied)
+    );
+    if !cannot {
+        return sqlite_err(path, e);
+    }
+    use rustix::fs::Access;
+    let dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => parent.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let rw = Access::READ_OK | Access::WRITE_OK;
+    let cause = if let Err(errno) = rustix::fs::access(&dir, Access::EXEC_OK) {
+        format!(
+            "its directory {}: {}",
+            dir.display(),
+            std::io::Error::from(errno)
+        )
+    } else if path.exists()
+        && let Err(errno) = rustix::fs::access(path, rw)
+    {
+        format!(
+            "the file: {}; the store needs read and write access",
+            std::io::Error::from(errno)
+        )
+    } else if let Err(errno) = rustix::fs::access(&dir, Access::WRITE_OK | Access::EXEC_OK) {
+        format!(
+            "its directory {}: {} (the store writes its journal beside it)",
+            dir.display(),
+            std::io::Error::from(errno)
+        )
+    } else {
+        e.to_string()
+    };
+    StoreError::Open {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, cause),
+    }
 }
 
 fn sqlite_err(path: &Path, source: rusqlite::Error) -> StoreError {
