@@ -20,7 +20,7 @@
  * Differences from AXL 0.9, each on purpose:
  *  - AXL_Test after AXL_Wait returns AXL_SUCCESS (AXL: -1, invalid state):
  *    "Wait would not block" stays true.
- *  - AXL_Config returns NULL (AXL: a kvtree): see below.
+ *  - AXL_Config refuses per-transfer settings (an "id" subtree): see below.
  *  - AXL_Create of a name held in a state file by a live owner fails;
  *    restarting after a crash re-attaches (AXL cannot tell the two apart).
  *  - The transfer types without a ferry daemon kind run on threads (see
@@ -38,7 +38,7 @@ extern "C" {
 
 #define AXL_VERSION "0.9.0"
 
-/* Keys of AXL_Config's tree (AXL_Config returns NULL in ferry). */
+/* Keys of AXL_Config's tree. */
 #define AXL_KEY_CONFIG_FILE_BUF_SIZE "FILE_BUF_SIZE"
 #define AXL_KEY_CONFIG_DEBUG "DEBUG"
 #define AXL_KEY_CONFIG_MKDIR "MKDIR"
@@ -89,12 +89,18 @@ int AXL_Stop(void);
  * With AXL_XFER_SYNC a temporary the interrupted copy was writing may be
  * left behind. */
 
-/* KVTree's tree type; ferry does not use KVTree. */
+/* KVTree's tree type: the caller's KVTree library, which libaxl uses at
+ * run time (dlsym) without depending on it. */
 struct kvtree_struct;
 typedef struct kvtree_struct kvtree;
 
-/* Always NULL in ferry: configuration comes from the environment (and from
- * ferry.h's typed setters). */
+/* As AXL 0.9: AXL_Config(NULL) returns a new tree of the current settings
+ * (FILE_BUF_SIZE, DEBUG, MKDIR, USE_EXTENSION, COPY_METADATA, RANK);
+ * AXL_Config(tree) applies the keys it holds and returns tree. NULL on
+ * failure: an unknown key, a value that is not a number, no KVTree loaded
+ * in the process, and (unlike AXL) a per-transfer "id" subtree, which
+ * ferry does not support. FILE_BUF_SIZE and RANK are kept and reported;
+ * ferry's movers size their own chunks. */
 kvtree* AXL_Config(const kvtree* config);
 
 #ifdef __cplusplus

@@ -29,6 +29,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+mod config;
 mod state;
 
 use ferry::store::{SqliteStore, Store};
@@ -94,6 +95,12 @@ pub struct AxlConfig {
     /// `AXL_COPY_METADATA` (0): give destinations the source's mode,
     /// ownership (where permitted) and times.
     pub copy_metadata: bool,
+    /// `FILE_BUF_SIZE` of `AXL_Config` (32 MiB): reported and kept;
+    /// ferry's movers size their own chunks.
+    pub file_buf_size: u64,
+    /// `RANK` of `AXL_Config` (0): reported and kept (AXL uses it in its
+    /// messages).
+    pub rank: u64,
     /// `AXL_DEBUG_PAUSE_AFTER` (0: never): movers pause after this many
     /// bytes until cancelled, so tests can kill or cancel mid-transfer.
     pub pause_after_bytes: u64,
@@ -115,6 +122,8 @@ impl AxlConfig {
             mkdir: number("AXL_MKDIR", 1)? != 0,
             use_extension: number("AXL_USE_EXTENSION", 0)? != 0,
             copy_metadata: number("AXL_COPY_METADATA", 0)? != 0,
+            file_buf_size: 32 << 20,
+            rank: 0,
             pause_after_bytes: number("AXL_DEBUG_PAUSE_AFTER", 0)?,
         })
     }
@@ -697,9 +706,73 @@ pub extern "C" fn AXL_Stop() -> c_int {
     })
 }
 
-/// Configuration comes from the environment (and `ferry.h`'s typed
-/// setters); ferry does not depend on KVTree, so this always returns NULL.
+/// AXL 0.9's configuration tree, through the caller's KVTree: NULL reads
+/// the current settings into a new tree; a tree sets the keys it holds
+/// (`FILE_BUF_SIZE`, `DEBUG`, `MKDIR`, `USE_EXTENSION`, `COPY_METADATA`,
+/// `RANK`) and returns it. NULL on failure: an unknown key (per-transfer
+/// `id` subtrees included), a value that is not a number, or no KVTree in
+/// the process.
 #[unsafe(no_mangle)]
-pub extern "C" fn AXL_Config(_config: *const c_void) -> *mut c_void {
-    std::ptr::null_mut()
+pub unsafe extern "C" fn AXL_Config(tree: *const c_void) -> *mut c_void {
+    let mut out = std::ptr::null_mut();
+    let rc = axl("AXL_Config", || {
+        let kv = config::KvTree::find().map_err(|missing| {
+            CError::invalid(format!(
+                "KVTree is not loaded in this process ({missing} not found): \
+                 AXL_Config works on the caller's KVTree"
+            ))
+        })?;
+        let mut settings = config()?;
+        if tree.is_null() {
+            let values = [
+                (c"FILE_BUF_SIZE", settings.file_buf_size),
+                (c"DEBUG", settings.debug as u64),
+                (c"MKDIR", settings.mkdir as u64),
+                (c"USE_EXTENSION", settings.use_extension as u64),
+                (c"COPY_METADATA", settings.copy_metadata as u64),
+                (c"RANK", settings.rank),
+            ];
+            out = kv
+                .tree(&values)
+                .ok_or_else(|| CError::invalid("KVTree could not build the settings tree"))?;
+            return Ok(AXL_SUCCESS);
+        }
+        // SAFETY: the caller passes a kvtree (axl.h).
+        for key in unsafe { kv.keys(tree) } {
+            let Some(known) = config::KEYS.iter().find(|k| k.to_bytes() == key.as_bytes()) else {
+                let hint = if key == "id" {
+                    " (per-transfer settings are not supported by ferry)"
+                } else {
+                    ""
+                };
+                return Err(CError::invalid(format!(
+                    "unknown configuration key {key}{hint}"
+                )));
+            };
+            // SAFETY: as above.
+            let value = unsafe { kv.get(tree, known) }.ok_or_else(|| {
+                CError::invalid(format!(
+                    "configuration key {key} is not a non-negative number"
+                ))
+            })?;
+            match key.as_str() {
+                "FILE_BUF_SIZE" => settings.file_buf_size = value,
+                "DEBUG" => settings.debug = value != 0,
+                "MKDIR" => settings.mkdir = value != 0,
+                "USE_EXTENSION" => settings.use_extension = value != 0,
+                "COPY_METADATA" => settings.copy_metadata = value != 0,
+                _ => settings.rank = value,
+            }
+        }
+        // Applied to what follows; AXL_Init with nothing initialised reads
+        // the environment again, as AXL's does.
+        table().config = Some(settings);
+        out = tree as *mut c_void;
+        Ok(AXL_SUCCESS)
+    });
+    if rc == AXL_SUCCESS {
+        out
+    } else {
+        std::ptr::null_mut()
+    }
 }

@@ -51,3 +51,18 @@ fn axl_conventions() {
         );
     }
 }
+
+/// `AXL_Config` set and read back through the caller's KVTree (a stand-in
+/// with KVTree's names, exported with -rdynamic so libaxl finds it), and
+/// the setting applied.
+#[test]
+fn axl_config_sets_and_reads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = util::compile_with("axl_config.c", "axl", util::Link::Dynamic, &["-rdynamic"]);
+    let (code, stderr) = util::run(&program, &[dir.path().to_str().expect("utf-8")], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("AXL: AXL_Config: unknown configuration key BOGUS"),
+        "{stderr}"
+    );
+}
