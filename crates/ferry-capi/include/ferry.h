@@ -171,6 +171,16 @@ typedef struct ferry_transfer ferry_transfer;
 // a second waits for the first).
 typedef struct ferry_watch ferry_watch;
 
+// What `ferry_finalize` did, transfers counted by outcome.
+typedef struct {
+  uint64_t finalized;
+  uint64_t resumed;
+  uint64_t cleaned;
+  uint64_t already_finalized;
+  uint64_t left_alone;
+  uint64_t failed;
+} ferry_finalize_summary;
+
 // How a transfer's run ended (`ferry_transfer_wait`).
 typedef struct {
   // A `FERRY_STATE_*` value.
@@ -184,16 +194,6 @@ typedef struct {
   // Bytes an earlier run had already made durable.
   uint64_t bytes_reused;
 } ferry_report;
-
-// What `ferry_finalize` did, transfers counted by outcome.
-typedef struct {
-  uint64_t finalized;
-  uint64_t resumed;
-  uint64_t cleaned;
-  uint64_t already_finalized;
-  uint64_t left_alone;
-  uint64_t failed;
-} ferry_finalize_summary;
 
 // One event of the log. `name` and `context_json` stay valid until the
 // next `ferry_watch_next` or `ferry_watch_close` on the same watch.
@@ -277,6 +277,20 @@ int ferry_config_set_verify(ferry_config *config, int verify);
 // stop and wait for a cancel, after saying so on stderr.
 int ferry_config_set_debug_pause_after(ferry_config *config, uint64_t bytes);
 
+// Post-stage finalize of `count` stores or directories holding stores
+// (searched recursively): see `ferry finalize`. `flags`: `FERRY_FINALIZE_RESUME`
+// (continue dead owners' transfers instead of aborting them),
+// `FERRY_FINALIZE_FORCE` (treat owners on other hosts as dead),
+// `FERRY_FINALIZE_VERIFY` (read each file back against its stored checksum
+// before the rename). `jobs` 0:
+// one per core. `FERRY_OK`, `FERRY_E_TRANSFER_FAILED` when anything failed,
+// `FERRY_E_LEFT_ALONE` when live transfers were left alone. `summary` may be NULL.
+int ferry_finalize(const char *const *paths,
+                   size_t count,
+                   uint32_t flags,
+                   uint32_t jobs,
+                   ferry_finalize_summary *summary);
+
 // Creates a transfer named `name` (NULL: `cp-<id>`) in `store`. If the
 // store holds a live transfer of that name whose owner process is dead, it
 // is re-attached instead (see `ferry_transfer_reattached`) so that it can
@@ -336,20 +350,6 @@ int ferry_transfer_free(ferry_transfer *transfer);
 // Frees the handle but leaves the transfer in its store (for a later
 // resume or `ferry finalize`). A running mover is waited for first.
 void ferry_transfer_close(ferry_transfer *transfer);
-
-// Post-stage finalize of `count` stores or directories holding stores
-// (searched recursively): see `ferry finalize`. `flags`: `FERRY_FINALIZE_RESUME`
-// (continue dead owners' transfers instead of aborting them),
-// `FERRY_FINALIZE_FORCE` (treat owners on other hosts as dead),
-// `FERRY_FINALIZE_VERIFY` (read each file back against its stored checksum
-// before the rename). `jobs` 0:
-// one per core. `FERRY_OK`, `FERRY_E_TRANSFER_FAILED` when anything failed,
-// `FERRY_E_LEFT_ALONE` when live transfers were left alone. `summary` may be NULL.
-int ferry_finalize(const char *const *paths,
-                   size_t count,
-                   uint32_t flags,
-                   uint32_t jobs,
-                   ferry_finalize_summary *summary);
 
 // Watches `store`'s events with `seq > since` (0: from the start), of one
 // transfer (`transfer_id` ≥ 0) or all (-1).
