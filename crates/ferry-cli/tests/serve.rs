@@ -11,80 +11,28 @@ use std::fs;
 use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_serve::api::{AddRequest, CreateRequest, RunRequest};
 use ferry_serve::client::Client;
+use util::daemon::{DEADLINE, Daemon};
 use util::*;
-
-/// Anything a test waits for: a socket, an event, an exit.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
 
 impl Daemon {
     /// `ferry serve` on the scratch store, with `env` (fail points), once
     /// its socket answers.
     fn start(s: &Scratch, env: &[(&str, &Path)]) -> Daemon {
         let socket = s.path("ferry.sock");
-        let log = s.path(&format!("daemon-{}.log", fastrand::u32(..)));
         let mut cmd = s.ferry();
         cmd.arg("--socket")
             .arg(&socket)
-            .args(["serve", "--workers", "2"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap());
+            .args(["serve", "--workers", "2"]);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("ferry serve starts");
-        let deadline = Instant::now() + DEADLINE;
-        let client = Client::new(&socket).unwrap();
-        while !client.answers() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "ferry serve exited ({status}) before answering: {}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "the daemon never answered");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Daemon { child, socket, log }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.socket).unwrap()
-    }
-
-    /// Waits (bounded) for the daemon to exit; returns how.
-    fn exited(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the daemon did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Daemon::spawn(s, cmd, socket)
     }
 }
 

@@ -12,22 +12,16 @@ mod util;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_serve::api::{AddRequest, CreateRequest, RunRequest};
 use ferry_serve::client::Client;
+use util::daemon::{DEADLINE, Daemon};
 use util::*;
 
-const DEADLINE: Duration = Duration::from_secs(60);
 const A: u32 = 64_011;
 const B: u32 = 64_012;
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
 
 /// `ferry serve` through `sh -c 'umask U; exec …'`: the daemon's umask is
 /// the test's choice, not the runner's.
@@ -52,40 +46,7 @@ fn serve(s: &Scratch, umask: &str, env: &[(&str, &Path)]) -> Command {
 
 impl Daemon {
     fn start(s: &Scratch, umask: &str, env: &[(&str, &Path)]) -> Daemon {
-        let socket = s.path("ferry.sock");
-        let log = s.path(&format!("daemon-{}.log", fastrand::u32(..)));
-        let mut child = serve(s, umask, env)
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("ferry serve starts");
-        let deadline = Instant::now() + DEADLINE;
-        let client = Client::new(&socket).unwrap();
-        while !client.answers() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "ferry serve exited ({status}) before answering: {}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "the daemon never answered");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Daemon { child, socket, log }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&self.socket).unwrap()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Daemon::spawn(s, serve(s, umask, env), s.path("ferry.sock"))
     }
 }
 

@@ -2,6 +2,8 @@
 //! tree generators and tree comparisons.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
