@@ -7,6 +7,24 @@
  *
  * Every function returns AXL_SUCCESS (0) or -1 after printing one line on
  * stderr naming what failed; AXL_Create returns a new id >= 0, or -1.
+ *
+ * Return codes are AXL 0.9's, including its per-id states: calls work
+ * before AXL_Init and after the last AXL_Finalize (with the environment's
+ * settings); AXL_Finalize without AXL_Init succeeds; AXL_Dispatch and
+ * AXL_Resume only once; AXL_Wait only after a dispatch and only once;
+ * AXL_Cancel only between dispatch and the end of the wait (success, and
+ * nothing changes, when the transfer already finished); AXL_Free after
+ * create, wait or cancel, not of a dispatched transfer not waited for;
+ * AXL_Stop is AXL_Cancel, AXL_Wait and AXL_Free of every id and fails if
+ * any of them did (an id never dispatched cannot be cancelled).
+ * Differences from AXL 0.9, each on purpose:
+ *  - AXL_Test after AXL_Wait returns AXL_SUCCESS (AXL: -1, invalid state):
+ *    "Wait would not block" stays true.
+ *  - AXL_Config returns NULL (AXL: a kvtree): see below.
+ *  - AXL_Create of a name held in a state file by a live owner fails;
+ *    restarting after a crash re-attaches (AXL cannot tell the two apart).
+ *  - The transfer types without a ferry daemon kind run on threads (see
+ *    axl_xfer_t).
  */
 
 #ifndef AXL_H
@@ -57,6 +75,19 @@ int AXL_Wait(int id);
 int AXL_Cancel(int id);
 int AXL_Free(int id);
 int AXL_Stop(void);
+
+/* Signal handlers. As AXL's axl_cp does, a SIGTERM handler may call
+ * AXL_Cancel(id), AXL_Free(id) and AXL_Finalize() (then exit) while the
+ * thread it interrupted is inside AXL_Wait(id) (or a sync AXL_Dispatch(id)):
+ * the free cancels the transfer, waits (at most 30 s) for its movers to
+ * stop, removes its temporaries and frees it; the interrupted wait, if the
+ * handler returns, fails as cancelled. ferry's own threads block
+ * asynchronous signals, so a handler always runs on one of the program's
+ * threads. These calls are not async-signal-safe in general (nor are
+ * AXL's): call them from a handler only when the interrupted thread was in
+ * AXL_Wait or outside libaxl, never when it was inside another AXL call.
+ * With AXL_XFER_SYNC a temporary the interrupted copy was writing may be
+ * left behind. */
 
 /* KVTree's tree type; ferry does not use KVTree. */
 struct kvtree_struct;

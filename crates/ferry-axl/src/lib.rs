@@ -29,10 +29,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+mod state;
+
 use ferry::store::{SqliteStore, Store};
 use ferry::{Kind, Preserve, Transfer};
 use ferry_capi::boundary::{CError, catch, opt_path_arg, opt_str_arg, path_arg};
 use ferry_capi::{FerryConfig, FerryTransfer, run_outcome};
+use state::AxlState;
 
 /// `AXL_SUCCESS`; AXL's failure value is -1.
 pub const AXL_SUCCESS: c_int = 0;
@@ -48,6 +51,30 @@ pub const AXL_XFER_ASYNC_BBAPI: c_int = 5;
 pub const AXL_XFER_NATIVE: c_int = 6;
 pub const AXL_XFER_PTHREAD: c_int = 7;
 pub const AXL_XFER_STATE_FILE: c_int = 8;
+
+/// How long `AXL_Free` or `AXL_Finalize` called from a signal handler waits
+/// for the interrupted transfer's mover to stop before it gives up.
+pub const HANDLER_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+thread_local! {
+    /// The id this thread is inside `AXL_Wait` (or a `sync` `AXL_Dispatch`)
+    /// of, or -1. If `AXL_Free`/`AXL_Finalize` runs on a thread that is
+    /// inside a wait, it runs in a signal handler that interrupted that
+    /// wait: the wait holds the transfer and will never return.
+    static WAITING: std::cell::Cell<c_int> = const { std::cell::Cell::new(-1) };
+}
+
+/// Marks this thread as waiting for `id` while `f` runs.
+fn waiting<T>(id: c_int, f: impl FnOnce() -> T) -> T {
+    let outer = WAITING.with(|w| w.replace(id));
+    let value = f();
+    WAITING.with(|w| w.set(outer));
+    value
+}
+
+fn interrupted_wait_of(id: c_int) -> bool {
+    WAITING.with(|w| w.get()) == id
+}
 
 /// At most this many AXL ids are open at once in a process; `AXL_Create`
 /// fails beyond (SCR keeps a handful).
@@ -96,6 +123,7 @@ impl AxlConfig {
 /// One AXL id.
 struct Handle {
     transfer: Arc<FerryTransfer>,
+    state: AxlState,
     /// The store's path, so that one transfer is never open under two ids.
     store: PathBuf,
 }
@@ -145,23 +173,46 @@ fn debug(message: impl FnOnce() -> String) {
     }
 }
 
+/// The configuration; before `AXL_Init` (or after the last
+/// `AXL_Finalize`) the environment's, as AXL's calls work then too.
 fn config() -> Result<AxlConfig, CError> {
-    table()
-        .config
-        .clone()
-        .ok_or_else(|| CError::invalid("AXL_Init was not called"))
+    match table().config.clone() {
+        Some(config) => Ok(config),
+        None => AxlConfig::from_env(),
+    }
 }
 
 fn lookup(id: c_int) -> Result<Arc<FerryTransfer>, CError> {
+    lookup_in(id, |_| true, "")
+}
+
+/// The transfer of `id` if its AXL state passes `allowed` (as AXL checks
+/// before each call), else what AXL says: an invalid state for `what`.
+fn lookup_in(
+    id: c_int,
+    allowed: impl Fn(AxlState) -> bool,
+    what: &str,
+) -> Result<Arc<FerryTransfer>, CError> {
     let table = table();
-    if table.config.is_none() {
-        return Err(CError::invalid("AXL_Init was not called"));
-    }
-    table
+    let handle = table
         .handles
         .get(&id)
-        .map(|h| Arc::clone(&h.transfer))
-        .ok_or_else(|| CError::invalid(format!("no transfer with id {id}")))
+        .ok_or_else(|| CError::invalid(format!("no transfer with id {id}")))?;
+    if !allowed(handle.state) {
+        return Err(CError::invalid(format!(
+            "transfer {id} is {}: invalid state to {what} (as in AXL)",
+            handle.state.name()
+        )));
+    }
+    Ok(Arc::clone(&handle.transfer))
+}
+
+/// Records `id`'s AXL state after a call (the id may be gone: freed by a
+/// signal handler meanwhile).
+fn set_state(id: c_int, state: AxlState) {
+    if let Some(handle) = table().handles.get_mut(&id) {
+        handle.state = state;
+    }
 }
 
 /// The ferry kind of an AXL type. DEFAULT, NATIVE, ASYNC_DW, ASYNC_BBAPI
@@ -202,7 +253,8 @@ pub extern "C" fn AXL_Finalize() -> c_int {
     axl("AXL_Finalize", || {
         let mut table = table();
         match table.inits {
-            0 => return Err(CError::invalid("AXL_Init was not called")),
+            // AXL returns success here too (its count goes negative).
+            0 => return Ok(AXL_SUCCESS),
             1 => {}
             _ => {
                 table.inits -= 1;
@@ -218,7 +270,7 @@ pub extern "C" fn AXL_Finalize() -> c_int {
         for (id, handle) in handles {
             // A thread still in AXL_Wait returns once it is cancelled.
             let _ = handle.transfer.cancel();
-            if let Err(e) = free(handle) {
+            if let Err(e) = free_or_discard(id, handle) {
                 failed.push(format!("id {id}: {}", e.message));
             }
         }
@@ -374,6 +426,7 @@ pub unsafe extern "C" fn AXL_Create(
         let store_path = std::fs::canonicalize(&store_path).unwrap_or(store_path);
         let handle = Handle {
             transfer: Arc::new(FerryTransfer::new(store, transfer, &ferry_config)),
+            state: AxlState::Created,
             store: store_path,
         };
         let id = insert(handle)?;
@@ -469,7 +522,18 @@ fn check_parent(dest: &Path) -> Result<(), CError> {
 #[unsafe(no_mangle)]
 pub extern "C" fn AXL_Dispatch(id: c_int) -> c_int {
     axl("AXL_Dispatch", || {
-        lookup(id)?.dispatch()?;
+        let transfer = lookup_in(id, AxlState::may_dispatch, "dispatch")?;
+        // Before the call: a sync dispatch moves the files here, and
+        // another thread (or a handler) may cancel it meanwhile.
+        set_state(id, AxlState::Dispatched);
+        let dispatched = waiting(id, || transfer.dispatch());
+        if dispatched.is_err()
+            && transfer.recorded_state().ok() == Some(ferry::TransferState::Created)
+        {
+            // Refused before it started: still only created.
+            set_state(id, AxlState::Created);
+        }
+        dispatched?;
         debug(|| format!("AXL_Dispatch: id {id}"));
         Ok(AXL_SUCCESS)
     })
@@ -480,14 +544,20 @@ pub extern "C" fn AXL_Dispatch(id: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn AXL_Resume(id: c_int) -> c_int {
     axl("AXL_Resume", || {
-        let transfer = lookup(id)?;
+        let transfer = lookup_in(id, AxlState::may_dispatch, "resume")?;
+        set_state(id, AxlState::Dispatched);
         // Reloaded after it had completed (an SCR restart after the flush
         // finished): nothing to resume, and AXL_Wait reports success.
         if transfer.recorded_state()? == ferry::TransferState::Completed {
             debug(|| format!("AXL_Resume: id {id}: completed already"));
             return Ok(AXL_SUCCESS);
         }
-        transfer.resume()?;
+        if let Err(e) = transfer.resume() {
+            if transfer.recorded_state().ok() != Some(ferry::TransferState::Running) {
+                set_state(id, AxlState::Created);
+            }
+            return Err(e);
+        }
         debug(|| format!("AXL_Resume: id {id}"));
         Ok(AXL_SUCCESS)
     })
@@ -508,8 +578,13 @@ pub extern "C" fn AXL_Test(id: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn AXL_Wait(id: c_int) -> c_int {
     axl("AXL_Wait", || {
-        let transfer = lookup(id)?;
-        let run = match transfer.wait() {
+        let transfer = lookup_in(id, AxlState::may_wait, "wait")?;
+        set_state(id, AxlState::Waiting);
+        let waited = waiting(id, || transfer.wait());
+        // Whatever the wait says, as AXL: waited for (a cancel meanwhile
+        // included).
+        set_state(id, AxlState::Completed);
+        let run = match waited {
             Ok(run) => run,
             // Not moving in this process: the store says how it ended.
             Err(e) => match transfer.recorded_state()? {
@@ -527,15 +602,14 @@ pub extern "C" fn AXL_Wait(id: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn AXL_Cancel(id: c_int) -> c_int {
     axl("AXL_Cancel", || {
+        // As AXL: only a dispatched transfer not yet waited for.
+        let transfer = lookup_in(id, AxlState::may_cancel, "cancel")?;
         // A transfer that had finished stays so: AXL_Wait reports how.
-        let transfer = lookup(id)?;
-        // As AXL: only a dispatched transfer can be cancelled.
-        if transfer.recorded_state()? == ferry::TransferState::Created {
-            return Err(CError::invalid(format!(
-                "transfer {id} was not dispatched: nothing to cancel (AXL_Free releases it)"
-            )));
+        if transfer.recorded_state()?.is_terminal() {
+            return Ok(AXL_SUCCESS);
         }
         transfer.cancel()?;
+        set_state(id, AxlState::Canceled);
         debug(|| format!("AXL_Cancel: id {id}"));
         Ok(AXL_SUCCESS)
     })
@@ -548,23 +622,40 @@ pub extern "C" fn AXL_Free(id: c_int) -> c_int {
     axl("AXL_Free", || {
         let handle = {
             let mut table = table();
-            if table.config.is_none() {
-                return Err(CError::invalid("AXL_Init was not called"));
-            }
             let handle = table
                 .handles
                 .get(&id)
                 .ok_or_else(|| CError::invalid(format!("no transfer with id {id}")))?;
-            // Ids are looked up under this lock, so no new user can appear.
-            if Arc::strong_count(&handle.transfer) > 1 {
+            // As AXL: not while dispatched and not waited for (or cancelled).
+            if !handle.state.may_free() && !interrupted_wait_of(id) {
+                return Err(CError::invalid(format!(
+                    "transfer {id} is {}: invalid state to free (as in AXL: \
+                     AXL_Wait or AXL_Cancel it first)",
+                    handle.state.name()
+                )));
+            }
+            // Ids are looked up under this lock, so no new user can appear;
+            // the one exception is the wait this handler interrupted.
+            if Arc::strong_count(&handle.transfer) > 1 && !interrupted_wait_of(id) {
                 return Err(busy());
             }
             table.handles.remove(&id).expect("present")
         };
-        free(handle)?;
+        free_or_discard(id, handle)?;
         debug(|| format!("AXL_Free: id {id}"));
         Ok(AXL_SUCCESS)
     })
+}
+
+/// [`free`], or, in a signal handler that interrupted `AXL_Wait(id)`, end
+/// the transfer without its lock: cancelled, its mover stopped, its
+/// temporaries removed, freed.
+fn free_or_discard(id: c_int, handle: Handle) -> Result<(), CError> {
+    if interrupted_wait_of(id) {
+        handle.transfer.discard(HANDLER_STOP_WAIT)?;
+        return Ok(());
+    }
+    free(handle)
 }
 
 fn free(handle: Handle) -> Result<(), CError> {
@@ -582,25 +673,26 @@ fn busy() -> CError {
 #[unsafe(no_mangle)]
 pub extern "C" fn AXL_Stop() -> c_int {
     axl("AXL_Stop", || {
-        let handles = {
-            let mut table = table();
-            if table.config.is_none() {
-                return Err(CError::invalid("AXL_Init was not called"));
-            }
-            std::mem::take(&mut table.handles)
-        };
-        let mut failed = Vec::new();
-        for (id, handle) in handles {
-            // A thread still in AXL_Wait returns once it is cancelled.
-            let _ = handle.transfer.cancel();
-            if let Err(e) = free(handle) {
-                failed.push(format!("id {id}: {}", e.message));
-            }
+        // As AXL's: cancel every id, wait for every id, free every id, and
+        // fail if any of those failed (so an id never dispatched, which
+        // cannot be cancelled, fails it; it is freed all the same).
+        let ids: Vec<c_int> = table().handles.keys().copied().collect();
+        let mut ok = true;
+        for &id in &ids {
+            ok &= AXL_Cancel(id) == AXL_SUCCESS;
         }
-        if failed.is_empty() {
+        for &id in &ids {
+            ok &= AXL_Wait(id) == AXL_SUCCESS;
+        }
+        for &id in &ids {
+            ok &= AXL_Free(id) == AXL_SUCCESS;
+        }
+        if ok {
             Ok(AXL_SUCCESS)
         } else {
-            Err(CError::invalid(failed.join("; ")))
+            Err(CError::invalid(
+                "some transfers could not be cancelled, waited for or freed (each said why above)",
+            ))
         }
     })
 }

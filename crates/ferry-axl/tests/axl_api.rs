@@ -22,7 +22,10 @@ fn axl_conventions() {
     );
     assert_eq!(code, 0, "{stderr}");
     for expected in [
-        "AXL: AXL_Create: AXL_Init was not called",
+        "is waited for already: invalid state to wait (as in AXL)",
+        "is waited for already: invalid state to cancel (as in AXL)",
+        "is dispatched: invalid state to free (as in AXL: AXL_Wait or AXL_Cancel it first)",
+        "is dispatched: invalid state to dispatch",
         "AXL: AXL_Free: no transfer with id",
         "AXL: AXL_Create: unknown transfer type 0",
         "AXL: AXL_Create: unknown transfer type 42",

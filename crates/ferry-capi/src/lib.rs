@@ -89,6 +89,9 @@ pub struct FerryTransfer {
     id: TransferId,
     reattached: bool,
     workers: usize,
+    /// The last run's end, reachable without the transfer's lock (which a
+    /// waiting thread holds): see [`FerryTransfer::discard`].
+    ended: Mutex<Arc<ferry::RunEnded>>,
 }
 
 /// How a transfer's run ended (`ferry_transfer_wait`).
@@ -238,6 +241,7 @@ impl FerryTransfer {
             id: transfer.record().id,
             reattached: transfer.reattached(),
             workers: config.workers,
+            ended: Mutex::new(transfer.run_ended()),
             transfer: Mutex::new(transfer),
         }
     }
@@ -259,11 +263,35 @@ impl FerryTransfer {
     }
 
     pub fn dispatch(&self) -> Result<(), CError> {
-        Ok(lock(self).dispatch(self.workers)?)
+        let mut transfer = lock(self);
+        let dispatched = transfer.dispatch(self.workers);
+        self.note_run(&transfer);
+        Ok(dispatched?)
     }
 
     pub fn resume(&self) -> Result<(), CError> {
-        Ok(lock(self).resume(self.workers)?)
+        let mut transfer = lock(self);
+        let resumed = transfer.resume(self.workers);
+        self.note_run(&transfer);
+        Ok(resumed?)
+    }
+
+    fn note_run(&self, transfer: &Transfer) {
+        *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = transfer.run_ended();
+    }
+
+    /// Cancels, waits (at most `timeout`) for the mover to stop, removes the
+    /// temporaries and frees the transfer in the store — without the
+    /// transfer's lock, for a signal handler that interrupted the thread
+    /// waiting for it (which holds that lock and will never return).
+    pub fn discard(&self, timeout: std::time::Duration) -> Result<usize, CError> {
+        let ended = Arc::clone(&self.ended.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(ferry::finalize::discard(
+            self.store.as_ref(),
+            self.id,
+            &ended,
+            timeout,
+        )?)
     }
 
     /// Would a wait return at once? `None` when another thread holds the

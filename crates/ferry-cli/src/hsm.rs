@@ -299,7 +299,7 @@ fn outcome_text(outcome: &Enqueued) -> String {
         Enqueued::Joined { id, waiters } => {
             format!("joined request {id} ({waiters} waiters)")
         }
-        Enqueued::Noop { reason } => format!("nothing to do: {reason}"),
+        Enqueued::Noop { reason } => reason.clone(),
     }
 }
 

@@ -301,6 +301,7 @@ impl RunArgs {
             }),
             check_space: self.check_space || base.check_space,
             clean_orphans: self.clean_orphans || base.clean_orphans,
+            umask: base.umask,
         }
     }
 
@@ -426,7 +427,20 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     let twin = daemon_twin(&cli.command);
     match (run_local(cli), twin) {
         (Err(Exit::Error(e)), Some(twin)) if is_not_here(&e) && daemon::answers(&socket) => {
-            daemon::command(&socket, twin)
+            match daemon::command(&socket, twin) {
+                // Neither side has it: the store's refusal, and that the
+                // daemon was asked too.
+                Err(Exit::Daemon(ferry_serve::client::ClientError::Api { kind, .. }))
+                    if kind == "transfer_not_found" =>
+                {
+                    eprintln!(
+                        "ferry: the daemon at {} has no transfer of that name either",
+                        socket.display()
+                    );
+                    Err(Exit::Error(e))
+                }
+                other => other,
+            }
         }
         (result, _) => result,
     }
@@ -609,9 +623,10 @@ fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
     let mut transfer = Transfer::create_with(store, &options, &entries)?;
     let (start, workers) = if transfer.reattached() {
         let record = transfer.record();
+        let left_by = transfer.previous_owner().unwrap_or(&record.owner);
         eprintln!(
             "ferry: re-attached transfer {} (id {}) left by dead process {} on {}; continuing it",
-            record.name, record.id, record.owner.pid, record.owner.host
+            record.name, record.id, left_by.pid, left_by.host
         );
         let workers = args.run.apply_to_resume(&mut transfer)?;
         (Start::Resume, workers)

@@ -168,7 +168,7 @@ pub fn status(
     for transfer in &transfers {
         let entries = store.entries(transfer.id).map_err(ferry::Error::from)?;
         let count = |state: FileState| entries.iter().filter(|e| e.state == state).count();
-        let liveness = format!("{:?}", transfer.owner.liveness()).to_lowercase();
+        let liveness = format!("{:?}", transfer.owner_liveness()).to_lowercase();
         let mut row = serde_json::json!({
             "id": transfer.id.0,
             "name": transfer.name,

@@ -254,13 +254,37 @@ fn remove_cancels_a_pending_archive() {
     util::write_file(&f, b"data");
     let id = request_id(&run_ok(s.ferry().args(["hsm", "archive"]).arg(&f)));
     let out = run_ok(s.ferry().args(["hsm", "remove"]).arg(&f));
-    assert!(stdout(&out).contains("nothing to do"), "{}", stdout(&out));
+    // It did something: it canceled the archive, and says so.
+    let said = stdout(&out);
+    assert!(
+        !said.contains("nothing to do") && said.contains("canceled its waiting archive"),
+        "{said}"
+    );
     let r = request(&s, id);
     assert_eq!(r["state"], "canceled");
     assert!(r["error"].as_str().unwrap().contains("remove"));
     // The worker has nothing left to do, and the file was never archived.
     run_worker(&s);
     assert_eq!(file_status_code(&s, &f), Some(22));
+}
+
+/// A changed file's new archive canceled by a remove used to leave the
+/// catalog with the old archived size.
+#[test]
+fn a_remove_after_a_change_records_the_file_as_it_is_now() {
+    let s = Scratch::new();
+    let f = s.path("fs/f");
+    util::write_file(&f, b"data");
+    run_ok(s.ferry().args(["hsm", "archive"]).arg(&f));
+    run_worker(&s);
+    fs::write(&f, b"longer data now").unwrap();
+    let id = request_id(&run_ok(s.ferry().args(["hsm", "archive"]).arg(&f)));
+    run_ok(s.ferry().args(["hsm", "remove"]).arg(&f));
+    assert_eq!(request(&s, id)["state"], "canceled");
+    run_worker(&s);
+    let entry = file_status(&s, &f);
+    assert_eq!(entry["state"], "exists", "{entry}");
+    assert_eq!(entry["size"], 15, "{entry}");
 }
 
 #[test]
@@ -433,4 +457,36 @@ fn release_refuses_a_file_changed_in_place_with_its_mtime_set_back() {
         "{r}"
     );
     assert_eq!(fs::read(&f).unwrap()[7], b'Q');
+}
+
+/// The store's disk filling used to end the worker with exit 19, for a
+/// supervisor to restart. Now it pauses while the store is read-only and
+/// goes on when the store's probe finds room. The I/O seam fails the
+/// worker's second store transaction as a full disk (the real read-only
+/// path: the reserve is released, the probe finds the room there is).
+#[test]
+fn a_worker_pauses_while_the_store_is_read_only_and_completes_its_queue() {
+    let s = Scratch::new();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let f = s.path(&format!("fs/f{i}"));
+        util::write_file(&f, &data(1000 + i));
+        ids.push(request_id(&run_ok(
+            s.ferry().args(["hsm", "archive"]).arg(&f),
+        )));
+    }
+    let out = run(s
+        .ferry()
+        .args(worker_args(&s))
+        .env("FERRY_FAILPOINT", "store.commit:2=enospc"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("worker paused") && stderr.contains("read-only"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("worker resumed"), "{stderr}");
+    for id in ids {
+        assert_eq!(request(&s, id)["state"], "succeed");
+    }
 }

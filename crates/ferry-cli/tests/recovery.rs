@@ -155,7 +155,7 @@ fn a_live_pid_with_another_start_time_is_a_dead_owner() {
         start_time: parent_owner().start_time + 1,
         ..parent_owner()
     };
-    assert_eq!(reused.liveness(), Liveness::Dead);
+    assert_eq!(reused.liveness_with(None, 0), Liveness::Dead);
     let id = transfer_with_owner(&store, "reused", reused, &s.path("src"), &s.path("dst"));
     let status = json(&run_ok(s.ferry().args(["status", "--json"])));
     assert_eq!(status[0]["owner"]["liveness"], "dead");

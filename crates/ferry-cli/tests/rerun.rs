@@ -42,8 +42,16 @@ fn the_same_cp_after_a_kill_continues_the_transfer_and_never_nests() {
     let (src, dst) = (s.path("src"), s.path("dst"));
     tree(&src, 40, 1);
     killed_copy(&s, &src, &dst);
+    let killed_pid = SqliteStore::open(&s.store()).unwrap().transfers().unwrap()[0]
+        .owner
+        .pid;
     let out = run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(&dst));
     assert!(stderr(&out).contains("continuing it"), "{out:?}");
+    // The message names the killed process, not the one that took over.
+    assert!(
+        stderr(&out).contains(&format!("dead process {killed_pid} ")),
+        "{out:?}"
+    );
     assert!(!dst.join("src").exists(), "the re-run nested into DST/src");
     assert_same_tree(&src, &dst);
     assert!(temps(&dst).is_empty(), "{:?}", temps(&dst));
@@ -453,7 +461,6 @@ fn finalize_leaves_each_store_checkpointed_without_wal_or_shm() {
 }
 
 #[test]
-#[ignore = "needs the reserve sizing from the full-disk issue"]
 fn sixty_four_finalized_rank_stores_take_under_256_kib_each_on_disk() {
     use std::os::unix::fs::MetadataExt;
     let s = Scratch::new();
@@ -466,4 +473,36 @@ fn sixty_four_finalized_rank_stores_take_under_256_kib_each_on_disk() {
         bytes < 64 * 256 * 1024,
         "64 rank stores take {bytes} bytes on disk"
     );
+}
+
+/// Found by a new user: the message named the process that took over as
+/// the dead one.
+#[test]
+fn a_named_cp_after_a_kill_names_the_killed_process() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 40, 1);
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.rename:3")
+        .args(["cp", "-a", "--name", "ckpt"])
+        .arg(&src)
+        .arg(&dst));
+    assert!(killed(&out), "{out:?}");
+    let killed_pid = SqliteStore::open(&s.store()).unwrap().transfers().unwrap()[0]
+        .owner
+        .pid;
+    // The same name, another destination: not the same copy, so `create`
+    // re-attaches the name's dead transfer (which keeps its destination).
+    let out = run_ok(
+        s.ferry()
+            .args(["cp", "-a", "--name", "ckpt"])
+            .arg(&src)
+            .arg(s.path("elsewhere")),
+    );
+    assert!(
+        stderr(&out).contains(&format!("dead process {killed_pid} ")),
+        "{out:?}"
+    );
+    assert_same_tree(&src, &dst);
 }

@@ -172,6 +172,7 @@ fn a_daemon_transfer_is_found_by_plain_status_and_wait() {
     );
     // The user's own store is another one, which has never heard of it.
     let mine = s.path("state/mine.db");
+    ferry::store::SqliteStore::open(&mine).unwrap();
     let user = || {
         let mut cmd = ferry_at(&mine);
         cmd.arg("--socket").arg(&daemon.socket);
@@ -199,9 +200,14 @@ fn a_daemon_transfer_is_found_by_plain_status_and_wait() {
     let out = waiting.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(fs::read(s.path("dst/f")).unwrap(), b"to the daemon");
-    // A name neither side has: refused, exit 10.
+    // A name neither side has: refused, exit 10, and both sides named.
     let out = run(user().args(["status", "nowhere"]));
     assert_eq!(out.status.code(), Some(10), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mine.db") && err.contains("the daemon at"),
+        "{err}"
+    );
 }
 
 /// One JSON line of the daemon's watch.

@@ -200,6 +200,9 @@ fn another_user_can_neither_read_nor_lock_the_daemons_store() {
     }
     let s = Scratch::new();
     fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // The daemon makes its store's directory itself (Scratch makes one for
+    // the command-line tests).
+    fs::remove_dir(s.store().parent().unwrap()).unwrap();
     write_file(&s.path("src/f"), b"a secret path's data");
     // umask 0: without the daemon's own care its files would be 0666.
     let daemon = Daemon::start(&s, "000", &[]);
@@ -251,6 +254,7 @@ fn an_old_world_readable_store_is_made_private_at_start() {
 fn a_store_directory_others_can_write_is_refused_at_start() {
     let s = Scratch::new();
     let dir = s.store().parent().unwrap().to_path_buf();
+    fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     let (code, err) = refused(&s);
     assert_eq!(code, Some(39), "{err}");

@@ -340,6 +340,20 @@ pub trait RequestQueue: Store {
     /// at its next heartbeat).
     fn cancel(&self, id: RequestId) -> Result<(), StoreError>;
 
+    /// Whether a [`StoreError::ReadOnly`] of this store ends by itself
+    /// (a probe returns it to read-write when there is room again), so a
+    /// worker may pause on it rather than stop.
+    fn recovers_from_read_only(&self) -> bool {
+        false
+    }
+
+    /// Blocks until the store takes writes again or `timeout` passed;
+    /// returns whether it does.
+    fn wait_read_write(&self, timeout: Duration) -> bool {
+        let _ = timeout;
+        true
+    }
+
     /// Returns every expired lease to the queue (or fails the request when
     /// it has no attempt left); returns how many.
     fn expire_leases(&self) -> Result<usize, StoreError>;

@@ -61,9 +61,32 @@ pub fn rank(policy: &Policy, action: Action, priority_ms: i64, created_ns: i64) 
 }
 
 /// Why `request` needs no new request given what the catalog holds of its
-/// file, or `None` when it does.
-pub fn enqueue_noop(request: &NewRequest, catalog: Option<&CatalogEntry>) -> Option<String> {
+/// file (and, for a remove, the waiting archive it just canceled), or
+/// `None` when it does. The words are what the caller is told.
+pub fn enqueue_noop(
+    request: &NewRequest,
+    catalog: Option<&CatalogEntry>,
+    superseded: bool,
+) -> Option<String> {
     let state = catalog.map(|c| c.state);
+    let reason = match request.action {
+        // Not "nothing to do": the remove did cancel something.
+        Action::Remove if catalog.is_none_or(|c| c.object.is_none()) && superseded => {
+            return Some(format!(
+                "canceled its waiting archive; {} has no archived copy to remove",
+                request.fid
+            ));
+        }
+        _ => enqueue_noop_reason(request, catalog, state),
+    };
+    reason.map(|r| format!("nothing to do: {r}"))
+}
+
+fn enqueue_noop_reason(
+    request: &NewRequest,
+    catalog: Option<&CatalogEntry>,
+    state: Option<CatalogState>,
+) -> Option<String> {
     match request.action {
         // Only a caller that looked at the file (the friendly commands
         // refresh the catalog first, and give a path) knows it is

@@ -460,11 +460,13 @@ impl Queue<'_> {
         policy: &Policy,
         request: &NewRequest,
     ) -> Result<Enqueued, StoreError> {
+        let mut superseded = false;
         if request.action == Action::Remove
             && let Some(archive) = self.live_request(tx, &request.fid, Action::Archive)?
             && archive.state == RequestState::Waiting
         {
             self.write_request(tx, Some(&archive), rules::superseded(&archive))?;
+            superseded = true;
         }
         if let Some(live) = self.live_request(tx, &request.fid, request.action)? {
             let joined = self.write_request(tx, Some(&live), rules::joined(&live))?;
@@ -474,7 +476,7 @@ impl Queue<'_> {
             });
         }
         let catalog = self.catalog_in(tx, &request.fid)?;
-        if let Some(reason) = rules::enqueue_noop(request, catalog.as_ref()) {
+        if let Some(reason) = rules::enqueue_noop(request, catalog.as_ref(), superseded) {
             return Ok(Enqueued::Noop { reason });
         }
         let written = self.write_request(tx, None, rules::enqueued(policy, request, now_ns()))?;
@@ -489,18 +491,18 @@ fn check_batch(len: usize) {
     );
 }
 
-/// The queue's operations, as [`RequestQueue`] names them.
-impl Queue<'_> {
+impl RequestQueue for SqliteStore {
     fn enqueue(&self, batch: &[NewRequest]) -> Result<Vec<Enqueued>, StoreError> {
+        let q = Queue(self);
         check_batch(batch.len());
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|tx| {
-            let policy = self.policy_in(tx)?;
+        q.write(|tx| {
+            let policy = q.policy_in(tx)?;
             batch
                 .iter()
-                .map(|request| self.enqueue_one(tx, &policy, request))
+                .map(|request| q.enqueue_one(tx, &policy, request))
                 .collect()
         })
     }
@@ -512,21 +514,22 @@ impl Queue<'_> {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<Lease>, StoreError> {
+        let q = Queue(self);
         check_batch(max);
-        self.write(|tx| {
+        q.write(|tx| {
             let now = now_ns();
-            self.expire_in(tx, now)?;
-            let policy = self.policy_in(tx)?;
-            let mut since_archive = self.meta_in(tx, "hsm.restores_since_archive")?;
+            q.expire_in(tx, now)?;
+            let policy = q.policy_in(tx)?;
+            let mut since_archive = q.meta_in(tx, "hsm.restores_since_archive")?;
             let expires_ns = now.saturating_add(duration_ns(lease));
             let mut leases = Vec::with_capacity(max);
             while leases.len() < max {
-                let Some(old) = self.next_ready(tx, now, filter, &policy, since_archive)? else {
+                let Some(old) = q.next_ready(tx, now, filter, &policy, since_archive)? else {
                     break;
                 };
                 since_archive = rules::since_archive_after(since_archive, old.action);
                 let request =
-                    self.write_request(tx, Some(&old), rules::started(&old, worker, expires_ns))?;
+                    q.write_request(tx, Some(&old), rules::started(&old, worker, expires_ns))?;
                 leases.push(Lease {
                     attempt: request.attempts,
                     request,
@@ -534,68 +537,75 @@ impl Queue<'_> {
                     expires_ns,
                 });
             }
-            self.set_meta_in(tx, "hsm.restores_since_archive", since_archive)?;
+            q.set_meta_in(tx, "hsm.restores_since_archive", since_archive)?;
             Ok(leases)
         })
     }
 
     fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<i64, StoreError> {
-        self.write(|tx| {
-            self.check_lease(tx, lease)?;
+        let q = Queue(self);
+        q.write(|tx| {
+            q.check_lease(tx, lease)?;
             // The lease's end is bookkeeping, not a state: no event.
             let expires = now_ns().saturating_add(duration_ns(extend));
             tx.prepare_cached("UPDATE hsm_requests SET lease_expires_ns = ?1 WHERE id = ?2")
                 .and_then(|mut stmt| stmt.execute(params![expires, lease.id().0]))
-                .map_err(|e| self.err(e))?;
+                .map_err(|e| q.err(e))?;
             Ok(expires)
         })
     }
 
     fn ack(&self, lease: &Lease, catalog: Option<&CatalogEntry>) -> Result<(), StoreError> {
-        self.write(|tx| {
-            let old = self.check_lease(tx, lease)?;
-            self.write_request(tx, Some(&old), rules::succeeded(&old))?;
+        let q = Queue(self);
+        q.write(|tx| {
+            let old = q.check_lease(tx, lease)?;
+            q.write_request(tx, Some(&old), rules::succeeded(&old))?;
             if let Some(entry) = catalog {
                 assert_eq!(entry.fid, old.fid, "an ack names its request's file");
-                self.write_catalog(tx, entry, Some(old.id))?;
+                q.write_catalog(tx, entry, Some(old.id))?;
             }
             Ok(())
         })
     }
 
     fn fail(&self, lease: &Lease, kind: FailKind, error: &str) -> Result<RequestState, StoreError> {
-        self.write(|tx| {
-            let policy = self.policy_in(tx)?;
-            let old = self.check_lease(tx, lease)?;
+        let q = Queue(self);
+        q.write(|tx| {
+            let policy = q.policy_in(tx)?;
+            let old = q.check_lease(tx, lease)?;
             let change = rules::failed(&old, &policy, kind, error, now_ns());
-            let to = self.write_request(tx, Some(&old), change)?.state;
+            let to = q.write_request(tx, Some(&old), change)?.state;
             if kind == FailKind::Lost
-                && let Some(mut entry) = self.catalog_in(tx, &old.fid)?
+                && let Some(mut entry) = q.catalog_in(tx, &old.fid)?
             {
                 entry.state = CatalogState::Lost;
-                self.write_catalog(tx, &entry, Some(old.id))?;
+                q.write_catalog(tx, &entry, Some(old.id))?;
             }
             Ok(to)
         })
     }
 
     fn cancel(&self, id: RequestId) -> Result<(), StoreError> {
-        self.write(|tx| {
-            let old = self.request_in(tx, id)?;
-            self.write_request(tx, Some(&old), rules::canceled(&old))?;
+        let q = Queue(self);
+        q.write(|tx| {
+            let old = q.request_in(tx, id)?;
+            q.write_request(tx, Some(&old), rules::canceled(&old))?;
             Ok(())
         })
     }
 
     fn expire_leases(&self) -> Result<usize, StoreError> {
-        self.write(|tx| self.expire_in(tx, now_ns()))
+        let q = Queue(self);
+        q.write(|tx| q.expire_in(tx, now_ns()))
     }
 
     fn request(&self, id: RequestId) -> Result<Option<RequestRecord>, StoreError> {
-        self.read_checked(|conn| {
-            Ok(self
-                .query_requests(conn, "hsm_requests WHERE id = ?1", &[&id.0])?
-                .pop())
+        let q = Queue(self);
+        q.read_checked(|conn| {
+            Ok(
+                q.query_requests(conn, "hsm_requests WHERE id = ?1", &[&id.0])?
+                    .pop(),
+            )
         })
     }
 
@@ -604,9 +614,10 @@ impl Queue<'_> {
         state: Option<RequestState>,
         limit: usize,
     ) -> Result<Vec<RequestRecord>, StoreError> {
+        let q = Queue(self);
         check_batch(limit);
-        self.read_checked(|conn| {
-            self.query_requests(
+        q.read_checked(|conn| {
+            q.query_requests(
                 conn,
                 "hsm_requests WHERE (?1 IS NULL OR state = ?1) ORDER BY id LIMIT ?2",
                 &[&state.map(|s| s.as_str()), &(limit as i64)],
@@ -615,8 +626,9 @@ impl Queue<'_> {
     }
 
     fn stats(&self) -> Result<QueueStats, StoreError> {
+        let q = Queue(self);
         let now = now_ns();
-        let (raw, backing_off, expired) = self.read(|conn| {
+        let (raw, backing_off, expired) = q.read(|conn| {
             let raw = conn
                 .prepare_cached(
                     "SELECT action, state, count(*) FROM hsm_requests GROUP BY action, state",
@@ -646,7 +658,7 @@ impl Queue<'_> {
             .map(
                 |(action, state, n)| match (Action::parse(&action), RequestState::parse(&state)) {
                     (Some(a), Some(s)) => Ok((a, s, n as u64)),
-                    _ => Err(self.corrupt(format!(
+                    _ => Err(q.corrupt(format!(
                         "HSM requests with unknown action {action:?} or state {state:?}"
                     ))),
                 },
@@ -660,10 +672,12 @@ impl Queue<'_> {
     }
 
     fn policy(&self) -> Result<Policy, StoreError> {
-        self.read_checked(|conn| self.policy_in(conn))
+        let q = Queue(self);
+        q.read_checked(|conn| q.policy_in(conn))
     }
 
     fn set_policy(&self, policy: &Policy) -> Result<(), StoreError> {
+        let q = Queue(self);
         assert!(policy.max_attempts >= 1, "at least one attempt");
         let values = [
             policy.head_start_restore_ms,
@@ -674,19 +688,20 @@ impl Queue<'_> {
             policy.backoff_max_ms.min(i64::MAX as u64) as i64,
             i64::from(policy.restore_share),
         ];
-        self.write(|tx| {
+        q.write(|tx| {
             for (key, value) in POLICY_KEYS.iter().zip(values) {
                 tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = ?2")
                     .and_then(|mut stmt| stmt.execute(params![value, key]))
-                    .map_err(|e| self.err(e))?;
+                    .map_err(|e| q.err(e))?;
             }
             let context = serde_json::to_value(policy).expect("a policy serializes");
-            self.insert_request_event(tx, None, "hsm.policy", &context)
+            q.insert_request_event(tx, None, "hsm.policy", &context)
         })
     }
 
     fn catalog_entry(&self, fid: &str) -> Result<Option<CatalogEntry>, StoreError> {
-        self.read_checked(|conn| self.catalog_in(conn, fid))
+        let q = Queue(self);
+        q.read_checked(|conn| q.catalog_in(conn, fid))
     }
 
     fn set_catalog_state(
@@ -695,16 +710,17 @@ impl Queue<'_> {
         from: CatalogState,
         to: CatalogState,
     ) -> Result<CatalogEntry, StoreError> {
-        self.write(|tx| {
-            let mut entry = self
+        let q = Queue(self);
+        q.write(|tx| {
+            let mut entry = q
                 .catalog_in(tx, fid)?
                 .ok_or_else(|| StoreError::NotInCatalog {
-                    path: self.location(),
+                    path: q.location(),
                     fid: fid.to_owned(),
                 })?;
             if entry.state != from {
                 return Err(StoreError::CatalogConflict {
-                    path: self.location(),
+                    path: q.location(),
                     fid: fid.to_owned(),
                     state: entry.state.to_string(),
                     expected: from,
@@ -723,10 +739,10 @@ impl Queue<'_> {
                         [fid],
                         |row| row.get(0),
                     )
-                    .map_err(|e| self.err(e))?;
+                    .map_err(|e| q.err(e))?;
             if removing {
                 return Err(StoreError::CatalogConflict {
-                    path: self.location(),
+                    path: q.location(),
                     fid: fid.to_owned(),
                     state: "being removed from the archive".into(),
                     expected: from,
@@ -734,7 +750,7 @@ impl Queue<'_> {
                 });
             }
             entry.state = to;
-            self.write_catalog(tx, &entry, None)
+            q.write_catalog(tx, &entry, None)
         })
     }
 
@@ -745,97 +761,15 @@ impl Queue<'_> {
         ino: u64,
         ctime_ns: i64,
     ) -> Result<bool, StoreError> {
-        self.write(|tx| {
+        let q = Queue(self);
+        q.write(|tx| {
             tx.prepare_cached(
                 "UPDATE hsm_catalog SET ino = ?1, ctime_ns = ?2 WHERE fid = ?3 AND state = ?4",
             )
             .and_then(|mut stmt| stmt.execute(params![ino as i64, ctime_ns, fid, state.as_str()]))
             .map(|n| n == 1)
-            .map_err(|e| self.err(e))
+            .map_err(|e| q.err(e))
         })
-    }
-}
-
-impl RequestQueue for SqliteStore {
-    fn enqueue(&self, batch: &[NewRequest]) -> Result<Vec<Enqueued>, StoreError> {
-        Queue(self).enqueue(batch)
-    }
-
-    fn lease(
-        &self,
-        worker: &str,
-        filter: &LeaseFilter,
-        max: usize,
-        lease: Duration,
-    ) -> Result<Vec<Lease>, StoreError> {
-        Queue(self).lease(worker, filter, max, lease)
-    }
-
-    fn heartbeat(&self, lease: &Lease, extend: Duration) -> Result<i64, StoreError> {
-        Queue(self).heartbeat(lease, extend)
-    }
-
-    fn ack(&self, lease: &Lease, catalog: Option<&CatalogEntry>) -> Result<(), StoreError> {
-        Queue(self).ack(lease, catalog)
-    }
-
-    fn fail(&self, lease: &Lease, kind: FailKind, error: &str) -> Result<RequestState, StoreError> {
-        Queue(self).fail(lease, kind, error)
-    }
-
-    fn cancel(&self, id: RequestId) -> Result<(), StoreError> {
-        Queue(self).cancel(id)
-    }
-
-    fn expire_leases(&self) -> Result<usize, StoreError> {
-        Queue(self).expire_leases()
-    }
-
-    fn request(&self, id: RequestId) -> Result<Option<RequestRecord>, StoreError> {
-        Queue(self).request(id)
-    }
-
-    fn requests(
-        &self,
-        state: Option<RequestState>,
-        limit: usize,
-    ) -> Result<Vec<RequestRecord>, StoreError> {
-        Queue(self).requests(state, limit)
-    }
-
-    fn stats(&self) -> Result<QueueStats, StoreError> {
-        Queue(self).stats()
-    }
-
-    fn policy(&self) -> Result<Policy, StoreError> {
-        Queue(self).policy()
-    }
-
-    fn set_policy(&self, policy: &Policy) -> Result<(), StoreError> {
-        Queue(self).set_policy(policy)
-    }
-
-    fn catalog_entry(&self, fid: &str) -> Result<Option<CatalogEntry>, StoreError> {
-        Queue(self).catalog_entry(fid)
-    }
-
-    fn set_catalog_state(
-        &self,
-        fid: &str,
-        from: CatalogState,
-        to: CatalogState,
-    ) -> Result<CatalogEntry, StoreError> {
-        Queue(self).set_catalog_state(fid, from, to)
-    }
-
-    fn set_catalog_stamp(
-        &self,
-        fid: &str,
-        state: CatalogState,
-        ino: u64,
-        ctime_ns: i64,
-    ) -> Result<bool, StoreError> {
-        Queue(self).set_catalog_stamp(fid, state, ino, ctime_ns)
     }
 }
 

@@ -130,7 +130,30 @@ impl<'a> Worker<'a> {
         })
     }
 
+    /// One serving thread: [`Worker::serve_until_error`], paused while the
+    /// store is read-only (its disk full) and resumed when it takes writes
+    /// again, so that a supervisor need not restart the worker. A request
+    /// whose ack the full store refused is leased again once its lease
+    /// expires.
     fn serve(&self, counts: &[AtomicU64; 3]) -> Result<(), StoreError> {
+        loop {
+            match self.serve_until_error(counts) {
+                Err(e @ StoreError::ReadOnly { .. }) if self.queue.recovers_from_read_only() => {
+                    eprintln!("ferry: worker paused: {e}");
+                    // Each wait bounded, so that a stop is seen.
+                    while !self.queue.wait_read_write(self.config.idle_poll) {
+                        if self.stop.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                    }
+                    eprintln!("ferry: worker resumed: the store takes writes again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn serve_until_error(&self, counts: &[AtomicU64; 3]) -> Result<(), StoreError> {
         let mut reader = self.queue.event_reader()?;
         while !self.stop.load(Ordering::SeqCst) {
             let token = reader.change_token()?;
@@ -477,12 +500,20 @@ impl<'a> Worker<'a> {
             ));
         }
         let object = entry.object.clone();
-        let gone = CatalogEntry {
+        let mut gone = CatalogEntry {
             state: CatalogState::Exists,
             object: None,
             checksum: None,
+            ino: 0,
+            ctime_ns: 0,
             ..entry
         };
+        // The archived copy's size and times no longer describe anything:
+        // the entry says what the file is now (it may have changed since,
+        // its new archive canceled by this remove).
+        if let Ok(meta) = fs::metadata(path) {
+            (gone.size, gone.mtime_ns, gone.mode) = file_meta(&meta);
+        }
         // Recorded first, fenced: a cancelled or expired attempt, or a
         // release that got there first (the catalog is no longer what it
         // read), stops here with the copy intact. Only then does the copy

@@ -143,6 +143,11 @@ CREATE TABLE hsm_catalog (
 ALTER TABLE hsm_catalog ADD COLUMN ino BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE hsm_catalog ADD COLUMN ctime_ns BIGINT NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- The owner's lease (see ferry's sqlite schema).
+ALTER TABLE transfers ADD COLUMN owner_heartbeat_ns BIGINT;
+ALTER TABLE transfers ADD COLUMN owner_lease_ms BIGINT;
+"#,
 ];
 
 /// The schema version this build writes and understands.

@@ -86,8 +86,11 @@ impl From<ferry::Error> for ApiError {
             E::NotEnoughSpace { .. } => (S::INSUFFICIENT_STORAGE, "not_enough_space"),
             E::VerifyFailed { .. } => (S::CONFLICT, "verify_failed"),
             E::VerifyWithoutChecksum { .. } => (S::BAD_REQUEST, "verify_without_checksum"),
-            // HSM errors: the daemon does not serve HSM requests.
-            E::FileDirty { .. } | E::Archive { .. } => (S::INTERNAL_SERVER_ERROR, "internal"),
+            // HSM errors: the daemon does not serve HSM requests; a bad
+            // setting is the daemon's own environment, not the client's.
+            E::FileDirty { .. } | E::Archive { .. } | E::BadSetting { .. } => {
+                (S::INTERNAL_SERVER_ERROR, "internal")
+            }
             E::Store(StoreError::ReadOnly { .. }) => (S::SERVICE_UNAVAILABLE, "store_read_only"),
             E::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => {
                 (S::GONE, "bad_cursor")

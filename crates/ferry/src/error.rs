@@ -127,6 +127,13 @@ pub enum Error {
     #[error("archive {spec}: {reason}")]
     Archive { spec: String, reason: String },
 
+    #[error("{name}={value} is not {expected}")]
+    BadSetting {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+
     #[error(transparent)]
     Store(#[from] StoreError),
 
@@ -167,7 +174,7 @@ impl Error {
             Error::Store(StoreError::ReadOnly { .. }) => 19,
             Error::NotEnoughSpace { .. } => 20,
             Error::VerifyFailed { .. } => 21,
-            Error::VerifyWithoutChecksum { .. } => 2,
+            Error::VerifyWithoutChecksum { .. } | Error::BadSetting { .. } => 2,
             Error::Store(StoreError::NoSuchRequest { .. } | StoreError::NotInCatalog { .. }) => 22,
             Error::Store(StoreError::StaleLease { .. }) => 23,
             Error::FileDirty { .. } | Error::Store(StoreError::CatalogConflict { .. }) => 24,

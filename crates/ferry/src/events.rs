@@ -388,13 +388,13 @@ pub const OWNER_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The transfer `id` when nothing will ever end it: it is not over and its
 /// owner is dead ([`crate::owner`]'s liveness: on this host, no such
-/// process). `None` while it is over, moving, or owned by a process this
-/// host cannot see (another host is never guessed about).
+/// process or a zombie; elsewhere, its lease ran out). `None` while it is
+/// over, moving, or owned by a process elsewhere with no lease recorded.
 pub fn abandoned(store: &dyn Store, id: TransferId) -> Result<Option<TransferRecord>> {
     let Some(before) = store.transfer(id)? else {
         return Ok(None);
     };
-    if before.state.is_terminal() || before.owner.liveness() != Liveness::Dead {
+    if before.state.is_terminal() || before.owner_liveness() != Liveness::Dead {
         return Ok(None);
     }
     // The owner may have written the end just before it exited: read again

@@ -25,7 +25,9 @@ use serde::Serialize;
 
 use crate::engine::commit::{self, Committer, Ready};
 use crate::error::{Error, Result};
-use crate::model::{EntryIndex, EntryKind, EntryRecord, FileState, TransferRecord, TransferState};
+use crate::model::{
+    EntryIndex, EntryKind, EntryRecord, FileState, TransferId, TransferRecord, TransferState,
+};
 use crate::owner::Liveness;
 use crate::store::{Change, SqliteStore, Store};
 use crate::transfer::Transfer;
@@ -366,7 +368,7 @@ fn finalize_transfer(
         )));
     }
     if !state.is_terminal() {
-        match transfer.owner.liveness() {
+        match transfer.owner_liveness() {
             Liveness::Alive | Liveness::Me => {
                 let detail = format!(
                     "owner pid {} on {} is alive",
@@ -678,7 +680,7 @@ pub enum StopWhich {
 pub fn stop(store: &dyn Store, which: StopWhich, force: bool) -> Result<Vec<Stopped>> {
     let mut stopped = Vec::new();
     for transfer in store.transfers()? {
-        let liveness = transfer.owner.liveness();
+        let liveness = transfer.owner_liveness();
         let dead = matches!(liveness, Liveness::Dead) || (force && liveness == Liveness::Unknown);
         let finished = matches!(
             transfer.state,
@@ -708,7 +710,7 @@ pub fn forget(store: &dyn Store, name: &str, force: bool) -> Result<Stopped> {
             name: name.to_owned(),
             store: store.location(),
         })?;
-    let liveness = transfer.owner.liveness();
+    let liveness = transfer.owner_liveness();
     let dead = matches!(liveness, Liveness::Dead) || (force && liveness == Liveness::Unknown);
     if !dead && !transfer.state.is_terminal() {
         return Err(Error::OwnerAlive {
@@ -732,27 +734,12 @@ fn stop_one(store: &dyn Store, transfer: TransferRecord, dead: bool) -> Result<S
             context: serde_json::json!({"by": "stop", "pid": std::process::id()}),
         });
     }
-    let mut removed = 0;
     let owner_alive = !dead && !transfer.state.is_terminal();
-    if !owner_alive {
-        let mut dirs: HashSet<PathBuf> = HashSet::new();
-        for entry in store.entries(transfer.id)? {
-            if entry.kind == EntryKind::Dir || entry.state.is_done() {
-                continue;
-            }
-            let temp = commit::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
-            match std::fs::remove_file(&temp) {
-                Ok(()) => {
-                    removed += 1;
-                    dirs.insert(temp);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&temp, e)),
-            }
-        }
-        commit::make_durable(dirs.iter().map(PathBuf::as_path))
-            .map_err(|e| Error::io(store.location(), e))?;
-    }
+    let removed = if owner_alive {
+        0
+    } else {
+        remove_temporaries(store, &transfer)?
+    };
     changes.push(Change::Free { id: transfer.id });
     store.apply(&changes)?;
     Ok(Stopped {
@@ -769,6 +756,75 @@ fn lossy_all<S: serde::Serializer>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
+}
+
+/// Removes the temporaries of `transfer`'s files that are not done, and
+/// makes their removal durable; how many there were. Only for a transfer
+/// nobody moves any more.
+pub fn remove_temporaries(store: &dyn Store, transfer: &TransferRecord) -> Result<usize> {
+    let mut removed = 0;
+    let mut dirs: HashSet<PathBuf> = HashSet::new();
+    for entry in store.entries(transfer.id)? {
+        if entry.kind == EntryKind::Dir || entry.state.is_done() {
+            continue;
+        }
+        let temp = commit::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
+        match std::fs::remove_file(&temp) {
+            Ok(()) => {
+                removed += 1;
+                dirs.insert(temp);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&temp, e)),
+        }
+    }
+    commit::make_durable(dirs.iter().map(PathBuf::as_path))
+        .map_err(|e| Error::io(store.location(), e))?;
+    Ok(removed)
+}
+
+/// Ends a transfer for good from a thread that cannot reach its
+/// `Transfer` (libaxl's signal-handler path): cancelled unless it ended,
+/// its temporaries removed once `ended` says its mover stopped, then
+/// freed. Errs when the mover did not stop within `timeout`.
+pub fn discard(
+    store: &dyn Store,
+    id: TransferId,
+    ended: &crate::RunEnded,
+    timeout: std::time::Duration,
+) -> Result<usize> {
+    let Some(transfer) = store.transfer(id)? else {
+        return Ok(0);
+    };
+    if !transfer.state.is_terminal() {
+        match store.apply(&[Change::Transfer {
+            id,
+            to: TransferState::Cancelled,
+            owner: None,
+            context: serde_json::json!({"by_pid": std::process::id()}),
+        }]) {
+            // It ended in between.
+            Err(crate::store::StoreError::IllegalTransition { .. }) | Ok(()) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !ended.wait(timeout) {
+        return Err(Error::Io {
+            path: store.location(),
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the mover of transfer {id} did not stop within {timeout:?}"),
+            ),
+        });
+    }
+    let transfer = store.transfer(id)?.unwrap_or(transfer);
+    let removed = if transfer.state == TransferState::Completed {
+        0
+    } else {
+        remove_temporaries(store, &transfer)?
+    };
+    store.apply(&[Change::Free { id }])?;
+    Ok(removed)
 }
 
 fn lossy<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {

@@ -41,9 +41,11 @@ pub mod error;
 pub mod events;
 pub mod failpoint;
 pub mod finalize;
+mod heartbeat;
 pub mod model;
 pub mod owner;
 pub mod rerun;
+mod signals;
 pub mod store;
 mod transfer;
 pub mod verify;
@@ -53,5 +55,6 @@ pub use engine::{ChunkHook, FileFailure, Progress, RunReport, temp_path};
 pub use error::{Error, Result};
 pub use model::{Caller, EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
 pub use transfer::{
-    Canceller, RunSettings, Transfer, TransferOptions, default_store_path, default_workers,
+    Canceller, RunEnded, RunSettings, Transfer, TransferOptions, default_store_path,
+    default_workers,
 };

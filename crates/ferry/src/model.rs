@@ -302,6 +302,15 @@ pub struct Owner {
     pub start_time: u64,
 }
 
+/// An owner's lease: the owner renews `heartbeat_ns` (its wall clock) while
+/// it holds the transfer, and counts as dead, wherever it ran, once the
+/// heartbeat is older than `lease_ms` (see `owner`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub heartbeat_ns: i64,
+    pub lease_ms: u64,
+}
+
 /// The user a daemon transfer was created for (from the socket's peer
 /// credentials): who may see and control it, and whose file credentials
 /// its data path runs with. `None` for transfers made outside the daemon.
@@ -321,6 +330,9 @@ pub struct TransferRecord {
     pub kind: Kind,
     pub state: TransferState,
     pub owner: Owner,
+    /// The owner's last heartbeat; `None` before its first (or in a store
+    /// written before leases).
+    pub lease: Option<Lease>,
     pub preserve: Preserve,
     /// Appended to a destination's name while it is written:
     /// `DEST<temp_suffix><id>`, `._ferry-` by default.

@@ -5,11 +5,62 @@
 //! host rebooted, or no process with that pid has that start time, or that
 //! process is a zombie (killed, not yet reaped: it will never write again,
 //! and a parent that never reaps would otherwise hold the transfer forever).
-//! Owners on other hosts are never guessed about.
+//!
+//! Owners on other hosts (or behind another PID namespace with another
+//! host name) cannot be checked from here: they hold a lease instead. While
+//! a process holds a transfer it renews a heartbeat in the store every
+//! third of its lease ([`lease`]: `FERRY_OWNER_LEASE`, default
+//! [`DEFAULT_LEASE`]); an owner elsewhere whose heartbeat is older than the
+//! lease it promised is dead, one whose heartbeat is fresh is alive, and one
+//! with no heartbeat (a store from before leases) is unknown. The lease is
+//! judged with the reader's clock against the owner's: hosts sharing a
+//! store must keep their clocks within a fraction of the lease (NTP does).
+//! [`TransferRecord::owner_liveness`] is the one place this is decided.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
-use crate::model::Owner;
+use crate::model::{Lease, Owner, TransferRecord};
+
+/// How long an owner's heartbeat holds when `FERRY_OWNER_LEASE` is unset:
+/// a restart on another node waits at most this long after a crash.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// The shortest lease accepted: shorter ones would have the heartbeat
+/// write the store many times a second.
+pub const LEASE_MIN: Duration = Duration::from_millis(300);
+
+/// This process's lease, from `FERRY_OWNER_LEASE` (read once). A value that
+/// is not a duration is an error naming the variable.
+pub fn lease() -> Result<Duration, crate::Error> {
+    static LEASE: OnceLock<Result<Duration, String>> = OnceLock::new();
+    let parsed = LEASE.get_or_init(|| match std::env::var("FERRY_OWNER_LEASE") {
+        Err(_) => Ok(DEFAULT_LEASE),
+        Ok(v) if v.trim().is_empty() => Ok(DEFAULT_LEASE),
+        Ok(v) => humantime::parse_duration(v.trim())
+            .ok()
+            .filter(|d| *d >= LEASE_MIN)
+            .ok_or(v),
+    });
+    parsed.clone().map_err(|value| crate::Error::BadSetting {
+        name: "FERRY_OWNER_LEASE",
+        value,
+        expected: "a duration of at least 300ms, such as 30s, 2s, 500ms or 1m",
+    })
+}
+
+impl TransferRecord {
+    /// Whether the owner of this transfer is alive: from this host's
+    /// process table when it ran here, else from its lease.
+    pub fn owner_liveness(&self) -> Liveness {
+        self.owner.liveness_with(self.lease, wall_clock_ns())
+    }
+}
+
+fn wall_clock_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
 
 /// What we can say about an owner from this host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,7 +69,7 @@ pub enum Liveness {
     Me,
     Alive,
     Dead,
-    /// The owner ran on another host.
+    /// The owner ran on another host and has no lease to judge it by.
     Unknown,
 }
 
@@ -45,10 +96,21 @@ impl Owner {
         }
     }
 
-    pub fn liveness(&self) -> Liveness {
+    /// See [`TransferRecord::owner_liveness`]; `now_ns` is the wall clock.
+    pub fn liveness_with(&self, lease: Option<Lease>, now_ns: i64) -> Liveness {
         let me = Owner::current();
         if self.host != me.host {
-            return Liveness::Unknown;
+            return match lease {
+                None => Liveness::Unknown,
+                Some(lease) => {
+                    let age_ns = now_ns.saturating_sub(lease.heartbeat_ns);
+                    if age_ns > (lease.lease_ms as i64).saturating_mul(1_000_000) {
+                        Liveness::Dead
+                    } else {
+                        Liveness::Alive
+                    }
+                }
+            };
         }
         if self.boot_id != me.boot_id {
             return Liveness::Dead;
@@ -116,22 +178,32 @@ mod tests {
     fn current_process_is_me_and_a_reused_pid_is_dead() {
         let me = Owner::current();
         assert!(me.start_time > 0);
-        assert_eq!(me.liveness(), Liveness::Me);
+        assert_eq!(me.liveness_with(None, 0), Liveness::Me);
         let reused = Owner {
             start_time: me.start_time + 1,
             ..me.clone()
         };
-        assert_eq!(reused.liveness(), Liveness::Dead);
+        assert_eq!(reused.liveness_with(None, 0), Liveness::Dead);
         let rebooted = Owner {
             boot_id: "another boot".into(),
             ..me.clone()
         };
-        assert_eq!(rebooted.liveness(), Liveness::Dead);
+        assert_eq!(rebooted.liveness_with(None, 0), Liveness::Dead);
         let remote = Owner {
             host: format!("{}-elsewhere", me.host),
-            ..me
+            ..me.clone()
         };
-        assert_eq!(remote.liveness(), Liveness::Unknown);
+        assert_eq!(remote.liveness_with(None, 0), Liveness::Unknown);
+        // Elsewhere, the lease decides: fresh is alive, expired is dead.
+        let lease = Lease {
+            heartbeat_ns: 1_000_000_000,
+            lease_ms: 2000,
+        };
+        let fresh = 1_000_000_000 + 2_000_000_000;
+        assert_eq!(remote.liveness_with(Some(lease), fresh), Liveness::Alive);
+        assert_eq!(remote.liveness_with(Some(lease), fresh + 1), Liveness::Dead);
+        // Here, the process table decides whatever the lease says.
+        assert_eq!(me.liveness_with(Some(lease), fresh + 1), Liveness::Me);
     }
 
     #[test]
@@ -146,7 +218,7 @@ mod tests {
             start_time: process_start_time(pid).unwrap(),
             ..Owner::current()
         };
-        assert_eq!(owner.liveness(), Liveness::Alive);
+        assert_eq!(owner.liveness_with(None, 0), Liveness::Alive);
         child.kill().expect("kill -9");
         // Waits for the exit but leaves the child unreaped: a zombie.
         use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
@@ -157,7 +229,7 @@ mod tests {
         )
         .expect("waitid");
         assert!(process_stat(pid).expect("still listed").exited());
-        assert_eq!(owner.liveness(), Liveness::Dead);
+        assert_eq!(owner.liveness_with(None, 0), Liveness::Dead);
         child.wait().expect("reap");
     }
 
@@ -172,6 +244,6 @@ mod tests {
             start_time: process_start_time(parent).unwrap(),
             ..Owner::current()
         };
-        assert_eq!(owner.liveness(), Liveness::Alive);
+        assert_eq!(owner.liveness_with(None, 0), Liveness::Alive);
     }
 }

@@ -11,6 +11,7 @@ use crate::engine::plan::plan;
 use crate::engine::skip::SkipRule;
 use crate::engine::{self, ChunkHook, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
+use crate::heartbeat::Heartbeat;
 use crate::model::{
     Caller, ChecksumAlgo, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve,
     TransferId, TransferRecord, TransferState,
@@ -54,6 +55,9 @@ pub struct RunSettings {
     pub verify: Verify,
     pub check_space: bool,
     pub clean_orphans: bool,
+    /// The umask modes are computed with (a daemon's caller's); `None`:
+    /// the running process's.
+    pub umask: Option<u32>,
 }
 
 /// Bound on the `transfer.dispatched` events read to find the last one: a
@@ -61,6 +65,20 @@ pub struct RunSettings {
 const DISPATCHES_MAX: usize = 10_000;
 
 impl RunSettings {
+    /// Transfer `id`'s last dispatch or resume options, from its newest
+    /// `transfer.dispatched` event; `None` when it was never dispatched.
+    pub fn recorded(store: &dyn Store, id: TransferId) -> Result<Option<RunSettings>> {
+        let filter = crate::store::EventFilter {
+            transfer: Some(id),
+            kind: Some("transfer.dispatched".into()),
+            ..Default::default()
+        };
+        let events = store.events_since(0, &filter, DISPATCHES_MAX)?;
+        Ok(events
+            .last()
+            .map(|event| RunSettings::from_context(&event.context)))
+    }
+
     /// Read back from a `transfer.dispatched` event's context.
     pub fn from_context(c: &serde_json::Value) -> RunSettings {
         RunSettings {
@@ -78,6 +96,10 @@ impl RunSettings {
                 .unwrap_or_default(),
             check_space: c["check_space"].as_bool().unwrap_or(false),
             clean_orphans: c["clean_orphans"].as_bool().unwrap_or(false),
+            umask: c["umask"]
+                .as_u64()
+                .and_then(|u| u32::try_from(u).ok())
+                .map(|u| u & 0o777),
         }
     }
 }
@@ -87,6 +109,8 @@ pub struct Transfer {
     store: Arc<dyn Store>,
     record: TransferRecord,
     reattached: bool,
+    /// The dead owner this process took the transfer over from.
+    previous_owner: Option<Owner>,
     cancel: Arc<AtomicBool>,
     progress: Arc<Progress>,
     clean_orphans: bool,
@@ -97,6 +121,42 @@ pub struct Transfer {
     verify: Verify,
     umask: Option<u32>,
     mover: Mover,
+    /// Renews this process's lease while it owns the transfer.
+    heartbeat: Option<Heartbeat>,
+    /// Set when the last run's mover thread ends.
+    ended: Arc<RunEnded>,
+}
+
+/// Says when a mover thread has ended, to a thread that cannot join it (a
+/// signal handler that interrupted the thread joining it, in libaxl).
+#[derive(Debug, Default)]
+pub struct RunEnded {
+    ended: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl RunEnded {
+    fn ended() -> RunEnded {
+        let ended = RunEnded::default();
+        ended.set();
+        ended
+    }
+
+    fn set(&self) {
+        *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits at most `timeout` for the mover to end; whether it has. A
+    /// transfer never dispatched in a thread has nothing to wait for.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let (ended, _) = self
+            .changed
+            .wait_timeout_while(ended, timeout, |ended| !*ended)
+            .unwrap_or_else(|p| p.into_inner());
+        *ended
+    }
 }
 
 /// Cancels one transfer from any thread, also while another thread is
@@ -195,6 +255,8 @@ impl Transfer {
         options: &TransferOptions,
         entries: &[NewEntry],
     ) -> Result<Transfer> {
+        // A bad FERRY_OWNER_LEASE is said before anything is written.
+        crate::owner::lease()?;
         let name = options.name.as_deref();
         let (kind, preserve) = (options.kind, options.preserve);
         if let Some(name) = name {
@@ -247,7 +309,9 @@ impl Transfer {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Transfer::with(store, record, false))
+        let mut transfer = Transfer::with(store, record, false);
+        transfer.hold()?;
+        Ok(transfer)
     }
 
     /// Opens an existing transfer by name, without taking it over.
@@ -266,6 +330,7 @@ impl Transfer {
             store,
             record,
             reattached,
+            previous_owner: None,
             cancel: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::default()),
             clean_orphans: false,
@@ -276,7 +341,28 @@ impl Transfer {
             verify: Verify::None,
             umask: None,
             mover: Mover::Idle,
+            heartbeat: None,
+            ended: Arc::new(RunEnded::ended()),
         }
+    }
+
+    /// Ends when the current (or last) mover thread ends.
+    pub fn run_ended(&self) -> Arc<RunEnded> {
+        Arc::clone(&self.ended)
+    }
+
+    /// Starts the heartbeat once this process owns the transfer.
+    fn hold(&mut self) -> Result<()> {
+        let lease = crate::owner::lease()?;
+        if self.heartbeat.is_none() && self.record.owner == Owner::current() {
+            self.heartbeat = Some(Heartbeat::start(
+                Arc::clone(&self.store),
+                self.record.id,
+                self.record.owner.clone(),
+                lease,
+            ));
+        }
+        Ok(())
     }
 
     fn reattach(store: Arc<dyn Store>, existing: TransferRecord) -> Result<Transfer> {
@@ -290,6 +376,7 @@ impl Transfer {
         }
         let mut transfer = Transfer::with(store, existing, true);
         transfer.take_ownership()?;
+        transfer.hold()?;
         Ok(transfer)
     }
 
@@ -304,7 +391,7 @@ impl Transfer {
 
     /// Makes this process the owner, if the recorded one is gone.
     fn take_ownership(&mut self) -> Result<()> {
-        match self.record.owner.liveness() {
+        match self.record.owner_liveness() {
             Liveness::Me => Ok(()),
             Liveness::Unknown if self.take_over_unknown_owner => self.reattach_from_dead(),
             Liveness::Alive | Liveness::Unknown => Err(Error::OwnerAlive {
@@ -329,7 +416,7 @@ impl Transfer {
         }]);
         // Another process re-attached it first: it is theirs.
         taken.map_err(|e| self.owned_elsewhere(e))?;
-        self.record.owner = owner;
+        self.previous_owner = Some(std::mem::replace(&mut self.record.owner, owner));
         self.reattached = true;
         Ok(())
     }
@@ -362,6 +449,12 @@ impl Transfer {
     /// left behind by a dead owner.
     pub fn reattached(&self) -> bool {
         self.reattached
+    }
+
+    /// The dead owner this process took the transfer over from, if it took
+    /// one over (the record names the new owner, this process).
+    pub fn previous_owner(&self) -> Option<&Owner> {
+        self.previous_owner.as_ref()
     }
 
     /// Whether the next dispatch or resume removes temporaries at its
@@ -407,15 +500,7 @@ impl Transfer {
     /// its newest `transfer.dispatched` event; `None` when it was never
     /// dispatched (or that event was compacted away, an error).
     pub fn recorded_settings(&self) -> Result<Option<RunSettings>> {
-        let filter = crate::store::EventFilter {
-            transfer: Some(self.record.id),
-            kind: Some("transfer.dispatched".into()),
-            ..Default::default()
-        };
-        let events = self.store.events_since(0, &filter, DISPATCHES_MAX)?;
-        Ok(events
-            .last()
-            .map(|event| RunSettings::from_context(&event.context)))
+        RunSettings::recorded(self.store.as_ref(), self.record.id)
     }
 
     /// Sets every run option of the next dispatch or resume at once.
@@ -424,6 +509,9 @@ impl Transfer {
         self.check_space = settings.check_space;
         self.skip = settings.skip;
         self.verify = settings.verify;
+        if settings.umask.is_some() {
+            self.umask = settings.umask;
+        }
     }
 
     /// The umask the next dispatch or resume computes modes with (the
@@ -496,6 +584,8 @@ impl Transfer {
             }),
         }]);
         dispatched.map_err(|e| self.owned_elsewhere(e))?;
+        self.record.owner = Owner::current();
+        self.hold()?;
         self.record.state = TransferState::Dispatched;
         self.cancel.store(false, Ordering::Relaxed);
         let options = RunOptions {
@@ -519,8 +609,14 @@ impl Transfer {
             Kind::Sync => Mover::Finished(engine::run(self.store.as_ref(), id, &options)),
             Kind::Threads => {
                 let store = Arc::clone(&self.store);
-                Mover::Thread(std::thread::spawn(move || {
-                    engine::run(store.as_ref(), id, &options)
+                let ended = Arc::new(RunEnded::default());
+                self.ended = Arc::clone(&ended);
+                Mover::Thread(crate::signals::spawn_blocked(|| {
+                    std::thread::spawn(move || {
+                        let result = engine::run(store.as_ref(), id, &options);
+                        ended.set();
+                        result
+                    })
                 }))
             }
             Kind::Daemon => Mover::Recorded(options),
@@ -610,7 +706,7 @@ impl Transfer {
                 TransferState::Dispatched | TransferState::Running
             )
         {
-            match now.owner.liveness() {
+            match now.owner_liveness() {
                 Liveness::Dead => match self.cancel() {
                     Err(Error::Store(StoreError::IllegalTransition { .. })) | Ok(()) => {}
                     Err(e) => return Err(e),

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 /// `ferry`'s top-level modules, bottom layer first. A module imports only
 /// from its own layer or below (and never in a circle within a layer).
 const FERRY_LAYERS: &[&[&str]] = &[
-    &["model", "checksum", "failpoint"],
+    &["model", "checksum", "failpoint", "signals"],
     &["store"],
-    &["error", "events", "owner"],
+    &["error", "events", "owner", "heartbeat"],
     &["engine", "verify"],
     &["transfer", "rerun", "finalize"],
     &["conformance"],

@@ -85,9 +85,12 @@ int main(int argc, char** argv) {
     }
     CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0);
 
-    /* Nothing works before AXL_Init. */
-    CHECK(AXL_Create(AXL_XFER_SYNC, "early", NULL) == -1);
-    CHECK(AXL_Finalize() == -1);
+    /* As AXL 0.9: calls work before AXL_Init (with the environment's
+     * settings), and a Finalize without Init succeeds. */
+    int early = AXL_Create(AXL_XFER_SYNC, "early", NULL);
+    CHECK(early >= 0);
+    CHECK(AXL_Free(early) == AXL_SUCCESS);
+    CHECK(AXL_Finalize() == AXL_SUCCESS);
 
     /* Init and Finalize are reference counted. */
     CHECK(AXL_Init() == AXL_SUCCESS);
@@ -165,17 +168,41 @@ int main(int argc, char** argv) {
     CHECK(AXL_Dispatch(id) == AXL_SUCCESS);
     CHECK(AXL_Cancel(id) == AXL_SUCCESS);
     CHECK(AXL_Wait(id) == AXL_SUCCESS);
+    /* As AXL 0.9: once waited for, a second wait and a cancel fail. */
+    CHECK(AXL_Wait(id) == -1);
+    CHECK(AXL_Cancel(id) == -1);
     CHECK(AXL_Free(id) == AXL_SUCCESS);
 
-    /* Stop cancels and frees everything. */
+    /* As AXL 0.9: a dispatched transfer is freed only after its wait (or a
+     * cancel). */
+    id = AXL_Create(AXL_XFER_SYNC, "unwaited", NULL);
+    CHECK(id >= 0);
+    CHECK(AXL_Add(id, at("a.txt"), at("unwaited.txt")) == AXL_SUCCESS);
+    CHECK(AXL_Dispatch(id) == AXL_SUCCESS);
+    CHECK(AXL_Dispatch(id) == -1); /* dispatched already */
+    CHECK(AXL_Free(id) == -1);
+    CHECK(AXL_Wait(id) == AXL_SUCCESS);
+    CHECK(AXL_Free(id) == AXL_SUCCESS);
+
+    /* Stop with nothing open succeeds. */
+    CHECK(AXL_Stop() == AXL_SUCCESS);
+
+    /* Stop cancels, waits for and frees everything; as AXL's, it fails
+     * when one of those fails (an id never dispatched cannot be
+     * cancelled), and frees them all the same. */
     int one = AXL_Create(AXL_XFER_PTHREAD, "stop-1", NULL);
     int two = AXL_Create(AXL_XFER_SYNC, "stop-2", NULL);
     CHECK(one >= 0 && two >= 0 && one != two);
     CHECK(AXL_Add(one, at("srcdir"), at("stopped")) == AXL_SUCCESS);
     CHECK(AXL_Dispatch(one) == AXL_SUCCESS);
-    CHECK(AXL_Stop() == AXL_SUCCESS);
+    CHECK(AXL_Stop() == -1);
     CHECK(AXL_Free(one) == -1 && AXL_Free(two) == -1);
     CHECK(AXL_Finalize() == AXL_SUCCESS);
+
+    /* As AXL 0.9: a transfer may be created after the last Finalize. */
+    int late = AXL_Create(AXL_XFER_SYNC, "late", NULL);
+    CHECK(late >= 0);
+    CHECK(AXL_Free(late) == AXL_SUCCESS);
 
     /* AXL_MKDIR=0: a destination whose directory is missing is refused. */
     setenv("AXL_MKDIR", "0", 1);
@@ -186,7 +213,7 @@ int main(int argc, char** argv) {
     CHECK(AXL_Add(id, at("a.txt"), at("into/again.txt")) == AXL_SUCCESS);
     CHECK(AXL_Free(id) == AXL_SUCCESS);
     CHECK(AXL_Finalize() == AXL_SUCCESS);
-    CHECK(AXL_Finalize() == -1); /* one too many */
+    CHECK(AXL_Finalize() == AXL_SUCCESS); /* one too many: as AXL, no error */
 
     /* A bad value in the environment fails AXL_Init, saying which. */
     setenv("AXL_COPY_METADATA", "yes", 1);

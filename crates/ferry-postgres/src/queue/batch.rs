@@ -193,6 +193,7 @@ impl PgStore {
         let mut outcomes = Vec::with_capacity(batch.len());
         for request in batch {
             let fid = request.fid.as_str();
+            let mut superseded = false;
             if request.action == Action::Remove
                 && let Some(slot) = b.live(self, fid, Action::Archive)?
                 && b.slots[slot].now.state == RequestState::Waiting
@@ -200,6 +201,7 @@ impl PgStore {
                 if !b.apply(slot, rules::superseded(&b.slots[slot].now)) {
                     return Ok(None);
                 }
+                superseded = true;
                 if !is_live(b.slots[slot].now.state) {
                     b.live.remove(&(fid, Action::Archive));
                 }
@@ -218,7 +220,7 @@ impl PgStore {
                 .get(fid)
                 .map(|row| self.catalog_from_row(row))
                 .transpose()?;
-            if let Some(reason) = rules::enqueue_noop(request, entry.as_ref()) {
+            if let Some(reason) = rules::enqueue_noop(request, entry.as_ref(), superseded) {
                 outcomes.push(Outcome::Noop(reason));
                 continue;
             }

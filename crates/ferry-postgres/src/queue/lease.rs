@@ -185,12 +185,14 @@ impl PgStore {
         request: &NewRequest,
         now: i64,
     ) -> Result<Enqueued, StoreError> {
+        let mut superseded = false;
         for _ in 0..ENQUEUE_RACES_MAX {
             if request.action == Action::Remove
                 && let Some(archive) = self.live_request(tx, &request.fid, Action::Archive)?
                 && archive.state == RequestState::Waiting
             {
                 self.update_request(tx, &archive, rules::superseded(&archive), now)?;
+                superseded = true;
             }
             if let Some(live) = self.live_request(tx, &request.fid, request.action)? {
                 let joined = self.update_request(tx, &live, rules::joined(&live), now)?;
@@ -200,7 +202,7 @@ impl PgStore {
                 });
             }
             let catalog = self.catalog_query(&mut tx.tx, &request.fid, false)?;
-            if let Some(reason) = rules::enqueue_noop(request, catalog.as_ref()) {
+            if let Some(reason) = rules::enqueue_noop(request, catalog.as_ref(), superseded) {
                 return Ok(Enqueued::Noop { reason });
             }
             if let Some(written) =

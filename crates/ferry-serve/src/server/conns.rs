@@ -21,8 +21,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use super::peer::{PeerInfo, PerUser, UserPermit};
+use super::peer::{ConnState, PeerInfo, PerUser, UserPermit};
 use crate::creds;
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 
 /// Connections at once, at most (fewer when the descriptor limit is low:
 /// see [`connections_max`]).
@@ -59,30 +61,6 @@ pub(super) fn idle_timeout() -> Duration {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .map_or(IDLE_DEFAULT, Duration::from_millis)
-}
-
-/// What a connection's requests and its stream share.
-pub struct ConnState {
-    in_flight: AtomicUsize,
-    idle_since: Mutex<Instant>,
-}
-
-impl ConnState {
-    /// A request started on this connection; the idle clock stops until
-    /// the guard (and so its response) is dropped.
-    pub(super) fn begin(self: &Arc<ConnState>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(Arc::clone(self))
-    }
-}
-
-pub(super) struct InFlight(Arc<ConnState>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        *self.0.idle_since.lock().expect("connection state poisoned") = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// The daemon's socket, with the caps.
@@ -240,5 +218,11 @@ impl AsyncWrite for GuardedStream {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+impl Connected<IncomingStream<'_, Guarded>> for PeerInfo {
+    fn connect_info(stream: IncomingStream<'_, Guarded>) -> PeerInfo {
+        stream.remote_addr().clone()
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use super::QUEUE_MAX;
 use super::peer::{PerUser, acting_caller};
 use super::run_settings::RunSettings;
-use crate::api::{Failure, RunRequest, THREADS_MAX, TransferView};
+use crate::api::{Failure, TransferView};
 use crate::creds::{self, Peer};
 use crate::error::{ApiError, ServeError};
 use crate::metrics::{Gauges, Metrics};
@@ -114,33 +114,10 @@ impl Daemon {
     /// The run options of a transfer's last dispatch or resume, from its
     /// `transfer.dispatched` event.
     fn last_settings(&self, record: &ferry::model::TransferRecord) -> RunSettings {
-        let filter = ferry::store::EventFilter {
-            transfer: Some(record.id),
-            kind: Some("transfer.dispatched".into()),
-            ..Default::default()
-        };
-        let last = self
-            .store
-            .events_since(0, &filter, usize::MAX >> 1)
+        ferry::RunSettings::recorded(self.store.as_ref(), record.id)
             .ok()
-            .and_then(|events| events.into_iter().last());
-        let Some(event) = last else {
-            return RunSettings::default();
-        };
-        let c = &event.context;
-        let text = |key: &str| c[key].as_str().map(str::to_owned);
-        let request = RunRequest {
-            threads: c["workers"]
-                .as_u64()
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|n| (1..=THREADS_MAX).contains(n)),
-            skip: text("skip"),
-            verify: text("verify"),
-            check_space: c["check_space"].as_bool().unwrap_or(false),
-            clean_orphans: c["clean_orphans"].as_bool().unwrap_or(false),
-            umask: c["umask"].as_u64().and_then(|u| u32::try_from(u).ok()),
-        };
-        RunSettings::from(&request).unwrap_or_default()
+            .flatten()
+            .map_or_else(RunSettings::default, RunSettings::recorded)
     }
 
     /// Start-up: every daemon transfer that was dispatched or running
@@ -189,7 +166,7 @@ impl Daemon {
                         .map_err(|e| ServeError::Runtime(std::io::Error::other(e.message)))?;
                 }
                 TransferState::Created if record.owner != Owner::current() => {
-                    if record.owner.liveness() == ferry::owner::Liveness::Alive {
+                    if record.owner_liveness() == ferry::owner::Liveness::Alive {
                         return Err(ferry::Error::OwnerAlive {
                             name: record.name,
                             id: record.id,

@@ -3,15 +3,14 @@
 //! knows nothing of the daemon or the routes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::time::Instant;
 
-use super::conns::{ConnState, Guarded};
 use crate::creds::Peer;
 use crate::error::ApiError;
 use axum::extract::ConnectInfo;
-use axum::extract::connect_info::Connected;
 use axum::http::StatusCode;
-use axum::serve::IncomingStream;
 use ferry::Caller;
 
 /// The peer of a connection, read once when it connects (by the
@@ -25,12 +24,6 @@ pub struct PeerInfo {
 impl std::fmt::Debug for PeerInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.peer.fmt(f)
-    }
-}
-
-impl Connected<IncomingStream<'_, Guarded>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, Guarded>) -> PeerInfo {
-        stream.remote_addr().clone()
     }
 }
 
@@ -122,5 +115,29 @@ pub(super) fn acting_caller(peer: &Peer, recorded: Caller) -> Caller {
         peer.caller.clone()
     } else {
         recorded
+    }
+}
+
+/// What a connection's requests and its stream share.
+pub struct ConnState {
+    pub(super) in_flight: AtomicUsize,
+    pub(super) idle_since: Mutex<Instant>,
+}
+
+impl ConnState {
+    /// A request started on this connection; the idle clock stops until
+    /// the guard (and so its response) is dropped.
+    pub(super) fn begin(self: &Arc<ConnState>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+}
+
+pub(super) struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().expect("connection state poisoned") = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -1,6 +1,7 @@
-//! A dispatch's or resume's options as the daemon keeps them: checked once
-//! from the request, recorded with `transfer.dispatched`, applied again
-//! when a restarted daemon resumes the transfer.
+//! A dispatch's or resume's options as the daemon takes them: checked once
+//! from the request into the library's `ferry::RunSettings`, which the
+//! `transfer.dispatched` event records, and read back from that event when
+//! a restarted daemon resumes the transfer (one record, one reader).
 
 use ferry::Transfer;
 use ferry::engine::skip::SkipRule;
@@ -12,22 +13,18 @@ use crate::error::ApiError;
 /// A dispatch's or resume's options, checked.
 pub(super) struct RunSettings {
     pub(super) threads: u16,
-    skip: SkipRule,
-    verify: Verify,
-    check_space: bool,
-    clean_orphans: bool,
-    umask: u32,
+    settings: ferry::RunSettings,
 }
 
 impl Default for RunSettings {
     fn default() -> RunSettings {
         RunSettings {
             threads: THREADS_DEFAULT,
-            skip: SkipRule::Never,
-            verify: Verify::None,
-            check_space: false,
-            clean_orphans: false,
-            umask: UMASK_DEFAULT,
+            settings: ferry::RunSettings {
+                workers: Some(THREADS_DEFAULT.into()),
+                umask: Some(UMASK_DEFAULT),
+                ..ferry::RunSettings::default()
+            },
         }
     }
 }
@@ -56,27 +53,44 @@ impl RunSettings {
         let verify = request.verify.as_deref().unwrap_or("none");
         Ok(RunSettings {
             threads,
-            skip: SkipRule::parse(skip).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "skip must be never, exists, size, mtime or checksum ({skip:?} given)"
-                ))
-            })?,
-            verify: Verify::parse(verify).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "verify must be none, copied or full ({verify:?} given)"
-                ))
-            })?,
-            check_space: request.check_space,
-            clean_orphans: request.clean_orphans,
-            umask,
+            settings: ferry::RunSettings {
+                workers: Some(threads.into()),
+                skip: SkipRule::parse(skip).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "skip must be never, exists, size, mtime or checksum ({skip:?} given)"
+                    ))
+                })?,
+                verify: Verify::parse(verify).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "verify must be none, copied or full ({verify:?} given)"
+                    ))
+                })?,
+                check_space: request.check_space,
+                clean_orphans: request.clean_orphans,
+                umask: Some(umask),
+            },
         })
     }
 
+    /// What a transfer's last dispatch recorded; a value out of the API's
+    /// bounds (an older or damaged record) falls back to the default.
+    pub(super) fn recorded(recorded: ferry::RunSettings) -> RunSettings {
+        let threads = recorded
+            .workers
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| (1..=THREADS_MAX).contains(n))
+            .unwrap_or(THREADS_DEFAULT);
+        RunSettings {
+            threads,
+            settings: ferry::RunSettings {
+                workers: Some(threads.into()),
+                umask: recorded.umask.or(Some(UMASK_DEFAULT)),
+                ..recorded
+            },
+        }
+    }
+
     pub(super) fn apply(&self, transfer: &mut Transfer) {
-        transfer.set_skip(self.skip);
-        transfer.set_verify(self.verify);
-        transfer.set_check_space(self.check_space);
-        transfer.set_clean_orphans(self.clean_orphans);
-        transfer.set_umask(Some(self.umask));
+        transfer.apply_settings(&self.settings);
     }
 }

@@ -24,9 +24,11 @@ use crate::model::{
 use crate::store::{Change, EventFilter, Store, StoreError};
 
 mod events;
+mod lease;
 mod transfers;
 
 pub use events::*;
+pub use lease::*;
 pub use transfers::*;
 
 /// How long a wait for something that must happen may take before the test
@@ -158,6 +160,7 @@ macro_rules! store_conformance_tests {
             compaction_and_cursors,
             the_event_reader_wakes_on_a_write_from_another_handle,
             concurrent_handles_number_events_without_gaps,
+            the_lease_is_renewed_by_the_owner_and_fences_the_old_one,
         );
     };
     ($fresh:expr; $($name:ident),* $(,)?) => {

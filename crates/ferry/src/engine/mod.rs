@@ -30,6 +30,7 @@ pub mod skip;
 
 mod batches;
 mod directories;
+mod fence;
 mod outcome;
 mod pool;
 mod ranges;
@@ -157,6 +158,12 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
             path: store.location(),
             id,
         })?;
+    let fenced = fence::Fenced {
+        inner: store,
+        id,
+        owner: transfer.owner.clone(),
+    };
+    let store: &dyn Store = &fenced;
     let entries = store.entries(id)?;
     store.apply(&[Change::Transfer {
         id,
@@ -412,7 +419,9 @@ impl Engine<'_> {
             for _ in 0..workers {
                 let tx = tx.clone();
                 let (work, next, trackers) = (&work, &next, &trackers);
-                scope.spawn(move || self.worker(work, next, trackers, entries, tx));
+                crate::signals::spawn_blocked(|| {
+                    scope.spawn(move || self.worker(work, next, trackers, entries, tx))
+                });
             }
             drop(tx);
             self.commit_loop(rx, ready, std::mem::take(&mut failures), &followers_of)

@@ -85,7 +85,7 @@ pub(crate) fn clean(
             };
             match owner {
                 Some((other, dests)) if dests.contains(&dest) => {
-                    let liveness = other.owner.liveness();
+                    let liveness = other.owner_liveness();
                     if !other.state.is_terminal() && liveness != Liveness::Dead {
                         warnings.push(format!(
                             "{} belongs to transfer {} (id {id}), whose owner pid {} on {} is alive: left alone",

@@ -61,6 +61,12 @@ pub enum Change {
         checksum: Option<Checksum>,
         context: serde_json::Value,
     },
+    /// Writes nothing: refuses the whole batch with
+    /// [`StoreError::OwnerChanged`] unless `owner` is still the recorded
+    /// owner. A mover puts it first in each batch, so an owner that lost its
+    /// lease (stopped, then taken over from another host) never writes
+    /// again: fencing.
+    Owned { id: TransferId, owner: Owner },
     /// The transfer is released: it leaves `transfers()` and its name may
     /// be used again. Its rows and events stay, for the record.
     Free { id: TransferId },
@@ -255,6 +261,13 @@ pub trait Store: Send + Sync {
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
 
     fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, StoreError>;
+
+    /// The owner's heartbeat: records now as `owner`'s last sign of life,
+    /// promised to hold for `lease_ms`. Not a state change and no event (it
+    /// is written every few seconds). [`StoreError::OwnerChanged`] when
+    /// `owner` is no longer the owner, [`StoreError::NoSuchTransfer`] when
+    /// the transfer was freed: either way the lease is lost.
+    fn renew_lease(&self, id: TransferId, owner: &Owner, lease_ms: u64) -> Result<(), StoreError>;
 
     /// The live (not freed) transfer with this name.
     fn transfer_by_name(&self, name: &str) -> Result<Option<TransferRecord>, StoreError>;

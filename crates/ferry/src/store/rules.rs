@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use super::StoreError;
 use crate::model::{
     Caller, Checksum, ChecksumAlgo, EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind,
-    NewEntry, NewTransfer, Owner, Preserve, SourceMeta, TransferId, TransferRecord, TransferState,
-    Xattrs,
+    Lease, NewEntry, NewTransfer, Owner, Preserve, SourceMeta, TransferId, TransferRecord,
+    TransferState, Xattrs,
 };
 
 /// Event names that are not `transfer.<state>` or `file.<state>`.
@@ -257,7 +257,7 @@ pub fn is_shutdown(changes: &[super::Change]) -> bool {
             super::Change::Transfer {
                 to: TransferState::Failed | TransferState::Cancelled,
                 ..
-            }
+            } | super::Change::Owned { .. }
         )
     })
 }
@@ -318,6 +318,8 @@ pub struct TransferRow {
     pub owner_boot_id: String,
     pub owner_pid: i64,
     pub owner_start_time: i64,
+    pub owner_heartbeat_ns: Option<i64>,
+    pub owner_lease_ms: Option<i64>,
     pub preserve: Preserve,
     pub temp_suffix: String,
     pub checksum_algo: Option<String>,
@@ -377,6 +379,13 @@ impl TransferRow {
                 boot_id: self.owner_boot_id,
                 pid,
                 start_time: self.owner_start_time as u64,
+            },
+            lease: match (self.owner_heartbeat_ns, self.owner_lease_ms) {
+                (Some(heartbeat_ns), Some(lease_ms)) if lease_ms > 0 => Some(Lease {
+                    heartbeat_ns,
+                    lease_ms: lease_ms as u64,
+                }),
+                _ => None,
             },
             preserve: self.preserve,
             temp_suffix: self.temp_suffix,

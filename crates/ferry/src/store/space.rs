@@ -219,6 +219,16 @@ impl SpaceGuard {
         result
     }
 
+    /// Removes the reserve of a store that has nothing left to shut down
+    /// (finalize's last step); a later writer makes it again before its
+    /// first write.
+    pub(crate) fn remove_reserve(&self) -> io::Result<()> {
+        match std::fs::remove_file(&self.reserve_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Switches to read-only (once) and frees the reserve. Returns whether
     /// this call made the switch.
     pub(crate) fn enter_read_only(self: &Arc<SpaceGuard>, detail: String) -> bool {

@@ -173,7 +173,10 @@ impl SqliteStore {
     /// `-shm` files; the next open returns it to WAL. Finalize does this
     /// to each store it opened alone, so that ten thousand rank stores do
     /// not leave twenty thousand journal files behind. Refused (busy) while
-    /// another process has the store open: then it stays as it is.
+    /// another process has the store open: then it stays as it is. A store
+    /// whose every transfer is finalized has nothing left to shut down, so
+    /// its reserve goes too (a per-rank store then takes tens of KiB, not
+    /// megabytes); the next process that writes to it makes one again.
     pub fn settle(&self) -> Result<(), StoreError> {
         let (journal, locking): (String, String) = self.read(|conn| {
             conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_checkpoint(TRUNCATE);")?;
@@ -195,6 +198,20 @@ impl SqliteStore {
                         source,
                     });
                 }
+            }
+            let transfers = self.transfers()?;
+            if transfers
+                .iter()
+                .all(|t| t.state == TransferState::Finalized)
+            {
+                self.reserve_unchecked
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.space
+                    .remove_reserve()
+                    .map_err(|source| StoreError::Open {
+                        path: self.space.reserve_path().to_path_buf(),
+                        source,
+                    })?;
             }
         }
         Ok(())

@@ -166,4 +166,10 @@ ALTER TABLE transfers ADD COLUMN caller_groups TEXT;
 ALTER TABLE hsm_catalog ADD COLUMN ino INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE hsm_catalog ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- The owner's lease: its last heartbeat (its wall clock, ns) and how long
+-- that holds (ms). NULL: no heartbeat yet, judged as before leases.
+ALTER TABLE transfers ADD COLUMN owner_heartbeat_ns INTEGER;
+ALTER TABLE transfers ADD COLUMN owner_lease_ms INTEGER;
+"#,
 ];

@@ -117,8 +117,11 @@ impl SqliteStore {
             Change::Reattach { id, from, owner } => {
                 self.check_owner(tx, *id, from)?;
                 tx.prepare_cached(
+                    // The new owner's heartbeat starts now, its lease unknown
+                    // until it renews: never judged by the old owner's.
                     "UPDATE transfers SET owner_host = ?1, owner_boot_id = ?2,
-                     owner_pid = ?3, owner_start_time = ?4, updated_ns = ?5 WHERE id = ?6",
+                     owner_pid = ?3, owner_start_time = ?4, updated_ns = ?5,
+                     owner_heartbeat_ns = ?5, owner_lease_ms = NULL WHERE id = ?6",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -134,6 +137,7 @@ impl SqliteStore {
                 let context = rules::reattached_context(owner);
                 self.insert_event(tx, *id, None, rules::EVENT_REATTACHED, &context)
             }
+            Change::Owned { id, owner } => self.check_owner(tx, *id, owner),
             Change::Entry {
                 id,
                 index,
@@ -313,6 +317,8 @@ impl SqliteStore {
             caller_uid: row.get(15)?,
             caller_gid: row.get(16)?,
             caller_groups: row.get(17)?,
+            owner_heartbeat_ns: row.get(18)?,
+            owner_lease_ms: row.get(19)?,
         })
     }
 
@@ -349,7 +355,8 @@ impl SqliteStore {
         let sql = format!(
             "SELECT id, name, kind, state, owner_host, owner_boot_id, owner_pid, owner_start_time,
                     preserve_mode, preserve_ownership, preserve_times, temp_suffix, created_ns,
-                    updated_ns, checksum_algo, caller_uid, caller_gid, caller_groups
+                    updated_ns, checksum_algo, caller_uid, caller_gid, caller_groups,
+                    owner_heartbeat_ns, owner_lease_ms
              FROM transfers WHERE freed_ns IS NULL {filter} ORDER BY id"
         );
         let rows = self.read(|conn| {
@@ -499,6 +506,18 @@ impl Store for SqliteStore {
             .query_transfers("AND id = ?1", Some(&id.0))?
             .into_iter()
             .next())
+    }
+
+    fn renew_lease(&self, id: TransferId, owner: &Owner, lease_ms: u64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            self.check_owner(tx, id, owner)?;
+            tx.prepare_cached(
+                "UPDATE transfers SET owner_heartbeat_ns = ?1, owner_lease_ms = ?2 WHERE id = ?3",
+            )
+            .and_then(|mut s| s.execute(params![now_ns(), lease_ms as i64, id.0]))
+            .map_err(|e| self.err(e))?;
+            Ok(())
+        })
     }
 
     fn transfer_by_name(&self, name: &str) -> Result<Option<TransferRecord>, StoreError> {
