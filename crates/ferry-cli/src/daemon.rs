@@ -11,13 +11,23 @@ use ferry_serve::client::{Client, ClientError};
 use crate::exit::Exit;
 use crate::{Command, CpArgs, RunArgs};
 
-pub fn serve(store: Option<PathBuf>, socket: PathBuf, workers: Option<u16>) -> Result<Exit, Exit> {
+pub fn serve(
+    store: Option<PathBuf>,
+    socket: PathBuf,
+    workers: Option<u16>,
+    entries_per_transfer_max: Option<usize>,
+    transfers_per_user_max: Option<usize>,
+) -> Result<Exit, Exit> {
     let store = store.unwrap_or_else(ferry::default_store_path);
     crate::store::refuse_postgres(&store, "serve")?;
     let config = ferry_serve::server::Config {
         store,
         socket,
         workers: workers.map_or_else(ferry::default_workers, usize::from),
+        entries_per_transfer_max: entries_per_transfer_max
+            .unwrap_or(ferry_serve::server::ENTRIES_PER_TRANSFER_MAX),
+        transfers_per_user_max: transfers_per_user_max
+            .unwrap_or(ferry_serve::server::TRANSFERS_PER_USER_MAX),
     };
     ferry_serve::server::serve(config).map_err(Exit::Serve)?;
     Ok(Exit::Ok)

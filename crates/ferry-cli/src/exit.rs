@@ -58,6 +58,7 @@ pub fn daemon_code(e: &ClientError) -> u8 {
             "forbidden" | "not_a_daemon_transfer" => 31,
             "bad_request" | "bad_json" | "body_too_large" | "invalid_path" | "no_such_route" => 32,
             "busy" => 33,
+            "over_limit" => 40,
             _ => 34,
         },
     }

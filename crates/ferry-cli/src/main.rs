@@ -111,6 +111,14 @@ pub(crate) enum Command {
         /// Transfers moved at once [default: one per core]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
         workers: Option<u16>,
+        /// Entries one transfer may hold; more are refused (exit 40)
+        /// [default: 1000000]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_entries_per_transfer: Option<u64>,
+        /// Unfinished transfers one user (root aside) may hold; more are
+        /// refused (exit 40) [default: 1024]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_transfers_per_user: Option<u64>,
     },
     /// HSM coordination: queue archive, restore and remove requests, and
     /// serve them with workers
@@ -388,8 +396,20 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         .socket
         .clone()
         .unwrap_or_else(ferry_serve::server::default_socket_path);
-    if let Command::Serve { workers } = cli.command {
-        return daemon::serve(cli.store, socket, workers);
+    if let Command::Serve {
+        workers,
+        max_entries_per_transfer,
+        max_transfers_per_user,
+    } = cli.command
+    {
+        let size = |n: Option<u64>| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        return daemon::serve(
+            cli.store,
+            socket,
+            workers,
+            size(max_entries_per_transfer),
+            size(max_transfers_per_user),
+        );
     }
     if let Command::Cp(args) = &cli.command
         && daemon::wants_daemon(&args.kind, &socket)

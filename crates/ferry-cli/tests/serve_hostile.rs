@@ -519,3 +519,82 @@ fn idle_and_trickling_connections_are_closed_but_a_long_poll_is_not() {
     let w = client.wait_once("t", Duration::from_secs(1)).unwrap();
     assert!(!w.done, "never dispatched, so the long-poll timed out");
 }
+
+#[test]
+fn a_transfer_over_the_entry_bound_and_a_user_over_the_transfer_bound_get_a_4xx() {
+    let s = Scratch::new();
+    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    for i in 0..5 {
+        write_file(&s.path(&format!("src/f{i}")), b"x");
+    }
+    fs::set_permissions(s.path("src"), fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = s.path("ferry.sock");
+    let log = s.path("bounded.log");
+    // A's first transfer is held mid-copy (unfinished) at this fail point.
+    let fifo = s.path("pause");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    fs::create_dir(s.path("a-out")).unwrap();
+    own(&s.path("a-out"), A, A, 0o755);
+    let mut child = s
+        .ferry()
+        .arg("--socket")
+        .arg(&socket)
+        .args(["serve", "--workers", "1"])
+        .args(["--max-entries-per-transfer", "4"])
+        .args(["--max-transfers-per-user", "1"])
+        .env("FERRY_FAILPOINT", "commit.write_data=pause")
+        .env("FERRY_FAILPOINT_FIFO", &fifo)
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon_log = || fs::read_to_string(&log).unwrap_or_default();
+    let client = Client::new(&socket).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while !client.answers() {
+        assert!(child.try_wait().unwrap().is_none(), "{}", daemon_log());
+        assert!(Instant::now() < deadline, "the daemon never answered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A directory of 5 files and itself: 6 entries, over 4.
+    let cp = run(s
+        .ferry()
+        .arg("--socket")
+        .arg(&socket)
+        .args(["cp", "--kind", "daemon", "--name", "big", "-r"])
+        .arg(s.path("src"))
+        .arg(s.path("out")));
+    assert_eq!(cp.status.code(), Some(40), "{cp:?}");
+    let err = String::from_utf8_lossy(&cp.stderr);
+    assert!(
+        err.contains("entries per transfer: 4") && err.contains("big"),
+        "{err}"
+    );
+    assert_eq!(client.status("big").unwrap().files, 0, "nothing was added");
+    if root_or_skip("the per-user transfer bound (root is not bound)") {
+        let as_a = |name: &str| {
+            let out = run(as_user(A, FERRY)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["cp", "--kind", "daemon", "--name", name])
+                .arg(s.path("src/f0"))
+                .arg(s.path(&format!("a-out/{name}"))));
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (first, err) = as_a("a-1");
+        assert_eq!(first, Some(0), "{err}");
+        // Held mid-copy: unfinished while the FIFO is open.
+        let pause = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let (code, err) = as_a("a-2");
+        drop(pause);
+        assert_eq!(code, Some(40), "{err}");
+        assert!(
+            err.contains(&format!("uid {A}")) && err.contains("transfers per user: 1"),
+            "{err}"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

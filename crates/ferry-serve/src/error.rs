@@ -42,6 +42,12 @@ impl ApiError {
     pub fn busy(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
     }
+
+    /// Over one of the daemon's bounds per user or per transfer (named in
+    /// the message): waiting does not help, doing less does.
+    pub fn limit(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "over_limit", message)
+    }
 }
 
 impl IntoResponse for ApiError {

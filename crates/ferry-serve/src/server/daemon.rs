@@ -47,6 +47,8 @@ pub(super) struct Daemon {
     pub(super) requests_by_user: Arc<PerUser>,
     pub(super) watchers_by_user: Arc<PerUser>,
     pub(super) uid: u32,
+    pub(super) entries_per_transfer_max: usize,
+    pub(super) transfers_per_user_max: usize,
 }
 
 /// A mover: runs queued transfers one at a time, each on a fresh thread

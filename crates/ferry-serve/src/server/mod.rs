@@ -79,7 +79,19 @@ pub struct Config {
     pub socket: PathBuf,
     /// Transfers moved at once.
     pub workers: usize,
+    /// Entries one transfer may hold ([`ENTRIES_PER_TRANSFER_MAX`] by
+    /// default).
+    pub entries_per_transfer_max: usize,
+    /// Unfinished (created, dispatched or running) transfers one user
+    /// (root aside) may hold ([`TRANSFERS_PER_USER_MAX`] by default).
+    pub transfers_per_user_max: usize,
 }
+
+/// The default bound on one transfer's entries: the daemon's store grows
+/// by a few hundred bytes per entry, on root's disk.
+pub const ENTRIES_PER_TRANSFER_MAX: usize = 1_000_000;
+/// The default bound on one user's unfinished transfers.
+pub const TRANSFERS_PER_USER_MAX: usize = 1024;
 
 /// The default socket: `$FERRY_SOCKET`, else `/run/ferry/ferry.sock` for
 /// root, else `$XDG_RUNTIME_DIR/ferry.sock`, else `/run/ferry/ferry.sock`.
@@ -139,6 +151,8 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             requests_by_user: PerUser::new(REQUESTS_PER_USER_MAX),
             watchers_by_user: PerUser::new(WATCHERS_PER_USER_MAX),
             uid: creds::daemon_uid(),
+            entries_per_transfer_max: config.entries_per_transfer_max,
+            transfers_per_user_max: config.transfers_per_user_max,
         });
         let rx = Arc::new(Mutex::new(rx));
         let movers: Vec<_> = (0..workers)

@@ -55,6 +55,27 @@ pub(in crate::server) async fn create(
         {
             return Err(taken());
         }
+        // Only a new transfer counts: re-attaching one is not another.
+        let reattaching = request.name.as_deref().is_some_and(|name| {
+            matches!(daemon.store.transfer_by_name(name), Ok(Some(t)) if Daemon::visible(&peer, &t))
+        });
+        if peer.caller.uid != 0 && !reattaching {
+            let max = daemon.transfers_per_user_max;
+            let unfinished = daemon
+                .store
+                .transfers()?
+                .iter()
+                .filter(|t| t.caller.as_ref().map(|c| c.uid) == Some(peer.caller.uid))
+                .filter(|t| !t.state.is_terminal())
+                .count();
+            if unfinished >= max {
+                return Err(ApiError::limit(format!(
+                    "uid {} has {unfinished} unfinished transfers in the daemon, its bound \
+                     (transfers per user: {max}): let some finish, or cancel them",
+                    peer.caller.uid
+                )));
+            }
+        }
         let preserve = if request.preserve {
             Preserve::ALL
         } else {
@@ -157,6 +178,15 @@ pub(in crate::server) async fn add(
             plan_with(&sources, &dest, request.recursive, fidelity)
         })
         .map_err(|e| ApiError::internal(format!("cannot act as uid {}: {e}", caller.uid)))??;
+        let max = daemon.entries_per_transfer_max;
+        let held = daemon.store.entries(record.id)?.len();
+        if held.saturating_add(entries.len()) > max {
+            return Err(ApiError::limit(format!(
+                "transfer {name} would hold {} entries, over the daemon's bound (entries per \
+                 transfer: {max}); nothing was added: split it into several transfers",
+                held.saturating_add(entries.len())
+            )));
+        }
         daemon.store.add_entries(record.id, &entries)?;
         Ok(Json(AddResponse {
             added: entries.len(),
