@@ -545,6 +545,17 @@ fn run_local(cli: Cli) -> Result<Exit, Exit> {
         }
         Command::Cancel { name } => {
             let transfer = Transfer::open(store, &name)?;
+            let record = transfer.record();
+            // An ended transfer has nothing to stop: said as such, not as the
+            // store's refusal of an illegal transition.
+            if record.state.is_terminal() {
+                return Err(Exit::Error(ferry::Error::NothingToDo {
+                    name: record.name.clone(),
+                    id: record.id,
+                    state: record.state,
+                    action: "cancel",
+                }));
+            }
             transfer.cancel()?;
             println!(
                 "ferry: cancelled {name} (id {}); `ferry resume {name}` continues it",

@@ -102,9 +102,12 @@ fn report(checked: &[Checked], transfers: usize, json: bool) -> Result<Exit, Exi
         }
         problems += usize::from(problem.is_some());
     }
+    let count =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     eprintln!(
-        "ferry: verified {} files of {transfers} transfers: {} match, {problems} do not, {unchecked} have no checksum",
-        checked.len(),
+        "ferry: verified {} of {}: {} match, {problems} do not, {unchecked} have no checksum",
+        count(checked.len(), "file", "files"),
+        count(transfers, "transfer", "transfers"),
         checked.len() - problems - unchecked
     );
     if problems > 0 {

@@ -332,3 +332,48 @@ fn listing_commands_into_a_closed_pipe_never_panic() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// Found by a new user: cancelling a finished transfer exited 16 with the
+/// store's "cannot become cancelled from completed".
+#[test]
+fn cancelling_a_finished_transfer_says_there_is_nothing_to_cancel() {
+    let s = Scratch::new();
+    write_file(&s.path("src/f"), b"done");
+    run_ok(
+        s.ferry()
+            .args(["cp", "--name", "done"])
+            .arg(s.path("src/f"))
+            .arg(s.path("dst")),
+    );
+    let out = run(s.ferry().args(["cancel", "done"]));
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is completed: nothing to cancel"),
+        "{stderr}"
+    );
+    let store = SqliteStore::open(&s.store()).unwrap();
+    assert_eq!(
+        store.transfer_by_name("done").unwrap().unwrap().state,
+        ferry::TransferState::Completed
+    );
+}
+
+/// Found by a new user: "verified 56 files of 1 transfers".
+#[test]
+fn verify_counts_in_words_that_agree_with_their_numbers() {
+    let s = Scratch::new();
+    write_file(&s.path("src/f"), b"one");
+    run_ok(
+        s.ferry()
+            .args(["cp", "--name", "one"])
+            .arg(s.path("src/f"))
+            .arg(s.path("dst")),
+    );
+    let out = run_ok(s.ferry().args(["verify", "one"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("verified 1 file of 1 transfer:"),
+        "{stderr}"
+    );
+}
