@@ -546,9 +546,13 @@ fn run_local(cli: Cli) -> Result<Exit, Exit> {
         Command::Cancel { name } => {
             let transfer = Transfer::open(store, &name)?;
             let record = transfer.record();
-            // An ended transfer has nothing to stop: said as such, not as the
-            // store's refusal of an illegal transition.
-            if record.state.is_terminal() {
+            // A transfer that cannot become cancelled (completed, finalized,
+            // cancelled already) has nothing to stop: said as such, not as
+            // the store's refusal of an illegal transition.
+            if !ferry::TransferState::Cancelled
+                .allowed_from()
+                .contains(&record.state)
+            {
                 return Err(Exit::Error(ferry::Error::NothingToDo {
                     name: record.name.clone(),
                     id: record.id,
