@@ -46,20 +46,6 @@ fn paused(fifo: &Path) -> fs::File {
     fs::OpenOptions::new().write(true).open(fifo).unwrap()
 }
 
-/// Tests that need root say so; under CI (which runs as root) they must
-/// not skip.
-fn root_or_skip(what: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none_or(|v| v != "true"),
-        "{what} needs root, and CI=true: run CI as root"
-    );
-    eprintln!("skipped: {what} needs root (to act as two other users)");
-    false
-}
-
 #[test]
 fn caller_killed_after_dispatch_the_transfer_completes() {
     let s = Scratch::new();

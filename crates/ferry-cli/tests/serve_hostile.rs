@@ -73,18 +73,6 @@ fn refused(s: &Scratch) -> (Option<i32>, String) {
     }
 }
 
-fn root_or_skip(what: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none_or(|v| v != "true"),
-        "{what} needs root, and CI=true: run CI as root"
-    );
-    eprintln!("skipped: {what} needs root (to act as other users)");
-    false
-}
-
 /// `PROGRAM ARGS…` as another user, with no supplementary group.
 fn as_user(uid: u32, program: &str) -> Command {
     let mut cmd = Command::new("setpriv");

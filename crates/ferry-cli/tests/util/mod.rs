@@ -207,3 +207,17 @@ pub fn assert_same_tree(src: &Path, dst: &Path) {
 pub fn os(s: &[u8]) -> &OsStr {
     OsStr::from_bytes(s)
 }
+
+/// Tests that need root say so and skip outside CI; under CI (which runs
+/// as root) they must not skip.
+pub fn root_or_skip(what: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none_or(|v| v != "true"),
+        "{what} needs root, and CI=true: run CI as root"
+    );
+    eprintln!("skipped: {what} needs root (to act as other users)");
+    false
+}
