@@ -407,3 +407,136 @@ fn a_worker_that_lost_its_lease_publishes_nothing() {
         .unwrap();
     assert_eq!(entry.object.unwrap(), object_id(&entry.fid, id, 2));
 }
+
+/// Holds every put and get until opened, counting those in flight by
+/// action: what a worker has started, seen from the archive's side.
+struct Gate<'a> {
+    inner: &'a dyn Archive,
+    /// (archives, restores) in flight, the most archives at once, open.
+    state: std::sync::Mutex<(usize, usize, usize, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate<'_> {
+    fn pass<T>(&self, archive: bool, then: impl FnOnce() -> T) -> T {
+        let mut state = self.state.lock().unwrap();
+        if archive {
+            state.0 += 1;
+            state.2 = state.2.max(state.0);
+        } else {
+            state.1 += 1;
+        }
+        self.changed.notify_all();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !state.3 {
+            assert!(Instant::now() < deadline, "the gate was never opened");
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_secs(1))
+                .unwrap()
+                .0;
+        }
+        drop(state);
+        let out = then();
+        let mut state = self.state.lock().unwrap();
+        if archive {
+            state.0 -= 1;
+        } else {
+            state.1 -= 1;
+        }
+        out
+    }
+}
+
+impl Archive for Gate<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn put(
+        &self,
+        object: &str,
+        src: &mut dyn Read,
+        meta: &ObjectMeta,
+        fence: &mut dyn Fence,
+    ) -> io::Result<String> {
+        self.pass(true, || self.inner.put(object, src, meta, fence))
+    }
+    fn get(
+        &self,
+        object: &str,
+        dst: &mut dyn io::Write,
+        fence: &mut dyn Fence,
+    ) -> io::Result<String> {
+        self.pass(false, || self.inner.get(object, dst, fence))
+    }
+    fn remove(&self, object: &str) -> io::Result<()> {
+        self.inner.remove(object)
+    }
+    fn meta(&self, object: &str) -> io::Result<ObjectMeta> {
+        self.inner.meta(object)
+    }
+}
+
+/// `--max-archive 1` with three slots: archives queued first (FIFO) take
+/// one slot, restores the other two, never a second archive; without the
+/// cap the three archives would fill every slot.
+#[test]
+fn a_capped_action_never_has_more_than_its_cap_in_flight() {
+    let s = setup();
+    let mut stubs = Vec::new();
+    for name in ["r1", "r2"] {
+        let (path, fid) = archived_file(&s, name, 10_000);
+        release(&s.store, &fid, &path).unwrap();
+        stubs.push(path);
+    }
+    s.store.set_policy(&Policy::DEFAULT.fifo()).unwrap();
+    for name in ["a1", "a2", "a3"] {
+        let path = s.dir.path().join("fs").join(name);
+        fs::write(&path, data(10_000)).unwrap();
+        enqueue(&s.store, Action::Archive, &path);
+    }
+    for path in &stubs {
+        enqueue(&s.store, Action::Restore, path);
+    }
+    let gate = Gate {
+        inner: &s.archive,
+        state: std::sync::Mutex::new((0, 0, 0, false)),
+        changed: std::sync::Condvar::new(),
+    };
+    let config = WorkerConfig {
+        max_inflight: 3,
+        caps: ActionCaps {
+            archive: Some(1),
+            ..ActionCaps::default()
+        },
+        ..config()
+    };
+    let report = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| Worker::new(&s.store, &gate, config).run().unwrap());
+        // Every slot taken: what is in flight now is all the worker started.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut state = gate.state.lock().unwrap();
+        while state.0 + state.1 < 3 {
+            assert!(Instant::now() < deadline, "three requests never started");
+            state = gate
+                .changed
+                .wait_timeout(state, Duration::from_secs(1))
+                .unwrap()
+                .0;
+        }
+        assert_eq!((state.0, state.1), (1, 2), "archives, restores in flight");
+        state.3 = true;
+        gate.changed.notify_all();
+        drop(state);
+        worker.join().unwrap()
+    });
+    assert_eq!(report.succeeded, 5, "{report:?}");
+    assert_eq!(
+        gate.state.lock().unwrap().2,
+        1,
+        "at most one archive at once"
+    );
+    for path in &stubs {
+        assert_eq!(fs::read(path).unwrap(), data(10_000));
+    }
+}
