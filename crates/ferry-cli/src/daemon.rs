@@ -176,6 +176,9 @@ fn report(view: &TransferView, json: bool) {
     for warning in &view.warnings {
         eprintln!("ferry: warning: {warning}");
     }
+    if let Some(error) = &view.error {
+        eprintln!("ferry: transfer {} {}: {error}", view.name, view.state);
+    }
     println!(
         "{} (id {}) {}: {}/{} files, {} of {} bytes durable",
         view.name,

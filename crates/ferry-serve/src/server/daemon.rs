@@ -265,18 +265,19 @@ impl Daemon {
     ) -> Result<TransferView, ApiError> {
         let entries = self.store.entries(record.id)?;
         let mut view = view(record, &entries, reattached);
-        view.warnings = self.warnings(record);
+        (view.warnings, view.error) = self.last_run(record);
         Ok(view)
     }
 
-    /// The warnings of a finished transfer's last run, from its final
-    /// event (the engine records at most a few there).
-    fn warnings(&self, record: &TransferRecord) -> Vec<String> {
+    /// The warnings of a finished transfer's last run and, when it failed
+    /// as a whole, why: from its final event (the engine records at most
+    /// a few warnings there).
+    fn last_run(&self, record: &TransferRecord) -> (Vec<String>, Option<String>) {
         if !matches!(
             record.state,
             TransferState::Completed | TransferState::Failed
         ) {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let filter = ferry::store::EventFilter {
             transfer: Some(record.id),
@@ -288,12 +289,17 @@ impl Daemon {
             .events_since(0, &filter, usize::MAX >> 1)
             .ok()
             .and_then(|events| events.into_iter().last());
-        last.and_then(|e| e.context["warnings"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
+        let Some(last) = last else {
+            return (Vec::new(), None);
+        };
+        let warnings = last.context["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
             .filter_map(|w| w.as_str().map(str::to_owned))
             .take(ferry::engine::WARNINGS_RECORDED_MAX)
-            .collect()
+            .collect();
+        (warnings, last.context["error"].as_str().map(str::to_owned))
     }
 
     /// Dispatch or resume, under the `moving` lock: never two movers.
@@ -406,6 +412,7 @@ fn view(record: &TransferRecord, entries: &[EntryRecord], reattached: bool) -> T
             })
             .collect(),
         warnings: Vec::new(),
+        error: None,
         reattached,
     }
 }
