@@ -5,7 +5,6 @@
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Barrier;
-use std::sync::atomic::AtomicUsize;
 
 use super::*;
 use crate::archive::PosixArchive;
@@ -189,50 +188,12 @@ fn release_refuses_a_dirty_file() {
 }
 
 /// Counts the objects it hands out.
-struct Counting<'a> {
-    inner: &'a dyn Archive,
-    gets: AtomicUsize,
-}
-
-impl Archive for Counting<'_> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn put(
-        &self,
-        object: &str,
-        src: &mut dyn Read,
-        meta: &ObjectMeta,
-        fence: &mut dyn Fence,
-    ) -> io::Result<String> {
-        self.inner.put(object, src, meta, fence)
-    }
-    fn get(
-        &self,
-        object: &str,
-        dst: &mut dyn io::Write,
-        fence: &mut dyn Fence,
-    ) -> io::Result<String> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(object, dst, fence)
-    }
-    fn remove(&self, object: &str) -> io::Result<()> {
-        self.inner.remove(object)
-    }
-    fn meta(&self, object: &str) -> io::Result<ObjectMeta> {
-        self.inner.meta(object)
-    }
-}
-
 #[test]
 fn fifty_concurrent_restores_make_one_copy_and_release_fifty_waiters() {
     let s = setup();
     let (path, fid) = archived_file(&s, "f", 200_000);
     release(&s.store, &fid, &path).unwrap();
-    let counting = Counting {
-        inner: &s.archive,
-        gets: AtomicUsize::new(0),
-    };
+    let counting = Gate::new(&s.archive, true);
     let enqueued = Barrier::new(51);
     let outcomes: Vec<(RequestId, RequestState)> = std::thread::scope(|scope| {
         let waiters: Vec<_> = (0..50)
@@ -254,7 +215,7 @@ fn fifty_concurrent_restores_make_one_copy_and_release_fifty_waiters() {
         assert_eq!(report.succeeded, 1);
         waiters.into_iter().map(|w| w.join().unwrap()).collect()
     });
-    assert_eq!(counting.gets.load(Ordering::SeqCst), 1, "one copy");
+    assert_eq!(counting.state.lock().unwrap().gets, 1, "one copy");
     let id = outcomes[0].0;
     assert!(
         outcomes.iter().all(|o| *o == (id, RequestState::Succeed)),
@@ -408,41 +369,73 @@ fn a_worker_that_lost_its_lease_publishes_nothing() {
     assert_eq!(entry.object.unwrap(), object_id(&entry.fid, id, 2));
 }
 
-/// Holds every put and get until opened, counting those in flight by
-/// action: what a worker has started, seen from the archive's side.
+/// Counts what a worker has started, seen from the archive's side: puts
+/// and gets in flight (held until the gate is open), and gets in all.
 struct Gate<'a> {
     inner: &'a dyn Archive,
-    /// (archives, restores) in flight, the most archives at once, open.
-    state: std::sync::Mutex<(usize, usize, usize, bool)>,
+    state: std::sync::Mutex<GateState>,
     changed: std::sync::Condvar,
 }
 
-impl Gate<'_> {
-    fn pass<T>(&self, archive: bool, then: impl FnOnce() -> T) -> T {
-        let mut state = self.state.lock().unwrap();
-        if archive {
-            state.0 += 1;
-            state.2 = state.2.max(state.0);
-        } else {
-            state.1 += 1;
+#[derive(Default)]
+struct GateState {
+    archives: usize,
+    restores: usize,
+    /// The most archives in flight at once.
+    archives_max: usize,
+    gets: usize,
+    open: bool,
+}
+
+impl<'a> Gate<'a> {
+    fn new(inner: &'a dyn Archive, open: bool) -> Gate<'a> {
+        Gate {
+            inner,
+            state: std::sync::Mutex::new(GateState {
+                open,
+                ..GateState::default()
+            }),
+            changed: std::sync::Condvar::new(),
         }
-        self.changed.notify_all();
+    }
+
+    /// Waits (bounded) until `done` holds of the state; returns it locked.
+    fn until(&self, done: impl Fn(&GateState) -> bool) -> std::sync::MutexGuard<'_, GateState> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !state.3 {
-            assert!(Instant::now() < deadline, "the gate was never opened");
+        let mut state = self.state.lock().unwrap();
+        while !done(&state) {
+            assert!(
+                Instant::now() < deadline,
+                "the gate waited past its deadline"
+            );
             state = self
                 .changed
                 .wait_timeout(state, Duration::from_secs(1))
                 .unwrap()
                 .0;
         }
-        drop(state);
+        state
+    }
+
+    fn pass<T>(&self, archive: bool, then: impl FnOnce() -> T) -> T {
+        {
+            let mut state = self.state.lock().unwrap();
+            if archive {
+                state.archives += 1;
+                state.archives_max = state.archives_max.max(state.archives);
+            } else {
+                state.restores += 1;
+                state.gets += 1;
+            }
+            self.changed.notify_all();
+        }
+        drop(self.until(|state| state.open));
         let out = then();
         let mut state = self.state.lock().unwrap();
         if archive {
-            state.0 -= 1;
+            state.archives -= 1;
         } else {
-            state.1 -= 1;
+            state.restores -= 1;
         }
         out
     }
@@ -498,11 +491,7 @@ fn a_capped_action_never_has_more_than_its_cap_in_flight() {
     for path in &stubs {
         enqueue(&s.store, Action::Restore, path);
     }
-    let gate = Gate {
-        inner: &s.archive,
-        state: std::sync::Mutex::new((0, 0, 0, false)),
-        changed: std::sync::Condvar::new(),
-    };
+    let gate = Gate::new(&s.archive, false);
     let config = WorkerConfig {
         max_inflight: 3,
         caps: ActionCaps {
@@ -514,25 +503,20 @@ fn a_capped_action_never_has_more_than_its_cap_in_flight() {
     let report = std::thread::scope(|scope| {
         let worker = scope.spawn(|| Worker::new(&s.store, &gate, config).run().unwrap());
         // Every slot taken: what is in flight now is all the worker started.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut state = gate.state.lock().unwrap();
-        while state.0 + state.1 < 3 {
-            assert!(Instant::now() < deadline, "three requests never started");
-            state = gate
-                .changed
-                .wait_timeout(state, Duration::from_secs(1))
-                .unwrap()
-                .0;
-        }
-        assert_eq!((state.0, state.1), (1, 2), "archives, restores in flight");
-        state.3 = true;
+        let mut state = gate.until(|state| state.archives + state.restores == 3);
+        assert_eq!(
+            (state.archives, state.restores),
+            (1, 2),
+            "archives, restores in flight"
+        );
+        state.open = true;
         gate.changed.notify_all();
         drop(state);
         worker.join().unwrap()
     });
     assert_eq!(report.succeeded, 5, "{report:?}");
     assert_eq!(
-        gate.state.lock().unwrap().2,
+        gate.state.lock().unwrap().archives_max,
         1,
         "at most one archive at once"
     );
