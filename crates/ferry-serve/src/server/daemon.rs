@@ -102,12 +102,20 @@ fn fail(daemon: &Daemon, id: TransferId, message: String) {
     if daemon.shutdown.load(Ordering::Relaxed) {
         return;
     }
-    let _ = daemon.store.apply(&[Change::Transfer {
+    let recorded = daemon.store.apply(&[Change::Transfer {
         id,
         to: TransferState::Failed,
         owner: None,
         context: serde_json::json!({ "error": message }),
     }]);
+    match recorded {
+        // The engine recorded it failed already (a read-only store's last
+        // record, through its reserve).
+        Ok(()) | Err(ferry::store::StoreError::IllegalTransition { .. }) => {}
+        Err(e) => eprintln!(
+            "ferry: transfer {id}: cannot record it failed ({e}); the next daemon resumes it"
+        ),
+    }
 }
 
 impl Daemon {
