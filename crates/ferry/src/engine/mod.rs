@@ -25,6 +25,8 @@
 
 pub mod commit;
 pub mod copy;
+pub mod files_from;
+pub mod filter;
 pub mod plan;
 pub mod skip;
 
