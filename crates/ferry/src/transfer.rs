@@ -48,7 +48,7 @@ impl Default for TransferOptions {
 
 /// The run options of a dispatch or resume, as its `transfer.dispatched`
 /// event records them: what a later resume runs with unless told otherwise.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunSettings {
     pub workers: Option<usize>,
     pub skip: SkipRule,
@@ -58,6 +58,15 @@ pub struct RunSettings {
     /// The umask modes are computed with (a daemon's caller's); `None`:
     /// the running process's.
     pub umask: Option<u32>,
+    /// `--update`: destinations newer than their source are kept.
+    pub update: bool,
+    /// `--no-clobber`: existing destinations are kept.
+    pub no_clobber: bool,
+    /// `--delete`: the destination's extra files are removed at the end.
+    pub delete: bool,
+    /// The include/exclude rules the entries were chosen by (`+ PATTERN`,
+    /// `- PATTERN`): what `--delete` leaves alone.
+    pub filter: Vec<String>,
 }
 
 /// Bound on the `transfer.dispatched` events read to find the last one: a
@@ -100,6 +109,18 @@ impl RunSettings {
                 .as_u64()
                 .and_then(|u| u32::try_from(u).ok())
                 .map(|u| u & 0o777),
+            update: c["update"].as_bool().unwrap_or(false),
+            no_clobber: c["no_clobber"].as_bool().unwrap_or(false),
+            delete: c["delete"].as_bool().unwrap_or(false),
+            filter: c["filter"]
+                .as_array()
+                .map(|rules| {
+                    rules
+                        .iter()
+                        .filter_map(|r| r.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -120,6 +141,10 @@ pub struct Transfer {
     skip: SkipRule,
     verify: Verify,
     umask: Option<u32>,
+    update: bool,
+    no_clobber: bool,
+    delete: bool,
+    filter: Vec<String>,
     mover: Mover,
     /// Renews this process's lease while it owns the transfer.
     heartbeat: Option<Heartbeat>,
@@ -340,6 +365,10 @@ impl Transfer {
             skip: SkipRule::Never,
             verify: Verify::None,
             umask: None,
+            update: false,
+            no_clobber: false,
+            delete: false,
+            filter: Vec::new(),
             mover: Mover::Idle,
             heartbeat: None,
             ended: Arc::new(RunEnded::ended()),
@@ -509,6 +538,10 @@ impl Transfer {
         self.check_space = settings.check_space;
         self.skip = settings.skip;
         self.verify = settings.verify;
+        self.update = settings.update;
+        self.no_clobber = settings.no_clobber;
+        self.delete = settings.delete;
+        self.filter = settings.filter.clone();
         if settings.umask.is_some() {
             self.umask = settings.umask;
         }
@@ -567,6 +600,20 @@ impl Transfer {
                 action,
             });
         }
+        // Checked before anything is recorded: rules that were recorded
+        // were parsed once already, so only a damaged record fails here.
+        let delete = if self.delete {
+            Some(
+                crate::engine::filter::Filter::from_texts(&self.filter).map_err(|why| {
+                    Error::BadOption {
+                        option: "--exclude/--include",
+                        why,
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
         let dispatched = self.store.apply(&[Change::Transfer {
             id: self.record.id,
             to: TransferState::Dispatched,
@@ -581,6 +628,10 @@ impl Transfer {
                 "check_space": self.check_space,
                 "clean_orphans": self.clean_orphans,
                 "umask": self.umask,
+                "update": self.update,
+                "no_clobber": self.no_clobber,
+                "delete": self.delete,
+                "filter": self.filter,
             }),
         }]);
         dispatched.map_err(|e| self.owned_elsewhere(e))?;
@@ -599,6 +650,9 @@ impl Transfer {
             check_space: self.check_space,
             skip: self.skip,
             verify: self.verify,
+            update: self.update,
+            no_clobber: self.no_clobber,
+            delete,
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
             after_chunk: self.after_chunk.clone(),

@@ -25,6 +25,7 @@
 
 pub mod commit;
 pub mod copy;
+pub mod delete;
 pub mod files_from;
 pub mod filter;
 pub mod plan;
@@ -132,6 +133,14 @@ pub struct RunOptions {
     pub skip: SkipRule,
     /// Read back what was written, from disk, and compare checksums.
     pub verify: Verify,
+    /// `--update`: a destination newer than its source is kept as it is.
+    pub update: bool,
+    /// `--no-clobber`: an existing destination is kept as it is.
+    pub no_clobber: bool,
+    /// `--delete`: once every file is committed, what the destination's
+    /// directories hold that the transfer does not is removed, but for what
+    /// this filter excludes (protected, as rsync does).
+    pub delete: Option<filter::Filter>,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
     /// Called by a worker after each chunk it writes; see [`ChunkHook`].
@@ -285,10 +294,25 @@ impl Engine<'_> {
                     FileState::Pending | FileState::Copying | FileState::Failed
                 );
             if may_skip
+                && let Some(kept_by) =
+                    skip::kept(entry, self.options.update, self.options.no_clobber)
+            {
+                skipped.push(batches::Skipped {
+                    entry,
+                    checksum: None,
+                    kept_by: Some(kept_by),
+                });
+                continue;
+            }
+            if may_skip
                 && let Ok(Some(matched)) =
                     skip::matches(entry, self.options.skip, self.transfer.checksum)
             {
-                skipped.push((entry, matched.checksum));
+                skipped.push(batches::Skipped {
+                    entry,
+                    checksum: matched.checksum,
+                    kept_by: None,
+                });
                 continue;
             }
             match (entry.kind, entry.state) {
@@ -405,7 +429,7 @@ impl Engine<'_> {
         // transaction; small files go straight to "copied".
         self.store.apply(&copying)?;
         let skipped_now: HashMap<EntryIndex, Option<Checksum>> =
-            skipped.iter().map(|(e, c)| (e.index, *c)).collect();
+            skipped.iter().map(|s| (s.entry.index, s.checksum)).collect();
         self.record_skipped(skipped, &mut failures)?;
         let followers_of =
             self.link_ready_followers(entries, followers, &skipped_now, &mut ready, &mut failures);
@@ -434,7 +458,12 @@ impl Engine<'_> {
             return self.report(TransferState::Cancelled, failed);
         }
         self.check_every_file_ended(&mut failed)?;
+        let mut removed = 0;
         if failed.is_empty() {
+            // After every commit, before directories get their times.
+            if let Some(filter) = &self.options.delete {
+                removed = self.delete_extras(entries, filter)?;
+            }
             self.finish_directories(entries, &left_alone, &mut failed)?;
         }
         if self.options.verify == Verify::Full {
@@ -456,6 +485,7 @@ impl Engine<'_> {
                 "warnings": self.warnings.lock().expect("warnings poisoned")
                     .iter().take(WARNINGS_RECORDED_MAX).collect::<Vec<_>>(),
                 "bytes_copied": self.options.progress.bytes_copied.load(Ordering::Relaxed),
+                "removed": removed,
             }),
         }])?;
         self.report(state, failed)

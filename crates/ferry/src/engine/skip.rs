@@ -102,3 +102,18 @@ pub(crate) fn matches(
     };
     Ok(matched.then_some(Matched { checksum: None }))
 }
+
+/// Whether `--update` or `--no-clobber` keep `entry`'s destination as it
+/// is; says which. `--no-clobber`: anything at that name (cp -n).
+/// `--update`: a destination modified after the source (rsync -u).
+pub(crate) fn kept(entry: &EntryRecord, update: bool, no_clobber: bool) -> Option<&'static str> {
+    if !update && !no_clobber {
+        return None;
+    }
+    let dest = std::fs::symlink_metadata(&entry.dest).ok()?;
+    if no_clobber {
+        return Some("no-clobber");
+    }
+    let newer = plan::time_ns(dest.mtime(), dest.mtime_nsec()) > entry.meta.mtime_ns;
+    (update && newer).then_some("update")
+}

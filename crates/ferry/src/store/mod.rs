@@ -70,6 +70,9 @@ pub enum Change {
     /// The transfer is released: it leaves `transfers()` and its name may
     /// be used again. Its rows and events stay, for the record.
     Free { id: TransferId },
+    /// `--delete` removed `path` from a destination directory (it was made
+    /// durable first): an event only, on a moving transfer.
+    Removed { id: TransferId, path: PathBuf },
     /// More of an entry's temporary is durable. Progress never goes back
     /// except through an `Entry` change that restarts the file.
     Progress {
