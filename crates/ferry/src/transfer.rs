@@ -470,6 +470,11 @@ impl Transfer {
         }
     }
 
+    /// The store this transfer lives in.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
     pub fn record(&self) -> &TransferRecord {
         &self.record
     }

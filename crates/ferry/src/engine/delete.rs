@@ -64,9 +64,7 @@ pub fn extras<'e>(
         children.sort();
         for name in children {
             let path = dir.join(&name);
-            if wanted.contains(path.as_path())
-                || name.to_string_lossy().contains(temp_suffix)
-            {
+            if wanted.contains(path.as_path()) || name.to_string_lossy().contains(temp_suffix) {
                 continue;
             }
             let is_dir = std::fs::symlink_metadata(&path)

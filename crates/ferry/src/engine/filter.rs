@@ -68,7 +68,9 @@ impl Filter {
         let anchored = body.starts_with('/');
         body = body.trim_start_matches('/');
         if body.is_empty() {
-            return Err(format!("pattern {pattern:?} matches nothing: it names no path"));
+            return Err(format!(
+                "pattern {pattern:?} matches nothing: it names no path"
+            ));
         }
         let mut bodies = vec![body.to_string()];
         if let Some(dir) = body.strip_suffix("/***") {
@@ -77,11 +79,7 @@ impl Filter {
         let mut globs = Vec::with_capacity(bodies.len());
         for body in bodies {
             // Unanchored: at the end of the path, at a component boundary.
-            let glob = if anchored {
-                body
-            } else {
-                format!("**/{body}")
-            };
+            let glob = if anchored { body } else { format!("**/{body}") };
             let matcher = GlobBuilder::new(&glob)
                 .literal_separator(true)
                 .backslash_escape(true)
@@ -107,7 +105,11 @@ impl Filter {
             let (action, pattern) = match text.split_at_checked(2) {
                 Some(("+ ", p)) => (Action::Include, p),
                 Some(("- ", p)) => (Action::Exclude, p),
-                _ => return Err(format!("rule {text:?} is neither '+ PATTERN' nor '- PATTERN'")),
+                _ => {
+                    return Err(format!(
+                        "rule {text:?} is neither '+ PATTERN' nor '- PATTERN'"
+                    ));
+                }
             };
             filter.push(action, pattern)?;
         }

@@ -428,8 +428,10 @@ impl Engine<'_> {
         // Large files say "copying" (with the offset they resume from) in one
         // transaction; small files go straight to "copied".
         self.store.apply(&copying)?;
-        let skipped_now: HashMap<EntryIndex, Option<Checksum>> =
-            skipped.iter().map(|s| (s.entry.index, s.checksum)).collect();
+        let skipped_now: HashMap<EntryIndex, Option<Checksum>> = skipped
+            .iter()
+            .map(|s| (s.entry.index, s.checksum))
+            .collect();
         self.record_skipped(skipped, &mut failures)?;
         let followers_of =
             self.link_ready_followers(entries, followers, &skipped_now, &mut ready, &mut failures);
