@@ -144,6 +144,7 @@ impl CpArgs {
             (self.update, "--update"),
             (self.no_clobber, "--no-clobber"),
             (self.delete, "--delete"),
+            (self.run.bwlimit.is_some(), "--bwlimit"),
         ]
         .into_iter()
         .find_map(|(given, name)| given.then_some(name))

@@ -83,6 +83,15 @@ pub(crate) enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Change a transfer's bandwidth limit, also while it runs (recorded
+    /// as a transfer.limited event; a resume keeps it)
+    Limit {
+        /// The transfer's name
+        name: String,
+        /// Bytes per second: 50M is 50 MiB/s (K, M, G, T); 0 or none: no limit
+        #[arg(value_parser = rate)]
+        rate: u64,
+    },
     /// Cancel a transfer (its temporaries are kept for a resume)
     Cancel {
         /// The transfer's name
@@ -225,6 +234,16 @@ pub(crate) struct RunArgs {
     /// Print nothing but errors
     #[arg(short, long)]
     quiet: bool,
+    /// Bytes per second for the whole transfer, shared by its workers: 50M
+    /// is 50 MiB/s (K, M, G, T), 0 none; `ferry limit` changes it while it
+    /// runs [default: none; resume: as dispatched or last limited]
+    #[arg(long, value_name = "RATE", value_parser = rate)]
+    bwlimit: Option<u64>,
+}
+
+/// `--bwlimit`'s and `ferry limit`'s RATE; 0 is none.
+fn rate(text: &str) -> Result<u64, String> {
+    ferry::engine::throttle::parse_rate(text).map(|r| r.unwrap_or(0))
 }
 
 #[derive(Args)]
@@ -266,6 +285,7 @@ impl RunArgs {
             }),
             check_space: self.check_space || base.check_space,
             clean_orphans: self.clean_orphans || base.clean_orphans,
+            bwlimit: self.bwlimit.map_or(base.bwlimit, |n| (n > 0).then_some(n)),
             ..base
         }
     }
@@ -328,6 +348,9 @@ impl RunArgs {
                 if given {
                     words.push_str(flag);
                 }
+            }
+            if let Some(rate) = settings.bwlimit {
+                words.push_str(&format!(" --bwlimit {rate}"));
             }
             if !settings.filter.is_empty() {
                 words.push_str(&format!(
@@ -538,6 +561,20 @@ fn run_local(cli: Cli) -> Result<Exit, Exit> {
             let mut transfer = Transfer::open(store, &args.name)?;
             let workers = args.run.apply_to_resume(&mut transfer)?;
             Ok(move_and_wait(transfer, Start::Resume, workers, &args.run)?)
+        }
+        Command::Limit { name, rate } => {
+            let transfer = Transfer::open(store, &name)?;
+            transfer.limit((rate > 0).then_some(rate))?;
+            let how = if rate > 0 {
+                format!("{}/s", indicatif::HumanBytes(rate))
+            } else {
+                "no limit".into()
+            };
+            println!(
+                "ferry: {name} (id {}) now moves at {how}; a running mover takes it within a second",
+                transfer.record().id
+            );
+            Ok(Exit::Ok)
         }
         Command::Cancel { name } => {
             let transfer = Transfer::open(store, &name)?;

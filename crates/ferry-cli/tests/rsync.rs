@@ -547,3 +547,72 @@ fn delete_killed_midway_then_resume_converges_on_the_source() {
     fs::remove_file(dst.join("notes.keep")).unwrap();
     assert_same_tree(&src, &dst);
 }
+
+/// The size of `dest`'s temporary (`dest._ferry-ID`), if it is there.
+fn temporary_size(dest: &Path) -> Option<u64> {
+    let dir = dest.parent().unwrap();
+    let prefix = format!("{}._ferry-", dest.file_name().unwrap().to_string_lossy());
+    fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .and_then(|e| e.metadata().ok())
+        .map(|m| m.len())
+}
+
+#[test]
+fn bwlimit_paces_the_copy_and_ferry_limit_changes_it_while_it_runs() {
+    let s = Scratch::new();
+    let (src, dest) = (s.path("big"), s.path("copy"));
+    let mut rng = fastrand::Rng::with_seed(5);
+    write_file(&src, &random_bytes(&mut rng, 24 << 20));
+    const RATE: u64 = 2 << 20;
+    // 24 MiB at 2 MiB/s: 12 s, unless the limit changes.
+    let spawned = std::time::Instant::now();
+    let mut child = s
+        .ferry()
+        .args(["cp", "--name", "paced", "--bwlimit", "2M", "--threads", "2"])
+        .arg(&src)
+        .arg(&dest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Paced: what has landed is never more than the rate allows since the
+    // process started, plus one chunk (a quarter second) per worker.
+    let deadline = spawned + std::time::Duration::from_secs(60);
+    let seen = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never got to 4 MiB"
+        );
+        let landed = temporary_size(&dest).unwrap_or(0);
+        let allowed = RATE as f64 * spawned.elapsed().as_secs_f64() + (RATE / 4 * 2) as f64;
+        assert!(
+            landed as f64 <= allowed,
+            "{landed} bytes landed, {allowed} allowed"
+        );
+        if landed >= 4 << 20 {
+            break landed;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(seen < 24 << 20);
+
+    // Lifted while it runs: the rest goes at full speed.
+    let lifted = std::time::Instant::now();
+    let out = run_ok(s.ferry().args(["limit", "paced", "0"]));
+    assert!(stdout(&out).contains("no limit"), "{out:?}");
+    assert!(child.wait().unwrap().success());
+    assert!(
+        lifted.elapsed() < std::time::Duration::from_secs(8),
+        "the new limit was not taken: {:?} for the last 20 MiB at 2 MiB/s would be 10 s",
+        lifted.elapsed()
+    );
+    assert_eq!(fs::read(&dest).unwrap(), fs::read(&src).unwrap());
+    let limited = events(&s.store(), Some("transfer.limited"));
+    assert_eq!(limited.len(), 1);
+    assert_eq!(limited[0].context["bytes_per_second"], 0);
+    let dispatched = events(&s.store(), Some("transfer.dispatched"));
+    assert_eq!(dispatched[0].context["bwlimit"], RATE);
+}

@@ -64,6 +64,10 @@ pub struct RunSettings {
     pub no_clobber: bool,
     /// `--delete`: the destination's extra files are removed at the end.
     pub delete: bool,
+    /// `--bwlimit`: bytes per second, `None` for none. A later `ferry
+    /// limit` (a `transfer.limited` event) overrides what the dispatch
+    /// recorded.
+    pub bwlimit: Option<u64>,
     /// The include/exclude rules the entries were chosen by (`+ PATTERN`,
     /// `- PATTERN`): what `--delete` leaves alone.
     pub filter: Vec<String>,
@@ -83,9 +87,24 @@ impl RunSettings {
             ..Default::default()
         };
         let events = store.events_since(0, &filter, DISPATCHES_MAX)?;
-        Ok(events
+        let Some(last) = events.last() else {
+            return Ok(None);
+        };
+        let mut settings = RunSettings::from_context(&last.context);
+        let limits = crate::store::EventFilter {
+            transfer: Some(id),
+            kind: Some(crate::store::rules::EVENT_LIMITED.into()),
+            ..Default::default()
+        };
+        if let Some(limit) = store
+            .events_since(last.seq, &limits, DISPATCHES_MAX)?
             .last()
-            .map(|event| RunSettings::from_context(&event.context)))
+        {
+            settings.bwlimit = limit.context["bytes_per_second"]
+                .as_u64()
+                .filter(|n| *n > 0);
+        }
+        Ok(Some(settings))
     }
 
     /// Read back from a `transfer.dispatched` event's context.
@@ -112,6 +131,7 @@ impl RunSettings {
             update: c["update"].as_bool().unwrap_or(false),
             no_clobber: c["no_clobber"].as_bool().unwrap_or(false),
             delete: c["delete"].as_bool().unwrap_or(false),
+            bwlimit: c["bwlimit"].as_u64().filter(|n| *n > 0),
             filter: c["filter"]
                 .as_array()
                 .map(|rules| {
@@ -145,6 +165,7 @@ pub struct Transfer {
     no_clobber: bool,
     delete: bool,
     filter: Vec<String>,
+    bwlimit: Option<u64>,
     mover: Mover,
     /// Renews this process's lease while it owns the transfer.
     heartbeat: Option<Heartbeat>,
@@ -369,6 +390,7 @@ impl Transfer {
             no_clobber: false,
             delete: false,
             filter: Vec::new(),
+            bwlimit: None,
             mover: Mover::Idle,
             heartbeat: None,
             ended: Arc::new(RunEnded::ended()),
@@ -470,6 +492,17 @@ impl Transfer {
         }
     }
 
+    /// Changes the transfer's bandwidth limit (`None`: none), recorded as a
+    /// `transfer.limited` event: its mover takes it within
+    /// [`crate::engine::throttle::POLL`], and a resume starts with it.
+    pub fn limit(&self, bytes_per_second: Option<u64>) -> Result<()> {
+        self.store.apply(&[Change::Limit {
+            id: self.record.id,
+            bytes_per_second,
+        }])?;
+        Ok(())
+    }
+
     /// The store this transfer lives in.
     pub fn store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.store)
@@ -547,6 +580,7 @@ impl Transfer {
         self.no_clobber = settings.no_clobber;
         self.delete = settings.delete;
         self.filter = settings.filter.clone();
+        self.bwlimit = settings.bwlimit;
         if settings.umask.is_some() {
             self.umask = settings.umask;
         }
@@ -637,6 +671,7 @@ impl Transfer {
                 "no_clobber": self.no_clobber,
                 "delete": self.delete,
                 "filter": self.filter,
+                "bwlimit": self.bwlimit,
             }),
         }]);
         dispatched.map_err(|e| self.owned_elsewhere(e))?;
@@ -658,6 +693,7 @@ impl Transfer {
             update: self.update,
             no_clobber: self.no_clobber,
             delete,
+            bwlimit: self.bwlimit,
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
             after_chunk: self.after_chunk.clone(),

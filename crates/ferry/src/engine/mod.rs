@@ -30,6 +30,7 @@ pub mod files_from;
 pub mod filter;
 pub mod plan;
 pub mod skip;
+pub mod throttle;
 
 mod batches;
 mod directories;
@@ -141,6 +142,8 @@ pub struct RunOptions {
     /// directories hold that the transfer does not is removed, but for what
     /// this filter excludes (protected, as rsync does).
     pub delete: Option<filter::Filter>,
+    /// `--bwlimit`: bytes per second for the whole run, `None` for none.
+    pub bwlimit: Option<u64>,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
     /// Called by a worker after each chunk it writes; see [`ChunkHook`].
@@ -176,6 +179,8 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
     };
     let store: &dyn Store = &fenced;
     let entries = store.entries(id)?;
+    // A `ferry limit` from here on changes the rate this run starts with.
+    let throttle = throttle::Throttle::new(store, id, options.bwlimit, store.last_seq()?);
     store.apply(&[Change::Transfer {
         id,
         to: TransferState::Running,
@@ -201,6 +206,7 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
             cancel: &options.cancel,
             bytes_copied: &options.progress.bytes_copied,
             after_chunk: options.after_chunk.as_deref(),
+            throttle: &throttle,
             use_copy_file_range: AtomicBool::new(true),
         },
     };
