@@ -335,14 +335,16 @@ pub(crate) fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
             rule = same.rule;
             base.skip = ferry::engine::skip::SkipRule::Mtime;
             let skip = args.run.skip.as_deref().unwrap_or("mtime");
-            eprintln!(
-                "ferry: transfer {} (id {}) already copied this to {}; bringing it up to date \
-                 (--skip {skip}: files that match are not copied again; --new copies anew \
-                 with cp's rules)",
-                same.record.name,
-                same.record.id,
-                dest.display()
-            );
+            if !args.run.quiet {
+                eprintln!(
+                    "ferry: transfer {} (id {}) already copied this to {}; bringing it up to date \
+                     (--skip {skip}: files that match are not copied again; --new copies anew \
+                     with cp's rules)",
+                    same.record.name,
+                    same.record.id,
+                    dest.display()
+                );
+            }
         }
         None => {}
     }
@@ -360,10 +362,12 @@ pub(crate) fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
     let (start, workers) = if transfer.reattached() {
         let record = transfer.record();
         let left_by = transfer.previous_owner().unwrap_or(&record.owner);
-        eprintln!(
-            "ferry: re-attached transfer {} (id {}) left by dead process {} on {}; continuing it",
-            record.name, record.id, left_by.pid, left_by.host
-        );
+        if !args.run.quiet {
+            eprintln!(
+                "ferry: re-attached transfer {} (id {}) left by dead process {} on {}; continuing it",
+                record.name, record.id, left_by.pid, left_by.host
+            );
+        }
         let workers = args.run.apply_to_resume(&mut transfer)?;
         (Start::Resume, workers)
     } else {
@@ -387,11 +391,13 @@ fn continue_rerun(
     } else {
         "it is this process's".into()
     };
-    eprintln!(
-        "ferry: this copy is transfer {} (id {}), left {}; {how}; continuing it \
-         (`ferry cp --new` copies anew with cp's rules)",
-        before.name, before.id, before.state
-    );
+    if !args.run.quiet {
+        eprintln!(
+            "ferry: this copy is transfer {} (id {}), left {}; {how}; continuing it \
+             (`ferry cp --new` copies anew with cp's rules)",
+            before.name, before.id, before.state
+        );
+    }
     let workers = args.run.apply_to_resume(&mut transfer)?;
     move_and_wait(transfer, Start::Resume, workers, &args.run)
 }
