@@ -616,3 +616,33 @@ fn bwlimit_paces_the_copy_and_ferry_limit_changes_it_while_it_runs() {
     let dispatched = events(&s.store(), Some("transfer.dispatched"));
     assert_eq!(dispatched[0].context["bwlimit"], RATE);
 }
+
+/// The resume of a killed copy runs with what the copy was given: the
+/// rule of #17, for the flags of this file.
+#[test]
+fn a_resume_keeps_update_no_clobber_the_rules_and_the_limit() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    random_files(&src, 30, 2, 9, |i| 100 + i);
+    write_file(&dst.join("d1/f1"), b"theirs");
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.rename:2")
+        .args(["cp", "-a", "--no-clobber", "-u", "--exclude", "f2"])
+        .args(["--bwlimit", "100M", "--name", "k"])
+        .arg(src.join("."))
+        .arg(&dst));
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    let out = run_ok(s.ferry().args(["resume", "k"]));
+    let said = stderr(&out);
+    for words in [
+        "--update --no-clobber",
+        "--bwlimit 104857600",
+        "(1 include/exclude rules)",
+    ] {
+        assert!(said.contains(words), "{words:?} in {said}");
+    }
+    assert_eq!(fs::read(dst.join("d1/f1")).unwrap(), b"theirs");
+    assert!(!dst.join("d0/f2").exists(), "the exclude held");
+    assert_eq!(names(&dst).len(), names(&src).len() - 1);
+}
