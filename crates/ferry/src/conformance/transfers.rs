@@ -597,7 +597,10 @@ pub fn limit_and_removal_events<S: Store>(open: &dyn Fn() -> S) {
     };
     store.apply(&[limit(Some(5 << 20))]).unwrap();
     let before = all_events(&store).len();
-    assert!(store.apply(&[removed.clone()]).is_err(), "not moving");
+    assert!(
+        store.apply(std::slice::from_ref(&removed)).is_err(),
+        "not moving"
+    );
     assert_eq!(all_events(&store).len(), before, "a refusal writes nothing");
     store.apply(&[to(t.id, TransferState::Dispatched)]).unwrap();
     store.apply(&[removed, limit(None)]).unwrap();
