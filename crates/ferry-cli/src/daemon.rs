@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use ferry_serve::api::{AddRequest, CreateRequest, RunRequest, TransferView};
 use ferry_serve::client::{Client, ClientError};
 
+use crate::cp::CpArgs;
 use crate::exit::Exit;
-use crate::{Command, CpArgs, RunArgs};
+use crate::{Command, RunArgs};
 
 pub fn serve(
     store: Option<PathBuf>,
@@ -73,6 +74,12 @@ fn absolute(path: &Path) -> Result<String, Exit> {
 }
 
 pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
+    if let Some(flag) = args.local_only() {
+        return Err(Exit::Error(ferry::Error::BadOption {
+            option: "--kind daemon",
+            why: format!("the daemon does not take {flag} yet: copy with --kind threads"),
+        }));
+    }
     let client = client(socket)?;
     let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
     let add = AddRequest {

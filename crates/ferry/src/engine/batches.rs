@@ -17,13 +17,25 @@ use crate::error::Result;
 use crate::model::{EntryIndex, EntryRecord, FileState};
 use crate::store::Change;
 
+/// A destination recorded `skipped` instead of copied.
+pub(super) struct Skipped<'e> {
+    pub entry: &'e EntryRecord,
+    /// Computed when the skip rule compared checksums.
+    pub checksum: Option<Checksum>,
+    /// `update` or `no-clobber`: the destination is kept as it is, its
+    /// metadata too. `None`: it matched the skip rule.
+    pub kept_by: Option<&'static str>,
+}
+
 impl Engine<'_> {
     /// Destinations found already matching: their metadata applied and made
     /// durable, then recorded `skipped` in one transaction. One whose
     /// metadata cannot be applied fails (it is not copied over).
+    /// A destination kept by `--update` or `--no-clobber` is left exactly
+    /// as it is: no metadata applied.
     pub(super) fn record_skipped(
         &self,
-        skipped: Vec<(&EntryRecord, Option<Checksum>)>,
+        skipped: Vec<Skipped<'_>>,
         failures: &mut Vec<(EntryIndex, String)>,
     ) -> Result<()> {
         if skipped.is_empty() {
@@ -31,7 +43,13 @@ impl Engine<'_> {
         }
         let progress = &self.options.progress;
         let mut done = Vec::with_capacity(skipped.len());
-        for (entry, checksum) in skipped {
+        let mut untouched = Vec::new();
+        for Skipped {
+            entry,
+            checksum,
+            kept_by,
+        } in skipped
+        {
             // An earlier run's temporary of this file is not needed now.
             match std::fs::remove_file(self.committer.temp_of(entry)) {
                 Ok(()) => {}
@@ -43,6 +61,10 @@ impl Engine<'_> {
                     ));
                     continue;
                 }
+            }
+            if let Some(rule) = kept_by {
+                untouched.push((entry, rule));
+                continue;
             }
             let mut warnings = Vec::new();
             let applied = commit::apply_metadata(
@@ -76,26 +98,36 @@ impl Engine<'_> {
             }
         }
         let rule = self.options.skip.as_str();
+        let skipped_change = |entry: &EntryRecord, checksum: Option<Checksum>, rule: &str| {
+            let mut context = serde_json::json!({"rule": rule});
+            if let Some(c) = checksum {
+                context["checksum"] = c.to_string().into();
+            }
+            Change::Entry {
+                id: self.transfer.id,
+                index: entry.index,
+                to: FileState::Skipped,
+                progress_bytes_durable: None,
+                error: None,
+                checksum,
+                context,
+            }
+        };
         let changes: Vec<Change> = done
             .iter()
-            .map(|(entry, checksum)| {
-                let mut context = serde_json::json!({"rule": rule});
-                if let Some(c) = checksum {
-                    context["checksum"] = c.to_string().into();
-                }
-                Change::Entry {
-                    id: self.transfer.id,
-                    index: entry.index,
-                    to: FileState::Skipped,
-                    progress_bytes_durable: None,
-                    error: None,
-                    checksum: *checksum,
-                    context,
-                }
-            })
+            .map(|(entry, checksum)| skipped_change(entry, *checksum, rule))
+            .chain(
+                untouched
+                    .iter()
+                    .map(|(entry, kept_by)| skipped_change(entry, None, kept_by)),
+            )
             .collect();
         self.store.apply(&changes)?;
-        for (entry, _) in &done {
+        let recorded = done
+            .iter()
+            .map(|(entry, _)| *entry)
+            .chain(untouched.iter().map(|(entry, _)| *entry));
+        for entry in recorded {
             progress.files_done.fetch_add(1, Ordering::Relaxed);
             progress
                 .bytes_reused

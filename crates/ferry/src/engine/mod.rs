@@ -25,8 +25,12 @@
 
 pub mod commit;
 pub mod copy;
+pub mod delete;
+pub mod files_from;
+pub mod filter;
 pub mod plan;
 pub mod skip;
+pub mod throttle;
 
 mod batches;
 mod directories;
@@ -130,6 +134,16 @@ pub struct RunOptions {
     pub skip: SkipRule,
     /// Read back what was written, from disk, and compare checksums.
     pub verify: Verify,
+    /// `--update`: a destination newer than its source is kept as it is.
+    pub update: bool,
+    /// `--no-clobber`: an existing destination is kept as it is.
+    pub no_clobber: bool,
+    /// `--delete`: once every file is committed, what the destination's
+    /// directories hold that the transfer does not is removed, but for what
+    /// this filter excludes (protected, as rsync does).
+    pub delete: Option<filter::Filter>,
+    /// `--bwlimit`: bytes per second for the whole run, `None` for none.
+    pub bwlimit: Option<u64>,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
     /// Called by a worker after each chunk it writes; see [`ChunkHook`].
@@ -165,6 +179,8 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
     };
     let store: &dyn Store = &fenced;
     let entries = store.entries(id)?;
+    // A `ferry limit` from here on changes the rate this run starts with.
+    let throttle = throttle::Throttle::new(store, id, options.bwlimit, store.last_seq()?);
     store.apply(&[Change::Transfer {
         id,
         to: TransferState::Running,
@@ -190,6 +206,7 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
             cancel: &options.cancel,
             bytes_copied: &options.progress.bytes_copied,
             after_chunk: options.after_chunk.as_deref(),
+            throttle: &throttle,
             use_copy_file_range: AtomicBool::new(true),
         },
     };
@@ -283,10 +300,25 @@ impl Engine<'_> {
                     FileState::Pending | FileState::Copying | FileState::Failed
                 );
             if may_skip
+                && let Some(kept_by) =
+                    skip::kept(entry, self.options.update, self.options.no_clobber)
+            {
+                skipped.push(batches::Skipped {
+                    entry,
+                    checksum: None,
+                    kept_by: Some(kept_by),
+                });
+                continue;
+            }
+            if may_skip
                 && let Ok(Some(matched)) =
                     skip::matches(entry, self.options.skip, self.transfer.checksum)
             {
-                skipped.push((entry, matched.checksum));
+                skipped.push(batches::Skipped {
+                    entry,
+                    checksum: matched.checksum,
+                    kept_by: None,
+                });
                 continue;
             }
             match (entry.kind, entry.state) {
@@ -402,8 +434,10 @@ impl Engine<'_> {
         // Large files say "copying" (with the offset they resume from) in one
         // transaction; small files go straight to "copied".
         self.store.apply(&copying)?;
-        let skipped_now: HashMap<EntryIndex, Option<Checksum>> =
-            skipped.iter().map(|(e, c)| (e.index, *c)).collect();
+        let skipped_now: HashMap<EntryIndex, Option<Checksum>> = skipped
+            .iter()
+            .map(|s| (s.entry.index, s.checksum))
+            .collect();
         self.record_skipped(skipped, &mut failures)?;
         let followers_of =
             self.link_ready_followers(entries, followers, &skipped_now, &mut ready, &mut failures);
@@ -432,7 +466,12 @@ impl Engine<'_> {
             return self.report(TransferState::Cancelled, failed);
         }
         self.check_every_file_ended(&mut failed)?;
+        let mut removed = 0;
         if failed.is_empty() {
+            // After every commit, before directories get their times.
+            if let Some(filter) = &self.options.delete {
+                removed = self.delete_extras(entries, filter)?;
+            }
             self.finish_directories(entries, &left_alone, &mut failed)?;
         }
         if self.options.verify == Verify::Full {
@@ -454,6 +493,7 @@ impl Engine<'_> {
                 "warnings": self.warnings.lock().expect("warnings poisoned")
                     .iter().take(WARNINGS_RECORDED_MAX).collect::<Vec<_>>(),
                 "bytes_copied": self.options.progress.bytes_copied.load(Ordering::Relaxed),
+                "removed": removed,
             }),
         }])?;
         self.report(state, failed)

@@ -24,6 +24,21 @@ pub const EVENT_ADDED: &str = "transfer.added";
 pub const EVENT_FREED: &str = "transfer.freed";
 pub const EVENT_REATTACHED: &str = "transfer.reattached";
 pub const EVENT_PROGRESS: &str = "file.progress";
+/// `ferry limit`: a transfer's bandwidth limit changed.
+pub const EVENT_LIMITED: &str = "transfer.limited";
+
+/// The context of an [`EVENT_LIMITED`] event; 0 is no limit.
+pub fn limited_context(bytes_per_second: Option<u64>) -> Value {
+    json!({ "bytes_per_second": bytes_per_second.unwrap_or(0) })
+}
+
+/// `--delete` removed a destination's extra file or directory.
+pub const EVENT_REMOVED: &str = "file.removed";
+
+/// The context of an [`EVENT_REMOVED`] event.
+pub fn removed_context(path: &Path) -> Value {
+    json!({ "path": path.to_string_lossy() })
+}
 
 /// At most this many `cp-ID-N` names are tried for one unnamed transfer.
 pub const UNNAMED_TRIES_MAX: u32 = 1 << 20;

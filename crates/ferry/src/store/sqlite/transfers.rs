@@ -184,6 +184,19 @@ impl SqliteStore {
                 }
                 self.insert_event(tx, *id, Some(*index), &rules::file_event_name(*to), context)
             }
+            Change::Limit {
+                id,
+                bytes_per_second,
+            } => {
+                self.transfer_state(tx, *id)?;
+                let context = rules::limited_context(*bytes_per_second);
+                self.insert_event(tx, *id, None, rules::EVENT_LIMITED, &context)
+            }
+            Change::Removed { id, path } => {
+                self.check_moving(tx, *id, checked)?;
+                let context = rules::removed_context(path);
+                self.insert_event(tx, *id, None, rules::EVENT_REMOVED, &context)
+            }
             Change::Free { id } => {
                 rules::check_free(&self.path, *id, self.transfer_state(tx, *id)?)?;
                 let changed = tx
