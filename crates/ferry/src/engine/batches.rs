@@ -156,6 +156,7 @@ impl Engine<'_> {
                     index: follower.index,
                     durable: false,
                     recorded: false,
+                    metadata_applied: false,
                     checksum: ready_now
                         .get(&leader.index)
                         .or(skipped_now.get(&leader.index))
@@ -247,6 +248,7 @@ impl Engine<'_> {
                                         index: follower.index,
                                         durable: false,
                                         recorded: false,
+                                        metadata_applied: false,
                                         checksum: ready.checksum,
                                     }),
                                     Err(message) => failures.push((follower.index, message)),

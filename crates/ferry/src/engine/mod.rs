@@ -186,6 +186,7 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         },
         options,
         warnings: Mutex::new(Vec::new()),
+        default_acls: Mutex::new(HashMap::new()),
         copier: Copier {
             cancel: &options.cancel,
             bytes_copied: &options.progress.bytes_copied,
@@ -224,6 +225,9 @@ struct Engine<'a> {
     committer: Committer<'a>,
     options: &'a RunOptions,
     warnings: Mutex<Vec<String>>,
+    /// Destination directories, and whether each has a default ACL (see
+    /// `pool::inherits_default_acl`).
+    default_acls: Mutex<HashMap<PathBuf, bool>>,
     copier: Copier<'a>,
 }
 
@@ -306,6 +310,7 @@ impl Engine<'_> {
                         index: entry.index,
                         durable: true,
                         recorded: true,
+                        metadata_applied: false,
                         checksum: entry.checksum,
                     });
                 }
@@ -389,6 +394,7 @@ impl Engine<'_> {
                                     index: entry.index,
                                     durable: true,
                                     recorded: false,
+                                    metadata_applied: false,
                                     checksum,
                                 });
                             }
