@@ -9,11 +9,15 @@ use super::*;
 /// makes SQLite build a temporary table at each execution). Progress back to 0 restarts the file:
 /// its pieces' digests go. A checksum, when given, is recorded with it.
 fn entry_update_sql(to: FileState) -> String {
-    let from: Vec<String> = to
+    let mut from: Vec<String> = to
         .allowed_from()
         .iter()
         .map(|s| format!("state = '{}'", s.as_str()))
         .collect();
+    if from.is_empty() {
+        // Entered from nowhere (`pending` is where entries start).
+        from.push("0".into());
+    }
     format!(
         "UPDATE entries SET state = ?1, error = ?2,
          progress_bytes_durable = coalesce(?3, progress_bytes_durable),
