@@ -4,12 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
 use super::commit::{self, Ready};
+use super::skip::Matched;
 use super::work::Done;
 use super::{BATCH_FILES_MAX, BATCH_WAIT, Engine};
 use crate::checksum::Checksum;
@@ -18,12 +19,15 @@ use crate::model::{EntryIndex, EntryRecord, FileState};
 use crate::store::Change;
 
 impl Engine<'_> {
-    /// Destinations found already matching: their metadata applied and made
-    /// durable, then recorded `skipped` in one transaction. One whose
-    /// metadata cannot be applied fails (it is not copied over).
+    /// Destinations found already matching: their metadata applied where
+    /// it differs and made durable, then recorded `skipped` in one
+    /// transaction. One whose metadata cannot be applied fails (it is not
+    /// copied over). A re-run over an unchanged tree writes nothing but
+    /// the store.
     pub(super) fn record_skipped(
         &self,
-        skipped: Vec<(&EntryRecord, Option<Checksum>)>,
+        skipped: Vec<(&EntryRecord, Matched)>,
+        our_temporaries: &HashSet<PathBuf>,
         failures: &mut Vec<(EntryIndex, String)>,
     ) -> Result<()> {
         if skipped.is_empty() {
@@ -31,18 +35,31 @@ impl Engine<'_> {
         }
         let progress = &self.options.progress;
         let mut done = Vec::with_capacity(skipped.len());
-        for (entry, checksum) in skipped {
+        let mut changed = Vec::new();
+        for (entry, matched) in skipped {
             // An earlier run's temporary of this file is not needed now.
-            match std::fs::remove_file(self.committer.temp_of(entry)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    failures.push((
-                        entry.index,
-                        format!("{}: cannot remove its temporary: {e}", entry.dest.display()),
-                    ));
-                    continue;
+            let temp = self.committer.temp_of(entry);
+            if our_temporaries.contains(&temp) {
+                match std::fs::remove_file(&temp) {
+                    Ok(()) => changed.push(entry),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        failures.push((
+                            entry.index,
+                            format!("{}: cannot remove its temporary: {e}", entry.dest.display()),
+                        ));
+                        continue;
+                    }
                 }
+            }
+            if commit::metadata_in_place(
+                entry,
+                &matched.dest,
+                self.transfer.preserve,
+                self.committer.umask,
+            ) {
+                done.push((entry, matched.checksum));
+                continue;
             }
             let mut warnings = Vec::new();
             let applied = commit::apply_metadata(
@@ -56,16 +73,26 @@ impl Engine<'_> {
                 .expect("warnings poisoned")
                 .extend(warnings);
             match applied {
-                Ok(()) => done.push((entry, checksum)),
+                Ok(()) => {
+                    changed.push(entry);
+                    done.push((entry, matched.checksum));
+                }
                 Err(e) => failures.push((
                     entry.index,
                     format!("{}: cannot apply metadata: {e}", entry.dest.display()),
                 )),
             }
         }
-        let synced = commit::make_durable(done.iter().map(|(e, _)| e.dest.as_path()));
+        let synced = match changed.is_empty() {
+            true => Ok(()),
+            false => commit::make_durable(changed.iter().map(|e| e.dest.as_path())),
+        };
         if let Err(e) = synced {
-            for (entry, _) in done.drain(..) {
+            let changed: HashSet<EntryIndex> = changed.iter().map(|e| e.index).collect();
+            done.retain(|(entry, _)| {
+                if !changed.contains(&entry.index) {
+                    return true;
+                }
                 failures.push((
                     entry.index,
                     format!(
@@ -73,7 +100,8 @@ impl Engine<'_> {
                         entry.dest.display()
                     ),
                 ));
-            }
+                false
+            });
         }
         let rule = self.options.skip.as_str();
         let changes: Vec<Change> = done

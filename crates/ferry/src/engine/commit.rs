@@ -493,6 +493,57 @@ impl MetadataTarget<'_> {
     }
 }
 
+/// Whether `dest` (an existing destination, as `lstat` found it) already
+/// has what step 5 would give it, so that a re-run over an unchanged tree
+/// changes nothing: owner, mode, mtime to the nanosecond; no extended
+/// attributes to set, and no ACL to remove (asked of the file system only
+/// when the source has none to give).
+pub fn metadata_in_place(
+    entry: &EntryRecord,
+    dest: &std::fs::Metadata,
+    preserve: Preserve,
+    umask: u32,
+) -> bool {
+    let meta = entry.meta;
+    let mode = if preserve.mode {
+        meta.mode
+    } else {
+        meta.mode & !umask & 0o777
+    };
+    // Not the atime, as rsync: any read moves it (ferry's own read of the
+    // source among them), and rewriting every inode of a tree for it would
+    // make a re-run cost a copy's metadata work.
+    let times = !preserve.times
+        || crate::engine::plan::time_ns(dest.mtime(), dest.mtime_nsec()) == meta.mtime_ns;
+    let owner = !preserve.ownership || (dest.uid() == meta.uid && dest.gid() == meta.gid);
+    if !(times && owner && dest.mode() & 0o7777 == mode) {
+        return false;
+    }
+    let mut acls_to_drop = false;
+    for (name, value) in &entry.xattrs.0 {
+        let is_acl =
+            name == crate::engine::plan::ACL_ACCESS || name == crate::engine::plan::ACL_DEFAULT;
+        if !(is_acl && value.is_empty()) {
+            return false;
+        }
+        acls_to_drop = true;
+    }
+    !acls_to_drop || !has_acl(&entry.dest)
+}
+
+/// Whether `path` (not followed) has a POSIX ACL; an answer the file system
+/// will not give counts as yes.
+fn has_acl(path: &Path) -> bool {
+    let mut names = [0u8; 1024];
+    match rustix::fs::llistxattr(path, &mut names[..]) {
+        Ok(len) => names[..len].split(|b| *b == 0).any(|name| {
+            name == crate::engine::plan::ACL_ACCESS || name == crate::engine::plan::ACL_DEFAULT
+        }),
+        Err(Errno::NOTSUP) => false,
+        Err(_) => true,
+    }
+}
+
 /// Step 5 at `entry`'s destination, by name: see [`apply_metadata_to`].
 pub fn apply_metadata(
     entry: &EntryRecord,

@@ -252,7 +252,7 @@ impl Engine<'_> {
 
         // Directories first, so that files have somewhere to go.
         let left_alone = self.create_directories(entries, &mut failures)?;
-        let warnings = stale::clean(
+        let found = stale::clean(
             self.store,
             self.transfer,
             entries,
@@ -261,7 +261,7 @@ impl Engine<'_> {
         self.warnings
             .lock()
             .expect("warnings poisoned")
-            .extend(warnings);
+            .extend(found.warnings);
 
         // Then the work list, and what earlier runs already copied.
         let mut work = Vec::new();
@@ -290,7 +290,7 @@ impl Engine<'_> {
                 && let Ok(Some(matched)) =
                     skip::matches(entry, self.options.skip, self.transfer.checksum)
             {
-                skipped.push((entry, matched.checksum));
+                skipped.push((entry, matched));
                 continue;
             }
             match (entry.kind, entry.state) {
@@ -409,8 +409,8 @@ impl Engine<'_> {
         // transaction; small files go straight to "copied".
         self.store.apply(&copying)?;
         let skipped_now: HashMap<EntryIndex, Option<Checksum>> =
-            skipped.iter().map(|(e, c)| (e.index, *c)).collect();
-        self.record_skipped(skipped, &mut failures)?;
+            skipped.iter().map(|(e, m)| (e.index, m.checksum)).collect();
+        self.record_skipped(skipped, &found.ours, &mut failures)?;
         let followers_of =
             self.link_ready_followers(entries, followers, &skipped_now, &mut ready, &mut failures);
 
