@@ -202,6 +202,7 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         },
         options,
         warnings: Mutex::new(Vec::new()),
+        default_acls: Mutex::new(HashMap::new()),
         copier: Copier {
             cancel: &options.cancel,
             bytes_copied: &options.progress.bytes_copied,
@@ -241,6 +242,9 @@ struct Engine<'a> {
     committer: Committer<'a>,
     options: &'a RunOptions,
     warnings: Mutex<Vec<String>>,
+    /// Destination directories, and whether each has a default ACL (see
+    /// `pool::inherits_default_acl`).
+    default_acls: Mutex<HashMap<PathBuf, bool>>,
     copier: Copier<'a>,
 }
 
@@ -265,7 +269,7 @@ impl Engine<'_> {
 
         // Directories first, so that files have somewhere to go.
         let left_alone = self.create_directories(entries, &mut failures)?;
-        let warnings = stale::clean(
+        let found = stale::clean(
             self.store,
             self.transfer,
             entries,
@@ -274,7 +278,7 @@ impl Engine<'_> {
         self.warnings
             .lock()
             .expect("warnings poisoned")
-            .extend(warnings);
+            .extend(found.warnings);
 
         // Then the work list, and what earlier runs already copied.
         let mut work = Vec::new();
@@ -307,6 +311,7 @@ impl Engine<'_> {
                     entry,
                     checksum: None,
                     kept_by: Some(kept_by),
+                    found: None,
                 });
                 continue;
             }
@@ -318,6 +323,7 @@ impl Engine<'_> {
                     entry,
                     checksum: matched.checksum,
                     kept_by: None,
+                    found: Some(matched.dest),
                 });
                 continue;
             }
@@ -338,6 +344,7 @@ impl Engine<'_> {
                         index: entry.index,
                         durable: true,
                         recorded: true,
+                        metadata_applied: false,
                         checksum: entry.checksum,
                     });
                 }
@@ -421,6 +428,7 @@ impl Engine<'_> {
                                     index: entry.index,
                                     durable: true,
                                     recorded: false,
+                                    metadata_applied: false,
                                     checksum,
                                 });
                             }
@@ -438,7 +446,7 @@ impl Engine<'_> {
             .iter()
             .map(|s| (s.entry.index, s.checksum))
             .collect();
-        self.record_skipped(skipped, &mut failures)?;
+        self.record_skipped(skipped, &found.ours, &mut failures)?;
         let followers_of =
             self.link_ready_followers(entries, followers, &skipped_now, &mut ready, &mut failures);
 

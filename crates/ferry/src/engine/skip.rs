@@ -55,6 +55,9 @@ impl SkipRule {
 pub(crate) struct Matched {
     /// Computed when the rule compared checksums: recorded with the entry.
     pub checksum: Option<Checksum>,
+    /// The destination's, as the rule found it: its metadata is applied
+    /// only where it differs.
+    pub dest: std::fs::Metadata,
 }
 
 /// Whether `entry`'s destination already matches by `rule`. A destination
@@ -97,10 +100,14 @@ pub(crate) fn matches(
             let found = checksum::of_file(&entry.dest, algo, false)?;
             return Ok((found == source).then_some(Matched {
                 checksum: Some(source),
+                dest,
             }));
         }
     };
-    Ok(matched.then_some(Matched { checksum: None }))
+    Ok(matched.then_some(Matched {
+        checksum: None,
+        dest,
+    }))
 }
 
 /// Whether `--update` or `--no-clobber` keep `entry`'s destination as it

@@ -72,15 +72,27 @@ pub fn check_entry_transition(
 ) -> Result<(), StoreError> {
     match from {
         Some(from) if to.allowed_from().contains(&from) => Ok(()),
-        from => Err(StoreError::IllegalTransition {
-            path: path.to_path_buf(),
-            id,
-            from: match from {
-                Some(from) => format!("entry {} {from}", index.0),
-                None => format!("entry {} (there is no such entry)", index.0),
-            },
-            to: to.to_string(),
-        }),
+        from => Err(entry_transition_refused(path, id, index, from, to)),
+    }
+}
+
+/// The error of an entry change the store refused, saying what the entry
+/// was (`None`: there is no such entry).
+pub fn entry_transition_refused(
+    path: &Path,
+    id: TransferId,
+    index: EntryIndex,
+    from: Option<FileState>,
+    to: FileState,
+) -> StoreError {
+    StoreError::IllegalTransition {
+        path: path.to_path_buf(),
+        id,
+        from: match from {
+            Some(from) => format!("entry {} {from}", index.0),
+            None => format!("entry {} (there is no such entry)", index.0),
+        },
+        to: to.to_string(),
     }
 }
 
