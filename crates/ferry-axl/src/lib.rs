@@ -378,7 +378,8 @@ pub unsafe extern "C" fn AXL_Create(
                         path.display()
                     )));
                 }
-                let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
+                // No reserve file beside the user's state file (SqliteStore::open_without_reserve).
+                let store: Arc<dyn Store> = Arc::new(SqliteStore::open_without_reserve(path)?);
                 let name = name
                     .ok_or_else(|| CError::invalid("a transfer with a state file needs a name"))?;
                 let existing = store.transfer_by_name(&name)?;
