@@ -54,6 +54,31 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+impl ClientError {
+    /// The code for a daemon error: a library error's own code (a missing
+    /// source is 3 with or without the daemon), else the daemon's 30–39.
+    pub fn code(&self) -> u8 {
+        match self {
+            ClientError::NoDaemon { .. } => 30,
+            ClientError::Protocol { .. } => 34,
+            ClientError::Api {
+                code: Some(code), ..
+            } => *code,
+            ClientError::Api { kind, .. } => match kind.as_str() {
+                "transfer_not_found" => 10,
+                "name_in_use" => 11,
+                "nothing_to_do" => 13,
+                "forbidden" | "not_a_daemon_transfer" => 31,
+                "bad_request" | "bad_json" | "body_too_large" | "invalid_path"
+                | "no_such_route" => 32,
+                "busy" => 33,
+                "over_limit" => 40,
+                _ => 34,
+            },
+        }
+    }
+}
+
 pub type ClientResult<T> = Result<T, ClientError>;
 
 /// A client of one daemon socket.

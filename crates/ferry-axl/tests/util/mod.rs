@@ -362,3 +362,25 @@ pub fn cc_with_pkg_config(compiler: &str, prefix: &Path, source: &Path, package:
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The `ferry` binary of this build (for `ferry serve` and `ferry --daemon
+/// wait`), built as [`lib_dir`] builds the libraries.
+pub fn ferry_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let profile_dir = lib_dir();
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "--locked", "-p", "ferry-cli", "--bin", "ferry"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p ferry-cli failed");
+        let bin = profile_dir.join("ferry");
+        assert!(bin.exists(), "ferry not built in {}", profile_dir.display());
+        bin
+    })
+    .clone()
+}
