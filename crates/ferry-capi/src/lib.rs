@@ -103,6 +103,9 @@ impl Default for FerryConfig {
 /// One transfer: moved in this process (`sync`, `threads`) or by the
 /// daemon. Any thread may use it; a cancel works while another thread is in
 /// a `sync` dispatch or a wait of it.
+// Always behind a Box (a C handle) or an Arc (libaxl): boxing the large
+// variant would add a second allocation and save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum FerryTransfer {
     Local(LocalTransfer),
     Daemon(daemon::DaemonTransfer),
