@@ -11,7 +11,7 @@ use ferry::engine::RunReport;
 use ferry::engine::skip::SkipRule;
 use ferry::{TransferId, TransferState};
 use ferry_serve::api::{AddRequest, CreateRequest, RunRequest, TransferView};
-use ferry_serve::client::{Client, ClientError};
+use ferry_serve::client::{ApiPathError, Client, ClientError, api_path};
 
 use crate::FerryConfig;
 use crate::boundary::CError;
@@ -39,17 +39,9 @@ pub fn answers(socket: &Path) -> bool {
 
 /// The daemon's API takes absolute UTF-8 paths (it runs elsewhere, JSON).
 fn absolute(path: &Path) -> Result<String, CError> {
-    let absolute = std::path::absolute(path).map_err(|e| {
-        CError::from(ferry::Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })
-    })?;
-    absolute.into_os_string().into_string().map_err(|p| {
-        CError::invalid(format!(
-            "{}: the daemon's API takes UTF-8 paths only; use FERRY_KIND_THREADS for this one",
-            PathBuf::from(p).display()
-        ))
+    api_path(path, "FERRY_KIND_THREADS").map_err(|e| match e {
+        ApiPathError::Io(e) => CError::from(e),
+        ApiPathError::NotUtf8(e) => daemon_error(e),
     })
 }
 

@@ -81,6 +81,38 @@ impl ClientError {
 
 pub type ClientResult<T> = Result<T, ClientError>;
 
+/// Why a path cannot go to the daemon (see [`api_path`]).
+#[derive(Debug)]
+pub enum ApiPathError {
+    /// It could not be made absolute (the working directory is gone).
+    Io(ferry::Error),
+    /// It is not UTF-8: refused as the daemon would (`invalid_path`).
+    NotUtf8(ClientError),
+}
+
+/// A path as the daemon's API takes it: absolute (the daemon runs
+/// elsewhere) and UTF-8 (JSON). `local_kind` names what the caller can use
+/// instead for such a path (`--kind threads`, `FERRY_KIND_THREADS`).
+pub fn api_path(path: &Path, local_kind: &str) -> Result<String, ApiPathError> {
+    let absolute = std::path::absolute(path).map_err(|e| {
+        ApiPathError::Io(ferry::Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
+    })?;
+    absolute.into_os_string().into_string().map_err(|p| {
+        ApiPathError::NotUtf8(ClientError::Api {
+            status: 400,
+            kind: "invalid_path".into(),
+            code: None,
+            message: format!(
+                "{}: the daemon's API takes UTF-8 paths only; use {local_kind} for this one",
+                PathBuf::from(p).display()
+            ),
+        })
+    })
+}
+
 /// A client of one daemon socket.
 pub struct Client {
     socket: PathBuf,

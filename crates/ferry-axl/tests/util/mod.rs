@@ -59,18 +59,7 @@ pub fn lib_dir() -> &'static Path {
             .and_then(Path::parent)
             .expect("profile dir")
             .to_path_buf();
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "--locked", "-p", "libferry", "-p", "ferry-axl"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("run cargo build");
-        assert!(
-            status.success(),
-            "cargo build -p libferry -p ferry-axl failed"
-        );
+        cargo_build(&profile_dir, &["-p", "libferry", "-p", "ferry-axl"]);
         for lib in ["libferry.so", "libferry.a", "libaxl.so", "libaxl.a"] {
             assert!(
                 profile_dir.join(lib).exists(),
@@ -80,6 +69,21 @@ pub fn lib_dir() -> &'static Path {
         }
         profile_dir
     })
+}
+
+/// `cargo build --locked ARGS` in the profile of `profile_dir` (the one
+/// that runs the tests), into the same target directory.
+fn cargo_build(profile_dir: &Path, args: &[&str]) {
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--locked"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
 }
 
 fn include_dirs() -> [PathBuf; 2] {
@@ -369,15 +373,7 @@ pub fn ferry_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let profile_dir = lib_dir();
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "--locked", "-p", "ferry-cli", "--bin", "ferry"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p ferry-cli failed");
+        cargo_build(profile_dir, &["-p", "ferry-cli", "--bin", "ferry"]);
         let bin = profile_dir.join("ferry");
         assert!(bin.exists(), "ferry not built in {}", profile_dir.display());
         bin
