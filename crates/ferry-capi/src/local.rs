@@ -11,6 +11,7 @@ use ferry::{Canceller, Transfer, TransferId, TransferState};
 use crate::FerryConfig;
 use crate::boundary::{self, CError};
 
+/// One transfer of this process (see the module).
 pub struct LocalTransfer {
     transfer: Mutex<Transfer>,
     store: Arc<dyn Store>,
@@ -147,9 +148,5 @@ impl LocalTransfer {
             self.wait().map(drop)?;
         }
         Ok(())
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
     }
 }
