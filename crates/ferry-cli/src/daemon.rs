@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use ferry_serve::api::{AddRequest, CreateRequest, RunRequest, TransferView};
-use ferry_serve::client::{Client, ClientError};
+use ferry_serve::client::{ApiPathError, Client, ClientError, api_path};
 
 use crate::cp::CpArgs;
 use crate::exit::Exit;
@@ -54,22 +54,9 @@ fn client(socket: &Path) -> Result<Client, Exit> {
 
 /// The daemon runs elsewhere: it needs absolute paths, in UTF-8 (JSON).
 fn absolute(path: &Path) -> Result<String, Exit> {
-    let absolute = std::path::absolute(path).map_err(|e| {
-        Exit::from(ferry::Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })
-    })?;
-    absolute.into_os_string().into_string().map_err(|p| {
-        Exit::Daemon(ClientError::Api {
-            status: 400,
-            kind: "invalid_path".into(),
-            code: None,
-            message: format!(
-                "{}: the daemon's API takes UTF-8 paths only; use --kind threads for this one",
-                PathBuf::from(p).display()
-            ),
-        })
+    api_path(path, "--kind threads").map_err(|e| match e {
+        ApiPathError::Io(e) => Exit::from(e),
+        ApiPathError::NotUtf8(e) => Exit::Daemon(e),
     })
 }
 
