@@ -51,6 +51,7 @@ impl Log {
         let store = Arc::new(SqliteStore::open(&path).unwrap());
         let entry = NewEntry {
             link_leader: None,
+            shared_inode: None,
             xattrs: Default::default(),
             kind: EntryKind::File,
             source: "/bench/source".into(),

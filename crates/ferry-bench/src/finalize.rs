@@ -73,6 +73,7 @@ fn generate_rank(root: &Path, store_root: &Path, owner: &Owner, rank: usize) {
         let entries: Vec<NewEntry> = (0..FILES_PER_STORE)
             .map(|k| NewEntry {
                 link_leader: None,
+                shared_inode: None,
                 xattrs: Default::default(),
                 kind: EntryKind::File,
                 source: PathBuf::from(format!("/gone/rank.{rank}/file.{k}")),

@@ -381,6 +381,10 @@ pub struct NewEntry {
     /// Position, in the same slice of new entries, of the first entry
     /// that shares this file's inode (a hard link).
     pub link_leader: Option<usize>,
+    /// Device and inode of a source file with more than one link, as the
+    /// walk's `lstat` found them: hard-link groups are formed from these
+    /// without a second `lstat`.
+    pub shared_inode: Option<(u64, u64)>,
     pub xattrs: Xattrs,
 }
 

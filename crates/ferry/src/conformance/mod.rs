@@ -59,6 +59,7 @@ pub fn new_transfer(name: Option<&str>) -> NewTransfer {
 pub fn file_entry(i: usize, size: u64) -> NewEntry {
     NewEntry {
         link_leader: None,
+        shared_inode: None,
         xattrs: Xattrs::default(),
         kind: EntryKind::File,
         source: PathBuf::from(format!("/src/dir/file-{i:06}")),

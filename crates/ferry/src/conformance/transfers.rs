@@ -180,6 +180,7 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
             meta: meta(0),
             link_target: None,
             link_leader: None,
+            shared_inode: None,
             xattrs: Xattrs::default(),
         },
         NewEntry {
@@ -189,6 +190,7 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
             meta: meta(100),
             link_target: None,
             link_leader: None,
+            shared_inode: None,
             xattrs: Xattrs(vec![
                 (b"user.a".to_vec(), b"\0\xff\0".to_vec()),
                 (b"system.posix_acl_access".to_vec(), vec![2, 0, 0, 0, 1]),
@@ -202,6 +204,7 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
             meta: meta(100),
             link_target: None,
             link_leader: Some(1),
+            shared_inode: None,
             xattrs: Xattrs::default(),
         },
     ];
@@ -213,11 +216,13 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
             meta: meta(5),
             link_target: Some(bytes(b"../\xfetarget")),
             link_leader: None,
+            shared_inode: None,
             xattrs: Xattrs::default(),
         },
         file_entry(4, 7),
         NewEntry {
             link_leader: Some(1),
+            shared_inode: None,
             ..file_entry(5, 7)
         },
     ];

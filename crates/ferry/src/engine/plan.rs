@@ -122,13 +122,12 @@ pub fn plan_onto(
 pub(super) fn capture_fidelity(entries: &mut [NewEntry], fidelity: Fidelity) -> Result<()> {
     let mut inodes: std::collections::HashMap<(u64, u64), usize> = Default::default();
     for (position, entry) in entries.iter_mut().enumerate() {
-        if fidelity.hard_links && entry.kind == EntryKind::File {
-            let meta =
-                fs::symlink_metadata(&entry.source).map_err(|e| stat_error(&entry.source, e))?;
-            if meta.nlink() > 1 {
-                let leader = *inodes.entry((meta.dev(), meta.ino())).or_insert(position);
-                entry.link_leader = (leader != position).then_some(leader);
-            }
+        if fidelity.hard_links
+            && entry.kind == EntryKind::File
+            && let Some(inode) = entry.shared_inode
+        {
+            let leader = *inodes.entry(inode).or_insert(position);
+            entry.link_leader = (leader != position).then_some(leader);
         }
         if fidelity.xattrs != XattrMode::None && entry.kind != EntryKind::Symlink {
             let mut xattrs = read_xattrs(&entry.source, fidelity.xattrs)
@@ -161,10 +160,23 @@ pub const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 fn read_xattrs(path: &Path, mode: XattrMode) -> io::Result<Xattrs> {
     use rustix::io::Errno;
     let unsupported = |e: Errno| matches!(e, Errno::OPNOTSUPP | Errno::NODATA);
-    let mut names = Vec::new();
-    // Attributes may appear between the size query and the read: retry a
-    // bounded number of times.
+    // Most files have no attributes, or a few short ones: one call into a
+    // small buffer answers. Else the size is asked, and the read retried a
+    // bounded number of times (attributes may appear in between).
+    let mut names = vec![0u8; 256];
+    let mut listed = match rustix::fs::llistxattr(path, &mut names[..]) {
+        Ok(n) => {
+            names.truncate(n);
+            true
+        }
+        Err(e) if unsupported(e) => return Ok(Xattrs::default()),
+        Err(Errno::RANGE) => false,
+        Err(e) => return Err(e.into()),
+    };
     for _ in 0..4 {
+        if listed {
+            break;
+        }
         let len = match rustix::fs::llistxattr_query(path) {
             Ok(len) => len,
             Err(e) if unsupported(e) => return Ok(Xattrs::default()),
@@ -174,7 +186,7 @@ fn read_xattrs(path: &Path, mode: XattrMode) -> io::Result<Xattrs> {
         match rustix::fs::llistxattr(path, &mut names[..]) {
             Ok(n) => {
                 names.truncate(n);
-                break;
+                listed = true;
             }
             Err(Errno::RANGE) => continue,
             Err(e) => return Err(e.into()),
@@ -535,6 +547,7 @@ pub(super) fn entry(source: &Path, meta: &fs::Metadata, dest: PathBuf) -> Result
     };
     Ok(NewEntry {
         link_leader: None,
+        shared_inode: (file_type.is_file() && meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
         xattrs: Default::default(),
         kind,
         source: source.to_path_buf(),
