@@ -104,7 +104,25 @@ pub fn plan_onto(
     fidelity: Fidelity,
     rule: DestRule,
 ) -> Result<Vec<NewEntry>> {
-    let mut entries = plan_by(sources, dest, recursive, rule)?;
+    plan_bounded(sources, dest, recursive, fidelity, rule, ENTRIES_MAX)?
+        .ok_or_else(|| over_entries_max(sources))
+}
+
+/// [`plan_onto`] that stops listing at `bound + 1` entries: `None` when
+/// the sources hold more than `bound`. Memory stays bounded by `bound`
+/// whatever the sources hold (a daemon's request must not list a whole
+/// file system before refusing it).
+pub fn plan_bounded(
+    sources: &[PathBuf],
+    dest: &Path,
+    recursive: bool,
+    fidelity: Fidelity,
+    rule: DestRule,
+    bound: usize,
+) -> Result<Option<Vec<NewEntry>>> {
+    let Some(mut entries) = plan_by(sources, dest, recursive, rule, bound)? else {
+        return Ok(None);
+    };
     let mut inodes: std::collections::HashMap<(u64, u64), usize> = Default::default();
     for (position, entry) in entries.iter_mut().enumerate() {
         if fidelity.hard_links && entry.kind == EntryKind::File {
@@ -133,7 +151,16 @@ pub fn plan_onto(
             entry.xattrs = xattrs;
         }
     }
-    Ok(entries)
+    Ok(Some(entries))
+}
+
+fn over_entries_max(sources: &[PathBuf]) -> Error {
+    Error::Io {
+        path: sources.first().cloned().unwrap_or_default(),
+        source: io::Error::other(format!(
+            "more than {ENTRIES_MAX} entries in one transfer: split it"
+        )),
+    }
 }
 
 /// POSIX ACLs, as extended attributes. A real ACL is never empty: an empty
@@ -191,15 +218,18 @@ fn read_xattrs(path: &Path, mode: XattrMode) -> io::Result<Xattrs> {
 /// is `cp -r`: without it a directory source is refused and symlinks named
 /// on the command line are followed, as `cp` does.
 pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<NewEntry>> {
-    plan_by(sources, dest, recursive, DestRule::Cp)
+    plan_by(sources, dest, recursive, DestRule::Cp, ENTRIES_MAX)?
+        .ok_or_else(|| over_entries_max(sources))
 }
 
+/// The entries, or `None` as soon as there are more than `bound`.
 fn plan_by(
     sources: &[PathBuf],
     dest: &Path,
     recursive: bool,
     rule: DestRule,
-) -> Result<Vec<NewEntry>> {
+    bound: usize,
+) -> Result<Option<Vec<NewEntry>>> {
     let dest_meta = fs::metadata(dest).ok();
     check_destination(dest, dest_meta.as_ref())?;
     let dest_is_dir = rule == DestRule::Cp && dest_meta.as_ref().is_some_and(|m| m.is_dir());
@@ -242,7 +272,7 @@ fn plan_by(
         };
         check_target(source, &meta, &target)?;
         if meta.is_dir() {
-            walk(source, &meta, &target, &mut entries)?;
+            walk(source, &meta, &target, &mut entries, bound)?;
         } else {
             // A file named on the command line that cannot be read is the
             // caller's mistake, refused now; one deep in a tree fails alone
@@ -270,13 +300,8 @@ fn plan_by(
             };
             entries.push(entry(source, &meta, target)?);
         }
-        if entries.len() > ENTRIES_MAX {
-            return Err(Error::Io {
-                path: source.clone(),
-                source: io::Error::other(format!(
-                    "more than {ENTRIES_MAX} entries in one transfer: split it"
-                )),
-            });
+        if entries.len() > bound {
+            return Ok(None);
         }
     }
     refuse_duplicate_destinations(&entries)?;
@@ -285,7 +310,7 @@ fn plan_by(
         entry.source = absolute(&entry.source)?;
         entry.dest = absolute(&entry.dest)?;
     }
-    Ok(entries)
+    Ok(Some(entries))
 }
 
 /// What `cp` refuses about a destination before writing anything: a
@@ -435,17 +460,24 @@ fn check_target(source: &Path, meta: &fs::Metadata, target: &Path) -> Result<()>
 
 /// Pre-order walk: a directory is listed before what it contains, which the
 /// engine relies on (create parents first, finish their metadata last).
+/// Stops once `entries` holds more than `bound`.
 fn walk(
     root: &Path,
     root_meta: &fs::Metadata,
     target: &Path,
     entries: &mut Vec<NewEntry>,
+    bound: usize,
 ) -> Result<()> {
     entries.push(entry(root, root_meta, target.to_path_buf())?);
     let mut stack = vec![(root.to_path_buf(), target.to_path_buf())];
     while let Some((dir, dest_dir)) = stack.pop() {
+        if entries.len() > bound {
+            return Ok(());
+        }
         let read = fs::read_dir(&dir).map_err(|e| list_error(&dir, e))?;
+        // More children than the bound are over it in any order.
         let mut children: Vec<_> = read
+            .take(bound.saturating_add(1))
             .map(|child| child.map(|c| c.file_name()))
             .collect::<io::Result<_>>()
             .map_err(|e| list_error(&dir, e))?;
@@ -460,6 +492,9 @@ fn walk(
                 subdirs.push((source, dest, meta));
             } else {
                 entries.push(entry(&source, &meta, dest)?);
+                if entries.len() > bound {
+                    return Ok(());
+                }
             }
         }
         for (source, dest, meta) in subdirs.into_iter().rev() {
