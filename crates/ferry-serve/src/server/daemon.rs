@@ -270,6 +270,7 @@ impl Daemon {
         limit: usize,
     ) -> Result<TransferView, ApiError> {
         let tally = self.store.entry_tally(record.id)?;
+        // The handler refused a cursor past the last index there can be.
         let after = after.map(|a| EntryIndex(u32::try_from(a).unwrap_or(u32::MAX)));
         // One more than asked says whether another page follows.
         let mut failed = self

@@ -118,7 +118,7 @@ pub(in crate::server) async fn list(
     Query(page): Query<PageQuery>,
 ) -> Result<Json<Vec<TransferView>>, ApiError> {
     let peer = info.peer()?;
-    let limit = page_limit(&page)?;
+    let (limit, after) = page_of(&page, i64::MAX as u64)?;
     blocking(move || {
         let mut out = Vec::new();
         for record in daemon.store.transfers()? {
@@ -126,7 +126,7 @@ pub(in crate::server) async fn list(
                 break;
             }
             if Daemon::visible(&peer, &record)
-                && page.after.is_none_or(|after| record.id.0 > after as i64)
+                && after.is_none_or(|after| record.id.0 > after as i64)
             {
                 out.push(daemon.view(&record, false, None, LIST_FAILURES_MAX)?);
             }
@@ -144,21 +144,30 @@ pub(in crate::server) async fn status(
     Query(page): Query<PageQuery>,
 ) -> Result<Json<TransferView>, ApiError> {
     let peer = info.peer()?;
-    let limit = page_limit(&page)?;
+    let (limit, after) = page_of(&page, u32::MAX.into())?;
     blocking(move || {
         let record = daemon.find(&peer, &name)?;
-        Ok(Json(daemon.view(&record, false, page.after, limit)?))
+        Ok(Json(daemon.view(&record, false, after, limit)?))
     })
     .await
 }
 
-/// A page's size: [`PAGE_MAX`] unless smaller is asked for.
-fn page_limit(page: &PageQuery) -> Result<usize, ApiError> {
-    match page.limit.unwrap_or(PAGE_MAX) {
-        limit @ 1..=PAGE_MAX => Ok(limit as usize),
-        limit => Err(ApiError::bad_request(format!(
-            "limit must be 1 to {PAGE_MAX} ({limit} given): page with after"
+/// A page's size ([`PAGE_MAX`] unless smaller is asked for) and cursor,
+/// which is at most `after_max` (the largest id or index there can be).
+fn page_of(page: &PageQuery, after_max: u64) -> Result<(usize, Option<u64>), ApiError> {
+    let limit = match page.limit.unwrap_or(PAGE_MAX) {
+        limit @ 1..=PAGE_MAX => limit as usize,
+        limit => {
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1 to {PAGE_MAX} ({limit} given): page with after"
+            )));
+        }
+    };
+    match page.after {
+        Some(after) if after > after_max => Err(ApiError::bad_request(format!(
+            "after must be 0 to {after_max} ({after} given): the last id or index of a page"
         ))),
+        after => Ok((limit, after)),
     }
 }
 
