@@ -119,7 +119,7 @@ pub(crate) enum Command {
         /// refused (exit 40) [default: 1024]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_transfers_per_user: Option<u64>,
-        /// Entries one user (root aside) may hold across the daemon's
+        /// Entries one user (root aside) may hold across its unfinished
         /// transfers; more are refused (exit 40) [default: 4000000]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_entries_per_user: Option<u64>,

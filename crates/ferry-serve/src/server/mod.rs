@@ -85,8 +85,8 @@ pub struct Config {
     /// Unfinished (created, dispatched or running) transfers one user
     /// (root aside) may hold ([`TRANSFERS_PER_USER_MAX`] by default).
     pub transfers_per_user_max: usize,
-    /// Entries one user (root aside) may hold across its transfers in the
-    /// daemon's store ([`ENTRIES_PER_USER_MAX`] by default).
+    /// Entries one user (root aside) may hold across its unfinished
+    /// transfers in the daemon's store ([`ENTRIES_PER_USER_MAX`] by default).
     pub entries_per_user_max: usize,
 }
 
@@ -94,7 +94,7 @@ pub struct Config {
 /// by a few hundred bytes per entry, on root's disk.
 pub const ENTRIES_PER_TRANSFER_MAX: usize = 1_000_000;
 /// The default bound on one user's entries in the daemon's store, all its
-/// transfers together (finished ones count until they are cleared).
+/// unfinished transfers together.
 pub const ENTRIES_PER_USER_MAX: usize = 4_000_000;
 /// The default bound on one user's unfinished transfers.
 pub const TRANSFERS_PER_USER_MAX: usize = 1024;

@@ -59,6 +59,10 @@ pub(super) const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 /// of the API is the JSON body the document promises, so they are turned
 /// into it here, with their status and headers (`Allow`) kept.
 async fn json_errors(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
     let response = next.run(request).await;
     let status = response.status();
     let is_json = response
@@ -82,11 +86,10 @@ async fn json_errors(request: Request, next: Next) -> Response {
     };
     let message = match (status, text.is_empty()) {
         (StatusCode::METHOD_NOT_ALLOWED, _) => {
-            let allowed = parts
-                .headers
-                .get(axum::http::header::ALLOW)
-                .and_then(|a| a.to_str().ok())
-                .unwrap_or("none");
+            let allowed = allowed_methods(route.as_deref().unwrap_or_default());
+            if let Ok(value) = axum::http::HeaderValue::from_str(&allowed) {
+                parts.headers.insert(axum::http::header::ALLOW, value);
+            }
             format!("this route does not take that method; it takes: {allowed}")
         }
         (_, true) => status.canonical_reason().unwrap_or("error").to_owned(),
@@ -99,6 +102,24 @@ async fn json_errors(request: Request, next: Next) -> Response {
         axum::http::HeaderValue::from_static("application/json"),
     );
     Response::from_parts(parts, json.into_body())
+}
+
+/// The methods the document gives `route` (a route's template, as the
+/// router matched it), for a 405's `Allow`.
+pub(super) fn allowed_methods(route: &str) -> String {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| serde_json::from_str(OPENAPI).unwrap_or_default());
+    document["paths"][route]
+        .as_object()
+        .map(|operations| {
+            operations
+                .keys()
+                .filter(|key| *key != "parameters")
+                .map(|method| method.to_uppercase())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 /// The framework's refusal texts are a line or two.

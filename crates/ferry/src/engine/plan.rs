@@ -584,6 +584,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bounded_plan_stops_listing_past_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("src/zz")).unwrap();
+        for i in 0..5 {
+            fs::write(root.join(format!("src/f{i}")), b"x").unwrap();
+        }
+        // Listed after the files (a directory's files come first): a walk
+        // that reaches it fails, as one to the end would.
+        fs::write(root.join("src/zz/inner"), b"x").unwrap();
+        let bounded = |bound| {
+            plan_bounded(
+                &[root.join("src")],
+                &root.join("dst"),
+                true,
+                Fidelity::default(),
+                DestRule::Cp,
+                bound,
+            )
+        };
+        // src, f0..f4, zz, zz/inner: 8 entries.
+        assert_eq!(bounded(8).unwrap().unwrap().len(), 8);
+        assert!(bounded(7).unwrap().is_none(), "one over the bound");
+        // A directory the walk cannot list, past the bound.
+        fs::remove_dir_all(root.join("src/zz")).unwrap();
+        fs::create_dir(root.join("src/zz-unlistable")).unwrap();
+        fs::set_permissions(
+            root.join("src/zz-unlistable"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o000),
+        )
+        .unwrap();
+        if !rustix::process::geteuid().is_root() {
+            // (root lists it all the same)
+            assert!(bounded(100).is_err(), "the whole walk meets the directory");
+        }
+        assert!(
+            bounded(3).unwrap().is_none(),
+            "a bounded walk stops before it"
+        );
+        fs::set_permissions(
+            root.join("src/zz-unlistable"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn destination_rules_follow_cp() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();

@@ -356,12 +356,12 @@ pub trait Store: Send + Sync {
             .collect())
     }
 
-    /// The entries of every live transfer made for `uid` (a daemon's
+    /// The entries of every unfinished transfer made for `uid` (a daemon's
     /// user), together.
-    fn entries_of_caller(&self, uid: u32) -> Result<u64, StoreError> {
+    fn unfinished_entries_of_caller(&self, uid: u32) -> Result<u64, StoreError> {
         let mut total = 0;
         for t in self.transfers()? {
-            if t.caller.as_ref().map(|c| c.uid) == Some(uid) {
+            if t.caller.as_ref().map(|c| c.uid) == Some(uid) && !t.state.is_terminal() {
                 total += self.entry_tally(t.id)?.entries;
             }
         }

@@ -216,7 +216,7 @@ pub(in crate::server) async fn add(
         // request for a whole file system stops at the bound, not at the
         // end of the walk.
         let held = daemon.store.entry_tally(record.id)?.entries;
-        let held_by_user = daemon.store.entries_of_caller(caller.uid)?;
+        let held_by_user = daemon.store.unfinished_entries_of_caller(caller.uid)?;
         let room_in_transfer = daemon
             .entries_per_transfer_max
             .saturating_sub(held as usize);
@@ -248,9 +248,9 @@ pub(in crate::server) async fn add(
                 ))
             } else {
                 ApiError::limit(format!(
-                    "uid {} holds {held_by_user} entries in the daemon's transfers and this adds \
-                     more than {room}, over the daemon's bound (entries per user: {}); nothing \
-                     was added: let transfers finish and clear them, or copy less at once",
+                    "uid {} holds {held_by_user} entries in its unfinished transfers in the \
+                     daemon and this adds more than {room}, over the daemon's bound (entries per \
+                     user: {}); nothing was added: let some finish, or cancel them",
                     caller.uid, daemon.entries_per_user_max
                 ))
             });

@@ -608,12 +608,21 @@ impl Store for SqliteStore {
         Ok(rows)
     }
 
-    fn entries_of_caller(&self, uid: u32) -> Result<u64, StoreError> {
+    fn unfinished_entries_of_caller(&self, uid: u32) -> Result<u64, StoreError> {
+        let terminal = TransferState::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
         self.read(|conn| {
             conn.query_row(
-                "SELECT coalesce(sum(t.n), 0) FROM entry_tallies t
-                 JOIN transfers ON transfers.id = t.transfer_id
-                 WHERE transfers.caller_uid = ?1 AND transfers.freed_ns IS NULL",
+                &format!(
+                    "SELECT coalesce(sum(t.n), 0) FROM entry_tallies t
+                     JOIN transfers ON transfers.id = t.transfer_id
+                     WHERE transfers.caller_uid = ?1 AND transfers.freed_ns IS NULL
+                       AND transfers.state NOT IN ({terminal})"
+                ),
                 [uid],
                 |row| row.get::<_, i64>(0),
             )
