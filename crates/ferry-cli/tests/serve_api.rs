@@ -13,9 +13,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use ferry_serve::api::{AddRequest, CreateRequest, RunRequest, TransferView};
+use ferry_serve::api::{CreateRequest, RunRequest, TransferView};
 use ferry_serve::client::Client;
-use util::daemon::Daemon;
+use util::daemon::{Daemon, add};
 use util::*;
 
 const A: u32 = 64_021;
@@ -40,22 +40,6 @@ fn call(client: &Client, method: &str, path: &str, body: &str) -> (u16, serde_js
         )
     });
     (status, json)
-}
-
-fn add(client: &Client, name: &str, sources: &[&Path], dest: &Path) {
-    client
-        .add(
-            name,
-            &AddRequest {
-                sources: sources
-                    .iter()
-                    .map(|p| p.to_str().unwrap().to_owned())
-                    .collect(),
-                dest: dest.to_str().unwrap().to_owned(),
-                ..AddRequest::default()
-            },
-        )
-        .unwrap();
 }
 
 fn create(client: &Client, name: &str) {
@@ -124,7 +108,6 @@ fn the_document_is_served_and_every_refusal_is_the_documented_json() {
 
     // An integer may be written 2.0 (JSON Schema's integer); 2.5 is refused.
     write_file(&s.path("src/f"), b"data");
-    create(&client, "t");
     add(&client, "t", &[&s.path("src/f")], &s.path("out"));
     let (status, e) = call(
         &client,
@@ -156,7 +139,6 @@ fn status_and_list_come_a_page_at_a_time_and_the_cli_pages_through() {
         write_file(source, b"x");
     }
     fs::create_dir(s.path("out")).unwrap();
-    create(&client, "lost");
     let refs: Vec<&Path> = sources.iter().map(|p| p.as_path()).collect();
     add(&client, "lost", &refs, &s.path("out"));
     for source in &sources {
