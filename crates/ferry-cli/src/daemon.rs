@@ -18,6 +18,7 @@ pub fn serve(
     workers: Option<u16>,
     entries_per_transfer_max: Option<usize>,
     transfers_per_user_max: Option<usize>,
+    entries_per_user_max: Option<usize>,
 ) -> Result<Exit, Exit> {
     let store = store.unwrap_or_else(ferry::default_store_path);
     crate::store::refuse_postgres(&store, "serve")?;
@@ -29,6 +30,8 @@ pub fn serve(
             .unwrap_or(ferry_serve::server::ENTRIES_PER_TRANSFER_MAX),
         transfers_per_user_max: transfers_per_user_max
             .unwrap_or(ferry_serve::server::TRANSFERS_PER_USER_MAX),
+        entries_per_user_max: entries_per_user_max
+            .unwrap_or(ferry_serve::server::ENTRIES_PER_USER_MAX),
     };
     ferry_serve::server::serve(config).map_err(Exit::Serve)?;
     Ok(Exit::Ok)

@@ -128,6 +128,10 @@ pub(crate) enum Command {
         /// refused (exit 40) [default: 1024]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_transfers_per_user: Option<u64>,
+        /// Entries one user (root aside) may hold across its unfinished
+        /// transfers; more are refused (exit 40) [default: 4000000]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_entries_per_user: Option<u64>,
     },
     /// HSM coordination: queue archive, restore and remove requests, and
     /// serve them with workers
@@ -418,6 +422,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         workers,
         max_entries_per_transfer,
         max_transfers_per_user,
+        max_entries_per_user,
     } = cli.command
     {
         let size = |n: Option<u64>| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
@@ -427,6 +432,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             workers,
             size(max_entries_per_transfer),
             size(max_transfers_per_user),
+            size(max_entries_per_user),
         );
     }
     // A dry run writes nothing: no store is opened, no daemon asked.

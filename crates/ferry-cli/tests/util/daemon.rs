@@ -2,10 +2,11 @@
 //! its socket answers (bounded), killed when dropped.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_serve::api::{AddRequest, CreateRequest};
 use ferry_serve::client::Client;
 
 use super::Scratch;
@@ -72,4 +73,27 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A transfer of `sources` into `dest` through the daemon, as the test.
+pub fn add(client: &Client, name: &str, sources: &[&Path], dest: &Path) {
+    client
+        .create(&CreateRequest {
+            name: Some(name.into()),
+            ..CreateRequest::default()
+        })
+        .unwrap();
+    client
+        .add(
+            name,
+            &AddRequest {
+                sources: sources
+                    .iter()
+                    .map(|p| p.to_str().unwrap().to_owned())
+                    .collect(),
+                dest: dest.to_str().unwrap().to_owned(),
+                ..AddRequest::default()
+            },
+        )
+        .unwrap();
 }
