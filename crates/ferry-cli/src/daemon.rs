@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 
 use ferry_serve::api::{AddRequest, CreateRequest, RunRequest, TransferView};
 use ferry_serve::client::{Client, ClientError};
+use indicatif::HumanBytes;
 
 use crate::exit::Exit;
+use crate::status::{self, StatusRow};
 use crate::{Command, CpArgs, RunArgs};
 
 pub fn serve(
@@ -45,6 +47,12 @@ pub fn wants_daemon(kind: &str, socket: &Path) -> bool {
 /// Whether a daemon answers on `socket`.
 pub fn answers(socket: &Path) -> bool {
     Client::new(socket).is_ok_and(|c| c.answers())
+}
+
+/// Whether a daemon answers on `socket` and has a transfer of that name
+/// (of the caller's).
+pub fn has(socket: &Path, name: &str) -> bool {
+    Client::new(socket).is_ok_and(|c| c.answers() && c.status(name).is_ok())
 }
 
 fn client(socket: &Path) -> Result<Client, Exit> {
@@ -176,16 +184,44 @@ fn report(view: &TransferView, json: bool) {
     for warning in &view.warnings {
         eprintln!("ferry: warning: {warning}");
     }
+    let counts = ferry::FileCounts {
+        files: view.files,
+        copied: view.files_committed,
+        skipped: view.files_skipped,
+        failed: view.files_failed,
+    };
     println!(
-        "{} (id {}) {}: {}/{} files, {} of {} bytes durable",
+        "ferry: {} (id {}) {}: {counts}; {} of {} durable",
         view.name,
         view.id,
         view.state,
-        view.files_committed,
-        view.files,
-        view.bytes_durable,
-        view.bytes
+        HumanBytes(view.bytes_durable),
+        HumanBytes(view.bytes)
     );
+}
+
+/// The daemon's transfers, as rows of plain `ferry status`, when a daemon
+/// answers on `socket` (none otherwise: the store's are all there is).
+/// Those already in `local` (a daemon on the user's own store) are not
+/// listed twice.
+pub fn rows(socket: &Path, local: &[StatusRow]) -> Vec<StatusRow> {
+    let Ok(client) = Client::new(socket) else {
+        return Vec::new();
+    };
+    if !client.answers() {
+        return Vec::new();
+    }
+    match client.list() {
+        Ok(views) => views
+            .iter()
+            .map(|v| StatusRow::daemon(v, socket))
+            .filter(|row| !local.iter().any(|l| l.same_transfer(row)))
+            .collect(),
+        Err(e) => {
+            eprintln!("ferry: the daemon's transfers are not listed: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// `ferry --daemon status|wait|cancel|resume|watch`.
@@ -193,14 +229,15 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
     let client = client(socket)?;
     let daemon = |r: Result<TransferView, ClientError>| r.map_err(Exit::Daemon);
     match command {
-        Command::Status(args) if args.at.is_none() && !args.files => match args.name {
-            Some(name) => report(&daemon(client.status(&name))?, args.json),
-            None => {
-                for view in client.list().map_err(Exit::Daemon)? {
-                    report(&view, args.json);
-                }
-            }
-        },
+        Command::Status(args) if args.at.is_none() && !args.files => {
+            let views = match &args.name {
+                Some(name) => vec![daemon(client.status(name))?],
+                None => client.list().map_err(Exit::Daemon)?,
+            };
+            let rows: Vec<_> = views.iter().map(|v| StatusRow::daemon(v, socket)).collect();
+            let nothing = format!("no transfers in the daemon at {}", socket.display());
+            status::print(&rows, args.name.is_some(), args.json, &nothing);
+        }
         Command::Wait { name } => return wait(&client, &name, false),
         Command::Cancel { name } => {
             let view = daemon(client.cancel(&name))?;
@@ -216,6 +253,12 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
                 "ferry: resuming {} (id {}) in the daemon",
                 view.name, view.id
             );
+        }
+        Command::Watch(args)
+            if args.until_done.is_some() && !args.from_now && args.event.is_none() =>
+        {
+            let name = args.until_done.expect("matched");
+            return watch_until_done(&client, &name, args.since.unwrap_or(0), args.json);
         }
         Command::Watch(args)
             if args.json && !args.from_now && args.event.is_none() && args.until_done.is_none() =>
@@ -235,10 +278,56 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
                 kind: "bad_request".into(),
                 code: None,
                 message: "with --daemon: status [NAME] [--json], wait NAME, cancel NAME, \
-                          resume NAME, watch --json [--since SEQ] [--transfer NAME]"
+                          resume NAME, watch --json [--since SEQ] [--transfer NAME], \
+                          watch --until-done NAME [--since SEQ] [--json]"
                     .into(),
             }));
         }
     }
     Ok(Exit::Ok)
+}
+
+/// `watch --until-done NAME` of a daemon transfer: its events (JSON lines,
+/// or one text line each), until the one that ends it; the exit code says
+/// how it ended.
+fn watch_until_done(client: &Client, name: &str, since: u64, json: bool) -> Result<Exit, Exit> {
+    let mut ended = None;
+    client
+        .watch(since, Some(name), |line| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let event = line["event"].as_str().unwrap_or_default();
+            let written = if json {
+                writeln!(out, "{line}")
+            } else if event.is_empty() {
+                // The end of history (a bookmark): nothing to say in text.
+                Ok(())
+            } else {
+                writeln!(
+                    out,
+                    "{:>8} {} {:<20} {}",
+                    line["seq"],
+                    line["time"].as_str().unwrap_or_default(),
+                    event,
+                    line["subject"]["name"].as_str().unwrap_or(name),
+                )
+            };
+            if line["subject"]["name"].as_str() == Some(name) {
+                ended = ["completed", "failed", "cancelled"]
+                    .into_iter()
+                    .find(|state| event.strip_prefix("transfer.") == Some(state));
+            }
+            written.is_ok() && out.flush().is_ok() && ended.is_none()
+        })
+        .map_err(Exit::Daemon)?;
+    match ended {
+        Some(state) => Ok(outcome(state)),
+        // The stream ended first: the daemon stopped.
+        None => Err(Exit::Daemon(ClientError::Protocol {
+            socket: client.socket().to_path_buf(),
+            detail: format!(
+                "it stopped before {name} ended; `ferry wait {name}` waits again once it is back"
+            ),
+        })),
+    }
 }

@@ -21,6 +21,7 @@ mod generate;
 mod hsm;
 mod output;
 mod signals;
+mod status;
 mod store;
 mod verify;
 mod watch;
@@ -422,10 +423,22 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     if cli.daemon {
         return daemon::command(&socket, cli.command);
     }
+    // `watch --until-done NAME` waits for a name that need not exist yet,
+    // so it is never "not found": a name the store lacks and the daemon
+    // has is the daemon's.
+    if let Command::Watch(WatchArgs {
+        until_done: Some(name),
+        ..
+    }) = &cli.command
+        && !store_has(&cli, name)
+        && daemon::has(&socket, name)
+    {
+        return daemon::command(&socket, cli.command);
+    }
     // One namespace: a transfer the store does not have may be the
     // daemon's (`cp --kind daemon`), found there when the daemon answers.
     let twin = daemon_twin(&cli.command);
-    match (run_local(cli), twin) {
+    match (run_local(cli, &socket), twin) {
         (Err(Exit::Error(e)), Some(twin)) if is_not_here(&e) && daemon::answers(&socket) => {
             match daemon::command(&socket, twin) {
                 // Neither side has it: the store's refusal, and that the
@@ -444,6 +457,17 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         }
         (result, _) => result,
     }
+}
+
+/// Whether the store (when there is one) has a transfer of that name.
+fn store_has(cli: &Cli, name: &str) -> bool {
+    let location = cli.store.clone().unwrap_or_else(ferry::default_store_path);
+    OpenedStore::open(&location, store::Create::Nothing).is_ok_and(|opened| {
+        opened
+            .store()
+            .transfer_by_name(name)
+            .is_ok_and(|t| t.is_some())
+    })
 }
 
 /// The same command for the daemon, for those the daemon serves.
@@ -473,7 +497,7 @@ fn is_not_here(e: &ferry::Error) -> bool {
     )
 }
 
-fn run_local(cli: Cli) -> Result<Exit, Exit> {
+fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
     let location = cli.store.clone().unwrap_or_else(ferry::default_store_path);
     // Only commands that make transfers or requests create a store; a
     // store named by the user never gets a directory made for it.
@@ -501,7 +525,14 @@ fn run_local(cli: Cli) -> Result<Exit, Exit> {
             ..
         }) => output::status_at(store.as_ref(), seq, name.as_deref(), json),
         Command::Status(args) => {
-            output::status(store.as_ref(), args.name.as_deref(), args.files, args.json)
+            let mut rows = status::local_rows(store.as_ref(), args.name.as_deref(), args.files)?;
+            // Every transfer of the user's: the daemon's too, when it answers.
+            if args.name.is_none() {
+                rows.extend(daemon::rows(socket, &rows));
+            }
+            let nothing = format!("no transfers in {}", store.location().display());
+            status::print(&rows, args.name.is_some(), args.json, &nothing);
+            Ok(Exit::Ok)
         }
         Command::Watch(args) => watch::watch(
             store.as_ref(),
@@ -692,13 +723,19 @@ fn move_and_wait(
     signals::cancel_on_interrupt(transfer.canceller())
         .map_err(|e| ferry::Error::io(std::path::Path::new("signal handlers"), e))?;
     let progress = transfer.progress();
-    let report = output::with_progress(&progress, json, || {
-        match start {
-            Start::Dispatch => transfer.dispatch(workers)?,
-            Start::Resume => transfer.resume(workers)?,
-        }
-        transfer.wait()
-    })?;
+    let report = output::with_progress(
+        &progress,
+        json,
+        || {
+            match start {
+                Start::Dispatch => transfer.dispatch(workers)?,
+                Start::Resume => transfer.resume(workers)?,
+            }
+            transfer.wait()
+        },
+        // Interrupted: the bar goes, what happened is said instead.
+        |report: &RunReport| signals::received().is_none().then(|| report.counts()),
+    )?;
     if report.state == ferry::TransferState::Cancelled
         && let Some(signal) = signals::received()
     {

@@ -80,6 +80,9 @@ pub struct TransferView {
     pub files: u64,
     pub files_committed: u64,
     pub files_failed: u64,
+    /// Already at the destination (`--skip`), not copied.
+    #[serde(default)]
+    pub files_skipped: u64,
     pub bytes: u64,
     /// Bytes of the temporaries known durable, plus committed files.
     pub bytes_durable: u64,
@@ -88,10 +91,25 @@ pub struct TransferView {
     /// local `cp -a` says on stderr; at most 64.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The process moving it (the daemon), as `ferry status` shows a
+    /// local transfer's owner.
+    #[serde(default)]
+    pub owner: Option<OwnerView>,
+    /// The checksum its files get.
+    #[serde(default)]
+    pub checksum: Option<String>,
     /// `create` found this name already taken by one of the caller's
     /// unfinished transfers and returned it (re-attach by name).
     #[serde(default)]
     pub reattached: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OwnerView {
+    pub host: String,
+    pub pid: u32,
+    /// me, alive, dead or unknown, as the daemon sees it.
+    pub liveness: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! its socket answers (bounded), killed when dropped.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,20 @@ impl Daemon {
         Daemon { child, socket, log }
     }
 
+    /// `ferry serve` on the scratch store and a socket in the scratch
+    /// directory, with `env` (fail points), once its socket answers.
+    pub fn serve(s: &Scratch, env: &[(&str, &Path)]) -> Daemon {
+        let socket = s.path("ferry.sock");
+        let mut cmd = s.ferry();
+        cmd.arg("--socket")
+            .arg(&socket)
+            .args(["serve", "--workers", "2"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon::spawn(s, cmd, socket)
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.socket).unwrap()
     }
@@ -72,4 +86,14 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub fn mkfifo(path: &Path) {
+    super::run_ok(Command::new("mkfifo").arg(path));
+}
+
+/// Holds until the daemon is paused at its fail point (the open returns
+/// when the daemon opened the other end); dropping it lets the daemon go.
+pub fn paused(fifo: &Path) -> fs::File {
+    fs::OpenOptions::new().write(true).open(fifo).unwrap()
 }

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use super::QUEUE_MAX;
 use super::peer::{PerUser, acting_caller};
 use super::run_settings::RunSettings;
-use crate::api::{Failure, TransferView};
+use crate::api::{Failure, OwnerView, TransferView};
 use crate::creds::{self, Peer};
 use crate::error::{ApiError, ServeError};
 use crate::metrics::{Gauges, Metrics};
@@ -374,6 +374,14 @@ impl Daemon {
     }
 }
 
+fn owner_view(record: &TransferRecord) -> OwnerView {
+    OwnerView {
+        host: record.owner.host.clone(),
+        pid: record.owner.pid,
+        liveness: format!("{:?}", record.owner_liveness()).to_lowercase(),
+    }
+}
+
 fn view(record: &TransferRecord, entries: &[EntryRecord], reattached: bool) -> TransferView {
     let files: Vec<_> = entries
         .iter()
@@ -389,6 +397,7 @@ fn view(record: &TransferRecord, entries: &[EntryRecord], reattached: bool) -> T
         files: files.len() as u64,
         files_committed: count(FileState::Committed),
         files_failed: count(FileState::Failed),
+        files_skipped: count(FileState::Skipped),
         bytes: files.iter().map(|e| e.meta.size).sum(),
         bytes_durable: files
             .iter()
@@ -406,6 +415,8 @@ fn view(record: &TransferRecord, entries: &[EntryRecord], reattached: bool) -> T
             })
             .collect(),
         warnings: Vec::new(),
+        owner: Some(owner_view(record)),
+        checksum: record.checksum.map(|a| a.as_str().to_owned()),
         reattached,
     }
 }

@@ -97,6 +97,7 @@ impl Engine<'_> {
         self.store.apply(&changes)?;
         for (entry, _) in &done {
             progress.files_done.fetch_add(1, Ordering::Relaxed);
+            progress.files_skipped.fetch_add(1, Ordering::Relaxed);
             progress
                 .bytes_reused
                 .fetch_add(entry.meta.size, Ordering::Relaxed);
