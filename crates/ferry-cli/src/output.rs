@@ -53,7 +53,9 @@ pub fn with_progress<T>(
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
-            "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+            // The bar takes what the counts leave of the terminal's width:
+            // one line on an 80-column terminal (the summary says the rate).
+            "{wide_bar} {bytes}/{total_bytes} ETA {eta} {msg}",
         )
         .expect("a valid template"),
     );
@@ -83,6 +85,9 @@ pub fn with_progress<T>(
                     + progress.bytes_copied.load(Ordering::Relaxed),
             );
             bar.finish_with_message(counts.to_string());
+            // The cursor stays at the end of the bar: what follows goes
+            // below it, not after it.
+            eprintln!();
         }
         None => bar.finish_and_clear(),
     }
