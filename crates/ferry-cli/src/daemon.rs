@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry_serve::api::{AddRequest, CreateRequest, RunRequest, TransferView};
+use ferry_serve::api::{AddRequest, CreateRequest, RunRequest, SameCopyView, TransferView};
 use ferry_serve::client::{Client, ClientError};
 use indicatif::HumanBytes;
 
@@ -95,8 +95,9 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
             .xattrs
             .clone()
             .or_else(|| args.archive.then(|| "all".into())),
+        rerun: !args.new,
     };
-    let run = run_request(&args.run);
+    let mut run = run_request(&args.run);
     let created = client
         .create(&CreateRequest {
             name: args.name.clone(),
@@ -119,12 +120,34 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
                 created.name, created.id
             );
         }
-        if let Err(e) = client.add(&created.name, &add) {
-            // Nothing of it ran: do not leave it behind as `created`.
-            let _ = client.cancel(&created.name);
-            return Err(Exit::Daemon(e));
+        let added = match client.add(&created.name, &add) {
+            Ok(added) => added,
+            Err(e) => {
+                // Nothing of it ran: do not leave it behind as `created`.
+                let _ = client.cancel(&created.name);
+                return Err(Exit::Daemon(e));
+            }
+        };
+        match added.same_copy {
+            None => client.dispatch(&created.name, &run),
+            Some(same) if matches!(same.state.as_str(), "completed" | "finalized") => {
+                let skip = run.skip.get_or_insert_with(|| "mtime".into());
+                eprintln!(
+                    "ferry: transfer {} (id {}) in the daemon already copied this to {}; bringing \
+                     it up to date (--skip {skip}: files that match are not copied again; --new \
+                     copies anew with cp's rules)",
+                    same.name,
+                    same.id,
+                    dest.display()
+                );
+                client.dispatch(&created.name, &run)
+            }
+            Some(same) => {
+                // That transfer is this copy: the new one is not needed.
+                let _ = client.cancel(&created.name);
+                continue_same_copy(&client, &same, &run)
+            }
         }
-        client.dispatch(&created.name, &run)
     }
     .map_err(Exit::Daemon)?;
     if !args.wait {
@@ -143,6 +166,27 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
         return Ok(Exit::Ok);
     }
     wait(&client, &view.name, args.run.json)
+}
+
+/// A re-run of a daemon copy that is not over: the daemon moves it still
+/// (after a restart too), or it failed or was cancelled and is resumed.
+fn continue_same_copy(
+    client: &Client,
+    same: &SameCopyView,
+    run: &RunRequest,
+) -> Result<TransferView, ClientError> {
+    let (doing, view) = match same.state.as_str() {
+        "failed" | "cancelled" => ("resuming it", client.resume(&same.name, run)),
+        // Its caller died between adding and dispatching.
+        "created" => ("dispatching it", client.dispatch(&same.name, run)),
+        _ => ("the daemon is moving it", client.status(&same.name)),
+    };
+    eprintln!(
+        "ferry: this copy is transfer {} (id {}) in the daemon, left {}; {doing} \
+         (`ferry cp --new` copies anew with cp's rules)",
+        same.name, same.id, same.state,
+    );
+    view
 }
 
 /// The run options a daemon dispatch or resume takes, as the local ones.

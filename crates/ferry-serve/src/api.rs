@@ -36,6 +36,11 @@ pub struct AddRequest {
     /// to keep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xattrs: Option<String>,
+    /// The same command line run again is the same copy: look for one of
+    /// the caller's transfers that copied these sources to this
+    /// destination first (`AddResponse::same_copy`), as a local `cp` does.
+    #[serde(default)]
+    pub rerun: bool,
 }
 
 /// `POST /v1/transfers/{name}/dispatch` and `…/resume`.
@@ -122,6 +127,20 @@ pub struct Failure {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AddResponse {
     pub added: usize,
+    /// With `rerun`: the caller's transfer that already copied these
+    /// sources to this destination. Completed: the entries were added
+    /// onto its destinations (never nested into them), to be dispatched
+    /// with `skip: mtime` to bring them up to date. Not completed: nothing
+    /// was added; that transfer is the copy to continue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_copy: Option<SameCopyView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SameCopyView {
+    pub name: String,
+    pub id: i64,
+    pub state: String,
 }
 
 /// `GET /v1/transfers/{name}/wait?timeout_ms=N`: `done` is false when the

@@ -8,11 +8,11 @@ use axum::Json;
 use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ferry::engine::plan::{Fidelity, XattrMode, plan_with};
+use ferry::engine::plan::{DestRule, Fidelity, XattrMode, plan_onto};
 use ferry::model::ChecksumAlgo;
-use ferry::{Kind, Preserve, Transfer, TransferOptions};
+use ferry::{Kind, Preserve, Transfer, TransferOptions, TransferState};
 
-use crate::api::{AddRequest, AddResponse, CreateRequest, RunRequest, TransferView};
+use crate::api::{AddRequest, AddResponse, CreateRequest, RunRequest, SameCopyView, TransferView};
 use crate::creds;
 use crate::error::ApiError;
 use crate::server::SOURCES_MAX;
@@ -171,11 +171,47 @@ pub(in crate::server) async fn add(
             )
         })?;
         let caller = acting_caller(&peer, recorded);
+        // A re-run finds the copy it repeats before cp's rule could nest
+        // it into what that copy made.
+        let same = if request.rerun {
+            ferry::rerun::find_same_copy_among(
+                daemon.store.as_ref(),
+                None,
+                &sources,
+                &dest,
+                &|t| t.id != record.id && t.kind == Kind::Daemon && Daemon::visible(&peer, t),
+            )?
+        } else {
+            None
+        };
+        let same_copy = same.as_ref().map(|same| SameCopyView {
+            name: same.record.name.clone(),
+            id: same.record.id.0,
+            state: same.record.state.as_str().into(),
+        });
+        let rule = match &same {
+            Some(same)
+                if matches!(
+                    same.record.state,
+                    TransferState::Completed | TransferState::Finalized
+                ) =>
+            {
+                same.rule
+            }
+            // Not over: that transfer is the copy; nothing is added here.
+            Some(_) => {
+                return Ok(Json(AddResponse {
+                    added: 0,
+                    same_copy,
+                }));
+            }
+            None => DestRule::Cp,
+        };
         // cp's rules (lstat of the sources, the destination's type) with
         // the caller's credentials: what they cannot see, the daemon does
         // not see for them.
         let entries = creds::as_caller(&caller, || {
-            plan_with(&sources, &dest, request.recursive, fidelity)
+            plan_onto(&sources, &dest, request.recursive, fidelity, rule)
         })
         .map_err(|e| ApiError::internal(format!("cannot act as uid {}: {e}", caller.uid)))??;
         let max = daemon.entries_per_transfer_max;
@@ -190,6 +226,7 @@ pub(in crate::server) async fn add(
         daemon.store.add_entries(record.id, &entries)?;
         Ok(Json(AddResponse {
             added: entries.len(),
+            same_copy,
         }))
     })
     .await
