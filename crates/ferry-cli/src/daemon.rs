@@ -283,6 +283,9 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
             status::print(&rows, args.name.is_some(), args.json, &nothing);
         }
         Command::Wait { name } => return wait(&client, &name, false),
+        Command::Verify(args) if !args.targets.is_empty() => {
+            return crate::verify::run_in_daemon(socket, &args.targets, args.json);
+        }
         Command::Cancel { name } => {
             let view = daemon(client.cancel(&name))?;
             println!(
@@ -323,7 +326,7 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
                 code: None,
                 message: "with --daemon: status [NAME] [--json], wait NAME, cancel NAME, \
                           resume NAME, watch --json [--since SEQ] [--transfer NAME], \
-                          watch --until-done NAME [--since SEQ] [--json]"
+                          watch --until-done NAME [--since SEQ] [--json], verify NAME… [--json]"
                     .into(),
             }));
         }

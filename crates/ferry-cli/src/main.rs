@@ -279,7 +279,7 @@ pub(crate) struct StatusArgs {
 }
 
 #[derive(Args)]
-struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// Transfer names, stores, or destination paths (files or directories
     /// whose committed files are checked) [default: every transfer of the store]
     targets: Vec<PathBuf>,
@@ -484,6 +484,10 @@ fn daemon_twin(command: &Command) -> Option<Command> {
         Command::Wait { name } => Command::Wait { name: name.clone() },
         Command::Cancel { name } => Command::Cancel { name: name.clone() },
         Command::Resume(args) => Command::Resume(args.clone()),
+        Command::Verify(args) if !args.targets.is_empty() => Command::Verify(VerifyArgs {
+            targets: args.targets.clone(),
+            json: args.json,
+        }),
         _ => return None,
     })
 }
@@ -563,7 +567,7 @@ fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
         Command::Store(StoreCommand::Check { json }) => {
             output::store_check(opened.sqlite("store check")?, json)
         }
-        Command::Verify(args) => verify::run(store.as_ref(), &args.targets, args.json),
+        Command::Verify(args) => verify::run(store.as_ref(), socket, &args.targets, args.json),
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
             let workers = args.run.apply_to_resume(&mut transfer)?;

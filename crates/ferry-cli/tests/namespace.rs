@@ -97,6 +97,17 @@ fn a_daemon_transfer_is_found_by_plain_status_wait_and_watch() {
         "the watch ends with the transfer's end: {events}"
     );
     assert_eq!(fs::read(s.path("dst/f")).unwrap(), b"to the daemon");
+    // `verify NAME`: the daemon reads its files back; a changed byte is
+    // found (exit 21) and named.
+    let out = run_ok(setup.user().args(["verify", "handed"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("verified 1 file of 1 transfer: 1 match"),
+        "{out:?}"
+    );
+    fs::write(s.path("dst/f"), b"to the dAemon").unwrap();
+    let out = run(setup.user().args(["verify", "handed"]));
+    assert_eq!(out.status.code(), Some(21), "{out:?}");
+    assert!(stdout(&out).contains("dst/f: expected"), "{out:?}");
     // A name neither side has: refused, exit 10, and both sides named.
     let out = run(setup.user().args(["status", "nowhere"]));
     assert_eq!(out.status.code(), Some(10), "{out:?}");

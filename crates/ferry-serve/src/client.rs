@@ -211,6 +211,13 @@ impl Client {
         self.call("GET", &path, None::<&()>)
     }
 
+    /// Reads back `name`'s committed files (as its user) and compares
+    /// them with their stored checksums.
+    pub fn verify(&self, name: &str) -> ClientResult<Vec<ferry::verify::Checked>> {
+        let path = format!("/v1/transfers/{}/verify", encode(name));
+        self.call("GET", &path, None::<&()>)
+    }
+
     pub fn list(&self) -> ClientResult<Vec<TransferView>> {
         self.call("GET", "/v1/transfers", None::<&()>)
     }

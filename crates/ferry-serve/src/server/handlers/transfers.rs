@@ -290,3 +290,31 @@ pub(in crate::server) async fn cancel(
     })
     .await
 }
+
+/// `GET /v1/transfers/{name}/verify`: its committed files read back with
+/// the caller's credentials and compared with their stored checksums, as
+/// `ferry verify NAME` does for a transfer of the user's store.
+pub(in crate::server) async fn verify(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(info): PeerConn,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<Vec<ferry::verify::Checked>>, ApiError> {
+    let peer = info.peer()?;
+    blocking(move || {
+        let record = daemon.find(&peer, &name)?;
+        let recorded = record.caller.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "not_a_daemon_transfer",
+                format!("transfer {name} was not made through the daemon"),
+            )
+        })?;
+        let caller = acting_caller(&peer, recorded);
+        let checked = creds::as_caller(&caller, || {
+            ferry::verify::verify_transfer_where(daemon.store.as_ref(), &record, &|_| true)
+        })
+        .map_err(|e| ApiError::internal(format!("cannot act as uid {}: {e}", caller.uid)))??;
+        Ok(Json(checked))
+    })
+    .await
+}
