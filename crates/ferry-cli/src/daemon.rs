@@ -283,9 +283,6 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
             status::print(&rows, args.name.is_some(), args.json, &nothing);
         }
         Command::Wait { name } => return wait(&client, &name, false),
-        Command::Verify(args) if !args.targets.is_empty() => {
-            return crate::verify::run_in_daemon(socket, &args.targets, args.json);
-        }
         Command::Cancel { name } => {
             let view = daemon(client.cancel(&name))?;
             println!(

@@ -421,7 +421,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         return daemon::cp(&socket, args);
     }
     if cli.daemon {
-        return daemon::command(&socket, cli.command);
+        return in_daemon(&socket, cli.command);
     }
     // `watch --until-done NAME` waits for a name that need not exist yet,
     // so it is never "not found": a name the store lacks and the daemon
@@ -433,14 +433,14 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         && !store_has(&cli, name)
         && daemon::has(&socket, name)
     {
-        return daemon::command(&socket, cli.command);
+        return in_daemon(&socket, cli.command);
     }
     // One namespace: a transfer the store does not have may be the
     // daemon's (`cp --kind daemon`), found there when the daemon answers.
     let twin = daemon_twin(&cli.command);
     match (run_local(cli, &socket), twin) {
         (Err(Exit::Error(e)), Some(twin)) if is_not_here(&e) && daemon::answers(&socket) => {
-            match daemon::command(&socket, twin) {
+            match in_daemon(&socket, twin) {
                 // Neither side has it: the store's refusal, and that the
                 // daemon was asked too.
                 Err(Exit::Daemon(ferry_serve::client::ClientError::Api { kind, .. }))
@@ -456,6 +456,17 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             }
         }
         (result, _) => result,
+    }
+}
+
+/// A command for the daemon's transfers: `verify` reads them back through
+/// the daemon, the others are the daemon's own commands.
+fn in_daemon(socket: &std::path::Path, command: Command) -> Result<Exit, Exit> {
+    match command {
+        Command::Verify(args) if !args.targets.is_empty() => {
+            verify::run_in_daemon(socket, &args.targets, args.json)
+        }
+        command => daemon::command(socket, command),
     }
 }
 
