@@ -531,13 +531,7 @@ fn the_same_daemon_cp_after_a_daemon_kill_and_after_it_completed_converges() {
     // The daemon, held at its third write, is killed there (kill -9).
     let fifo = s.path("pause");
     mkfifo(&fifo);
-    let mut first = Daemon::serve(
-        &s,
-        &[
-            ("FERRY_FAILPOINT", Path::new("commit.write_data:3=pause")),
-            ("FERRY_FAILPOINT_FIFO", &fifo),
-        ],
-    );
+    let mut first = Daemon::serve_paused(&s, "commit.write_data:3", &fifo);
     run_ok(&mut cp());
     let pause = paused(&fifo);
     first.child.kill().unwrap();
@@ -545,13 +539,7 @@ fn the_same_daemon_cp_after_a_daemon_kill_and_after_it_completed_converges() {
     drop(pause);
     assert!(dst.is_dir(), "the first run made {dst:?}");
     // Restarted, it resumes the copy and is held at its first write.
-    let second = Daemon::serve(
-        &s,
-        &[
-            ("FERRY_FAILPOINT", Path::new("commit.write_data=pause")),
-            ("FERRY_FAILPOINT_FIFO", &fifo),
-        ],
-    );
+    let second = Daemon::serve_paused(&s, "commit.write_data", &fifo);
     let pause = paused(&fifo);
     let mut again = cp()
         .arg("--wait")

@@ -32,13 +32,7 @@ fn caller_killed_after_dispatch_the_transfer_completes() {
     }
     let fifo = s.path("pause");
     mkfifo(&fifo);
-    let daemon = Daemon::serve(
-        &s,
-        &[
-            ("FERRY_FAILPOINT", Path::new("commit.write_data=pause")),
-            ("FERRY_FAILPOINT_FIFO", &fifo),
-        ],
-    );
+    let daemon = Daemon::serve_paused(&s, "commit.write_data", &fifo);
     // The caller waits for the end; it is killed while the daemon holds
     // the transfer mid-copy.
     let mut caller = s
@@ -276,13 +270,7 @@ fn users_see_and_control_only_their_own_transfers_and_files() {
     let fifo = s.path("pause");
     mkfifo(&fifo);
     fs::set_permissions(&fifo, fs::Permissions::from_mode(0o666)).unwrap();
-    let daemon = Daemon::serve(
-        &s,
-        &[
-            ("FERRY_FAILPOINT", Path::new("commit.write_data=pause")),
-            ("FERRY_FAILPOINT_FIFO", &fifo),
-        ],
-    );
+    let daemon = Daemon::serve_paused(&s, "commit.write_data", &fifo);
     let socket = &daemon.socket;
 
     // A's transfer, held mid-copy.
@@ -608,13 +596,7 @@ fn sigterm_mid_transfer_leaves_it_running_for_the_next_daemon() {
     write_file(&s.path("src/small"), b"small");
     let fifo = s.path("pause");
     mkfifo(&fifo);
-    let mut first = Daemon::serve(
-        &s,
-        &[
-            ("FERRY_FAILPOINT", Path::new("commit.write_data:3=pause")),
-            ("FERRY_FAILPOINT_FIFO", &fifo),
-        ],
-    );
+    let mut first = Daemon::serve_paused(&s, "commit.write_data:3", &fifo);
     run_ok(
         s.ferry()
             .arg("--socket")

@@ -60,6 +60,19 @@ impl Daemon {
         Daemon::spawn(s, cmd, socket)
     }
 
+    /// [`Daemon::serve`] with the `pause` fail point armed at `step`
+    /// (`commit.write_data:3`) on `fifo` (see [`paused`]).
+    pub fn serve_paused(s: &Scratch, step: &str, fifo: &Path) -> Daemon {
+        let failpoint = format!("{step}=pause");
+        Daemon::serve(
+            s,
+            &[
+                ("FERRY_FAILPOINT", Path::new(&failpoint)),
+                ("FERRY_FAILPOINT_FIFO", fifo),
+            ],
+        )
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.socket).unwrap()
     }

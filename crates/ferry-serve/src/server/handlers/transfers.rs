@@ -162,15 +162,7 @@ pub(in crate::server) async fn add(
         })?,
     };
     blocking(move || {
-        let record = daemon.find(&peer, &name)?;
-        let recorded = record.caller.clone().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "not_a_daemon_transfer",
-                format!("transfer {name} was not made through the daemon"),
-            )
-        })?;
-        let caller = acting_caller(&peer, recorded);
+        let (record, caller) = made_here(&daemon, &peer, &name)?;
         // A re-run finds the copy it repeats before cp's rule could nest
         // it into what that copy made.
         let same = if request.rerun {
@@ -301,15 +293,7 @@ pub(in crate::server) async fn verify(
 ) -> Result<Json<Vec<ferry::verify::Checked>>, ApiError> {
     let peer = info.peer()?;
     blocking(move || {
-        let record = daemon.find(&peer, &name)?;
-        let recorded = record.caller.clone().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "not_a_daemon_transfer",
-                format!("transfer {name} was not made through the daemon"),
-            )
-        })?;
-        let caller = acting_caller(&peer, recorded);
+        let (record, caller) = made_here(&daemon, &peer, &name)?;
         let checked = creds::as_caller(&caller, || {
             ferry::verify::verify_transfer_where(daemon.store.as_ref(), &record, &|_| true)
         })
@@ -317,4 +301,23 @@ pub(in crate::server) async fn verify(
         Ok(Json(checked))
     })
     .await
+}
+
+/// The caller's transfer `name`, made through the daemon, and whose
+/// credentials act on its files.
+fn made_here(
+    daemon: &Daemon,
+    peer: &crate::creds::Peer,
+    name: &str,
+) -> Result<(ferry::model::TransferRecord, ferry::Caller), ApiError> {
+    let record = daemon.find(peer, name)?;
+    let recorded = record.caller.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_daemon_transfer",
+            format!("transfer {name} was not made through the daemon"),
+        )
+    })?;
+    let caller = acting_caller(peer, recorded);
+    Ok((record, caller))
 }
