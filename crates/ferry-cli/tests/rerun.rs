@@ -581,3 +581,34 @@ fn the_same_daemon_cp_after_a_daemon_kill_and_after_it_completed_converges() {
     assert_eq!(completed[0]["counts"]["copied"], 8, "{rows}");
     assert_eq!(completed[1]["counts"]["skipped"], 8, "{rows}");
 }
+
+/// Names no one could type or print are refused before anything is made:
+/// exit 29, the name and why, no store entry, no destination.
+#[test]
+fn names_that_cannot_be_typed_or_printed_are_refused_with_exit_29() {
+    let s = Scratch::new();
+    write_file(&s.path("f"), b"data");
+    let long = "n".repeat(256);
+    for (name, why) in [
+        ("", "empty"),
+        ("two\nlines", "control character"),
+        (long.as_str(), "too long"),
+        (" padded", "space"),
+    ] {
+        let out = run(s
+            .ferry()
+            .args(["cp", "--name", name])
+            .arg(s.path("f"))
+            .arg(s.path("g")));
+        assert_eq!(out.status.code(), Some(29), "{name:?}: {out:?}");
+        assert!(stderr(&out).contains(why), "{name:?}: {out:?}");
+        assert!(!s.path("g").exists(), "{name:?}: nothing is written");
+    }
+    let ok = "n".repeat(255);
+    run_ok(
+        s.ferry()
+            .args(["cp", "--name", &ok])
+            .arg(s.path("f"))
+            .arg(s.path("g")),
+    );
+}
