@@ -484,14 +484,13 @@ fn store_has(cli: &Cli, name: &str) -> bool {
 /// The same command for the daemon, for those the daemon serves.
 fn daemon_twin(command: &Command) -> Option<Command> {
     Some(match command {
-        Command::Status(args) if args.at.is_none() && !args.files && args.name.is_some() => {
-            Command::Status(StatusArgs {
-                name: args.name.clone(),
-                files: false,
-                json: args.json,
-                at: None,
-            })
-        }
+        // Without a name too: a user with no store still has the daemon's.
+        Command::Status(args) if args.at.is_none() && !args.files => Command::Status(StatusArgs {
+            name: args.name.clone(),
+            files: false,
+            json: args.json,
+            at: None,
+        }),
         Command::Wait { name } => Command::Wait { name: name.clone() },
         Command::Cancel { name } => Command::Cancel { name: name.clone() },
         Command::Resume(args) => Command::Resume(args.clone()),

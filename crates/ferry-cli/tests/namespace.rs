@@ -68,6 +68,15 @@ fn a_daemon_transfer_is_found_by_plain_status_wait_and_watch() {
     // Plain `status`, no name: the daemon's transfer is listed too.
     let out = run_ok(setup.user().arg("status"));
     assert!(stdout(&out).contains("handed"), "{out:?}");
+    // A user with no store at all still has the daemon's transfers.
+    let out = run_ok(
+        ferry_at(&s.path("state/none.db"))
+            .arg("--socket")
+            .arg(&setup.daemon.socket)
+            .arg("status"),
+    );
+    assert!(stdout(&out).contains("handed"), "{out:?}");
+    assert!(!s.path("state/none.db").exists(), "status made no store");
     let waiting = setup
         .user()
         .args(["wait", "handed"])
