@@ -67,17 +67,18 @@ fn absolute(path: &Path) -> Result<String, Exit> {
             source: e,
         })
     })?;
-    absolute.into_os_string().into_string().map_err(|p| {
-        Exit::Daemon(ClientError::Api {
-            status: 400,
-            kind: "invalid_path".into(),
-            code: None,
+    // Refused here, before the daemon is asked: said as ferry's own.
+    absolute
+        .into_os_string()
+        .into_string()
+        .map_err(|p| Exit::Refused {
+            code: crate::exit::DAEMON_MALFORMED,
             message: format!(
-                "{}: the daemon's API takes UTF-8 paths only; use --kind threads for this one",
+                "{}: not sent to the daemon, whose API takes UTF-8 paths only; use --kind \
+                 threads for this one",
                 PathBuf::from(p).display()
             ),
         })
-    })
 }
 
 pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
@@ -317,15 +318,13 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
                 .map_err(Exit::Daemon)?;
         }
         _ => {
-            return Err(Exit::Daemon(ClientError::Api {
-                status: 400,
-                kind: "bad_request".into(),
-                code: None,
+            return Err(Exit::Refused {
+                code: crate::exit::USAGE,
                 message: "with --daemon: status [NAME] [--json], wait NAME, cancel NAME, \
                           resume NAME, watch --json [--since SEQ] [--transfer NAME], \
                           watch --until-done NAME [--since SEQ] [--json], verify NAME… [--json]"
                     .into(),
-            }));
+            });
         }
     }
     Ok(Exit::Ok)

@@ -47,7 +47,9 @@ fn codes_in_use() -> BTreeSet<u8> {
     codes.extend(numbers_after(function(&exit, "daemon_code"), "=>"));
     codes.extend(numbers_after(function(&exit, "serve_code"), "=>"));
     codes.extend(numbers_after(&exit, "ExitCode::from("));
-    codes.extend(numbers_after(&exit, "pub const OWNER_DEAD: u8 ="));
+    for constant in ["OWNER_DEAD", "USAGE", "DAEMON_MALFORMED"] {
+        codes.extend(numbers_after(&exit, &format!("pub const {constant}: u8 =")));
+    }
     // Each signal `cp` and `resume` handle ends them with 128 + its number.
     for (signal, number) in [("SIGINT", libc::SIGINT), ("SIGTERM", libc::SIGTERM)] {
         if function(&signals, "name").contains(&format!("libc::{signal} =>")) {

@@ -7,6 +7,7 @@ mod util;
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -253,6 +254,26 @@ fn status_is_one_table_and_one_json_shape_for_local_and_daemon_transfers() {
             })
             .unwrap()
     };
+    // Refused on this side: said as ferry's, not as the daemon's.
+    let odd = s.path("odd").join(std::ffi::OsStr::from_bytes(b"\xff"));
+    write_file(&odd, b"x");
+    let out = run(setup
+        .user()
+        .args(["cp", "--kind", "daemon"])
+        .arg(&odd)
+        .arg(s.path("o")));
+    assert_eq!(out.status.code(), Some(32), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not sent to the daemon") && !err.contains("the daemon says"),
+        "{err}"
+    );
+    let out = run(setup.user().args(["--daemon", "store", "check"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("the daemon says"),
+        "{out:?}"
+    );
     let daemon_table = stdout(&run_ok(setup.user().args(["--daemon", "status"])));
     assert_aligned(&daemon_table);
     assert_eq!(words(&table, "there"), words(&daemon_table, "there"));
