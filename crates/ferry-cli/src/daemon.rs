@@ -156,8 +156,8 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
             println!("{}", serde_json::to_string(&view).expect("views serialize"));
         } else {
             println!(
-                "ferry: transfer {} (id {}) dispatched to the daemon on {}; `ferry --daemon wait {}` \
-                 waits for it",
+                "ferry: transfer {} (id {}) dispatched to the daemon on {}; `ferry wait {}` waits \
+                 for it",
                 view.name,
                 view.id,
                 socket.display(),
