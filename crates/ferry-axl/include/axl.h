@@ -17,14 +17,25 @@
  * create, wait or cancel, not of a dispatched transfer not waited for;
  * AXL_Stop is AXL_Cancel, AXL_Wait and AXL_Free of every id and fails if
  * any of them did (an id never dispatched cannot be cancelled).
+ * The MPI interface is axl_mpi.h (libaxl_mpi), as AXL's.
+ * Transfer types: SYNC copies inside AXL_Dispatch; PTHREAD on threads;
+ * ASYNC_DAEMON, ASYNC_DW, ASYNC_BBAPI, DEFAULT and NATIVE go to `ferry
+ * serve` when one answers on $FERRY_SOCKET (else its default socket) at
+ * AXL_Create, else run on threads, as AXL falls back to pthreads. A daemon
+ * transfer goes on after the program: AXL_Finalize releases its id without
+ * cancelling it, and the program may exit right after AXL_Dispatch.
  * Differences from AXL 0.9, each on purpose:
  *  - AXL_Test after AXL_Wait returns AXL_SUCCESS (AXL: -1, invalid state):
  *    "Wait would not block" stays true.
  *  - AXL_Config refuses per-transfer settings (an "id" subtree): see below.
- *  - AXL_Create of a name held in a state file by a live owner fails;
- *    restarting after a crash re-attaches (AXL cannot tell the two apart).
- *  - The transfer types without a ferry daemon kind run on threads (see
- *    axl_xfer_t).
+ *  - AXL_Create of a name held in a state file by a live owner fails
+ *    (on another host: until the owner's lease, FERRY_OWNER_LEASE, ran
+ *    out); restarting after a crash re-attaches (AXL cannot tell the two
+ *    apart).
+ *  - A daemon transfer lives in the daemon's store under its name, not in
+ *    the state file (which is not created); its name must be unique there.
+ *  - No reserve or other file appears beside a state file but SQLite's
+ *    own (-wal, -shm).
  */
 
 #ifndef AXL_H
@@ -49,12 +60,12 @@ extern "C" {
 /* Transfer types, values 0..8 in this order. */
 typedef enum {
     AXL_XFER_NULL = 0,       /* invalid */
-    AXL_XFER_DEFAULT,        /* best available: ferry threads (not the daemon yet) */
+    AXL_XFER_DEFAULT,        /* ferry serve when one answers, else threads */
     AXL_XFER_SYNC,           /* copy inside AXL_Dispatch */
-    AXL_XFER_ASYNC_DAEMON,   /* ferry threads (not the daemon yet) */
-    AXL_XFER_ASYNC_DW,       /* ferry threads (not the daemon yet) */
-    AXL_XFER_ASYNC_BBAPI,    /* ferry threads (not the daemon yet) */
-    AXL_XFER_NATIVE,         /* best available: ferry threads (not the daemon yet) */
+    AXL_XFER_ASYNC_DAEMON,   /* ferry serve when one answers, else threads */
+    AXL_XFER_ASYNC_DW,       /* ferry serve when one answers, else threads */
+    AXL_XFER_ASYNC_BBAPI,    /* ferry serve when one answers, else threads */
+    AXL_XFER_NATIVE,         /* ferry serve when one answers, else threads */
     AXL_XFER_PTHREAD,        /* a pool of threads */
     AXL_XFER_STATE_FILE,     /* the type recorded in an existing state file */
 } axl_xfer_t;

@@ -6,6 +6,10 @@
 use std::ffi::{CStr, c_char, c_int, c_ulong, c_void};
 use std::mem::transmute;
 
+use ferry_capi::boundary::CError;
+
+use crate::{AXL_SUCCESS, axl, config, table};
+
 /// KVTree's `KVTREE_SUCCESS`.
 const KVTREE_SUCCESS: c_int = 0;
 
@@ -134,5 +138,76 @@ impl KvTree {
             }
             Some(tree)
         }
+    }
+}
+
+/// AXL 0.9's configuration tree, through the caller's KVTree: NULL reads
+/// the current settings into a new tree; a tree sets the keys it holds
+/// (`FILE_BUF_SIZE`, `DEBUG`, `MKDIR`, `USE_EXTENSION`, `COPY_METADATA`,
+/// `RANK`) and returns it. NULL on failure: an unknown key (per-transfer
+/// `id` subtrees included), a value that is not a number, or no KVTree in
+/// the process.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn AXL_Config(tree: *const c_void) -> *mut c_void {
+    let mut out = std::ptr::null_mut();
+    let rc = axl("AXL_Config", || {
+        let kv = KvTree::find().map_err(|missing| {
+            CError::invalid(format!(
+                "KVTree is not loaded in this process ({missing} not found): \
+                 AXL_Config works on the caller's KVTree"
+            ))
+        })?;
+        let mut settings = config()?;
+        if tree.is_null() {
+            let values = [
+                (c"FILE_BUF_SIZE", settings.file_buf_size),
+                (c"DEBUG", settings.debug as u64),
+                (c"MKDIR", settings.mkdir as u64),
+                (c"USE_EXTENSION", settings.use_extension as u64),
+                (c"COPY_METADATA", settings.copy_metadata as u64),
+                (c"RANK", settings.rank),
+            ];
+            out = kv
+                .tree(&values)
+                .ok_or_else(|| CError::invalid("KVTree could not build the settings tree"))?;
+            return Ok(AXL_SUCCESS);
+        }
+        // SAFETY: the caller passes a kvtree (axl.h).
+        for key in unsafe { kv.keys(tree) } {
+            let Some(known) = KEYS.iter().find(|k| k.to_bytes() == key.as_bytes()) else {
+                let hint = if key == "id" {
+                    " (per-transfer settings are not supported by ferry)"
+                } else {
+                    ""
+                };
+                return Err(CError::invalid(format!(
+                    "unknown configuration key {key}{hint}"
+                )));
+            };
+            // SAFETY: as above.
+            let value = unsafe { kv.get(tree, known) }.ok_or_else(|| {
+                CError::invalid(format!(
+                    "configuration key {key} is not a non-negative number"
+                ))
+            })?;
+            match key.as_str() {
+                "FILE_BUF_SIZE" => settings.file_buf_size = value,
+                "DEBUG" => settings.debug = value != 0,
+                "MKDIR" => settings.mkdir = value != 0,
+                "USE_EXTENSION" => settings.use_extension = value != 0,
+                "COPY_METADATA" => settings.copy_metadata = value != 0,
+                _ => settings.rank = value,
+            }
+        }
+        // Applied to what follows; AXL_Init with nothing initialised reads
+        // the environment again, as AXL's does.
+        table().config = Some(settings);
+        out = tree as *mut c_void;
+        Ok(AXL_SUCCESS)
+    });
+    if rc == AXL_SUCCESS {
+        out
+    } else {
+        std::ptr::null_mut()
     }
 }

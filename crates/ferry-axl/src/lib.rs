@@ -24,7 +24,7 @@
 #![allow(clippy::missing_safety_doc)] // axl.h documents what C callers must pass.
 
 use std::collections::BTreeMap;
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +35,7 @@ mod state;
 use ferry::store::{SqliteStore, Store};
 use ferry::{Kind, Preserve, Transfer};
 use ferry_capi::boundary::{CError, catch, opt_path_arg, opt_str_arg, path_arg};
+use ferry_capi::daemon::DaemonTransfer;
 use ferry_capi::{FerryConfig, FerryTransfer, run_outcome};
 use state::AxlState;
 
@@ -224,10 +225,10 @@ fn set_state(id: c_int, state: AxlState) {
     }
 }
 
-/// The ferry kind of an AXL type. DEFAULT, NATIVE, ASYNC_DW, ASYNC_BBAPI
-/// and ASYNC_DAEMON should pick the daemon kind when a daemon is reachable;
-/// this layer does not hand transfers to `ferry serve` yet, so they run on
-/// threads, as AXL falls back to pthreads.
+/// The ferry kind of an AXL type (`None`: the type recorded in the state
+/// file). The types AXL runs on a vendor's or its own daemon, and the "best
+/// available" ones, go to `ferry serve` while one answers ([`daemon_socket`]);
+/// these are their kind otherwise: threads, as AXL falls back to pthreads.
 fn kind_of(xtype: c_int) -> Result<Option<Kind>, CError> {
     match xtype {
         AXL_XFER_SYNC => Ok(Some(Kind::Sync)),
@@ -239,6 +240,24 @@ fn kind_of(xtype: c_int) -> Result<Option<Kind>, CError> {
         | AXL_XFER_ASYNC_DAEMON => Ok(Some(Kind::Threads)),
         AXL_XFER_STATE_FILE => Ok(None),
         other => Err(CError::invalid(format!("unknown transfer type {other}"))),
+    }
+}
+
+/// The socket of the daemon an AXL type goes to: `ASYNC_DAEMON`,
+/// `ASYNC_DW`, `ASYNC_BBAPI`, `DEFAULT` and `NATIVE` while a daemon answers
+/// on `$FERRY_SOCKET` (else `ferry serve`'s default); `None` otherwise.
+fn daemon_socket(xtype: c_int) -> Option<PathBuf> {
+    match xtype {
+        AXL_XFER_ASYNC_DAEMON
+        | AXL_XFER_ASYNC_DW
+        | AXL_XFER_ASYNC_BBAPI
+        | AXL_XFER_DEFAULT
+        | AXL_XFER_NATIVE => FerryConfig {
+            daemon_if_it_answers: true,
+            ..FerryConfig::default()
+        }
+        .daemon_socket(),
+        _ => None,
     }
 }
 
@@ -255,8 +274,9 @@ pub extern "C" fn AXL_Init() -> c_int {
     })
 }
 
-/// Counts down `AXL_Init`; the last one frees whatever ids are left and
-/// removes the private store.
+/// Counts down `AXL_Init`; the last one frees whatever ids are left (a
+/// daemon transfer's id only: the daemon goes on moving it) and removes the
+/// private store.
 #[unsafe(no_mangle)]
 pub extern "C" fn AXL_Finalize() -> c_int {
     axl("AXL_Finalize", || {
@@ -277,6 +297,11 @@ pub extern "C" fn AXL_Finalize() -> c_int {
         drop(table);
         let mut failed = Vec::new();
         for (id, handle) in handles {
+            // A daemon transfer goes on after this process (the burst
+            // buffer's post-stage): only the id goes.
+            if handle.transfer.is_daemon() {
+                continue;
+            }
             // A thread still in AXL_Wait returns once it is cancelled.
             let _ = handle.transfer.cancel();
             if let Err(e) = free_or_discard(id, handle) {
@@ -369,6 +394,18 @@ pub unsafe extern "C" fn AXL_Create(
             )
         };
         let kind = kind_of(xtype)?;
+        if let Some(socket) = daemon_socket(xtype) {
+            // In the daemon's store, by name; the state file is not used.
+            let daemon_config = ferry_config(&config, Kind::Daemon);
+            let transfer = DaemonTransfer::create(&socket, name, &daemon_config)?;
+            let id = insert(Handle {
+                transfer: Arc::new(FerryTransfer::Daemon(transfer)),
+                state: AxlState::Created,
+                store: socket,
+            })?;
+            debug(|| format!("AXL_Create: id {id}, in the daemon"));
+            return Ok(id);
+        }
         let (store, store_path, name, ended) = match &state_file {
             Some(path) => {
                 let exists = path.try_exists().unwrap_or(true);
@@ -378,7 +415,8 @@ pub unsafe extern "C" fn AXL_Create(
                         path.display()
                     )));
                 }
-                let store: Arc<dyn Store> = Arc::new(SqliteStore::open(path)?);
+                // No reserve file beside the user's state file (SqliteStore::open_without_reserve).
+                let store: Arc<dyn Store> = Arc::new(SqliteStore::open_without_reserve(path)?);
                 let name = name
                     .ok_or_else(|| CError::invalid("a transfer with a state file needs a name"))?;
                 let existing = store.transfer_by_name(&name)?;
@@ -414,11 +452,7 @@ pub unsafe extern "C" fn AXL_Create(
                 (store as Arc<dyn Store>, path, None, false)
             }
         };
-        let preserve = if config.copy_metadata {
-            Preserve::ALL
-        } else {
-            Preserve::NONE
-        };
+        let preserve = ferry_config(&config, Kind::Threads).preserve;
         let transfer = match name.as_deref() {
             Some(name) if ended => Transfer::open(Arc::clone(&store), name)?,
             name => Transfer::create(
@@ -447,6 +481,11 @@ pub unsafe extern "C" fn AXL_Create(
 fn ferry_config(config: &AxlConfig, kind: Kind) -> FerryConfig {
     FerryConfig {
         kind,
+        preserve: if config.copy_metadata {
+            Preserve::ALL
+        } else {
+            Preserve::NONE
+        },
         pause_after_bytes: config.pause_after_bytes,
         ..FerryConfig::default()
     }
@@ -704,75 +743,4 @@ pub extern "C" fn AXL_Stop() -> c_int {
             ))
         }
     })
-}
-
-/// AXL 0.9's configuration tree, through the caller's KVTree: NULL reads
-/// the current settings into a new tree; a tree sets the keys it holds
-/// (`FILE_BUF_SIZE`, `DEBUG`, `MKDIR`, `USE_EXTENSION`, `COPY_METADATA`,
-/// `RANK`) and returns it. NULL on failure: an unknown key (per-transfer
-/// `id` subtrees included), a value that is not a number, or no KVTree in
-/// the process.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn AXL_Config(tree: *const c_void) -> *mut c_void {
-    let mut out = std::ptr::null_mut();
-    let rc = axl("AXL_Config", || {
-        let kv = config::KvTree::find().map_err(|missing| {
-            CError::invalid(format!(
-                "KVTree is not loaded in this process ({missing} not found): \
-                 AXL_Config works on the caller's KVTree"
-            ))
-        })?;
-        let mut settings = config()?;
-        if tree.is_null() {
-            let values = [
-                (c"FILE_BUF_SIZE", settings.file_buf_size),
-                (c"DEBUG", settings.debug as u64),
-                (c"MKDIR", settings.mkdir as u64),
-                (c"USE_EXTENSION", settings.use_extension as u64),
-                (c"COPY_METADATA", settings.copy_metadata as u64),
-                (c"RANK", settings.rank),
-            ];
-            out = kv
-                .tree(&values)
-                .ok_or_else(|| CError::invalid("KVTree could not build the settings tree"))?;
-            return Ok(AXL_SUCCESS);
-        }
-        // SAFETY: the caller passes a kvtree (axl.h).
-        for key in unsafe { kv.keys(tree) } {
-            let Some(known) = config::KEYS.iter().find(|k| k.to_bytes() == key.as_bytes()) else {
-                let hint = if key == "id" {
-                    " (per-transfer settings are not supported by ferry)"
-                } else {
-                    ""
-                };
-                return Err(CError::invalid(format!(
-                    "unknown configuration key {key}{hint}"
-                )));
-            };
-            // SAFETY: as above.
-            let value = unsafe { kv.get(tree, known) }.ok_or_else(|| {
-                CError::invalid(format!(
-                    "configuration key {key} is not a non-negative number"
-                ))
-            })?;
-            match key.as_str() {
-                "FILE_BUF_SIZE" => settings.file_buf_size = value,
-                "DEBUG" => settings.debug = value != 0,
-                "MKDIR" => settings.mkdir = value != 0,
-                "USE_EXTENSION" => settings.use_extension = value != 0,
-                "COPY_METADATA" => settings.copy_metadata = value != 0,
-                _ => settings.rank = value,
-            }
-        }
-        // Applied to what follows; AXL_Init with nothing initialised reads
-        // the environment again, as AXL's does.
-        table().config = Some(settings);
-        out = tree as *mut c_void;
-        Ok(AXL_SUCCESS)
-    });
-    if rc == AXL_SUCCESS {
-        out
-    } else {
-        std::ptr::null_mut()
-    }
 }

@@ -15,10 +15,15 @@ fn axl_conventions() {
         .tempdir()
         .expect("tempdir");
     let program = compile("axl_api.c", "axl", Link::Dynamic);
+    // No daemon answers: AXL_XFER_DEFAULT runs on threads here.
+    let no_daemon = dir.path().join("no-daemon.sock");
     let (code, stderr) = run(
         &program,
         &[dir.path().to_str().expect("utf-8")],
-        &[("AXL_MKDIR", "1")],
+        &[
+            ("AXL_MKDIR", "1"),
+            ("FERRY_SOCKET", no_daemon.to_str().expect("utf-8")),
+        ],
     );
     assert_eq!(code, 0, "{stderr}");
     for expected in [

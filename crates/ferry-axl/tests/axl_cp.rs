@@ -142,6 +142,26 @@ fn kill_and_resume(link: Link, kind: &str) {
         .filter(|f| f.to_string_lossy().contains("._ferry-"))
         .collect();
     assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
+    no_reserve_beside(&state);
+}
+
+/// Nothing of ferry's beside the user's state file but the state file and
+/// SQLite's journal: no `state.db.reserve` (up to 4 MiB) after a run, a
+/// kill and a resume.
+fn no_reserve_beside(state: &Path) {
+    let name = state.file_name().expect("file name").to_string_lossy();
+    let beside: Vec<String> = std::fs::read_dir(state.parent().expect("parent"))
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(name.as_ref()))
+        .collect();
+    for file in &beside {
+        let suffix = &file[name.len()..];
+        assert!(
+            ["", "-wal", "-shm", "-journal"].contains(&suffix),
+            "{file} was created beside the state file: {beside:?}"
+        );
+    }
 }
 
 /// The killed program stays a zombie (this test is its parent and does not

@@ -6,9 +6,8 @@
 mod util;
 
 use std::path::Path;
-use std::process::Command;
 
-use util::{lib_dir, make_tree, run, same_tree};
+use util::{cc_with_pkg_config, install_clib, make_tree, run, same_tree};
 
 const MARKER: &str = "<!-- C example: built and run by crates/ferry-axl/tests/install.rs -->";
 
@@ -27,64 +26,13 @@ fn docs_example() -> String {
     code.split_once("\n```").expect("closed block").0.to_owned()
 }
 
-fn cc_with_pkg_config(prefix: &Path, source: &Path, package: &str, exe: &Path) {
-    let flags = Command::new("pkg-config")
-        .args(["--cflags", "--libs"])
-        .args(package.split_whitespace())
-        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
-        .output()
-        .expect("run pkg-config (.ci/run installs it)");
-    assert!(
-        flags.status.success(),
-        "pkg-config {package}: {}",
-        String::from_utf8_lossy(&flags.stderr)
-    );
-    let flags = String::from_utf8(flags.stdout).expect("utf-8");
-    let output = Command::new("cc")
-        .args([
-            "-std=c11",
-            "-D_GNU_SOURCE",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-o",
-        ])
-        .arg(exe)
-        .arg(source)
-        .args(flags.split_whitespace())
-        .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
-        .arg("-lpthread")
-        .output()
-        .expect("run cc");
-    assert!(
-        output.status.success(),
-        "cc {}: {}",
-        source.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn install_then_build_with_pkg_config() {
-    lib_dir(); // Build first, so the script's own build is a no-op.
     let dir = tempfile::Builder::new()
         .prefix("ferry-install-")
         .tempdir()
         .expect("tempdir");
-    let prefix = dir.path().join("prefix");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-clib");
-    let profile = if lib_dir().ends_with("release") {
-        [].as_slice()
-    } else {
-        ["--debug"].as_slice()
-    };
-    let status = Command::new(&script)
-        .args(profile)
-        .arg("--prefix")
-        .arg(&prefix)
-        .status()
-        .expect("run install-clib");
-    assert!(status.success(), "scripts/install-clib failed");
+    let prefix = install_clib(dir.path());
     for file in [
         "include/ferry.h",
         "include/axl.h",
@@ -102,7 +50,7 @@ fn install_then_build_with_pkg_config() {
     let example = dir.path().join("copy.c");
     std::fs::write(&example, docs_example()).expect("write example");
     let copy = dir.path().join("copy");
-    cc_with_pkg_config(&prefix, &example, "ferry", &copy);
+    cc_with_pkg_config("cc", &prefix, &example, "ferry", &copy);
     let (src, dst, store) = (
         dir.path().join("src"),
         dir.path().join("dst"),
@@ -124,6 +72,7 @@ fn install_then_build_with_pkg_config() {
     // A program written for AXL builds unchanged against the installed libaxl.
     let axl_cp = dir.path().join("axl_cp");
     cc_with_pkg_config(
+        "cc",
         &prefix,
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/axl_cp.c"),
         "axl",
@@ -147,6 +96,7 @@ fn install_then_build_with_pkg_config() {
     // Both libraries in one program: AXL_* and ferry_* calls side by side.
     let cycles = dir.path().join("cycles");
     cc_with_pkg_config(
+        "cc",
         &prefix,
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/cycles.c"),
         "ferry axl",

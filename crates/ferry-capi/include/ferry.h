@@ -92,6 +92,11 @@
 // C only, like 2 and 70 (ETIMEDOUT's number on Linux).
 #define FERRY_E_TIMEOUT 110
 
+// No daemon answers on the socket (kind daemon). The daemon's other
+// refusals have the CLI's codes too: 31 forbidden, 32 bad request, 33
+// busy, 34 an unexpected answer, 40 over a limit.
+#define FERRY_E_NO_DAEMON 30
+
 // A bug in ferry (a caught panic); the message says where.
 #define FERRY_E_INTERNAL 70
 
@@ -104,6 +109,14 @@
 
 // `ferry_config_set_kind`: a pool of threads; dispatch returns at once.
 #define FERRY_KIND_THREADS 1
+
+// `ferry_config_set_kind`: handed to `ferry serve`, which moves it, also
+// after the caller exits.
+#define FERRY_KIND_DAEMON 2
+
+// `ferry_config_set_kind`: the daemon when one answers on the socket at
+// create, else threads.
+#define FERRY_KIND_DEFAULT 3
 
 // Transfer states (`ferry_transfer_state`, `FerryReport::state`).
 #define FERRY_STATE_CREATED 0
@@ -163,8 +176,9 @@ typedef struct ferry_config ferry_config;
 // A store: where transfers and their events live (an SQLite file).
 typedef struct ferry_store ferry_store;
 
-// One transfer. Any thread may use it; a cancel works while another thread
-// is in a `sync` dispatch or a wait of it.
+// One transfer: moved in this process (`sync`, `threads`) or by the
+// daemon. Any thread may use it; a cancel works while another thread is in
+// a `sync` dispatch or a wait of it.
 typedef struct ferry_transfer ferry_transfer;
 
 // A cursor over a store's event log. Any thread may poll it (one at a time:
@@ -238,9 +252,19 @@ ferry_config *ferry_config_new(void);
 
 void ferry_config_free(ferry_config *config);
 
-// `FERRY_KIND_SYNC` (dispatch copies and returns when done) or
-// `FERRY_KIND_THREADS` (a pool of threads; wait for it).
+// `FERRY_KIND_SYNC` (dispatch copies and returns when done),
+// `FERRY_KIND_THREADS` (a pool of threads; wait for it),
+// `FERRY_KIND_DAEMON` (`ferry serve` moves it, also after this process
+// exits: the transfer lives in the daemon's store, not the one passed to
+// `ferry_transfer_create`) or `FERRY_KIND_DEFAULT` (the daemon when one
+// answers on the socket at create, else threads). The socket:
+// `ferry_config_set_socket`, else `$FERRY_SOCKET`, else `ferry serve`'s
+// default.
 int ferry_config_set_kind(ferry_config *config, int kind);
+
+// The daemon's socket for `FERRY_KIND_DAEMON` and `FERRY_KIND_DEFAULT`;
+// NULL: `$FERRY_SOCKET`, else `ferry serve`'s default.
+int ferry_config_set_socket(ferry_config *config, const char *socket);
 
 // Which source metadata destinations get (as `cp -p`; all three is `-a`).
 int ferry_config_set_preserve(ferry_config *config, bool mode, bool ownership, bool times);
@@ -295,7 +319,9 @@ int ferry_finalize(const char *const *paths,
 // store holds a live transfer of that name whose owner process is dead, it
 // is re-attached instead (see `ferry_transfer_reattached`) so that it can
 // be resumed, cancelled or freed; a live owner's name is
-// `FERRY_E_NAME_IN_USE`. `config` may be NULL (defaults).
+// `FERRY_E_NAME_IN_USE`. `config` may be NULL (defaults). With kind
+// daemon (or default, while a daemon answers) the transfer is created in
+// the daemon, by name, and `store` is not used (it may be NULL).
 int ferry_transfer_create(const ferry_store *store,
                           const char *name,
                           const ferry_config *config,
@@ -344,11 +370,13 @@ int ferry_transfer_state(const ferry_transfer *transfer, int *state);
 
 // Releases the transfer in its store (its name may be used again; a moving
 // transfer is cancelled first) and frees the handle, which is gone even
-// when this fails.
+// when this fails. A daemon transfer stays in the daemon's store (cancelled
+// if it was moving).
 int ferry_transfer_free(ferry_transfer *transfer);
 
 // Frees the handle but leaves the transfer in its store (for a later
-// resume or `ferry finalize`). A running mover is waited for first.
+// resume or `ferry finalize`). A running mover of this process is waited
+// for first; a daemon transfer goes on in the daemon.
 void ferry_transfer_close(ferry_transfer *transfer);
 
 // Watches `store`'s events with `seq > since` (0: from the start), of one

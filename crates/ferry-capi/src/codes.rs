@@ -52,6 +52,10 @@ pub const FERRY_E_VERIFY_FAILED: c_int = 21;
 /// `ferry_watch_next`: no event came within the timeout (not a failure).
 /// C only, like 2 and 70 (ETIMEDOUT's number on Linux).
 pub const FERRY_E_TIMEOUT: c_int = 110;
+/// No daemon answers on the socket (kind daemon). The daemon's other
+/// refusals have the CLI's codes too: 31 forbidden, 32 bad request, 33
+/// busy, 34 an unexpected answer, 40 over a limit.
+pub const FERRY_E_NO_DAEMON: c_int = 30;
 /// A bug in ferry (a caught panic); the message says where.
 pub const FERRY_E_INTERNAL: c_int = 70;
 /// Any other I/O error.
@@ -62,6 +66,12 @@ pub const FERRY_E_IO: c_int = 74;
 pub const FERRY_KIND_SYNC: c_int = 0;
 /// `ferry_config_set_kind`: a pool of threads; dispatch returns at once.
 pub const FERRY_KIND_THREADS: c_int = 1;
+/// `ferry_config_set_kind`: handed to `ferry serve`, which moves it, also
+/// after the caller exits.
+pub const FERRY_KIND_DAEMON: c_int = 2;
+/// `ferry_config_set_kind`: the daemon when one answers on the socket at
+/// create, else threads.
+pub const FERRY_KIND_DEFAULT: c_int = 3;
 
 /// Transfer states (`ferry_transfer_state`, `FerryReport::state`).
 pub const FERRY_STATE_CREATED: c_int = 0;

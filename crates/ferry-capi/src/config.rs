@@ -22,8 +22,14 @@ pub unsafe extern "C" fn ferry_config_free(config: *mut FerryConfig) {
     }
 }
 
-/// `FERRY_KIND_SYNC` (dispatch copies and returns when done) or
-/// `FERRY_KIND_THREADS` (a pool of threads; wait for it).
+/// `FERRY_KIND_SYNC` (dispatch copies and returns when done),
+/// `FERRY_KIND_THREADS` (a pool of threads; wait for it),
+/// `FERRY_KIND_DAEMON` (`ferry serve` moves it, also after this process
+/// exits: the transfer lives in the daemon's store, not the one passed to
+/// `ferry_transfer_create`) or `FERRY_KIND_DEFAULT` (the daemon when one
+/// answers on the socket at create, else threads). The socket:
+/// `ferry_config_set_socket`, else `$FERRY_SOCKET`, else `ferry serve`'s
+/// default.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ferry_config_set_kind(config: *mut FerryConfig, kind: c_int) -> c_int {
     status("ferry_config_set_kind", || {
@@ -31,9 +37,31 @@ pub unsafe extern "C" fn ferry_config_set_kind(config: *mut FerryConfig, kind: c
         let config = unsafe { handle_mut(config, "config") }?;
         config.kind = match kind {
             FERRY_KIND_SYNC => Kind::Sync,
-            FERRY_KIND_THREADS => Kind::Threads,
+            FERRY_KIND_THREADS | FERRY_KIND_DEFAULT => Kind::Threads,
+            FERRY_KIND_DAEMON => Kind::Daemon,
             other => return Err(CError::invalid(format!("unknown kind {other}"))),
         };
+        config.daemon_if_it_answers = kind == FERRY_KIND_DEFAULT;
+        Ok(())
+    })
+}
+
+/// The daemon's socket for `FERRY_KIND_DAEMON` and `FERRY_KIND_DEFAULT`;
+/// NULL: `$FERRY_SOCKET`, else `ferry serve`'s default.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ferry_config_set_socket(
+    config: *mut FerryConfig,
+    socket: *const c_char,
+) -> c_int {
+    status("ferry_config_set_socket", || {
+        // SAFETY: C passes a config handle (or NULL) and a string (or NULL).
+        let (config, socket) = unsafe {
+            (
+                handle_mut(config, "config")?,
+                opt_path_arg(socket, "socket")?,
+            )
+        };
+        config.socket = socket;
         Ok(())
     })
 }

@@ -27,27 +27,30 @@
 pub mod boundary;
 pub mod codes;
 pub mod config;
+pub mod daemon;
 pub mod finalize;
+pub mod local;
 pub mod transfers;
 pub mod watch;
 
 pub use config::*;
 pub use finalize::*;
+pub use local::LocalTransfer;
 pub use transfers::*;
 pub use watch::*;
 
 use std::ffi::{CString, c_char, c_int};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry::engine::skip::SkipRule;
 use ferry::events::{Watch, WatchItem};
 use ferry::finalize::{DeadPolicy, FinalizeOptions, Outcome};
 use ferry::model::ChecksumAlgo;
-use ferry::store::{EventFilter, SqliteStore, Store, StoreError};
+use ferry::store::{EventFilter, SqliteStore, Store};
 use ferry::verify::Verify;
-use ferry::{Canceller, Kind, Preserve, Transfer, TransferId, TransferOptions, TransferState};
+use ferry::{Kind, Preserve, Transfer, TransferId, TransferOptions, TransferState};
 
 use boundary::{CError, catch, last_error, opt_path_arg, opt_str_arg, path_arg, set_last_error};
 use codes::*;
@@ -62,6 +65,12 @@ pub struct FerryStore {
 #[derive(Clone)]
 pub struct FerryConfig {
     pub kind: Kind,
+    /// `FERRY_KIND_DEFAULT`: [`Kind::Daemon`] when a daemon answers on the
+    /// socket at create, else `kind`.
+    pub daemon_if_it_answers: bool,
+    /// The daemon's socket; `None`: `ferry serve`'s default
+    /// (`$FERRY_SOCKET`, …).
+    pub socket: Option<PathBuf>,
     pub preserve: Preserve,
     pub workers: usize,
     pub clean_orphans: bool,
@@ -77,6 +86,8 @@ impl Default for FerryConfig {
     fn default() -> FerryConfig {
         FerryConfig {
             kind: Kind::Threads,
+            daemon_if_it_answers: false,
+            socket: None,
             preserve: Preserve::NONE,
             workers: ferry::default_workers(),
             clean_orphans: false,
@@ -89,18 +100,15 @@ impl Default for FerryConfig {
     }
 }
 
-/// One transfer. Any thread may use it; a cancel works while another thread
-/// is in a `sync` dispatch or a wait of it.
-pub struct FerryTransfer {
-    transfer: Mutex<Transfer>,
-    store: Arc<dyn Store>,
-    canceller: Canceller,
-    id: TransferId,
-    reattached: bool,
-    workers: usize,
-    /// The last run's end, reachable without the transfer's lock (which a
-    /// waiting thread holds): see [`FerryTransfer::discard`].
-    ended: Mutex<Arc<ferry::RunEnded>>,
+/// One transfer: moved in this process (`sync`, `threads`) or by the
+/// daemon. Any thread may use it; a cancel works while another thread is in
+/// a `sync` dispatch or a wait of it.
+// Always behind a Box (a C handle) or an Arc (libaxl): boxing the large
+// variant would add a second allocation and save nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum FerryTransfer {
+    Local(LocalTransfer),
+    Daemon(daemon::DaemonTransfer),
 }
 
 /// How a transfer's run ended (`ferry_transfer_wait`).
@@ -209,12 +217,18 @@ unsafe fn put<T>(out: *mut T, value: T, what: &str) -> Result<(), CError> {
     Ok(())
 }
 
-fn lock(transfer: &FerryTransfer) -> MutexGuard<'_, Transfer> {
-    // A panic inside a call poisoned it; the transfer itself is in the store.
-    transfer
-        .transfer
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+impl FerryConfig {
+    /// The socket of the daemon this configuration's transfers go to, if
+    /// they go to one: kind daemon, or kind default while one answers.
+    pub fn daemon_socket(&self) -> Option<PathBuf> {
+        let socket = self
+            .socket
+            .clone()
+            .unwrap_or_else(ferry_serve::server::default_socket_path);
+        let wanted =
+            self.kind == Kind::Daemon || (self.daemon_if_it_answers && daemon::answers(&socket));
+        wanted.then_some(socket)
+    }
 }
 
 /// The `FERRY_STATE_*` value of a state.
@@ -231,120 +245,119 @@ pub fn state_code(state: TransferState) -> c_int {
 }
 
 impl FerryTransfer {
-    /// Wraps a created or opened transfer, with `config`'s run options.
-    pub fn new(
-        store: Arc<dyn Store>,
-        mut transfer: Transfer,
-        config: &FerryConfig,
-    ) -> FerryTransfer {
-        transfer.set_clean_orphans(config.clean_orphans);
-        transfer.set_check_space(config.check_space);
-        transfer.set_skip(config.skip);
-        transfer.set_verify(config.verify);
-        if config.pause_after_bytes > 0 {
-            transfer.set_after_chunk(Some(boundary::pause_after(config.pause_after_bytes)));
-        }
-        FerryTransfer {
-            store,
-            canceller: transfer.canceller(),
-            id: transfer.record().id,
-            reattached: transfer.reattached(),
-            workers: config.workers,
-            ended: Mutex::new(transfer.run_ended()),
-            transfer: Mutex::new(transfer),
-        }
+    /// Wraps a created or opened transfer of this process, with `config`'s
+    /// run options.
+    pub fn new(store: Arc<dyn Store>, transfer: Transfer, config: &FerryConfig) -> FerryTransfer {
+        FerryTransfer::Local(LocalTransfer::new(store, transfer, config))
     }
 
+    /// Its id in its store (the daemon's, for a daemon transfer).
     pub fn id(&self) -> TransferId {
-        self.id
+        match self {
+            FerryTransfer::Local(t) => t.id(),
+            FerryTransfer::Daemon(t) => t.id(),
+        }
     }
 
     pub fn reattached(&self) -> bool {
-        self.reattached
+        match self {
+            FerryTransfer::Local(t) => t.reattached(),
+            FerryTransfer::Daemon(t) => t.reattached(),
+        }
     }
 
-    pub fn kind(&self) -> Kind {
-        lock(self).record().kind
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, FerryTransfer::Daemon(_))
     }
 
     pub fn add(&self, source: PathBuf, dest: &std::path::Path) -> Result<usize, CError> {
-        Ok(lock(self).add(&[source], dest, true)?)
+        match self {
+            FerryTransfer::Local(t) => t.add(source, dest),
+            FerryTransfer::Daemon(t) => t.add(&source, dest),
+        }
     }
 
     pub fn dispatch(&self) -> Result<(), CError> {
-        let mut transfer = lock(self);
-        let dispatched = transfer.dispatch(self.workers);
-        self.note_run(&transfer);
-        Ok(dispatched?)
+        match self {
+            FerryTransfer::Local(t) => t.dispatch(),
+            FerryTransfer::Daemon(t) => t.dispatch(),
+        }
     }
 
     pub fn resume(&self) -> Result<(), CError> {
-        let mut transfer = lock(self);
-        let resumed = transfer.resume(self.workers);
-        self.note_run(&transfer);
-        Ok(resumed?)
+        match self {
+            FerryTransfer::Local(t) => t.resume(),
+            FerryTransfer::Daemon(t) => t.resume(),
+        }
     }
 
-    fn note_run(&self, transfer: &Transfer) {
-        *self.ended.lock().unwrap_or_else(|p| p.into_inner()) = transfer.run_ended();
-    }
-
-    /// Cancels, waits (at most `timeout`) for the mover to stop, removes the
-    /// temporaries and frees the transfer in the store — without the
-    /// transfer's lock, for a signal handler that interrupted the thread
-    /// waiting for it (which holds that lock and will never return).
-    pub fn discard(&self, timeout: std::time::Duration) -> Result<usize, CError> {
-        let ended = Arc::clone(&self.ended.lock().unwrap_or_else(|p| p.into_inner()));
-        Ok(ferry::finalize::discard(
-            self.store.as_ref(),
-            self.id,
-            &ended,
-            timeout,
-        )?)
-    }
-
-    /// Would a wait return at once? `None` when another thread holds the
-    /// transfer (it is waiting for it, or dispatching it in `sync` mode).
+    /// Would a wait return at once? `None` when another thread holds a
+    /// transfer of this process (it is waiting for it, or dispatching it in
+    /// `sync` mode).
     pub fn test(&self) -> Result<Option<bool>, CError> {
-        match self.transfer.try_lock() {
-            Ok(transfer) => Ok(Some(transfer.test()?)),
-            Err(std::sync::TryLockError::Poisoned(p)) => Ok(Some(p.into_inner().test()?)),
-            Err(std::sync::TryLockError::WouldBlock) => Ok(None),
+        match self {
+            FerryTransfer::Local(t) => t.test(),
+            FerryTransfer::Daemon(t) => t.test().map(Some),
         }
     }
 
     pub fn wait(&self) -> Result<ferry::RunReport, CError> {
-        Ok(lock(self).wait()?)
-    }
-
-    /// Cancels; a transfer that has finished already stays as it ended.
-    /// The state the store has for it now (another thread may be moving it).
-    pub fn recorded_state(&self) -> Result<TransferState, CError> {
-        let record = self.store.transfer(self.id)?.ok_or_else(|| {
-            CError::from(ferry::Error::Store(StoreError::NoSuchTransfer {
-                path: self.store.location(),
-                id: self.id,
-            }))
-        })?;
-        Ok(record.state)
-    }
-
-    pub fn cancel(&self) -> Result<(), CError> {
-        match self.canceller.cancel() {
-            Err(ferry::Error::Store(StoreError::IllegalTransition { .. })) => Ok(()),
-            other => Ok(other?),
+        match self {
+            FerryTransfer::Local(t) => t.wait(),
+            FerryTransfer::Daemon(t) => t.wait(),
         }
     }
 
+    /// The state its store has for it now (another thread, or the daemon,
+    /// may be moving it).
+    pub fn recorded_state(&self) -> Result<TransferState, CError> {
+        match self {
+            FerryTransfer::Local(t) => t.recorded_state(),
+            FerryTransfer::Daemon(t) => t.recorded_state(),
+        }
+    }
+
+    /// Cancels; a transfer that has finished already stays as it ended.
+    pub fn cancel(&self) -> Result<(), CError> {
+        match self {
+            FerryTransfer::Local(t) => t.cancel(),
+            FerryTransfer::Daemon(t) => t.cancel(),
+        }
+    }
+
+    /// See [`LocalTransfer::discard`]; a daemon transfer is cancelled (the
+    /// daemon removes its temporaries).
+    pub fn discard(&self, timeout: std::time::Duration) -> Result<(), CError> {
+        match self {
+            FerryTransfer::Local(t) => t.discard(timeout).map(drop),
+            FerryTransfer::Daemon(t) => t.cancel(),
+        }
+    }
+
+    /// Releases the transfer in its store. A daemon transfer stays in the
+    /// daemon's store (the daemon has no such request): only the handle
+    /// goes, and a moving one is cancelled first, as a local one.
     pub fn free(self) -> Result<(), CError> {
-        let transfer = self
-            .transfer
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Ok(transfer.free()?)
+        match self {
+            FerryTransfer::Local(t) => t.free(),
+            FerryTransfer::Daemon(t) => {
+                if !t.test()? {
+                    t.cancel()?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Releases the handle but keeps the transfer: a local mover is waited
+    /// for first; a daemon transfer goes on in the daemon.
+    pub fn close(self) -> Result<(), CError> {
+        match self {
+            FerryTransfer::Local(t) => t.finish_moving(),
+            FerryTransfer::Daemon(_) => Ok(()),
+        }
     }
 }
-
 /// The message of the calling thread's last failed call ("" if none): one
 /// line naming what failed. Valid until that thread's next failed call.
 #[unsafe(no_mangle)]

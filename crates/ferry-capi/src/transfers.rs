@@ -7,7 +7,9 @@ use super::*;
 /// store holds a live transfer of that name whose owner process is dead, it
 /// is re-attached instead (see `ferry_transfer_reattached`) so that it can
 /// be resumed, cancelled or freed; a live owner's name is
-/// `FERRY_E_NAME_IN_USE`. `config` may be NULL (defaults).
+/// `FERRY_E_NAME_IN_USE`. `config` may be NULL (defaults). With kind
+/// daemon (or default, while a daemon answers) the transfer is created in
+/// the daemon, by name, and `store` is not used (it may be NULL).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ferry_transfer_create(
     store: *const FerryStore,
@@ -16,24 +18,33 @@ pub unsafe extern "C" fn ferry_transfer_create(
     out: *mut *mut FerryTransfer,
 ) -> c_int {
     status("ferry_transfer_create", || {
-        // SAFETY: C passes handles (or NULL) and a string (or NULL).
-        let (store, name) = unsafe { (handle(store, "store")?, opt_str_arg(name, "name")?) };
+        // SAFETY: C passes a string or NULL.
+        let name = unsafe { opt_str_arg(name, "name")? };
         let config = if config.is_null() {
             FerryConfig::default()
         } else {
             // SAFETY: C passes a config handle.
             unsafe { handle(config, "config") }?.clone()
         };
-        let store: Arc<dyn Store> = store.store.clone();
-        let options = TransferOptions {
-            name,
-            kind: config.kind,
-            preserve: config.preserve,
-            checksum: config.checksum,
-            caller: None,
+        let transfer = match config.daemon_socket() {
+            Some(socket) => {
+                FerryTransfer::Daemon(daemon::DaemonTransfer::create(&socket, name, &config)?)
+            }
+            None => {
+                // SAFETY: C passes a store handle or NULL.
+                let store: Arc<dyn Store> = unsafe { handle(store, "store") }?.store.clone();
+                let options = TransferOptions {
+                    name,
+                    kind: config.kind,
+                    preserve: config.preserve,
+                    checksum: config.checksum,
+                    caller: None,
+                };
+                let transfer = Transfer::create_with(store.clone(), &options, &[])?;
+                FerryTransfer::new(store, transfer, &config)
+            }
         };
-        let transfer = Transfer::create_with(store.clone(), &options, &[])?;
-        let handle = Box::into_raw(Box::new(FerryTransfer::new(store, transfer, &config)));
+        let handle = Box::into_raw(Box::new(transfer));
         // SAFETY: C passes a writable pointer (checked for NULL).
         unsafe { put(out, handle, "out") }.inspect_err(|_| {
             // SAFETY: just made by Box::into_raw, handed to nobody.
@@ -76,14 +87,14 @@ pub unsafe extern "C" fn ferry_transfer_open(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ferry_transfer_reattached(transfer: *const FerryTransfer) -> c_int {
     // SAFETY: C passes a transfer handle or NULL.
-    unsafe { transfer.as_ref() }.map_or(0, |t| c_int::from(t.reattached))
+    unsafe { transfer.as_ref() }.map_or(0, |t| c_int::from(t.reattached()))
 }
 
 /// The transfer's id in its store (-1 for NULL).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ferry_transfer_id(transfer: *const FerryTransfer) -> i64 {
     // SAFETY: C passes a transfer handle or NULL.
-    unsafe { transfer.as_ref() }.map_or(-1, |t| t.id.0)
+    unsafe { transfer.as_ref() }.map_or(-1, |t| t.id().0)
 }
 
 /// Adds `source` (a file, or a directory: recursively) to be copied to
@@ -218,26 +229,16 @@ pub unsafe extern "C" fn ferry_transfer_state(
 ) -> c_int {
     status("ferry_transfer_state", || {
         // SAFETY: C passes a transfer handle or NULL.
-        let transfer = unsafe { handle(transfer, "transfer") }?;
-        let record = transfer
-            .store
-            .transfer(transfer.id)?
-            .ok_or_else(|| CError {
-                code: FERRY_E_NO_SUCH_TRANSFER,
-                message: format!(
-                    "store {}: no transfer with id {}",
-                    transfer.store.location().display(),
-                    transfer.id
-                ),
-            })?;
+        let state_now = unsafe { handle(transfer, "transfer") }?.recorded_state()?;
         // SAFETY: C passes a writable pointer (checked for NULL).
-        unsafe { put(state, state_code(record.state), "state") }
+        unsafe { put(state, state_code(state_now), "state") }
     })
 }
 
 /// Releases the transfer in its store (its name may be used again; a moving
 /// transfer is cancelled first) and frees the handle, which is gone even
-/// when this fails.
+/// when this fails. A daemon transfer stays in the daemon's store (cancelled
+/// if it was moving).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ferry_transfer_free(transfer: *mut FerryTransfer) -> c_int {
     status("ferry_transfer_free", || {
@@ -250,7 +251,8 @@ pub unsafe extern "C" fn ferry_transfer_free(transfer: *mut FerryTransfer) -> c_
 }
 
 /// Frees the handle but leaves the transfer in its store (for a later
-/// resume or `ferry finalize`). A running mover is waited for first.
+/// resume or `ferry finalize`). A running mover of this process is waited
+/// for first; a daemon transfer goes on in the daemon.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ferry_transfer_close(transfer: *mut FerryTransfer) {
     if transfer.is_null() {
@@ -258,11 +260,5 @@ pub unsafe extern "C" fn ferry_transfer_close(transfer: *mut FerryTransfer) {
     }
     // SAFETY: a handle from ferry_transfer_create/open, closed once.
     let transfer = unsafe { Box::from_raw(transfer) };
-    let _ = catch("ferry_transfer_close", || {
-        if !lock(&transfer).test().unwrap_or(true) {
-            transfer.wait().map(drop)?;
-        }
-        drop(transfer);
-        Ok(())
-    });
+    let _ = catch("ferry_transfer_close", || transfer.close());
 }

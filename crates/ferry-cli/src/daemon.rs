@@ -6,12 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use ferry_serve::api::{AddRequest, CreateRequest, RunRequest, SameCopyView, TransferView};
-use ferry_serve::client::{Client, ClientError};
+use ferry_serve::client::{ApiPathError, Client, ClientError, api_path};
 use indicatif::HumanBytes;
 
+use crate::cp::CpArgs;
 use crate::exit::Exit;
 use crate::status::{self, StatusRow};
-use crate::{Command, CpArgs, RunArgs};
+use crate::{Command, RunArgs};
 
 pub fn serve(
     store: Option<PathBuf>,
@@ -61,27 +62,24 @@ fn client(socket: &Path) -> Result<Client, Exit> {
 
 /// The daemon runs elsewhere: it needs absolute paths, in UTF-8 (JSON).
 fn absolute(path: &Path) -> Result<String, Exit> {
-    let absolute = std::path::absolute(path).map_err(|e| {
-        Exit::from(ferry::Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })
-    })?;
     // Refused here, before the daemon is asked: said as ferry's own.
-    absolute
-        .into_os_string()
-        .into_string()
-        .map_err(|p| Exit::Refused {
+    api_path(path, "--kind threads").map_err(|e| match e {
+        ApiPathError::Io(e) => Exit::from(e),
+        ApiPathError::NotUtf8(ClientError::Api { message, .. }) => Exit::Refused {
             code: crate::exit::DAEMON_MALFORMED,
-            message: format!(
-                "{}: not sent to the daemon, whose API takes UTF-8 paths only; use --kind \
-                 threads for this one",
-                PathBuf::from(p).display()
-            ),
-        })
+            message: format!("not sent to the daemon: {message}"),
+        },
+        ApiPathError::NotUtf8(e) => Exit::Daemon(e),
+    })
 }
 
 pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
+    if let Some(flag) = args.local_only() {
+        return Err(Exit::Error(ferry::Error::BadOption {
+            option: "--kind daemon",
+            why: format!("the daemon does not take {flag} yet: copy with --kind threads"),
+        }));
+    }
     let client = client(socket)?;
     let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
     let add = AddRequest {
@@ -228,6 +226,9 @@ fn report(view: &TransferView, json: bool) {
     }
     for warning in &view.warnings {
         eprintln!("ferry: warning: {warning}");
+    }
+    if let Some(error) = &view.error {
+        eprintln!("ferry: transfer {} {}: {error}", view.name, view.state);
     }
     let counts = ferry::FileCounts {
         files: view.files,

@@ -54,28 +54,6 @@ pub const USAGE: u8 = 2;
 /// A request the daemon would refuse as malformed (a non-UTF-8 path).
 pub const DAEMON_MALFORMED: u8 = 32;
 
-/// The code for a daemon error: a library error's own code (a missing
-/// source is 3 with or without the daemon), else the daemon's 30–39.
-pub fn daemon_code(e: &ClientError) -> u8 {
-    match e {
-        ClientError::NoDaemon { .. } => 30,
-        ClientError::Protocol { .. } => 34,
-        ClientError::Api {
-            code: Some(code), ..
-        } => *code,
-        ClientError::Api { kind, .. } => match kind.as_str() {
-            "transfer_not_found" => 10,
-            "name_in_use" => 11,
-            "nothing_to_do" => 13,
-            "forbidden" | "not_a_daemon_transfer" => 31,
-            "bad_request" | "bad_json" | "body_too_large" | "invalid_path" | "no_such_route" => 32,
-            "busy" => 33,
-            "over_limit" => 40,
-            _ => 34,
-        },
-    }
-}
-
 /// `ferry serve`'s own failures.
 pub fn serve_code(e: &ServeError) -> u8 {
     match e {
@@ -116,7 +94,7 @@ impl From<Exit> for ExitCode {
             }
             Exit::Daemon(e) => {
                 eprintln!("ferry: {e}");
-                ExitCode::from(daemon_code(&e))
+                ExitCode::from(e.code())
             }
             Exit::Serve(e) => {
                 eprintln!("ferry: {e}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use ferry_hsm::archive;
 use ferry_hsm::catalog::{self, fid_of};
-use ferry_hsm::worker::{INFLIGHT_MAX, Worker, WorkerConfig};
+use ferry_hsm::worker::{ActionCaps, INFLIGHT_MAX, Worker, WorkerConfig};
 use ferry_hsm::{
     Action, Enqueued, LeaseFilter, NewRequest, RequestId, RequestQueue, RequestRecord, RequestState,
 };
@@ -137,6 +137,19 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=INFLIGHT_MAX as i64))]
     max_inflight: u16,
+    /// Of those, at most N archives at once (restores keep slots under a
+    /// flood of archives)
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=INFLIGHT_MAX as i64))]
+    max_archive: Option<u16>,
+    /// Of those, at most N restores at once
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=INFLIGHT_MAX as i64))]
+    max_restore: Option<u16>,
+    /// Of those, at most N removes at once
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=INFLIGHT_MAX as i64))]
+    max_remove: Option<u16>,
     /// Lease length; heartbeats come every third of it
     #[arg(long, default_value_t = 60_000, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(30..=86_400_000))]
@@ -447,8 +460,14 @@ fn worker(queue: &dyn RequestQueue, args: WorkerArgs) -> Result<Exit, Exit> {
             .unwrap_or_else(|| format!("{}:{}", owner.host, owner.pid)),
         filter: LeaseFilter {
             archive_id: args.archive_id,
+            actions: None,
         },
         max_inflight: usize::from(args.max_inflight),
+        caps: ActionCaps {
+            archive: args.max_archive.map(usize::from),
+            restore: args.max_restore.map(usize::from),
+            remove: args.max_remove.map(usize::from),
+        },
         lease: Duration::from_millis(args.lease_ms),
         fid_root: args.fid_root,
         until_idle: args.until_idle,

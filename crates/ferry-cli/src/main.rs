@@ -14,11 +14,13 @@ macro_rules! println {
     };
 }
 
+mod cp;
 mod daemon;
 mod exit;
 mod finalize;
 mod generate;
 mod hsm;
+mod listing;
 mod output;
 mod signals;
 mod status;
@@ -28,13 +30,9 @@ mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use ferry::engine::plan::DestRule;
-use ferry::rerun::Rerun;
-use ferry::store::Store;
-use ferry::{Kind, Preserve, RunReport, RunSettings, Transfer};
+use ferry::{RunReport, RunSettings, Transfer};
 
 use exit::Exit;
 use store::OpenedStore;
@@ -66,11 +64,13 @@ struct Cli {
     command: Command,
 }
 
+// One command line per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Copy files and directories, durably: nothing appears under its final
     /// name until it is complete
-    Cp(CpArgs),
+    Cp(cp::CpArgs),
     /// Show transfers, or one transfer in detail
     Status(StatusArgs),
     /// Continue a transfer from what is durable
@@ -83,6 +83,15 @@ pub(crate) enum Command {
         /// Treat an owner on another host as dead
         #[arg(long)]
         force: bool,
+    },
+    /// Change a transfer's bandwidth limit, also while it runs (recorded
+    /// as a transfer.limited event; a resume keeps it)
+    Limit {
+        /// The transfer's name
+        name: String,
+        /// Bytes per second: 50M is 50 MiB/s (K, M, G, T); 0 or none: no limit
+        #[arg(value_parser = rate)]
+        rate: u64,
     },
     /// Cancel a transfer (its temporaries are kept for a resume)
     Cancel {
@@ -192,48 +201,6 @@ pub(crate) enum StoreCommand {
     },
 }
 
-#[derive(Args)]
-pub(crate) struct CpArgs {
-    /// Copy directories recursively
-    #[arg(short, long)]
-    recursive: bool,
-    /// Archive: -r, and keep mode, ownership and times
-    #[arg(short, long)]
-    archive: bool,
-    /// Keep mode, ownership and times
-    #[arg(short, long)]
-    preserve: bool,
-    /// Name the transfer, to find it again (a dead owner's transfer of this
-    /// name is re-attached and continued)
-    #[arg(long)]
-    name: Option<String>,
-    /// How bytes move: sync (this thread), threads (a pool), daemon (handed
-    /// to `ferry serve`; returns once dispatched unless --wait), default
-    /// (daemon when one answers on the socket, else threads)
-    #[arg(long, default_value = "threads", value_parser = ["sync", "threads", "daemon", "default"])]
-    kind: String,
-    /// With --kind daemon: return when the transfer is over, not when it is
-    /// dispatched
-    #[arg(long)]
-    wait: bool,
-    /// A new transfer under cp's destination rules, even when a transfer of
-    /// the store already copied these sources to this destination (which a
-    /// re-run otherwise continues, or brings up to date)
-    #[arg(long)]
-    new: bool,
-    /// The checksum every copied file gets, computed as it is read
-    #[arg(long, default_value = "xxh3", value_parser = ["xxh3", "blake3", "none"])]
-    checksum: String,
-    /// Extended attributes and ACLs to keep [default: all with -a, none otherwise]
-    #[arg(long, value_parser = ["all", "none", "no-lustre"])]
-    xattrs: Option<String>,
-    #[command(flatten)]
-    run: RunArgs,
-    /// Sources, then the destination
-    #[arg(required = true, num_args = 2.., value_name = "SRC… DST")]
-    paths: Vec<PathBuf>,
-}
-
 #[derive(Args, Clone)]
 pub(crate) struct RunArgs {
     /// Worker threads [default: one per core]
@@ -261,6 +228,23 @@ pub(crate) struct RunArgs {
     /// end) [default: none; resume: as dispatched]
     #[arg(long, value_parser = ["none", "copied", "full"])]
     verify: Option<String>,
+    /// One line per file on stdout as it is committed (or skipped, or
+    /// removed by --delete)
+    #[arg(short, long, conflicts_with = "quiet")]
+    verbose: bool,
+    /// Print nothing but errors
+    #[arg(short, long)]
+    quiet: bool,
+    /// Bytes per second for the whole transfer, shared by its workers: 50M
+    /// is 50 MiB/s (K, M, G, T), 0 none; `ferry limit` changes it while it
+    /// runs [default: none; resume: as dispatched or last limited]
+    #[arg(long, value_name = "RATE", value_parser = rate)]
+    bwlimit: Option<u64>,
+}
+
+/// `--bwlimit`'s and `ferry limit`'s RATE; 0 is none.
+fn rate(text: &str) -> Result<u64, String> {
+    ferry::engine::throttle::parse_rate(text).map(|r| r.unwrap_or(0))
 }
 
 #[derive(Args)]
@@ -302,8 +286,15 @@ impl RunArgs {
             }),
             check_space: self.check_space || base.check_space,
             clean_orphans: self.clean_orphans || base.clean_orphans,
-            umask: base.umask,
+            bwlimit: self.bwlimit.map_or(base.bwlimit, |n| (n > 0).then_some(n)),
+            ..base
         }
+    }
+
+    /// Notes on stderr (what a resume runs with, a re-attach) and the
+    /// summary: not for scripts (--json) nor with -q.
+    fn chatty(&self) -> bool {
+        !self.json && !self.quiet
     }
 
     /// Sets the options of a new dispatch; returns the worker count.
@@ -329,6 +320,7 @@ impl RunArgs {
             }
             Err(e) => return Err(e.into()),
         };
+        let recorded_any = recorded.is_some();
         let settings = self.settings(recorded.unwrap_or_default());
         transfer.apply_settings(&settings);
         let workers = settings.workers.unwrap_or_else(ferry::default_workers);
@@ -337,7 +329,7 @@ impl RunArgs {
             transfer.record().state,
             ferry::TransferState::Completed | ferry::TransferState::Finalized
         );
-        if !self.json && resumable {
+        if self.chatty() && resumable {
             let mut words = format!(
                 "--threads {workers} --skip {} --verify {}",
                 settings.skip.as_str(),
@@ -349,7 +341,25 @@ impl RunArgs {
             if settings.clean_orphans {
                 words.push_str(" --clean-orphans");
             }
-            let origin = if recorded.is_some() {
+            for (given, flag) in [
+                (settings.update, " --update"),
+                (settings.no_clobber, " --no-clobber"),
+                (settings.delete, " --delete"),
+            ] {
+                if given {
+                    words.push_str(flag);
+                }
+            }
+            if let Some(rate) = settings.bwlimit {
+                words.push_str(&format!(" --bwlimit {rate}"));
+            }
+            if !settings.filter.is_empty() {
+                words.push_str(&format!(
+                    " ({} include/exclude rules)",
+                    settings.filter.len()
+                ));
+            }
+            let origin = if recorded_any {
                 "as dispatched, with what is given here"
             } else {
                 "defaults, with what is given here"
@@ -378,7 +388,15 @@ struct ResumeArgs {
 
 fn main() -> ExitCode {
     output::start_clock();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let (Command::Cp(args), Some(("cp", cp_matches))) = (&mut cli.command, matches.subcommand())
+    {
+        args.order_rules(cp_matches);
+    }
     match run(cli) {
         Ok(exit) => exit.into(),
         Err(exit) => exit.into(),
@@ -411,6 +429,12 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             size(max_entries_per_transfer),
             size(max_transfers_per_user),
         );
+    }
+    // A dry run writes nothing: no store is opened, no daemon asked.
+    if let Command::Cp(args) = &cli.command
+        && args.dry_run
+    {
+        return cp::dry_run(args);
     }
     if let Command::Cp(args) = &cli.command
         && daemon::wants_daemon(&args.kind, &socket)
@@ -531,7 +555,7 @@ fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
         Command::Stop { dead, all, force } => finalize::stop(store.as_ref(), dead, all, force),
         Command::Forget { name, force } => finalize::forget(store.as_ref(), &name, force),
         Command::Hsm(command) => hsm::run(opened.queue(), command),
-        Command::Cp(args) => cp(store, args),
+        Command::Cp(args) => cp::cp(store, args),
         Command::Status(StatusArgs {
             at: Some(seq),
             name,
@@ -581,12 +605,21 @@ fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
             let workers = args.run.apply_to_resume(&mut transfer)?;
-            Ok(move_and_wait(
-                transfer,
-                Start::Resume,
-                workers,
-                args.run.json,
-            )?)
+            Ok(move_and_wait(transfer, Start::Resume, workers, &args.run)?)
+        }
+        Command::Limit { name, rate } => {
+            let transfer = Transfer::open(store, &name)?;
+            transfer.limit((rate > 0).then_some(rate))?;
+            let how = if rate > 0 {
+                format!("{}/s", indicatif::HumanBytes(rate))
+            } else {
+                "no limit".into()
+            };
+            println!(
+                "ferry: {name} (id {}) now moves at {how}; a running mover takes it within a second",
+                transfer.record().id
+            );
+            Ok(Exit::Ok)
         }
         Command::Cancel { name } => {
             let transfer = Transfer::open(store, &name)?;
@@ -615,112 +648,7 @@ fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
     }
 }
 
-fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
-    // `default` without a daemon answering: threads.
-    let kind = Kind::parse(&args.kind).unwrap_or(Kind::Threads);
-    let preserve = if args.archive || args.preserve {
-        Preserve::ALL
-    } else {
-        Preserve::NONE
-    };
-    let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
-    // The same command run again is the same transfer: found before cp's
-    // destination rule could nest it into what the first run created.
-    let found = if args.new {
-        None
-    } else {
-        ferry::rerun::find_same_copy(store.as_ref(), args.name.as_deref(), sources, dest)?
-    };
-    let mut rule = DestRule::Cp;
-    let mut base = RunSettings::default();
-    let before = found.as_ref().map(|f| f.record.clone());
-    match found
-        .map(|found| ferry::rerun::take_up(Arc::clone(&store), found))
-        .transpose()?
-    {
-        Some(Rerun::Continue(transfer)) => {
-            let before = before.expect("found");
-            return continue_rerun(*transfer, &before, &args);
-        }
-        Some(Rerun::UpToDate(same)) => {
-            rule = same.rule;
-            base.skip = ferry::engine::skip::SkipRule::Mtime;
-            let skip = args.run.skip.as_deref().unwrap_or("mtime");
-            eprintln!(
-                "ferry: transfer {} (id {}) already copied this to {}; bringing it up to date \
-                 (--skip {skip}: files that match are not copied again; --new copies anew \
-                 with cp's rules)",
-                same.record.name,
-                same.record.id,
-                dest.display()
-            );
-        }
-        None => {}
-    }
-    let xattrs = match args.xattrs.as_deref() {
-        Some(mode) => ferry::engine::plan::XattrMode::parse(mode).expect("clap checked"),
-        None if args.archive => ferry::engine::plan::XattrMode::All,
-        None => ferry::engine::plan::XattrMode::None,
-    };
-    let fidelity = ferry::engine::plan::Fidelity {
-        hard_links: args.archive,
-        xattrs,
-    };
-    let entries = ferry::engine::plan::plan_onto(
-        sources,
-        dest,
-        args.recursive || args.archive,
-        fidelity,
-        rule,
-    )?;
-    let options = ferry::TransferOptions {
-        name: args.name.clone(),
-        kind,
-        preserve,
-        checksum: ferry::model::ChecksumAlgo::parse(&args.checksum),
-        caller: None,
-    };
-    let mut transfer = Transfer::create_with(store, &options, &entries)?;
-    let (start, workers) = if transfer.reattached() {
-        let record = transfer.record();
-        let left_by = transfer.previous_owner().unwrap_or(&record.owner);
-        eprintln!(
-            "ferry: re-attached transfer {} (id {}) left by dead process {} on {}; continuing it",
-            record.name, record.id, left_by.pid, left_by.host
-        );
-        let workers = args.run.apply_to_resume(&mut transfer)?;
-        (Start::Resume, workers)
-    } else {
-        (Start::Dispatch, args.run.apply(&mut transfer, base))
-    };
-    move_and_wait(transfer, start, workers, args.run.json)
-}
-
-/// A re-run of a copy whose transfer is not over (or failed, or was
-/// cancelled): continue it, as `ferry resume` would.
-fn continue_rerun(
-    mut transfer: Transfer,
-    before: &ferry::model::TransferRecord,
-    args: &CpArgs,
-) -> Result<Exit, Exit> {
-    let how = if transfer.reattached() {
-        format!(
-            "re-attached it from dead process {} on {}",
-            before.owner.pid, before.owner.host
-        )
-    } else {
-        "it is this process's".into()
-    };
-    eprintln!(
-        "ferry: this copy is transfer {} (id {}), left {}; {how}; continuing it \
-         (`ferry cp --new` copies anew with cp's rules)",
-        before.name, before.id, before.state
-    );
-    let workers = args.run.apply_to_resume(&mut transfer)?;
-    move_and_wait(transfer, Start::Resume, workers, args.run.json)
-}
-
-enum Start {
+pub(crate) enum Start {
     Dispatch,
     Resume,
 }
@@ -728,42 +656,47 @@ enum Start {
 /// Moves the data with a progress bar on a terminal and waits; SIGINT or
 /// SIGTERM meanwhile cancels the transfer (recorded as an interruption),
 /// clears the bar and ends with how to continue.
-fn move_and_wait(
+pub(crate) fn move_and_wait(
     mut transfer: Transfer,
     start: Start,
     workers: usize,
-    json: bool,
+    run: &RunArgs,
 ) -> Result<Exit, Exit> {
     signals::cancel_on_interrupt(transfer.canceller())
         .map_err(|e| ferry::Error::io(std::path::Path::new("signal handlers"), e))?;
     let progress = transfer.progress();
-    let report = output::with_progress(
-        &progress,
-        json,
-        || {
-            match start {
-                Start::Dispatch => transfer.dispatch(workers)?,
-                Start::Resume => transfer.resume(workers)?,
-            }
-            transfer.wait()
-        },
-        // Interrupted: the bar goes, what happened is said instead.
-        |report: &RunReport| signals::received().is_none().then(|| report.counts()),
-    )?;
+    let (store, id) = (transfer.store(), transfer.record().id);
+    // -v lists files on stdout: the bar would garble it.
+    let bar = !(run.quiet || run.verbose || run.json);
+    let report = listing::with_listing(store, id, run.verbose && !run.json, || {
+        output::with_progress(
+            &progress,
+            !bar,
+            || {
+                match start {
+                    Start::Dispatch => transfer.dispatch(workers)?,
+                    Start::Resume => transfer.resume(workers)?,
+                }
+                transfer.wait()
+            },
+            // Interrupted: the bar goes, what happened is said instead.
+            |report: &RunReport| signals::received().is_none().then(|| report.counts()),
+        )
+    })?;
     if report.state == ferry::TransferState::Cancelled
         && let Some(signal) = signals::received()
     {
-        output::report(&report, json);
+        output::report(&report, run.json, run.quiet);
         return Err(Exit::Interrupted(signals::report_interrupted(
             &report.name,
             signal,
         )));
     }
-    Ok(finish(&report, json))
+    Ok(finish(&report, run.json, run.quiet))
 }
 
-fn finish(report: &RunReport, json: bool) -> Exit {
-    output::report(report, json);
+fn finish(report: &RunReport, json: bool, quiet: bool) -> Exit {
+    output::report(report, json, quiet);
     match report.state {
         ferry::TransferState::Completed => Exit::Ok,
         ferry::TransferState::Cancelled => Exit::Cancelled,

@@ -103,7 +103,9 @@ pub fn start_clock() {
     STARTED.with(|_| {});
 }
 
-pub fn report(report: &RunReport, json: bool) {
+/// How a run ended: JSON, or the warnings, failures and one summary line
+/// (with `quiet`, only the failures).
+pub fn report(report: &RunReport, json: bool, quiet: bool) {
     let seconds = STARTED.with(|s| s.elapsed().as_secs_f64());
     if json {
         let failures: Vec<_> = report
@@ -129,11 +131,14 @@ pub fn report(report: &RunReport, json: bool) {
         println!("{value}");
         return;
     }
-    for warning in &report.warnings {
-        eprintln!("ferry: warning: {warning}");
-    }
     for failure in &report.failures {
         eprintln!("ferry: {}", failure.error);
+    }
+    if quiet {
+        return;
+    }
+    for warning in &report.warnings {
+        eprintln!("ferry: warning: {warning}");
     }
     let rate = report.bytes_copied as f64 / seconds.max(1e-9);
     let mut line = format!(

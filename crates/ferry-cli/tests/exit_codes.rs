@@ -1,7 +1,8 @@
 //! The exit-code table in docs/user-guide.md against the code: every code
 //! the CLI can exit with has a row, and every row is a code it uses. Read
 //! from the sources where the codes are assigned (`ferry::Error::code()`,
-//! the CLI's exit.rs, and 128 + each signal signals.rs handles), so a new
+//! the daemon client's `ClientError::code()`, the CLI's exit.rs, and 128 +
+//! each signal signals.rs handles), so a new
 //! code without a row fails here.
 
 use std::collections::BTreeSet;
@@ -44,7 +45,8 @@ fn codes_in_use() -> BTreeSet<u8> {
     let exit = source("crates/ferry-cli/src/exit.rs");
     let signals = source("crates/ferry-cli/src/signals.rs");
     let mut codes = numbers_after(function(&error, "code"), "=>");
-    codes.extend(numbers_after(function(&exit, "daemon_code"), "=>"));
+    let client = source("crates/ferry-serve/src/client.rs");
+    codes.extend(numbers_after(function(&client, "code"), "=>"));
     codes.extend(numbers_after(function(&exit, "serve_code"), "=>"));
     codes.extend(numbers_after(&exit, "ExitCode::from("));
     for constant in ["OWNER_DEAD", "USAGE", "DAEMON_MALFORMED"] {

@@ -490,3 +490,84 @@ fn a_worker_pauses_while_the_store_is_read_only_and_completes_its_queue() {
         assert_eq!(request(&s, id)["state"], "succeed");
     }
 }
+
+/// Per-action caps (`--max-archive 1` of three slots): with the first of
+/// three archives held mid-copy by a fail point, the two restores queued
+/// behind them (FIFO) are served in the other slots and no second archive
+/// starts. Without the cap those slots took the next archives and the
+/// restores waited behind the flood.
+#[test]
+fn a_worker_capped_at_one_archive_serves_restores_beside_it() {
+    let s = Scratch::new();
+    let stubs: Vec<PathBuf> = (0..2).map(|i| s.path(&format!("fs/r{i}"))).collect();
+    for f in &stubs {
+        util::write_file(f, &data(100_000));
+        run_ok(s.ferry().args(["hsm", "archive"]).arg(f));
+    }
+    run_worker(&s);
+    for f in &stubs {
+        run_ok(s.ferry().args(["hsm", "release"]).arg(f));
+    }
+    run_ok(s.ferry().args(["hsm", "policy", "--fifo"]));
+    let archives: Vec<i64> = (0..3)
+        .map(|i| {
+            let f = s.path(&format!("fs/a{i}"));
+            util::write_file(&f, &data(100_000));
+            request_id(&run_ok(s.ferry().args(["hsm", "archive"]).arg(&f)))
+        })
+        .collect();
+    let restores: Vec<i64> = stubs
+        .iter()
+        .map(|f| request_id(&run_ok(s.ferry().args(["hsm", "restore"]).arg(f))))
+        .collect();
+    let fifo = s.path("pause");
+    run_ok(std::process::Command::new("mkfifo").arg(&fifo));
+    let worker = s
+        .ferry()
+        .args(["hsm", "worker", "--until-idle", "--archive"])
+        .arg(format!("posix:{}", archive_dir(&s).display()))
+        .args([
+            "--lease-ms",
+            "60000",
+            "--max-inflight",
+            "3",
+            "--max-archive",
+            "1",
+        ])
+        .env("FERRY_FAILPOINT", "hsm.archive_data=pause")
+        .env("FERRY_FAILPOINT_FIFO", &fifo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Opened once the worker is held in its first archive.
+    let pause = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while restores
+        .iter()
+        .any(|id| request(&s, *id)["state"] != "succeed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restores waited behind the archives"
+        );
+    }
+    let states: Vec<serde_json::Value> = archives
+        .iter()
+        .map(|id| request(&s, *id)["state"].clone())
+        .collect();
+    assert_eq!(
+        states,
+        ["started", "waiting", "waiting"],
+        "one archive at a time"
+    );
+    drop(pause);
+    let out = worker.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(0), "{out:?}");
+    for id in archives {
+        assert_eq!(request(&s, id)["state"], "succeed");
+    }
+    for f in &stubs {
+        assert_eq!(fs::read(f).unwrap(), data(100_000));
+    }
+}

@@ -377,3 +377,60 @@ fn verify_counts_in_words_that_agree_with_their_numbers() {
         "{stderr}"
     );
 }
+
+/// Two processes opening a new store at the same moment (`hsm archive` and
+/// `hsm worker` started together): one failed at once with exit 16
+/// "database is locked" instead of waiting for the other's set-up. Twenty
+/// processes of three kinds, held on one pipe and let go together (end of
+/// file for all at once), all succeed and leave a sound store.
+#[test]
+fn twenty_processes_opening_one_new_store_at_once_all_succeed() {
+    let s = Scratch::new();
+    let store = s.path("state/fresh.db");
+    let archive = s.path("archive");
+    fs::create_dir(&archive).unwrap();
+    fs::create_dir(s.path("dst")).unwrap();
+    for i in 0..20 {
+        write_file(
+            &s.path(&format!("src/f{i}")),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    let (gate, held) = std::io::pipe().unwrap();
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let source = s.path(&format!("src/f{i}"));
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-c", "read go; exec \"$0\" \"$@\""])
+                .arg(FERRY)
+                .arg("--store")
+                .arg(&store);
+            match i % 3 {
+                0 => cmd.arg("cp").arg(&source).arg(s.path(&format!("dst/f{i}"))),
+                1 => cmd.args(["hsm", "archive"]).arg(&source),
+                _ => cmd
+                    .args(["hsm", "worker", "--until-idle", "--archive"])
+                    .arg(format!("posix:{}", archive.display())),
+            };
+            cmd.env_remove("FERRY_FAILPOINT")
+                .stdin(gate.try_clone().unwrap())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    drop(gate);
+    assert!(!store.exists(), "nobody has opened it yet");
+    drop(held);
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    run_ok(ferry_at(&store).args(["store", "check"]));
+}

@@ -93,6 +93,59 @@ fn the_same_cp_after_it_completed_brings_the_destination_up_to_date_in_place() {
     assert_same_tree(&src, &dst.join("src"));
 }
 
+/// rsync's second run: what already matches is left exactly as it is (no
+/// chown, chmod or utimens: its ctime does not move), and only what differs
+/// — a mode, an owner, an ACL — is put back.
+#[test]
+fn a_rerun_over_an_unchanged_tree_touches_no_inode_and_restores_what_differs() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 12, 4);
+    run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(&dst));
+    let files: Vec<_> = walk(&dst)
+        .into_iter()
+        .filter(|rel| dst.join(rel).is_file())
+        .collect();
+    assert!(files.len() >= 12, "{files:?}");
+    let ctime = |rel: &Path| {
+        let m = std::fs::symlink_metadata(dst.join(rel)).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    };
+    let (moded, acled) = (&files[0], &files[1]);
+    std::fs::set_permissions(dst.join(moded), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let setfacl = std::process::Command::new("setfacl")
+        .args(["-m", "u:65534:r"])
+        .arg(dst.join(acled))
+        .status()
+        .unwrap();
+    assert!(setfacl.success());
+    let before: Vec<_> = files.iter().map(|rel| ctime(rel)).collect();
+
+    let out = run_ok(s.ferry().args(["cp", "-a", "--json"]).arg(&src).arg(&dst));
+    assert_eq!(json(&out)["bytes_copied"], 0, "{out:?}");
+    assert_same_tree(&src, &dst);
+    let acl = std::process::Command::new("getfacl")
+        .args(["-c", "-p"])
+        .arg(dst.join(acled))
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&acl.stdout).contains("user:65534"),
+        "the ACL the source lacks is removed again: {acl:?}"
+    );
+    for (rel, before) in files.iter().zip(before) {
+        let restored = rel == moded || rel == acled;
+        assert_eq!(
+            ctime(rel) != before,
+            restored,
+            "{rel:?}: only what differed is written (ctime {:?} before, {:?} after)",
+            before,
+            ctime(rel)
+        );
+    }
+}
+
 #[test]
 fn wait_and_watch_until_done_end_when_the_owner_was_killed() {
     let s = Scratch::new();

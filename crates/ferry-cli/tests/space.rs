@@ -462,6 +462,98 @@ fn a_small_store_disk_with_the_default_reserve_comes_back_and_check_agrees_with_
     assert_same_tree(&src, &dst);
 }
 
+/// The daemon's store disk fills while one of its transfers runs: the
+/// transfer ends `failed` (not `running`, not `cancelled`) with the reason,
+/// naming the store and what to do; the caller's `--wait` says so; the
+/// daemon keeps answering, and once space returns a resume completes it.
+#[test]
+fn a_daemon_transfer_on_a_full_store_ends_failed_and_the_daemon_serves_on() {
+    let s = Scratch::new();
+    let Some(tmpfs) = Tmpfs::mount(&s.path("store-fs"), "8m") else {
+        return;
+    };
+    let store = tmpfs.dir.join("ferry.db");
+    let fifo = s.path("pause");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let socket = s.path("ferry.sock");
+    let mut serve = ferry_at(&store);
+    serve
+        .env("FERRY_STORE_RESERVE", (1 << 20).to_string())
+        .env("FERRY_FAILPOINT", "commit.write_data=pause")
+        .env("FERRY_FAILPOINT_FIFO", &fifo)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["serve", "--workers", "2"]);
+    let mut daemon = util::daemon::Daemon::spawn(&s, serve, socket);
+    let src = s.path("src");
+    make_small_files(&src, 1500, 1024, 11);
+    let caller = s
+        .ferry()
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["cp", "--kind", "daemon", "--wait", "--name", "t", "-a"])
+        .arg(&src)
+        .arg(s.path("dst"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The daemon holds the transfer mid-copy while its disk fills.
+    let pause = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let client = daemon.client();
+    assert_eq!(client.status("t").unwrap().state, "running");
+    let filler = tmpfs.fill("filler", 96 << 10);
+    drop(pause);
+
+    let out = exited_within(caller, util::daemon::DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the transfer failed: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let view = client.status("t").unwrap();
+    assert_eq!(view.state, "failed", "{}", daemon.log());
+    let error = view.error.unwrap_or_default();
+    for said in ["is read-only", "ferry.db", "FERRY_STORE_RESERVE"] {
+        assert!(error.contains(said), "{said:?} in {error:?}");
+        assert!(stderr.contains(said), "{said:?} in {stderr}");
+    }
+    // The daemon serves on: it answers, lists, and has not exited.
+    assert!(client.answers());
+    assert_eq!(client.list().unwrap().len(), 1);
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon lives"
+    );
+
+    // Space returns: the daemon notices by itself (its probe), and a resume
+    // then completes the transfer.
+    fs::remove_file(filler).unwrap();
+    let deadline = Instant::now() + util::daemon::DEADLINE;
+    let run = ferry_serve::api::RunRequest::default();
+    while let Err(e) = client.resume("t", &run) {
+        assert!(Instant::now() < deadline, "never writable again: {e}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(client.wait("t").unwrap().state, "completed");
+    assert_same_tree(&src, &s.path("dst"));
+}
+
+/// Waits (bounded) for `child` to exit and returns its output; kills it
+/// and fails past the deadline (a transfer left `running` never ends).
+fn exited_within(mut child: Child, deadline: Duration) -> std::process::Output {
+    let until = Instant::now() + deadline;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!(
+                "still waiting after {deadline:?}: {:?}",
+                child.wait_with_output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// At most this long for the soak, whatever the machine.
 const SOAK_LIMIT: Duration = Duration::from_secs(120);
 

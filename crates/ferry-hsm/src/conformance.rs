@@ -611,6 +611,7 @@ pub fn lease_filter_by_archive_id<Q: RequestQueue>(q: &Q) {
     let out = q.enqueue(&[two, any]).unwrap();
     let only_one = LeaseFilter {
         archive_id: Some(1),
+        ..LeaseFilter::default()
     };
     let leased = q.lease("w", &only_one, 10, LONG).unwrap();
     assert_eq!(
@@ -622,6 +623,31 @@ pub fn lease_filter_by_archive_id<Q: RequestQueue>(q: &Q) {
         leased.iter().map(Lease::id).collect::<Vec<_>>(),
         [out[0].id().unwrap()]
     );
+}
+
+/// A worker whose restores are at their cap leases only archives, even
+/// with a restore ranked first; with every action at its cap, nothing.
+pub fn lease_filter_by_action<Q: RequestQueue>(q: &Q) {
+    let restore = enqueue_one(q, Action::Restore, "r");
+    let archives = [
+        enqueue_one(q, Action::Archive, "a1"),
+        enqueue_one(q, Action::Archive, "a2"),
+    ];
+    let none = LeaseFilter {
+        actions: Some(Vec::new()),
+        ..LeaseFilter::default()
+    };
+    assert!(q.lease("w", &none, 10, LONG).unwrap().is_empty());
+    let archives_only = LeaseFilter {
+        actions: Some(vec![Action::Archive]),
+        ..LeaseFilter::default()
+    };
+    let leased = q.lease("w", &archives_only, 10, LONG).unwrap();
+    let mut ids: Vec<RequestId> = leased.iter().map(Lease::id).collect();
+    ids.sort();
+    assert_eq!(ids, archives);
+    let leased = q.lease("w", &LeaseFilter::default(), 10, LONG).unwrap();
+    assert_eq!(leased.iter().map(Lease::id).collect::<Vec<_>>(), [restore]);
 }
 
 pub fn concurrent_workers_never_share_a_lease<Q: RequestQueue>(q: &Q) {
@@ -681,6 +707,7 @@ macro_rules! hsm_conformance_tests {
             catalog_compare_and_swap,
             catalog_stamp,
             lease_filter_by_archive_id,
+            lease_filter_by_action,
             concurrent_workers_never_share_a_lease,
         );
     };

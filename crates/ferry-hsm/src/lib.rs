@@ -171,6 +171,16 @@ impl Lease {
 pub struct LeaseFilter {
     /// Only requests for this archive (and those for any archive, id 0).
     pub archive_id: Option<u32>,
+    /// Only requests of these actions (every action when `None`): a
+    /// worker whose archives are at their cap still leases restores.
+    pub actions: Option<Vec<Action>>,
+}
+
+impl LeaseFilter {
+    /// Whether a request of `action` passes the filter.
+    pub fn allows(&self, action: Action) -> bool {
+        self.actions.as_ref().is_none_or(|a| a.contains(&action))
+    }
 }
 
 /// What the archive holds of a file: one catalog row.

@@ -350,37 +350,50 @@ impl Queue<'_> {
                AND (?2 IS NULL OR archive_id IN (0, ?2))
                AND NOT EXISTS (SELECT 1 FROM hsm_requests AS busy
                    WHERE busy.fid = hsm_requests.fid AND busy.state = 'started')";
-        let best = |action: Option<Action>| -> Result<Option<RequestRecord>, StoreError> {
-            let found = match action {
-                None => self.query_requests(
-                    tx,
-                    &format!(
-                        "hsm_requests INDEXED BY hsm_requests_ready WHERE {READY}
-                         ORDER BY rank, id LIMIT 1"
-                    ),
-                    &[&now, &filter.archive_id],
-                )?,
-                Some(action) => self.query_requests(
-                    tx,
-                    &format!(
-                        "hsm_requests INDEXED BY hsm_requests_ready_action
-                         WHERE action = ?3 AND {READY} ORDER BY rank, id LIMIT 1"
-                    ),
-                    &[&now, &filter.archive_id, &action.as_str()],
-                )?,
-            };
+        let best_of_action = |action: Action| -> Result<Option<RequestRecord>, StoreError> {
+            if !filter.allows(action) {
+                return Ok(None);
+            }
+            let found = self.query_requests(
+                tx,
+                &format!(
+                    "hsm_requests INDEXED BY hsm_requests_ready_action
+                     WHERE action = ?3 AND {READY} ORDER BY rank, id LIMIT 1"
+                ),
+                &[&now, &filter.archive_id, &action.as_str()],
+            )?;
+            Ok(found.into_iter().next())
+        };
+        // The better of each action's best, each found through its index.
+        let best_of = |actions: &[Action]| -> Result<Option<RequestRecord>, StoreError> {
+            let mut found = None;
+            for &action in actions {
+                found = match (found, best_of_action(action)?) {
+                    (Some(a), Some(b)) => Some(rules::better(a, b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            Ok(found)
+        };
+        let best_any = || -> Result<Option<RequestRecord>, StoreError> {
+            if filter.actions.is_some() {
+                return best_of(&Action::ALL);
+            }
+            let found = self.query_requests(
+                tx,
+                &format!(
+                    "hsm_requests INDEXED BY hsm_requests_ready WHERE {READY}
+                     ORDER BY rank, id LIMIT 1"
+                ),
+                &[&now, &filter.archive_id],
+            )?;
             Ok(found.into_iter().next())
         };
         for class in rules::lease_order(policy, since_archive) {
             let found = match class {
-                LeaseClass::Any => best(None)?,
-                LeaseClass::Archives => best(Some(Action::Archive))?,
-                LeaseClass::FirstClass => {
-                    match (best(Some(Action::Restore))?, best(Some(Action::Remove))?) {
-                        (Some(a), Some(b)) => Some(rules::better(a, b)),
-                        (a, b) => a.or(b),
-                    }
-                }
+                LeaseClass::Any => best_any()?,
+                LeaseClass::Archives => best_of_action(Action::Archive)?,
+                LeaseClass::FirstClass => best_of(&[Action::Restore, Action::Remove])?,
             };
             if found.is_some() {
                 return Ok(found);

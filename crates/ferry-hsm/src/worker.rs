@@ -10,7 +10,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::archive::{Archive, Fence, ObjectMeta, object_id};
@@ -29,6 +30,10 @@ pub struct WorkerConfig {
     pub name: String,
     pub filter: LeaseFilter,
     pub max_inflight: usize,
+    /// At most this many requests of an action in flight at once, within
+    /// `max_inflight` (`--max-archive` and so on): restores keep slots
+    /// under a flood of archives.
+    pub caps: ActionCaps,
     /// How long a lease lasts without a heartbeat; heartbeats come every
     /// third of it while data moves.
     pub lease: Duration,
@@ -48,11 +53,35 @@ impl WorkerConfig {
             name: name.into(),
             filter: LeaseFilter::default(),
             max_inflight: 1,
+            caps: ActionCaps::default(),
             lease: Duration::from_secs(60),
             fid_root: None,
             until_idle: false,
             idle_poll: Duration::from_millis(100),
         }
+    }
+}
+
+/// Per-action caps on the requests a worker has in flight; `None`: only
+/// `max_inflight` bounds that action.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActionCaps {
+    pub archive: Option<usize>,
+    pub restore: Option<usize>,
+    pub remove: Option<usize>,
+}
+
+impl ActionCaps {
+    pub fn of(&self, action: Action) -> Option<usize> {
+        match action {
+            Action::Archive => self.archive,
+            Action::Restore => self.restore,
+            Action::Remove => self.remove,
+        }
+    }
+
+    fn any(&self) -> bool {
+        Action::ALL.iter().any(|a| self.of(*a).is_some())
     }
 }
 
@@ -80,6 +109,23 @@ pub struct Worker<'a> {
     archive: &'a dyn Archive,
     config: WorkerConfig,
     stop: AtomicBool,
+    /// Requests in flight, by action (in [`Action::ALL`] order).
+    in_flight: [AtomicUsize; 3],
+    /// Held from a capped lease's look at `in_flight` to its count: two
+    /// threads never both take an action's last slot.
+    leasing: Mutex<()>,
+}
+
+/// A leased request counted in its action's slots until dropped.
+struct InFlight<'w> {
+    lease: Lease,
+    count: &'w AtomicUsize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<'a> Worker<'a> {
@@ -97,6 +143,8 @@ impl<'a> Worker<'a> {
             archive,
             config,
             stop: AtomicBool::new(false),
+            in_flight: Default::default(),
+            leasing: Mutex::new(()),
         }
     }
 
@@ -157,18 +205,14 @@ impl<'a> Worker<'a> {
         let mut reader = self.queue.event_reader()?;
         while !self.stop.load(Ordering::SeqCst) {
             let token = reader.change_token()?;
-            let lease = self
-                .queue
-                .lease(&self.config.name, &self.config.filter, 1, self.config.lease)?
-                .pop();
-            let Some(lease) = lease else {
+            let Some(lease) = self.lease_within_caps()? else {
                 if self.config.until_idle && self.idle()? {
                     return Ok(());
                 }
                 reader.wait_changed(token, self.config.idle_poll)?;
                 continue;
             };
-            let slot = match self.process(&lease)? {
+            let slot = match self.process(&lease.lease)? {
                 Outcome::Succeeded => 0,
                 Outcome::Failed(..) => 1,
                 Outcome::Abandoned(_) => 2,
@@ -176,6 +220,43 @@ impl<'a> Worker<'a> {
             counts[slot].fetch_add(1, Ordering::SeqCst);
         }
         Ok(())
+    }
+
+    /// Leases one request of an action below its cap (none when every
+    /// action the filter allows is at its cap), counted until dropped.
+    fn lease_within_caps(&self) -> Result<Option<InFlight<'_>>, StoreError> {
+        let caps = self.config.caps;
+        let _leasing = caps
+            .any()
+            .then(|| self.leasing.lock().expect("leasing poisoned"));
+        let slot = |action: Action| {
+            let index = Action::ALL.iter().position(|a| *a == action);
+            &self.in_flight[index.expect("every action is in ALL")]
+        };
+        let mut filter = self.config.filter.clone();
+        if caps.any() {
+            let open: Vec<Action> = Action::ALL
+                .into_iter()
+                .filter(|a| filter.allows(*a))
+                .filter(|a| {
+                    caps.of(*a)
+                        .is_none_or(|n| slot(*a).load(Ordering::SeqCst) < n)
+                })
+                .collect();
+            if open.is_empty() {
+                return Ok(None);
+            }
+            filter.actions = Some(open);
+        }
+        let lease = self
+            .queue
+            .lease(&self.config.name, &filter, 1, self.config.lease)?
+            .pop();
+        Ok(lease.map(|lease| {
+            let count = slot(lease.request.action);
+            count.fetch_add(1, Ordering::SeqCst);
+            InFlight { lease, count }
+        }))
     }
 
     fn idle(&self) -> Result<bool, StoreError> {

@@ -103,6 +103,10 @@ pub struct TransferView {
     /// The checksum its files get.
     #[serde(default)]
     pub checksum: Option<String>,
+    /// Why a failed transfer's last run ended as a whole (its store turned
+    /// read-only, say), as recorded with its `transfer.failed` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// `create` found this name already taken by one of the caller's
     /// unfinished transfers and returned it (re-attach by name).
     #[serde(default)]

@@ -54,7 +54,64 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+impl ClientError {
+    /// The code for a daemon error: a library error's own code (a missing
+    /// source is 3 with or without the daemon), else the daemon's 30–39.
+    pub fn code(&self) -> u8 {
+        match self {
+            ClientError::NoDaemon { .. } => 30,
+            ClientError::Protocol { .. } => 34,
+            ClientError::Api {
+                code: Some(code), ..
+            } => *code,
+            ClientError::Api { kind, .. } => match kind.as_str() {
+                "transfer_not_found" => 10,
+                "name_in_use" => 11,
+                "nothing_to_do" => 13,
+                "forbidden" | "not_a_daemon_transfer" => 31,
+                "bad_request" | "bad_json" | "body_too_large" | "invalid_path"
+                | "no_such_route" => 32,
+                "busy" => 33,
+                "over_limit" => 40,
+                _ => 34,
+            },
+        }
+    }
+}
+
 pub type ClientResult<T> = Result<T, ClientError>;
+
+/// Why a path cannot go to the daemon (see [`api_path`]).
+#[derive(Debug)]
+pub enum ApiPathError {
+    /// It could not be made absolute (the working directory is gone).
+    Io(ferry::Error),
+    /// It is not UTF-8: refused as the daemon would (`invalid_path`).
+    NotUtf8(ClientError),
+}
+
+/// A path as the daemon's API takes it: absolute (the daemon runs
+/// elsewhere) and UTF-8 (JSON). `local_kind` names what the caller can use
+/// instead for such a path (`--kind threads`, `FERRY_KIND_THREADS`).
+pub fn api_path(path: &Path, local_kind: &str) -> Result<String, ApiPathError> {
+    let absolute = std::path::absolute(path).map_err(|e| {
+        ApiPathError::Io(ferry::Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
+    })?;
+    absolute.into_os_string().into_string().map_err(|p| {
+        ApiPathError::NotUtf8(ClientError::Api {
+            status: 400,
+            kind: "invalid_path".into(),
+            code: None,
+            message: format!(
+                "{}: the daemon's API takes UTF-8 paths only; use {local_kind} for this one",
+                PathBuf::from(p).display()
+            ),
+        })
+    })
+}
 
 /// A client of one daemon socket.
 pub struct Client {

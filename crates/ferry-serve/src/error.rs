@@ -88,9 +88,10 @@ impl From<ferry::Error> for ApiError {
             E::VerifyWithoutChecksum { .. } => (S::BAD_REQUEST, "verify_without_checksum"),
             // HSM errors: the daemon does not serve HSM requests; a bad
             // setting is the daemon's own environment, not the client's.
-            E::FileDirty { .. } | E::Archive { .. } | E::BadSetting { .. } => {
-                (S::INTERNAL_SERVER_ERROR, "internal")
-            }
+            E::FileDirty { .. }
+            | E::Archive { .. }
+            | E::BadSetting { .. }
+            | E::BadOption { .. } => (S::INTERNAL_SERVER_ERROR, "internal"),
             E::Store(StoreError::ReadOnly { .. }) => (S::SERVICE_UNAVAILABLE, "store_read_only"),
             E::Store(StoreError::Compacted { .. } | StoreError::CursorAhead { .. }) => {
                 (S::GONE, "bad_cursor")

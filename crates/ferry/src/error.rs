@@ -134,6 +134,11 @@ pub enum Error {
         expected: &'static str,
     },
 
+    /// A command-line option whose value cannot be used (a pattern, a
+    /// file list): named, with why.
+    #[error("{option}: {why}")]
+    BadOption { option: &'static str, why: String },
+
     #[error(transparent)]
     Store(#[from] StoreError),
 
@@ -174,7 +179,9 @@ impl Error {
             Error::Store(StoreError::ReadOnly { .. }) => 19,
             Error::NotEnoughSpace { .. } => 20,
             Error::VerifyFailed { .. } => 21,
-            Error::VerifyWithoutChecksum { .. } | Error::BadSetting { .. } => 2,
+            Error::VerifyWithoutChecksum { .. }
+            | Error::BadSetting { .. }
+            | Error::BadOption { .. } => 2,
             Error::Store(StoreError::NoSuchRequest { .. } | StoreError::NotInCatalog { .. }) => 22,
             Error::Store(StoreError::StaleLease { .. }) => 23,
             Error::FileDirty { .. } | Error::Store(StoreError::CatalogConflict { .. }) => 24,

@@ -328,6 +328,10 @@ pub fn snapshot_at(store: &dyn Store, seq: u64) -> Result<Vec<TransferSnapshot>>
                 "transfer.freed" => {
                     transfers.remove(&id);
                 }
+                // What --delete removed is no entry of the transfer.
+                "file.removed" => {}
+                // A rate, no state.
+                "transfer.limited" => {}
                 "transfer.reattached" => {
                     t.owner_host = context["host"].as_str().unwrap_or_default().into();
                     t.owner_pid = context["pid"].as_u64().unwrap_or_default() as u32;

@@ -52,6 +52,8 @@ pub enum CommitStep {
     ArchiveRename,
     /// HSM: before each chunk of a restored file is written.
     RestoreData,
+    /// `--delete`: before each extra file or directory is removed.
+    RemoveExtra,
 }
 
 impl CommitStep {
@@ -76,6 +78,9 @@ impl CommitStep {
         CommitStep::RestoreData,
     ];
 
+    /// The steps of `--delete`, after every commit.
+    pub const DELETE: [CommitStep; 1] = [CommitStep::RemoveExtra];
+
     pub fn name(self) -> &'static str {
         match self {
             CommitStep::ReadSource => "source.read",
@@ -91,6 +96,7 @@ impl CommitStep {
             CommitStep::ArchiveData => "hsm.archive_data",
             CommitStep::ArchiveRename => "hsm.archive_rename",
             CommitStep::RestoreData => "hsm.restore_data",
+            CommitStep::RemoveExtra => "delete.remove",
         }
     }
 }
@@ -126,6 +132,7 @@ fn parse(spec: &str) -> Option<Armed> {
     let step = CommitStep::ALL
         .into_iter()
         .chain(CommitStep::HSM)
+        .chain(CommitStep::DELETE)
         .find(|s| s.name() == step)?
         .name();
     let action = match action {

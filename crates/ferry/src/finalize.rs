@@ -485,6 +485,7 @@ fn commit_remaining(
             index: e.index,
             durable: true,
             recorded: true,
+            metadata_applied: false,
             checksum: e.checksum,
         })
         .collect();

@@ -388,22 +388,40 @@ pub struct NewEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Xattrs(pub Vec<(Vec<u8>, Vec<u8>)>);
 
+/// Names common enough to be stored as one byte (see [`Xattrs::encode`]):
+/// every entry of `cp -a` carries the POSIX ACLs, most of them empty.
+const XATTR_WELL_KNOWN: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
+
 impl Xattrs {
-    /// Length-prefixed pairs: `u32 name length, name, u32 value length,
-    /// value`, little-endian. Empty when there are none.
+    /// Per pair, either `u32 name length, name, u32 value length, value`
+    /// (little-endian), or — for a name of [`XATTR_WELL_KNOWN`] — a zero
+    /// byte (no name is empty, so no length starts with one), the name's
+    /// number from 1, then `u32 value length, value`, or for an empty value
+    /// the number plus 128 and nothing else: two bytes where an entry's
+    /// "no ACL" took 31. Empty when there are none.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, value) in &self.0 {
             assert!(!name.is_empty(), "an extended attribute has a name");
-            for part in [name, value] {
-                out.extend_from_slice(&(part.len() as u32).to_le_bytes());
-                out.extend_from_slice(part);
+            if let Some(k) = XATTR_WELL_KNOWN.iter().position(|w| w == name) {
+                let number = k as u8 + 1;
+                if value.is_empty() {
+                    out.extend_from_slice(&[0, number + 128]);
+                    continue;
+                }
+                out.extend_from_slice(&[0, number]);
+            } else {
+                out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                out.extend_from_slice(name);
             }
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value);
         }
         out
     }
 
-    /// `None` when `bytes` is not what [`Xattrs::encode`] writes.
+    /// `None` when `bytes` is not what [`Xattrs::encode`] writes (now or
+    /// before well-known names were numbered).
     pub fn decode(mut bytes: &[u8]) -> Option<Xattrs> {
         let take = |bytes: &mut &[u8]| -> Option<Vec<u8>> {
             let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
@@ -413,6 +431,19 @@ impl Xattrs {
         };
         let mut pairs = Vec::new();
         while !bytes.is_empty() {
+            if bytes[0] == 0 {
+                let number = *bytes.get(1)?;
+                bytes = &bytes[2..];
+                let (k, empty) = match number {
+                    n @ 129.. => (n - 129, true),
+                    n @ 1..=127 => (n - 1, false),
+                    _ => return None,
+                };
+                let name = XATTR_WELL_KNOWN.get(k as usize)?.to_vec();
+                let value = if empty { Vec::new() } else { take(&mut bytes)? };
+                pairs.push((name, value));
+                continue;
+            }
             let name = take(&mut bytes)?;
             let value = take(&mut bytes)?;
             if name.is_empty() {
@@ -500,5 +531,54 @@ impl fmt::Display for FileCounts {
             "{} files: {} copied, {} skipped, {} failed",
             self.files, self.copied, self.skipped, self.failed
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Xattrs;
+
+    fn pair(name: &[u8], value: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        (name.to_vec(), value.to_vec())
+    }
+
+    #[test]
+    fn xattrs_round_trip_and_empty_acls_take_two_bytes() {
+        let none = Xattrs(vec![
+            pair(b"system.posix_acl_access", b""),
+            pair(b"system.posix_acl_default", b""),
+        ]);
+        assert_eq!(none.encode(), [0, 129, 0, 130]);
+        let mixed = Xattrs(vec![
+            pair(b"user.a", b"1"),
+            pair(b"system.posix_acl_access", b"\x02\0\0\0acl"),
+            pair(b"system.posix_acl_default", b""),
+            pair(b"user.empty", b""),
+        ]);
+        for xattrs in [none, mixed, Xattrs::default()] {
+            assert_eq!(Xattrs::decode(&xattrs.encode()), Some(xattrs));
+        }
+    }
+
+    #[test]
+    fn xattrs_written_before_names_were_numbered_still_read() {
+        // Every name spelled out, as stores of earlier versions hold them.
+        let mut old = Vec::new();
+        for part in [&b"system.posix_acl_access"[..], b"", b"user.x", b"v"] {
+            old.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            old.extend_from_slice(part);
+        }
+        let decoded = Xattrs::decode(&old).unwrap();
+        assert_eq!(
+            decoded,
+            Xattrs(vec![
+                pair(b"system.posix_acl_access", b""),
+                pair(b"user.x", b"v")
+            ])
+        );
+        // Not what either form writes.
+        assert_eq!(Xattrs::decode(&[0, 0]), None);
+        assert_eq!(Xattrs::decode(&[0, 3]), None);
+        assert_eq!(Xattrs::decode(&[0]), None);
     }
 }

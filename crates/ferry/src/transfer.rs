@@ -20,6 +20,9 @@ use crate::owner::Liveness;
 use crate::store::{Change, Store, StoreError};
 use crate::verify::Verify;
 
+mod settings;
+pub use settings::RunSettings;
+
 /// How a new transfer is made: [`Transfer::create_with`].
 #[derive(Clone, Debug)]
 pub struct TransferOptions {
@@ -46,64 +49,6 @@ impl Default for TransferOptions {
     }
 }
 
-/// The run options of a dispatch or resume, as its `transfer.dispatched`
-/// event records them: what a later resume runs with unless told otherwise.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RunSettings {
-    pub workers: Option<usize>,
-    pub skip: SkipRule,
-    pub verify: Verify,
-    pub check_space: bool,
-    pub clean_orphans: bool,
-    /// The umask modes are computed with (a daemon's caller's); `None`:
-    /// the running process's.
-    pub umask: Option<u32>,
-}
-
-/// Bound on the `transfer.dispatched` events read to find the last one: a
-/// transfer resumed more often than this runs with the defaults.
-const DISPATCHES_MAX: usize = 10_000;
-
-impl RunSettings {
-    /// Transfer `id`'s last dispatch or resume options, from its newest
-    /// `transfer.dispatched` event; `None` when it was never dispatched.
-    pub fn recorded(store: &dyn Store, id: TransferId) -> Result<Option<RunSettings>> {
-        let filter = crate::store::EventFilter {
-            transfer: Some(id),
-            kind: Some("transfer.dispatched".into()),
-            ..Default::default()
-        };
-        let events = store.events_since(0, &filter, DISPATCHES_MAX)?;
-        Ok(events
-            .last()
-            .map(|event| RunSettings::from_context(&event.context)))
-    }
-
-    /// Read back from a `transfer.dispatched` event's context.
-    pub fn from_context(c: &serde_json::Value) -> RunSettings {
-        RunSettings {
-            workers: c["workers"]
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|n| (1..=engine::WORKERS_MAX).contains(n)),
-            skip: c["skip"]
-                .as_str()
-                .and_then(SkipRule::parse)
-                .unwrap_or_default(),
-            verify: c["verify"]
-                .as_str()
-                .and_then(Verify::parse)
-                .unwrap_or_default(),
-            check_space: c["check_space"].as_bool().unwrap_or(false),
-            clean_orphans: c["clean_orphans"].as_bool().unwrap_or(false),
-            umask: c["umask"]
-                .as_u64()
-                .and_then(|u| u32::try_from(u).ok())
-                .map(|u| u & 0o777),
-        }
-    }
-}
-
 /// A transfer this process works with.
 pub struct Transfer {
     store: Arc<dyn Store>,
@@ -120,6 +65,11 @@ pub struct Transfer {
     skip: SkipRule,
     verify: Verify,
     umask: Option<u32>,
+    update: bool,
+    no_clobber: bool,
+    delete: bool,
+    filter: Vec<String>,
+    bwlimit: Option<u64>,
     mover: Mover,
     /// Renews this process's lease while it owns the transfer.
     heartbeat: Option<Heartbeat>,
@@ -340,6 +290,11 @@ impl Transfer {
             skip: SkipRule::Never,
             verify: Verify::None,
             umask: None,
+            update: false,
+            no_clobber: false,
+            delete: false,
+            filter: Vec::new(),
+            bwlimit: None,
             mover: Mover::Idle,
             heartbeat: None,
             ended: Arc::new(RunEnded::ended()),
@@ -441,6 +396,22 @@ impl Transfer {
         }
     }
 
+    /// Changes the transfer's bandwidth limit (`None`: none), recorded as a
+    /// `transfer.limited` event: its mover takes it within
+    /// [`crate::engine::throttle::POLL`], and a resume starts with it.
+    pub fn limit(&self, bytes_per_second: Option<u64>) -> Result<()> {
+        self.store.apply(&[Change::Limit {
+            id: self.record.id,
+            bytes_per_second,
+        }])?;
+        Ok(())
+    }
+
+    /// The store this transfer lives in.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
     pub fn record(&self) -> &TransferRecord {
         &self.record
     }
@@ -509,6 +480,11 @@ impl Transfer {
         self.check_space = settings.check_space;
         self.skip = settings.skip;
         self.verify = settings.verify;
+        self.update = settings.update;
+        self.no_clobber = settings.no_clobber;
+        self.delete = settings.delete;
+        self.filter = settings.filter.clone();
+        self.bwlimit = settings.bwlimit;
         if settings.umask.is_some() {
             self.umask = settings.umask;
         }
@@ -567,6 +543,20 @@ impl Transfer {
                 action,
             });
         }
+        // Checked before anything is recorded: rules that were recorded
+        // were parsed once already, so only a damaged record fails here.
+        let delete = if self.delete {
+            Some(
+                crate::engine::filter::Filter::from_texts(&self.filter).map_err(|why| {
+                    Error::BadOption {
+                        option: "--exclude/--include",
+                        why,
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
         let dispatched = self.store.apply(&[Change::Transfer {
             id: self.record.id,
             to: TransferState::Dispatched,
@@ -581,6 +571,11 @@ impl Transfer {
                 "check_space": self.check_space,
                 "clean_orphans": self.clean_orphans,
                 "umask": self.umask,
+                "update": self.update,
+                "no_clobber": self.no_clobber,
+                "delete": self.delete,
+                "filter": self.filter,
+                "bwlimit": self.bwlimit,
             }),
         }]);
         dispatched.map_err(|e| self.owned_elsewhere(e))?;
@@ -599,6 +594,10 @@ impl Transfer {
             check_space: self.check_space,
             skip: self.skip,
             verify: self.verify,
+            update: self.update,
+            no_clobber: self.no_clobber,
+            delete,
+            bwlimit: self.bwlimit,
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
             after_chunk: self.after_chunk.clone(),

@@ -38,6 +38,14 @@ impl Verify {
             _ => return None,
         })
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verify::None => "none",
+            Verify::Copied => "copied",
+            Verify::Full => "full",
+        }
+    }
 }
 
 /// What reading one destination back found.

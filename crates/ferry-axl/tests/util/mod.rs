@@ -59,18 +59,7 @@ pub fn lib_dir() -> &'static Path {
             .and_then(Path::parent)
             .expect("profile dir")
             .to_path_buf();
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "--locked", "-p", "libferry", "-p", "ferry-axl"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.status().expect("run cargo build");
-        assert!(
-            status.success(),
-            "cargo build -p libferry -p ferry-axl failed"
-        );
+        cargo_build(&profile_dir, &["-p", "libferry", "-p", "ferry-axl"]);
         for lib in ["libferry.so", "libferry.a", "libaxl.so", "libaxl.a"] {
             assert!(
                 profile_dir.join(lib).exists(),
@@ -80,6 +69,21 @@ pub fn lib_dir() -> &'static Path {
         }
         profile_dir
     })
+}
+
+/// `cargo build --locked ARGS` in the profile of `profile_dir` (the one
+/// that runs the tests), into the same target directory.
+fn cargo_build(profile_dir: &Path, args: &[&str]) {
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--locked"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
 }
 
 fn include_dirs() -> [PathBuf; 2] {
@@ -300,4 +304,79 @@ pub fn run(program: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String)
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     std::io::stderr().write_all(stderr.as_bytes()).ok();
     (output.status.code().unwrap_or(-1), stderr)
+}
+
+/// Runs the documented install step, `scripts/install-clib --prefix
+/// DIR/prefix` (`--debug` for a debug build), after building the
+/// libraries so that the script's own build is a no-op; returns the prefix.
+pub fn install_clib(dir: &Path) -> PathBuf {
+    let profile = if lib_dir().ends_with("release") {
+        [].as_slice()
+    } else {
+        ["--debug"].as_slice()
+    };
+    let prefix = dir.join("prefix");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-clib");
+    let status = Command::new(&script)
+        .args(profile)
+        .arg("--prefix")
+        .arg(&prefix)
+        .status()
+        .expect("run install-clib");
+    assert!(status.success(), "scripts/install-clib failed");
+    prefix
+}
+
+/// Builds `source` with `compiler` (`cc`, `mpicc`) and nothing but
+/// `pkg-config --cflags --libs PACKAGE…` of the installed `prefix`, as a
+/// user would.
+pub fn cc_with_pkg_config(compiler: &str, prefix: &Path, source: &Path, package: &str, exe: &Path) {
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs"])
+        .args(package.split_whitespace())
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .output()
+        .expect("run pkg-config (.ci/run installs it)");
+    assert!(
+        flags.status.success(),
+        "pkg-config {package}: {}",
+        String::from_utf8_lossy(&flags.stderr)
+    );
+    let flags = String::from_utf8(flags.stdout).expect("utf-8");
+    let output = Command::new(compiler)
+        .args([
+            "-std=c11",
+            "-D_GNU_SOURCE",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-o",
+        ])
+        .arg(exe)
+        .arg(source)
+        .args(flags.split_whitespace())
+        .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
+        .arg("-lpthread")
+        .output()
+        .unwrap_or_else(|e| panic!("run {compiler}: {e} (.ci/run installs it)"));
+    assert!(
+        output.status.success(),
+        "{compiler} {}: {}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The `ferry` binary of this build (for `ferry serve` and `ferry --daemon
+/// wait`), built as [`lib_dir`] builds the libraries.
+pub fn ferry_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let profile_dir = lib_dir();
+        cargo_build(profile_dir, &["-p", "ferry-cli", "--bin", "ferry"]);
+        let bin = profile_dir.join("ferry");
+        assert!(bin.exists(), "ferry not built in {}", profile_dir.display());
+        bin
+    })
+    .clone()
 }

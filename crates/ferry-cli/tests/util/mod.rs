@@ -146,11 +146,23 @@ pub fn assert_no_partial_files(src: &Path, dst: &Path) {
     for rel in walk(dst) {
         if is_temp(&rel) {
             let meta = fs::symlink_metadata(dst.join(&rel)).unwrap();
-            if meta.is_file() {
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_file() && mode != 0o600 {
+                // Given its final metadata through its descriptor once its
+                // data was complete: then it must be complete, with its
+                // source's mode. Partial data is never readable by others.
+                let name = rel.file_name().unwrap().as_bytes();
+                let at = name.windows(8).rposition(|w| w == b"._ferry-").unwrap();
+                let source = src.join(rel.with_file_name(OsStr::from_bytes(&name[..at])));
+                let source_mode = fs::symlink_metadata(&source).unwrap().permissions().mode();
                 assert_eq!(
-                    meta.permissions().mode() & 0o777,
-                    0o600,
-                    "temporary {rel:?} must be owner-only"
+                    mode,
+                    source_mode & 0o7777,
+                    "temporary {rel:?} must be owner-only, or complete with its source's mode"
+                );
+                assert!(
+                    fs::read(&source).unwrap() == fs::read(dst.join(&rel)).unwrap(),
+                    "temporary {rel:?} has its final mode but not its final content"
                 );
             }
             continue;

@@ -5,7 +5,6 @@
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Barrier;
-use std::sync::atomic::AtomicUsize;
 
 use super::*;
 use crate::archive::PosixArchive;
@@ -189,50 +188,12 @@ fn release_refuses_a_dirty_file() {
 }
 
 /// Counts the objects it hands out.
-struct Counting<'a> {
-    inner: &'a dyn Archive,
-    gets: AtomicUsize,
-}
-
-impl Archive for Counting<'_> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn put(
-        &self,
-        object: &str,
-        src: &mut dyn Read,
-        meta: &ObjectMeta,
-        fence: &mut dyn Fence,
-    ) -> io::Result<String> {
-        self.inner.put(object, src, meta, fence)
-    }
-    fn get(
-        &self,
-        object: &str,
-        dst: &mut dyn io::Write,
-        fence: &mut dyn Fence,
-    ) -> io::Result<String> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(object, dst, fence)
-    }
-    fn remove(&self, object: &str) -> io::Result<()> {
-        self.inner.remove(object)
-    }
-    fn meta(&self, object: &str) -> io::Result<ObjectMeta> {
-        self.inner.meta(object)
-    }
-}
-
 #[test]
 fn fifty_concurrent_restores_make_one_copy_and_release_fifty_waiters() {
     let s = setup();
     let (path, fid) = archived_file(&s, "f", 200_000);
     release(&s.store, &fid, &path).unwrap();
-    let counting = Counting {
-        inner: &s.archive,
-        gets: AtomicUsize::new(0),
-    };
+    let counting = Gate::new(&s.archive, true);
     let enqueued = Barrier::new(51);
     let outcomes: Vec<(RequestId, RequestState)> = std::thread::scope(|scope| {
         let waiters: Vec<_> = (0..50)
@@ -254,7 +215,7 @@ fn fifty_concurrent_restores_make_one_copy_and_release_fifty_waiters() {
         assert_eq!(report.succeeded, 1);
         waiters.into_iter().map(|w| w.join().unwrap()).collect()
     });
-    assert_eq!(counting.gets.load(Ordering::SeqCst), 1, "one copy");
+    assert_eq!(counting.state.lock().unwrap().gets, 1, "one copy");
     let id = outcomes[0].0;
     assert!(
         outcomes.iter().all(|o| *o == (id, RequestState::Succeed)),
@@ -406,4 +367,160 @@ fn a_worker_that_lost_its_lease_publishes_nothing() {
         .unwrap()
         .unwrap();
     assert_eq!(entry.object.unwrap(), object_id(&entry.fid, id, 2));
+}
+
+/// Counts what a worker has started, seen from the archive's side: puts
+/// and gets in flight (held until the gate is open), and gets in all.
+struct Gate<'a> {
+    inner: &'a dyn Archive,
+    state: std::sync::Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    archives: usize,
+    restores: usize,
+    /// The most archives in flight at once.
+    archives_max: usize,
+    gets: usize,
+    open: bool,
+}
+
+impl<'a> Gate<'a> {
+    fn new(inner: &'a dyn Archive, open: bool) -> Gate<'a> {
+        Gate {
+            inner,
+            state: std::sync::Mutex::new(GateState {
+                open,
+                ..GateState::default()
+            }),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits (bounded) until `done` holds of the state; returns it locked.
+    fn until(&self, done: impl Fn(&GateState) -> bool) -> std::sync::MutexGuard<'_, GateState> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut state = self.state.lock().unwrap();
+        while !done(&state) {
+            assert!(
+                Instant::now() < deadline,
+                "the gate waited past its deadline"
+            );
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_secs(1))
+                .unwrap()
+                .0;
+        }
+        state
+    }
+
+    fn pass<T>(&self, archive: bool, then: impl FnOnce() -> T) -> T {
+        {
+            let mut state = self.state.lock().unwrap();
+            if archive {
+                state.archives += 1;
+                state.archives_max = state.archives_max.max(state.archives);
+            } else {
+                state.restores += 1;
+                state.gets += 1;
+            }
+            self.changed.notify_all();
+        }
+        drop(self.until(|state| state.open));
+        let out = then();
+        let mut state = self.state.lock().unwrap();
+        if archive {
+            state.archives -= 1;
+        } else {
+            state.restores -= 1;
+        }
+        out
+    }
+}
+
+impl Archive for Gate<'_> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn put(
+        &self,
+        object: &str,
+        src: &mut dyn Read,
+        meta: &ObjectMeta,
+        fence: &mut dyn Fence,
+    ) -> io::Result<String> {
+        self.pass(true, || self.inner.put(object, src, meta, fence))
+    }
+    fn get(
+        &self,
+        object: &str,
+        dst: &mut dyn io::Write,
+        fence: &mut dyn Fence,
+    ) -> io::Result<String> {
+        self.pass(false, || self.inner.get(object, dst, fence))
+    }
+    fn remove(&self, object: &str) -> io::Result<()> {
+        self.inner.remove(object)
+    }
+    fn meta(&self, object: &str) -> io::Result<ObjectMeta> {
+        self.inner.meta(object)
+    }
+}
+
+/// `--max-archive 1` with three slots: archives queued first (FIFO) take
+/// one slot, restores the other two, never a second archive; without the
+/// cap the three archives would fill every slot.
+#[test]
+fn a_capped_action_never_has_more_than_its_cap_in_flight() {
+    let s = setup();
+    let mut stubs = Vec::new();
+    for name in ["r1", "r2"] {
+        let (path, fid) = archived_file(&s, name, 10_000);
+        release(&s.store, &fid, &path).unwrap();
+        stubs.push(path);
+    }
+    s.store.set_policy(&Policy::DEFAULT.fifo()).unwrap();
+    for name in ["a1", "a2", "a3"] {
+        let path = s.dir.path().join("fs").join(name);
+        fs::write(&path, data(10_000)).unwrap();
+        enqueue(&s.store, Action::Archive, &path);
+    }
+    for path in &stubs {
+        enqueue(&s.store, Action::Restore, path);
+    }
+    let gate = Gate::new(&s.archive, false);
+    let config = WorkerConfig {
+        max_inflight: 3,
+        caps: ActionCaps {
+            archive: Some(1),
+            ..ActionCaps::default()
+        },
+        ..config()
+    };
+    let report = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| Worker::new(&s.store, &gate, config).run().unwrap());
+        // Every slot taken: what is in flight now is all the worker started.
+        let mut state = gate.until(|state| state.archives + state.restores == 3);
+        assert_eq!(
+            (state.archives, state.restores),
+            (1, 2),
+            "archives, restores in flight"
+        );
+        state.open = true;
+        gate.changed.notify_all();
+        drop(state);
+        worker.join().unwrap()
+    });
+    assert_eq!(report.succeeded, 5, "{report:?}");
+    assert_eq!(
+        gate.state.lock().unwrap().archives_max,
+        1,
+        "at most one archive at once"
+    );
+    for path in &stubs {
+        assert_eq!(fs::read(path).unwrap(), data(10_000));
+    }
 }

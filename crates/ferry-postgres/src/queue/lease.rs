@@ -108,8 +108,8 @@ impl PgStore {
     /// The next request to lease, by the weighted order
     /// ([`rules::lease_order`]), locked (`SKIP LOCKED`: another leaser's
     /// candidates are stepped over, never waited for), not one of
-    /// `skipped`. "Ready": waiting, back-off over, the filter's archive,
-    /// and no started request of its file in this snapshot. With it,
+    /// `skipped`. "Ready": waiting, back-off over, the filter's archive
+    /// and actions, and no started request of its file in this snapshot. With it,
     /// whether it took its file's advisory lock.
     ///
     /// One statement: each class in turn, the next one looked at only when
@@ -160,6 +160,10 @@ impl PgStore {
              FROM ({sql}) AS found"
         );
         let archive_id = filter.archive_id.map(i64::from);
+        let actions: Option<Vec<&str>> = filter
+            .actions
+            .as_ref()
+            .map(|actions| actions.iter().map(|a| a.as_str()).collect());
         let rows = tx
             .tx
             .query(
@@ -170,6 +174,7 @@ impl PgStore {
                     &skipped,
                     &FILE_LOCK_CLASS,
                     &self.schema(),
+                    &actions,
                 ],
             )
             .map_err(|e| self.err(e))?;

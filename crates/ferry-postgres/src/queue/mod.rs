@@ -83,6 +83,7 @@ fn class_sql(class: LeaseClass) -> String {
             "(SELECT {REQUEST_COLUMNS} FROM hsm_requests AS r
                 WHERE state = 'waiting' {by_action} AND not_before_ns <= $1
                 AND ($2::BIGINT IS NULL OR archive_id IN (0, $2))
+                AND ($6::TEXT[] IS NULL OR action = ANY($6))
                 AND id <> ALL($3)
                 AND NOT EXISTS (SELECT 1 FROM hsm_requests AS busy
                     WHERE busy.fid = r.fid AND busy.state = 'started')

@@ -359,6 +359,19 @@ impl PgStore {
                 self.event(tx, *id, Some(*index), &rules::file_event_name(*to), context)
             }
             Change::Owned { id, owner } => self.check_owner(tx, *id, owner),
+            Change::Limit {
+                id,
+                bytes_per_second,
+            } => {
+                self.transfer_state(tx, *id)?;
+                let context = rules::limited_context(*bytes_per_second);
+                self.event(tx, *id, None, rules::EVENT_LIMITED, &context)
+            }
+            Change::Removed { id, path } => {
+                self.check_moving(tx, *id, checked)?;
+                let context = rules::removed_context(path);
+                self.event(tx, *id, None, rules::EVENT_REMOVED, &context)
+            }
             Change::Free { id } => {
                 let state = self.transfer_state(tx, *id)?;
                 rules::check_free(&path, *id, state)?;
@@ -639,6 +652,8 @@ impl Store for PgStore {
                 | Change::Reattach { id, .. }
                 | Change::Entry { id, .. }
                 | Change::Free { id }
+                | Change::Removed { id, .. }
+                | Change::Limit { id, .. }
                 | Change::Owned { id, .. }
                 | Change::Progress { id, .. } => id.0,
             })

@@ -102,12 +102,20 @@ fn fail(daemon: &Daemon, id: TransferId, message: String) {
     if daemon.shutdown.load(Ordering::Relaxed) {
         return;
     }
-    let _ = daemon.store.apply(&[Change::Transfer {
+    let recorded = daemon.store.apply(&[Change::Transfer {
         id,
         to: TransferState::Failed,
         owner: None,
         context: serde_json::json!({ "error": message }),
     }]);
+    match recorded {
+        // The engine recorded it failed already (a read-only store's last
+        // record, through its reserve).
+        Ok(()) | Err(ferry::store::StoreError::IllegalTransition { .. }) => {}
+        Err(e) => eprintln!(
+            "ferry: transfer {id}: cannot record it failed ({e}); the next daemon resumes it"
+        ),
+    }
 }
 
 impl Daemon {
@@ -265,18 +273,19 @@ impl Daemon {
     ) -> Result<TransferView, ApiError> {
         let entries = self.store.entries(record.id)?;
         let mut view = view(record, &entries, reattached);
-        view.warnings = self.warnings(record);
+        (view.warnings, view.error) = self.last_run(record);
         Ok(view)
     }
 
-    /// The warnings of a finished transfer's last run, from its final
-    /// event (the engine records at most a few there).
-    fn warnings(&self, record: &TransferRecord) -> Vec<String> {
+    /// The warnings of a finished transfer's last run and, when it failed
+    /// as a whole, why: from its final event (the engine records at most
+    /// a few warnings there).
+    fn last_run(&self, record: &TransferRecord) -> (Vec<String>, Option<String>) {
         if !matches!(
             record.state,
             TransferState::Completed | TransferState::Failed
         ) {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let filter = ferry::store::EventFilter {
             transfer: Some(record.id),
@@ -288,12 +297,17 @@ impl Daemon {
             .events_since(0, &filter, usize::MAX >> 1)
             .ok()
             .and_then(|events| events.into_iter().last());
-        last.and_then(|e| e.context["warnings"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
+        let Some(last) = last else {
+            return (Vec::new(), None);
+        };
+        let warnings = last.context["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
             .filter_map(|w| w.as_str().map(str::to_owned))
             .take(ferry::engine::WARNINGS_RECORDED_MAX)
-            .collect()
+            .collect();
+        (warnings, last.context["error"].as_str().map(str::to_owned))
     }
 
     /// Dispatch or resume, under the `moving` lock: never two movers.
@@ -417,6 +431,7 @@ fn view(record: &TransferRecord, entries: &[EntryRecord], reattached: bool) -> T
         warnings: Vec::new(),
         owner: Some(owner_view(record)),
         checksum: record.checksum.map(|a| a.as_str().to_owned()),
+        error: None,
         reattached,
     }
 }

@@ -68,6 +68,9 @@ impl RunSettings {
                 check_space: request.check_space,
                 clean_orphans: request.clean_orphans,
                 umask: Some(umask),
+                // The command line's --update, --no-clobber, --delete and
+                // filters are not in the daemon's API yet.
+                ..ferry::RunSettings::default()
             },
         })
     }

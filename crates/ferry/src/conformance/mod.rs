@@ -155,6 +155,7 @@ macro_rules! store_conformance_tests {
             progress_never_goes_back,
             a_cancel_is_seen_by_an_entry_change,
             free_is_refused_while_moving,
+            limit_and_removal_events,
             reattach_is_a_compare_and_swap,
             events_since_filters_and_limits,
             compaction_and_cursors,

@@ -579,3 +579,49 @@ pub fn reattach_is_a_compare_and_swap<S: Store>(open: &dyn Fn() -> S) {
     );
     assert_eq!(events[1].context, json!({"host": "h", "pid": 2}));
 }
+
+/// `Change::Limit` records a rate in any state of a transfer;
+/// `Change::Removed` only while it moves (a `--delete` of its mover).
+pub fn limit_and_removal_events<S: Store>(open: &dyn Fn() -> S) {
+    let store = open();
+    let t = store
+        .create_transfer(&new_transfer(Some("l")), &[file_entry(0, 1)])
+        .unwrap();
+    let limit = |rate| Change::Limit {
+        id: t.id,
+        bytes_per_second: rate,
+    };
+    let removed = Change::Removed {
+        id: t.id,
+        path: PathBuf::from("/dst/extra"),
+    };
+    store.apply(&[limit(Some(5 << 20))]).unwrap();
+    let before = all_events(&store).len();
+    assert!(
+        store.apply(std::slice::from_ref(&removed)).is_err(),
+        "not moving"
+    );
+    assert_eq!(all_events(&store).len(), before, "a refusal writes nothing");
+    store.apply(&[to(t.id, TransferState::Dispatched)]).unwrap();
+    store.apply(&[removed, limit(None)]).unwrap();
+    let events = all_events(&store);
+    let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names[names.len() - 4..],
+        [
+            "transfer.limited",
+            "transfer.dispatched",
+            "file.removed",
+            "transfer.limited"
+        ]
+    );
+    let n = events.len();
+    assert_eq!(events[n - 4].context, json!({"bytes_per_second": 5 << 20}));
+    assert_eq!(events[n - 2].context, json!({"path": "/dst/extra"}));
+    assert_eq!(events[n - 1].context, json!({"bytes_per_second": 0}));
+    let missing = Change::Limit {
+        id: TransferId(t.id.0 + 1000),
+        bytes_per_second: None,
+    };
+    assert!(store.apply(&[missing]).is_err());
+}

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
@@ -17,13 +17,30 @@ use crate::error::Result;
 use crate::model::{EntryIndex, EntryRecord, FileState};
 use crate::store::Change;
 
+/// A destination recorded `skipped` instead of copied.
+pub(super) struct Skipped<'e> {
+    pub entry: &'e EntryRecord,
+    /// Computed when the skip rule compared checksums.
+    pub checksum: Option<Checksum>,
+    /// `update` or `no-clobber`: the destination is kept as it is, its
+    /// metadata too. `None`: it matched the skip rule.
+    pub kept_by: Option<&'static str>,
+    /// The destination as the skip rule found it (`lstat`): its metadata
+    /// is applied only where it differs.
+    pub found: Option<std::fs::Metadata>,
+}
+
 impl Engine<'_> {
-    /// Destinations found already matching: their metadata applied and made
-    /// durable, then recorded `skipped` in one transaction. One whose
-    /// metadata cannot be applied fails (it is not copied over).
+    /// Destinations found already matching: their metadata applied where
+    /// it differs and made durable, then recorded `skipped` in one
+    /// transaction. One whose metadata cannot be applied fails (it is not
+    /// copied over). A re-run over an unchanged tree writes nothing but
+    /// the store. A destination kept by `--update` or `--no-clobber` is
+    /// left exactly as it is: no metadata applied.
     pub(super) fn record_skipped(
         &self,
-        skipped: Vec<(&EntryRecord, Option<Checksum>)>,
+        skipped: Vec<Skipped<'_>>,
+        our_temporaries: &HashSet<PathBuf>,
         failures: &mut Vec<(EntryIndex, String)>,
     ) -> Result<()> {
         if skipped.is_empty() {
@@ -31,18 +48,40 @@ impl Engine<'_> {
         }
         let progress = &self.options.progress;
         let mut done = Vec::with_capacity(skipped.len());
-        for (entry, checksum) in skipped {
+        let mut untouched = Vec::new();
+        let mut changed = Vec::new();
+        for Skipped {
+            entry,
+            checksum,
+            kept_by,
+            found,
+        } in skipped
+        {
             // An earlier run's temporary of this file is not needed now.
-            match std::fs::remove_file(self.committer.temp_of(entry)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    failures.push((
-                        entry.index,
-                        format!("{}: cannot remove its temporary: {e}", entry.dest.display()),
-                    ));
-                    continue;
+            let temp = self.committer.temp_of(entry);
+            if our_temporaries.contains(&temp) {
+                match std::fs::remove_file(&temp) {
+                    Ok(()) => changed.push(entry),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        failures.push((
+                            entry.index,
+                            format!("{}: cannot remove its temporary: {e}", entry.dest.display()),
+                        ));
+                        continue;
+                    }
                 }
+            }
+            if let Some(rule) = kept_by {
+                untouched.push((entry, rule));
+                continue;
+            }
+            let in_place = found.as_ref().is_some_and(|dest| {
+                commit::metadata_in_place(entry, dest, self.transfer.preserve, self.committer.umask)
+            });
+            if in_place {
+                done.push((entry, checksum));
+                continue;
             }
             let mut warnings = Vec::new();
             let applied = commit::apply_metadata(
@@ -56,16 +95,26 @@ impl Engine<'_> {
                 .expect("warnings poisoned")
                 .extend(warnings);
             match applied {
-                Ok(()) => done.push((entry, checksum)),
+                Ok(()) => {
+                    changed.push(entry);
+                    done.push((entry, checksum));
+                }
                 Err(e) => failures.push((
                     entry.index,
                     format!("{}: cannot apply metadata: {e}", entry.dest.display()),
                 )),
             }
         }
-        let synced = commit::make_durable(done.iter().map(|(e, _)| e.dest.as_path()));
+        let synced = match changed.is_empty() {
+            true => Ok(()),
+            false => commit::make_durable(changed.iter().map(|e| e.dest.as_path())),
+        };
         if let Err(e) = synced {
-            for (entry, _) in done.drain(..) {
+            let changed: HashSet<EntryIndex> = changed.iter().map(|e| e.index).collect();
+            done.retain(|(entry, _)| {
+                if !changed.contains(&entry.index) {
+                    return true;
+                }
                 failures.push((
                     entry.index,
                     format!(
@@ -73,29 +122,40 @@ impl Engine<'_> {
                         entry.dest.display()
                     ),
                 ));
-            }
+                false
+            });
         }
         let rule = self.options.skip.as_str();
+        let skipped_change = |entry: &EntryRecord, checksum: Option<Checksum>, rule: &str| {
+            let mut context = serde_json::json!({"rule": rule});
+            if let Some(c) = checksum {
+                context["checksum"] = c.to_string().into();
+            }
+            Change::Entry {
+                id: self.transfer.id,
+                index: entry.index,
+                to: FileState::Skipped,
+                progress_bytes_durable: None,
+                error: None,
+                checksum,
+                context,
+            }
+        };
         let changes: Vec<Change> = done
             .iter()
-            .map(|(entry, checksum)| {
-                let mut context = serde_json::json!({"rule": rule});
-                if let Some(c) = checksum {
-                    context["checksum"] = c.to_string().into();
-                }
-                Change::Entry {
-                    id: self.transfer.id,
-                    index: entry.index,
-                    to: FileState::Skipped,
-                    progress_bytes_durable: None,
-                    error: None,
-                    checksum: *checksum,
-                    context,
-                }
-            })
+            .map(|(entry, checksum)| skipped_change(entry, *checksum, rule))
+            .chain(
+                untouched
+                    .iter()
+                    .map(|(entry, kept_by)| skipped_change(entry, None, kept_by)),
+            )
             .collect();
         self.store.apply(&changes)?;
-        for (entry, _) in &done {
+        let recorded = done
+            .iter()
+            .map(|(entry, _)| *entry)
+            .chain(untouched.iter().map(|(entry, _)| *entry));
+        for entry in recorded {
             progress.files_done.fetch_add(1, Ordering::Relaxed);
             progress.files_skipped.fetch_add(1, Ordering::Relaxed);
             progress
@@ -157,6 +217,7 @@ impl Engine<'_> {
                     index: follower.index,
                     durable: false,
                     recorded: false,
+                    metadata_applied: false,
                     checksum: ready_now
                         .get(&leader.index)
                         .or(skipped_now.get(&leader.index))
@@ -248,6 +309,7 @@ impl Engine<'_> {
                                         index: follower.index,
                                         durable: false,
                                         recorded: false,
+                                        metadata_applied: false,
                                         checksum: ready.checksum,
                                     }),
                                     Err(message) => failures.push((follower.index, message)),

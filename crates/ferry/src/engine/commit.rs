@@ -29,6 +29,9 @@ pub struct Ready {
     pub durable: bool,
     /// `copied` is already in the store (an earlier run got that far).
     pub recorded: bool,
+    /// Step 5 was done by the worker, on the open temporary (a fresh copy,
+    /// not read back before the rename): the rename alone places it.
+    pub metadata_applied: bool,
     /// Of the bytes as read from the source (`None`: no checksums).
     pub checksum: Option<Checksum>,
 }
@@ -236,6 +239,9 @@ impl Committer<'_> {
                 .and_then(|()| self.rename(entry))
                 .map_err(|e| format!("{}: cannot rename into place: {e}", entry.dest.display()))
                 .and_then(|()| {
+                    if r.metadata_applied {
+                        return Ok(());
+                    }
                     failpoint::hit(CommitStep::ApplyMetadata)
                         .and_then(|()| apply_metadata(entry, self.preserve, self.umask, warnings))
                         .map_err(|e| {
@@ -410,38 +416,171 @@ pub fn temp_path(dest: &Path, suffix: &str, id: TransferId) -> PathBuf {
     dest.with_file_name(name)
 }
 
-/// Step 5: ownership where permitted, extended attributes (ACLs among them),
-/// then mode (last, because chown clears set-id bits and an ACL sets the
-/// group bits), then times to the nanosecond. Symlinks have no mode. An
-/// attribute the destination refuses is a warning, as with `cp -a`.
+/// What step 5 writes to: a destination by name (a symlink is not
+/// followed), or the temporary a worker has just written, through its open
+/// descriptor — no path lookups, and the rename then carries file and
+/// metadata into place together.
+#[derive(Clone, Copy)]
+pub enum MetadataTarget<'a> {
+    Path(&'a Path),
+    Temporary {
+        file: &'a File,
+        /// For messages.
+        path: &'a Path,
+        /// Its directory has a default ACL, so the new file may have
+        /// inherited one: a source without an ACL means removing it.
+        may_have_acl: bool,
+    },
+}
+
+impl MetadataTarget<'_> {
+    fn path(&self) -> &Path {
+        match self {
+            MetadataTarget::Path(path) | MetadataTarget::Temporary { path, .. } => path,
+        }
+    }
+
+    fn chown(&self, uid: Option<Uid>, gid: Option<Gid>) -> rustix::io::Result<()> {
+        match self {
+            MetadataTarget::Path(path) => {
+                rustix::fs::chownat(CWD, *path, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+            }
+            MetadataTarget::Temporary { file, .. } => rustix::fs::fchown(file, uid, gid),
+        }
+    }
+
+    /// Removes an ACL the source does not have (an absent one is fine).
+    fn remove_acl(&self, name: &[u8]) -> rustix::io::Result<()> {
+        let removed = match self {
+            MetadataTarget::Path(path) => rustix::fs::lremovexattr(*path, name),
+            MetadataTarget::Temporary {
+                may_have_acl: false,
+                ..
+            } => return Ok(()),
+            MetadataTarget::Temporary { file, .. } => rustix::fs::fremovexattr(file, name),
+        };
+        match removed {
+            Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn set_xattr(&self, name: &[u8], value: &[u8]) -> rustix::io::Result<()> {
+        let flags = rustix::fs::XattrFlags::empty();
+        match self {
+            MetadataTarget::Path(path) => rustix::fs::lsetxattr(*path, name, value, flags),
+            MetadataTarget::Temporary { file, .. } => {
+                rustix::fs::fsetxattr(file, name, value, flags)
+            }
+        }
+    }
+
+    fn chmod(&self, mode: u32) -> rustix::io::Result<()> {
+        let mode = Mode::from_raw_mode(mode);
+        match self {
+            MetadataTarget::Path(path) => rustix::fs::chmodat(CWD, *path, mode, AtFlags::empty()),
+            MetadataTarget::Temporary { file, .. } => rustix::fs::fchmod(file, mode),
+        }
+    }
+
+    fn set_times(&self, times: &Timestamps) -> rustix::io::Result<()> {
+        match self {
+            MetadataTarget::Path(path) => {
+                rustix::fs::utimensat(CWD, *path, times, AtFlags::SYMLINK_NOFOLLOW)
+            }
+            MetadataTarget::Temporary { file, .. } => rustix::fs::futimens(file, times),
+        }
+    }
+}
+
+/// Whether `dest` (an existing destination, as `lstat` found it) already
+/// has what step 5 would give it, so that a re-run over an unchanged tree
+/// changes nothing: owner, mode, mtime to the nanosecond; no extended
+/// attributes to set, and no ACL to remove (asked of the file system only
+/// when the source has none to give).
+pub fn metadata_in_place(
+    entry: &EntryRecord,
+    dest: &std::fs::Metadata,
+    preserve: Preserve,
+    umask: u32,
+) -> bool {
+    let meta = entry.meta;
+    let mode = if preserve.mode {
+        meta.mode
+    } else {
+        meta.mode & !umask & 0o777
+    };
+    // Not the atime, as rsync: any read moves it (ferry's own read of the
+    // source among them), and rewriting every inode of a tree for it would
+    // make a re-run cost a copy's metadata work.
+    let times = !preserve.times
+        || crate::engine::plan::time_ns(dest.mtime(), dest.mtime_nsec()) == meta.mtime_ns;
+    let owner = !preserve.ownership || (dest.uid() == meta.uid && dest.gid() == meta.gid);
+    if !(times && owner && dest.mode() & 0o7777 == mode) {
+        return false;
+    }
+    let mut acls_to_drop = false;
+    for (name, value) in &entry.xattrs.0 {
+        let is_acl =
+            name == crate::engine::plan::ACL_ACCESS || name == crate::engine::plan::ACL_DEFAULT;
+        if !(is_acl && value.is_empty()) {
+            return false;
+        }
+        acls_to_drop = true;
+    }
+    !acls_to_drop || !has_acl(&entry.dest)
+}
+
+/// Whether `path` (not followed) has a POSIX ACL; an answer the file system
+/// will not give counts as yes.
+fn has_acl(path: &Path) -> bool {
+    let mut names = [0u8; 1024];
+    match rustix::fs::llistxattr(path, &mut names[..]) {
+        Ok(len) => names[..len].split(|b| *b == 0).any(|name| {
+            name == crate::engine::plan::ACL_ACCESS || name == crate::engine::plan::ACL_DEFAULT
+        }),
+        Err(Errno::NOTSUP) => false,
+        Err(_) => true,
+    }
+}
+
+/// Step 5 at `entry`'s destination, by name: see [`apply_metadata_to`].
 pub fn apply_metadata(
     entry: &EntryRecord,
     preserve: Preserve,
     umask: u32,
     warnings: &mut Vec<String>,
 ) -> io::Result<()> {
-    let path = entry.dest.as_path();
+    apply_metadata_to(
+        MetadataTarget::Path(&entry.dest),
+        entry,
+        preserve,
+        umask,
+        warnings,
+    )
+}
+
+/// Step 5: ownership where permitted, extended attributes (ACLs among them),
+/// then mode (last, because chown clears set-id bits and an ACL sets the
+/// group bits), then times to the nanosecond. Symlinks have no mode. An
+/// attribute the destination refuses is a warning, as with `cp -a`.
+pub fn apply_metadata_to(
+    target: MetadataTarget<'_>,
+    entry: &EntryRecord,
+    preserve: Preserve,
+    umask: u32,
+    warnings: &mut Vec<String>,
+) -> io::Result<()> {
+    let path = target.path();
     let meta = entry.meta;
     // Set-id bits not to give back: a set-user-ID file whose owner could not
     // be kept would run as whoever copied it (cp -a clears them too).
     let mut setid_lost = 0;
     if preserve.ownership {
-        let both = rustix::fs::chownat(
-            CWD,
-            path,
-            Some(Uid::from_raw(meta.uid)),
-            Some(Gid::from_raw(meta.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        );
+        let both = target.chown(Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)));
         // Like cp -a: an unprivileged user keeps what ownership they may.
         if let Err(e @ (Errno::PERM | Errno::INVAL)) = both {
-            let group = rustix::fs::chownat(
-                CWD,
-                path,
-                None,
-                Some(Gid::from_raw(meta.gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            );
+            let group = target.chown(None, Some(Gid::from_raw(meta.gid)));
             setid_lost = if group.is_ok() { 0o4000 } else { 0o6000 };
             if entry.kind != EntryKind::Symlink {
                 let cleared = if meta.mode & setid_lost != 0 {
@@ -466,18 +605,10 @@ pub fn apply_metadata(
                 name == crate::engine::plan::ACL_ACCESS || name == crate::engine::plan::ACL_DEFAULT;
             if is_acl && value.is_empty() {
                 // The source has no such ACL: neither will the destination.
-                match rustix::fs::lremovexattr(path, name.as_slice()) {
-                    Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => continue,
-                    Err(e) => return Err(e.into()),
-                }
+                target.remove_acl(name)?;
+                continue;
             }
-            let set = rustix::fs::lsetxattr(
-                path,
-                name.as_slice(),
-                value,
-                rustix::fs::XattrFlags::empty(),
-            );
-            match set {
+            match target.set_xattr(name, value) {
                 Ok(()) => {}
                 Err(
                     e @ (Errno::OPNOTSUPP
@@ -498,14 +629,14 @@ pub fn apply_metadata(
         } else {
             meta.mode & !umask & 0o777
         };
-        rustix::fs::chmodat(CWD, path, Mode::from_raw_mode(mode), AtFlags::empty())?;
+        target.chmod(mode)?;
     }
     if preserve.times {
         let times = Timestamps {
             last_access: timespec(meta.atime_ns),
             last_modification: timespec(meta.mtime_ns),
         };
-        rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        target.set_times(&times)?;
     }
     Ok(())
 }

@@ -55,6 +55,8 @@ pub struct Copier<'a> {
     pub bytes_copied: &'a AtomicU64,
     /// See [`super::ChunkHook`].
     pub after_chunk: Option<&'a super::ChunkFn>,
+    /// `--bwlimit`: paces every chunk.
+    pub throttle: &'a super::throttle::Throttle<'a>,
     /// Cleared on the first `copy_file_range` refusal, so that later copies
     /// go straight to the buffered path.
     pub use_copy_file_range: AtomicBool,
@@ -139,7 +141,7 @@ impl Copier<'_> {
             failpoint::hit(CommitStep::ReadSource).map_err(CopyError::Read)?;
             failpoint::hit(CommitStep::WriteData)
                 .map_err(|error| CopyError::Write { error, at: pos })?;
-            let want = (end - pos).min(CHUNK_BYTES as u64) as usize;
+            let want = self.throttle.chunk((end - pos).min(CHUNK_BYTES as u64)) as usize;
             let in_kernel = !self.buffered(hasher.is_some());
             let copied = if in_kernel {
                 let (mut off_in, mut off_out) = (pos, pos);
@@ -178,6 +180,7 @@ impl Copier<'_> {
             if let Some(hook) = self.after_chunk {
                 hook(total, self.cancel);
             }
+            self.throttle.pace(copied as u64, self.cancel);
         }
         Ok(())
     }

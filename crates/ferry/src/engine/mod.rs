@@ -25,8 +25,12 @@
 
 pub mod commit;
 pub mod copy;
+pub mod delete;
+pub mod files_from;
+pub mod filter;
 pub mod plan;
 pub mod skip;
+pub mod throttle;
 
 mod batches;
 mod directories;
@@ -162,6 +166,16 @@ pub struct RunOptions {
     pub skip: SkipRule,
     /// Read back what was written, from disk, and compare checksums.
     pub verify: Verify,
+    /// `--update`: a destination newer than its source is kept as it is.
+    pub update: bool,
+    /// `--no-clobber`: an existing destination is kept as it is.
+    pub no_clobber: bool,
+    /// `--delete`: once every file is committed, what the destination's
+    /// directories hold that the transfer does not is removed, but for what
+    /// this filter excludes (protected, as rsync does).
+    pub delete: Option<filter::Filter>,
+    /// `--bwlimit`: bytes per second for the whole run, `None` for none.
+    pub bwlimit: Option<u64>,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
     /// Called by a worker after each chunk it writes; see [`ChunkHook`].
@@ -197,6 +211,8 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
     };
     let store: &dyn Store = &fenced;
     let entries = store.entries(id)?;
+    // A `ferry limit` from here on changes the rate this run starts with.
+    let throttle = throttle::Throttle::new(store, id, options.bwlimit, store.last_seq()?);
     store.apply(&[Change::Transfer {
         id,
         to: TransferState::Running,
@@ -218,10 +234,12 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         },
         options,
         warnings: Mutex::new(Vec::new()),
+        default_acls: Mutex::new(HashMap::new()),
         copier: Copier {
             cancel: &options.cancel,
             bytes_copied: &options.progress.bytes_copied,
             after_chunk: options.after_chunk.as_deref(),
+            throttle: &throttle,
             use_copy_file_range: AtomicBool::new(true),
         },
     };
@@ -256,6 +274,9 @@ struct Engine<'a> {
     committer: Committer<'a>,
     options: &'a RunOptions,
     warnings: Mutex<Vec<String>>,
+    /// Destination directories, and whether each has a default ACL (see
+    /// `pool::inherits_default_acl`).
+    default_acls: Mutex<HashMap<PathBuf, bool>>,
     copier: Copier<'a>,
 }
 
@@ -282,7 +303,7 @@ impl Engine<'_> {
 
         // Directories first, so that files have somewhere to go.
         let left_alone = self.create_directories(entries, &mut failures)?;
-        let warnings = stale::clean(
+        let found = stale::clean(
             self.store,
             self.transfer,
             entries,
@@ -291,7 +312,7 @@ impl Engine<'_> {
         self.warnings
             .lock()
             .expect("warnings poisoned")
-            .extend(warnings);
+            .extend(found.warnings);
 
         // Then the work list, and what earlier runs already copied.
         let mut work = Vec::new();
@@ -317,10 +338,27 @@ impl Engine<'_> {
                     FileState::Pending | FileState::Copying | FileState::Failed
                 );
             if may_skip
+                && let Some(kept_by) =
+                    skip::kept(entry, self.options.update, self.options.no_clobber)
+            {
+                skipped.push(batches::Skipped {
+                    entry,
+                    checksum: None,
+                    kept_by: Some(kept_by),
+                    found: None,
+                });
+                continue;
+            }
+            if may_skip
                 && let Ok(Some(matched)) =
                     skip::matches(entry, self.options.skip, self.transfer.checksum)
             {
-                skipped.push((entry, matched.checksum));
+                skipped.push(batches::Skipped {
+                    entry,
+                    checksum: matched.checksum,
+                    kept_by: None,
+                    found: Some(matched.dest),
+                });
                 continue;
             }
             match (entry.kind, entry.state) {
@@ -343,6 +381,7 @@ impl Engine<'_> {
                         index: entry.index,
                         durable: true,
                         recorded: true,
+                        metadata_applied: false,
                         checksum: entry.checksum,
                     });
                 }
@@ -426,6 +465,7 @@ impl Engine<'_> {
                                     index: entry.index,
                                     durable: true,
                                     recorded: false,
+                                    metadata_applied: false,
                                     checksum,
                                 });
                             }
@@ -439,9 +479,11 @@ impl Engine<'_> {
         // Large files say "copying" (with the offset they resume from) in one
         // transaction; small files go straight to "copied".
         self.store.apply(&copying)?;
-        let skipped_now: HashMap<EntryIndex, Option<Checksum>> =
-            skipped.iter().map(|(e, c)| (e.index, *c)).collect();
-        self.record_skipped(skipped, &mut failures)?;
+        let skipped_now: HashMap<EntryIndex, Option<Checksum>> = skipped
+            .iter()
+            .map(|s| (s.entry.index, s.checksum))
+            .collect();
+        self.record_skipped(skipped, &found.ours, &mut failures)?;
         let followers_of =
             self.link_ready_followers(entries, followers, &skipped_now, &mut ready, &mut failures);
 
@@ -469,7 +511,12 @@ impl Engine<'_> {
             return self.report(TransferState::Cancelled, failed);
         }
         self.check_every_file_ended(&mut failed)?;
+        let mut removed = 0;
         if failed.is_empty() {
+            // After every commit, before directories get their times.
+            if let Some(filter) = &self.options.delete {
+                removed = self.delete_extras(entries, filter)?;
+            }
             self.finish_directories(entries, &left_alone, &mut failed)?;
         }
         if self.options.verify == Verify::Full {
@@ -491,6 +538,7 @@ impl Engine<'_> {
                 "warnings": self.warnings.lock().expect("warnings poisoned")
                     .iter().take(WARNINGS_RECORDED_MAX).collect::<Vec<_>>(),
                 "bytes_copied": self.options.progress.bytes_copied.load(Ordering::Relaxed),
+                "removed": removed,
             }),
         }])?;
         self.report(state, failed)

@@ -11,6 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::filter::Filter;
 use crate::error::{Error, Result};
 use crate::model::{EntryKind, NewEntry, SourceMeta, Xattrs};
 
@@ -82,7 +83,14 @@ pub fn plan_with(
     recursive: bool,
     fidelity: Fidelity,
 ) -> Result<Vec<NewEntry>> {
-    plan_onto(sources, dest, recursive, fidelity, DestRule::Cp)
+    plan_onto(
+        sources,
+        dest,
+        recursive,
+        fidelity,
+        DestRule::Cp,
+        &Filter::default(),
+    )
 }
 
 /// Where the sources land.
@@ -96,15 +104,22 @@ pub enum DestRule {
     Exactly,
 }
 
-/// [`plan_with`] under `rule`.
+/// [`plan_with`] under `rule`, leaving out what `filter` excludes.
 pub fn plan_onto(
     sources: &[PathBuf],
     dest: &Path,
     recursive: bool,
     fidelity: Fidelity,
     rule: DestRule,
+    filter: &Filter,
 ) -> Result<Vec<NewEntry>> {
-    let mut entries = plan_by(sources, dest, recursive, rule)?;
+    let mut entries = plan_by(sources, dest, recursive, rule, filter)?;
+    capture_fidelity(&mut entries, fidelity)?;
+    Ok(entries)
+}
+
+/// Hard-link groups and extended attributes, as `fidelity` asks.
+pub(super) fn capture_fidelity(entries: &mut [NewEntry], fidelity: Fidelity) -> Result<()> {
     let mut inodes: std::collections::HashMap<(u64, u64), usize> = Default::default();
     for (position, entry) in entries.iter_mut().enumerate() {
         if fidelity.hard_links && entry.kind == EntryKind::File {
@@ -133,7 +148,7 @@ pub fn plan_onto(
             entry.xattrs = xattrs;
         }
     }
-    Ok(entries)
+    Ok(())
 }
 
 /// POSIX ACLs, as extended attributes. A real ACL is never empty: an empty
@@ -191,7 +206,7 @@ fn read_xattrs(path: &Path, mode: XattrMode) -> io::Result<Xattrs> {
 /// is `cp -r`: without it a directory source is refused and symlinks named
 /// on the command line are followed, as `cp` does.
 pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<NewEntry>> {
-    plan_by(sources, dest, recursive, DestRule::Cp)
+    plan_by(sources, dest, recursive, DestRule::Cp, &Filter::default())
 }
 
 fn plan_by(
@@ -199,6 +214,7 @@ fn plan_by(
     dest: &Path,
     recursive: bool,
     rule: DestRule,
+    filter: &Filter,
 ) -> Result<Vec<NewEntry>> {
     let dest_meta = fs::metadata(dest).ok();
     check_destination(dest, dest_meta.as_ref())?;
@@ -242,7 +258,7 @@ fn plan_by(
         };
         check_target(source, &meta, &target)?;
         if meta.is_dir() {
-            walk(source, &meta, &target, &mut entries)?;
+            walk(source, &meta, &target, filter, &mut entries)?;
         } else {
             // A file named on the command line that cannot be read is the
             // caller's mistake, refused now; one deep in a tree fails alone
@@ -279,13 +295,19 @@ fn plan_by(
             });
         }
     }
-    refuse_duplicate_destinations(&entries)?;
-    // Recorded absolute: resume, finalize and verify may run elsewhere.
-    for entry in &mut entries {
+    finish_plan(&mut entries)?;
+    Ok(entries)
+}
+
+/// Refusals that need the whole list, and absolute paths: resume, finalize
+/// and verify may run elsewhere.
+pub(super) fn finish_plan(entries: &mut [NewEntry]) -> Result<()> {
+    refuse_duplicate_destinations(entries)?;
+    for entry in entries {
         entry.source = absolute(&entry.source)?;
         entry.dest = absolute(&entry.dest)?;
     }
-    Ok(entries)
+    Ok(())
 }
 
 /// What `cp` refuses about a destination before writing anything: a
@@ -293,7 +315,7 @@ fn plan_by(
 /// and a directory the caller cannot write into. A refusal here leaves
 /// nothing behind; the same found later would leave a temporary and a
 /// resume that fails the same way forever.
-fn check_destination(dest: &Path, meta: Option<&fs::Metadata>) -> Result<()> {
+pub(super) fn check_destination(dest: &Path, meta: Option<&fs::Metadata>) -> Result<()> {
     let bytes = dest.as_os_str().as_bytes();
     if bytes.len() > 1 && bytes.ends_with(b"/") && !meta.is_some_and(|m| m.is_dir()) {
         let why = if meta.is_some() {
@@ -435,15 +457,29 @@ fn check_target(source: &Path, meta: &fs::Metadata, target: &Path) -> Result<()>
 
 /// Pre-order walk: a directory is listed before what it contains, which the
 /// engine relies on (create parents first, finish their metadata last).
-fn walk(
+/// What `filter` excludes is left out, an excluded directory unread.
+pub(super) fn walk(
     root: &Path,
     root_meta: &fs::Metadata,
     target: &Path,
+    filter: &Filter,
+    entries: &mut Vec<NewEntry>,
+) -> Result<()> {
+    walk_below(root, root_meta, target, PathBuf::new(), filter, entries)
+}
+
+/// [`walk`], with `root` at `relative` for the filter.
+pub(super) fn walk_below(
+    root: &Path,
+    root_meta: &fs::Metadata,
+    target: &Path,
+    relative: PathBuf,
+    filter: &Filter,
     entries: &mut Vec<NewEntry>,
 ) -> Result<()> {
     entries.push(entry(root, root_meta, target.to_path_buf())?);
-    let mut stack = vec![(root.to_path_buf(), target.to_path_buf())];
-    while let Some((dir, dest_dir)) = stack.pop() {
+    let mut stack = vec![(root.to_path_buf(), target.to_path_buf(), relative)];
+    while let Some((dir, dest_dir, relative_dir)) = stack.pop() {
         let read = fs::read_dir(&dir).map_err(|e| list_error(&dir, e))?;
         let mut children: Vec<_> = read
             .map(|child| child.map(|c| c.file_name()))
@@ -456,21 +492,25 @@ fn walk(
             let source = dir.join(&name);
             let dest = dest_dir.join(&name);
             let meta = fs::symlink_metadata(&source).map_err(|e| stat_error(&source, e))?;
+            let relative = relative_dir.join(&name);
+            if filter.excludes(&relative, meta.is_dir()) {
+                continue;
+            }
             if meta.is_dir() {
-                subdirs.push((source, dest, meta));
+                subdirs.push((source, dest, meta, relative));
             } else {
                 entries.push(entry(&source, &meta, dest)?);
             }
         }
-        for (source, dest, meta) in subdirs.into_iter().rev() {
+        for (source, dest, meta, relative) in subdirs.into_iter().rev() {
             entries.push(entry(&source, &meta, dest.clone())?);
-            stack.push((source, dest));
+            stack.push((source, dest, relative));
         }
     }
     Ok(())
 }
 
-fn entry(source: &Path, meta: &fs::Metadata, dest: PathBuf) -> Result<NewEntry> {
+pub(super) fn entry(source: &Path, meta: &fs::Metadata, dest: PathBuf) -> Result<NewEntry> {
     let file_type = meta.file_type();
     let (kind, link_target) = if file_type.is_dir() {
         (EntryKind::Dir, None)
@@ -521,7 +561,7 @@ pub(crate) fn time_ns(secs: i64, nsec: i64) -> i64 {
     secs.saturating_mul(1_000_000_000).saturating_add(nsec)
 }
 
-fn stat_error(path: &Path, e: io::Error) -> Error {
+pub(super) fn stat_error(path: &Path, e: io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::NotFound => Error::SourceNotFound {
             path: path.to_path_buf(),

@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 
 use super::Engine;
-use super::commit::Ready;
+use super::commit::{MetadataTarget, Ready, apply_metadata_to};
 use super::copy::CopyError;
 use super::plan;
 use super::ranges::RangeTracker;
 use super::temp::{open_temp, write_error};
 use super::work::{Done, Work};
 use crate::checksum::{Checksum, Hasher};
+use crate::failpoint::{self, CommitStep};
 use crate::model::EntryRecord;
 
 impl Engine<'_> {
@@ -39,10 +40,11 @@ impl Engine<'_> {
                 Work::Whole(index) => {
                     let entry = &entries[index.0 as usize];
                     match self.copy_whole(entry, &mut buffer) {
-                        Ok(checksum) => Some(Done::Copied(Ready {
+                        Ok((checksum, metadata_applied)) => Some(Done::Copied(Ready {
                             index,
                             durable: false,
                             recorded: false,
+                            metadata_applied,
                             checksum,
                         })),
                         Err(None) => None,
@@ -56,6 +58,7 @@ impl Engine<'_> {
                             index,
                             durable: false,
                             recorded: false,
+                            metadata_applied: false,
                             checksum: None,
                         }),
                         Err(message) => Done::Failed(index, message),
@@ -89,12 +92,14 @@ impl Engine<'_> {
         }
     }
 
-    /// Step 1 for a small file, with its checksum. `Err(None)`: cancelled.
+    /// Step 1 for a small file, with its checksum; and step 5 on the open
+    /// temporary when nothing reads it back before the rename (then `true`).
+    /// `Err(None)`: cancelled.
     fn copy_whole(
         &self,
         entry: &EntryRecord,
         buffer: &mut Vec<u8>,
-    ) -> Result<Option<Checksum>, Option<String>> {
+    ) -> Result<(Option<Checksum>, bool), Option<String>> {
         let size = entry.meta.size;
         let (src, dense) = self.open_source(entry).map_err(Some)?;
         let temp = self.committer.temp_of(entry);
@@ -110,7 +115,71 @@ impl Engine<'_> {
                 .map_err(|e| Some(write_error(&temp, &e, data_end, size)))?;
         }
         self.check_source_at_end(entry, &src).map_err(Some)?;
-        Ok(hasher.map(Hasher::finish))
+        // `--verify` reads the temporary back first, which would move the
+        // atime just set: then the committer applies it after the rename.
+        let applied = !self.committer.verify;
+        if applied {
+            self.apply_metadata_to_temporary(entry, &dst, &temp)
+                .map_err(Some)?;
+        }
+        Ok((hasher.map(Hasher::finish), applied))
+    }
+
+    /// Step 5 on a temporary a worker has just written, through its
+    /// descriptor: the rename then places file and metadata together.
+    fn apply_metadata_to_temporary(
+        &self,
+        entry: &EntryRecord,
+        file: &File,
+        temp: &Path,
+    ) -> Result<(), String> {
+        let target = MetadataTarget::Temporary {
+            file,
+            path: &entry.dest,
+            may_have_acl: self.inherits_default_acl(temp),
+        };
+        let mut warnings = Vec::new();
+        let applied = failpoint::hit(CommitStep::ApplyMetadata).and_then(|()| {
+            apply_metadata_to(
+                target,
+                entry,
+                self.transfer.preserve,
+                self.committer.umask,
+                &mut warnings,
+            )
+        });
+        if !warnings.is_empty() {
+            self.warnings
+                .lock()
+                .expect("warnings poisoned")
+                .extend(warnings);
+        }
+        applied.map_err(|e| format!("{}: cannot apply metadata: {e}", entry.dest.display()))
+    }
+
+    /// Whether a file created at `path` may have inherited an ACL: its
+    /// directory has a default ACL. Asked once per directory (a run's
+    /// directories hold their defaults until their own metadata is applied,
+    /// after every file); an answer the file system will not give counts as
+    /// yes, so that the ACL is removed as before.
+    fn inherits_default_acl(&self, path: &Path) -> bool {
+        let Some(dir) = path.parent() else {
+            return true;
+        };
+        let mut known = self.default_acls.lock().expect("default ACLs poisoned");
+        if let Some(&has) = known.get(dir) {
+            return has;
+        }
+        // A one-byte buffer: too small for any ACL (RANGE), so an answer
+        // without one means there is none.
+        let has = match rustix::fs::getxattr(dir, plan::ACL_DEFAULT, &mut [0u8; 1][..]) {
+            Ok(len) => len > 0,
+            Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => false,
+            Err(_) => true,
+        };
+        // Bounded by the run's directories, which the run holds anyway.
+        known.insert(dir.to_path_buf(), has);
+        has
     }
 
     fn make_symlink(&self, entry: &EntryRecord) -> Result<(), String> {
@@ -129,8 +198,8 @@ impl Engine<'_> {
     /// whether it is dense (all its blocks allocated), in which case looking
     /// for holes is a waste of two system calls.
     pub(super) fn open_source(&self, entry: &EntryRecord) -> Result<(File, bool), String> {
-        let file = open_source_file(&entry.source)?;
-        let meta = self.check_source_unchanged(entry, &file)?;
+        let (file, meta) = open_source_file(&entry.source)?;
+        self.check_source_unchanged(entry, &meta)?;
         Ok((file, meta.blocks().saturating_mul(512) >= meta.size()))
     }
 
@@ -140,11 +209,8 @@ impl Engine<'_> {
     fn check_source_unchanged(
         &self,
         entry: &EntryRecord,
-        file: &File,
-    ) -> Result<std::fs::Metadata, String> {
-        let meta = file
-            .metadata()
-            .map_err(|e| format!("cannot stat source {}: {e}", entry.source.display()))?;
+        meta: &std::fs::Metadata,
+    ) -> Result<(), String> {
         let mtime_ns = plan::time_ns(meta.mtime(), meta.mtime_nsec());
         if meta.size() != entry.meta.size || mtime_ns != entry.meta.mtime_ns {
             return Err(format!(
@@ -154,7 +220,7 @@ impl Engine<'_> {
                 meta.size()
             ));
         }
-        Ok(meta)
+        Ok(())
     }
 
     /// After the last byte: unchanged, and still the file at its path (a
@@ -165,7 +231,10 @@ impl Engine<'_> {
         entry: &EntryRecord,
         file: &File,
     ) -> Result<(), String> {
-        let meta = self.check_source_unchanged(entry, file)?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("cannot stat source {}: {e}", entry.source.display()))?;
+        self.check_source_unchanged(entry, &meta)?;
         match std::fs::symlink_metadata(&entry.source) {
             Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => Ok(()),
             Ok(_) => Err(format!(
@@ -210,7 +279,7 @@ impl Engine<'_> {
 /// `open` forever), then checks through the descriptor that it is a regular
 /// file before a byte is read. Reads of a regular file never block, so the
 /// descriptor keeps `O_NONBLOCK`.
-pub(super) fn open_source_file(source: &Path) -> Result<File, String> {
+pub(super) fn open_source_file(source: &Path) -> Result<(File, std::fs::Metadata), String> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
@@ -236,5 +305,5 @@ pub(super) fn open_source_file(source: &Path) -> Result<File, String> {
             source.display()
         ));
     }
-    Ok(file)
+    Ok((file, meta))
 }

@@ -369,6 +369,7 @@ impl Engine<'_> {
             index: entry.index,
             durable: true,
             recorded: false,
+            metadata_applied: false,
             checksum,
         }))
     }

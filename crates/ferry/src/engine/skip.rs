@@ -55,6 +55,9 @@ impl SkipRule {
 pub(crate) struct Matched {
     /// Computed when the rule compared checksums: recorded with the entry.
     pub checksum: Option<Checksum>,
+    /// The destination's, as the rule found it: its metadata is applied
+    /// only where it differs.
+    pub dest: std::fs::Metadata,
 }
 
 /// Whether `entry`'s destination already matches by `rule`. A destination
@@ -97,8 +100,65 @@ pub(crate) fn matches(
             let found = checksum::of_file(&entry.dest, algo, false)?;
             return Ok((found == source).then_some(Matched {
                 checksum: Some(source),
+                dest,
             }));
         }
     };
-    Ok(matched.then_some(Matched { checksum: None }))
+    Ok(matched.then_some(Matched {
+        checksum: None,
+        dest,
+    }))
+}
+
+/// Whether `--update` or `--no-clobber` keep `entry`'s destination as it
+/// is; says which. `--no-clobber`: anything at that name (cp -n).
+/// `--update`: a destination modified after the source (rsync -u).
+pub(crate) fn kept(entry: &EntryRecord, update: bool, no_clobber: bool) -> Option<&'static str> {
+    if !update && !no_clobber {
+        return None;
+    }
+    let dest = std::fs::symlink_metadata(&entry.dest).ok()?;
+    if no_clobber {
+        return Some("no-clobber");
+    }
+    let newer = plan::time_ns(dest.mtime(), dest.mtime_nsec()) > entry.meta.mtime_ns;
+    (update && newer).then_some("update")
+}
+
+/// `--dry-run`: whether `entry` would be skipped (its destination kept by
+/// `--update`/`--no-clobber`, or matching `rule`), and by which rule. Reads
+/// only; a file that cannot be compared would be copied.
+pub fn would_skip(
+    entry: &crate::model::NewEntry,
+    rule: SkipRule,
+    update: bool,
+    no_clobber: bool,
+    algo: Option<ChecksumAlgo>,
+) -> Option<&'static str> {
+    use crate::model::{EntryIndex, EntryKind, FileState};
+    if entry.kind != EntryKind::File {
+        return None;
+    }
+    let record = EntryRecord {
+        index: EntryIndex(0),
+        kind: entry.kind,
+        source: entry.source.clone(),
+        dest: entry.dest.clone(),
+        meta: entry.meta,
+        link_target: None,
+        state: FileState::Pending,
+        progress_bytes_durable: 0,
+        error: None,
+        checksum: None,
+        piece_digests: Vec::new(),
+        link_leader: None,
+        xattrs: Default::default(),
+    };
+    if let Some(kept_by) = kept(&record, update, no_clobber) {
+        return Some(kept_by);
+    }
+    match matches(&record, rule, algo) {
+        Ok(Some(_)) => Some(rule.as_str()),
+        _ => None,
+    }
 }

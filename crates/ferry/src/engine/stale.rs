@@ -20,12 +20,20 @@ use crate::model::{EntryKind, EntryRecord, TransferId, TransferRecord, TransferS
 use crate::owner::Liveness;
 use crate::store::{Change, Store};
 
+/// What the listing found: warnings to give, and the temporaries of this
+/// transfer that exist (earlier runs' work), so that nothing else needs to
+/// look for them file by file.
+pub(crate) struct Found {
+    pub warnings: Vec<String>,
+    pub ours: HashSet<PathBuf>,
+}
+
 pub(crate) fn clean(
     store: &dyn Store,
     ours: &TransferRecord,
     entries: &[EntryRecord],
     clean_orphans: bool,
-) -> Result<Vec<String>> {
+) -> Result<Found> {
     let mut by_dir: HashMap<&Path, HashSet<&OsStr>> = HashMap::new();
     for entry in entries {
         if entry.kind == EntryKind::Dir || entry.state.is_done() {
@@ -38,6 +46,7 @@ pub(crate) fn clean(
     }
     let suffix = ours.temp_suffix.as_bytes();
     let mut warnings = Vec::new();
+    let mut ours_found = HashSet::new();
     let mut others: HashMap<i64, Option<(TransferRecord, HashSet<PathBuf>)>> = HashMap::new();
     for (dir, names) in by_dir {
         let listing = match std::fs::read_dir(if dir.as_os_str().is_empty() {
@@ -66,7 +75,11 @@ pub(crate) fn clean(
             else {
                 continue;
             };
-            if id == ours.id.0 || !names.contains(base) {
+            if !names.contains(base) {
+                continue;
+            }
+            if id == ours.id.0 {
+                ours_found.insert(dir.join(&file_name));
                 continue;
             }
             let temp = dir.join(&file_name);
@@ -128,7 +141,10 @@ pub(crate) fn clean(
         }
     }
     warnings.sort();
-    Ok(warnings)
+    Ok(Found {
+        warnings,
+        ours: ours_found,
+    })
 }
 
 fn remove(path: &Path) -> Result<()> {

@@ -25,6 +25,15 @@ pub(super) fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
             std::fs::remove_file(temp)?;
             open(true)
         }
+        // An earlier attempt gave this temporary its final mode (step 5 on
+        // the open temporary) and then failed: it may be read-only now. A
+        // whole file starts over in a new one.
+        Err(e) if truncate && e.kind() == io::ErrorKind::PermissionDenied => {
+            match std::fs::remove_file(temp) {
+                Ok(()) => open(true),
+                Err(_) => Err(e),
+            }
+        }
         other => other,
     }
 }

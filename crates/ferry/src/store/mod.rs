@@ -70,6 +70,16 @@ pub enum Change {
     /// The transfer is released: it leaves `transfers()` and its name may
     /// be used again. Its rows and events stay, for the record.
     Free { id: TransferId },
+    /// `ferry limit`: the transfer's bandwidth limit is now
+    /// `bytes_per_second` (`None`: none); an event only, in any state, so
+    /// that a resume takes it too.
+    Limit {
+        id: TransferId,
+        bytes_per_second: Option<u64>,
+    },
+    /// `--delete` removed `path` from a destination directory (it was made
+    /// durable first): an event only, on a moving transfer.
+    Removed { id: TransferId, path: PathBuf },
     /// More of an entry's temporary is durable. Progress never goes back
     /// except through an `Entry` change that restarts the file.
     Progress {

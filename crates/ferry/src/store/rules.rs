@@ -24,6 +24,21 @@ pub const EVENT_ADDED: &str = "transfer.added";
 pub const EVENT_FREED: &str = "transfer.freed";
 pub const EVENT_REATTACHED: &str = "transfer.reattached";
 pub const EVENT_PROGRESS: &str = "file.progress";
+/// `ferry limit`: a transfer's bandwidth limit changed.
+pub const EVENT_LIMITED: &str = "transfer.limited";
+
+/// The context of an [`EVENT_LIMITED`] event; 0 is no limit.
+pub fn limited_context(bytes_per_second: Option<u64>) -> Value {
+    json!({ "bytes_per_second": bytes_per_second.unwrap_or(0) })
+}
+
+/// `--delete` removed a destination's extra file or directory.
+pub const EVENT_REMOVED: &str = "file.removed";
+
+/// The context of an [`EVENT_REMOVED`] event.
+pub fn removed_context(path: &Path) -> Value {
+    json!({ "path": path.to_string_lossy() })
+}
 
 /// At most this many `cp-ID-N` names are tried for one unnamed transfer.
 pub const UNNAMED_TRIES_MAX: u32 = 1 << 20;
@@ -57,15 +72,27 @@ pub fn check_entry_transition(
 ) -> Result<(), StoreError> {
     match from {
         Some(from) if to.allowed_from().contains(&from) => Ok(()),
-        from => Err(StoreError::IllegalTransition {
-            path: path.to_path_buf(),
-            id,
-            from: match from {
-                Some(from) => format!("entry {} {from}", index.0),
-                None => format!("entry {} (there is no such entry)", index.0),
-            },
-            to: to.to_string(),
-        }),
+        from => Err(entry_transition_refused(path, id, index, from, to)),
+    }
+}
+
+/// The error of an entry change the store refused, saying what the entry
+/// was (`None`: there is no such entry).
+pub fn entry_transition_refused(
+    path: &Path,
+    id: TransferId,
+    index: EntryIndex,
+    from: Option<FileState>,
+    to: FileState,
+) -> StoreError {
+    StoreError::IllegalTransition {
+        path: path.to_path_buf(),
+        id,
+        from: match from {
+            Some(from) => format!("entry {} {from}", index.0),
+            None => format!("entry {} (there is no such entry)", index.0),
+        },
+        to: to.to_string(),
     }
 }
 

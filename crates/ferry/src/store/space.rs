@@ -85,7 +85,9 @@ pub(crate) struct SpaceGuard {
 }
 
 impl SpaceGuard {
-    pub(crate) fn new(store: &Path) -> Arc<SpaceGuard> {
+    /// The guard of the store at `store`; without `with_reserve`, one
+    /// whose reserve is 0 bytes (never created, always "present").
+    pub(crate) fn new(store: &Path, with_reserve: bool) -> Arc<SpaceGuard> {
         let mut reserve_path = store.as_os_str().to_owned();
         reserve_path.push(".reserve");
         let dir = store
@@ -97,10 +99,14 @@ impl SpaceGuard {
         let total = rustix::fs::statvfs(&dir)
             .map(|s| s.f_blocks.saturating_mul(s.f_frsize))
             .unwrap_or(u64::MAX);
-        let reserve_bytes = std::env::var(RESERVE_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| reserve_bytes_for(total));
+        let reserve_bytes = if with_reserve {
+            std::env::var(RESERVE_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| reserve_bytes_for(total))
+        } else {
+            0
+        };
         Arc::new(SpaceGuard {
             reserve_path: PathBuf::from(reserve_path),
             reserve_bytes,

@@ -203,7 +203,14 @@ pub(in crate::server) async fn add(
         // the caller's credentials: what they cannot see, the daemon does
         // not see for them.
         let entries = creds::as_caller(&caller, || {
-            plan_onto(&sources, &dest, request.recursive, fidelity, rule)
+            plan_onto(
+                &sources,
+                &dest,
+                request.recursive,
+                fidelity,
+                rule,
+                &Default::default(),
+            )
         })
         .map_err(|e| ApiError::internal(format!("cannot act as uid {}: {e}", caller.uid)))??;
         let max = daemon.entries_per_transfer_max;

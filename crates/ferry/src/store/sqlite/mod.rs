@@ -106,7 +106,16 @@ impl SqliteStore {
     /// missing. Refuses files that are not ferry stores, or that a newer
     /// ferry wrote, without modifying them.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        SqliteStore::open_with(path, Opening::Durable)
+        SqliteStore::open_with(path, Opening::Durable, true)
+    }
+
+    /// [`SqliteStore::open`] with no reserve file: for a store at a path
+    /// the user chose for one transfer (an AXL state file), where a
+    /// `STORE.reserve` of up to 4 MiB appearing beside it would surprise.
+    /// A full disk still turns it read-only; without a reserve, recording
+    /// that switch and the clean end of its transfer may fail too.
+    pub fn open_without_reserve(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, Opening::Durable, false)
     }
 
     /// [`SqliteStore::open`], creating the store file when missing but
@@ -150,12 +159,12 @@ impl SqliteStore {
     /// (the engine's `commit::make_durable` on [`SqliteStore::files`])
     /// before it reports anything as done.
     pub fn open_deferred(path: &Path) -> Result<SqliteStore, StoreError> {
-        match SqliteStore::open_with(path, Opening::DeferredExclusive) {
+        match SqliteStore::open_with(path, Opening::DeferredExclusive, true) {
             // Another process has it open (a live owner, a watcher): share.
             Err(StoreError::Sqlite { source, .. })
                 if source.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) =>
             {
-                SqliteStore::open_with(path, Opening::DeferredShared)
+                SqliteStore::open_with(path, Opening::DeferredShared, true)
             }
             other => other,
         }
@@ -230,7 +239,11 @@ impl SqliteStore {
             .collect()
     }
 
-    fn open_with(path: &Path, opening: Opening) -> Result<SqliteStore, StoreError> {
+    fn open_with(
+        path: &Path,
+        opening: Opening,
+        with_reserve: bool,
+    ) -> Result<SqliteStore, StoreError> {
         let sync_each_commit = opening == Opening::Durable;
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
@@ -331,7 +344,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             notifier: Arc::default(),
-            space: SpaceGuard::new(path),
+            space: SpaceGuard::new(path, with_reserve),
             // Batch jobs over thousands of stores (finalize) never make one.
             reserve_unchecked: sync_each_commit.into(),
         };

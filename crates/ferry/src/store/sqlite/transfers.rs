@@ -4,6 +4,30 @@
 use super::events::{SqliteEventReader, query_events};
 use super::*;
 
+/// The `UPDATE` of an entry's state to `to`, allowed only from the states
+/// [`FileState::allowed_from`] names (spelled out with OR: an IN list
+/// makes SQLite build a temporary table at each execution). Progress back to 0 restarts the file:
+/// its pieces' digests go. A checksum, when given, is recorded with it.
+fn entry_update_sql(to: FileState) -> String {
+    let mut from: Vec<String> = to
+        .allowed_from()
+        .iter()
+        .map(|s| format!("state = '{}'", s.as_str()))
+        .collect();
+    if from.is_empty() {
+        // Entered from nowhere (`pending` is where entries start).
+        from.push("0".into());
+    }
+    format!(
+        "UPDATE entries SET state = ?1, error = ?2,
+         progress_bytes_durable = coalesce(?3, progress_bytes_durable),
+         piece_digests = CASE WHEN ?3 = 0 THEN NULL ELSE piece_digests END,
+         checksum_algo = coalesce(?6, checksum_algo), checksum = coalesce(?7, checksum)
+         WHERE transfer_id = ?4 AND idx = ?5 AND ({})",
+        from.join(" OR ")
+    )
+}
+
 impl SqliteStore {
     fn insert_event(
         &self,
@@ -148,41 +172,43 @@ impl SqliteStore {
                 context,
             } => {
                 self.check_moving(tx, *id, checked)?;
-                let from = self.entry_state(tx, *id, *index)?;
-                rules::check_entry_transition(&self.path, *id, *index, from, *to)?;
-                // Progress back to 0 restarts the file: its pieces' digests go.
-                tx.prepare_cached(
-                    "UPDATE entries SET state = ?1, error = ?2,
-                     progress_bytes_durable = coalesce(?3, progress_bytes_durable),
-                     piece_digests = CASE WHEN ?3 = 0 THEN NULL ELSE piece_digests END
-                     WHERE transfer_id = ?4 AND idx = ?5",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        to.as_str(),
-                        error,
-                        progress_bytes_durable.map(|p| p as i64),
-                        id.0,
-                        index.0
-                    ])
-                })
-                .map_err(|e| self.err(e))?;
-                if let Some(checksum) = checksum {
-                    tx.prepare_cached(
-                        "UPDATE entries SET checksum_algo = ?1, checksum = ?2
-                         WHERE transfer_id = ?3 AND idx = ?4",
-                    )
+                // One statement: the transition is checked by its WHERE (the
+                // states `to` may be entered from); only a refusal reads the
+                // entry again, to say what it was.
+                let changed = tx
+                    .prepare_cached(&entry_update_sql(*to))
                     .and_then(|mut s| {
                         s.execute(params![
-                            checksum.algo.as_str(),
-                            checksum.digest(),
+                            to.as_str(),
+                            error,
+                            progress_bytes_durable.map(|p| p as i64),
                             id.0,
-                            index.0
+                            index.0,
+                            checksum.map(|c| c.algo.as_str()),
+                            checksum.as_ref().map(|c| c.digest()),
                         ])
                     })
                     .map_err(|e| self.err(e))?;
+                if changed != 1 {
+                    let from = self.entry_state(tx, *id, *index)?;
+                    return Err(rules::entry_transition_refused(
+                        &self.path, *id, *index, from, *to,
+                    ));
                 }
                 self.insert_event(tx, *id, Some(*index), &rules::file_event_name(*to), context)
+            }
+            Change::Limit {
+                id,
+                bytes_per_second,
+            } => {
+                self.transfer_state(tx, *id)?;
+                let context = rules::limited_context(*bytes_per_second);
+                self.insert_event(tx, *id, None, rules::EVENT_LIMITED, &context)
+            }
+            Change::Removed { id, path } => {
+                self.check_moving(tx, *id, checked)?;
+                let context = rules::removed_context(path);
+                self.insert_event(tx, *id, None, rules::EVENT_REMOVED, &context)
             }
             Change::Free { id } => {
                 rules::check_free(&self.path, *id, self.transfer_state(tx, *id)?)?;

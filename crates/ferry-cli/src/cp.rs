@@ -1,0 +1,412 @@
+//! `ferry cp`: the command line of a copy, the rsync and cp habits among
+//! it (filters, a file list, a dry run, --update, --no-clobber, --delete),
+//! turned into the library's plan and run settings.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{ArgMatches, Args};
+use ferry::engine::filter::{Action, Filter};
+use ferry::engine::plan::DestRule;
+use ferry::rerun::Rerun;
+use ferry::store::Store;
+use ferry::{Kind, Preserve, RunSettings, Transfer};
+
+use crate::exit::Exit;
+use crate::{RunArgs, Start, move_and_wait};
+
+/// One include/exclude option as given: a pattern, or a file of them.
+#[derive(Clone, Debug)]
+pub(crate) enum Rule {
+    Pattern(Action, String),
+    File(Action, PathBuf),
+}
+
+#[derive(Args)]
+pub(crate) struct CpArgs {
+    /// Copy directories recursively
+    #[arg(short, long)]
+    pub(crate) recursive: bool,
+    /// Archive: -r, and keep mode, ownership and times
+    #[arg(short, long)]
+    pub(crate) archive: bool,
+    /// Keep mode, ownership and times
+    #[arg(short, long)]
+    pub(crate) preserve: bool,
+    /// Name the transfer, to find it again (a dead owner's transfer of this
+    /// name is re-attached and continued)
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// How bytes move: sync (this thread), threads (a pool), daemon (handed
+    /// to `ferry serve`; returns once dispatched unless --wait), default
+    /// (daemon when one answers on the socket, else threads)
+    #[arg(long, default_value = "threads", value_parser = ["sync", "threads", "daemon", "default"])]
+    pub(crate) kind: String,
+    /// With --kind daemon: return when the transfer is over, not when it is
+    /// dispatched
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// A new transfer under cp's destination rules, even when a transfer of
+    /// the store already copied these sources to this destination (which a
+    /// re-run otherwise continues, or brings up to date)
+    #[arg(long)]
+    pub(crate) new: bool,
+    /// The checksum every copied file gets, computed as it is read
+    #[arg(long, default_value = "xxh3", value_parser = ["xxh3", "blake3", "none"])]
+    pub(crate) checksum: String,
+    /// Extended attributes and ACLs to keep [default: all with -a, none otherwise]
+    #[arg(long, value_parser = ["all", "none", "no-lustre"])]
+    pub(crate) xattrs: Option<String>,
+    /// Plan only: list what would be copied, skipped and removed, and
+    /// write nothing (not even a store)
+    #[arg(short = 'n', long)]
+    pub(crate) dry_run: bool,
+    /// Leave out what matches PATTERN (rsync's rules: first matching
+    /// --include/--exclude wins, a leading / anchors at the copied
+    /// directory, a trailing / matches directories only, * stops at /, **
+    /// does not)
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) exclude: Vec<String>,
+    /// Keep what matches PATTERN, whatever a later --exclude says
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) include: Vec<String>,
+    /// --exclude each pattern of FILE (one a line; # and ; start comments)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) exclude_from: Vec<PathBuf>,
+    /// --include each pattern of FILE (one a line; # and ; start comments)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) include_from: Vec<PathBuf>,
+    /// Copy only the names listed in FILE (one a line, - for stdin), each
+    /// below the one source directory and landing at the same path below
+    /// DST; a listed directory brings its contents only with -r
+    #[arg(long, value_name = "FILE", conflicts_with = "delete")]
+    pub(crate) files_from: Option<PathBuf>,
+    /// --files-from's names end with a NUL byte, not a newline (for names
+    /// holding newlines: find -print0)
+    #[arg(short = '0', long, requires = "files_from")]
+    pub(crate) from0: bool,
+    /// Keep destination files that are newer than their source (rsync -u)
+    #[arg(short, long)]
+    pub(crate) update: bool,
+    /// Never overwrite an existing destination (cp -n)
+    #[arg(long)]
+    pub(crate) no_clobber: bool,
+    /// Once every file is committed, remove what the destination's
+    /// directories hold that the sources do not (but what --exclude
+    /// leaves out), each removal recorded and listed
+    #[arg(long)]
+    pub(crate) delete: bool,
+    /// The include/exclude options in command-line order (clap keeps
+    /// each option's values apart): filled in by `main`.
+    #[arg(skip)]
+    pub(crate) rules_in_order: Vec<(usize, Rule)>,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+    /// Sources, then the destination
+    #[arg(required = true, num_args = 2.., value_name = "SRC… DST")]
+    pub(crate) paths: Vec<PathBuf>,
+}
+
+impl CpArgs {
+    /// Records the order of the include/exclude options, which clap keeps
+    /// per option: rsync's rule list is first-match-wins across them.
+    pub(crate) fn order_rules(&mut self, matches: &ArgMatches) {
+        let mut rules = Vec::new();
+        let mut take = |id: &str, make: &dyn Fn(usize) -> Rule| {
+            if let Some(indices) = matches.indices_of(id) {
+                for (n, at) in indices.enumerate() {
+                    rules.push((at, make(n)));
+                }
+            }
+        };
+        take("exclude", &|n| {
+            Rule::Pattern(Action::Exclude, self.exclude[n].clone())
+        });
+        take("include", &|n| {
+            Rule::Pattern(Action::Include, self.include[n].clone())
+        });
+        take("exclude_from", &|n| {
+            Rule::File(Action::Exclude, self.exclude_from[n].clone())
+        });
+        take("include_from", &|n| {
+            Rule::File(Action::Include, self.include_from[n].clone())
+        });
+        rules.sort_by_key(|(at, _)| *at);
+        self.rules_in_order = rules;
+    }
+
+    /// Options the daemon's API does not take yet.
+    pub(crate) fn local_only(&self) -> Option<&'static str> {
+        [
+            (self.dry_run, "--dry-run"),
+            (!self.rules_in_order.is_empty(), "--include/--exclude"),
+            (self.files_from.is_some(), "--files-from"),
+            (self.update, "--update"),
+            (self.no_clobber, "--no-clobber"),
+            (self.delete, "--delete"),
+            (self.run.bwlimit.is_some(), "--bwlimit"),
+        ]
+        .into_iter()
+        .find_map(|(given, name)| given.then_some(name))
+    }
+
+    fn filter(&self) -> Result<Filter, Exit> {
+        let mut filter = Filter::default();
+        let bad = |why: String| {
+            Exit::Error(ferry::Error::BadOption {
+                option: "--include/--exclude",
+                why,
+            })
+        };
+        for (_, rule) in &self.rules_in_order {
+            match rule {
+                Rule::Pattern(action, pattern) => filter.push(*action, pattern).map_err(bad)?,
+                Rule::File(action, path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        bad(format!(
+                            "cannot read pattern file {}: {}",
+                            path.display(),
+                            cause(&e)
+                        ))
+                    })?;
+                    for pattern in ferry::engine::filter::patterns_of_file(&text) {
+                        filter
+                            .push(*action, pattern)
+                            .map_err(|why| bad(format!("{}: {why}", path.display())))?;
+                    }
+                }
+            }
+        }
+        Ok(filter)
+    }
+
+    /// The settings of a new dispatch that only cp's flags give.
+    fn settings_over(&self, base: RunSettings, filter: &Filter) -> RunSettings {
+        RunSettings {
+            update: self.update,
+            no_clobber: self.no_clobber,
+            delete: self.delete,
+            filter: filter.texts(),
+            ..base
+        }
+    }
+
+    /// The entries, by the file list or by cp's rules under `rule`.
+    fn plan(&self, rule: DestRule, filter: &Filter) -> Result<Vec<ferry::model::NewEntry>, Exit> {
+        let (dest, sources) = self.paths.split_last().expect("clap requires two paths");
+        let xattrs = match self.xattrs.as_deref() {
+            Some(mode) => ferry::engine::plan::XattrMode::parse(mode).expect("clap checked"),
+            None if self.archive => ferry::engine::plan::XattrMode::All,
+            None => ferry::engine::plan::XattrMode::None,
+        };
+        let fidelity = ferry::engine::plan::Fidelity {
+            hard_links: self.archive,
+            xattrs,
+        };
+        let Some(list) = &self.files_from else {
+            return Ok(ferry::engine::plan::plan_onto(
+                sources,
+                dest,
+                self.recursive || self.archive,
+                fidelity,
+                rule,
+                filter,
+            )?);
+        };
+        let [source] = sources else {
+            return Err(Exit::Error(ferry::Error::BadOption {
+                option: "--files-from",
+                why: format!(
+                    "{} sources given: with a list, give the one directory its names are below, \
+                     then the destination",
+                    sources.len()
+                ),
+            }));
+        };
+        let bytes = read_list(list)?;
+        let names = ferry::engine::files_from::parse_list(&bytes, self.from0)?;
+        // rsync: -a does not recurse into listed directories, -r does.
+        Ok(ferry::engine::files_from::plan_listed(
+            source,
+            &names,
+            dest,
+            self.recursive,
+            fidelity,
+            filter,
+        )?)
+    }
+}
+
+fn read_list(path: &Path) -> Result<Vec<u8>, Exit> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().lock().read_to_end(&mut bytes).map(|_| ())
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes).map(|_| ()))
+    };
+    read.map_err(|e| {
+        Exit::Error(ferry::Error::BadOption {
+            option: "--files-from",
+            why: format!("cannot read {}: {}", path.display(), cause(&e)),
+        })
+    })?;
+    Ok(bytes)
+}
+
+/// `--dry-run`: the plan, and what a run would do with each entry, on
+/// stdout; nothing is written and no store is opened.
+pub(crate) fn dry_run(args: &CpArgs) -> Result<Exit, Exit> {
+    let filter = args.filter()?;
+    let entries = args.plan(DestRule::Cp, &filter)?;
+    let skip = args.run.settings(RunSettings::default()).skip;
+    let algo = ferry::model::ChecksumAlgo::parse(&args.checksum);
+    let (mut copied, mut bytes, mut skipped) = (0u64, 0u64, 0u64);
+    for entry in &entries {
+        match ferry::engine::skip::would_skip(entry, skip, args.update, args.no_clobber, algo) {
+            Some(rule) => {
+                skipped += 1;
+                if !args.run.quiet {
+                    println!("skip {} ({rule})", entry.dest.display());
+                }
+            }
+            None => {
+                copied += 1;
+                bytes += entry.meta.size;
+                if !args.run.quiet {
+                    println!("copy {}", entry.dest.display());
+                }
+            }
+        }
+    }
+    let mut removed = 0;
+    if args.delete {
+        let temp_suffix = ferry::model::DEFAULT_TEMP_SUFFIX;
+        let extras = ferry::engine::delete::extras(
+            entries.iter().map(|e| (e.kind, e.dest.as_path())),
+            &filter,
+            temp_suffix,
+        )?;
+        for extra in &extras {
+            if !args.run.quiet {
+                println!("remove {}", extra.path.display());
+            }
+        }
+        removed = extras.len();
+    }
+    if !args.run.quiet {
+        eprintln!(
+            "ferry: dry run: {copied} entries to copy ({}), {skipped} skipped, {removed} to \
+             remove; nothing was written",
+            indicatif::HumanBytes(bytes)
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+pub(crate) fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
+    // `default` without a daemon answering: threads.
+    let kind = Kind::parse(&args.kind).unwrap_or(Kind::Threads);
+    let preserve = if args.archive || args.preserve {
+        Preserve::ALL
+    } else {
+        Preserve::NONE
+    };
+    let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
+    // The same command run again is the same transfer: found before cp's
+    // destination rule could nest it into what the first run created.
+    let found = if args.new {
+        None
+    } else {
+        ferry::rerun::find_same_copy(store.as_ref(), args.name.as_deref(), sources, dest)?
+    };
+    let mut rule = DestRule::Cp;
+    let mut base = RunSettings::default();
+    let before = found.as_ref().map(|f| f.record.clone());
+    match found
+        .map(|found| ferry::rerun::take_up(Arc::clone(&store), found))
+        .transpose()?
+    {
+        Some(Rerun::Continue(transfer)) => {
+            let before = before.expect("found");
+            return continue_rerun(*transfer, &before, &args);
+        }
+        Some(Rerun::UpToDate(same)) => {
+            rule = same.rule;
+            base.skip = ferry::engine::skip::SkipRule::Mtime;
+            let skip = args.run.skip.as_deref().unwrap_or("mtime");
+            if !args.run.quiet {
+                eprintln!(
+                    "ferry: transfer {} (id {}) already copied this to {}; bringing it up to date \
+                     (--skip {skip}: files that match are not copied again; --new copies anew \
+                     with cp's rules)",
+                    same.record.name,
+                    same.record.id,
+                    dest.display()
+                );
+            }
+        }
+        None => {}
+    }
+    let filter = args.filter()?;
+    let entries = args.plan(rule, &filter)?;
+    let base = args.settings_over(base, &filter);
+    let options = ferry::TransferOptions {
+        name: args.name.clone(),
+        kind,
+        preserve,
+        checksum: ferry::model::ChecksumAlgo::parse(&args.checksum),
+        caller: None,
+    };
+    let mut transfer = Transfer::create_with(store, &options, &entries)?;
+    let (start, workers) = if transfer.reattached() {
+        let record = transfer.record();
+        let left_by = transfer.previous_owner().unwrap_or(&record.owner);
+        if !args.run.quiet {
+            eprintln!(
+                "ferry: re-attached transfer {} (id {}) left by dead process {} on {}; continuing it",
+                record.name, record.id, left_by.pid, left_by.host
+            );
+        }
+        let workers = args.run.apply_to_resume(&mut transfer)?;
+        (Start::Resume, workers)
+    } else {
+        (Start::Dispatch, args.run.apply(&mut transfer, base))
+    };
+    move_and_wait(transfer, start, workers, &args.run)
+}
+
+/// A re-run of a copy whose transfer is not over (or failed, or was
+/// cancelled): continue it, as `ferry resume` would.
+fn continue_rerun(
+    mut transfer: Transfer,
+    before: &ferry::model::TransferRecord,
+    args: &CpArgs,
+) -> Result<Exit, Exit> {
+    let how = if transfer.reattached() {
+        format!(
+            "re-attached it from dead process {} on {}",
+            before.owner.pid, before.owner.host
+        )
+    } else {
+        "it is this process's".into()
+    };
+    if !args.run.quiet {
+        eprintln!(
+            "ferry: this copy is transfer {} (id {}), left {}; {how}; continuing it \
+             (`ferry cp --new` copies anew with cp's rules)",
+            before.name, before.id, before.state
+        );
+    }
+    let workers = args.run.apply_to_resume(&mut transfer)?;
+    move_and_wait(transfer, Start::Resume, workers, &args.run)
+}
+
+/// An I/O error's cause in words, without its "(os error N)".
+fn cause(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}

@@ -1,0 +1,173 @@
+//! `--bwlimit`: the bytes a run writes, paced to a rate shared by all its
+//! workers, and changed while it runs by a `transfer.limited` event
+//! (`ferry limit NAME RATE`), which the workers look for at most every
+//! [`POLL`].
+//!
+//! Pacing is by account, not by buckets: since the rate was last set,
+//! `bytes` may not run ahead of `rate × elapsed`. A worker that wrote a
+//! chunk waits, in slices of at most [`SLICE`], until the account allows
+//! it; a cancel or a new rate ends the wait early.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::model::TransferId;
+use crate::store::rules::EVENT_LIMITED;
+use crate::store::{EventFilter, Store};
+
+/// How often a new rate is looked for in the store.
+pub const POLL: Duration = Duration::from_millis(250);
+/// The longest single sleep of a paced worker.
+const SLICE: Duration = Duration::from_millis(50);
+/// Chunks are cut to what a quarter second at the rate allows (at least
+/// this), so that the pace is smooth rather than a burst and a long pause.
+const CHUNK_BYTES_MIN: u64 = 64 << 10;
+
+struct Account {
+    since: Instant,
+    bytes: u64,
+}
+
+/// A run's shared pace.
+pub struct Throttle<'a> {
+    store: &'a dyn Store,
+    id: TransferId,
+    /// Bytes per second; 0 is no limit.
+    rate: AtomicU64,
+    account: Mutex<Account>,
+    /// The last `transfer.limited` event seen, and when the store was asked.
+    poll: Mutex<(u64, Instant)>,
+}
+
+impl<'a> Throttle<'a> {
+    /// `rate`: bytes per second, `None` for none; `after`: the newest event
+    /// already taken into account (a later `transfer.limited` changes it).
+    pub fn new(store: &'a dyn Store, id: TransferId, rate: Option<u64>, after: u64) -> Self {
+        Throttle {
+            store,
+            id,
+            rate: AtomicU64::new(rate.unwrap_or(0)),
+            account: Mutex::new(Account {
+                since: Instant::now(),
+                bytes: 0,
+            }),
+            poll: Mutex::new((after, Instant::now())),
+        }
+    }
+
+    /// The bytes of the next chunk: `want`, cut for a smooth pace.
+    pub fn chunk(&self, want: u64) -> u64 {
+        match self.rate.load(Ordering::Relaxed) {
+            0 => want,
+            rate => want.min((rate / 4).max(CHUNK_BYTES_MIN)),
+        }
+    }
+
+    /// After `bytes` were written: waits until the rate allows them.
+    pub fn pace(&self, bytes: u64, cancel: &AtomicBool) {
+        self.look_for_new_rate();
+        let due = {
+            let rate = self.rate.load(Ordering::Relaxed);
+            if rate == 0 {
+                return;
+            }
+            let mut account = self.account.lock().expect("throttle poisoned");
+            account.bytes += bytes;
+            account.since + Duration::from_secs_f64(account.bytes as f64 / rate as f64)
+        };
+        let rate_then = self.rate.load(Ordering::Relaxed);
+        loop {
+            let now = Instant::now();
+            if now >= due || cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep((due - now).min(SLICE));
+            self.look_for_new_rate();
+            if self.rate.load(Ordering::Relaxed) != rate_then {
+                return;
+            }
+        }
+    }
+
+    /// Takes the newest `transfer.limited` event, when [`POLL`] has passed
+    /// since the store was last asked (one worker asks; the others go on).
+    fn look_for_new_rate(&self) {
+        let Ok(mut poll) = self.poll.try_lock() else {
+            return;
+        };
+        if poll.1.elapsed() < POLL {
+            return;
+        }
+        poll.1 = Instant::now();
+        let filter = EventFilter {
+            transfer: Some(self.id),
+            kind: Some(EVENT_LIMITED.into()),
+            ..Default::default()
+        };
+        // A store that cannot answer now keeps the rate; the run's own
+        // writes will say what is wrong with it.
+        let Ok(events) = self.store.events_since(poll.0, &filter, 64) else {
+            return;
+        };
+        let Some(last) = events.last() else {
+            return;
+        };
+        poll.0 = last.seq;
+        let rate = last.context["bytes_per_second"].as_u64().unwrap_or(0);
+        self.rate.store(rate, Ordering::Relaxed);
+        let mut account = self.account.lock().expect("throttle poisoned");
+        *account = Account {
+            since: Instant::now(),
+            bytes: 0,
+        };
+    }
+}
+
+/// A rate as people write it: bytes per second, with an optional binary
+/// suffix (`50M` is 50 MiB/s; K, M, G, T) and an optional `/s`; `0` or
+/// `none` is no limit (`None`).
+pub fn parse_rate(text: &str) -> Result<Option<u64>, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    if t.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let (digits, shift) = match t.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                'B' => 0,
+                _ => return Err(format!("{text:?}: the suffix is K, M, G or T (binary)")),
+            };
+            (&t[..at], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate: write bytes per second, as 50M or 800K"))?;
+    let bytes = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large a rate"))?;
+    Ok((bytes > 0).then_some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_as_people_write_them() {
+        assert_eq!(parse_rate("50M"), Ok(Some(50 << 20)));
+        assert_eq!(parse_rate("800k/s"), Ok(Some(800 << 10)));
+        assert_eq!(parse_rate("1048576"), Ok(Some(1 << 20)));
+        assert_eq!(parse_rate("0"), Ok(None));
+        assert_eq!(parse_rate("none"), Ok(None));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("5X").is_err());
+    }
+}
