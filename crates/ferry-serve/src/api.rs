@@ -50,6 +50,11 @@ pub struct AddRequest {
         deserialize_with = "wire::present"
     )]
     pub xattrs: Option<String>,
+    /// The same command line run again is the same copy: look for one of
+    /// the caller's transfers that copied these sources to this
+    /// destination first (`AddResponse::same_copy`), as a local `cp` does.
+    #[serde(default)]
+    pub rerun: bool,
 }
 
 /// `POST /v1/transfers/{name}/dispatch` and `…/resume`.
@@ -110,6 +115,9 @@ pub struct TransferView {
     pub files: u64,
     pub files_committed: u64,
     pub files_failed: u64,
+    /// Already at the destination (`--skip`), not copied.
+    #[serde(default)]
+    pub files_skipped: u64,
     pub bytes: u64,
     /// Bytes of the temporaries known durable, plus committed files.
     pub bytes_durable: u64,
@@ -123,6 +131,13 @@ pub struct TransferView {
     /// local `cp -a` says on stderr; at most 64.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The process moving it (the daemon), as `ferry status` shows a
+    /// local transfer's owner.
+    #[serde(default)]
+    pub owner: Option<OwnerView>,
+    /// The checksum its files get.
+    #[serde(default)]
+    pub checksum: Option<String>,
     /// Why a failed transfer's last run ended as a whole (its store turned
     /// read-only, say), as recorded with its `transfer.failed` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +146,14 @@ pub struct TransferView {
     /// unfinished transfers and returned it (re-attach by name).
     #[serde(default)]
     pub reattached: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OwnerView {
+    pub host: String,
+    pub pid: u32,
+    /// me, alive, dead or unknown, as the daemon sees it.
+    pub liveness: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -174,6 +197,20 @@ pub struct CancelRequest {}
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AddResponse {
     pub added: usize,
+    /// With `rerun`: the caller's transfer that already copied these
+    /// sources to this destination. Completed: the entries were added
+    /// onto its destinations (never nested into them), to be dispatched
+    /// with `skip: mtime` to bring them up to date. Not completed: nothing
+    /// was added; that transfer is the copy to continue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_copy: Option<SameCopyView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SameCopyView {
+    pub name: String,
+    pub id: i64,
+    pub state: String,
 }
 
 /// `GET /v1/transfers/{name}/wait?timeout_ms=N`: `done` is false when the

@@ -277,6 +277,13 @@ impl Client {
         Ok(view)
     }
 
+    /// Reads back `name`'s committed files (as its user) and compares
+    /// them with their stored checksums.
+    pub fn verify(&self, name: &str) -> ClientResult<Vec<ferry::verify::Checked>> {
+        let path = format!("/v1/transfers/{}/verify", encode(name));
+        self.call("GET", &path, None::<&()>)
+    }
+
     /// All the caller's transfers, a page of [`PAGE_MAX`] at a time.
     pub fn list(&self) -> ClientResult<Vec<TransferView>> {
         let mut all: Vec<TransferView> = Vec::new();

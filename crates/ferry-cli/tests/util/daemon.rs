@@ -47,6 +47,33 @@ impl Daemon {
         Daemon { child, socket, log }
     }
 
+    /// `ferry serve` on the scratch store and a socket in the scratch
+    /// directory, with `env` (fail points), once its socket answers.
+    pub fn serve(s: &Scratch, env: &[(&str, &Path)]) -> Daemon {
+        let socket = s.path("ferry.sock");
+        let mut cmd = s.ferry();
+        cmd.arg("--socket")
+            .arg(&socket)
+            .args(["serve", "--workers", "2"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon::spawn(s, cmd, socket)
+    }
+
+    /// [`Daemon::serve`] with the `pause` fail point armed at `step`
+    /// (`commit.write_data:3`) on `fifo` (see [`paused`]).
+    pub fn serve_paused(s: &Scratch, step: &str, fifo: &Path) -> Daemon {
+        let failpoint = format!("{step}=pause");
+        Daemon::serve(
+            s,
+            &[
+                ("FERRY_FAILPOINT", Path::new(&failpoint)),
+                ("FERRY_FAILPOINT_FIFO", fifo),
+            ],
+        )
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.socket).unwrap()
     }
@@ -96,4 +123,14 @@ pub fn add(client: &Client, name: &str, sources: &[&Path], dest: &Path) {
             },
         )
         .unwrap();
+}
+
+pub fn mkfifo(path: &Path) {
+    super::run_ok(Command::new("mkfifo").arg(path));
+}
+
+/// Holds until the daemon is paused at its fail point (the open returns
+/// when the daemon opened the other end); dropping it lets the daemon go.
+pub fn paused(fifo: &Path) -> fs::File {
+    fs::OpenOptions::new().write(true).open(fifo).unwrap()
 }

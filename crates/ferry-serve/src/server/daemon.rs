@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use super::QUEUE_MAX;
 use super::peer::{PerUser, acting_caller};
 use super::run_settings::RunSettings;
-use crate::api::{Failure, LIST_FAILURES_MAX, TransferView};
+use crate::api::{Failure, LIST_FAILURES_MAX, OwnerView, TransferView};
 use crate::creds::{self, Peer};
 use crate::error::{ApiError, ServeError};
 use crate::metrics::{Gauges, Metrics};
@@ -300,6 +300,7 @@ impl Daemon {
             files: tally.files,
             files_committed: tally.files_committed,
             files_failed: tally.files_failed,
+            files_skipped: tally.files_skipped,
             bytes: tally.bytes,
             bytes_durable: tally.bytes_durable,
             failures: failed
@@ -311,6 +312,8 @@ impl Daemon {
                 .collect(),
             failures_after,
             warnings,
+            owner: Some(owner_view(record)),
+            checksum: record.checksum.map(|a| a.as_str().to_owned()),
             error,
             reattached,
         })
@@ -424,5 +427,13 @@ impl Daemon {
             transfers_queued: queued,
             transfers_moving: (moving.len() as u64).saturating_sub(queued),
         })
+    }
+}
+
+fn owner_view(record: &TransferRecord) -> OwnerView {
+    OwnerView {
+        host: record.owner.host.clone(),
+        pid: record.owner.pid,
+        liveness: format!("{:?}", record.owner_liveness()).to_lowercase(),
     }
 }

@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::daemon::Daemon;
-use super::handlers::{add, cancel, create, dispatch, events, list, metrics, resume, status, wait};
+use super::handlers::{
+    add, cancel, create, dispatch, events, list, metrics, resume, status, verify, wait,
+};
 use super::peer::PeerInfo;
 use super::{REQUESTS_MAX, REQUESTS_PER_USER_MAX};
 use crate::error::ApiError;
@@ -27,6 +29,7 @@ pub(super) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/transfers/{name}/resume", post(resume))
         .route("/v1/transfers/{name}/cancel", post(cancel))
         .route("/v1/transfers/{name}/wait", get(wait))
+        .route("/v1/transfers/{name}/verify", get(verify))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))

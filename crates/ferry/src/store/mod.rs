@@ -35,6 +35,7 @@ pub struct EntryTally {
     pub files: u64,
     pub files_committed: u64,
     pub files_failed: u64,
+    pub files_skipped: u64,
     /// The files' sizes.
     pub bytes: u64,
     /// Of those, what is durable: copied and committed files whole, the
@@ -66,6 +67,7 @@ impl EntryTally {
             match state {
                 FileState::Committed => self.files_committed += n,
                 FileState::Failed => self.files_failed += n,
+                FileState::Skipped => self.files_skipped += n,
                 _ => {}
             }
         }

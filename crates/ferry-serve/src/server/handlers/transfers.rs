@@ -10,11 +10,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ferry::engine::plan::{DestRule, Fidelity, XattrMode, plan_bounded};
 use ferry::model::ChecksumAlgo;
-use ferry::{Kind, Preserve, Transfer, TransferOptions};
+use ferry::{Kind, Preserve, Transfer, TransferOptions, TransferState};
 
 use crate::api::{
     AddRequest, AddResponse, CancelRequest, CreateRequest, LIST_FAILURES_MAX, PAGE_MAX, PageQuery,
-    RunRequest, TransferView,
+    RunRequest, SameCopyView, TransferView,
 };
 use crate::creds;
 use crate::error::ApiError;
@@ -200,15 +200,43 @@ pub(in crate::server) async fn add(
         })?,
     };
     blocking(move || {
-        let record = daemon.find(&peer, &name)?;
-        let recorded = record.caller.clone().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "not_a_daemon_transfer",
-                format!("transfer {name} was not made through the daemon"),
-            )
-        })?;
-        let caller = acting_caller(&peer, recorded);
+        let (record, caller) = made_here(&daemon, &peer, &name)?;
+        // A re-run finds the copy it repeats before cp's rule could nest
+        // it into what that copy made.
+        let same = if request.rerun {
+            ferry::rerun::find_same_copy_among(
+                daemon.store.as_ref(),
+                None,
+                &sources,
+                &dest,
+                &|t| t.id != record.id && t.kind == Kind::Daemon && Daemon::visible(&peer, t),
+            )?
+        } else {
+            None
+        };
+        let same_copy = same.as_ref().map(|same| SameCopyView {
+            name: same.record.name.clone(),
+            id: same.record.id.0,
+            state: same.record.state.as_str().into(),
+        });
+        let rule = match &same {
+            Some(same)
+                if matches!(
+                    same.record.state,
+                    TransferState::Completed | TransferState::Finalized
+                ) =>
+            {
+                same.rule
+            }
+            // Not over: that transfer is the copy; nothing is added here.
+            Some(_) => {
+                return Ok(Json(AddResponse {
+                    added: 0,
+                    same_copy,
+                }));
+            }
+            None => DestRule::Cp,
+        };
         // cp's rules (lstat of the sources, the destination's type) with
         // the caller's credentials: what they cannot see, the daemon does
         // not see for them.
@@ -233,7 +261,7 @@ pub(in crate::server) async fn add(
                 &dest,
                 request.recursive,
                 fidelity,
-                DestRule::Cp,
+                rule,
                 &ferry::engine::filter::Filter::default(),
                 room,
             )
@@ -259,6 +287,7 @@ pub(in crate::server) async fn add(
         daemon.store.add_entries(record.id, &entries)?;
         Ok(Json(AddResponse {
             added: entries.len(),
+            same_copy,
         }))
     })
     .await
@@ -326,4 +355,43 @@ pub(in crate::server) async fn cancel(
         )?))
     })
     .await
+}
+
+/// `GET /v1/transfers/{name}/verify`: its committed files read back with
+/// the caller's credentials and compared with their stored checksums, as
+/// `ferry verify NAME` does for a transfer of the user's store.
+pub(in crate::server) async fn verify(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(info): PeerConn,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<Vec<ferry::verify::Checked>>, ApiError> {
+    let peer = info.peer()?;
+    blocking(move || {
+        let (record, caller) = made_here(&daemon, &peer, &name)?;
+        let checked = creds::as_caller(&caller, || {
+            ferry::verify::verify_transfer_where(daemon.store.as_ref(), &record, &|_| true)
+        })
+        .map_err(|e| ApiError::internal(format!("cannot act as uid {}: {e}", caller.uid)))??;
+        Ok(Json(checked))
+    })
+    .await
+}
+
+/// The caller's transfer `name`, made through the daemon, and whose
+/// credentials act on its files.
+fn made_here(
+    daemon: &Daemon,
+    peer: &crate::creds::Peer,
+    name: &str,
+) -> Result<(ferry::model::TransferRecord, ferry::Caller), ApiError> {
+    let record = daemon.find(peer, name)?;
+    let recorded = record.caller.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_daemon_transfer",
+            format!("transfer {name} was not made through the daemon"),
+        )
+    })?;
+    let caller = acting_caller(peer, recorded);
+    Ok((record, caller))
 }
