@@ -6,6 +6,7 @@ mod events;
 mod finalize;
 mod hsm;
 mod serve;
+mod status;
 mod tree;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,9 @@ enum Command {
     /// The daemon under load: concurrent clients submitting small
     /// transfers; submit latency and throughput
     Serve(serve::ServeArgs),
+    /// `status` of one 1,000,000-entry transfer through the daemon: latency
+    /// and the daemon's resident memory
+    Status(status::StatusArgs),
     /// HSM queue: enqueue (batched and one process per request), lease +
     /// ack with 1, 2 and 4 workers, and a restore behind 20,000 archives
     Hsm(hsm::HsmArgs),
@@ -47,6 +51,7 @@ fn main() {
         Command::Events(args) => events::run(args),
         Command::Finalize(args) => finalize::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Status(args) => status::run(args),
         Command::Hsm(args) => hsm::run(args),
         Command::Tree(args) => tree::run(args),
     }

@@ -38,7 +38,13 @@ const FILE_BYTES: usize = 4096;
 /// The daemon must answer within this long of starting.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
-struct Daemon(Child);
+pub(crate) struct Daemon(Child);
+
+impl Daemon {
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -54,7 +60,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
@@ -167,10 +173,21 @@ fn submit(client: &Client, src: &Path, dst: &Path) -> String {
 }
 
 fn start(ferry: &Path, root: &Path, socket: &Path, workers: usize) -> Daemon {
+    start_on(ferry, &root.join("state/ferry.db"), root, socket, workers)
+}
+
+/// `ferry serve` on `store`, its log in `root`; returns once it answers.
+pub(crate) fn start_on(
+    ferry: &Path,
+    store: &Path,
+    root: &Path,
+    socket: &Path,
+    workers: usize,
+) -> Daemon {
     let log = std::fs::File::create(root.join("daemon.log")).unwrap();
     let child = Command::new(ferry)
         .arg("--store")
-        .arg(root.join("state/ferry.db"))
+        .arg(store)
         .arg("--socket")
         .arg(socket)
         .args(["serve", "--workers", &workers.to_string()])

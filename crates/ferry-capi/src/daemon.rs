@@ -104,6 +104,8 @@ impl DaemonTransfer {
             recursive: true,
             hard_links: false,
             xattrs: None,
+            // The C caller names each file pair itself: no cp re-run rule.
+            rerun: false,
         };
         let added = self.client()?.add(&self.name, &request);
         Ok(added.map_err(daemon_error)?.added)
@@ -158,7 +160,9 @@ impl DaemonTransfer {
             name: view.name,
             state,
             files_total: view.files,
-            files_committed: view.files_committed,
+            // In place: copied or skipped, as a local run counts them.
+            files_committed: view.files_committed + view.files_skipped,
+            files_skipped: view.files_skipped,
             bytes_total: view.bytes,
             bytes_copied: view.bytes_durable,
             bytes_reused: 0,

@@ -5,11 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry_serve::api::{AddRequest, CreateRequest, RunRequest, TransferView};
+use ferry_serve::api::{AddRequest, CreateRequest, RunRequest, SameCopyView, TransferView};
 use ferry_serve::client::{ApiPathError, Client, ClientError, api_path};
+use indicatif::HumanBytes;
 
 use crate::cp::CpArgs;
 use crate::exit::Exit;
+use crate::status::{self, StatusRow};
 use crate::{Command, RunArgs};
 
 pub fn serve(
@@ -18,6 +20,7 @@ pub fn serve(
     workers: Option<u16>,
     entries_per_transfer_max: Option<usize>,
     transfers_per_user_max: Option<usize>,
+    entries_per_user_max: Option<usize>,
 ) -> Result<Exit, Exit> {
     let store = store.unwrap_or_else(ferry::default_store_path);
     crate::store::refuse_postgres(&store, "serve")?;
@@ -29,6 +32,8 @@ pub fn serve(
             .unwrap_or(ferry_serve::server::ENTRIES_PER_TRANSFER_MAX),
         transfers_per_user_max: transfers_per_user_max
             .unwrap_or(ferry_serve::server::TRANSFERS_PER_USER_MAX),
+        entries_per_user_max: entries_per_user_max
+            .unwrap_or(ferry_serve::server::ENTRIES_PER_USER_MAX),
     };
     ferry_serve::server::serve(config).map_err(Exit::Serve)?;
     Ok(Exit::Ok)
@@ -48,14 +53,25 @@ pub fn answers(socket: &Path) -> bool {
     Client::new(socket).is_ok_and(|c| c.answers())
 }
 
+/// Whether a daemon answers on `socket` and has a transfer of that name
+/// (of the caller's).
+pub fn has(socket: &Path, name: &str) -> bool {
+    Client::new(socket).is_ok_and(|c| c.answers() && c.status(name).is_ok())
+}
+
 fn client(socket: &Path) -> Result<Client, Exit> {
     Client::new(socket).map_err(Exit::Daemon)
 }
 
 /// The daemon runs elsewhere: it needs absolute paths, in UTF-8 (JSON).
 fn absolute(path: &Path) -> Result<String, Exit> {
+    // Refused here, before the daemon is asked: said as ferry's own.
     api_path(path, "--kind threads").map_err(|e| match e {
         ApiPathError::Io(e) => Exit::from(e),
+        ApiPathError::NotUtf8(ClientError::Api { message, .. }) => Exit::Refused {
+            code: crate::exit::DAEMON_MALFORMED,
+            message: format!("not sent to the daemon: {message}"),
+        },
         ApiPathError::NotUtf8(e) => Exit::Daemon(e),
     })
 }
@@ -81,8 +97,9 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
             .xattrs
             .clone()
             .or_else(|| args.archive.then(|| "all".into())),
+        rerun: !args.new,
     };
-    let run = run_request(&args.run);
+    let mut run = run_request(&args.run);
     let created = client
         .create(&CreateRequest {
             name: args.name.clone(),
@@ -105,12 +122,34 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
                 created.name, created.id
             );
         }
-        if let Err(e) = client.add(&created.name, &add) {
-            // Nothing of it ran: do not leave it behind as `created`.
-            let _ = client.cancel(&created.name);
-            return Err(Exit::Daemon(e));
+        let added = match client.add(&created.name, &add) {
+            Ok(added) => added,
+            Err(e) => {
+                // Nothing of it ran: do not leave it behind as `created`.
+                let _ = client.cancel(&created.name);
+                return Err(Exit::Daemon(e));
+            }
+        };
+        match added.same_copy {
+            None => client.dispatch(&created.name, &run),
+            Some(same) if matches!(same.state.as_str(), "completed" | "finalized") => {
+                let skip = run.skip.get_or_insert_with(|| "mtime".into());
+                eprintln!(
+                    "ferry: transfer {} (id {}) in the daemon already copied this to {}; bringing \
+                     it up to date (--skip {skip}: files that match are not copied again; --new \
+                     copies anew with cp's rules)",
+                    same.name,
+                    same.id,
+                    dest.display()
+                );
+                client.dispatch(&created.name, &run)
+            }
+            Some(same) => {
+                // That transfer is this copy: the new one is not needed.
+                let _ = client.cancel(&created.name);
+                continue_same_copy(&client, &same, &run)
+            }
         }
-        client.dispatch(&created.name, &run)
     }
     .map_err(Exit::Daemon)?;
     if !args.wait {
@@ -118,8 +157,8 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
             println!("{}", serde_json::to_string(&view).expect("views serialize"));
         } else {
             println!(
-                "ferry: transfer {} (id {}) dispatched to the daemon on {}; `ferry --daemon wait {}` \
-                 waits for it",
+                "ferry: transfer {} (id {}) dispatched to the daemon on {}; `ferry wait {}` waits \
+                 for it",
                 view.name,
                 view.id,
                 socket.display(),
@@ -129,6 +168,27 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
         return Ok(Exit::Ok);
     }
     wait(&client, &view.name, args.run.json)
+}
+
+/// A re-run of a daemon copy that is not over: the daemon moves it still
+/// (after a restart too), or it failed or was cancelled and is resumed.
+fn continue_same_copy(
+    client: &Client,
+    same: &SameCopyView,
+    run: &RunRequest,
+) -> Result<TransferView, ClientError> {
+    let (doing, view) = match same.state.as_str() {
+        "failed" | "cancelled" => ("resuming it", client.resume(&same.name, run)),
+        // Its caller died between adding and dispatching.
+        "created" => ("dispatching it", client.dispatch(&same.name, run)),
+        _ => ("the daemon is moving it", client.status(&same.name)),
+    };
+    eprintln!(
+        "ferry: this copy is transfer {} (id {}) in the daemon, left {}; {doing} \
+         (`ferry cp --new` copies anew with cp's rules)",
+        same.name, same.id, same.state,
+    );
+    view
 }
 
 /// The run options a daemon dispatch or resume takes, as the local ones.
@@ -173,16 +233,44 @@ fn report(view: &TransferView, json: bool) {
     if let Some(error) = &view.error {
         eprintln!("ferry: transfer {} {}: {error}", view.name, view.state);
     }
+    let counts = ferry::FileCounts {
+        files: view.files,
+        copied: view.files_committed,
+        skipped: view.files_skipped,
+        failed: view.files_failed,
+    };
     println!(
-        "{} (id {}) {}: {}/{} files, {} of {} bytes durable",
+        "ferry: {} (id {}) {}: {counts}; {} of {} durable",
         view.name,
         view.id,
         view.state,
-        view.files_committed,
-        view.files,
-        view.bytes_durable,
-        view.bytes
+        HumanBytes(view.bytes_durable),
+        HumanBytes(view.bytes)
     );
+}
+
+/// The daemon's transfers, as rows of plain `ferry status`, when a daemon
+/// answers on `socket` (none otherwise: the store's are all there is).
+/// Those already in `local` (a daemon on the user's own store) are not
+/// listed twice.
+pub fn rows(socket: &Path, local: &[StatusRow]) -> Vec<StatusRow> {
+    let Ok(client) = Client::new(socket) else {
+        return Vec::new();
+    };
+    if !client.answers() {
+        return Vec::new();
+    }
+    match client.list() {
+        Ok(views) => views
+            .iter()
+            .map(|v| StatusRow::daemon(v, socket))
+            .filter(|row| !local.iter().any(|l| l.same_transfer(row)))
+            .collect(),
+        Err(e) => {
+            eprintln!("ferry: the daemon's transfers are not listed: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// `ferry --daemon status|wait|cancel|resume|watch`.
@@ -190,14 +278,15 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
     let client = client(socket)?;
     let daemon = |r: Result<TransferView, ClientError>| r.map_err(Exit::Daemon);
     match command {
-        Command::Status(args) if args.at.is_none() && !args.files => match args.name {
-            Some(name) => report(&daemon(client.status(&name))?, args.json),
-            None => {
-                for view in client.list().map_err(Exit::Daemon)? {
-                    report(&view, args.json);
-                }
-            }
-        },
+        Command::Status(args) if args.at.is_none() && !args.files => {
+            let views = match &args.name {
+                Some(name) => vec![daemon(client.status(name))?],
+                None => client.list().map_err(Exit::Daemon)?,
+            };
+            let rows: Vec<_> = views.iter().map(|v| StatusRow::daemon(v, socket)).collect();
+            let nothing = format!("no transfers in the daemon at {}", socket.display());
+            status::print(&rows, args.name.is_some(), args.json, &nothing);
+        }
         Command::Wait { name } => return wait(&client, &name, false),
         Command::Cancel { name } => {
             let view = daemon(client.cancel(&name))?;
@@ -215,6 +304,12 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
             );
         }
         Command::Watch(args)
+            if args.until_done.is_some() && !args.from_now && args.event.is_none() =>
+        {
+            let name = args.until_done.expect("matched");
+            return watch_until_done(&client, &name, args.since.unwrap_or(0), args.json);
+        }
+        Command::Watch(args)
             if args.json && !args.from_now && args.event.is_none() && args.until_done.is_none() =>
         {
             let since = args.since.unwrap_or(0);
@@ -227,15 +322,59 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
                 .map_err(Exit::Daemon)?;
         }
         _ => {
-            return Err(Exit::Daemon(ClientError::Api {
-                status: 400,
-                kind: "bad_request".into(),
-                code: None,
+            return Err(Exit::Refused {
+                code: crate::exit::USAGE,
                 message: "with --daemon: status [NAME] [--json], wait NAME, cancel NAME, \
-                          resume NAME, watch --json [--since SEQ] [--transfer NAME]"
+                          resume NAME, watch --json [--since SEQ] [--transfer NAME], \
+                          watch --until-done NAME [--since SEQ] [--json], verify NAME… [--json]"
                     .into(),
-            }));
+            });
         }
     }
     Ok(Exit::Ok)
+}
+
+/// `watch --until-done NAME` of a daemon transfer: its events (JSON lines,
+/// or one text line each), until the one that ends it; the exit code says
+/// how it ended.
+fn watch_until_done(client: &Client, name: &str, since: u64, json: bool) -> Result<Exit, Exit> {
+    let mut ended = None;
+    client
+        .watch(since, Some(name), |line| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let event = line["event"].as_str().unwrap_or_default();
+            let written = if json {
+                writeln!(out, "{line}")
+            } else if event.is_empty() {
+                // The end of history (a bookmark): nothing to say in text.
+                Ok(())
+            } else {
+                writeln!(
+                    out,
+                    "{:>8} {} {:<20} {}",
+                    line["seq"],
+                    line["time"].as_str().unwrap_or_default(),
+                    event,
+                    line["subject"]["name"].as_str().unwrap_or(name),
+                )
+            };
+            if line["subject"]["name"].as_str() == Some(name) {
+                ended = ["completed", "failed", "cancelled"]
+                    .into_iter()
+                    .find(|state| event.strip_prefix("transfer.") == Some(state));
+            }
+            written.is_ok() && out.flush().is_ok() && ended.is_none()
+        })
+        .map_err(Exit::Daemon)?;
+    match ended {
+        Some(state) => Ok(outcome(state)),
+        // The stream ended first: the daemon stopped.
+        None => Err(Exit::Daemon(ClientError::Protocol {
+            socket: client.socket().to_path_buf(),
+            detail: format!(
+                "it stopped before {name} ended; `ferry wait {name}` waits again once it is back"
+            ),
+        })),
+    }
 }

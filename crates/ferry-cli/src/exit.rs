@@ -29,6 +29,12 @@ pub enum Exit {
     Error(Error),
     /// A request to the daemon failed.
     Daemon(ClientError),
+    /// Refused by this command before anything was asked of the daemon:
+    /// the message and its code.
+    Refused {
+        code: u8,
+        message: String,
+    },
     /// `ferry serve` could not start, or failed.
     Serve(ServeError),
 }
@@ -41,6 +47,12 @@ impl From<Error> for Exit {
 
 /// `wait` and `watch --until-done` on a transfer whose owner died.
 pub const OWNER_DEAD: u8 = 28;
+
+/// A bad command line (clap's own code for it).
+pub const USAGE: u8 = 2;
+
+/// A request the daemon would refuse as malformed (a non-UTF-8 path).
+pub const DAEMON_MALFORMED: u8 = 32;
 
 /// `ferry serve`'s own failures.
 pub fn serve_code(e: &ServeError) -> u8 {
@@ -75,6 +87,10 @@ impl From<Exit> for ExitCode {
             Exit::Error(e) => {
                 eprintln!("ferry: {e}");
                 ExitCode::from(e.code())
+            }
+            Exit::Refused { code, message } => {
+                eprintln!("ferry: {message}");
+                ExitCode::from(code)
             }
             Exit::Daemon(e) => {
                 eprintln!("ferry: {e}");

@@ -64,8 +64,12 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
     let aborted = outcomes.iter().filter(|o| o.aborted).count();
     let lost: Vec<&PathBuf> = outcomes.iter().flat_map(|o| &o.removed).collect();
     if args.json {
-        let by_outcome: BTreeMap<&str, usize> =
-            counts.iter().map(|(o, n)| (o.as_str(), *n)).collect();
+        // Keyed as each of `details` names its outcome (snake_case, stable
+        // for scripts), not by the words the text report uses.
+        let by_outcome: serde_json::Map<String, serde_json::Value> = counts
+            .iter()
+            .map(|(o, n)| (outcome_key(*o), serde_json::Value::from(*n)))
+            .collect();
         let value = serde_json::json!({
             "stores": stores.len(),
             "transfers": outcomes.len(),
@@ -158,6 +162,14 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
     } else {
         Exit::Ok
     })
+}
+
+/// The outcome's JSON name: the one `details` carries.
+fn outcome_key(outcome: Outcome) -> String {
+    match serde_json::to_value(outcome) {
+        Ok(serde_json::Value::String(key)) => key,
+        _ => unreachable!("a unit variant serializes as its name"),
+    }
 }
 
 pub fn stop(store: &dyn Store, dead: bool, all: bool, force: bool) -> Result<Exit, Exit> {

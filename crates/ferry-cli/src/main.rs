@@ -23,6 +23,7 @@ mod hsm;
 mod listing;
 mod output;
 mod signals;
+mod status;
 mod store;
 mod verify;
 mod watch;
@@ -128,6 +129,10 @@ pub(crate) enum Command {
         /// refused (exit 40) [default: 1024]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_transfers_per_user: Option<u64>,
+        /// Entries one user (root aside) may hold across its unfinished
+        /// transfers; more are refused (exit 40) [default: 4000000]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_entries_per_user: Option<u64>,
     },
     /// HSM coordination: queue archive, restore and remove requests, and
     /// serve them with workers
@@ -262,7 +267,7 @@ pub(crate) struct StatusArgs {
 }
 
 #[derive(Args)]
-struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// Transfer names, stores, or destination paths (files or directories
     /// whose committed files are checked) [default: every transfer of the store]
     targets: Vec<PathBuf>,
@@ -418,6 +423,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         workers,
         max_entries_per_transfer,
         max_transfers_per_user,
+        max_entries_per_user,
     } = cli.command
     {
         let size = |n: Option<u64>| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
@@ -427,6 +433,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             workers,
             size(max_entries_per_transfer),
             size(max_transfers_per_user),
+            size(max_entries_per_user),
         );
     }
     // A dry run writes nothing: no store is opened, no daemon asked.
@@ -444,14 +451,26 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         return daemon::cp(&socket, args);
     }
     if cli.daemon {
-        return daemon::command(&socket, cli.command);
+        return in_daemon(&socket, cli.command);
+    }
+    // `watch --until-done NAME` waits for a name that need not exist yet,
+    // so it is never "not found": a name the store lacks and the daemon
+    // has is the daemon's.
+    if let Command::Watch(WatchArgs {
+        until_done: Some(name),
+        ..
+    }) = &cli.command
+        && !store_has(&cli, name)
+        && daemon::has(&socket, name)
+    {
+        return in_daemon(&socket, cli.command);
     }
     // One namespace: a transfer the store does not have may be the
     // daemon's (`cp --kind daemon`), found there when the daemon answers.
     let twin = daemon_twin(&cli.command);
-    match (run_local(cli), twin) {
+    match (run_local(cli, &socket), twin) {
         (Err(Exit::Error(e)), Some(twin)) if is_not_here(&e) && daemon::answers(&socket) => {
-            match daemon::command(&socket, twin) {
+            match in_daemon(&socket, twin) {
                 // Neither side has it: the store's refusal, and that the
                 // daemon was asked too.
                 Err(Exit::Daemon(ferry_serve::client::ClientError::Api { kind, .. }))
@@ -470,20 +489,45 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
     }
 }
 
+/// A command for the daemon's transfers: `verify` reads them back through
+/// the daemon, the others are the daemon's own commands.
+fn in_daemon(socket: &std::path::Path, command: Command) -> Result<Exit, Exit> {
+    match command {
+        Command::Verify(args) if !args.targets.is_empty() => {
+            verify::run_in_daemon(socket, &args.targets, args.json)
+        }
+        command => daemon::command(socket, command),
+    }
+}
+
+/// Whether the store (when there is one) has a transfer of that name.
+fn store_has(cli: &Cli, name: &str) -> bool {
+    let location = cli.store.clone().unwrap_or_else(ferry::default_store_path);
+    OpenedStore::open(&location, store::Create::Nothing).is_ok_and(|opened| {
+        opened
+            .store()
+            .transfer_by_name(name)
+            .is_ok_and(|t| t.is_some())
+    })
+}
+
 /// The same command for the daemon, for those the daemon serves.
 fn daemon_twin(command: &Command) -> Option<Command> {
     Some(match command {
-        Command::Status(args) if args.at.is_none() && !args.files && args.name.is_some() => {
-            Command::Status(StatusArgs {
-                name: args.name.clone(),
-                files: false,
-                json: args.json,
-                at: None,
-            })
-        }
+        // Without a name too: a user with no store still has the daemon's.
+        Command::Status(args) if args.at.is_none() && !args.files => Command::Status(StatusArgs {
+            name: args.name.clone(),
+            files: false,
+            json: args.json,
+            at: None,
+        }),
         Command::Wait { name } => Command::Wait { name: name.clone() },
         Command::Cancel { name } => Command::Cancel { name: name.clone() },
         Command::Resume(args) => Command::Resume(args.clone()),
+        Command::Verify(args) if !args.targets.is_empty() => Command::Verify(VerifyArgs {
+            targets: args.targets.clone(),
+            json: args.json,
+        }),
         _ => return None,
     })
 }
@@ -497,7 +541,7 @@ fn is_not_here(e: &ferry::Error) -> bool {
     )
 }
 
-fn run_local(cli: Cli) -> Result<Exit, Exit> {
+fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
     let location = cli.store.clone().unwrap_or_else(ferry::default_store_path);
     // Only commands that make transfers or requests create a store; a
     // store named by the user never gets a directory made for it.
@@ -525,7 +569,14 @@ fn run_local(cli: Cli) -> Result<Exit, Exit> {
             ..
         }) => output::status_at(store.as_ref(), seq, name.as_deref(), json),
         Command::Status(args) => {
-            output::status(store.as_ref(), args.name.as_deref(), args.files, args.json)
+            let mut rows = status::local_rows(store.as_ref(), args.name.as_deref(), args.files)?;
+            // Every transfer of the user's: the daemon's too, when it answers.
+            if args.name.is_none() {
+                rows.extend(daemon::rows(socket, &rows));
+            }
+            let nothing = format!("no transfers in {}", store.location().display());
+            status::print(&rows, args.name.is_some(), args.json, &nothing);
+            Ok(Exit::Ok)
         }
         Command::Watch(args) => watch::watch(
             store.as_ref(),
@@ -556,7 +607,7 @@ fn run_local(cli: Cli) -> Result<Exit, Exit> {
         Command::Store(StoreCommand::Check { json }) => {
             output::store_check(opened.sqlite("store check")?, json)
         }
-        Command::Verify(args) => verify::run(store.as_ref(), &args.targets, args.json),
+        Command::Verify(args) => verify::run(store.as_ref(), socket, &args.targets, args.json),
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
             let workers = args.run.apply_to_resume(&mut transfer)?;
@@ -624,13 +675,19 @@ pub(crate) fn move_and_wait(
     // -v lists files on stdout: the bar would garble it.
     let bar = !(run.quiet || run.verbose || run.json);
     let report = listing::with_listing(store, id, run.verbose && !run.json, || {
-        output::with_progress(&progress, !bar, || {
-            match start {
-                Start::Dispatch => transfer.dispatch(workers)?,
-                Start::Resume => transfer.resume(workers)?,
-            }
-            transfer.wait()
-        })
+        output::with_progress(
+            &progress,
+            !bar,
+            || {
+                match start {
+                    Start::Dispatch => transfer.dispatch(workers)?,
+                    Start::Resume => transfer.resume(workers)?,
+                }
+                transfer.wait()
+            },
+            // Interrupted: the bar goes, what happened is said instead.
+            |report: &RunReport| signals::received().is_none().then(|| report.counts()),
+        )
     })?;
     if report.state == ferry::TransferState::Cancelled
         && let Some(signal) = signals::received()

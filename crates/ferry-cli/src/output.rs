@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry::store::Store;
-use ferry::{FileState, Progress, RunReport};
+use ferry::{Progress, RunReport};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use crate::exit::Exit;
@@ -37,11 +37,15 @@ pub fn line(args: std::fmt::Arguments<'_>) {
 }
 
 /// Runs `f` (dispatch + wait) with a progress bar on stderr when stderr is
-/// a terminal and no JSON was asked for.
+/// a terminal and no JSON was asked for. The bar's last frame stays on
+/// screen with the counts `last` gives for what `f` returned (the run's
+/// own, as its summary says them); it is cleared when `last` gives none
+/// (an interruption) or `f` failed.
 pub fn with_progress<T>(
     progress: &Arc<Progress>,
     json: bool,
     f: impl FnOnce() -> ferry::Result<T>,
+    last: impl FnOnce(&T) -> Option<ferry::FileCounts>,
 ) -> Result<T, Exit> {
     if json || !std::io::stderr().is_terminal() {
         return f().map_err(Exit::from);
@@ -49,7 +53,9 @@ pub fn with_progress<T>(
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
-            "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+            // The bar takes what the counts leave of the terminal's width:
+            // one line on an 80-column terminal (the summary says the rate).
+            "{wide_bar} {bytes}/{total_bytes} ETA {eta} {msg}",
         )
         .expect("a valid template"),
     );
@@ -63,11 +69,7 @@ pub fn with_progress<T>(
                     progress.bytes_reused.load(Ordering::Relaxed)
                         + progress.bytes_copied.load(Ordering::Relaxed),
                 );
-                bar.set_message(format!(
-                    "{}/{} files",
-                    progress.files_done.load(Ordering::Relaxed),
-                    progress.files_total.load(Ordering::Relaxed)
-                ));
+                bar.set_message(progress.counts().to_string());
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
@@ -75,7 +77,20 @@ pub fn with_progress<T>(
         done.store(true, Ordering::Relaxed);
         result
     });
-    bar.finish_and_clear();
+    match result.as_ref().ok().and_then(last) {
+        Some(counts) => {
+            bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
+            bar.set_position(
+                progress.bytes_reused.load(Ordering::Relaxed)
+                    + progress.bytes_copied.load(Ordering::Relaxed),
+            );
+            bar.finish_with_message(counts.to_string());
+            // The cursor stays at the end of the bar: what follows goes
+            // below it, not after it.
+            eprintln!();
+        }
+        None => bar.finish_and_clear(),
+    }
     result.map_err(Exit::from)
 }
 
@@ -104,6 +119,7 @@ pub fn report(report: &RunReport, json: bool, quiet: bool) {
             "state": report.state.to_string(),
             "files": report.files_total,
             "files_committed": report.files_committed,
+            "files_skipped": report.files_skipped,
             "files_failed": report.failures.len(),
             "bytes": report.bytes_total,
             "bytes_copied": report.bytes_copied,
@@ -126,11 +142,10 @@ pub fn report(report: &RunReport, json: bool, quiet: bool) {
     }
     let rate = report.bytes_copied as f64 / seconds.max(1e-9);
     let mut line = format!(
-        "ferry: {} {}: {} of {} files, {} copied in {:.2} s ({}/s)",
+        "ferry: {} {}: {}; {} written in {:.2} s ({}/s)",
         report.name,
         report.state,
-        report.files_committed,
-        report.files_total,
+        report.counts(),
         HumanBytes(report.bytes_copied),
         seconds,
         HumanBytes(rate as u64),
@@ -149,120 +164,6 @@ pub fn report(report: &RunReport, json: bool, quiet: bool) {
         ));
     }
     println!("{line}");
-}
-
-pub fn status(
-    store: &dyn Store,
-    name: Option<&str>,
-    files: bool,
-    json: bool,
-) -> Result<Exit, Exit> {
-    let transfers = match name {
-        Some(name) => vec![
-            store
-                .transfer_by_name(name)
-                .map_err(ferry::Error::from)?
-                .ok_or_else(|| ferry::Error::TransferNotFound {
-                    name: name.to_owned(),
-                    store: store.location(),
-                })?,
-        ],
-        None => store.transfers().map_err(ferry::Error::from)?,
-    };
-    let mut rows = Vec::new();
-    for transfer in &transfers {
-        let entries = store.entries(transfer.id).map_err(ferry::Error::from)?;
-        let count = |state: FileState| entries.iter().filter(|e| e.state == state).count();
-        let liveness = format!("{:?}", transfer.owner_liveness()).to_lowercase();
-        let mut row = serde_json::json!({
-            "id": transfer.id.0,
-            "name": transfer.name,
-            "kind": transfer.kind.as_str(),
-            "state": transfer.state.to_string(),
-            "owner": {"host": transfer.owner.host, "pid": transfer.owner.pid, "liveness": liveness},
-            "entries": entries.len(),
-            "bytes": entries.iter().map(|e| e.meta.size).sum::<u64>(),
-            "committed": count(FileState::Committed),
-            "skipped": count(FileState::Skipped),
-            "failed": count(FileState::Failed),
-            "pending": entries.len()
-                - count(FileState::Committed)
-                - count(FileState::Skipped)
-                - count(FileState::Failed),
-            "checksum": transfer.checksum.map(|a| a.as_str()),
-        });
-        if files {
-            row["files"] = entries
-                .iter()
-                .map(|e| {
-                    serde_json::json!({
-                        "index": e.index.0,
-                        "kind": e.kind.as_str(),
-                        "source": e.source.to_string_lossy(),
-                        "dest": e.dest.to_string_lossy(),
-                        "size": e.meta.size,
-                        "state": e.state.to_string(),
-                        "progress_bytes_durable": e.progress_bytes_durable,
-                        "checksum": e.checksum.map(|c| c.to_string()),
-                        "hard_link_to": e.link_leader.map(|l| l.0),
-                        "xattrs": e.xattrs.0.len(),
-                        "error": e.error,
-                    })
-                })
-                .collect();
-        }
-        rows.push(row);
-    }
-    if json {
-        let value = if name.is_some() {
-            rows.remove(0)
-        } else {
-            serde_json::Value::Array(rows)
-        };
-        println!("{value}");
-        return Ok(Exit::Ok);
-    }
-    if rows.is_empty() {
-        println!("no transfers in {}", store.location().display());
-        return Ok(Exit::Ok);
-    }
-    println!(
-        "{:>5}  {:<20} {:<8} {:<10} {:>17} {:>10}  owner",
-        "id", "name", "kind", "state", "committed/entries", "bytes"
-    );
-    for row in &rows {
-        println!(
-            "{:>5}  {:<20} {:<8} {:<10} {:>17} {:>10}  pid {} on {} ({})",
-            row["id"].to_string(),
-            row["name"].as_str().unwrap_or(""),
-            row["kind"].as_str().unwrap_or(""),
-            row["state"].as_str().unwrap_or(""),
-            format!("{}/{}", row["committed"], row["entries"]),
-            HumanBytes(row["bytes"].as_u64().unwrap_or(0)).to_string(),
-            row["owner"]["pid"],
-            row["owner"]["host"].as_str().unwrap_or(""),
-            row["owner"]["liveness"].as_str().unwrap_or(""),
-        );
-        if let Some(files) = row["files"].as_array() {
-            for file in files {
-                println!(
-                    "       {:<9} {:>10} {}{}{}",
-                    file["state"].as_str().unwrap_or(""),
-                    HumanBytes(file["size"].as_u64().unwrap_or(0)).to_string(),
-                    file["dest"].as_str().unwrap_or(""),
-                    file["checksum"]
-                        .as_str()
-                        .map(|c| format!("  {c}"))
-                        .unwrap_or_default(),
-                    file["error"]
-                        .as_str()
-                        .map(|e| format!("  ({e})"))
-                        .unwrap_or_default(),
-                );
-            }
-        }
-    }
-    Ok(Exit::Ok)
 }
 
 /// `ferry status --at SEQ`: every transfer (or one) as the log says it was

@@ -8,7 +8,12 @@ use ferry::verify::{Checked, Finding, verify_transfer_where};
 use crate::exit::Exit;
 use crate::store::OpenedStore;
 
-pub fn run(store: &dyn Store, targets: &[PathBuf], json: bool) -> Result<Exit, Exit> {
+pub fn run(
+    store: &dyn Store,
+    socket: &Path,
+    targets: &[PathBuf],
+    json: bool,
+) -> Result<Exit, Exit> {
     let mut found = Found::default();
     if targets.is_empty() {
         found.all_of(store, &|_| true)?;
@@ -30,11 +35,27 @@ pub fn run(store: &dyn Store, targets: &[PathBuf], json: bool) -> Result<Exit, E
             found.all_of(store, &|dest| canonical(dest).starts_with(&root))?;
             continue;
         }
+        // One namespace: a transfer handed to the daemon.
+        if let Some(name) = target.to_str()
+            && crate::daemon::has(socket, name)
+        {
+            found.daemon(socket, name)?;
+            continue;
+        }
         return Err(ferry::Error::TransferNotFound {
             name: target.display().to_string(),
             store: store.location(),
         }
         .into());
+    }
+    report(&found.checked, found.transfers, json)
+}
+
+/// `verify NAME…` of the daemon's transfers only (the user has no store).
+pub fn run_in_daemon(socket: &Path, names: &[PathBuf], json: bool) -> Result<Exit, Exit> {
+    let mut found = Found::default();
+    for name in names {
+        found.daemon(socket, &name.to_string_lossy())?;
     }
     report(&found.checked, found.transfers, json)
 }
@@ -46,6 +67,16 @@ struct Found {
 }
 
 impl Found {
+    /// The daemon reads back the files of its transfer `name` as their
+    /// user and compares them.
+    fn daemon(&mut self, socket: &Path, name: &str) -> Result<(), Exit> {
+        let client = ferry_serve::client::Client::new(socket).map_err(Exit::Daemon)?;
+        self.transfers += 1;
+        self.checked
+            .extend(client.verify(name).map_err(Exit::Daemon)?);
+        Ok(())
+    }
+
     fn all_of(&mut self, store: &dyn Store, keep: &dyn Fn(&Path) -> bool) -> Result<(), Exit> {
         for t in store.transfers().map_err(ferry::Error::from)? {
             self.one(store, &t, keep)?;

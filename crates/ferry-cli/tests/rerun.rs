@@ -559,3 +559,109 @@ fn a_named_cp_after_a_kill_names_the_killed_process() {
     );
     assert_same_tree(&src, &dst);
 }
+
+/// The same `cp --kind daemon` command line, run again: after a kill -9 of
+/// the daemon mid-copy and its restart (the restarted daemon holds the
+/// resumed transfer mid-copy: the re-run meets it running), and after it
+/// completed. Each converges to the one tree, never nested into DST/src.
+#[test]
+fn the_same_daemon_cp_after_a_daemon_kill_and_after_it_completed_converges() {
+    use std::io::BufRead;
+    use util::daemon::{Daemon, mkfifo, paused};
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    random_files(&src, 8, 2, 5, |i| 60_000 + i * 1000);
+    let socket = s.path("ferry.sock");
+    let cp = || {
+        let mut cmd = s.ferry();
+        cmd.arg("--socket")
+            .arg(&socket)
+            .args(["cp", "--kind", "daemon", "-a", "--threads", "1"])
+            .arg(&src)
+            .arg(&dst);
+        cmd
+    };
+    // The daemon, held at its third write, is killed there (kill -9).
+    let fifo = s.path("pause");
+    mkfifo(&fifo);
+    let mut first = Daemon::serve_paused(&s, "commit.write_data:3", &fifo);
+    run_ok(&mut cp());
+    let pause = paused(&fifo);
+    first.child.kill().unwrap();
+    assert_eq!(first.exited().signal(), Some(9), "{}", first.log());
+    drop(pause);
+    assert!(dst.is_dir(), "the first run made {dst:?}");
+    // Restarted, it resumes the copy and is held at its first write.
+    let second = Daemon::serve_paused(&s, "commit.write_data", &fifo);
+    let pause = paused(&fifo);
+    let mut again = cp()
+        .arg("--wait")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(again.stderr.take().unwrap());
+    let mut said = String::new();
+    err.read_line(&mut said).unwrap();
+    assert!(
+        said.contains("this copy is transfer") && said.contains("the daemon is moving it"),
+        "{said}"
+    );
+    drop(pause);
+    let out = again.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", second.log());
+    assert!(!dst.join("src").exists(), "the re-run nested into DST/src");
+    assert_same_tree(&src, &dst);
+    // Once more, now that it completed: brought up to date in place.
+    let out = run_ok(cp().arg("--wait"));
+    assert!(stderr(&out).contains("already copied this"), "{out:?}");
+    assert!(!dst.join("src").exists(), "the re-run nested into DST/src");
+    assert_same_tree(&src, &dst);
+    // One copy made the tree; the up-to-date run copied nothing again.
+    let rows = json(&run_ok(
+        s.ferry()
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--daemon", "status", "--json"]),
+    ));
+    let completed: Vec<_> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "completed")
+        .collect();
+    assert_eq!(completed.len(), 2, "{rows}");
+    assert_eq!(completed[0]["counts"]["copied"], 8, "{rows}");
+    assert_eq!(completed[1]["counts"]["skipped"], 8, "{rows}");
+}
+
+/// Names no one could type or print are refused before anything is made:
+/// exit 29, the name and why, no store entry, no destination.
+#[test]
+fn names_that_cannot_be_typed_or_printed_are_refused_with_exit_29() {
+    let s = Scratch::new();
+    write_file(&s.path("f"), b"data");
+    let long = "n".repeat(256);
+    for (name, why) in [
+        ("", "empty"),
+        ("two\nlines", "control character"),
+        (long.as_str(), "too long"),
+        (" padded", "space"),
+    ] {
+        let out = run(s
+            .ferry()
+            .args(["cp", "--name", name])
+            .arg(s.path("f"))
+            .arg(s.path("g")));
+        assert_eq!(out.status.code(), Some(29), "{name:?}: {out:?}");
+        assert!(stderr(&out).contains(why), "{name:?}: {out:?}");
+        assert!(!s.path("g").exists(), "{name:?}: nothing is written");
+    }
+    let ok = "n".repeat(255);
+    run_ok(
+        s.ferry()
+            .args(["cp", "--name", &ok])
+            .arg(s.path("f"))
+            .arg(s.path("g")),
+    );
+}

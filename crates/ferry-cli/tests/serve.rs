@@ -17,34 +17,8 @@ use std::time::{Duration, Instant};
 
 use ferry_serve::api::{AddRequest, CreateRequest, RunRequest};
 use ferry_serve::client::Client;
-use util::daemon::{DEADLINE, Daemon};
+use util::daemon::{DEADLINE, Daemon, mkfifo, paused};
 use util::*;
-
-impl Daemon {
-    /// `ferry serve` on the scratch store, with `env` (fail points), once
-    /// its socket answers.
-    fn start(s: &Scratch, env: &[(&str, &Path)]) -> Daemon {
-        let socket = s.path("ferry.sock");
-        let mut cmd = s.ferry();
-        cmd.arg("--socket")
-            .arg(&socket)
-            .args(["serve", "--workers", "2"]);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Daemon::spawn(s, cmd, socket)
-    }
-}
-
-fn mkfifo(path: &Path) {
-    run_ok(Command::new("mkfifo").arg(path));
-}
-
-/// Holds until the daemon is paused at its fail point (the open returns
-/// when the daemon opened the other end); dropping it lets the daemon go.
-fn paused(fifo: &Path) -> fs::File {
-    fs::OpenOptions::new().write(true).open(fifo).unwrap()
-}
 
 #[test]
 fn caller_killed_after_dispatch_the_transfer_completes() {
@@ -58,13 +32,7 @@ fn caller_killed_after_dispatch_the_transfer_completes() {
     }
     let fifo = s.path("pause");
     mkfifo(&fifo);
-    let daemon = Daemon::start(
-        &s,
-        &[
-            ("FERRY_FAILPOINT", Path::new("commit.write_data=pause")),
-            ("FERRY_FAILPOINT_FIFO", &fifo),
-        ],
-    );
+    let daemon = Daemon::serve_paused(&s, "commit.write_data", &fifo);
     // The caller waits for the end; it is killed while the daemon holds
     // the transfer mid-copy.
     let mut caller = s
@@ -89,61 +57,6 @@ fn caller_killed_after_dispatch_the_transfer_completes() {
     assert_same_tree(&s.path("src"), &s.path("dst"));
 }
 
-/// One namespace: a transfer handed to the daemon (whose store is not the
-/// user's) is found by plain `status NAME` and `wait NAME`, no `--daemon`.
-#[test]
-fn a_daemon_transfer_is_found_by_plain_status_and_wait() {
-    let s = Scratch::new();
-    write_file(&s.path("src/f"), b"to the daemon");
-    let fifo = s.path("pause");
-    mkfifo(&fifo);
-    let daemon = Daemon::start(
-        &s,
-        &[
-            ("FERRY_FAILPOINT", Path::new("commit.write_data=pause")),
-            ("FERRY_FAILPOINT_FIFO", &fifo),
-        ],
-    );
-    // The user's own store is another one, which has never heard of it.
-    let mine = s.path("state/mine.db");
-    ferry::store::SqliteStore::open(&mine).unwrap();
-    let user = || {
-        let mut cmd = ferry_at(&mine);
-        cmd.arg("--socket").arg(&daemon.socket);
-        cmd
-    };
-    run_ok(
-        user()
-            .args(["cp", "--kind", "daemon", "--name", "handed", "-r"])
-            .arg(s.path("src"))
-            .arg(s.path("dst")),
-    );
-    let pause = paused(&fifo);
-    let out = run_ok(user().args(["status", "handed", "--json"]));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("handed"),
-        "{out:?}"
-    );
-    let waiting = user()
-        .args(["wait", "handed"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(pause);
-    let out = waiting.wait_with_output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(fs::read(s.path("dst/f")).unwrap(), b"to the daemon");
-    // A name neither side has: refused, exit 10, and both sides named.
-    let out = run(user().args(["status", "nowhere"]));
-    assert_eq!(out.status.code(), Some(10), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("mine.db") && err.contains("the daemon at"),
-        "{err}"
-    );
-}
-
 /// One JSON line of the daemon's watch.
 fn seq(line: &serde_json::Value) -> Option<u64> {
     line["seq"].as_u64()
@@ -163,7 +76,7 @@ fn daemon_killed_mid_transfer_is_resumed_by_the_next_without_restarting_files() 
             &random_bytes(&mut rng, 4096),
         );
     }
-    let mut first = Daemon::start(
+    let mut first = Daemon::serve(
         &s,
         &[(
             "FERRY_FAILPOINT",
@@ -219,7 +132,7 @@ fn daemon_killed_mid_transfer_is_resumed_by_the_next_without_restarting_files() 
         .find_map(seq)
         .expect("events before the crash");
 
-    let second = Daemon::start(&s, &[]);
+    let second = Daemon::serve(&s, &[]);
     let client = second.client();
     let mut after = Vec::new();
     let id = client.status("big").unwrap().id;
@@ -357,13 +270,7 @@ fn users_see_and_control_only_their_own_transfers_and_files() {
     let fifo = s.path("pause");
     mkfifo(&fifo);
     fs::set_permissions(&fifo, fs::Permissions::from_mode(0o666)).unwrap();
-    let daemon = Daemon::start(
-        &s,
-        &[
-            ("FERRY_FAILPOINT", Path::new("commit.write_data=pause")),
-            ("FERRY_FAILPOINT_FIFO", &fifo),
-        ],
-    );
+    let daemon = Daemon::serve_paused(&s, "commit.write_data", &fifo);
     let socket = &daemon.socket;
 
     // A's transfer, held mid-copy.
@@ -520,7 +427,7 @@ fn huge_request(socket: &Path, len: usize) -> String {
 fn malformed_requests_get_a_clear_4xx_and_the_daemon_goes_on() {
     let s = Scratch::new();
     write_file(&s.path("src/f"), b"data");
-    let daemon = Daemon::start(&s, &[]);
+    let daemon = Daemon::serve(&s, &[]);
     let client = daemon.client();
     let healthy = || {
         let (status, _) = client.raw("GET", "/v1/transfers", Vec::new()).unwrap();
@@ -643,7 +550,7 @@ fn malformed_requests_get_a_clear_4xx_and_the_daemon_goes_on() {
 #[test]
 fn sigterm_stops_the_daemon_within_its_bound_and_a_second_daemon_is_refused() {
     let s = Scratch::new();
-    let mut daemon = Daemon::start(&s, &[]);
+    let mut daemon = Daemon::serve(&s, &[]);
     let second = run(s.ferry().arg("--socket").arg(&daemon.socket).arg("serve"));
     assert_eq!(second.status.code(), Some(35), "one daemon per socket");
     let pid = rustix::process::Pid::from_raw(daemon.child.id() as i32).unwrap();
@@ -689,13 +596,7 @@ fn sigterm_mid_transfer_leaves_it_running_for_the_next_daemon() {
     write_file(&s.path("src/small"), b"small");
     let fifo = s.path("pause");
     mkfifo(&fifo);
-    let mut first = Daemon::start(
-        &s,
-        &[
-            ("FERRY_FAILPOINT", Path::new("commit.write_data:3=pause")),
-            ("FERRY_FAILPOINT_FIFO", &fifo),
-        ],
-    );
+    let mut first = Daemon::serve_paused(&s, "commit.write_data:3", &fifo);
     run_ok(
         s.ferry()
             .arg("--socket")
@@ -735,7 +636,7 @@ fn sigterm_mid_transfer_leaves_it_running_for_the_next_daemon() {
         "nothing partial under its final name"
     );
 
-    let second = Daemon::start(&s, &[]);
+    let second = Daemon::serve(&s, &[]);
     assert_eq!(second.client().wait("term").unwrap().state, "completed");
     assert_same_tree(&s.path("src"), &s.path("dst"));
 }

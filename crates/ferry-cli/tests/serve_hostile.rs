@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_serve::api::{AddRequest, CreateRequest, RunRequest};
+use ferry_serve::api::RunRequest;
 use ferry_serve::client::Client;
-use util::daemon::{DEADLINE, Daemon};
+use util::daemon::{DEADLINE, Daemon, add};
 use util::*;
 
 const A: u32 = 64_011;
@@ -102,29 +102,6 @@ fn beside(store: &Path, suffix: &str) -> PathBuf {
     let mut name = store.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
-}
-
-/// A transfer of `sources` into `dest` through the daemon, as the test.
-fn add(client: &Client, name: &str, sources: &[&Path], dest: &Path) {
-    client
-        .create(&CreateRequest {
-            name: Some(name.into()),
-            ..CreateRequest::default()
-        })
-        .unwrap();
-    client
-        .add(
-            name,
-            &AddRequest {
-                sources: sources
-                    .iter()
-                    .map(|p| p.to_str().unwrap().to_owned())
-                    .collect(),
-                dest: dest.to_str().unwrap().to_owned(),
-                ..AddRequest::default()
-            },
-        )
-        .unwrap();
 }
 
 /// Waits (bounded) for `name` to end; returns its final state.

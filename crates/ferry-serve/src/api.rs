@@ -1,22 +1,32 @@
 //! The requests and answers of the daemon's HTTP/JSON API, shared by the
-//! server and the client (`openapi.yaml` describes the same). Requests
+//! server and the client (`docs/openapi.json` describes the same). Requests
 //! refuse unknown fields: a typo is an error, never silently ignored.
 
 use serde::{Deserialize, Serialize};
+
+pub mod wire;
 
 /// `POST /v1/transfers`
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// `cp-<id>` when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::present"
+    )]
     pub name: Option<String>,
     /// Keep mode, ownership (where the caller may) and times, as `cp -p`.
     #[serde(default)]
     pub preserve: bool,
     /// `xxh3` (default), `blake3` or `none`: the checksum every copied file
     /// gets, computed as it is read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::present"
+    )]
     pub checksum: Option<String>,
 }
 
@@ -34,8 +44,17 @@ pub struct AddRequest {
     pub hard_links: bool,
     /// `all`, `none` (default) or `no-lustre`: extended attributes and ACLs
     /// to keep.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::present"
+    )]
     pub xattrs: Option<String>,
+    /// The same command line run again is the same copy: look for one of
+    /// the caller's transfers that copied these sources to this
+    /// destination first (`AddResponse::same_copy`), as a local `cp` does.
+    #[serde(default)]
+    pub rerun: bool,
 }
 
 /// `POST /v1/transfers/{name}/dispatch` and `…/resume`.
@@ -43,14 +62,26 @@ pub struct AddRequest {
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// Copy threads for this transfer [default: 4, at most 64].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::whole"
+    )]
     pub threads: Option<u16>,
     /// `never` (default), `exists`, `size`, `mtime` or `checksum`:
     /// destinations that already match are recorded skipped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::present"
+    )]
     pub skip: Option<String>,
     /// `none` (default), `copied` or `full`: read back what was written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::present"
+    )]
     pub verify: Option<String>,
     /// Refuse to start without room for what is left to copy.
     #[serde(default)]
@@ -61,7 +92,11 @@ pub struct RunRequest {
     /// The caller's umask (0 to 0o777, sent as a number), applied as `cp`
     /// does to what is not preserved: the daemon's own umask is not the
     /// caller's. Our client sends the process's; without it, 0o022.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::whole"
+    )]
     pub umask: Option<u32>,
 }
 
@@ -80,14 +115,29 @@ pub struct TransferView {
     pub files: u64,
     pub files_committed: u64,
     pub files_failed: u64,
+    /// Already at the destination (`--skip`), not copied.
+    #[serde(default)]
+    pub files_skipped: u64,
     pub bytes: u64,
     /// Bytes of the temporaries known durable, plus committed files.
     pub bytes_durable: u64,
+    /// Failed entries, a page at a time (`limit`, `after` on a status;
+    /// the first [`LIST_FAILURES_MAX`] in a list).
     pub failures: Vec<Failure>,
+    /// More failures follow: ask again with `after` set to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures_after: Option<u64>,
     /// What the last run could not keep (ownership, attributes), as a
     /// local `cp -a` says on stderr; at most 64.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The process moving it (the daemon), as `ferry status` shows a
+    /// local transfer's owner.
+    #[serde(default)]
+    pub owner: Option<OwnerView>,
+    /// The checksum its files get.
+    #[serde(default)]
+    pub checksum: Option<String>,
     /// Why a failed transfer's last run ended as a whole (its store turned
     /// read-only, say), as recorded with its `transfer.failed` event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,15 +149,68 @@ pub struct TransferView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OwnerView {
+    pub host: String,
+    pub pid: u32,
+    /// me, alive, dead or unknown, as the daemon sees it.
+    pub liveness: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Failure {
     pub path: String,
     pub error: String,
 }
 
+/// `GET /v1/transfers?limit=N&after=ID` (transfers by id) and
+/// `GET /v1/transfers/{name}?limit=N&after=INDEX` (failures by entry index):
+/// the items after the cursor, at most `limit` ([`PAGE_MAX`] when absent).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::whole_query"
+    )]
+    pub limit: Option<u64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::whole_query"
+    )]
+    pub after: Option<u64>,
+}
+
+/// The most items in one page; a larger `limit` is refused (400).
+pub const PAGE_MAX: u64 = 1000;
+/// Failures each transfer of a list shows (a status pages through all).
+pub const LIST_FAILURES_MAX: usize = 8;
+
+/// `POST /v1/transfers/{name}/cancel` takes no options: an empty body or
+/// `{}`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {}
+
 /// `POST /v1/transfers/{name}/entries`
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AddResponse {
     pub added: usize,
+    /// With `rerun`: the caller's transfer that already copied these
+    /// sources to this destination. Completed: the entries were added
+    /// onto its destinations (never nested into them), to be dispatched
+    /// with `skip: mtime` to bring them up to date. Not completed: nothing
+    /// was added; that transfer is the copy to continue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_copy: Option<SameCopyView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SameCopyView {
+    pub name: String,
+    pub id: i64,
+    pub state: String,
 }
 
 /// `GET /v1/transfers/{name}/wait?timeout_ms=N`: `done` is false when the

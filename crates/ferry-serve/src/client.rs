@@ -263,13 +263,42 @@ impl Client {
         self.call("POST", &path, None::<&()>)
     }
 
+    /// A transfer with all its failures: the daemon answers a page at a
+    /// time, this asks for each.
     pub fn status(&self, name: &str) -> ClientResult<TransferView> {
         let path = format!("/v1/transfers/{}", encode(name));
+        let mut view: TransferView = self.call("GET", &path, None::<&()>)?;
+        while let Some(after) = view.failures_after.take() {
+            let next: TransferView =
+                self.call("GET", &format!("{path}?after={after}"), None::<&()>)?;
+            view.failures.extend(next.failures);
+            view.failures_after = next.failures_after;
+        }
+        Ok(view)
+    }
+
+    /// Reads back `name`'s committed files (as its user) and compares
+    /// them with their stored checksums.
+    pub fn verify(&self, name: &str) -> ClientResult<Vec<ferry::verify::Checked>> {
+        let path = format!("/v1/transfers/{}/verify", encode(name));
         self.call("GET", &path, None::<&()>)
     }
 
+    /// All the caller's transfers, a page of [`PAGE_MAX`] at a time.
     pub fn list(&self) -> ClientResult<Vec<TransferView>> {
-        self.call("GET", "/v1/transfers", None::<&()>)
+        let mut all: Vec<TransferView> = Vec::new();
+        loop {
+            let path = match all.last() {
+                None => format!("/v1/transfers?limit={PAGE_MAX}"),
+                Some(last) => format!("/v1/transfers?limit={PAGE_MAX}&after={}", last.id),
+            };
+            let page: Vec<TransferView> = self.call("GET", &path, None::<&()>)?;
+            let full = page.len() as u64 == PAGE_MAX;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
     }
 
     /// One long-poll: returns when the transfer is over or `timeout` passed.

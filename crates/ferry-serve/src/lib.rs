@@ -1,6 +1,7 @@
 //! `ferry serve`: a node-local daemon that moves `daemon`-kind transfers
 //! after their caller has exited or died, with an HTTP/JSON API on a Unix
-//! socket (`openapi.yaml` beside this crate), and the client the CLI uses.
+//! socket (`docs/openapi.json`, served at `GET /openapi.json`), and the client
+//! the CLI uses.
 //!
 //! # Brief overview
 //!

@@ -85,6 +85,20 @@ impl Checksum {
     pub fn digest(&self) -> &[u8] {
         &self.bytes[..self.algo.digest_len()]
     }
+
+    /// From its `Display` form, `xxh3:0123…`.
+    pub fn parse(text: &str) -> Option<Checksum> {
+        let (algo, hex) = text.split_once(':')?;
+        let algo = ChecksumAlgo::parse(algo)?;
+        if hex.len() % 2 != 0 || !hex.is_ascii() {
+            return None;
+        }
+        let digest: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+            .collect();
+        Checksum::from_digest(algo, &digest?)
+    }
 }
 
 /// `xxh3:0123…`: what status, events and verify show.
@@ -107,6 +121,14 @@ impl fmt::Debug for Checksum {
 impl Serialize for Checksum {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Checksum {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Checksum, D::Error> {
+        let text = String::deserialize(d)?;
+        Checksum::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a checksum: {text:?}")))
     }
 }
 
@@ -255,6 +277,9 @@ mod tests {
         assert_eq!(c.digest().len(), 16);
         assert!(c.to_string().starts_with("xxh3:"));
         assert_eq!(Checksum::from_digest(c.algo, c.digest()), Some(c));
+        assert_eq!(Checksum::parse(&c.to_string()), Some(c));
+        assert_eq!(Checksum::parse("xxh3:abc"), None);
+        assert_eq!(Checksum::parse("blake3:00"), None);
         assert_eq!(
             Checksum::from_digest(ChecksumAlgo::Blake3, c.digest()),
             None

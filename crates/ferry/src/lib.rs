@@ -53,7 +53,9 @@ pub mod verify;
 pub use engine::plan::plan;
 pub use engine::{ChunkHook, FileFailure, Progress, RunReport, temp_path};
 pub use error::{Error, Result};
-pub use model::{Caller, EntryKind, FileState, Kind, Preserve, TransferId, TransferState};
+pub use model::{
+    Caller, EntryKind, FileCounts, FileState, Kind, Preserve, TransferId, TransferState,
+};
 pub use transfer::{
     Canceller, RunEnded, RunSettings, Transfer, TransferOptions, default_store_path,
     default_workers,

@@ -491,6 +491,53 @@ pub struct Event {
 /// The default suffix of temporary names.
 pub const DEFAULT_TEMP_SUFFIX: &str = "._ferry-";
 
+/// How many of a transfer's files (directories aside) are where: the one
+/// count the progress bar, a run's summary and `ferry status` all give,
+/// said in the same words by its `Display`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FileCounts {
+    /// Files, symlinks included, directories not.
+    pub files: u64,
+    /// Copied to their final name (by this run or an earlier one).
+    pub copied: u64,
+    /// Already at the destination (`--skip`), not copied.
+    pub skipped: u64,
+    pub failed: u64,
+}
+
+impl FileCounts {
+    pub fn of(entries: &[EntryRecord]) -> FileCounts {
+        let mut counts = FileCounts::default();
+        for entry in entries.iter().filter(|e| e.kind != EntryKind::Dir) {
+            counts.files += 1;
+            match entry.state {
+                FileState::Committed => counts.copied += 1,
+                FileState::Skipped => counts.skipped += 1,
+                FileState::Failed => counts.failed += 1,
+                _ => {}
+            }
+        }
+        counts
+    }
+
+    /// Neither copied, skipped nor failed yet.
+    pub fn pending(&self) -> u64 {
+        self.files
+            .saturating_sub(self.copied + self.skipped + self.failed)
+    }
+}
+
+impl fmt::Display for FileCounts {
+    /// `5 files: 3 copied, 2 skipped, 0 failed`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} files: {} copied, {} skipped, {} failed",
+            self.files, self.copied, self.skipped, self.failed
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Xattrs;

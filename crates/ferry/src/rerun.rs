@@ -48,6 +48,18 @@ pub fn find_same_copy(
     sources: &[PathBuf],
     dest: &Path,
 ) -> Result<Option<SameCopy>> {
+    find_same_copy_among(store, name, sources, dest, &|_| true)
+}
+
+/// [`find_same_copy`] among the transfers `keep` admits (the daemon: the
+/// caller's own, not the one being filled).
+pub fn find_same_copy_among(
+    store: &dyn Store,
+    name: Option<&str>,
+    sources: &[PathBuf],
+    dest: &Path,
+    keep: &dyn Fn(&TransferRecord) -> bool,
+) -> Result<Option<SameCopy>> {
     let absolute = |p: &Path| std::path::absolute(p).map_err(|e| Error::io(p, e));
     let dest = absolute(dest)?;
     let sources: Vec<PathBuf> = sources.iter().map(|s| absolute(s)).collect::<Result<_>>()?;
@@ -58,7 +70,7 @@ pub fn find_same_copy(
         Some(name) => store.transfer_by_name(name)?.into_iter().collect(),
         None => store.transfers()?,
     };
-    for record in candidates {
+    for record in candidates.into_iter().filter(|r| keep(r)) {
         let entries = store.entries(record.id)?;
         // The first source's root is the transfer's first entry (the plan
         // lists each source's tree in order, its root first).

@@ -10,7 +10,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::checksum::{self, Checksum};
 use crate::model::{EntryKind, TransferRecord};
@@ -49,7 +49,7 @@ impl Verify {
 }
 
 /// What reading one destination back found.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "finding", rename_all = "lowercase")]
 pub enum Finding {
     Match,
@@ -67,7 +67,7 @@ pub enum Finding {
 }
 
 /// One destination of one transfer, and what was found there.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Checked {
     pub transfer: String,
     pub dest: PathBuf,

@@ -2,10 +2,11 @@
 //! its socket answers (bounded), killed when dropped.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_serve::api::{AddRequest, CreateRequest};
 use ferry_serve::client::Client;
 
 use super::Scratch;
@@ -46,6 +47,33 @@ impl Daemon {
         Daemon { child, socket, log }
     }
 
+    /// `ferry serve` on the scratch store and a socket in the scratch
+    /// directory, with `env` (fail points), once its socket answers.
+    pub fn serve(s: &Scratch, env: &[(&str, &Path)]) -> Daemon {
+        let socket = s.path("ferry.sock");
+        let mut cmd = s.ferry();
+        cmd.arg("--socket")
+            .arg(&socket)
+            .args(["serve", "--workers", "2"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon::spawn(s, cmd, socket)
+    }
+
+    /// [`Daemon::serve`] with the `pause` fail point armed at `step`
+    /// (`commit.write_data:3`) on `fifo` (see [`paused`]).
+    pub fn serve_paused(s: &Scratch, step: &str, fifo: &Path) -> Daemon {
+        let failpoint = format!("{step}=pause");
+        Daemon::serve(
+            s,
+            &[
+                ("FERRY_FAILPOINT", Path::new(&failpoint)),
+                ("FERRY_FAILPOINT_FIFO", fifo),
+            ],
+        )
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.socket).unwrap()
     }
@@ -72,4 +100,37 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A transfer of `sources` into `dest` through the daemon, as the test.
+pub fn add(client: &Client, name: &str, sources: &[&Path], dest: &Path) {
+    client
+        .create(&CreateRequest {
+            name: Some(name.into()),
+            ..CreateRequest::default()
+        })
+        .unwrap();
+    client
+        .add(
+            name,
+            &AddRequest {
+                sources: sources
+                    .iter()
+                    .map(|p| p.to_str().unwrap().to_owned())
+                    .collect(),
+                dest: dest.to_str().unwrap().to_owned(),
+                ..AddRequest::default()
+            },
+        )
+        .unwrap();
+}
+
+pub fn mkfifo(path: &Path) {
+    super::run_ok(Command::new("mkfifo").arg(path));
+}
+
+/// Holds until the daemon is paused at its fail point (the open returns
+/// when the daemon opened the other end); dropping it lets the daemon go.
+pub fn paused(fifo: &Path) -> fs::File {
+    fs::OpenOptions::new().write(true).open(fifo).unwrap()
 }

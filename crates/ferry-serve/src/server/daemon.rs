@@ -7,15 +7,15 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
-use ferry::model::{EntryRecord, Owner, TransferRecord};
+use ferry::model::{EntryIndex, Owner, TransferRecord};
 use ferry::store::{Change, SqliteStore, Store};
-use ferry::{Caller, FileState, Kind, Progress, Transfer, TransferId, TransferState};
+use ferry::{Caller, Kind, Progress, Transfer, TransferId, TransferState};
 use tokio::sync::Semaphore;
 
 use super::QUEUE_MAX;
 use super::peer::{PerUser, acting_caller};
 use super::run_settings::RunSettings;
-use crate::api::{Failure, TransferView};
+use crate::api::{Failure, LIST_FAILURES_MAX, OwnerView, TransferView};
 use crate::creds::{self, Peer};
 use crate::error::{ApiError, ServeError};
 use crate::metrics::{Gauges, Metrics};
@@ -48,6 +48,7 @@ pub(super) struct Daemon {
     pub(super) watchers_by_user: Arc<PerUser>,
     pub(super) uid: u32,
     pub(super) entries_per_transfer_max: usize,
+    pub(super) entries_per_user_max: usize,
     pub(super) transfers_per_user_max: usize,
 }
 
@@ -266,15 +267,56 @@ impl Daemon {
         }
     }
 
+    /// A transfer as the API shows it, with a page of its failures: those
+    /// after entry `after`, at most `limit`. Its counts are the store's
+    /// tallies: no entry is loaded but the page.
     pub(super) fn view(
         &self,
         record: &TransferRecord,
         reattached: bool,
+        after: Option<u64>,
+        limit: usize,
     ) -> Result<TransferView, ApiError> {
-        let entries = self.store.entries(record.id)?;
-        let mut view = view(record, &entries, reattached);
-        (view.warnings, view.error) = self.last_run(record);
-        Ok(view)
+        let tally = self.store.entry_tally(record.id)?;
+        let (warnings, error) = self.last_run(record);
+        // The handler refused a cursor past the last index there can be.
+        let after = after.map(|a| EntryIndex(u32::try_from(a).unwrap_or(u32::MAX)));
+        // One more than asked says whether another page follows.
+        let mut failed = self
+            .store
+            .failed_entries(record.id, after, limit.saturating_add(1))?;
+        let failures_after = (failed.len() > limit)
+            .then(|| {
+                failed.truncate(limit);
+                failed.last().map(|f| u64::from(f.index.0))
+            })
+            .flatten();
+        Ok(TransferView {
+            id: record.id.0,
+            name: record.name.clone(),
+            kind: record.kind.as_str().into(),
+            state: record.state.as_str().into(),
+            uid: record.caller.as_ref().map(|c| c.uid),
+            files: tally.files,
+            files_committed: tally.files_committed,
+            files_failed: tally.files_failed,
+            files_skipped: tally.files_skipped,
+            bytes: tally.bytes,
+            bytes_durable: tally.bytes_durable,
+            failures: failed
+                .into_iter()
+                .map(|f| Failure {
+                    path: f.dest.to_string_lossy().into_owned(),
+                    error: f.error,
+                })
+                .collect(),
+            failures_after,
+            warnings,
+            owner: Some(owner_view(record)),
+            checksum: record.checksum.map(|a| a.as_str().to_owned()),
+            error,
+            reattached,
+        })
     }
 
     /// The warnings of a finished transfer's last run and, when it failed
@@ -362,7 +404,7 @@ impl Daemon {
         record.state = TransferState::Dispatched;
         self.enqueue(&mut moving, transfer, caller)?;
         drop(moving);
-        self.view(&record, false)
+        self.view(&record, false, None, LIST_FAILURES_MAX)
     }
 
     pub(super) fn gauges(&self) -> Result<Gauges, ApiError> {
@@ -388,39 +430,10 @@ impl Daemon {
     }
 }
 
-fn view(record: &TransferRecord, entries: &[EntryRecord], reattached: bool) -> TransferView {
-    let files: Vec<_> = entries
-        .iter()
-        .filter(|e| e.kind != ferry::EntryKind::Dir)
-        .collect();
-    let count = |state| files.iter().filter(|e| e.state == state).count() as u64;
-    TransferView {
-        id: record.id.0,
-        name: record.name.clone(),
-        kind: record.kind.as_str().into(),
-        state: record.state.as_str().into(),
-        uid: record.caller.as_ref().map(|c| c.uid),
-        files: files.len() as u64,
-        files_committed: count(FileState::Committed),
-        files_failed: count(FileState::Failed),
-        bytes: files.iter().map(|e| e.meta.size).sum(),
-        bytes_durable: files
-            .iter()
-            .map(|e| match e.state {
-                FileState::Copied | FileState::Committed => e.meta.size,
-                _ => e.progress_bytes_durable,
-            })
-            .sum(),
-        failures: entries
-            .iter()
-            .filter(|e| e.state == FileState::Failed)
-            .map(|e| Failure {
-                path: e.dest.to_string_lossy().into_owned(),
-                error: e.error.clone().unwrap_or_default(),
-            })
-            .collect(),
-        warnings: Vec::new(),
-        error: None,
-        reattached,
+fn owner_view(record: &TransferRecord) -> OwnerView {
+    OwnerView {
+        host: record.owner.host.clone(),
+        pid: record.owner.pid,
+        liveness: format!("{:?}", record.owner_liveness()).to_lowercase(),
     }
 }

@@ -85,11 +85,17 @@ pub struct Config {
     /// Unfinished (created, dispatched or running) transfers one user
     /// (root aside) may hold ([`TRANSFERS_PER_USER_MAX`] by default).
     pub transfers_per_user_max: usize,
+    /// Entries one user (root aside) may hold across its unfinished
+    /// transfers in the daemon's store ([`ENTRIES_PER_USER_MAX`] by default).
+    pub entries_per_user_max: usize,
 }
 
 /// The default bound on one transfer's entries: the daemon's store grows
 /// by a few hundred bytes per entry, on root's disk.
 pub const ENTRIES_PER_TRANSFER_MAX: usize = 1_000_000;
+/// The default bound on one user's entries in the daemon's store, all its
+/// unfinished transfers together.
+pub const ENTRIES_PER_USER_MAX: usize = 4_000_000;
 /// The default bound on one user's unfinished transfers.
 pub const TRANSFERS_PER_USER_MAX: usize = 1024;
 
@@ -153,6 +159,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             uid: creds::daemon_uid(),
             entries_per_transfer_max: config.entries_per_transfer_max,
             transfers_per_user_max: config.transfers_per_user_max,
+            entries_per_user_max: config.entries_per_user_max,
         });
         let rx = Arc::new(Mutex::new(rx));
         let movers: Vec<_> = (0..workers)

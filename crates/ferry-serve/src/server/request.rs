@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
@@ -16,26 +15,50 @@ use crate::error::ApiError;
 /// JSON, of the wrong shape or has unknown fields. An empty body is `{}`.
 pub(super) struct ApiJson<T>(pub(super) T);
 
+/// A body over [`BODY_BYTES_MAX`] is read on and dropped up to this much,
+/// so that its sender is still reading when the 413 comes (a socket closed
+/// with unread data is reset, and the sender sees no answer at all). Past
+/// this, the connection is closed.
+const BODY_DRAINED_MAX: usize = 16 * BODY_BYTES_MAX;
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the request body is larger than {BODY_BYTES_MAX} bytes"),
-                )
-            } else {
-                ApiError::new(e.status(), "bad_request", e.body_text())
+    async fn from_request(request: Request, _: &S) -> Result<Self, ApiError> {
+        use futures_util::StreamExt;
+        let mut stream = request.into_body().into_data_stream();
+        let mut bytes = Vec::new();
+        let mut seen = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+            seen = seen.saturating_add(chunk.len());
+            if seen <= BODY_BYTES_MAX {
+                bytes.extend_from_slice(&chunk);
+            } else if seen > BODY_DRAINED_MAX {
+                break;
             }
-        })?;
+        }
+        if seen > BODY_BYTES_MAX {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is larger than {BODY_BYTES_MAX} bytes"),
+            ));
+        }
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
             &bytes
         };
+        // serde reads a struct from an array too (`[]` as `{}`).
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                "the request body must be a JSON object ({…}), or empty",
+            ));
+        }
         serde_json::from_slice(bytes).map(ApiJson).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

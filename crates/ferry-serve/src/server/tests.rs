@@ -54,3 +54,13 @@ fn names_are_bounded_and_printable() {
         assert_eq!(check_name(bad).unwrap_err().kind, "bad_request", "{bad:?}");
     }
 }
+
+#[test]
+fn the_document_names_the_methods_of_every_route() {
+    assert_eq!(super::routes::allowed_methods("/v1/transfers"), "GET, POST");
+    assert_eq!(
+        super::routes::allowed_methods("/v1/transfers/{name}/wait"),
+        "GET"
+    );
+    assert_eq!(super::routes::allowed_methods("/nothing"), "");
+}

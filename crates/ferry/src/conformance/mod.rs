@@ -158,6 +158,7 @@ macro_rules! store_conformance_tests {
             free_is_refused_while_moving,
             limit_and_removal_events,
             reattach_is_a_compare_and_swap,
+            tallies_and_failure_pages_agree_with_the_entries,
             events_since_filters_and_limits,
             compaction_and_cursors,
             the_event_reader_wakes_on_a_write_from_another_handle,

@@ -630,3 +630,104 @@ pub fn limit_and_removal_events<S: Store>(open: &dyn Fn() -> S) {
     };
     assert!(store.apply(&[missing]).is_err());
 }
+
+/// A transfer's counts ([`Store::entry_tally`]) and its pages of failures
+/// ([`Store::failed_entries`]) say what its entries say, through every
+/// kind of entry change; a user's unfinished entries count its live,
+/// unfinished transfers only.
+pub fn tallies_and_failure_pages_agree_with_the_entries<S: Store>(open: &dyn Fn() -> S) {
+    use crate::store::EntryTally;
+    let store = open();
+    let mut entries: Vec<_> = (0..6).map(|i| file_entry(i, 100)).collect();
+    let mut dir = file_entry(6, 0);
+    dir.kind = EntryKind::Dir;
+    entries.push(dir);
+    let t = store
+        .create_transfer(&new_transfer(Some("tally")), &entries)
+        .unwrap();
+    store
+        .apply(&[
+            to(t.id, TransferState::Dispatched),
+            to(t.id, TransferState::Running),
+        ])
+        .unwrap();
+    let agrees = |store: &S| {
+        let entries = store.entries(t.id).unwrap();
+        assert_eq!(store.entry_tally(t.id).unwrap(), EntryTally::of(&entries));
+    };
+    agrees(&store);
+    let failed = |index: u32| Change::Entry {
+        id: t.id,
+        index: EntryIndex(index),
+        to: FileState::Failed,
+        progress_bytes_durable: None,
+        error: Some(format!("failure {index}")),
+        checksum: None,
+        context: Value::Null,
+    };
+    store
+        .apply(&[
+            entry(t.id, 0, FileState::Copying),
+            progress(t.id, 0, 40, vec![]),
+        ])
+        .unwrap();
+    agrees(&store);
+    store
+        .apply(&[
+            entry(t.id, 0, FileState::Copied),
+            entry(t.id, 0, FileState::Committed),
+            entry(t.id, 1, FileState::Copying),
+            failed(1),
+            entry(t.id, 3, FileState::Copying),
+            failed(3),
+            entry(t.id, 4, FileState::Copying),
+            failed(4),
+        ])
+        .unwrap();
+    agrees(&store);
+    let tally = store.entry_tally(t.id).unwrap();
+    assert_eq!(
+        (
+            tally.entries,
+            tally.files,
+            tally.files_committed,
+            tally.files_failed
+        ),
+        (7, 6, 1, 3)
+    );
+    assert_eq!((tally.bytes, tally.bytes_durable), (600, 100));
+    let page = |after: Option<u32>, limit| -> Vec<u32> {
+        store
+            .failed_entries(t.id, after.map(EntryIndex), limit)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.index.0)
+            .collect()
+    };
+    assert_eq!(page(None, 2), [1, 3]);
+    assert_eq!(page(Some(3), 2), [4]);
+    assert_eq!(page(Some(4), 2), Vec::<u32>::new());
+    let first = &store.failed_entries(t.id, None, 1).unwrap()[0];
+    assert_eq!(first.error, "failure 1");
+    assert_eq!(first.dest, file_entry(1, 100).dest);
+
+    // Per user: only live, unfinished transfers count.
+    let caller = |name: &str| NewTransfer {
+        caller: Some(Caller {
+            uid: 4242,
+            gid: 4242,
+            groups: Vec::new(),
+        }),
+        ..new_transfer(Some(name))
+    };
+    assert_eq!(store.unfinished_entries_of_caller(4242).unwrap(), 0);
+    let mine: Vec<_> = (0..3).map(|i| file_entry(i, 1)).collect();
+    let a = store.create_transfer(&caller("mine-a"), &mine).unwrap();
+    store
+        .create_transfer(&caller("mine-b"), &mine[..2])
+        .unwrap();
+    assert_eq!(store.unfinished_entries_of_caller(4242).unwrap(), 5);
+    store.apply(&[to(a.id, TransferState::Cancelled)]).unwrap();
+    assert_eq!(store.unfinished_entries_of_caller(4242).unwrap(), 2);
+    assert_eq!(store.unfinished_entries_of_caller(4243).unwrap(), 0);
+}

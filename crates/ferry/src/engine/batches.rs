@@ -157,6 +157,7 @@ impl Engine<'_> {
             .chain(untouched.iter().map(|(entry, _)| *entry));
         for entry in recorded {
             progress.files_done.fetch_add(1, Ordering::Relaxed);
+            progress.files_skipped.fetch_add(1, Ordering::Relaxed);
             progress
                 .bytes_reused
                 .fetch_add(entry.meta.size, Ordering::Relaxed);

@@ -122,6 +122,7 @@ pub fn plan_listed(
                 name.clone(),
                 filter,
                 &mut entries,
+                plan::ENTRIES_MAX,
             )?;
         } else {
             entries.push(plan::entry(&source, &meta, dest.join(name))?);

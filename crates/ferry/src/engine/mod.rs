@@ -88,7 +88,10 @@ const CHANNEL_BOUND: usize = 4 * BATCH_FILES_MAX;
 #[derive(Debug, Default)]
 pub struct Progress {
     pub files_total: AtomicU64,
+    /// Files in place: copied or skipped, by this run or an earlier one.
     pub files_done: AtomicU64,
+    /// Of `files_done`, those skipped (already at the destination).
+    pub files_skipped: AtomicU64,
     pub bytes_total: AtomicU64,
     /// Bytes that needed no copy: committed or durable before this run.
     pub bytes_reused: AtomicU64,
@@ -103,7 +106,10 @@ pub struct RunReport {
     pub name: String,
     pub state: TransferState,
     pub files_total: u64,
+    /// Files in place: copied or skipped, by this run or an earlier one.
     pub files_committed: u64,
+    /// Of `files_committed`, those skipped (already at the destination).
+    pub files_skipped: u64,
     pub bytes_total: u64,
     /// Bytes written by this run.
     pub bytes_copied: u64,
@@ -113,6 +119,32 @@ pub struct RunReport {
     /// Things worth saying that failed nothing: stale temporaries of other
     /// transfers found at our destinations, and what was done with them.
     pub warnings: Vec<String>,
+}
+
+impl RunReport {
+    /// Where the files are, as `ferry status` counts them.
+    pub fn counts(&self) -> crate::model::FileCounts {
+        crate::model::FileCounts {
+            files: self.files_total,
+            copied: self.files_committed.saturating_sub(self.files_skipped),
+            skipped: self.files_skipped,
+            failed: self.failures.len() as u64,
+        }
+    }
+}
+
+impl Progress {
+    /// Where the files are so far (failures are known at the end only).
+    pub fn counts(&self) -> crate::model::FileCounts {
+        let done = self.files_done.load(Ordering::Relaxed);
+        let skipped = self.files_skipped.load(Ordering::Relaxed);
+        crate::model::FileCounts {
+            files: self.files_total.load(Ordering::Relaxed),
+            copied: done.saturating_sub(skipped),
+            skipped,
+            failed: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -251,9 +283,11 @@ struct Engine<'a> {
 impl Engine<'_> {
     fn run(&self, entries: &[EntryRecord]) -> Result<RunReport> {
         let progress = &self.options.progress;
-        progress
-            .files_total
-            .store(entries.len() as u64, Ordering::Relaxed);
+        // Files as `FileCounts` counts them: directories aside.
+        progress.files_total.store(
+            entries.iter().filter(|e| e.kind != EntryKind::Dir).count() as u64,
+            Ordering::Relaxed,
+        );
         progress
             .bytes_total
             .store(entries.iter().map(|e| e.meta.size).sum(), Ordering::Relaxed);
@@ -331,6 +365,9 @@ impl Engine<'_> {
                 (EntryKind::Dir, _) | (_, FileState::Committed | FileState::Skipped) => {
                     if entry.kind != EntryKind::Dir {
                         progress.files_done.fetch_add(1, Ordering::Relaxed);
+                        if entry.state == FileState::Skipped {
+                            progress.files_skipped.fetch_add(1, Ordering::Relaxed);
+                        }
                         progress
                             .bytes_reused
                             .fetch_add(entry.meta.size, Ordering::Relaxed);

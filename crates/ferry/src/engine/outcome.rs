@@ -73,6 +73,7 @@ impl Engine<'_> {
             state,
             files_total: files.len() as u64,
             files_committed: progress.files_done.load(Ordering::Relaxed),
+            files_skipped: progress.files_skipped.load(Ordering::Relaxed),
             bytes_total: files.iter().map(|e| e.meta.size).sum(),
             bytes_copied: progress.bytes_copied.load(Ordering::Relaxed),
             bytes_reused: progress.bytes_reused.load(Ordering::Relaxed),

@@ -113,9 +113,45 @@ pub fn plan_onto(
     rule: DestRule,
     filter: &Filter,
 ) -> Result<Vec<NewEntry>> {
-    let mut entries = plan_by(sources, dest, recursive, rule, filter)?;
+    plan_bounded(
+        sources,
+        dest,
+        recursive,
+        fidelity,
+        rule,
+        filter,
+        ENTRIES_MAX,
+    )?
+    .ok_or_else(|| over_entries_max(sources))
+}
+
+/// [`plan_onto`] that stops listing at `bound + 1` entries: `None` when
+/// the sources hold more than `bound`. Memory stays bounded by `bound`
+/// whatever the sources hold (a daemon's request must not list a whole
+/// file system before refusing it).
+pub fn plan_bounded(
+    sources: &[PathBuf],
+    dest: &Path,
+    recursive: bool,
+    fidelity: Fidelity,
+    rule: DestRule,
+    filter: &Filter,
+    bound: usize,
+) -> Result<Option<Vec<NewEntry>>> {
+    let Some(mut entries) = plan_by(sources, dest, recursive, rule, filter, bound)? else {
+        return Ok(None);
+    };
     capture_fidelity(&mut entries, fidelity)?;
-    Ok(entries)
+    Ok(Some(entries))
+}
+
+pub(super) fn over_entries_max(sources: &[PathBuf]) -> Error {
+    Error::Io {
+        path: sources.first().cloned().unwrap_or_default(),
+        source: io::Error::other(format!(
+            "more than {ENTRIES_MAX} entries in one transfer: split it"
+        )),
+    }
 }
 
 /// Hard-link groups and extended attributes, as `fidelity` asks.
@@ -218,16 +254,26 @@ fn read_xattrs(path: &Path, mode: XattrMode) -> io::Result<Xattrs> {
 /// is `cp -r`: without it a directory source is refused and symlinks named
 /// on the command line are followed, as `cp` does.
 pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<NewEntry>> {
-    plan_by(sources, dest, recursive, DestRule::Cp, &Filter::default())
+    plan_by(
+        sources,
+        dest,
+        recursive,
+        DestRule::Cp,
+        &Filter::default(),
+        ENTRIES_MAX,
+    )?
+    .ok_or_else(|| over_entries_max(sources))
 }
 
+/// The entries, or `None` as soon as there are more than `bound`.
 fn plan_by(
     sources: &[PathBuf],
     dest: &Path,
     recursive: bool,
     rule: DestRule,
     filter: &Filter,
-) -> Result<Vec<NewEntry>> {
+    bound: usize,
+) -> Result<Option<Vec<NewEntry>>> {
     let dest_meta = fs::metadata(dest).ok();
     check_destination(dest, dest_meta.as_ref())?;
     let dest_is_dir = rule == DestRule::Cp && dest_meta.as_ref().is_some_and(|m| m.is_dir());
@@ -270,7 +316,7 @@ fn plan_by(
         };
         check_target(source, &meta, &target)?;
         if meta.is_dir() {
-            walk(source, &meta, &target, filter, &mut entries)?;
+            walk(source, &meta, &target, filter, &mut entries, bound)?;
         } else {
             // A file named on the command line that cannot be read is the
             // caller's mistake, refused now; one deep in a tree fails alone
@@ -298,17 +344,12 @@ fn plan_by(
             };
             entries.push(entry(source, &meta, target)?);
         }
-        if entries.len() > ENTRIES_MAX {
-            return Err(Error::Io {
-                path: source.clone(),
-                source: io::Error::other(format!(
-                    "more than {ENTRIES_MAX} entries in one transfer: split it"
-                )),
-            });
+        if entries.len() > bound {
+            return Ok(None);
         }
     }
     finish_plan(&mut entries)?;
-    Ok(entries)
+    Ok(Some(entries))
 }
 
 /// Refusals that need the whole list, and absolute paths: resume, finalize
@@ -476,11 +517,21 @@ pub(super) fn walk(
     target: &Path,
     filter: &Filter,
     entries: &mut Vec<NewEntry>,
+    bound: usize,
 ) -> Result<()> {
-    walk_below(root, root_meta, target, PathBuf::new(), filter, entries)
+    walk_below(
+        root,
+        root_meta,
+        target,
+        PathBuf::new(),
+        filter,
+        entries,
+        bound,
+    )
 }
 
-/// [`walk`], with `root` at `relative` for the filter.
+/// [`walk`], with `root` at `relative` for the filter. Stops once
+/// `entries` holds more than `bound`.
 pub(super) fn walk_below(
     root: &Path,
     root_meta: &fs::Metadata,
@@ -488,12 +539,18 @@ pub(super) fn walk_below(
     relative: PathBuf,
     filter: &Filter,
     entries: &mut Vec<NewEntry>,
+    bound: usize,
 ) -> Result<()> {
     entries.push(entry(root, root_meta, target.to_path_buf())?);
     let mut stack = vec![(root.to_path_buf(), target.to_path_buf(), relative)];
     while let Some((dir, dest_dir, relative_dir)) = stack.pop() {
+        if entries.len() > bound {
+            return Ok(());
+        }
         let read = fs::read_dir(&dir).map_err(|e| list_error(&dir, e))?;
+        // More children than the bound are over it in any order.
         let mut children: Vec<_> = read
+            .take(bound.saturating_add(1))
             .map(|child| child.map(|c| c.file_name()))
             .collect::<io::Result<_>>()
             .map_err(|e| list_error(&dir, e))?;
@@ -512,6 +569,9 @@ pub(super) fn walk_below(
                 subdirs.push((source, dest, meta, relative));
             } else {
                 entries.push(entry(&source, &meta, dest)?);
+                if entries.len() > bound {
+                    return Ok(());
+                }
             }
         }
         for (source, dest, meta, relative) in subdirs.into_iter().rev() {
@@ -667,5 +727,53 @@ mod tests {
             ),
             Err(Error::TargetNotADirectory { .. })
         ));
+    }
+
+    #[test]
+    fn a_bounded_plan_stops_listing_past_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("src/zz")).unwrap();
+        for i in 0..5 {
+            fs::write(root.join(format!("src/f{i}")), b"x").unwrap();
+        }
+        // Listed after the files (a directory's files come first): a walk
+        // that reaches it fails, as one to the end would.
+        fs::write(root.join("src/zz/inner"), b"x").unwrap();
+        let bounded = |bound| {
+            plan_bounded(
+                &[root.join("src")],
+                &root.join("dst"),
+                true,
+                Fidelity::default(),
+                DestRule::Cp,
+                &Filter::default(),
+                bound,
+            )
+        };
+        // src, f0..f4, zz, zz/inner: 8 entries.
+        assert_eq!(bounded(8).unwrap().unwrap().len(), 8);
+        assert!(bounded(7).unwrap().is_none(), "one over the bound");
+        // A directory the walk cannot list, past the bound.
+        fs::remove_dir_all(root.join("src/zz")).unwrap();
+        fs::create_dir(root.join("src/zz-unlistable")).unwrap();
+        fs::set_permissions(
+            root.join("src/zz-unlistable"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o000),
+        )
+        .unwrap();
+        if !rustix::process::geteuid().is_root() {
+            // (root lists it all the same)
+            assert!(bounded(100).is_err(), "the whole walk meets the directory");
+        }
+        assert!(
+            bounded(3).unwrap().is_none(),
+            "a bounded walk stops before it"
+        );
+        fs::set_permissions(
+            root.join("src/zz-unlistable"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
     }
 }

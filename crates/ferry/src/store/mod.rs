@@ -27,6 +27,61 @@ use crate::model::{
     Owner, RequestId, RequestState, TransferId, TransferRecord, TransferState,
 };
 
+/// A transfer's entries counted ([`Store::entry_tally`]). Files are the
+/// entries that are not directories.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryTally {
+    pub entries: u64,
+    pub files: u64,
+    pub files_committed: u64,
+    pub files_failed: u64,
+    pub files_skipped: u64,
+    /// The files' sizes.
+    pub bytes: u64,
+    /// Of those, what is durable: copied and committed files whole, the
+    /// others' durable progress.
+    pub bytes_durable: u64,
+}
+
+impl EntryTally {
+    pub fn of(entries: &[EntryRecord]) -> EntryTally {
+        let mut tally = EntryTally::default();
+        for e in entries {
+            tally.add(e.state, e.kind != crate::EntryKind::Dir, e.meta.size, 1, {
+                match e.state {
+                    FileState::Copied | FileState::Committed => e.meta.size,
+                    _ => e.progress_bytes_durable,
+                }
+            });
+        }
+        tally
+    }
+
+    /// `n` entries in `state` with `bytes` in all, `durable` of them durable.
+    pub fn add(&mut self, state: FileState, is_file: bool, bytes: u64, n: u64, durable: u64) {
+        self.entries += n;
+        if is_file {
+            self.files += n;
+            self.bytes += bytes;
+            self.bytes_durable += durable;
+            match state {
+                FileState::Committed => self.files_committed += n,
+                FileState::Failed => self.files_failed += n,
+                FileState::Skipped => self.files_skipped += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A failed entry, as a status lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedEntry {
+    pub index: EntryIndex,
+    pub dest: PathBuf,
+    pub error: String,
+}
+
 /// One state change. [`Store::apply`] writes a batch of them, each with its
 /// event, in one transaction: all or none.
 #[derive(Clone, Debug)]
@@ -285,6 +340,45 @@ pub trait Store: Send + Sync {
     fn transfers(&self) -> Result<Vec<TransferRecord>, StoreError>;
 
     fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError>;
+
+    /// A transfer's entries counted by state. The SQLite store keeps the
+    /// counts as entries change, so this costs the same for any size.
+    fn entry_tally(&self, id: TransferId) -> Result<EntryTally, StoreError> {
+        Ok(EntryTally::of(&self.entries(id)?))
+    }
+
+    /// A page of a transfer's failed entries: those with an index above
+    /// `after`, in index order, at most `limit`.
+    fn failed_entries(
+        &self,
+        id: TransferId,
+        after: Option<EntryIndex>,
+        limit: usize,
+    ) -> Result<Vec<FailedEntry>, StoreError> {
+        Ok(self
+            .entries(id)?
+            .into_iter()
+            .filter(|e| e.state == FileState::Failed && after.is_none_or(|a| e.index > a))
+            .take(limit)
+            .map(|e| FailedEntry {
+                index: e.index,
+                dest: e.dest,
+                error: e.error.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// The entries of every unfinished transfer made for `uid` (a daemon's
+    /// user), together.
+    fn unfinished_entries_of_caller(&self, uid: u32) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for t in self.transfers()? {
+            if t.caller.as_ref().map(|c| c.uid) == Some(uid) && !t.state.is_terminal() {
+                total += self.entry_tally(t.id)?.entries;
+            }
+        }
+        Ok(total)
+    }
 
     /// Events with `seq > after` that pass `filter`, oldest first, at most
     /// `limit` of them. [`StoreError::Compacted`] when events after `after`

@@ -27,6 +27,7 @@ use crate::server::{WATCH_LINES_BUFFERED, WATCH_SLICE, WATCHERS_MAX};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(in crate::server) struct WaitQuery {
+    #[serde(default, deserialize_with = "crate::api::wire::whole_query")]
     timeout_ms: Option<u64>,
 }
 
@@ -37,8 +38,14 @@ pub(in crate::server) async fn wait(
     Query(query): Query<WaitQuery>,
 ) -> Result<Json<WaitResponse>, ApiError> {
     let peer = info.peer()?;
-    let timeout =
-        Duration::from_millis(query.timeout_ms.unwrap_or(WAIT_MS_DEFAULT).min(WAIT_MS_MAX));
+    let timeout_ms = query.timeout_ms.unwrap_or(WAIT_MS_DEFAULT);
+    if timeout_ms > WAIT_MS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "timeout_ms must be 0 to {WAIT_MS_MAX} ({timeout_ms} given): a long-poll is at most \
+             a minute; ask again for longer"
+        )));
+    }
+    let timeout = Duration::from_millis(timeout_ms);
     let _permit = daemon
         .watchers
         .clone()
@@ -86,6 +93,7 @@ pub(in crate::server) async fn wait(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(in crate::server) struct EventsQuery {
+    #[serde(default, deserialize_with = "crate::api::wire::whole_query")]
     since: Option<u64>,
     #[serde(default)]
     from_now: bool,

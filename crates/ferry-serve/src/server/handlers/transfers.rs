@@ -5,14 +5,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path as UrlPath, State};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ferry::engine::plan::{Fidelity, XattrMode, plan_with};
+use ferry::engine::plan::{DestRule, Fidelity, XattrMode, plan_bounded};
 use ferry::model::ChecksumAlgo;
-use ferry::{Kind, Preserve, Transfer, TransferOptions};
+use ferry::{Kind, Preserve, Transfer, TransferOptions, TransferState};
 
-use crate::api::{AddRequest, AddResponse, CreateRequest, RunRequest, TransferView};
+use crate::api::{
+    AddRequest, AddResponse, CancelRequest, CreateRequest, LIST_FAILURES_MAX, PAGE_MAX, PageQuery,
+    RunRequest, SameCopyView, TransferView,
+};
 use crate::creds;
 use crate::error::ApiError;
 use crate::server::SOURCES_MAX;
@@ -92,7 +95,12 @@ pub(in crate::server) async fn create(
         if transfer.reattached() && !Daemon::visible(&peer, transfer.record()) {
             return Err(taken());
         }
-        daemon.view(transfer.record(), transfer.reattached())
+        daemon.view(
+            transfer.record(),
+            transfer.reattached(),
+            None,
+            LIST_FAILURES_MAX,
+        )
     })
     .await?;
     let status = if view.reattached {
@@ -103,16 +111,24 @@ pub(in crate::server) async fn create(
     Ok((status, Json(view)).into_response())
 }
 
+/// The caller's transfers (all, for root) by id, a page at a time.
 pub(in crate::server) async fn list(
     State(daemon): State<Arc<Daemon>>,
     ConnectInfo(info): PeerConn,
+    Query(page): Query<PageQuery>,
 ) -> Result<Json<Vec<TransferView>>, ApiError> {
     let peer = info.peer()?;
+    let (limit, after) = page_of(&page, i64::MAX as u64)?;
     blocking(move || {
         let mut out = Vec::new();
         for record in daemon.store.transfers()? {
-            if Daemon::visible(&peer, &record) {
-                out.push(daemon.view(&record, false)?);
+            if out.len() >= limit {
+                break;
+            }
+            if Daemon::visible(&peer, &record)
+                && after.is_none_or(|after| record.id.0 > after as i64)
+            {
+                out.push(daemon.view(&record, false, None, LIST_FAILURES_MAX)?);
             }
         }
         Ok(Json(out))
@@ -120,17 +136,39 @@ pub(in crate::server) async fn list(
     .await
 }
 
+/// A transfer's counts, and a page of its failures.
 pub(in crate::server) async fn status(
     State(daemon): State<Arc<Daemon>>,
     ConnectInfo(info): PeerConn,
     UrlPath(name): UrlPath<String>,
+    Query(page): Query<PageQuery>,
 ) -> Result<Json<TransferView>, ApiError> {
     let peer = info.peer()?;
+    let (limit, after) = page_of(&page, u32::MAX.into())?;
     blocking(move || {
         let record = daemon.find(&peer, &name)?;
-        Ok(Json(daemon.view(&record, false)?))
+        Ok(Json(daemon.view(&record, false, after, limit)?))
     })
     .await
+}
+
+/// A page's size ([`PAGE_MAX`] unless smaller is asked for) and cursor,
+/// which is at most `after_max` (the largest id or index there can be).
+fn page_of(page: &PageQuery, after_max: u64) -> Result<(usize, Option<u64>), ApiError> {
+    let limit = match page.limit.unwrap_or(PAGE_MAX) {
+        limit @ 1..=PAGE_MAX => limit as usize,
+        limit => {
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1 to {PAGE_MAX} ({limit} given): page with after"
+            )));
+        }
+    };
+    match page.after {
+        Some(after) if after > after_max => Err(ApiError::bad_request(format!(
+            "after must be 0 to {after_max} ({after} given): the last id or index of a page"
+        ))),
+        after => Ok((limit, after)),
+    }
 }
 
 pub(in crate::server) async fn add(
@@ -162,34 +200,94 @@ pub(in crate::server) async fn add(
         })?,
     };
     blocking(move || {
-        let record = daemon.find(&peer, &name)?;
-        let recorded = record.caller.clone().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "not_a_daemon_transfer",
-                format!("transfer {name} was not made through the daemon"),
-            )
-        })?;
-        let caller = acting_caller(&peer, recorded);
+        let (record, caller) = made_here(&daemon, &peer, &name)?;
+        // A re-run finds the copy it repeats before cp's rule could nest
+        // it into what that copy made.
+        let same = if request.rerun {
+            ferry::rerun::find_same_copy_among(
+                daemon.store.as_ref(),
+                None,
+                &sources,
+                &dest,
+                &|t| t.id != record.id && t.kind == Kind::Daemon && Daemon::visible(&peer, t),
+            )?
+        } else {
+            None
+        };
+        let same_copy = same.as_ref().map(|same| SameCopyView {
+            name: same.record.name.clone(),
+            id: same.record.id.0,
+            state: same.record.state.as_str().into(),
+        });
+        let rule = match &same {
+            Some(same)
+                if matches!(
+                    same.record.state,
+                    TransferState::Completed | TransferState::Finalized
+                ) =>
+            {
+                same.rule
+            }
+            // Not over: that transfer is the copy; nothing is added here.
+            Some(_) => {
+                return Ok(Json(AddResponse {
+                    added: 0,
+                    same_copy,
+                }));
+            }
+            None => DestRule::Cp,
+        };
         // cp's rules (lstat of the sources, the destination's type) with
         // the caller's credentials: what they cannot see, the daemon does
         // not see for them.
-        let entries = creds::as_caller(&caller, || {
-            plan_with(&sources, &dest, request.recursive, fidelity)
+        // Planned no further than what the bounds leave room for: a
+        // request for a whole file system stops at the bound, not at the
+        // end of the walk.
+        let held = daemon.store.entry_tally(record.id)?.entries;
+        let held_by_user = daemon.store.unfinished_entries_of_caller(caller.uid)?;
+        let room_in_transfer = daemon
+            .entries_per_transfer_max
+            .saturating_sub(held as usize);
+        let room_for_user = match caller.uid {
+            0 => usize::MAX,
+            _ => daemon
+                .entries_per_user_max
+                .saturating_sub(held_by_user as usize),
+        };
+        let room = room_in_transfer.min(room_for_user);
+        let planned = creds::as_caller(&caller, || {
+            plan_bounded(
+                &sources,
+                &dest,
+                request.recursive,
+                fidelity,
+                rule,
+                &ferry::engine::filter::Filter::default(),
+                room,
+            )
         })
         .map_err(|e| ApiError::internal(format!("cannot act as uid {}: {e}", caller.uid)))??;
-        let max = daemon.entries_per_transfer_max;
-        let held = daemon.store.entries(record.id)?.len();
-        if held.saturating_add(entries.len()) > max {
-            return Err(ApiError::limit(format!(
-                "transfer {name} would hold {} entries, over the daemon's bound (entries per \
-                 transfer: {max}); nothing was added: split it into several transfers",
-                held.saturating_add(entries.len())
-            )));
-        }
+        let Some(entries) = planned else {
+            return Err(if room == room_in_transfer {
+                ApiError::limit(format!(
+                    "transfer {name} holds {held} entries and this adds more than {room}, over \
+                     the daemon's bound (entries per transfer: {}); nothing was added: split it \
+                     into several transfers",
+                    daemon.entries_per_transfer_max
+                ))
+            } else {
+                ApiError::limit(format!(
+                    "uid {} holds {held_by_user} entries in its unfinished transfers in the \
+                     daemon and this adds more than {room}, over the daemon's bound (entries per \
+                     user: {}); nothing was added: let some finish, or cancel them",
+                    caller.uid, daemon.entries_per_user_max
+                ))
+            });
+        };
         daemon.store.add_entries(record.id, &entries)?;
         Ok(Json(AddResponse {
             added: entries.len(),
+            same_copy,
         }))
     })
     .await
@@ -231,7 +329,7 @@ pub(in crate::server) async fn cancel(
     State(daemon): State<Arc<Daemon>>,
     ConnectInfo(info): PeerConn,
     UrlPath(name): UrlPath<String>,
-    ApiJson(_): ApiJson<RunRequest>,
+    ApiJson(_): ApiJson<CancelRequest>,
 ) -> Result<Json<TransferView>, ApiError> {
     let peer = info.peer()?;
     blocking(move || {
@@ -249,7 +347,51 @@ pub(in crate::server) async fn cancel(
             moving.interrupt.store(true, Ordering::Relaxed);
         }
         let record = daemon.find(&peer, &name)?;
-        Ok(Json(daemon.view(&record, false)?))
+        Ok(Json(daemon.view(
+            &record,
+            false,
+            None,
+            LIST_FAILURES_MAX,
+        )?))
     })
     .await
+}
+
+/// `GET /v1/transfers/{name}/verify`: its committed files read back with
+/// the caller's credentials and compared with their stored checksums, as
+/// `ferry verify NAME` does for a transfer of the user's store.
+pub(in crate::server) async fn verify(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(info): PeerConn,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<Vec<ferry::verify::Checked>>, ApiError> {
+    let peer = info.peer()?;
+    blocking(move || {
+        let (record, caller) = made_here(&daemon, &peer, &name)?;
+        let checked = creds::as_caller(&caller, || {
+            ferry::verify::verify_transfer_where(daemon.store.as_ref(), &record, &|_| true)
+        })
+        .map_err(|e| ApiError::internal(format!("cannot act as uid {}: {e}", caller.uid)))??;
+        Ok(Json(checked))
+    })
+    .await
+}
+
+/// The caller's transfer `name`, made through the daemon, and whose
+/// credentials act on its files.
+fn made_here(
+    daemon: &Daemon,
+    peer: &crate::creds::Peer,
+    name: &str,
+) -> Result<(ferry::model::TransferRecord, ferry::Caller), ApiError> {
+    let record = daemon.find(peer, name)?;
+    let recorded = record.caller.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_daemon_transfer",
+            format!("transfer {name} was not made through the daemon"),
+        )
+    })?;
+    let caller = acting_caller(peer, recorded);
+    Ok((record, caller))
 }

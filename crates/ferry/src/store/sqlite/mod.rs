@@ -15,7 +15,10 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 
 use super::rules;
 use super::space::{self, ReadOnlyCause, SpaceGuard};
-use super::{Change, ChangeToken, EventFilter, EventPage, EventReader, Store, StoreError};
+use super::{
+    Change, ChangeToken, EntryTally, EventFilter, EventPage, EventReader, FailedEntry, Store,
+    StoreError,
+};
 use crate::failpoint::{self, CommitStep};
 use crate::model::{
     ChecksumAlgo, EntryIndex, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner,

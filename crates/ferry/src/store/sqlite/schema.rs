@@ -172,4 +172,57 @@ ALTER TABLE hsm_catalog ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE transfers ADD COLUMN owner_heartbeat_ns INTEGER;
 ALTER TABLE transfers ADD COLUMN owner_lease_ms INTEGER;
 "#,
+    r#"
+-- A transfer's counts by entry state, kept by triggers in the transaction
+-- that changes an entry: a status costs the same for 10 entries and for
+-- ten million. is_file: not a directory (symlinks count as files, as the
+-- engine's totals do). durable: what a resume would not copy again.
+CREATE TABLE entry_tallies (
+    transfer_id INTEGER NOT NULL REFERENCES transfers(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    is_file INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    durable INTEGER NOT NULL,
+    PRIMARY KEY (transfer_id, state, is_file)
+) WITHOUT ROWID;
+INSERT INTO entry_tallies
+    SELECT transfer_id, state, kind != 'dir', count(*), sum(size),
+           sum(CASE WHEN state IN ('copied', 'committed') THEN size
+                    ELSE progress_bytes_durable END)
+    FROM entries GROUP BY transfer_id, state, kind != 'dir';
+CREATE TRIGGER entry_tallies_insert AFTER INSERT ON entries BEGIN
+    INSERT INTO entry_tallies VALUES (
+        new.transfer_id, new.state, new.kind != 'dir', 1, new.size,
+        CASE WHEN new.state IN ('copied', 'committed') THEN new.size
+             ELSE new.progress_bytes_durable END)
+    ON CONFLICT (transfer_id, state, is_file) DO UPDATE SET
+        n = n + 1, bytes = bytes + excluded.bytes,
+        durable = durable + excluded.durable;
+END;
+CREATE TRIGGER entry_tallies_delete AFTER DELETE ON entries BEGIN
+    UPDATE entry_tallies SET n = n - 1, bytes = bytes - old.size,
+        durable = durable - CASE WHEN old.state IN ('copied', 'committed')
+                                 THEN old.size ELSE old.progress_bytes_durable END
+    WHERE transfer_id = old.transfer_id AND state = old.state
+      AND is_file = (old.kind != 'dir');
+END;
+CREATE TRIGGER entry_tallies_update
+AFTER UPDATE OF state, kind, size, progress_bytes_durable ON entries BEGIN
+    UPDATE entry_tallies SET n = n - 1, bytes = bytes - old.size,
+        durable = durable - CASE WHEN old.state IN ('copied', 'committed')
+                                 THEN old.size ELSE old.progress_bytes_durable END
+    WHERE transfer_id = old.transfer_id AND state = old.state
+      AND is_file = (old.kind != 'dir');
+    INSERT INTO entry_tallies VALUES (
+        new.transfer_id, new.state, new.kind != 'dir', 1, new.size,
+        CASE WHEN new.state IN ('copied', 'committed') THEN new.size
+             ELSE new.progress_bytes_durable END)
+    ON CONFLICT (transfer_id, state, is_file) DO UPDATE SET
+        n = n + 1, bytes = bytes + excluded.bytes,
+        durable = durable + excluded.durable;
+END;
+-- A transfer's failed entries, paged in index order without a scan.
+CREATE INDEX entries_failed ON entries(transfer_id, idx) WHERE state = 'failed';
+"#,
 ];

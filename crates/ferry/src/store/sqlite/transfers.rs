@@ -575,6 +575,87 @@ impl Store for SqliteStore {
         rules::check_entries(&self.path, id, records)
     }
 
+    fn entry_tally(&self, id: TransferId) -> Result<EntryTally, StoreError> {
+        let rows = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT state, is_file, n, bytes, durable FROM entry_tallies
+                 WHERE transfer_id = ?1 AND n > 0",
+            )?;
+            let rows = stmt.query_map([id.0], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, bool>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let mut tally = EntryTally::default();
+        for (state, is_file, n, bytes, durable) in rows {
+            let state = FileState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("transfer {}: unknown entry state {state:?}", id.0),
+            })?;
+            let count = |v: i64| u64::try_from(v).unwrap_or(0);
+            tally.add(state, is_file, count(bytes), count(n), count(durable));
+        }
+        Ok(tally)
+    }
+
+    fn failed_entries(
+        &self,
+        id: TransferId,
+        after: Option<EntryIndex>,
+        limit: usize,
+    ) -> Result<Vec<FailedEntry>, StoreError> {
+        let after = after.map_or(-1, |a| i64::from(a.0));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT idx, dest, error FROM entries
+                 WHERE transfer_id = ?1 AND state = 'failed' AND idx > ?2
+                 ORDER BY idx LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(rusqlite::params![id.0, after, limit], |row| {
+                Ok(FailedEntry {
+                    index: EntryIndex(row.get(0)?),
+                    dest: PathBuf::from(
+                        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                            row.get::<_, Vec<u8>>(1)?,
+                        ),
+                    ),
+                    error: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows)
+    }
+
+    fn unfinished_entries_of_caller(&self, uid: u32) -> Result<u64, StoreError> {
+        let terminal = TransferState::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.read(|conn| {
+            conn.query_row(
+                &format!(
+                    "SELECT coalesce(sum(t.n), 0) FROM entry_tallies t
+                     JOIN transfers ON transfers.id = t.transfer_id
+                     WHERE transfers.caller_uid = ?1 AND transfers.freed_ns IS NULL
+                       AND transfers.state NOT IN ({terminal})"
+                ),
+                [uid],
+                |row| row.get::<_, i64>(0),
+            )
+        })
+        .map(|n| u64::try_from(n).unwrap_or(0))
+    }
+
     fn events_since(
         &self,
         after: u64,

@@ -1,0 +1,144 @@
+//! What a person at a terminal sees: `ferry cp` on a pseudo-terminal, its
+//! progress bar, Ctrl-C typed at it, and the words its counts are said in.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use ferry::store::SqliteStore;
+use util::daemon::{mkfifo, paused};
+use util::pty::Pty;
+use util::*;
+
+/// `N files: a copied, b skipped, c failed`, as said on `line`.
+fn counts_phrase(line: &str) -> Option<String> {
+    let at = line.find(" files: ")?;
+    let start = line[..at]
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    let end = at + line[at..].find(" failed")? + " failed".len();
+    Some(line[start..end].to_owned())
+}
+
+/// The line of `screen` that is the bar (its `ETA`), if one is left.
+fn bar_line(screen: &[String]) -> Option<&String> {
+    screen.iter().find(|l| l.contains(" ETA "))
+}
+
+/// Ctrl-C typed at the terminal while `cp` is surely mid-copy (paused at
+/// its first write) after its bar was drawn: the bar is gone from the
+/// screen, the last line says what happened and the resume that continues
+/// it, the exit code is 130, and that resume completes the copy.
+#[test]
+fn ctrl_c_at_the_terminal_clears_the_bar_says_how_to_resume_and_exits_130() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    random_files(&src, 6, 2, 7, |i| 50_000 + i * 1000);
+    let fifo = s.path("pause");
+    mkfifo(&fifo);
+    let mut cmd = s.ferry();
+    cmd.env("FERRY_FAILPOINT", "commit.write_data=pause")
+        .env("FERRY_FAILPOINT_FIFO", &fifo)
+        .args(["cp", "-a", "--threads", "1", "--name", "ctrl-c"])
+        .arg(&src)
+        .arg(&dst);
+    let mut pty = Pty::spawn(cmd);
+    let pause = paused(&fifo);
+    pty.wait_for("the bar's first frame", |t| t.contains(" ETA "));
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let filter = ferry::store::EventFilter {
+        kind: Some("transfer.cancelled".into()),
+        ..Default::default()
+    };
+    let mut watch = ferry::events::Watch::new(&store, 0, filter).unwrap();
+    pty.type_in(b"\x03");
+    // The interruption is recorded before the paused write may go on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cancelled = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no interruption recorded: {:?}",
+            pty.bytes()
+        );
+        if let Some(ferry::events::WatchItem::Event(e)) = watch.next_timeout(Some(left)).unwrap() {
+            break e;
+        }
+    };
+    assert_eq!(cancelled.context["interrupted"], "SIGINT", "{cancelled:?}");
+    drop(pause);
+    let (code, screen) = pty.finish();
+    assert_eq!(code, Some(130), "{screen:#?}");
+    assert!(
+        bar_line(&screen).is_none(),
+        "a bar remnant is left: {screen:#?}"
+    );
+    let last = screen.last().expect("something on screen");
+    assert!(
+        last.contains("interrupted by SIGINT") && last.contains("`ferry resume ctrl-c`"),
+        "the last line says what happened and what to do: {screen:#?}"
+    );
+    run_ok(s.ferry().args(["resume", "ctrl-c"]));
+    assert_same_tree(&src, &dst);
+}
+
+/// A tree copied on a terminal, then two of its files changed and the same
+/// command run again (which skips what still matches): the bar's final
+/// line, the summary and `ferry status` give the same counts in the same
+/// words, each time.
+#[test]
+fn the_bar_the_summary_and_status_count_files_in_the_same_words() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    random_files(&src, 6, 2, 11, |i| 1000 + i * 100);
+    let cp = || {
+        let mut cmd = s.ferry();
+        cmd.args(["cp", "-a"]).arg(&src).arg(&dst);
+        cmd
+    };
+    let mut expected = vec!["6 files: 6 copied, 0 skipped, 0 failed"];
+    let first = Pty::spawn(cp()).finish();
+    let mut runs = vec![first];
+    write_file(&src.join("d0/f0"), b"changed");
+    write_file(&src.join("d1/f1"), b"changed too");
+    runs.push(Pty::spawn(cp()).finish());
+    expected.push("6 files: 2 copied, 4 skipped, 0 failed");
+    let table = String::from_utf8(run_ok(s.ferry().arg("status")).stdout).unwrap();
+    for ((code, screen), expected) in runs.iter().zip(expected) {
+        assert_eq!(*code, Some(0), "{screen:#?}");
+        let bar = bar_line(screen).expect("the bar's final frame stays");
+        let summary = screen
+            .iter()
+            .find(|l| l.contains(" completed: "))
+            .expect("a summary line");
+        // `ferry: NAME completed: …`
+        let name = summary
+            .trim_start_matches("ferry: ")
+            .split(' ')
+            .next()
+            .unwrap();
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{name} in\n{table}"));
+        for (what, line) in [
+            ("bar", bar),
+            ("summary", summary),
+            ("status", &row.to_owned()),
+        ] {
+            assert_eq!(
+                counts_phrase(line).as_deref(),
+                Some(expected),
+                "{what}: {line}"
+            );
+        }
+        let status = json(&run_ok(s.ferry().args(["status", name, "--json"])));
+        let counts = &status["counts"];
+        let numbers = format!(
+            "{} files: {} copied, {} skipped, {} failed",
+            counts["files"], counts["copied"], counts["skipped"], counts["failed"]
+        );
+        assert_eq!(numbers, expected, "{status}");
+    }
+    assert_same_tree(&src, &dst);
+}
