@@ -117,6 +117,7 @@ fn seed(path: &Path, entries: u32, failed: u32) {
     let id = store.create_transfer(&new, &[]).unwrap().id;
     let entry = |i: u32| NewEntry {
         link_leader: None,
+        shared_inode: None,
         xattrs: Default::default(),
         kind: EntryKind::File,
         source: format!("/bench/src/d{}/f{i}", i / 1000).into(),
