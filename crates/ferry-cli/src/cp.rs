@@ -255,11 +255,40 @@ fn read_list(path: &Path) -> Result<Vec<u8>, Exit> {
 }
 
 /// `--dry-run`: the plan, and what a run would do with each entry, on
-/// stdout; nothing is written and no store is opened.
-pub(crate) fn dry_run(args: &CpArgs) -> Result<Exit, Exit> {
+/// stdout; nothing is written. A run of the same copy again continues it
+/// or brings it up to date in place (see `cp`): `store`, when there is one,
+/// is read for it, so that the preview is that run's.
+pub(crate) fn dry_run(args: &CpArgs, store: Option<&dyn Store>) -> Result<Exit, Exit> {
     let filter = args.filter()?;
-    let entries = args.plan(DestRule::Cp, &filter)?;
-    let skip = args.run.settings(RunSettings::default()).skip;
+    let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
+    let found = match store {
+        Some(store) if !args.new => {
+            ferry::rerun::find_same_copy(store, args.name.as_deref(), sources, dest)?
+        }
+        _ => None,
+    };
+    let mut base = RunSettings::default();
+    let rule = match &found {
+        Some(same) => {
+            if same.record.state == ferry::TransferState::Completed {
+                base.skip = ferry::engine::skip::SkipRule::Mtime;
+            }
+            if !args.run.quiet {
+                eprintln!(
+                    "ferry: dry run: transfer {} (id {}, {}) already copies this to {}: a run \
+                     works on it in place (`--new` copies anew with cp's rules)",
+                    same.record.name,
+                    same.record.id,
+                    same.record.state,
+                    dest.display()
+                );
+            }
+            same.rule
+        }
+        None => DestRule::Cp,
+    };
+    let entries = args.plan(rule, &filter)?;
+    let skip = args.run.settings(base).skip;
     let algo = ferry::model::ChecksumAlgo::parse(&args.checksum);
     let (mut copied, mut bytes, mut skipped) = (0u64, 0u64, 0u64);
     for entry in &entries {

@@ -436,11 +436,14 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             size(max_entries_per_user),
         );
     }
-    // A dry run writes nothing: no store is opened, no daemon asked.
+    // A dry run writes nothing: no store is created, no daemon asked. One
+    // that exists is read, for the copy a run would repeat.
     if let Command::Cp(args) = &cli.command
         && args.dry_run
     {
-        return cp::dry_run(args);
+        let location = cli.store.clone().unwrap_or_else(ferry::default_store_path);
+        let opened = OpenedStore::open(&location, store::Create::Nothing).ok();
+        return cp::dry_run(args, opened.map(|o| o.store()).as_deref());
     }
     if let Command::Cp(args) = &cli.command
         && daemon::wants_daemon(&args.kind, &socket)
@@ -615,6 +618,20 @@ fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
         }
         Command::Limit { name, rate } => {
             let transfer = Transfer::open(store, &name)?;
+            // Over and done: no mover will ever read the rate (a failed or
+            // cancelled transfer keeps it for its resume).
+            let record = transfer.record();
+            if matches!(
+                record.state,
+                ferry::TransferState::Completed | ferry::TransferState::Finalized
+            ) {
+                return Err(Exit::Error(ferry::Error::NothingToDo {
+                    name: record.name.clone(),
+                    id: record.id,
+                    state: record.state,
+                    action: "limit",
+                }));
+            }
             transfer.limit((rate > 0).then_some(rate))?;
             let how = if rate > 0 {
                 format!("{}/s", indicatif::HumanBytes(rate))

@@ -24,9 +24,17 @@ pub struct StatusRow {
     checksum: Option<String>,
     /// Where it lives: the store's path, or `daemon at SOCKET`.
     at: String,
+    /// Every file that failed, with why.
+    failures: Vec<FailureRow>,
     /// `--files`: every entry.
     #[serde(skip_serializing_if = "Option::is_none")]
     files: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Serialize)]
+struct FailureRow {
+    path: String,
+    error: String,
 }
 
 #[derive(Serialize)]
@@ -78,6 +86,14 @@ impl StatusRow {
                 .sum(),
             checksum: transfer.checksum.map(|a| a.as_str().to_owned()),
             at: store.location().display().to_string(),
+            failures: entries
+                .iter()
+                .filter(|e| e.state == ferry::FileState::Failed)
+                .map(|e| FailureRow {
+                    path: e.dest.to_string_lossy().into_owned(),
+                    error: e.error.clone().unwrap_or_default(),
+                })
+                .collect(),
             files: files.then(|| entries.iter().map(file_row).collect()),
         }
     }
@@ -104,6 +120,14 @@ impl StatusRow {
             bytes: view.bytes,
             checksum: view.checksum.clone(),
             at: format!("daemon at {}", socket.display()),
+            failures: view
+                .failures
+                .iter()
+                .map(|f| FailureRow {
+                    path: f.path.clone(),
+                    error: f.error.clone(),
+                })
+                .collect(),
             files: None,
         }
     }
@@ -160,7 +184,8 @@ pub fn local_rows(
 }
 
 /// Prints `rows`: one JSON object when `one` (a name was given), else an
-/// array; or the table. `nothing` is said when there are no rows.
+/// array; or the table, and for the one named, its failures on stderr (as
+/// a finished copy reports them). `nothing` is said when there are no rows.
 pub fn print(rows: &[StatusRow], one: bool, json: bool, nothing: &str) {
     if json {
         let value = match rows {
@@ -215,6 +240,13 @@ pub fn print(rows: &[StatusRow], one: bool, json: bool, nothing: &str) {
         println!("{line}");
         if let Some(files) = i.checked_sub(1).and_then(|r| rows[r].files.as_ref()) {
             print_files(files);
+        }
+    }
+    if let [row] = rows
+        && one
+    {
+        for failure in &row.failures {
+            eprintln!("ferry: {}: {}", failure.path, failure.error);
         }
     }
 }

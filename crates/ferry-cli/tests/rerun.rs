@@ -315,6 +315,17 @@ fn a_missing_directory_named_with_a_trailing_slash_is_refused_before_anything_is
     assert!(left.is_empty(), "{left:?}");
     let store = SqliteStore::open(&s.store()).unwrap();
     assert!(store.transfers().unwrap().is_empty());
+
+    // Below a file (`cp f afile/x`): that file is named, as not a
+    // directory, never as a permission it does not lack.
+    let under_a_file = s.path("afile").join("x");
+    let out = run(s.ferry().arg("cp").arg(s.path("afile")).arg(&under_a_file));
+    assert_eq!(out.status.code(), Some(37), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("afile") && err.contains("not a directory") && !err.contains("permission"),
+        "{err}"
+    );
 }
 
 /// A destination directory owned by another user: one line naming it and

@@ -124,6 +124,49 @@ fn dry_run_lists_and_writes_nothing_not_even_a_store() {
     assert!(!s.path("fresh").exists());
 }
 
+/// rsync's safety check before a `--delete`: `-n` of the same command that
+/// copied a tree shows what that command would do now — in place, never
+/// nested into what the first run made — and writes nothing.
+#[test]
+fn dry_run_of_a_completed_copy_previews_the_rerun_in_place() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    write_file(&src.join("a"), b"a");
+    write_file(&src.join("sub/b"), b"b");
+    run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(&dst));
+    write_file(&dst.join("extra"), b"extra");
+    write_file(&src.join("new"), b"new");
+    let before = snapshot(&dst);
+    let events_before = events(&s.store(), None).len();
+    let out = run_ok(
+        s.ferry()
+            .args(["cp", "-a", "--delete", "-n"])
+            .arg(&src)
+            .arg(&dst),
+    );
+    let listed = stdout(&out);
+    for line in [
+        format!("copy {}", dst.join("new").display()),
+        format!("skip {} (mtime)", dst.join("a").display()),
+        format!("skip {} (mtime)", dst.join("sub/b").display()),
+        format!("remove {}", dst.join("extra").display()),
+    ] {
+        assert!(listed.lines().any(|l| l == line), "{line:?} in {listed}");
+    }
+    assert!(!listed.contains("dst/src"), "the preview nested: {listed}");
+    assert!(stderr(&out).contains("already copies this"), "{out:?}");
+    assert_eq!(snapshot(&dst), before, "the destination changed");
+    assert_eq!(
+        events(&s.store(), None).len(),
+        events_before,
+        "the store changed"
+    );
+    // And the run does what the preview said.
+    run_ok(s.ferry().args(["cp", "-a", "--delete"]).arg(&src).arg(&dst));
+    assert!(!dst.join("extra").exists() && dst.join("new").exists());
+    assert!(!dst.join("src").exists());
+}
+
 /// `fs::Permissions::from_mode`, without importing the trait at each use.
 trait FromModeCompat {
     fn from_mode_compat(mode: u32) -> fs::Permissions;
@@ -615,6 +658,14 @@ fn bwlimit_paces_the_copy_and_ferry_limit_changes_it_while_it_runs() {
     assert_eq!(limited[0].context["bytes_per_second"], 0);
     let dispatched = events(&s.store(), Some("transfer.dispatched"));
     assert_eq!(dispatched[0].context["bwlimit"], RATE);
+    // Over: no mover will read a rate again, and it is not said to.
+    let out = run(s.ferry().args(["limit", "paced", "1M"]));
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is completed: nothing to limit"),
+        "{out:?}"
+    );
+    assert_eq!(events(&s.store(), Some("transfer.limited")).len(), 1);
 }
 
 /// The resume of a killed copy runs with what the copy was given: the

@@ -396,6 +396,17 @@ pub(super) fn check_destination(dest: &Path, meta: Option<&fs::Metadata>) -> Res
     let Some(dir) = receiving else {
         return Ok(());
     };
+    // `cp f afile/x`: the nearest thing that exists is a file (or a link
+    // to one), which no name can be created in; checking its permission
+    // would blame the wrong thing.
+    if !fs::metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::BadDestination {
+            path: dir,
+            why: "it is not a directory, so nothing can be created in it: choose another \
+                  destination"
+                .into(),
+        });
+    }
     use rustix::fs::{Access, AtFlags, CWD};
     // AT_EACCESS: checked as the file system will check the writes (fsuid,
     // effective capabilities), not as the real uid — the daemon runs a
