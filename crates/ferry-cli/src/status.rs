@@ -5,7 +5,7 @@
 use ferry::FileCounts;
 use ferry::model::{EntryRecord, TransferRecord};
 use ferry::store::Store;
-use ferry_serve::api::TransferView;
+use ferry_serve::api::{Failure, TransferView};
 use indicatif::HumanBytes;
 use serde::Serialize;
 
@@ -25,16 +25,10 @@ pub struct StatusRow {
     /// Where it lives: the store's path, or `daemon at SOCKET`.
     at: String,
     /// Every file that failed, with why.
-    failures: Vec<FailureRow>,
+    failures: Vec<Failure>,
     /// `--files`: every entry.
     #[serde(skip_serializing_if = "Option::is_none")]
     files: Option<Vec<serde_json::Value>>,
-}
-
-#[derive(Serialize)]
-struct FailureRow {
-    path: String,
-    error: String,
 }
 
 #[derive(Serialize)]
@@ -89,7 +83,7 @@ impl StatusRow {
             failures: entries
                 .iter()
                 .filter(|e| e.state == ferry::FileState::Failed)
-                .map(|e| FailureRow {
+                .map(|e| Failure {
                     path: e.dest.to_string_lossy().into_owned(),
                     error: e.error.clone().unwrap_or_default(),
                 })
@@ -120,14 +114,7 @@ impl StatusRow {
             bytes: view.bytes,
             checksum: view.checksum.clone(),
             at: format!("daemon at {}", socket.display()),
-            failures: view
-                .failures
-                .iter()
-                .map(|f| FailureRow {
-                    path: f.path.clone(),
-                    error: f.error.clone(),
-                })
-                .collect(),
+            failures: view.failures.clone(),
             files: None,
         }
     }

@@ -521,8 +521,7 @@ pub fn metadata_in_place(
     }
     let mut acls_to_drop = false;
     for (name, value) in &entry.xattrs.0 {
-        let is_acl =
-            name == crate::engine::plan::ACL_ACCESS || name == crate::engine::plan::ACL_DEFAULT;
+        let is_acl = crate::engine::plan::is_posix_acl(name);
         if !(is_acl && value.is_empty()) {
             return false;
         }
@@ -536,9 +535,9 @@ pub fn metadata_in_place(
 fn has_acl(path: &Path) -> bool {
     let mut names = [0u8; 1024];
     match rustix::fs::llistxattr(path, &mut names[..]) {
-        Ok(len) => names[..len].split(|b| *b == 0).any(|name| {
-            name == crate::engine::plan::ACL_ACCESS || name == crate::engine::plan::ACL_DEFAULT
-        }),
+        Ok(len) => names[..len]
+            .split(|b| *b == 0)
+            .any(crate::engine::plan::is_posix_acl),
         Err(Errno::NOTSUP) => false,
         Err(_) => true,
     }
@@ -601,8 +600,7 @@ pub fn apply_metadata_to(
     }
     if entry.kind != EntryKind::Symlink {
         for (name, value) in &entry.xattrs.0 {
-            let is_acl =
-                name == crate::engine::plan::ACL_ACCESS || name == crate::engine::plan::ACL_DEFAULT;
+            let is_acl = crate::engine::plan::is_posix_acl(name);
             if is_acl && value.is_empty() {
                 // The source has no such ACL: neither will the destination.
                 target.remove_acl(name)?;

@@ -191,6 +191,11 @@ pub(super) fn capture_fidelity(entries: &mut [NewEntry], fidelity: Fidelity) -> 
 pub const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 pub const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
+/// Whether an extended attribute's name is one of the POSIX ACLs.
+pub fn is_posix_acl(name: &[u8]) -> bool {
+    name == ACL_ACCESS || name == ACL_DEFAULT
+}
+
 /// The extended attributes of `path` (not following a symlink) that `mode`
 /// keeps. None where the file system has none.
 fn read_xattrs(path: &Path, mode: XattrMode) -> io::Result<Xattrs> {
