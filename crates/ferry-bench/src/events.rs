@@ -52,6 +52,7 @@ impl Log {
         let entry = NewEntry {
             link_leader: None,
             shared_inode: None,
+            inode_changed_ns: 0,
             xattrs: Default::default(),
             kind: EntryKind::File,
             source: "/bench/source".into(),

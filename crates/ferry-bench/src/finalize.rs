@@ -74,6 +74,7 @@ fn generate_rank(root: &Path, store_root: &Path, owner: &Owner, rank: usize) {
             .map(|k| NewEntry {
                 link_leader: None,
                 shared_inode: None,
+                inode_changed_ns: 0,
                 xattrs: Default::default(),
                 kind: EntryKind::File,
                 source: PathBuf::from(format!("/gone/rank.{rank}/file.{k}")),

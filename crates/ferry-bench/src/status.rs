@@ -118,6 +118,7 @@ fn seed(path: &Path, entries: u32, failed: u32) {
     let entry = |i: u32| NewEntry {
         link_leader: None,
         shared_inode: None,
+        inode_changed_ns: 0,
         xattrs: Default::default(),
         kind: EntryKind::File,
         source: format!("/bench/src/d{}/f{i}", i / 1000).into(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{ArgMatches, Args};
 use ferry::engine::filter::{Action, Filter};
-use ferry::engine::plan::DestRule;
+use ferry::engine::plan::{DestRule, Fidelity};
 use ferry::rerun::Rerun;
 use ferry::store::Store;
 use ferry::{Kind, Preserve, RunSettings, Transfer};
@@ -180,6 +180,20 @@ impl CpArgs {
         Ok(filter)
     }
 
+    /// Whether this copy takes every entry of its sources as they are: no
+    /// filter, file list, --update, --no-clobber or --delete (which a
+    /// re-run compared by metadata alone would not honour).
+    fn compares_whole_trees(&self) -> bool {
+        self.exclude.is_empty()
+            && self.include.is_empty()
+            && self.exclude_from.is_empty()
+            && self.include_from.is_empty()
+            && self.files_from.is_none()
+            && !self.update
+            && !self.no_clobber
+            && !self.delete
+    }
+
     /// The settings of a new dispatch that only cp's flags give.
     fn settings_over(&self, base: RunSettings, filter: &Filter) -> RunSettings {
         RunSettings {
@@ -191,18 +205,32 @@ impl CpArgs {
         }
     }
 
-    /// The entries, by the file list or by cp's rules under `rule`.
-    fn plan(&self, rule: DestRule, filter: &Filter) -> Result<Vec<ferry::model::NewEntry>, Exit> {
-        let (dest, sources) = self.paths.split_last().expect("clap requires two paths");
+    /// What the copy keeps beyond mode, ownership and times.
+    fn fidelity(&self) -> Fidelity {
         let xattrs = match self.xattrs.as_deref() {
             Some(mode) => ferry::engine::plan::XattrMode::parse(mode).expect("clap checked"),
             None if self.archive => ferry::engine::plan::XattrMode::All,
             None => ferry::engine::plan::XattrMode::None,
         };
-        let fidelity = ferry::engine::plan::Fidelity {
+        Fidelity {
             hard_links: self.archive,
             xattrs,
-        };
+        }
+    }
+
+    /// The entries, by the file list or by cp's rules under `rule`.
+    fn plan(&self, rule: DestRule, filter: &Filter) -> Result<Vec<ferry::model::NewEntry>, Exit> {
+        self.plan_keeping(rule, filter, self.fidelity())
+    }
+
+    /// [`CpArgs::plan`], capturing what `fidelity` asks.
+    fn plan_keeping(
+        &self,
+        rule: DestRule,
+        filter: &Filter,
+        fidelity: Fidelity,
+    ) -> Result<Vec<ferry::model::NewEntry>, Exit> {
+        let (dest, sources) = self.paths.split_last().expect("clap requires two paths");
         let Some(list) = &self.files_from else {
             return Ok(ferry::engine::plan::plan_onto(
                 sources,
@@ -364,6 +392,9 @@ pub(crate) fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
             rule = same.rule;
             base.skip = ferry::engine::skip::SkipRule::Mtime;
             let skip = args.run.skip.as_deref().unwrap_or("mtime");
+            if skip == "mtime" && args.compares_whole_trees() {
+                return refresh(store, *same, &args, kind, preserve);
+            }
             if !args.run.quiet {
                 eprintln!(
                     "ferry: transfer {} (id {}) already copied this to {}; bringing it up to date \
@@ -403,6 +434,94 @@ pub(crate) fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
         (Start::Dispatch, args.run.apply(&mut transfer, base))
     };
     move_and_wait(transfer, start, workers, &args.run)
+}
+
+/// A re-run of a completed copy by the mtime rule, with no filter, file
+/// list, --update, --no-clobber or --delete: the sources and destinations
+/// are compared with what the earlier copies recorded (one `lstat` each,
+/// no extended attribute read, nothing written for what did not change),
+/// and only what changed becomes a new transfer.
+fn refresh(
+    store: Arc<dyn Store>,
+    same: ferry::rerun::SameCopy,
+    args: &CpArgs,
+    kind: Kind,
+    preserve: Preserve,
+) -> Result<Exit, Exit> {
+    let dest = args.paths.last().expect("clap requires two paths");
+    // Files and symlinks, as a run's summary counts them.
+    let files = |entries: &[ferry::model::NewEntry]| {
+        entries
+            .iter()
+            .filter(|e| e.kind != ferry::model::EntryKind::Dir)
+            .fold((0u64, 0u64), |(n, bytes), e| (n + 1, bytes + e.meta.size))
+    };
+    let mut total = (0, 0);
+    let plan = || {
+        let planned = args.plan_keeping(same.rule, &Filter::default(), Fidelity::default())?;
+        total = files(&planned);
+        Ok::<_, Exit>(planned)
+    };
+    let refresh = ferry::rerun::changed_since(store.as_ref(), &same, plan, preserve)?;
+    let (files_total, bytes_total) = total;
+    let (files_changed, _) = files(&refresh.changed);
+    let unchanged_files = files_total - files_changed;
+    let record = &same.record;
+    if refresh.changed.is_empty() {
+        if !args.run.quiet {
+            eprintln!(
+                "ferry: transfer {} (id {}) already copied this to {}, and nothing changed \
+                 since: {} entries compared by size, mtime, mode and owner (--skip checksum \
+                 compares contents; --new copies anew with cp's rules)",
+                record.name,
+                record.id,
+                dest.display(),
+                refresh.unchanged
+            );
+        }
+        // The summary of that transfer, as this run found it: every file
+        // in place, none copied.
+        let report = ferry::RunReport {
+            id: record.id,
+            name: record.name.clone(),
+            state: record.state,
+            files_total,
+            files_committed: files_total,
+            files_skipped: files_total,
+            bytes_total,
+            bytes_copied: 0,
+            bytes_reused: bytes_total,
+            failures: Vec::new(),
+            warnings: Vec::new(),
+        };
+        return Ok(crate::finish(&report, args.run.json, args.run.quiet));
+    }
+    if !args.run.quiet {
+        eprintln!(
+            "ferry: transfer {} (id {}) already copied this to {}; bringing it up to date: \
+             {unchanged_files} of {files_total} files unchanged since, {files_changed} new or \
+             changed (--skip checksum compares contents; --new copies anew with cp's rules)",
+            record.name,
+            record.id,
+            dest.display(),
+        );
+    }
+    let mut entries = refresh.changed;
+    ferry::engine::plan::capture_fidelity(&mut entries, args.fidelity())?;
+    let options = ferry::TransferOptions {
+        name: args.name.clone(),
+        kind,
+        preserve,
+        checksum: ferry::model::ChecksumAlgo::parse(&args.checksum),
+        caller: None,
+    };
+    let mut transfer = Transfer::create_with(store, &options, &entries)?;
+    let base = RunSettings {
+        skip: ferry::engine::skip::SkipRule::Mtime,
+        ..RunSettings::default()
+    };
+    let workers = args.run.apply(&mut transfer, base);
+    move_and_wait(transfer, Start::Dispatch, workers, &args.run)
 }
 
 /// A re-run of a copy whose transfer is not over (or failed, or was

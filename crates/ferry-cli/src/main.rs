@@ -718,7 +718,7 @@ pub(crate) fn move_and_wait(
     Ok(finish(&report, run.json, run.quiet))
 }
 
-fn finish(report: &RunReport, json: bool, quiet: bool) -> Exit {
+pub(crate) fn finish(report: &RunReport, json: bool, quiet: bool) -> Exit {
     output::report(report, json, quiet);
     match report.state {
         ferry::TransferState::Completed => Exit::Ok,

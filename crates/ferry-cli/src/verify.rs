@@ -77,9 +77,17 @@ impl Found {
         Ok(())
     }
 
+    /// Every transfer, newest first: a destination that a later transfer
+    /// wrote again (a re-run that found its source changed) is checked
+    /// against that transfer's record only, not the superseded one.
     fn all_of(&mut self, store: &dyn Store, keep: &dyn Fn(&Path) -> bool) -> Result<(), Exit> {
-        for t in store.transfers().map_err(ferry::Error::from)? {
-            self.one(store, &t, keep)?;
+        let mut transfers = store.transfers().map_err(ferry::Error::from)?;
+        transfers.sort_by_key(|t| std::cmp::Reverse((t.created_ns, t.id.0)));
+        let seen = std::cell::RefCell::new(std::collections::HashSet::new());
+        for t in transfers {
+            self.one(store, &t, &|dest| {
+                keep(dest) && seen.borrow_mut().insert(dest.to_path_buf())
+            })?;
         }
         Ok(())
     }

@@ -83,9 +83,9 @@ fn ctrl_c_at_the_terminal_clears_the_bar_says_how_to_resume_and_exits_130() {
 }
 
 /// A tree copied on a terminal, then two of its files changed and the same
-/// command run again (which skips what still matches): the bar's final
-/// line, the summary and `ferry status` give the same counts in the same
-/// words, each time.
+/// command run again (which copies what changed), then again by size
+/// (which skips every file): the bar's final line, the summary and `ferry
+/// status` give the same counts in the same words, each time.
 #[test]
 fn the_bar_the_summary_and_status_count_files_in_the_same_words() {
     let s = Scratch::new();
@@ -101,8 +101,19 @@ fn the_bar_the_summary_and_status_count_files_in_the_same_words() {
     let mut runs = vec![first];
     write_file(&src.join("d0/f0"), b"changed");
     write_file(&src.join("d1/f1"), b"changed too");
+    // The same command again: only what changed since is a new transfer.
     runs.push(Pty::spawn(cp()).finish());
-    expected.push("6 files: 2 copied, 4 skipped, 0 failed");
+    expected.push("2 files: 2 copied, 0 skipped, 0 failed");
+    // By size: every file compared again, and recorded skipped.
+    runs.push(
+        Pty::spawn({
+            let mut cmd = cp();
+            cmd.args(["--skip", "size"]);
+            cmd
+        })
+        .finish(),
+    );
+    expected.push("6 files: 0 copied, 6 skipped, 0 failed");
     let table = String::from_utf8(run_ok(s.ferry().arg("status")).stdout).unwrap();
     for ((code, screen), expected) in runs.iter().zip(expected) {
         assert_eq!(*code, Some(0), "{screen:#?}");

@@ -385,6 +385,11 @@ pub struct NewEntry {
     /// walk's `lstat` found them: hard-link groups are formed from these
     /// without a second `lstat`.
     pub shared_inode: Option<(u64, u64)>,
+    /// The source's inode change time (ctime) as the walk found it, 0 when
+    /// the entry is not from a walk. Not stored: a re-run compares it with
+    /// the time of the copy that recorded the entry (see [`crate::rerun`]),
+    /// which catches what size and mtime miss (chmod, chown, xattrs).
+    pub inode_changed_ns: i64,
     pub xattrs: Xattrs,
 }
 

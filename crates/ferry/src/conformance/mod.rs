@@ -60,6 +60,7 @@ pub fn file_entry(i: usize, size: u64) -> NewEntry {
     NewEntry {
         link_leader: None,
         shared_inode: None,
+        inode_changed_ns: 0,
         xattrs: Xattrs::default(),
         kind: EntryKind::File,
         source: PathBuf::from(format!("/src/dir/file-{i:06}")),

@@ -181,6 +181,7 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
             link_target: None,
             link_leader: None,
             shared_inode: None,
+            inode_changed_ns: 0,
             xattrs: Xattrs::default(),
         },
         NewEntry {
@@ -191,6 +192,7 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
             link_target: None,
             link_leader: None,
             shared_inode: None,
+            inode_changed_ns: 0,
             xattrs: Xattrs(vec![
                 (b"user.a".to_vec(), b"\0\xff\0".to_vec()),
                 (b"system.posix_acl_access".to_vec(), vec![2, 0, 0, 0, 1]),
@@ -205,6 +207,7 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
             link_target: None,
             link_leader: Some(1),
             shared_inode: None,
+            inode_changed_ns: 0,
             xattrs: Xattrs::default(),
         },
     ];
@@ -217,12 +220,14 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
             link_target: Some(bytes(b"../\xfetarget")),
             link_leader: None,
             shared_inode: None,
+            inode_changed_ns: 0,
             xattrs: Xattrs::default(),
         },
         file_entry(4, 7),
         NewEntry {
             link_leader: Some(1),
             shared_inode: None,
+            inode_changed_ns: 0,
             ..file_entry(5, 7)
         },
     ];

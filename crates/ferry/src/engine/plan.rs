@@ -154,8 +154,9 @@ pub(super) fn over_entries_max(sources: &[PathBuf]) -> Error {
     }
 }
 
-/// Hard-link groups and extended attributes, as `fidelity` asks.
-pub(super) fn capture_fidelity(entries: &mut [NewEntry], fidelity: Fidelity) -> Result<()> {
+/// Hard-link groups and extended attributes, as `fidelity` asks: after a
+/// plan made without them, on the entries kept (see [`crate::rerun`]).
+pub fn capture_fidelity(entries: &mut [NewEntry], fidelity: Fidelity) -> Result<()> {
     let mut inodes: std::collections::HashMap<(u64, u64), usize> = Default::default();
     for (position, entry) in entries.iter_mut().enumerate() {
         if fidelity.hard_links
@@ -361,11 +362,23 @@ fn plan_by(
 /// and verify may run elsewhere.
 pub(super) fn finish_plan(entries: &mut [NewEntry]) -> Result<()> {
     refuse_duplicate_destinations(entries)?;
+    // One getcwd for the plan, not two per entry.
+    let cwd = std::env::current_dir().map_err(|e| Error::io(Path::new("."), e))?;
     for entry in entries {
-        entry.source = absolute(&entry.source)?;
-        entry.dest = absolute(&entry.dest)?;
+        entry.source = absolute_below(&cwd, &entry.source)?;
+        entry.dest = absolute_below(&cwd, &entry.dest)?;
     }
     Ok(())
+}
+
+/// [`std::path::absolute`] with the working directory given: the same
+/// result (a path made absolute is only normalised, never looked up).
+fn absolute_below(cwd: &Path, path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        absolute(path)
+    } else {
+        absolute(&cwd.join(path))
+    }
 }
 
 /// What `cp` refuses about a destination before writing anything: a
@@ -565,18 +578,19 @@ pub(super) fn walk_below(
         }
         let read = fs::read_dir(&dir).map_err(|e| list_error(&dir, e))?;
         // More children than the bound are over it in any order.
-        let mut children: Vec<_> = read
+        let mut children: Vec<(std::ffi::OsString, fs::DirEntry)> = read
             .take(bound.saturating_add(1))
-            .map(|child| child.map(|c| c.file_name()))
+            .map(|child| child.map(|c| (c.file_name(), c)))
             .collect::<io::Result<_>>()
             .map_err(|e| list_error(&dir, e))?;
         // Sorted, so that a transfer's entries do not depend on readdir order.
-        children.sort();
+        children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut subdirs = Vec::new();
-        for name in children {
+        for (name, child) in children {
             let source = dir.join(&name);
             let dest = dest_dir.join(&name);
-            let meta = fs::symlink_metadata(&source).map_err(|e| stat_error(&source, e))?;
+            // The lstat of a name in the open directory, not of its path.
+            let meta = child.metadata().map_err(|e| stat_error(&source, e))?;
             let relative = relative_dir.join(&name);
             if filter.excludes(&relative, meta.is_dir()) {
                 continue;
@@ -624,6 +638,7 @@ pub(super) fn entry(source: &Path, meta: &fs::Metadata, dest: PathBuf) -> Result
     Ok(NewEntry {
         link_leader: None,
         shared_inode: (file_type.is_file() && meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
+        inode_changed_ns: time_ns(meta.ctime(), meta.ctime_nsec()),
         xattrs: Default::default(),
         kind,
         source: source.to_path_buf(),

@@ -341,6 +341,13 @@ pub trait Store: Send + Sync {
 
     fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError>;
 
+    /// The transfer's first entry (its first source's root), without
+    /// reading the others: how a re-run tells, among many transfers, the
+    /// one that copied the same paths (see [`crate::rerun`]).
+    fn first_entry(&self, id: TransferId) -> Result<Option<EntryRecord>, StoreError> {
+        Ok(self.entries(id)?.into_iter().next())
+    }
+
     /// A transfer's entries counted by state. The SQLite store keeps the
     /// counts as entries change, so this costs the same for any size.
     fn entry_tally(&self, id: TransferId) -> Result<EntryTally, StoreError> {

@@ -575,6 +575,24 @@ impl Store for SqliteStore {
         rules::check_entries(&self.path, id, records)
     }
 
+    fn first_entry(&self, id: TransferId) -> Result<Option<EntryRecord>, StoreError> {
+        let row = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
+                        link_target, state, progress_bytes_durable, error, checksum_algo,
+                        checksum, link_group, xattrs, piece_digests
+                 FROM entries WHERE transfer_id = ?1 AND idx = 0",
+            )?;
+            stmt.query_row([id.0], Self::row_to_entry).optional()
+        })?;
+        let records = row
+            .map(|row| row.into_record(&self.path, id))
+            .transpose()?
+            .into_iter()
+            .collect();
+        Ok(rules::check_entries(&self.path, id, records)?.pop())
+    }
+
     fn entry_tally(&self, id: TransferId) -> Result<EntryTally, StoreError> {
         let rows = self.read(|conn| {
             let mut stmt = conn.prepare_cached(
