@@ -676,3 +676,92 @@ fn names_that_cannot_be_typed_or_printed_are_refused_with_exit_29() {
             .arg(s.path("g")),
     );
 }
+
+/// rsync's second run, by the record: the same `cp -a` over a finished copy
+/// compares each source and destination with what the copy recorded, writes
+/// nothing to the store when nothing changed, and makes a transfer of what
+/// changed only — a changed file, an xattr given to a source, a hard link
+/// removed at the destination (its whole group comes back linked) — after
+/// which `verify` checks each destination against its newest record.
+#[test]
+fn a_rerun_over_a_finished_copy_writes_only_what_changed() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 30, 7);
+    write_file(&src.join("linked"), b"one inode, two names");
+    std::fs::hard_link(src.join("linked"), src.join("d0/linked-too")).unwrap();
+    std::os::unix::fs::symlink("d0", src.join("to-d0")).unwrap();
+    run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(&dst));
+    assert_same_tree(&src, &dst);
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let seq = store.last_seq().unwrap();
+    let store_bytes = || std::fs::metadata(s.store()).unwrap().len();
+    let before = store_bytes();
+
+    // Nothing changed: nothing is written, and the summary says so.
+    let out = run_ok(s.ferry().args(["cp", "-a", "--json"]).arg(&src).arg(&dst));
+    assert!(stderr(&out).contains("nothing changed since"), "{out:?}");
+    let report = json(&out);
+    assert_eq!(report["bytes_copied"], 0, "{report}");
+    assert_eq!(report["files"], report["files_skipped"], "{report}");
+    assert_eq!(
+        store.last_seq().unwrap(),
+        seq,
+        "no event for an unchanged tree"
+    );
+    assert_eq!(store.transfers().unwrap().len(), 1);
+    assert_eq!(store_bytes(), before);
+
+    // Three changes: content, an xattr at the source, a link removed at the
+    // destination.
+    write_file(&src.join("d1/f1"), b"changed");
+    let xattr = std::process::Command::new("setfattr")
+        .args(["-n", "user.tag", "-v", "new"])
+        .arg(src.join("d2/f2"))
+        .status()
+        .unwrap();
+    assert!(xattr.success());
+    std::fs::remove_file(dst.join("d0/linked-too")).unwrap();
+    let out = run_ok(s.ferry().args(["cp", "-a", "--json"]).arg(&src).arg(&dst));
+    assert!(stderr(&out).contains("new or changed"), "{out:?}");
+    assert_same_tree(&src, &dst);
+    let transfers = store.transfers().unwrap();
+    assert_eq!(transfers.len(), 2, "{transfers:?}");
+    let files: Vec<_> = store
+        .entries(transfers[1].id)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind != ferry::model::EntryKind::Dir)
+        .map(|e| e.dest.strip_prefix(&dst).unwrap().to_path_buf())
+        .collect();
+    let mut expected: Vec<_> = ["d0/linked-too", "d1/f1", "d2/f2", "linked"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    let mut files_sorted = files.clone();
+    files_sorted.sort();
+    expected.sort();
+    assert_eq!(
+        files_sorted, expected,
+        "only what changed is in the new transfer"
+    );
+    let (a, b) = (
+        std::fs::metadata(dst.join("linked")).unwrap(),
+        std::fs::metadata(dst.join("d0/linked-too")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino(), "the hard link group came back linked");
+    let got = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", "user.tag"])
+        .arg(dst.join("d2/f2"))
+        .output()
+        .unwrap();
+    assert_eq!(got.stdout, b"new", "{got:?}");
+    // The first transfer's record of d1/f1 is superseded, not a mismatch.
+    let verified = run(s.ferry().arg("verify"));
+    assert!(verified.status.success(), "{verified:?}");
+    // And again: nothing changed since the second.
+    let out = run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(&dst));
+    assert!(stderr(&out).contains("nothing changed since"), "{out:?}");
+    assert_eq!(store.transfers().unwrap().len(), 2);
+}
