@@ -16,6 +16,12 @@ impl Engine<'_> {
         &self,
         failed: &mut Vec<(EntryIndex, String)>,
     ) -> Result<()> {
+        // The store's counts say whether a file is left, without reading
+        // every entry again (a run's memory must not double at its end).
+        let tally = self.store.entry_tally(self.transfer.id)?;
+        if tally.files_committed + tally.files_skipped + tally.files_failed == tally.files {
+            return Ok(());
+        }
         let failed_now: HashSet<EntryIndex> = failed.iter().map(|(i, _)| *i).collect();
         for entry in self.store.entries(self.transfer.id)? {
             let ended = entry.kind == EntryKind::Dir
