@@ -408,9 +408,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<Exit, Exit> {
-    // finalize names its stores itself.
+    // finalize names its stores itself (or takes a PostgreSQL --store).
     if let Command::Finalize(args) = cli.command {
-        return finalize::run(args);
+        return finalize::run(args, cli.store.as_deref());
     }
     if let Command::Generate(what) = cli.command {
         return generate::run::<Cli>(what);
