@@ -411,30 +411,30 @@ pub unsafe extern "C" fn AXL_Create(
                 // A URL names the PostgreSQL store many nodes share; it is
                 // shown (in messages, and as the handle's store) without
                 // its password.
-                let (store, shown): (Arc<dyn Store>, PathBuf) =
-                    match ferry_capi::postgres_url(path) {
-                        Some(url) => {
-                            let store = ferry_capi::open_postgres(url)?;
-                            let shown = store.location();
-                            (store, shown)
-                        }
-                        None => {
-                            let exists = path.try_exists().unwrap_or(true);
-                            if kind.is_none() && !exists {
-                                return Err(CError::invalid(format!(
-                                    "AXL_XFER_STATE_FILE needs an existing state file, and {} \
+                let (store, shown): (Arc<dyn Store>, PathBuf) = match ferry_capi::postgres_url(path)
+                {
+                    Some(url) => {
+                        let store = ferry_capi::open_postgres(url)?;
+                        let shown = store.location();
+                        (store, shown)
+                    }
+                    None => {
+                        let exists = path.try_exists().unwrap_or(true);
+                        if kind.is_none() && !exists {
+                            return Err(CError::invalid(format!(
+                                "AXL_XFER_STATE_FILE needs an existing state file, and {} \
                                      does not exist",
-                                    path.display()
-                                )));
-                            }
-                            // No reserve file beside the user's state file
-                            // (SqliteStore::open_without_reserve).
-                            let store = Arc::new(SqliteStore::open_without_reserve(path)?);
-                            // One file however it is spelled (`state.db`,
-                            // `./state.db`, a link).
-                            (store, std::fs::canonicalize(path).unwrap_or(path.clone()))
+                                path.display()
+                            )));
                         }
-                    };
+                        // No reserve file beside the user's state file
+                        // (SqliteStore::open_without_reserve).
+                        let store = Arc::new(SqliteStore::open_without_reserve(path)?);
+                        // One file however it is spelled (`state.db`,
+                        // `./state.db`, a link).
+                        (store, std::fs::canonicalize(path).unwrap_or(path.clone()))
+                    }
+                };
                 let name = name
                     .ok_or_else(|| CError::invalid("a transfer with a state file needs a name"))?;
                 let existing = store.transfer_by_name(&name)?;

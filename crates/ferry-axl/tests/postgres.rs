@@ -101,9 +101,19 @@ fn axl_state_file_may_be_a_postgres_url() {
     // Reloading from a store that holds no such transfer is refused,
     // naming the store without the URL's password.
     let empty = TestSchema::new();
-    let with_password = empty.url.replacen("://postgres@", "://postgres:hunter2@", 1);
-    assert_ne!(with_password, empty.url, "the test URL has a user: {}", empty.url);
-    let (code, stderr) = run(&axl_cp, &["-S", &with_password, "-U", "-X", "state_file"], &[]);
+    let with_password = empty
+        .url
+        .replacen("://postgres@", "://postgres:hunter2@", 1);
+    assert_ne!(
+        with_password, empty.url,
+        "the test URL has a user: {}",
+        empty.url
+    );
+    let (code, stderr) = run(
+        &axl_cp,
+        &["-S", &with_password, "-U", "-X", "state_file"],
+        &[],
+    );
     assert_ne!(code, 0, "{stderr}");
     assert!(
         stderr.contains("holds no transfer named axl_cp") && !stderr.contains("hunter2"),

@@ -25,7 +25,10 @@ pub fn serve(
     let store = store.unwrap_or_else(ferry::default_store_path);
     // A PostgreSQL store is shared with the daemons of other nodes; a path
     // is this node's SQLite file, which the daemon opens privately.
-    let store = match store.to_str().filter(|s| ferry_postgres::is_postgres_url(s)) {
+    let store = match store
+        .to_str()
+        .filter(|s| ferry_postgres::is_postgres_url(s))
+    {
         Some(_) => {
             let opened = crate::store::OpenedStore::open(&store, crate::store::Create::Nothing)?;
             ferry_serve::server::DaemonStore::Shared(opened.store())

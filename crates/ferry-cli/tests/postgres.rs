@@ -126,9 +126,11 @@ fn finalize_takes_a_postgres_store_and_the_names_of_its_transfers() {
     assert_eq!(status["state"], "finalized", "{status}");
     // `finalize URL`: the URL is a store, every transfer of it finalized
     // (this one already).
-    let again = json(&run_ok(
-        Command::new(util::FERRY).args(["finalize", "--json", &schema.url]),
-    ));
+    let again = json(&run_ok(Command::new(util::FERRY).args([
+        "finalize",
+        "--json",
+        &schema.url,
+    ])));
     assert_eq!(again["stores"], 1, "{again}");
     assert_eq!(again["outcomes"]["already_finalized"], 1, "{again}");
 }

@@ -28,9 +28,7 @@ use serde::Serialize;
 
 use crate::engine::commit::{self, Committer, Ready};
 use crate::error::{Error, Result};
-use crate::model::{
-    EntryIndex, EntryKind, EntryRecord, FileState, TransferRecord, TransferState,
-};
+use crate::model::{EntryIndex, EntryKind, EntryRecord, FileState, TransferRecord, TransferState};
 use crate::owner::Liveness;
 use crate::store::{Change, SqliteStore, Store};
 use crate::transfer::Transfer;
@@ -729,14 +727,12 @@ fn store_failure(path: &Path, e: Error) -> TransferOutcome {
     }
 }
 
-
 fn lossy_all<S: serde::Serializer>(
     paths: &[PathBuf],
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
 }
-
 
 fn lossy<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&path.to_string_lossy())

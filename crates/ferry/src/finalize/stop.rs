@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::owner::Liveness;
 use crate::engine::commit;
 use crate::error::{Error, Result};
 use crate::model::{EntryKind, TransferId, TransferRecord, TransferState};
+use crate::owner::Liveness;
 use crate::store::{Change, Store};
 
 /// What `stop` did to one transfer.
