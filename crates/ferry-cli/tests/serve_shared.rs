@@ -2,7 +2,8 @@
 //! store. Each runs what is dispatched to it, owning it under a lease; when
 //! one dies, another (another node: a UTS namespace with its own host
 //! name, `unshare -u`) takes its transfers over once the lease ran out, and
-//! completes them. The per-user rules hold on the shared store, and the
+//! completes them; a node that does not mount the paths (a mount namespace
+//! hiding them) leaves them to one that does. The per-user rules hold on the shared store, and the
 //! URL's password appears in no log, error or metric.
 //!
 //! Needs root (`unshare -u`, `setpriv`) and the PostgreSQL test server
@@ -40,10 +41,25 @@ fn with_password(schema: &TestSchema) -> String {
 /// `ferry --store URL --socket SOCKET serve` on a node of its own (`host`),
 /// with `env`, once it answers.
 fn daemon_on(s: &Scratch, host: &str, url: &str, env: &[(&str, &Path)]) -> Daemon {
+    daemon_without(s, host, url, env, None)
+}
+
+/// [`daemon_on`], on a node that does not see `hidden` (an empty file
+/// system mounted over it in the daemon's own mount namespace).
+fn daemon_without(
+    s: &Scratch,
+    host: &str,
+    url: &str,
+    env: &[(&str, &Path)],
+    hidden: Option<&Path>,
+) -> Daemon {
     let socket = s.path(&format!("{host}.sock"));
     let mut cmd = Command::new("unshare");
-    cmd.args(["-u", "sh", "-c"])
-        .arg(format!("hostname {host} && exec \"$0\" \"$@\""))
+    let hide = hidden.map_or_else(String::new, |h| {
+        format!("mount -t tmpfs none '{}' && ", h.display())
+    });
+    cmd.args(["-u", "-m", "sh", "-c"])
+        .arg(format!("hostname {host} && {hide}exec \"$0\" \"$@\""))
         .arg(FERRY)
         .args(["--store", url, "--socket"])
         .arg(&socket)
@@ -73,7 +89,8 @@ fn a_dead_daemons_transfer_is_taken_over_by_a_daemon_of_another_node() {
     let s = Scratch::new();
     let schema = TestSchema::new();
     let url = with_password(&schema);
-    let (src, dst) = (s.path("src"), s.path("dst"));
+    // The sources are on a file system node c does not mount.
+    let (src, dst) = (s.path("data/src"), s.path("dst"));
     random_files(&src, 30, 3, 21, |i| 20_000 + i * 3_000);
     let fifo = s.path("pause");
     mkfifo(&fifo);
@@ -124,12 +141,29 @@ fn a_dead_daemons_transfer_is_taken_over_by_a_daemon_of_another_node() {
         "{other:?}"
     );
 
-    // Node a dies mid-copy; once its lease ran out, b takes the transfer
-    // over and completes it.
+    // Node a dies mid-copy. Node c, which does not mount the sources,
+    // finds the lease run out and leaves the transfer alone.
+    let c = daemon_without(&s, "ferry-node-c", &url, &[], Some(&s.path("data")));
+    drop(b);
     a.child.kill().unwrap();
     a.exited();
     drop(pause);
     let deadline = Instant::now() + DEADLINE;
+    while !c.log().contains("not reachable here") {
+        assert!(
+            Instant::now() < deadline,
+            "node c never looked at the dead daemon's transfer: {}",
+            c.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let left = transfer(&schema, "shared1");
+    assert_eq!(left.owner.host, "ferry-node-a", "{}", c.log());
+    assert!(!left.state.is_terminal(), "{left:?}");
+
+    // Node b (it reaches the paths) starts again, takes the transfer over
+    // and completes it.
+    let b = daemon_on(&s, "ferry-node-b", &url, &[]);
     let done = loop {
         let record = transfer(&schema, "shared1");
         if record.state.is_terminal() {

@@ -1,7 +1,7 @@
 //! The daemon's shared state and its movers: the threads that run queued
 //! transfers, each with its caller's file credentials.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -42,6 +42,9 @@ pub(super) struct Daemon {
     /// Queued or running: never two movers for one transfer. The lock is
     /// held from the check to the recorded dispatch.
     pub(super) moving: Mutex<HashMap<TransferId, Moving>>,
+    /// On a shared store: the dead daemons' transfers this node was found
+    /// not to reach, said once in the log.
+    pub(super) unreachable_said: Mutex<HashSet<TransferId>>,
     pub(super) shutdown: AtomicBool,
     pub(super) metrics: Metrics,
     pub(super) requests: Arc<Semaphore>,
@@ -173,6 +176,16 @@ impl Daemon {
                         }
                     }
                     if shared && !reachable(self.store.as_ref(), &record, &caller) {
+                        // Said once per transfer (the look comes back every
+                        // lease); at most one id per transfer of the store.
+                        let mut said = self.unreachable_said.lock().expect("said poisoned");
+                        if said.insert(record.id) {
+                            eprintln!(
+                                "ferry: transfer {} (id {}) of a dead daemon on {}: its paths \
+                                 are not reachable here; left to a daemon that reaches them",
+                                record.name, record.id, record.owner.host
+                            );
+                        }
                         continue;
                     }
                     let mut transfer = Transfer::open(Arc::clone(&self.store), &record.name)?;

@@ -22,7 +22,7 @@ mod run_settings;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -174,6 +174,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             jobs: Mutex::new(Some(tx)),
             queued: AtomicUsize::new(0),
             moving: Mutex::new(HashMap::new()),
+            unreachable_said: Mutex::new(HashSet::new()),
             shutdown: AtomicBool::new(false),
             metrics: Metrics::default(),
             requests: Arc::new(Semaphore::new(REQUESTS_MAX)),
