@@ -188,6 +188,13 @@ impl Daemon {
                         }
                         continue;
                     }
+                    // Held from the check to the queueing, as a request's
+                    // resume holds it: on a shared store this runs while
+                    // requests are served.
+                    let mut moving = self.moving.lock().expect("moving poisoned");
+                    if moving.contains_key(&record.id) {
+                        continue;
+                    }
                     let mut transfer = Transfer::open(Arc::clone(&self.store), &record.name)?;
                     // As it was last dispatched (the options are in that
                     // event); defaults if the log was compacted since.
@@ -202,7 +209,6 @@ impl Daemon {
                         "ferry: resuming transfer {} (id {})",
                         record.name, record.id
                     );
-                    let mut moving = self.moving.lock().expect("moving poisoned");
                     self.enqueue(&mut moving, transfer, caller)
                         .map_err(|e| ServeError::Runtime(std::io::Error::other(e.message)))?;
                 }
