@@ -1,6 +1,6 @@
 //! The C libraries on the PostgreSQL store many nodes share: a
-//! `postgres://` URL given to `ferry_store_open` (ferry.h) or as AXL's state
-//! file (`AXL_Create`) opens it. Each program is killed mid-copy, and the
+//! `postgres://` URL given to `ferry_store_open` or `ferry_finalize`
+//! (ferry.h) or as AXL's state file (`AXL_Create`) opens it. Each program is killed mid-copy, and the
 //! next one re-attaches its transfer by name in the shared store and
 //! resumes it to an identical tree. Needs the PostgreSQL test server
 //! (`ferry_postgres::testing`); fails without it.
@@ -75,6 +75,34 @@ fn ferry_store_open_takes_a_postgres_url() {
     let seq = ferry::store::Store::last_seq(&store).expect("read the store");
     assert!(seq > 0, "no event in the PostgreSQL store");
     assert!(!Path::new(&schema.url).exists());
+}
+
+#[test]
+fn ferry_finalize_takes_a_postgres_url() {
+    let schema = TestSchema::new();
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-pg-finalize-")
+        .tempdir()
+        .expect("tempdir");
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    make_tree(&src, 50);
+    let program = compile("native.c", "ferry", Link::Static);
+    killed_mid_copy(
+        &program,
+        &["copy", &schema.url, s(&src), s(&dst), "200000"],
+        &[],
+    );
+    assert!(
+        files(&dst)
+            .iter()
+            .any(|f| f.to_string_lossy().contains("._ferry-")),
+        "no temporary to clean"
+    );
+    // The dead owner's transfer in the shared store is aborted and its
+    // temporaries removed (the program checks: cleaned 1).
+    let (code, stderr) = run(&program, &["finalize", &schema.url], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    no_temporaries(&dst);
 }
 
 #[test]

@@ -305,7 +305,8 @@ int ferry_config_set_verify(ferry_config *config, int verify);
 int ferry_config_set_debug_pause_after(ferry_config *config, uint64_t bytes);
 
 // Post-stage finalize of `count` stores or directories holding stores
-// (searched recursively): see `ferry finalize`. `flags`: `FERRY_FINALIZE_RESUME`
+// (searched recursively), or `postgres://` URLs (every transfer of that
+// shared store): see `ferry finalize`. `flags`: `FERRY_FINALIZE_RESUME`
 // (continue dead owners' transfers instead of aborting them),
 // `FERRY_FINALIZE_FORCE` (treat owners on other hosts as dead),
 // `FERRY_FINALIZE_VERIFY` (read each file back against its stored checksum
