@@ -408,15 +408,33 @@ pub unsafe extern "C" fn AXL_Create(
         }
         let (store, store_path, name, ended) = match &state_file {
             Some(path) => {
-                let exists = path.try_exists().unwrap_or(true);
-                if kind.is_none() && !exists {
-                    return Err(CError::invalid(format!(
-                        "AXL_XFER_STATE_FILE needs an existing state file, and {} does not exist",
-                        path.display()
-                    )));
-                }
-                // No reserve file beside the user's state file (SqliteStore::open_without_reserve).
-                let store: Arc<dyn Store> = Arc::new(SqliteStore::open_without_reserve(path)?);
+                // A URL names the PostgreSQL store many nodes share; it is
+                // shown (in messages, and as the handle's store) without
+                // its password.
+                let (store, shown): (Arc<dyn Store>, PathBuf) = match ferry_capi::postgres_url(path)
+                {
+                    Some(url) => {
+                        let store = ferry_capi::open_postgres(url)?;
+                        let shown = store.location();
+                        (store, shown)
+                    }
+                    None => {
+                        let exists = path.try_exists().unwrap_or(true);
+                        if kind.is_none() && !exists {
+                            return Err(CError::invalid(format!(
+                                "AXL_XFER_STATE_FILE needs an existing state file, and {} \
+                                     does not exist",
+                                path.display()
+                            )));
+                        }
+                        // No reserve file beside the user's state file
+                        // (SqliteStore::open_without_reserve).
+                        let store = Arc::new(SqliteStore::open_without_reserve(path)?);
+                        // One file however it is spelled (`state.db`,
+                        // `./state.db`, a link).
+                        (store, std::fs::canonicalize(path).unwrap_or(path.clone()))
+                    }
+                };
                 let name = name
                     .ok_or_else(|| CError::invalid("a transfer with a state file needs a name"))?;
                 let existing = store.transfer_by_name(&name)?;
@@ -428,21 +446,21 @@ pub unsafe extern "C" fn AXL_Create(
                     (None, None) => {
                         return Err(CError::invalid(format!(
                             "state file {} holds no transfer named {name} to reload",
-                            path.display()
+                            shown.display()
                         )));
                     }
                     (Some(kind), Some(recorded)) if recorded.kind != kind => {
                         return Err(CError::invalid(format!(
                             "state file {} records transfer {name} as {}, not {}: \
                              create it with AXL_XFER_STATE_FILE",
-                            path.display(),
+                            shown.display(),
                             recorded.kind.as_str(),
                             kind.as_str()
                         )));
                     }
                     _ => {}
                 }
-                (store, path.clone(), Some(name), ended)
+                (store, shown, Some(name), ended)
             }
             // Without a state file the name is only a label, as in AXL:
             // several transfers may share it.
@@ -465,8 +483,6 @@ pub unsafe extern "C" fn AXL_Create(
         };
         let recorded = transfer.record().kind;
         let ferry_config = ferry_config(&config, recorded);
-        // One file however it is spelled (`state.db`, `./state.db`, a link).
-        let store_path = std::fs::canonicalize(&store_path).unwrap_or(store_path);
         let handle = Handle {
             transfer: Arc::new(FerryTransfer::new(store, transfer, &ferry_config)),
             state: AxlState::Created,

@@ -173,7 +173,8 @@
 // Set it up in one thread; then any thread may pass it to a create.
 typedef struct ferry_config ferry_config;
 
-// A store: where transfers and their events live (an SQLite file).
+// A store: where transfers and their events live (an SQLite file, or a
+// PostgreSQL schema that many nodes share).
 typedef struct ferry_store ferry_store;
 
 // One transfer: moved in this process (`sync`, `threads`) or by the
@@ -240,7 +241,9 @@ const char *ferry_last_error(void);
 const char *ferry_version(void);
 
 // Opens (creating it if needed) the store at `path`; NULL: the default
-// store (`$FERRY_STORE`, else `$XDG_STATE_HOME/ferry/ferry.db`, …).
+// store (`$FERRY_STORE`, else `$XDG_STATE_HOME/ferry/ferry.db`, …). A
+// `postgres://USER@HOST/DB?schema=NAME` URL opens the PostgreSQL store that
+// many nodes share (its schema created if needed).
 int ferry_store_open(const char *path, ferry_store **out);
 
 // Closes a store handle. Transfers and watches opened from it stay usable.
@@ -302,7 +305,8 @@ int ferry_config_set_verify(ferry_config *config, int verify);
 int ferry_config_set_debug_pause_after(ferry_config *config, uint64_t bytes);
 
 // Post-stage finalize of `count` stores or directories holding stores
-// (searched recursively): see `ferry finalize`. `flags`: `FERRY_FINALIZE_RESUME`
+// (searched recursively), or `postgres://` URLs (every transfer of that
+// shared store): see `ferry finalize`. `flags`: `FERRY_FINALIZE_RESUME`
 // (continue dead owners' transfers instead of aborting them),
 // `FERRY_FINALIZE_FORCE` (treat owners on other hosts as dead),
 // `FERRY_FINALIZE_VERIFY` (read each file back against its stored checksum

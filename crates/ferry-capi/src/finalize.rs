@@ -3,7 +3,8 @@
 use super::*;
 
 /// Post-stage finalize of `count` stores or directories holding stores
-/// (searched recursively): see `ferry finalize`. `flags`: `FERRY_FINALIZE_RESUME`
+/// (searched recursively), or `postgres://` URLs (every transfer of that
+/// shared store): see `ferry finalize`. `flags`: `FERRY_FINALIZE_RESUME`
 /// (continue dead owners' transfers instead of aborting them),
 /// `FERRY_FINALIZE_FORCE` (treat owners on other hosts as dead),
 /// `FERRY_FINALIZE_VERIFY` (read each file back against its stored checksum
@@ -27,6 +28,8 @@ pub unsafe extern "C" fn ferry_finalize(
             // SAFETY: C passes `count` string pointers.
             roots.push(unsafe { path_arg(*paths.add(i), "path") }?);
         }
+        let (urls, roots): (Vec<PathBuf>, Vec<PathBuf>) =
+            roots.into_iter().partition(|r| postgres_url(r).is_some());
         let stores = ferry::finalize::find_stores(&roots)?;
         let options = FinalizeOptions {
             dead: if flags & FERRY_FINALIZE_RESUME != 0 {
@@ -44,7 +47,15 @@ pub unsafe extern "C" fn ferry_finalize(
         };
         let mut counts = FerryFinalizeSummary::default();
         let mut failures = Vec::new();
-        for outcome in ferry::finalize::finalize(&stores, options) {
+        let mut outcomes = ferry::finalize::finalize(&stores, options);
+        for url in urls.iter().filter_map(|u| postgres_url(u)) {
+            outcomes.extend(ferry::finalize::finalize_shared(
+                open_postgres(url)?,
+                &[],
+                options,
+            )?);
+        }
+        for outcome in outcomes {
             match outcome.outcome {
                 Outcome::Finalized => counts.finalized += 1,
                 Outcome::Resumed => counts.resumed += 1,

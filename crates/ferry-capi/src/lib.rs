@@ -4,7 +4,8 @@
 //!
 //! # Brief overview
 //!
-//! - Opaque handles: a `ferry_store` (a store, opened by path), a
+//! - Opaque handles: a `ferry_store` (a store, opened by path, or by a
+//!   `postgres://` URL for the store many nodes share), a
 //!   `ferry_config` (typed setters: kind, preserve, workers, …), a
 //!   `ferry_transfer` (create — re-attaching a dead owner's transfer of that
 //!   name —, add, dispatch, resume, test, wait, cancel, free) and a
@@ -40,7 +41,7 @@ pub use transfers::*;
 pub use watch::*;
 
 use std::ffi::{CString, c_char, c_int};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,9 +56,23 @@ use ferry::{Kind, Preserve, Transfer, TransferId, TransferOptions, TransferState
 use boundary::{CError, catch, last_error, opt_path_arg, opt_str_arg, path_arg, set_last_error};
 use codes::*;
 
-/// A store: where transfers and their events live (an SQLite file).
+/// A store: where transfers and their events live (an SQLite file, or a
+/// PostgreSQL schema that many nodes share).
 pub struct FerryStore {
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
+}
+
+/// The PostgreSQL URL `location` is, if it is one (else it is a path to a
+/// SQLite store). The one test of the C layers, libaxl's state file too.
+pub fn postgres_url(location: &Path) -> Option<&str> {
+    location
+        .to_str()
+        .filter(|l| ferry_postgres::is_postgres_url(l))
+}
+
+/// Opens the PostgreSQL store at `url` (creating its schema if needed).
+pub fn open_postgres(url: &str) -> Result<Arc<dyn Store>, CError> {
+    Ok(Arc::new(ferry_postgres::PgStore::open(url)?))
 }
 
 /// How transfers are created and run; see the `ferry_config_set_*` setters.
@@ -372,20 +387,27 @@ pub extern "C" fn ferry_version() -> *const c_char {
 }
 
 /// Opens (creating it if needed) the store at `path`; NULL: the default
-/// store (`$FERRY_STORE`, else `$XDG_STATE_HOME/ferry/ferry.db`, …).
+/// store (`$FERRY_STORE`, else `$XDG_STATE_HOME/ferry/ferry.db`, …). A
+/// `postgres://USER@HOST/DB?schema=NAME` URL opens the PostgreSQL store that
+/// many nodes share (its schema created if needed).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ferry_store_open(path: *const c_char, out: *mut *mut FerryStore) -> c_int {
     status("ferry_store_open", || {
         // SAFETY: C passes a string or NULL.
         let path =
             unsafe { opt_path_arg(path, "store path") }?.unwrap_or_else(ferry::default_store_path);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| CError {
-                code: FERRY_E_STORE_OPEN,
-                message: format!("cannot create store directory {}: {e}", dir.display()),
-            })?;
-        }
-        let store = Arc::new(SqliteStore::open(&path)?);
+        let store: Arc<dyn Store> = match postgres_url(&path) {
+            Some(url) => open_postgres(url)?,
+            None => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| CError {
+                        code: FERRY_E_STORE_OPEN,
+                        message: format!("cannot create store directory {}: {e}", dir.display()),
+                    })?;
+                }
+                Arc::new(SqliteStore::open(&path)?)
+            }
+        };
         let handle = Box::into_raw(Box::new(FerryStore { store }));
         // SAFETY: C passes a writable pointer (checked for NULL).
         unsafe { put(out, handle, "out") }.inspect_err(|_| {

@@ -23,7 +23,18 @@ pub fn serve(
     entries_per_user_max: Option<usize>,
 ) -> Result<Exit, Exit> {
     let store = store.unwrap_or_else(ferry::default_store_path);
-    crate::store::refuse_postgres(&store, "serve")?;
+    // A PostgreSQL store is shared with the daemons of other nodes; a path
+    // is this node's SQLite file, which the daemon opens privately.
+    let store = match store
+        .to_str()
+        .filter(|s| ferry_postgres::is_postgres_url(s))
+    {
+        Some(_) => {
+            let opened = crate::store::OpenedStore::open(&store, crate::store::Create::Nothing)?;
+            ferry_serve::server::DaemonStore::Shared(opened.store())
+        }
+        None => ferry_serve::server::DaemonStore::File(store),
+    };
     let config = ferry_serve::server::Config {
         store,
         socket,

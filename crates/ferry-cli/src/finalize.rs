@@ -2,18 +2,21 @@
 //! the work is `ferry::finalize`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ferry::finalize::{DeadPolicy, FinalizeOptions, Outcome};
 use ferry::store::Store;
 
-use crate::exit::Exit;
+use crate::exit::{Exit, USAGE};
+use crate::store::{Create, OpenedStore};
 
 #[derive(clap::Args)]
 pub struct FinalizeArgs {
-    /// Stores, or directories searched recursively for stores
-    #[arg(required = true, value_name = "PATH")]
+    /// Stores (SQLite files, or postgres:// URLs), or directories searched
+    /// recursively for stores; with a PostgreSQL --store, the names of its
+    /// transfers to finalize [default there: every one]
+    #[arg(value_name = "PATH|URL|NAME")]
     paths: Vec<PathBuf>,
     /// Continue running transfers whose owner is dead (needs their sources)
     #[arg(long, conflicts_with = "abort")]
@@ -37,9 +40,44 @@ pub struct FinalizeArgs {
     verify: bool,
 }
 
-pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
+/// `store`: the command's `--store`; a PostgreSQL one makes the arguments
+/// the names of its transfers.
+pub fn run(args: FinalizeArgs, store: Option<&Path>) -> Result<Exit, Exit> {
     let started = Instant::now();
-    let (stores, skipped) = ferry::finalize::find_stores_reporting(&args.paths)?;
+    let shared_store = store.filter(|s| s.to_str().is_some_and(ferry_postgres::is_postgres_url));
+    // The shared stores to finalize (each with the names of its transfers
+    // to finalize: none for every one), and the SQLite paths.
+    let (shared, paths): (Vec<(&Path, Vec<String>)>, Vec<PathBuf>) = match shared_store {
+        Some(url) => {
+            let names = args
+                .paths
+                .iter()
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            (vec![(url, names)], Vec::new())
+        }
+        None => {
+            let (urls, paths): (Vec<&PathBuf>, Vec<&PathBuf>) = args
+                .paths
+                .iter()
+                .partition(|p| p.to_str().is_some_and(ferry_postgres::is_postgres_url));
+            let urls = urls.into_iter().map(|u| (u.as_path(), Vec::new()));
+            (urls.collect(), paths.into_iter().cloned().collect())
+        }
+    };
+    if shared.is_empty() && paths.is_empty() {
+        return Err(Exit::Refused {
+            code: USAGE,
+            message: "ferry finalize: give stores (paths or postgres:// URLs) or directories \
+                      holding stores, or --store postgres://… and the names of its transfers"
+                .into(),
+        });
+    }
+    let (stores, skipped) = if paths.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        ferry::finalize::find_stores_reporting(&paths)?
+    };
     let options = FinalizeOptions {
         dead: if args.resume {
             DeadPolicy::Resume
@@ -50,7 +88,16 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
         jobs: args.jobs.map_or_else(ferry::default_workers, usize::from),
         verify: args.verify,
     };
-    let outcomes = ferry::finalize::finalize(&stores, options);
+    let mut outcomes = ferry::finalize::finalize(&stores, options);
+    for (url, names) in &shared {
+        let opened = OpenedStore::open(url, Create::Nothing)?;
+        outcomes.extend(ferry::finalize::finalize_shared(
+            opened.store(),
+            names,
+            options,
+        )?);
+    }
+    let stores_count = stores.len() + shared.len();
     let seconds = started.elapsed().as_secs_f64();
     let mut counts: BTreeMap<Outcome, usize> = BTreeMap::new();
     for o in &outcomes {
@@ -71,7 +118,7 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
             .map(|(o, n)| (outcome_key(*o), serde_json::Value::from(*n)))
             .collect();
         let value = serde_json::json!({
-            "stores": stores.len(),
+            "stores": stores_count,
             "transfers": outcomes.len(),
             "files_committed": files,
             "temporaries_removed": removed,
@@ -139,7 +186,7 @@ pub fn run(args: FinalizeArgs) -> Result<Exit, Exit> {
         }
         println!(
             "ferry finalize: {} stores, {} transfers in {seconds:.2} s ({:.0} files/s)",
-            stores.len(),
+            stores_count,
             outcomes.len(),
             files as f64 / seconds.max(1e-9)
         );

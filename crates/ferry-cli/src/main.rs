@@ -113,10 +113,13 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Store(StoreCommand),
     /// Post-stage: finish or clean up every transfer of the stores at or
-    /// below PATH (one per MPI rank, say), without needing the sources
+    /// below PATH (one per MPI rank, say), without needing the sources; or
+    /// the named transfers of a PostgreSQL --store
     Finalize(finalize::FinalizeArgs),
     /// Run the daemon: move `daemon`-kind transfers for every local user,
-    /// with an HTTP/JSON API on a Unix socket, until SIGTERM
+    /// with an HTTP/JSON API on a Unix socket, until SIGTERM; on a
+    /// PostgreSQL store, daemons of many nodes share it and take over a
+    /// dead one's transfers
     Serve {
         /// Transfers moved at once [default: one per core]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -408,9 +411,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<Exit, Exit> {
-    // finalize names its stores itself.
+    // finalize names its stores itself (or takes a PostgreSQL --store).
     if let Command::Finalize(args) = cli.command {
-        return finalize::run(args);
+        return finalize::run(args, cli.store.as_deref());
     }
     if let Command::Generate(what) = cli.command {
         return generate::run::<Cli>(what);

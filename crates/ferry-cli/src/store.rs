@@ -1,7 +1,7 @@
 //! Which store a command works on: a node's embedded SQLite file (a path),
 //! or a PostgreSQL database that many nodes share (`postgres://…`). Every
-//! command goes through [`OpenedStore::open`]; only the commands that are
-//! about a store file itself (`store check`) need SQLite.
+//! command goes through [`OpenedStore::open`]; only the command about a
+//! store file itself (`store check`) needs SQLite.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -75,21 +75,6 @@ impl OpenedStore {
             OpenedStore::Sqlite(s) => Ok(s),
             OpenedStore::Postgres(s) => Err(sqlite_only(&s.location(), command)),
         }
-    }
-}
-
-/// Refuses a PostgreSQL `location` for a command that works on a SQLite
-/// store only, before anything is opened.
-pub fn refuse_postgres(location: &Path, command: &str) -> Result<(), Exit> {
-    match location
-        .to_str()
-        .filter(|l| ferry_postgres::is_postgres_url(l))
-    {
-        Some(url) => Err(sqlite_only(
-            Path::new(&ferry_postgres::redacted(url)),
-            command,
-        )),
-        None => Ok(()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `ferry` command on a PostgreSQL store (`--store postgres://…`): the
-//! same copies, crashes, resumes, watches and HSM queue as on SQLite, and a
-//! clear refusal from the commands that need a store file. Needs the test
+//! same copies, crashes, resumes, watches, finalize and HSM queue as on
+//! SQLite, and a clear refusal from `store check`, which needs a store file.
+//! (`ferry serve` on PostgreSQL: `serve_shared.rs`.) Needs the test
 //! server (`ferry_postgres::testing`; `.ci/run` starts it): a test that
 //! cannot reach it fails, it never skips.
 
@@ -94,6 +95,47 @@ fn a_copy_killed_mid_commit_resumes_from_the_postgres_store() {
 }
 
 #[test]
+fn finalize_takes_a_postgres_store_and_the_names_of_its_transfers() {
+    let s = Scratch::new();
+    let schema = TestSchema::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    util::random_files(&src, 40, 3, 12, |i| 500 + i * 700);
+    let crashed = run(ferry(&schema)
+        .env("FERRY_FAILPOINT", "commit.rename:10")
+        .args(["cp", "-a", "--threads", "1", "--name", "pg3"])
+        .arg(&src)
+        .arg(&dst));
+    assert!(crashed.status.code().is_none(), "killed: {crashed:?}");
+    // A name the store lacks: refused before anything is done.
+    let missing = run(ferry(&schema).args(["finalize", "pg3", "nosuch"]));
+    assert_eq!(missing.status.code(), Some(10), "{missing:?}");
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("nosuch"),
+        "{missing:?}"
+    );
+    // `--store URL finalize NAME`: the dead owner's copy finalized (renamed
+    // from its durable temporaries), or continued first when the crash came
+    // before every file was copied.
+    let out = run_ok(ferry(&schema).args(["finalize", "--resume", "--json", "pg3"]));
+    let report = json(&out);
+    let done = |o: &str| report["outcomes"][o].as_u64().unwrap_or(0);
+    assert_eq!(done("finalized") + done("resumed"), 1, "{report}");
+    assert_same_tree(&src, &dst);
+    assert!(util::temps(&dst).is_empty(), "no temporary left");
+    let status = json(&run_ok(ferry(&schema).args(["status", "pg3", "--json"])));
+    assert_eq!(status["state"], "finalized", "{status}");
+    // `finalize URL`: the URL is a store, every transfer of it finalized
+    // (this one already).
+    let again = json(&run_ok(Command::new(util::FERRY).args([
+        "finalize",
+        "--json",
+        &schema.url,
+    ])));
+    assert_eq!(again["stores"], 1, "{again}");
+    assert_eq!(again["outcomes"]["already_finalized"], 1, "{again}");
+}
+
+#[test]
 fn the_hsm_queue_on_a_postgres_store_archives_and_restores() {
     let s = Scratch::new();
     let schema = TestSchema::new();
@@ -123,7 +165,7 @@ fn the_hsm_queue_on_a_postgres_store_archives_and_restores() {
 }
 
 #[test]
-fn commands_about_a_store_file_refuse_a_postgres_url_and_an_unreachable_server_is_named() {
+fn store_check_refuses_a_postgres_url_and_an_unreachable_server_is_named() {
     let schema = TestSchema::new();
     let check = run(ferry(&schema).args(["store", "check"]));
     assert_eq!(check.status.code(), Some(8));
@@ -131,8 +173,6 @@ fn commands_about_a_store_file_refuse_a_postgres_url_and_an_unreachable_server_i
         String::from_utf8_lossy(&check.stderr).contains("PostgreSQL"),
         "{check:?}"
     );
-    let serve = run(ferry(&schema).arg("serve"));
-    assert_eq!(serve.status.code(), Some(8));
 
     let nowhere = run(ferry_at(Path::new("postgres://u:hunter2@127.0.0.1:1/db")).arg("status"));
     assert_eq!(nowhere.status.code(), Some(15));

@@ -12,7 +12,10 @@
 //! do their store commits (opened with [`SqliteStore::open_deferred`]):
 //! nothing is reported finalized before that sync returned.
 //!
-//! [`stop`] is the same clean-up for one store, on demand.
+//! A store that many nodes share (PostgreSQL) is finalized as one, its
+//! transfers named or all of them ([`finalize_shared`]).
+//!
+//! [`stop`] is the same clean-up for one store, on demand (`stop.rs`).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -25,12 +28,13 @@ use serde::Serialize;
 
 use crate::engine::commit::{self, Committer, Ready};
 use crate::error::{Error, Result};
-use crate::model::{
-    EntryIndex, EntryKind, EntryRecord, FileState, TransferId, TransferRecord, TransferState,
-};
+use crate::model::{EntryIndex, EntryKind, EntryRecord, FileState, TransferRecord, TransferState};
 use crate::owner::Liveness;
 use crate::store::{Change, SqliteStore, Store};
 use crate::transfer::Transfer;
+
+mod stop;
+pub use stop::{StopWhich, Stopped, discard, forget, remove_temporaries, stop};
 
 /// Stores finalized between two syncs, per worker thread.
 /// Small enough that no store is held (locked) for long.
@@ -247,19 +251,70 @@ pub fn finalize(stores: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOut
     outcomes
 }
 
+/// Transfers of a shared store finalized between two syncs: a bound on
+/// the work done before anything is recorded.
+pub const GROUP_TRANSFERS_MAX: usize = 64;
+
+/// Finalizes the transfers `names` (every one, when empty) of a store that
+/// many nodes share (PostgreSQL), in this thread, [`GROUP_TRANSFERS_MAX`]
+/// at a time: their renames, metadata and removals, one sync, then each
+/// recorded (a PostgreSQL commit is durable when it returns). A name the
+/// store lacks is an error before anything is done.
+pub fn finalize_shared(
+    store: Arc<dyn Store>,
+    names: &[String],
+    options: FinalizeOptions,
+) -> Result<Vec<TransferOutcome>> {
+    let transfers = if names.is_empty() {
+        store.transfers()?
+    } else {
+        names
+            .iter()
+            .map(|name| {
+                store
+                    .transfer_by_name(name)?
+                    .ok_or_else(|| Error::TransferNotFound {
+                        name: name.clone(),
+                        store: store.location(),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    let mut outcomes = Vec::new();
+    for group in transfers.chunks(GROUP_TRANSFERS_MAX) {
+        let work = vec![Opened {
+            store: Arc::clone(&store),
+            sqlite: None,
+            transfers: group.to_vec(),
+        }];
+        outcomes.extend(finalize_opened(work, options));
+    }
+    outcomes.sort_by_key(|o| o.id);
+    Ok(outcomes)
+}
+
 /// Work done on disk for one transfer, waiting for the group's sync before
 /// its store records it.
 struct Pending {
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
+    /// A SQLite store, whose files are synced after it recorded (a
+    /// PostgreSQL store's commits are durable when they return).
+    sqlite: Option<Arc<SqliteStore>>,
     changes: Vec<Change>,
     outcome: TransferOutcome,
 }
 
+/// A store opened for finalize and the transfers of it to finalize.
+struct Opened {
+    store: Arc<dyn Store>,
+    sqlite: Option<Arc<SqliteStore>>,
+    transfers: Vec<TransferRecord>,
+}
+
 fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOutcome> {
     let mut done = Vec::new();
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut to_sync: Vec<PathBuf> = Vec::new();
     let mut opened: Vec<Arc<SqliteStore>> = Vec::new();
+    let mut work: Vec<Opened> = Vec::new();
     for path in group {
         let store = match SqliteStore::open_deferred(path) {
             Ok(store) => Arc::new(store),
@@ -269,13 +324,40 @@ fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOu
             }
         };
         opened.push(Arc::clone(&store));
-        let transfers = match store.transfers() {
-            Ok(t) => t,
-            Err(e) => {
-                done.push(store_failure(path, e.into()));
-                continue;
-            }
-        };
+        match store.transfers() {
+            Ok(transfers) => work.push(Opened {
+                sqlite: Some(Arc::clone(&store)),
+                store,
+                transfers,
+            }),
+            Err(e) => done.push(store_failure(path, e.into())),
+        }
+    }
+    done.extend(finalize_opened(work, options));
+    // Everything is durable in the write-ahead logs: fold them in. A store
+    // that cannot settle (another process has it open) keeps its log,
+    // which is as safe, only larger.
+    for store in opened {
+        let _ = store.settle();
+    }
+    done
+}
+
+/// Finalizes the given transfers of the given stores: their renames,
+/// metadata and removals first, then one sync for them all, then each store
+/// records its changes, then one more sync of the stores' files; only then
+/// are outcomes reported.
+fn finalize_opened(work: Vec<Opened>, options: FinalizeOptions) -> Vec<TransferOutcome> {
+    let mut done = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut to_sync: Vec<PathBuf> = Vec::new();
+    for Opened {
+        store,
+        sqlite,
+        transfers,
+    } in work
+    {
+        let path = store.location();
         for transfer in transfers {
             // A bug met in one store's data must not end the other stores'
             // finalize: it becomes that transfer's failure.
@@ -299,18 +381,19 @@ fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOu
                 Ok(Step::Done(outcome)) => done.push(outcome),
                 Ok(Step::Record(changes, outcome)) => pending.push(Pending {
                     store: Arc::clone(&store),
+                    sqlite: sqlite.clone(),
                     changes,
                     outcome,
                 }),
                 Err(e) => done.push(outcome(
-                    path,
+                    &path,
                     &transfer,
                     Outcome::Failed,
                     Some(e.to_string()),
                 )),
             }
         }
-        to_sync.extend(store.files());
+        to_sync.extend(sqlite.iter().flat_map(|s| s.files()));
     }
     // One sync for the renames, metadata and removals of the whole group...
     if let Err(e) = commit::make_durable(to_sync.iter().map(PathBuf::as_path)) {
@@ -324,7 +407,7 @@ fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOu
     for p in pending {
         match p.store.apply(&p.changes) {
             Ok(()) => {
-                stores_written.extend(p.store.files());
+                stores_written.extend(p.sqlite.iter().flat_map(|s| s.files()));
                 recorded.push(p.outcome);
             }
             Err(e) => done.push(failed(p.outcome, &e.to_string())),
@@ -337,12 +420,6 @@ fn finalize_group(group: &[PathBuf], options: FinalizeOptions) -> Vec<TransferOu
             done.extend(recorded.into_iter().map(|o| failed(o, &message)));
         }
     }
-    // Everything is durable in the write-ahead logs: fold them in. A store
-    // that cannot settle (another process has it open) keeps its log,
-    // which is as safe, only larger.
-    for store in opened {
-        let _ = store.settle();
-    }
     done
 }
 
@@ -352,7 +429,7 @@ enum Step {
 }
 
 fn finalize_transfer(
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
     transfer: &TransferRecord,
     options: FinalizeOptions,
     to_sync: &mut Vec<PathBuf>,
@@ -462,7 +539,7 @@ fn finalize_transfer(
 
 /// Rename and apply metadata for every `copied` entry, directories last.
 fn commit_remaining(
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
     transfer: &TransferRecord,
     entries: &[EntryRecord],
     to_sync: &mut Vec<PathBuf>,
@@ -571,9 +648,8 @@ fn commit_remaining(
 
 /// `--resume`: continue a dead owner's transfer now (needs its sources),
 /// then finalize it.
-fn resume(store: &Arc<SqliteStore>, transfer: &TransferRecord, force: bool) -> Result<Step> {
-    let dyn_store: Arc<dyn Store> = store.clone();
-    let mut handle = Transfer::open(dyn_store, &transfer.name)?;
+fn resume(store: &Arc<dyn Store>, transfer: &TransferRecord, force: bool) -> Result<Step> {
+    let mut handle = Transfer::open(Arc::clone(store), &transfer.name)?;
     // --force: an owner on another host counts as dead, as for --abort.
     handle.set_take_over_unknown_owner(force);
     handle.resume(1)?;
@@ -651,181 +727,11 @@ fn store_failure(path: &Path, e: Error) -> TransferOutcome {
     }
 }
 
-/// What `stop` did to one transfer.
-#[derive(Clone, Debug, Serialize)]
-pub struct Stopped {
-    pub transfer: String,
-    pub id: i64,
-    /// Whether it was still moving and got cancelled.
-    pub cancelled: bool,
-    pub temporaries_removed: usize,
-    /// Its owner is alive: cancelled and freed, temporaries left for it.
-    pub owner_alive: bool,
-}
-
-/// Which transfers [`stop`] frees.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopWhich {
-    /// Every one (AXL's `AXL_Stop`; `ferry stop --all`).
-    All,
-    /// All but the completed (and finalized) ones, whose record a user
-    /// may still want (`ferry stop`).
-    Unfinished,
-    /// Only those whose owner is dead (`ferry stop --dead`).
-    Dead,
-}
-
-/// `ferry stop [--dead|--all]`: cancel and free the store's transfers that
-/// `which` names, removing the temporaries of those no live process is
-/// writing. Returns what it did to each, and the transfers it left.
-pub fn stop(store: &dyn Store, which: StopWhich, force: bool) -> Result<Vec<Stopped>> {
-    let mut stopped = Vec::new();
-    for transfer in store.transfers()? {
-        let liveness = transfer.owner_liveness();
-        let dead = matches!(liveness, Liveness::Dead) || (force && liveness == Liveness::Unknown);
-        let finished = matches!(
-            transfer.state,
-            TransferState::Completed | TransferState::Finalized
-        );
-        let left = match which {
-            StopWhich::All => false,
-            StopWhich::Unfinished => finished,
-            StopWhich::Dead => !dead,
-        };
-        if left {
-            continue;
-        }
-        stopped.push(stop_one(store, transfer, dead)?);
-    }
-    Ok(stopped)
-}
-
-/// `ferry forget NAME`: free one transfer, so that its name can be used
-/// again (its rows and events stay). One that is not over is cancelled
-/// first and its temporaries removed; one whose owner is alive (or on
-/// another host, without `force`) is refused.
-pub fn forget(store: &dyn Store, name: &str, force: bool) -> Result<Stopped> {
-    let transfer = store
-        .transfer_by_name(name)?
-        .ok_or_else(|| Error::TransferNotFound {
-            name: name.to_owned(),
-            store: store.location(),
-        })?;
-    let liveness = transfer.owner_liveness();
-    let dead = matches!(liveness, Liveness::Dead) || (force && liveness == Liveness::Unknown);
-    if !dead && !transfer.state.is_terminal() {
-        return Err(Error::OwnerAlive {
-            name: transfer.name,
-            id: transfer.id,
-            host: transfer.owner.host,
-            pid: transfer.owner.pid,
-        });
-    }
-    stop_one(store, transfer, dead)
-}
-
-fn stop_one(store: &dyn Store, transfer: TransferRecord, dead: bool) -> Result<Stopped> {
-    let mut changes = Vec::new();
-    let cancelled = !transfer.state.is_terminal();
-    if cancelled {
-        changes.push(Change::Transfer {
-            id: transfer.id,
-            to: TransferState::Cancelled,
-            owner: None,
-            context: serde_json::json!({"by": "stop", "pid": std::process::id()}),
-        });
-    }
-    let owner_alive = !dead && !transfer.state.is_terminal();
-    let removed = if owner_alive {
-        0
-    } else {
-        remove_temporaries(store, &transfer)?
-    };
-    changes.push(Change::Free { id: transfer.id });
-    store.apply(&changes)?;
-    Ok(Stopped {
-        transfer: transfer.name,
-        id: transfer.id.0,
-        cancelled,
-        temporaries_removed: removed,
-        owner_alive,
-    })
-}
-
 fn lossy_all<S: serde::Serializer>(
     paths: &[PathBuf],
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
-}
-
-/// Removes the temporaries of `transfer`'s files that are not done, and
-/// makes their removal durable; how many there were. Only for a transfer
-/// nobody moves any more.
-pub fn remove_temporaries(store: &dyn Store, transfer: &TransferRecord) -> Result<usize> {
-    let mut removed = 0;
-    let mut dirs: HashSet<PathBuf> = HashSet::new();
-    for entry in store.entries(transfer.id)? {
-        if entry.kind == EntryKind::Dir || entry.state.is_done() {
-            continue;
-        }
-        let temp = commit::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
-        match std::fs::remove_file(&temp) {
-            Ok(()) => {
-                removed += 1;
-                dirs.insert(temp);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&temp, e)),
-        }
-    }
-    commit::make_durable(dirs.iter().map(PathBuf::as_path))
-        .map_err(|e| Error::io(store.location(), e))?;
-    Ok(removed)
-}
-
-/// Ends a transfer for good from a thread that cannot reach its
-/// `Transfer` (libaxl's signal-handler path): cancelled unless it ended,
-/// its temporaries removed once `ended` says its mover stopped, then
-/// freed. Errs when the mover did not stop within `timeout`.
-pub fn discard(
-    store: &dyn Store,
-    id: TransferId,
-    ended: &crate::RunEnded,
-    timeout: std::time::Duration,
-) -> Result<usize> {
-    let Some(transfer) = store.transfer(id)? else {
-        return Ok(0);
-    };
-    if !transfer.state.is_terminal() {
-        match store.apply(&[Change::Transfer {
-            id,
-            to: TransferState::Cancelled,
-            owner: None,
-            context: serde_json::json!({"by_pid": std::process::id()}),
-        }]) {
-            // It ended in between.
-            Err(crate::store::StoreError::IllegalTransition { .. }) | Ok(()) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !ended.wait(timeout) {
-        return Err(Error::Io {
-            path: store.location(),
-            source: io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the mover of transfer {id} did not stop within {timeout:?}"),
-            ),
-        });
-    }
-    let transfer = store.transfer(id)?.unwrap_or(transfer);
-    let removed = if transfer.state == TransferState::Completed {
-        0
-    } else {
-        remove_temporaries(store, &transfer)?
-    };
-    store.apply(&[Change::Free { id }])?;
-    Ok(removed)
 }
 
 fn lossy<S: serde::Serializer>(path: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {

@@ -1,7 +1,7 @@
 //! The daemon's shared state and its movers: the threads that run queued
 //! transfers, each with its caller's file credentials.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -33,13 +33,18 @@ pub(super) struct Moving {
 }
 
 pub(super) struct Daemon {
-    pub(super) sqlite: Arc<SqliteStore>,
+    /// The store's file, on this node; `None` for a store shared with
+    /// other nodes' daemons (PostgreSQL).
+    pub(super) sqlite: Option<Arc<SqliteStore>>,
     pub(super) store: Arc<dyn Store>,
     pub(super) jobs: Mutex<Option<SyncSender<Job>>>,
     pub(super) queued: AtomicUsize,
     /// Queued or running: never two movers for one transfer. The lock is
     /// held from the check to the recorded dispatch.
     pub(super) moving: Mutex<HashMap<TransferId, Moving>>,
+    /// On a shared store: the dead daemons' transfers this node was found
+    /// not to reach, said once in the log.
+    pub(super) unreachable_said: Mutex<HashSet<TransferId>>,
     pub(super) shutdown: AtomicBool,
     pub(super) metrics: Metrics,
     pub(super) requests: Arc<Semaphore>,
@@ -133,9 +138,19 @@ impl Daemon {
     /// belonged to a daemon that is gone; re-attach each (compare-and-swap
     /// on the dead owner) and queue it. A transfer only created is
     /// re-attached too, so that its user can dispatch it.
+    ///
+    /// On a shared store, other daemons live: only transfers whose owner is
+    /// dead (its lease ran out, or it ran on this host and is gone) and
+    /// whose paths this node reaches are taken, and only this host's own
+    /// created ones; one another daemon took first is left to it. Run again
+    /// every lease, to take over from daemons that died since.
     pub(super) fn recover(&self) -> Result<(), ServeError> {
+        let shared = self.sqlite.is_none();
         for record in self.store.transfers().map_err(ferry::Error::from)? {
-            if record.kind != Kind::Daemon {
+            if record.kind != Kind::Daemon || self.shutdown.load(Ordering::Relaxed) {
+                continue;
+            }
+            if shared && !self.may_take(&record) {
                 continue;
             }
             match record.state {
@@ -160,17 +175,40 @@ impl Daemon {
                             continue;
                         }
                     }
+                    if shared && !reachable(self.store.as_ref(), &record, &caller) {
+                        // Said once per transfer (the look comes back every
+                        // lease); at most one id per transfer of the store.
+                        let mut said = self.unreachable_said.lock().expect("said poisoned");
+                        if said.insert(record.id) {
+                            eprintln!(
+                                "ferry: transfer {} (id {}) of a dead daemon on {}: its paths \
+                                 are not reachable here; left to a daemon that reaches them",
+                                record.name, record.id, record.owner.host
+                            );
+                        }
+                        continue;
+                    }
+                    // Held from the check to the queueing, as a request's
+                    // resume holds it: on a shared store this runs while
+                    // requests are served.
+                    let mut moving = self.moving.lock().expect("moving poisoned");
+                    if moving.contains_key(&record.id) {
+                        continue;
+                    }
                     let mut transfer = Transfer::open(Arc::clone(&self.store), &record.name)?;
                     // As it was last dispatched (the options are in that
                     // event); defaults if the log was compacted since.
                     let settings = self.last_settings(&record);
                     settings.apply(&mut transfer);
-                    transfer.resume(settings.threads.into())?;
+                    match transfer.resume(settings.threads.into()) {
+                        // Another daemon took it over first: it is theirs.
+                        Err(ferry::Error::OwnerAlive { .. }) if shared => continue,
+                        taken => taken?,
+                    }
                     eprintln!(
                         "ferry: resuming transfer {} (id {})",
                         record.name, record.id
                     );
-                    let mut moving = self.moving.lock().expect("moving poisoned");
                     self.enqueue(&mut moving, transfer, caller)
                         .map_err(|e| ServeError::Runtime(std::io::Error::other(e.message)))?;
                 }
@@ -196,6 +234,27 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// On a shared store: whether this daemon may take `record` over. Not
+    /// one it moves, nor one whose owner lives (another daemon, its lease
+    /// fresh) or cannot be judged (no lease); a created one only from a
+    /// daemon of this host (its user dispatches it here).
+    fn may_take(&self, record: &TransferRecord) -> bool {
+        if self
+            .moving
+            .lock()
+            .expect("moving poisoned")
+            .contains_key(&record.id)
+        {
+            return false;
+        }
+        let dead = record.owner_liveness() == ferry::owner::Liveness::Dead;
+        match record.state {
+            TransferState::Dispatched | TransferState::Running => dead,
+            TransferState::Created => dead && record.owner.host == Owner::current().host,
+            _ => false,
+        }
     }
 
     /// Hands a transfer whose dispatch or resume is recorded to a mover,
@@ -419,7 +478,10 @@ impl Daemon {
         let queued = self.queued.load(Ordering::Relaxed) as u64;
         Ok(Gauges {
             transfers_by_state: counts,
-            read_only: self.sqlite.read_only().is_some(),
+            read_only: self
+                .sqlite
+                .as_ref()
+                .is_some_and(|s| s.read_only().is_some()),
             bytes_moving: moving
                 .values()
                 .map(|m| m.progress.bytes_copied.load(Ordering::Relaxed))
@@ -428,6 +490,26 @@ impl Daemon {
             transfers_moving: (moving.len() as u64).saturating_sub(queued),
         })
     }
+}
+
+/// Whether this node reaches a transfer's paths, as its caller: the
+/// source of its first entry (its first root) and the directory its
+/// destination goes in. A daemon of a node that does not mount them leaves
+/// the transfer to one that does. Reads the transfer's entries, as
+/// `ferry status --files` does.
+fn reachable(store: &dyn Store, record: &TransferRecord, caller: &Caller) -> bool {
+    let Ok(entries) = store.entries(record.id) else {
+        return false;
+    };
+    let Some(root) = entries.first() else {
+        return true;
+    };
+    let (source, dest) = (root.source.clone(), root.dest.clone());
+    creds::as_caller(caller, move || {
+        let dir = dest.parent().unwrap_or(&dest);
+        std::fs::symlink_metadata(&source).is_ok() && std::fs::metadata(dir).is_ok()
+    })
+    .unwrap_or(false)
 }
 
 fn owner_view(record: &TransferRecord) -> OwnerView {

@@ -22,7 +22,7 @@ mod run_settings;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -73,9 +73,21 @@ const WATCH_SLICE: Duration = Duration::from_millis(250);
 /// Lines buffered per watch stream before the watcher waits for the client.
 const WATCH_LINES_BUFFERED: usize = 64;
 
+/// The daemon's store.
+pub enum DaemonStore {
+    /// A SQLite file of this node, opened privately (`private.rs`).
+    File(PathBuf),
+    /// A store that the daemons of many nodes share (PostgreSQL), opened by
+    /// the caller. Its privacy is the database's: its roles and grants.
+    /// Each daemon runs the transfers dispatched to it; one whose owner
+    /// (a daemon elsewhere) let its lease expire is taken over by a daemon
+    /// that can reach its paths ([`TAKEOVER_EVERY_MAX`]).
+    Shared(Arc<dyn Store>),
+}
+
 /// How `ferry serve` runs.
 pub struct Config {
-    pub store: PathBuf,
+    pub store: DaemonStore,
     pub socket: PathBuf,
     /// Transfers moved at once.
     pub workers: usize,
@@ -118,10 +130,22 @@ pub fn default_socket_path() -> PathBuf {
 /// credentials.
 const SPACE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
+/// On a shared store, how often at most the daemon looks for transfers
+/// whose owner's lease ran out (every lease, when the lease is shorter).
+pub const TAKEOVER_EVERY_MAX: Duration = Duration::from_secs(30);
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn serve(config: Config) -> Result<(), ServeError> {
-    let sqlite = Arc::new(private::open_store(&config.store, creds::daemon_uid())?);
-    let store: Arc<dyn Store> = sqlite.clone();
+    let (sqlite, store): (Option<Arc<ferry::store::SqliteStore>>, Arc<dyn Store>) =
+        match &config.store {
+            DaemonStore::File(path) => {
+                let sqlite = Arc::new(private::open_store(path, creds::daemon_uid())?);
+                (Some(Arc::clone(&sqlite)), sqlite)
+            }
+            DaemonStore::Shared(store) => (None, Arc::clone(store)),
+        };
+    // Said before anything is written (a bad FERRY_OWNER_LEASE).
+    let lease = ferry::owner::lease()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Watchers and long-polls hold a blocking thread each; requests
@@ -150,6 +174,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             jobs: Mutex::new(Some(tx)),
             queued: AtomicUsize::new(0),
             moving: Mutex::new(HashMap::new()),
+            unreachable_said: Mutex::new(HashSet::new()),
             shutdown: AtomicBool::new(false),
             metrics: Metrics::default(),
             requests: Arc::new(Semaphore::new(REQUESTS_MAX)),
@@ -187,8 +212,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         // caller, whose thread (and the probe it starts) can neither free
         // nor re-create the daemon's reserve. The daemon's own credentials
         // check again, every few seconds while the store is read-only.
-        {
-            let sqlite = Arc::clone(&daemon.sqlite);
+        if let Some(sqlite) = daemon.sqlite.clone() {
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(SPACE_CHECK_EVERY);
                 loop {
@@ -196,6 +220,24 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
                     if sqlite.read_only().is_some() {
                         let sqlite = Arc::clone(&sqlite);
                         let _ = tokio::task::spawn_blocking(move || sqlite.check()).await;
+                    }
+                }
+            });
+        }
+        // On a shared store, the transfers of daemons that died elsewhere
+        // (their lease ran out) are taken over by whichever daemon reaches
+        // their paths first: a compare-and-swap on the dead owner.
+        if daemon.sqlite.is_none() {
+            let daemon = Arc::clone(&daemon);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(lease.min(TAKEOVER_EVERY_MAX));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let daemon = Arc::clone(&daemon);
+                    let taken = tokio::task::spawn_blocking(move || daemon.recover()).await;
+                    if let Ok(Err(e)) = taken {
+                        eprintln!("ferry: looking for transfers to take over: {e}");
                     }
                 }
             });
