@@ -720,6 +720,27 @@ impl Store for PgStore {
         rules::check_entries(&path, id, records)
     }
 
+    fn first_entry(&self, id: TransferId) -> Result<Option<EntryRecord>, StoreError> {
+        let path = self.location_path();
+        let row = self
+            .conn()?
+            .query_opt(
+                &format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE transfer_id = $1 AND idx = 0"),
+                &[&id.0],
+            )
+            .map_err(|e| self.err(e))?;
+        let records = row
+            .map(|row| {
+                entry_row(&row)
+                    .map_err(|e| self.err(e))?
+                    .into_record(&path, id)
+            })
+            .transpose()?
+            .into_iter()
+            .collect();
+        Ok(rules::check_entries(&path, id, records)?.pop())
+    }
+
     fn events_since(
         &self,
         after: u64,

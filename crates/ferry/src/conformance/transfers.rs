@@ -253,6 +253,17 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
 
     let entries = store.entries(t.id).unwrap();
     assert_eq!(entries.len(), 6);
+    // The first entry alone (how a re-run finds the copy it repeats).
+    assert_eq!(
+        serde_json::to_value(store.first_entry(t.id).unwrap()).unwrap(),
+        serde_json::to_value(&entries[0]).unwrap()
+    );
+    assert!(
+        store
+            .first_entry(TransferId(i64::MAX >> 2))
+            .unwrap()
+            .is_none()
+    );
     for (i, (got, want)) in entries.iter().zip(first.iter().chain(&second)).enumerate() {
         let leader_base = if i < first.len() { 0 } else { first.len() };
         assert_eq!(got.index, EntryIndex(i as u32));
