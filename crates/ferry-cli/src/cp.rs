@@ -380,13 +380,16 @@ pub(crate) fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
     let mut rule = DestRule::Cp;
     let mut base = RunSettings::default();
     let before = found.as_ref().map(|f| f.record.clone());
+    // A transfer bringing a completed copy up to date, killed before it
+    // was dispatched, recorded no skip rule: it continues with the re-run's.
+    let up_to_date = found.as_ref().is_some_and(|f| !f.copies.is_empty());
     match found
         .map(|found| ferry::rerun::take_up(Arc::clone(&store), found))
         .transpose()?
     {
         Some(Rerun::Continue(transfer)) => {
             let before = before.expect("found");
-            return continue_rerun(*transfer, &before, &args);
+            return continue_rerun(*transfer, &before, &args, up_to_date);
         }
         Some(Rerun::UpToDate(same)) => {
             rule = same.rule;
@@ -530,6 +533,7 @@ fn continue_rerun(
     mut transfer: Transfer,
     before: &ferry::model::TransferRecord,
     args: &CpArgs,
+    up_to_date: bool,
 ) -> Result<Exit, Exit> {
     let how = if transfer.reattached() {
         format!(
@@ -546,7 +550,15 @@ fn continue_rerun(
             before.name, before.id, before.state
         );
     }
-    let workers = args.run.apply_to_resume(&mut transfer)?;
+    let unrecorded = RunSettings {
+        skip: if up_to_date {
+            ferry::engine::skip::SkipRule::Mtime
+        } else {
+            ferry::engine::skip::SkipRule::Never
+        },
+        ..RunSettings::default()
+    };
+    let workers = args.run.apply_to_resume_or(&mut transfer, unrecorded)?;
     move_and_wait(transfer, Start::Resume, workers, &args.run)
 }
 

@@ -315,6 +315,16 @@ impl RunArgs {
     /// overridden by those given here; says which it uses. Returns the
     /// worker count.
     fn apply_to_resume(&self, transfer: &mut Transfer) -> Result<usize, Exit> {
+        self.apply_to_resume_or(transfer, RunSettings::default())
+    }
+
+    /// [`RunArgs::apply_to_resume`], with `unrecorded` for a transfer that
+    /// was never dispatched (so recorded no settings).
+    fn apply_to_resume_or(
+        &self,
+        transfer: &mut Transfer,
+        unrecorded: RunSettings,
+    ) -> Result<usize, Exit> {
         let name = transfer.record().name.clone();
         let recorded = match transfer.recorded_settings() {
             Ok(recorded) => recorded,
@@ -328,7 +338,7 @@ impl RunArgs {
             Err(e) => return Err(e.into()),
         };
         let recorded_any = recorded.is_some();
-        let settings = self.settings(recorded.unwrap_or_default());
+        let settings = self.settings(recorded.unwrap_or(unrecorded));
         transfer.apply_settings(&settings);
         let workers = settings.workers.unwrap_or_else(ferry::default_workers);
         // A completed transfer is refused by the resume itself, in one line.

@@ -92,6 +92,49 @@ impl StatusRow {
         }
     }
 
+    /// A transfer of the store by the store's counts, with at most
+    /// `failures_max` of its failures: no entry is read but those (a
+    /// status of a million-file transfer costs what one of ten does).
+    pub fn counted(
+        store: &dyn Store,
+        transfer: &TransferRecord,
+        failures_max: usize,
+    ) -> Result<StatusRow, Exit> {
+        let tally = store.entry_tally(transfer.id).map_err(ferry::Error::from)?;
+        let mut failures = Vec::new();
+        let mut after = None;
+        while failures.len() < failures_max {
+            let page = store
+                .failed_entries(
+                    transfer.id,
+                    after,
+                    FAILURES_PAGE.min(failures_max - failures.len()),
+                )
+                .map_err(ferry::Error::from)?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.index);
+            failures.extend(page.into_iter().map(|f| Failure {
+                path: f.dest.to_string_lossy().into_owned(),
+                error: f.error,
+            }));
+        }
+        let counts = FileCounts {
+            files: tally.files,
+            copied: tally.files_committed,
+            skipped: tally.files_skipped,
+            failed: tally.files_failed,
+        };
+        Ok(StatusRow {
+            counts: CountsRow::new(counts),
+            bytes: tally.bytes,
+            failures,
+            files: None,
+            ..StatusRow::local(store, transfer, &[], false)
+        })
+    }
+
     /// A transfer of the daemon on `socket`, as it reports it.
     pub fn daemon(view: &TransferView, socket: &std::path::Path) -> StatusRow {
         let owner = view.owner.clone();
@@ -161,14 +204,28 @@ pub fn local_rows(
         ],
         None => store.transfers().map_err(ferry::Error::from)?,
     };
+    // A named transfer lists every failure; a table, as the daemon's does,
+    // the first few of each.
+    let failures_max = if name.is_some() {
+        usize::MAX
+    } else {
+        ferry_serve::api::LIST_FAILURES_MAX
+    };
     transfers
         .iter()
         .map(|t| {
-            let entries = store.entries(t.id).map_err(ferry::Error::from)?;
-            Ok(StatusRow::local(store, t, &entries, files))
+            if files {
+                let entries = store.entries(t.id).map_err(ferry::Error::from)?;
+                Ok(StatusRow::local(store, t, &entries, files))
+            } else {
+                StatusRow::counted(store, t, failures_max)
+            }
         })
         .collect()
 }
+
+/// Failures read from the store at a time.
+const FAILURES_PAGE: usize = 1000;
 
 /// Prints `rows`: one JSON object when `one` (a name was given), else an
 /// array; or the table, and for the one named, its failures on stderr (as

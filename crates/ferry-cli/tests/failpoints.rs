@@ -427,3 +427,56 @@ fn a_source_changed_mid_copy_fails_and_never_arrives() {
         }
     }
 }
+
+/// A copy killed after it gave a temporary its final mode (step 5 on the
+/// open temporary) but before it recorded `copied`: the resume rewrites
+/// the file from the start in a new owner-only inode, never in the old
+/// one, whose mode would show the partial data to everyone.
+#[test]
+fn a_whole_file_rewritten_by_a_resume_starts_in_a_new_owner_only_inode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = Scratch::new();
+    let src = s.path("src");
+    let mut rng = fastrand::Rng::with_seed(5);
+    write_file(&src.join("f"), &random_bytes(&mut rng, 5000));
+    fs::set_permissions(src.join("f"), fs::Permissions::from_mode(0o644)).unwrap();
+    let dst = s.path("dst");
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.sync_data:1=crash")
+        .args(["cp", "-a", "--name", "r", "--threads", "1"])
+        .arg(&src)
+        .arg(&dst));
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    let temps = temps(&dst);
+    let [temp] = temps.as_slice() else {
+        panic!("one temporary: {temps:?}");
+    };
+    let temp = dst.join(temp);
+    let killed = fs::symlink_metadata(&temp).unwrap();
+    assert_eq!(killed.mode() & 0o777, 0o644, "the kill came after step 5");
+    // The resume, held before its first read of the source: the file's
+    // temporary is already open for its new start.
+    let fifo = s.path("pause");
+    run_ok(std::process::Command::new("mkfifo").arg(&fifo));
+    let child = s
+        .ferry()
+        .env("FERRY_FAILPOINT", "source.read:1=pause")
+        .env("FERRY_FAILPOINT_FIFO", &fifo)
+        .args(["cp", "-a", "--name", "r", "--threads", "1"])
+        .arg(&src)
+        .arg(&dst)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pause = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    // (The file system may give the new inode the old one's number.)
+    let now = fs::symlink_metadata(&temp).unwrap();
+    assert_eq!(now.mode() & 0o777, 0o600, "owner-only while written");
+    assert_eq!(now.len(), 0, "started over");
+    drop(pause);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_same_tree(&src, &dst);
+}

@@ -765,3 +765,31 @@ fn a_rerun_over_a_finished_copy_writes_only_what_changed() {
     assert!(stderr(&out).contains("nothing changed since"), "{out:?}");
     assert_eq!(store.transfers().unwrap().len(), 2);
 }
+
+/// A re-run bringing a finished copy up to date, killed before its
+/// transfer was dispatched, recorded no skip rule: the same command again
+/// continues it by the re-run's rule (nothing copied), not by none.
+#[test]
+fn a_rerun_killed_before_it_was_dispatched_continues_skipping_what_matches() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 6, 9);
+    run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(&dst));
+    // --skip size plans every file again: its transfer is created (commit
+    // 1), and the process dies at its next commit.
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "store.commit:2=crash")
+        .args(["cp", "-a", "--skip", "size"])
+        .arg(&src)
+        .arg(&dst));
+    assert!(killed(&out), "{out:?}");
+    let store = SqliteStore::open(&s.store()).unwrap();
+    let left = store.transfers().unwrap();
+    assert_eq!(left[1].state, TransferState::Created, "{left:?}");
+    let out = run_ok(s.ferry().args(["cp", "-a", "--json"]).arg(&src).arg(&dst));
+    assert!(stderr(&out).contains("continuing it"), "{out:?}");
+    let report = json(&out);
+    assert_eq!(report["bytes_copied"], 0, "{report}");
+    assert_same_tree(&src, &dst);
+}

@@ -27,9 +27,9 @@ pub struct SameCopy {
     /// How its sources were placed: [`DestRule::Exactly`] when its one
     /// source became the destination itself (`cp`'s rule would nest now).
     pub rule: DestRule,
-    /// When `record` completed: every completed transfer of the store that
-    /// copied the same paths, oldest first (`record` first). A re-run
-    /// compares the sources with what they recorded ([`changed_since`]).
+    /// Every completed transfer of the store that copied the same paths,
+    /// oldest first (`record` first when it completed). A re-run compares
+    /// the sources with what they recorded ([`changed_since`]).
     pub copies: Vec<TransferRecord>,
 }
 
@@ -79,6 +79,7 @@ pub fn find_same_copy_among(
         Some(name) => store.transfer_by_name(name)?.into_iter().collect(),
         None => store.transfers()?,
     };
+    let mut unfinished: Option<(TransferRecord, DestRule)> = None;
     let mut completed: Option<SameCopy> = None;
     for record in candidates.into_iter().filter(|r| keep(r)) {
         let Some(rule) = same_roots(store, &record, &sources, &dest)? else {
@@ -88,11 +89,8 @@ pub fn find_same_copy_among(
             record.state,
             TransferState::Completed | TransferState::Finalized
         ) {
-            return Ok(Some(SameCopy {
-                record,
-                rule,
-                copies: Vec::new(),
-            }));
+            unfinished.get_or_insert((record, rule));
+            continue;
         }
         match &mut completed {
             Some(first) => first.copies.push(record),
@@ -105,7 +103,16 @@ pub fn find_same_copy_among(
             }
         }
     }
-    Ok(completed)
+    // One not over is continued; the completed ones say it was bringing
+    // their copy up to date (its skip rule, were it never dispatched).
+    Ok(match unfinished {
+        Some((record, rule)) => Some(SameCopy {
+            record,
+            rule,
+            copies: completed.map(|c| c.copies).unwrap_or_default(),
+        }),
+        None => completed,
+    })
 }
 
 /// Whether `record` copied `sources` (absolute) to `dest`, and under which

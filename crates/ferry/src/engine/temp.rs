@@ -8,7 +8,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Opens a temporary for writing, owner-only, never through a symlink: a
-/// link planted at the predictable name is removed, not followed.
+/// link planted at the predictable name is removed, not followed. A whole
+/// file (`truncate`) always starts in a new inode: an earlier attempt may
+/// have given its temporary the final mode, owner, ACL or extended
+/// attributes (step 5 on the open temporary) before it was killed, and
+/// rewriting that inode would show partial data to whom they admit.
 pub(super) fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
     let open = |fresh: bool| {
         OpenOptions::new()
@@ -20,19 +24,21 @@ pub(super) fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(temp)
     };
+    if truncate {
+        // One open when there is none (the first copy); else unlink (the
+        // old inode, or a planted link) and create.
+        return match open(true) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(temp)?;
+                open(true)
+            }
+            other => other,
+        };
+    }
     match open(false) {
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
             std::fs::remove_file(temp)?;
             open(true)
-        }
-        // An earlier attempt gave this temporary its final mode (step 5 on
-        // the open temporary) and then failed: it may be read-only now. A
-        // whole file starts over in a new one.
-        Err(e) if truncate && e.kind() == io::ErrorKind::PermissionDenied => {
-            match std::fs::remove_file(temp) {
-                Ok(()) => open(true),
-                Err(_) => Err(e),
-            }
         }
         other => other,
     }
