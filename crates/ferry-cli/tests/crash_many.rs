@@ -435,6 +435,9 @@ impl Copy {
             .spawn()
             .unwrap();
         let mut finished_at_kill = None;
+        // The most entries one look at the store found finished since the
+        // look before: how coarse the batches' commits are.
+        let (mut last_seen, mut largest_step) = (None, 0);
         loop {
             // Taken before looking, so a change in between is not missed.
             let token = reader.change_token().unwrap();
@@ -443,6 +446,10 @@ impl Copy {
             }
             if let Some(after) = kill_after {
                 let finished = finished_entries(&self.store, before);
+                if let (Some(last), Some(now)) = (last_seen, finished) {
+                    largest_step = largest_step.max(now.saturating_sub(last));
+                }
+                last_seen = finished.or(last_seen);
                 if finished.is_some_and(|n| n >= after) {
                     child.kill().unwrap();
                     finished_at_kill = finished;
@@ -459,7 +466,10 @@ impl Copy {
         let watched = watcher.finish();
         let took = started.elapsed();
         if let Some(after) = finished_at_kill.filter(|_| out.status.signal() == Some(9)) {
-            println!("{what}: killed at {after} finished entries after {took:.1?}; {watched}");
+            println!(
+                "{what}: killed at {after} finished entries after {took:.1?} \
+                 (at most {largest_step} more between two looks at the store); {watched}"
+            );
             return Ended::Killed;
         }
         assert!(
