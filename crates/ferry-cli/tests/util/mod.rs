@@ -20,9 +20,15 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
+        Scratch::new_in(&std::env::temp_dir())
+    }
+
+    /// A scratch directory below `parent` (a tmpfs, for a test whose files
+    /// are many and whose point is not the disk).
+    pub fn new_in(parent: &Path) -> Scratch {
         let dir = tempfile::Builder::new()
             .prefix("ferry-test-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("a scratch directory");
         // ferry never makes the directory of a store given with --store.
         fs::create_dir(dir.path().join("state")).expect("the store's directory");
