@@ -467,10 +467,8 @@ fn refresh(
     };
     let refresh = ferry::rerun::changed_since(store.as_ref(), &same, plan, preserve)?;
     let (files_total, bytes_total) = total;
-    let (files_changed, _) = files(&refresh.changed);
-    let unchanged_files = files_total - files_changed;
     let record = &same.record;
-    if refresh.changed.is_empty() {
+    if refresh.changed.iter().all(|changed| !changed) {
         if !args.run.quiet {
             eprintln!(
                 "ferry: transfer {} (id {}) already copied this to {}, and nothing changed \
@@ -479,7 +477,7 @@ fn refresh(
                 record.name,
                 record.id,
                 dest.display(),
-                refresh.unchanged
+                refresh.unchanged()
             );
         }
         // The summary of that transfer, as this run found it: every file
@@ -499,17 +497,32 @@ fn refresh(
         };
         return Ok(crate::finish(&report, args.run.json, args.run.quiet));
     }
+    // A name is taken over by the new transfer (the finished one gives it
+    // up, and with it the place where its records are found): the new one
+    // holds every entry, the unchanged ones recorded skipped.
+    let mut entries = if args.name.is_some() {
+        refresh.planned
+    } else {
+        refresh.into_changed()
+    };
     if !args.run.quiet {
+        let (files_changed, _) = files(&entries);
+        let unchanged_files = files_total - files_changed;
+        let what = if args.name.is_some() {
+            "compared again by size and mtime".to_owned()
+        } else {
+            format!(
+                "{unchanged_files} of {files_total} files unchanged since, {files_changed} new or changed"
+            )
+        };
         eprintln!(
             "ferry: transfer {} (id {}) already copied this to {}; bringing it up to date: \
-             {unchanged_files} of {files_total} files unchanged since, {files_changed} new or \
-             changed (--skip checksum compares contents; --new copies anew with cp's rules)",
+             {what} (--skip checksum compares contents; --new copies anew with cp's rules)",
             record.name,
             record.id,
             dest.display(),
         );
     }
-    let mut entries = refresh.changed;
     ferry::engine::plan::capture_fidelity(&mut entries, args.fidelity())?;
     let options = ferry::TransferOptions {
         name: args.name.clone(),

@@ -793,3 +793,31 @@ fn a_rerun_killed_before_it_was_dispatched_continues_skipping_what_matches() {
     assert_eq!(report["bytes_copied"], 0, "{report}");
     assert_same_tree(&src, &dst);
 }
+
+/// With `--name`, the transfer that brings a finished copy up to date takes
+/// the name over (the finished one gives it up, with its records): so it
+/// holds every entry, the unchanged ones skipped, and the next run compares
+/// with it.
+#[test]
+fn a_named_rerun_keeps_every_entry_under_its_name() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 8, 3);
+    let cp = || {
+        let mut cmd = s.ferry();
+        cmd.args(["cp", "-a", "--json", "--name", "job"])
+            .arg(&src)
+            .arg(&dst);
+        cmd
+    };
+    run_ok(&mut cp());
+    write_file(&src.join("d1/f1"), b"changed");
+    let report = json(&run_ok(&mut cp()));
+    assert_eq!(report["bytes_copied"], 7, "{report}");
+    assert_eq!(report["files"], 8, "{report}");
+    assert_eq!(report["files_skipped"], 7, "{report}");
+    let out = run_ok(&mut cp());
+    assert!(stderr(&out).contains("nothing changed since"), "{out:?}");
+    assert_eq!(json(&out)["bytes_copied"], 0);
+    assert_same_tree(&src, &dst);
+}

@@ -175,12 +175,28 @@ pub fn take_up(store: Arc<dyn Store>, found: SameCopy) -> Result<Rerun> {
 /// What a re-run of a completed copy still has to do.
 #[derive(Debug)]
 pub struct Refresh {
-    /// The planned entries that changed since a copy recorded them, or are
-    /// new, with the directories above them: in plan order.
-    pub changed: Vec<NewEntry>,
+    /// The fresh plan, in its order.
+    pub planned: Vec<NewEntry>,
+    /// For each planned entry: it changed since a copy recorded it, or is
+    /// new, or is a directory above one of those.
+    pub changed: Vec<bool>,
+}
+
+impl Refresh {
     /// Planned entries that match what a copy recorded, at the source and
     /// at the destination.
-    pub unchanged: usize,
+    pub fn unchanged(&self) -> usize {
+        self.changed.iter().filter(|changed| !**changed).count()
+    }
+
+    /// The changed entries, in plan order.
+    pub fn into_changed(self) -> Vec<NewEntry> {
+        self.planned
+            .into_iter()
+            .zip(self.changed)
+            .filter_map(|(entry, changed)| changed.then_some(entry))
+            .collect()
+    }
 }
 
 /// Sorts `planned` (a fresh plan of the same copy; no extended attributes
@@ -293,13 +309,7 @@ pub fn changed_since<E: From<Error> + Send>(
             }
         }
     }
-    let unchanged = changed.iter().filter(|changed| !**changed).count();
-    let changed = planned
-        .into_iter()
-        .zip(changed)
-        .filter_map(|(entry, changed)| changed.then_some(entry))
-        .collect();
-    Ok(Refresh { changed, unchanged })
+    Ok(Refresh { planned, changed })
 }
 
 /// See [`changed_since`].
