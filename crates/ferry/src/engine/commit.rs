@@ -354,6 +354,8 @@ impl Committer<'_> {
         error: Option<String>,
     ) -> Change {
         let entry = self.entry(index);
+        // Recorded for people (status, the summary, events): in words.
+        let error = error.map(|message| crate::words::in_words(&message));
         let context = match (&error, to) {
             (Some(message), _) => serde_json::json!({"error": message}),
             (None, FileState::Copied) => serde_json::json!({"bytes": entry.meta.size}),
