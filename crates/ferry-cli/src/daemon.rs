@@ -21,6 +21,7 @@ pub fn serve(
     entries_per_transfer_max: Option<usize>,
     transfers_per_user_max: Option<usize>,
     entries_per_user_max: Option<usize>,
+    bwlimit: Option<u64>,
 ) -> Result<Exit, Exit> {
     let store = store.unwrap_or_else(ferry::default_store_path);
     crate::store::refuse_postgres(&store, "serve")?;
@@ -34,6 +35,7 @@ pub fn serve(
             .unwrap_or(ferry_serve::server::TRANSFERS_PER_USER_MAX),
         entries_per_user_max: entries_per_user_max
             .unwrap_or(ferry_serve::server::ENTRIES_PER_USER_MAX),
+        bwlimit: bwlimit.filter(|&rate| rate > 0),
     };
     ferry_serve::server::serve(config).map_err(Exit::Serve)?;
     Ok(Exit::Ok)

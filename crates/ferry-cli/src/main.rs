@@ -139,6 +139,11 @@ pub(crate) enum Command {
         /// transfers; more are refused (exit 40) [default: 4000000]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_entries_per_user: Option<u64>,
+        /// Bytes per second for all the daemon's transfers together (a
+        /// node-wide limit, over and above each transfer's own --bwlimit):
+        /// 50M is 50 MiB/s (K, M, G, T) [default: none]
+        #[arg(long, value_name = "RATE", value_parser = rate)]
+        bwlimit: Option<u64>,
     },
     /// HSM coordination: queue archive, restore and remove requests, and
     /// serve them with workers
@@ -451,6 +456,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         max_entries_per_transfer,
         max_transfers_per_user,
         max_entries_per_user,
+        bwlimit,
     } = cli.command
     {
         let size = |n: Option<u64>| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
@@ -461,6 +467,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             size(max_entries_per_transfer),
             size(max_transfers_per_user),
             size(max_entries_per_user),
+            bwlimit,
         );
     }
     // A dry run writes nothing: no store is created, no daemon asked. One

@@ -178,3 +178,54 @@ fn what_the_daemon_does_not_take_is_refused_by_name() {
     assert!(!s.path("dst").exists());
     assert!(setup.events("transfer.created").is_empty(), "nothing asked");
 }
+
+/// `ferry serve --bwlimit 8M`: two transfers of 16 MiB, one writer each,
+/// share the daemon's 8 MiB/s. The pace lets through at most one second
+/// of idle credit (8 MiB) and one chunk (a quarter second, 2 MiB) per
+/// writer ahead of it, so the 32 MiB cannot be done before (32 - 12) / 8
+/// = 2.5 s after the first dispatch — where either alone, unlimited,
+/// takes a fraction of a second.
+#[test]
+fn a_node_wide_limit_is_shared_by_all_the_daemons_transfers() {
+    let s = Scratch::new();
+    let socket = s.path("ferry.sock");
+    let mut serve = s.ferry();
+    serve
+        .arg("--socket")
+        .arg(&socket)
+        .args(["serve", "--workers", "2", "--bwlimit", "8M"]);
+    let daemon = Daemon::spawn(&s, serve, socket);
+    let mine = s.path("state/mine.db");
+    let user = || {
+        let mut cmd = ferry_at(&mine);
+        cmd.arg("--socket").arg(&daemon.socket);
+        cmd
+    };
+    let mut rng = fastrand::Rng::with_seed(9);
+    for name in ["a", "b"] {
+        write_file(&s.path(name), &random_bytes(&mut rng, 16 << 20));
+    }
+    let started = std::time::Instant::now();
+    for name in ["a", "b"] {
+        run_ok(
+            user()
+                .args(["cp", "--kind", "daemon", "--threads", "1", "--name", name])
+                .arg(s.path(name))
+                .arg(s.path(&format!("{name}.copy"))),
+        );
+    }
+    for name in ["a", "b"] {
+        run_ok(user().args(["wait", name]));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        elapsed >= 2.5,
+        "32 MiB at a shared 8 MiB/s took {elapsed:.2} s: the limit was not shared"
+    );
+    for name in ["a", "b"] {
+        assert_eq!(
+            fs::read(s.path(&format!("{name}.copy"))).unwrap(),
+            fs::read(s.path(name)).unwrap()
+        );
+    }
+}
