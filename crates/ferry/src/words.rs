@@ -8,34 +8,44 @@ use std::io;
 
 /// The cause of `e` in words: the system's description, lower-cased as
 /// the middle of a sentence is, without the "(os error N)" that std
-/// appends (also inside a message that quoted another I/O error).
+/// appends.
 pub fn cause(e: &io::Error) -> String {
     in_words(&e.to_string())
 }
 
-/// `text` without any " (os error N)", its first letter lower-cased when
-/// it starts a system description ("No such file…" → "no such file…").
+/// `text` without any " (os error N)"; the system description each one
+/// followed (from the start, or from the last ": " before it) lower-cased
+/// ("No such file…" → "no such file…"). The rest is left as it is: a
+/// name that starts with a capital keeps it.
 pub fn in_words(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find(" (os error ") {
-        out.push_str(&rest[..at]);
         let after = &rest[at + " (os error ".len()..];
         let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-        if digits > 0 && after[digits..].starts_with(')') {
-            rest = &after[digits + 1..];
-        } else {
-            out.push_str(" (os error ");
+        if digits == 0 || !after[digits..].starts_with(')') {
+            out.push_str(&rest[..at + " (os error ".len()]);
             rest = after;
+            continue;
         }
+        let before = &rest[..at];
+        let described = before.rfind(": ").map_or(0, |colon| colon + 2);
+        out.push_str(&before[..described]);
+        out.push_str(&lower_first(&before[described..]));
+        rest = &after[digits + 1..];
     }
     out.push_str(rest);
-    let mut chars = out.chars();
+    out
+}
+
+/// "Permission denied" → "permission denied"; "EIO" stays.
+fn lower_first(description: &str) -> String {
+    let mut chars = description.chars();
     match (chars.next(), chars.next()) {
         (Some(first), Some(second)) if first.is_ascii_uppercase() && second.is_lowercase() => {
-            first.to_ascii_lowercase().to_string() + &out[1..]
+            first.to_ascii_lowercase().to_string() + &description[1..]
         }
-        _ => out,
+        _ => description.to_owned(),
     }
 }
 
@@ -81,8 +91,10 @@ mod tests {
         assert_eq!(cause(&e), "no such file or directory");
         assert_eq!(
             in_words("/x: cannot open: Permission denied (os error 13); try again"),
-            "/x: cannot open: Permission denied; try again"
+            "/x: cannot open: permission denied; try again"
         );
+        // A name that starts with a capital is no system description.
+        assert_eq!(in_words("Data/x: is gone"), "Data/x: is gone");
         assert_eq!(in_words("EIO (os error x)"), "EIO (os error x)");
     }
 
