@@ -43,9 +43,9 @@ pub struct CopyArgs {
     dest_dir: Option<PathBuf>,
 }
 
-struct Workload {
+pub(crate) struct Workload {
     name: String,
-    source: PathBuf,
+    pub(crate) source: PathBuf,
     /// Remove each copy right after it is timed: one large file frees its
     /// space at once (many small ones are what online discard makes slow).
     remove_each_run: bool,
@@ -265,7 +265,7 @@ fn make_small(dir: &Path, files: usize) -> Workload {
     }
 }
 
-fn make_large(dir: &Path, mib: u64) -> Workload {
+pub(crate) fn make_large(dir: &Path, mib: u64) -> Workload {
     let root = dir.join("src-large");
     let file = root.join("big.bin");
     if std::fs::metadata(&file).map(|m| m.len()).ok() != Some(mib << 20) {
@@ -293,7 +293,11 @@ fn fastest(times: &[Duration]) -> f64 {
 }
 
 pub fn median(times: &[Duration]) -> f64 {
-    let mut secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
+    median_of(times.iter().map(Duration::as_secs_f64).collect())
+}
+
+/// The median of `secs` (the mean of the middle two for an even count).
+pub fn median_of(mut secs: Vec<f64>) -> f64 {
     secs.sort_by(f64::total_cmp);
     let n = secs.len();
     if n % 2 == 1 {

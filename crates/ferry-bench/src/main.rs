@@ -1,6 +1,7 @@
 //! `ferry-bench`: the benchmarks whose numbers docs/benchmarks.md and the closing
 //! notes quote. Each prints a table; see `ferry-bench help`.
 
+mod bwlimit;
 mod copy;
 mod events;
 mod finalize;
@@ -25,6 +26,9 @@ struct Cli {
 enum Command {
     /// ferry cp -a against cp -a + sync -f and rsync -a + sync -f, durable
     Copy(copy::CopyArgs),
+    /// ferry cp --bwlimit of one large file at a few rates: the achieved
+    /// rate over the whole command and over the data phase, against the limit
+    Bwlimit(bwlimit::BwlimitArgs),
     /// Event log: events appended per second, and commit-to-delivery latency
     /// in a watcher in another process
     Events(events::EventArgs),
@@ -48,6 +52,7 @@ enum Command {
 fn main() {
     match Cli::parse().command {
         Command::Copy(args) => copy::run(args),
+        Command::Bwlimit(args) => bwlimit::run(args),
         Command::Events(args) => events::run(args),
         Command::Finalize(args) => finalize::run(args),
         Command::Serve(args) => serve::run(args),

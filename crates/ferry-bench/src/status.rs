@@ -157,7 +157,7 @@ fn seed(path: &Path, entries: u32, failed: u32) {
             index: EntryIndex(k * stride),
             to: FileState::Failed,
             progress_bytes_durable: None,
-            error: Some("No such file or directory (os error 2)".into()),
+            error: Some("no such file or directory".into()),
             checksum: None,
             context: serde_json::Value::Null,
         })

@@ -79,6 +79,8 @@ impl DaemonTransfer {
                 clean_orphans: config.clean_orphans,
                 // Modes as a local copy would give them: the daemon has its own umask.
                 umask: Some(ferry::engine::current_umask()),
+                // The C configuration has no update, no-clobber nor limit.
+                ..RunRequest::default()
             },
         })
     }

@@ -103,7 +103,7 @@ pub(crate) struct CpArgs {
     #[command(flatten)]
     pub(crate) run: RunArgs,
     /// Sources, then the destination
-    #[arg(required = true, num_args = 2.., value_name = "SRC… DST")]
+    #[arg(required = true, num_args = 2.., value_name = "PATH")]
     pub(crate) paths: Vec<PathBuf>,
 }
 
@@ -135,16 +135,15 @@ impl CpArgs {
         self.rules_in_order = rules;
     }
 
-    /// Options the daemon's API does not take yet.
+    /// Options the daemon's API does not take yet (refused, never ignored).
     pub(crate) fn local_only(&self) -> Option<&'static str> {
         [
             (self.dry_run, "--dry-run"),
             (!self.rules_in_order.is_empty(), "--include/--exclude"),
             (self.files_from.is_some(), "--files-from"),
-            (self.update, "--update"),
-            (self.no_clobber, "--no-clobber"),
             (self.delete, "--delete"),
-            (self.run.bwlimit.is_some(), "--bwlimit"),
+            // The daemon's run is not followed file by file.
+            (self.run.verbose, "-v (one line per committed file)"),
         ]
         .into_iter()
         .find_map(|(given, name)| given.then_some(name))
@@ -166,7 +165,7 @@ impl CpArgs {
                         bad(format!(
                             "cannot read pattern file {}: {}",
                             path.display(),
-                            cause(&e)
+                            ferry::words::cause(&e)
                         ))
                     })?;
                     for pattern in ferry::engine::filter::patterns_of_file(&text) {
@@ -276,7 +275,11 @@ fn read_list(path: &Path) -> Result<Vec<u8>, Exit> {
     read.map_err(|e| {
         Exit::Error(ferry::Error::BadOption {
             option: "--files-from",
-            why: format!("cannot read {}: {}", path.display(), cause(&e)),
+            why: format!(
+                "cannot read {}: {}",
+                path.display(),
+                ferry::words::cause(&e)
+            ),
         })
     })?;
     Ok(bytes)
@@ -324,14 +327,14 @@ pub(crate) fn dry_run(args: &CpArgs, store: Option<&dyn Store>) -> Result<Exit, 
             Some(rule) => {
                 skipped += 1;
                 if !args.run.quiet {
-                    println!("skip {} ({rule})", entry.dest.display());
+                    println!("skip {} ({rule})", ferry::words::escaped_path(&entry.dest));
                 }
             }
             None => {
                 copied += 1;
                 bytes += entry.meta.size;
                 if !args.run.quiet {
-                    println!("copy {}", entry.dest.display());
+                    println!("copy {}", ferry::words::escaped_path(&entry.dest));
                 }
             }
         }
@@ -346,7 +349,7 @@ pub(crate) fn dry_run(args: &CpArgs, store: Option<&dyn Store>) -> Result<Exit, 
         )?;
         for extra in &extras {
             if !args.run.quiet {
-                println!("remove {}", extra.path.display());
+                println!("remove {}", ferry::words::escaped_path(&extra.path));
             }
         }
         removed = extras.len();
@@ -573,13 +576,4 @@ fn continue_rerun(
     };
     let workers = args.run.apply_to_resume_or(&mut transfer, unrecorded)?;
     move_and_wait(transfer, Start::Resume, workers, &args.run)
-}
-
-/// An I/O error's cause in words, without its "(os error N)".
-fn cause(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error") {
-        Some(at) => text[..at].to_string(),
-        None => text,
-    }
 }

@@ -21,6 +21,7 @@ pub fn serve(
     entries_per_transfer_max: Option<usize>,
     transfers_per_user_max: Option<usize>,
     entries_per_user_max: Option<usize>,
+    bwlimit: Option<u64>,
 ) -> Result<Exit, Exit> {
     let store = store.unwrap_or_else(ferry::default_store_path);
     // A PostgreSQL store is shared with the daemons of other nodes; a path
@@ -45,6 +46,7 @@ pub fn serve(
             .unwrap_or(ferry_serve::server::TRANSFERS_PER_USER_MAX),
         entries_per_user_max: entries_per_user_max
             .unwrap_or(ferry_serve::server::ENTRIES_PER_USER_MAX),
+        bwlimit: bwlimit.filter(|&rate| rate > 0),
     };
     ferry_serve::server::serve(config).map_err(Exit::Serve)?;
     Ok(Exit::Ok)
@@ -110,7 +112,11 @@ pub fn cp(socket: &Path, args: CpArgs) -> Result<Exit, Exit> {
             .or_else(|| args.archive.then(|| "all".into())),
         rerun: !args.new,
     };
-    let mut run = run_request(&args.run);
+    let mut run = RunRequest {
+        update: args.update,
+        no_clobber: args.no_clobber,
+        ..run_request(&args.run)
+    };
     let created = client
         .create(&CreateRequest {
             name: args.name.clone(),
@@ -212,6 +218,9 @@ fn run_request(args: &RunArgs) -> RunRequest {
         // Modes as a local cp would give them: the daemon has its own umask.
         umask: Some(ferry::engine::current_umask()),
         clean_orphans: args.clean_orphans,
+        update: false,
+        no_clobber: false,
+        bwlimit: args.bwlimit,
     }
 }
 
@@ -278,7 +287,10 @@ pub fn rows(socket: &Path, local: &[StatusRow]) -> Vec<StatusRow> {
             .filter(|row| !local.iter().any(|l| l.same_transfer(row)))
             .collect(),
         Err(e) => {
-            eprintln!("ferry: the daemon's transfers are not listed: {e}");
+            eprintln!(
+                "ferry: the daemon's transfers are not listed: {}",
+                ferry::words::in_words(&e.to_string())
+            );
             Vec::new()
         }
     }
@@ -305,6 +317,15 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
                 "ferry: cancelled {name} (id {}) in the daemon; `ferry --daemon resume {name}` \
                  continues it",
                 view.id
+            );
+        }
+        Command::Limit { name, rate } => {
+            let view = daemon(client.limit(&name, (rate > 0).then_some(rate)))?;
+            println!(
+                "ferry: {name} (id {}) in the daemon now moves at {}; a running mover takes it \
+                 within a second",
+                view.id,
+                crate::rate_words(rate)
             );
         }
         Command::Resume(args) => {
@@ -336,7 +357,7 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
             return Err(Exit::Refused {
                 code: crate::exit::USAGE,
                 message: "with --daemon: status [NAME] [--json], wait NAME, cancel NAME, \
-                          resume NAME, watch --json [--since SEQ] [--transfer NAME], \
+                          limit NAME RATE, resume NAME, watch --json [--since SEQ] [--transfer NAME], \
                           watch --until-done NAME [--since SEQ] [--json], verify NAME… [--json]"
                     .into(),
             });

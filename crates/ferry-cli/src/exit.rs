@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use ferry::Error;
+use ferry::words::in_words;
 use ferry_serve::ServeError;
 use ferry_serve::client::ClientError;
 
@@ -85,19 +86,19 @@ impl From<Exit> for ExitCode {
             }
             Exit::Interrupted(code) => ExitCode::from(code),
             Exit::Error(e) => {
-                eprintln!("ferry: {e}");
+                eprintln!("ferry: {}", in_words(&e.to_string()));
                 ExitCode::from(e.code())
             }
             Exit::Refused { code, message } => {
-                eprintln!("ferry: {message}");
+                eprintln!("ferry: {}", in_words(&message));
                 ExitCode::from(code)
             }
             Exit::Daemon(e) => {
-                eprintln!("ferry: {e}");
+                eprintln!("ferry: {}", in_words(&e.to_string()));
                 ExitCode::from(e.code())
             }
             Exit::Serve(e) => {
-                eprintln!("ferry: {e}");
+                eprintln!("ferry: {}", in_words(&e.to_string()));
                 ExitCode::from(serve_code(&e))
             }
         }

@@ -24,7 +24,9 @@ pub enum HsmCommand {
         /// archive, restore or remove
         #[arg(value_parser = parse_action)]
         action: Action,
+        /// The managed file system's name (Lustre's fsname)
         fsname: String,
+        /// The archive back end that serves the requests (0: any)
         archive_id: u32,
         /// Decimal, or hexadecimal with 0x
         #[arg(value_parser = parse_flags)]
@@ -45,11 +47,13 @@ pub enum HsmCommand {
     /// Replace archived, unchanged files by sparse files of the same size
     /// and metadata
     Release {
+        /// Files to release
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
     /// Cancel requests
     Cancel {
+        /// Request ids (`ferry hsm list` shows them)
         #[arg(required = true, value_name = "ID")]
         ids: Vec<i64>,
     },
@@ -58,20 +62,25 @@ pub enum HsmCommand {
         /// Files, or request ids
         #[arg(required = true, value_name = "PATH|ID")]
         targets: Vec<String>,
+        /// JSON on stdout
         #[arg(long)]
         json: bool,
     },
     /// List requests, oldest first
     List {
+        /// Only requests in this state: waiting, started, succeed, failed, canceled
         #[arg(long, value_parser = parse_state)]
         state: Option<RequestState>,
+        /// At most N requests (1 to 10000)
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
+        /// One JSON object per line
         #[arg(long)]
         json: bool,
     },
     /// Counts of requests per action and state
     Stats {
+        /// JSON on stdout
         #[arg(long)]
         json: bool,
     },
@@ -83,6 +92,7 @@ pub enum HsmCommand {
 
 #[derive(Args)]
 pub struct PathArgs {
+    /// Files of the managed file system
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
     /// The archive back end that serves these requests (0: any)
@@ -94,6 +104,7 @@ pub struct PathArgs {
     /// Return when every request is over; the exit code says how
     #[arg(long)]
     wait: bool,
+    /// JSON on stdout: the requests queued (and, with --wait, how they ended)
     #[arg(long)]
     json: bool,
 }
@@ -103,8 +114,10 @@ pub struct PolicyArgs {
     /// Head start of restores over archives, in ms
     #[arg(long, value_name = "MS")]
     restore_head_start: Option<i64>,
+    /// Head start of removes over archives, in ms
     #[arg(long, value_name = "MS")]
     remove_head_start: Option<i64>,
+    /// Head start of archives, in ms (usually 0)
     #[arg(long, value_name = "MS")]
     archive_head_start: Option<i64>,
     /// Leases restores and removes get for each one an archive gets, when
@@ -114,13 +127,16 @@ pub struct PolicyArgs {
     /// Plain FIFO: no head starts, no shares
     #[arg(long)]
     fifo: bool,
+    /// Attempts a request gets before it fails for good (1 to 1000)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_attempts: Option<u32>,
     /// Back-off after the first failure, doubling up to --backoff-max-ms
     #[arg(long, value_name = "MS")]
     backoff_ms: Option<u64>,
+    /// The longest back-off, in ms
     #[arg(long, value_name = "MS")]
     backoff_max_ms: Option<u64>,
+    /// JSON on stdout
     #[arg(long)]
     json: bool,
 }
@@ -329,7 +345,7 @@ fn request_text(r: &RequestRecord) -> String {
         line.push_str(&format!(" (leased by {holder})"));
     }
     if let Some(error) = &r.error {
-        line.push_str(&format!(": {error}"));
+        line.push_str(&format!(": {}", ferry::words::in_words(error)));
     }
     line
 }

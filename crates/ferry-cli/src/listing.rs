@@ -55,7 +55,7 @@ pub fn with_listing<T>(
                             event
                                 .entry
                                 .and_then(|i| dests.get(&i.0))
-                                .map(|p| p.display().to_string())
+                                .map(|p| ferry::words::escaped_path(p))
                                 .unwrap_or_default()
                         };
                         match event.name.as_str() {
@@ -67,7 +67,9 @@ pub fn with_listing<T>(
                             ),
                             "file.removed" => println!(
                                 "removed {}",
-                                event.context["path"].as_str().unwrap_or_default()
+                                ferry::words::escaped(
+                                    event.context["path"].as_str().unwrap_or_default()
+                                )
                             ),
                             _ => {}
                         }

@@ -19,6 +19,7 @@ mod daemon;
 mod exit;
 mod finalize;
 mod generate;
+mod habits;
 mod hsm;
 mod listing;
 mod output;
@@ -27,6 +28,7 @@ mod status;
 mod store;
 mod verify;
 mod watch;
+mod watch_line;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +38,9 @@ use ferry::{RunReport, RunSettings, Transfer};
 
 use exit::Exit;
 use store::OpenedStore;
+
+/// The heading of the options every command takes, shown apart from its own.
+const GLOBAL: &str = "Global options";
 
 #[derive(Parser)]
 #[command(
@@ -47,17 +52,17 @@ struct Cli {
     /// The state store: a SQLite file, or a PostgreSQL database shared by many nodes
     /// (postgres://USER@HOST/DB[?schema=NAME]) [default: $FERRY_STORE, else
     /// $XDG_STATE_HOME/ferry/ferry.db]
-    #[arg(long, global = true, value_name = "PATH|URL")]
+    #[arg(long, global = true, value_name = "PATH|URL", help_heading = GLOBAL)]
     store: Option<PathBuf>,
 
     /// The daemon's socket [default: $FERRY_SOCKET, else /run/ferry/ferry.sock for root, else
     /// $XDG_RUNTIME_DIR/ferry.sock]
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
     socket: Option<PathBuf>,
 
-    /// status, wait, cancel, resume and watch act on the daemon's transfers
+    /// status, wait, cancel, limit, resume and watch act on the daemon's transfers
     /// (through its socket) instead of the store's
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     daemon: bool,
 
     #[command(subcommand)]
@@ -70,6 +75,7 @@ struct Cli {
 pub(crate) enum Command {
     /// Copy files and directories, durably: nothing appears under its final
     /// name until it is complete
+    #[command(override_usage = "ferry cp [OPTIONS] SRC... DST")]
     Cp(cp::CpArgs),
     /// Show transfers, or one transfer in detail
     Status(StatusArgs),
@@ -136,6 +142,11 @@ pub(crate) enum Command {
         /// transfers; more are refused (exit 40) [default: 4000000]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         max_entries_per_user: Option<u64>,
+        /// Bytes per second for all the daemon's transfers together (a
+        /// node-wide limit, over and above each transfer's own --bwlimit):
+        /// 50M is 50 MiB/s (K, M, G, T) [default: none]
+        #[arg(long, value_name = "RATE", value_parser = rate)]
+        bwlimit: Option<u64>,
     },
     /// HSM coordination: queue archive, restore and remove requests, and
     /// serve them with workers
@@ -162,7 +173,9 @@ pub(crate) enum Command {
 
 #[derive(Args)]
 pub(crate) struct WatchArgs {
-    /// Deliver the events after this sequence number (a saved cursor) [default: 0, all history]
+    /// Deliver the events after this sequence number (a saved cursor)
+    /// [default: from now for people, with a note of the history before;
+    /// 0, all history, with --json]
     #[arg(long, value_name = "SEQ", conflicts_with = "from_now")]
     since: Option<u64>,
     /// Deliver only events from now on
@@ -247,6 +260,15 @@ pub(crate) struct RunArgs {
     /// runs [default: none; resume: as dispatched or last limited]
     #[arg(long, value_name = "RATE", value_parser = rate)]
     bwlimit: Option<u64>,
+}
+
+/// A rate as `ferry limit` says it: `50.00 MiB/s`, or `no limit` for 0.
+pub(crate) fn rate_words(rate: u64) -> String {
+    if rate > 0 {
+        format!("{}/s", indicatif::HumanBytes(rate))
+    } else {
+        "no limit".into()
+    }
 }
 
 /// `--bwlimit`'s and `ferry limit`'s RATE; 0 is none.
@@ -405,7 +427,17 @@ struct ResumeArgs {
 
 fn main() -> ExitCode {
     output::start_clock();
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let matches = match <Cli as clap::CommandFactory>::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => match habits::did_you_mean(&e) {
+            Some(hint) => {
+                let _ = e.print();
+                eprintln!("ferry: did you mean: {hint}");
+                return ExitCode::from(exit::USAGE);
+            }
+            None => e.exit(),
+        },
+    };
     let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -437,6 +469,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
         max_entries_per_transfer,
         max_transfers_per_user,
         max_entries_per_user,
+        bwlimit,
     } = cli.command
     {
         let size = |n: Option<u64>| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
@@ -447,6 +480,7 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             size(max_entries_per_transfer),
             size(max_transfers_per_user),
             size(max_entries_per_user),
+            bwlimit,
         );
     }
     // A dry run writes nothing: no store is created, no daemon asked. One
@@ -539,6 +573,10 @@ fn daemon_twin(command: &Command) -> Option<Command> {
         }),
         Command::Wait { name } => Command::Wait { name: name.clone() },
         Command::Cancel { name } => Command::Cancel { name: name.clone() },
+        Command::Limit { name, rate } => Command::Limit {
+            name: name.clone(),
+            rate: *rate,
+        },
         Command::Resume(args) => Command::Resume(args.clone()),
         Command::Verify(args) if !args.targets.is_empty() => Command::Verify(VerifyArgs {
             targets: args.targets.clone(),
@@ -646,14 +684,10 @@ fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
                 }));
             }
             transfer.limit((rate > 0).then_some(rate))?;
-            let how = if rate > 0 {
-                format!("{}/s", indicatif::HumanBytes(rate))
-            } else {
-                "no limit".into()
-            };
             println!(
-                "ferry: {name} (id {}) now moves at {how}; a running mover takes it within a second",
-                transfer.record().id
+                "ferry: {name} (id {}) now moves at {}; a running mover takes it within a second",
+                transfer.record().id,
+                rate_words(rate)
             );
             Ok(Exit::Ok)
         }

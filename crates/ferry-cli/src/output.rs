@@ -30,7 +30,8 @@ pub fn line(args: std::fmt::Arguments<'_>) {
         STDOUT_GONE.store(true, Ordering::Relaxed);
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             eprintln!(
-                "ferry: cannot write to standard output: {e}; the rest of the output is dropped"
+                "ferry: cannot write to standard output: {}; the rest of the output is dropped",
+                ferry::words::cause(&e)
             );
         }
     }

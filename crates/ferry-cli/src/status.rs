@@ -290,7 +290,11 @@ pub fn print(rows: &[StatusRow], one: bool, json: bool, nothing: &str) {
         && one
     {
         for failure in &row.failures {
-            eprintln!("ferry: {}: {}", failure.path, failure.error);
+            eprintln!(
+                "ferry: {}: {}",
+                ferry::words::escaped(&failure.path),
+                failure.error
+            );
         }
     }
 }
@@ -301,7 +305,7 @@ fn print_files(files: &[serde_json::Value]) {
             "    {:<9} {:>10} {}{}{}",
             file["state"].as_str().unwrap_or(""),
             HumanBytes(file["size"].as_u64().unwrap_or(0)).to_string(),
-            file["dest"].as_str().unwrap_or(""),
+            ferry::words::escaped(file["dest"].as_str().unwrap_or("")),
             file["checksum"]
                 .as_str()
                 .map(|c| format!("  {c}"))

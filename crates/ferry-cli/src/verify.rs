@@ -132,7 +132,9 @@ fn report(checked: &[Checked], transfers: usize, json: bool) -> Result<Exit, Exi
                 Some(format!("expected {expected}, found {found}"))
             }
             Finding::Missing => Some("missing".to_string()),
-            Finding::Unreadable { error } => Some(format!("unreadable: {error}")),
+            Finding::Unreadable { error } => {
+                Some(format!("unreadable: {}", ferry::words::in_words(error)))
+            }
         };
         if json {
             println!("{}", serde_json::to_string(c).expect("serialisable"));

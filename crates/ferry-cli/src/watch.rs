@@ -55,7 +55,16 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
     let since = match (args.since, args.from_now) {
         (Some(seq), _) => seq,
         (None, true) => store.last_seq().map_err(ferry::Error::from)?,
-        (None, false) => 0,
+        // Scripts replay the whole log by default; people see what happens
+        // from now on, told what is behind them.
+        (None, false) if args.json => 0,
+        (None, false) => {
+            let last = store.last_seq().map_err(ferry::Error::from)?;
+            if last > 0 {
+                eprintln!("ferry: watching from now; `--since 0` shows the {last} events before");
+            }
+            last
+        }
     };
     let mut only = args
         .transfer
@@ -96,6 +105,7 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
         ..Default::default()
     };
     let mut names = TransferNames::default();
+    let mut lines = crate::watch_line::Lines::new();
     let stdout = std::io::stdout();
     let mut watch = Watch::new(store, since, filter)?;
     let mut owner_checked = std::time::Instant::now();
@@ -148,28 +158,8 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
                     return Ok(Exit::Ok);
                 }
             } else {
-                let name = names.name(store, &event);
-                let entry = event
-                    .entry
-                    .map(|e| format!(" entry {}", e.0))
-                    .unwrap_or_default();
-                let context = if event.context.is_null() {
-                    String::new()
-                } else {
-                    format!(" {}", event.context)
-                };
-                if writeln!(
-                    out,
-                    "{:>8} {} {:<20} {}{}{}",
-                    event.seq,
-                    ferry::events::rfc3339_ns(event.time_ns),
-                    event.name,
-                    name,
-                    entry,
-                    context
-                )
-                .is_err()
-                {
+                let line = lines.line(store, &event);
+                if writeln!(out, "{line}").is_err() {
                     // The reader is gone (`ferry watch | head`): stop quietly.
                     return Ok(Exit::Ok);
                 }

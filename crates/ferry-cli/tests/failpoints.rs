@@ -202,10 +202,14 @@ fn io_errors_at_every_step_fail_cleanly_then_resume_converges() {
     let src = source.path("src");
     make_tree(&src);
     for (action, expected) in [
-        ("eio", &["Input/output error"][..]),
+        ("eio", &["input/output error"][..]),
         (
             "enospc",
-            &["no space left writing", "No space left", "is read-only"][..],
+            &[
+                "no space left writing",
+                "no space left on device",
+                "is read-only",
+            ][..],
         ),
     ] {
         for step in CommitStep::ALL {

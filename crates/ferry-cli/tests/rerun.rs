@@ -466,7 +466,7 @@ fn a_store_that_cannot_be_opened_names_its_cause_and_reading_creates_nothing() {
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains(&*locked.to_string_lossy()) && err.contains("Permission denied"),
+        err.contains(&*locked.to_string_lossy()) && err.contains("permission denied"),
         "{err}"
     );
 }

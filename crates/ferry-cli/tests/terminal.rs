@@ -153,3 +153,111 @@ fn the_bar_the_summary_and_status_count_files_in_the_same_words() {
     }
     assert_same_tree(&src, &dst);
 }
+
+/// The terminal's width in these tests: the narrowest a person commonly has.
+const NARROW: u16 = 80;
+
+/// Every line of `screen` fits in `columns`.
+fn assert_fits(screen: &[String], columns: u16) {
+    for line in screen {
+        assert!(
+            line.chars().count() <= usize::from(columns),
+            "a line wider than {columns} columns ({}): {line:?}\n{screen:#?}",
+            line.chars().count()
+        );
+    }
+}
+
+/// `ferry cp` on an 80-column terminal, with names long enough to overflow
+/// it: the bar's final frame stays within 80 columns.
+#[test]
+fn the_bar_fits_an_80_column_terminal() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    let long = "a-name-long-enough-to-overflow-an-eighty-column-terminal-by-itself-alone";
+    for i in 0..3 {
+        write_file(&src.join(format!("{long}-{i}")), &vec![i as u8; 200_000]);
+    }
+    let mut cmd = s.ferry();
+    cmd.args(["cp", "-a", "--name", "narrow"])
+        .arg(&src)
+        .arg(&dst);
+    let (code, screen) = Pty::spawn_sized(cmd, NARROW).finish();
+    assert_eq!(code, Some(0), "{screen:#?}");
+    let bar = bar_line(&screen).expect("the bar's final frame stays");
+    assert!(bar.contains("3 files: 3 copied"), "{bar}");
+    // The summary after it is a sentence, which the terminal wraps.
+    assert_fits(std::slice::from_ref(bar), NARROW);
+    assert_same_tree(&src, &dst);
+}
+
+/// `ferry watch` on an 80-column terminal while a copy with long names
+/// runs: it starts from now (saying how much history it leaves out), and
+/// each event is one line within 80 columns — local time, transfer name,
+/// event, path (escaped), a few context fields — never raw JSON.
+#[test]
+fn watch_lines_fit_an_80_column_terminal() {
+    let s = Scratch::new();
+    // History before the watch starts: left out, and said so.
+    write_file(&s.path("old/f"), b"old");
+    run_ok(
+        s.ferry()
+            .args(["cp", "-r"])
+            .arg(s.path("old"))
+            .arg(s.path("old-copy")),
+    );
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    let long = "a-name-long-enough-to-overflow-an-eighty-column-terminal-by-itself-alone";
+    write_file(&src.join(long), b"long");
+    write_file(&src.join("esc\x1b[2Jape"), b"escape");
+    let mut watch = s.ferry();
+    watch.args(["watch", "--until-done", "wide"]);
+    let pty = Pty::spawn_sized(watch, NARROW);
+    pty.wait_for("the end of history", |t| t.contains("caught up"));
+    run_ok(
+        s.ferry()
+            .args(["cp", "-r", "--name", "wide"])
+            .arg(&src)
+            .arg(&dst),
+    );
+    let (code, screen) = pty.finish();
+    assert_eq!(code, Some(0), "{screen:#?}");
+    assert_fits(&screen, NARROW);
+    assert!(
+        screen
+            .iter()
+            .any(|l| l.contains("from now") && l.contains("--since 0")),
+        "the note of what came before: {screen:#?}"
+    );
+    let events: Vec<&String> = screen.iter().filter(|l| l.contains(" wide ")).collect();
+    assert!(
+        events.iter().all(|l| !l.contains("old-copy")),
+        "history is left out: {screen:#?}"
+    );
+    let committed: Vec<&&String> = events
+        .iter()
+        .filter(|l| l.contains(" file.committed "))
+        .collect();
+    // The two files and their directory.
+    assert_eq!(committed.len(), 3, "{screen:#?}");
+    assert!(
+        committed.iter().any(|l| l.ends_with('…')),
+        "the long path is cut at the edge: {screen:#?}"
+    );
+    assert!(
+        committed.iter().any(|l| l.contains("esc\\033[2Jape")),
+        "the ESC is shown escaped: {screen:#?}"
+    );
+    for line in &events {
+        let time = line.split(' ').next().unwrap();
+        assert!(
+            time.len() == 8 && time.chars().filter(|&c| c == ':').count() == 2,
+            "HH:MM:SS first: {line}"
+        );
+        assert!(!line.contains('{'), "no raw JSON: {line}");
+    }
+    assert!(
+        events.iter().any(|l| l.contains(" transfer.completed")),
+        "{screen:#?}"
+    );
+}

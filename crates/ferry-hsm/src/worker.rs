@@ -293,30 +293,33 @@ impl<'a> Worker<'a> {
         };
         let outcome = match result {
             Ok(()) => Outcome::Succeeded,
-            Err(Step::Fail(kind, msg)) => match self.queue.fail(lease, kind, &msg) {
-                Ok(state) => {
-                    // `lost` is a catalog change too: the file says so.
-                    if kind == FailKind::Lost
-                        && let Ok(Some(entry)) = self.queue.catalog_entry(&r.fid)
-                        && path.exists()
-                    {
-                        catalog::mirror(&path, &entry);
+            // The request's error is for people: its causes in words.
+            Err(Step::Fail(kind, msg)) => {
+                match self.queue.fail(lease, kind, &ferry::words::in_words(&msg)) {
+                    Ok(state) => {
+                        // `lost` is a catalog change too: the file says so.
+                        if kind == FailKind::Lost
+                            && let Ok(Some(entry)) = self.queue.catalog_entry(&r.fid)
+                            && path.exists()
+                        {
+                            catalog::mirror(&path, &entry);
+                        }
+                        Outcome::Failed(state, msg)
                     }
-                    Outcome::Failed(state, msg)
-                }
-                Err(StoreError::StaleLease { .. }) => Outcome::Abandoned(msg),
-                // The catalog moved on (the file is no longer what `lost`
-                // can follow): the request fails all the same, and this
-                // worker goes on serving others.
-                Err(StoreError::CatalogConflict { .. }) if kind == FailKind::Lost => {
-                    match self.queue.fail(lease, FailKind::Permanent, &msg) {
-                        Ok(state) => Outcome::Failed(state, msg),
-                        Err(StoreError::StaleLease { .. }) => Outcome::Abandoned(msg),
-                        Err(e) => return Err(e),
+                    Err(StoreError::StaleLease { .. }) => Outcome::Abandoned(msg),
+                    // The catalog moved on (the file is no longer what `lost`
+                    // can follow): the request fails all the same, and this
+                    // worker goes on serving others.
+                    Err(StoreError::CatalogConflict { .. }) if kind == FailKind::Lost => {
+                        match self.queue.fail(lease, FailKind::Permanent, &msg) {
+                            Ok(state) => Outcome::Failed(state, msg),
+                            Err(StoreError::StaleLease { .. }) => Outcome::Abandoned(msg),
+                            Err(e) => return Err(e),
+                        }
                     }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
-            },
+            }
             Err(Step::Lost(msg)) => Outcome::Abandoned(msg),
             Err(Step::Store(e)) => return Err(e),
         };

@@ -98,6 +98,30 @@ pub struct RunRequest {
         deserialize_with = "wire::whole"
     )]
     pub umask: Option<u32>,
+    /// Keep destination files that are newer than their source (rsync -u).
+    #[serde(default)]
+    pub update: bool,
+    /// Never overwrite an existing destination (cp -n).
+    #[serde(default)]
+    pub no_clobber: bool,
+    /// Bytes per second for the whole transfer, shared by its workers;
+    /// absent or 0: none (a resume without it keeps the recorded one).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::whole"
+    )]
+    pub bwlimit: Option<u64>,
+}
+
+/// `POST /v1/transfers/{name}/limit`: the transfer's new bandwidth limit,
+/// also while it runs (its mover takes it within a quarter second).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRequest {
+    /// Bytes per second; 0: no limit.
+    #[serde(deserialize_with = "wire::whole_required")]
+    pub bytes_per_second: u64,
 }
 
 /// The umask a dispatch or resume that does not say uses.

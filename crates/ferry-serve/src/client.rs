@@ -263,6 +263,15 @@ impl Client {
         self.call("POST", &path, None::<&()>)
     }
 
+    /// Sets a transfer's bandwidth limit (`None`: none), also while it runs.
+    pub fn limit(&self, name: &str, bytes_per_second: Option<u64>) -> ClientResult<TransferView> {
+        let path = format!("/v1/transfers/{}/limit", encode(name));
+        let body = crate::api::LimitRequest {
+            bytes_per_second: bytes_per_second.unwrap_or(0),
+        };
+        self.call("POST", &path, Some(&body))
+    }
+
     /// A transfer with all its failures: the daemon answers a page at a
     /// time, this asks for each.
     pub fn status(&self, name: &str) -> ClientResult<TransferView> {

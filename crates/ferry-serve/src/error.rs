@@ -26,7 +26,8 @@ impl ApiError {
         ApiError {
             status,
             kind,
-            message: message.into(),
+            // Every error body passes here: its causes said in words.
+            message: ferry::words::in_words(&message.into()),
             code: None,
         }
     }

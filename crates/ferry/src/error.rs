@@ -142,7 +142,7 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
 
-    #[error("{path}: {source}")]
+    #[error("{path}: {}", crate::words::cause(.source))]
     Io { path: PathBuf, source: io::Error },
 }
 

@@ -703,13 +703,13 @@ fn outcome(
         temporaries_removed: 0,
         removed: Vec::new(),
         aborted: false,
-        detail,
+        detail: detail.map(|d| crate::words::in_words(&d)),
     }
 }
 
 fn failed(mut outcome: TransferOutcome, message: &str) -> TransferOutcome {
     outcome.outcome = Outcome::Failed;
-    outcome.detail = Some(message.to_owned());
+    outcome.detail = Some(crate::words::in_words(message));
     outcome
 }
 
@@ -723,7 +723,7 @@ fn store_failure(path: &Path, e: Error) -> TransferOutcome {
         temporaries_removed: 0,
         removed: Vec::new(),
         aborted: false,
-        detail: Some(e.to_string()),
+        detail: Some(crate::words::in_words(&e.to_string())),
     }
 }
 

@@ -49,6 +49,7 @@ mod signals;
 pub mod store;
 mod transfer;
 pub mod verify;
+pub mod words;
 
 pub use engine::plan::plan;
 pub use engine::{ChunkHook, FileFailure, Progress, RunReport, temp_path};

@@ -60,6 +60,8 @@ pub struct Transfer {
     progress: Arc<Progress>,
     clean_orphans: bool,
     after_chunk: Option<ChunkHook>,
+    /// A node-wide pace its runs keep to (the daemon's `--bwlimit`).
+    shared_pace: Option<Arc<crate::engine::throttle::SharedPace>>,
     check_space: bool,
     take_over_unknown_owner: bool,
     skip: SkipRule,
@@ -285,6 +287,7 @@ impl Transfer {
             progress: Arc::new(Progress::default()),
             clean_orphans: false,
             after_chunk: None,
+            shared_pace: None,
             check_space: false,
             take_over_unknown_owner: false,
             skip: SkipRule::Never,
@@ -437,6 +440,12 @@ impl Transfer {
 
     /// A hook the workers of the next dispatch or resume call after each
     /// chunk (see [`ChunkHook`]).
+    /// Its runs keep to `pace` as well as to their own limit: the
+    /// daemon's node-wide rate, shared by all its transfers.
+    pub fn share_pace(&mut self, pace: Option<Arc<crate::engine::throttle::SharedPace>>) {
+        self.shared_pace = pace;
+    }
+
     pub fn set_after_chunk(&mut self, hook: Option<ChunkHook>) {
         self.after_chunk = hook;
     }
@@ -598,6 +607,7 @@ impl Transfer {
             no_clobber: self.no_clobber,
             delete,
             bwlimit: self.bwlimit,
+            shared_pace: self.shared_pace.clone(),
             cancel: Arc::clone(&self.cancel),
             progress: Arc::clone(&self.progress),
             after_chunk: self.after_chunk.clone(),

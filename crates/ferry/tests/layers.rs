@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// `ferry`'s top-level modules, bottom layer first. A module imports only
 /// from its own layer or below (and never in a circle within a layer).
 const FERRY_LAYERS: &[&[&str]] = &[
-    &["model", "checksum", "failpoint", "signals"],
+    &["model", "checksum", "failpoint", "signals", "words"],
     &["store"],
     &["error", "events", "owner", "heartbeat"],
     &["engine", "verify"],

@@ -33,11 +33,18 @@ struct Output {
 impl Pty {
     /// Spawns `cmd` with stdin, stdout and stderr on a new pseudo-terminal
     /// of `COLUMNS` x 24.
-    pub fn spawn(mut cmd: Command) -> Pty {
+    pub fn spawn(cmd: Command) -> Pty {
+        Pty::spawn_sized(cmd, COLUMNS)
+    }
+
+    /// Spawns `cmd` on a pseudo-terminal of `columns` x 24 (and no
+    /// $COLUMNS: the terminal says its width).
+    pub fn spawn_sized(mut cmd: Command, columns: u16) -> Pty {
+        cmd.env_remove("COLUMNS");
         let (mut master, mut slave) = (-1, -1);
         let size = libc::winsize {
             ws_row: 24,
-            ws_col: COLUMNS,
+            ws_col: columns,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };

@@ -23,6 +23,11 @@ pub fn whole<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<
     d.deserialize_any(Whole::<T>(PhantomData, false)).map(Some)
 }
 
+/// A required whole number of type `T`, read as [`whole`] reads one.
+pub fn whole_required<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+    d.deserialize_any(Whole::<T>(PhantomData, false))
+}
+
 /// A query field that is a whole number (`timeout_ms`, `since`, `limit`):
 /// as [`whole`], spelled as text.
 pub fn whole_query<'de, D: Deserializer<'de>, T: TryFrom<u64>>(

@@ -55,6 +55,8 @@ pub(super) struct Daemon {
     pub(super) entries_per_transfer_max: usize,
     pub(super) entries_per_user_max: usize,
     pub(super) transfers_per_user_max: usize,
+    /// `ferry serve --bwlimit`: the rate all its transfers share.
+    pub(super) shared_pace: Option<Arc<ferry::engine::throttle::SharedPace>>,
 }
 
 /// A mover: runs queued transfers one at a time, each on a fresh thread
@@ -200,6 +202,7 @@ impl Daemon {
                     // event); defaults if the log was compacted since.
                     let settings = self.last_settings(&record);
                     settings.apply(&mut transfer);
+                    transfer.share_pace(self.shared_pace.clone());
                     match transfer.resume(settings.threads.into()) {
                         // Another daemon took it over first: it is theirs.
                         Err(ferry::Error::OwnerAlive { .. }) if shared => continue,
@@ -454,6 +457,7 @@ impl Daemon {
         }
         let mut transfer = Transfer::open(Arc::clone(&self.store), name)?;
         settings.apply(&mut transfer);
+        transfer.share_pace(self.shared_pace.clone());
         if resume {
             transfer.resume(settings.threads.into())?;
         } else {

@@ -100,6 +100,9 @@ pub struct Config {
     /// Entries one user (root aside) may hold across its unfinished
     /// transfers in the daemon's store ([`ENTRIES_PER_USER_MAX`] by default).
     pub entries_per_user_max: usize,
+    /// Bytes per second for all the daemon's transfers together, over and
+    /// above each one's own `bwlimit`; `None`: none.
+    pub bwlimit: Option<u64>,
 }
 
 /// The default bound on one transfer's entries: the daemon's store grows
@@ -185,6 +188,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             entries_per_transfer_max: config.entries_per_transfer_max,
             transfers_per_user_max: config.transfers_per_user_max,
             entries_per_user_max: config.entries_per_user_max,
+            shared_pace: config
+                .bwlimit
+                .filter(|&rate| rate > 0)
+                .map(|rate| Arc::new(ferry::engine::throttle::SharedPace::new(rate))),
         });
         let rx = Arc::new(Mutex::new(rx));
         let movers: Vec<_> = (0..workers)

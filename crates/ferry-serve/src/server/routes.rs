@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 
 use super::daemon::Daemon;
 use super::handlers::{
-    add, cancel, create, dispatch, events, list, metrics, resume, status, verify, wait,
+    add, cancel, create, dispatch, events, limit, list, metrics, resume, status, verify, wait,
 };
 use super::peer::PeerInfo;
 use super::{REQUESTS_MAX, REQUESTS_PER_USER_MAX};
@@ -28,6 +28,7 @@ pub(super) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/transfers/{name}/dispatch", post(dispatch))
         .route("/v1/transfers/{name}/resume", post(resume))
         .route("/v1/transfers/{name}/cancel", post(cancel))
+        .route("/v1/transfers/{name}/limit", post(limit))
         .route("/v1/transfers/{name}/wait", get(wait))
         .route("/v1/transfers/{name}/verify", get(verify))
         .route("/v1/events", get(events))

@@ -68,8 +68,11 @@ impl RunSettings {
                 check_space: request.check_space,
                 clean_orphans: request.clean_orphans,
                 umask: Some(umask),
-                // The command line's --update, --no-clobber, --delete and
-                // filters are not in the daemon's API yet.
+                update: request.update,
+                no_clobber: request.no_clobber,
+                bwlimit: request.bwlimit.filter(|&rate| rate > 0),
+                // The command line's --delete and filters are not in the
+                // daemon's API yet (the CLI refuses them).
                 ..ferry::RunSettings::default()
             },
         })

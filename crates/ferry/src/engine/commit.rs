@@ -354,6 +354,8 @@ impl Committer<'_> {
         error: Option<String>,
     ) -> Change {
         let entry = self.entry(index);
+        // Recorded for people (status, the summary, events): in words.
+        let error = error.map(|message| crate::words::in_words(&message));
         let context = match (&error, to) {
             (Some(message), _) => serde_json::json!({"error": message}),
             (None, FileState::Copied) => serde_json::json!({"bytes": entry.meta.size}),
@@ -654,14 +656,23 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
+/// Up to this many paths are made durable by an fsync of each and of its
+/// directory, not by a `syncfs`: that also writes back every other
+/// process's dirty data on the file system, which on a busy shared one
+/// cost 0.6 s for the one directory at the end of a 1 GiB copy (a third
+/// of `--bwlimit`'s whole deviation; see docs/benchmarks.md).
+const FSYNC_PATHS_MAX: usize = 8;
+
 /// Makes each path's data and inode, and its name in its directory,
-/// durable. Batched: one `syncfs` per file system holding any of them. On
-/// kernels before 5.8 `syncfs` does not report writeback errors, so there
-/// each file and each directory is fsynced instead: slower, never silent.
+/// durable. Batched: one `syncfs` per file system holding any of them,
+/// for more than [`FSYNC_PATHS_MAX`] paths. On kernels before 5.8 `syncfs`
+/// does not report writeback errors, so there (and for a few paths) each
+/// file and each directory is fsynced instead: never silent.
 pub fn make_durable<'p>(paths: impl Iterator<Item = &'p Path>) -> io::Result<()> {
+    let paths: Vec<&Path> = paths.collect();
     let mut parents: HashMap<&Path, ()> = HashMap::new();
     let mut by_device: HashMap<u64, (&Path, File)> = HashMap::new();
-    let reliable = syncfs_reports_errors();
+    let reliable = paths.len() > FSYNC_PATHS_MAX && syncfs_reports_errors();
     for path in paths {
         if !reliable {
             // A path that is gone (a removed temporary) only needs its directory.

@@ -176,6 +176,9 @@ pub struct RunOptions {
     pub delete: Option<filter::Filter>,
     /// `--bwlimit`: bytes per second for the whole run, `None` for none.
     pub bwlimit: Option<u64>,
+    /// A node-wide limit this run shares with others (`ferry serve
+    /// --bwlimit`), kept to as well as its own.
+    pub shared_pace: Option<Arc<throttle::SharedPace>>,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<Progress>,
     /// Called by a worker after each chunk it writes; see [`ChunkHook`].
@@ -212,7 +215,13 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
     let store: &dyn Store = &fenced;
     let entries = store.entries(id)?;
     // A `ferry limit` from here on changes the rate this run starts with.
-    let throttle = throttle::Throttle::new(store, id, options.bwlimit, store.last_seq()?);
+    let throttle = throttle::Throttle::new(
+        store,
+        id,
+        options.bwlimit,
+        store.last_seq()?,
+        options.shared_pace.clone(),
+    );
     store.apply(&[Change::Transfer {
         id,
         to: TransferState::Running,

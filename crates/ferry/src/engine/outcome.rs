@@ -87,10 +87,13 @@ impl Engine<'_> {
                 .into_iter()
                 .map(|(index, error)| FileFailure {
                     path: entries[index.0 as usize].dest.clone(),
-                    error,
+                    error: crate::words::in_words(&error),
                 })
                 .collect(),
-            warnings: std::mem::take(&mut *self.warnings.lock().expect("warnings poisoned")),
+            warnings: std::mem::take(&mut *self.warnings.lock().expect("warnings poisoned"))
+                .iter()
+                .map(|warning| crate::words::in_words(warning))
+                .collect(),
         })
     }
 }

@@ -6,7 +6,8 @@
 //! Pacing is by account, not by buckets: since the rate was last set,
 //! `bytes` may not run ahead of `rate × elapsed`. A worker that wrote a
 //! chunk waits, in slices of at most [`SLICE`], until the account allows
-//! it; a cancel or a new rate ends the wait early.
+//! it; a cancel or a new rate ends the wait early. A daemon's node-wide
+//! limit is a [`SharedPace`] every run of the daemon keeps to as well.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +30,60 @@ struct Account {
     bytes: u64,
 }
 
+impl Account {
+    fn new() -> Account {
+        Account {
+            since: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Books `bytes`; returns when the rate allows them.
+    fn book(&mut self, bytes: u64, rate: u64) -> Instant {
+        self.bytes += bytes;
+        self.since + Duration::from_secs_f64(self.bytes as f64 / rate as f64)
+    }
+}
+
+/// A rate shared by every run that holds it: the daemon's node-wide limit
+/// (`ferry serve --bwlimit`), over and above each transfer's own. Paced by
+/// account, as a run's own limit is, from when the pace was made.
+pub struct SharedPace {
+    /// Bytes per second, more than 0.
+    rate: u64,
+    account: Mutex<Account>,
+}
+
+impl SharedPace {
+    pub fn new(rate: u64) -> SharedPace {
+        assert!(rate > 0, "a shared pace has a rate");
+        SharedPace {
+            rate,
+            account: Mutex::new(Account::new()),
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// Books `bytes`; returns when they are due. An idle stretch gives no
+    /// credit beyond one second: the account restarts when it is behind
+    /// now by more, so that a daemon idle for an hour does not burst.
+    fn book(&self, bytes: u64) -> Instant {
+        let mut account = self.account.lock().expect("shared pace poisoned");
+        let now = Instant::now();
+        let due = account.since + Duration::from_secs_f64(account.bytes as f64 / self.rate as f64);
+        if due + IDLE_CREDIT < now {
+            *account = Account::new();
+        }
+        account.book(bytes, self.rate)
+    }
+}
+
+/// The most a shared pace lets an idle stretch be caught up.
+const IDLE_CREDIT: Duration = Duration::from_secs(1);
+
 /// A run's shared pace.
 pub struct Throttle<'a> {
     store: &'a dyn Store,
@@ -38,45 +93,63 @@ pub struct Throttle<'a> {
     account: Mutex<Account>,
     /// The last `transfer.limited` event seen, and when the store was asked.
     poll: Mutex<(u64, Instant)>,
+    /// The node-wide rate this run shares with the daemon's others.
+    shared: Option<std::sync::Arc<SharedPace>>,
 }
 
 impl<'a> Throttle<'a> {
     /// `rate`: bytes per second, `None` for none; `after`: the newest event
     /// already taken into account (a later `transfer.limited` changes it).
-    pub fn new(store: &'a dyn Store, id: TransferId, rate: Option<u64>, after: u64) -> Self {
+    /// `shared`: a node-wide pace this run also keeps to.
+    pub fn new(
+        store: &'a dyn Store,
+        id: TransferId,
+        rate: Option<u64>,
+        after: u64,
+        shared: Option<std::sync::Arc<SharedPace>>,
+    ) -> Self {
         Throttle {
             store,
             id,
             rate: AtomicU64::new(rate.unwrap_or(0)),
-            account: Mutex::new(Account {
-                since: Instant::now(),
-                bytes: 0,
-            }),
+            account: Mutex::new(Account::new()),
             poll: Mutex::new((after, Instant::now())),
+            shared,
         }
     }
 
-    /// The bytes of the next chunk: `want`, cut for a smooth pace.
+    /// The bytes of the next chunk: `want`, cut for a smooth pace (a
+    /// quarter second at the lower of the two rates).
     pub fn chunk(&self, want: u64) -> u64 {
-        match self.rate.load(Ordering::Relaxed) {
-            0 => want,
-            rate => want.min((rate / 4).max(CHUNK_BYTES_MIN)),
+        let own = self.rate.load(Ordering::Relaxed);
+        let shared = self.shared.as_ref().map_or(0, |s| s.rate());
+        match [own, shared].into_iter().filter(|&r| r > 0).min() {
+            None => want,
+            Some(rate) => want.min((rate / 4).max(CHUNK_BYTES_MIN)),
         }
     }
 
-    /// After `bytes` were written: waits until the rate allows them.
+    /// After `bytes` were written: waits until the run's rate allows them,
+    /// then until the node-wide one does.
     pub fn pace(&self, bytes: u64, cancel: &AtomicBool) {
         self.look_for_new_rate();
-        let due = {
-            let rate = self.rate.load(Ordering::Relaxed);
-            if rate == 0 {
-                return;
-            }
-            let mut account = self.account.lock().expect("throttle poisoned");
-            account.bytes += bytes;
-            account.since + Duration::from_secs_f64(account.bytes as f64 / rate as f64)
-        };
-        let rate_then = self.rate.load(Ordering::Relaxed);
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate > 0 {
+            let due = self
+                .account
+                .lock()
+                .expect("throttle poisoned")
+                .book(bytes, rate);
+            self.wait_until(due, cancel, Some(rate));
+        }
+        if let Some(shared) = &self.shared {
+            self.wait_until(shared.book(bytes), cancel, None);
+        }
+    }
+
+    /// Sleeps until `due`, in slices; a cancel, or a new rate of the run's
+    /// own when `rate_then` is given, ends the wait early.
+    fn wait_until(&self, due: Instant, cancel: &AtomicBool, rate_then: Option<u64>) {
         loop {
             let now = Instant::now();
             if now >= due || cancel.load(Ordering::Relaxed) {
@@ -84,7 +157,7 @@ impl<'a> Throttle<'a> {
             }
             std::thread::sleep((due - now).min(SLICE));
             self.look_for_new_rate();
-            if self.rate.load(Ordering::Relaxed) != rate_then {
+            if rate_then.is_some_and(|r| self.rate.load(Ordering::Relaxed) != r) {
                 return;
             }
         }
@@ -116,11 +189,7 @@ impl<'a> Throttle<'a> {
         poll.0 = last.seq;
         let rate = last.context["bytes_per_second"].as_u64().unwrap_or(0);
         self.rate.store(rate, Ordering::Relaxed);
-        let mut account = self.account.lock().expect("throttle poisoned");
-        *account = Account {
-            since: Instant::now(),
-            bytes: 0,
-        };
+        *self.account.lock().expect("throttle poisoned") = Account::new();
     }
 }
 

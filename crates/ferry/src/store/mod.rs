@@ -169,7 +169,7 @@ pub enum StoreError {
     )]
     NoStore { path: PathBuf },
 
-    #[error("cannot open store {path}: {source}")]
+    #[error("cannot open store {path}: {}", crate::words::cause(.source))]
     Open {
         path: PathBuf,
         source: std::io::Error,

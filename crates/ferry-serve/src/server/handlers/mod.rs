@@ -5,4 +5,4 @@ mod events;
 mod transfers;
 
 pub(super) use events::{events, metrics, wait};
-pub(super) use transfers::{add, cancel, create, dispatch, list, resume, status, verify};
+pub(super) use transfers::{add, cancel, create, dispatch, limit, list, resume, status, verify};

@@ -13,8 +13,8 @@ use ferry::model::ChecksumAlgo;
 use ferry::{Kind, Preserve, Transfer, TransferOptions, TransferState};
 
 use crate::api::{
-    AddRequest, AddResponse, CancelRequest, CreateRequest, LIST_FAILURES_MAX, PAGE_MAX, PageQuery,
-    RunRequest, SameCopyView, TransferView,
+    AddRequest, AddResponse, CancelRequest, CreateRequest, LIST_FAILURES_MAX, LimitRequest,
+    PAGE_MAX, PageQuery, RunRequest, SameCopyView, TransferView,
 };
 use crate::creds;
 use crate::error::ApiError;
@@ -346,6 +346,45 @@ pub(in crate::server) async fn cancel(
         {
             moving.interrupt.store(true, Ordering::Relaxed);
         }
+        let record = daemon.find(&peer, &name)?;
+        Ok(Json(daemon.view(
+            &record,
+            false,
+            None,
+            LIST_FAILURES_MAX,
+        )?))
+    })
+    .await
+}
+
+/// `POST /v1/transfers/{name}/limit`: a new bandwidth limit, recorded as a
+/// `transfer.limited` event, which a running mover looks for every quarter
+/// second and a resume starts with, as `ferry limit NAME RATE` does for a
+/// transfer of the user's store.
+pub(in crate::server) async fn limit(
+    State(daemon): State<Arc<Daemon>>,
+    ConnectInfo(info): PeerConn,
+    UrlPath(name): UrlPath<String>,
+    ApiJson(request): ApiJson<LimitRequest>,
+) -> Result<Json<TransferView>, ApiError> {
+    let peer = info.peer()?;
+    blocking(move || {
+        let record = daemon.find(&peer, &name)?;
+        // Over and done: no mover will read the rate again.
+        if matches!(
+            record.state,
+            TransferState::Completed | TransferState::Finalized
+        ) {
+            return Err(ferry::Error::NothingToDo {
+                name: record.name.clone(),
+                id: record.id,
+                state: record.state,
+                action: "limit",
+            }
+            .into());
+        }
+        let transfer = Transfer::open(Arc::clone(&daemon.store), &name)?;
+        transfer.limit((request.bytes_per_second > 0).then_some(request.bytes_per_second))?;
         let record = daemon.find(&peer, &name)?;
         Ok(Json(daemon.view(
             &record,
