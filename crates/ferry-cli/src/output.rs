@@ -52,25 +52,28 @@ pub fn with_progress<T>(
         return f().map_err(Exit::from);
     }
     let bar = ProgressBar::new(0);
+    // Two lines within the terminal's width: the bar with the bytes, then
+    // the rates, times and files (a finished frame: the time and counts).
     bar.set_style(
-        ProgressStyle::with_template(
-            // The bar takes what the counts leave of the terminal's width:
-            // one line on an 80-column terminal (the summary says the rate).
-            "{wide_bar} {bytes}/{total_bytes} ETA {eta} {msg}",
-        )
-        .expect("a valid template"),
+        ProgressStyle::with_template("{wide_bar} {percent:>3}% {prefix}\n{msg}")
+            .expect("a valid template"),
     );
+    let started = Instant::now();
     let done = AtomicBool::new(false);
+    let frame = |bar: &ProgressBar| {
+        let copied = progress.bytes_copied.load(Ordering::Relaxed);
+        let reused = progress.bytes_reused.load(Ordering::Relaxed);
+        let total = progress.bytes_total.load(Ordering::Relaxed);
+        bar.set_length(total.max(1));
+        bar.set_position(if total == 0 { 1 } else { copied + reused });
+        bar.set_prefix(bytes_line(copied, reused, total));
+    };
     let result = std::thread::scope(|scope| {
         scope.spawn(|| {
             // A display refresh, not a wait for an event: 10 frames a second.
             while !done.load(Ordering::Relaxed) {
-                bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
-                bar.set_position(
-                    progress.bytes_reused.load(Ordering::Relaxed)
-                        + progress.bytes_copied.load(Ordering::Relaxed),
-                );
-                bar.set_message(progress.counts().to_string());
+                frame(&bar);
+                bar.set_message(rates_line(progress, started.elapsed()));
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
@@ -80,12 +83,8 @@ pub fn with_progress<T>(
     });
     match result.as_ref().ok().and_then(last) {
         Some(counts) => {
-            bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
-            bar.set_position(
-                progress.bytes_reused.load(Ordering::Relaxed)
-                    + progress.bytes_copied.load(Ordering::Relaxed),
-            );
-            bar.finish_with_message(counts.to_string());
+            frame(&bar);
+            bar.finish_with_message(format!("done in {} · {counts}", clock(started.elapsed())));
             // The cursor stays at the end of the bar: what follows goes
             // below it, not after it.
             eprintln!();
@@ -267,4 +266,88 @@ pub fn store_check(store: &ferry::store::SqliteStore, json: bool) -> Result<Exit
         .into()),
         None => Ok(Exit::Ok),
     }
+}
+
+/// The bar's first line after the percentage: `1.2 GiB of 2.9 GiB`, with
+/// what an earlier run made durable apart (`+ 300 MiB reused`).
+fn bytes_line(copied: u64, reused: u64, total: u64) -> String {
+    if reused == 0 {
+        format!("{} of {}", HumanBytes(copied), HumanBytes(total))
+    } else {
+        format!(
+            "{} + {} reused of {}",
+            HumanBytes(copied),
+            HumanBytes(reused),
+            HumanBytes(total)
+        )
+    }
+}
+
+/// The bar's second line: this run's rate, elapsed, an ETA that counts the
+/// files still to commit as well as the bytes, files done and per second,
+/// and the large file being copied — cut to the terminal's width.
+fn rates_line(progress: &Progress, elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs_f64().max(1e-3);
+    let copied = progress.bytes_copied.load(Ordering::Relaxed);
+    let bytes_left = progress
+        .bytes_total
+        .load(Ordering::Relaxed)
+        .saturating_sub(copied + progress.bytes_reused.load(Ordering::Relaxed));
+    let files = progress.files_total.load(Ordering::Relaxed);
+    let done = progress.files_done.load(Ordering::Relaxed);
+    let byte_rate = copied as f64 / seconds;
+    let file_rate = done as f64 / seconds;
+    // Whichever is further: bytes to write, or files to commit.
+    let eta = [
+        (bytes_left > 0 && byte_rate > 0.0).then(|| bytes_left as f64 / byte_rate),
+        (files > done && file_rate > 0.0).then(|| (files - done) as f64 / file_rate),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(None::<f64>, |most, s| Some(most.map_or(s, |m| m.max(s))));
+    let eta = match eta {
+        Some(s) => clock(Duration::from_secs_f64(s.min(1e7))),
+        None if files > done => "?".into(),
+        None => "0:00".into(),
+    };
+    let mut line = format!(
+        "{}/s, {} elapsed, ETA {eta} · {done}/{files} files, {:.0}/s",
+        HumanBytes(byte_rate as u64),
+        clock(elapsed),
+        file_rate
+    );
+    if let Some(name) = progress
+        .large_file
+        .lock()
+        .expect("progress")
+        .as_deref()
+        .and_then(|p| p.file_name())
+    {
+        line.push_str(" · ");
+        line.push_str(&ferry::words::escaped_path(std::path::Path::new(name)));
+    }
+    let width = terminal_width().saturating_sub(1);
+    match line.char_indices().nth(width) {
+        Some((cut, _)) => line[..cut].to_owned(),
+        None => line,
+    }
+}
+
+/// `m:ss`, or `h:mm:ss` past an hour.
+fn clock(elapsed: Duration) -> String {
+    let s = elapsed.as_secs();
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+/// Columns of the terminal on stderr (80 when it will not say).
+fn terminal_width() -> usize {
+    rustix::termios::tcgetwinsize(std::io::stderr())
+        .ok()
+        .map(|w| usize::from(w.ws_col))
+        .filter(|&c| c > 0)
+        .unwrap_or(80)
 }

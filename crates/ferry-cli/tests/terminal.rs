@@ -20,9 +20,12 @@ fn counts_phrase(line: &str) -> Option<String> {
     Some(line[start..end].to_owned())
 }
 
-/// The line of `screen` that is the bar (its `ETA`), if one is left.
+/// The bar's second line, if one is left on `screen`: its `ETA` while it
+/// runs, `done in` and the counts once finished.
 fn bar_line(screen: &[String]) -> Option<&String> {
-    screen.iter().find(|l| l.contains(" ETA "))
+    screen
+        .iter()
+        .find(|l| l.contains(" ETA ") || l.starts_with("done in "))
 }
 
 /// Ctrl-C typed at the terminal while `cp` is surely mid-copy (paused at
@@ -260,4 +263,43 @@ fn watch_lines_fit_an_80_column_terminal() {
         events.iter().any(|l| l.contains(" transfer.completed")),
         "{screen:#?}"
     );
+}
+
+/// What the bar says while a large file is copied, at 80 columns: the
+/// percentage, the bytes, this run's rate, elapsed and ETA, files done and
+/// per second, and the large file's name (the file count stands still
+/// through it); finished, the time and the counts.
+#[test]
+fn the_bar_names_the_large_file_it_copies_within_80_columns() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    let big: Vec<u8> = (0..40u32 << 20).map(|i| (i % 251) as u8).collect();
+    write_file(&src.join("big.dat"), &big);
+    write_file(&src.join("small"), b"small");
+    let mut cmd = s.ferry();
+    // Slow enough that frames are drawn while it runs.
+    cmd.args(["cp", "-a", "--bwlimit", "16M", "--name", "big"])
+        .arg(&src)
+        .arg(&dst);
+    let pty = Pty::spawn_sized(cmd, NARROW);
+    pty.wait_for("a frame naming the large file", |t| {
+        t.lines().any(|l| {
+            l.contains(" ETA ")
+                && l.contains(" elapsed")
+                && l.contains(" files, ")
+                && l.contains("big.dat")
+        })
+    });
+    let (code, screen) = pty.finish();
+    assert_eq!(code, Some(0), "{screen:#?}");
+    let bar = bar_line(&screen).expect("the bar's final frame stays");
+    assert!(bar.starts_with("done in 0:0"), "{bar}");
+    assert!(bar.contains("2 files: 2 copied"), "{bar}");
+    let percent = screen
+        .iter()
+        .find(|l| l.contains("100% "))
+        .unwrap_or_else(|| panic!("the bar's first line: {screen:#?}"));
+    assert!(percent.contains("40.00 MiB of 40.00 MiB"), "{percent}");
+    assert_fits(&screen[..screen.len().min(2)], NARROW);
+    assert_same_tree(&src, &dst);
 }

@@ -19,6 +19,8 @@ pub const COLUMNS: u16 = 160;
 
 pub struct Pty {
     pub child: Child,
+    /// The terminal's width: a line that fills it wraps (as xterm does).
+    columns: usize,
     master: File,
     output: Arc<(Mutex<Output>, Condvar)>,
 }
@@ -103,6 +105,7 @@ impl Pty {
         });
         Pty {
             child,
+            columns: usize::from(columns),
             master,
             output,
         }
@@ -155,15 +158,16 @@ impl Pty {
             assert!(!left.is_zero(), "the terminal was never closed");
             out = cv.wait_timeout(out, left).unwrap().0;
         }
-        (status.code(), screen(&out.bytes))
+        (status.code(), screen(&out.bytes, self.columns))
     }
 }
 
-/// What a terminal shows after `bytes`: text, `\r`, `\n`, and the escapes
-/// a progress bar draws with (erase line, erase to its end, cursor up);
-/// others (colours, cursor visibility) are dropped. Lines are trimmed at
-/// their end; trailing empty lines are dropped.
-pub fn screen(bytes: &[u8]) -> Vec<String> {
+/// What a terminal `columns` wide shows after `bytes`: text, `\r`, `\n`,
+/// the escapes a progress bar draws with (erase line, erase to its end,
+/// cursor up and down), and xterm's wrap (a character after a full line
+/// goes to the next); others (colours, cursor visibility) are dropped.
+/// Lines are trimmed at their end; trailing empty lines are dropped.
+pub fn screen(bytes: &[u8], columns: usize) -> Vec<String> {
     let text = String::from_utf8_lossy(bytes);
     let mut lines: Vec<Vec<char>> = vec![Vec::new()];
     let (mut row, mut col) = (0usize, 0usize);
@@ -193,16 +197,31 @@ pub fn screen(bytes: &[u8]) -> Vec<String> {
                     params.push(p);
                 }
                 let n: usize = params.trim_start_matches('?').parse().unwrap_or(0);
+                // A cursor at the end of a full line stays on it.
+                col = col.min(columns.saturating_sub(1));
                 match end {
                     'K' if n == 2 => lines[row].clear(),
                     'K' => lines[row].truncate(col),
                     'A' => row = row.saturating_sub(n.max(1)),
+                    'B' => {
+                        row += n.max(1);
+                        while lines.len() <= row {
+                            lines.push(Vec::new());
+                        }
+                    }
                     'G' => col = n.saturating_sub(1),
                     _ => {}
                 }
             }
             c if c.is_control() => {}
             c => {
+                if col >= columns {
+                    row += 1;
+                    col = 0;
+                    if lines.len() <= row {
+                        lines.push(Vec::new());
+                    }
+                }
                 let line = &mut lines[row];
                 if line.len() <= col {
                     line.resize(col, ' ');

@@ -97,6 +97,9 @@ pub struct Progress {
     pub bytes_reused: AtomicU64,
     /// Bytes written by this run.
     pub bytes_copied: AtomicU64,
+    /// The large file (split in ranges) whose range a worker took last:
+    /// what a bar names while the file count stands still.
+    pub large_file: std::sync::Mutex<Option<std::path::PathBuf>>,
 }
 
 /// How a run ended.

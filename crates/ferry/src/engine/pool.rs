@@ -74,6 +74,12 @@ impl Engine<'_> {
                     let tracker = trackers[index.0 as usize]
                         .as_ref()
                         .expect("a range without its tracker");
+                    // Once per range (RANGE_BYTES of data): no contention.
+                    let mut named = self.options.progress.large_file.lock().expect("progress");
+                    if named.as_deref() != Some(entry.dest.as_path()) {
+                        *named = Some(entry.dest.clone());
+                    }
+                    drop(named);
                     self.copy_range(entry, tracker, slot, start, end, &mut buffer)
                 }
                 Work::Rehash { index, piece } => {
