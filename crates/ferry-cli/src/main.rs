@@ -185,7 +185,7 @@ pub(crate) struct WatchArgs {
     #[arg(long, value_name = "NAME")]
     transfer: Option<String>,
     /// Only events of this name (transfer.completed) or family (transfer, file)
-    #[arg(long, value_name = "KIND")]
+    #[arg(long, value_name = "KIND", value_parser = watch::event_name)]
     event: Option<String>,
     /// Stop when this transfer is completed, failed or cancelled; the exit
     /// code says which

@@ -227,3 +227,61 @@ fn outcome(state: TransferState) -> Exit {
         _ => Exit::TransferFailed,
     }
 }
+
+/// Families of events, each a name's first part.
+const EVENT_FAMILIES: [&str; 5] = ["transfer", "file", "request", "catalog", "hsm"];
+
+/// Every event name the stores write.
+fn event_names() -> Vec<String> {
+    use ferry::model::{CatalogState, RequestState};
+    use ferry::store::rules;
+    let mut names: Vec<String> = ferry::TransferState::ALL
+        .iter()
+        .map(|s| rules::transfer_event_name(*s))
+        .chain(
+            ferry::FileState::ALL
+                .iter()
+                .map(|s| rules::file_event_name(*s)),
+        )
+        .chain(
+            [
+                rules::EVENT_ADDED,
+                rules::EVENT_FREED,
+                rules::EVENT_REATTACHED,
+                rules::EVENT_LIMITED,
+                rules::EVENT_PROGRESS,
+                rules::EVENT_REMOVED,
+                "request.joined",
+                "hsm.policy",
+            ]
+            .map(String::from),
+        )
+        .chain(
+            RequestState::ALL
+                .iter()
+                .map(|s| format!("request.{}", s.as_str())),
+        )
+        .chain(
+            CatalogState::ALL
+                .iter()
+                .map(|s| format!("catalog.{}", s.as_str())),
+        )
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `--event`'s parser: a family or a name the stores write (a typo would
+/// watch nothing, forever).
+pub fn event_name(event: &str) -> Result<String, String> {
+    let names = event_names();
+    if EVENT_FAMILIES.contains(&event) || names.iter().any(|n| n == event) {
+        return Ok(event.to_owned());
+    }
+    Err(format!(
+        "no event is named so: give a family ({}) or one of: {}",
+        EVENT_FAMILIES.join(", "),
+        names.join(", ")
+    ))
+}

@@ -337,3 +337,36 @@ proptest! {
         concurrent_run(threads, processes, watchers, files, &picks);
     }
 }
+
+/// `watch --event` with a name no store writes would watch nothing,
+/// forever: refused (exit 2) with the names there are. A family and a full
+/// name are taken.
+#[test]
+fn watch_refuses_an_event_name_no_store_writes() {
+    let s = Scratch::new();
+    let out = run(s.ferry().args(["watch", "--event", "transfer.complete"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("transfer.complete'") && said.contains("transfer.completed"),
+        "{said}"
+    );
+    write_file(&s.path("f"), b"data");
+    run_ok(
+        s.ferry()
+            .args(["cp", "--name", "w"])
+            .arg(s.path("f"))
+            .arg(s.path("copy")),
+    );
+    for event in ["transfer", "transfer.completed"] {
+        let out =
+            run_ok(
+                s.ferry()
+                    .args(["watch", "--json", "--event", event, "--until-done", "w"]),
+            );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("transfer.completed"),
+            "{event}: {out:?}"
+        );
+    }
+}
