@@ -618,7 +618,7 @@ impl Transfer {
                     })
                 }))
             }
-            Kind::Daemon => Mover::Recorded(options),
+            Kind::Daemon | Kind::Distributed => Mover::Recorded(options),
         };
         Ok(())
     }

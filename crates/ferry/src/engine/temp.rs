@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// Opens a temporary for writing, owner-only, never through a symlink: a
 /// link planted at the predictable name is removed, not followed.
-pub(super) fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
+pub fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
     let open = |fresh: bool| {
         OpenOptions::new()
             .write(true)
@@ -38,7 +38,7 @@ pub(super) fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
     }
 }
 
-pub(super) fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
+pub fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
     match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
         Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT) => format!(
             "no space left writing {}: {written} of {size} bytes written, {} more needed",
