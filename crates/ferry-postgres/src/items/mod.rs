@@ -261,10 +261,6 @@ impl PgStore {
         lease: &ItemLease,
         changes: &[Change],
     ) -> Result<(), StoreError> {
-        let mut checked = HashSet::new();
-        for change in changes {
-            self.apply_one(tx, change, &mut checked)?;
-        }
         let now = now_ns();
         tx.tx
             .execute(
@@ -281,6 +277,12 @@ impl PgStore {
             &json!({"item": lease.item, "kind": lease.kind.as_str(), "attempt": lease.attempt,
                     "host": lease.host, "files": lease.files, "bytes": lease.bytes}),
         )?;
+        // After the item's event: the finish item's `transfer.completed`
+        // is then the transfer's last event, where watchers stop.
+        let mut checked = HashSet::new();
+        for change in changes {
+            self.apply_one(tx, change, &mut checked)?;
+        }
         let id = lease.transfer.0;
         if lease.kind == ItemKind::Range {
             let file = lease.entries[0];
