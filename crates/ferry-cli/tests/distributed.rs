@@ -362,3 +362,142 @@ fn four_nodes_two_killed_copy_everything_exactly_once() {
     let entries = small + 4 + small.div_ceil(1000) + 2;
     assert_eq!(committed, entries, "every entry committed exactly once");
 }
+
+/// A PostgreSQL cluster of this test's own (never the shared one other
+/// tests use), run as user postgres on a free port; stopped when dropped.
+struct PrivateCluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivateCluster {
+    fn start() -> PrivateCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let chown = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let cluster = PrivateCluster { dir, port };
+        cluster.as_postgres(&format!(
+            "initdb -D {}/data -A trust -U postgres >/dev/null",
+            cluster.dir.path().display()
+        ));
+        cluster.pg_ctl("start");
+        cluster
+    }
+
+    fn as_postgres(&self, script: &str) {
+        let out = Command::new("setpriv")
+            .args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .args(["sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `pg_ctl ACTION`, waiting for it to take effect.
+    fn pg_ctl(&self, action: &str) {
+        let dir = self.dir.path().display();
+        self.as_postgres(&format!(
+            "pg_ctl -D {dir}/data -w -m fast -l {dir}/log \
+             -o '-p {} -k {dir} -c listen_addresses=127.0.0.1' {action} >/dev/null",
+            self.port
+        ));
+    }
+
+    fn url(&self, schema: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?schema={schema}",
+            self.port
+        )
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let dir = self.dir.path().display();
+        let _ = Command::new("setpriv")
+            .args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .args([
+                "sh",
+                "-c",
+                &format!("pg_ctl -D {dir}/data -m immediate stop"),
+            ])
+            .output();
+    }
+}
+
+#[test]
+fn workers_pause_through_a_postgres_restart_and_complete_the_copy() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test runs its own PostgreSQL cluster as user postgres: run it as root"
+    );
+    let cluster = PrivateCluster::start();
+    let url = cluster.url("restart");
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    let sums = big_tree(&src, 4000, 2, 64 << 20, 5);
+    let at = || ferry_at(Path::new(&url));
+    run_ok(
+        at().args(["cp", "-a", "--distributed", "--name", "restart"])
+            .arg(&src)
+            .arg(&dst),
+    );
+    let workers: Vec<Child> = (0..2)
+        .map(|_| {
+            at().args(["worker", "--transfer", "restart", "--lease", "3s"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Restart once a few items are done: the copy is under way.
+    let mut watcher = at()
+        .args(["watch", "--since", "0", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(watcher.stdout.take().unwrap()));
+    let mut done = 0;
+    for line in lines {
+        if line.unwrap().contains("item.done") {
+            done += 1;
+            if done == 3 {
+                break;
+            }
+        }
+    }
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+    cluster.pg_ctl("restart");
+
+    let mut waited_out = 0;
+    for worker in workers {
+        let stderr = finished(worker);
+        waited_out += stderr.matches("trying again").count();
+    }
+    eprintln!("store errors waited out by the workers: {waited_out}");
+    let status = json(&run_ok(at().args(["status", "restart", "--json"])));
+    assert_eq!(status["state"], "completed", "{status}");
+    assert_same_tree(&src, &dst);
+    assert_eq!(
+        util::walk(&dst)
+            .iter()
+            .filter(|p| sums.contains_key(*p))
+            .count(),
+        sums.len()
+    );
+}
