@@ -98,6 +98,22 @@ fn two_nodes_copy_a_tree_and_status_shows_each_node() {
     let files: u64 = nodes.iter().map(|n| n["files"].as_u64().unwrap()).sum();
     // Every file and symlink once: 700 + the large file + the link.
     assert_eq!(files, 702, "{status}");
+    // The log replays to the same end (`status --at`), item events and all.
+    let log =
+        run_ok(ferry(&schema).args(["watch", "--since", "0", "--json", "--until-done", "dist1"]));
+    let last = String::from_utf8_lossy(&log.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["seq"].as_u64())
+        .max()
+        .unwrap();
+    let at = json(&run_ok(ferry(&schema).args([
+        "status",
+        "--at",
+        &last.to_string(),
+        "dist1",
+        "--json",
+    ])));
+    assert_eq!(at[0]["state"], "completed", "{at}");
     let text = String::from_utf8_lossy(&run_ok(ferry(&schema).args(["status", "dist1"])).stdout)
         .into_owned();
     assert!(

@@ -179,6 +179,9 @@ impl Worker {
                 match self.with_heartbeat(store, &lease) {
                     Ok(()) => report.items_done += 1,
                     Err(StoreError::StaleItem { .. }) => report.items_lost += 1,
+                    // Cancelled while this item ran: its writes are refused,
+                    // and no item of it is leased any more.
+                    Err(StoreError::Cancelled { .. }) => report.items_lost += 1,
                     Err(e) => return Err(e),
                 }
                 Ok(true)

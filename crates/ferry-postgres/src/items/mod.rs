@@ -127,6 +127,10 @@ impl PgStore {
                              candidate AS (
                                 SELECT id FROM work_items
                                 WHERE {cond} AND ($1::BIGINT IS NULL OR transfer_id = $1)
+                                  -- A cancelled (or freed) transfer's items stay.
+                                  AND EXISTS (SELECT 1 FROM transfers t
+                                      WHERE t.id = transfer_id AND t.freed_ns IS NULL
+                                      AND t.state IN ('dispatched', 'running'))
                                 ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED)
                              UPDATE work_items w SET state = 'started', attempt = attempt + 1,
                                 lease_holder = $2, lease_host = $3,
