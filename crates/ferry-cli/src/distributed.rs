@@ -1,12 +1,15 @@
 //! `ferry cp --distributed` and `ferry worker`: one copy moved by workers on
 //! many nodes through a PostgreSQL store (`ferry-distributed`).
 
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use ferry::model::{Kind, NewTransfer, Preserve};
-use ferry::store::Store;
+use ferry::engine::Progress;
+use ferry::events::{Watch, WatchItem};
+use ferry::model::{Kind, NewTransfer, Preserve, TransferId, TransferRecord};
+use ferry::store::{EventFilter, Store};
 use ferry_postgres::PgStore;
 
 use crate::cp::CpArgs;
@@ -90,9 +93,64 @@ pub(crate) fn cp(opened: &OpenedStore, args: &CpArgs) -> Result<Exit, Exit> {
         );
     }
     if args.wait {
-        return crate::watch::wait(store, &record.name);
+        return wait_with_bar(store, &record, args.run.json || args.run.quiet);
     }
     Ok(Exit::Ok)
+}
+
+/// `cp --distributed --wait`: `ferry wait`, with a bar fed from the event
+/// log (the workers' `item.done` events: files and bytes done).
+fn wait_with_bar(store: &PgStore, record: &TransferRecord, plain: bool) -> Result<Exit, Exit> {
+    let progress = Arc::new(Progress::default());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| feed(store, record.id, &progress, &stop));
+        let waited = crate::output::with_progress(
+            &progress,
+            plain,
+            || Ok(crate::watch::wait(store, &record.name)),
+            |waited| waited.as_ref().ok().map(|_| progress.counts()),
+        );
+        stop.store(true, Ordering::Relaxed);
+        waited?
+    })
+}
+
+/// Adds what the transfer's events say to `progress` until `stop`.
+fn feed(store: &PgStore, id: TransferId, progress: &Progress, stop: &AtomicBool) {
+    let filter = EventFilter {
+        transfer: Some(id),
+        ..Default::default()
+    };
+    let Ok(mut watch) = Watch::new(store, 0, filter) else {
+        return;
+    };
+    let add = |counter: &AtomicU64, value: &serde_json::Value| {
+        counter.fetch_add(value.as_u64().unwrap_or(0), Ordering::Relaxed);
+    };
+    while !stop.load(Ordering::Relaxed) {
+        // A bounded wait, to see `stop` when the transfer has ended.
+        match watch.next_timeout(Some(Duration::from_millis(200))) {
+            Ok(Some(WatchItem::Event(event))) => match event.name.as_str() {
+                "transfer.added" => {
+                    add(&progress.files_total, &event.context["entries"]);
+                    add(&progress.bytes_total, &event.context["bytes"]);
+                }
+                ferry_postgres::items::EVENT_ITEM_DONE => {
+                    // Entries count directories, the bar counts files: a
+                    // directory's item is done once.
+                    if event.context["kind"] == "dir" {
+                        progress.files_total.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    add(&progress.files_done, &event.context["files"]);
+                    add(&progress.bytes_copied, &event.context["bytes"]);
+                }
+                _ => {}
+            },
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// `ferry worker`: leases and does work items until killed or (with
