@@ -137,7 +137,8 @@ impl PgStore {
                                 lease_expires_ns = clock.ns + $4::BIGINT * 1000000, updated_ns = clock.ns
                              FROM candidate, clock WHERE w.id = candidate.id
                              RETURNING w.id, w.transfer_id, w.kind, w.entries, w.range_start,
-                                w.range_end, w.files, w.bytes, w.attempt"
+                                w.range_end, w.files, w.bytes, w.attempt,
+                                (SELECT state FROM transfers t WHERE t.id = w.transfer_id)"
                         ),
                         &[&only, &holder, &host, &(lease_ms as i64)],
                     )
@@ -163,6 +164,8 @@ impl PgStore {
                     holder: holder.to_string(),
                     host: host.to_string(),
                 };
+                let state: String = row.try_get(9).map_err(|e| tx.err(e))?;
+                let dispatched = state == TransferState::Dispatched.as_str();
                 self.event(
                     tx,
                     lease.transfer,
@@ -171,11 +174,14 @@ impl PgStore {
                     &json!({"item": lease.item, "kind": kind.as_str(),
                             "attempt": lease.attempt, "host": host}),
                 )?;
-                return Ok(Some(lease));
+                return Ok(Some((lease, dispatched)));
             }
             Ok(None)
         })?;
-        if let Some(lease) = &leased {
+        let Some((lease, dispatched)) = leased else {
+            return Ok(None);
+        };
+        if dispatched {
             // The first item leased moves the transfer to `running`; a
             // worker that loses this race to another finds it running.
             let moved = self.apply(&[Change::Transfer {
@@ -192,7 +198,7 @@ impl PgStore {
                 moved?;
             }
         }
-        Ok(leased)
+        Ok(Some(lease))
     }
 
     /// Renews `lease` for `lease_ms`; `Ok(false)`: it is no longer ours
