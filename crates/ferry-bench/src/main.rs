@@ -3,6 +3,7 @@
 
 mod bwlimit;
 mod copy;
+mod distributed;
 mod events;
 mod finalize;
 mod hsm;
@@ -47,6 +48,9 @@ enum Command {
     /// series of empty files: wall time, peak RSS and store size against cp -a,
     /// rsync -a and dcp/dsync
     Tree(tree::TreeArgs),
+    /// One copy by 1, 2 and 4 `ferry worker`s through PostgreSQL beside
+    /// `ferry cp --threads N` (and dcp with N ranks): W4 and 4 x 1 GiB
+    Distributed(distributed::DistributedArgs),
 }
 
 fn main() {
@@ -59,6 +63,7 @@ fn main() {
         Command::Status(args) => status::run(args),
         Command::Hsm(args) => hsm::run(args),
         Command::Tree(args) => tree::run(args),
+        Command::Distributed(args) => distributed::run(args),
     }
 }
 

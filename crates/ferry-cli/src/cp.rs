@@ -42,10 +42,15 @@ pub(crate) struct CpArgs {
     /// (daemon when one answers on the socket, else threads)
     #[arg(long, default_value = "threads", value_parser = ["sync", "threads", "daemon", "default"])]
     pub(crate) kind: String,
-    /// With --kind daemon: return when the transfer is over, not when it is
-    /// dispatched
+    /// With --kind daemon or --distributed: return when the transfer is
+    /// over, not when it is dispatched
     #[arg(long)]
     pub(crate) wait: bool,
+    /// Moved by `ferry worker`s on any number of nodes, which share the
+    /// PostgreSQL --store: this only records the transfer and its first
+    /// work items (directories are listed by the workers)
+    #[arg(long)]
+    pub(crate) distributed: bool,
     /// A new transfer under cp's destination rules, even when a transfer of
     /// the store already copied these sources to this destination (which a
     /// re-run otherwise continues, or brings up to date)

@@ -16,6 +16,7 @@ macro_rules! println {
 
 mod cp;
 mod daemon;
+mod distributed;
 mod exit;
 mod finalize;
 mod generate;
@@ -152,6 +153,9 @@ pub(crate) enum Command {
     /// serve them with workers
     #[command(subcommand)]
     Hsm(hsm::HsmCommand),
+    /// Move distributed transfers (`cp --distributed`): lease their work
+    /// items from a PostgreSQL store, on as many nodes as run it
+    Worker(distributed::WorkerArgs),
     /// Write the man pages, or print a shell's completion script
     #[command(subcommand)]
     Generate(generate::GenerateCommand),
@@ -483,6 +487,17 @@ fn run(cli: Cli) -> Result<Exit, Exit> {
             bwlimit,
         );
     }
+    // Distributed work needs the store every node reaches: refused before
+    // any store is opened (or a SQLite one created).
+    let distributed = match &cli.command {
+        Command::Cp(args) if args.distributed => Some("cp --distributed"),
+        Command::Worker(_) => Some("ferry worker"),
+        _ => None,
+    };
+    if let Some(what) = distributed {
+        let location = cli.store.clone().unwrap_or_else(ferry::default_store_path);
+        distributed::require_postgres(&location, what)?;
+    }
     // A dry run writes nothing: no store is created, no daemon asked. One
     // that exists is read, for the copy a run would repeat.
     if let Command::Cp(args) = &cli.command
@@ -615,6 +630,8 @@ fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
         Command::Stop { dead, all, force } => finalize::stop(store.as_ref(), dead, all, force),
         Command::Forget { name, force } => finalize::forget(store.as_ref(), &name, force),
         Command::Hsm(command) => hsm::run(opened.queue(), command),
+        Command::Worker(args) => distributed::worker(&opened, args),
+        Command::Cp(args) if args.distributed => distributed::cp(&opened, &args),
         Command::Cp(args) => cp::cp(store, args),
         Command::Status(StatusArgs {
             at: Some(seq),
@@ -624,6 +641,7 @@ fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
         }) => output::status_at(store.as_ref(), seq, name.as_deref(), json),
         Command::Status(args) => {
             let mut rows = status::local_rows(store.as_ref(), args.name.as_deref(), args.files)?;
+            distributed::add_nodes(&opened, &mut rows)?;
             // Every transfer of the user's: the daemon's too, when it answers.
             if args.name.is_none() {
                 rows.extend(daemon::rows(socket, &rows));

@@ -29,6 +29,9 @@ pub struct StatusRow {
     /// `--files`: every entry.
     #[serde(skip_serializing_if = "Option::is_none")]
     files: Option<Vec<serde_json::Value>>,
+    /// A distributed transfer: what each node's workers have done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<Vec<ferry_postgres::items::HostProgress>>,
 }
 
 #[derive(Serialize)]
@@ -89,6 +92,7 @@ impl StatusRow {
                 })
                 .collect(),
             files: files.then(|| entries.iter().map(file_row).collect()),
+            nodes: None,
         }
     }
 
@@ -159,12 +163,22 @@ impl StatusRow {
             at: format!("daemon at {}", socket.display()),
             failures: view.failures.clone(),
             files: None,
+            nodes: None,
         }
     }
 }
 
 impl StatusRow {
     /// The same transfer (a daemon's row of a store also read locally).
+    /// The transfer's id and kind, to look up its per-node progress.
+    pub fn id_and_kind(&self) -> (i64, &str) {
+        (self.id, &self.kind)
+    }
+
+    pub fn set_nodes(&mut self, nodes: Vec<ferry_postgres::items::HostProgress>) {
+        self.nodes = Some(nodes);
+    }
+
     pub fn same_transfer(&self, other: &StatusRow) -> bool {
         (self.id, &self.name, &self.kind) == (other.id, &other.name, &other.kind)
     }
@@ -284,6 +298,18 @@ pub fn print(rows: &[StatusRow], one: bool, json: bool, nothing: &str) {
         println!("{line}");
         if let Some(files) = i.checked_sub(1).and_then(|r| rows[r].files.as_ref()) {
             print_files(files);
+        }
+        if let Some(nodes) = i.checked_sub(1).and_then(|r| rows[r].nodes.as_ref()) {
+            for node in nodes {
+                println!(
+                    "    node {}: {} items done, {} held, {} files, {}",
+                    node.host,
+                    node.items_done,
+                    node.items_held,
+                    node.files,
+                    HumanBytes(node.bytes)
+                );
+            }
         }
     }
     if let [row] = rows

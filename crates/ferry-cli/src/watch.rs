@@ -229,7 +229,7 @@ fn outcome(state: TransferState) -> Exit {
 }
 
 /// Families of events, each a name's first part.
-const EVENT_FAMILIES: [&str; 5] = ["transfer", "file", "request", "catalog", "hsm"];
+const EVENT_FAMILIES: [&str; 6] = ["transfer", "file", "item", "request", "catalog", "hsm"];
 
 /// Every event name the stores write.
 fn event_names() -> Vec<String> {
@@ -253,6 +253,9 @@ fn event_names() -> Vec<String> {
                 rules::EVENT_REMOVED,
                 "request.joined",
                 "hsm.policy",
+                // A distributed copy's work items (crates/ferry-postgres).
+                "item.leased",
+                "item.done",
             ]
             .map(String::from),
         )

@@ -19,6 +19,7 @@
 //!   woken by it finds the events.
 
 mod conn;
+pub mod items;
 mod queue;
 mod schema;
 mod store;

@@ -183,7 +183,7 @@ impl Error {
             | Error::BadSetting { .. }
             | Error::BadOption { .. } => 2,
             Error::Store(StoreError::NoSuchRequest { .. } | StoreError::NotInCatalog { .. }) => 22,
-            Error::Store(StoreError::StaleLease { .. }) => 23,
+            Error::Store(StoreError::StaleLease { .. } | StoreError::StaleItem { .. }) => 23,
             Error::FileDirty { .. } | Error::Store(StoreError::CatalogConflict { .. }) => 24,
             Error::Store(StoreError::RequestTransition { .. }) => 26,
             Error::Archive { .. } => 27,

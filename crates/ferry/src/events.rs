@@ -332,6 +332,10 @@ pub fn snapshot_at(store: &dyn Store, seq: u64) -> Result<Vec<TransferSnapshot>>
                 "file.removed" => {}
                 // A rate, no state.
                 "transfer.limited" => {}
+                // A distributed transfer's work items (ferry-postgres'
+                // `items`): who did what, for per-node progress; the
+                // entries' states come with their own events.
+                "item.leased" | "item.done" => {}
                 "transfer.reattached" => {
                     t.owner_host = context["host"].as_str().unwrap_or_default().into();
                     t.owner_pid = context["pid"].as_u64().unwrap_or_default() as u32;

@@ -43,6 +43,10 @@ pub enum Kind {
     /// exits or dies. Dispatch and resume only record the change; the
     /// daemon's mover runs it ([`crate::Transfer::run_dispatched`]).
     Daemon,
+    /// Moved by `ferry worker`s on any number of nodes, which lease its work
+    /// items from a PostgreSQL store (`ferry-distributed`). Dispatch only
+    /// records the change, as for [`Kind::Daemon`].
+    Distributed,
 }
 
 impl Kind {
@@ -51,6 +55,7 @@ impl Kind {
             Kind::Sync => "sync",
             Kind::Threads => "threads",
             Kind::Daemon => "daemon",
+            Kind::Distributed => "distributed",
         }
     }
 
@@ -59,6 +64,7 @@ impl Kind {
             "sync" => Some(Kind::Sync),
             "threads" => Some(Kind::Threads),
             "daemon" => Some(Kind::Daemon),
+            "distributed" => Some(Kind::Distributed),
             _ => None,
         }
     }

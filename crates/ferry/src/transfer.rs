@@ -628,7 +628,7 @@ impl Transfer {
                     })
                 }))
             }
-            Kind::Daemon => Mover::Recorded(options),
+            Kind::Daemon | Kind::Distributed => Mover::Recorded(options),
         };
         Ok(())
     }

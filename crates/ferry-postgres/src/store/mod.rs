@@ -42,7 +42,8 @@ const TRANSFER_COLUMNS: &str = "id, name, kind, state, owner_host, owner_boot_id
     updated_ns, checksum_algo, caller_uid, caller_gid, caller_groups, owner_heartbeat_ns,
     owner_lease_ms";
 
-const ENTRY_COLUMNS: &str = "idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
+pub(crate) const ENTRY_COLUMNS: &str =
+    "idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
     link_target, state, progress_bytes_durable, error, checksum_algo, checksum, link_group,
     xattrs, piece_digests";
 
@@ -58,7 +59,7 @@ const LAST_SEQ: &str = "SELECT greatest(
 /// Entries inserted per statement: bounds one statement's parameters.
 const INSERT_ROWS_MAX: usize = 4096;
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
@@ -67,7 +68,7 @@ fn now_ns() -> i64 {
 type Params<'a> = [&'a (dyn ToSql + Sync)];
 
 impl PgStore {
-    fn event(
+    pub(crate) fn event(
         &self,
         tx: &mut Tx<'_>,
         id: TransferId,
@@ -87,7 +88,7 @@ impl PgStore {
 
     /// Locks every live transfer among `ids`, in id order: the first locks
     /// of a transaction, always taken in the same order.
-    fn lock_transfers(&self, tx: &mut Tx<'_>, ids: &[i64]) -> Result<(), StoreError> {
+    pub(crate) fn lock_transfers(&self, tx: &mut Tx<'_>, ids: &[i64]) -> Result<(), StoreError> {
         let mut ids = ids.to_vec();
         ids.sort_unstable();
         ids.dedup();
@@ -178,6 +179,18 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let state = self.transfer_state(tx, id)?;
         rules::check_adding(&self.location_path(), id, state)?;
+        self.insert_entry_rows(tx, id, entries).map(|_| ())
+    }
+
+    /// The rows of [`Self::insert_entries`] and its event, without the check
+    /// of the transfer's state (a distributed transfer's listings add entries
+    /// while it moves). Returns the first new entry's index.
+    pub(crate) fn insert_entry_rows(
+        &self,
+        tx: &mut Tx<'_>,
+        id: TransferId,
+        entries: &[NewEntry],
+    ) -> Result<i64, StoreError> {
         let first: i64 = tx
             .tx
             .query_one(
@@ -255,10 +268,11 @@ impl PgStore {
             None,
             rules::EVENT_ADDED,
             &rules::added_context(entries),
-        )
+        )?;
+        Ok(first)
     }
 
-    fn apply_one(
+    pub(crate) fn apply_one(
         &self,
         tx: &mut Tx<'_>,
         change: &Change,
@@ -468,7 +482,7 @@ fn transfer_row(row: &Row) -> Result<TransferRow, postgres::Error> {
     })
 }
 
-fn entry_row(row: &Row) -> Result<EntryRow, postgres::Error> {
+pub(crate) fn entry_row(row: &Row) -> Result<EntryRow, postgres::Error> {
     Ok(EntryRow {
         index: row.try_get(0)?,
         kind: row.try_get(1)?,

@@ -64,9 +64,18 @@ pub struct BatchOutcome {
 
 impl Committer<'_> {
     fn entry(&self, index: EntryIndex) -> &EntryRecord {
-        let entry = &self.entries[index.0 as usize];
-        assert_eq!(entry.index, index, "entries must be indexed by position");
-        entry
+        // By position when the entries are the whole transfer; a distributed
+        // worker's batch holds some of them, sorted by index.
+        match self.entries.get(index.0 as usize) {
+            Some(entry) if entry.index == index => entry,
+            _ => {
+                let at = self
+                    .entries
+                    .binary_search_by_key(&index, |e| e.index)
+                    .expect("entries must be sorted by index");
+                &self.entries[at]
+            }
+        }
     }
 
     pub fn temp_of(&self, entry: &EntryRecord) -> PathBuf {

@@ -40,7 +40,7 @@ mod pool;
 mod ranges;
 mod space;
 mod stale;
-mod temp;
+pub mod temp;
 mod work;
 
 use std::collections::HashMap;

@@ -612,7 +612,9 @@ pub(super) fn walk_below(
     Ok(())
 }
 
-pub(super) fn entry(source: &Path, meta: &fs::Metadata, dest: PathBuf) -> Result<NewEntry> {
+/// The entry of one source path, from its `lstat`, landing at `dest`.
+/// (A distributed worker lists one directory at a time through it.)
+pub fn entry(source: &Path, meta: &fs::Metadata, dest: PathBuf) -> Result<NewEntry> {
     let file_type = meta.file_type();
     let (kind, link_target) = if file_type.is_dir() {
         (EntryKind::Dir, None)

@@ -13,7 +13,7 @@ use std::path::Path;
 /// have given its temporary the final mode, owner, ACL or extended
 /// attributes (step 5 on the open temporary) before it was killed, and
 /// rewriting that inode would show partial data to whom they admit.
-pub(super) fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
+pub fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
     let open = |fresh: bool| {
         OpenOptions::new()
             .write(true)
@@ -44,7 +44,7 @@ pub(super) fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
     }
 }
 
-pub(super) fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
+pub fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
     match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
         Some(rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT) => format!(
             "no space left writing {}: {written} of {size} bytes written, {} more needed",

@@ -283,6 +283,20 @@ pub enum StoreError {
         state: RequestState,
     },
 
+    #[error(
+        "store {path}: work item {item} of transfer {id}, attempt {attempt}, is stale (the item is \
+         at attempt {current}, done: {done}): its lease expired and another worker took it; the \
+         work is discarded"
+    )]
+    StaleItem {
+        path: PathBuf,
+        id: TransferId,
+        item: i64,
+        attempt: u32,
+        current: u32,
+        done: bool,
+    },
+
     #[error("store {path}: {fid} is {state} in the HSM catalog, not {expected}: {hint}")]
     CatalogConflict {
         path: PathBuf,

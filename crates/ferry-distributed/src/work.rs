@@ -1,0 +1,476 @@
+//! What a worker does with each kind of item. Files go through the engine's
+//! commit protocol ([`Committer`]) through a store that fences every write
+//! by the item's lease ([`Leased`]).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use ferry::engine::commit::{self, Committer, Ready};
+use ferry::engine::copy::{Copier, CopyError};
+use ferry::engine::temp::{open_temp, write_error};
+use ferry::engine::throttle::Throttle;
+use ferry::model::{
+    EntryIndex, EntryKind, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner, TransferId,
+    TransferRecord, TransferState,
+};
+use ferry::store::{Change, EventFilter, EventReader, Store, StoreError};
+use ferry_postgres::PgStore;
+use ferry_postgres::items::{ItemKind, ItemLease};
+use serde_json::json;
+
+/// Listing a directory stops at this many entries: one listing is one
+/// transaction, and a bigger one would hold the transfer's row too long.
+pub const LISTING_ENTRIES_MAX: usize = 1 << 20;
+
+pub(crate) struct Item<'a> {
+    pub store: &'a PgStore,
+    pub lease: &'a ItemLease,
+    /// Set when the lease is lost: the copy stops at its next chunk.
+    pub cancel: &'a AtomicBool,
+}
+
+impl Item<'_> {
+    pub fn run(&self) -> Result<(), StoreError> {
+        let transfer = self.store.transfer(self.lease.transfer)?.ok_or_else(|| {
+            StoreError::NoSuchTransfer {
+                path: self.store.location(),
+                id: self.lease.transfer,
+            }
+        })?;
+        // `--bwlimit` is not taken by distributed copies (yet): a throttle
+        // without a rate, which looks for `ferry limit`s after this event.
+        let throttle = Throttle::new(self.store, transfer.id, None, self.store.last_seq()?, None);
+        let bytes_copied = AtomicU64::new(0);
+        let copier = Copier {
+            cancel: self.cancel,
+            bytes_copied: &bytes_copied,
+            after_chunk: None,
+            throttle: &throttle,
+            use_copy_file_range: AtomicBool::new(true),
+        };
+        match self.lease.kind {
+            ItemKind::Dir => self.list(&transfer),
+            ItemKind::Batch => self.batch(&transfer, &copier),
+            ItemKind::Range => self.range(&transfer, &copier),
+            ItemKind::Commit => self.commit_large(&transfer),
+            ItemKind::Finish => self.finish(&transfer),
+        }
+    }
+
+    fn leased(&self) -> Leased<'_> {
+        Leased {
+            inner: self.store,
+            lease: self.lease,
+        }
+    }
+
+    fn committer<'e>(
+        &'e self,
+        store: &'e Leased<'e>,
+        transfer: &'e TransferRecord,
+        entries: &'e [EntryRecord],
+    ) -> Committer<'e> {
+        Committer {
+            store,
+            id: transfer.id,
+            entries,
+            preserve: transfer.preserve,
+            temp_suffix: &transfer.temp_suffix,
+            umask: ferry::engine::current_umask(),
+            verify: false,
+            verify_recorded_too: false,
+        }
+    }
+
+    /// A directory: recorded `copied` and created owner-only (as the
+    /// engine's), then listed; the listing's entries and items and this
+    /// item's end are one transaction.
+    fn list(&self, transfer: &TransferRecord) -> Result<(), StoreError> {
+        let dir = self.only_entry(transfer.id)?;
+        if !matches!(dir.state, FileState::Copied | FileState::Committed) {
+            let store = self.leased();
+            let committer = self.committer(&store, transfer, std::slice::from_ref(&dir));
+            store.apply(&[committer.entry_change(dir.index, FileState::Copied, None, None)])?;
+        }
+        let mut failed = Vec::new();
+        match std::fs::DirBuilder::new().mode_0700().create(&dir.dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.dest.is_dir() => {}
+            Err(e) => failed.push(format!(
+                "{}: cannot create directory: {e}",
+                dir.dest.display()
+            )),
+        }
+        let mut listed = Vec::new();
+        if failed.is_empty() {
+            match list(&dir.source, &dir.dest) {
+                Ok(entries) => listed = entries,
+                Err(message) => failed.push(message),
+            }
+        }
+        if let Some(message) = failed.pop() {
+            let store = self.leased();
+            let committer = self.committer(&store, transfer, std::slice::from_ref(&dir));
+            let change = committer.failed_change(dir.index, &message, &HashSet::new());
+            return self.store.complete_item(self.lease, &[change]);
+        }
+        self.store.complete_listing(self.lease, &listed)
+    }
+
+    /// Small files: each copied whole into its temporary, then the batch
+    /// committed (one `syncfs`, `copied`, renames, metadata, `committed`).
+    /// Entries an earlier attempt recorded are not copied again.
+    fn batch(&self, transfer: &TransferRecord, copier: &Copier<'_>) -> Result<(), StoreError> {
+        let entries = self.store.entries_at(transfer.id, &self.lease.entries)?;
+        let store = self.leased();
+        let committer = self.committer(&store, transfer, &entries);
+        let mut ready = Vec::new();
+        let mut failures = Vec::new();
+        let mut buffer = Vec::new();
+        for entry in &entries {
+            match entry.state {
+                FileState::Committed | FileState::Skipped => continue,
+                FileState::Copied => {
+                    ready.push(Ready {
+                        index: entry.index,
+                        durable: true,
+                        recorded: true,
+                        metadata_applied: false,
+                        checksum: None,
+                    });
+                    continue;
+                }
+                _ => {}
+            }
+            let temp = committer.temp_of(entry);
+            let copied = match entry.kind {
+                EntryKind::Symlink => make_symlink(entry, &temp),
+                _ => copy_whole(copier, entry, &temp, &mut buffer),
+            };
+            match copied {
+                Ok(()) => ready.push(Ready {
+                    index: entry.index,
+                    durable: false,
+                    recorded: false,
+                    metadata_applied: false,
+                    checksum: None,
+                }),
+                Err(message) => failures.push((entry.index, message)),
+            }
+            self.check_lease()?;
+        }
+        committer.commit(&ready, failures)?;
+        self.store.complete_item(self.lease, &[])
+    }
+
+    /// One range of a large file into its temporary (never truncated: other
+    /// workers write its other ranges), made durable before the item ends.
+    fn range(&self, transfer: &TransferRecord, copier: &Copier<'_>) -> Result<(), StoreError> {
+        let entry = self.only_entry(transfer.id)?;
+        let (start, end) = self.lease.range.expect("a range item has its range");
+        if matches!(
+            entry.state,
+            FileState::Copied | FileState::Committed | FileState::Failed
+        ) {
+            return self.store.complete_item(self.lease, &[]);
+        }
+        let store = self.leased();
+        let committer = self.committer(&store, transfer, std::slice::from_ref(&entry));
+        let temp = committer.temp_of(&entry);
+        let mut buffer = Vec::new();
+        let copied = (|| {
+            let src = File::open(&entry.source)
+                .map_err(|e| format!("{}: cannot open: {e}", entry.source.display()))?;
+            let dst =
+                open_temp(&temp, false).map_err(|e| write_error(&temp, &e, 0, entry.meta.size))?;
+            copier
+                .copy_range(&src, &dst, start, end, false, &mut buffer, None)
+                .map_err(|e| copy_error(&entry, &temp, e))?;
+            dst.sync_data()
+                .map_err(|e| format!("{}: cannot make durable: {e}", temp.display()))
+        })();
+        self.check_lease()?;
+        match copied {
+            Ok(()) => self.store.complete_item(self.lease, &[]),
+            Err(message) => {
+                let change = committer.failed_change(entry.index, &message, &HashSet::new());
+                self.store.complete_item(self.lease, &[change])
+            }
+        }
+    }
+
+    /// A large file whose ranges are all durable: its length (a hole may end
+    /// it), then the commit protocol from step 2.
+    fn commit_large(&self, transfer: &TransferRecord) -> Result<(), StoreError> {
+        let entry = self.only_entry(transfer.id)?;
+        if matches!(entry.state, FileState::Committed | FileState::Failed) {
+            return self.store.complete_item(self.lease, &[]);
+        }
+        let store = self.leased();
+        let committer = self.committer(&store, transfer, std::slice::from_ref(&entry));
+        let temp = committer.temp_of(&entry);
+        let recorded = entry.state == FileState::Copied;
+        let mut failures = Vec::new();
+        if !recorded {
+            let sized = open_temp(&temp, false).and_then(|f| {
+                if f.metadata()?.len() < entry.meta.size {
+                    f.set_len(entry.meta.size)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = sized {
+                failures.push((entry.index, write_error(&temp, &e, 0, entry.meta.size)));
+            }
+        }
+        let ready = Ready {
+            index: entry.index,
+            durable: recorded,
+            recorded,
+            metadata_applied: false,
+            checksum: None,
+        };
+        let ready = if failures.is_empty() {
+            vec![ready]
+        } else {
+            Vec::new()
+        };
+        committer.commit(&ready, failures)?;
+        self.store.complete_item(self.lease, &[])
+    }
+
+    /// Every other item is done: the directories get their metadata,
+    /// deepest first, made durable; then the transfer ends, in the same
+    /// transaction as this item.
+    fn finish(&self, transfer: &TransferRecord) -> Result<(), StoreError> {
+        let dirs = self.store.dir_entries(transfer.id)?;
+        let store = self.leased();
+        let committer = self.committer(&store, transfer, &dirs);
+        let mut failed = Vec::new();
+        let mut warnings = Vec::new();
+        // Listed after their parents: by index, reversed, children first.
+        let open = dirs.iter().rev().filter(|d| d.state == FileState::Copied);
+        let mut done: Vec<EntryIndex> = committer
+            .place_directories(open, &mut failed, &mut warnings)
+            .iter()
+            .map(|d| d.index)
+            .collect();
+        let paths: Vec<PathBuf> = done
+            .iter()
+            .filter_map(|i| dirs.iter().find(|d| d.index == *i))
+            .map(|d| d.dest.clone())
+            .collect();
+        if let Err(e) = commit::make_durable(paths.iter().map(PathBuf::as_path)) {
+            for index in done.drain(..) {
+                failed.push((index, format!("could not make metadata durable: {e}")));
+            }
+        }
+        let mut changes = committer.committed_changes(&done, &failed, &HashSet::new());
+        let files_failed = self.store.failed_entries(transfer.id)? + failed.len() as u64;
+        let to = if files_failed == 0 {
+            TransferState::Completed
+        } else {
+            TransferState::Failed
+        };
+        changes.push(Change::Transfer {
+            id: transfer.id,
+            to,
+            owner: None,
+            context: json!({"files_failed": files_failed, "warnings": warnings,
+                            "host": self.lease.host}),
+        });
+        self.store.complete_item(self.lease, &changes)
+    }
+
+    fn only_entry(&self, id: TransferId) -> Result<EntryRecord, StoreError> {
+        self.store
+            .entries_at(id, &self.lease.entries)?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.store.location(),
+                detail: format!(
+                    "work item {} of transfer {id} names entries {:?} that do not exist",
+                    self.lease.item, self.lease.entries
+                ),
+            })
+    }
+
+    /// The heartbeat found the lease taken over: stop here, write nothing.
+    fn check_lease(&self) -> Result<(), StoreError> {
+        if self.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::StaleItem {
+                path: self.store.location(),
+                id: self.lease.transfer,
+                item: self.lease.item,
+                attempt: self.lease.attempt,
+                current: self.lease.attempt + 1,
+                done: false,
+            });
+        }
+        Ok(())
+    }
+}
+
+trait DirBuilderExt {
+    fn mode_0700(&mut self) -> &mut Self;
+}
+
+impl DirBuilderExt for std::fs::DirBuilder {
+    fn mode_0700(&mut self) -> &mut Self {
+        std::os::unix::fs::DirBuilderExt::mode(self, 0o700)
+    }
+}
+
+/// The entries of directory `source`, by name, landing under `dest`. What
+/// is neither file, directory nor symlink is left out (and said).
+fn list(source: &Path, dest: &Path) -> Result<Vec<NewEntry>, String> {
+    let read = std::fs::read_dir(source)
+        .map_err(|e| format!("{}: cannot list directory: {e}", source.display()))?;
+    let mut names = Vec::new();
+    for child in read {
+        let child =
+            child.map_err(|e| format!("{}: cannot list directory: {e}", source.display()))?;
+        names.push(child.file_name());
+        if names.len() > LISTING_ENTRIES_MAX {
+            return Err(format!(
+                "{}: more than {LISTING_ENTRIES_MAX} entries in one directory: \
+                 distributed copies list at most that many",
+                source.display()
+            ));
+        }
+    }
+    names.sort();
+    let mut entries = Vec::with_capacity(names.len());
+    for name in names {
+        let path = source.join(&name);
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        match ferry::engine::plan::entry(&path, &meta, dest.join(&name)) {
+            Ok(entry) => entries.push(entry),
+            Err(ferry::Error::UnsupportedFileType { path, what }) => {
+                eprintln!("ferry worker: {} is {what}: not copied", path.display());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(entries)
+}
+
+fn copy_whole(
+    copier: &Copier<'_>,
+    entry: &EntryRecord,
+    temp: &Path,
+    buffer: &mut Vec<u8>,
+) -> Result<(), String> {
+    let size = entry.meta.size;
+    let src = File::open(&entry.source)
+        .map_err(|e| format!("{}: cannot open: {e}", entry.source.display()))?;
+    let dst = open_temp(temp, true).map_err(|e| write_error(temp, &e, 0, size))?;
+    let data_end = copier
+        .copy_range(&src, &dst, 0, size, false, buffer, None)
+        .map_err(|e| copy_error(entry, temp, e))?;
+    if data_end < size {
+        dst.set_len(size)
+            .map_err(|e| write_error(temp, &e, data_end, size))?;
+    }
+    Ok(())
+}
+
+fn make_symlink(entry: &EntryRecord, temp: &Path) -> Result<(), String> {
+    let target = entry.link_target.as_deref().unwrap_or(Path::new(""));
+    match std::fs::remove_file(temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", temp.display())),
+    }
+    std::os::unix::fs::symlink(target, temp)
+        .map_err(|e| format!("{}: cannot create symlink: {e}", temp.display()))
+}
+
+fn copy_error(entry: &EntryRecord, temp: &Path, e: CopyError) -> String {
+    match e {
+        CopyError::Read(e) => format!("{}: cannot read: {e}", entry.source.display()),
+        CopyError::Write { error, at } => write_error(temp, &error, at, entry.meta.size),
+        CopyError::SourceShrank { at } => format!(
+            "{}: changed during transfer (ended at {at} of {} bytes)",
+            entry.source.display(),
+            entry.meta.size
+        ),
+        CopyError::Cancelled => format!("{}: lease lost", entry.source.display()),
+    }
+}
+
+/// The store a worker's commit writes through: every batch of changes is
+/// applied only if the item's lease still holds ([`PgStore::apply_leased`]).
+struct Leased<'a> {
+    inner: &'a PgStore,
+    lease: &'a ItemLease,
+}
+
+impl Store for Leased<'_> {
+    fn location(&self) -> PathBuf {
+        self.inner.location()
+    }
+
+    fn create_transfer(
+        &self,
+        new: &NewTransfer,
+        entries: &[ferry::model::NewEntry],
+    ) -> Result<TransferRecord, StoreError> {
+        self.inner.create_transfer(new, entries)
+    }
+
+    fn add_entries(&self, id: TransferId, entries: &[NewEntry]) -> Result<(), StoreError> {
+        self.inner.add_entries(id, entries)
+    }
+
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.inner.apply_leased(self.lease, changes)
+    }
+
+    fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, StoreError> {
+        self.inner.transfer(id)
+    }
+
+    fn renew_lease(&self, id: TransferId, owner: &Owner, lease_ms: u64) -> Result<(), StoreError> {
+        self.inner.renew_lease(id, owner, lease_ms)
+    }
+
+    fn transfer_by_name(&self, name: &str) -> Result<Option<TransferRecord>, StoreError> {
+        self.inner.transfer_by_name(name)
+    }
+
+    fn transfers(&self) -> Result<Vec<TransferRecord>, StoreError> {
+        self.inner.transfers()
+    }
+
+    fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
+        self.inner.entries(id)
+    }
+
+    fn events_since(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.inner.events_since(after, filter, limit)
+    }
+
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        self.inner.last_seq()
+    }
+
+    fn compact(&self, before: u64) -> Result<u64, StoreError> {
+        self.inner.compact(before)
+    }
+
+    fn event_reader(&self) -> Result<Box<dyn EventReader>, StoreError> {
+        self.inner.event_reader()
+    }
+}

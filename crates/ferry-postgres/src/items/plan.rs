@@ -1,0 +1,197 @@
+//! How a listed directory's entries become work items: no I/O, so that the
+//! bounds are stated (and tested) in one place.
+
+use ferry::model::{EntryKind, NewEntry};
+
+/// A batch item holds at most this many files: one batch is one commit (one
+/// `syncfs`, two store transactions), as [`ferry::engine::BATCH_FILES_MAX`].
+pub const BATCH_FILES_MAX: usize = ferry::engine::BATCH_FILES_MAX;
+/// … and at most this many bytes, so that a batch lost with its worker costs
+/// at most this much copying again.
+pub const BATCH_BYTES_MAX: u64 = 256 << 20;
+/// Files this large or larger are copied in range items, which several
+/// workers (nodes) copy at once: the engine's threshold for ranges.
+pub const RANGED_FROM_BYTES: u64 = ferry::engine::SPLIT_BYTES_MIN;
+/// The bytes of one range item: four of the engine's 16 MiB ranges (and
+/// checksum pieces), so its boundaries are the engine's too.
+pub const RANGE_ITEM_BYTES: u64 = 4 * ferry::engine::RANGE_BYTES;
+
+/// What a work item asks a worker to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemKind {
+    /// List one directory: its entries are added, its files become batch
+    /// and range items, its subdirectories new directory items.
+    Dir,
+    /// Copy and commit a batch of small files (and symlinks).
+    Batch,
+    /// Copy one range of a large file into its temporary and make it
+    /// durable. The last range of a file to complete adds its commit item.
+    Range,
+    /// Commit a large file whose ranges are all durable.
+    Commit,
+    /// Everything else is done: apply the directories' metadata (deepest
+    /// first) and end the transfer.
+    Finish,
+}
+
+impl ItemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemKind::Dir => "dir",
+            ItemKind::Batch => "batch",
+            ItemKind::Range => "range",
+            ItemKind::Commit => "commit",
+            ItemKind::Finish => "finish",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ItemKind> {
+        [
+            ItemKind::Dir,
+            ItemKind::Batch,
+            ItemKind::Range,
+            ItemKind::Commit,
+            ItemKind::Finish,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// A work item before it is inserted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewItem {
+    pub kind: ItemKind,
+    /// Entry indexes: the directory, the batch's files, the ranged file.
+    pub entries: Vec<i64>,
+    /// A range item's `[start, end)`.
+    pub range: Option<(u64, u64)>,
+    /// Files this item puts in place (for per-node progress).
+    pub files: u64,
+    /// Bytes this item copies.
+    pub bytes: u64,
+}
+
+/// The items of `entries`, whose indexes start at `first`: a directory item
+/// per directory, range items per large file, batches of the rest bounded by
+/// [`BATCH_FILES_MAX`] and [`BATCH_BYTES_MAX`].
+pub fn items_of(first: i64, entries: &[NewEntry]) -> Vec<NewItem> {
+    let mut items = Vec::new();
+    let mut batch = NewItem {
+        kind: ItemKind::Batch,
+        entries: Vec::new(),
+        range: None,
+        files: 0,
+        bytes: 0,
+    };
+    for (offset, entry) in entries.iter().enumerate() {
+        let index = first + offset as i64;
+        let size = entry.meta.size;
+        match entry.kind {
+            EntryKind::Dir => items.push(NewItem {
+                kind: ItemKind::Dir,
+                entries: vec![index],
+                range: None,
+                files: 0,
+                bytes: 0,
+            }),
+            EntryKind::File if size >= RANGED_FROM_BYTES => {
+                let mut start = 0;
+                while start < size {
+                    let end = (start + RANGE_ITEM_BYTES).min(size);
+                    items.push(NewItem {
+                        kind: ItemKind::Range,
+                        entries: vec![index],
+                        range: Some((start, end)),
+                        files: 0,
+                        bytes: end - start,
+                    });
+                    start = end;
+                }
+            }
+            EntryKind::File | EntryKind::Symlink => {
+                if batch.files as usize >= BATCH_FILES_MAX
+                    || (batch.files > 0 && batch.bytes + size > BATCH_BYTES_MAX)
+                {
+                    let full = std::mem::replace(
+                        &mut batch,
+                        NewItem {
+                            kind: ItemKind::Batch,
+                            entries: Vec::new(),
+                            range: None,
+                            files: 0,
+                            bytes: 0,
+                        },
+                    );
+                    items.push(full);
+                }
+                batch.entries.push(index);
+                batch.files += 1;
+                batch.bytes += size;
+            }
+        }
+    }
+    if !batch.entries.is_empty() {
+        items.push(batch);
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry::model::SourceMeta;
+    use std::path::PathBuf;
+
+    fn entry(kind: EntryKind, size: u64) -> NewEntry {
+        NewEntry {
+            kind,
+            source: PathBuf::from("/s"),
+            dest: PathBuf::from("/d"),
+            meta: SourceMeta {
+                size,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                atime_ns: 0,
+                mtime_ns: 0,
+            },
+            link_target: None,
+            link_leader: None,
+            shared_inode: None,
+            inode_changed_ns: 0,
+            xattrs: Default::default(),
+        }
+    }
+
+    #[test]
+    fn batches_are_bounded_in_files_and_bytes_and_large_files_go_in_ranges() {
+        let mut entries: Vec<NewEntry> = (0..1100).map(|_| entry(EntryKind::File, 10)).collect();
+        entries.push(entry(EntryKind::Dir, 0));
+        entries.push(entry(EntryKind::File, RANGE_ITEM_BYTES * 2 + 1));
+        entries.extend((0..20).map(|_| entry(EntryKind::File, 20 << 20)));
+        let items = items_of(5, &entries);
+        let kinds: Vec<ItemKind> = items.iter().map(|i| i.kind).collect();
+        use ItemKind::*;
+        assert_eq!(
+            kinds,
+            [Batch, Batch, Dir, Range, Range, Range, Batch, Batch]
+        );
+        assert_eq!(items[0].entries.len(), BATCH_FILES_MAX);
+        assert_eq!(items[0].entries[0], 5);
+        assert_eq!(items[2].entries, [5 + 1100]);
+        assert_eq!(
+            items[5].range,
+            Some((2 * RANGE_ITEM_BYTES, 2 * RANGE_ITEM_BYTES + 1))
+        );
+        // 1100 - 2 * 512 = 76 small files, then 20 MiB files until the
+        // next would pass 256 MiB: 12 of them; the other 8 in the last.
+        assert_eq!(items[6].files, 88);
+        assert_eq!(items[7].files, 8);
+        assert!(
+            items
+                .iter()
+                .all(|i| i.bytes <= BATCH_BYTES_MAX || i.kind != Batch)
+        );
+    }
+}
