@@ -306,7 +306,8 @@ pub fn command(socket: &Path, command: Command) -> Result<Exit, Exit> {
                 Some(name) => vec![daemon(client.status(name))?],
                 None => client.list().map_err(Exit::Daemon)?,
             };
-            let rows: Vec<_> = views.iter().map(|v| StatusRow::daemon(v, socket)).collect();
+            let mut rows: Vec<_> = views.iter().map(|v| StatusRow::daemon(v, socket)).collect();
+            status::select(&mut rows, args.state.as_deref(), args.limit);
             let nothing = format!("no transfers in the daemon at {}", socket.display());
             status::print(&rows, args.name.is_some(), args.json, &nothing);
         }

@@ -293,6 +293,12 @@ pub(crate) struct StatusArgs {
     /// The state as it was right after event SEQ, rebuilt from the event log
     #[arg(long, value_name = "SEQ")]
     at: Option<u64>,
+    /// Only transfers in this state
+    #[arg(long, value_parser = ["created", "dispatched", "running", "completed", "failed", "cancelled", "finalized"])]
+    state: Option<String>,
+    /// Only the newest N transfers (after --state)
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
 }
 
 #[derive(Args)]
@@ -585,6 +591,8 @@ fn daemon_twin(command: &Command) -> Option<Command> {
             files: false,
             json: args.json,
             at: None,
+            state: args.state.clone(),
+            limit: args.limit,
         }),
         Command::Wait { name } => Command::Wait { name: name.clone() },
         Command::Cancel { name } => Command::Cancel { name: name.clone() },
@@ -646,6 +654,7 @@ fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
             if args.name.is_none() {
                 rows.extend(daemon::rows(socket, &rows));
             }
+            status::select(&mut rows, args.state.as_deref(), args.limit);
             let nothing = format!("no transfers in {}", store.location().display());
             status::print(&rows, args.name.is_some(), args.json, &nothing);
             Ok(Exit::Ok)

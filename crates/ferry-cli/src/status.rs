@@ -4,7 +4,7 @@
 
 use ferry::FileCounts;
 use ferry::model::{EntryRecord, TransferRecord};
-use ferry::store::Store;
+use ferry::store::{EntryTally, Store};
 use ferry_serve::api::{Failure, TransferView};
 use indicatif::HumanBytes;
 use serde::Serialize;
@@ -20,7 +20,18 @@ pub struct StatusRow {
     owner: OwnerRow,
     /// Where its files are, counted as the bar and the summary count them.
     counts: CountsRow,
+    /// Its directories (not counted among the files); unknown through the
+    /// daemon.
+    dirs: Option<u64>,
     bytes: u64,
+    /// Of `bytes`, what is durable at the destination.
+    bytes_durable: u64,
+    /// The last change (progress included), RFC 3339 in UTC.
+    updated: Option<String>,
+    #[serde(skip)]
+    updated_ns: Option<i64>,
+    /// What to do next, if anything (a command).
+    next: Option<String>,
     checksum: Option<String>,
     /// Where it lives: the store's path, or `daemon at SOCKET`.
     at: String,
@@ -58,41 +69,23 @@ impl CountsRow {
 }
 
 impl StatusRow {
-    /// A transfer of the store, with every entry when `files`.
+    /// A transfer of the store, with every entry (`--files`).
     pub fn local(
         store: &dyn Store,
         transfer: &TransferRecord,
         entries: &[EntryRecord],
-        files: bool,
     ) -> StatusRow {
+        let failures = entries
+            .iter()
+            .filter(|e| e.state == ferry::FileState::Failed)
+            .map(|e| Failure {
+                path: e.dest.to_string_lossy().into_owned(),
+                error: e.error.clone().unwrap_or_default(),
+            })
+            .collect();
         StatusRow {
-            id: transfer.id.0,
-            name: transfer.name.clone(),
-            kind: transfer.kind.as_str().into(),
-            state: transfer.state.to_string(),
-            owner: OwnerRow {
-                host: transfer.owner.host.clone(),
-                pid: transfer.owner.pid,
-                liveness: format!("{:?}", transfer.owner_liveness()).to_lowercase(),
-            },
-            counts: CountsRow::new(FileCounts::of(entries)),
-            bytes: entries
-                .iter()
-                .filter(|e| e.kind != ferry::EntryKind::Dir)
-                .map(|e| e.meta.size)
-                .sum(),
-            checksum: transfer.checksum.map(|a| a.as_str().to_owned()),
-            at: store.location().display().to_string(),
-            failures: entries
-                .iter()
-                .filter(|e| e.state == ferry::FileState::Failed)
-                .map(|e| Failure {
-                    path: e.dest.to_string_lossy().into_owned(),
-                    error: e.error.clone().unwrap_or_default(),
-                })
-                .collect(),
-            files: files.then(|| entries.iter().map(file_row).collect()),
-            nodes: None,
+            files: Some(entries.iter().map(file_row).collect()),
+            ..StatusRow::of(store, transfer, &EntryTally::of(entries), failures)
         }
     }
 
@@ -124,33 +117,65 @@ impl StatusRow {
                 error: f.error,
             }));
         }
-        let counts = FileCounts {
-            files: tally.files,
-            copied: tally.files_committed,
-            skipped: tally.files_skipped,
-            failed: tally.files_failed,
-        };
-        Ok(StatusRow {
-            counts: CountsRow::new(counts),
+        Ok(StatusRow::of(store, transfer, &tally, failures))
+    }
+
+    /// The one way a row is made from the store's records.
+    fn of(
+        store: &dyn Store,
+        transfer: &TransferRecord,
+        tally: &EntryTally,
+        failures: Vec<Failure>,
+    ) -> StatusRow {
+        let state = transfer.state.to_string();
+        let liveness = format!("{:?}", transfer.owner_liveness()).to_lowercase();
+        StatusRow {
+            id: transfer.id.0,
+            next: next_step(&transfer.name, &state, &liveness, false),
+            name: transfer.name.clone(),
+            kind: transfer.kind.as_str().into(),
+            state,
+            owner: OwnerRow {
+                host: transfer.owner.host.clone(),
+                pid: transfer.owner.pid,
+                liveness,
+            },
+            counts: CountsRow::new(FileCounts {
+                files: tally.files,
+                copied: tally.files_committed,
+                skipped: tally.files_skipped,
+                failed: tally.files_failed,
+            }),
+            dirs: Some(tally.entries - tally.files),
             bytes: tally.bytes,
+            bytes_durable: tally.bytes_durable,
+            updated: Some(ferry::events::rfc3339_ns(transfer.updated_ns)),
+            updated_ns: Some(transfer.updated_ns),
+            checksum: transfer.checksum.map(|a| a.as_str().to_owned()),
+            at: store.location().display().to_string(),
             failures,
             files: None,
-            ..StatusRow::local(store, transfer, &[], false)
-        })
+            nodes: None,
+        }
     }
 
     /// A transfer of the daemon on `socket`, as it reports it.
     pub fn daemon(view: &TransferView, socket: &std::path::Path) -> StatusRow {
         let owner = view.owner.clone();
+        let liveness = owner
+            .as_ref()
+            .map(|o| o.liveness.clone())
+            .unwrap_or_default();
         StatusRow {
             id: view.id,
             name: view.name.clone(),
             kind: view.kind.clone(),
             state: view.state.clone(),
+            next: next_step(&view.name, &view.state, &liveness, true),
             owner: OwnerRow {
                 host: owner.as_ref().map(|o| o.host.clone()).unwrap_or_default(),
                 pid: owner.as_ref().map_or(0, |o| o.pid),
-                liveness: owner.map(|o| o.liveness).unwrap_or_default(),
+                liveness,
             },
             counts: CountsRow::new(FileCounts {
                 files: view.files,
@@ -158,13 +183,35 @@ impl StatusRow {
                 skipped: view.files_skipped,
                 failed: view.files_failed,
             }),
+            dirs: None,
             bytes: view.bytes,
+            bytes_durable: view.bytes_durable,
+            updated: None,
+            updated_ns: None,
             checksum: view.checksum.clone(),
             at: format!("daemon at {}", socket.display()),
             failures: view.failures.clone(),
             files: None,
             nodes: None,
         }
+    }
+}
+
+/// What to do next with a transfer in `state`, if anything: a command to
+/// type (through the daemon's socket for its transfers).
+fn next_step(name: &str, state: &str, liveness: &str, daemon: bool) -> Option<String> {
+    let via = if daemon { "--daemon " } else { "" };
+    match state {
+        "completed" | "finalized" => None,
+        "failed" => Some(format!("ferry {via}resume {name} retries the failed files")),
+        "cancelled" if daemon => Some(format!("ferry {via}resume {name} continues it")),
+        "cancelled" => Some(format!(
+            "ferry resume {name} continues it; ferry forget {name} drops it"
+        )),
+        _ if liveness == "dead" && !daemon => Some(format!(
+            "its owner died: ferry resume {name} continues it; ferry forget {name} drops it"
+        )),
+        _ => Some(format!("ferry {via}wait {name} waits for it")),
     }
 }
 
@@ -230,7 +277,7 @@ pub fn local_rows(
         .map(|t| {
             if files {
                 let entries = store.entries(t.id).map_err(ferry::Error::from)?;
-                Ok(StatusRow::local(store, t, &entries, files))
+                Ok(StatusRow::local(store, t, &entries))
             } else {
                 StatusRow::counted(store, t, failures_max)
             }
@@ -257,25 +304,39 @@ pub fn print(rows: &[StatusRow], one: bool, json: bool, nothing: &str) {
         println!("{nothing}");
         return;
     }
-    let mut table =
-        vec![["id", "name", "kind", "state", "files", "bytes", "owner"].map(String::from)];
+    const HEADINGS: [&str; 9] = [
+        "id", "name", "kind", "state", "files", "dirs", "done", "updated", "owner",
+    ];
+    let mut table = vec![HEADINGS.map(String::from)];
     for row in rows {
+        let over = matches!(
+            row.state.as_str(),
+            "completed" | "finalized" | "failed" | "cancelled"
+        );
         table.push([
             row.id.to_string(),
             row.name.clone(),
             row.kind.clone(),
             row.state.clone(),
             row.counts.counts.to_string(),
-            HumanBytes(row.bytes).to_string(),
-            format!(
-                "pid {} on {} ({})",
-                row.owner.pid, row.owner.host, row.owner.liveness
-            ),
+            row.dirs.map_or_else(|| "-".into(), |d| d.to_string()),
+            done(row.bytes_durable, row.bytes),
+            row.updated_ns
+                .map_or_else(|| "-".into(), crate::watch_line::local_time),
+            // Whether a finished transfer's process lives says nothing.
+            if over {
+                format!("pid {} on {}", row.owner.pid, row.owner.host)
+            } else {
+                format!(
+                    "pid {} on {} ({})",
+                    row.owner.pid, row.owner.host, row.owner.liveness
+                )
+            },
         ]);
     }
     // Each column as wide as its widest cell: ids and names of any length
     // keep the columns under their headings.
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..HEADINGS.len())
         .map(|c| {
             table
                 .iter()
@@ -290,8 +351,8 @@ pub fn print(rows: &[StatusRow], one: bool, json: bool, nothing: &str) {
             let pad = widths[c] - cell.chars().count();
             match c {
                 // Numbers to the right, words to the left, the last unpadded.
-                0 | 5 => line.push_str(&format!("{}{cell}  ", " ".repeat(pad))),
-                6 => line.push_str(cell),
+                0 | 5 | 6 => line.push_str(&format!("{}{cell}  ", " ".repeat(pad))),
+                8 => line.push_str(cell),
                 _ => line.push_str(&format!("{cell}{}  ", " ".repeat(pad))),
             }
         }
@@ -312,9 +373,22 @@ pub fn print(rows: &[StatusRow], one: bool, json: bool, nothing: &str) {
             }
         }
     }
+    if !one {
+        // Under the table, what needs a hand (not what is merely moving).
+        for row in rows.iter().filter(|r| {
+            matches!(r.state.as_str(), "failed" | "cancelled") || r.owner.liveness == "dead"
+        }) {
+            if let Some(next) = &row.next {
+                eprintln!("ferry: {}: {next}", row.name);
+            }
+        }
+    }
     if let [row] = rows
         && one
     {
+        if let Some(next) = &row.next {
+            eprintln!("ferry: {}: {next}", row.name);
+        }
         for failure in &row.failures {
             eprintln!(
                 "ferry: {}: {}",
@@ -341,5 +415,28 @@ fn print_files(files: &[serde_json::Value]) {
                 .map(|e| format!("  ({e})"))
                 .unwrap_or_default(),
         );
+    }
+}
+
+/// `42% of 1.5 GiB`: what is durable of the files' bytes.
+fn done(durable: u64, total: u64) -> String {
+    let percent = if total == 0 {
+        100
+    } else {
+        (u128::from(durable) * 100 / u128::from(total)) as u64
+    };
+    format!("{percent}% of {}", HumanBytes(total))
+}
+
+/// `--state` and `--limit`: the rows in `state`, then the newest `limit`
+/// of them (by id).
+pub fn select(rows: &mut Vec<StatusRow>, state: Option<&str>, limit: Option<usize>) {
+    if let Some(state) = state {
+        rows.retain(|r| r.state == state);
+    }
+    if let Some(limit) = limit {
+        rows.sort_by_key(|r| r.id);
+        let drop = rows.len().saturating_sub(limit);
+        rows.drain(..drop);
     }
 }

@@ -129,7 +129,7 @@ fn width() -> Option<usize> {
 
 /// The event's time on this machine's clock: `HH:MM:SS`, with the date
 /// before it when that is not today.
-fn local_time(time_ns: i64) -> String {
+pub(crate) fn local_time(time_ns: i64) -> String {
     let Some((date, time)) = local(time_ns.div_euclid(1_000_000_000)) else {
         return ferry::events::rfc3339_ns(time_ns);
     };

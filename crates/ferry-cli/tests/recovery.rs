@@ -496,3 +496,103 @@ fn finalize_resume_force_continues_a_transfer_whose_owner_is_on_another_host() {
     assert_eq!(json(&out)["outcomes"]["resumed"], 1);
     assert_same_tree(&s.path("src"), &s.path("dst"));
 }
+
+/// `ferry status` says what to do with each transfer that needs a hand
+/// (a dead owner's, a failed one), counts directories apart from files,
+/// gives bytes done and the last change, and filters by `--state` and
+/// `--limit`; a finished transfer's owner is not called dead.
+#[test]
+fn status_says_what_to_do_next_and_filters_by_state_and_limit() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    tree(&src, 6, 4);
+    run_ok(
+        s.ferry()
+            .args(["cp", "-r", "--name", "done"])
+            .arg(&src)
+            .arg(s.path("a")),
+    );
+    let out = run(s
+        .ferry()
+        .env("FERRY_FAILPOINT", "commit.rename:2")
+        .args(["cp", "-r", "--name", "dead"])
+        .arg(&src)
+        .arg(s.path("b")));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "{out:?}"
+    );
+    let out = run_ok(s.ferry().arg("status"));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let said = String::from_utf8_lossy(&out.stderr);
+    let heading = table.lines().next().unwrap();
+    for column in ["files", "dirs", "done", "updated", "owner"] {
+        assert!(heading.contains(column), "{heading}");
+    }
+    let row = |name: &str| {
+        table
+            .lines()
+            .skip(1)
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{name} in {table}"))
+    };
+    let done_row = row("done");
+    assert!(done_row.contains("100% of "), "{done_row}");
+    assert!(!done_row.contains("(dead)"), "{done_row}");
+    let dead_row = row("dead");
+    assert!(dead_row.contains("(dead)"), "{dead_row}");
+    assert!(
+        said.contains("ferry: dead: its owner died: ferry resume dead continues it"),
+        "{said}"
+    );
+    assert!(!said.contains("ferry: done:"), "{said}");
+    // JSON: directories apart, bytes durable, the last change, the hint.
+    let rows = json(&run_ok(s.ferry().args(["status", "--json"])));
+    let dead = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "dead")
+        .unwrap();
+    assert!(dead["dirs"].as_u64().unwrap() >= 1, "{dead}");
+    assert_eq!(dead["counts"]["files"], 6, "{dead}");
+    assert!(dead["updated"].as_str().unwrap().ends_with('Z'), "{dead}");
+    assert!(
+        dead["next"].as_str().unwrap().contains("ferry resume dead"),
+        "{dead}"
+    );
+    let finished = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "done")
+        .unwrap();
+    assert!(finished["next"].is_null(), "{finished}");
+    // --state, --limit.
+    let only = json(&run_ok(s.ferry().args([
+        "status",
+        "--json",
+        "--state",
+        "completed",
+    ])));
+    let names: Vec<_> = only
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names, ["done"]);
+    let newest = json(&run_ok(
+        s.ferry().args(["status", "--json", "--limit", "1"]),
+    ));
+    let names: Vec<_> = newest
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names, ["dead"]);
+    let refused = run(s.ferry().args(["status", "--state", "done"]));
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+}
