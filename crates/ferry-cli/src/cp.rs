@@ -46,9 +46,9 @@ pub(crate) struct CpArgs {
     /// over, not when it is dispatched
     #[arg(long)]
     pub(crate) wait: bool,
-    /// Moved by `ferry worker`s on any number of nodes, which share the
-    /// PostgreSQL --store: this only records the transfer and its first
-    /// work items (directories are listed by the workers)
+    /// Moved by `ferry worker`s on any number of nodes, which share its
+    /// PostgreSQL store: this only records the transfer and its first work
+    /// items (directories are listed by the workers)
     #[arg(long)]
     pub(crate) distributed: bool,
     /// A new transfer under cp's destination rules, even when a transfer of

@@ -163,14 +163,16 @@ fn cells(line: &str) -> Vec<(usize, usize, String)> {
 }
 
 /// Each column of `table` under its heading: words start where their
-/// heading starts, numbers (id, bytes) end where theirs ends.
+/// heading starts, numbers (id, dirs, done) end where theirs ends.
 fn assert_aligned(table: &str) {
     let lines: Vec<&str> = table.lines().collect();
     let header = cells(lines[0]);
     let names: Vec<&str> = header.iter().map(|c| c.2.as_str()).collect();
     assert_eq!(
         names,
-        ["id", "name", "kind", "state", "files", "bytes", "owner"],
+        [
+            "id", "name", "kind", "state", "files", "dirs", "done", "updated", "owner"
+        ],
         "{table}"
     );
     for line in &lines[1..] {
@@ -181,7 +183,7 @@ fn assert_aligned(table: &str) {
             "a cell per column: {line:?}\n{table}"
         );
         for (column, (cell, heading)) in row.iter().zip(&header).enumerate() {
-            if heading.2 == "id" || heading.2 == "bytes" {
+            if matches!(heading.2.as_str(), "id" | "dirs" | "done") {
                 assert_eq!(
                     cell.1, heading.1,
                     "column {column} ends under its heading:\n{table}"
