@@ -209,6 +209,17 @@ impl CpArgs {
         }
     }
 
+    /// The new transfer's options.
+    fn options(&self, kind: Kind, preserve: Preserve) -> ferry::TransferOptions {
+        ferry::TransferOptions {
+            name: self.name.clone(),
+            kind,
+            preserve,
+            checksum: ferry::model::ChecksumAlgo::parse(&self.checksum),
+            caller: None,
+        }
+    }
+
     /// What the copy keeps beyond mode, ownership and times.
     fn fidelity(&self) -> Fidelity {
         let xattrs = match self.xattrs.as_deref() {
@@ -422,14 +433,7 @@ pub(crate) fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
     let filter = args.filter()?;
     let entries = args.plan(rule, &filter)?;
     let base = args.settings_over(base, &filter);
-    let options = ferry::TransferOptions {
-        name: args.name.clone(),
-        kind,
-        preserve,
-        checksum: ferry::model::ChecksumAlgo::parse(&args.checksum),
-        caller: None,
-    };
-    let mut transfer = Transfer::create_with(store, &options, &entries)?;
+    let mut transfer = Transfer::create_with(store, &args.options(kind, preserve), &entries)?;
     let (start, workers) = if transfer.reattached() {
         let record = transfer.record();
         let left_by = transfer.previous_owner().unwrap_or(&record.owner);
@@ -532,14 +536,7 @@ fn refresh(
         );
     }
     ferry::engine::plan::capture_fidelity(&mut entries, args.fidelity())?;
-    let options = ferry::TransferOptions {
-        name: args.name.clone(),
-        kind,
-        preserve,
-        checksum: ferry::model::ChecksumAlgo::parse(&args.checksum),
-        caller: None,
-    };
-    let mut transfer = Transfer::create_with(store, &options, &entries)?;
+    let mut transfer = Transfer::create_with(store, &args.options(kind, preserve), &entries)?;
     let base = RunSettings {
         skip: ferry::engine::skip::SkipRule::Mtime,
         ..RunSettings::default()

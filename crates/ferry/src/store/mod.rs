@@ -312,6 +312,122 @@ pub enum StoreError {
     NotInCatalog { path: PathBuf, fid: String },
 }
 
+/// Inside an `impl Store for W`, every method but `apply`, passed to
+/// `self.inner` (a `&dyn Store` or `Arc<dyn Store>`): for a store that only
+/// adds something to the writes (fencing by owner, by lease). The counts
+/// and pages are passed on too, not left to the defaults that read every
+/// entry.
+#[macro_export]
+macro_rules! store_reads_through_inner {
+    () => {
+        fn location(&self) -> ::std::path::PathBuf {
+            self.inner.location()
+        }
+
+        fn create_transfer(
+            &self,
+            new: &$crate::model::NewTransfer,
+            entries: &[$crate::model::NewEntry],
+        ) -> Result<$crate::model::TransferRecord, $crate::store::StoreError> {
+            self.inner.create_transfer(new, entries)
+        }
+
+        fn add_entries(
+            &self,
+            id: $crate::model::TransferId,
+            entries: &[$crate::model::NewEntry],
+        ) -> Result<(), $crate::store::StoreError> {
+            self.inner.add_entries(id, entries)
+        }
+
+        fn transfer(
+            &self,
+            id: $crate::model::TransferId,
+        ) -> Result<Option<$crate::model::TransferRecord>, $crate::store::StoreError> {
+            self.inner.transfer(id)
+        }
+
+        fn renew_lease(
+            &self,
+            id: $crate::model::TransferId,
+            owner: &$crate::model::Owner,
+            lease_ms: u64,
+        ) -> Result<(), $crate::store::StoreError> {
+            self.inner.renew_lease(id, owner, lease_ms)
+        }
+
+        fn transfer_by_name(
+            &self,
+            name: &str,
+        ) -> Result<Option<$crate::model::TransferRecord>, $crate::store::StoreError> {
+            self.inner.transfer_by_name(name)
+        }
+
+        fn transfers(
+            &self,
+        ) -> Result<Vec<$crate::model::TransferRecord>, $crate::store::StoreError> {
+            self.inner.transfers()
+        }
+
+        fn entries(
+            &self,
+            id: $crate::model::TransferId,
+        ) -> Result<Vec<$crate::model::EntryRecord>, $crate::store::StoreError> {
+            self.inner.entries(id)
+        }
+
+        fn first_entry(
+            &self,
+            id: $crate::model::TransferId,
+        ) -> Result<Option<$crate::model::EntryRecord>, $crate::store::StoreError> {
+            self.inner.first_entry(id)
+        }
+
+        fn entry_tally(
+            &self,
+            id: $crate::model::TransferId,
+        ) -> Result<$crate::store::EntryTally, $crate::store::StoreError> {
+            self.inner.entry_tally(id)
+        }
+
+        fn failed_entries(
+            &self,
+            id: $crate::model::TransferId,
+            after: Option<$crate::model::EntryIndex>,
+            limit: usize,
+        ) -> Result<Vec<$crate::store::FailedEntry>, $crate::store::StoreError> {
+            self.inner.failed_entries(id, after, limit)
+        }
+
+        fn unfinished_entries_of_caller(&self, uid: u32) -> Result<u64, $crate::store::StoreError> {
+            self.inner.unfinished_entries_of_caller(uid)
+        }
+
+        fn events_since(
+            &self,
+            after: u64,
+            filter: &$crate::store::EventFilter,
+            limit: usize,
+        ) -> Result<Vec<$crate::model::Event>, $crate::store::StoreError> {
+            self.inner.events_since(after, filter, limit)
+        }
+
+        fn last_seq(&self) -> Result<u64, $crate::store::StoreError> {
+            self.inner.last_seq()
+        }
+
+        fn compact(&self, before: u64) -> Result<u64, $crate::store::StoreError> {
+            self.inner.compact(before)
+        }
+
+        fn event_reader(
+            &self,
+        ) -> Result<Box<dyn $crate::store::EventReader>, $crate::store::StoreError> {
+            self.inner.event_reader()
+        }
+    };
+}
+
 /// Where the state of transfers lives. Implementations must be safe to share
 /// between the threads of one process and, through the database, between
 /// processes.
