@@ -821,3 +821,23 @@ fn a_named_rerun_keeps_every_entry_under_its_name() {
     assert_eq!(json(&out)["bytes_copied"], 0);
     assert_same_tree(&src, &dst);
 }
+
+/// `--name` added to the same command (no transfer has that name yet) is
+/// still the same copy: brought up to date in place, never nested.
+#[test]
+fn a_name_added_to_a_rerun_does_not_nest_it() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 5, 8);
+    run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(&dst));
+    let out = run_ok(
+        s.ferry()
+            .args(["cp", "-a", "--json", "--name", "later"])
+            .arg(&src)
+            .arg(&dst),
+    );
+    assert!(stderr(&out).contains("already copied this"), "{out:?}");
+    assert_eq!(json(&out)["bytes_copied"], 0, "{out:?}");
+    assert!(!dst.join("src").exists(), "the re-run nested into DST/src");
+    assert_same_tree(&src, &dst);
+}

@@ -47,7 +47,8 @@ pub enum Rerun {
 /// copied to `dest` itself or to `dest/BASENAME`: the first one found, by
 /// id, that is not over, else the first that completed (with every other
 /// completed one in [`SameCopy::copies`]). With a `name` (the caller's
-/// `--name`, part of its command line) only a transfer of that name counts.
+/// `--name`, part of its command line) only a transfer of that name
+/// counts, when there is one.
 /// Paths are compared as [`crate::plan`] records them (absolute, symlinks
 /// not resolved). Reads one entry of each live transfer, and all of those
 /// whose first root matches when there are several sources.
@@ -75,9 +76,12 @@ pub fn find_same_copy_among(
     if sources.is_empty() {
         return Ok(None);
     }
-    let candidates = match name {
-        Some(name) => store.transfer_by_name(name)?.into_iter().collect(),
-        None => store.transfers()?,
+    // A name that no transfer has yet does not make the copy another one:
+    // `--name` added to a re-run must not nest it into what the first
+    // run created.
+    let candidates = match name.map(|name| store.transfer_by_name(name)).transpose()? {
+        Some(Some(named)) => vec![named],
+        _ => store.transfers()?,
     };
     let mut unfinished: Option<(TransferRecord, DestRule)> = None;
     let mut completed: Option<SameCopy> = None;
@@ -220,6 +224,7 @@ pub fn changed_since<E: From<Error> + Send>(
     plan: impl FnOnce() -> std::result::Result<Vec<NewEntry>, E>,
     preserve: Preserve,
 ) -> std::result::Result<Refresh, E> {
+    let margin_ns = crate::engine::settle::margin_ns();
     // The store is read while the sources are listed.
     let (recorded, planned) = std::thread::scope(|scope| {
         let reading = scope.spawn(|| -> Result<HashMap<PathBuf, (EntryRecord, Copied)>> {
@@ -227,7 +232,7 @@ pub fn changed_since<E: From<Error> + Send>(
             for copy in &same.copies {
                 let when = Copied {
                     began_ns: copy.created_ns,
-                    ended_ns: copy.updated_ns,
+                    ended_ns: copy.updated_ns - margin_ns,
                 };
                 for entry in store.entries(copy.id)? {
                     recorded.insert(entry.source.clone(), (entry, when));
@@ -334,8 +339,9 @@ fn unchanged(
     recorded_same && destination_as_made(entry, copied, preserve, as_root, dirs)
 }
 
-/// When the copy that recorded an entry was created, and last changed (it
-/// completed then, or later).
+/// When the copy that recorded an entry was created, and when it last
+/// changed (it completed then, or later) less the margin its run left
+/// after its last write (`engine::settle`).
 #[derive(Clone, Copy, Debug)]
 struct Copied {
     began_ns: i64,

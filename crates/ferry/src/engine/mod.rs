@@ -29,6 +29,7 @@ pub mod delete;
 pub mod files_from;
 pub mod filter;
 pub mod plan;
+pub mod settle;
 pub mod skip;
 pub mod throttle;
 
@@ -539,6 +540,9 @@ impl Engine<'_> {
         } else {
             TransferState::Failed
         };
+        // A change made at a destination after this is recorded must show
+        // a later ctime than anything this run wrote (see `settle`).
+        settle::wait_past_last_write();
         self.store.apply(&[Change::Transfer {
             id: self.transfer.id,
             to: state,
