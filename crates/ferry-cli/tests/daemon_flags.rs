@@ -229,3 +229,31 @@ fn a_node_wide_limit_is_shared_by_all_the_daemons_transfers() {
         );
     }
 }
+
+/// A copy the daemon refuses (a missing source) leaves no transfer to
+/// "resume": resuming it says there is nothing to resume (13), never
+/// "completed" with no file, and the same name is free for the corrected
+/// command.
+#[test]
+fn a_refused_daemon_copy_leaves_nothing_to_resume_and_frees_its_name() {
+    let setup = Setup::new();
+    let s = &setup.s;
+    let daemon_cp = |src: &Path| {
+        let mut cmd = setup.user();
+        cmd.args(["cp", "-a", "--kind", "daemon", "--wait", "--name", "d3"])
+            .arg(src)
+            .arg(s.path("dst"));
+        cmd
+    };
+    let out = run(&mut daemon_cp(&s.path("missing")));
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let out = run(setup.user().args(["--daemon", "resume", "d3"]));
+    assert_eq!(out.status.code(), Some(13), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing to resume"),
+        "{out:?}"
+    );
+    write_file(&s.path("src/f"), b"at last");
+    run_ok(&mut daemon_cp(&s.path("src")));
+    assert_eq!(fs::read(s.path("dst/f")).unwrap(), b"at last");
+}

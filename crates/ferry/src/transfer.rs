@@ -220,10 +220,16 @@ impl Transfer {
         if let Some(name) = name
             && let Some(existing) = store.transfer_by_name(name)?
         {
-            if !matches!(
-                existing.state,
-                TransferState::Completed | TransferState::Finalized
-            ) {
+            // Cancelled before any entry was added (a refused request):
+            // nothing to continue, and the name is free again.
+            let never_filled = existing.state == TransferState::Cancelled
+                && store.entry_tally(existing.id)?.entries == 0;
+            if !never_filled
+                && !matches!(
+                    existing.state,
+                    TransferState::Completed | TransferState::Finalized
+                )
+            {
                 return Transfer::reattach(store, existing);
             }
             // A job script with a fixed name runs again: the finished
@@ -543,7 +549,13 @@ impl Transfer {
         action: &'static str,
     ) -> Result<()> {
         let state = self.record.state;
-        if state != expected || matches!(state, TransferState::Completed | TransferState::Finalized)
+        // A transfer that never got an entry (its sources were refused
+        // before any was added) has nothing to resume: "completed" with no
+        // file would tell a script its copy is in place.
+        let empty = action == "resume" && self.store.entry_tally(self.record.id)?.entries == 0;
+        if empty
+            || state != expected
+            || matches!(state, TransferState::Completed | TransferState::Finalized)
         {
             return Err(Error::NothingToDo {
                 name: self.record.name.clone(),
