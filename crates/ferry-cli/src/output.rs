@@ -60,19 +60,25 @@ pub fn with_progress<T>(
     );
     let started = Instant::now();
     let done = AtomicBool::new(false);
-    let frame = |bar: &ProgressBar| {
+    let frame = |bar: &ProgressBar, finished: bool| {
         let copied = progress.bytes_copied.load(Ordering::Relaxed);
         let reused = progress.bytes_reused.load(Ordering::Relaxed);
         let total = progress.bytes_total.load(Ordering::Relaxed);
         bar.set_length(total.max(1));
         bar.set_position(if total == 0 { 1 } else { copied + reused });
-        bar.set_prefix(bytes_line(copied, reused, total));
+        if !finished && progress.files_total.load(Ordering::Relaxed) == 0 {
+            // Before the plan is counted, no share of nothing.
+            bar.set_position(0);
+            bar.set_prefix("listing the sources");
+        } else {
+            bar.set_prefix(bytes_line(copied, reused, total));
+        }
     };
     let result = std::thread::scope(|scope| {
         scope.spawn(|| {
             // A display refresh, not a wait for an event: 10 frames a second.
             while !done.load(Ordering::Relaxed) {
-                frame(&bar);
+                frame(&bar, false);
                 bar.set_message(rates_line(progress, started.elapsed()));
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -83,7 +89,7 @@ pub fn with_progress<T>(
     });
     match result.as_ref().ok().and_then(last) {
         Some(counts) => {
-            frame(&bar);
+            frame(&bar, true);
             bar.finish_with_message(format!("done in {} · {counts}", clock(started.elapsed())));
             // The cursor stays at the end of the bar: what follows goes
             // below it, not after it.
@@ -297,14 +303,14 @@ fn rates_line(progress: &Progress, elapsed: Duration) -> String {
     let done = progress.files_done.load(Ordering::Relaxed);
     let byte_rate = copied as f64 / seconds;
     let file_rate = done as f64 / seconds;
-    // Whichever is further: bytes to write, or files to commit.
-    let eta = [
-        (bytes_left > 0 && byte_rate > 0.0).then(|| bytes_left as f64 / byte_rate),
-        (files > done && file_rate > 0.0).then(|| (files - done) as f64 / file_rate),
-    ]
-    .into_iter()
-    .flatten()
-    .fold(None::<f64>, |most, s| Some(most.map_or(s, |m| m.max(s))));
+    // By the bytes while there are bytes to write (files go by at any
+    // pace meanwhile: a large one holds them all); then by the files still
+    // to commit.
+    let eta = if bytes_left > 0 {
+        (byte_rate > 0.0).then(|| bytes_left as f64 / byte_rate)
+    } else {
+        (files > done && file_rate > 0.0).then(|| (files - done) as f64 / file_rate)
+    };
     let eta = match eta {
         Some(s) => clock(Duration::from_secs_f64(s.min(1e7))),
         None if files > done => "?".into(),
