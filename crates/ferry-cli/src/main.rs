@@ -275,6 +275,17 @@ pub(crate) fn rate_words(rate: u64) -> String {
     }
 }
 
+/// A rate as `--bwlimit` takes it: `20M` for 20 MiB/s, in the largest
+/// unit that divides it.
+fn rate_flag(rate: u64) -> String {
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if rate >= 1 << shift && rate % (1 << shift) == 0 {
+            return format!("{}{unit}", rate >> shift);
+        }
+    }
+    rate.to_string()
+}
+
 /// `--bwlimit`'s and `ferry limit`'s RATE; 0 is none.
 fn rate(text: &str) -> Result<u64, String> {
     ferry::engine::throttle::parse_rate(text).map(|r| r.unwrap_or(0))
@@ -400,7 +411,11 @@ impl RunArgs {
                 }
             }
             if let Some(rate) = settings.bwlimit {
-                words.push_str(&format!(" --bwlimit {rate}"));
+                words.push_str(&format!(
+                    " --bwlimit {} ({})",
+                    rate_flag(rate),
+                    rate_words(rate)
+                ));
             }
             if !settings.filter.is_empty() {
                 words.push_str(&format!(

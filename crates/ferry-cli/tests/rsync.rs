@@ -688,7 +688,7 @@ fn a_resume_keeps_update_no_clobber_the_rules_and_the_limit() {
     let said = stderr(&out);
     for words in [
         "--update --no-clobber",
-        "--bwlimit 104857600",
+        "--bwlimit 100M (100.00 MiB/s)",
         "(1 include/exclude rules)",
     ] {
         assert!(said.contains(words), "{words:?} in {said}");
