@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -260,6 +261,17 @@ impl SqliteStore {
                 path: path.to_path_buf(),
                 detail: "it is a directory".into(),
             });
+        }
+        // A new store is its owner's alone (the paths it names are theirs
+        // to show); SQLite gives its -wal and -shm files the same mode.
+        if let Err(e) = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(open_err(e));
         }
         let conn = Connection::open(path).map_err(|e| open_err_cause(path, e))?;
         // With a rollback journal an idle connection holds no lock, so an

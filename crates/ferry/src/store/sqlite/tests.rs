@@ -156,3 +156,26 @@ fn fresh(test: impl FnOnce(&dyn Fn() -> SqliteStore)) {
 }
 
 crate::store_conformance_tests!(fresh);
+
+/// A new store, and the log files SQLite makes beside it, are the owner's
+/// alone, whatever the umask: the paths it names are theirs to show.
+#[test]
+fn a_new_store_and_its_logs_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let store = SqliteStore::open(&path);
+    rustix::process::umask(old);
+    let store = store.unwrap();
+    store
+        .create_transfer(&new_transfer(Some("private")), &[file_entry(0)])
+        .unwrap();
+    for name in ["s.db", "s.db-wal", "s.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}: {mode:o}");
+    }
+}
