@@ -480,7 +480,10 @@ fn refresh(
     let refresh = ferry::rerun::changed_since(store.as_ref(), &same, plan, preserve)?;
     let (files_total, bytes_total) = total;
     let record = &same.record;
-    if refresh.changed.iter().all(|changed| !changed) {
+    // A name no transfer has yet is made, even when nothing changed: the
+    // caller will ask for it by that name.
+    let named_anew = args.name.as_deref().is_some_and(|name| name != record.name);
+    if !named_anew && refresh.changed.iter().all(|changed| !changed) {
         if !args.run.quiet {
             eprintln!(
                 "ferry: transfer {} (id {}) already copied this to {}, and nothing changed \

@@ -78,11 +78,13 @@ pub fn find_same_copy_among(
     }
     // A name that no transfer has yet does not make the copy another one:
     // `--name` added to a re-run must not nest it into what the first
-    // run created.
-    let candidates = match name.map(|name| store.transfer_by_name(name)).transpose()? {
-        Some(Some(named)) => vec![named],
-        _ => store.transfers()?,
-    };
+    // run created (it brings that copy up to date under the new name).
+    let (candidates, named_anew) =
+        match name.map(|name| store.transfer_by_name(name)).transpose()? {
+            Some(Some(named)) => (vec![named], false),
+            Some(None) => (store.transfers()?, true),
+            None => (store.transfers()?, false),
+        };
     let mut unfinished: Option<(TransferRecord, DestRule)> = None;
     let mut completed: Option<SameCopy> = None;
     for record in candidates.into_iter().filter(|r| keep(r)) {
@@ -93,7 +95,10 @@ pub fn find_same_copy_among(
             record.state,
             TransferState::Completed | TransferState::Finalized
         ) {
-            unfinished.get_or_insert((record, rule));
+            // Another name's unfinished copy is not taken over by this one.
+            if !named_anew {
+                unfinished.get_or_insert((record, rule));
+            }
             continue;
         }
         match &mut completed {

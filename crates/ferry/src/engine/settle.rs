@@ -10,8 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use rustix::time::{ClockId, Timespec, clock_getres, clock_gettime};
-
 /// Ticks between a run's last write and its recorded end.
 pub const MARGIN_TICKS: i64 = 2;
 
@@ -19,7 +17,23 @@ pub const MARGIN_TICKS: i64 = 2;
 /// hold a run.
 const WAIT_MAX: Duration = Duration::from_millis(100);
 
-fn ns(t: Timespec) -> i64 {
+/// `clock` now, or its resolution (`res`), in nanoseconds. Through libc,
+/// not a vDSO parser of our own: valgrind's auxiliary vector trips those.
+fn read(clock: libc::clockid_t, res: bool) -> i64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a live, writable timespec; both calls only write it
+    // (and fail only for an unknown clock id, which these are not).
+    let rc = unsafe {
+        if res {
+            libc::clock_getres(clock, &mut t)
+        } else {
+            libc::clock_gettime(clock, &mut t)
+        }
+    };
+    assert_eq!(rc, 0, "clock {clock} unreadable");
     t.tv_sec
         .saturating_mul(1_000_000_000)
         .saturating_add(t.tv_nsec)
@@ -27,7 +41,7 @@ fn ns(t: Timespec) -> i64 {
 
 /// One tick of the coarse clock file times come from, in nanoseconds.
 pub fn tick_ns() -> i64 {
-    ns(clock_getres(ClockId::RealtimeCoarse)).clamp(1, 100_000_000)
+    read(libc::CLOCK_REALTIME_COARSE, true).clamp(1, 100_000_000)
 }
 
 /// How far before a copy's recorded end a destination's ctime must be to
@@ -40,10 +54,10 @@ pub fn margin_ns() -> i64 {
 /// now: every inode time written so far is then that far before what the
 /// run records next.
 pub fn wait_past_last_write() {
-    let last_write = ns(clock_gettime(ClockId::Realtime));
+    let last_write = read(libc::CLOCK_REALTIME, false);
     let until = last_write + margin_ns();
     let started = Instant::now();
-    while ns(clock_gettime(ClockId::RealtimeCoarse)) <= until && started.elapsed() < WAIT_MAX {
+    while read(libc::CLOCK_REALTIME_COARSE, false) <= until && started.elapsed() < WAIT_MAX {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
