@@ -40,6 +40,13 @@ pub(crate) struct Item<'a> {
 impl Item<'_> {
     pub fn run(&self) -> Result<Option<ItemLease>, StoreError> {
         let transfer = self.transfer;
+        match self.lease.kind {
+            ItemKind::Dir => return self.list(transfer),
+            ItemKind::Commit => return self.commit_large(transfer),
+            ItemKind::Finish => return self.finish(transfer),
+            ItemKind::Batch | ItemKind::Range => {}
+        }
+        // Only what copies data reads the event log's end, for this:
         // `--bwlimit` is not taken by distributed copies (yet): a throttle
         // without a rate, which looks for `ferry limit`s after this event.
         let throttle = Throttle::new(self.store, transfer.id, None, self.store.last_seq()?, None);
@@ -51,12 +58,10 @@ impl Item<'_> {
             throttle: &throttle,
             use_copy_file_range: AtomicBool::new(true),
         };
-        match self.lease.kind {
-            ItemKind::Dir => self.list(transfer),
-            ItemKind::Batch => self.batch(transfer, &copier),
-            ItemKind::Range => self.range(transfer, &copier),
-            ItemKind::Commit => self.commit_large(transfer),
-            ItemKind::Finish => self.finish(transfer),
+        if self.lease.kind == ItemKind::Batch {
+            self.batch(transfer, &copier)
+        } else {
+            self.range(transfer, &copier)
         }
     }
 
@@ -85,8 +90,8 @@ impl Item<'_> {
         }
     }
 
-    /// A directory: recorded `copied` and created owner-only (as the
-    /// engine's), then listed; the listing's entries and items and this
+    /// A directory: recorded `copied` (by its parent's listing, but for a
+    /// root) and created owner-only (as the engine's), then listed; the listing's entries and items and this
     /// item's end are one transaction.
     fn list(&self, transfer: &TransferRecord) -> Result<Option<ItemLease>, StoreError> {
         let dir = self.only_entry(transfer.id)?;

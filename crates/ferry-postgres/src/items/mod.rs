@@ -24,7 +24,8 @@ mod plan;
 use std::collections::HashSet;
 
 use ferry::model::{
-    EntryIndex, EntryRecord, NewEntry, NewTransfer, TransferId, TransferRecord, TransferState,
+    EntryIndex, EntryKind, EntryRecord, FileState, NewEntry, NewTransfer, TransferId,
+    TransferRecord, TransferState,
 };
 use ferry::store::rules;
 use ferry::store::{Change, Store, StoreError};
@@ -271,6 +272,25 @@ impl PgStore {
             check_lease(self, tx, lease)?;
             if !entries.is_empty() {
                 let first = self.insert_entry_rows(tx, lease.transfer, entries)?;
+                // Subdirectories are recorded `copied` here, before a worker
+                // creates them (as the engine records a directory before its
+                // `mkdir`): their own items need no transaction for it.
+                let mut checked = HashSet::new();
+                for (offset, entry) in entries.iter().enumerate() {
+                    if entry.kind != EntryKind::Dir {
+                        continue;
+                    }
+                    let copied = Change::Entry {
+                        id: lease.transfer,
+                        index: EntryIndex((first + offset as i64) as u32),
+                        to: FileState::Copied,
+                        progress_bytes_durable: None,
+                        error: None,
+                        checksum: None,
+                        context: json!({"bytes": entry.meta.size}),
+                    };
+                    self.apply_one(tx, &copied, &mut checked)?;
+                }
                 let open = open_batch(tx, lease.transfer)?;
                 let planned = items_of(first, entries, open.map(|(_, o)| o));
                 if let Some((item, _)) = open {
