@@ -1,6 +1,7 @@
 //! `ferry-bench distributed`: one copy moved by N `ferry worker`s through a
 //! PostgreSQL store (`cp --distributed`), beside the single-process
-//! `ferry cp --threads N` on the same tree, and mpiFileUtils' `dcp` with N
+//! `ferry cp --threads N` on the same tree and the same PostgreSQL server
+//! (`--single-store sqlite`: an SQLite file instead), and mpiFileUtils' `dcp` with N
 //! ranks when it is on PATH — N = 1, 2, 4 — on W4 (100,000 × 4 KiB in 1,000
 //! directories) and on 4 × 1 GiB. The ratio distributed/single at equal N
 //! is the cost of distribution (the aim: at most 1.2).
@@ -37,6 +38,10 @@ pub struct DistributedArgs {
     /// The ferry binary [default: beside this one]
     #[arg(long)]
     ferry: Option<PathBuf>,
+    /// The single-process copy's store: a fresh schema on `--store`'s
+    /// server (the same store as the distributed copy), or an SQLite file
+    #[arg(long, default_value = "postgres", value_parser = ["postgres", "sqlite"])]
+    single_store: String,
 }
 
 pub fn run(args: DistributedArgs) {
@@ -69,16 +74,24 @@ pub fn run(args: DistributedArgs) {
         for &n in &args.workers {
             let out = args.dir.join("out");
             let single = time(&out, || {
-                let store = out.with_extension("db");
-                let _ = std::fs::remove_file(&store);
-                Command::new(&ferry)
+                let sqlite = out.with_extension("db");
+                let _ = std::fs::remove_file(&sqlite);
+                let store = match args.single_store.as_str() {
+                    "sqlite" => sqlite.display().to_string(),
+                    _ => fresh_schema(&args.store),
+                };
+                let status = Command::new(&ferry)
                     .arg("--store")
                     .arg(&store)
                     .args(["cp", "-a", "-q", "--checksum", "none", "--threads"])
                     .arg(n.to_string())
                     .arg(src)
                     .arg(&out)
-                    .status()
+                    .status();
+                if store.starts_with("postgres") {
+                    let _ = drop_schema(&args.store, &store);
+                }
+                status
             });
             let distributed = time(&out, || distributed(&ferry, &args.store, src, &out, n));
             let dcp_time = dcp.then(|| {
@@ -111,8 +124,7 @@ fn distributed(
     out: &Path,
     workers: usize,
 ) -> std::io::Result<std::process::ExitStatus> {
-    let sep = if server.contains('?') { '&' } else { '?' };
-    let url = format!("{server}{sep}schema=ferry_bench_{:016x}", fastrand::u64(..));
+    let url = fresh_schema(server);
     let ferry_at = || {
         let mut cmd = Command::new(ferry);
         cmd.arg("--store").arg(&url);
@@ -140,6 +152,12 @@ fn distributed(
     }
     let _ = drop_schema(server, &url);
     Ok(last)
+}
+
+/// A URL of `server` naming a schema no run has used.
+fn fresh_schema(server: &str) -> String {
+    let sep = if server.contains('?') { '&' } else { '?' };
+    format!("{server}{sep}schema=ferry_bench_{:016x}", fastrand::u64(..))
 }
 
 /// The run's schema, dropped so that the server does not fill up.

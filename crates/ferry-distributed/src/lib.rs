@@ -5,7 +5,8 @@
 //!
 //! [`create`] (`ferry cp --distributed`) records a transfer of kind
 //! `distributed` with its roots and first items (`ferry_postgres::items`);
-//! [`Worker::run`] (`ferry worker`) leases one item at a time, keeps its
+//! [`Worker::run`] (`ferry worker`) leases one item at a time (the next
+//! one in the transaction that completes the last), keeps its
 //! lease alive from a heartbeat thread, does the item (`work`: list a
 //! directory, copy and commit a batch of small files, copy one range of a
 //! large file, commit a large file, finish the transfer) and completes it —
@@ -134,8 +135,11 @@ impl Worker {
         let mut failing_since: Option<Instant> = None;
         let mut backoff = BACKOFF_MIN;
         let mut reader = None;
-        while !stop.load(Ordering::Relaxed) {
-            match self.step(store, &mut reader, &mut report) {
+        let mut between = Between::default();
+        // An item leased with the last one's completion is done even when
+        // asked to stop: left alone, it would wait a lease for another worker.
+        while between.next.is_some() || !stop.load(Ordering::Relaxed) {
+            match self.step(store, &mut reader, &mut between, &mut report) {
                 Ok(more) => {
                     failing_since = None;
                     backoff = BACKOFF_MIN;
@@ -166,6 +170,7 @@ impl Worker {
         &self,
         store: &PgStore,
         reader: &mut Option<Box<dyn ferry::store::EventReader>>,
+        between: &mut Between,
         report: &mut WorkerReport,
     ) -> Result<bool, StoreError> {
         if reader.is_none() {
@@ -174,10 +179,17 @@ impl Worker {
         let reader = reader.as_mut().expect("just made");
         let token = reader.change_token()?;
         let lease_ms = self.lease.as_millis() as u64;
-        match store.lease_item(&self.holder, &self.host, lease_ms, self.only)? {
+        let leased = match between.next.take() {
+            Some(next) => Some(next),
+            None => store.lease_item(&self.holder, &self.host, lease_ms, self.only)?,
+        };
+        match leased {
             Some(lease) => {
-                match self.with_heartbeat(store, &lease) {
-                    Ok(()) => report.items_done += 1,
+                match self.with_heartbeat(store, &lease, between) {
+                    Ok(next) => {
+                        report.items_done += 1;
+                        between.next = next;
+                    }
                     Err(StoreError::StaleItem { .. }) => report.items_lost += 1,
                     // Cancelled while this item ran: its writes are refused,
                     // and no item of it is leased any more.
@@ -206,7 +218,41 @@ impl Worker {
 
     /// Does `lease`'s item while a thread renews the lease every third of
     /// it; a lost lease cancels the copy at its next chunk.
-    fn with_heartbeat(&self, store: &PgStore, lease: &ItemLease) -> Result<(), StoreError> {
+    fn with_heartbeat(
+        &self,
+        store: &PgStore,
+        lease: &ItemLease,
+        between: &mut Between,
+    ) -> Result<Option<ItemLease>, StoreError> {
+        let transfer = match between.transfer.take() {
+            Some(known) if known.id == lease.transfer => known,
+            _ => store
+                .transfer(lease.transfer)?
+                .ok_or_else(|| StoreError::NoSuchTransfer {
+                    path: store.location(),
+                    id: lease.transfer,
+                })?,
+        };
+        // The heartbeat renews the transfer's lease every third of a lease
+        // while an item runs; between short items, as often, not per item
+        // (a write on the transfer's row, which every worker shares).
+        let renewed_lately = matches!(between.renewed,
+            Some((id, at)) if id == lease.transfer && at.elapsed() < self.lease / 3);
+        if !renewed_lately {
+            let _ = store.renew_lease(lease.transfer, &owner(), self.lease.as_millis() as u64);
+            between.renewed = Some((lease.transfer, Instant::now()));
+        }
+        let result = self.run_item(store, lease, &transfer);
+        between.transfer = Some(transfer);
+        result
+    }
+
+    fn run_item(
+        &self,
+        store: &PgStore,
+        lease: &ItemLease,
+        transfer: &TransferRecord,
+    ) -> Result<Option<ItemLease>, StoreError> {
         let lost = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = mpsc::channel::<()>();
         let lease_ms = self.lease.as_millis() as u64;
@@ -231,10 +277,11 @@ impl Worker {
                     }
                 }
             });
-            let _ = store.renew_lease(lease.transfer, &owner(), lease_ms);
             let result = work::Item {
                 store,
                 lease,
+                transfer,
+                next: Some(lease_ms),
                 cancel: &lost,
             }
             .run();
@@ -242,6 +289,20 @@ impl Worker {
             result
         })
     }
+}
+
+/// What a worker keeps from one item to the next, to spare the store a read
+/// and a write per item.
+#[derive(Default)]
+struct Between {
+    /// The transfer of the last item: what an item uses of it (sources,
+    /// `--preserve`, the temporaries' suffix) never changes.
+    transfer: Option<TransferRecord>,
+    /// When this worker last renewed that transfer's lease.
+    renewed: Option<(TransferId, Instant)>,
+    /// The item leased in the transaction that completed the last one
+    /// (of the same transfer): one commit per item instead of two.
+    next: Option<ItemLease>,
 }
 
 /// Errors a worker waits out: the server restarting or unreachable (the

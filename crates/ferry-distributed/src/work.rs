@@ -28,18 +28,25 @@ pub const LISTING_ENTRIES_MAX: usize = 1 << 20;
 pub(crate) struct Item<'a> {
     pub store: &'a PgStore,
     pub lease: &'a ItemLease,
+    /// The item's transfer.
+    pub transfer: &'a TransferRecord,
+    /// Lease the worker's next item (for this many ms) in the transaction
+    /// that completes this one; `None`: the worker leases on its own.
+    pub next: Option<u64>,
     /// Set when the lease is lost: the copy stops at its next chunk.
     pub cancel: &'a AtomicBool,
 }
 
 impl Item<'_> {
-    pub fn run(&self) -> Result<(), StoreError> {
-        let transfer = self.store.transfer(self.lease.transfer)?.ok_or_else(|| {
-            StoreError::NoSuchTransfer {
-                path: self.store.location(),
-                id: self.lease.transfer,
-            }
-        })?;
+    pub fn run(&self) -> Result<Option<ItemLease>, StoreError> {
+        let transfer = self.transfer;
+        match self.lease.kind {
+            ItemKind::Dir => return self.list(transfer),
+            ItemKind::Commit => return self.commit_large(transfer),
+            ItemKind::Finish => return self.finish(transfer),
+            ItemKind::Batch | ItemKind::Range => {}
+        }
+        // Only what copies data reads the event log's end, for this:
         // `--bwlimit` is not taken by distributed copies (yet): a throttle
         // without a rate, which looks for `ferry limit`s after this event.
         let throttle = Throttle::new(self.store, transfer.id, None, self.store.last_seq()?, None);
@@ -51,12 +58,10 @@ impl Item<'_> {
             throttle: &throttle,
             use_copy_file_range: AtomicBool::new(true),
         };
-        match self.lease.kind {
-            ItemKind::Dir => self.list(&transfer),
-            ItemKind::Batch => self.batch(&transfer, &copier),
-            ItemKind::Range => self.range(&transfer, &copier),
-            ItemKind::Commit => self.commit_large(&transfer),
-            ItemKind::Finish => self.finish(&transfer),
+        if self.lease.kind == ItemKind::Batch {
+            self.batch(transfer, &copier)
+        } else {
+            self.range(transfer, &copier)
         }
     }
 
@@ -85,10 +90,10 @@ impl Item<'_> {
         }
     }
 
-    /// A directory: recorded `copied` and created owner-only (as the
-    /// engine's), then listed; the listing's entries and items and this
+    /// A directory: recorded `copied` (by its parent's listing, but for a
+    /// root) and created owner-only (as the engine's), then listed; the listing's entries and items and this
     /// item's end are one transaction.
-    fn list(&self, transfer: &TransferRecord) -> Result<(), StoreError> {
+    fn list(&self, transfer: &TransferRecord) -> Result<Option<ItemLease>, StoreError> {
         let dir = self.only_entry(transfer.id)?;
         if !matches!(dir.state, FileState::Copied | FileState::Committed) {
             let store = self.leased();
@@ -115,15 +120,21 @@ impl Item<'_> {
             let store = self.leased();
             let committer = self.committer(&store, transfer, std::slice::from_ref(&dir));
             let change = committer.failed_change(dir.index, &message, &HashSet::new());
-            return self.store.complete_item(self.lease, &[change]);
+            return self
+                .store
+                .complete_and_lease(self.lease, &[change], self.next);
         }
-        self.store.complete_listing(self.lease, &listed)
+        self.store.complete_listing(self.lease, &listed, self.next)
     }
 
     /// Small files: each copied whole into its temporary, then the batch
     /// committed (one `syncfs`, `copied`, renames, metadata, `committed`).
     /// Entries an earlier attempt recorded are not copied again.
-    fn batch(&self, transfer: &TransferRecord, copier: &Copier<'_>) -> Result<(), StoreError> {
+    fn batch(
+        &self,
+        transfer: &TransferRecord,
+        copier: &Copier<'_>,
+    ) -> Result<Option<ItemLease>, StoreError> {
         let entries = self.store.entries_at(transfer.id, &self.lease.entries)?;
         let store = self.leased();
         let committer = self.committer(&store, transfer, &entries);
@@ -163,19 +174,23 @@ impl Item<'_> {
             self.check_lease()?;
         }
         committer.commit(&ready, failures)?;
-        self.store.complete_item(self.lease, &[])
+        self.store.complete_and_lease(self.lease, &[], self.next)
     }
 
     /// One range of a large file into its temporary (never truncated: other
     /// workers write its other ranges), made durable before the item ends.
-    fn range(&self, transfer: &TransferRecord, copier: &Copier<'_>) -> Result<(), StoreError> {
+    fn range(
+        &self,
+        transfer: &TransferRecord,
+        copier: &Copier<'_>,
+    ) -> Result<Option<ItemLease>, StoreError> {
         let entry = self.only_entry(transfer.id)?;
         let (start, end) = self.lease.range.expect("a range item has its range");
         if matches!(
             entry.state,
             FileState::Copied | FileState::Committed | FileState::Failed
         ) {
-            return self.store.complete_item(self.lease, &[]);
+            return self.store.complete_and_lease(self.lease, &[], self.next);
         }
         let store = self.leased();
         let committer = self.committer(&store, transfer, std::slice::from_ref(&entry));
@@ -194,20 +209,21 @@ impl Item<'_> {
         })();
         self.check_lease()?;
         match copied {
-            Ok(()) => self.store.complete_item(self.lease, &[]),
+            Ok(()) => self.store.complete_and_lease(self.lease, &[], self.next),
             Err(message) => {
                 let change = committer.failed_change(entry.index, &message, &HashSet::new());
-                self.store.complete_item(self.lease, &[change])
+                self.store
+                    .complete_and_lease(self.lease, &[change], self.next)
             }
         }
     }
 
     /// A large file whose ranges are all durable: its length (a hole may end
     /// it), then the commit protocol from step 2.
-    fn commit_large(&self, transfer: &TransferRecord) -> Result<(), StoreError> {
+    fn commit_large(&self, transfer: &TransferRecord) -> Result<Option<ItemLease>, StoreError> {
         let entry = self.only_entry(transfer.id)?;
         if matches!(entry.state, FileState::Committed | FileState::Failed) {
-            return self.store.complete_item(self.lease, &[]);
+            return self.store.complete_and_lease(self.lease, &[], self.next);
         }
         let store = self.leased();
         let committer = self.committer(&store, transfer, std::slice::from_ref(&entry));
@@ -238,13 +254,13 @@ impl Item<'_> {
             Vec::new()
         };
         committer.commit(&ready, failures)?;
-        self.store.complete_item(self.lease, &[])
+        self.store.complete_and_lease(self.lease, &[], self.next)
     }
 
     /// Every other item is done: the directories get their metadata,
     /// deepest first, made durable; then the transfer ends, in the same
     /// transaction as this item.
-    fn finish(&self, transfer: &TransferRecord) -> Result<(), StoreError> {
+    fn finish(&self, transfer: &TransferRecord) -> Result<Option<ItemLease>, StoreError> {
         let dirs = self.store.dir_entries(transfer.id)?;
         let store = self.leased();
         let committer = self.committer(&store, transfer, &dirs);
@@ -281,7 +297,8 @@ impl Item<'_> {
             context: json!({"files_failed": files_failed, "warnings": warnings,
                             "host": self.lease.host}),
         });
-        self.store.complete_item(self.lease, &changes)
+        self.store
+            .complete_and_lease(self.lease, &changes, self.next)
     }
 
     fn only_entry(&self, id: TransferId) -> Result<EntryRecord, StoreError> {

@@ -24,7 +24,8 @@ mod plan;
 use std::collections::HashSet;
 
 use ferry::model::{
-    EntryIndex, EntryRecord, NewEntry, NewTransfer, TransferId, TransferRecord, TransferState,
+    EntryIndex, EntryKind, EntryRecord, FileState, NewEntry, NewTransfer, TransferId,
+    TransferRecord, TransferState,
 };
 use ferry::store::rules;
 use ferry::store::{Change, Store, StoreError};
@@ -34,8 +35,8 @@ use crate::conn::Db;
 use crate::store::{ENTRY_COLUMNS, entry_row, now_ns};
 use crate::{PgStore, Tx};
 pub use plan::{
-    BATCH_BYTES_MAX, BATCH_FILES_MAX, ItemKind, NewItem, RANGE_ITEM_BYTES, RANGED_FROM_BYTES,
-    items_of,
+    BATCH_BYTES_MAX, BATCH_FILES_MAX, ItemKind, NewItem, OpenBatch, Planned, RANGE_ITEM_BYTES,
+    RANGED_FROM_BYTES, items_of,
 };
 
 /// The server's clock in ns, read once per statement.
@@ -94,7 +95,7 @@ impl PgStore {
                 },
                 &mut HashSet::new(),
             )?;
-            insert_items(tx, id, &items_of(0, roots))
+            insert_items(tx, id, &items_of(0, roots, None).items)
         })?;
         self.transfer(id)?
             .ok_or_else(|| rules::no_such_transfer(&self.location_path(), id))
@@ -110,85 +111,23 @@ impl PgStore {
         lease_ms: u64,
         only: Option<TransferId>,
     ) -> Result<Option<ItemLease>, StoreError> {
-        let only = only.map(|t| t.0);
-        let leased = self.write(|tx| {
-            // Two statements, each on its index: an `OR` of both would scan.
-            for which in [
-                "state = 'started' AND lease_expires_ns < (SELECT ns FROM clock) \
-                 ORDER BY lease_expires_ns",
-                "state = 'waiting' ORDER BY id",
-            ] {
-                let (cond, order) = which.split_once(" ORDER BY ").expect("two parts");
-                let row = tx
-                    .tx
-                    .query_opt(
-                        &format!(
-                            "WITH clock AS MATERIALIZED (SELECT {NOW_SQL} AS ns),
-                             candidate AS (
-                                SELECT id FROM work_items
-                                WHERE {cond} AND ($1::BIGINT IS NULL OR transfer_id = $1)
-                                  -- A cancelled (or freed) transfer's items stay.
-                                  AND EXISTS (SELECT 1 FROM transfers t
-                                      WHERE t.id = transfer_id AND t.freed_ns IS NULL
-                                      AND t.state IN ('dispatched', 'running'))
-                                ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED)
-                             UPDATE work_items w SET state = 'started', attempt = attempt + 1,
-                                lease_holder = $2, lease_host = $3,
-                                lease_expires_ns = clock.ns + $4::BIGINT * 1000000, updated_ns = clock.ns
-                             FROM candidate, clock WHERE w.id = candidate.id
-                             RETURNING w.id, w.transfer_id, w.kind, w.entries, w.range_start,
-                                w.range_end, w.files, w.bytes, w.attempt,
-                                (SELECT state FROM transfers t WHERE t.id = w.transfer_id)"
-                        ),
-                        &[&only, &holder, &host, &(lease_ms as i64)],
-                    )
-                    .map_err(|e| tx.err(e))?;
-                let Some(row) = row else { continue };
-                let get = |i| row.try_get::<_, i64>(i);
-                let kind: String = row.try_get(2).map_err(|e| tx.err(e))?;
-                let kind = ItemKind::parse(&kind).ok_or_else(|| {
-                    rules::corrupt(&self.location_path(), format!("work item kind {kind}"))
-                })?;
-                let entries: Vec<i64> = row.try_get(3).map_err(|e| tx.err(e))?;
-                let start: Option<i64> = row.try_get(4).map_err(|e| tx.err(e))?;
-                let end: Option<i64> = row.try_get(5).map_err(|e| tx.err(e))?;
-                let lease = ItemLease {
-                    item: get(0).map_err(|e| tx.err(e))?,
-                    transfer: TransferId(get(1).map_err(|e| tx.err(e))?),
-                    kind,
-                    entries: entries.iter().map(|i| EntryIndex(*i as u32)).collect(),
-                    range: start.zip(end).map(|(s, e)| (s as u64, e as u64)),
-                    files: get(6).map_err(|e| tx.err(e))? as u64,
-                    bytes: get(7).map_err(|e| tx.err(e))? as u64,
-                    attempt: get(8).map_err(|e| tx.err(e))? as u32,
-                    holder: holder.to_string(),
-                    host: host.to_string(),
-                };
-                let state: String = row.try_get(9).map_err(|e| tx.err(e))?;
-                let dispatched = state == TransferState::Dispatched.as_str();
-                self.event(
-                    tx,
-                    lease.transfer,
-                    None,
-                    EVENT_ITEM_LEASED,
-                    &json!({"item": lease.item, "kind": kind.as_str(),
-                            "attempt": lease.attempt, "host": host}),
-                )?;
-                return Ok(Some((lease, dispatched)));
-            }
-            Ok(None)
-        })?;
+        let leased = self.write(|tx| self.lease_in(tx, holder, host, lease_ms, only))?;
         let Some((lease, dispatched)) = leased else {
             return Ok(None);
         };
+        self.start_running(&lease, dispatched)?;
+        Ok(Some(lease))
+    }
+
+    /// The first item leased moves the transfer to `running`; a worker that
+    /// loses this race to another finds it running.
+    fn start_running(&self, lease: &ItemLease, dispatched: bool) -> Result<(), StoreError> {
         if dispatched {
-            // The first item leased moves the transfer to `running`; a
-            // worker that loses this race to another finds it running.
             let moved = self.apply(&[Change::Transfer {
                 id: lease.transfer,
                 to: TransferState::Running,
                 owner: None,
-                context: json!({"host": host}),
+                context: json!({"host": lease.host}),
             }]);
             if let Some(state) = self.transfer(lease.transfer)?.map(|t| t.state)
                 && state != TransferState::Dispatched
@@ -198,7 +137,85 @@ impl PgStore {
                 moved?;
             }
         }
-        Ok(Some(lease))
+        Ok(())
+    }
+
+    /// [`PgStore::lease_item`] inside `tx`; `true`: the transfer is still
+    /// `dispatched`.
+    fn lease_in(
+        &self,
+        tx: &mut Tx<'_>,
+        holder: &str,
+        host: &str,
+        lease_ms: u64,
+        only: Option<TransferId>,
+    ) -> Result<Option<(ItemLease, bool)>, StoreError> {
+        let only = only.map(|t| t.0);
+        // Two statements, each on its index: an `OR` of both would scan.
+        for which in [
+            "state = 'started' AND lease_expires_ns < (SELECT ns FROM clock) \
+             ORDER BY lease_expires_ns",
+            "state = 'waiting' ORDER BY id",
+        ] {
+            let (cond, order) = which.split_once(" ORDER BY ").expect("two parts");
+            let row = tx
+                .tx
+                .query_opt(
+                    &format!(
+                        "WITH clock AS MATERIALIZED (SELECT {NOW_SQL} AS ns),
+                         candidate AS (
+                            SELECT id FROM work_items
+                            WHERE {cond} AND ($1::BIGINT IS NULL OR transfer_id = $1)
+                              -- A cancelled (or freed) transfer's items stay.
+                              AND EXISTS (SELECT 1 FROM transfers t
+                                  WHERE t.id = transfer_id AND t.freed_ns IS NULL
+                                  AND t.state IN ('dispatched', 'running'))
+                            ORDER BY {order} LIMIT 1 FOR UPDATE SKIP LOCKED)
+                         UPDATE work_items w SET state = 'started', attempt = attempt + 1,
+                            lease_holder = $2, lease_host = $3,
+                            lease_expires_ns = clock.ns + $4::BIGINT * 1000000, updated_ns = clock.ns
+                         FROM candidate, clock WHERE w.id = candidate.id
+                         RETURNING w.id, w.transfer_id, w.kind, w.entries, w.range_start,
+                            w.range_end, w.files, w.bytes, w.attempt,
+                            (SELECT state FROM transfers t WHERE t.id = w.transfer_id)"
+                    ),
+                    &[&only, &holder, &host, &(lease_ms as i64)],
+                )
+                .map_err(|e| tx.err(e))?;
+            let Some(row) = row else { continue };
+            let get = |i| row.try_get::<_, i64>(i);
+            let kind: String = row.try_get(2).map_err(|e| tx.err(e))?;
+            let kind = ItemKind::parse(&kind).ok_or_else(|| {
+                rules::corrupt(&self.location_path(), format!("work item kind {kind}"))
+            })?;
+            let entries: Vec<i64> = row.try_get(3).map_err(|e| tx.err(e))?;
+            let start: Option<i64> = row.try_get(4).map_err(|e| tx.err(e))?;
+            let end: Option<i64> = row.try_get(5).map_err(|e| tx.err(e))?;
+            let lease = ItemLease {
+                item: get(0).map_err(|e| tx.err(e))?,
+                transfer: TransferId(get(1).map_err(|e| tx.err(e))?),
+                kind,
+                entries: entries.iter().map(|i| EntryIndex(*i as u32)).collect(),
+                range: start.zip(end).map(|(s, e)| (s as u64, e as u64)),
+                files: get(6).map_err(|e| tx.err(e))? as u64,
+                bytes: get(7).map_err(|e| tx.err(e))? as u64,
+                attempt: get(8).map_err(|e| tx.err(e))? as u32,
+                holder: holder.to_string(),
+                host: host.to_string(),
+            };
+            let state: String = row.try_get(9).map_err(|e| tx.err(e))?;
+            let dispatched = state == TransferState::Dispatched.as_str();
+            self.event(
+                tx,
+                lease.transfer,
+                None,
+                EVENT_ITEM_LEASED,
+                &json!({"item": lease.item, "kind": kind.as_str(),
+                        "attempt": lease.attempt, "host": host}),
+            )?;
+            return Ok(Some((lease, dispatched)));
+        }
+        Ok(None)
     }
 
     /// Renews `lease` for `lease_ms`; `Ok(false)`: it is no longer ours
@@ -238,31 +255,104 @@ impl PgStore {
 
     /// A directory item's end: its listed `entries` added, their items
     /// inserted, and the item done, in one transaction fenced by `lease`.
+    /// Small files first fill the transfer's latest batch item that no
+    /// worker has leased yet: a tree of small directories is copied in full
+    /// batches (one commit, two `syncfs` per [`BATCH_FILES_MAX`] files), not
+    /// one batch per directory.
+    /// With `next` (a lease's length in ms), the worker's next item of the
+    /// transfer is leased in the same transaction ([`PgStore::lease_item`]).
     pub fn complete_listing(
         &self,
         lease: &ItemLease,
         entries: &[NewEntry],
-    ) -> Result<(), StoreError> {
+        next: Option<u64>,
+    ) -> Result<Option<ItemLease>, StoreError> {
         self.write(|tx| {
             self.lock_transfers(tx, &[lease.transfer.0])?;
             check_lease(self, tx, lease)?;
             if !entries.is_empty() {
                 let first = self.insert_entry_rows(tx, lease.transfer, entries)?;
-                insert_items(tx, lease.transfer, &items_of(first, entries))?;
+                // Subdirectories are recorded `copied` here, before a worker
+                // creates them (as the engine records a directory before its
+                // `mkdir`): their own items need no transaction for it.
+                let mut checked = HashSet::new();
+                for (offset, entry) in entries.iter().enumerate() {
+                    if entry.kind != EntryKind::Dir {
+                        continue;
+                    }
+                    let copied = Change::Entry {
+                        id: lease.transfer,
+                        index: EntryIndex((first + offset as i64) as u32),
+                        to: FileState::Copied,
+                        progress_bytes_durable: None,
+                        error: None,
+                        checksum: None,
+                        context: json!({"bytes": entry.meta.size}),
+                    };
+                    self.apply_one(tx, &copied, &mut checked)?;
+                }
+                let open = open_batch(tx, lease.transfer)?;
+                let planned = items_of(first, entries, open.map(|(_, o)| o));
+                if let Some((item, _)) = open {
+                    fill_batch(tx, item, &planned)?;
+                }
+                insert_items(tx, lease.transfer, &planned.items)?;
             }
-            self.finish_item(tx, lease, &[])
+            self.finish_item(tx, lease, &[])?;
+            self.lease_next(tx, lease, next)
         })
+        .and_then(|next| self.started(next))
     }
 
     /// Completes `lease`'s item, fenced, with `changes` in the same
     /// transaction. The last range of a file adds the file's commit item;
     /// the last item of a transfer adds its finish item.
     pub fn complete_item(&self, lease: &ItemLease, changes: &[Change]) -> Result<(), StoreError> {
+        self.complete_and_lease(lease, changes, None).map(|_| ())
+    }
+
+    /// [`PgStore::complete_item`], and with `next` (a lease's length in ms)
+    /// the worker's next item of the transfer leased in the same
+    /// transaction: one round of commits per item, not two.
+    pub fn complete_and_lease(
+        &self,
+        lease: &ItemLease,
+        changes: &[Change],
+        next: Option<u64>,
+    ) -> Result<Option<ItemLease>, StoreError> {
         self.write(|tx| {
             self.lock_transfers(tx, &[lease.transfer.0])?;
             check_lease(self, tx, lease)?;
-            self.finish_item(tx, lease, changes)
+            self.finish_item(tx, lease, changes)?;
+            self.lease_next(tx, lease, next)
         })
+        .and_then(|next| self.started(next))
+    }
+
+    fn lease_next(
+        &self,
+        tx: &mut Tx<'_>,
+        lease: &ItemLease,
+        next: Option<u64>,
+    ) -> Result<Option<(ItemLease, bool)>, StoreError> {
+        match next {
+            Some(lease_ms) => self.lease_in(
+                tx,
+                &lease.holder,
+                &lease.host,
+                lease_ms,
+                Some(lease.transfer),
+            ),
+            None => Ok(None),
+        }
+    }
+
+    fn started(&self, next: Option<(ItemLease, bool)>) -> Result<Option<ItemLease>, StoreError> {
+        let Some((lease, dispatched)) = next else {
+            return Ok(None);
+        };
+        self.start_running(&lease, dispatched)?;
+        Ok(Some(lease))
     }
 
     fn finish_item(
@@ -459,6 +549,53 @@ fn check_lease(store: &PgStore, tx: &mut Tx<'_>, lease: &ItemLease) -> Result<()
     {
         return Err(stale(attempt, state == "done"));
     }
+    Ok(())
+}
+
+/// The transfer's latest batch item still `waiting` with room, locked: a
+/// worker leasing it skips it until this transaction ends, and once leased
+/// (`started`) it is never filled, so a lease's entries never change.
+fn open_batch(tx: &mut Tx<'_>, id: TransferId) -> Result<Option<(i64, OpenBatch)>, StoreError> {
+    let row = tx
+        .tx
+        .query_opt(
+            "SELECT id, files, bytes FROM work_items
+             WHERE state = 'waiting' AND transfer_id = $1 AND kind = 'batch'
+               AND files < $2 AND bytes < $3
+             ORDER BY id DESC LIMIT 1 FOR UPDATE SKIP LOCKED",
+            &[&id.0, &(BATCH_FILES_MAX as i64), &(BATCH_BYTES_MAX as i64)],
+        )
+        .map_err(|e| tx.err(e))?;
+    let Some(row) = row else { return Ok(None) };
+    let get = |i| row.try_get::<_, i64>(i).map_err(|e| tx.err(e));
+    Ok(Some((
+        get(0)?,
+        OpenBatch {
+            files: get(1)? as u64,
+            bytes: get(2)? as u64,
+        },
+    )))
+}
+
+/// Appends a listing's small files to the open batch `item`.
+fn fill_batch(tx: &mut Tx<'_>, item: i64, planned: &Planned) -> Result<(), StoreError> {
+    if planned.appended.is_empty() {
+        return Ok(());
+    }
+    tx.tx
+        .execute(
+            "UPDATE work_items SET entries = entries || $2::BIGINT[], files = files + $3,
+                bytes = bytes + $4, updated_ns = $5
+             WHERE id = $1 AND state = 'waiting'",
+            &[
+                &item,
+                &planned.appended,
+                &(planned.appended.len() as i64),
+                &(planned.appended_bytes as i64),
+                &now_ns(),
+            ],
+        )
+        .map_err(|e| tx.err(e))?;
     Ok(())
 }
 

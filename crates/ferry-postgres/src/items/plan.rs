@@ -72,23 +72,54 @@ pub struct NewItem {
     pub bytes: u64,
 }
 
+/// A batch item not leased yet that a listing may fill up: what it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenBatch {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// What a listing adds: small files appended to the open batch, new items.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Planned {
+    /// Entry indexes for the open batch (none without one).
+    pub appended: Vec<i64>,
+    pub appended_bytes: u64,
+    pub items: Vec<NewItem>,
+}
+
 /// The items of `entries`, whose indexes start at `first`: a directory item
 /// per directory, range items per large file, batches of the rest bounded by
-/// [`BATCH_FILES_MAX`] and [`BATCH_BYTES_MAX`].
-pub fn items_of(first: i64, entries: &[NewEntry]) -> Vec<NewItem> {
-    let mut items = Vec::new();
-    let mut batch = NewItem {
+/// [`BATCH_FILES_MAX`] and [`BATCH_BYTES_MAX`]. Small files fill `open`
+/// first (to the same bounds), so that the listings of many small
+/// directories make full batches, as the single-process engine's do.
+pub fn items_of(first: i64, entries: &[NewEntry], open: Option<OpenBatch>) -> Planned {
+    let empty_batch = |open: Option<OpenBatch>| NewItem {
         kind: ItemKind::Batch,
         entries: Vec::new(),
         range: None,
-        files: 0,
-        bytes: 0,
+        files: open.map_or(0, |o| o.files),
+        bytes: open.map_or(0, |o| o.bytes),
     };
+    let mut planned = Planned::default();
+    let mut filling = open;
+    let mut batch = empty_batch(open);
+    let close =
+        |batch: NewItem, filling: &mut Option<OpenBatch>, planned: &mut Planned| match filling
+            .take()
+        {
+            Some(open) => {
+                planned.appended = batch.entries;
+                planned.appended_bytes = batch.bytes - open.bytes;
+            }
+            None if batch.entries.is_empty() => {}
+            None => planned.items.push(batch),
+        };
     for (offset, entry) in entries.iter().enumerate() {
         let index = first + offset as i64;
         let size = entry.meta.size;
         match entry.kind {
-            EntryKind::Dir => items.push(NewItem {
+            EntryKind::Dir => planned.items.push(NewItem {
                 kind: ItemKind::Dir,
                 entries: vec![index],
                 range: None,
@@ -99,7 +130,7 @@ pub fn items_of(first: i64, entries: &[NewEntry]) -> Vec<NewItem> {
                 let mut start = 0;
                 while start < size {
                     let end = (start + RANGE_ITEM_BYTES).min(size);
-                    items.push(NewItem {
+                    planned.items.push(NewItem {
                         kind: ItemKind::Range,
                         entries: vec![index],
                         range: Some((start, end)),
@@ -113,17 +144,8 @@ pub fn items_of(first: i64, entries: &[NewEntry]) -> Vec<NewItem> {
                 if batch.files as usize >= BATCH_FILES_MAX
                     || (batch.files > 0 && batch.bytes + size > BATCH_BYTES_MAX)
                 {
-                    let full = std::mem::replace(
-                        &mut batch,
-                        NewItem {
-                            kind: ItemKind::Batch,
-                            entries: Vec::new(),
-                            range: None,
-                            files: 0,
-                            bytes: 0,
-                        },
-                    );
-                    items.push(full);
+                    let full = std::mem::replace(&mut batch, empty_batch(None));
+                    close(full, &mut filling, &mut planned);
                 }
                 batch.entries.push(index);
                 batch.files += 1;
@@ -131,10 +153,8 @@ pub fn items_of(first: i64, entries: &[NewEntry]) -> Vec<NewItem> {
             }
         }
     }
-    if !batch.entries.is_empty() {
-        items.push(batch);
-    }
-    items
+    close(batch, &mut filling, &mut planned);
+    planned
 }
 
 #[cfg(test)]
@@ -170,7 +190,7 @@ mod tests {
         entries.push(entry(EntryKind::Dir, 0));
         entries.push(entry(EntryKind::File, RANGE_ITEM_BYTES * 2 + 1));
         entries.extend((0..20).map(|_| entry(EntryKind::File, 20 << 20)));
-        let items = items_of(5, &entries);
+        let items = items_of(5, &entries, None).items;
         let kinds: Vec<ItemKind> = items.iter().map(|i| i.kind).collect();
         use ItemKind::*;
         assert_eq!(
@@ -193,5 +213,35 @@ mod tests {
                 .iter()
                 .all(|i| i.bytes <= BATCH_BYTES_MAX || i.kind != Batch)
         );
+    }
+
+    #[test]
+    fn a_listing_fills_the_open_batch_to_its_bounds_before_adding_batches() {
+        let entries: Vec<NewEntry> = (0..600).map(|_| entry(EntryKind::File, 10)).collect();
+        let open = OpenBatch {
+            files: 500,
+            bytes: 5000,
+        };
+        let planned = items_of(7, &entries, Some(open));
+        assert_eq!(planned.appended, (7..19).collect::<Vec<i64>>());
+        assert_eq!(planned.appended_bytes, 120);
+        assert_eq!(planned.items.len(), 2);
+        assert_eq!(planned.items[0].entries.first(), Some(&19));
+        assert_eq!(planned.items[0].files as usize, BATCH_FILES_MAX);
+        assert_eq!(planned.items[1].files, 600 - 12 - 512);
+        // Nothing small: the open batch stays as it is.
+        let dir = [entry(EntryKind::Dir, 0)];
+        let planned = items_of(0, &dir, Some(open));
+        assert!(planned.appended.is_empty());
+        assert_eq!(planned.appended_bytes, 0);
+        assert_eq!(planned.items.len(), 1);
+        // A batch full in bytes takes no more.
+        let big = OpenBatch {
+            files: 1,
+            bytes: BATCH_BYTES_MAX,
+        };
+        let planned = items_of(0, &entries[..1], Some(big));
+        assert!(planned.appended.is_empty());
+        assert_eq!(planned.items[0].entries, [0]);
     }
 }
