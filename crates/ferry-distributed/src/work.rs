@@ -13,10 +13,10 @@ use ferry::engine::copy::{Copier, CopyError};
 use ferry::engine::temp::{open_temp, write_error};
 use ferry::engine::throttle::Throttle;
 use ferry::model::{
-    EntryIndex, EntryKind, EntryRecord, Event, FileState, NewEntry, NewTransfer, Owner, TransferId,
-    TransferRecord, TransferState,
+    EntryIndex, EntryKind, EntryRecord, FileState, NewEntry, TransferId, TransferRecord,
+    TransferState,
 };
-use ferry::store::{Change, EventFilter, EventReader, Store, StoreError};
+use ferry::store::{Change, Store, StoreError};
 use ferry_postgres::PgStore;
 use ferry_postgres::items::{ItemKind, ItemLease};
 use serde_json::json;
@@ -427,67 +427,12 @@ struct Leased<'a> {
 }
 
 impl Store for Leased<'_> {
-    fn location(&self) -> PathBuf {
-        self.inner.location()
-    }
-
-    fn create_transfer(
-        &self,
-        new: &NewTransfer,
-        entries: &[ferry::model::NewEntry],
-    ) -> Result<TransferRecord, StoreError> {
-        self.inner.create_transfer(new, entries)
-    }
-
-    fn add_entries(&self, id: TransferId, entries: &[NewEntry]) -> Result<(), StoreError> {
-        self.inner.add_entries(id, entries)
-    }
+    ferry::store_reads_through_inner!();
 
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
         }
         self.inner.apply_leased(self.lease, changes)
-    }
-
-    fn transfer(&self, id: TransferId) -> Result<Option<TransferRecord>, StoreError> {
-        self.inner.transfer(id)
-    }
-
-    fn renew_lease(&self, id: TransferId, owner: &Owner, lease_ms: u64) -> Result<(), StoreError> {
-        self.inner.renew_lease(id, owner, lease_ms)
-    }
-
-    fn transfer_by_name(&self, name: &str) -> Result<Option<TransferRecord>, StoreError> {
-        self.inner.transfer_by_name(name)
-    }
-
-    fn transfers(&self) -> Result<Vec<TransferRecord>, StoreError> {
-        self.inner.transfers()
-    }
-
-    fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
-        self.inner.entries(id)
-    }
-
-    fn events_since(
-        &self,
-        after: u64,
-        filter: &EventFilter,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.inner.events_since(after, filter, limit)
-    }
-
-    fn last_seq(&self) -> Result<u64, StoreError> {
-        self.inner.last_seq()
-    }
-
-    fn compact(&self, before: u64) -> Result<u64, StoreError> {
-        self.inner.compact(before)
-    }
-
-    fn event_reader(&self) -> Result<Box<dyn EventReader>, StoreError> {
-        self.inner.event_reader()
     }
 }

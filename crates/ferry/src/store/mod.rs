@@ -313,7 +313,8 @@ pub enum StoreError {
 }
 
 /// Inside an `impl Store for W`, every method but `apply`, passed to
-/// `self.inner` (a `&dyn Store` or `Arc<dyn Store>`): for a store that only
+/// `self.inner` (anything that derefs to a `Store`; called as the trait's,
+/// whatever inherent methods of the same name it has): for a store that only
 /// adds something to the writes (fencing by owner, by lease). The counts
 /// and pages are passed on too, not left to the defaults that read every
 /// entry.
@@ -321,7 +322,7 @@ pub enum StoreError {
 macro_rules! store_reads_through_inner {
     () => {
         fn location(&self) -> ::std::path::PathBuf {
-            self.inner.location()
+            $crate::store::Store::location(&*self.inner)
         }
 
         fn create_transfer(
@@ -329,7 +330,7 @@ macro_rules! store_reads_through_inner {
             new: &$crate::model::NewTransfer,
             entries: &[$crate::model::NewEntry],
         ) -> Result<$crate::model::TransferRecord, $crate::store::StoreError> {
-            self.inner.create_transfer(new, entries)
+            $crate::store::Store::create_transfer(&*self.inner, new, entries)
         }
 
         fn add_entries(
@@ -337,14 +338,14 @@ macro_rules! store_reads_through_inner {
             id: $crate::model::TransferId,
             entries: &[$crate::model::NewEntry],
         ) -> Result<(), $crate::store::StoreError> {
-            self.inner.add_entries(id, entries)
+            $crate::store::Store::add_entries(&*self.inner, id, entries)
         }
 
         fn transfer(
             &self,
             id: $crate::model::TransferId,
         ) -> Result<Option<$crate::model::TransferRecord>, $crate::store::StoreError> {
-            self.inner.transfer(id)
+            $crate::store::Store::transfer(&*self.inner, id)
         }
 
         fn renew_lease(
@@ -353,41 +354,41 @@ macro_rules! store_reads_through_inner {
             owner: &$crate::model::Owner,
             lease_ms: u64,
         ) -> Result<(), $crate::store::StoreError> {
-            self.inner.renew_lease(id, owner, lease_ms)
+            $crate::store::Store::renew_lease(&*self.inner, id, owner, lease_ms)
         }
 
         fn transfer_by_name(
             &self,
             name: &str,
         ) -> Result<Option<$crate::model::TransferRecord>, $crate::store::StoreError> {
-            self.inner.transfer_by_name(name)
+            $crate::store::Store::transfer_by_name(&*self.inner, name)
         }
 
         fn transfers(
             &self,
         ) -> Result<Vec<$crate::model::TransferRecord>, $crate::store::StoreError> {
-            self.inner.transfers()
+            $crate::store::Store::transfers(&*self.inner)
         }
 
         fn entries(
             &self,
             id: $crate::model::TransferId,
         ) -> Result<Vec<$crate::model::EntryRecord>, $crate::store::StoreError> {
-            self.inner.entries(id)
+            $crate::store::Store::entries(&*self.inner, id)
         }
 
         fn first_entry(
             &self,
             id: $crate::model::TransferId,
         ) -> Result<Option<$crate::model::EntryRecord>, $crate::store::StoreError> {
-            self.inner.first_entry(id)
+            $crate::store::Store::first_entry(&*self.inner, id)
         }
 
         fn entry_tally(
             &self,
             id: $crate::model::TransferId,
         ) -> Result<$crate::store::EntryTally, $crate::store::StoreError> {
-            self.inner.entry_tally(id)
+            $crate::store::Store::entry_tally(&*self.inner, id)
         }
 
         fn failed_entries(
@@ -396,11 +397,11 @@ macro_rules! store_reads_through_inner {
             after: Option<$crate::model::EntryIndex>,
             limit: usize,
         ) -> Result<Vec<$crate::store::FailedEntry>, $crate::store::StoreError> {
-            self.inner.failed_entries(id, after, limit)
+            $crate::store::Store::failed_entries(&*self.inner, id, after, limit)
         }
 
         fn unfinished_entries_of_caller(&self, uid: u32) -> Result<u64, $crate::store::StoreError> {
-            self.inner.unfinished_entries_of_caller(uid)
+            $crate::store::Store::unfinished_entries_of_caller(&*self.inner, uid)
         }
 
         fn events_since(
@@ -409,21 +410,21 @@ macro_rules! store_reads_through_inner {
             filter: &$crate::store::EventFilter,
             limit: usize,
         ) -> Result<Vec<$crate::model::Event>, $crate::store::StoreError> {
-            self.inner.events_since(after, filter, limit)
+            $crate::store::Store::events_since(&*self.inner, after, filter, limit)
         }
 
         fn last_seq(&self) -> Result<u64, $crate::store::StoreError> {
-            self.inner.last_seq()
+            $crate::store::Store::last_seq(&*self.inner)
         }
 
         fn compact(&self, before: u64) -> Result<u64, $crate::store::StoreError> {
-            self.inner.compact(before)
+            $crate::store::Store::compact(&*self.inner, before)
         }
 
         fn event_reader(
             &self,
         ) -> Result<Box<dyn $crate::store::EventReader>, $crate::store::StoreError> {
-            self.inner.event_reader()
+            $crate::store::Store::event_reader(&*self.inner)
         }
     };
 }
