@@ -328,8 +328,7 @@ impl SqliteStore {
                 .map_err(|e| sqlite_err(path, e))?;
         }
         let journal = if is_network_fs(path) { "DELETE" } else { "WAL" };
-        conn.pragma_update(None, "journal_mode", journal)
-            .map_err(|e| open_err_cause(path, e))?;
+        set_journal_mode(&conn, journal).map_err(|e| open_err_cause(path, e))?;
         // Deferred (a batch job that syncs the file system itself): in WAL
         // mode with no checkpoints the database file is never written, so
         // unsynced commits can only be lost, never corrupt it; the caller's
@@ -690,6 +689,29 @@ fn open_err_cause(path: &Path, e: rusqlite::Error) -> StoreError {
     StoreError::Open {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, cause),
+    }
+}
+
+/// Switches the store to `journal` mode. Going from a rollback journal to
+/// WAL upgrades a read lock to an exclusive one, and SQLite refuses that at
+/// once (no busy handler: it could deadlock) while another process holds a
+/// read lock, as when twenty processes open one new store together. Such a
+/// reader lets go within a statement, so the switch is tried again, with a
+/// growing pause, for at most [`BUSY_TIMEOUT`] as every other lock wait.
+fn set_journal_mode(conn: &Connection, journal: &str) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_micros(500);
+    loop {
+        match conn.pragma_update(None, "journal_mode", journal) {
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
     }
 }
 
