@@ -9,6 +9,8 @@
 //! and the caller continues it, or brings that destination up to date.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -232,15 +234,19 @@ pub fn changed_since<E: From<Error> + Send>(
     let margin_ns = crate::engine::settle::margin_ns();
     // The store is read while the sources are listed.
     let (recorded, planned) = std::thread::scope(|scope| {
-        let reading = scope.spawn(|| -> Result<HashMap<PathBuf, (EntryRecord, Copied)>> {
+        // Keyed by the path's bytes: a `Path` hashes and compares component
+        // by component, which cost a re-run a tenth of its instructions.
+        let reading = scope.spawn(|| -> Result<HashMap<OsString, (EntryRecord, Copied)>> {
             let mut recorded = HashMap::new();
             for copy in &same.copies {
                 let when = Copied {
                     began_ns: copy.created_ns,
                     ended_ns: copy.updated_ns - margin_ns,
                 };
-                for entry in store.entries(copy.id)? {
-                    recorded.insert(entry.source.clone(), (entry, when));
+                for mut entry in store.entries(copy.id)? {
+                    // Its source is the key, and compared no more.
+                    let source = std::mem::take(&mut entry.source).into_os_string();
+                    recorded.insert(source, (entry, when));
                 }
             }
             Ok(recorded)
@@ -265,7 +271,7 @@ pub fn changed_since<E: From<Error> + Send>(
                 scope.spawn(move || {
                     let mut dirs = DirCache::default();
                     part.iter()
-                        .map(|entry| match recorded.get(&entry.source) {
+                        .map(|entry| match recorded.get(entry.source.as_os_str()) {
                             Some((old, when)) => {
                                 !unchanged(entry, old, *when, preserve, as_root, &mut dirs)
                             }
@@ -297,11 +303,11 @@ pub fn changed_since<E: From<Error> + Send>(
     {
         // Directories come before what they hold (the plan is pre-order),
         // so a directory marked here had its own parents marked already.
-        let dirs: HashMap<&Path, usize> = planned
+        let dirs: HashMap<&[u8], usize> = planned
             .iter()
             .enumerate()
             .filter(|(_, entry)| entry.kind == EntryKind::Dir)
-            .map(|(at, entry)| (entry.dest.as_path(), at))
+            .map(|(at, entry)| (path_key(&entry.dest), at))
             .collect();
         for at in 0..planned.len() {
             if !changed[at] {
@@ -309,7 +315,7 @@ pub fn changed_since<E: From<Error> + Send>(
             }
             let mut above = planned[at].dest.parent();
             while let Some(parent) = above {
-                match dirs.get(parent) {
+                match dirs.get(path_key(parent)) {
                     Some(&dir) if !changed[dir] => {
                         changed[dir] = true;
                         above = parent.parent();
@@ -320,6 +326,16 @@ pub fn changed_since<E: From<Error> + Send>(
         }
     }
     Ok(Refresh { planned, changed })
+}
+
+/// A directory's path as a map key: its bytes, without a trailing slash
+/// (a root given as `dst/` is the parent of `dst/x`).
+fn path_key(path: &Path) -> &[u8] {
+    let bytes = path.as_os_str().as_bytes();
+    match bytes {
+        [rest @ .., b'/'] if !rest.is_empty() => rest,
+        _ => bytes,
+    }
 }
 
 /// See [`changed_since`].

@@ -361,24 +361,50 @@ fn plan_by(
 /// Refusals that need the whole list, and absolute paths: resume, finalize
 /// and verify may run elsewhere.
 pub(super) fn finish_plan(entries: &mut [NewEntry]) -> Result<()> {
-    refuse_duplicate_destinations(entries)?;
     // One getcwd for the plan, not two per entry.
     let cwd = std::env::current_dir().map_err(|e| Error::io(Path::new("."), e))?;
-    for entry in entries {
-        entry.source = absolute_below(&cwd, &entry.source)?;
-        entry.dest = absolute_below(&cwd, &entry.dest)?;
+    for entry in entries.iter_mut() {
+        entry.source = absolute_below(&cwd, std::mem::take(&mut entry.source))?;
+        entry.dest = absolute_below(&cwd, std::mem::take(&mut entry.dest))?;
     }
-    Ok(())
+    refuse_duplicate_destinations(entries)
 }
 
 /// [`std::path::absolute`] with the working directory given: the same
 /// result (a path made absolute is only normalised, never looked up).
-fn absolute_below(cwd: &Path, path: &Path) -> Result<PathBuf> {
-    if path.is_absolute() {
-        absolute(path)
-    } else {
-        absolute(&cwd.join(path))
+/// A walk joins plain names onto its roots, so nearly every path is
+/// normal already: it is kept, or put under `cwd`, without taking it
+/// apart into components (that was a fifth of a re-run's instructions).
+fn absolute_below(cwd: &Path, path: PathBuf) -> Result<PathBuf> {
+    match (is_normal(&path), path.is_absolute()) {
+        (true, true) => Ok(path),
+        (true, false) => Ok(joined(cwd, path.as_os_str())),
+        (false, true) => absolute(&path),
+        (false, false) => absolute(&cwd.join(path)),
     }
+}
+
+/// `base.join(name)` in one allocation (`join` copies `base`, then
+/// grows it for the name).
+fn joined(base: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    let mut path = PathBuf::with_capacity(base.as_os_str().len() + 1 + name.len());
+    path.push(base);
+    path.push(name);
+    path
+}
+
+/// Whether [`std::path::absolute`] leaves `path` as it is once it is
+/// absolute: no empty or `.` component (`a//b`, `./a`, `a/./b`, `a/.`);
+/// a leading `//` (kept as POSIX asks) is not taken as normal either.
+/// `..` is kept by `absolute` and so is normal; so is one trailing slash.
+fn is_normal(path: &Path) -> bool {
+    let bytes = path.as_os_str().as_bytes();
+    let inner = bytes.strip_prefix(b"/").unwrap_or(bytes);
+    let inner = inner.strip_suffix(b"/").unwrap_or(inner);
+    !inner.is_empty()
+        && inner
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b".")
 }
 
 /// What `cp` refuses about a destination before writing anything: a
@@ -464,11 +490,18 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// Two sources with one destination (`ferry cp a/x b/x dest/`) would write
 /// one temporary twice; cp refuses too.
+/// Over absolute, normalised paths: their bytes, less a trailing slash,
+/// compare as the paths do (a `Path` key hashes component by component).
 fn refuse_duplicate_destinations(entries: &[NewEntry]) -> Result<()> {
-    let mut seen: std::collections::HashMap<&Path, &Path> =
+    let mut seen: std::collections::HashMap<&[u8], &Path> =
         std::collections::HashMap::with_capacity(entries.len());
     for entry in entries {
-        if let Some(first) = seen.insert(&entry.dest, &entry.source) {
+        let dest = entry.dest.as_os_str().as_bytes();
+        let dest = match dest {
+            [rest @ .., b'/'] if !rest.is_empty() => rest,
+            _ => dest,
+        };
+        if let Some(first) = seen.insert(dest, &entry.source) {
             // A directory merged from several sources is fine; a file is not.
             if entry.kind == EntryKind::Dir {
                 continue;
@@ -587,11 +620,16 @@ pub(super) fn walk_below(
         children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut subdirs = Vec::new();
         for (name, child) in children {
-            let source = dir.join(&name);
-            let dest = dest_dir.join(&name);
+            let source = joined(&dir, &name);
+            let dest = joined(&dest_dir, &name);
             // The lstat of a name in the open directory, not of its path.
             let meta = child.metadata().map_err(|e| stat_error(&source, e))?;
-            let relative = relative_dir.join(&name);
+            // Without rules, no path for them (one allocation per entry).
+            let relative = if filter.is_empty() {
+                PathBuf::new()
+            } else {
+                relative_dir.join(&name)
+            };
             if filter.excludes(&relative, meta.is_dir()) {
                 continue;
             }
@@ -693,6 +731,41 @@ fn list_error(path: &Path, e: io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shortcut of [`absolute_below`] gives what `std::path::absolute`
+    /// gives, for every path of up to four components drawn from plain
+    /// names, `.`, `..` and empty ones, with and without leading and
+    /// trailing slashes.
+    #[test]
+    fn absolute_below_agrees_with_std_absolute() {
+        let parts = ["a", "bc", ".", "..", ""];
+        let cwd = Path::new("/work/here");
+        let mut paths = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = paths
+                .iter()
+                .flat_map(|p| parts.iter().map(move |c| format!("{p}/{c}")))
+                .collect();
+            paths.extend(longer);
+        }
+        let mut checked = 0;
+        for body in &paths {
+            for lead in ["", "/", "//", "./"] {
+                for trail in ["", "/"] {
+                    let text = format!("{lead}{}{trail}", body.trim_start_matches('/'));
+                    if text.is_empty() {
+                        continue;
+                    }
+                    let path = PathBuf::from(&text);
+                    let expected = std::path::absolute(cwd.join(&path)).unwrap();
+                    let got = absolute_below(cwd, path).unwrap();
+                    assert_eq!(got.as_os_str(), expected.as_os_str(), "for {text:?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    }
 
     #[test]
     fn destination_rules_follow_cp() {
