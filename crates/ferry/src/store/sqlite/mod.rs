@@ -31,6 +31,7 @@ use crate::model::{
 const APPLICATION_ID: i64 = 0x4652_5259;
 
 mod events;
+mod packed;
 mod schema;
 #[cfg(test)]
 mod tests;
