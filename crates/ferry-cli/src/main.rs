@@ -645,16 +645,32 @@ fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
         _ => store::Create::Nothing,
     };
     let opened = OpenedStore::open(&location, create)?;
+    let copies = matches!(cli.command, Command::Cp(_) | Command::Resume(_));
+    let result = run_command(cli.command, &opened, socket);
+    if copies && let OpenedStore::Sqlite(sqlite) = &opened {
+        // The copy's every commit is durable in the log already: this only
+        // spares the store's directory megabytes of it, so a failure to
+        // empty it changes nothing the command said.
+        let _ = sqlite.empty_log();
+    }
+    result
+}
+
+fn run_command(
+    command: Command,
+    opened: &OpenedStore,
+    socket: &std::path::Path,
+) -> Result<Exit, Exit> {
     let store = opened.store();
-    match cli.command {
+    match command {
         Command::Finalize(_) | Command::Serve { .. } | Command::Generate(_) => {
             unreachable!("handled above")
         }
         Command::Stop { dead, all, force } => finalize::stop(store.as_ref(), dead, all, force),
         Command::Forget { name, force } => finalize::forget(store.as_ref(), &name, force),
         Command::Hsm(command) => hsm::run(opened.queue(), command),
-        Command::Worker(args) => distributed::worker(&opened, args),
-        Command::Cp(args) if args.distributed => distributed::cp(&opened, &args),
+        Command::Worker(args) => distributed::worker(opened, args),
+        Command::Cp(args) if args.distributed => distributed::cp(opened, &args),
         Command::Cp(args) => cp::cp(store, args),
         Command::Status(StatusArgs {
             at: Some(seq),
@@ -664,7 +680,7 @@ fn run_local(cli: Cli, socket: &std::path::Path) -> Result<Exit, Exit> {
         }) => output::status_at(store.as_ref(), seq, name.as_deref(), json),
         Command::Status(args) => {
             let mut rows = status::local_rows(store.as_ref(), args.name.as_deref(), args.files)?;
-            distributed::add_nodes(&opened, &mut rows)?;
+            distributed::add_nodes(opened, &mut rows)?;
             // Every transfer of the user's: the daemon's too, when it answers.
             if args.name.is_none() {
                 rows.extend(daemon::rows(socket, &rows));

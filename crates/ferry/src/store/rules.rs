@@ -6,8 +6,8 @@
 //!
 //! Public for the PostgreSQL crate, not an API: callers use [`super::Store`].
 
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -329,6 +329,128 @@ pub fn caller_groups_column(caller: &Caller) -> String {
         .join(",")
 }
 
+/// `entries.kind` on SQLite: a small integer, part of the file format
+/// (the schema's tally triggers and its migration spell the same numbers).
+pub fn entry_kind_code(kind: EntryKind) -> i64 {
+    match kind {
+        EntryKind::File => 0,
+        EntryKind::Dir => 1,
+        EntryKind::Symlink => 2,
+    }
+}
+
+pub fn entry_kind_of_code(code: i64) -> Option<EntryKind> {
+    [EntryKind::File, EntryKind::Dir, EntryKind::Symlink]
+        .into_iter()
+        .find(|kind| entry_kind_code(*kind) == code)
+}
+
+/// `entries.state` on SQLite: a small integer, part of the file format.
+pub fn file_state_code(state: FileState) -> i64 {
+    match state {
+        FileState::Pending => 0,
+        FileState::Copying => 1,
+        FileState::Copied => 2,
+        FileState::Committed => 3,
+        FileState::Failed => 4,
+        FileState::Skipped => 5,
+    }
+}
+
+pub fn file_state_of_code(code: i64) -> Option<FileState> {
+    FileState::ALL
+        .into_iter()
+        .find(|state| file_state_code(*state) == code)
+}
+
+/// The hash a stored digest came from, by its length: SQLite keeps no
+/// algorithm per entry (16 bytes: XXH3-128, 32: BLAKE3).
+pub fn checksum_algo_of_digest(digest: &[u8]) -> Option<ChecksumAlgo> {
+    [ChecksumAlgo::Xxh3, ChecksumAlgo::Blake3]
+        .into_iter()
+        .find(|algo| algo.digest_len() == digest.len())
+}
+
+/// The root pair a transfer's entries are stored against, from its first
+/// entry: the parents of both sides when they carry one name (`cp a b
+/// DIR/`: every source is a sibling of the first), else the paths
+/// themselves (`cp -a SRC DST`: DST is SRC renamed). `None` unless both
+/// are absolute.
+pub fn root_pair(source: &[u8], dest: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    if !source.starts_with(b"/") || !dest.starts_with(b"/") {
+        return None;
+    }
+    let (s, d) = (
+        Path::new(OsStr::from_bytes(source)),
+        Path::new(OsStr::from_bytes(dest)),
+    );
+    let roots = match (s.file_name(), d.file_name(), s.parent(), d.parent()) {
+        (Some(a), Some(b), Some(sp), Some(dp)) if a == b => (sp, dp),
+        _ => (s, d),
+    };
+    Some((
+        roots.0.as_os_str().as_bytes().to_vec(),
+        roots.1.as_os_str().as_bytes().to_vec(),
+    ))
+}
+
+/// `path` as stored below `root`: the bytes after `root/` (empty for
+/// `root` itself), when joining them back gives `path` exactly.
+pub fn path_below<'a>(root: &[u8], path: &'a [u8]) -> Option<&'a [u8]> {
+    if path == root {
+        return Some(b"");
+    }
+    let rest = path.strip_prefix(root)?;
+    let rest = if root.ends_with(b"/") {
+        rest
+    } else {
+        rest.strip_prefix(b"/")?
+    };
+    // A stored relative path never starts with '/' (absolute) or NUL (the
+    // mark of a verbatim relative one), and "" is `root` itself.
+    match rest.first() {
+        Some(b'/' | 0) | None => None,
+        Some(_) => Some(rest),
+    }
+}
+
+/// The inverse of [`path_below`].
+pub fn path_joined(root: &[u8], relative: &[u8]) -> Vec<u8> {
+    let mut path = root.to_vec();
+    if !relative.is_empty() {
+        if !root.ends_with(b"/") {
+            path.push(b'/');
+        }
+        path.extend_from_slice(relative);
+    }
+    path
+}
+
+/// A path column as SQLite stores it against `root`: relative below it,
+/// absolute as it is, anything else (a relative path a library caller
+/// passed) verbatim behind a NUL, which no path contains.
+pub fn stored_path(root: Option<&[u8]>, path: &[u8]) -> Vec<u8> {
+    if let Some(relative) = root.and_then(|root| path_below(root, path)) {
+        return relative.to_vec();
+    }
+    if path.starts_with(b"/") {
+        return path.to_vec();
+    }
+    let mut stored = Vec::with_capacity(path.len() + 1);
+    stored.push(0);
+    stored.extend_from_slice(path);
+    stored
+}
+
+/// The inverse of [`stored_path`]; `None` for a relative path with no root.
+pub fn path_of_stored(root: Option<&[u8]>, stored: &[u8]) -> Option<Vec<u8>> {
+    match stored.first() {
+        Some(b'/') => Some(stored.to_vec()),
+        Some(0) => Some(stored[1..].to_vec()),
+        _ => root.map(|root| path_joined(root, stored)),
+    }
+}
+
 /// A path stored as bytes.
 pub fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
     PathBuf::from(OsString::from_vec(bytes))
@@ -625,6 +747,64 @@ mod tests {
         assert_eq!(compact_horizon(3, 10, 4), None);
         assert_eq!(compact_horizon(1, 10, 0), None);
         assert_eq!(compact_horizon(0, 0, 0), None);
+    }
+
+    #[test]
+    fn stored_paths_round_trip_exactly() {
+        let roots: [Option<&[u8]>; 4] = [None, Some(b"/a/src"), Some(b"/"), Some(b"/a/src/")];
+        let paths: [&[u8]; 11] = [
+            b"/a/src",
+            b"/a/src/",
+            b"/a/src/x",
+            b"/a/src//x",
+            b"/a/srcx/y",
+            b"/b",
+            b"/",
+            b"rel/x",
+            b"",
+            b"/a/src/\xff\x01",
+            b"/a/src/d/e/f",
+        ];
+        for root in roots {
+            for path in paths {
+                let stored = stored_path(root, path);
+                assert_eq!(
+                    path_of_stored(root, &stored).as_deref(),
+                    Some(path),
+                    "{root:?} {path:?} stored as {stored:?}"
+                );
+            }
+        }
+        assert_eq!(stored_path(Some(b"/a/src"), b"/a/src/x/y"), b"x/y");
+        assert_eq!(stored_path(Some(b"/a/src"), b"/a/src"), b"");
+        assert_eq!(path_of_stored(None, b"x"), None, "relative with no root");
+    }
+
+    #[test]
+    fn root_pairs_cover_siblings_or_a_renamed_tree() {
+        let pair = |s: &str, d: &str| root_pair(s.as_bytes(), d.as_bytes());
+        let bytes = |a: &str, b: &str| Some((a.as_bytes().to_vec(), b.as_bytes().to_vec()));
+        assert_eq!(pair("/t/src", "/t/dst"), bytes("/t/src", "/t/dst"));
+        assert_eq!(pair("/t/a", "/u/a"), bytes("/t", "/u"));
+        assert_eq!(pair("/a", "/u/a"), bytes("/", "/u"));
+        assert_eq!(pair("a", "/u/a"), None);
+    }
+
+    #[test]
+    fn codes_are_the_file_format() {
+        // The schema's triggers and migration spell these numbers.
+        assert_eq!(entry_kind_code(EntryKind::Dir), 1);
+        assert_eq!(file_state_code(FileState::Copied), 2);
+        assert_eq!(file_state_code(FileState::Committed), 3);
+        assert_eq!(file_state_code(FileState::Failed), 4);
+        for state in FileState::ALL {
+            assert_eq!(file_state_of_code(file_state_code(state)), Some(state));
+        }
+        for kind in [EntryKind::File, EntryKind::Dir, EntryKind::Symlink] {
+            assert_eq!(entry_kind_of_code(entry_kind_code(kind)), Some(kind));
+        }
+        assert_eq!(file_state_of_code(6), None);
+        assert_eq!(entry_kind_of_code(3), None);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::model::{
 const APPLICATION_ID: i64 = 0x4652_5259;
 
 mod events;
+mod packed;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -178,6 +179,28 @@ impl SqliteStore {
     /// and empties the log, as a clean close does.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.read(|conn| conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"))
+    }
+
+    /// Empties the write-ahead log into the database file, as SQLite does
+    /// when the last connection closes, for a process that ends with the
+    /// store still open (threads of a finished run may hold it): after a
+    /// copy the store is the database file alone, not megabytes of log.
+    /// One sync per call, never per file. Waits for nobody: while another
+    /// process reads or writes the store, its log is left as it is (the
+    /// last to close it empties it).
+    pub fn empty_log(&self) -> Result<bool, StoreError> {
+        self.read(|conn| {
+            conn.busy_timeout(Duration::ZERO)?;
+            let done = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            match done {
+                Ok(busy) => Ok(busy == 0),
+                Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     /// Leaves the store as a clean, last close would: every commit moved

@@ -225,4 +225,103 @@ END;
 -- A transfer's failed entries, paged in index order without a scan.
 CREATE INDEX entries_failed ON entries(transfer_id, idx) WHERE state = 'failed';
 "#,
+    r#"
+-- Issue #20: a file costs the store ≤ 150 bytes per run. Entries: kind and
+-- state as small integers (rules::entry_kind_code, rules::file_state_code),
+-- no per-row checksum algorithm (a digest's length names it), paths
+-- relative to the transfer's root pair (transfers.source_root, dest_root:
+-- a source not starting with '/' is below source_root; a NULL dest is the
+-- same relative path below dest_root). Rows from before keep absolute paths.
+ALTER TABLE transfers ADD COLUMN source_root BLOB;
+ALTER TABLE transfers ADD COLUMN dest_root BLOB;
+DROP TRIGGER entry_tallies_insert;
+DROP TRIGGER entry_tallies_delete;
+DROP TRIGGER entry_tallies_update;
+DROP INDEX entries_failed;
+CREATE TABLE entries_new (
+    transfer_id INTEGER NOT NULL REFERENCES transfers(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    progress_bytes_durable INTEGER NOT NULL DEFAULT 0,
+    source BLOB NOT NULL,
+    dest BLOB,
+    checksum BLOB,
+    link_target BLOB,
+    error TEXT,
+    xattrs BLOB,
+    link_group INTEGER,
+    piece_digests BLOB,
+    PRIMARY KEY (transfer_id, idx)
+) WITHOUT ROWID;
+INSERT INTO entries_new
+    SELECT transfer_id, idx,
+        CASE kind WHEN 'file' THEN 0 WHEN 'dir' THEN 1 WHEN 'symlink' THEN 2 END,
+        CASE state WHEN 'pending' THEN 0 WHEN 'copying' THEN 1 WHEN 'copied' THEN 2
+                   WHEN 'committed' THEN 3 WHEN 'failed' THEN 4 WHEN 'skipped' THEN 5 END,
+        size, mode, uid, gid, atime_ns, mtime_ns, progress_bytes_durable, source, dest,
+        CASE WHEN checksum_algo IS NULL THEN NULL ELSE checksum END,
+        link_target, error, xattrs, link_group, piece_digests
+    FROM entries;
+DROP TABLE entries;
+ALTER TABLE entries_new RENAME TO entries;
+-- Events: the events one transaction writes for one transfer may share a
+-- row (n of them, numbered seq - n + 1 ..= seq, packed in `batch`; name
+-- and context are then empty). n IS NULL: a row of one event, as before.
+ALTER TABLE events ADD COLUMN n INTEGER;
+ALTER TABLE events ADD COLUMN batch BLOB;
+
+DROP TABLE entry_tallies;
+CREATE TABLE entry_tallies (
+    transfer_id INTEGER NOT NULL REFERENCES transfers(id) ON DELETE CASCADE,
+    state INTEGER NOT NULL,
+    is_file INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    durable INTEGER NOT NULL,
+    PRIMARY KEY (transfer_id, state, is_file)
+) WITHOUT ROWID;
+-- kind 1: dir; states 2, 3: copied, committed.
+INSERT INTO entry_tallies
+    SELECT transfer_id, state, kind != 1, count(*), sum(size),
+           sum(CASE WHEN state IN (2, 3) THEN size ELSE progress_bytes_durable END)
+    FROM entries GROUP BY transfer_id, state, kind != 1;
+CREATE TRIGGER entry_tallies_insert AFTER INSERT ON entries BEGIN
+    INSERT INTO entry_tallies VALUES (
+        new.transfer_id, new.state, new.kind != 1, 1, new.size,
+        CASE WHEN new.state IN (2, 3) THEN new.size ELSE new.progress_bytes_durable END)
+    ON CONFLICT (transfer_id, state, is_file) DO UPDATE SET
+        n = n + 1, bytes = bytes + excluded.bytes,
+        durable = durable + excluded.durable;
+END;
+CREATE TRIGGER entry_tallies_delete AFTER DELETE ON entries BEGIN
+    UPDATE entry_tallies SET n = n - 1, bytes = bytes - old.size,
+        durable = durable - CASE WHEN old.state IN (2, 3)
+                                 THEN old.size ELSE old.progress_bytes_durable END
+    WHERE transfer_id = old.transfer_id AND state = old.state
+      AND is_file = (old.kind != 1);
+END;
+CREATE TRIGGER entry_tallies_update
+AFTER UPDATE OF state, kind, size, progress_bytes_durable ON entries BEGIN
+    UPDATE entry_tallies SET n = n - 1, bytes = bytes - old.size,
+        durable = durable - CASE WHEN old.state IN (2, 3)
+                                 THEN old.size ELSE old.progress_bytes_durable END
+    WHERE transfer_id = old.transfer_id AND state = old.state
+      AND is_file = (old.kind != 1);
+    INSERT INTO entry_tallies VALUES (
+        new.transfer_id, new.state, new.kind != 1, 1, new.size,
+        CASE WHEN new.state IN (2, 3) THEN new.size ELSE new.progress_bytes_durable END)
+    ON CONFLICT (transfer_id, state, is_file) DO UPDATE SET
+        n = n + 1, bytes = bytes + excluded.bytes,
+        durable = durable + excluded.durable;
+END;
+-- state 4: failed.
+CREATE INDEX entries_failed ON entries(transfer_id, idx) WHERE state = 4;
+"#,
 ];

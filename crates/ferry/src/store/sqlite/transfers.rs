@@ -1,7 +1,10 @@
 //! The transfers' side of the store: entries, state changes with their
 //! events ([`Store::apply`]), and the [`Store`] trait's reads.
 
+use std::borrow::Cow;
+
 use super::events::{SqliteEventReader, query_events};
+use super::packed;
 use super::*;
 
 /// The `UPDATE` of an entry's state to `to`, allowed only from the states
@@ -12,7 +15,7 @@ fn entry_update_sql(to: FileState) -> String {
     let mut from: Vec<String> = to
         .allowed_from()
         .iter()
-        .map(|s| format!("state = '{}'", s.as_str()))
+        .map(|s| format!("state = {}", rules::file_state_code(*s)))
         .collect();
     if from.is_empty() {
         // Entered from nowhere (`pending` is where entries start).
@@ -22,7 +25,7 @@ fn entry_update_sql(to: FileState) -> String {
         "UPDATE entries SET state = ?1, error = ?2,
          progress_bytes_durable = coalesce(?3, progress_bytes_durable),
          piece_digests = CASE WHEN ?3 = 0 THEN NULL ELSE piece_digests END,
-         checksum_algo = coalesce(?6, checksum_algo), checksum = coalesce(?7, checksum)
+         checksum = coalesce(?6, checksum)
          WHERE transfer_id = ?4 AND idx = ?5 AND ({})",
         from.join(" OR ")
     )
@@ -54,6 +57,59 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The events of one batch of changes, in order: a run of two or more
+    /// about one transfer shares one row (see `packed`), numbered after
+    /// the last event the store ever numbered.
+    fn insert_events(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        events: &[PendingEvent<'_>],
+    ) -> Result<(), StoreError> {
+        let runs = events.chunk_by(|a, b| a.transfer == b.transfer);
+        for run in runs.flat_map(|run| run.chunks(packed::EVENTS_MAX)) {
+            let [event] = run else {
+                self.insert_packed(tx, run)?;
+                continue;
+            };
+            self.insert_event(tx, event.transfer, event.entry, &event.name, &event.context)?;
+        }
+        Ok(())
+    }
+
+    fn insert_packed(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        run: &[PendingEvent<'_>],
+    ) -> Result<(), StoreError> {
+        assert!(run.len() >= 2, "a packed row holds two events or more");
+        let packed: Vec<packed::PackedEvent<'_>> = run
+            .iter()
+            .map(|e| packed::PackedEvent {
+                entry: e.entry,
+                name: &e.name,
+                context: &e.context,
+            })
+            .collect();
+        let batch = packed::pack(&packed);
+        debug_assert!(packed::unpack(&batch, run.len()).is_ok());
+        // AUTOINCREMENT's high-water mark: never below any seq handed out,
+        // compacted ones included.
+        let last: i64 = tx
+            .prepare_cached(
+                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'events'",
+            )
+            .and_then(|mut s| s.query_row([], |row| row.get(0)))
+            .map_err(|e| self.err(e))?;
+        let n = run.len() as i64;
+        tx.prepare_cached(
+            "INSERT INTO events (seq, time_ns, transfer_id, name, context, n, batch)
+             VALUES (?1, ?2, ?3, '', '', ?4, ?5)",
+        )
+        .and_then(|mut s| s.execute(params![last + n, now_ns(), run[0].transfer.0, n, batch]))
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Appends entries (state `pending`) to a transfer that is still
     /// `created`, and one `transfer.added` event.
     fn insert_entries(
@@ -70,21 +126,28 @@ impl SqliteStore {
                 |row| row.get(0),
             )
             .map_err(|e| self.err(e))?;
+        let (source_root, dest_root) = self.roots_for(tx, id, entries.first())?;
         let mut stmt = tx
             .prepare_cached(
                 "INSERT INTO entries (transfer_id, idx, kind, source, dest, size, mode, uid,
                     gid, atime_ns, mtime_ns, link_target, link_group, xattrs, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'pending')",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )
             .map_err(|e| self.err(e))?;
         for (offset, entry) in entries.iter().enumerate() {
             let index = rules::entry_index(first, offset);
+            let (source, dest) = stored_pair(
+                source_root.as_deref(),
+                dest_root.as_deref(),
+                entry.source.as_os_str().as_bytes(),
+                entry.dest.as_os_str().as_bytes(),
+            );
             stmt.execute(params![
                 id.0,
                 index,
-                entry.kind.as_str(),
-                entry.source.as_os_str().as_bytes(),
-                entry.dest.as_os_str().as_bytes(),
+                rules::entry_kind_code(entry.kind),
+                source,
+                dest,
                 entry.meta.size as i64,
                 entry.meta.mode,
                 entry.meta.uid,
@@ -94,11 +157,43 @@ impl SqliteStore {
                 entry.link_target.as_ref().map(|t| t.as_os_str().as_bytes()),
                 rules::link_group_column(first, offset, entry),
                 rules::xattrs_column(&entry.xattrs),
+                rules::file_state_code(FileState::Pending),
             ])
             .map_err(|e| self.err(e))?;
         }
         let context = rules::added_context(entries);
         self.insert_event(tx, id, None, rules::EVENT_ADDED, &context)
+    }
+
+    /// The transfer's root pair, chosen from `first` (its first entry)
+    /// and recorded when it has none yet.
+    fn roots_for(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: TransferId,
+        first: Option<&NewEntry>,
+    ) -> Result<Roots, StoreError> {
+        let roots = self.roots(tx, id)?;
+        if roots.0.is_some() {
+            return Ok(roots);
+        }
+        let Some(first) = first else {
+            return Ok(roots);
+        };
+        let Some((source_root, dest_root)) = rules::root_pair(
+            first.source.as_os_str().as_bytes(),
+            first.dest.as_os_str().as_bytes(),
+        ) else {
+            return Ok(roots);
+        };
+        tx.prepare_cached("UPDATE transfers SET source_root = ?1, dest_root = ?2 WHERE id = ?3")
+            .and_then(|mut s| s.execute(params![source_root, dest_root, id.0]))
+            .map_err(|e| self.err(e))?;
+        Ok((Some(source_root), Some(dest_root)))
+    }
+
+    fn roots(&self, conn: &Connection, id: TransferId) -> Result<Roots, StoreError> {
+        read_roots(conn, id).map_err(|e| self.err(e))
     }
 
     fn transfer_state(
@@ -114,12 +209,27 @@ impl SqliteStore {
         rules::parse_transfer_state(&self.path, id, &state)
     }
 
-    fn apply_one(
+    /// Applies one change; its event joins `events`, written with the
+    /// batch's others by [`SqliteStore::insert_events`].
+    fn apply_one<'a>(
         &self,
         tx: &rusqlite::Transaction<'_>,
-        change: &Change,
+        change: &'a Change,
         checked: &mut HashMap<TransferId, ()>,
+        events: &mut Vec<PendingEvent<'a>>,
     ) -> Result<(), StoreError> {
+        let mut event = |transfer: TransferId,
+                         entry: Option<EntryIndex>,
+                         name: Cow<'static, str>,
+                         context: Cow<'a, serde_json::Value>| {
+            events.push(PendingEvent {
+                transfer,
+                entry,
+                name,
+                context,
+            });
+            Ok(())
+        };
         let now = now_ns();
         match change {
             Change::Transfer {
@@ -136,7 +246,12 @@ impl SqliteStore {
                 tx.prepare_cached("UPDATE transfers SET state = ?1, updated_ns = ?2 WHERE id = ?3")
                     .and_then(|mut s| s.execute(params![to.as_str(), now, id.0]))
                     .map_err(|e| self.err(e))?;
-                self.insert_event(tx, *id, None, &rules::transfer_event_name(*to), context)
+                event(
+                    *id,
+                    None,
+                    rules::transfer_event_name(*to).into(),
+                    Cow::Borrowed(context),
+                )
             }
             Change::Reattach { id, from, owner } => {
                 self.check_owner(tx, *id, from)?;
@@ -159,7 +274,12 @@ impl SqliteStore {
                 })
                 .map_err(|e| self.err(e))?;
                 let context = rules::reattached_context(owner);
-                self.insert_event(tx, *id, None, rules::EVENT_REATTACHED, &context)
+                event(
+                    *id,
+                    None,
+                    rules::EVENT_REATTACHED.into(),
+                    Cow::Owned(context),
+                )
             }
             Change::Owned { id, owner } => self.check_owner(tx, *id, owner),
             Change::Entry {
@@ -179,12 +299,11 @@ impl SqliteStore {
                     .prepare_cached(&entry_update_sql(*to))
                     .and_then(|mut s| {
                         s.execute(params![
-                            to.as_str(),
+                            rules::file_state_code(*to),
                             error,
                             progress_bytes_durable.map(|p| p as i64),
                             id.0,
                             index.0,
-                            checksum.map(|c| c.algo.as_str()),
                             checksum.as_ref().map(|c| c.digest()),
                         ])
                     })
@@ -195,7 +314,12 @@ impl SqliteStore {
                         &self.path, *id, *index, from, *to,
                     ));
                 }
-                self.insert_event(tx, *id, Some(*index), &rules::file_event_name(*to), context)
+                event(
+                    *id,
+                    Some(*index),
+                    rules::file_event_name(*to).into(),
+                    Cow::Borrowed(context),
+                )
             }
             Change::Limit {
                 id,
@@ -203,12 +327,12 @@ impl SqliteStore {
             } => {
                 self.transfer_state(tx, *id)?;
                 let context = rules::limited_context(*bytes_per_second);
-                self.insert_event(tx, *id, None, rules::EVENT_LIMITED, &context)
+                event(*id, None, rules::EVENT_LIMITED.into(), Cow::Owned(context))
             }
             Change::Removed { id, path } => {
                 self.check_moving(tx, *id, checked)?;
                 let context = rules::removed_context(path);
-                self.insert_event(tx, *id, None, rules::EVENT_REMOVED, &context)
+                event(*id, None, rules::EVENT_REMOVED.into(), Cow::Owned(context))
             }
             Change::Free { id } => {
                 rules::check_free(&self.path, *id, self.transfer_state(tx, *id)?)?;
@@ -221,7 +345,12 @@ impl SqliteStore {
                 if changed != 1 {
                     return Err(rules::no_such_transfer(&self.path, *id));
                 }
-                self.insert_event(tx, *id, None, rules::EVENT_FREED, &serde_json::Value::Null)
+                event(
+                    *id,
+                    None,
+                    rules::EVENT_FREED.into(),
+                    Cow::Owned(serde_json::Value::Null),
+                )
             }
             Change::Progress {
                 id,
@@ -254,7 +383,12 @@ impl SqliteStore {
                     ));
                 }
                 let context = rules::progress_context(*progress_bytes_durable);
-                self.insert_event(tx, *id, Some(*index), rules::EVENT_PROGRESS, &context)
+                event(
+                    *id,
+                    Some(*index),
+                    rules::EVENT_PROGRESS.into(),
+                    Cow::Owned(context),
+                )
             }
         }
     }
@@ -308,7 +442,7 @@ impl SqliteStore {
         id: TransferId,
         index: EntryIndex,
     ) -> Result<Option<FileState>, StoreError> {
-        let state: Option<String> = tx
+        let state: Option<i64> = tx
             .prepare_cached("SELECT state FROM entries WHERE transfer_id = ?1 AND idx = ?2")
             .and_then(|mut s| {
                 s.query_row(params![id.0, index.0], |row| row.get(0))
@@ -316,7 +450,14 @@ impl SqliteStore {
             })
             .map_err(|e| self.err(e))?;
         state
-            .map(|state| rules::parse_file_state(&self.path, id, index, &state))
+            .map(|code| {
+                rules::file_state_of_code(code).ok_or_else(|| {
+                    self.corrupt(format!(
+                        "entry {} of transfer {id} has unknown state {code}",
+                        index.0
+                    ))
+                })
+            })
             .transpose()
     }
 
@@ -348,13 +489,55 @@ impl SqliteStore {
         })
     }
 
-    /// One `entries` row, in the column order of `entries`.
-    fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<rules::EntryRow> {
-        Ok(rules::EntryRow {
-            index: row.get(0)?,
-            kind: row.get(1)?,
-            source: row.get(2)?,
-            dest: row.get(3)?,
+    /// One `entries` row, in the column order of [`ENTRY_COLUMNS`], its
+    /// codes and paths read as the store's other implementations keep them.
+    /// A value that cannot be ours is the inner `Err`, said in words.
+    fn row_to_entry(
+        roots: &Roots,
+        row: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<Result<rules::EntryRow, String>> {
+        let index: i64 = row.get(0)?;
+        let bad = |what: String| format!("entry {index}: {what}");
+        Ok(Self::entry_row(roots, row, index)?.map_err(bad))
+    }
+
+    fn entry_row(
+        roots: &Roots,
+        row: &rusqlite::Row<'_>,
+        index: i64,
+    ) -> rusqlite::Result<Result<rules::EntryRow, String>> {
+        macro_rules! bad {
+            ($($arg:tt)*) => { return Ok(Err(format!($($arg)*))) };
+        }
+        let kind: i64 = row.get(1)?;
+        let Some(kind) = rules::entry_kind_of_code(kind) else {
+            bad!("unknown kind {kind}")
+        };
+        let state: i64 = row.get(11)?;
+        let Some(state) = rules::file_state_of_code(state) else {
+            bad!("unknown state {state}")
+        };
+        let paths = path_pair(
+            roots,
+            row.get_ref(2)?.as_blob()?,
+            row.get_ref(3)?.as_blob_or_null()?,
+        );
+        let Some((source, dest)) = paths else {
+            bad!("a path relative to no root")
+        };
+        let checksum: Option<Vec<u8>> = row.get(14)?;
+        let checksum_algo = match &checksum {
+            Some(digest) => match rules::checksum_algo_of_digest(digest) {
+                Some(algo) => Some(algo.as_str().to_string()),
+                None => bad!("a digest of {} bytes", digest.len()),
+            },
+            None => None,
+        };
+        Ok(Ok(rules::EntryRow {
+            index,
+            kind: kind.as_str().to_string(),
+            source,
+            dest,
             size: row.get(4)?,
             mode: row.get(5)?,
             uid: row.get(6)?,
@@ -362,15 +545,15 @@ impl SqliteStore {
             atime_ns: row.get(8)?,
             mtime_ns: row.get(9)?,
             link_target: row.get(10)?,
-            state: row.get(11)?,
+            state: state.as_str().to_string(),
             progress_bytes_durable: row.get(12)?,
             error: row.get(13)?,
-            checksum_algo: row.get(14)?,
-            checksum: row.get(15)?,
-            link_group: row.get(16)?,
-            xattrs: row.get(17)?,
-            piece_digests: row.get(18)?,
-        })
+            checksum_algo,
+            checksum,
+            link_group: row.get(15)?,
+            xattrs: row.get(16)?,
+            piece_digests: row.get(17)?,
+        }))
     }
 
     fn query_transfers(
@@ -520,10 +703,11 @@ impl Store for SqliteStore {
         };
         self.write_as(writing, |tx| {
             let mut checked = HashMap::new();
+            let mut events = Vec::with_capacity(changes.len());
             for change in changes {
-                self.apply_one(tx, change, &mut checked)?;
+                self.apply_one(tx, change, &mut checked, &mut events)?;
             }
-            Ok(())
+            self.insert_events(tx, &events)
         })
     }
 
@@ -559,34 +743,46 @@ impl Store for SqliteStore {
 
     fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
         let rows = self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
-                        link_target, state, progress_bytes_durable, error, checksum_algo,
-                        checksum, link_group, xattrs, piece_digests
-                 FROM entries WHERE transfer_id = ?1 ORDER BY idx",
-            )?;
-            let rows = stmt.query_map([id.0], Self::row_to_entry)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+            let tx = conn.unchecked_transaction()?;
+            let roots = read_roots(&tx, id)?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE transfer_id = ?1 ORDER BY idx"
+            ))?;
+            let rows = stmt.query_map([id.0], |row| Self::row_to_entry(&roots, row))?;
+            let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(stmt);
+            tx.finish()?;
+            Ok(rows)
         })?;
         let records = rows
             .into_iter()
-            .map(|row| row.into_record(&self.path, id))
+            .map(|row| {
+                row.map_err(|what| self.corrupt(format!("transfer {id}, {what}")))?
+                    .into_record(&self.path, id)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         rules::check_entries(&self.path, id, records)
     }
 
     fn first_entry(&self, id: TransferId) -> Result<Option<EntryRecord>, StoreError> {
         let row = self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
-                        link_target, state, progress_bytes_durable, error, checksum_algo,
-                        checksum, link_group, xattrs, piece_digests
-                 FROM entries WHERE transfer_id = ?1 AND idx = 0",
-            )?;
-            stmt.query_row([id.0], Self::row_to_entry).optional()
+            let tx = conn.unchecked_transaction()?;
+            let roots = read_roots(&tx, id)?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE transfer_id = ?1 AND idx = 0"
+            ))?;
+            let row = stmt
+                .query_row([id.0], |row| Self::row_to_entry(&roots, row))
+                .optional()?;
+            drop(stmt);
+            tx.finish()?;
+            Ok(row)
         })?;
         let records = row
-            .map(|row| row.into_record(&self.path, id))
+            .map(|row| {
+                row.map_err(|what| self.corrupt(format!("transfer {id}, {what}")))?
+                    .into_record(&self.path, id)
+            })
             .transpose()?
             .into_iter()
             .collect();
@@ -601,7 +797,7 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map([id.0], |row| {
                 Ok((
-                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(0)?,
                     row.get::<_, bool>(1)?,
                     row.get::<_, i64>(2)?,
                     row.get::<_, i64>(3)?,
@@ -612,7 +808,7 @@ impl Store for SqliteStore {
         })?;
         let mut tally = EntryTally::default();
         for (state, is_file, n, bytes, durable) in rows {
-            let state = FileState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            let state = rules::file_state_of_code(state).ok_or_else(|| StoreError::Corrupt {
                 path: self.path.clone(),
                 detail: format!("transfer {}: unknown entry state {state:?}", id.0),
             })?;
@@ -631,27 +827,45 @@ impl Store for SqliteStore {
         let after = after.map_or(-1, |a| i64::from(a.0));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let roots = read_roots(&tx, id)?;
             // Named: SQLite 3.54 would rather walk the primary key (which
             // gives index order too), reading every entry of the transfer.
-            let mut stmt = conn.prepare_cached(
-                "SELECT idx, dest, error FROM entries INDEXED BY entries_failed
-                 WHERE transfer_id = ?1 AND state = 'failed' AND idx > ?2
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT idx, source, dest, error FROM entries INDEXED BY entries_failed
+                 WHERE transfer_id = ?1 AND state = {} AND idx > ?2
                  ORDER BY idx LIMIT ?3",
-            )?;
+                rules::file_state_code(FileState::Failed)
+            ))?;
             let rows = stmt.query_map(rusqlite::params![id.0, after, limit], |row| {
-                Ok(FailedEntry {
-                    index: EntryIndex(row.get(0)?),
-                    dest: PathBuf::from(
-                        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
-                            row.get::<_, Vec<u8>>(1)?,
-                        ),
-                    ),
-                    error: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                })
+                let index: u32 = row.get(0)?;
+                let dest = path_pair(
+                    &roots,
+                    row.get_ref(1)?.as_blob()?,
+                    row.get_ref(2)?.as_blob_or_null()?,
+                )
+                .map(|(_, dest)| dest);
+                Ok((index, dest, row.get::<_, Option<String>>(3)?))
             })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+            let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(stmt);
+            tx.finish()?;
+            Ok(rows)
         })?;
-        Ok(rows)
+        rows.into_iter()
+            .map(|(index, dest, error)| {
+                let dest = dest.ok_or_else(|| {
+                    self.corrupt(format!(
+                        "entry {index} of transfer {id}: a path relative to no root"
+                    ))
+                })?;
+                Ok(FailedEntry {
+                    index: EntryIndex(index),
+                    dest: rules::path_from_bytes(dest),
+                    error: error.unwrap_or_default(),
+                })
+            })
+            .collect()
     }
 
     fn unfinished_entries_of_caller(&self, uid: u32) -> Result<u64, StoreError> {
@@ -733,4 +947,61 @@ impl Store for SqliteStore {
             notifier: Arc::clone(&self.notifier),
         }))
     }
+}
+
+/// The columns [`SqliteStore::row_to_entry`] reads, in its order.
+const ENTRY_COLUMNS: &str = "idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
+    link_target, state, progress_bytes_durable, error, checksum, link_group, xattrs,
+    piece_digests";
+
+/// A transfer's root pair (`None`: its entries' paths are absolute).
+type Roots = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn read_roots(conn: &Connection, id: TransferId) -> rusqlite::Result<Roots> {
+    Ok(conn
+        .prepare_cached("SELECT source_root, dest_root FROM transfers WHERE id = ?1")?
+        .query_row([id.0], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?
+        .unwrap_or((None, None)))
+}
+
+/// An entry's `source` and `dest` columns: the destination is left out
+/// (NULL) when it is the source's relative path below the other root,
+/// which is what `cp -a SRC DST` gives every entry.
+fn stored_pair(
+    source_root: Option<&[u8]>,
+    dest_root: Option<&[u8]>,
+    source: &[u8],
+    dest: &[u8],
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    let stored_source = rules::stored_path(source_root, source);
+    if let (Some(source_root), Some(dest_root)) = (source_root, dest_root)
+        && let Some(relative) = rules::path_below(source_root, source)
+        && rules::path_below(dest_root, dest) == Some(relative)
+    {
+        return (stored_source, None);
+    }
+    let stored_dest = rules::stored_path(dest_root, dest);
+    (stored_source, Some(stored_dest))
+}
+
+/// The inverse of [`stored_pair`]; `None` for a path relative to no root.
+fn path_pair(roots: &Roots, source: &[u8], dest: Option<&[u8]>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (source_root, dest_root) = (roots.0.as_deref(), roots.1.as_deref());
+    let full_source = rules::path_of_stored(source_root, source)?;
+    let full_dest = match dest {
+        Some(dest) => rules::path_of_stored(dest_root, dest)?,
+        // Only a source stored relative leaves its destination out.
+        None if !matches!(source.first(), Some(b'/' | 0)) => rules::path_joined(dest_root?, source),
+        None => return None,
+    };
+    Some((full_source, full_dest))
+}
+
+/// An event of a batch of changes, waiting to be written with the others.
+struct PendingEvent<'a> {
+    transfer: TransferId,
+    entry: Option<EntryIndex>,
+    name: Cow<'static, str>,
+    context: Cow<'a, serde_json::Value>,
 }
