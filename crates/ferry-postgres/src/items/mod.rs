@@ -2,7 +2,7 @@
 //! number of nodes, as the HSM queue's requests are (`crate::queue`).
 //!
 //! A distributed transfer (kind `distributed`) is created with its roots as
-//! entries and one item per root; workers lease items `FOR UPDATE SKIP
+//! entries and their first items; workers lease items `FOR UPDATE SKIP
 //! LOCKED` (never one item twice, never waiting on each other), renew the
 //! lease by heartbeat, and complete each item fenced by its attempt: every
 //! write a worker makes for an item — entries `copied` and `committed`, the
@@ -75,8 +75,8 @@ pub struct HostProgress {
 
 impl PgStore {
     /// Creates a distributed transfer with `roots` as its entries, dispatches
-    /// it and adds its first items: one directory item per root directory,
-    /// batch or range items for root files.
+    /// it and adds its first items: directory items for the root
+    /// directories, batch or range items for root files.
     pub fn create_distributed(
         &self,
         new: &NewTransfer,
