@@ -138,6 +138,131 @@ fn distributed_needs_a_postgres_store() {
     assert!(!s.store().exists(), "no SQLite store was made");
 }
 
+/// Directory items hold up to 32 sibling directories and stop listing at a
+/// budget of entries, leaving the rest to new items. A tree of many small
+/// directories (some nested) beside one of 6,000 files: the item that lists
+/// the large one is killed (SIGKILL) once leased, so mid-listing; the next
+/// node takes it over when its lease expires and the copy ends identical,
+/// every item done once by the lease it had then.
+#[test]
+fn a_worker_killed_mid_listing_of_grouped_directories_is_continued_by_another() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test runs workers in UTS namespaces (unshare -u): run it as root"
+    );
+    let s = Scratch::new();
+    let schema = TestSchema::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    let big = ferry_postgres::items::LISTING_ENTRIES_BUDGET + 1904;
+    for i in 0..big {
+        write_file(&src.join(format!("a_big/f{i:05}")), &vec![b'b'; i % 50]);
+    }
+    for d in 0..70 {
+        for f in 0..3 {
+            write_file(
+                &src.join(format!("d{d:02}/f{f}")),
+                format!("{d}.{f}").as_bytes(),
+            );
+        }
+        if d % 7 == 0 {
+            write_file(&src.join(format!("d{d:02}/n/deeper/f")), b"nested");
+        }
+    }
+    std::fs::create_dir_all(src.join("d05/empty")).unwrap();
+    write_file(&src.join("top"), b"top");
+
+    run_ok(
+        ferry(&schema)
+            .args(["cp", "-a", "--distributed", "--name", "grouped"])
+            .arg(&src)
+            .arg(&dst),
+    );
+    let mut watcher = ferry(&schema)
+        .args(["watch", "--since", "0", "--json", "--until-done", "grouped"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lease = ["--transfer", "grouped", "--lease", "2s"];
+    let mut first = Some(node(&schema, "node1", &lease));
+    let mut second = None;
+    let mut root_item = None;
+    let mut killed_item = None;
+    let mut events = Vec::new();
+    let lines = std::io::BufReader::new(watcher.stdout.take().unwrap());
+    for line in std::io::BufRead::lines(lines) {
+        let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if event.get("bookmark").is_some() {
+            continue;
+        }
+        let c = &event["context"];
+        if event["event"] == "item.leased" && c["kind"] == "dir" {
+            let item = c["item"].as_u64().unwrap();
+            if root_item.is_none() {
+                root_item = Some(item);
+            } else if killed_item.is_none() {
+                // The first group of the root's subdirectories: `a_big`
+                // and 31 small ones, the budget reached after `a_big`.
+                let mut child = first.take().unwrap();
+                child.kill().unwrap();
+                child.wait().unwrap();
+                killed_item = Some(item);
+                second = Some(node(&schema, "node2", &lease));
+            }
+        }
+        events.push(event);
+    }
+    assert!(watcher.wait().unwrap().success());
+    finished(second.expect("node1 was killed"));
+    assert_same_tree(&src, &dst);
+    assert!(util::temps(&dst).is_empty(), "{:?}", util::temps(&dst));
+
+    let killed_item = killed_item.unwrap();
+    let mut lease_of: HashMap<u64, (u64, String)> = HashMap::new();
+    let mut done = HashSet::new();
+    let mut dir_items = 0;
+    for e in &events {
+        let c = &e["context"];
+        let item = c["item"].as_u64().unwrap_or(0);
+        let attempt = c["attempt"].as_u64().unwrap_or(0);
+        let host = c["host"].as_str().unwrap_or("").to_string();
+        match e["event"].as_str().unwrap() {
+            "item.leased" => {
+                lease_of.insert(item, (attempt, host));
+            }
+            "item.done" => {
+                assert_eq!(lease_of.get(&item), Some(&(attempt, host.clone())), "{e}");
+                assert!(done.insert(item), "item {item} done twice");
+                if c["kind"] == "dir" {
+                    dir_items += 1;
+                }
+                if item == killed_item {
+                    assert_eq!(
+                        (attempt, host.as_str()),
+                        (2, "node2"),
+                        "the killed listing is done by the next lease: {e}"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        lease_of.keys().all(|i| done.contains(i)),
+        "an item never done"
+    );
+    // 93 directories in 11 items: the root; its 71 subdirectories in 3
+    // groups, the first listing `a_big` only (past the budget) and leaving
+    // 31 to 1 new item; the `n`s and `empty` in 3 (one per parent item),
+    // the `deeper`s in 3.
+    assert_eq!(dir_items, 11, "directory items");
+    let committed = events
+        .iter()
+        .filter(|e| e["event"] == "file.committed")
+        .count();
+    let entries = big + 70 * 3 + 10 + 1 + (1 + 71 + 10 + 10 + 1);
+    assert_eq!(committed, entries, "every entry committed exactly once");
+}
+
 /// The source tree of the Done-when test: `small` files of 0–4 KiB in
 /// directories of 1,000, and `large` files of `large_bytes` (a random
 /// MiB, varied per MiB, so no two MiB are alike). Returns each file's size
@@ -273,10 +398,12 @@ fn four_nodes_two_killed_copy_everything_exactly_once() {
         .map(|h| Some(node(&schema, h, &["--transfer", "big", "--lease", "3s"])))
         .collect();
     // Kill moments: after the n-th item done, for two random nodes, both
-    // in the first three quarters of the items (directories, batches of at
-    // most 512 files, four ranges and a commit per large file, the finish).
+    // in the first three quarters of the items (batches of at most 512
+    // files, directory items of at most a listing budget of entries, four
+    // ranges and a commit per large file, the finish).
     let ranges = (large_mib << 20).div_ceil(ferry_postgres::items::RANGE_ITEM_BYTES as usize);
-    let items = small.div_ceil(1000) * (1 + 1000usize.div_ceil(512)) + 4 * (ranges + 1) + 3;
+    let budget = ferry_postgres::items::LISTING_ENTRIES_BUDGET;
+    let items = small.div_ceil(512) + small.div_ceil(budget) + 2 + 4 * (ranges + 1) + 1;
     let first = rng.usize(1..items / 2);
     let second = rng.usize(first + 1..items * 3 / 4);
     let victim = rng.usize(0..4);

@@ -7,13 +7,13 @@
 //! `distributed` with its roots and first items (`ferry_postgres::items`);
 //! [`Worker::run`] (`ferry worker`) leases one item at a time (the next
 //! one in the transaction that completes the last), keeps its
-//! lease alive from a heartbeat thread, does the item (`work`: list a
-//! directory, copy and commit a batch of small files, copy one range of a
-//! large file, commit a large file, finish the transfer) and completes it —
-//! every store write fenced by the item's attempt, so a worker whose lease
-//! was taken over never writes again. Files go through the engine's commit
-//! protocol (`ferry::engine::commit`, `copy`, `temp`): temporaries,
-//! `fsync`, `copied`, rename, metadata, `committed`.
+//! lease alive from a heartbeat thread, does the item (`work`: list up to
+//! 32 sibling directories, copy and commit a batch of small files, copy one
+//! range of a large file, commit a large file, finish the transfer) and
+//! completes it — every store write fenced by the item's attempt, so a
+//! worker whose lease was taken over never writes again. Files go through
+//! the engine's commit protocol (`ferry::engine::commit`, `copy`, `temp`):
+//! temporaries, `fsync`, `copied`, rename, metadata, `committed`.
 //!
 //! A worker that dies loses its leases when they expire; the next lease of
 //! an item continues from what the store holds: entries recorded `copied`

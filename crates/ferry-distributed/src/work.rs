@@ -18,12 +18,8 @@ use ferry::model::{
 };
 use ferry::store::{Change, Store, StoreError};
 use ferry_postgres::PgStore;
-use ferry_postgres::items::{ItemKind, ItemLease};
+use ferry_postgres::items::{ItemKind, ItemLease, LISTING_DIR_ENTRIES_MAX, LISTING_ENTRIES_BUDGET};
 use serde_json::json;
-
-/// Listing a directory stops at this many entries: one listing is one
-/// transaction, and a bigger one would hold the transfer's row too long.
-pub const LISTING_ENTRIES_MAX: usize = 1 << 20;
 
 pub(crate) struct Item<'a> {
     pub store: &'a PgStore,
@@ -90,41 +86,48 @@ impl Item<'_> {
         }
     }
 
-    /// A directory: recorded `copied` (by its parent's listing, but for a
-    /// root) and created owner-only (as the engine's), then listed; the listing's entries and items and this
-    /// item's end are one transaction.
+    /// Directories (siblings, up to
+    /// [`DIR_ITEM_DIRS_MAX`](ferry_postgres::items::DIR_ITEM_DIRS_MAX)): each recorded
+    /// `copied` (by its parent's listing, but for a root) and created
+    /// owner-only (as the engine's), then listed, until the listings hold
+    /// [`LISTING_ENTRIES_BUDGET`] entries; the listings' entries and items,
+    /// the directories left for other items, the failures and this item's
+    /// end are one transaction.
     fn list(&self, transfer: &TransferRecord) -> Result<Option<ItemLease>, StoreError> {
-        let dir = self.only_entry(transfer.id)?;
-        if !matches!(dir.state, FileState::Copied | FileState::Committed) {
-            let store = self.leased();
-            let committer = self.committer(&store, transfer, std::slice::from_ref(&dir));
-            store.apply(&[committer.entry_change(dir.index, FileState::Copied, None, None)])?;
+        let dirs = self.store.entries_at(transfer.id, &self.lease.entries)?;
+        if dirs.is_empty() {
+            return Err(self.missing_entries(transfer.id));
         }
-        let mut failed = Vec::new();
-        match std::fs::DirBuilder::new().mode_0700().create(&dir.dest) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.dest.is_dir() => {}
-            Err(e) => failed.push(format!(
-                "{}: cannot create directory: {e}",
-                dir.dest.display()
-            )),
-        }
+        let store = self.leased();
+        let committer = self.committer(&store, transfer, &dirs);
+        let roots: Vec<Change> = dirs
+            .iter()
+            .filter(|d| !matches!(d.state, FileState::Copied | FileState::Committed))
+            .map(|d| committer.entry_change(d.index, FileState::Copied, None, None))
+            .collect();
+        store.apply(&roots)?;
         let mut listed = Vec::new();
-        if failed.is_empty() {
-            match list(&dir.source, &dir.dest) {
-                Ok(entries) => listed = entries,
-                Err(message) => failed.push(message),
+        let mut failed = Vec::new();
+        let mut deferred = Vec::new();
+        for dir in &dirs {
+            // Never listed twice: a failure is recorded with the item's end.
+            if matches!(dir.state, FileState::Failed | FileState::Committed) {
+                continue;
+            }
+            if listed.len() >= LISTING_ENTRIES_BUDGET {
+                deferred.push(dir.index);
+                continue;
+            }
+            self.check_lease()?;
+            match make_dir(&dir.dest).and_then(|()| list(&dir.source, &dir.dest)) {
+                Ok(entries) => listed.extend(entries),
+                Err(message) => {
+                    failed.push(committer.failed_change(dir.index, &message, &HashSet::new()))
+                }
             }
         }
-        if let Some(message) = failed.pop() {
-            let store = self.leased();
-            let committer = self.committer(&store, transfer, std::slice::from_ref(&dir));
-            let change = committer.failed_change(dir.index, &message, &HashSet::new());
-            return self
-                .store
-                .complete_and_lease(self.lease, &[change], self.next);
-        }
-        self.store.complete_listing(self.lease, &listed, self.next)
+        self.store
+            .complete_listing(self.lease, &listed, &failed, &deferred, self.next)
     }
 
     /// Small files: each copied whole into its temporary, then the batch
@@ -305,13 +308,17 @@ impl Item<'_> {
         self.store
             .entries_at(id, &self.lease.entries)?
             .pop()
-            .ok_or_else(|| StoreError::Corrupt {
-                path: self.store.location(),
-                detail: format!(
-                    "work item {} of transfer {id} names entries {:?} that do not exist",
-                    self.lease.item, self.lease.entries
-                ),
-            })
+            .ok_or_else(|| self.missing_entries(id))
+    }
+
+    fn missing_entries(&self, id: TransferId) -> StoreError {
+        StoreError::Corrupt {
+            path: self.store.location(),
+            detail: format!(
+                "work item {} of transfer {id} names entries {:?} that do not exist",
+                self.lease.item, self.lease.entries
+            ),
+        }
     }
 
     /// The heartbeat found the lease taken over: stop here, write nothing.
@@ -340,6 +347,15 @@ impl DirBuilderExt for std::fs::DirBuilder {
     }
 }
 
+/// `dest` made owner-only, or found a directory (made by an earlier attempt).
+fn make_dir(dest: &Path) -> Result<(), String> {
+    match std::fs::DirBuilder::new().mode_0700().create(dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dest.is_dir() => Ok(()),
+        Err(e) => Err(format!("{}: cannot create directory: {e}", dest.display())),
+    }
+}
+
 /// The entries of directory `source`, by name, landing under `dest`. What
 /// is neither file, directory nor symlink is left out (and said).
 fn list(source: &Path, dest: &Path) -> Result<Vec<NewEntry>, String> {
@@ -350,9 +366,9 @@ fn list(source: &Path, dest: &Path) -> Result<Vec<NewEntry>, String> {
         let child =
             child.map_err(|e| format!("{}: cannot list directory: {e}", source.display()))?;
         names.push(child.file_name());
-        if names.len() > LISTING_ENTRIES_MAX {
+        if names.len() > LISTING_DIR_ENTRIES_MAX {
             return Err(format!(
-                "{}: more than {LISTING_ENTRIES_MAX} entries in one directory: \
+                "{}: more than {LISTING_DIR_ENTRIES_MAX} entries in one directory: \
                  distributed copies list at most that many",
                 source.display()
             ));

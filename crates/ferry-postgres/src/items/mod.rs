@@ -2,7 +2,7 @@
 //! number of nodes, as the HSM queue's requests are (`crate::queue`).
 //!
 //! A distributed transfer (kind `distributed`) is created with its roots as
-//! entries and one item per root; workers lease items `FOR UPDATE SKIP
+//! entries and their first items; workers lease items `FOR UPDATE SKIP
 //! LOCKED` (never one item twice, never waiting on each other), renew the
 //! lease by heartbeat, and complete each item fenced by its attempt: every
 //! write a worker makes for an item — entries `copied` and `committed`, the
@@ -35,8 +35,9 @@ use crate::conn::Db;
 use crate::store::{ENTRY_COLUMNS, entry_row, now_ns};
 use crate::{PgStore, Tx};
 pub use plan::{
-    BATCH_BYTES_MAX, BATCH_FILES_MAX, ItemKind, NewItem, OpenBatch, Planned, RANGE_ITEM_BYTES,
-    RANGED_FROM_BYTES, items_of,
+    BATCH_BYTES_MAX, BATCH_FILES_MAX, DIR_ITEM_DIRS_MAX, ItemKind, LISTING_DIR_ENTRIES_MAX,
+    LISTING_ENTRIES_BUDGET, NewItem, OpenBatch, Planned, RANGE_ITEM_BYTES, RANGED_FROM_BYTES,
+    dir_items, items_of,
 };
 
 /// The server's clock in ns, read once per statement.
@@ -74,8 +75,8 @@ pub struct HostProgress {
 
 impl PgStore {
     /// Creates a distributed transfer with `roots` as its entries, dispatches
-    /// it and adds its first items: one directory item per root directory,
-    /// batch or range items for root files.
+    /// it and adds its first items: directory items for the root
+    /// directories, batch or range items for root files.
     pub fn create_distributed(
         &self,
         new: &NewTransfer,
@@ -254,7 +255,11 @@ impl PgStore {
     }
 
     /// A directory item's end: its listed `entries` added, their items
-    /// inserted, and the item done, in one transaction fenced by `lease`.
+    /// inserted, `changes` applied (directories that could not be listed),
+    /// a new directory item for each [`DIR_ITEM_DIRS_MAX`] of the `deferred`
+    /// directories (the item's own it left unlisted, over
+    /// [`LISTING_ENTRIES_BUDGET`]), and the item done, in one transaction
+    /// fenced by `lease`.
     /// Small files first fill the transfer's latest batch item that no
     /// worker has leased yet: a tree of small directories is copied in full
     /// batches (one commit, two `syncfs` per [`BATCH_FILES_MAX`] files), not
@@ -265,8 +270,11 @@ impl PgStore {
         &self,
         lease: &ItemLease,
         entries: &[NewEntry],
+        changes: &[Change],
+        deferred: &[EntryIndex],
         next: Option<u64>,
     ) -> Result<Option<ItemLease>, StoreError> {
+        debug_assert!(deferred.iter().all(|d| lease.entries.contains(d)));
         self.write(|tx| {
             self.lock_transfers(tx, &[lease.transfer.0])?;
             check_lease(self, tx, lease)?;
@@ -298,7 +306,9 @@ impl PgStore {
                 }
                 insert_items(tx, lease.transfer, &planned.items)?;
             }
-            self.finish_item(tx, lease, &[])?;
+            let deferred: Vec<i64> = deferred.iter().map(|d| i64::from(d.0)).collect();
+            insert_items(tx, lease.transfer, &dir_items(&deferred))?;
+            self.finish_item(tx, lease, changes)?;
             self.lease_next(tx, lease, next)
         })
         .and_then(|next| self.started(next))

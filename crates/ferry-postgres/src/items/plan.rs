@@ -15,12 +15,28 @@ pub const RANGED_FROM_BYTES: u64 = ferry::engine::SPLIT_BYTES_MIN;
 /// The bytes of one range item: four of the engine's 16 MiB ranges (and
 /// checksum pieces), so its boundaries are the engine's too.
 pub const RANGE_ITEM_BYTES: u64 = 4 * ferry::engine::RANGE_BYTES;
+/// A directory item names at most this many directories, listed by one
+/// worker in one transaction: an item per directory cost a lease, a
+/// listing transaction and an `item.done` per directory, which a tree of
+/// small directories (100 files each) paid per 100 files. Siblings go
+/// together, so a wide tree still spreads over `n / 32` items.
+pub const DIR_ITEM_DIRS_MAX: usize = 32;
+/// A directory item stops listing its directories once it holds this many
+/// entries; the directories it did not list go out as new items. So the
+/// first batches of a tree are free to lease early (other workers copy while
+/// this one lists) and one listing transaction holds at most this many
+/// entries plus one directory's ([`LISTING_DIR_ENTRIES_MAX`]).
+pub const LISTING_ENTRIES_BUDGET: usize = 8 * BATCH_FILES_MAX;
+/// One directory is listed whole, in one transaction: at most this many
+/// entries, a bigger directory fails.
+pub const LISTING_DIR_ENTRIES_MAX: usize = 1 << 20;
 
 /// What a work item asks a worker to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ItemKind {
-    /// List one directory: its entries are added, its files become batch
-    /// and range items, its subdirectories new directory items.
+    /// List up to [`DIR_ITEM_DIRS_MAX`] directories: their entries are
+    /// added, their files become batch and range items, their
+    /// subdirectories new directory items.
     Dir,
     /// Copy and commit a batch of small files (and symlinks).
     Batch,
@@ -62,7 +78,7 @@ impl ItemKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewItem {
     pub kind: ItemKind,
-    /// Entry indexes: the directory, the batch's files, the ranged file.
+    /// Entry indexes: the directories, the batch's files, the ranged file.
     pub entries: Vec<i64>,
     /// A range item's `[start, end)`.
     pub range: Option<(u64, u64)>,
@@ -88,8 +104,9 @@ pub struct Planned {
     pub items: Vec<NewItem>,
 }
 
-/// The items of `entries`, whose indexes start at `first`: a directory item
-/// per directory, range items per large file, batches of the rest bounded by
+/// The items of `entries`, whose indexes start at `first`: directory items
+/// of up to [`DIR_ITEM_DIRS_MAX`] directories, range items per large file,
+/// batches of the rest bounded by
 /// [`BATCH_FILES_MAX`] and [`BATCH_BYTES_MAX`]. Small files fill `open`
 /// first (to the same bounds), so that the listings of many small
 /// directories make full batches, as the single-process engine's do.
@@ -102,6 +119,7 @@ pub fn items_of(first: i64, entries: &[NewEntry], open: Option<OpenBatch>) -> Pl
         bytes: open.map_or(0, |o| o.bytes),
     };
     let mut planned = Planned::default();
+    let mut dirs = Vec::new();
     let mut filling = open;
     let mut batch = empty_batch(open);
     let close =
@@ -119,13 +137,12 @@ pub fn items_of(first: i64, entries: &[NewEntry], open: Option<OpenBatch>) -> Pl
         let index = first + offset as i64;
         let size = entry.meta.size;
         match entry.kind {
-            EntryKind::Dir => planned.items.push(NewItem {
-                kind: ItemKind::Dir,
-                entries: vec![index],
-                range: None,
-                files: 0,
-                bytes: 0,
-            }),
+            EntryKind::Dir => {
+                dirs.push(index);
+                if dirs.len() == DIR_ITEM_DIRS_MAX {
+                    planned.items.extend(dir_items(&std::mem::take(&mut dirs)));
+                }
+            }
             EntryKind::File if size >= RANGED_FROM_BYTES => {
                 let mut start = 0;
                 while start < size {
@@ -154,7 +171,23 @@ pub fn items_of(first: i64, entries: &[NewEntry], open: Option<OpenBatch>) -> Pl
         }
     }
     close(batch, &mut filling, &mut planned);
+    planned.items.extend(dir_items(&dirs));
     planned
+}
+
+/// Directory items for the directories `indexes`, each of at most
+/// [`DIR_ITEM_DIRS_MAX`], in order.
+pub fn dir_items(indexes: &[i64]) -> Vec<NewItem> {
+    indexes
+        .chunks(DIR_ITEM_DIRS_MAX)
+        .map(|dirs| NewItem {
+            kind: ItemKind::Dir,
+            entries: dirs.to_vec(),
+            range: None,
+            files: 0,
+            bytes: 0,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -195,19 +228,19 @@ mod tests {
         use ItemKind::*;
         assert_eq!(
             kinds,
-            [Batch, Batch, Dir, Range, Range, Range, Batch, Batch]
+            [Batch, Batch, Range, Range, Range, Batch, Batch, Dir]
         );
         assert_eq!(items[0].entries.len(), BATCH_FILES_MAX);
         assert_eq!(items[0].entries[0], 5);
-        assert_eq!(items[2].entries, [5 + 1100]);
+        assert_eq!(items[7].entries, [5 + 1100]);
         assert_eq!(
-            items[5].range,
+            items[4].range,
             Some((2 * RANGE_ITEM_BYTES, 2 * RANGE_ITEM_BYTES + 1))
         );
         // 1100 - 2 * 512 = 76 small files, then 20 MiB files until the
         // next would pass 256 MiB: 12 of them; the other 8 in the last.
-        assert_eq!(items[6].files, 88);
-        assert_eq!(items[7].files, 8);
+        assert_eq!(items[5].files, 88);
+        assert_eq!(items[6].files, 8);
         assert!(
             items
                 .iter()
@@ -243,5 +276,30 @@ mod tests {
         let planned = items_of(0, &entries[..1], Some(big));
         assert!(planned.appended.is_empty());
         assert_eq!(planned.items[0].entries, [0]);
+    }
+
+    #[test]
+    fn sibling_directories_share_items_of_at_most_the_bound() {
+        let mut entries: Vec<NewEntry> = Vec::new();
+        for _ in 0..DIR_ITEM_DIRS_MAX * 2 + 3 {
+            entries.push(entry(EntryKind::Dir, 0));
+            entries.push(entry(EntryKind::File, 10));
+        }
+        let planned = items_of(10, &entries, None);
+        let dirs: Vec<&NewItem> = planned
+            .items
+            .iter()
+            .filter(|i| i.kind == ItemKind::Dir)
+            .collect();
+        assert_eq!(dirs.len(), 3);
+        assert_eq!(dirs[0].entries.len(), DIR_ITEM_DIRS_MAX);
+        assert_eq!(dirs[2].entries.len(), 3);
+        // Every directory once, in listing order.
+        let all: Vec<i64> = dirs.iter().flat_map(|i| i.entries.clone()).collect();
+        let expected: Vec<i64> = (0..DIR_ITEM_DIRS_MAX as i64 * 2 + 3)
+            .map(|n| 10 + 2 * n)
+            .collect();
+        assert_eq!(all, expected);
+        assert_eq!(dir_items(&[]), Vec::new());
     }
 }
