@@ -20,6 +20,22 @@ fn ferry(schema: &TestSchema) -> Command {
     ferry_at(Path::new(&schema.url))
 }
 
+/// `cp --distributed --name NAME SRC DST`, then a watcher of every event of
+/// NAME from the first, until it ends (its JSON lines on a pipe).
+fn dispatch_and_watch(schema: &TestSchema, name: &str, src: &Path, dst: &Path) -> Child {
+    run_ok(
+        ferry(schema)
+            .args(["cp", "-a", "--distributed", "--name", name])
+            .arg(src)
+            .arg(dst),
+    );
+    ferry(schema)
+        .args(["watch", "--since", "0", "--json", "--until-done", name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// `ferry worker` as node `host`: in a UTS namespace of its own, so that
 /// the host name it records is `host`.
 fn node(schema: &TestSchema, host: &str, args: &[&str]) -> Child {
@@ -171,17 +187,7 @@ fn a_worker_killed_mid_listing_of_grouped_directories_is_continued_by_another() 
     std::fs::create_dir_all(src.join("d05/empty")).unwrap();
     write_file(&src.join("top"), b"top");
 
-    run_ok(
-        ferry(&schema)
-            .args(["cp", "-a", "--distributed", "--name", "grouped"])
-            .arg(&src)
-            .arg(&dst),
-    );
-    let mut watcher = ferry(&schema)
-        .args(["watch", "--since", "0", "--json", "--until-done", "grouped"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut watcher = dispatch_and_watch(&schema, "grouped", &src, &dst);
     let lease = ["--transfer", "grouped", "--lease", "2s"];
     let mut first = Some(node(&schema, "node1", &lease));
     let mut second = None;
@@ -377,18 +383,7 @@ fn four_nodes_two_killed_copy_everything_exactly_once() {
     let (src, dst) = (s.path("src"), s.path("dst"));
     let sums = Arc::new(big_tree(&src, small, 4, large_mib << 20, seed));
 
-    run_ok(
-        ferry(&schema)
-            .args(["cp", "-a", "--distributed", "--name", "big"])
-            .arg(&src)
-            .arg(&dst),
-    );
-    // Everything from the first event, until the transfer ends.
-    let mut watcher = ferry(&schema)
-        .args(["watch", "--since", "0", "--json", "--until-done", "big"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut watcher = dispatch_and_watch(&schema, "big", &src, &dst);
     let stop = Arc::new(AtomicBool::new(false));
     let final_names = watch_final_names(dst.clone(), Arc::clone(&sums), Arc::clone(&stop));
 
