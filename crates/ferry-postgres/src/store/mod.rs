@@ -10,6 +10,7 @@
 //! a deadlock that happens anyway (a batch that adds rows another locks) is
 //! retried by `write`.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -485,7 +486,7 @@ fn transfer_row(row: &Row) -> Result<TransferRow, postgres::Error> {
 pub(crate) fn entry_row(row: &Row) -> Result<EntryRow, postgres::Error> {
     Ok(EntryRow {
         index: row.try_get(0)?,
-        kind: row.try_get(1)?,
+        kind: Cow::Owned(row.try_get(1)?),
         source: row.try_get(2)?,
         dest: row.try_get(3)?,
         size: row.try_get(4)?,
@@ -495,10 +496,10 @@ pub(crate) fn entry_row(row: &Row) -> Result<EntryRow, postgres::Error> {
         atime_ns: row.try_get(8)?,
         mtime_ns: row.try_get(9)?,
         link_target: row.try_get(10)?,
-        state: row.try_get(11)?,
+        state: Cow::Owned(row.try_get(11)?),
         progress_bytes_durable: row.try_get(12)?,
         error: row.try_get(13)?,
-        checksum_algo: row.try_get(14)?,
+        checksum_algo: row.try_get::<_, Option<String>>(14)?.map(Cow::Owned),
         checksum: row.try_get(15)?,
         link_group: row.try_get(16)?,
         xattrs: row.try_get(17)?,

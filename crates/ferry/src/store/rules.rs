@@ -6,6 +6,7 @@
 //!
 //! Public for the PostgreSQL crate, not an API: callers use [`super::Store`].
 
+use std::borrow::Cow;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -550,7 +551,8 @@ impl TransferRow {
 #[derive(Clone, Debug)]
 pub struct EntryRow {
     pub index: i64,
-    pub kind: String,
+    /// Borrowed where the store keeps a code (no allocation per row).
+    pub kind: Cow<'static, str>,
     pub source: Vec<u8>,
     pub dest: Vec<u8>,
     pub size: i64,
@@ -560,10 +562,10 @@ pub struct EntryRow {
     pub atime_ns: i64,
     pub mtime_ns: i64,
     pub link_target: Option<Vec<u8>>,
-    pub state: String,
+    pub state: Cow<'static, str>,
     pub progress_bytes_durable: i64,
     pub error: Option<String>,
-    pub checksum_algo: Option<String>,
+    pub checksum_algo: Option<Cow<'static, str>>,
     pub checksum: Option<Vec<u8>>,
     pub link_group: Option<i64>,
     pub xattrs: Option<Vec<u8>>,

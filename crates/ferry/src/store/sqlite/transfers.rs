@@ -528,14 +528,14 @@ impl SqliteStore {
         let checksum: Option<Vec<u8>> = row.get(14)?;
         let checksum_algo = match &checksum {
             Some(digest) => match rules::checksum_algo_of_digest(digest) {
-                Some(algo) => Some(algo.as_str().to_string()),
+                Some(algo) => Some(Cow::Borrowed(algo.as_str())),
                 None => bad!("a digest of {} bytes", digest.len()),
             },
             None => None,
         };
         Ok(Ok(rules::EntryRow {
             index,
-            kind: kind.as_str().to_string(),
+            kind: Cow::Borrowed(kind.as_str()),
             source,
             dest,
             size: row.get(4)?,
@@ -545,7 +545,7 @@ impl SqliteStore {
             atime_ns: row.get(8)?,
             mtime_ns: row.get(9)?,
             link_target: row.get(10)?,
-            state: state.as_str().to_string(),
+            state: Cow::Borrowed(state.as_str()),
             progress_bytes_durable: row.get(12)?,
             error: row.get(13)?,
             checksum_algo,
