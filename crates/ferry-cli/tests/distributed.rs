@@ -36,6 +36,64 @@ fn dispatch_and_watch(schema: &TestSchema, name: &str, src: &Path, dst: &Path) -
         .unwrap()
 }
 
+/// An `item.done` event: which item, by which lease.
+struct ItemDone {
+    item: u64,
+    attempt: u64,
+    host: String,
+    kind: String,
+}
+
+/// Asserts that in `events` every leased item is done exactly once, by
+/// the lease (attempt and host) it had last; returns the completions.
+fn items_done_once_by_their_lease(events: &[serde_json::Value]) -> Vec<ItemDone> {
+    let mut lease_of: HashMap<u64, (u64, String)> = HashMap::new();
+    let mut done: Vec<ItemDone> = Vec::new();
+    let mut done_items = HashSet::new();
+    for e in events {
+        let c = &e["context"];
+        let item = c["item"].as_u64().unwrap_or(0);
+        let attempt = c["attempt"].as_u64().unwrap_or(0);
+        let host = c["host"].as_str().unwrap_or("").to_string();
+        match e["event"].as_str().unwrap() {
+            "item.leased" => {
+                lease_of.insert(item, (attempt, host));
+            }
+            "item.done" => {
+                assert_eq!(
+                    lease_of.get(&item),
+                    Some(&(attempt, host.clone())),
+                    "item {item}: {e}"
+                );
+                assert!(done_items.insert(item), "item {item} done twice");
+                let kind = c["kind"].as_str().unwrap_or("").to_string();
+                done.push(ItemDone {
+                    item,
+                    attempt,
+                    host,
+                    kind,
+                });
+            }
+            _ => {}
+        }
+    }
+    let never_done: Vec<_> = lease_of
+        .keys()
+        .filter(|i| !done_items.contains(i))
+        .collect();
+    assert!(
+        never_done.is_empty(),
+        "items leased and never done: {never_done:?}: {:?}",
+        events
+            .iter()
+            .filter(|e| e["context"]["item"]
+                .as_u64()
+                .is_some_and(|i| never_done.contains(&&i)))
+            .collect::<Vec<_>>()
+    );
+    done
+}
+
 /// `ferry worker` as node `host`: in a UTS namespace of its own, so that
 /// the host name it records is `host`.
 fn node(schema: &TestSchema, host: &str, args: &[&str]) -> Child {
@@ -188,7 +246,10 @@ fn a_worker_killed_mid_listing_of_grouped_directories_is_continued_by_another() 
     write_file(&src.join("top"), b"top");
 
     let mut watcher = dispatch_and_watch(&schema, "grouped", &src, &dst);
-    let lease = ["--transfer", "grouped", "--lease", "2s"];
+    // A lease long enough that the transfer's, last renewed by node1 up to
+    // a third of it before the kill, outlives node2's start: with none
+    // alive in between, `watch --until-done` would rightly give up on it.
+    let lease = ["--transfer", "grouped", "--lease", "10s"];
     let mut first = Some(node(&schema, "node1", &lease));
     let mut second = None;
     let mut root_item = None;
@@ -223,39 +284,19 @@ fn a_worker_killed_mid_listing_of_grouped_directories_is_continued_by_another() 
     assert!(util::temps(&dst).is_empty(), "{:?}", util::temps(&dst));
 
     let killed_item = killed_item.unwrap();
-    let mut lease_of: HashMap<u64, (u64, String)> = HashMap::new();
-    let mut done = HashSet::new();
     let mut dir_items = 0;
-    for e in &events {
-        let c = &e["context"];
-        let item = c["item"].as_u64().unwrap_or(0);
-        let attempt = c["attempt"].as_u64().unwrap_or(0);
-        let host = c["host"].as_str().unwrap_or("").to_string();
-        match e["event"].as_str().unwrap() {
-            "item.leased" => {
-                lease_of.insert(item, (attempt, host));
-            }
-            "item.done" => {
-                assert_eq!(lease_of.get(&item), Some(&(attempt, host.clone())), "{e}");
-                assert!(done.insert(item), "item {item} done twice");
-                if c["kind"] == "dir" {
-                    dir_items += 1;
-                }
-                if item == killed_item {
-                    assert_eq!(
-                        (attempt, host.as_str()),
-                        (2, "node2"),
-                        "the killed listing is done by the next lease: {e}"
-                    );
-                }
-            }
-            _ => {}
+    for done in items_done_once_by_their_lease(&events) {
+        if done.kind == "dir" {
+            dir_items += 1;
+        }
+        if done.item == killed_item {
+            assert_eq!(
+                (done.attempt, done.host.as_str()),
+                (2, "node2"),
+                "the killed listing is done by the next lease"
+            );
         }
     }
-    assert!(
-        lease_of.keys().all(|i| done.contains(i)),
-        "an item never done"
-    );
     // 93 directories in 11 items: the root; its 71 subdirectories in 3
     // groups, the first listing `a_big` only (past the budget) and leaving
     // 31 to 1 new item; the `n`s and `empty` in 3 (one per parent item),
@@ -448,42 +489,7 @@ fn four_nodes_two_killed_copy_everything_exactly_once() {
     assert_eq!(events.last().unwrap()["event"], "transfer.completed");
 
     // Every item completed exactly once, by the lease it had then.
-    let mut lease_of: HashMap<u64, (u64, String)> = HashMap::new();
-    let mut done_items = HashSet::new();
-    for e in &events {
-        let c = &e["context"];
-        let item = c["item"].as_u64().unwrap_or(0);
-        let attempt = c["attempt"].as_u64().unwrap_or(0);
-        let host = c["host"].as_str().unwrap_or("").to_string();
-        match e["event"].as_str().unwrap() {
-            "item.leased" => {
-                lease_of.insert(item, (attempt, host));
-            }
-            "item.done" => {
-                assert_eq!(
-                    lease_of.get(&item),
-                    Some(&(attempt, host)),
-                    "item {item}: {e}"
-                );
-                assert!(done_items.insert(item), "item {item} done twice");
-            }
-            _ => {}
-        }
-    }
-    let never_done: Vec<_> = lease_of
-        .keys()
-        .filter(|i| !done_items.contains(i))
-        .collect();
-    assert!(
-        never_done.is_empty(),
-        "items leased and never done: {never_done:?}: {:?}",
-        events
-            .iter()
-            .filter(|e| e["context"]["item"]
-                .as_u64()
-                .is_some_and(|i| never_done.contains(&&i)))
-            .collect::<Vec<_>>()
-    );
+    let done_items = items_done_once_by_their_lease(&events);
     let retried = events
         .iter()
         .filter(|e| e["event"] == "item.leased" && e["context"]["attempt"].as_u64() > Some(1))
