@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use ferry::Error;
+use ferry::model::Kind;
 use ferry::words::in_words;
 use ferry_serve::ServeError;
 use ferry_serve::client::ClientError;
@@ -76,6 +77,17 @@ impl From<Exit> for ExitCode {
             Exit::DataRemoved => ExitCode::from(38),
             Exit::RequestFailed => ExitCode::from(23),
             Exit::RequestCanceled => ExitCode::from(25),
+            Exit::OwnerDead(t) if t.kind == Kind::Distributed => {
+                let lease = t.lease.map_or(0, |l| l.lease_ms);
+                eprintln!(
+                    "ferry: transfer {} (id {}) is {} but every `ferry worker` on it is gone \
+                     (none renewed its {lease} ms lease): nothing moves it now; \
+                     `ferry worker --store URL --transfer {}` on any node continues it, \
+                     `ferry cancel {}` ends it",
+                    t.name, t.id, t.state, t.name, t.name
+                );
+                ExitCode::from(OWNER_DEAD)
+            }
             Exit::OwnerDead(t) => {
                 eprintln!(
                     "ferry: transfer {} (id {}) is {} but its owner (pid {} on {}) is dead: \

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_postgres::testing::TestSchema;
+use util::daemon::{mkfifo, paused};
 use util::{Scratch, assert_same_tree, ferry_at, json, run_ok, write_file};
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -97,6 +98,12 @@ fn items_done_once_by_their_lease(events: &[serde_json::Value]) -> Vec<ItemDone>
 /// `ferry worker` as node `host`: in a UTS namespace of its own, so that
 /// the host name it records is `host`.
 fn node(schema: &TestSchema, host: &str, args: &[&str]) -> Child {
+    node_command(schema, host, args)
+        .spawn()
+        .expect("unshare runs (root needed)")
+}
+
+fn node_command(schema: &TestSchema, host: &str, args: &[&str]) -> Command {
     let ferry = env!("CARGO_BIN_EXE_ferry");
     let mut cmd = Command::new("unshare");
     cmd.arg("-u")
@@ -113,7 +120,7 @@ fn node(schema: &TestSchema, host: &str, args: &[&str]) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    cmd.spawn().expect("unshare runs (root needed)")
+    cmd
 }
 
 fn finished(child: Child) -> String {
@@ -644,4 +651,74 @@ fn workers_pause_through_a_postgres_restart_and_complete_the_copy() {
             .count(),
         sums.len()
     );
+}
+
+/// `ferry wait` follows a distributed copy while any worker lives: one
+/// waiting for the items of a killed one keeps the transfer's lease (it
+/// takes them over once their lease runs out), so `wait` does not give
+/// up in between. Once no worker is left, `wait` says so (exit 28) and
+/// names the command that continues it.
+#[test]
+fn wait_holds_while_any_worker_lives_and_gives_up_when_none_does() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test runs workers in UTS namespaces (unshare -u): run it as root"
+    );
+    let s = Scratch::new();
+    let schema = TestSchema::new();
+    let fifo = s.path("pause");
+    mkfifo(&fifo);
+    // A node that holds the transfer's one batch, paused before its sync.
+    let paused_node = |name: &str, host: &str| {
+        let lease = ["--transfer", name, "--lease", "3s"];
+        let child = node_command(&schema, host, &lease)
+            .env("FERRY_FAILPOINT", "commit.sync_data=pause")
+            .env("FERRY_FAILPOINT_FIFO", &fifo)
+            .spawn()
+            .unwrap();
+        (child, paused(&fifo))
+    };
+    let wait = |name: &str| {
+        ferry(&schema)
+            .args(["wait", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for (name, survivor) in [("alive", true), ("dead", false)] {
+        let (src, dst) = (
+            s.path(&format!("{name}/src")),
+            s.path(&format!("{name}/dst")),
+        );
+        util::random_files(&src, 20, 1, 1, |i| i * 100);
+        run_ok(
+            ferry(&schema)
+                .args(["cp", "-a", "--distributed", "--name", name])
+                .arg(&src)
+                .arg(&dst),
+        );
+        let (mut holder, pause) = paused_node(name, "node1");
+        let waiter = wait(name);
+        // With nothing to lease until node1's lease runs out.
+        let second =
+            survivor.then(|| node(&schema, "node2", &["--transfer", name, "--lease", "3s"]));
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        drop(pause);
+        let out = waiter.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if let Some(second) = second {
+            assert!(out.status.success(), "{name}: {stderr}");
+            finished(second);
+            assert_same_tree(&src, &dst);
+        } else {
+            assert_eq!(out.status.code(), Some(28), "{name}: {stderr}");
+            assert!(
+                stderr.contains("every `ferry worker` on it is gone")
+                    && stderr.contains("`ferry worker --store URL --transfer dead`"),
+                "{stderr}"
+            );
+        }
+    }
 }

@@ -33,8 +33,9 @@ use ferry_postgres::PgStore;
 use ferry_postgres::items::ItemLease;
 
 /// The owner recorded for a distributed transfer: no one process owns it.
-/// Workers renew its lease while they hold its items, so `ferry wait`
-/// knows the transfer is abandoned only once every worker is gone.
+/// Workers renew its lease while they hold its items or wait for the
+/// ones left, so `ferry wait` knows the transfer is abandoned only once
+/// every worker is gone.
 pub fn owner() -> Owner {
     Owner {
         host: "ferry-workers".into(),
@@ -199,13 +200,22 @@ impl Worker {
                 Ok(true)
             }
             None => {
-                if let Some(id) = self.only {
+                // The transfer this worker works on (or last did) is not
+                // abandoned while it waits: its items left are leased by
+                // others, or held by a dead worker until that lease runs
+                // out, and then this worker takes them.
+                if let Some(id) = self.only.or(between.renewed.map(|(id, _)| id)) {
                     let ended = match store.transfer(id)? {
                         Some(t) => t.state.is_terminal(),
                         None => true,
                     };
-                    if ended {
+                    if ended && self.only.is_some() {
                         return Ok(false);
+                    }
+                    if ended {
+                        between.renewed = None;
+                    } else {
+                        self.renew_transfer_lease(store, id, between);
                     }
                 }
                 // Woken by any write (a new item, a completion); at most a
@@ -233,18 +243,24 @@ impl Worker {
                     id: lease.transfer,
                 })?,
         };
-        // The heartbeat renews the transfer's lease every third of a lease
-        // while an item runs; between short items, as often, not per item
-        // (a write on the transfer's row, which every worker shares).
-        let renewed_lately = matches!(between.renewed,
-            Some((id, at)) if id == lease.transfer && at.elapsed() < self.lease / 3);
-        if !renewed_lately {
-            let _ = store.renew_lease(lease.transfer, &owner(), self.lease.as_millis() as u64);
-            between.renewed = Some((lease.transfer, Instant::now()));
-        }
+        // The heartbeat renews the transfer's lease while an item runs;
+        // between short items, this.
+        self.renew_transfer_lease(store, lease.transfer, between);
         let result = self.run_item(store, lease, &transfer);
         between.transfer = Some(transfer);
         result
+    }
+
+    /// Renews transfer `id`'s lease unless this worker did within a third
+    /// of a lease: a write on the transfer's row, which every worker
+    /// shares, so not once per item.
+    fn renew_transfer_lease(&self, store: &PgStore, id: TransferId, between: &mut Between) {
+        let renewed_lately = matches!(between.renewed,
+            Some((last, at)) if last == id && at.elapsed() < self.lease / 3);
+        if !renewed_lately {
+            let _ = store.renew_lease(id, &owner(), self.lease.as_millis() as u64);
+            between.renewed = Some((id, Instant::now()));
+        }
     }
 
     fn run_item(

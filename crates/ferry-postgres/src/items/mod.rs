@@ -246,11 +246,7 @@ impl PgStore {
         self.write(|tx| {
             self.lock_transfers(tx, &[lease.transfer.0])?;
             check_lease(self, tx, lease)?;
-            let mut checked = HashSet::new();
-            for change in changes {
-                self.apply_one(tx, change, &mut checked)?;
-            }
-            Ok(())
+            self.apply_changes(tx, changes)
         })
     }
 
@@ -283,12 +279,11 @@ impl PgStore {
                 // Subdirectories are recorded `copied` here, before a worker
                 // creates them (as the engine records a directory before its
                 // `mkdir`): their own items need no transaction for it.
-                let mut checked = HashSet::new();
-                for (offset, entry) in entries.iter().enumerate() {
-                    if entry.kind != EntryKind::Dir {
-                        continue;
-                    }
-                    let copied = Change::Entry {
+                let copied: Vec<Change> = entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, entry)| entry.kind == EntryKind::Dir)
+                    .map(|(offset, entry)| Change::Entry {
                         id: lease.transfer,
                         index: EntryIndex((first + offset as i64) as u32),
                         to: FileState::Copied,
@@ -296,9 +291,9 @@ impl PgStore {
                         error: None,
                         checksum: None,
                         context: json!({"bytes": entry.meta.size}),
-                    };
-                    self.apply_one(tx, &copied, &mut checked)?;
-                }
+                    })
+                    .collect();
+                self.apply_changes(tx, &copied)?;
                 let open = open_batch(tx, lease.transfer)?;
                 let planned = items_of(first, entries, open.map(|(_, o)| o));
                 if let Some((item, _)) = open {
@@ -389,10 +384,7 @@ impl PgStore {
         )?;
         // After the item's event: the finish item's `transfer.completed`
         // is then the transfer's last event, where watchers stop.
-        let mut checked = HashSet::new();
-        for change in changes {
-            self.apply_one(tx, change, &mut checked)?;
-        }
+        self.apply_changes(tx, changes)?;
         let id = lease.transfer.0;
         if lease.kind == ItemKind::Range {
             let file = lease.entries[0];

@@ -32,6 +32,7 @@ use crate::conn::{CachedTx, Db, PgConn};
 use crate::{CHANNEL, NewEvent, PgStore, Tx, server_err};
 use events::{PgEventReader, last_seq, query_events};
 
+mod changes;
 mod events;
 
 /// The longest an event reader waits on its connection before it looks
@@ -155,7 +156,7 @@ impl PgStore {
     }
 
     /// See [`rules::check_moving`]; once per transfer and transaction.
-    fn check_moving(
+    pub(crate) fn check_moving(
         &self,
         tx: &mut Tx<'_>,
         id: TransferId,
@@ -675,11 +676,7 @@ impl Store for PgStore {
             .collect();
         self.write(|tx| {
             self.lock_transfers(tx, &ids)?;
-            let mut checked = HashSet::new();
-            for change in changes {
-                self.apply_one(tx, change, &mut checked)?;
-            }
-            Ok(())
+            self.apply_changes(tx, changes)
         })
     }
 

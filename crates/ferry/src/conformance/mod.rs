@@ -153,6 +153,7 @@ macro_rules! store_conformance_tests {
             ids_are_never_reused_and_names_are_unique,
             an_unnamed_transfer_never_collides_with_a_chosen_cp_name,
             every_change_writes_its_event_and_illegal_transitions_change_nothing,
+            a_batch_of_entry_changes_is_checked_in_order_and_written_whole,
             create_entries_and_events_round_trip_every_field,
             progress_never_goes_back,
             a_cancel_is_seen_by_an_entry_change,

@@ -747,3 +747,89 @@ pub fn tallies_and_failure_pages_agree_with_the_entries<S: Store>(open: &dyn Fn(
     assert_eq!(store.unfinished_entries_of_caller(4242).unwrap(), 2);
     assert_eq!(store.unfinished_entries_of_caller(4243).unwrap(), 0);
 }
+
+/// A commit's batch: many entries of one transfer at once (a store may
+/// write them with one statement) is checked change by change, in order,
+/// and written whole or not at all, every field of each change as if
+/// applied alone, with one event each in batch order.
+pub fn a_batch_of_entry_changes_is_checked_in_order_and_written_whole<S: Store>(
+    open: &dyn Fn() -> S,
+) {
+    let store = open();
+    let t = running(&store, "b", 6, 1000);
+    let algo = ChecksumAlgo::Xxh3;
+    store
+        .apply(&[progress(t.id, 2, 500, vec![digest(algo, 7)])])
+        .unwrap();
+    let before = all_events(&store).len();
+    // An illegal step in the middle (entry 3 cannot be committed from
+    // pending), or an entry that does not exist at the end: nothing.
+    let copying: Vec<Change> = (0..6).map(|i| entry(t.id, i, FileState::Copying)).collect();
+    let mut illegal = copying.clone();
+    illegal[3] = entry(t.id, 3, FileState::Committed);
+    let mut missing = copying.clone();
+    missing.push(entry(t.id, 99, FileState::Copying));
+    for batch in [&illegal, &missing] {
+        assert!(matches!(
+            store.apply(batch),
+            Err(StoreError::IllegalTransition { id, .. }) if id == t.id
+        ));
+        assert_eq!(all_events(&store).len(), before);
+        let entries = store.entries(t.id).unwrap();
+        assert!(entries.iter().all(|e| e.state == FileState::Pending));
+    }
+    // An entry twice in one batch: the second sees the first.
+    let mut twice = copying.clone();
+    twice.push(entry(t.id, 0, FileState::Failed));
+    store.apply(&twice).unwrap();
+    let checksum = digest(algo, 9);
+    let finished: Vec<Change> = (1..6)
+        .map(|i| Change::Entry {
+            id: t.id,
+            index: EntryIndex(i),
+            to: FileState::Copied,
+            progress_bytes_durable: Some(if i == 2 { 0 } else { 1000 }),
+            error: (i == 4).then(|| "a note".to_string()),
+            checksum: (i % 2 == 1).then_some(checksum),
+            context: json!({"i": i}),
+        })
+        .collect();
+    store.apply(&finished).unwrap();
+    let entries = store.entries(t.id).unwrap();
+    assert_eq!(entries[0].state, FileState::Failed);
+    for e in &entries[1..] {
+        let i = e.index.0;
+        assert_eq!(e.state, FileState::Copied, "entry {i}");
+        let progress = if i == 2 { 0 } else { 1000 };
+        assert_eq!(e.progress_bytes_durable, progress, "entry {i}");
+        assert_eq!(
+            e.error.as_deref(),
+            (i == 4).then_some("a note"),
+            "entry {i}"
+        );
+        assert_eq!(e.checksum, (i % 2 == 1).then_some(checksum), "entry {i}");
+        // Progress back to 0 restarted entry 2: its pieces' digests went.
+        assert!(e.piece_digests.is_empty(), "entry {i}");
+    }
+    let events = all_events(&store);
+    let written: Vec<(Option<u32>, &str, &Value)> = events[before..]
+        .iter()
+        .map(|e| (e.entry.map(|i| i.0), e.name.as_str(), &e.context))
+        .collect();
+    let mut expected: Vec<(Option<u32>, &str, Value)> = (0..6)
+        .map(|i| (Some(i), "file.copying", Value::Null))
+        .collect();
+    expected.push((Some(0), "file.failed", Value::Null));
+    expected.extend((1..6).map(|i| (Some(i), "file.copied", json!({"i": i}))));
+    let expected: Vec<(Option<u32>, &str, &Value)> =
+        expected.iter().map(|(i, n, c)| (*i, *n, c)).collect();
+    assert_eq!(written, expected);
+    // A checksum recorded earlier stays when a later change brings none.
+    store
+        .apply(&[
+            entry(t.id, 1, FileState::Committed),
+            entry(t.id, 3, FileState::Committed),
+        ])
+        .unwrap();
+    assert_eq!(store.entries(t.id).unwrap()[3].checksum, Some(checksum));
+}
