@@ -722,3 +722,73 @@ fn wait_holds_while_any_worker_lives_and_gives_up_when_none_does() {
         }
     }
 }
+
+/// A batch item is committed in chunks while its next files are copied. A
+/// worker killed (by its own fail point, a SIGKILL) inside the second
+/// chunk's commit, its data durable but not yet recorded: the next node
+/// takes the item over, skips the first chunk (committed), copies the rest
+/// again, and the copy ends identical, every item done once by its lease.
+#[test]
+fn a_worker_killed_between_the_commits_of_one_batch_is_continued_by_another() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test runs workers in UTS namespaces (unshare -u): run it as root"
+    );
+    let s = Scratch::new();
+    let schema = TestSchema::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    // One directory of 300 files: one batch item, in three chunks.
+    util::random_files(&src, 300, 1, 4, |i| (i * 53) % 5000);
+    let mut watcher = dispatch_and_watch(&schema, "chunks", &src, &dst);
+    let lease = ["--transfer", "chunks", "--lease", "2s"];
+    let first = node_command(&schema, "node1", &lease)
+        .env("FERRY_FAILPOINT", "commit.record_copied:2=crash")
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&first.status),
+        Some(libc::SIGKILL),
+        "node1 crashed at its fail point: {first:?}"
+    );
+    let second = node(&schema, "node2", &lease);
+    let mut events = Vec::new();
+    let lines = std::io::BufReader::new(watcher.stdout.take().unwrap());
+    for line in std::io::BufRead::lines(lines) {
+        let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if event.get("bookmark").is_none() {
+            events.push(event);
+        }
+    }
+    assert!(watcher.wait().unwrap().success());
+    finished(second);
+    assert_same_tree(&src, &dst);
+    assert!(util::temps(&dst).is_empty(), "{:?}", util::temps(&dst));
+    let done = items_done_once_by_their_lease(&events);
+    let batch = done
+        .iter()
+        .find(|d| d.kind == "batch")
+        .expect("a batch item");
+    assert_eq!((batch.attempt, batch.host.as_str()), (2, "node2"));
+    // The first chunk was committed by node1 and never again.
+    let committed: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "file.committed")
+        .filter_map(|e| e["subject"]["entry"].as_u64())
+        .collect();
+    let unique: HashSet<&u64> = committed.iter().collect();
+    assert_eq!(unique.len(), committed.len(), "a file committed twice");
+    assert_eq!(
+        committed.len(),
+        300 + 2,
+        "300 files, the directory and the root"
+    );
+    let retaken = events
+        .iter()
+        .position(|e| e["event"] == "item.leased" && e["context"]["attempt"] == 2)
+        .expect("the batch leased again");
+    let by_node1 = events[..retaken]
+        .iter()
+        .filter(|e| e["event"] == "file.committed")
+        .count();
+    assert_eq!(by_node1, 128, "node1 committed its first chunk");
+}

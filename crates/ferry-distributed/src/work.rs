@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::mpsc;
 
 use ferry::engine::commit::{self, Committer, Ready};
 use ferry::engine::copy::{Copier, CopyError};
@@ -20,6 +21,19 @@ use ferry::store::{Change, Store, StoreError};
 use ferry_postgres::PgStore;
 use ferry_postgres::items::{ItemKind, ItemLease, LISTING_DIR_ENTRIES_MAX, LISTING_ENTRIES_BUDGET};
 use serde_json::json;
+
+/// Files of a batch item committed together while the next ones are
+/// copied: at most [`BATCH_FILES_MAX`](ferry_postgres::items::BATCH_FILES_MAX)
+/// / this commits (and twice as many `syncfs`) per item.
+const COMMIT_CHUNK_FILES: usize = 128;
+
+/// Files copied into their temporaries, and those that failed, for one
+/// commit.
+#[derive(Default)]
+struct Chunk {
+    ready: Vec<Ready>,
+    failures: Vec<(EntryIndex, String)>,
+}
 
 pub(crate) struct Item<'a> {
     pub store: &'a PgStore,
@@ -130,8 +144,11 @@ impl Item<'_> {
             .complete_listing(self.lease, &listed, &failed, &deferred, self.next)
     }
 
-    /// Small files: each copied whole into its temporary, then the batch
-    /// committed (one `syncfs`, `copied`, renames, metadata, `committed`).
+    /// Small files: each copied whole into its temporary, and committed
+    /// in chunks of [`COMMIT_CHUNK_FILES`] (one `syncfs`, `copied`,
+    /// renames, metadata, `committed`) by a second thread while the next
+    /// chunk is copied, as the single-process engine's committer does: a
+    /// worker's one copying thread never waits on the store's answers.
     /// Entries an earlier attempt recorded are not copied again.
     fn batch(
         &self,
@@ -141,43 +158,77 @@ impl Item<'_> {
         let entries = self.store.entries_at(transfer.id, &self.lease.entries)?;
         let store = self.leased();
         let committer = self.committer(&store, transfer, &entries);
-        let mut ready = Vec::new();
-        let mut failures = Vec::new();
+        // One chunk waits while another commits: a bound on what is copied
+        // ahead of its commit.
+        let (chunks, to_commit) = mpsc::sync_channel::<Chunk>(1);
+        std::thread::scope(|scope| {
+            let committing = scope.spawn(|| -> Result<(), StoreError> {
+                for chunk in to_commit {
+                    committer.commit(&chunk.ready, chunk.failures)?;
+                }
+                Ok(())
+            });
+            let copied = self.copy_batch(&entries, &committer, copier, &chunks);
+            drop(chunks);
+            let committed = committing.join().expect("the commit thread does not panic");
+            // The commit's error first: the copy stopped because of it.
+            committed.and(copied)
+        })?;
+        self.store.complete_and_lease(self.lease, &[], self.next)
+    }
+
+    /// The copying half of [`Self::batch`]: sends a chunk to commit every
+    /// [`COMMIT_CHUNK_FILES`] entries, and what is left at the end.
+    fn copy_batch(
+        &self,
+        entries: &[EntryRecord],
+        committer: &Committer<'_>,
+        copier: &Copier<'_>,
+        chunks: &mpsc::SyncSender<Chunk>,
+    ) -> Result<(), StoreError> {
+        let mut chunk = Chunk::default();
         let mut buffer = Vec::new();
-        for entry in &entries {
+        for entry in entries {
             match entry.state {
                 FileState::Committed | FileState::Skipped => continue,
-                FileState::Copied => {
-                    ready.push(Ready {
-                        index: entry.index,
-                        durable: true,
-                        recorded: true,
-                        metadata_applied: false,
-                        checksum: None,
-                    });
-                    continue;
-                }
-                _ => {}
-            }
-            let temp = committer.temp_of(entry);
-            let copied = match entry.kind {
-                EntryKind::Symlink => make_symlink(entry, &temp),
-                _ => copy_whole(copier, entry, &temp, &mut buffer),
-            };
-            match copied {
-                Ok(()) => ready.push(Ready {
+                FileState::Copied => chunk.ready.push(Ready {
                     index: entry.index,
-                    durable: false,
-                    recorded: false,
+                    durable: true,
+                    recorded: true,
                     metadata_applied: false,
                     checksum: None,
                 }),
-                Err(message) => failures.push((entry.index, message)),
+                _ => {
+                    let temp = committer.temp_of(entry);
+                    let copied = match entry.kind {
+                        EntryKind::Symlink => make_symlink(entry, &temp),
+                        _ => copy_whole(copier, entry, &temp, &mut buffer),
+                    };
+                    match copied {
+                        Ok(()) => chunk.ready.push(Ready {
+                            index: entry.index,
+                            durable: false,
+                            recorded: false,
+                            metadata_applied: false,
+                            checksum: None,
+                        }),
+                        Err(message) => chunk.failures.push((entry.index, message)),
+                    }
+                    self.check_lease()?;
+                }
             }
-            self.check_lease()?;
+            if chunk.ready.len() + chunk.failures.len() >= COMMIT_CHUNK_FILES
+                && chunks.send(std::mem::take(&mut chunk)).is_err()
+            {
+                // The commit thread stopped on an error: it says which.
+                return Ok(());
+            }
         }
-        committer.commit(&ready, failures)?;
-        self.store.complete_and_lease(self.lease, &[], self.next)
+        if !chunk.ready.is_empty() || !chunk.failures.is_empty() {
+            // An error here is the commit thread's, returned by it.
+            let _ = chunks.send(chunk);
+        }
+        Ok(())
     }
 
     /// One range of a large file into its temporary (never truncated: other
