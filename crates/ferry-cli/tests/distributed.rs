@@ -737,7 +737,7 @@ fn a_worker_killed_between_the_commits_of_one_batch_is_continued_by_another() {
     let s = Scratch::new();
     let schema = TestSchema::new();
     let (src, dst) = (s.path("src"), s.path("dst"));
-    // One directory of 300 files: one batch item, in three chunks.
+    // One directory of 300 files: one batch item, in two chunks or more.
     util::random_files(&src, 300, 1, 4, |i| (i * 53) % 5000);
     let mut watcher = dispatch_and_watch(&schema, "chunks", &src, &dst);
     let lease = ["--transfer", "chunks", "--lease", "2s"];
@@ -790,5 +790,10 @@ fn a_worker_killed_between_the_commits_of_one_batch_is_continued_by_another() {
         .iter()
         .filter(|e| e["event"] == "file.committed")
         .count();
-    assert_eq!(by_node1, 128, "node1 committed its first chunk");
+    // A chunk is at least 64 files: the commit thread takes one as soon as
+    // it is free, from the 64th file on.
+    assert!(
+        (64..300).contains(&by_node1),
+        "node1 committed its first chunk: {by_node1}"
+    );
 }

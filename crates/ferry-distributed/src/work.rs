@@ -22,10 +22,12 @@ use ferry_postgres::PgStore;
 use ferry_postgres::items::{ItemKind, ItemLease, LISTING_DIR_ENTRIES_MAX, LISTING_ENTRIES_BUDGET};
 use serde_json::json;
 
-/// Files of a batch item committed together while the next ones are
-/// copied: at most [`BATCH_FILES_MAX`](ferry_postgres::items::BATCH_FILES_MAX)
-/// / this commits (and twice as many `syncfs`) per item.
-const COMMIT_CHUNK_FILES: usize = 128;
+/// The fewest files of a batch item committed together (but the last
+/// ones) while the next ones are copied: at most
+/// [`BATCH_FILES_MAX`](ferry_postgres::items::BATCH_FILES_MAX) / this
+/// commits (and twice as many `syncfs`) per item; a chunk grows past it
+/// while the commit before it runs.
+const COMMIT_CHUNK_FILES_MIN: usize = 64;
 
 /// Files copied into their temporaries, and those that failed, for one
 /// commit.
@@ -145,7 +147,7 @@ impl Item<'_> {
     }
 
     /// Small files: each copied whole into its temporary, and committed
-    /// in chunks of [`COMMIT_CHUNK_FILES`] (one `syncfs`, `copied`,
+    /// in chunks of [`COMMIT_CHUNK_FILES_MIN`] or more (one `syncfs`, `copied`,
     /// renames, metadata, `committed`) by a second thread while the next
     /// chunk is copied, as the single-process engine's committer does: a
     /// worker's one copying thread never waits on the store's answers.
@@ -158,9 +160,9 @@ impl Item<'_> {
         let entries = self.store.entries_at(transfer.id, &self.lease.entries)?;
         let store = self.leased();
         let committer = self.committer(&store, transfer, &entries);
-        // One chunk waits while another commits: a bound on what is copied
-        // ahead of its commit.
-        let (chunks, to_commit) = mpsc::sync_channel::<Chunk>(1);
+        // A chunk is handed over only to a waiting commit thread: one
+        // chunk commits while the next is copied, no more.
+        let (chunks, to_commit) = mpsc::sync_channel::<Chunk>(0);
         std::thread::scope(|scope| {
             let committing = scope.spawn(|| -> Result<(), StoreError> {
                 for chunk in to_commit {
@@ -177,8 +179,9 @@ impl Item<'_> {
         self.store.complete_and_lease(self.lease, &[], self.next)
     }
 
-    /// The copying half of [`Self::batch`]: sends a chunk to commit every
-    /// [`COMMIT_CHUNK_FILES`] entries, and what is left at the end.
+    /// The copying half of [`Self::batch`]: hands a chunk of at least
+    /// [`COMMIT_CHUNK_FILES_MIN`] entries to the commit thread when it
+    /// waits for one, and what is left at the end.
     fn copy_batch(
         &self,
         entries: &[EntryRecord],
@@ -217,11 +220,16 @@ impl Item<'_> {
                     self.check_lease()?;
                 }
             }
-            if chunk.ready.len() + chunk.failures.len() >= COMMIT_CHUNK_FILES
-                && chunks.send(std::mem::take(&mut chunk)).is_err()
-            {
-                // The commit thread stopped on an error: it says which.
-                return Ok(());
+            // To the commit thread as soon as it is free: a chunk grows
+            // while the last one commits, so commits are as large as the
+            // copy is fast against them.
+            if chunk.ready.len() + chunk.failures.len() >= COMMIT_CHUNK_FILES_MIN {
+                match chunks.try_send(std::mem::take(&mut chunk)) {
+                    Ok(()) => {}
+                    Err(mpsc::TrySendError::Full(back)) => chunk = back,
+                    // The commit thread stopped on an error: it says which.
+                    Err(mpsc::TrySendError::Disconnected(_)) => return Ok(()),
+                }
             }
         }
         if !chunk.ready.is_empty() || !chunk.failures.is_empty() {
