@@ -740,7 +740,11 @@ fn a_worker_killed_between_the_commits_of_one_batch_is_continued_by_another() {
     // One directory of 300 files: one batch item, in two chunks or more.
     util::random_files(&src, 300, 1, 4, |i| (i * 53) % 5000);
     let mut watcher = dispatch_and_watch(&schema, "chunks", &src, &dst);
-    let lease = ["--transfer", "chunks", "--lease", "2s"];
+    // Long enough that the transfer's lease, last renewed by node1 up to a
+    // third of it before its crash, outlives node2's start on a busy
+    // machine: with no worker alive in between, `watch --until-done`
+    // would rightly give up.
+    let lease = ["--transfer", "chunks", "--lease", "6s"];
     let first = node_command(&schema, "node1", &lease)
         .env("FERRY_FAILPOINT", "commit.record_copied:2=crash")
         .output()

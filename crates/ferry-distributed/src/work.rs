@@ -2,17 +2,18 @@
 //! commit protocol ([`Committer`]) through a store that fences every write
 //! by the item's lease ([`Leased`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc;
 
-use ferry::engine::commit::{self, Committer, Ready};
+use ferry::engine::commit::{self, Committer, MetadataTarget, Ready};
 use ferry::engine::copy::{Copier, CopyError};
 use ferry::engine::temp::{open_temp, write_error};
 use ferry::engine::throttle::Throttle;
+use ferry::failpoint::{self, CommitStep};
 use ferry::model::{
     EntryIndex, EntryKind, EntryRecord, FileState, NewEntry, TransferId, TransferRecord,
     TransferState,
@@ -191,6 +192,9 @@ impl Item<'_> {
     ) -> Result<(), StoreError> {
         let mut chunk = Chunk::default();
         let mut buffer = Vec::new();
+        // Whether each destination directory has a default ACL: asked
+        // once per directory of the batch.
+        let mut default_acls: HashMap<&Path, bool> = HashMap::new();
         for entry in entries {
             match entry.state {
                 FileState::Committed | FileState::Skipped => continue,
@@ -204,15 +208,24 @@ impl Item<'_> {
                 _ => {
                     let temp = committer.temp_of(entry);
                     let copied = match entry.kind {
-                        EntryKind::Symlink => make_symlink(entry, &temp),
-                        _ => copy_whole(copier, entry, &temp, &mut buffer),
+                        EntryKind::Symlink => make_symlink(entry, &temp).map(|()| false),
+                        _ => {
+                            let may_have_acl = match entry.dest.parent() {
+                                Some(dir) => *default_acls
+                                    .entry(dir)
+                                    .or_insert_with(|| commit::has_default_acl(dir)),
+                                None => true,
+                            };
+                            copy_whole(copier, committer, entry, &temp, may_have_acl, &mut buffer)
+                                .map(|()| true)
+                        }
                     };
                     match copied {
-                        Ok(()) => chunk.ready.push(Ready {
+                        Ok(metadata_applied) => chunk.ready.push(Ready {
                             index: entry.index,
                             durable: false,
                             recorded: false,
-                            metadata_applied: false,
+                            metadata_applied,
                             checksum: None,
                         }),
                         Err(message) => chunk.failures.push((entry.index, message)),
@@ -450,10 +463,15 @@ fn list(source: &Path, dest: &Path) -> Result<Vec<NewEntry>, String> {
     Ok(entries)
 }
 
+/// `entry` copied into its temporary `temp`, which then gets the entry's
+/// metadata through its open descriptor (as the engine's workers do): the
+/// rename carries file and metadata into place together.
 fn copy_whole(
     copier: &Copier<'_>,
+    committer: &Committer<'_>,
     entry: &EntryRecord,
     temp: &Path,
+    may_have_acl: bool,
     buffer: &mut Vec<u8>,
 ) -> Result<(), String> {
     let size = entry.meta.size;
@@ -467,7 +485,27 @@ fn copy_whole(
         dst.set_len(size)
             .map_err(|e| write_error(temp, &e, data_end, size))?;
     }
-    Ok(())
+    let target = MetadataTarget::Temporary {
+        file: &dst,
+        path: &entry.dest,
+        may_have_acl,
+    };
+    // A refused attribute is a warning, as in the commit's step 5; a worker
+    // has no one to tell but its log.
+    let mut warnings = Vec::new();
+    let applied = failpoint::hit(CommitStep::ApplyMetadata).and_then(|()| {
+        commit::apply_metadata_to(
+            target,
+            entry,
+            committer.preserve,
+            committer.umask,
+            &mut warnings,
+        )
+    });
+    for warning in warnings {
+        eprintln!("ferry worker: {warning}");
+    }
+    applied.map_err(|e| format!("{}: cannot apply metadata: {e}", entry.dest.display()))
 }
 
 fn make_symlink(entry: &EntryRecord, temp: &Path) -> Result<(), String> {

@@ -554,6 +554,20 @@ fn has_acl(path: &Path) -> bool {
     }
 }
 
+/// Whether directory `dir` has a default ACL, so that a file created in it
+/// may have inherited one ([`MetadataTarget::Temporary`]'s `may_have_acl`).
+/// An answer the file system will not give counts as yes, so that the ACL
+/// is removed.
+pub fn has_default_acl(dir: &Path) -> bool {
+    // A one-byte buffer: too small for any ACL (RANGE), so an answer
+    // without one means there is none.
+    match rustix::fs::getxattr(dir, super::plan::ACL_DEFAULT, &mut [0u8; 1][..]) {
+        Ok(len) => len > 0,
+        Err(Errno::NODATA | Errno::OPNOTSUPP) => false,
+        Err(_) => true,
+    }
+}
+
 /// Step 5 at `entry`'s destination, by name: see [`apply_metadata_to`].
 pub fn apply_metadata(
     entry: &EntryRecord,

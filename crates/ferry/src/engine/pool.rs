@@ -176,13 +176,7 @@ impl Engine<'_> {
         if let Some(&has) = known.get(dir) {
             return has;
         }
-        // A one-byte buffer: too small for any ACL (RANGE), so an answer
-        // without one means there is none.
-        let has = match rustix::fs::getxattr(dir, plan::ACL_DEFAULT, &mut [0u8; 1][..]) {
-            Ok(len) => len > 0,
-            Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => false,
-            Err(_) => true,
-        };
+        let has = super::commit::has_default_acl(dir);
         // Bounded by the run's directories, which the run holds anyway.
         known.insert(dir.to_path_buf(), has);
         has
