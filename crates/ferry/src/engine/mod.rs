@@ -330,8 +330,7 @@ impl Engine<'_> {
         // Then the work list, and what earlier runs already copied.
         let mut work = Vec::new();
         let mut ready = Vec::new();
-        let mut trackers: Vec<Option<Mutex<RangeTracker>>> =
-            (0..entries.len()).map(|_| None).collect();
+        let mut trackers = ranges::Trackers::new();
         let mut copying = Vec::new();
         let mut skipped = Vec::new();
         let mut followers = Vec::new();
@@ -459,7 +458,7 @@ impl Engine<'_> {
                             };
                             let tracker = RangeTracker::new(first, slot, digests);
                             let complete_now = tracker.finished;
-                            trackers[entry.index.0 as usize] = Some(Mutex::new(tracker));
+                            trackers.insert(entry.index, Mutex::new(tracker));
                             copying.push(self.committer.entry_change(
                                 entry.index,
                                 FileState::Copying,

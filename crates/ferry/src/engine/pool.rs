@@ -5,7 +5,6 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 
@@ -13,7 +12,7 @@ use super::Engine;
 use super::commit::{MetadataTarget, Ready, apply_metadata_to};
 use super::copy::CopyError;
 use super::plan;
-use super::ranges::RangeTracker;
+use super::ranges::Trackers;
 use super::temp::{open_temp, write_error};
 use super::work::{Done, Work};
 use crate::checksum::{Checksum, Hasher};
@@ -25,7 +24,7 @@ impl Engine<'_> {
         &self,
         work: &[Work],
         next: &AtomicUsize,
-        trackers: &[Option<Mutex<RangeTracker>>],
+        trackers: &Trackers,
         entries: &[EntryRecord],
         tx: SyncSender<Done>,
     ) {
@@ -71,8 +70,8 @@ impl Engine<'_> {
                     end,
                 } => {
                     let entry = &entries[index.0 as usize];
-                    let tracker = trackers[index.0 as usize]
-                        .as_ref()
+                    let tracker = trackers
+                        .get(&index)
                         .expect("a range without its tracker");
                     // Once per range (RANGE_BYTES of data): no contention.
                     let mut named = self.options.progress.large_file.lock().expect("progress");
@@ -84,8 +83,8 @@ impl Engine<'_> {
                 }
                 Work::Rehash { index, piece } => {
                     let entry = &entries[index.0 as usize];
-                    let tracker = trackers[index.0 as usize]
-                        .as_ref()
+                    let tracker = trackers
+                        .get(&index)
                         .expect("a piece without its tracker");
                     self.rehash(entry, tracker, piece, &mut buffer)
                 }
