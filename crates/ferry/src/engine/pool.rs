@@ -25,7 +25,6 @@ impl Engine<'_> {
         work: &[Work],
         next: &AtomicUsize,
         trackers: &Trackers,
-        entries: &[EntryRecord],
         tx: SyncSender<Done>,
     ) {
         let mut buffer = Vec::new();
@@ -37,7 +36,7 @@ impl Engine<'_> {
             let Some(item) = work.get(i) else { return };
             let done = match *item {
                 Work::Whole(index) => {
-                    let entry = &entries[index.0 as usize];
+                    let entry = self.committer.entry(index);
                     match self.copy_whole(entry, &mut buffer) {
                         Ok((checksum, metadata_applied)) => Some(Done::Copied(Ready {
                             index,
@@ -51,7 +50,7 @@ impl Engine<'_> {
                     }
                 }
                 Work::Symlink(index) => {
-                    let entry = &entries[index.0 as usize];
+                    let entry = self.committer.entry(index);
                     Some(match self.make_symlink(entry) {
                         Ok(()) => Done::Copied(Ready {
                             index,
@@ -69,10 +68,8 @@ impl Engine<'_> {
                     start,
                     end,
                 } => {
-                    let entry = &entries[index.0 as usize];
-                    let tracker = trackers
-                        .get(&index)
-                        .expect("a range without its tracker");
+                    let entry = self.committer.entry(index);
+                    let tracker = trackers.get(&index).expect("a range without its tracker");
                     // Once per range (RANGE_BYTES of data): no contention.
                     let mut named = self.options.progress.large_file.lock().expect("progress");
                     if named.as_deref() != Some(entry.dest.as_path()) {
@@ -82,10 +79,8 @@ impl Engine<'_> {
                     self.copy_range(entry, tracker, slot, start, end, &mut buffer)
                 }
                 Work::Rehash { index, piece } => {
-                    let entry = &entries[index.0 as usize];
-                    let tracker = trackers
-                        .get(&index)
-                        .expect("a piece without its tracker");
+                    let entry = self.committer.entry(index);
+                    let tracker = trackers.get(&index).expect("a piece without its tracker");
                     self.rehash(entry, tracker, piece, &mut buffer)
                 }
             };
