@@ -434,6 +434,9 @@ pub(crate) fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
     let entries = args.plan(rule, &filter)?;
     let base = args.settings_over(base, &filter);
     let mut transfer = Transfer::create_with(store, &args.options(kind, preserve), &entries)?;
+    // In the store now: the run reads its entries from there, so the plan
+    // (half a copy's memory per file) must not outlive this.
+    drop(entries);
     let (start, workers) = if transfer.reattached() {
         let record = transfer.record();
         let left_by = transfer.previous_owner().unwrap_or(&record.owner);
@@ -540,6 +543,8 @@ fn refresh(
     }
     ferry::engine::plan::capture_fidelity(&mut entries, args.fidelity())?;
     let mut transfer = Transfer::create_with(store, &args.options(kind, preserve), &entries)?;
+    // In the store now (see `cp`).
+    drop(entries);
     let base = RunSettings {
         skip: ferry::engine::skip::SkipRule::Mtime,
         ..RunSettings::default()

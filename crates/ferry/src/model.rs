@@ -466,6 +466,9 @@ impl Xattrs {
             }
             pairs.push((name, value));
         }
+        // Held for every entry of a run: a push grows the list to four
+        // pairs (192 bytes) where nearly every entry has one or two.
+        pairs.shrink_to_fit();
         Some(Xattrs(pairs))
     }
 }

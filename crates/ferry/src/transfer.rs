@@ -765,6 +765,68 @@ mod tests {
     use super::*;
     use crate::store::SqliteStore;
 
+    /// A run holds at most a page of entries whatever the size of the
+    /// transfer (the memory bound of issue #20, counted), and many pages
+    /// make the same tree as one: a hard link whose leader is on the first
+    /// page and a symlink on a middle one included.
+    #[test]
+    fn a_run_holds_one_page_of_entries_at_most() {
+        use std::os::unix::fs::MetadataExt;
+        const PAGE: usize = 16;
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        for d in 0..6 {
+            std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+            for f in 0..30 {
+                let body = format!("{d}/{f}").repeat(f);
+                std::fs::write(src.join(format!("d{d}/f{f:02}")), body).unwrap();
+            }
+        }
+        std::os::unix::fs::symlink("../d0/f01", src.join("d2/link")).unwrap();
+        std::fs::hard_link(src.join("d0/f03"), src.join("d5/hard")).unwrap();
+        let entries = crate::engine::plan::plan_with(
+            std::slice::from_ref(&src),
+            &dst,
+            true,
+            crate::engine::plan::Fidelity::ARCHIVE,
+        )
+        .unwrap();
+        assert!(entries.len() > 10 * PAGE, "{}", entries.len());
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        crate::engine::paging::PAGE_ENTRIES.set(Some(PAGE));
+        crate::engine::paging::HELD_MAX.set(0);
+        let mut transfer =
+            Transfer::create(store, Some("paged"), Kind::Sync, Preserve::ALL, &entries).unwrap();
+        drop(entries);
+        transfer.dispatch(2).unwrap();
+        let report = transfer.wait().unwrap();
+        crate::engine::paging::PAGE_ENTRIES.set(None);
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert_eq!(report.state, TransferState::Completed);
+        assert_eq!(report.files_total, 6 * 30 + 2);
+        assert_eq!(report.files_committed, report.files_total);
+        let held = crate::engine::paging::HELD_MAX.get();
+        assert!(held > 0 && held <= PAGE, "held {held} entries at once");
+        for d in 0..6 {
+            for f in 0..30 {
+                let name = format!("d{d}/f{f:02}");
+                assert_eq!(
+                    std::fs::read(src.join(&name)).unwrap(),
+                    std::fs::read(dst.join(&name)).unwrap(),
+                    "{name}"
+                );
+            }
+        }
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&dst.join("d5/hard")), ino(&dst.join("d0/f03")));
+        assert_eq!(
+            std::fs::read_link(dst.join("d2/link")).unwrap(),
+            Path::new("../d0/f01")
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode();
+        assert_eq!(mode(&dst.join("d4")), mode(&src.join("d4")));
+    }
+
     /// A second handle (`ferry_transfer_open`) cannot free a transfer that
     /// is moving under the first: the name stays taken, the mover goes on.
     #[test]

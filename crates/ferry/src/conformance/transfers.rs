@@ -264,6 +264,30 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
             .unwrap()
             .is_none()
     );
+    // A range of them (how a run pages through a transfer), and the
+    // directories alone (its last pass), as the whole read has them.
+    // (Debug: some paths are not UTF-8, which JSON cannot hold.)
+    let json = |records: &[crate::model::EntryRecord]| format!("{records:?}");
+    for (from, limit) in [
+        (0usize, 6usize),
+        (0, 4),
+        (2, 3),
+        (4, 100),
+        (6, 1),
+        (0, usize::MAX),
+    ] {
+        let want = &entries[from.min(6)..(from.saturating_add(limit)).min(6)];
+        let got = store
+            .entries_from(t.id, EntryIndex(from as u32), limit)
+            .unwrap();
+        assert_eq!(json(&got), json(want), "from {from}, at most {limit}");
+    }
+    let dirs: Vec<crate::model::EntryRecord> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Dir)
+        .cloned()
+        .collect();
+    assert_eq!(json(&store.directory_entries(t.id).unwrap()), json(&dirs));
     for (i, (got, want)) in entries.iter().zip(first.iter().chain(&second)).enumerate() {
         let leader_base = if i < first.len() { 0 } else { first.len() };
         assert_eq!(got.index, EntryIndex(i as u32));

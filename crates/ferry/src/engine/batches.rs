@@ -166,25 +166,52 @@ impl Engine<'_> {
     }
 
     /// Hard links whose leader's data is already in place (committed,
-    /// skipped, or copied by an earlier run) are linked now and join the
-    /// first batch; the others wait for their leader in the commit loop,
-    /// which gets them back here, by leader.
+    /// skipped, or copied by an earlier run or page) are linked now and
+    /// join the first batch; the others wait for their leader in the
+    /// commit loop, which gets them back here, by leader.
     pub(super) fn link_ready_followers(
         &self,
-        entries: &[EntryRecord],
         followers: Vec<&EntryRecord>,
         skipped_now: &HashMap<EntryIndex, Option<Checksum>>,
         ready: &mut Vec<Ready>,
         failures: &mut Vec<(EntryIndex, String)>,
-    ) -> HashMap<EntryIndex, Vec<EntryIndex>> {
+    ) -> Result<HashMap<EntryIndex, Vec<EntryIndex>>> {
         let mut waiting: HashMap<EntryIndex, Vec<EntryIndex>> = HashMap::new();
         let ready_now: HashMap<EntryIndex, Option<Checksum>> =
             ready.iter().map(|r| (r.index, r.checksum)).collect();
         let failed_now: HashSet<EntryIndex> = failures.iter().map(|(i, _)| *i).collect();
+        // Leaders on an earlier page, read again: their pages are over,
+        // so the store says where each one's data is.
+        let mut earlier: HashMap<EntryIndex, EntryRecord> = HashMap::new();
+        for follower in &followers {
+            let leader = follower.link_leader.expect("followers have a leader");
+            if self.committer.holds(leader) || earlier.contains_key(&leader) {
+                continue;
+            }
+            let record = self
+                .store
+                .entries_from(self.transfer.id, leader, 1)?
+                .pop()
+                .filter(|r| r.index == leader)
+                .ok_or_else(|| crate::store::StoreError::Corrupt {
+                    path: self.store.location(),
+                    detail: format!(
+                        "transfer {}: entry {} is a hard link to entry {}, which is missing",
+                        self.transfer.id, follower.index.0, leader.0
+                    ),
+                })?;
+            earlier.insert(leader, record);
+        }
         for follower in followers {
             let leader_index = follower.link_leader.expect("followers have a leader");
-            let leader = &entries[leader_index.0 as usize];
-            let from = if failed_now.contains(&leader.index) {
+            let leader = match earlier.get(&leader_index) {
+                Some(leader) => leader,
+                None => self.committer.entry(leader_index),
+            };
+            let on_earlier_page = earlier.contains_key(&leader_index);
+            let from = if failed_now.contains(&leader.index)
+                || (on_earlier_page && leader.state == FileState::Failed)
+            {
                 failures.push((
                     follower.index,
                     format!(
@@ -205,6 +232,20 @@ impl Engine<'_> {
                 } else {
                     leader.dest.clone()
                 }
+            } else if on_earlier_page {
+                // Every file of an earlier page was committed or failed
+                // before this one was read.
+                failures.push((
+                    follower.index,
+                    format!(
+                        "{}: a hard link to {}, which was left {} (a bug in ferry: please \
+                         report it); resume retries it",
+                        follower.dest.display(),
+                        leader.dest.display(),
+                        leader.state
+                    ),
+                ));
+                continue;
             } else {
                 waiting
                     .entry(leader.index)
@@ -228,7 +269,7 @@ impl Engine<'_> {
                 Err(message) => failures.push((follower.index, message)),
             }
         }
-        waiting
+        Ok(waiting)
     }
 
     /// Step 1 for a hard link: its temporary is a link to its leader's data.
@@ -296,11 +337,11 @@ impl Engine<'_> {
                         Done::Copied(ready) => ready.index,
                         Done::Failed(index, _) => *index,
                     };
-                    let leader = &self.committer.entries[index.0 as usize];
+                    let leader = self.committer.entry(index);
                     // Its hard links share the temporary's inode, and so
                     // its batch: the data is never copied twice.
                     for follower in followers_of.get(&index).into_iter().flatten() {
-                        let follower = &self.committer.entries[follower.0 as usize];
+                        let follower = self.committer.entry(*follower);
                         match &done {
                             Done::Copied(ready) => {
                                 let from = self.committer.temp_of(leader);

@@ -63,10 +63,17 @@ pub struct BatchOutcome {
 }
 
 impl Committer<'_> {
-    fn entry(&self, index: EntryIndex) -> &EntryRecord {
-        // By position when the entries are the whole transfer; a distributed
-        // worker's batch holds some of them, sorted by index.
-        match self.entries.get(index.0 as usize) {
+    /// The entry `index`, which `entries` must hold.
+    pub(super) fn entry(&self, index: EntryIndex) -> &EntryRecord {
+        // By position when the entries are a run's page of the transfer (in
+        // a row from the first); a distributed worker's batch holds some of
+        // them, sorted by index.
+        let first = self.entries.first().map_or(0, |e| e.index.0);
+        match index
+            .0
+            .checked_sub(first)
+            .and_then(|at| self.entries.get(at as usize))
+        {
             Some(entry) if entry.index == index => entry,
             _ => {
                 let at = self
@@ -76,6 +83,13 @@ impl Committer<'_> {
                 &self.entries[at]
             }
         }
+    }
+
+    /// Whether `entries` holds the entry `index`.
+    pub(super) fn holds(&self, index: EntryIndex) -> bool {
+        self.entries
+            .binary_search_by_key(&index, |e| e.index)
+            .is_ok()
     }
 
     pub fn temp_of(&self, entry: &EntryRecord) -> PathBuf {

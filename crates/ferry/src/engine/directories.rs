@@ -143,11 +143,11 @@ impl Engine<'_> {
             return Ok(());
         }
         let synced = failpoint::hit(CommitStep::SyncDir).and_then(|()| {
-            commit::make_durable(done.iter().map(|i| entries[i.0 as usize].dest.as_path()))
+            commit::make_durable(done.iter().map(|i| self.committer.entry(*i).dest.as_path()))
         });
         if let Err(e) = synced {
             for index in done.drain(..) {
-                let dest = &entries[index.0 as usize].dest;
+                let dest = &self.committer.entry(index).dest;
                 failed.push((
                     index,
                     format!("{}: could not make metadata durable: {e}", dest.display()),

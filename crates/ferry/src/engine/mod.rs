@@ -44,7 +44,7 @@ mod stale;
 pub mod temp;
 mod work;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -201,6 +201,15 @@ pub type ChunkHook = Arc<ChunkFn>;
 /// The function behind a [`ChunkHook`].
 pub type ChunkFn = dyn Fn(u64, &AtomicBool) + Send + Sync;
 
+/// Entries a run holds at once: it reads the transfer from the store a
+/// page at a time (on a store that reads ranges, see
+/// [`Store::reads_entry_ranges`]), so that its memory does not grow with
+/// the transfer. Besides a page it holds the records of the hard links'
+/// leaders on earlier pages (at most one per follower of the page), and at
+/// its end the directories (their modes and times go on last, deepest
+/// first) or, with `--delete`, every entry.
+pub const PAGE_ENTRIES: usize = 16_384;
+
 /// Moves every entry of transfer `id` that is not committed yet, then sets
 /// the transfer's final state. The transfer must be `dispatched` or
 /// `running`; the caller put it there.
@@ -217,7 +226,6 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         owner: transfer.owner.clone(),
     };
     let store: &dyn Store = &fenced;
-    let entries = store.entries(id)?;
     // A `ferry limit` from here on changes the rate this run starts with.
     let throttle = throttle::Throttle::new(
         store,
@@ -232,34 +240,24 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         owner: None,
         context: serde_json::json!({"pid": std::process::id()}),
     }])?;
-    let engine = Engine {
+    let run = Run {
         store,
         transfer: &transfer,
-        committer: Committer {
-            store,
-            id,
-            entries: &entries,
-            preserve: transfer.preserve,
-            temp_suffix: &transfer.temp_suffix,
-            umask: options.umask.unwrap_or_else(current_umask),
-            verify: options.verify != Verify::None,
-            verify_recorded_too: false,
-        },
         options,
+        umask: options.umask.unwrap_or_else(current_umask),
+        throttle: &throttle,
         warnings: Mutex::new(Vec::new()),
         default_acls: Mutex::new(HashMap::new()),
-        copier: Copier {
-            cancel: &options.cancel,
-            bytes_copied: &options.progress.bytes_copied,
-            after_chunk: options.after_chunk.as_deref(),
-            throttle: &throttle,
-            use_copy_file_range: AtomicBool::new(true),
+        page_max: if store.reads_entry_ranges() {
+            page_entries()
+        } else {
+            usize::MAX
         },
     };
-    let result = engine.run(&entries);
+    let result = run.all();
     match &result {
         Err(Error::Store(StoreError::Cancelled { .. })) => {
-            return engine.report(TransferState::Cancelled, Vec::new());
+            return run.engine(&[]).report(TransferState::Cancelled, Vec::new());
         }
         // A clean shutdown: the read-only store still takes this one record
         // (its reserve made room for it), so the transfer reads `failed`
@@ -281,41 +279,195 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
     result
 }
 
-struct Engine<'a> {
+/// [`PAGE_ENTRIES`], or less in a test that wants many pages.
+fn page_entries() -> usize {
+    #[cfg(test)]
+    if let Some(page) = paging::PAGE_ENTRIES.get() {
+        return page;
+    }
+    PAGE_ENTRIES
+}
+
+/// Calls `each` with transfer `id`'s entries, `page_max` at a time, in
+/// index order, until it has seen them all or `cancel` is set.
+fn pages(
+    store: &dyn Store,
+    id: TransferId,
+    page_max: usize,
+    cancel: &AtomicBool,
+    mut each: impl FnMut(&[EntryRecord]) -> Result<()>,
+) -> Result<()> {
+    let mut from = EntryIndex(0);
+    loop {
+        let page = store.entries_from(id, from, page_max)?;
+        #[cfg(test)]
+        paging::held(page.len());
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        let next = EntryIndex(last.index.0 + 1);
+        each(&page)?;
+        if page.len() < page_max || cancel.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        from = next;
+    }
+}
+
+/// What the pages of one run share.
+struct Run<'a> {
     store: &'a dyn Store,
     transfer: &'a TransferRecord,
-    committer: Committer<'a>,
     options: &'a RunOptions,
+    umask: u32,
+    throttle: &'a throttle::Throttle<'a>,
     warnings: Mutex<Vec<String>>,
     /// Destination directories, and whether each has a default ACL (see
     /// `pool::inherits_default_acl`).
     default_acls: Mutex<HashMap<PathBuf, bool>>,
-    copier: Copier<'a>,
+    /// Entries read at once.
+    page_max: usize,
 }
 
-impl Engine<'_> {
-    fn run(&self, entries: &[EntryRecord]) -> Result<RunReport> {
+impl Run<'_> {
+    /// The engine over `entries`: a page, the directories, or none.
+    fn engine<'e>(&'e self, entries: &'e [EntryRecord]) -> Engine<'e> {
+        #[cfg(test)]
+        paging::held(entries.len());
+        let options = self.options;
+        Engine {
+            store: self.store,
+            transfer: self.transfer,
+            committer: Committer {
+                store: self.store,
+                id: self.transfer.id,
+                entries,
+                preserve: self.transfer.preserve,
+                temp_suffix: &self.transfer.temp_suffix,
+                umask: self.umask,
+                verify: options.verify != Verify::None,
+                verify_recorded_too: false,
+            },
+            options,
+            warnings: &self.warnings,
+            default_acls: &self.default_acls,
+            copier: Copier {
+                cancel: &options.cancel,
+                bytes_copied: &options.progress.bytes_copied,
+                after_chunk: options.after_chunk.as_deref(),
+                throttle: self.throttle,
+                use_copy_file_range: AtomicBool::new(true),
+            },
+            page_max: self.page_max,
+        }
+    }
+
+    /// Calls `each` with the transfer's entries, a page at a time, in
+    /// index order, until it has seen them all or the run is cancelled.
+    fn pages(&self, each: impl FnMut(&[EntryRecord]) -> Result<()>) -> Result<()> {
+        pages(
+            self.store,
+            self.transfer.id,
+            self.page_max,
+            &self.options.cancel,
+            each,
+        )
+    }
+
+    fn all(&self) -> Result<RunReport> {
         let progress = &self.options.progress;
         // Files as `FileCounts` counts them: directories aside.
-        progress.files_total.store(
-            entries.iter().filter(|e| e.kind != EntryKind::Dir).count() as u64,
-            Ordering::Relaxed,
-        );
-        progress
-            .bytes_total
-            .store(entries.iter().map(|e| e.meta.size).sum(), Ordering::Relaxed);
-        let mut failures: Vec<(EntryIndex, String)> = Vec::new();
+        let tally = self.store.entry_tally(self.transfer.id)?;
+        progress.files_total.store(tally.files, Ordering::Relaxed);
+        progress.bytes_total.store(tally.bytes, Ordering::Relaxed);
         if self.options.verify != Verify::None && self.transfer.checksum.is_none() {
             return Err(Error::VerifyWithoutChecksum {
                 name: self.transfer.name.clone(),
             });
         }
         if self.options.check_space {
-            space::check(entries)?;
+            let mut needed = space::Needed::default();
+            self.pages(|page| needed.add(page))?;
+            needed.check()?;
         }
+        let mut failed = Vec::new();
+        let mut left_alone = HashSet::new();
+        self.pages(|page| self.engine(page).run_page(&mut failed, &mut left_alone))?;
+
+        let engine = self.engine(&[]);
+        if self.options.cancel.load(Ordering::Relaxed) {
+            return engine.report(TransferState::Cancelled, failed);
+        }
+        engine.check_every_file_ended(&mut failed)?;
+        let mut removed = 0;
+        if failed.is_empty() {
+            // After every commit, before directories get their times.
+            if let Some(filter) = &self.options.delete {
+                // What is not an entry is an extra: compared with all.
+                let entries = self.store.entries(self.transfer.id)?;
+                removed = self.engine(&entries).delete_extras(&entries, filter)?;
+            }
+            let dirs = self.store.directory_entries(self.transfer.id)?;
+            self.engine(&dirs)
+                .finish_directories(&dirs, &left_alone, &mut failed)?;
+        }
+        if self.options.verify == Verify::Full {
+            engine.verify_finished(&mut failed)?;
+        }
+        let state = if failed.is_empty() {
+            TransferState::Completed
+        } else {
+            TransferState::Failed
+        };
+        // A change made at a destination after this is recorded must show
+        // a later ctime than anything this run wrote (see `settle`).
+        settle::wait_past_last_write();
+        self.store.apply(&[Change::Transfer {
+            id: self.transfer.id,
+            to: state,
+            owner: None,
+            context: serde_json::json!({
+                "files_failed": failed.len(),
+                // For a caller that was not there (the daemon's): the first
+                // few, so that the event stays small.
+                "warnings": self.warnings.lock().expect("warnings poisoned")
+                    .iter().take(WARNINGS_RECORDED_MAX).collect::<Vec<_>>(),
+                "bytes_copied": self.options.progress.bytes_copied.load(Ordering::Relaxed),
+                "removed": removed,
+            }),
+        }])?;
+        engine.report(state, failed)
+    }
+}
+
+struct Engine<'a> {
+    store: &'a dyn Store,
+    transfer: &'a TransferRecord,
+    /// Holds the entries this engine works on (a page of the transfer).
+    committer: Committer<'a>,
+    options: &'a RunOptions,
+    warnings: &'a Mutex<Vec<String>>,
+    default_acls: &'a Mutex<HashMap<PathBuf, bool>>,
+    copier: Copier<'a>,
+    /// Entries the run reads at once (see [`PAGE_ENTRIES`]).
+    page_max: usize,
+}
+
+impl Engine<'_> {
+    /// Copies and commits the entries of one page (`self.committer`'s),
+    /// adding what failed to `failed` and the directories left as they
+    /// were to `left_alone`.
+    fn run_page(
+        &self,
+        failed: &mut Vec<(EntryIndex, String)>,
+        left_alone: &mut HashSet<EntryIndex>,
+    ) -> Result<()> {
+        let entries = self.committer.entries;
+        let progress = &self.options.progress;
+        let mut failures: Vec<(EntryIndex, String)> = Vec::new();
 
         // Directories first, so that files have somewhere to go.
-        let left_alone = self.create_directories(entries, &mut failures)?;
+        left_alone.extend(self.create_directories(entries, &mut failures)?);
         let found = stale::clean(
             self.store,
             self.transfer,
@@ -330,8 +482,7 @@ impl Engine<'_> {
         // Then the work list, and what earlier runs already copied.
         let mut work = Vec::new();
         let mut ready = Vec::new();
-        let mut trackers: Vec<Option<Mutex<RangeTracker>>> =
-            (0..entries.len()).map(|_| None).collect();
+        let mut trackers = ranges::Trackers::new();
         let mut copying = Vec::new();
         let mut skipped = Vec::new();
         let mut followers = Vec::new();
@@ -459,7 +610,7 @@ impl Engine<'_> {
                             };
                             let tracker = RangeTracker::new(first, slot, digests);
                             let complete_now = tracker.finished;
-                            trackers[entry.index.0 as usize] = Some(Mutex::new(tracker));
+                            trackers.insert(entry.index, Mutex::new(tracker));
                             copying.push(self.committer.entry_change(
                                 entry.index,
                                 FileState::Copying,
@@ -498,7 +649,7 @@ impl Engine<'_> {
             .collect();
         self.record_skipped(skipped, &found.ours, &mut failures)?;
         let followers_of =
-            self.link_ready_followers(entries, followers, &skipped_now, &mut ready, &mut failures);
+            self.link_ready_followers(followers, &skipped_now, &mut ready, &mut failures)?;
 
         let workers = self
             .options
@@ -512,52 +663,14 @@ impl Engine<'_> {
                 let tx = tx.clone();
                 let (work, next, trackers) = (&work, &next, &trackers);
                 crate::signals::spawn_blocked(|| {
-                    scope.spawn(move || self.worker(work, next, trackers, entries, tx))
+                    scope.spawn(move || self.worker(work, next, trackers, tx))
                 });
             }
             drop(tx);
             self.commit_loop(rx, ready, std::mem::take(&mut failures), &followers_of)
         });
-        let mut failed = committed?;
-
-        if self.options.cancel.load(Ordering::Relaxed) {
-            return self.report(TransferState::Cancelled, failed);
-        }
-        self.check_every_file_ended(&mut failed)?;
-        let mut removed = 0;
-        if failed.is_empty() {
-            // After every commit, before directories get their times.
-            if let Some(filter) = &self.options.delete {
-                removed = self.delete_extras(entries, filter)?;
-            }
-            self.finish_directories(entries, &left_alone, &mut failed)?;
-        }
-        if self.options.verify == Verify::Full {
-            self.verify_finished(&mut failed)?;
-        }
-        let state = if failed.is_empty() {
-            TransferState::Completed
-        } else {
-            TransferState::Failed
-        };
-        // A change made at a destination after this is recorded must show
-        // a later ctime than anything this run wrote (see `settle`).
-        settle::wait_past_last_write();
-        self.store.apply(&[Change::Transfer {
-            id: self.transfer.id,
-            to: state,
-            owner: None,
-            context: serde_json::json!({
-                "files_failed": failed.len(),
-                // For a caller that was not there (the daemon's): the first
-                // few, so that the event stays small.
-                "warnings": self.warnings.lock().expect("warnings poisoned")
-                    .iter().take(WARNINGS_RECORDED_MAX).collect::<Vec<_>>(),
-                "bytes_copied": self.options.progress.bytes_copied.load(Ordering::Relaxed),
-                "removed": removed,
-            }),
-        }])?;
-        self.report(state, failed)
+        failed.extend(committed?);
+        Ok(())
     }
 }
 
@@ -576,4 +689,20 @@ pub fn current_umask() -> u32 {
                 .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
         })
         .unwrap_or(0o022)
+}
+
+/// How many entries a run of this thread held at once, at most: the
+/// memory bound made a check (see [`PAGE_ENTRIES`]).
+#[cfg(test)]
+pub(crate) mod paging {
+    use std::cell::Cell;
+
+    thread_local! {
+        pub static PAGE_ENTRIES: Cell<Option<usize>> = const { Cell::new(None) };
+        pub static HELD_MAX: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub fn held(entries: usize) {
+        HELD_MAX.set(HELD_MAX.get().max(entries));
+    }
 }

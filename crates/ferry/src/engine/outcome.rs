@@ -1,8 +1,9 @@
 //! How a run ends: the checks that must pass before a transfer may say
 //! `completed`, and the report handed back to the caller.
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Engine, FileFailure, RunReport};
 use crate::error::Result;
@@ -23,23 +24,32 @@ impl Engine<'_> {
             return Ok(());
         }
         let failed_now: HashSet<EntryIndex> = failed.iter().map(|(i, _)| *i).collect();
-        for entry in self.store.entries(self.transfer.id)? {
-            let ended = entry.kind == EntryKind::Dir
-                || entry.state.is_done()
-                || entry.state == FileState::Failed
-                || failed_now.contains(&entry.index);
-            if !ended {
-                failed.push((
-                    entry.index,
-                    format!(
-                        "{}: left {} by this run (a bug in ferry: please report it); resume retries it",
-                        entry.dest.display(),
-                        entry.state
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        let never = AtomicBool::new(false);
+        super::pages(
+            self.store,
+            self.transfer.id,
+            self.page_max,
+            &never,
+            |page| {
+                for entry in page {
+                    let ended = entry.kind == EntryKind::Dir
+                        || entry.state.is_done()
+                        || entry.state == FileState::Failed
+                        || failed_now.contains(&entry.index);
+                    if !ended {
+                        failed.push((
+                        entry.index,
+                        format!(
+                            "{}: left {} by this run (a bug in ferry: please report it); resume retries it",
+                            entry.dest.display(),
+                            entry.state
+                        ),
+                    ));
+                    }
+                }
+                Ok(())
+            },
+        )
     }
 
     /// `--verify full`: every finished file of the transfer, read back from
@@ -47,19 +57,55 @@ impl Engine<'_> {
     /// mismatch fails the transfer; the file keeps its state, since what is
     /// wrong is the disk, not the record.
     pub(super) fn verify_finished(&self, failed: &mut Vec<(EntryIndex, String)>) -> Result<()> {
-        let entries = self.store.entries(self.transfer.id)?;
-        for entry in entries.iter().filter(|e| e.state.is_done()) {
-            let Some(expected) = entry.checksum else {
-                continue;
+        let cancel = &self.options.cancel;
+        super::pages(
+            self.store,
+            self.transfer.id,
+            self.page_max,
+            cancel,
+            |page| {
+                for entry in page.iter().filter(|e| e.state.is_done()) {
+                    let Some(expected) = entry.checksum else {
+                        continue;
+                    };
+                    if let Some(problem) = crate::verify::read_back(&entry.dest, expected).problem()
+                    {
+                        failed.push((
+                            entry.index,
+                            format!("{}: verification failed: {problem}", entry.dest.display()),
+                        ));
+                    }
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// The destinations of the failed entries, read from the store a page
+    /// at a time from each failure the pages before did not reach (the run
+    /// holds no more than a page of entries).
+    fn dests_of(&self, failed: &[(EntryIndex, String)]) -> Result<HashMap<EntryIndex, PathBuf>> {
+        let mut wanted: Vec<EntryIndex> = failed.iter().map(|(i, _)| *i).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut dests = HashMap::with_capacity(wanted.len());
+        let mut at = 0;
+        while let Some(&first) = wanted.get(at) {
+            let page = self
+                .store
+                .entries_from(self.transfer.id, first, self.page_max)?;
+            #[cfg(test)]
+            super::paging::held(page.len());
+            let Some(last) = page.last().map(|e| e.index) else {
+                break;
             };
-            if let Some(problem) = crate::verify::read_back(&entry.dest, expected).problem() {
-                failed.push((
-                    entry.index,
-                    format!("{}: verification failed: {problem}", entry.dest.display()),
-                ));
+            while let Some(&index) = wanted.get(at).filter(|i| **i <= last) {
+                let entry = &page[(index.0 - first.0) as usize];
+                dests.insert(index, entry.dest.clone());
+                at += 1;
             }
         }
-        Ok(())
+        Ok(dests)
     }
 
     pub(super) fn report(
@@ -67,26 +113,23 @@ impl Engine<'_> {
         state: TransferState,
         failed: Vec<(EntryIndex, String)>,
     ) -> Result<RunReport> {
-        let entries = self.committer.entries;
         let progress = &self.options.progress;
-        let files: Vec<_> = entries
-            .iter()
-            .filter(|e| e.kind != EntryKind::Dir)
-            .collect();
+        let dests = self.dests_of(&failed)?;
         Ok(RunReport {
             id: self.transfer.id,
             name: self.transfer.name.clone(),
             state,
-            files_total: files.len() as u64,
+            // Counted from the store when the run started.
+            files_total: progress.files_total.load(Ordering::Relaxed),
             files_committed: progress.files_done.load(Ordering::Relaxed),
             files_skipped: progress.files_skipped.load(Ordering::Relaxed),
-            bytes_total: files.iter().map(|e| e.meta.size).sum(),
+            bytes_total: progress.bytes_total.load(Ordering::Relaxed),
             bytes_copied: progress.bytes_copied.load(Ordering::Relaxed),
             bytes_reused: progress.bytes_reused.load(Ordering::Relaxed),
             failures: failed
                 .into_iter()
                 .map(|(index, error)| FileFailure {
-                    path: entries[index.0 as usize].dest.clone(),
+                    path: dests.get(&index).cloned().unwrap_or_default(),
                     error: crate::words::in_words(&error),
                 })
                 .collect(),

@@ -181,6 +181,8 @@ pub fn capture_fidelity(entries: &mut [NewEntry], fidelity: Fidelity) -> Result<
                     xattrs.0.push((acl.to_vec(), Vec::new()));
                 }
             }
+            // Held for every entry of the plan (see `Xattrs::decode`).
+            xattrs.0.shrink_to_fit();
             entry.xattrs = xattrs;
         }
     }

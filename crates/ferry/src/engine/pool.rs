@@ -5,7 +5,6 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 
@@ -13,7 +12,7 @@ use super::Engine;
 use super::commit::{MetadataTarget, Ready, apply_metadata_to};
 use super::copy::CopyError;
 use super::plan;
-use super::ranges::RangeTracker;
+use super::ranges::Trackers;
 use super::temp::{open_temp, write_error};
 use super::work::{Done, Work};
 use crate::checksum::{Checksum, Hasher};
@@ -25,8 +24,7 @@ impl Engine<'_> {
         &self,
         work: &[Work],
         next: &AtomicUsize,
-        trackers: &[Option<Mutex<RangeTracker>>],
-        entries: &[EntryRecord],
+        trackers: &Trackers,
         tx: SyncSender<Done>,
     ) {
         let mut buffer = Vec::new();
@@ -38,7 +36,7 @@ impl Engine<'_> {
             let Some(item) = work.get(i) else { return };
             let done = match *item {
                 Work::Whole(index) => {
-                    let entry = &entries[index.0 as usize];
+                    let entry = self.committer.entry(index);
                     match self.copy_whole(entry, &mut buffer) {
                         Ok((checksum, metadata_applied)) => Some(Done::Copied(Ready {
                             index,
@@ -52,7 +50,7 @@ impl Engine<'_> {
                     }
                 }
                 Work::Symlink(index) => {
-                    let entry = &entries[index.0 as usize];
+                    let entry = self.committer.entry(index);
                     Some(match self.make_symlink(entry) {
                         Ok(()) => Done::Copied(Ready {
                             index,
@@ -70,10 +68,8 @@ impl Engine<'_> {
                     start,
                     end,
                 } => {
-                    let entry = &entries[index.0 as usize];
-                    let tracker = trackers[index.0 as usize]
-                        .as_ref()
-                        .expect("a range without its tracker");
+                    let entry = self.committer.entry(index);
+                    let tracker = trackers.get(&index).expect("a range without its tracker");
                     // Once per range (RANGE_BYTES of data): no contention.
                     let mut named = self.options.progress.large_file.lock().expect("progress");
                     if named.as_deref() != Some(entry.dest.as_path()) {
@@ -83,10 +79,8 @@ impl Engine<'_> {
                     self.copy_range(entry, tracker, slot, start, end, &mut buffer)
                 }
                 Work::Rehash { index, piece } => {
-                    let entry = &entries[index.0 as usize];
-                    let tracker = trackers[index.0 as usize]
-                        .as_ref()
-                        .expect("a piece without its tracker");
+                    let entry = self.committer.entry(index);
+                    let tracker = trackers.get(&index).expect("a piece without its tracker");
                     self.rehash(entry, tracker, piece, &mut buffer)
                 }
             };

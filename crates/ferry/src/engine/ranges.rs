@@ -17,6 +17,10 @@ use crate::failpoint::{self, CommitStep};
 use crate::model::{EntryIndex, EntryRecord};
 use crate::store::{Change, StoreError};
 
+/// The trackers of a run's large files, by entry: only large files have
+/// one (a slot per entry cost 144 bytes for each small file).
+pub(super) type Trackers = std::collections::HashMap<EntryIndex, Mutex<RangeTracker>>;
+
 /// The ranges of one large file in flight, and its durable prefix.
 ///
 /// Ranges are aligned to checksum pieces: the first runs from `first` (a
@@ -293,10 +297,10 @@ impl Engine<'_> {
     /// All piece digests of a large file, when they are all known.
     pub(super) fn pieces_of(
         &self,
-        trackers: &[Option<Mutex<RangeTracker>>],
+        trackers: &Trackers,
         index: EntryIndex,
     ) -> Option<Vec<Checksum>> {
-        let tracker = trackers[index.0 as usize].as_ref()?.lock().ok()?;
+        let tracker = trackers.get(&index)?.lock().ok()?;
         tracker.digests.iter().copied().collect()
     }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::model::{EntryKind, EntryRecord, FileState};
@@ -13,49 +13,74 @@ use crate::model::{EntryKind, EntryRecord, FileState};
 /// Per-file allowance for the block a file's tail occupies.
 const BLOCK_BYTES: u64 = 4096;
 
-/// Sums what is left to copy per destination file system and compares it
-/// with the space free there (for unprivileged users: `f_bavail`).
-pub(crate) fn check(entries: &[EntryRecord]) -> Result<()> {
-    // device → (a directory on it, bytes needed)
-    let mut needed: HashMap<u64, (&Path, u64)> = HashMap::new();
-    let mut device_of: HashMap<&Path, (u64, &Path)> = HashMap::new();
-    for entry in entries {
+/// What is left to copy per destination file system, summed over pages of
+/// a transfer's entries (a run never holds them all), then compared with
+/// the space free there (for unprivileged users: `f_bavail`): one slot
+/// per file system, and one per destination directory.
+#[derive(Default)]
+pub(crate) struct Needed {
+    /// device → (a directory on it, bytes needed)
+    needed: HashMap<u64, (PathBuf, u64)>,
+    /// A destination's parent → its device, looked up once.
+    device_of: HashMap<PathBuf, u64>,
+}
+
+impl Needed {
+    pub(crate) fn add(&mut self, entries: &[EntryRecord]) -> Result<()> {
+        for entry in entries {
+            self.add_one(entry)?;
+        }
+        Ok(())
+    }
+
+    fn add_one(&mut self, entry: &EntryRecord) -> Result<()> {
         // Hard links take no space of their own.
         if entry.kind != EntryKind::File
             || entry.link_leader.is_some()
             || entry.state == FileState::Copied
             || entry.state.is_done()
         {
-            continue;
+            return Ok(());
         }
         // What a resume continues from (failed files keep theirs too).
         let durable = entry.progress_bytes_durable;
         let left = entry.meta.size.saturating_sub(durable);
         let parent = entry.dest.parent().unwrap_or(Path::new("."));
-        let (device, dir) = match device_of.get(parent) {
+        let device = match self.device_of.get(parent) {
             Some(known) => *known,
             None => {
                 let dir = existing_ancestor(parent);
                 let device = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?.dev();
-                device_of.insert(parent, (device, dir));
-                (device, dir)
+                self.device_of.insert(parent.to_path_buf(), device);
+                self.needed
+                    .entry(device)
+                    .or_insert_with(|| (dir.to_path_buf(), 0));
+                device
             }
         };
-        let slot = needed.entry(device).or_insert((dir, 0));
+        let slot = self
+            .needed
+            .get_mut(&device)
+            .expect("inserted with its device");
         slot.1 += left.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        Ok(())
     }
-    for (dir, bytes) in needed.into_values() {
-        let stat = rustix::fs::statvfs(dir).map_err(|e| Error::io(dir, e.into()))?;
-        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
-        if available < bytes {
-            return Err(Error::NotEnoughSpace {
-                path: dir.to_path_buf(),
-                needed: bytes,
-                available,
-            });
+
+    /// Refuses when a file system has less free than it needs.
+    pub(crate) fn check(self) -> Result<()> {
+        for (dir, bytes) in self.needed.into_values() {
+            let stat = rustix::fs::statvfs(&dir).map_err(|e| Error::io(&dir, e.into()))?;
+            let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+            if available < bytes {
+                return Err(Error::NotEnoughSpace {
+                    path: dir,
+                    needed: bytes,
+                    available,
+                });
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Allocates `[first, size)` of a large file's temporary, so that the copy

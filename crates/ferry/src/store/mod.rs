@@ -384,6 +384,26 @@ macro_rules! store_reads_through_inner {
             $crate::store::Store::first_entry(&*self.inner, id)
         }
 
+        fn entries_from(
+            &self,
+            id: $crate::model::TransferId,
+            from: $crate::model::EntryIndex,
+            limit: usize,
+        ) -> Result<Vec<$crate::model::EntryRecord>, $crate::store::StoreError> {
+            $crate::store::Store::entries_from(&*self.inner, id, from, limit)
+        }
+
+        fn reads_entry_ranges(&self) -> bool {
+            $crate::store::Store::reads_entry_ranges(&*self.inner)
+        }
+
+        fn directory_entries(
+            &self,
+            id: $crate::model::TransferId,
+        ) -> Result<Vec<$crate::model::EntryRecord>, $crate::store::StoreError> {
+            $crate::store::Store::directory_entries(&*self.inner, id)
+        }
+
         fn entry_tally(
             &self,
             id: $crate::model::TransferId,
@@ -477,6 +497,41 @@ pub trait Store: Send + Sync {
     /// one that copied the same paths (see [`crate::rerun`]).
     fn first_entry(&self, id: TransferId) -> Result<Option<EntryRecord>, StoreError> {
         Ok(self.entries(id)?.into_iter().next())
+    }
+
+    /// At most `limit` of the transfer's entries, from index `from` on, in
+    /// index order: how a run holds a bounded part of a transfer of any
+    /// size. The default reads every entry (see
+    /// [`Store::reads_entry_ranges`]).
+    fn entries_from(
+        &self,
+        id: TransferId,
+        from: EntryIndex,
+        limit: usize,
+    ) -> Result<Vec<EntryRecord>, StoreError> {
+        Ok(self
+            .entries(id)?
+            .into_iter()
+            .skip(from.0 as usize)
+            .take(limit)
+            .collect())
+    }
+
+    /// Whether [`Store::entries_from`] reads only the range it returns.
+    /// When it does not (the default), a run reads its entries in one
+    /// page rather than reading them all once per page.
+    fn reads_entry_ranges(&self) -> bool {
+        false
+    }
+
+    /// The transfer's directories, in index order: what a run's last pass
+    /// (their modes and times) needs, without the files.
+    fn directory_entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
+        Ok(self
+            .entries(id)?
+            .into_iter()
+            .filter(|e| e.kind == crate::model::EntryKind::Dir)
+            .collect())
     }
 
     /// A transfer's entries counted by state. The SQLite store keeps the

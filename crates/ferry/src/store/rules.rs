@@ -635,31 +635,70 @@ pub fn check_entries(
     id: TransferId,
     records: Vec<EntryRecord>,
 ) -> Result<Vec<EntryRecord>, StoreError> {
+    check_entries_from(path, id, EntryIndex(0), records)
+}
+
+/// [`check_entries`] for a page of them, the first at index `from`.
+pub fn check_entries_from(
+    path: &Path,
+    id: TransferId,
+    from: EntryIndex,
+    records: Vec<EntryRecord>,
+) -> Result<Vec<EntryRecord>, StoreError> {
     for (position, record) in records.iter().enumerate() {
         let index = record.index.0;
-        if index as usize != position {
-            return Err(corrupt(
-                path,
-                format!("transfer {id}: entry {index} found at position {position}"),
-            ));
-        }
-        if record.progress_bytes_durable > record.meta.size {
+        if u64::from(index) != u64::from(from.0) + position as u64 {
             return Err(corrupt(
                 path,
                 format!(
-                    "entry {index} of transfer {id}: progress {} beyond size {}",
-                    record.progress_bytes_durable, record.meta.size
+                    "transfer {id}: entry {index} found at position {position} from {}",
+                    from.0
                 ),
             ));
         }
-        if record.link_leader.is_some_and(|leader| leader.0 >= index) {
-            return Err(corrupt(
-                path,
-                format!("entry {index} of transfer {id}: a hard link to a later entry"),
-            ));
-        }
+        check_entry(path, id, record)?;
     }
     Ok(records)
+}
+
+/// [`check_entries`] for some of them (the directories): in index order,
+/// each once.
+pub fn check_entries_sorted(
+    path: &Path,
+    id: TransferId,
+    records: Vec<EntryRecord>,
+) -> Result<Vec<EntryRecord>, StoreError> {
+    for (position, record) in records.iter().enumerate() {
+        if position > 0 && records[position - 1].index >= record.index {
+            return Err(corrupt(
+                path,
+                format!("transfer {id}: entry {} out of order", record.index.0),
+            ));
+        }
+        check_entry(path, id, record)?;
+    }
+    Ok(records)
+}
+
+/// What one entry must hold, wherever it was read.
+fn check_entry(path: &Path, id: TransferId, record: &EntryRecord) -> Result<(), StoreError> {
+    let index = record.index.0;
+    if record.progress_bytes_durable > record.meta.size {
+        return Err(corrupt(
+            path,
+            format!(
+                "entry {index} of transfer {id}: progress {} beyond size {}",
+                record.progress_bytes_durable, record.meta.size
+            ),
+        ));
+    }
+    if record.link_leader.is_some_and(|leader| leader.0 >= index) {
+        return Err(corrupt(
+            path,
+            format!("entry {index} of transfer {id}: a hard link to a later entry"),
+        ));
+    }
+    Ok(())
 }
 
 /// Read back what `create_transfer` wrote: the disk and our model agree.

@@ -742,26 +742,32 @@ impl Store for SqliteStore {
     }
 
     fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
-        let rows = self.read(|conn| {
-            let tx = conn.unchecked_transaction()?;
-            let roots = read_roots(&tx, id)?;
-            let mut stmt = tx.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE transfer_id = ?1 ORDER BY idx"
-            ))?;
-            let rows = stmt.query_map([id.0], |row| Self::row_to_entry(&roots, row))?;
-            let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-            drop(stmt);
-            tx.finish()?;
-            Ok(rows)
-        })?;
-        let records = rows
-            .into_iter()
-            .map(|row| {
-                row.map_err(|what| self.corrupt(format!("transfer {id}, {what}")))?
-                    .into_record(&self.path, id)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let records = self.query_entries(id, "", EntryIndex(0), i64::MAX)?;
         rules::check_entries(&self.path, id, records)
+    }
+
+    fn entries_from(
+        &self,
+        id: TransferId,
+        from: EntryIndex,
+        limit: usize,
+    ) -> Result<Vec<EntryRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let records = self.query_entries(id, "", from, limit)?;
+        rules::check_entries_from(&self.path, id, from, records)
+    }
+
+    fn reads_entry_ranges(&self) -> bool {
+        true
+    }
+
+    fn directory_entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
+        let dirs = format!(
+            "AND kind = {}",
+            rules::entry_kind_code(crate::model::EntryKind::Dir)
+        );
+        let records = self.query_entries(id, &dirs, EntryIndex(0), i64::MAX)?;
+        rules::check_entries_sorted(&self.path, id, records)
     }
 
     fn first_entry(&self, id: TransferId) -> Result<Option<EntryRecord>, StoreError> {
@@ -946,6 +952,40 @@ impl Store for SqliteStore {
             conn,
             notifier: Arc::clone(&self.notifier),
         }))
+    }
+}
+
+impl SqliteStore {
+    /// At most `limit` entries of transfer `id` from index `from` on that
+    /// pass `clause` (SQL after the `WHERE`, a constant), in index order.
+    fn query_entries(
+        &self,
+        id: TransferId,
+        clause: &str,
+        from: EntryIndex,
+        limit: i64,
+    ) -> Result<Vec<EntryRecord>, StoreError> {
+        let rows = self.read(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let roots = read_roots(&tx, id)?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM entries WHERE transfer_id = ?1 AND idx >= ?2 \
+                 {clause} ORDER BY idx LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![id.0, from.0, limit], |row| {
+                Self::row_to_entry(&roots, row)
+            })?;
+            let rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(stmt);
+            tx.finish()?;
+            Ok(rows)
+        })?;
+        rows.into_iter()
+            .map(|row| {
+                row.map_err(|what| self.corrupt(format!("transfer {id}, {what}")))?
+                    .into_record(&self.path, id)
+            })
+            .collect()
     }
 }
 
