@@ -32,7 +32,7 @@ use ferry::store::{Change, Store, StoreError};
 use serde_json::json;
 
 use crate::conn::Db;
-use crate::store::{ENTRY_COLUMNS, entry_row, now_ns};
+use crate::store::{ENTRY_COLUMNS, now_ns};
 use crate::{PgStore, Tx};
 pub use plan::{
     BATCH_BYTES_MAX, BATCH_FILES_MAX, DIR_ITEM_DIRS_MAX, ItemKind, LISTING_DIR_ENTRIES_MAX,
@@ -470,7 +470,6 @@ impl PgStore {
         filter: &str,
         param: &[i64],
     ) -> Result<Vec<EntryRecord>, StoreError> {
-        let path = self.location_path();
         let param = param.to_vec();
         let rows = self
             .conn()?
@@ -482,13 +481,7 @@ impl PgStore {
                 &[&id.0, &param],
             )
             .map_err(|e| self.err(e))?;
-        rows.iter()
-            .map(|row| {
-                entry_row(row)
-                    .map_err(|e| self.err(e))?
-                    .into_record(&path, id)
-            })
-            .collect()
+        self.entry_records(id, &rows)
     }
 
     /// Per host (node): items done and held, files and bytes done.

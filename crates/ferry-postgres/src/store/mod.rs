@@ -70,6 +70,22 @@ pub(crate) fn now_ns() -> i64 {
 type Params<'a> = [&'a (dyn ToSql + Sync)];
 
 impl PgStore {
+    /// Entry rows read back as records.
+    pub(crate) fn entry_records(
+        &self,
+        id: TransferId,
+        rows: &[Row],
+    ) -> Result<Vec<EntryRecord>, StoreError> {
+        let path = self.location_path();
+        rows.iter()
+            .map(|row| {
+                entry_row(row)
+                    .map_err(|e| self.err(e))?
+                    .into_record(&path, id)
+            })
+            .collect()
+    }
+
     pub(crate) fn event(
         &self,
         tx: &mut Tx<'_>,
@@ -721,15 +737,39 @@ impl Store for PgStore {
                 &[&id.0],
             )
             .map_err(|e| self.err(e))?;
-        let records = rows
-            .iter()
-            .map(|row| {
-                entry_row(row)
-                    .map_err(|e| self.err(e))?
-                    .into_record(&path, id)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let records = self.entry_records(id, &rows)?;
         rules::check_entries(&path, id, records)
+    }
+
+    fn entries_from(
+        &self,
+        id: TransferId,
+        from: EntryIndex,
+        limit: usize,
+    ) -> Result<Vec<EntryRecord>, StoreError> {
+        let path = self.location_path();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .conn()?
+            .query(
+                &format!(
+                    "SELECT {ENTRY_COLUMNS} FROM entries WHERE transfer_id = $1 AND idx >= $2
+                     ORDER BY idx LIMIT $3"
+                ),
+                &[&id.0, &i64::from(from.0), &limit],
+            )
+            .map_err(|e| self.err(e))?;
+        let records = self.entry_records(id, &rows)?;
+        rules::check_entries_from(&path, id, from, records)
+    }
+
+    fn reads_entry_ranges(&self) -> bool {
+        true
+    }
+
+    fn directory_entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
+        let records = self.dir_entries(id)?;
+        rules::check_entries_sorted(&self.location_path(), id, records)
     }
 
     fn first_entry(&self, id: TransferId) -> Result<Option<EntryRecord>, StoreError> {
