@@ -123,6 +123,15 @@ fn node_command(schema: &TestSchema, host: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// Workers run in UTS namespaces (`unshare -u`): the test fails, never
+/// skips, without root.
+fn needs_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test runs workers in UTS namespaces (unshare -u): run it as root"
+    );
+}
+
 fn finished(child: Child) -> String {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -132,10 +141,7 @@ fn finished(child: Child) -> String {
 
 #[test]
 fn two_nodes_copy_a_tree_and_status_shows_each_node() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this test runs workers in UTS namespaces (unshare -u): run it as root"
-    );
+    needs_root();
     let s = Scratch::new();
     let schema = TestSchema::new();
     let (src, dst) = (s.path("src"), s.path("dst"));
@@ -227,10 +233,7 @@ fn distributed_needs_a_postgres_store() {
 /// every item done once by the lease it had then.
 #[test]
 fn a_worker_killed_mid_listing_of_grouped_directories_is_continued_by_another() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this test runs workers in UTS namespaces (unshare -u): run it as root"
-    );
+    needs_root();
     let s = Scratch::new();
     let schema = TestSchema::new();
     let (src, dst) = (s.path("src"), s.path("dst"));
@@ -407,10 +410,7 @@ fn watch_final_names(
 /// 200); `FERRY_CRASH_SEED` replays the kill moments.
 #[test]
 fn four_nodes_two_killed_copy_everything_exactly_once() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this test runs workers in UTS namespaces (unshare -u): run it as root"
-    );
+    needs_root();
     let env = |name: &str, default: usize| {
         std::env::var(name)
             .ok()
@@ -660,10 +660,7 @@ fn workers_pause_through_a_postgres_restart_and_complete_the_copy() {
 /// names the command that continues it.
 #[test]
 fn wait_holds_while_any_worker_lives_and_gives_up_when_none_does() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this test runs workers in UTS namespaces (unshare -u): run it as root"
-    );
+    needs_root();
     let s = Scratch::new();
     let schema = TestSchema::new();
     let fifo = s.path("pause");
@@ -730,10 +727,7 @@ fn wait_holds_while_any_worker_lives_and_gives_up_when_none_does() {
 /// again, and the copy ends identical, every item done once by its lease.
 #[test]
 fn a_worker_killed_between_the_commits_of_one_batch_is_continued_by_another() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this test runs workers in UTS namespaces (unshare -u): run it as root"
-    );
+    needs_root();
     let s = Scratch::new();
     let schema = TestSchema::new();
     let (src, dst) = (s.path("src"), s.path("dst"));
