@@ -85,10 +85,11 @@ pub(crate) fn cp(opened: &OpenedStore, args: &CpArgs) -> Result<Exit, Exit> {
     if !args.run.quiet {
         eprintln!(
             "ferry: transfer {} (id {}) is dispatched to the workers of {} \
-             (`ferry worker --store URL` on each node; `ferry watch`, `wait` and `status` \
+             (`ferry worker --store '{}'` on each node; `ferry watch`, `wait` and `status` \
              follow it)",
             record.name,
             record.id,
+            store.location().display(),
             store.location().display()
         );
     }

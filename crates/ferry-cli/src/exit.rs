@@ -24,7 +24,9 @@ pub enum Exit {
     RequestCanceled,
     /// `wait`, `watch --until-done`: the transfer is not over and its owner
     /// is dead, so nothing will end it.
-    OwnerDead(Box<ferry::model::TransferRecord>),
+    /// The transfer and its store's location (a PostgreSQL store's URL
+    /// without its password), for the command that continues it.
+    OwnerDead(Box<ferry::model::TransferRecord>, std::path::PathBuf),
     /// `cp`, `resume`: stopped by a signal (the code is 128 + its number;
     /// what to do was said).
     Interrupted(u8),
@@ -67,6 +69,15 @@ pub fn serve_code(e: &ServeError) -> u8 {
     }
 }
 
+/// A lease as `--lease` takes it: `10s`, `500ms`.
+fn lease_words(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 impl From<Exit> for ExitCode {
     fn from(exit: Exit) -> ExitCode {
         match exit {
@@ -77,18 +88,23 @@ impl From<Exit> for ExitCode {
             Exit::DataRemoved => ExitCode::from(38),
             Exit::RequestFailed => ExitCode::from(23),
             Exit::RequestCanceled => ExitCode::from(25),
-            Exit::OwnerDead(t) if t.kind == Kind::Distributed => {
-                let lease = t.lease.map_or(0, |l| l.lease_ms);
+            Exit::OwnerDead(t, store) if t.kind == Kind::Distributed => {
+                let lease = lease_words(t.lease.map_or(0, |l| l.lease_ms));
                 eprintln!(
                     "ferry: transfer {} (id {}) is {} but every `ferry worker` on it is gone \
-                     (none renewed its {lease} ms lease): nothing moves it now; \
-                     `ferry worker --store URL --transfer {}` on any node continues it, \
+                     (none renewed its {lease} lease): nothing moves it now; \
+                     `ferry worker --store '{}' --transfer {}` on any node continues it, \
                      `ferry cancel {}` ends it",
-                    t.name, t.id, t.state, t.name, t.name
+                    t.name,
+                    t.id,
+                    t.state,
+                    store.display(),
+                    t.name,
+                    t.name
                 );
                 ExitCode::from(OWNER_DEAD)
             }
-            Exit::OwnerDead(t) => {
+            Exit::OwnerDead(t, _) => {
                 eprintln!(
                     "ferry: transfer {} (id {}) is {} but its owner (pid {} on {}) is dead: \
                      nothing will move it; `ferry resume {}` continues it, `ferry cancel {}` ends it",

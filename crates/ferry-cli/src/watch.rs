@@ -118,7 +118,7 @@ pub fn watch(store: &dyn Store, args: WatchArgs) -> Result<Exit, Exit> {
             if let Some(id) = until.as_ref().and_then(|u| u.id)
                 && let Some(record) = abandoned(store, id)?
             {
-                return Err(Exit::OwnerDead(Box::new(record)));
+                return Err(Exit::OwnerDead(Box::new(record), store.location()));
             }
         }
         let Some(item) = item else {
@@ -213,7 +213,7 @@ pub fn wait(store: &dyn Store, name: &str) -> Result<Exit, Exit> {
             Some(_) => {}
             None => {
                 if let Some(record) = abandoned(store, transfer.id)? {
-                    return Err(Exit::OwnerDead(Box::new(record)));
+                    return Err(Exit::OwnerDead(Box::new(record), store.location()));
                 }
             }
         }
