@@ -226,7 +226,7 @@ impl Transfer {
     pub fn create_planned(
         store: Arc<dyn Store>,
         options: &TransferOptions,
-        plan: &mut dyn FnMut(&mut dyn FnMut(&mut Vec<NewEntry>) -> Result<()>) -> Result<()>,
+        plan: &mut dyn FnMut(PlanSink<'_>) -> Result<()>,
     ) -> Result<Transfer> {
         if let Some(existing) = Transfer::claim_name(&store, options)? {
             if existing.state != TransferState::Created {
@@ -241,7 +241,7 @@ impl Transfer {
         let (store, id) = (Arc::clone(&transfer.store), transfer.record.id);
         let planned = plan(&mut |batch| {
             crate::failpoint::hit(crate::failpoint::CommitStep::PlanBatch)
-                .map_err(|e| Error::io(&store.location(), e))?;
+                .map_err(|e| Error::io(store.location(), e))?;
             Ok(store.add_entries(id, batch)?)
         });
         if let Err(e) = planned {
@@ -832,6 +832,9 @@ impl Transfer {
         Ok(())
     }
 }
+
+/// Where [`Transfer::create_planned`]'s plan hands its batches.
+pub type PlanSink<'a> = &'a mut dyn FnMut(&mut Vec<NewEntry>) -> Result<()>;
 
 /// Cancels `id`, a transfer never dispatched, and frees its name, in one
 /// transaction; the event says `why`.
