@@ -113,16 +113,21 @@ pub fn plan_onto(
     rule: DestRule,
     filter: &Filter,
 ) -> Result<Vec<NewEntry>> {
-    plan_bounded(
+    let mut all = Vec::new();
+    let mut gather = |batch: &mut Vec<NewEntry>| {
+        all.append(batch);
+        Ok(())
+    };
+    plan_streaming(
         sources,
         dest,
         recursive,
         fidelity,
         rule,
         filter,
-        ENTRIES_MAX,
-    )?
-    .ok_or_else(|| over_entries_max(sources))
+        &mut gather,
+    )?;
+    Ok(all)
 }
 
 /// [`plan_onto`] that stops listing at `bound + 1` entries: `None` when

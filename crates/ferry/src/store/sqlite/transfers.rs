@@ -11,7 +11,25 @@ use super::*;
 /// [`FileState::allowed_from`] names (spelled out with OR: an IN list
 /// makes SQLite build a temporary table at each execution). Progress back to 0 restarts the file:
 /// its pieces' digests go. A checksum, when given, is recorded with it.
-fn entry_update_sql(to: FileState) -> String {
+fn entry_update_sql(to: FileState) -> &'static str {
+    // Written once per state: the committer runs it twice per file.
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        // Indexed by code: `ALL` is in code order.
+        assert!(
+            (0..)
+                .zip(FileState::ALL)
+                .all(|(code, state)| rules::file_state_code(state) == code)
+        );
+        FileState::ALL
+            .into_iter()
+            .map(entry_update_sql_of)
+            .collect()
+    });
+    &sql[rules::file_state_code(to) as usize]
+}
+
+fn entry_update_sql_of(to: FileState) -> String {
     let mut from: Vec<String> = to
         .allowed_from()
         .iter()
@@ -296,7 +314,7 @@ impl SqliteStore {
                 // states `to` may be entered from); only a refusal reads the
                 // entry again, to say what it was.
                 let changed = tx
-                    .prepare_cached(&entry_update_sql(*to))
+                    .prepare_cached(entry_update_sql(*to))
                     .and_then(|mut s| {
                         s.execute(params![
                             rules::file_state_code(*to),
