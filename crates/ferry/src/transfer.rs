@@ -13,8 +13,8 @@ use crate::engine::{self, ChunkHook, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
 use crate::heartbeat::Heartbeat;
 use crate::model::{
-    Caller, ChecksumAlgo, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve,
-    TransferId, TransferRecord, TransferState,
+    Caller, ChecksumAlgo, DEFAULT_TEMP_SUFFIX, EntryIndex, Kind, LinkLeader, NewEntry, NewTransfer,
+    Owner, Preserve, TransferId, TransferRecord, TransferState,
 };
 use crate::owner::Liveness;
 use crate::store::{Change, Store, StoreError};
@@ -239,10 +239,23 @@ impl Transfer {
             return Ok(transfer);
         }
         let (store, id) = (Arc::clone(&transfer.store), transfer.record.id);
+        let mut added = 0usize;
         let planned = plan(&mut |batch| {
+            // The plan counts a leader's position from its first entry, which
+            // is this transfer's first: one in an earlier batch is added.
+            for entry in batch.iter_mut() {
+                if let Some(LinkLeader::InBatch(position)) = entry.link_leader {
+                    entry.link_leader = Some(match position.checked_sub(added) {
+                        Some(in_batch) => LinkLeader::InBatch(in_batch),
+                        None => LinkLeader::Added(EntryIndex(position as u32)),
+                    });
+                }
+            }
             crate::failpoint::hit(crate::failpoint::CommitStep::PlanBatch)
                 .map_err(|e| Error::io(store.location(), e))?;
-            Ok(store.add_entries(id, batch)?)
+            store.add_entries(id, batch)?;
+            added += batch.len();
+            Ok(())
         });
         if let Err(e) = planned {
             // Nothing was copied: the part planned is of no use to anyone.

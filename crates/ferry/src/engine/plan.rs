@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::filter::Filter;
 use crate::error::{Error, Result};
-use crate::model::{EntryKind, NewEntry, SourceMeta, Xattrs};
+use crate::model::{EntryKind, LinkLeader, NewEntry, SourceMeta, Xattrs};
 
 /// Upper bound on the entries of one transfer; the store numbers them in u32.
 pub const ENTRIES_MAX: usize = 1 << 30;
@@ -157,8 +157,9 @@ pub fn plan_bounded(
 
 /// [`plan_onto`] in bounded memory: the entries are handed to `sink` in
 /// batches of at most [`PLAN_BATCH`], in the plan's order, each finished
-/// (absolute paths, hard-link leaders by position in the whole plan,
-/// extended attributes) as [`plan_onto`] finishes its list. Returns how
+/// (absolute paths, hard-link leaders, extended attributes) as
+/// [`plan_onto`] finishes its list: a leader is `LinkLeader::InBatch` of
+/// its position in the whole plan, which may be in an earlier batch. Returns how
 /// many were planned. A refusal found after the first batch was handed
 /// on (a duplicate destination, a source that vanished) is an error as
 /// it is for [`plan_onto`]; what was handed on is the caller's to drop.
@@ -315,7 +316,7 @@ fn capture_fidelity_at(
             && let Some(inode) = entry.shared_inode
         {
             let leader = *leaders.0.entry(inode).or_insert(position);
-            entry.link_leader = (leader != position).then_some(leader);
+            entry.link_leader = (leader != position).then_some(LinkLeader::InBatch(leader));
         }
         if fidelity.xattrs != XattrMode::None && entry.kind != EntryKind::Symlink {
             let mut xattrs = read_xattrs(&entry.source, fidelity.xattrs)
