@@ -238,6 +238,27 @@ impl CpArgs {
         self.plan_keeping(rule, filter, self.fidelity())
     }
 
+    /// [`CpArgs::plan`] without a file list, handed to `sink` a batch at
+    /// a time.
+    fn plan_into(
+        &self,
+        rule: DestRule,
+        filter: &Filter,
+        sink: &mut dyn FnMut(&mut Vec<ferry::model::NewEntry>) -> ferry::Result<()>,
+    ) -> ferry::Result<()> {
+        let (dest, sources) = self.paths.split_last().expect("clap requires two paths");
+        ferry::engine::plan::plan_streaming(
+            sources,
+            dest,
+            self.recursive || self.archive,
+            self.fidelity(),
+            rule,
+            filter,
+            sink,
+        )?;
+        Ok(())
+    }
+
     /// [`CpArgs::plan`], capturing what `fidelity` asks.
     fn plan_keeping(
         &self,
@@ -391,21 +412,42 @@ pub(crate) fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
     let (dest, sources) = args.paths.split_last().expect("clap requires two paths");
     // The same command run again is the same transfer: found before cp's
     // destination rule could nest it into what the first run created.
-    let found = if args.new {
-        None
-    } else {
-        ferry::rerun::find_same_copy(store.as_ref(), args.name.as_deref(), sources, dest)?
+    let find = || -> Result<_, Exit> {
+        Ok(if args.new {
+            None
+        } else {
+            ferry::rerun::find_same_copy(store.as_ref(), args.name.as_deref(), sources, dest)?
+        })
     };
+    let mut found = find()?;
     let mut rule = DestRule::Cp;
     let mut base = RunSettings::default();
-    let before = found.as_ref().map(|f| f.record.clone());
-    // A transfer bringing a completed copy up to date, killed before it
-    // was dispatched, recorded no skip rule: it continues with the re-run's.
-    let up_to_date = found.as_ref().is_some_and(|f| !f.copies.is_empty());
-    match found
-        .map(|found| ferry::rerun::take_up(Arc::clone(&store), found))
-        .transpose()?
-    {
+    // Each pass frees the transfer it abandons: it ends within the store's
+    // transfers.
+    let (mut before, mut up_to_date);
+    let taken = loop {
+        before = found.as_ref().map(|f| f.record.clone());
+        // A transfer bringing a completed copy up to date, killed before it
+        // was dispatched, recorded no skip rule: it continues with the re-run's.
+        up_to_date = found.as_ref().is_some_and(|f| !f.copies.is_empty());
+        let taken = found
+            .take()
+            .map(|found| ferry::rerun::take_up(Arc::clone(&store), found))
+            .transpose()?;
+        let Some(Rerun::Abandoned(record)) = taken else {
+            break taken;
+        };
+        if !args.run.quiet {
+            eprintln!(
+                "ferry: transfer {} (id {}) was never dispatched: its owner, process {} on {}, \
+                 died while planning it, so its list of files may be incomplete; it is \
+                 cancelled, and this copy is planned anew",
+                record.name, record.id, record.owner.pid, record.owner.host
+            );
+        }
+        found = find()?;
+    };
+    match taken {
         Some(Rerun::Continue(transfer)) => {
             let before = before.expect("found");
             return continue_rerun(*transfer, &before, &args, up_to_date);
@@ -428,15 +470,28 @@ pub(crate) fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
                 );
             }
         }
+        Some(Rerun::Abandoned(_)) => unreachable!("the loop above takes up another"),
         None => {}
     }
     let filter = args.filter()?;
-    let entries = args.plan(rule, &filter)?;
     let base = args.settings_over(base, &filter);
-    let mut transfer = Transfer::create_with(store, &args.options(kind, preserve), &entries)?;
-    // In the store now: the run reads its entries from there, so the plan
-    // (half a copy's memory per file) must not outlive this.
-    drop(entries);
+    // Planned into the store a batch at a time: memory holds a batch of
+    // the plan, never the tree.
+    // A file list is read whole, and so planned whole, first.
+    let listed = match &args.files_from {
+        Some(_) => Some(args.plan(rule, &filter)?),
+        None => None,
+    };
+    let mut transfer = Transfer::create_planned(
+        store,
+        &args.options(kind, preserve),
+        &mut |sink| match &listed {
+            Some(entries) => entries
+                .chunks(ferry::engine::plan::PLAN_BATCH)
+                .try_for_each(|chunk| sink(&mut chunk.to_vec())),
+            None => args.plan_into(rule, &filter, sink),
+        },
+    )?;
     let (start, workers) = if transfer.reattached() {
         let record = transfer.record();
         let left_by = transfer.previous_owner().unwrap_or(&record.owner);

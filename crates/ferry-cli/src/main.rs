@@ -722,6 +722,18 @@ fn run_command(
         Command::Verify(args) => verify::run(store.as_ref(), socket, &args.targets, args.json),
         Command::Resume(args) => {
             let mut transfer = Transfer::open(store, &args.name)?;
+            // Its entries may be part of a plan (see `Transfer::create_planned`).
+            let record = transfer.record();
+            if record.state == ferry::TransferState::Created
+                && record.owner_liveness() == ferry::owner::Liveness::Dead
+            {
+                return Err(Exit::Error(ferry::Error::NeverDispatched {
+                    name: record.name.clone(),
+                    id: record.id,
+                    pid: record.owner.pid,
+                    host: record.owner.host.clone(),
+                }));
+            }
             let workers = args.run.apply_to_resume(&mut transfer)?;
             Ok(move_and_wait(transfer, Start::Resume, workers, &args.run)?)
         }

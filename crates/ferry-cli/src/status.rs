@@ -208,6 +208,10 @@ fn next_step(name: &str, state: &str, liveness: &str, daemon: bool) -> Option<St
         "cancelled" => Some(format!(
             "ferry resume {name} continues it; ferry forget {name} drops it"
         )),
+        "created" if liveness == "dead" && !daemon => Some(format!(
+            "its owner died before dispatching it, so its list of files may be incomplete: \
+             the command that made it, run again, plans it anew; ferry forget {name} drops it"
+        )),
         _ if liveness == "dead" && !daemon => Some(format!(
             "its owner died: ferry resume {name} continues it; ferry forget {name} drops it"
         )),

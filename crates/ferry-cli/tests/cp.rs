@@ -352,3 +352,35 @@ fn default_store_is_ferry_store_then_xdg_state_home_then_home() {
     assert!(!s.path("nonexistent").exists());
     assert!(!s.path("h").exists());
 }
+
+/// `cp -a` plans into the store a batch of 4,096 entries at a time: hard
+/// links whose first name is in one batch and others in later batches
+/// stay hard links (one inode, data copied once), as do links within a
+/// batch.
+#[test]
+fn hard_links_across_the_batches_of_a_plan_stay_hard_links() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    for d in 0..10 {
+        fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for f in 0..1000 {
+            fs::write(src.join(format!("d{d}/f{f:04}")), b"").unwrap();
+        }
+    }
+    fs::write(src.join("d0/a-leader"), b"shared").unwrap();
+    // Listed first (d0), then in the third batch (d9) and in the same.
+    fs::hard_link(src.join("d0/a-leader"), src.join("d9/z-far")).unwrap();
+    fs::hard_link(src.join("d0/a-leader"), src.join("d0/b-near")).unwrap();
+    run_ok(
+        s.ferry()
+            .args(["cp", "-a", "-q"])
+            .arg(&src)
+            .arg(s.path("dst")),
+    );
+    let ino = |rel: &str| fs::metadata(s.path("dst").join(rel)).unwrap().ino();
+    assert_eq!(ino("d0/a-leader"), ino("d9/z-far"));
+    assert_eq!(ino("d0/a-leader"), ino("d0/b-near"));
+    assert_eq!(fs::metadata(s.path("dst/d9/z-far")).unwrap().nlink(), 3);
+    assert_eq!(fs::read(s.path("dst/d9/z-far")).unwrap(), b"shared");
+    assert_same_tree(&src, &s.path("dst"));
+}

@@ -123,15 +123,18 @@ fn sigkill_at_random_moments_then_resume_converges() {
         let (unfinished, last_seq) = progress_of_unfinished(&store);
 
         let mut again = ferry_at(&store);
+        // Recorded and dispatched: a transfer killed while its plan was
+        // added is left `created`, and only the same `cp` continues it.
         let exists = SqliteStore::open(&store)
             .unwrap()
             .transfer_by_name("crash")
             .unwrap()
-            .is_some();
+            .is_some_and(|t| t.state != ferry::TransferState::Created);
         if exists {
             again.args(["resume", "crash", "--json"]);
         } else {
-            // Killed before the transfer was recorded: start it again.
+            // Killed before the transfer was recorded or dispatched: the
+            // same command again.
             again
                 .args(["cp", "-a", "--json", "--name", "crash"])
                 .arg(&src)

@@ -103,10 +103,11 @@ fn cp_with_failpoint(s: &Scratch, spec: &str, src: &Path, dst: &Path) -> std::pr
 }
 
 /// `ferry resume fp`; or, when the fault came before the transfer was
-/// recorded (`store.commit:1`), the same `ferry cp` again.
+/// recorded (`store.commit:1`) or dispatched (its plan is added to it by
+/// `store.commit:2`), the same `ferry cp` again.
 fn resume_converges(s: &Scratch, src: &Path, dst: &Path) -> serde_json::Value {
-    let exists = run(s.ferry().args(["status", "fp"])).status.success();
-    let out = if exists {
+    let dispatched = planned(s).is_some_and(|t| t.state != ferry::TransferState::Created);
+    let out = if dispatched {
         run(s.ferry().args(["resume", "fp", "--json"]))
     } else {
         run(s
@@ -121,6 +122,14 @@ fn resume_converges(s: &Scratch, src: &Path, dst: &Path) -> serde_json::Value {
     assert_same_tree(src, dst);
     assert_store_within_disk(&s.store());
     report
+}
+
+/// The transfer `fp`, if it is recorded.
+fn planned(s: &Scratch) -> Option<ferry::model::TransferRecord> {
+    SqliteStore::open(&s.store())
+        .unwrap()
+        .transfer_by_name("fp")
+        .unwrap()
 }
 
 #[test]
@@ -145,14 +154,12 @@ fn crash_at_every_commit_step_then_resume_converges() {
             }
             assert_no_partial_files(&src, &dst);
             assert_store_within_disk(&s.store());
-            let recorded = SqliteStore::open(&s.store())
-                .unwrap()
-                .transfer_by_name("fp")
-                .unwrap()
-                .is_some();
-            if !recorded {
-                // Killed while the transfer itself was being recorded.
-                assert_eq!((step, nth), (CommitStep::StoreCommit, 1));
+            let dispatched = planned(&s).is_some_and(|t| t.state != ferry::TransferState::Created);
+            if !dispatched {
+                // Killed while the transfer itself was being recorded, or
+                // its plan added to it (the first commits, with the owner's
+                // first heartbeat among them).
+                assert_eq!(step, CommitStep::StoreCommit, "{spec}");
                 resume_converges(&s, &src, &dst);
                 continue;
             }

@@ -596,3 +596,105 @@ fn status_says_what_to_do_next_and_filters_by_state_and_limit() {
     let refused = run(s.ferry().args(["status", "--state", "done"]));
     assert_eq!(refused.status.code(), Some(2), "{refused:?}");
 }
+
+/// A copy is planned into the store a batch at a time (4,096 entries), so
+/// SIGKILL between two batches leaves a `created` transfer holding part
+/// of the plan. `status` says so, `ferry resume` refuses it (a partial
+/// list would be copied as if whole), and the same command again, named
+/// or not, cancels it and plans the copy anew: the whole tree, once.
+#[test]
+fn a_copy_killed_while_it_is_planned_is_planned_anew_by_the_same_command() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    for d in 0..90 {
+        fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
+        for f in 0..100 {
+            fs::write(src.join(format!("d{d:02}/f{f}")), b"").unwrap();
+        }
+    }
+    for (name, dst) in [(Some("big"), "dst-named"), (None, "dst")] {
+        let cp = || {
+            let mut cp = s.ferry();
+            cp.args(["cp", "-a"]);
+            if let Some(name) = name {
+                cp.args(["--name", name]);
+            }
+            cp.arg(&src).arg(s.path(dst));
+            cp
+        };
+        let out = run(cp().env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "{out:?}"
+        );
+        assert!(
+            !s.path(dst).exists(),
+            "nothing is copied before the plan ends"
+        );
+        let store = SqliteStore::open(&s.store()).unwrap();
+        let killed = store
+            .transfers()
+            .unwrap()
+            .into_iter()
+            .find(|t| t.state == TransferState::Created)
+            .expect("the killed copy's transfer");
+        let planned = store.entry_tally(killed.id).unwrap().entries;
+        assert!(
+            (4096..9091).contains(&planned),
+            "one batch of the plan is in the store: {planned}"
+        );
+
+        let out = run_ok(s.ferry().arg("status"));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains(
+                "its owner died before dispatching it, so its list of files may be incomplete"
+            ),
+            "{said}"
+        );
+        let out = run(s.ferry().args(["resume", &killed.name]));
+        assert_eq!(out.status.code(), Some(13), "{out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("was never dispatched"), "{said}");
+        assert!(
+            said.contains("run the command that made it again"),
+            "{said}"
+        );
+
+        let out = run_ok(&mut cp());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains(&format!(
+                "transfer {} (id {}) was never dispatched",
+                killed.name, killed.id
+            )),
+            "{said}"
+        );
+        assert_same_tree(&src, &s.path(dst));
+        let transfers = store.transfers().unwrap();
+        let live: Vec<_> = transfers
+            .iter()
+            .filter(|t| t.state != TransferState::Completed)
+            .collect();
+        assert!(live.is_empty(), "{live:?}");
+        let done = transfers
+            .iter()
+            .find(|t| name.is_none_or(|name| t.name == name) && t.id != killed.id)
+            .unwrap_or_else(|| panic!("{transfers:?}"));
+        assert_eq!(store.entry_tally(done.id).unwrap().entries, 9091);
+        // Cancelled and freed: its events say why.
+        assert!(store.transfer(killed.id).unwrap().is_none());
+        let filter = EventFilter {
+            transfer: Some(killed.id),
+            kind: Some("transfer.cancelled".into()),
+            ..Default::default()
+        };
+        let cancelled = store.events_since(0, &filter, 10).unwrap();
+        assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+        assert_eq!(
+            cancelled[0].context["abandoned"],
+            "never dispatched: its owner died while planning it"
+        );
+    }
+}

@@ -80,7 +80,9 @@ impl From<ferry::Error> for ApiError {
             E::TransferNotFound { .. } => (S::NOT_FOUND, "transfer_not_found"),
             E::InvalidName { .. } => (S::BAD_REQUEST, "invalid_name"),
             E::OwnerAlive { .. } | E::NameInUse { .. } => (S::CONFLICT, "name_in_use"),
-            E::NothingToDo { .. } | E::NotDispatched { .. } => (S::CONFLICT, "nothing_to_do"),
+            E::NothingToDo { .. } | E::NotDispatched { .. } | E::NeverDispatched { .. } => {
+                (S::CONFLICT, "nothing_to_do")
+            }
             E::Cancelled { .. } | E::Store(StoreError::Cancelled { .. }) => {
                 (S::CONFLICT, "cancelled")
             }

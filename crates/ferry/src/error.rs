@@ -90,6 +90,19 @@ pub enum Error {
     #[error("transfer {name} (id {id}) was cancelled")]
     Cancelled { name: String, id: TransferId },
 
+    #[error(
+        "transfer {name} (id {id}) was never dispatched: its owner, process {pid} on {host}, \
+         died before dispatching it (while planning it), so its list of files may be \
+         incomplete; run the command that made it again (it plans the copy anew), or \
+         `ferry forget {name}`"
+    )]
+    NeverDispatched {
+        name: String,
+        id: TransferId,
+        pid: u32,
+        host: String,
+    },
+
     #[error("transfer {id} was not dispatched: dispatch it before {action}")]
     NotDispatched {
         id: TransferId,
@@ -166,7 +179,9 @@ impl Error {
             Error::TransferNotFound { .. } => 10,
             Error::OwnerAlive { .. } | Error::NameInUse { .. } => 11,
             Error::Cancelled { .. } | Error::Store(StoreError::Cancelled { .. }) => 12,
-            Error::NothingToDo { .. } | Error::NotDispatched { .. } => 13,
+            Error::NothingToDo { .. }
+            | Error::NotDispatched { .. }
+            | Error::NeverDispatched { .. } => 13,
             Error::UnsupportedFileType { .. } => 14,
             Error::Store(
                 StoreError::Open { .. }

@@ -54,6 +54,8 @@ pub enum CommitStep {
     RestoreData,
     /// `--delete`: before each extra file or directory is removed.
     RemoveExtra,
+    /// Before each batch of a plan is added to its new transfer.
+    PlanBatch,
 }
 
 impl CommitStep {
@@ -81,6 +83,9 @@ impl CommitStep {
     /// The steps of `--delete`, after every commit.
     pub const DELETE: [CommitStep; 1] = [CommitStep::RemoveExtra];
 
+    /// The steps of planning a copy into the store.
+    pub const PLAN: [CommitStep; 1] = [CommitStep::PlanBatch];
+
     pub fn name(self) -> &'static str {
         match self {
             CommitStep::ReadSource => "source.read",
@@ -97,6 +102,7 @@ impl CommitStep {
             CommitStep::ArchiveRename => "hsm.archive_rename",
             CommitStep::RestoreData => "hsm.restore_data",
             CommitStep::RemoveExtra => "delete.remove",
+            CommitStep::PlanBatch => "plan.add_batch",
         }
     }
 }
@@ -133,6 +139,7 @@ fn parse(spec: &str) -> Option<Armed> {
         .into_iter()
         .chain(CommitStep::HSM)
         .chain(CommitStep::DELETE)
+        .chain(CommitStep::PLAN)
         .find(|s| s.name() == step)?
         .name();
     let action = match action {

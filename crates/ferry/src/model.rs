@@ -376,6 +376,17 @@ pub struct EntryRecord {
     pub xattrs: Xattrs,
 }
 
+/// Where a hard link's leader, the first entry sharing its inode, is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkLeader {
+    /// At this position in the same slice of new entries.
+    InBatch(usize),
+    /// In the transfer already, at this index: a plan added a batch at a
+    /// time by its one writer (`Transfer::create_planned`), whose earlier
+    /// batch held the leader.
+    Added(EntryIndex),
+}
+
 /// An entry about to be added to a transfer.
 #[derive(Clone, Debug)]
 pub struct NewEntry {
@@ -384,9 +395,8 @@ pub struct NewEntry {
     pub dest: PathBuf,
     pub meta: SourceMeta,
     pub link_target: Option<PathBuf>,
-    /// Position, in the same slice of new entries, of the first entry
-    /// that shares this file's inode (a hard link).
-    pub link_leader: Option<usize>,
+    /// The first entry that shares this file's inode (a hard link).
+    pub link_leader: Option<LinkLeader>,
     /// Device and inode of a source file with more than one link, as the
     /// walk's `lstat` found them: hard-link groups are formed from these
     /// without a second `lstat`.

@@ -43,6 +43,9 @@ pub enum Rerun {
     /// It completed: copy again onto the same destinations under `rule`,
     /// skipping what already matches.
     UpToDate(Box<SameCopy>),
+    /// It was never dispatched and its owner died: it is cancelled and
+    /// freed; plan the copy anew.
+    Abandoned(Box<TransferRecord>),
 }
 
 /// The live transfer of `store` whose recorded roots are `sources`, each
@@ -176,6 +179,13 @@ fn same_roots(
 pub fn take_up(store: Arc<dyn Store>, found: SameCopy) -> Result<Rerun> {
     match found.record.state {
         TransferState::Completed | TransferState::Finalized => Ok(Rerun::UpToDate(Box::new(found))),
+        // Killed while its plan was added (see `Transfer::create_planned`):
+        // its entries may be part of the copy only, and none was copied.
+        TransferState::Created => {
+            let record = found.record.clone();
+            Transfer::abandon_undispatched(&store, found.record)?;
+            Ok(Rerun::Abandoned(Box::new(record)))
+        }
         _ => {
             let transfer = Transfer::take_over(store, found.record)?;
             Ok(Rerun::Continue(Box::new(transfer)))

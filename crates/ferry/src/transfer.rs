@@ -13,8 +13,8 @@ use crate::engine::{self, ChunkHook, Progress, RunOptions, RunReport};
 use crate::error::{Error, Result};
 use crate::heartbeat::Heartbeat;
 use crate::model::{
-    Caller, ChecksumAlgo, DEFAULT_TEMP_SUFFIX, Kind, NewEntry, NewTransfer, Owner, Preserve,
-    TransferId, TransferRecord, TransferState,
+    Caller, ChecksumAlgo, DEFAULT_TEMP_SUFFIX, EntryIndex, Kind, LinkLeader, NewEntry, NewTransfer,
+    Owner, Preserve, TransferId, TransferRecord, TransferState,
 };
 use crate::owner::Liveness;
 use crate::store::{Change, Store, StoreError};
@@ -207,45 +207,131 @@ impl Transfer {
         options: &TransferOptions,
         entries: &[NewEntry],
     ) -> Result<Transfer> {
-        // A bad FERRY_OWNER_LEASE is said before anything is written.
-        crate::owner::lease()?;
-        let name = options.name.as_deref();
-        let (kind, preserve) = (options.kind, options.preserve);
-        if let Some(name) = name {
-            crate::model::check_name(name).map_err(|why| Error::InvalidName {
-                name: name.to_owned(),
-                why,
-            })?;
+        if let Some(existing) = Transfer::claim_name(&store, options)? {
+            return Transfer::reattach(store, existing);
         }
-        if let Some(name) = name
-            && let Some(existing) = store.transfer_by_name(name)?
-        {
-            // Cancelled before any entry was added (a refused request):
-            // nothing to continue, and the name is free again.
-            let never_filled = existing.state == TransferState::Cancelled
-                && store.entry_tally(existing.id)?.entries == 0;
-            if !never_filled
-                && !matches!(
-                    existing.state,
-                    TransferState::Completed | TransferState::Finalized
-                )
-            {
+        Transfer::insert(store, options, entries)
+    }
+
+    /// [`Transfer::create_with`], with its entries planned into the store a
+    /// batch at a time: `plan` hands each batch to the function it is
+    /// given, and memory holds one batch, not the tree.
+    ///
+    /// Entries are added until the plan ends, while the transfer is
+    /// `created`; it is dispatched only after. So a transfer found
+    /// `created` with a dead owner may hold part of a plan: under this
+    /// name it is not continued but cancelled and freed
+    /// ([`Transfer::abandon_undispatched`]), and the copy is planned anew.
+    /// A plan that fails leaves its transfer cancelled and freed too.
+    pub fn create_planned(
+        store: Arc<dyn Store>,
+        options: &TransferOptions,
+        plan: &mut dyn FnMut(PlanSink<'_>) -> Result<()>,
+    ) -> Result<Transfer> {
+        if let Some(existing) = Transfer::claim_name(&store, options)? {
+            if existing.state != TransferState::Created {
                 return Transfer::reattach(store, existing);
             }
-            // A job script with a fixed name runs again: the finished
-            // transfer gives up its name and stays readable by id.
-            match store.apply(&[Change::Free { id: existing.id }]) {
-                // Another process freed it first.
-                Ok(()) | Err(StoreError::NoSuchTransfer { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            Transfer::abandon_undispatched(&store, existing)?;
         }
+        let transfer = Transfer::insert(store, options, &[])?;
+        if transfer.reattached {
+            return Ok(transfer);
+        }
+        let (store, id) = (Arc::clone(&transfer.store), transfer.record.id);
+        let mut added = 0usize;
+        let planned = plan(&mut |batch| {
+            // The plan counts a leader's position from its first entry, which
+            // is this transfer's first: one in an earlier batch is added.
+            for entry in batch.iter_mut() {
+                if let Some(LinkLeader::InBatch(position)) = entry.link_leader {
+                    entry.link_leader = Some(match position.checked_sub(added) {
+                        Some(in_batch) => LinkLeader::InBatch(in_batch),
+                        None => LinkLeader::Added(EntryIndex(position as u32)),
+                    });
+                }
+            }
+            crate::failpoint::hit(crate::failpoint::CommitStep::PlanBatch)
+                .map_err(|e| Error::io(store.location(), e))?;
+            store.add_entries(id, batch)?;
+            added += batch.len();
+            Ok(())
+        });
+        if let Err(e) = planned {
+            // Nothing was copied: the part planned is of no use to anyone.
+            let _ = abandon(transfer.store.as_ref(), id, "its plan failed");
+            return Err(e);
+        }
+        Ok(transfer)
+    }
+
+    /// Takes over `record`, a transfer never dispatched whose owner died
+    /// (else [`Error::OwnerAlive`]), and ends it: cancelled, its name
+    /// freed. Its entries may be only part of what it was to copy, and
+    /// nothing of it was copied.
+    pub fn abandon_undispatched(store: &Arc<dyn Store>, record: TransferRecord) -> Result<()> {
+        debug_assert_eq!(record.state, TransferState::Created);
+        let transfer = Transfer::take_over(Arc::clone(store), record)?;
+        abandon(
+            store.as_ref(),
+            transfer.record.id,
+            "never dispatched: its owner died while planning it",
+        )
+    }
+
+    /// The transfer `options` names, when it is to be re-attached; a
+    /// finished one gives up its name (and a refused request's, never
+    /// filled), so that None means: create it.
+    fn claim_name(
+        store: &Arc<dyn Store>,
+        options: &TransferOptions,
+    ) -> Result<Option<TransferRecord>> {
+        // A bad FERRY_OWNER_LEASE is said before anything is written.
+        crate::owner::lease()?;
+        let Some(name) = options.name.as_deref() else {
+            return Ok(None);
+        };
+        crate::model::check_name(name).map_err(|why| Error::InvalidName {
+            name: name.to_owned(),
+            why,
+        })?;
+        let Some(existing) = store.transfer_by_name(name)? else {
+            return Ok(None);
+        };
+        // Cancelled before any entry was added (a refused request):
+        // nothing to continue, and the name is free again.
+        let never_filled = existing.state == TransferState::Cancelled
+            && store.entry_tally(existing.id)?.entries == 0;
+        if !never_filled
+            && !matches!(
+                existing.state,
+                TransferState::Completed | TransferState::Finalized
+            )
+        {
+            return Ok(Some(existing));
+        }
+        // A job script with a fixed name runs again: the finished
+        // transfer gives up its name and stays readable by id.
+        match store.apply(&[Change::Free { id: existing.id }]) {
+            // Another process freed it first.
+            Ok(()) | Err(StoreError::NoSuchTransfer { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the new transfer with `entries`, and holds it.
+    fn insert(
+        store: Arc<dyn Store>,
+        options: &TransferOptions,
+        entries: &[NewEntry],
+    ) -> Result<Transfer> {
+        let name = options.name.as_deref();
         let record = store.create_transfer(
             &NewTransfer {
                 name: name.map(str::to_owned),
-                kind,
+                kind: options.kind,
                 owner: Owner::current(),
-                preserve,
+                preserve: options.preserve,
                 temp_suffix: DEFAULT_TEMP_SUFFIX.into(),
                 checksum: options.checksum,
                 caller: options.caller.clone(),
@@ -758,6 +844,27 @@ impl Transfer {
         self.store.apply(&[Change::Free { id: self.record.id }])?;
         Ok(())
     }
+}
+
+/// Where [`Transfer::create_planned`]'s plan hands its batches.
+pub type PlanSink<'a> = &'a mut dyn FnMut(&mut Vec<NewEntry>) -> Result<()>;
+
+/// Cancels `id`, a transfer never dispatched, and frees its name, in one
+/// transaction; the event says `why`.
+fn abandon(store: &dyn Store, id: TransferId, why: &str) -> Result<()> {
+    store.apply(&[
+        Change::Transfer {
+            id,
+            to: TransferState::Cancelled,
+            owner: None,
+            context: serde_json::json!({
+                "by_pid": std::process::id(),
+                "abandoned": why,
+            }),
+        },
+        Change::Free { id },
+    ])?;
+    Ok(())
 }
 
 #[cfg(test)]

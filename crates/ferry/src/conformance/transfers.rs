@@ -2,6 +2,7 @@
 //! round trips of every field, progress, cancel, free and re-attach.
 
 use super::*;
+use crate::model::LinkLeader;
 
 pub fn ids_are_never_reused_and_names_are_unique<S: Store>(open: &dyn Fn() -> S) {
     let store = open();
@@ -205,7 +206,7 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
             dest: "/dst/d/hardlink".into(),
             meta: meta(100),
             link_target: None,
-            link_leader: Some(1),
+            link_leader: Some(LinkLeader::InBatch(1)),
             shared_inode: None,
             inode_changed_ns: 0,
             xattrs: Xattrs::default(),
@@ -225,10 +226,17 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
         },
         file_entry(4, 7),
         NewEntry {
-            link_leader: Some(1),
+            link_leader: Some(LinkLeader::InBatch(1)),
             shared_inode: None,
             inode_changed_ns: 0,
             ..file_entry(5, 7)
+        },
+        // A plan added a batch at a time: a leader in an earlier batch.
+        NewEntry {
+            link_leader: Some(LinkLeader::Added(EntryIndex(1))),
+            shared_inode: None,
+            inode_changed_ns: 0,
+            ..file_entry(6, 100)
         },
     ];
     let t = store.create_transfer(&new, &first).unwrap();
@@ -252,7 +260,7 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
     assert_eq!(by_name.id, t.id);
 
     let entries = store.entries(t.id).unwrap();
-    assert_eq!(entries.len(), 6);
+    assert_eq!(entries.len(), 7);
     // The first entry alone (how a re-run finds the copy it repeats).
     assert_eq!(
         serde_json::to_value(store.first_entry(t.id).unwrap()).unwrap(),
@@ -269,14 +277,14 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
     // (Debug: some paths are not UTF-8, which JSON cannot hold.)
     let json = |records: &[crate::model::EntryRecord]| format!("{records:?}");
     for (from, limit) in [
-        (0usize, 6usize),
+        (0usize, 7usize),
         (0, 4),
         (2, 3),
         (4, 100),
-        (6, 1),
+        (7, 1),
         (0, usize::MAX),
     ] {
-        let want = &entries[from.min(6)..(from.saturating_add(limit)).min(6)];
+        let want = &entries[from.min(7)..(from.saturating_add(limit)).min(7)];
         let got = store
             .entries_from(t.id, EntryIndex(from as u32), limit)
             .unwrap();
@@ -299,9 +307,11 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
         assert_eq!(got.link_target, want.link_target, "entry {i}");
         assert_eq!(
             got.link_leader,
-            want.link_leader
-                .map(|l| EntryIndex((leader_base + l) as u32)),
-            "entry {i}: the leader is counted from the batch's first index"
+            want.link_leader.map(|l| match l {
+                LinkLeader::InBatch(l) => EntryIndex((leader_base + l) as u32),
+                LinkLeader::Added(index) => index,
+            }),
+            "entry {i}: the leader is counted from the batch's first index, or named"
         );
         assert_eq!(got.xattrs, want.xattrs, "entry {i}");
         assert_eq!(
@@ -429,7 +439,7 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
                "pid": 4_000_000, "uid": 4_000_000_001u32})
     );
     assert_eq!(events[1].context, json!({"entries": 3, "bytes": 200}));
-    assert_eq!(events[2].context, json!({"entries": 3, "bytes": 19}));
+    assert_eq!(events[2].context, json!({"entries": 4, "bytes": 119}));
     assert_eq!(events[3].context, Value::Null);
     assert_eq!(events[6].context, json!({"bytes_durable": 50}));
     assert_eq!(events[7].context, context);

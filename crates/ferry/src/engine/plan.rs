@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::filter::Filter;
 use crate::error::{Error, Result};
-use crate::model::{EntryKind, NewEntry, SourceMeta, Xattrs};
+use crate::model::{EntryKind, LinkLeader, NewEntry, SourceMeta, Xattrs};
 
 /// Upper bound on the entries of one transfer; the store numbers them in u32.
 pub const ENTRIES_MAX: usize = 1 << 30;
@@ -113,16 +113,21 @@ pub fn plan_onto(
     rule: DestRule,
     filter: &Filter,
 ) -> Result<Vec<NewEntry>> {
-    plan_bounded(
+    let mut all = Vec::new();
+    let mut gather = |batch: &mut Vec<NewEntry>| {
+        all.append(batch);
+        Ok(())
+    };
+    plan_streaming(
         sources,
         dest,
         recursive,
         fidelity,
         rule,
         filter,
-        ENTRIES_MAX,
-    )?
-    .ok_or_else(|| over_entries_max(sources))
+        &mut gather,
+    )?;
+    Ok(all)
 }
 
 /// [`plan_onto`] that stops listing at `bound + 1` entries: `None` when
@@ -138,11 +143,143 @@ pub fn plan_bounded(
     filter: &Filter,
     bound: usize,
 ) -> Result<Option<Vec<NewEntry>>> {
-    let Some(mut entries) = plan_by(sources, dest, recursive, rule, filter, bound)? else {
-        return Ok(None);
+    let mut all = Vec::new();
+    let mut gather = |batch: &mut Vec<NewEntry>| {
+        all.append(batch);
+        Ok(())
     };
-    capture_fidelity(&mut entries, fidelity)?;
-    Ok(Some(entries))
+    let mut planner = Planner::new(fidelity, &mut gather)?;
+    if !plan_by(sources, dest, recursive, rule, filter, bound, &mut planner)? {
+        return Ok(None);
+    }
+    Ok(Some(all))
+}
+
+/// [`plan_onto`] in bounded memory: the entries are handed to `sink` in
+/// batches of at most [`PLAN_BATCH`], in the plan's order, each finished
+/// (absolute paths, hard-link leaders, extended attributes) as
+/// [`plan_onto`] finishes its list: a leader is `LinkLeader::InBatch` of
+/// its position in the whole plan, which may be in an earlier batch. Returns how
+/// many were planned. A refusal found after the first batch was handed
+/// on (a duplicate destination, a source that vanished) is an error as
+/// it is for [`plan_onto`]; what was handed on is the caller's to drop.
+pub fn plan_streaming(
+    sources: &[PathBuf],
+    dest: &Path,
+    recursive: bool,
+    fidelity: Fidelity,
+    rule: DestRule,
+    filter: &Filter,
+    sink: &mut dyn FnMut(&mut Vec<NewEntry>) -> Result<()>,
+) -> Result<usize> {
+    let mut planner = Planner::new(fidelity, sink)?;
+    if !plan_by(
+        sources,
+        dest,
+        recursive,
+        rule,
+        filter,
+        ENTRIES_MAX,
+        &mut planner,
+    )? {
+        return Err(over_entries_max(sources));
+    }
+    Ok(planner.handed)
+}
+
+/// Entries handed on at once by [`plan_streaming`]: what planning holds,
+/// about 400 bytes each, whatever the size of the tree.
+pub const PLAN_BATCH: usize = 4096;
+
+/// Where a walk puts the entries it lists.
+pub(super) trait EntrySink {
+    fn push(&mut self, entry: NewEntry) -> Result<()>;
+    /// Entries pushed so far.
+    fn count(&self) -> usize;
+}
+
+impl EntrySink for Vec<NewEntry> {
+    fn push(&mut self, entry: NewEntry) -> Result<()> {
+        Vec::push(self, entry);
+        Ok(())
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A plan's entries as they are listed, finished and handed on a batch at
+/// a time, so that nothing in it grows with the tree but the hard-link
+/// groups (one slot per source inode with more than one link) and, only
+/// when two sources land on overlapping destinations, the destinations.
+struct Planner<'s> {
+    pending: Vec<NewEntry>,
+    /// Entries handed to `sink` so far: the position of the next.
+    handed: usize,
+    fidelity: Fidelity,
+    leaders: LinkLeaders,
+    cwd: PathBuf,
+    /// Destinations seen, when they can repeat (see [`plan_by`]).
+    seen: Option<std::collections::HashMap<Vec<u8>, PathBuf>>,
+    sink: &'s mut dyn FnMut(&mut Vec<NewEntry>) -> Result<()>,
+}
+
+impl<'s> Planner<'s> {
+    fn new(
+        fidelity: Fidelity,
+        sink: &'s mut dyn FnMut(&mut Vec<NewEntry>) -> Result<()>,
+    ) -> Result<Planner<'s>> {
+        Ok(Planner {
+            pending: Vec::with_capacity(PLAN_BATCH),
+            handed: 0,
+            fidelity,
+            leaders: LinkLeaders::default(),
+            // One getcwd for the plan, not two per entry.
+            cwd: std::env::current_dir().map_err(|e| Error::io(Path::new("."), e))?,
+            seen: None,
+            sink,
+        })
+    }
+
+    /// Finishes what is pending and hands it on.
+    fn hand_on(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        for entry in self.pending.iter_mut() {
+            entry.source = absolute_below(&self.cwd, std::mem::take(&mut entry.source))?;
+            entry.dest = absolute_below(&self.cwd, std::mem::take(&mut entry.dest))?;
+        }
+        if let Some(seen) = &mut self.seen {
+            for entry in &self.pending {
+                refuse_duplicate(seen, entry)?;
+            }
+        }
+        capture_fidelity_at(
+            &mut self.pending,
+            self.handed,
+            &mut self.leaders,
+            self.fidelity,
+        )?;
+        let n = self.pending.len();
+        (self.sink)(&mut self.pending)?;
+        self.pending.clear();
+        self.handed += n;
+        Ok(())
+    }
+}
+
+impl EntrySink for Planner<'_> {
+    fn push(&mut self, entry: NewEntry) -> Result<()> {
+        self.pending.push(entry);
+        if self.pending.len() >= PLAN_BATCH {
+            self.hand_on()?;
+        }
+        Ok(())
+    }
+    fn count(&self) -> usize {
+        self.handed + self.pending.len()
+    }
 }
 
 pub(super) fn over_entries_max(sources: &[PathBuf]) -> Error {
@@ -157,14 +294,29 @@ pub(super) fn over_entries_max(sources: &[PathBuf]) -> Error {
 /// Hard-link groups and extended attributes, as `fidelity` asks: after a
 /// plan made without them, on the entries kept (see [`crate::rerun`]).
 pub fn capture_fidelity(entries: &mut [NewEntry], fidelity: Fidelity) -> Result<()> {
-    let mut inodes: std::collections::HashMap<(u64, u64), usize> = Default::default();
-    for (position, entry) in entries.iter_mut().enumerate() {
+    capture_fidelity_at(entries, 0, &mut LinkLeaders::default(), fidelity)
+}
+
+/// The first entry of each hard-link group seen so far, by source device
+/// and inode: its position in the whole plan.
+#[derive(Default)]
+struct LinkLeaders(std::collections::HashMap<(u64, u64), usize>);
+
+/// [`capture_fidelity`] of `entries`, the part of a plan that starts at
+/// position `first`, with the groups of the parts before in `leaders`.
+fn capture_fidelity_at(
+    entries: &mut [NewEntry],
+    first: usize,
+    leaders: &mut LinkLeaders,
+    fidelity: Fidelity,
+) -> Result<()> {
+    for (position, entry) in (first..).zip(entries.iter_mut()) {
         if fidelity.hard_links
             && entry.kind == EntryKind::File
             && let Some(inode) = entry.shared_inode
         {
-            let leader = *inodes.entry(inode).or_insert(position);
-            entry.link_leader = (leader != position).then_some(leader);
+            let leader = *leaders.0.entry(inode).or_insert(position);
+            entry.link_leader = (leader != position).then_some(LinkLeader::InBatch(leader));
         }
         if fidelity.xattrs != XattrMode::None && entry.kind != EntryKind::Symlink {
             let mut xattrs = read_xattrs(&entry.source, fidelity.xattrs)
@@ -262,10 +414,11 @@ fn read_xattrs(path: &Path, mode: XattrMode) -> io::Result<Xattrs> {
 /// is `cp -r`: without it a directory source is refused and symlinks named
 /// on the command line are followed, as `cp` does.
 pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<NewEntry>> {
-    plan_by(
+    plan_bounded(
         sources,
         dest,
         recursive,
+        Fidelity::default(),
         DestRule::Cp,
         &Filter::default(),
         ENTRIES_MAX,
@@ -273,7 +426,15 @@ pub fn plan(sources: &[PathBuf], dest: &Path, recursive: bool) -> Result<Vec<New
     .ok_or_else(|| over_entries_max(sources))
 }
 
-/// The entries, or `None` as soon as there are more than `bound`.
+/// One source named on the command line, checked, and where it lands.
+struct Root {
+    source: PathBuf,
+    meta: fs::Metadata,
+    target: PathBuf,
+}
+
+/// Plans into `out`; false as soon as there are more than `bound`
+/// entries. Every source is checked before the first is walked.
 fn plan_by(
     sources: &[PathBuf],
     dest: &Path,
@@ -281,7 +442,8 @@ fn plan_by(
     rule: DestRule,
     filter: &Filter,
     bound: usize,
-) -> Result<Option<Vec<NewEntry>>> {
+    out: &mut Planner<'_>,
+) -> Result<bool> {
     let dest_meta = fs::metadata(dest).ok();
     check_destination(dest, dest_meta.as_ref())?;
     let dest_is_dir = rule == DestRule::Cp && dest_meta.as_ref().is_some_and(|m| m.is_dir());
@@ -290,74 +452,101 @@ fn plan_by(
             path: dest.to_path_buf(),
         });
     }
-    let mut entries = Vec::new();
-    for source in sources {
-        let meta = if recursive {
-            fs::symlink_metadata(source)
+    let roots = sources
+        .iter()
+        .map(|source| plan_root(source, dest, dest_is_dir, recursive))
+        .collect::<Result<Vec<Root>>>()?;
+    // One walk lists each name once; only sources that land on the same
+    // place, or one inside another's (`cp -r a/. b dst`), can repeat a
+    // destination, and only then are destinations remembered.
+    let mut targets = roots
+        .iter()
+        .map(|root| absolute_below(&out.cwd, root.target.clone()))
+        .collect::<Result<Vec<PathBuf>>>()?;
+    // By component: what is below a path sorts right after it.
+    targets.sort_unstable();
+    if targets.windows(2).any(|pair| pair[1].starts_with(&pair[0])) {
+        out.seen = Some(Default::default());
+    }
+    for root in roots {
+        if root.meta.is_dir() {
+            walk(&root.source, &root.meta, &root.target, filter, out, bound)?;
         } else {
-            fs::metadata(source)
+            out.push(entry(&root.source, &root.meta, root.target)?)?;
         }
-        .map_err(|e| stat_error(source, e))?;
-        if meta.is_dir() && !recursive {
-            return Err(Error::SourceIsDirectory {
-                path: source.clone(),
-            });
-        }
-        // `cp -r dir/. dest` copies what dir holds into dest itself.
-        let contents_only =
-            source.as_os_str().as_bytes().ends_with(b"/.") || source.as_os_str() == ".";
-        let target = if dest_is_dir && !contents_only {
-            // `cp .. dest` names the directory itself.
-            let name = match source.file_name() {
-                Some(name) => name.to_owned(),
-                None => source
-                    .canonicalize()
-                    .ok()
-                    .and_then(|p| p.file_name().map(|n| n.to_owned()))
-                    .ok_or_else(|| Error::SourceNotFound {
-                        path: source.clone(),
-                    })?,
-            };
-            dest.join(name)
-        } else {
-            dest.to_path_buf()
-        };
-        check_target(source, &meta, &target)?;
-        if meta.is_dir() {
-            walk(source, &meta, &target, filter, &mut entries, bound)?;
-        } else {
-            // A file named on the command line that cannot be read is the
-            // caller's mistake, refused now; one deep in a tree fails alone
-            // when it is copied, as with `cp -r`.
-            // Non-blocking: a FIFO swapped in since the lstat must not hold
-            // the request.
-            if meta.is_file()
-                && let Err(e) = fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-                    .open(source)
-            {
-                return Err(Error::io(source, e));
-            }
-            // Without -r a symlink on the command line is followed, as cp
-            // does: the entry reads its target, which is never a link.
-            let resolved;
-            let source = if !recursive
-                && fs::symlink_metadata(source).is_ok_and(|m| m.file_type().is_symlink())
-            {
-                resolved = source.canonicalize().map_err(|e| stat_error(source, e))?;
-                &resolved
-            } else {
-                source
-            };
-            entries.push(entry(source, &meta, target)?);
-        }
-        if entries.len() > bound {
-            return Ok(None);
+        if out.count() > bound {
+            return Ok(false);
         }
     }
-    finish_plan(&mut entries)?;
-    Ok(Some(entries))
+    out.hand_on()?;
+    Ok(true)
+}
+
+/// Checks `source` and says where it lands, by cp's rules.
+fn plan_root(source: &Path, dest: &Path, dest_is_dir: bool, recursive: bool) -> Result<Root> {
+    let meta = if recursive {
+        fs::symlink_metadata(source)
+    } else {
+        fs::metadata(source)
+    }
+    .map_err(|e| stat_error(source, e))?;
+    if meta.is_dir() && !recursive {
+        return Err(Error::SourceIsDirectory {
+            path: source.to_path_buf(),
+        });
+    }
+    // `cp -r dir/. dest` copies what dir holds into dest itself.
+    let contents_only = source.as_os_str().as_bytes().ends_with(b"/.") || source.as_os_str() == ".";
+    let target = if dest_is_dir && !contents_only {
+        // `cp .. dest` names the directory itself.
+        let name = match source.file_name() {
+            Some(name) => name.to_owned(),
+            None => source
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_owned()))
+                .ok_or_else(|| Error::SourceNotFound {
+                    path: source.to_path_buf(),
+                })?,
+        };
+        dest.join(name)
+    } else {
+        dest.to_path_buf()
+    };
+    check_target(source, &meta, &target)?;
+    if meta.is_dir() {
+        return Ok(Root {
+            source: source.to_path_buf(),
+            meta,
+            target,
+        });
+    }
+    // A file named on the command line that cannot be read is the
+    // caller's mistake, refused now; one deep in a tree fails alone
+    // when it is copied, as with `cp -r`.
+    // Non-blocking: a FIFO swapped in since the lstat must not hold
+    // the request.
+    if meta.is_file()
+        && let Err(e) = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(source)
+    {
+        return Err(Error::io(source, e));
+    }
+    // Without -r a symlink on the command line is followed, as cp
+    // does: the entry reads its target, which is never a link.
+    let source =
+        if !recursive && fs::symlink_metadata(source).is_ok_and(|m| m.file_type().is_symlink()) {
+            source.canonicalize().map_err(|e| stat_error(source, e))?
+        } else {
+            source.to_path_buf()
+        };
+    Ok(Root {
+        source,
+        meta,
+        target,
+    })
 }
 
 /// Refusals that need the whole list, and absolute paths: resume, finalize
@@ -492,30 +681,39 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// Two sources with one destination (`ferry cp a/x b/x dest/`) would write
 /// one temporary twice; cp refuses too.
-/// Over absolute, normalised paths: their bytes, less a trailing slash,
-/// compare as the paths do (a `Path` key hashes component by component).
 fn refuse_duplicate_destinations(entries: &[NewEntry]) -> Result<()> {
-    let mut seen: std::collections::HashMap<&[u8], &Path> =
-        std::collections::HashMap::with_capacity(entries.len());
-    for entry in entries {
-        let dest = entry.dest.as_os_str().as_bytes();
-        let dest = match dest {
-            [rest @ .., b'/'] if !rest.is_empty() => rest,
-            _ => dest,
-        };
-        if let Some(first) = seen.insert(dest, &entry.source) {
-            // A directory merged from several sources is fine; a file is not.
-            if entry.kind == EntryKind::Dir {
-                continue;
-            }
-            return Err(Error::DuplicateDestination {
-                first: first.to_path_buf(),
-                second: entry.source.clone(),
-                dest: entry.dest.clone(),
-            });
+    let mut seen = std::collections::HashMap::with_capacity(entries.len());
+    entries
+        .iter()
+        .try_for_each(|entry| refuse_duplicate(&mut seen, entry))
+}
+
+/// [`refuse_duplicate_destinations`], one entry at a time: `seen` holds the
+/// destinations before it. Over absolute, normalised paths: their bytes,
+/// less a trailing slash, compare as the paths do (a `Path` key hashes
+/// component by component).
+fn refuse_duplicate(
+    seen: &mut std::collections::HashMap<Vec<u8>, PathBuf>,
+    entry: &NewEntry,
+) -> Result<()> {
+    let dest = entry.dest.as_os_str().as_bytes();
+    let dest = match dest {
+        [rest @ .., b'/'] if !rest.is_empty() => rest,
+        _ => dest,
+    };
+    match seen.entry(dest.to_vec()) {
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(entry.source.clone());
+            Ok(())
         }
+        // A directory merged from several sources is fine; a file is not.
+        std::collections::hash_map::Entry::Occupied(_) if entry.kind == EntryKind::Dir => Ok(()),
+        std::collections::hash_map::Entry::Occupied(first) => Err(Error::DuplicateDestination {
+            first: first.get().clone(),
+            second: entry.source.clone(),
+            dest: entry.dest.clone(),
+        }),
     }
-    Ok(())
 }
 
 fn check_target(source: &Path, meta: &fs::Metadata, target: &Path) -> Result<()> {
@@ -580,7 +778,7 @@ pub(super) fn walk(
     root_meta: &fs::Metadata,
     target: &Path,
     filter: &Filter,
-    entries: &mut Vec<NewEntry>,
+    entries: &mut dyn EntrySink,
     bound: usize,
 ) -> Result<()> {
     walk_below(
@@ -602,13 +800,13 @@ pub(super) fn walk_below(
     target: &Path,
     relative: PathBuf,
     filter: &Filter,
-    entries: &mut Vec<NewEntry>,
+    entries: &mut dyn EntrySink,
     bound: usize,
 ) -> Result<()> {
-    entries.push(entry(root, root_meta, target.to_path_buf())?);
+    entries.push(entry(root, root_meta, target.to_path_buf())?)?;
     let mut stack = vec![(root.to_path_buf(), target.to_path_buf(), relative)];
     while let Some((dir, dest_dir, relative_dir)) = stack.pop() {
-        if entries.len() > bound {
+        if entries.count() > bound {
             return Ok(());
         }
         let read = fs::read_dir(&dir).map_err(|e| list_error(&dir, e))?;
@@ -638,14 +836,14 @@ pub(super) fn walk_below(
             if meta.is_dir() {
                 subdirs.push((source, dest, meta, relative));
             } else {
-                entries.push(entry(&source, &meta, dest)?);
-                if entries.len() > bound {
+                entries.push(entry(&source, &meta, dest)?)?;
+                if entries.count() > bound {
                     return Ok(());
                 }
             }
         }
         for (source, dest, meta, relative) in subdirs.into_iter().rev() {
-            entries.push(entry(&source, &meta, dest.clone())?);
+            entries.push(entry(&source, &meta, dest.clone())?)?;
             stack.push((source, dest, relative));
         }
     }

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use super::StoreError;
 use crate::model::{
     Caller, Checksum, ChecksumAlgo, EntryIndex, EntryKind, EntryRecord, Event, FileState, Kind,
-    Lease, NewEntry, NewTransfer, Owner, Preserve, SourceMeta, TransferId, TransferRecord,
-    TransferState, Xattrs,
+    Lease, LinkLeader, NewEntry, NewTransfer, Owner, Preserve, SourceMeta, TransferId,
+    TransferRecord, TransferState, Xattrs,
 };
 
 /// Event names that are not `transfer.<state>` or `file.<state>`.
@@ -298,11 +298,20 @@ pub fn entry_index(first: i64, offset: usize) -> i64 {
 }
 
 /// `entries.link_group`: the index of the hard link's leader, which comes
-/// before it in the same batch.
+/// before it, in the same batch or in the transfer already.
 pub fn link_group_column(first: i64, offset: usize, entry: &NewEntry) -> Option<i64> {
-    entry.link_leader.map(|leader| {
-        assert!(leader < offset, "a hard link's leader comes before it");
-        first + leader as i64
+    entry.link_leader.map(|leader| match leader {
+        LinkLeader::InBatch(position) => {
+            assert!(position < offset, "a hard link's leader comes before it");
+            first + position as i64
+        }
+        LinkLeader::Added(index) => {
+            assert!(
+                i64::from(index.0) < first,
+                "a hard link's leader added before is in the transfer"
+            );
+            i64::from(index.0)
+        }
     })
 }
 
