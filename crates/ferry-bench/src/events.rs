@@ -68,6 +68,7 @@ impl Log {
             link_target: None,
         };
         let new = NewTransfer {
+            replaces: None,
             checksum: None,
             name: Some("bench".into()),
             kind: Kind::Threads,

@@ -91,6 +91,7 @@ fn generate_rank(root: &Path, store_root: &Path, owner: &Owner, rank: usize) {
             })
             .collect();
         let new = NewTransfer {
+            replaces: None,
             checksum: None,
             name: Some("ckpt".into()),
             kind: Kind::Threads,

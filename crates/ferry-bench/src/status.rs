@@ -102,6 +102,7 @@ fn seed(path: &Path, entries: u32, failed: u32) {
     // SAFETY: getuid and getgid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let new = NewTransfer {
+        replaces: None,
         checksum: None,
         name: Some("big".into()),
         kind: Kind::Daemon,

@@ -72,6 +72,7 @@ pub(crate) fn cp(opened: &OpenedStore, args: &CpArgs) -> Result<Exit, Exit> {
         Preserve::NONE
     };
     let new = NewTransfer {
+        replaces: None,
         name: args.name.clone(),
         kind: Kind::Distributed,
         owner: ferry_distributed::owner(),

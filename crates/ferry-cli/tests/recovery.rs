@@ -46,6 +46,7 @@ fn transfer_with_owner(
 ) -> ferry::TransferId {
     let entries = ferry::plan(&[src.to_path_buf()], dst, true).unwrap();
     let new = NewTransfer {
+        replaces: None,
         checksum: None,
         name: Some(name.into()),
         kind: Kind::Threads,
@@ -696,5 +697,90 @@ fn a_copy_killed_while_it_is_planned_is_planned_anew_by_the_same_command() {
             cancelled[0].context["abandoned"],
             "never dispatched: its owner died while planning it"
         );
+    }
+}
+
+/// A re-run over a finished copy (`--skip checksum`: planned anew, a
+/// batch at a time) killed between two batches of its plan leaves the
+/// finished copy where the same command finds it: under its name while
+/// the new plan is provisional, or beside the unnamed new one. The same
+/// command again ends the killed plan and brings the copy up to date in
+/// place, never nested into `DST/src`.
+#[test]
+fn a_rerun_killed_while_it_is_planned_leaves_the_finished_copy_found() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    for d in 0..90 {
+        fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
+        for f in 0..100 {
+            fs::write(src.join(format!("d{d:02}/f{f}")), b"").unwrap();
+        }
+    }
+    let store = SqliteStore::open(&s.store()).unwrap();
+    for (name, dst) in [(Some("job"), "dst-named"), (None, "dst")] {
+        let cp = || {
+            let mut cp = s.ferry();
+            cp.args(["cp", "-a", "--skip", "checksum"]);
+            if let Some(name) = name {
+                cp.args(["--name", name]);
+            }
+            cp.arg(&src).arg(s.path(dst));
+            cp
+        };
+        run_ok(&mut cp());
+        let finished = |id| store.transfer(id).unwrap();
+        let first = store
+            .transfers()
+            .unwrap()
+            .into_iter()
+            .rfind(|t| t.state == TransferState::Completed)
+            .unwrap();
+        fs::write(src.join("d00/f0"), b"changed since the first copy").unwrap();
+
+        let out = run(cp().env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "{out:?}"
+        );
+        let killed = store
+            .transfers()
+            .unwrap()
+            .into_iter()
+            .find(|t| t.state == TransferState::Created)
+            .expect("the killed re-run's transfer");
+        assert!(finished(first.id).is_some(), "the finished copy stays live");
+        if let Some(name) = name {
+            // The name stays the finished copy's until the new plan is whole.
+            assert_eq!(store.transfer_by_name(name).unwrap().unwrap().id, first.id);
+            assert!(
+                killed
+                    .name
+                    .starts_with(&format!(" {name} (planned by pid ")),
+                "{killed:?}"
+            );
+            let out = run_ok(s.ferry().args(["status", name]));
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(said.contains("completed"), "{said}");
+        }
+
+        let out = run_ok(&mut cp());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!s.path(dst).join("src").exists(), "nested: {said}");
+        assert_same_tree(&src, &s.path(dst));
+        assert!(finished(killed.id).is_none(), "the killed plan is ended");
+        let live: Vec<_> = store
+            .transfers()
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.state != TransferState::Completed)
+            .collect();
+        assert!(live.is_empty(), "{live:?}");
+        if let Some(name) = name {
+            let now = store.transfer_by_name(name).unwrap().unwrap();
+            assert_ne!(now.id, first.id, "a new transfer brought it up to date");
+            assert_eq!(store.entry_tally(now.id).unwrap().entries, 9091);
+            assert!(finished(first.id).is_none(), "it gave its name up");
+        }
     }
 }

@@ -43,6 +43,7 @@ fn dead_transfer(store: &Arc<SqliteStore>, s: &Scratch) -> ferry::TransferId {
         ..Owner::current()
     };
     let new = NewTransfer {
+        replaces: None,
         checksum: None,
         name: Some("orphan".into()),
         kind: Kind::Threads,

@@ -53,6 +53,7 @@ pub fn create(
     roots: &[NewEntry],
 ) -> Result<TransferRecord, StoreError> {
     let new = NewTransfer {
+        replaces: None,
         owner: owner(),
         ..new.clone()
     };

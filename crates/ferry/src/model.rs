@@ -495,6 +495,11 @@ pub struct NewTransfer {
     pub checksum: Option<ChecksumAlgo>,
     /// See [`Caller`].
     pub caller: Option<Caller>,
+    /// A finished transfer under `name` (or a cancelled one never filled)
+    /// that gives it up in the same transaction: a re-run under a fixed
+    /// name is never left with the old copy freed and no new one recorded.
+    /// One freed meanwhile by another process is passed over.
+    pub replaces: Option<TransferId>,
 }
 
 /// One row of the event log.

@@ -207,38 +207,56 @@ impl Transfer {
         options: &TransferOptions,
         entries: &[NewEntry],
     ) -> Result<Transfer> {
-        if let Some(existing) = Transfer::claim_name(&store, options)? {
-            return Transfer::reattach(store, existing);
+        match Transfer::name_holder(&store, options)? {
+            NameHolder::Unfinished(existing) => Transfer::reattach(store, existing),
+            NameHolder::Finished(replaces) => {
+                Transfer::insert(store, options, Some(replaces), entries)
+            }
+            NameHolder::Nobody => Transfer::insert(store, options, None, entries),
         }
-        Transfer::insert(store, options, entries)
     }
 
     /// [`Transfer::create_with`], with its entries planned into the store a
     /// batch at a time: `plan` hands each batch to the function it is
     /// given, and memory holds one batch, not the tree.
     ///
-    /// Entries are added until the plan ends, while the transfer is
-    /// `created`; it is dispatched only after. So a transfer found
-    /// `created` with a dead owner may hold part of a plan: under this
-    /// name it is not continued but cancelled and freed
+    /// The transfer is recorded with the plan's first batch, so that it
+    /// names its sources from the start, and entries are added until the
+    /// plan ends, while it is `created`; it is dispatched only after. So a
+    /// transfer found `created` with a dead owner may hold part of a plan:
+    /// it is not continued but cancelled and freed
     /// ([`Transfer::abandon_undispatched`]), and the copy is planned anew.
     /// A plan that fails leaves its transfer cancelled and freed too.
+    ///
+    /// A name held by a finished copy stays that copy's until the new plan
+    /// is whole: the new one is planned under a provisional name
+    /// ([`planning_name`]) and takes the name, freeing the finished one, in
+    /// one transaction. A kill while planning leaves the finished copy
+    /// where the same command finds it.
     pub fn create_planned(
         store: Arc<dyn Store>,
         options: &TransferOptions,
         plan: &mut dyn FnMut(PlanSink<'_>) -> Result<()>,
     ) -> Result<Transfer> {
-        if let Some(existing) = Transfer::claim_name(&store, options)? {
-            if existing.state != TransferState::Created {
+        let replaces = match Transfer::name_holder(&store, options)? {
+            NameHolder::Unfinished(existing) if existing.state != TransferState::Created => {
                 return Transfer::reattach(store, existing);
             }
-            Transfer::abandon_undispatched(&store, existing)?;
+            NameHolder::Unfinished(existing) => {
+                Transfer::abandon_undispatched(&store, existing)?;
+                None
+            }
+            NameHolder::Finished(replaces) => Some(replaces),
+            NameHolder::Nobody => None,
+        };
+        let mut planning = options.clone();
+        if replaces.is_some()
+            && let Some(name) = options.name.as_deref()
+        {
+            abandon_stale_plans(&store, name)?;
+            planning.name = Some(planning_name(name));
         }
-        let transfer = Transfer::insert(store, options, &[])?;
-        if transfer.reattached {
-            return Ok(transfer);
-        }
-        let (store, id) = (Arc::clone(&transfer.store), transfer.record.id);
+        let mut transfer: Option<Transfer> = None;
         let mut added = 0usize;
         let planned = plan(&mut |batch| {
             // The plan counts a leader's position from its first entry, which
@@ -253,16 +271,72 @@ impl Transfer {
             }
             crate::failpoint::hit(crate::failpoint::CommitStep::PlanBatch)
                 .map_err(|e| Error::io(store.location(), e))?;
-            store.add_entries(id, batch)?;
+            match &transfer {
+                None => {
+                    transfer = Some(Transfer::insert(
+                        Arc::clone(&store),
+                        &planning,
+                        None,
+                        batch,
+                    )?)
+                }
+                // Another process created the name between our look-up and
+                // insert: the plan is its own.
+                Some(other) if other.reattached => {}
+                Some(transfer) => store.add_entries(transfer.record.id, batch)?,
+            }
             added += batch.len();
             Ok(())
         });
-        if let Err(e) = planned {
-            // Nothing was copied: the part planned is of no use to anyone.
-            let _ = abandon(transfer.store.as_ref(), id, "its plan failed");
-            return Err(e);
+        let mut transfer = match (planned, transfer) {
+            (Ok(()), Some(transfer)) => transfer,
+            (Ok(()), None) => Transfer::insert(Arc::clone(&store), &planning, None, &[])?,
+            (Err(e), Some(transfer)) if !transfer.reattached => {
+                // Nothing was copied: the part planned is of no use to anyone.
+                let _ = abandon(store.as_ref(), transfer.record.id, "its plan failed");
+                return Err(e);
+            }
+            (Err(e), _) => return Err(e),
+        };
+        if transfer.reattached {
+            return Ok(transfer);
+        }
+        if let (Some(replaces), Some(name)) = (replaces, options.name.as_deref()) {
+            transfer.take_name(replaces, name)?;
         }
         Ok(transfer)
+    }
+
+    /// A transfer planned under [`planning_name`] takes `name` from the
+    /// finished transfer `replaces`, which gives it up in the same
+    /// transaction (unless another process freed it first).
+    fn take_name(&mut self, replaces: TransferId, name: &str) -> Result<()> {
+        let id = self.record.id;
+        let named = Change::Named {
+            id,
+            name: name.to_owned(),
+        };
+        let taken = match self
+            .store
+            .apply(&[Change::Free { id: replaces }, named.clone()])
+        {
+            Err(StoreError::NoSuchTransfer { id: gone, .. }) if gone == replaces => {
+                self.store.apply(&[named])
+            }
+            taken => taken,
+        };
+        match taken {
+            Ok(()) => {
+                self.record.name = name.to_owned();
+                Ok(())
+            }
+            Err(e) => {
+                // Another process took the name meanwhile: this plan is of
+                // no use, and that transfer says why.
+                let _ = abandon(self.store.as_ref(), id, "another process took its name");
+                Err(e.into())
+            }
+        }
     }
 
     /// Takes over `record`, a transfer never dispatched whose owner died
@@ -279,50 +353,46 @@ impl Transfer {
         )
     }
 
-    /// The transfer `options` names, when it is to be re-attached; a
-    /// finished one gives up its name (and a refused request's, never
-    /// filled), so that None means: create it.
-    fn claim_name(
-        store: &Arc<dyn Store>,
-        options: &TransferOptions,
-    ) -> Result<Option<TransferRecord>> {
+    /// Who holds the name `options` gives, if anyone. Nothing is written.
+    fn name_holder(store: &Arc<dyn Store>, options: &TransferOptions) -> Result<NameHolder> {
         // A bad FERRY_OWNER_LEASE is said before anything is written.
         crate::owner::lease()?;
         let Some(name) = options.name.as_deref() else {
-            return Ok(None);
+            return Ok(NameHolder::Nobody);
         };
         crate::model::check_name(name).map_err(|why| Error::InvalidName {
             name: name.to_owned(),
             why,
         })?;
         let Some(existing) = store.transfer_by_name(name)? else {
-            return Ok(None);
+            return Ok(NameHolder::Nobody);
         };
         // Cancelled before any entry was added (a refused request):
         // nothing to continue, and the name is free again.
         let never_filled = existing.state == TransferState::Cancelled
             && store.entry_tally(existing.id)?.entries == 0;
-        if !never_filled
-            && !matches!(
-                existing.state,
-                TransferState::Completed | TransferState::Finalized
-            )
-        {
-            return Ok(Some(existing));
-        }
         // A job script with a fixed name runs again: the finished
         // transfer gives up its name and stays readable by id.
-        match store.apply(&[Change::Free { id: existing.id }]) {
-            // Another process freed it first.
-            Ok(()) | Err(StoreError::NoSuchTransfer { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(
+            if never_filled
+                || matches!(
+                    existing.state,
+                    TransferState::Completed | TransferState::Finalized
+                )
+            {
+                NameHolder::Finished(existing.id)
+            } else {
+                NameHolder::Unfinished(existing)
+            },
+        )
     }
 
-    /// Writes the new transfer with `entries`, and holds it.
+    /// Writes the new transfer with `entries`, freeing `replaces` (see
+    /// [`NewTransfer::replaces`]), and holds it.
     fn insert(
         store: Arc<dyn Store>,
         options: &TransferOptions,
+        replaces: Option<TransferId>,
         entries: &[NewEntry],
     ) -> Result<Transfer> {
         let name = options.name.as_deref();
@@ -335,6 +405,7 @@ impl Transfer {
                 temp_suffix: DEFAULT_TEMP_SUFFIX.into(),
                 checksum: options.checksum,
                 caller: options.caller.clone(),
+                replaces,
             },
             entries,
         );
@@ -851,6 +922,45 @@ pub type PlanSink<'a> = &'a mut dyn FnMut(&mut Vec<NewEntry>) -> Result<()>;
 
 /// Cancels `id`, a transfer never dispatched, and frees its name, in one
 /// transaction; the event says `why`.
+/// Who holds the name a new transfer asks for.
+enum NameHolder {
+    /// No live transfer.
+    Nobody,
+    /// A finished transfer, or a cancelled one never filled: the new one
+    /// takes the name over, and it is freed in the same transaction.
+    Finished(TransferId),
+    /// One not over: re-attached (its owner dead) or refused (alive).
+    Unfinished(TransferRecord),
+}
+
+/// The name a transfer is planned under while `name` stays a finished
+/// copy's ([`Transfer::create_planned`]): ` NAME (planned by pid P)`,
+/// which `status` shows as it is, and which no user can give (it starts
+/// with a space).
+pub fn planning_name(name: &str) -> String {
+    format!("{}{})", planning_prefix(name), std::process::id())
+}
+
+fn planning_prefix(name: &str) -> String {
+    format!(" {name} (planned by pid ")
+}
+
+/// Ends the plans of `name` whose planners died ([`planning_name`]): they
+/// were never dispatched. A live planner's is left to it.
+fn abandon_stale_plans(store: &Arc<dyn Store>, name: &str) -> Result<()> {
+    let prefix = planning_prefix(name);
+    for record in store.transfers()? {
+        if !record.name.starts_with(&prefix) || record.state != TransferState::Created {
+            continue;
+        }
+        match Transfer::abandon_undispatched(store, record) {
+            Ok(()) | Err(Error::OwnerAlive { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn abandon(store: &dyn Store, id: TransferId, why: &str) -> Result<()> {
     store.apply(&[
         Change::Transfer {

@@ -419,6 +419,41 @@ impl PgStore {
                 }
                 self.event(tx, *id, None, rules::EVENT_FREED, &Value::Null)
             }
+            Change::Named { id, name } => {
+                rules::check_naming(&path, *id, self.transfer_state(tx, *id)?)?;
+                let holder = tx
+                    .tx
+                    .query_opt(
+                        "SELECT id FROM transfers WHERE name = $1 AND freed_ns IS NULL",
+                        &[name],
+                    )
+                    .and_then(|row| row.map(|row| row.try_get::<_, i64>(0)).transpose())
+                    .map_err(|e| self.err(e))?;
+                if let Some(holder) = holder {
+                    return Err(StoreError::DuplicateName {
+                        path: path.clone(),
+                        name: name.clone(),
+                        id: TransferId(holder),
+                    });
+                }
+                let changed = tx
+                    .tx
+                    .execute(
+                        "UPDATE transfers SET name = $1 WHERE id = $2 AND freed_ns IS NULL",
+                        &[name, &id.0],
+                    )
+                    .map_err(|e| self.err(e))?;
+                if changed != 1 {
+                    return Err(rules::no_such_transfer(&path, *id));
+                }
+                self.event(
+                    tx,
+                    *id,
+                    None,
+                    rules::EVENT_NAMED,
+                    &rules::named_context(name),
+                )
+            }
             Change::Progress {
                 id,
                 index,
@@ -552,6 +587,15 @@ impl Store for PgStore {
                 .map_err(|e| self.err(e))
         };
         let id = self.write(|tx| {
+            // The transfer this one replaces gives up its name first
+            // ([`NewTransfer::replaces`]); one freed already is passed over.
+            if let Some(replaced) = new.replaces {
+                self.lock_transfers(tx, &[replaced.0])?;
+                match self.apply_one(tx, &Change::Free { id: replaced }, &mut HashSet::new()) {
+                    Ok(()) | Err(StoreError::NoSuchTransfer { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
             if let Some(name) = &new.name
                 && let Some(existing) = live_id(&mut tx.tx, name)?
             {
@@ -684,6 +728,7 @@ impl Store for PgStore {
                 | Change::Reattach { id, .. }
                 | Change::Entry { id, .. }
                 | Change::Free { id }
+                | Change::Named { id, .. }
                 | Change::Removed { id, .. }
                 | Change::Limit { id, .. }
                 | Change::Owned { id, .. }

@@ -46,6 +46,7 @@ pub fn owner(pid: u32) -> Owner {
 
 pub fn new_transfer(name: Option<&str>) -> NewTransfer {
     NewTransfer {
+        replaces: None,
         checksum: None,
         name: name.map(str::to_owned),
         kind: Kind::Sync,
@@ -158,6 +159,7 @@ macro_rules! store_conformance_tests {
             progress_never_goes_back,
             a_cancel_is_seen_by_an_entry_change,
             free_is_refused_while_moving,
+            a_name_passes_from_a_finished_transfer_in_one_transaction,
             limit_and_removal_events,
             reattach_is_a_compare_and_swap,
             tallies_and_failure_pages_agree_with_the_entries,

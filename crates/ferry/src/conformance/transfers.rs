@@ -143,6 +143,7 @@ pub fn every_change_writes_its_event_and_illegal_transitions_change_nothing<S: S
 pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn() -> S) {
     let store = open();
     let new = NewTransfer {
+        replaces: None,
         name: Some("round-trip".into()),
         kind: Kind::Daemon,
         owner: Owner {
@@ -579,6 +580,115 @@ pub fn free_is_refused_while_moving<S: Store>(open: &dyn Fn() -> S) {
     assert_eq!(events.last().unwrap().context, Value::Null);
 }
 
+/// A new transfer takes a name from the finished one it `replaces` in the
+/// transaction that records it, or in a later batch that frees the holder
+/// and names it ([`Change::Named`]): the name is never free in between,
+/// and a refused step changes nothing.
+pub fn a_name_passes_from_a_finished_transfer_in_one_transaction<S: Store>(open: &dyn Fn() -> S) {
+    let store = open();
+    let finished = |name: &str| {
+        let t = store
+            .create_transfer(&new_transfer(Some(name)), &[file_entry(0, 1)])
+            .unwrap();
+        store.apply(&[to(t.id, TransferState::Cancelled)]).unwrap();
+        t
+    };
+    // Recorded with the name, freeing its holder.
+    let old = finished("job");
+    let replacing = |replaces| NewTransfer {
+        replaces,
+        ..new_transfer(Some("job"))
+    };
+    match store.create_transfer(&replacing(None), &[]) {
+        Err(StoreError::DuplicateName { id, .. }) => assert_eq!(id, old.id),
+        other => panic!("expected DuplicateName, got {other:?}"),
+    }
+    let new = store
+        .create_transfer(&replacing(Some(old.id)), &[file_entry(0, 1)])
+        .unwrap();
+    assert_eq!(store.transfer_by_name("job").unwrap().unwrap().id, new.id);
+    assert!(store.transfer(old.id).unwrap().is_none());
+    // One freed already is passed over.
+    let newer = finished("other");
+    store.apply(&[Change::Free { id: newer.id }]).unwrap();
+    let other = store
+        .create_transfer(
+            &NewTransfer {
+                replaces: Some(newer.id),
+                ..new_transfer(Some("other"))
+            },
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        store.transfer_by_name("other").unwrap().unwrap().id,
+        other.id
+    );
+    // A holder that is moving is not freed, and nothing is recorded.
+    store
+        .apply(&[to(other.id, TransferState::Dispatched)])
+        .unwrap();
+    let transfers = store.transfers().unwrap().len();
+    match store.create_transfer(
+        &NewTransfer {
+            replaces: Some(other.id),
+            ..new_transfer(Some("other"))
+        },
+        &[],
+    ) {
+        Err(StoreError::IllegalTransition { .. }) => {}
+        other => panic!("expected IllegalTransition, got {other:?}"),
+    }
+    assert_eq!(store.transfers().unwrap().len(), transfers);
+
+    // Planned under a provisional name, then named.
+    let planned = store
+        .create_transfer(&new_transfer(Some(" job (planned)")), &[file_entry(0, 1)])
+        .unwrap();
+    let named = Change::Named {
+        id: planned.id,
+        name: "job".into(),
+    };
+    let events = all_events(&store).len();
+    match store.apply(&[named.clone()]) {
+        Err(StoreError::DuplicateName { id, .. }) => assert_eq!(id, new.id),
+        other => panic!("expected DuplicateName, got {other:?}"),
+    }
+    assert_eq!(
+        all_events(&store).len(),
+        events,
+        "a refused batch writes nothing"
+    );
+    store
+        .apply(&[to(new.id, TransferState::Cancelled)])
+        .unwrap();
+    store
+        .apply(&[Change::Free { id: new.id }, named.clone()])
+        .unwrap();
+    let now = store.transfer_by_name("job").unwrap().unwrap();
+    assert_eq!((now.id, now.name.as_str()), (planned.id, "job"));
+    assert!(store.transfer_by_name(" job (planned)").unwrap().is_none());
+    assert!(store.transfer(new.id).unwrap().is_none());
+    let last = all_events(&store);
+    let names: Vec<_> = last[events..].iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["transfer.cancelled", "transfer.freed", "transfer.named"]
+    );
+    assert_eq!(last.last().unwrap().context, json!({ "name": "job" }));
+    // Only while it is planned.
+    store
+        .apply(&[to(planned.id, TransferState::Dispatched)])
+        .unwrap();
+    match store.apply(&[Change::Named {
+        id: planned.id,
+        name: "later".into(),
+    }]) {
+        Err(StoreError::IllegalTransition { .. }) => {}
+        other => panic!("expected IllegalTransition, got {other:?}"),
+    }
+}
+
 /// Of two handles re-attaching a dead owner's transfer at once, one wins;
 /// only the recorded owner dispatches.
 pub fn reattach_is_a_compare_and_swap<S: Store>(open: &dyn Fn() -> S) {
@@ -763,6 +873,7 @@ pub fn tallies_and_failure_pages_agree_with_the_entries<S: Store>(open: &dyn Fn(
 
     // Per user: only live, unfinished transfers count.
     let caller = |name: &str| NewTransfer {
+        replaces: None,
         caller: Some(Caller {
             uid: 4242,
             gid: 4242,

@@ -125,6 +125,10 @@ pub enum Change {
     /// The transfer is released: it leaves `transfers()` and its name may
     /// be used again. Its rows and events stay, for the record.
     Free { id: TransferId },
+    /// A transfer still `created` takes `name`, which no live transfer may
+    /// hold: after a [`Change::Free`] of its holder in the same batch, a
+    /// re-run's plan takes over a fixed name only once it is whole.
+    Named { id: TransferId, name: String },
     /// `ferry limit`: the transfer's bandwidth limit is now
     /// `bytes_per_second` (`None`: none); an event only, in any state, so
     /// that a resume takes it too.

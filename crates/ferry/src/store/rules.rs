@@ -23,6 +23,9 @@ use crate::model::{
 /// Event names that are not `transfer.<state>` or `file.<state>`.
 pub const EVENT_ADDED: &str = "transfer.added";
 pub const EVENT_FREED: &str = "transfer.freed";
+/// A transfer planned under a provisional name took its own
+/// ([`super::Change::Named`]).
+pub const EVENT_NAMED: &str = "transfer.named";
 pub const EVENT_REATTACHED: &str = "transfer.reattached";
 pub const EVENT_PROGRESS: &str = "file.progress";
 /// `ferry limit`: a transfer's bandwidth limit changed.
@@ -140,6 +143,24 @@ pub fn check_adding(path: &Path, id: TransferId, state: TransferState) -> Result
         from: state.to_string(),
         to: "added to".into(),
     })
+}
+
+/// A transfer is named only while it is `created` (being planned).
+pub fn check_naming(path: &Path, id: TransferId, state: TransferState) -> Result<(), StoreError> {
+    if state == TransferState::Created {
+        return Ok(());
+    }
+    Err(StoreError::IllegalTransition {
+        path: path.to_path_buf(),
+        id,
+        from: state.to_string(),
+        to: "named".into(),
+    })
+}
+
+/// The context of an [`EVENT_NAMED`] event.
+pub fn named_context(name: &str) -> Value {
+    json!({ "name": name })
 }
 
 /// The compare-and-swap on the owner: `recorded` is the live transfer's

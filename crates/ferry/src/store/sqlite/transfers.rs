@@ -227,6 +227,23 @@ impl SqliteStore {
         rules::parse_transfer_state(&self.path, id, &state)
     }
 
+    /// The transfer a new one replaces gives up its name, with its event
+    /// ([`NewTransfer::replaces`]).
+    fn free_replaced(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        replaced: TransferId,
+    ) -> Result<(), StoreError> {
+        let free = Change::Free { id: replaced };
+        let mut events = Vec::with_capacity(1);
+        match self.apply_one(tx, &free, &mut HashMap::new(), &mut events) {
+            Ok(()) => self.insert_events(tx, &events),
+            // Another process freed it first.
+            Err(StoreError::NoSuchTransfer { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Applies one change; its event joins `events`, written with the
     /// batch's others by [`SqliteStore::insert_events`].
     fn apply_one<'a>(
@@ -368,6 +385,35 @@ impl SqliteStore {
                     None,
                     rules::EVENT_FREED.into(),
                     Cow::Owned(serde_json::Value::Null),
+                )
+            }
+            Change::Named { id, name } => {
+                rules::check_naming(&self.path, *id, self.transfer_state(tx, *id)?)?;
+                let holder: Option<i64> = tx
+                    .prepare_cached("SELECT id FROM transfers WHERE name = ?1 AND freed_ns IS NULL")
+                    .and_then(|mut s| s.query_row([name], |row| row.get(0)).optional())
+                    .map_err(|e| self.err(e))?;
+                if let Some(holder) = holder {
+                    return Err(StoreError::DuplicateName {
+                        path: self.path.clone(),
+                        name: name.clone(),
+                        id: TransferId(holder),
+                    });
+                }
+                let changed = tx
+                    .prepare_cached(
+                        "UPDATE transfers SET name = ?1 WHERE id = ?2 AND freed_ns IS NULL",
+                    )
+                    .and_then(|mut s| s.execute(params![name, id.0]))
+                    .map_err(|e| self.err(e))?;
+                if changed != 1 {
+                    return Err(rules::no_such_transfer(&self.path, *id));
+                }
+                event(
+                    *id,
+                    None,
+                    rules::EVENT_NAMED.into(),
+                    Cow::Owned(rules::named_context(name)),
                 )
             }
             Change::Progress {
@@ -609,6 +655,9 @@ impl Store for SqliteStore {
         entries: &[NewEntry],
     ) -> Result<TransferRecord, StoreError> {
         let id = self.write(|tx| {
+            if let Some(replaced) = new.replaces {
+                self.free_replaced(tx, replaced)?;
+            }
             if let Some(name) = &new.name {
                 let existing: Option<i64> = tx
                     .query_row(
