@@ -650,7 +650,7 @@ pub fn a_name_passes_from_a_finished_transfer_in_one_transaction<S: Store>(open:
         name: "job".into(),
     };
     let events = all_events(&store).len();
-    match store.apply(&[named.clone()]) {
+    match store.apply(std::slice::from_ref(&named)) {
         Err(StoreError::DuplicateName { id, .. }) => assert_eq!(id, new.id),
         other => panic!("expected DuplicateName, got {other:?}"),
     }
