@@ -486,9 +486,7 @@ pub(crate) fn cp(store: Arc<dyn Store>, args: CpArgs) -> Result<Exit, Exit> {
         store,
         &args.options(kind, preserve),
         &mut |sink| match &listed {
-            Some(entries) => entries
-                .chunks(ferry::engine::plan::PLAN_BATCH)
-                .try_for_each(|chunk| sink(&mut chunk.to_vec())),
+            Some(entries) => ferry::plan_in_batches(entries, sink),
             None => args.plan_into(rule, &filter, sink),
         },
     )?;
@@ -597,7 +595,12 @@ fn refresh(
         );
     }
     ferry::engine::plan::capture_fidelity(&mut entries, args.fidelity())?;
-    let mut transfer = Transfer::create_with(store, &args.options(kind, preserve), &entries)?;
+    // As `cp` plans: a kill before the dispatch leaves the finished copy
+    // found by the same command.
+    let mut transfer =
+        Transfer::create_planned(store, &args.options(kind, preserve), &mut |sink| {
+            ferry::plan_in_batches(&entries, sink)
+        })?;
     // In the store now (see `cp`).
     drop(entries);
     let base = RunSettings {

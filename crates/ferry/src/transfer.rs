@@ -77,6 +77,10 @@ pub struct Transfer {
     heartbeat: Option<Heartbeat>,
     /// Set when the last run's mover thread ends.
     ended: Arc<RunEnded>,
+    /// Planned under a provisional name: at dispatch, in the same
+    /// transaction, the finished transfer (`.0`) gives up the name (`.1`)
+    /// and this one takes it ([`Transfer::create_planned`]).
+    takes_name: Option<(TransferId, String)>,
 }
 
 /// Says when a mover thread has ended, to a thread that cannot join it (a
@@ -228,11 +232,11 @@ impl Transfer {
     /// ([`Transfer::abandon_undispatched`]), and the copy is planned anew.
     /// A plan that fails leaves its transfer cancelled and freed too.
     ///
-    /// A name held by a finished copy stays that copy's until the new plan
-    /// is whole: the new one is planned under a provisional name
+    /// A name held by a finished copy stays that copy's until the new
+    /// transfer is dispatched: it is planned under a provisional name
     /// ([`planning_name`]) and takes the name, freeing the finished one, in
-    /// one transaction. A kill while planning leaves the finished copy
-    /// where the same command finds it.
+    /// the transaction that dispatches it. A kill before that leaves the
+    /// finished copy where the same command finds it.
     pub fn create_planned(
         store: Arc<dyn Store>,
         options: &TransferOptions,
@@ -302,41 +306,9 @@ impl Transfer {
             return Ok(transfer);
         }
         if let (Some(replaces), Some(name)) = (replaces, options.name.as_deref()) {
-            transfer.take_name(replaces, name)?;
+            transfer.takes_name = Some((replaces, name.to_owned()));
         }
         Ok(transfer)
-    }
-
-    /// A transfer planned under [`planning_name`] takes `name` from the
-    /// finished transfer `replaces`, which gives it up in the same
-    /// transaction (unless another process freed it first).
-    fn take_name(&mut self, replaces: TransferId, name: &str) -> Result<()> {
-        let id = self.record.id;
-        let named = Change::Named {
-            id,
-            name: name.to_owned(),
-        };
-        let taken = match self
-            .store
-            .apply(&[Change::Free { id: replaces }, named.clone()])
-        {
-            Err(StoreError::NoSuchTransfer { id: gone, .. }) if gone == replaces => {
-                self.store.apply(&[named])
-            }
-            taken => taken,
-        };
-        match taken {
-            Ok(()) => {
-                self.record.name = name.to_owned();
-                Ok(())
-            }
-            Err(e) => {
-                // Another process took the name meanwhile: this plan is of
-                // no use, and that transfer says why.
-                let _ = abandon(self.store.as_ref(), id, "another process took its name");
-                Err(e.into())
-            }
-        }
     }
 
     /// Takes over `record`, a transfer never dispatched whose owner died
@@ -464,6 +436,7 @@ impl Transfer {
             mover: Mover::Idle,
             heartbeat: None,
             ended: Arc::new(RunEnded::ended()),
+            takes_name: None,
         }
     }
 
@@ -735,7 +708,18 @@ impl Transfer {
         } else {
             None
         };
-        let dispatched = self.store.apply(&[Change::Transfer {
+        // A plan made under a provisional name takes its own as it is
+        // dispatched: until then the finished copy keeps it.
+        let naming = self.takes_name.take().filter(|_| action == "dispatch");
+        let mut changes = Vec::with_capacity(3);
+        if let Some((replaces, name)) = &naming {
+            changes.push(Change::Free { id: *replaces });
+            changes.push(Change::Named {
+                id: self.record.id,
+                name: name.clone(),
+            });
+        }
+        changes.push(Change::Transfer {
             id: self.record.id,
             to: TransferState::Dispatched,
             owner: Some(Owner::current()),
@@ -755,8 +739,28 @@ impl Transfer {
                 "filter": self.filter,
                 "bwlimit": self.bwlimit,
             }),
-        }]);
+        });
+        let mut dispatched = self.store.apply(&changes);
+        if let (Err(StoreError::NoSuchTransfer { id: gone, .. }), Some((replaces, _))) =
+            (&dispatched, &naming)
+            && gone == replaces
+        {
+            // Another process freed the finished copy first.
+            dispatched = self.store.apply(&changes[1..]);
+        }
+        if let (Err(StoreError::DuplicateName { .. }), Some(_)) = (&dispatched, &naming) {
+            // Another process took the name meanwhile: this plan is of no
+            // use, and its events say why.
+            let _ = abandon(
+                self.store.as_ref(),
+                self.record.id,
+                "another transfer took its name",
+            );
+        }
         dispatched.map_err(|e| self.owned_elsewhere(e))?;
+        if let Some((_, name)) = naming {
+            self.record.name = name;
+        }
         self.record.owner = Owner::current();
         self.hold()?;
         self.record.state = TransferState::Dispatched;
@@ -919,6 +923,15 @@ impl Transfer {
 
 /// Where [`Transfer::create_planned`]'s plan hands its batches.
 pub type PlanSink<'a> = &'a mut dyn FnMut(&mut Vec<NewEntry>) -> Result<()>;
+
+/// A plan made whole already (a file list, a re-run's comparison), handed
+/// to `sink` as a streamed plan would be: a batch of
+/// [`crate::engine::plan::PLAN_BATCH`] at a time.
+pub fn plan_in_batches(entries: &[NewEntry], sink: PlanSink<'_>) -> Result<()> {
+    entries
+        .chunks(crate::engine::plan::PLAN_BATCH)
+        .try_for_each(|chunk| sink(&mut chunk.to_vec()))
+}
 
 /// Cancels `id`, a transfer never dispatched, and frees its name, in one
 /// transaction; the event says `why`.
