@@ -762,7 +762,7 @@ fn run_command(
             Ok(Exit::Ok)
         }
         Command::Cancel { name } => {
-            let transfer = Transfer::open(store, &name)?;
+            let transfer = Transfer::open(std::sync::Arc::clone(&store), &name)?;
             let record = transfer.record();
             // A transfer that cannot become cancelled (completed, finalized,
             // cancelled already) has nothing to stop: said as such, not as
@@ -777,6 +777,27 @@ fn run_command(
                     state: record.state,
                     action: "cancel",
                 }));
+            }
+            // Never dispatched: its plan may be partial, so it is never
+            // continued. A dead planner's is dropped here; a live one drops
+            // its own at its next batch.
+            if record.state == ferry::TransferState::Created {
+                let (id, pid) = (record.id, record.owner.pid);
+                if record.owner_liveness() == ferry::owner::Liveness::Dead {
+                    ferry::Transfer::abandon_undispatched(&store, record.clone())?;
+                    println!(
+                        "ferry: cancelled {name} (id {id}) and dropped it: it was never \
+                         dispatched (its owner died while planning it), and nothing of it was \
+                         copied; run the command that made it again to copy anew"
+                    );
+                } else {
+                    transfer.cancel()?;
+                    println!(
+                        "ferry: cancelled {name} (id {id}) while process {pid} plans it: \
+                         nothing of it is copied, and that process drops it"
+                    );
+                }
+                return Ok(Exit::Ok);
             }
             transfer.cancel()?;
             println!(

@@ -784,3 +784,74 @@ fn a_rerun_killed_while_it_is_planned_leaves_the_finished_copy_found() {
         }
     }
 }
+
+/// `ferry cancel` of a copy still being planned never leaves a partial
+/// plan to continue: a live planner stops at its next batch (exit 12,
+/// saying so) and drops it; a dead planner's is dropped by the cancel.
+/// Either way the same command then copies the whole tree.
+#[test]
+fn a_copy_cancelled_while_it_is_planned_is_dropped_and_copied_anew() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    for d in 0..90 {
+        fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
+        for f in 0..100 {
+            fs::write(src.join(format!("d{d:02}/f{f}")), b"").unwrap();
+        }
+    }
+    let cp = |dst: &str| {
+        let mut cp = s.ferry();
+        cp.args(["cp", "-a", "--name", dst])
+            .arg(&src)
+            .arg(s.path(dst));
+        cp
+    };
+    let store = SqliteStore::open(&s.store()).unwrap();
+
+    // A live planner, paused before its second batch.
+    let fifo = s.path("pause");
+    run_ok(std::process::Command::new("mkfifo").arg(&fifo));
+    let child = cp("live")
+        .env("FERRY_FAILPOINT", "plan.add_batch:2=pause")
+        .env("FERRY_FAILPOINT_FIFO", &fifo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pause = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let out = run_ok(s.ferry().args(["cancel", "live"]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("while process"), "{said}");
+    drop(pause);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(12), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("was cancelled while it was planned")
+            && said.contains("run the same command again"),
+        "{said}"
+    );
+    assert!(store.transfers().unwrap().is_empty(), "dropped");
+
+    // A dead planner.
+    let out = run(cp("dead").env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "{out:?}"
+    );
+    let out = run_ok(s.ferry().args(["cancel", "dead"]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("dropped it: it was never dispatched"),
+        "{said}"
+    );
+    assert!(store.transfers().unwrap().is_empty(), "dropped");
+
+    for dst in ["live", "dead"] {
+        run_ok(&mut cp(dst));
+        assert_same_tree(&src, &s.path(dst));
+        let t = store.transfer_by_name(dst).unwrap().unwrap();
+        assert_eq!(store.entry_tally(t.id).unwrap().entries, 9091);
+    }
+}

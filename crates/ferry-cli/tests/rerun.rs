@@ -767,10 +767,11 @@ fn a_rerun_over_a_finished_copy_writes_only_what_changed() {
 }
 
 /// A re-run bringing a finished copy up to date, killed before its
-/// transfer was dispatched, recorded no skip rule: the same command again
-/// continues it by the re-run's rule (nothing copied), not by none.
+/// transfer was dispatched, left a plan that may be partial: the same
+/// command again ends it and compares with the finished copy, which kept
+/// its place (nothing copied, nothing nested).
 #[test]
-fn a_rerun_killed_before_it_was_dispatched_continues_skipping_what_matches() {
+fn a_rerun_killed_before_it_was_dispatched_is_planned_anew_and_copies_nothing() {
     let s = Scratch::new();
     let (src, dst) = (s.path("src"), s.path("dst"));
     tree(&src, 6, 9);
@@ -788,10 +789,20 @@ fn a_rerun_killed_before_it_was_dispatched_continues_skipping_what_matches() {
     let left = store.transfers().unwrap();
     assert_eq!(left[1].state, TransferState::Created, "{left:?}");
     let out = run_ok(s.ferry().args(["cp", "-a", "--json"]).arg(&src).arg(&dst));
-    assert!(stderr(&out).contains("continuing it"), "{out:?}");
+    assert!(
+        stderr(&out).contains(&format!(
+            "transfer {} (id {}) was never dispatched",
+            left[1].name, left[1].id
+        )),
+        "{out:?}"
+    );
+    assert!(stderr(&out).contains("nothing changed since"), "{out:?}");
     let report = json(&out);
     assert_eq!(report["bytes_copied"], 0, "{report}");
     assert_same_tree(&src, &dst);
+    assert!(store.transfer(left[1].id).unwrap().is_none());
+    let ids: Vec<_> = store.transfers().unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(ids, [left[0].id]);
 }
 
 /// With `--name`, the transfer that brings a finished copy up to date takes

@@ -83,9 +83,9 @@ impl From<ferry::Error> for ApiError {
             E::NothingToDo { .. } | E::NotDispatched { .. } | E::NeverDispatched { .. } => {
                 (S::CONFLICT, "nothing_to_do")
             }
-            E::Cancelled { .. } | E::Store(StoreError::Cancelled { .. }) => {
-                (S::CONFLICT, "cancelled")
-            }
+            E::Cancelled { .. }
+            | E::CancelledWhilePlanned { .. }
+            | E::Store(StoreError::Cancelled { .. }) => (S::CONFLICT, "cancelled"),
             E::NotEnoughSpace { .. } => (S::INSUFFICIENT_STORAGE, "not_enough_space"),
             E::VerifyFailed { .. } => (S::CONFLICT, "verify_failed"),
             E::VerifyWithoutChecksum { .. } => (S::BAD_REQUEST, "verify_without_checksum"),

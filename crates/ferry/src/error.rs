@@ -91,6 +91,12 @@ pub enum Error {
     Cancelled { name: String, id: TransferId },
 
     #[error(
+        "transfer {name} (id {id}) was cancelled while it was planned: nothing of it was \
+         copied, and its partial plan is dropped; run the same command again to copy anew"
+    )]
+    CancelledWhilePlanned { name: String, id: TransferId },
+
+    #[error(
         "transfer {name} (id {id}) was never dispatched: its owner, process {pid} on {host}, \
          died before dispatching it (while planning it), so its list of files may be \
          incomplete; run the command that made it again (it plans the copy anew), or \
@@ -178,7 +184,9 @@ impl Error {
             Error::Store(StoreError::TooNew { .. }) => 9,
             Error::TransferNotFound { .. } => 10,
             Error::OwnerAlive { .. } | Error::NameInUse { .. } => 11,
-            Error::Cancelled { .. } | Error::Store(StoreError::Cancelled { .. }) => 12,
+            Error::Cancelled { .. }
+            | Error::CancelledWhilePlanned { .. }
+            | Error::Store(StoreError::Cancelled { .. }) => 12,
             Error::NothingToDo { .. }
             | Error::NotDispatched { .. }
             | Error::NeverDispatched { .. } => 13,

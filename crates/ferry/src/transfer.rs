@@ -296,8 +296,20 @@ impl Transfer {
             (Ok(()), Some(transfer)) => transfer,
             (Ok(()), None) => Transfer::insert(Arc::clone(&store), &planning, None, &[])?,
             (Err(e), Some(transfer)) if !transfer.reattached => {
+                let id = transfer.record.id;
+                // `ferry cancel` meanwhile: the next batch was refused.
+                let cancelled = matches!(e, Error::Store(StoreError::IllegalTransition { .. }))
+                    && store
+                        .transfer(id)?
+                        .is_some_and(|t| t.state == TransferState::Cancelled);
                 // Nothing was copied: the part planned is of no use to anyone.
-                let _ = abandon(store.as_ref(), transfer.record.id, "its plan failed");
+                let _ = abandon(store.as_ref(), id, "its plan failed");
+                if cancelled {
+                    return Err(Error::CancelledWhilePlanned {
+                        name: options.name.clone().unwrap_or(transfer.record.name),
+                        id,
+                    });
+                }
                 return Err(e);
             }
             (Err(e), _) => return Err(e),
@@ -975,7 +987,7 @@ fn abandon_stale_plans(store: &Arc<dyn Store>, name: &str) -> Result<()> {
 }
 
 fn abandon(store: &dyn Store, id: TransferId, why: &str) -> Result<()> {
-    store.apply(&[
+    let cancelled = store.apply(&[
         Change::Transfer {
             id,
             to: TransferState::Cancelled,
@@ -986,8 +998,19 @@ fn abandon(store: &dyn Store, id: TransferId, why: &str) -> Result<()> {
             }),
         },
         Change::Free { id },
-    ])?;
-    Ok(())
+    ]);
+    match cancelled {
+        // `ferry cancel` while it was planned (the plan's next batch was
+        // refused): freed too, or a re-run would continue a partial plan.
+        Err(StoreError::IllegalTransition { .. })
+            if store
+                .transfer(id)?
+                .is_some_and(|t| t.state == TransferState::Cancelled) =>
+        {
+            Ok(store.apply(&[Change::Free { id }])?)
+        }
+        cancelled => Ok(cancelled?),
+    }
 }
 
 #[cfg(test)]
