@@ -36,6 +36,17 @@ fn tree(root: &Path, files: usize, seed: u64) {
     assert!(old.success());
 }
 
+/// 9,000 empty files in 90 directories (9,091 entries): a plan of three
+/// batches.
+fn planned_in_batches(src: &Path) {
+    for d in 0..90 {
+        fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
+        for f in 0..100 {
+            fs::write(src.join(format!("d{d:02}/f{f}")), b"").unwrap();
+        }
+    }
+}
+
 /// A transfer recorded with `owner`, its entries planned from `src` to `dst`.
 fn transfer_with_owner(
     store: &SqliteStore,
@@ -607,12 +618,7 @@ fn status_says_what_to_do_next_and_filters_by_state_and_limit() {
 fn a_copy_killed_while_it_is_planned_is_planned_anew_by_the_same_command() {
     let s = Scratch::new();
     let src = s.path("src");
-    for d in 0..90 {
-        fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
-        for f in 0..100 {
-            fs::write(src.join(format!("d{d:02}/f{f}")), b"").unwrap();
-        }
-    }
+    planned_in_batches(&src);
     for (name, dst) in [(Some("big"), "dst-named"), (None, "dst")] {
         let cp = || {
             let mut cp = s.ferry();
@@ -710,12 +716,7 @@ fn a_copy_killed_while_it_is_planned_is_planned_anew_by_the_same_command() {
 fn a_rerun_killed_while_it_is_planned_leaves_the_finished_copy_found() {
     let s = Scratch::new();
     let src = s.path("src");
-    for d in 0..90 {
-        fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
-        for f in 0..100 {
-            fs::write(src.join(format!("d{d:02}/f{f}")), b"").unwrap();
-        }
-    }
+    planned_in_batches(&src);
     let store = SqliteStore::open(&s.store()).unwrap();
     for (name, dst) in [(Some("job"), "dst-named"), (None, "dst")] {
         let cp = || {
@@ -793,12 +794,7 @@ fn a_rerun_killed_while_it_is_planned_leaves_the_finished_copy_found() {
 fn a_copy_cancelled_while_it_is_planned_is_dropped_and_copied_anew() {
     let s = Scratch::new();
     let src = s.path("src");
-    for d in 0..90 {
-        fs::create_dir_all(src.join(format!("d{d:02}"))).unwrap();
-        for f in 0..100 {
-            fs::write(src.join(format!("d{d:02}/f{f}")), b"").unwrap();
-        }
-    }
+    planned_in_batches(&src);
     let cp = |dst: &str| {
         let mut cp = s.ferry();
         cp.args(["cp", "-a", "--name", dst])

@@ -196,7 +196,7 @@ impl PgStore {
         entries: &[NewEntry],
     ) -> Result<(), StoreError> {
         let state = self.transfer_state(tx, id)?;
-        rules::check_adding(&self.location_path(), id, state)?;
+        rules::check_planning(&self.location_path(), id, state, "added to")?;
         self.insert_entry_rows(tx, id, entries).map(|_| ())
     }
 
@@ -420,7 +420,7 @@ impl PgStore {
                 self.event(tx, *id, None, rules::EVENT_FREED, &Value::Null)
             }
             Change::Named { id, name } => {
-                rules::check_naming(&path, *id, self.transfer_state(tx, *id)?)?;
+                rules::check_planning(&path, *id, self.transfer_state(tx, *id)?, "named")?;
                 let holder = tx
                     .tx
                     .query_opt(

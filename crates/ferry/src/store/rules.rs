@@ -132,8 +132,14 @@ pub fn check_free(path: &Path, id: TransferId, state: TransferState) -> Result<(
     Ok(())
 }
 
-/// Entries are added only while the transfer is `created`.
-pub fn check_adding(path: &Path, id: TransferId, state: TransferState) -> Result<(), StoreError> {
+/// Entries are added, and a transfer is named, only while it is `created`
+/// (being planned); `what` says which was refused ("added to", "named").
+pub fn check_planning(
+    path: &Path,
+    id: TransferId,
+    state: TransferState,
+    what: &str,
+) -> Result<(), StoreError> {
     if state == TransferState::Created {
         return Ok(());
     }
@@ -141,20 +147,7 @@ pub fn check_adding(path: &Path, id: TransferId, state: TransferState) -> Result
         path: path.to_path_buf(),
         id,
         from: state.to_string(),
-        to: "added to".into(),
-    })
-}
-
-/// A transfer is named only while it is `created` (being planned).
-pub fn check_naming(path: &Path, id: TransferId, state: TransferState) -> Result<(), StoreError> {
-    if state == TransferState::Created {
-        return Ok(());
-    }
-    Err(StoreError::IllegalTransition {
-        path: path.to_path_buf(),
-        id,
-        from: state.to_string(),
-        to: "named".into(),
+        to: what.into(),
     })
 }
 

@@ -136,7 +136,7 @@ impl SqliteStore {
         id: TransferId,
         entries: &[NewEntry],
     ) -> Result<(), StoreError> {
-        rules::check_adding(&self.path, id, self.transfer_state(tx, id)?)?;
+        rules::check_planning(&self.path, id, self.transfer_state(tx, id)?, "added to")?;
         let first: i64 = tx
             .query_row(
                 "SELECT coalesce(max(idx) + 1, 0) FROM entries WHERE transfer_id = ?1",
@@ -388,7 +388,7 @@ impl SqliteStore {
                 )
             }
             Change::Named { id, name } => {
-                rules::check_naming(&self.path, *id, self.transfer_state(tx, *id)?)?;
+                rules::check_planning(&self.path, *id, self.transfer_state(tx, *id)?, "named")?;
                 let holder: Option<i64> = tx
                     .prepare_cached("SELECT id FROM transfers WHERE name = ?1 AND freed_ns IS NULL")
                     .and_then(|mut s| s.query_row([name], |row| row.get(0)).optional())
