@@ -253,7 +253,7 @@ pub fn changed_since<E: From<Error> + Send>(
                     began_ns: copy.created_ns,
                     ended_ns: copy.updated_ns - margin_ns,
                 };
-                for mut entry in store.entries(copy.id)? {
+                for mut entry in store.entries_compared(copy.id)? {
                     // Its source is the key, and compared no more.
                     let source = std::mem::take(&mut entry.source).into_os_string();
                     recorded.insert(source, (entry, when));

@@ -496,6 +496,15 @@ pub trait Store: Send + Sync {
 
     fn entries(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError>;
 
+    /// [`Store::entries`] with only what a re-run compares
+    /// ([`crate::rerun::changed_since`]): index, kind, paths, size, mode,
+    /// owner, mtime, link target and state. Extended attributes, checksum,
+    /// error, progress, atime and hard-link group are left empty (a
+    /// store may fill them in): these records are never written back.
+    fn entries_compared(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
+        self.entries(id)
+    }
+
     /// The transfer's first entry (its first source's root), without
     /// reading the others: how a re-run tells, among many transfers, the
     /// one that copied the same paths (see [`crate::rerun`]).

@@ -813,6 +813,11 @@ impl Store for SqliteStore {
         rules::check_entries(&self.path, id, records)
     }
 
+    fn entries_compared(&self, id: TransferId) -> Result<Vec<EntryRecord>, StoreError> {
+        let records = self.query_entries_of(id, COMPARED_COLUMNS, "", EntryIndex(0), i64::MAX)?;
+        rules::check_entries(&self.path, id, records)
+    }
+
     fn entries_from(
         &self,
         id: TransferId,
@@ -1032,11 +1037,23 @@ impl SqliteStore {
         from: EntryIndex,
         limit: i64,
     ) -> Result<Vec<EntryRecord>, StoreError> {
+        self.query_entries_of(id, ENTRY_COLUMNS, clause, from, limit)
+    }
+
+    /// `columns`: [`ENTRY_COLUMNS`], or [`COMPARED_COLUMNS`] in their places.
+    fn query_entries_of(
+        &self,
+        id: TransferId,
+        columns: &str,
+        clause: &str,
+        from: EntryIndex,
+        limit: i64,
+    ) -> Result<Vec<EntryRecord>, StoreError> {
         let rows = self.read(|conn| {
             let tx = conn.unchecked_transaction()?;
             let roots = read_roots(&tx, id)?;
             let mut stmt = tx.prepare_cached(&format!(
-                "SELECT {ENTRY_COLUMNS} FROM entries WHERE transfer_id = ?1 AND idx >= ?2 \
+                "SELECT {columns} FROM entries WHERE transfer_id = ?1 AND idx >= ?2 \
                  {clause} ORDER BY idx LIMIT ?3"
             ))?;
             let rows = stmt.query_map(params![id.0, from.0, limit], |row| {
@@ -1060,6 +1077,11 @@ impl SqliteStore {
 const ENTRY_COLUMNS: &str = "idx, kind, source, dest, size, mode, uid, gid, atime_ns, mtime_ns,
     link_target, state, progress_bytes_durable, error, checksum, link_group, xattrs,
     piece_digests";
+
+/// [`ENTRY_COLUMNS`] with what a re-run does not compare left empty
+/// ([`Store::entries_compared`]): the same positions, so the same reader.
+const COMPARED_COLUMNS: &str = "idx, kind, source, dest, size, mode, uid, gid, 0, mtime_ns,
+    link_target, state, 0, NULL, NULL, NULL, NULL, NULL";
 
 /// A transfer's root pair (`None`: its entries' paths are absolute).
 type Roots = (Option<Vec<u8>>, Option<Vec<u8>>);
