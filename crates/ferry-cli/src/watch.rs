@@ -247,6 +247,7 @@ fn event_names() -> Vec<String> {
             [
                 rules::EVENT_ADDED,
                 rules::EVENT_FREED,
+                rules::EVENT_NAMED,
                 rules::EVENT_REATTACHED,
                 rules::EVENT_LIMITED,
                 rules::EVENT_PROGRESS,
