@@ -33,6 +33,7 @@ const APPLICATION_ID: i64 = 0x4652_5259;
 mod events;
 mod packed;
 mod schema;
+mod tallies;
 #[cfg(test)]
 mod tests;
 mod transfers;

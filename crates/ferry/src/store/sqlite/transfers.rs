@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use super::events::{SqliteEventReader, query_events};
 use super::packed;
+use super::tallies::{self, Counted, TallyDeltas};
 use super::*;
 
 /// The `UPDATE` of an entry's state to `to`, allowed only from the states
@@ -236,7 +237,13 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         let free = Change::Free { id: replaced };
         let mut events = Vec::with_capacity(1);
-        match self.apply_one(tx, &free, &mut HashMap::new(), &mut events) {
+        match self.apply_one(
+            tx,
+            &free,
+            &mut HashMap::new(),
+            &mut events,
+            &mut TallyDeltas::default(),
+        ) {
             Ok(()) => self.insert_events(tx, &events),
             // Another process freed it first.
             Err(StoreError::NoSuchTransfer { .. }) => Ok(()),
@@ -252,6 +259,7 @@ impl SqliteStore {
         change: &'a Change,
         checked: &mut HashMap<TransferId, ()>,
         events: &mut Vec<PendingEvent<'a>>,
+        deltas: &mut TallyDeltas,
     ) -> Result<(), StoreError> {
         let mut event = |transfer: TransferId,
                          entry: Option<EntryIndex>,
@@ -327,9 +335,9 @@ impl SqliteStore {
                 context,
             } => {
                 self.check_moving(tx, *id, checked)?;
-                // One statement: the transition is checked by its WHERE (the
-                // states `to` may be entered from); only a refusal reads the
-                // entry again, to say what it was.
+                let was = tallies::counted(tx, *id, index.0).map_err(|e| self.err(e))?;
+                // The transition is checked by the UPDATE's WHERE (the
+                // states `to` may be entered from).
                 let changed = tx
                     .prepare_cached(entry_update_sql(*to))
                     .and_then(|mut s| {
@@ -343,12 +351,19 @@ impl SqliteStore {
                         ])
                     })
                     .map_err(|e| self.err(e))?;
-                if changed != 1 {
+                let Some(was) = was.filter(|_| changed == 1) else {
                     let from = self.entry_state(tx, *id, *index)?;
                     return Err(rules::entry_transition_refused(
                         &self.path, *id, *index, from, *to,
                     ));
-                }
+                };
+                let now = Counted {
+                    state: rules::file_state_code(*to),
+                    progress_bytes_durable: progress_bytes_durable
+                        .map_or(was.progress_bytes_durable, |p| p as i64),
+                    ..was
+                };
+                deltas.moved(*id, was, now);
                 event(
                     *id,
                     Some(*index),
@@ -424,6 +439,7 @@ impl SqliteStore {
             } => {
                 self.check_moving(tx, *id, checked)?;
                 let digests = rules::piece_digests_column(piece_digests);
+                let was = tallies::counted(tx, *id, index.0).map_err(|e| self.err(e))?;
                 let changed = tx
                     .prepare_cached(
                         "UPDATE entries SET progress_bytes_durable = ?1, piece_digests = ?4
@@ -438,14 +454,19 @@ impl SqliteStore {
                         ])
                     })
                     .map_err(|e| self.err(e))?;
-                if changed != 1 {
+                let Some(was) = was.filter(|_| changed == 1) else {
                     return Err(rules::progress_refused(
                         &self.path,
                         *id,
                         *index,
                         *progress_bytes_durable,
                     ));
-                }
+                };
+                let now = Counted {
+                    progress_bytes_durable: *progress_bytes_durable as i64,
+                    ..was
+                };
+                deltas.moved(*id, was, now);
                 let context = rules::progress_context(*progress_bytes_durable);
                 event(
                     *id,
@@ -771,9 +792,11 @@ impl Store for SqliteStore {
         self.write_as(writing, |tx| {
             let mut checked = HashMap::new();
             let mut events = Vec::with_capacity(changes.len());
+            let mut tallies = TallyDeltas::default();
             for change in changes {
-                self.apply_one(tx, change, &mut checked, &mut events)?;
+                self.apply_one(tx, change, &mut checked, &mut events, &mut tallies)?;
             }
+            tallies.write(tx).map_err(|e| self.err(e))?;
             self.insert_events(tx, &events)
         })
     }
