@@ -540,6 +540,10 @@ fn refresh(
     // caller will ask for it by that name.
     let named_anew = args.name.as_deref().is_some_and(|name| name != record.name);
     if !named_anew && refresh.changed.iter().all(|changed| !changed) {
+        // A plan of this name killed before its dispatch ends here too.
+        if let Some(name) = args.name.as_deref() {
+            ferry::abandon_stale_plans(&store, name)?;
+        }
         if !args.run.quiet {
             eprintln!(
                 "ferry: transfer {} (id {}) already copied this to {}, and nothing changed \

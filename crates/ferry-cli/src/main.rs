@@ -778,25 +778,22 @@ fn run_command(
                     action: "cancel",
                 }));
             }
-            // Never dispatched: its plan may be partial, so it is never
-            // continued. A dead planner's is dropped here; a live one drops
-            // its own at its next batch.
+            // Never dispatched: its plan may be partial, so it is dropped
+            // (cancelled and freed at once), never continued; a live
+            // planner finds it gone at its next batch or its dispatch.
             if record.state == ferry::TransferState::Created {
                 let (id, pid) = (record.id, record.owner.pid);
-                if record.owner_liveness() == ferry::owner::Liveness::Dead {
-                    ferry::Transfer::abandon_undispatched(&store, record.clone())?;
-                    println!(
-                        "ferry: cancelled {name} (id {id}) and dropped it: it was never \
-                         dispatched (its owner died while planning it), and nothing of it was \
-                         copied; run the command that made it again to copy anew"
-                    );
+                transfer.cancel_plan()?;
+                let whose = if record.owner_liveness() == ferry::owner::Liveness::Dead {
+                    "its owner died while planning it".to_owned()
                 } else {
-                    transfer.cancel()?;
-                    println!(
-                        "ferry: cancelled {name} (id {id}) while process {pid} plans it: \
-                         nothing of it is copied, and that process drops it"
-                    );
-                }
+                    format!("process {pid} was planning it, and stops")
+                };
+                println!(
+                    "ferry: cancelled {name} (id {id}) and dropped it: it was never dispatched \
+                     ({whose}), and nothing of it was copied; run the command that made it \
+                     again to copy anew"
+                );
                 return Ok(Exit::Ok);
             }
             transfer.cancel()?;

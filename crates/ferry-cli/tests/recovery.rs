@@ -782,6 +782,31 @@ fn a_rerun_killed_while_it_is_planned_leaves_the_finished_copy_found() {
             assert_ne!(now.id, first.id, "a new transfer brought it up to date");
             assert_eq!(store.entry_tally(now.id).unwrap().entries, 9091);
             assert!(finished(first.id).is_none(), "it gave its name up");
+            // Killed again while planned; then a plain re-run finds nothing
+            // changed, and ends the dead plan all the same.
+            let out = run(cp().env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&out.status),
+                Some(9),
+                "{out:?}"
+            );
+            let out = run_ok(
+                s.ferry()
+                    .args(["cp", "-a", "--name", name])
+                    .arg(&src)
+                    .arg(s.path(dst)),
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("nothing changed since"),
+                "{out:?}"
+            );
+            let live: Vec<_> = store
+                .transfers()
+                .unwrap()
+                .into_iter()
+                .filter(|t| t.state != TransferState::Completed)
+                .collect();
+            assert!(live.is_empty(), "{live:?}");
         }
     }
 }
@@ -817,7 +842,8 @@ fn a_copy_cancelled_while_it_is_planned_is_dropped_and_copied_anew() {
     let pause = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     let out = run_ok(s.ferry().args(["cancel", "live"]));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("while process"), "{said}");
+    assert!(said.contains("was planning it, and stops"), "{said}");
+    assert!(store.transfers().unwrap().is_empty(), "dropped at once");
     drop(pause);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(12), "{out:?}");
@@ -850,4 +876,45 @@ fn a_copy_cancelled_while_it_is_planned_is_dropped_and_copied_anew() {
         let t = store.transfer_by_name(dst).unwrap().unwrap();
         assert_eq!(store.entry_tally(t.id).unwrap().entries, 9091);
     }
+}
+
+/// `ferry cancel` after the last batch of a plan and before its dispatch
+/// (fail point `plan.dispatch`, paused): the dispatch is refused and the
+/// copy never starts, as the cancel said.
+#[test]
+fn a_copy_cancelled_between_its_plan_and_its_dispatch_never_starts() {
+    let s = Scratch::new();
+    let src = s.path("src");
+    write_file(&src.join("a/f"), b"data");
+    let fifo = s.path("pause");
+    run_ok(std::process::Command::new("mkfifo").arg(&fifo));
+    let child = s
+        .ferry()
+        .env("FERRY_FAILPOINT", "plan.dispatch=pause")
+        .env("FERRY_FAILPOINT_FIFO", &fifo)
+        .args(["cp", "-a", "--name", "small"])
+        .arg(&src)
+        .arg(s.path("dst"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pause = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let out = run_ok(s.ferry().args(["cancel", "small"]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("dropped it: it was never dispatched"),
+        "{said}"
+    );
+    drop(pause);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(12), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("was cancelled while it was planned"),
+        "{said}"
+    );
+    assert!(!s.path("dst").exists(), "nothing was copied");
+    let store = SqliteStore::open(&s.store()).unwrap();
+    assert!(store.transfers().unwrap().is_empty(), "dropped");
 }

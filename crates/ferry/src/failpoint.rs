@@ -56,6 +56,9 @@ pub enum CommitStep {
     RemoveExtra,
     /// Before each batch of a plan is added to its new transfer.
     PlanBatch,
+    /// Before a planned transfer is dispatched (its plan whole, nothing
+    /// copied yet).
+    Dispatch,
 }
 
 impl CommitStep {
@@ -84,7 +87,7 @@ impl CommitStep {
     pub const DELETE: [CommitStep; 1] = [CommitStep::RemoveExtra];
 
     /// The steps of planning a copy into the store.
-    pub const PLAN: [CommitStep; 1] = [CommitStep::PlanBatch];
+    pub const PLAN: [CommitStep; 2] = [CommitStep::PlanBatch, CommitStep::Dispatch];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -103,6 +106,7 @@ impl CommitStep {
             CommitStep::RestoreData => "hsm.restore_data",
             CommitStep::RemoveExtra => "delete.remove",
             CommitStep::PlanBatch => "plan.add_batch",
+            CommitStep::Dispatch => "plan.dispatch",
         }
     }
 }

@@ -58,6 +58,6 @@ pub use model::{
     Caller, EntryKind, FileCounts, FileState, Kind, Preserve, TransferId, TransferState,
 };
 pub use transfer::{
-    Canceller, PlanSink, RunEnded, RunSettings, Transfer, TransferOptions, default_store_path,
-    default_workers, plan_in_batches,
+    Canceller, PlanSink, RunEnded, RunSettings, Transfer, TransferOptions, abandon_stale_plans,
+    default_store_path, default_workers, plan_in_batches,
 };

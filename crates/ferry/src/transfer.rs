@@ -297,11 +297,12 @@ impl Transfer {
             (Ok(()), None) => Transfer::insert(Arc::clone(&store), &planning, None, &[])?,
             (Err(e), Some(transfer)) if !transfer.reattached => {
                 let id = transfer.record.id;
-                // `ferry cancel` meanwhile: the next batch was refused.
-                let cancelled = matches!(e, Error::Store(StoreError::IllegalTransition { .. }))
-                    && store
-                        .transfer(id)?
-                        .is_some_and(|t| t.state == TransferState::Cancelled);
+                // `ferry cancel` meanwhile ([`Transfer::cancel_plan`]): the
+                // next batch was refused.
+                let cancelled = match &e {
+                    Error::Store(refused) => planned_was_cancelled(store.as_ref(), id, refused)?,
+                    _ => false,
+                };
                 // Nothing was copied: the part planned is of no use to anyone.
                 let _ = abandon(store.as_ref(), id, "its plan failed");
                 if cancelled {
@@ -321,6 +322,20 @@ impl Transfer {
             transfer.takes_name = Some((replaces, name.to_owned()));
         }
         Ok(transfer)
+    }
+
+    /// `ferry cancel` of a transfer never dispatched: its plan may be
+    /// partial, so it is cancelled and freed in one transaction, whether
+    /// its planner lives or not, and never continued. A live planner's
+    /// next batch, or its dispatch, is refused
+    /// ([`Error::CancelledWhilePlanned`]).
+    pub fn cancel_plan(&self) -> Result<()> {
+        debug_assert_eq!(self.record.state, TransferState::Created);
+        abandon(
+            self.store.as_ref(),
+            self.record.id,
+            "cancelled while it was planned",
+        )
     }
 
     /// Takes over `record`, a transfer never dispatched whose owner died
@@ -720,6 +735,10 @@ impl Transfer {
         } else {
             None
         };
+        if action == "dispatch" {
+            crate::failpoint::hit(crate::failpoint::CommitStep::Dispatch)
+                .map_err(|e| Error::io(self.store.location(), e))?;
+        }
         // A plan made under a provisional name takes its own as it is
         // dispatched: until then the finished copy keeps it.
         let naming = self.takes_name.take().filter(|_| action == "dispatch");
@@ -768,6 +787,15 @@ impl Transfer {
                 self.record.id,
                 "another transfer took its name",
             );
+        }
+        if action == "dispatch"
+            && let Err(e) = &dispatched
+            && planned_was_cancelled(self.store.as_ref(), self.record.id, e)?
+        {
+            return Err(Error::CancelledWhilePlanned {
+                name: naming.map_or_else(|| self.record.name.clone(), |(_, name)| name),
+                id: self.record.id,
+            });
         }
         dispatched.map_err(|e| self.owned_elsewhere(e))?;
         if let Some((_, name)) = naming {
@@ -947,6 +975,18 @@ pub fn plan_in_batches(entries: &[NewEntry], sink: PlanSink<'_>) -> Result<()> {
 
 /// Cancels `id`, a transfer never dispatched, and frees its name, in one
 /// transaction; the event says `why`.
+/// Whether `error`, met while `id` was planned or dispatched, is the
+/// store refusing a transfer that `ferry cancel` ended meanwhile (it is
+/// cancelled, or freed).
+fn planned_was_cancelled(store: &dyn Store, id: TransferId, error: &StoreError) -> Result<bool> {
+    Ok(matches!(
+        error,
+        StoreError::IllegalTransition { .. } | StoreError::NoSuchTransfer { .. }
+    ) && store
+        .transfer(id)?
+        .is_none_or(|t| t.state == TransferState::Cancelled))
+}
+
 /// Who holds the name a new transfer asks for.
 enum NameHolder {
     /// No live transfer.
@@ -971,8 +1011,9 @@ fn planning_prefix(name: &str) -> String {
 }
 
 /// Ends the plans of `name` whose planners died ([`planning_name`]): they
-/// were never dispatched. A live planner's is left to it.
-fn abandon_stale_plans(store: &Arc<dyn Store>, name: &str) -> Result<()> {
+/// were never dispatched. A live planner's is left to it. Every plan of
+/// `name` does it first; so does a re-run that finds nothing changed.
+pub fn abandon_stale_plans(store: &Arc<dyn Store>, name: &str) -> Result<()> {
     let prefix = planning_prefix(name);
     for record in store.transfers()? {
         if !record.name.starts_with(&prefix) || record.state != TransferState::Created {
