@@ -421,28 +421,49 @@ impl PgStore {
             }
             Change::Named { id, name } => {
                 rules::check_planning(&path, *id, self.transfer_state(tx, *id)?, "named")?;
-                let holder = tx
-                    .tx
-                    .query_opt(
-                        "SELECT id FROM transfers WHERE name = $1 AND freed_ns IS NULL",
-                        &[name],
-                    )
-                    .and_then(|row| row.map(|row| row.try_get::<_, i64>(0)).transpose())
-                    .map_err(|e| self.err(e))?;
-                if let Some(holder) = holder {
-                    return Err(StoreError::DuplicateName {
-                        path: path.clone(),
-                        name: name.clone(),
-                        id: TransferId(holder),
-                    });
+                let holder = |tx: &mut Tx<'_>| {
+                    tx.tx
+                        .query_opt(
+                            "SELECT id FROM transfers WHERE name = $1 AND freed_ns IS NULL",
+                            &[name],
+                        )
+                        .and_then(|row| row.map(|row| row.try_get::<_, i64>(0)).transpose())
+                        .map_err(|e| self.err(e))
+                };
+                let taken = |holder: i64| StoreError::DuplicateName {
+                    path: path.clone(),
+                    name: name.clone(),
+                    id: TransferId(holder),
+                };
+                if let Some(holder) = holder(tx)? {
+                    return Err(taken(holder));
                 }
-                let changed = tx
-                    .tx
-                    .execute(
+                // In a savepoint: a creator of the name whose row the look
+                // above could not see yet makes the update fail on the
+                // live-name index once it commits; it is then the holder.
+                let updated = {
+                    let mut savepoint = CachedTx {
+                        tx: tx.tx.tx.transaction().map_err(|e| self.err(e))?,
+                        statements: &mut *tx.tx.statements,
+                    };
+                    let updated = savepoint.execute(
                         "UPDATE transfers SET name = $1 WHERE id = $2 AND freed_ns IS NULL",
                         &[name, &id.0],
-                    )
-                    .map_err(|e| self.err(e))?;
+                    );
+                    match updated {
+                        Ok(changed) => savepoint.tx.commit().map(|()| Ok(changed)),
+                        // Dropped: rolled back to the savepoint.
+                        Err(e) => Ok(Err(e)),
+                    }
+                };
+                let changed = match updated.map_err(|e| self.err(e))? {
+                    Ok(changed) => changed,
+                    Err(e) if is_duplicate_name(&e) => {
+                        let holder = holder(tx)?.ok_or_else(|| self.err(e))?;
+                        return Err(taken(holder));
+                    }
+                    Err(e) => return Err(self.err(e)),
+                };
                 if changed != 1 {
                     return Err(rules::no_such_transfer(&path, *id));
                 }
