@@ -286,14 +286,12 @@ fn stop_dead_frees_only_transfers_whose_owner_is_dead() {
 /// A transfer crashed between `copied` and its renames, then its sources
 /// deleted: what a post-stage finalize on another node finds.
 fn crashed_before_rename(store: &Path, src: &Path, dst: &Path) {
-    let out = run(ferry_at(store)
-        .env("FERRY_FAILPOINT", "commit.rename:3")
-        .args(["cp", "-a", "--name", "ckpt"])
-        .arg(src)
-        .arg(dst));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9)
+    run_killed(
+        ferry_at(store)
+            .env("FERRY_FAILPOINT", "commit.rename:3")
+            .args(["cp", "-a", "--name", "ckpt"])
+            .arg(src)
+            .arg(dst),
     );
 }
 
@@ -367,24 +365,20 @@ fn finalize_cleans_failed_cancelled_and_dead_running_transfers_and_leaves_live_o
         .arg(&src)
         .arg(s.path("out0")));
     assert_eq!(out.status.code(), Some(1));
-    let out = run(ferry_at(&store(1))
-        .env("FERRY_FAILPOINT", "commit.record_progress:1")
-        .args(["cp", "-r", "--threads", "1", "--name", "r1"])
-        .arg(&src)
-        .arg(s.path("out1")));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9)
+    run_killed(
+        ferry_at(&store(1))
+            .env("FERRY_FAILPOINT", "commit.record_progress:1")
+            .args(["cp", "-r", "--threads", "1", "--name", "r1"])
+            .arg(&src)
+            .arg(s.path("out1")),
     );
     run_ok(ferry_at(&store(1)).args(["cancel", "r1"]));
-    let out = run(ferry_at(&store(2))
-        .env("FERRY_FAILPOINT", "commit.record_progress:2")
-        .args(["cp", "-r", "--threads", "1", "--name", "r2"])
-        .arg(&src)
-        .arg(s.path("out2")));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9)
+    run_killed(
+        ferry_at(&store(2))
+            .env("FERRY_FAILPOINT", "commit.record_progress:2")
+            .args(["cp", "-r", "--threads", "1", "--name", "r2"])
+            .arg(&src)
+            .arg(s.path("out2")),
     );
     {
         let live = SqliteStore::open(&store(3)).unwrap();
@@ -457,15 +451,12 @@ fn finalize_resume_continues_a_dead_owners_transfer() {
     tree(&src, 6, 7);
     let mut rng = fastrand::Rng::with_seed(8);
     write_file(&src.join("large"), &random_bytes(&mut rng, 72 << 20));
-    let out = run(s
-        .ferry()
-        .env("FERRY_FAILPOINT", "commit.record_progress:2")
-        .args(["cp", "-a", "--threads", "1", "--name", "r"])
-        .arg(&src)
-        .arg(s.path("dst")));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9)
+    run_killed(
+        s.ferry()
+            .env("FERRY_FAILPOINT", "commit.record_progress:2")
+            .args(["cp", "-a", "--threads", "1", "--name", "r"])
+            .arg(&src)
+            .arg(s.path("dst")),
     );
     let out = finalize(&[&s.store()], &["--resume", "--json"]);
     assert!(out.status.success(), "{out:?}");
@@ -524,16 +515,12 @@ fn status_says_what_to_do_next_and_filters_by_state_and_limit() {
             .arg(&src)
             .arg(s.path("a")),
     );
-    let out = run(s
-        .ferry()
-        .env("FERRY_FAILPOINT", "commit.rename:2")
-        .args(["cp", "-r", "--name", "dead"])
-        .arg(&src)
-        .arg(s.path("b")));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9),
-        "{out:?}"
+    run_killed(
+        s.ferry()
+            .env("FERRY_FAILPOINT", "commit.rename:2")
+            .args(["cp", "-r", "--name", "dead"])
+            .arg(&src)
+            .arg(s.path("b")),
     );
     let out = run_ok(s.ferry().arg("status"));
     let table = String::from_utf8_lossy(&out.stdout);
@@ -629,12 +616,7 @@ fn a_copy_killed_while_it_is_planned_is_planned_anew_by_the_same_command() {
             cp.arg(&src).arg(s.path(dst));
             cp
         };
-        let out = run(cp().env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&out.status),
-            Some(9),
-            "{out:?}"
-        );
+        run_killed(cp().env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
         assert!(
             !s.path(dst).exists(),
             "nothing is copied before the plan ends"
@@ -738,12 +720,7 @@ fn a_rerun_killed_while_it_is_planned_leaves_the_finished_copy_found() {
             .unwrap();
         fs::write(src.join("d00/f0"), b"changed since the first copy").unwrap();
 
-        let out = run(cp().env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&out.status),
-            Some(9),
-            "{out:?}"
-        );
+        run_killed(cp().env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
         let killed = store
             .transfers()
             .unwrap()
@@ -784,12 +761,7 @@ fn a_rerun_killed_while_it_is_planned_leaves_the_finished_copy_found() {
             assert!(finished(first.id).is_none(), "it gave its name up");
             // Killed again while planned; then a plain re-run finds nothing
             // changed, and ends the dead plan all the same.
-            let out = run(cp().env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&out.status),
-                Some(9),
-                "{out:?}"
-            );
+            run_killed(cp().env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
             let out = run_ok(
                 s.ferry()
                     .args(["cp", "-a", "--name", name])
@@ -856,12 +828,7 @@ fn a_copy_cancelled_while_it_is_planned_is_dropped_and_copied_anew() {
     assert!(store.transfers().unwrap().is_empty(), "dropped");
 
     // A dead planner.
-    let out = run(cp("dead").env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&out.status),
-        Some(9),
-        "{out:?}"
-    );
+    run_killed(cp("dead").env("FERRY_FAILPOINT", "plan.add_batch:2=crash"));
     let out = run_ok(s.ferry().args(["cancel", "dead"]));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(

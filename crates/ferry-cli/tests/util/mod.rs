@@ -69,6 +69,17 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// [`run`], which must end by SIGKILL (a `crash` fail point).
+pub fn run_killed(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "{out:?}"
+    );
+    out
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = run(cmd);
     assert!(out.status.success(), "ferry failed: {out:?}");
