@@ -36,6 +36,17 @@ fn tree(root: &Path, files: usize, seed: u64) {
     assert!(old.success());
 }
 
+/// Every live transfer of `store` completed: none is left half planned.
+fn assert_all_completed(store: &SqliteStore) {
+    let live: Vec<_> = store
+        .transfers()
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.state != TransferState::Completed)
+        .collect();
+    assert!(live.is_empty(), "{live:?}");
+}
+
 /// 9,000 empty files in 90 directories (9,091 entries): a plan of three
 /// batches.
 fn planned_in_batches(src: &Path) {
@@ -661,12 +672,8 @@ fn a_copy_killed_while_it_is_planned_is_planned_anew_by_the_same_command() {
             "{said}"
         );
         assert_same_tree(&src, &s.path(dst));
+        assert_all_completed(&store);
         let transfers = store.transfers().unwrap();
-        let live: Vec<_> = transfers
-            .iter()
-            .filter(|t| t.state != TransferState::Completed)
-            .collect();
-        assert!(live.is_empty(), "{live:?}");
         let done = transfers
             .iter()
             .find(|t| name.is_none_or(|name| t.name == name) && t.id != killed.id)
@@ -747,13 +754,7 @@ fn a_rerun_killed_while_it_is_planned_leaves_the_finished_copy_found() {
         assert!(!s.path(dst).join("src").exists(), "nested: {said}");
         assert_same_tree(&src, &s.path(dst));
         assert!(finished(killed.id).is_none(), "the killed plan is ended");
-        let live: Vec<_> = store
-            .transfers()
-            .unwrap()
-            .into_iter()
-            .filter(|t| t.state != TransferState::Completed)
-            .collect();
-        assert!(live.is_empty(), "{live:?}");
+        assert_all_completed(&store);
         if let Some(name) = name {
             let now = store.transfer_by_name(name).unwrap().unwrap();
             assert_ne!(now.id, first.id, "a new transfer brought it up to date");
@@ -772,13 +773,7 @@ fn a_rerun_killed_while_it_is_planned_leaves_the_finished_copy_found() {
                 String::from_utf8_lossy(&out.stderr).contains("nothing changed since"),
                 "{out:?}"
             );
-            let live: Vec<_> = store
-                .transfers()
-                .unwrap()
-                .into_iter()
-                .filter(|t| t.state != TransferState::Completed)
-                .collect();
-            assert!(live.is_empty(), "{live:?}");
+            assert_all_completed(&store);
         }
     }
 }
