@@ -762,7 +762,14 @@ fn run_command(
             Ok(Exit::Ok)
         }
         Command::Cancel { name } => {
-            let transfer = Transfer::open(std::sync::Arc::clone(&store), &name)?;
+            let mut transfer = Transfer::open(std::sync::Arc::clone(&store), &name)?;
+            // A finished copy keeps its name while a re-run of it is
+            // planned under a provisional one: that plan is what to cancel.
+            if transfer.record().state.is_terminal()
+                && let Some(plan) = ferry::plans_of(store.as_ref(), &name)?.into_iter().next()
+            {
+                transfer = Transfer::open(std::sync::Arc::clone(&store), &plan.name)?;
+            }
             let record = transfer.record();
             // A transfer that cannot become cancelled (completed, finalized,
             // cancelled already) has nothing to stop: said as such, not as

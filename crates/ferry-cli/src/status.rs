@@ -68,6 +68,17 @@ impl CountsRow {
     }
 }
 
+/// `word` as a shell reads it back: as it is when it holds nothing the
+/// shell treats specially, else in single quotes (a provisional plan's
+/// name, ` NAME (planned by pid P)`, has spaces and parentheses).
+fn shell_word(word: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "._-/+:=@,%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        return word.into();
+    }
+    format!("'{}'", word.replace('\'', r"'\''")).into()
+}
+
 impl StatusRow {
     /// A transfer of the store, with every entry (`--files`).
     pub fn local(
@@ -201,6 +212,7 @@ impl StatusRow {
 /// type (through the daemon's socket for its transfers).
 fn next_step(name: &str, state: &str, liveness: &str, daemon: bool) -> Option<String> {
     let via = if daemon { "--daemon " } else { "" };
+    let name = shell_word(name);
     match state {
         "completed" | "finalized" => None,
         "failed" => Some(format!("ferry {via}resume {name} retries the failed files")),

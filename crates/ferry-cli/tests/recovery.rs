@@ -747,6 +747,17 @@ fn a_rerun_killed_while_it_is_planned_leaves_the_finished_copy_found() {
             let out = run_ok(s.ferry().args(["status", name]));
             let said = String::from_utf8_lossy(&out.stdout);
             assert!(said.contains("completed"), "{said}");
+            // The dead plan's advice can be typed as printed.
+            let out = run_ok(s.ferry().arg("status"));
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                said.contains(&format!("ferry forget ' {name} (planned by pid ")),
+                "{said}"
+            );
         }
 
         let out = run_ok(&mut cp());
@@ -879,4 +890,42 @@ fn a_copy_cancelled_between_its_plan_and_its_dispatch_never_starts() {
     assert!(!s.path("dst").exists(), "nothing was copied");
     let store = SqliteStore::open(&s.store()).unwrap();
     assert!(store.transfers().unwrap().is_empty(), "dropped");
+
+    // A re-run of a finished copy, planned under a provisional name: `ferry
+    // cancel NAME` finds the plan, not the finished copy.
+    let cp = || {
+        let mut cp = s.ferry();
+        cp.args(["cp", "-a", "--skip", "checksum", "--name", "small"])
+            .arg(&src)
+            .arg(s.path("dst"));
+        cp
+    };
+    run_ok(&mut cp());
+    let finished = store.transfer_by_name("small").unwrap().unwrap();
+    let child = cp()
+        .env("FERRY_FAILPOINT", "plan.dispatch=pause")
+        .env("FERRY_FAILPOINT_FIFO", &fifo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pause = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let out = run_ok(s.ferry().args(["status"]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(" small (planned by pid"), "{said}");
+    let out = run_ok(s.ferry().args(["cancel", "small"]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("dropped it: it was never dispatched"),
+        "{said}"
+    );
+    drop(pause);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(12), "{out:?}");
+    let now = store.transfers().unwrap();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(
+        (now[0].id, now[0].state),
+        (finished.id, TransferState::Completed)
+    );
 }

@@ -59,5 +59,5 @@ pub use model::{
 };
 pub use transfer::{
     Canceller, PlanSink, RunEnded, RunSettings, Transfer, TransferOptions, abandon_stale_plans,
-    default_store_path, default_workers, plan_in_batches,
+    default_store_path, default_workers, plan_in_batches, plans_of,
 };

@@ -1010,15 +1010,22 @@ fn planning_prefix(name: &str) -> String {
     format!(" {name} (planned by pid ")
 }
 
+/// The transfers being planned to take `name` ([`planning_name`]), live
+/// planner or dead.
+pub fn plans_of(store: &dyn Store, name: &str) -> Result<Vec<TransferRecord>> {
+    let prefix = planning_prefix(name);
+    Ok(store
+        .transfers()?
+        .into_iter()
+        .filter(|t| t.name.starts_with(&prefix) && t.state == TransferState::Created)
+        .collect())
+}
+
 /// Ends the plans of `name` whose planners died ([`planning_name`]): they
 /// were never dispatched. A live planner's is left to it. Every plan of
 /// `name` does it first; so does a re-run that finds nothing changed.
 pub fn abandon_stale_plans(store: &Arc<dyn Store>, name: &str) -> Result<()> {
-    let prefix = planning_prefix(name);
-    for record in store.transfers()? {
-        if !record.name.starts_with(&prefix) || record.state != TransferState::Created {
-            continue;
-        }
+    for record in plans_of(store.as_ref(), name)? {
         match Transfer::abandon_undispatched(store, record) {
             Ok(()) | Err(Error::OwnerAlive { .. }) => {}
             Err(e) => return Err(e),
