@@ -4,8 +4,11 @@
 use ferry::model::{EntryKind, NewEntry};
 
 /// A batch item holds at most this many files: one batch is one commit (one
-/// `syncfs`, two store transactions), as [`ferry::engine::BATCH_FILES_MAX`].
-pub const BATCH_FILES_MAX: usize = ferry::engine::BATCH_FILES_MAX;
+/// `syncfs`, two store transactions). A quarter of the single-process
+/// engine's batch ([`ferry::engine::BATCH_FILES_MAX`]): items are what
+/// spreads a copy over the nodes, and one lost with its worker is copied
+/// again.
+pub const BATCH_FILES_MAX: usize = 512;
 /// … and at most this many bytes, so that a batch lost with its worker costs
 /// at most this much copying again.
 pub const BATCH_BYTES_MAX: u64 = 256 << 20;

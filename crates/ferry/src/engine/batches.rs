@@ -299,37 +299,62 @@ impl Engine<'_> {
         followers_of: &HashMap<EntryIndex, Vec<EntryIndex>>,
     ) -> Result<Vec<(EntryIndex, String)>> {
         let mut failed = Vec::new();
-        let mut flush =
-            |batch: &mut Vec<Ready>, failures: &mut Vec<(EntryIndex, String)>| -> Result<()> {
-                if batch.is_empty() && failures.is_empty() {
-                    return Ok(());
-                }
-                let outcome = self.committer.commit(batch, std::mem::take(failures));
+        let mut placed = commit::Placed::default();
+        // Commits what arrived, overlapping it with the batch placed before
+        // (see `Committer::commit_overlapped`); `last` also finishes the one
+        // it places. Whether a placed batch is left waiting.
+        let mut flush = |batch: &mut Vec<Ready>,
+                         failures: &mut Vec<(EntryIndex, String)>,
+                         last: bool|
+         -> Result<bool> {
+            let mut outcome = commit::BatchOutcome::default();
+            if !batch.is_empty() || !failures.is_empty() {
+                let committed =
+                    self.committer
+                        .commit_overlapped(batch, std::mem::take(failures), &mut placed);
                 batch.clear();
-                let outcome = outcome?;
-                let progress = &self.options.progress;
-                progress
-                    .files_done
-                    .fetch_add(outcome.committed.len() as u64, Ordering::Relaxed);
-                self.warnings
-                    .lock()
-                    .expect("warnings poisoned")
-                    .extend(outcome.warnings);
-                failed.extend(outcome.failed);
-                Ok(())
-            };
+                outcome = committed?;
+            }
+            if last {
+                let rest = self.committer.finish(&mut placed)?;
+                outcome.committed.extend(rest.committed);
+                outcome.failed.extend(rest.failed);
+            }
+            let progress = &self.options.progress;
+            progress
+                .files_done
+                .fetch_add(outcome.committed.len() as u64, Ordering::Relaxed);
+            self.warnings
+                .lock()
+                .expect("warnings poisoned")
+                .extend(outcome.warnings);
+            failed.extend(outcome.failed);
+            Ok(!placed.is_empty())
+        };
         // A batch is committed when it is full, or BATCH_WAIT after its
-        // first file arrived, whichever is first.
+        // first file arrived, whichever is first; a placed batch that no
+        // other follows within BATCH_WAIT is finished on its own.
         let mut batch_started: Option<Instant> = (!batch.is_empty()).then(Instant::now);
+        let mut placed_since: Option<Instant> = None;
         let result = loop {
             let due = batch_started.is_some_and(|t| t.elapsed() >= BATCH_WAIT);
             if batch.len() >= BATCH_FILES_MAX || due {
-                if let Err(e) = flush(&mut batch, &mut failures) {
-                    break Err(e);
+                match flush(&mut batch, &mut failures, false) {
+                    Ok(waiting) => placed_since = waiting.then(Instant::now),
+                    Err(e) => break Err(e),
                 }
                 batch_started = None;
             }
-            let wait = batch_started.map_or(BATCH_WAIT, |t| BATCH_WAIT.saturating_sub(t.elapsed()));
+            let idle = placed_since.is_some_and(|t| t.elapsed() >= BATCH_WAIT);
+            if batch_started.is_none() && idle {
+                if let Err(e) = flush(&mut batch, &mut failures, true) {
+                    break Err(e);
+                }
+                placed_since = None;
+            }
+            let wait = batch_started
+                .or(placed_since)
+                .map_or(BATCH_WAIT, |t| BATCH_WAIT.saturating_sub(t.elapsed()));
             match rx.recv_timeout(wait) {
                 Ok(done) => {
                     batch_started.get_or_insert_with(Instant::now);
@@ -372,7 +397,9 @@ impl Engine<'_> {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break flush(&mut batch, &mut failures),
+                Err(RecvTimeoutError::Disconnected) => {
+                    break flush(&mut batch, &mut failures, true).map(|_| ());
+                }
             }
         };
         if result.is_err() {

@@ -51,6 +51,22 @@ pub struct Committer<'a> {
     pub verify_recorded_too: bool,
 }
 
+/// A batch renamed into place and given its metadata, whose sync and
+/// `committed` record ride on the next batch's ([`Committer::commit_overlapped`])
+/// or come with [`Committer::finish`].
+#[derive(Default)]
+pub struct Placed {
+    ready: Vec<Ready>,
+    /// Failed while placed: already reported, not yet recorded.
+    failed: Vec<(EntryIndex, String)>,
+}
+
+impl Placed {
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.failed.is_empty()
+    }
+}
+
 /// What became of a batch: entries committed, and entries that failed with
 /// their message (already recorded in the store).
 #[derive(Default)]
@@ -104,54 +120,71 @@ impl Committer<'_> {
         batch: &[Ready],
         failures: Vec<(EntryIndex, String)>,
     ) -> Result<BatchOutcome, StoreError> {
+        let mut placed = Placed::default();
+        let mut outcome = self.commit_overlapped(batch, failures, &mut placed)?;
+        let rest = self.finish(&mut placed)?;
+        outcome.committed = rest.committed;
+        outcome.failed.extend(rest.failed);
+        Ok(outcome)
+    }
+
+    /// Steps 2–4 of `batch`, and steps 5½–6 of the batch placed before it
+    /// (`placed`, which then holds this one): one sync makes this batch's
+    /// data and the earlier batch's renames and metadata durable, and one
+    /// transaction records this batch `copied` and the earlier one
+    /// `committed`. Half the syncs and transactions of committing each
+    /// batch on its own, for the same order of steps per file. The
+    /// entries committed are the earlier batch's; [`Committer::finish`]
+    /// commits the last.
+    pub fn commit_overlapped(
+        &self,
+        batch: &[Ready],
+        failures: Vec<(EntryIndex, String)>,
+        placed: &mut Placed,
+    ) -> Result<BatchOutcome, StoreError> {
         let mut outcome = BatchOutcome {
-            committed: Vec::with_capacity(batch.len()),
+            committed: Vec::new(),
             failed: failures,
             warnings: Vec::new(),
         };
         // A file the workers reported failed is never committed, even if
         // another of its ranges also reported it copied.
-        let failed_now: std::collections::HashSet<EntryIndex> =
-            outcome.failed.iter().map(|(i, _)| *i).collect();
+        let failed_now: HashSet<EntryIndex> = outcome.failed.iter().map(|(i, _)| *i).collect();
         let mut live: Vec<Ready> = batch
             .iter()
             .copied()
             .filter(|r| !failed_now.contains(&r.index))
             .collect();
+        let Placed {
+            ready: mut earlier,
+            failed: earlier_failed,
+        } = std::mem::take(placed);
 
-        // 2. Data durable.
-        let unsynced: Vec<&EntryRecord> = live
-            .iter()
-            .filter(|r| !r.durable)
-            .map(|r| self.entry(r.index))
-            .collect();
-        if !unsynced.is_empty() {
-            let synced =
-                failpoint::hit(CommitStep::SyncData).and_then(|()| match unsynced.as_slice() {
-                    [one] if one.kind == EntryKind::File => {
-                        let temp = self.temp_of(one);
-                        File::open(&temp)
-                            .and_then(|f| f.sync_data())
-                            .and_then(|()| sync_parent(&temp))
-                    }
-                    many => {
-                        let temps: Vec<PathBuf> = many.iter().map(|e| self.temp_of(e)).collect();
-                        make_durable(temps.iter().map(PathBuf::as_path))
-                    }
-                });
-            if let Err(e) = synced {
-                let message = format!("could not make the data durable: {e}");
-                live.retain(|r| {
-                    if r.durable {
-                        return true;
-                    }
-                    outcome.failed.push((
-                        r.index,
-                        format!("{}: {message}", self.entry(r.index).dest.display()),
-                    ));
-                    false
-                });
-            }
+        // 2. This batch's data durable, and with it 5½: the earlier batch's
+        // renames and metadata.
+        let data_ok = !live.iter().any(|r| !r.durable)
+            || self.fail_unsynced(&mut live, &mut outcome.failed, || {
+                failpoint::hit(CommitStep::SyncData)
+            });
+        let renames_ok = earlier.is_empty()
+            || self.fail_placed(&mut earlier, &mut outcome.failed, || {
+                failpoint::hit(CommitStep::SyncDir)
+            });
+        let unsynced: Vec<&EntryRecord> = match data_ok {
+            true => live
+                .iter()
+                .filter(|r| !r.durable)
+                .map(|r| self.entry(r.index))
+                .collect(),
+            false => Vec::new(),
+        };
+        let renamed: Vec<&EntryRecord> = match renames_ok {
+            true => earlier.iter().map(|r| self.entry(r.index)).collect(),
+            false => Vec::new(),
+        };
+        if let Err(e) = self.make_batch_durable(&unsynced, &renamed) {
+            self.fail_unsynced(&mut live, &mut outcome.failed, || Err(clone_error(&e)));
+            self.fail_placed(&mut earlier, &mut outcome.failed, || Err(clone_error(&e)));
         }
 
         // 2b. Verify: what the disk holds is what was read, or the file
@@ -168,13 +201,19 @@ impl Committer<'_> {
             });
         }
 
-        // 3. Record copied (with the failures so far).
+        // 3. Record this batch copied (with the failures so far), and 6. the
+        // earlier batch committed.
         failpoint::hit(CommitStep::RecordCopied).map_err(|e| self.injected(e))?;
-        let mut changes: Vec<Change> = live
-            .iter()
-            .filter(|r| !r.recorded)
-            .map(|r| self.copied_change(r.index, r.checksum))
-            .collect();
+        if !earlier.is_empty() {
+            failpoint::hit(CommitStep::RecordCommitted).map_err(|e| self.injected(e))?;
+        }
+        let done_earlier: Vec<EntryIndex> = earlier.iter().map(|r| r.index).collect();
+        let mut changes = self.committed_changes(&done_earlier, &earlier_failed, &HashSet::new());
+        changes.extend(
+            live.iter()
+                .filter(|r| !r.recorded)
+                .map(|r| self.copied_change(r.index, r.checksum)),
+        );
         changes.extend(
             outcome
                 .failed
@@ -182,42 +221,126 @@ impl Committer<'_> {
                 .map(|(index, message)| self.failed_change(*index, message, &restart)),
         );
         self.store.apply(&changes)?;
-        let recorded_failures = outcome.failed.len();
+        outcome.committed = done_earlier;
 
-        // 4. Rename, and 5. metadata.
+        // 4. Rename, and 5. metadata: made durable and recorded with the
+        // next batch, or by `finish`.
+        let recorded = outcome.failed.len();
         self.place(&mut live, &mut outcome.failed, &mut outcome.warnings);
+        *placed = Placed {
+            ready: live,
+            failed: outcome.failed[recorded..].to_vec(),
+        };
+        Ok(outcome)
+    }
 
-        // Renames and metadata durable: the directory fsync of step 4, and
-        // the inode changes of step 5.
+    /// Steps 5½ and 6 for the batch `placed` holds: its renames and
+    /// metadata durable, then recorded `committed` (and its rename
+    /// failures recorded). Leaves `placed` empty.
+    pub fn finish(&self, placed: &mut Placed) -> Result<BatchOutcome, StoreError> {
+        let Placed {
+            ready: mut live,
+            failed,
+        } = std::mem::take(placed);
+        let mut outcome = BatchOutcome::default();
+        if live.is_empty() && failed.is_empty() {
+            return Ok(outcome);
+        }
         if !live.is_empty() {
-            let synced = failpoint::hit(CommitStep::SyncDir).and_then(|()| match live.as_slice() {
-                [one] if self.entry(one.index).kind == EntryKind::File => {
-                    let dest = &self.entry(one.index).dest;
-                    sync_parent(dest).and_then(|()| File::open(dest)?.sync_all())
-                }
-                many => make_durable(many.iter().map(|r| self.entry(r.index).dest.as_path())),
+            let synced = failpoint::hit(CommitStep::SyncDir).and_then(|()| {
+                let renamed: Vec<&EntryRecord> = live.iter().map(|r| self.entry(r.index)).collect();
+                self.make_batch_durable(&[], &renamed)
             });
             if let Err(e) = synced {
-                for r in live.drain(..) {
-                    let dest = &self.entry(r.index).dest;
-                    outcome.failed.push((
-                        r.index,
-                        format!("{}: could not make the rename durable: {e}", dest.display()),
-                    ));
-                }
+                self.fail_placed(&mut live, &mut outcome.failed, || Err(clone_error(&e)));
             }
         }
-
-        // 6. Record committed.
         failpoint::hit(CommitStep::RecordCommitted).map_err(|e| self.injected(e))?;
-        let placed: Vec<EntryIndex> = live.iter().map(|r| r.index).collect();
-        self.store.apply(&self.committed_changes(
-            &placed,
-            &outcome.failed[recorded_failures..],
-            &restart,
-        ))?;
-        outcome.committed = placed;
+        let done: Vec<EntryIndex> = live.iter().map(|r| r.index).collect();
+        let mut recorded_failures = failed;
+        recorded_failures.extend(outcome.failed.iter().cloned());
+        self.store
+            .apply(&self.committed_changes(&done, &recorded_failures, &HashSet::new()))?;
+        outcome.committed = done;
         Ok(outcome)
+    }
+
+    /// Runs `check` (a fail point, or a sync's outcome); if it fails, every
+    /// entry of `live` whose data is not yet durable moves to `failed`.
+    /// Whether it passed.
+    fn fail_unsynced(
+        &self,
+        live: &mut Vec<Ready>,
+        failed: &mut Vec<(EntryIndex, String)>,
+        check: impl FnOnce() -> io::Result<()>,
+    ) -> bool {
+        let Err(e) = check() else { return true };
+        live.retain(|r| {
+            if r.durable {
+                return true;
+            }
+            failed.push((
+                r.index,
+                format!(
+                    "{}: could not make the data durable: {e}",
+                    self.entry(r.index).dest.display()
+                ),
+            ));
+            false
+        });
+        false
+    }
+
+    /// As [`Self::fail_unsynced`], for entries renamed into place.
+    fn fail_placed(
+        &self,
+        placed: &mut Vec<Ready>,
+        failed: &mut Vec<(EntryIndex, String)>,
+        check: impl FnOnce() -> io::Result<()>,
+    ) -> bool {
+        let Err(e) = check() else { return true };
+        for r in placed.drain(..) {
+            failed.push((
+                r.index,
+                format!(
+                    "{}: could not make the rename durable: {e}",
+                    self.entry(r.index).dest.display()
+                ),
+            ));
+        }
+        false
+    }
+
+    /// One sync for temporaries whose data must be durable (`unsynced`) and
+    /// destinations renamed into place whose names and metadata must be
+    /// (`renamed`): a single file by its own fsyncs, more by
+    /// [`make_durable`].
+    fn make_batch_durable(
+        &self,
+        unsynced: &[&EntryRecord],
+        renamed: &[&EntryRecord],
+    ) -> io::Result<()> {
+        match (unsynced, renamed) {
+            ([], []) => Ok(()),
+            ([one], []) if one.kind == EntryKind::File => {
+                let temp = self.temp_of(one);
+                File::open(&temp)
+                    .and_then(|f| f.sync_data())
+                    .and_then(|()| sync_parent(&temp))
+            }
+            ([], [one]) if one.kind == EntryKind::File => {
+                sync_parent(&one.dest).and_then(|()| File::open(&one.dest)?.sync_all())
+            }
+            _ => {
+                let temps: Vec<PathBuf> = unsynced.iter().map(|e| self.temp_of(e)).collect();
+                make_durable(
+                    temps
+                        .iter()
+                        .map(PathBuf::as_path)
+                        .chain(renamed.iter().map(|e| e.dest.as_path())),
+                )
+            }
+        }
     }
 
     /// Reads a durable temporary back from disk (its cached pages dropped
@@ -760,4 +883,9 @@ fn syncfs_reports_errors() -> bool {
         let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         version >= (5, 8)
     })
+}
+
+/// An error again, for each of the entries it fails.
+fn clone_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
 }

@@ -13,8 +13,8 @@ use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::Engine;
 use super::filter::Filter;
-use super::{BATCH_FILES_MAX, Engine};
 use crate::error::{Error, Result};
 use crate::failpoint::{self, CommitStep};
 use crate::model::{EntryKind, EntryRecord};
@@ -80,6 +80,10 @@ pub fn extras<'e>(
     Ok(found)
 }
 
+/// Removals made durable and recorded together, at most: a kill loses at
+/// most this many records (the next run lists the destination again).
+pub const REMOVALS_BATCH_MAX: usize = 512;
+
 impl Engine<'_> {
     /// Removes the extras of [`extras`], recording each; returns how many.
     pub(super) fn delete_extras(&self, entries: &[EntryRecord], filter: &Filter) -> Result<u64> {
@@ -89,7 +93,7 @@ impl Engine<'_> {
             &self.transfer.temp_suffix,
         )?;
         let mut removed = 0;
-        for batch in found.chunks(BATCH_FILES_MAX) {
+        for batch in found.chunks(REMOVALS_BATCH_MAX) {
             for extra in batch {
                 failpoint::hit(CommitStep::RemoveExtra).map_err(|e| Error::io(&extra.path, e))?;
                 let gone = if extra.is_dir {

@@ -75,9 +75,11 @@ pub const SPLIT_BYTES_MIN: u64 = checksum::PIECED_FROM_BYTES;
 pub const RANGE_BYTES: u64 = checksum::PIECE_BYTES;
 /// A large file's durable prefix is recorded each time it grows this much.
 pub const CHECKPOINT_BYTES: u64 = 32 << 20;
-/// At most this many files are committed in one batch (one syncfs, two
-/// store transactions).
-pub const BATCH_FILES_MAX: usize = 512;
+/// At most this many files are committed in one batch (one syncfs and one
+/// store transaction, shared with the batch before: see
+/// `Committer::commit_overlapped`). 2,048 rather than 512 took a third off
+/// the committer's time on 100,000 × 4 KiB (fewer, larger syncs).
+pub const BATCH_FILES_MAX: usize = 2048;
 /// A batch waits at most this long for more files before it is committed.
 pub const BATCH_WAIT: Duration = Duration::from_millis(200);
 /// Workers a run may start.
@@ -651,19 +653,23 @@ impl Engine<'_> {
         let followers_of =
             self.link_ready_followers(followers, &skipped_now, &mut ready, &mut failures)?;
 
+        let spans = work::spans(&work, |index| {
+            let dest = &self.committer.entry(index).dest;
+            dest.parent().unwrap_or(dest)
+        });
         let workers = self
             .options
             .workers
             .clamp(1, WORKERS_MAX)
-            .min(work.len().max(1));
+            .min(spans.len().max(1));
         let next = AtomicUsize::new(0);
         let (tx, rx) = sync_channel::<Done>(CHANNEL_BOUND);
         let committed = std::thread::scope(|scope| {
             for _ in 0..workers {
                 let tx = tx.clone();
-                let (work, next, trackers) = (&work, &next, &trackers);
+                let (work, spans, next, trackers) = (&work, &spans, &next, &trackers);
                 crate::signals::spawn_blocked(|| {
-                    scope.spawn(move || self.worker(work, next, trackers, tx))
+                    scope.spawn(move || self.worker(work, spans, next, trackers, tx))
                 });
             }
             drop(tx);

@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,74 +21,85 @@ use crate::failpoint::{self, CommitStep};
 use crate::model::EntryRecord;
 
 impl Engine<'_> {
+    /// Takes the next span of `work` (see [`super::work::spans`]) until
+    /// none is left, sending each item's outcome to the commit loop.
     pub(super) fn worker(
         &self,
         work: &[Work],
+        spans: &[Range<usize>],
         next: &AtomicUsize,
         trackers: &Trackers,
         tx: SyncSender<Done>,
     ) {
         let mut buffer = Vec::new();
         loop {
-            if self.options.cancel.load(Ordering::Relaxed) {
-                return;
+            let s = next.fetch_add(1, Ordering::Relaxed);
+            let Some(span) = spans.get(s) else { return };
+            for item in &work[span.clone()] {
+                if self.options.cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                let done = self.work_on(item, trackers, &mut buffer);
+                if let Some(done) = done
+                    && tx.send(done).is_err()
+                {
+                    return;
+                }
             }
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(item) = work.get(i) else { return };
-            let done = match *item {
-                Work::Whole(index) => {
-                    let entry = self.committer.entry(index);
-                    match self.copy_whole(entry, &mut buffer) {
-                        Ok((checksum, metadata_applied)) => Some(Done::Copied(Ready {
-                            index,
-                            durable: false,
-                            recorded: false,
-                            metadata_applied,
-                            checksum,
-                        })),
-                        Err(None) => None,
-                        Err(Some(message)) => Some(Done::Failed(index, message)),
-                    }
+        }
+    }
+
+    /// One item of the work list; `None` when there is nothing to report
+    /// (cancelled, or a range that is not the file's last).
+    fn work_on(&self, item: &Work, trackers: &Trackers, buffer: &mut Vec<u8>) -> Option<Done> {
+        match *item {
+            Work::Whole(index) => {
+                let entry = self.committer.entry(index);
+                match self.copy_whole(entry, buffer) {
+                    Ok((checksum, metadata_applied)) => Some(Done::Copied(Ready {
+                        index,
+                        durable: false,
+                        recorded: false,
+                        metadata_applied,
+                        checksum,
+                    })),
+                    Err(None) => None,
+                    Err(Some(message)) => Some(Done::Failed(index, message)),
                 }
-                Work::Symlink(index) => {
-                    let entry = self.committer.entry(index);
-                    Some(match self.make_symlink(entry) {
-                        Ok(()) => Done::Copied(Ready {
-                            index,
-                            durable: false,
-                            recorded: false,
-                            metadata_applied: false,
-                            checksum: None,
-                        }),
-                        Err(message) => Done::Failed(index, message),
-                    })
+            }
+            Work::Symlink(index) => {
+                let entry = self.committer.entry(index);
+                Some(match self.make_symlink(entry) {
+                    Ok(()) => Done::Copied(Ready {
+                        index,
+                        durable: false,
+                        recorded: false,
+                        metadata_applied: false,
+                        checksum: None,
+                    }),
+                    Err(message) => Done::Failed(index, message),
+                })
+            }
+            Work::Range {
+                index,
+                slot,
+                start,
+                end,
+            } => {
+                let entry = self.committer.entry(index);
+                let tracker = trackers.get(&index).expect("a range without its tracker");
+                // Once per range (RANGE_BYTES of data): no contention.
+                let mut named = self.options.progress.large_file.lock().expect("progress");
+                if named.as_deref() != Some(entry.dest.as_path()) {
+                    *named = Some(entry.dest.clone());
                 }
-                Work::Range {
-                    index,
-                    slot,
-                    start,
-                    end,
-                } => {
-                    let entry = self.committer.entry(index);
-                    let tracker = trackers.get(&index).expect("a range without its tracker");
-                    // Once per range (RANGE_BYTES of data): no contention.
-                    let mut named = self.options.progress.large_file.lock().expect("progress");
-                    if named.as_deref() != Some(entry.dest.as_path()) {
-                        *named = Some(entry.dest.clone());
-                    }
-                    drop(named);
-                    self.copy_range(entry, tracker, slot, start, end, &mut buffer)
-                }
-                Work::Rehash { index, piece } => {
-                    let entry = self.committer.entry(index);
-                    let tracker = trackers.get(&index).expect("a piece without its tracker");
-                    self.rehash(entry, tracker, piece, &mut buffer)
-                }
-            };
-            if let Some(done) = done
-                && tx.send(done).is_err()
-            {
-                return;
+                drop(named);
+                self.copy_range(entry, tracker, slot, start, end, buffer)
+            }
+            Work::Rehash { index, piece } => {
+                let entry = self.committer.entry(index);
+                let tracker = trackers.get(&index).expect("a piece without its tracker");
+                self.rehash(entry, tracker, piece, buffer)
             }
         }
     }
