@@ -220,6 +220,26 @@ impl Transfer {
         }
     }
 
+    /// Records one batch of a plan: the transfer with it when it is the
+    /// first (`transfer` is then set), else added to it.
+    fn record_plan_batch(
+        store: &Arc<dyn Store>,
+        planning: &TransferOptions,
+        transfer: &mut Option<Transfer>,
+        batch: &[NewEntry],
+    ) -> Result<()> {
+        crate::failpoint::hit(crate::failpoint::CommitStep::PlanBatch)
+            .map_err(|e| Error::io(store.location(), e))?;
+        match transfer {
+            None => *transfer = Some(Transfer::insert(Arc::clone(store), planning, None, batch)?),
+            // Another process created the name between our look-up and
+            // insert: the plan is its own.
+            Some(other) if other.reattached => {}
+            Some(transfer) => store.add_entries(transfer.record.id, batch)?,
+        }
+        Ok(())
+    }
+
     /// [`Transfer::create_with`], with its entries planned into the store a
     /// batch at a time: `plan` hands each batch to the function it is
     /// given, and memory holds one batch, not the tree.
@@ -260,37 +280,50 @@ impl Transfer {
             abandon_stale_plans(&store, name)?;
             planning.name = Some(planning_name(name));
         }
-        let mut transfer: Option<Transfer> = None;
-        let mut added = 0usize;
-        let planned = plan(&mut |batch| {
-            // The plan counts a leader's position from its first entry, which
-            // is this transfer's first: one in an earlier batch is added.
-            for entry in batch.iter_mut() {
-                if let Some(LinkLeader::InBatch(position)) = entry.link_leader {
-                    entry.link_leader = Some(match position.checked_sub(added) {
-                        Some(in_batch) => LinkLeader::InBatch(in_batch),
-                        None => LinkLeader::Added(EntryIndex(position as u32)),
-                    });
+        // The walk and the store's writes overlap: a writer thread records
+        // each batch while the walk lists the next (at most one batch
+        // waits between them, so three are held at most).
+        let (planned, transfer) = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<NewEntry>>(1);
+            let (store, planning) = (&store, &planning);
+            let writer = crate::signals::spawn_blocked(|| {
+                scope.spawn(move || {
+                    let mut transfer: Option<Transfer> = None;
+                    for batch in rx {
+                        if let Err(e) =
+                            Transfer::record_plan_batch(store, planning, &mut transfer, &batch)
+                        {
+                            return (Err(e), transfer);
+                        }
+                    }
+                    (Ok(()), transfer)
+                })
+            });
+            let mut added = 0usize;
+            let listed = plan(&mut |batch| {
+                // The plan counts a leader's position from its first entry,
+                // which is this transfer's first: one in an earlier batch
+                // is added.
+                for entry in batch.iter_mut() {
+                    if let Some(LinkLeader::InBatch(position)) = entry.link_leader {
+                        entry.link_leader = Some(match position.checked_sub(added) {
+                            Some(in_batch) => LinkLeader::InBatch(in_batch),
+                            None => LinkLeader::Added(EntryIndex(position as u32)),
+                        });
+                    }
                 }
-            }
-            crate::failpoint::hit(crate::failpoint::CommitStep::PlanBatch)
-                .map_err(|e| Error::io(store.location(), e))?;
-            match &transfer {
-                None => {
-                    transfer = Some(Transfer::insert(
-                        Arc::clone(&store),
-                        &planning,
-                        None,
-                        batch,
-                    )?)
-                }
-                // Another process created the name between our look-up and
-                // insert: the plan is its own.
-                Some(other) if other.reattached => {}
-                Some(transfer) => store.add_entries(transfer.record.id, batch)?,
-            }
-            added += batch.len();
-            Ok(())
+                added += batch.len();
+                // Refused only once the writer stopped, on an error it reports.
+                tx.send(std::mem::take(batch)).map_err(|_| {
+                    Error::io(
+                        store.location(),
+                        std::io::Error::other("the plan's writer stopped"),
+                    )
+                })
+            });
+            drop(tx);
+            let (written, transfer) = writer.join().expect("the plan's writer panicked");
+            (written.and(listed), transfer)
         });
         let mut transfer = match (planned, transfer) {
             (Ok(()), Some(transfer)) => transfer,
