@@ -63,3 +63,66 @@ pub(super) fn spans<'a>(
     }
     spans
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::{SPAN_ITEMS_MAX, Work, spans};
+    use crate::model::EntryIndex;
+
+    /// Entry `i` lands in the directory `dirs[i]`.
+    fn spans_of(work: &[Work], dirs: &[&str]) -> Vec<std::ops::Range<usize>> {
+        let dirs: Vec<PathBuf> = dirs.iter().map(PathBuf::from).collect();
+        spans(work, |index: EntryIndex| -> &Path {
+            &dirs[index.0 as usize]
+        })
+    }
+
+    #[test]
+    fn a_span_is_one_directory_s_small_files() {
+        let work: Vec<Work> = (0..5).map(|i| Work::Whole(EntryIndex(i))).collect();
+        let spans = spans_of(&work, &["a", "a", "b", "b", "a"]);
+        assert_eq!(spans, vec![0..2, 2..4, 4..5]);
+    }
+
+    #[test]
+    fn ranges_and_rehashes_are_spans_of_their_own() {
+        let range = |index| Work::Range {
+            index: EntryIndex(index),
+            slot: 0,
+            start: 0,
+            end: 1,
+        };
+        let work = vec![
+            Work::Whole(EntryIndex(0)),
+            range(1),
+            range(1),
+            Work::Rehash {
+                index: EntryIndex(1),
+                piece: 0,
+            },
+            Work::Symlink(EntryIndex(2)),
+            Work::Whole(EntryIndex(3)),
+        ];
+        let spans = spans_of(&work, &["a", "a", "a", "a"]);
+        assert_eq!(spans, vec![0..1, 1..2, 2..3, 3..4, 4..6]);
+    }
+
+    #[test]
+    fn a_large_directory_is_cut_into_spans_of_at_most_the_bound() {
+        let n = 2 * SPAN_ITEMS_MAX + 1;
+        let work: Vec<Work> = (0..n as u32).map(|i| Work::Whole(EntryIndex(i))).collect();
+        let dirs = vec!["a"; n];
+        let spans = spans_of(&work, &dirs);
+        assert_eq!(
+            spans,
+            vec![
+                0..SPAN_ITEMS_MAX,
+                SPAN_ITEMS_MAX..2 * SPAN_ITEMS_MAX,
+                2 * SPAN_ITEMS_MAX..n
+            ]
+        );
+        assert!(spans_of(&[], &[]).is_empty());
+    }
+}
