@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, channel, sync_channel};
 use std::time::Instant;
 
 use super::commit::{self, Ready};
@@ -290,33 +290,74 @@ impl Engine<'_> {
     }
 
     /// Receives finished copies and commits them in batches until every
-    /// worker is done. Returns the entries that failed.
+    /// worker is done. Returns the entries that failed. A batch recorded
+    /// `copied` is renamed into place by the placer thread while the next
+    /// batch is synced, so that the sync (time the disk takes) and the
+    /// renames (time the CPU takes) overlap.
     pub(super) fn commit_loop(
+        &self,
+        rx: Receiver<Done>,
+        batch: Vec<Ready>,
+        failures: Vec<(EntryIndex, String)>,
+        followers_of: &HashMap<EntryIndex, Vec<EntryIndex>>,
+    ) -> Result<Vec<(EntryIndex, String)>> {
+        // One batch queued for the placer and one being placed, at most.
+        let (to_placer, placer_in) = sync_channel::<Vec<Ready>>(1);
+        let (placer_out, from_placer) = channel::<(commit::Placed, commit::BatchOutcome)>();
+        std::thread::scope(|scope| {
+            crate::signals::spawn_blocked(|| {
+                scope.spawn(move || {
+                    for copied in placer_in {
+                        if placer_out.send(self.committer.place_batch(copied)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            });
+            let placer = Placer {
+                to: to_placer,
+                back: from_placer,
+                with_placer: 0,
+            };
+            // Returning drops `placer.to`: the placer ends once it has
+            // placed what it holds.
+            self.commit_batches(rx, batch, failures, followers_of, placer)
+        })
+    }
+
+    fn commit_batches(
         &self,
         rx: Receiver<Done>,
         mut batch: Vec<Ready>,
         mut failures: Vec<(EntryIndex, String)>,
         followers_of: &HashMap<EntryIndex, Vec<EntryIndex>>,
+        mut placer: Placer,
     ) -> Result<Vec<(EntryIndex, String)>> {
         let mut failed = Vec::new();
-        let mut placed = commit::Placed::default();
-        // Commits what arrived, overlapping it with the batch placed before
-        // (see `Committer::commit_overlapped`); `last` also finishes the one
-        // it places. Whether a placed batch is left waiting.
+        // Commits what arrived, with what the placer has placed since the
+        // last commit riding on its sync (see `Committer::commit_overlapped`);
+        // `last` also waits for the placer and finishes what it placed.
+        // Whether anything placed is left waiting.
         let mut flush = |batch: &mut Vec<Ready>,
                          failures: &mut Vec<(EntryIndex, String)>,
                          last: bool|
          -> Result<bool> {
             let mut outcome = commit::BatchOutcome::default();
             if !batch.is_empty() || !failures.is_empty() {
-                let committed =
-                    self.committer
-                        .commit_overlapped(batch, std::mem::take(failures), &mut placed);
+                let earlier = placer.take(1, &mut outcome);
+                let (committed, copied) = self.committer.commit_overlapped(
+                    batch,
+                    std::mem::take(failures),
+                    earlier,
+                )?;
                 batch.clear();
-                outcome = committed?;
+                placer.send(copied);
+                outcome.committed.extend(committed.committed);
+                outcome.failed.extend(committed.failed);
             }
             if last {
-                let rest = self.committer.finish(&mut placed)?;
+                let placed = placer.take(0, &mut outcome);
+                let rest = self.committer.finish(placed)?;
                 outcome.committed.extend(rest.committed);
                 outcome.failed.extend(rest.failed);
             }
@@ -329,7 +370,7 @@ impl Engine<'_> {
                 .expect("warnings poisoned")
                 .extend(outcome.warnings);
             failed.extend(outcome.failed);
-            Ok(!placed.is_empty())
+            Ok(placer.with_placer > 0)
         };
         // A batch is committed when it is full, or BATCH_WAIT after its
         // first file arrived, whichever is first; a placed batch that no
@@ -409,5 +450,42 @@ impl Engine<'_> {
             for _ in rx.iter() {}
         }
         result.map(|()| failed)
+    }
+}
+
+/// The commit loop's end of the placer thread.
+struct Placer {
+    to: SyncSender<Vec<Ready>>,
+    back: Receiver<(commit::Placed, commit::BatchOutcome)>,
+    /// Batches sent and not yet back: at most two.
+    with_placer: usize,
+}
+
+impl Placer {
+    fn send(&mut self, copied: Vec<Ready>) {
+        if copied.is_empty() {
+            return;
+        }
+        debug_assert!(self.with_placer <= 1, "the placer holds at most two batches");
+        self.to.send(copied).expect("the placer outlives the commit loop");
+        self.with_placer += 1;
+    }
+
+    /// What the placer has placed, waiting until at most `keep` batches are
+    /// still with it; their failures and warnings go to `report`.
+    fn take(&mut self, keep: usize, report: &mut commit::BatchOutcome) -> commit::Placed {
+        let mut placed = commit::Placed::default();
+        while self.with_placer > 0 {
+            let back = match self.with_placer > keep {
+                true => self.back.recv().ok(),
+                false => self.back.try_recv().ok(),
+            };
+            let Some((batch, outcome)) = back else { break };
+            self.with_placer -= 1;
+            placed.absorb(batch);
+            report.failed.extend(outcome.failed);
+            report.warnings.extend(outcome.warnings);
+        }
+        placed
     }
 }

@@ -65,6 +65,12 @@ impl Placed {
     pub fn is_empty(&self) -> bool {
         self.ready.is_empty() && self.failed.is_empty()
     }
+
+    /// Adds the entries of a batch placed after these.
+    pub fn absorb(&mut self, later: Placed) {
+        self.ready.extend(later.ready);
+        self.failed.extend(later.failed);
+    }
 }
 
 /// What became of a batch: entries committed, and entries that failed with
@@ -120,28 +126,31 @@ impl Committer<'_> {
         batch: &[Ready],
         failures: Vec<(EntryIndex, String)>,
     ) -> Result<BatchOutcome, StoreError> {
-        let mut placed = Placed::default();
-        let mut outcome = self.commit_overlapped(batch, failures, &mut placed)?;
-        let rest = self.finish(&mut placed)?;
+        let (mut outcome, copied) = self.commit_overlapped(batch, failures, Placed::default())?;
+        let (placed, placing) = self.place_batch(copied);
+        outcome.failed.extend(placing.failed);
+        outcome.warnings.extend(placing.warnings);
+        let rest = self.finish(placed)?;
         outcome.committed = rest.committed;
         outcome.failed.extend(rest.failed);
         Ok(outcome)
     }
 
-    /// Steps 2–4 of `batch`, and steps 5½–6 of the batch placed before it
-    /// (`placed`, which then holds this one): one sync makes this batch's
-    /// data and the earlier batch's renames and metadata durable, and one
-    /// transaction records this batch `copied` and the earlier one
-    /// `committed`. Half the syncs and transactions of committing each
-    /// batch on its own, for the same order of steps per file. The
-    /// entries committed are the earlier batch's; [`Committer::finish`]
-    /// commits the last.
+    /// Steps 2–3 of `batch`, and steps 5½–6 of `earlier` (batches placed
+    /// before it): one sync makes this batch's data and the earlier
+    /// batches' renames and metadata durable, and one transaction records
+    /// this batch `copied` and the earlier ones `committed`. Half the syncs
+    /// and transactions of committing each batch on its own, for the same
+    /// order of steps per file. The entries committed are the earlier
+    /// batches'. Returns this batch's entries now recorded `copied`, for
+    /// [`Committer::place_batch`] (which may run while the next batch is
+    /// synced); [`Committer::finish`] commits the last placed.
     pub fn commit_overlapped(
         &self,
         batch: &[Ready],
         failures: Vec<(EntryIndex, String)>,
-        placed: &mut Placed,
-    ) -> Result<BatchOutcome, StoreError> {
+        earlier: Placed,
+    ) -> Result<(BatchOutcome, Vec<Ready>), StoreError> {
         let mut outcome = BatchOutcome {
             committed: Vec::new(),
             failed: failures,
@@ -158,7 +167,7 @@ impl Committer<'_> {
         let Placed {
             ready: mut earlier,
             failed: earlier_failed,
-        } = std::mem::take(placed);
+        } = earlier;
 
         // 2. This batch's data durable, and with it 5½: the earlier batch's
         // renames and metadata.
@@ -223,25 +232,32 @@ impl Committer<'_> {
         self.store.apply(&changes)?;
         outcome.committed = done_earlier;
 
-        // 4. Rename, and 5. metadata: made durable and recorded with the
-        // next batch, or by `finish`.
-        let recorded = outcome.failed.len();
-        self.place(&mut live, &mut outcome.failed, &mut outcome.warnings);
-        *placed = Placed {
-            ready: live,
-            failed: outcome.failed[recorded..].to_vec(),
-        };
-        Ok(outcome)
+        Ok((outcome, live))
     }
 
-    /// Steps 5½ and 6 for the batch `placed` holds: its renames and
-    /// metadata durable, then recorded `committed` (and its rename
-    /// failures recorded). Leaves `placed` empty.
-    pub fn finish(&self, placed: &mut Placed) -> Result<BatchOutcome, StoreError> {
+    /// Steps 4 and 5 of a batch recorded `copied`: rename into place, then
+    /// metadata. Made durable and recorded `committed` with a later batch
+    /// (`commit_overlapped`'s `earlier`), or by [`Committer::finish`]. The
+    /// outcome holds the entries that failed (to report now; the returned
+    /// `Placed` records them) and the warnings.
+    pub fn place_batch(&self, mut copied: Vec<Ready>) -> (Placed, BatchOutcome) {
+        let mut outcome = BatchOutcome::default();
+        self.place(&mut copied, &mut outcome.failed, &mut outcome.warnings);
+        let placed = Placed {
+            ready: copied,
+            failed: outcome.failed.clone(),
+        };
+        (placed, outcome)
+    }
+
+    /// Steps 5½ and 6 for the batches `placed` holds: their renames and
+    /// metadata durable, then recorded `committed` (and their rename
+    /// failures recorded).
+    pub fn finish(&self, placed: Placed) -> Result<BatchOutcome, StoreError> {
         let Placed {
             ready: mut live,
             failed,
-        } = std::mem::take(placed);
+        } = placed;
         let mut outcome = BatchOutcome::default();
         if live.is_empty() && failed.is_empty() {
             return Ok(outcome);
