@@ -345,11 +345,9 @@ impl Engine<'_> {
             let mut outcome = commit::BatchOutcome::default();
             if !batch.is_empty() || !failures.is_empty() {
                 let earlier = placer.take(1, &mut outcome);
-                let (committed, copied) = self.committer.commit_overlapped(
-                    batch,
-                    std::mem::take(failures),
-                    earlier,
-                )?;
+                let (committed, copied) =
+                    self.committer
+                        .commit_overlapped(batch, std::mem::take(failures), earlier)?;
                 batch.clear();
                 placer.send(copied);
                 outcome.committed.extend(committed.committed);
@@ -466,8 +464,13 @@ impl Placer {
         if copied.is_empty() {
             return;
         }
-        debug_assert!(self.with_placer <= 1, "the placer holds at most two batches");
-        self.to.send(copied).expect("the placer outlives the commit loop");
+        debug_assert!(
+            self.with_placer <= 1,
+            "the placer holds at most two batches"
+        );
+        self.to
+            .send(copied)
+            .expect("the placer outlives the commit loop");
         self.with_placer += 1;
     }
 

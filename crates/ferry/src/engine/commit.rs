@@ -36,6 +36,15 @@ pub struct Ready {
     pub checksum: Option<Checksum>,
 }
 
+/// What a failed sync leaves not durable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SyncOf {
+    /// A batch's data in its temporaries.
+    Data,
+    /// The renames and metadata of batches placed before it.
+    Renames,
+}
+
 /// What a batch commit needs to know about its transfer.
 pub struct Committer<'a> {
     pub store: &'a dyn Store,
@@ -172,11 +181,11 @@ impl Committer<'_> {
         // 2. This batch's data durable, and with it 5½: the earlier batch's
         // renames and metadata.
         let data_ok = !live.iter().any(|r| !r.durable)
-            || self.fail_unsynced(&mut live, &mut outcome.failed, || {
+            || self.fail_unless(SyncOf::Data, &mut live, &mut outcome.failed, || {
                 failpoint::hit(CommitStep::SyncData)
             });
         let renames_ok = earlier.is_empty()
-            || self.fail_placed(&mut earlier, &mut outcome.failed, || {
+            || self.fail_unless(SyncOf::Renames, &mut earlier, &mut outcome.failed, || {
                 failpoint::hit(CommitStep::SyncDir)
             });
         let unsynced: Vec<&EntryRecord> = match data_ok {
@@ -192,8 +201,12 @@ impl Committer<'_> {
             false => Vec::new(),
         };
         if let Err(e) = self.make_batch_durable(&unsynced, &renamed) {
-            self.fail_unsynced(&mut live, &mut outcome.failed, || Err(clone_error(&e)));
-            self.fail_placed(&mut earlier, &mut outcome.failed, || Err(clone_error(&e)));
+            self.fail_unless(SyncOf::Data, &mut live, &mut outcome.failed, || {
+                Err(clone_error(&e))
+            });
+            self.fail_unless(SyncOf::Renames, &mut earlier, &mut outcome.failed, || {
+                Err(clone_error(&e))
+            });
         }
 
         // 2b. Verify: what the disk holds is what was read, or the file
@@ -268,7 +281,9 @@ impl Committer<'_> {
                 self.make_batch_durable(&[], &renamed)
             });
             if let Err(e) = synced {
-                self.fail_placed(&mut live, &mut outcome.failed, || Err(clone_error(&e)));
+                self.fail_unless(SyncOf::Renames, &mut live, &mut outcome.failed, || {
+                    Err(clone_error(&e))
+                });
             }
         }
         failpoint::hit(CommitStep::RecordCommitted).map_err(|e| self.injected(e))?;
@@ -281,49 +296,33 @@ impl Committer<'_> {
         Ok(outcome)
     }
 
-    /// Runs `check` (a fail point, or a sync's outcome); if it fails, every
-    /// entry of `live` whose data is not yet durable moves to `failed`.
-    /// Whether it passed.
-    fn fail_unsynced(
+    /// Runs `check` (a fail point, or a sync's outcome); if it fails, the
+    /// entries of `entries` it left not durable move to `failed`: for
+    /// [`SyncOf::Data`] those whose data was not durable already, for
+    /// [`SyncOf::Renames`] all. Whether it passed.
+    fn fail_unless(
         &self,
-        live: &mut Vec<Ready>,
+        of: SyncOf,
+        entries: &mut Vec<Ready>,
         failed: &mut Vec<(EntryIndex, String)>,
         check: impl FnOnce() -> io::Result<()>,
     ) -> bool {
         let Err(e) = check() else { return true };
-        live.retain(|r| {
-            if r.durable {
+        let what = match of {
+            SyncOf::Data => "the data",
+            SyncOf::Renames => "the rename",
+        };
+        entries.retain(|r| {
+            if of == SyncOf::Data && r.durable {
                 return true;
             }
+            let dest = self.entry(r.index).dest.display();
             failed.push((
                 r.index,
-                format!(
-                    "{}: could not make the data durable: {e}",
-                    self.entry(r.index).dest.display()
-                ),
+                format!("{dest}: could not make {what} durable: {e}"),
             ));
             false
         });
-        false
-    }
-
-    /// As [`Self::fail_unsynced`], for entries renamed into place.
-    fn fail_placed(
-        &self,
-        placed: &mut Vec<Ready>,
-        failed: &mut Vec<(EntryIndex, String)>,
-        check: impl FnOnce() -> io::Result<()>,
-    ) -> bool {
-        let Err(e) = check() else { return true };
-        for r in placed.drain(..) {
-            failed.push((
-                r.index,
-                format!(
-                    "{}: could not make the rename durable: {e}",
-                    self.entry(r.index).dest.display()
-                ),
-            ));
-        }
         false
     }
 
