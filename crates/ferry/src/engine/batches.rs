@@ -296,7 +296,7 @@ impl Engine<'_> {
     /// renames (time the CPU takes) overlap.
     pub(super) fn commit_loop(
         &self,
-        rx: Receiver<Done>,
+        rx: Receiver<Vec<Done>>,
         batch: Vec<Ready>,
         failures: Vec<(EntryIndex, String)>,
         followers_of: &HashMap<EntryIndex, Vec<EntryIndex>>,
@@ -327,7 +327,7 @@ impl Engine<'_> {
 
     fn commit_batches(
         &self,
-        rx: Receiver<Done>,
+        rx: Receiver<Vec<Done>>,
         mut batch: Vec<Ready>,
         mut failures: Vec<(EntryIndex, String)>,
         followers_of: &HashMap<EntryIndex, Vec<EntryIndex>>,
@@ -395,44 +395,25 @@ impl Engine<'_> {
                 .or(placed_since)
                 .map_or(BATCH_WAIT, |t| BATCH_WAIT.saturating_sub(t.elapsed()));
             match rx.recv_timeout(wait) {
-                Ok(done) => {
-                    batch_started.get_or_insert_with(Instant::now);
-                    let index = match &done {
-                        Done::Copied(ready) => ready.index,
-                        Done::Failed(index, _) => *index,
-                    };
-                    let leader = self.committer.entry(index);
-                    // Its hard links share the temporary's inode, and so
-                    // its batch: the data is never copied twice.
-                    for follower in followers_of.get(&index).into_iter().flatten() {
-                        let follower = self.committer.entry(*follower);
-                        match &done {
-                            Done::Copied(ready) => {
-                                let from = self.committer.temp_of(leader);
-                                match self.link_follower(&from, follower) {
-                                    Ok(()) => batch.push(Ready {
-                                        index: follower.index,
-                                        durable: false,
-                                        recorded: false,
-                                        metadata_applied: false,
-                                        checksum: ready.checksum,
-                                    }),
-                                    Err(message) => failures.push((follower.index, message)),
-                                }
-                            }
-                            Done::Failed(..) => failures.push((
-                                follower.index,
-                                format!(
-                                    "{}: a hard link to {}, which failed",
-                                    follower.dest.display(),
-                                    leader.dest.display()
-                                ),
-                            )),
+                Ok(dones) => {
+                    let mut refused = None;
+                    for done in dones {
+                        self.take_in(done, followers_of, &mut batch, &mut failures);
+                        batch_started.get_or_insert_with(Instant::now);
+                        if batch.len() < BATCH_FILES_MAX {
+                            continue;
                         }
+                        match flush(&mut batch, &mut failures, false) {
+                            Ok(waiting) => placed_since = waiting.then(Instant::now),
+                            Err(e) => {
+                                refused = Some(e);
+                                break;
+                            }
+                        }
+                        batch_started = None;
                     }
-                    match done {
-                        Done::Copied(ready) => batch.push(ready),
-                        Done::Failed(index, message) => failures.push((index, message)),
+                    if let Some(e) = refused {
+                        break Err(e);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -448,6 +429,53 @@ impl Engine<'_> {
             for _ in rx.iter() {}
         }
         result.map(|()| failed)
+    }
+
+    /// Adds a worker's outcome to the batch: a copied file with its hard
+    /// links (which share the temporary's inode, and so its batch: the
+    /// data is never copied twice), or a failure with theirs.
+    fn take_in(
+        &self,
+        done: Done,
+        followers_of: &HashMap<EntryIndex, Vec<EntryIndex>>,
+        batch: &mut Vec<Ready>,
+        failures: &mut Vec<(EntryIndex, String)>,
+    ) {
+        let index = match &done {
+            Done::Copied(ready) => ready.index,
+            Done::Failed(index, _) => *index,
+        };
+        let leader = self.committer.entry(index);
+        for follower in followers_of.get(&index).into_iter().flatten() {
+            let follower = self.committer.entry(*follower);
+            match &done {
+                Done::Copied(ready) => {
+                    let from = self.committer.temp_of(leader);
+                    match self.link_follower(&from, follower) {
+                        Ok(()) => batch.push(Ready {
+                            index: follower.index,
+                            durable: false,
+                            recorded: false,
+                            metadata_applied: false,
+                            checksum: ready.checksum,
+                        }),
+                        Err(message) => failures.push((follower.index, message)),
+                    }
+                }
+                Done::Failed(..) => failures.push((
+                    follower.index,
+                    format!(
+                        "{}: a hard link to {}, which failed",
+                        follower.dest.display(),
+                        leader.dest.display()
+                    ),
+                )),
+            }
+        }
+        match done {
+            Done::Copied(ready) => batch.push(ready),
+            Done::Failed(index, message) => failures.push((index, message)),
+        }
     }
 }
 

@@ -84,8 +84,10 @@ pub const BATCH_FILES_MAX: usize = 2048;
 pub const BATCH_WAIT: Duration = Duration::from_millis(200);
 /// Workers a run may start.
 pub const WORKERS_MAX: usize = 256;
-/// Messages in flight from the workers to the committer.
-const CHANNEL_BOUND: usize = 4 * BATCH_FILES_MAX;
+/// Messages in flight from the workers to the committer: each holds the
+/// outcomes of one span (at most `work::SPAN_ITEMS_MAX`), so at most four
+/// batches' worth of files are copied ahead of their commit.
+const CHANNEL_BOUND: usize = 4 * BATCH_FILES_MAX / work::SPAN_ITEMS_MAX;
 
 /// Live counters of a run, for progress bars. Updated with relaxed atomics.
 #[derive(Debug, Default)]
@@ -663,7 +665,7 @@ impl Engine<'_> {
             .clamp(1, WORKERS_MAX)
             .min(spans.len().max(1));
         let next = AtomicUsize::new(0);
-        let (tx, rx) = sync_channel::<Done>(CHANNEL_BOUND);
+        let (tx, rx) = sync_channel::<Vec<Done>>(CHANNEL_BOUND);
         let committed = std::thread::scope(|scope| {
             for _ in 0..workers {
                 let tx = tx.clone();

@@ -22,29 +22,32 @@ use crate::model::EntryRecord;
 
 impl Engine<'_> {
     /// Takes the next span of `work` (see [`super::work::spans`]) until
-    /// none is left, sending each item's outcome to the commit loop.
+    /// none is left, sending the outcomes of each span's items to the
+    /// commit loop together.
     pub(super) fn worker(
         &self,
         work: &[Work],
         spans: &[Range<usize>],
         next: &AtomicUsize,
         trackers: &Trackers,
-        tx: SyncSender<Done>,
+        tx: SyncSender<Vec<Done>>,
     ) {
         let mut buffer = Vec::new();
         loop {
             let s = next.fetch_add(1, Ordering::Relaxed);
             let Some(span) = spans.get(s) else { return };
-            for item in &work[span.clone()] {
+            // One message per span, not per file: a message per file woke
+            // the commit loop (a futex and a context switch) per file.
+            let mut done = Vec::with_capacity(span.len());
+            let cancelled = work[span.clone()].iter().any(|item| {
                 if self.options.cancel.load(Ordering::Relaxed) {
-                    return;
+                    return true;
                 }
-                let done = self.work_on(item, trackers, &mut buffer);
-                if let Some(done) = done
-                    && tx.send(done).is_err()
-                {
-                    return;
-                }
+                done.extend(self.work_on(item, trackers, &mut buffer));
+                false
+            });
+            if !done.is_empty() && tx.send(done).is_err() || cancelled {
+                return;
             }
         }
     }
