@@ -116,20 +116,21 @@ impl Engine<'_> {
         buffer: &mut Vec<u8>,
     ) -> Result<(Option<Checksum>, bool), Option<String>> {
         let size = entry.meta.size;
-        let (src, dense) = self.open_source(entry).map_err(Some)?;
+        let source = self.open_source(entry).map_err(Some)?;
+        let (src, dense) = (&source.file, source.dense);
         let temp = self.committer.temp_of(entry);
         let dst = open_temp(&temp, true).map_err(|e| Some(write_error(&temp, &e, 0, size)))?;
         let mut hasher = self.transfer.checksum.map(Hasher::new);
         let data_end = self
             .copier
-            .copy_range(&src, &dst, 0, size, dense, buffer, hasher.as_mut())
+            .copy_range(src, &dst, 0, size, dense, buffer, hasher.as_mut())
             .map_err(|e| self.copy_error(entry, &temp, e))?;
         // Trailing holes: the length comes from the size, not the last write.
         if data_end < size {
             dst.set_len(size)
                 .map_err(|e| Some(write_error(&temp, &e, data_end, size)))?;
         }
-        self.check_source_at_end(entry, &src).map_err(Some)?;
+        self.check_source_at_end(entry, &source).map_err(Some)?;
         // `--verify` reads the temporary back first, which would move the
         // atime just set: then the committer applies it after the rename.
         let applied = !self.committer.verify;
@@ -206,10 +207,14 @@ impl Engine<'_> {
     /// Opens a source and checks it is still what was added. Also says
     /// whether it is dense (all its blocks allocated), in which case looking
     /// for holes is a waste of two system calls.
-    pub(super) fn open_source(&self, entry: &EntryRecord) -> Result<(File, bool), String> {
+    pub(super) fn open_source(&self, entry: &EntryRecord) -> Result<OpenSource, String> {
         let (file, meta) = open_source_file(&entry.source)?;
         self.check_source_unchanged(entry, &meta)?;
-        Ok((file, meta.blocks().saturating_mul(512) >= meta.size()))
+        Ok(OpenSource {
+            dense: meta.blocks().saturating_mul(512) >= meta.size(),
+            identity: (meta.dev(), meta.ino()),
+            file,
+        })
     }
 
     /// Size and mtime as captured when the entry was added: checked when a
@@ -232,20 +237,20 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// After the last byte: unchanged, and still the file at its path (a
-    /// source deleted or replaced mid-copy reads fine through the open
-    /// descriptor, but is no longer what the caller asked for).
+    /// After the last byte: still the file at its path (a source deleted or
+    /// replaced mid-copy reads fine through the open descriptor, but is no
+    /// longer what the caller asked for), and unchanged. One `lstat` of the
+    /// path answers both: when it names the inode that was opened, its size
+    /// and mtime are that inode's now.
     pub(super) fn check_source_at_end(
         &self,
         entry: &EntryRecord,
-        file: &File,
+        source: &OpenSource,
     ) -> Result<(), String> {
-        let meta = file
-            .metadata()
-            .map_err(|e| format!("cannot stat source {}: {e}", entry.source.display()))?;
-        self.check_source_unchanged(entry, &meta)?;
         match std::fs::symlink_metadata(&entry.source) {
-            Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => Ok(()),
+            Ok(now) if (now.dev(), now.ino()) == source.identity => {
+                self.check_source_unchanged(entry, &now)
+            }
             Ok(_) => Err(format!(
                 "source {} changed during transfer: it was replaced by another file; add it again",
                 entry.source.display()
@@ -281,6 +286,15 @@ impl Engine<'_> {
             )),
         }
     }
+}
+
+/// A source open for reading.
+pub(super) struct OpenSource {
+    pub file: File,
+    /// All its blocks are allocated: no holes to look for.
+    pub dense: bool,
+    /// Device and inode, to tell at the end whether its path still names it.
+    identity: (u64, u64),
 }
 
 /// Opens a source for reading without following a symlink and without

@@ -146,7 +146,7 @@ impl Engine<'_> {
         let copied =
             self.open_source(entry)
                 .map_err(|m| Some(RangeFailure::Other(m)))
-                .and_then(|(src, dense)| {
+                .and_then(|source| {
                     let dst = open_range_temp(&temp, self.copier.buffered(hasher.is_some()))
                         .map_err(|e| {
                             Some(RangeFailure::Other(write_error(
@@ -167,12 +167,20 @@ impl Engine<'_> {
                         })?;
                     }
                     self.copier
-                        .copy_range(&src, &dst, start, end, dense, buffer, hasher.as_mut())
+                        .copy_range(
+                            &source.file,
+                            &dst,
+                            start,
+                            end,
+                            source.dense,
+                            buffer,
+                            hasher.as_mut(),
+                        )
                         .map_err(|e| match e {
                             CopyError::Write { error, at } => Some(RangeFailure::Write(error, at)),
                             e => self.copy_error(entry, &temp, e).map(RangeFailure::Other),
                         })?;
-                    self.check_source_at_end(entry, &src)
+                    self.check_source_at_end(entry, &source)
                         .map_err(|m| Some(RangeFailure::Other(m)))?;
                     Ok(dst)
                 });
