@@ -254,18 +254,15 @@ impl Engine<'_> {
                 continue;
             };
             match self.link_follower(&from, follower) {
-                Ok(()) => ready.push(Ready {
-                    index: follower.index,
-                    durable: false,
-                    recorded: false,
-                    metadata_applied: false,
-                    checksum: ready_now
+                Ok(()) => ready.push(Ready::linked(
+                    follower.index,
+                    ready_now
                         .get(&leader.index)
                         .or(skipped_now.get(&leader.index))
                         .copied()
                         .flatten()
                         .or(leader.checksum),
-                }),
+                )),
                 Err(message) => failures.push((follower.index, message)),
             }
         }
@@ -452,13 +449,7 @@ impl Engine<'_> {
                 Done::Copied(ready) => {
                     let from = self.committer.temp_of(leader);
                     match self.link_follower(&from, follower) {
-                        Ok(()) => batch.push(Ready {
-                            index: follower.index,
-                            durable: false,
-                            recorded: false,
-                            metadata_applied: false,
-                            checksum: ready.checksum,
-                        }),
+                        Ok(()) => batch.push(Ready::linked(follower.index, ready.checksum)),
                         Err(message) => failures.push((follower.index, message)),
                     }
                 }

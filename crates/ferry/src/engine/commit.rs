@@ -45,6 +45,20 @@ enum SyncOf {
     Renames,
 }
 
+impl Ready {
+    /// A hard link whose temporary was just linked to its leader's data:
+    /// nothing of it is durable or recorded yet.
+    pub fn linked(index: EntryIndex, checksum: Option<Checksum>) -> Ready {
+        Ready {
+            index,
+            durable: false,
+            recorded: false,
+            metadata_applied: false,
+            checksum,
+        }
+    }
+}
+
 /// What a batch commit needs to know about its transfer.
 pub struct Committer<'a> {
     pub store: &'a dyn Store,
