@@ -1035,6 +1035,64 @@ mod tests {
         ));
     }
 
+    /// A streamed plan of more than two batches: every batch is handed on
+    /// whole and in order, each file with its own extended attributes,
+    /// and a hard link's leader is counted from the plan's first entry
+    /// across batches.
+    #[test]
+    fn a_streamed_plan_hands_on_every_batch_in_order_with_its_xattrs() {
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let files = 2 * PLAN_BATCH + 10;
+        for i in 0..files {
+            fs::write(src.join(format!("f{i:05}")), b"x").unwrap();
+        }
+        // Position 0 is the directory, file i is at position i + 1.
+        let tagged = [5, PLAN_BATCH + 7, 2 * PLAN_BATCH + 3];
+        for i in tagged {
+            rustix::fs::setxattr(
+                src.join(format!("f{i:05}")),
+                "user.tag",
+                format!("file {i}").as_bytes(),
+                rustix::fs::XattrFlags::empty(),
+            )
+            .expect("user extended attributes on the crate's file system");
+        }
+        // `zlink` sorts after every file: the last batch, led from the first.
+        fs::hard_link(src.join("f00002"), src.join("zlink")).unwrap();
+        let mut batches = Vec::new();
+        let mut sink = |batch: &mut Vec<NewEntry>| {
+            batches.push(std::mem::take(batch));
+            Ok(())
+        };
+        let planned = plan_streaming(
+            &[src.clone()],
+            &dir.path().join("dst"),
+            true,
+            Fidelity::ARCHIVE,
+            DestRule::Cp,
+            &Filter::default(),
+            &mut sink,
+        )
+        .unwrap();
+        assert_eq!(planned, files + 2);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [PLAN_BATCH, PLAN_BATCH, 12]);
+        let all: Vec<NewEntry> = batches.into_iter().flatten().collect();
+        for (i, entry) in all[1..=files].iter().enumerate() {
+            assert_eq!(entry.source, src.join(format!("f{i:05}")), "in order");
+            let tag = entry.xattrs.0.iter().find(|(name, _)| name == b"user.tag");
+            match tagged.contains(&i) {
+                true => assert_eq!(tag.unwrap().1, format!("file {i}").as_bytes()),
+                false => assert!(tag.is_none(), "f{i:05} has no tag"),
+            }
+        }
+        let link = all.last().unwrap();
+        assert_eq!(link.source, src.join("zlink"));
+        assert!(matches!(link.link_leader, Some(LinkLeader::InBatch(3))));
+    }
+
     #[test]
     fn a_bounded_plan_stops_listing_past_its_bound() {
         let dir = tempfile::tempdir().unwrap();
