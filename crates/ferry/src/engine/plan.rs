@@ -1067,7 +1067,7 @@ mod tests {
             Ok(())
         };
         let planned = plan_streaming(
-            &[src.clone()],
+            std::slice::from_ref(&src),
             &dir.path().join("dst"),
             true,
             Fidelity::ARCHIVE,
