@@ -84,9 +84,9 @@ pub const BATCH_FILES_MAX: usize = 2048;
 pub const BATCH_WAIT: Duration = Duration::from_millis(200);
 /// Workers a run may start.
 pub const WORKERS_MAX: usize = 256;
-/// Messages in flight from the workers to the committer: each holds the
-/// outcomes of one span (at most `work::SPAN_ITEMS_MAX`), so at most four
-/// batches' worth of files are copied ahead of their commit.
+/// Messages in flight from the workers to the committer: each holds at
+/// most `work::SPAN_ITEMS_MAX` outcomes, so at most four batches' worth of
+/// files are copied ahead of their commit.
 const CHANNEL_BOUND: usize = 4 * BATCH_FILES_MAX / work::SPAN_ITEMS_MAX;
 
 /// Live counters of a run, for progress bars. Updated with relaxed atomics.

@@ -8,6 +8,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
+use std::time::Instant;
 
 use super::Engine;
 use super::commit::{MetadataTarget, Ready, apply_metadata_to};
@@ -15,15 +16,15 @@ use super::copy::CopyError;
 use super::plan;
 use super::ranges::Trackers;
 use super::temp::{open_temp, write_error};
-use super::work::{Done, Work};
+use super::work::{Done, SEND_WAIT, SPAN_ITEMS_MAX, Work};
 use crate::checksum::{Checksum, Hasher};
 use crate::failpoint::{self, CommitStep};
 use crate::model::EntryRecord;
 
 impl Engine<'_> {
     /// Takes the next span of `work` (see [`super::work::spans`]) until
-    /// none is left, sending the outcomes of each span's items to the
-    /// commit loop together.
+    /// none is left, sending the outcomes to the commit loop a few hundred
+    /// at a time.
     pub(super) fn worker(
         &self,
         work: &[Work],
@@ -33,12 +34,21 @@ impl Engine<'_> {
         tx: SyncSender<Vec<Done>>,
     ) {
         let mut buffer = Vec::new();
+        // Outcomes go to the commit loop SPAN_ITEMS_MAX at a time, not one
+        // message per file (which woke it once per file), nor held longer
+        // than SEND_WAIT: spans of one file each (a file per directory,
+        // a large file's ranges) are gathered too.
+        let mut done: Vec<Done> = Vec::new();
+        let mut first_done: Option<Instant> = None;
         loop {
             let s = next.fetch_add(1, Ordering::Relaxed);
-            let Some(span) = spans.get(s) else { return };
-            // One message per span, not per file: a message per file woke
-            // the commit loop (a futex and a context switch) per file.
-            let mut done = Vec::with_capacity(span.len());
+            let Some(span) = spans.get(s) else { break };
+            if !done.is_empty() && done.len() + span.len() > SPAN_ITEMS_MAX {
+                if tx.send(std::mem::take(&mut done)).is_err() {
+                    return;
+                }
+                first_done = None;
+            }
             let cancelled = work[span.clone()].iter().any(|item| {
                 if self.options.cancel.load(Ordering::Relaxed) {
                     return true;
@@ -46,9 +56,22 @@ impl Engine<'_> {
                 done.extend(self.work_on(item, trackers, &mut buffer));
                 false
             });
-            if !done.is_empty() && tx.send(done).is_err() || cancelled {
-                return;
+            if cancelled {
+                break;
             }
+            if !done.is_empty() {
+                first_done.get_or_insert_with(Instant::now);
+            }
+            let due = first_done.is_some_and(|t| t.elapsed() >= SEND_WAIT);
+            if done.len() >= SPAN_ITEMS_MAX || due {
+                if tx.send(std::mem::take(&mut done)).is_err() {
+                    return;
+                }
+                first_done = None;
+            }
+        }
+        if !done.is_empty() {
+            let _ = tx.send(done);
         }
     }
 

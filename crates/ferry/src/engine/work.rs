@@ -30,8 +30,12 @@ pub(super) enum Done {
     Failed(EntryIndex, String),
 }
 
-/// The most small files one worker takes from the work list at once.
+/// The most small files one worker takes from the work list at once, and
+/// the most outcomes in one message to the commit loop.
 pub(super) const SPAN_ITEMS_MAX: usize = 256;
+
+/// The longest a worker holds an outcome before sending it.
+pub(super) const SEND_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Splits the work list into the spans workers take whole: a run of small
 /// files and symlinks landing in one directory (at most
