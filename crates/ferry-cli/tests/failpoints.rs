@@ -47,7 +47,13 @@ fn assert_store_within_disk(store: &Path) {
             if entry.kind != EntryKind::File {
                 continue;
             }
-            let temp = ferry::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
+            // Beside its destination, or in its staged directory.
+            let temp = ferry::engine::staging::temporary_left(
+                &entry,
+                &transfer.temp_suffix,
+                transfer.id,
+                &mut Default::default(),
+            );
             let source = fs::read(&entry.source).unwrap();
             match entry.state {
                 FileState::Committed => {
@@ -459,11 +465,16 @@ fn a_whole_file_rewritten_by_a_resume_starts_in_a_new_owner_only_inode() {
         .arg(&src)
         .arg(&dst));
     assert_eq!(out.status.signal(), Some(9), "{out:?}");
-    let temps = temps(&dst);
+    // `dst/f._ferry-ID`, or `dst._ferry-ID/f` (a staged directory).
+    let root = s.path("");
+    let temps: Vec<_> = walk(&root)
+        .into_iter()
+        .filter(|p| final_path_of(p).1 && root.join(p).is_file())
+        .collect();
     let [temp] = temps.as_slice() else {
         panic!("one temporary: {temps:?}");
     };
-    let temp = dst.join(temp);
+    let temp = root.join(temp);
     let killed = fs::symlink_metadata(&temp).unwrap();
     assert_eq!(killed.mode() & 0o777, 0o644, "the kill came after step 5");
     // The resume, held before its first read of the source: the file's

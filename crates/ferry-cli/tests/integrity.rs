@@ -12,7 +12,7 @@ mod util;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ferry::store::{SqliteStore, Store};
@@ -479,11 +479,13 @@ fn finalize_verify_refuses_a_temporary_that_changed_after_the_copy() {
         .arg(&src)
         .arg(&dst));
     assert_eq!(out.status.signal(), Some(9));
-    let damaged = temps(&dst)
+    // `dst/f3._ferry-ID`, or `dst._ferry-ID/f3` (a staged directory).
+    let root = s.path("");
+    let damaged = walk(&root)
         .into_iter()
-        .find(|t| t.to_string_lossy().starts_with("f3."))
+        .find(|t| final_path_of(t) == (PathBuf::from("dst/f3"), true))
         .expect("f3's temporary");
-    let damaged = dst.join(damaged);
+    let damaged = root.join(damaged);
     let mut bytes = fs::read(&damaged).unwrap();
     bytes[10] ^= 1;
     fs::write(&damaged, &bytes).unwrap();

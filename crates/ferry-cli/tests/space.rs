@@ -114,7 +114,13 @@ fn assert_records_within_disk(store: &Path) {
                 continue;
             }
             let source = fs::read(&e.source).unwrap();
-            let temp = ferry::temp_path(&e.dest, &t.temp_suffix, t.id);
+            // Beside its destination, or in its staged directory.
+            let temp = ferry::engine::staging::temporary_left(
+                &e,
+                &t.temp_suffix,
+                t.id,
+                &mut Default::default(),
+            );
             match e.state {
                 FileState::Committed => assert_eq!(
                     fs::read(&e.dest).ok().as_ref(),

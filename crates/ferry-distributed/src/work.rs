@@ -100,6 +100,7 @@ impl Item<'_> {
             umask: ferry::engine::current_umask(),
             verify: false,
             verify_recorded_too: false,
+            staging: Default::default(),
         }
     }
 

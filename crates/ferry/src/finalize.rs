@@ -17,7 +17,7 @@
 //!
 //! [`stop`] is the same clean-up for one store, on demand (`stop.rs`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 
 use crate::engine::commit::{self, Committer, Ready};
+use crate::engine::staging;
 use crate::error::{Error, Result};
 use crate::model::{EntryIndex, EntryKind, EntryRecord, FileState, TransferRecord, TransferState};
 use crate::owner::Liveness;
@@ -511,11 +512,13 @@ fn finalize_transfer(
     }
     // Failed, cancelled, or aborted now: remove what never got its final name.
     let mut removed = Vec::new();
+    let (suffix, id) = (&transfer.temp_suffix, transfer.id);
+    let mut staged = HashMap::new();
     for entry in entries
         .iter()
         .filter(|e| e.kind != EntryKind::Dir && !e.state.is_done())
     {
-        let temp = commit::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
+        let temp = staging::temporary_left(entry, suffix, id, &mut staged);
         match std::fs::remove_file(&temp) {
             Ok(()) => {
                 removed.push(entry.dest.clone());
@@ -525,6 +528,14 @@ fn finalize_transfer(
             Err(e) => return Err(Error::io(&temp, e)),
         }
     }
+    let dirs = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Dir && !e.state.is_done());
+    let gone = staging::remove_left_dirs(dirs, suffix, id)?;
+    // What was inside is durably gone with them: their parents are synced.
+    let gone_dirs: HashSet<&Path> = gone.iter().map(PathBuf::as_path).collect();
+    to_sync.retain(|p| !p.parent().is_some_and(|dir| gone_dirs.contains(dir)));
+    to_sync.extend(gone);
     let changes = vec![transfer_change(
         transfer,
         TransferState::Finalized,
@@ -554,7 +565,18 @@ fn commit_remaining(
         umask: crate::engine::current_umask(),
         verify,
         verify_recorded_too: true,
+        staging: Default::default(),
     };
+    // Directories a dead run left staged go in place first, with their
+    // files that are `copied` (and, under --verify, read back whole there).
+    let published =
+        staging::publish_left(entries, &transfer.temp_suffix, transfer.id, |entry, at| {
+            !verify
+                || entry
+                    .checksum
+                    .is_none_or(|c| crate::verify::read_back(at, c).problem().is_none())
+        })?;
+    to_sync.extend(published);
     let mut live: Vec<Ready> = entries
         .iter()
         .filter(|e| e.kind != EntryKind::Dir && e.state == FileState::Copied)

@@ -154,6 +154,26 @@ pub fn temps(root: &Path) -> Vec<PathBuf> {
     walk(root).into_iter().filter(|p| is_temp(p)).collect()
 }
 
+/// `rel` with every `._ferry-ID` suffix of its components taken off, and
+/// whether there was one.
+pub fn final_path_of(rel: &Path) -> (PathBuf, bool) {
+    let mut temporary = false;
+    let path = rel
+        .components()
+        .map(|c| {
+            let name = c.as_os_str().as_bytes();
+            match name.windows(8).rposition(|w| w == b"._ferry-") {
+                Some(at) => {
+                    temporary = true;
+                    OsStr::from_bytes(&name[..at]).to_owned()
+                }
+                None => c.as_os_str().to_owned(),
+            }
+        })
+        .collect();
+    (path, temporary)
+}
+
 /// Every file visible under its final name below `dst` has exactly the
 /// content of its source: nothing partial is ever visible.
 pub fn assert_no_partial_files(src: &Path, dst: &Path) {
@@ -161,16 +181,17 @@ pub fn assert_no_partial_files(src: &Path, dst: &Path) {
         return;
     }
     for rel in walk(dst) {
-        if is_temp(&rel) {
+        // A temporary, or a file in a directory written under a temporary
+        // name (a staged directory): not under its final path.
+        let (final_rel, temporary) = final_path_of(&rel);
+        if temporary {
             let meta = fs::symlink_metadata(dst.join(&rel)).unwrap();
             let mode = meta.permissions().mode() & 0o7777;
             if meta.is_file() && mode != 0o600 {
                 // Given its final metadata through its descriptor once its
                 // data was complete: then it must be complete, with its
                 // source's mode. Partial data is never readable by others.
-                let name = rel.file_name().unwrap().as_bytes();
-                let at = name.windows(8).rposition(|w| w == b"._ferry-").unwrap();
-                let source = src.join(rel.with_file_name(OsStr::from_bytes(&name[..at])));
+                let source = src.join(&final_rel);
                 let source_mode = fs::symlink_metadata(&source).unwrap().permissions().mode();
                 assert_eq!(
                     mode,

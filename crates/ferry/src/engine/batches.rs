@@ -337,7 +337,7 @@ impl Engine<'_> {
         // Whether anything placed is left waiting.
         let mut flush = |batch: &mut Vec<Ready>,
                          failures: &mut Vec<(EntryIndex, String)>,
-                         last: bool|
+                         last: Last|
          -> Result<bool> {
             let mut outcome = commit::BatchOutcome::default();
             if !batch.is_empty() || !failures.is_empty() {
@@ -350,8 +350,15 @@ impl Engine<'_> {
                 outcome.committed.extend(committed.committed);
                 outcome.failed.extend(committed.failed);
             }
-            if last {
-                let placed = placer.take(0, &mut outcome);
+            if last != Last::No {
+                let mut placed = placer.take(0, &mut outcome);
+                if last == Last::End {
+                    // Every file of the page came back: what a staged
+                    // directory still waits for never will.
+                    let (rest, report) = self.committer.publish_rest();
+                    placed.absorb(rest);
+                    outcome.failed.extend(report.failed);
+                }
                 let rest = self.committer.finish(placed)?;
                 outcome.committed.extend(rest.committed);
                 outcome.failed.extend(rest.failed);
@@ -375,7 +382,7 @@ impl Engine<'_> {
         let result = loop {
             let due = batch_started.is_some_and(|t| t.elapsed() >= BATCH_WAIT);
             if batch.len() >= BATCH_FILES_MAX || due {
-                match flush(&mut batch, &mut failures, false) {
+                match flush(&mut batch, &mut failures, Last::No) {
                     Ok(waiting) => placed_since = waiting.then(Instant::now),
                     Err(e) => break Err(e),
                 }
@@ -383,7 +390,7 @@ impl Engine<'_> {
             }
             let idle = placed_since.is_some_and(|t| t.elapsed() >= BATCH_WAIT);
             if batch_started.is_none() && idle {
-                if let Err(e) = flush(&mut batch, &mut failures, true) {
+                if let Err(e) = flush(&mut batch, &mut failures, Last::Idle) {
                     break Err(e);
                 }
                 placed_since = None;
@@ -400,7 +407,7 @@ impl Engine<'_> {
                         if batch.len() < BATCH_FILES_MAX {
                             continue;
                         }
-                        match flush(&mut batch, &mut failures, false) {
+                        match flush(&mut batch, &mut failures, Last::No) {
                             Ok(waiting) => placed_since = waiting.then(Instant::now),
                             Err(e) => {
                                 refused = Some(e);
@@ -415,7 +422,7 @@ impl Engine<'_> {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    break flush(&mut batch, &mut failures, true).map(|_| ());
+                    break flush(&mut batch, &mut failures, Last::End).map(|_| ());
                 }
             }
         };
@@ -468,6 +475,17 @@ impl Engine<'_> {
             Done::Failed(index, message) => failures.push((index, message)),
         }
     }
+}
+
+/// Whether a commit of the loop also finishes what was placed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Last {
+    /// No: it rides on the next batch's sync.
+    No,
+    /// Yes, as no batch came for a while.
+    Idle,
+    /// Yes, and the page is over: staged directories go in place.
+    End,
 }
 
 /// The commit loop's end of the placer thread.

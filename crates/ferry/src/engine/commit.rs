@@ -20,6 +20,9 @@ use crate::failpoint::{self, CommitStep};
 use crate::model::{Checksum, EntryIndex, EntryKind, EntryRecord, FileState, Preserve, TransferId};
 use crate::store::{Change, Store, StoreError};
 
+use super::staging::{self, Staging};
+pub use super::temp::temp_path;
+
 /// An entry whose data is in its temporary.
 #[derive(Clone, Copy, Debug)]
 pub struct Ready {
@@ -72,6 +75,9 @@ pub struct Committer<'a> {
     pub verify: bool,
     /// Also those recorded `copied` by an earlier run (finalize).
     pub verify_recorded_too: bool,
+    /// The page's directories written under a temporary name (none but
+    /// in a run's page).
+    pub staging: Staging<Ready>,
 }
 
 /// A batch renamed into place and given its metadata, whose sync and
@@ -82,17 +88,20 @@ pub struct Placed {
     ready: Vec<Ready>,
     /// Failed while placed: already reported, not yet recorded.
     failed: Vec<(EntryIndex, String)>,
+    /// Staged directories renamed into place (see `staging`).
+    dirs: Vec<PathBuf>,
 }
 
 impl Placed {
     pub fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.failed.is_empty()
+        self.ready.is_empty() && self.failed.is_empty() && self.dirs.is_empty()
     }
 
     /// Adds the entries of a batch placed after these.
     pub fn absorb(&mut self, later: Placed) {
         self.ready.extend(later.ready);
         self.failed.extend(later.failed);
+        self.dirs.extend(later.dirs);
     }
 }
 
@@ -137,8 +146,18 @@ impl Committer<'_> {
             .is_ok()
     }
 
+    /// Where `entry`'s data is written before it is in place: its
+    /// temporary name, or its own name in its staged directory.
     pub fn temp_of(&self, entry: &EntryRecord) -> PathBuf {
-        temp_path(&entry.dest, self.temp_suffix, self.id)
+        match self.staging.dir_of(entry) {
+            Some(dir) => staging::staged_path(
+                dir,
+                entry.dest.file_name().unwrap_or_default(),
+                self.temp_suffix,
+                self.id,
+            ),
+            None => temp_path(&entry.dest, self.temp_suffix, self.id),
+        }
     }
 
     /// Commits `batch` and records `failures` (found by the workers) in the
@@ -190,6 +209,7 @@ impl Committer<'_> {
         let Placed {
             ready: mut earlier,
             failed: earlier_failed,
+            dirs: earlier_dirs,
         } = earlier;
 
         // 2. This batch's data durable, and with it 5½: the earlier batch's
@@ -198,7 +218,7 @@ impl Committer<'_> {
             || self.fail_unless(SyncOf::Data, &mut live, &mut outcome.failed, || {
                 failpoint::hit(CommitStep::SyncData)
             });
-        let renames_ok = earlier.is_empty()
+        let renames_ok = (earlier.is_empty() && earlier_dirs.is_empty())
             || self.fail_unless(SyncOf::Renames, &mut earlier, &mut outcome.failed, || {
                 failpoint::hit(CommitStep::SyncDir)
             });
@@ -214,7 +234,11 @@ impl Committer<'_> {
             true => earlier.iter().map(|r| self.entry(r.index)).collect(),
             false => Vec::new(),
         };
-        if let Err(e) = self.make_batch_durable(&unsynced, &renamed) {
+        let dirs: &[PathBuf] = match renames_ok {
+            true => &earlier_dirs,
+            false => &[],
+        };
+        if let Err(e) = self.make_batch_durable(&unsynced, &renamed, dirs) {
             self.fail_unless(SyncOf::Data, &mut live, &mut outcome.failed, || {
                 Err(clone_error(&e))
             });
@@ -267,13 +291,106 @@ impl Committer<'_> {
     /// (`commit_overlapped`'s `earlier`), or by [`Committer::finish`]. The
     /// outcome holds the entries that failed (to report now; the returned
     /// `Placed` records them) and the warnings.
-    pub fn place_batch(&self, mut copied: Vec<Ready>) -> (Placed, BatchOutcome) {
+    pub fn place_batch(&self, copied: Vec<Ready>) -> (Placed, BatchOutcome) {
         let mut outcome = BatchOutcome::default();
+        let (staged, mut copied): (Vec<Ready>, Vec<Ready>) = copied
+            .into_iter()
+            .partition(|r| self.staging.dir_of(self.entry(r.index)).is_some());
         self.place(&mut copied, &mut outcome.failed, &mut outcome.warnings);
+        let mut dirs = Vec::new();
+        for r in staged {
+            let entry = self.entry(r.index);
+            let dir = self.staging.dir_of(entry).expect("a staged entry");
+            if let Err(message) = self.place_staged(entry, &r, &mut outcome.warnings) {
+                outcome.failed.push((r.index, message));
+                continue;
+            }
+            let Some(all) = self.staging.hold(dir, r) else {
+                continue;
+            };
+            let children: Vec<&EntryRecord> = all.iter().map(|r| self.entry(r.index)).collect();
+            let placed: HashSet<EntryIndex> = all.iter().map(|r| r.index).collect();
+            match staging::publish(dir, &children, &placed, self.temp_suffix, self.id) {
+                Ok(()) => {
+                    copied.extend(all);
+                    dirs.push(dir.to_path_buf());
+                }
+                Err(e) => outcome.failed.extend(all.iter().map(|r| {
+                    let dest = self.entry(r.index).dest.display();
+                    (
+                        r.index,
+                        format!("{dest}: cannot put its directory in place: {e}"),
+                    )
+                })),
+            }
+        }
         let placed = Placed {
             ready: copied,
             failed: outcome.failed.clone(),
+            dirs,
         };
+        (placed, outcome)
+    }
+
+    /// Step 5 for a file of a staged directory, in that directory, where
+    /// the worker could not (`--verify` read it back first). Its step 4
+    /// is its directory's rename: its fail point stands for that here.
+    fn place_staged(
+        &self,
+        entry: &EntryRecord,
+        r: &Ready,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), String> {
+        failpoint::hit(CommitStep::Rename)
+            .map_err(|e| format!("{}: cannot rename into place: {e}", entry.dest.display()))?;
+        if r.metadata_applied {
+            return Ok(());
+        }
+        let at = self.temp_of(entry);
+        failpoint::hit(CommitStep::ApplyMetadata)
+            .and_then(|()| {
+                apply_metadata_to(
+                    MetadataTarget::Path(&at),
+                    entry,
+                    self.preserve,
+                    self.umask,
+                    warnings,
+                )
+            })
+            .map_err(|e| format!("{}: cannot apply metadata: {e}", entry.dest.display()))
+    }
+
+    /// At the end of a page: puts in place the staged directories that
+    /// some of their files kept waiting (failed, or never copied: those
+    /// move to their own temporary names first), with the files placed.
+    /// Only when nothing is with the placer.
+    pub fn publish_rest(&self) -> (Placed, BatchOutcome) {
+        let mut outcome = BatchOutcome::default();
+        let mut placed = Placed::default();
+        let rest = self.staging.take_rest();
+        if rest.is_empty() {
+            return (placed, outcome);
+        }
+        let dirs: HashSet<&Path> = rest.iter().map(|(dir, _)| dir.as_path()).collect();
+        let children = staging::children_of(self.entries, &dirs);
+        for (dir, held) in &rest {
+            let ids: HashSet<EntryIndex> = held.iter().map(|r| r.index).collect();
+            let kids = children.get(dir).map(Vec::as_slice).unwrap_or_default();
+            match staging::publish(dir, kids, &ids, self.temp_suffix, self.id) {
+                Ok(()) => {
+                    placed.ready.extend(held.iter().copied());
+                    placed.dirs.push(dir.clone());
+                }
+                Err(e) => outcome.failed.extend(held.iter().map(|r| {
+                    let dest = self.entry(r.index).dest.display();
+                    (
+                        r.index,
+                        format!("{dest}: cannot put its directory in place: {e}"),
+                    )
+                })),
+            }
+        }
+        placed.failed = outcome.failed.clone();
         (placed, outcome)
     }
 
@@ -284,15 +401,16 @@ impl Committer<'_> {
         let Placed {
             ready: mut live,
             failed,
+            dirs,
         } = placed;
         let mut outcome = BatchOutcome::default();
-        if live.is_empty() && failed.is_empty() {
+        if live.is_empty() && failed.is_empty() && dirs.is_empty() {
             return Ok(outcome);
         }
-        if !live.is_empty() {
+        if !live.is_empty() || !dirs.is_empty() {
             let synced = failpoint::hit(CommitStep::SyncDir).and_then(|()| {
                 let renamed: Vec<&EntryRecord> = live.iter().map(|r| self.entry(r.index)).collect();
-                self.make_batch_durable(&[], &renamed)
+                self.make_batch_durable(&[], &renamed, &dirs)
             });
             if let Err(e) = synced {
                 self.fail_unless(SyncOf::Renames, &mut live, &mut outcome.failed, || {
@@ -348,16 +466,17 @@ impl Committer<'_> {
         &self,
         unsynced: &[&EntryRecord],
         renamed: &[&EntryRecord],
+        dirs: &[PathBuf],
     ) -> io::Result<()> {
-        match (unsynced, renamed) {
-            ([], []) => Ok(()),
-            ([one], []) if one.kind == EntryKind::File => {
+        match (unsynced, renamed, dirs) {
+            ([], [], []) => Ok(()),
+            ([one], [], []) if one.kind == EntryKind::File => {
                 let temp = self.temp_of(one);
                 File::open(&temp)
                     .and_then(|f| f.sync_data())
                     .and_then(|()| sync_parent(&temp))
             }
-            ([], [one]) if one.kind == EntryKind::File => {
+            ([], [one], []) if one.kind == EntryKind::File => {
                 sync_parent(&one.dest).and_then(|()| File::open(&one.dest)?.sync_all())
             }
             _ => {
@@ -366,7 +485,8 @@ impl Committer<'_> {
                     temps
                         .iter()
                         .map(PathBuf::as_path)
-                        .chain(renamed.iter().map(|e| e.dest.as_path())),
+                        .chain(renamed.iter().map(|e| e.dest.as_path()))
+                        .chain(dirs.iter().map(PathBuf::as_path)),
                 )
             }
         }
@@ -584,13 +704,6 @@ fn same_inode(a: &Path, b: &Path) -> bool {
         (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => false,
     }
-}
-
-/// `DEST` → `DEST<suffix><id>`, beside it.
-pub fn temp_path(dest: &Path, suffix: &str, id: TransferId) -> PathBuf {
-    let mut name = dest.file_name().unwrap_or_default().to_owned();
-    name.push(format!("{suffix}{id}"));
-    dest.with_file_name(name)
 }
 
 /// What step 5 writes to: a destination by name (a symlink is not

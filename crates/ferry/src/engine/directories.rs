@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
-use super::{Engine, commit};
+use super::{Engine, commit, staging};
 use crate::error::{Error, Result};
 use crate::failpoint::{self, CommitStep};
 use crate::model::{EntryIndex, EntryKind, EntryRecord, FileState};
@@ -101,17 +101,50 @@ impl Engine<'_> {
                 }),
         );
         self.store.apply(&changes)?;
+        let full = entries.len() == self.page_max;
+        let staged = staging::choose(entries, &to_create, full, super::SPLIT_BYTES_MIN);
+        let (suffix, id) = (self.committer.temp_suffix, self.committer.id);
         for entry in to_create {
+            let temporary = commit::temp_path(&entry.dest, suffix, id);
+            let staged_here = staged.contains_key(&entry.dest);
+            if !staged_here && temporary.is_dir() {
+                // Staged by an earlier run, but not by this one: in place
+                // now, with the files it holds that were recorded `copied`.
+                let children: Vec<&EntryRecord> = entries
+                    .iter()
+                    .filter(|e| e.dest.parent() == Some(entry.dest.as_path()))
+                    .collect();
+                let copied: HashSet<EntryIndex> = children
+                    .iter()
+                    .filter(|e| e.state == FileState::Copied)
+                    .map(|e| e.index)
+                    .collect();
+                if let Err(e) = staging::publish(&entry.dest, &children, &copied, suffix, id) {
+                    failures.push((
+                        entry.index,
+                        format!(
+                            "cannot put directory {} in place: {e}",
+                            entry.dest.display()
+                        ),
+                    ));
+                }
+                continue;
+            }
+            let at = match staged_here {
+                true => &temporary,
+                false => &entry.dest,
+            };
             // Owner-only until its contents are in place; its own mode last.
-            match std::fs::DirBuilder::new().mode(0o700).create(&entry.dest) {
+            match std::fs::DirBuilder::new().mode(0o700).create(at) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && entry.dest.is_dir() => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && at.is_dir() => {}
                 Err(e) => failures.push((
                     entry.index,
-                    format!("cannot create directory {}: {e}", entry.dest.display()),
+                    format!("cannot create directory {}: {e}", at.display()),
                 )),
             }
         }
+        self.committer.staging.set(staged);
         Ok(left_alone)
     }
 

@@ -40,6 +40,7 @@ mod outcome;
 mod pool;
 mod ranges;
 mod space;
+pub mod staging;
 mod stale;
 pub mod temp;
 mod work;
@@ -351,6 +352,7 @@ impl Run<'_> {
                 umask: self.umask,
                 verify: options.verify != Verify::None,
                 verify_recorded_too: false,
+                staging: Default::default(),
             },
             options,
             warnings: &self.warnings,

@@ -804,8 +804,14 @@ pub(super) fn walk_below(
     bound: usize,
 ) -> Result<()> {
     entries.push(entry(root, root_meta, target.to_path_buf())?)?;
-    let mut stack = vec![(root.to_path_buf(), target.to_path_buf(), relative)];
-    while let Some((dir, dest_dir, relative_dir)) = stack.pop() {
+    // A directory's entry goes in when it is listed, right before its
+    // files, so that a page holds a directory with its files (see
+    // `staging`); its metadata is from its parent's listing.
+    let mut stack = vec![(root.to_path_buf(), target.to_path_buf(), relative, None)];
+    while let Some((dir, dest_dir, relative_dir, meta)) = stack.pop() {
+        if let Some(meta) = meta {
+            entries.push(entry(&dir, &meta, dest_dir.clone())?)?;
+        }
         if entries.count() > bound {
             return Ok(());
         }
@@ -843,8 +849,7 @@ pub(super) fn walk_below(
             }
         }
         for (source, dest, meta, relative) in subdirs.into_iter().rev() {
-            entries.push(entry(&source, &meta, dest.clone())?)?;
-            stack.push((source, dest, relative));
+            stack.push((source, dest, relative, Some(meta)));
         }
     }
     Ok(())

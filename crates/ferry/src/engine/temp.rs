@@ -5,7 +5,9 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::model::TransferId;
 
 /// Opens a temporary for writing, owner-only, never through a symlink: a
 /// link planted at the predictable name is removed, not followed. A whole
@@ -76,4 +78,12 @@ pub(super) fn open_range_temp(temp: &Path, direct: bool) -> io::Result<File> {
         }
     }
     open(rustix::fs::OFlags::empty())
+}
+
+/// `DEST` → `DEST<suffix><id>`, beside it: the temporary name of `dest`
+/// for transfer `id`.
+pub fn temp_path(dest: &Path, suffix: &str, id: TransferId) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_owned();
+    name.push(format!("{suffix}{id}"));
+    dest.with_file_name(name)
 }

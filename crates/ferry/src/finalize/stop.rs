@@ -2,13 +2,13 @@
 //! transfers on demand (and libaxl's `discard`), beside finalize's
 //! post-stage over many stores.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::engine::commit;
+use crate::engine::{commit, staging};
 use crate::error::{Error, Result};
 use crate::model::{EntryKind, TransferId, TransferRecord, TransferState};
 use crate::owner::Liveness;
@@ -121,11 +121,14 @@ fn stop_one(store: &dyn Store, transfer: TransferRecord, dead: bool) -> Result<S
 pub fn remove_temporaries(store: &dyn Store, transfer: &TransferRecord) -> Result<usize> {
     let mut removed = 0;
     let mut dirs: HashSet<PathBuf> = HashSet::new();
-    for entry in store.entries(transfer.id)? {
+    let (suffix, id) = (&transfer.temp_suffix, transfer.id);
+    let mut staged = HashMap::new();
+    let entries = store.entries(transfer.id)?;
+    for entry in &entries {
         if entry.kind == EntryKind::Dir || entry.state.is_done() {
             continue;
         }
-        let temp = commit::temp_path(&entry.dest, &transfer.temp_suffix, transfer.id);
+        let temp = staging::temporary_left(entry, suffix, id, &mut staged);
         match std::fs::remove_file(&temp) {
             Ok(()) => {
                 removed += 1;
@@ -135,6 +138,14 @@ pub fn remove_temporaries(store: &dyn Store, transfer: &TransferRecord) -> Resul
             Err(e) => return Err(Error::io(&temp, e)),
         }
     }
+    let left = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Dir && !e.state.is_done());
+    let gone = staging::remove_left_dirs(left, suffix, id)?;
+    // What was inside is durably gone with them: their parents are synced.
+    let gone_dirs: HashSet<&Path> = gone.iter().map(PathBuf::as_path).collect();
+    dirs.retain(|p| !p.parent().is_some_and(|dir| gone_dirs.contains(dir)));
+    dirs.extend(gone);
     commit::make_durable(dirs.iter().map(PathBuf::as_path))
         .map_err(|e| Error::io(store.location(), e))?;
     Ok(removed)

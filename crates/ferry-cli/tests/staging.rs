@@ -1,0 +1,146 @@
+//! A directory ferry creates that holds only small files is written under
+//! a temporary name and put in place whole, with one rename (engine
+//! `staging`): killed at any step, nothing of it is visible under its final
+//! name; the same command line then finishes it; a file of it that fails
+//! keeps its own temporary inside it, as any other.
+
+mod util;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use util::*;
+
+const FILES: usize = 40;
+
+/// `top/` holds a file (so it is not staged) and the leaf `top/leaf/`.
+fn make_tree(root: &Path) {
+    let mut rng = fastrand::Rng::with_seed(7);
+    write_file(&root.join("top/note"), b"not staged");
+    for i in 0..FILES {
+        let len = rng.usize(0..20_000);
+        write_file(
+            &root.join(format!("top/leaf/f{i:02}")),
+            &random_bytes(&mut rng, len),
+        );
+    }
+}
+
+/// The names in `dir` that start with `prefix`.
+fn named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect();
+    found.sort();
+    found
+}
+
+fn cp(store: &Path, src: &Path, dst: &Path) -> std::process::Command {
+    let mut cmd = ferry_at(store);
+    cmd.args(["cp", "-a", "-q", "--threads", "1", "--name", "staged"])
+        .arg(src)
+        .arg(dst);
+    cmd
+}
+
+#[test]
+fn a_killed_copy_shows_no_part_of_a_staged_directory_and_the_same_command_finishes_it() {
+    // Killed after the data was recorded `copied` (the rename step of a
+    // staged file), and before anything was recorded (the data's sync).
+    for failpoint in ["commit.rename:5=crash", "commit.sync_data:1=crash"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst, store) = (
+            tmp.path().join("src"),
+            tmp.path().join("dst"),
+            tmp.path().join("s.db"),
+        );
+        make_tree(&src);
+        run_killed(cp(&store, &src, &dst).env("FERRY_FAILPOINT", failpoint));
+
+        assert!(
+            !dst.join("top/leaf").exists(),
+            "{failpoint}: the staged directory is visible before it is complete"
+        );
+        let staged = named(&dst.join("top"), "leaf._ferry-");
+        assert_eq!(staged.len(), 1, "{failpoint}: its temporary: {staged:?}");
+        assert!(
+            staged[0].join("f00").exists(),
+            "{failpoint}: files are written under their own names inside it"
+        );
+        assert_no_partial_files(&src, &dst);
+
+        run_ok(&mut cp(&store, &src, &dst));
+        assert_same_tree(&src, &dst);
+        assert!(
+            named(&dst.join("top"), "leaf").len() == 1,
+            "{failpoint}: only the directory is left beside it"
+        );
+    }
+}
+
+#[test]
+fn a_failed_file_of_a_staged_directory_keeps_its_temporary_there_and_resume_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, store) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("s.db"),
+    );
+    make_tree(&src);
+    // One worker reads the sources in order: the third read is in the leaf.
+    let out = run(cp(&store, &src, &dst).env("FERRY_FAILPOINT", "source.read:3=eio"));
+    assert!(!out.status.success(), "a file failed");
+
+    // The directory is in place with every other file, and the failed one
+    // as its temporary.
+    let leaf = dst.join("top/leaf");
+    let temps = temps(&leaf);
+    assert_eq!(temps.len(), 1, "the failed file's temporary: {temps:?}");
+    let finals = walk(&leaf).len() - 1;
+    assert_eq!(finals, FILES - 1, "every other file under its name");
+    assert!(named(&dst.join("top"), "leaf._ferry-").is_empty());
+    assert_no_partial_files(&src, &dst);
+
+    run_ok(ferry_at(&store).args(["resume", "staged"]));
+    assert_same_tree(&src, &dst);
+}
+
+/// Finalize never needs the sources: a staged directory a dead run left
+/// goes in place with the files it recorded `copied`, or, when none was,
+/// is removed with what was written in it.
+#[test]
+fn finalize_places_or_removes_a_staged_directory_a_dead_run_left() {
+    for (failpoint, copied) in [
+        ("commit.rename:5=crash", true),
+        ("commit.sync_data:1=crash", false),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst, store) = (
+            tmp.path().join("src"),
+            tmp.path().join("dst"),
+            tmp.path().join("s.db"),
+        );
+        make_tree(&src);
+        run_killed(cp(&store, &src, &dst).env("FERRY_FAILPOINT", failpoint));
+        assert_eq!(named(&dst.join("top"), "leaf._ferry-").len(), 1);
+
+        let out = run(ferry_at(&store).args(["finalize", "--abort"]).arg(&store));
+        assert!(
+            named(&dst.join("top"), "leaf._ferry-").is_empty(),
+            "{failpoint}: the staged directory is left"
+        );
+        assert!(temps(&dst).is_empty(), "{failpoint}: {:?}", temps(&dst));
+        match copied {
+            true => {
+                assert!(out.status.success(), "{out:?}");
+                assert_same_tree(&src, &dst);
+            }
+            false => assert!(
+                !dst.join("top/leaf").exists(),
+                "{failpoint}: nothing of it was copied, nothing of it is placed"
+            ),
+        }
+    }
+}
