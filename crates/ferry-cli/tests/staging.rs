@@ -144,3 +144,34 @@ fn finalize_places_or_removes_a_staged_directory_a_dead_run_left() {
         }
     }
 }
+
+/// Another transfer to the same destination removes the staged directory
+/// of one whose owner died, as it removes such a transfer's temporaries,
+/// and says so.
+#[test]
+fn a_dead_transfers_staged_directory_is_removed_by_the_next_copy_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, store) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("s.db"),
+    );
+    make_tree(&src);
+    run_killed(cp(&store, &src, &dst).env("FERRY_FAILPOINT", "commit.sync_data:1=crash"));
+    let left = named(&dst.join("top"), "leaf._ferry-");
+    assert_eq!(left.len(), 1);
+
+    let out = run_ok(
+        ferry_at(&store)
+            .args(["cp", "-a", "--json", "--name", "another"])
+            .arg(src.join("."))
+            .arg(&dst),
+    );
+    let warnings = json(&out)["warnings"].to_string();
+    assert!(
+        warnings.contains("removed stale temporary") && warnings.contains("leaf._ferry-"),
+        "{warnings}"
+    );
+    assert!(!left[0].exists(), "{:?} is left", left[0]);
+    assert_same_tree(&src, &dst);
+}

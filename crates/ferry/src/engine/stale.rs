@@ -7,7 +7,9 @@
 //! `--clean-orphans`, when no transfer of this store wrote it. A temporary is
 //! attributed to a transfer only if that transfer has an entry for exactly
 //! this destination: ids repeat across stores (one per MPI rank), and a
-//! temporary of another store's live transfer must never be touched.
+//! temporary of another store's live transfer must never be touched. A
+//! directory's temporary is a staged directory (see `staging`): removed
+//! with what it holds when its transfer is known, never as an orphan.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -16,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::model::{EntryKind, EntryRecord, TransferId, TransferRecord, TransferState};
+use crate::model::{EntryRecord, TransferId, TransferRecord, TransferState};
 use crate::owner::Liveness;
 use crate::store::{Change, Store};
 
@@ -36,7 +38,8 @@ pub(crate) fn clean(
 ) -> Result<Found> {
     let mut by_dir: HashMap<&Path, HashSet<&OsStr>> = HashMap::new();
     for entry in entries {
-        if entry.kind == EntryKind::Dir || entry.state.is_done() {
+        // A directory's temporary is a staged directory (see `staging`).
+        if entry.state.is_done() {
             continue;
         }
         let (Some(dir), Some(name)) = (entry.dest.parent(), entry.dest.file_name()) else {
@@ -129,6 +132,10 @@ pub(crate) fn clean(
                     remove(&temp)?;
                     warnings.push(format!("removed stale temporary {} of transfer {}", temp.display(), other.name));
                 }
+                _ if child.file_type().is_ok_and(|t| t.is_dir()) => warnings.push(format!(
+                    "{} is named like a staged directory of no transfer in this store: left alone",
+                    temp.display()
+                )),
                 _ if clean_orphans => {
                     remove(&temp)?;
                     warnings.push(format!("removed orphan temporary {}", temp.display()));
@@ -147,8 +154,16 @@ pub(crate) fn clean(
     })
 }
 
+/// Removes a temporary: a file, or a staged directory with what it holds
+/// (a transfer with an entry for that directory wrote it; an orphan
+/// directory may be anyone's, and is never removed).
 fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
+    let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    let removed = match is_dir {
+        true => std::fs::remove_dir_all(path),
+        false => std::fs::remove_file(path),
+    };
+    match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, e)),
