@@ -26,6 +26,19 @@ fn make_tree(root: &Path) {
     }
 }
 
+/// A scratch directory with the tree in `src`, and where `dst` and the
+/// store go.
+fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, store) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("s.db"),
+    );
+    make_tree(&src);
+    (tmp, src, dst, store)
+}
+
 /// The names in `dir` that start with `prefix`.
 fn named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = fs::read_dir(dir)
@@ -50,13 +63,7 @@ fn a_killed_copy_shows_no_part_of_a_staged_directory_and_the_same_command_finish
     // Killed after the data was recorded `copied` (the rename step of a
     // staged file), and before anything was recorded (the data's sync).
     for failpoint in ["commit.rename:5=crash", "commit.sync_data:1=crash"] {
-        let tmp = tempfile::tempdir().unwrap();
-        let (src, dst, store) = (
-            tmp.path().join("src"),
-            tmp.path().join("dst"),
-            tmp.path().join("s.db"),
-        );
-        make_tree(&src);
+        let (_tmp, src, dst, store) = scratch();
         run_killed(cp(&store, &src, &dst).env("FERRY_FAILPOINT", failpoint));
 
         assert!(
@@ -82,13 +89,7 @@ fn a_killed_copy_shows_no_part_of_a_staged_directory_and_the_same_command_finish
 
 #[test]
 fn a_failed_file_of_a_staged_directory_keeps_its_temporary_there_and_resume_finishes_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dst, store) = (
-        tmp.path().join("src"),
-        tmp.path().join("dst"),
-        tmp.path().join("s.db"),
-    );
-    make_tree(&src);
+    let (_tmp, src, dst, store) = scratch();
     // One worker reads the sources in order: the third read is in the leaf.
     let out = run(cp(&store, &src, &dst).env("FERRY_FAILPOINT", "source.read:3=eio"));
     assert!(!out.status.success(), "a file failed");
@@ -116,13 +117,7 @@ fn finalize_places_or_removes_a_staged_directory_a_dead_run_left() {
         ("commit.rename:5=crash", true),
         ("commit.sync_data:1=crash", false),
     ] {
-        let tmp = tempfile::tempdir().unwrap();
-        let (src, dst, store) = (
-            tmp.path().join("src"),
-            tmp.path().join("dst"),
-            tmp.path().join("s.db"),
-        );
-        make_tree(&src);
+        let (_tmp, src, dst, store) = scratch();
         run_killed(cp(&store, &src, &dst).env("FERRY_FAILPOINT", failpoint));
         assert_eq!(named(&dst.join("top"), "leaf._ferry-").len(), 1);
 
@@ -150,13 +145,7 @@ fn finalize_places_or_removes_a_staged_directory_a_dead_run_left() {
 /// and says so.
 #[test]
 fn a_dead_transfers_staged_directory_is_removed_by_the_next_copy_there() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dst, store) = (
-        tmp.path().join("src"),
-        tmp.path().join("dst"),
-        tmp.path().join("s.db"),
-    );
-    make_tree(&src);
+    let (_tmp, src, dst, store) = scratch();
     run_killed(cp(&store, &src, &dst).env("FERRY_FAILPOINT", "commit.sync_data:1=crash"));
     let left = named(&dst.join("top"), "leaf._ferry-");
     assert_eq!(left.len(), 1);

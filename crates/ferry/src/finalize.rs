@@ -17,7 +17,7 @@
 //!
 //! [`stop`] is the same clean-up for one store, on demand (`stop.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -511,31 +511,8 @@ fn finalize_transfer(
         }
     }
     // Failed, cancelled, or aborted now: remove what never got its final name.
-    let mut removed = Vec::new();
-    let (suffix, id) = (&transfer.temp_suffix, transfer.id);
-    let mut staged = HashMap::new();
-    for entry in entries
-        .iter()
-        .filter(|e| e.kind != EntryKind::Dir && !e.state.is_done())
-    {
-        let temp = staging::temporary_left(entry, suffix, id, &mut staged);
-        match std::fs::remove_file(&temp) {
-            Ok(()) => {
-                removed.push(entry.dest.clone());
-                to_sync.push(temp);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&temp, e)),
-        }
-    }
-    let dirs = entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::Dir && !e.state.is_done());
-    let gone = staging::remove_left_dirs(dirs, suffix, id)?;
-    // What was inside is durably gone with them: their parents are synced.
-    let gone_dirs: HashSet<&Path> = gone.iter().map(PathBuf::as_path).collect();
-    to_sync.retain(|p| !p.parent().is_some_and(|dir| gone_dirs.contains(dir)));
-    to_sync.extend(gone);
+    let removed =
+        staging::remove_temporaries_left(&entries, &transfer.temp_suffix, transfer.id, to_sync)?;
     let changes = vec![transfer_change(
         transfer,
         TransferState::Finalized,

@@ -224,23 +224,53 @@ pub fn temporary_left(
     temp_path(&entry.dest, suffix, id)
 }
 
-/// Removes the staged temporaries of `dirs` (directory entries not done),
-/// once their files are removed ([`temporary_left`]); returns those removed.
-pub fn remove_left_dirs<'e>(
-    dirs: impl Iterator<Item = &'e EntryRecord>,
+/// Removes what a run that is over left of `entries` not done: each
+/// file's temporary ([`temporary_left`]), then the staged directories that
+/// held some. Adds to `to_sync` what must be synced for the removals to be
+/// durable, and returns the destinations whose temporaries were removed.
+pub fn remove_temporaries_left(
+    entries: &[EntryRecord],
     suffix: &str,
     id: TransferId,
+    to_sync: &mut Vec<PathBuf>,
 ) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for dir in dirs {
+    let mut staged = HashMap::new();
+    let mut synced = Vec::new();
+    for entry in entries
+        .iter()
+        .filter(|e| e.kind != EntryKind::Dir && !e.state.is_done())
+    {
+        let temp = temporary_left(entry, suffix, id, &mut staged);
+        match std::fs::remove_file(&temp) {
+            Ok(()) => {
+                removed.push(entry.dest.clone());
+                synced.push(temp);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&temp, e)),
+        }
+    }
+    let mut gone = HashSet::new();
+    for dir in entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Dir && !e.state.is_done())
+    {
         let staged = temp_path(&dir.dest, suffix, id);
         match std::fs::remove_dir(&staged) {
-            Ok(()) => removed.push(staged),
+            Ok(()) => {
+                gone.insert(staged);
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) if e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) => {}
             Err(e) => return Err(Error::io(&staged, e)),
         }
     }
+    // What was inside a staged directory is durably gone with it: the
+    // directory's parent is synced, not the directory.
+    synced.retain(|p| !p.parent().is_some_and(|dir| gone.contains(dir)));
+    to_sync.extend(synced);
+    to_sync.extend(gone);
     Ok(removed)
 }
 

@@ -2,15 +2,14 @@
 //! transfers on demand (and libaxl's `discard`), beside finalize's
 //! post-stage over many stores.
 
-use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::engine::{commit, staging};
 use crate::error::{Error, Result};
-use crate::model::{EntryKind, TransferId, TransferRecord, TransferState};
+use crate::model::{TransferId, TransferRecord, TransferState};
 use crate::owner::Liveness;
 use crate::store::{Change, Store};
 
@@ -119,36 +118,17 @@ fn stop_one(store: &dyn Store, transfer: TransferRecord, dead: bool) -> Result<S
 /// makes their removal durable; how many there were. Only for a transfer
 /// nobody moves any more.
 pub fn remove_temporaries(store: &dyn Store, transfer: &TransferRecord) -> Result<usize> {
-    let mut removed = 0;
-    let mut dirs: HashSet<PathBuf> = HashSet::new();
-    let (suffix, id) = (&transfer.temp_suffix, transfer.id);
-    let mut staged = HashMap::new();
     let entries = store.entries(transfer.id)?;
-    for entry in &entries {
-        if entry.kind == EntryKind::Dir || entry.state.is_done() {
-            continue;
-        }
-        let temp = staging::temporary_left(entry, suffix, id, &mut staged);
-        match std::fs::remove_file(&temp) {
-            Ok(()) => {
-                removed += 1;
-                dirs.insert(temp);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&temp, e)),
-        }
-    }
-    let left = entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::Dir && !e.state.is_done());
-    let gone = staging::remove_left_dirs(left, suffix, id)?;
-    // What was inside is durably gone with them: their parents are synced.
-    let gone_dirs: HashSet<&Path> = gone.iter().map(PathBuf::as_path).collect();
-    dirs.retain(|p| !p.parent().is_some_and(|dir| gone_dirs.contains(dir)));
-    dirs.extend(gone);
-    commit::make_durable(dirs.iter().map(PathBuf::as_path))
+    let mut to_sync = Vec::new();
+    let removed = staging::remove_temporaries_left(
+        &entries,
+        &transfer.temp_suffix,
+        transfer.id,
+        &mut to_sync,
+    )?;
+    commit::make_durable(to_sync.iter().map(PathBuf::as_path))
         .map_err(|e| Error::io(store.location(), e))?;
-    Ok(removed)
+    Ok(removed.len())
 }
 
 /// Ends a transfer for good from a thread that cannot reach its
