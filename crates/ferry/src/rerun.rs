@@ -10,14 +10,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::engine::plan::DestRule;
 use crate::error::{Error, Result};
 use crate::model::{
-    EntryKind, EntryRecord, FileState, NewEntry, Preserve, TransferRecord, TransferState,
+    EntryIndex, EntryKind, EntryRecord, FileState, NewEntry, Preserve, TransferRecord,
+    TransferState,
 };
 use crate::store::Store;
 use crate::transfer::Transfer;
@@ -246,19 +247,37 @@ pub fn changed_since<E: From<Error> + Send>(
     let (recorded, planned) = std::thread::scope(|scope| {
         // Keyed by the path's bytes: a `Path` hashes and compares component
         // by component, which cost a re-run a tenth of its instructions.
-        let reading = scope.spawn(|| -> Result<HashMap<OsString, (EntryRecord, Copied)>> {
+        let reading = scope.spawn(|| -> Result<HashMap<OsString, Recorded>> {
             let mut recorded = HashMap::new();
             for copy in &same.copies {
                 let when = Copied {
                     began_ns: copy.created_ns,
                     ended_ns: copy.updated_ns - margin_ns,
                 };
-                for mut entry in store.entries_compared(copy.id)? {
-                    // Its source is the key, and compared no more.
-                    let source = std::mem::take(&mut entry.source).into_os_string();
-                    recorded.insert(source, (entry, when));
+                // A page at a time where the store reads ranges, so that
+                // the records read are never all held at once.
+                let page = match store.reads_entry_ranges() {
+                    true => crate::engine::PAGE_ENTRIES,
+                    false => usize::MAX,
+                };
+                let mut from = EntryIndex(0);
+                loop {
+                    let entries = match page {
+                        usize::MAX => store.entries_compared(copy.id)?,
+                        _ => store.entries_compared_from(copy.id, from, page)?,
+                    };
+                    let read = entries.len();
+                    for entry in entries {
+                        from = EntryIndex(entry.index.0 + 1);
+                        let (source, entry) = Recorded::of(entry, when);
+                        recorded.insert(source, entry);
+                    }
+                    if read < page {
+                        break;
+                    }
                 }
             }
+            recorded.shrink_to_fit();
             Ok(recorded)
         });
         let planned = plan();
@@ -282,9 +301,7 @@ pub fn changed_since<E: From<Error> + Send>(
                     let mut dirs = DirCache::default();
                     part.iter()
                         .map(|entry| match recorded.get(entry.source.as_os_str()) {
-                            Some((old, when)) => {
-                                !unchanged(entry, old, *when, preserve, as_root, &mut dirs)
-                            }
+                            Some(old) => !unchanged(entry, old, preserve, as_root, &mut dirs),
                             None => true,
                         })
                         .collect::<Vec<bool>>()
@@ -348,26 +365,62 @@ fn path_key(path: &Path) -> &[u8] {
     }
 }
 
+/// What a re-run compares of an entry a copy recorded, and when that copy
+/// ran: a fifth of an [`EntryRecord`], as a re-run holds one per entry.
+struct Recorded {
+    dest: Box<[u8]>,
+    link_target: Option<Box<[u8]>>,
+    size: u64,
+    mtime_ns: i64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    kind: EntryKind,
+    /// Committed or skipped: in place when that copy ended.
+    in_place: bool,
+    copied: Copied,
+}
+
+impl Recorded {
+    /// The record's source (the key it is found by), and what is compared.
+    fn of(entry: EntryRecord, copied: Copied) -> (OsString, Recorded) {
+        let bytes = |path: PathBuf| path.into_os_string().into_vec().into_boxed_slice();
+        let recorded = Recorded {
+            dest: bytes(entry.dest),
+            link_target: entry.link_target.map(bytes),
+            size: entry.meta.size,
+            mtime_ns: entry.meta.mtime_ns,
+            mode: entry.meta.mode,
+            uid: entry.meta.uid,
+            gid: entry.meta.gid,
+            kind: entry.kind,
+            in_place: matches!(entry.state, FileState::Committed | FileState::Skipped),
+            copied,
+        };
+        (entry.source.into_os_string(), recorded)
+    }
+}
+
 /// See [`changed_since`].
 fn unchanged(
     entry: &NewEntry,
-    old: &EntryRecord,
-    copied: Copied,
+    old: &Recorded,
     preserve: Preserve,
     as_root: bool,
     dirs: &mut DirCache,
 ) -> bool {
-    let recorded_same = matches!(old.state, FileState::Committed | FileState::Skipped)
+    let recorded_same = old.in_place
         && old.kind == entry.kind
-        && old.dest == entry.dest
-        && old.meta.size == entry.meta.size
-        && old.meta.mtime_ns == entry.meta.mtime_ns
-        && old.meta.mode == entry.meta.mode
-        && old.meta.uid == entry.meta.uid
-        && old.meta.gid == entry.meta.gid
-        && old.link_target == entry.link_target
-        && entry.inode_changed_ns < copied.began_ns;
-    recorded_same && destination_as_made(entry, copied, preserve, as_root, dirs)
+        && *old.dest == *entry.dest.as_os_str().as_bytes()
+        && old.size == entry.meta.size
+        && old.mtime_ns == entry.meta.mtime_ns
+        && old.mode == entry.meta.mode
+        && old.uid == entry.meta.uid
+        && old.gid == entry.meta.gid
+        && old.link_target.as_deref()
+            == entry.link_target.as_ref().map(|t| t.as_os_str().as_bytes())
+        && entry.inode_changed_ns < old.copied.began_ns;
+    recorded_same && destination_as_made(entry, old.copied, preserve, as_root, dirs)
 }
 
 /// When the copy that recorded an entry was created, and when it last

@@ -321,6 +321,24 @@ pub fn create_entries_and_events_round_trip_every_field<S: Store>(open: &dyn Fn(
         };
         assert_eq!(fields(got), fields(want));
     }
+    // And a range of it, as a re-run reads it a page at a time.
+    for (from, limit) in [(0usize, 3usize), (2, 4), (6, 5), (7, 1)] {
+        let got = store
+            .entries_compared_from(t.id, EntryIndex(from as u32), limit)
+            .unwrap();
+        let want = &compared[from.min(7)..(from + limit).min(7)];
+        assert_eq!(
+            got.iter().map(|e| e.index).collect::<Vec<_>>(),
+            want.iter().map(|e| e.index).collect::<Vec<_>>(),
+            "compared from {from}, at most {limit}"
+        );
+        for (got, want) in got.iter().zip(want) {
+            assert_eq!(
+                (&got.dest, got.meta.size, got.state),
+                (&want.dest, want.meta.size, want.state)
+            );
+        }
+    }
     for (i, (got, want)) in entries.iter().zip(first.iter().chain(&second)).enumerate() {
         let leader_base = if i < first.len() { 0 } else { first.len() };
         assert_eq!(got.index, EntryIndex(i as u32));

@@ -397,6 +397,15 @@ macro_rules! store_reads_through_inner {
             $crate::store::Store::entries_from(&*self.inner, id, from, limit)
         }
 
+        fn entries_compared_from(
+            &self,
+            id: $crate::model::TransferId,
+            from: $crate::model::EntryIndex,
+            limit: usize,
+        ) -> Result<Vec<$crate::model::EntryRecord>, $crate::store::StoreError> {
+            $crate::store::Store::entries_compared_from(&*self.inner, id, from, limit)
+        }
+
         fn reads_entry_ranges(&self) -> bool {
             $crate::store::Store::reads_entry_ranges(&*self.inner)
         }
@@ -528,6 +537,18 @@ pub trait Store: Send + Sync {
             .skip(from.0 as usize)
             .take(limit)
             .collect())
+    }
+
+    /// [`Store::entries_compared`], at most `limit` of them from index
+    /// `from` on ([`Store::entries_from`]'s range): a re-run holds what it
+    /// compares, not the records it is read from.
+    fn entries_compared_from(
+        &self,
+        id: TransferId,
+        from: EntryIndex,
+        limit: usize,
+    ) -> Result<Vec<EntryRecord>, StoreError> {
+        self.entries_from(id, from, limit)
     }
 
     /// Whether [`Store::entries_from`] reads only the range it returns.

@@ -852,6 +852,17 @@ impl Store for SqliteStore {
         rules::check_entries_from(&self.path, id, from, records)
     }
 
+    fn entries_compared_from(
+        &self,
+        id: TransferId,
+        from: EntryIndex,
+        limit: usize,
+    ) -> Result<Vec<EntryRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let records = self.query_entries_of(id, COMPARED_COLUMNS, "", from, limit)?;
+        rules::check_entries_from(&self.path, id, from, records)
+    }
+
     fn reads_entry_ranges(&self) -> bool {
         true
     }
