@@ -248,7 +248,12 @@ pub fn changed_since<E: From<Error> + Send>(
         // Keyed by the path's bytes: a `Path` hashes and compares component
         // by component, which cost a re-run a tenth of its instructions.
         let reading = scope.spawn(|| -> Result<HashMap<OsString, Recorded>> {
-            let mut recorded = HashMap::new();
+            // Sized once: growing it holds the old table and the new.
+            let mut entries = 0;
+            for copy in &same.copies {
+                entries += store.entry_tally(copy.id)?.entries;
+            }
+            let mut recorded = HashMap::with_capacity(entries as usize);
             for copy in &same.copies {
                 let when = Copied {
                     began_ns: copy.created_ns,
@@ -277,7 +282,6 @@ pub fn changed_since<E: From<Error> + Send>(
                     }
                 }
             }
-            recorded.shrink_to_fit();
             Ok(recorded)
         });
         let planned = plan();
