@@ -164,3 +164,115 @@ fn a_dead_transfers_staged_directory_is_removed_by_the_next_copy_there() {
     assert!(!left[0].exists(), "{:?} is left", left[0]);
     assert_same_tree(&src, &dst);
 }
+
+/// `top/` with two leaves of [`FILES`] each, `a` before `b`.
+fn two_leaves(root: &Path) {
+    let mut rng = fastrand::Rng::with_seed(9);
+    write_file(&root.join("top/note"), b"not staged");
+    for leaf in ["a", "b"] {
+        for i in 0..FILES {
+            let len = rng.usize(0..20_000);
+            write_file(
+                &root.join(format!("top/{leaf}/f{i:02}")),
+                &random_bytes(&mut rng, len),
+            );
+        }
+    }
+}
+
+/// A directory goes in place as soon as its last file is recorded
+/// `copied`, not at the end: with the placer held at `b`'s first file (one
+/// worker, files placed in order: `note`, `a`'s, then `b`'s), `a` is in
+/// place and whole, `b` not visible. Then killed; the same command line
+/// finishes `b`.
+#[test]
+fn a_directory_goes_in_place_when_its_last_file_is_copied_not_at_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst, store) = (
+        tmp.path().join("src"),
+        tmp.path().join("dst"),
+        tmp.path().join("s.db"),
+    );
+    two_leaves(&src);
+    let fifo = tmp.path().join("pause");
+    run_ok(std::process::Command::new("mkfifo").arg(&fifo));
+    // Placed: `note`, then `a`'s files, then `b`'s: held at b's first.
+    let held_at = 1 + FILES + 1;
+    let mut child = cp(&store, &src, &dst)
+        .env("FERRY_FAILPOINT", format!("commit.rename:{held_at}=pause"))
+        .env("FERRY_FAILPOINT_FIFO", &fifo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Opening the FIFO's write end returns once the copy is held there.
+    let pause = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    assert!(
+        dst.join("top/a").is_dir(),
+        "`a` is in place while `b` is held"
+    );
+    let a_count = fs::read_dir(dst.join("top/a")).unwrap().count();
+    assert_eq!(a_count, FILES, "`a` appears with all its files at once");
+    assert!(!dst.join("top/b").exists(), "`b` is still being written");
+    assert_eq!(named(&dst.join("top"), "b._ferry-").len(), 1);
+    assert_no_partial_files(&src, &dst);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(pause);
+
+    run_ok(&mut cp(&store, &src, &dst));
+    assert_same_tree(&src, &dst);
+}
+
+/// A directory that cannot be renamed into place (here every `renameat2`
+/// fails with EIO) fails its files with a message naming it, and leaves
+/// them where the same command line finds and finishes them.
+#[test]
+fn a_directory_that_cannot_be_put_in_place_fails_its_files_and_a_rerun_finishes_them() {
+    let (_tmp, src, dst, store) = scratch();
+    let mut traced = std::process::Command::new("strace");
+    traced
+        .args(["-f", "-o", "/dev/null", "-e", "inject=renameat2:error=EIO"])
+        .arg(FERRY)
+        .arg("--store")
+        .arg(&store)
+        .args(["cp", "-a", "--threads", "1", "--name", "staged"])
+        .arg(&src)
+        .arg(&dst)
+        .env_remove("FERRY_FAILPOINT");
+    let out = run(&mut traced);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot put its directory in place") && stderr.contains("leaf"),
+        "{stderr}"
+    );
+    assert!(!dst.join("top/leaf").exists());
+    assert_no_partial_files(&src, &dst);
+
+    run_ok(&mut cp(&store, &src, &dst));
+    assert_same_tree(&src, &dst);
+    assert!(named(&dst.join("top"), "leaf._ferry-").is_empty());
+}
+
+/// A symlink planted at a staged directory's predictable name (here after
+/// a killed run, where the next run takes the name up) is removed, never
+/// followed: nothing is written where it points.
+#[test]
+fn a_symlink_planted_at_a_staged_name_is_not_followed() {
+    let (tmp, src, dst, store) = scratch();
+    run_killed(cp(&store, &src, &dst).env("FERRY_FAILPOINT", "commit.sync_data:1=crash"));
+    let [staged] = named(&dst.join("top"), "leaf._ferry-").try_into().unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::remove_dir_all(&staged).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &staged).unwrap();
+
+    run_ok(&mut cp(&store, &src, &dst));
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "written through the planted link"
+    );
+    assert_same_tree(&src, &dst);
+}

@@ -104,44 +104,53 @@ impl Engine<'_> {
         let full = entries.len() == self.page_max;
         let staged = staging::choose(entries, &to_create, full, super::SPLIT_BYTES_MIN);
         let (suffix, id) = (self.committer.temp_suffix, self.committer.id);
-        for entry in to_create {
-            let temporary = commit::temp_path(&entry.dest, suffix, id);
-            let staged_here = staged.contains_key(&entry.dest);
-            if !staged_here && temporary.is_dir() {
-                // Staged by an earlier run, but not by this one: in place
-                // now, with the files it holds that were recorded `copied`.
-                let children: Vec<&EntryRecord> = entries
-                    .iter()
-                    .filter(|e| e.dest.parent() == Some(entry.dest.as_path()))
-                    .collect();
-                let copied: HashSet<EntryIndex> = children
-                    .iter()
-                    .filter(|e| e.state == FileState::Copied)
-                    .map(|e| e.index)
-                    .collect();
-                if let Err(e) = staging::publish(&entry.dest, &children, &copied, suffix, id) {
-                    failures.push((
-                        entry.index,
-                        format!(
-                            "cannot put directory {} in place: {e}",
-                            entry.dest.display()
-                        ),
-                    ));
-                }
+        // Left staged by an earlier run (never followed if a link), and
+        // not staged by this one (its directory exists, or is not chosen
+        // now): in place now, with its files recorded `copied`.
+        for dir in entries.iter().filter(|e| {
+            e.kind == EntryKind::Dir && !e.state.is_done() && !staged.contains_key(&e.dest)
+        }) {
+            let temporary = commit::temp_path(&dir.dest, suffix, id);
+            if !std::fs::symlink_metadata(&temporary).is_ok_and(|m| m.is_dir()) {
                 continue;
             }
-            let at = match staged_here {
-                true => &temporary,
-                false => &entry.dest,
+            let children: Vec<&EntryRecord> = entries
+                .iter()
+                .filter(|e| e.dest.parent() == Some(dir.dest.as_path()))
+                .collect();
+            let copied: HashSet<EntryIndex> = children
+                .iter()
+                .filter(|e| e.state == FileState::Copied || e.state.is_done())
+                .map(|e| e.index)
+                .collect();
+            let placed = staging::publish(&dir.dest, &children, &copied, suffix, id)
+                .and_then(|()| commit::sync_parent(&dir.dest));
+            if let Err(e) = placed {
+                failures.push((
+                    dir.index,
+                    format!("cannot put directory {} in place: {e}", dir.dest.display()),
+                ));
+            }
+        }
+        for entry in to_create {
+            if !staged.contains_key(&entry.dest) && entry.dest.exists() {
+                continue; // put in place just now
+            }
+            let made = match staged.contains_key(&entry.dest) {
+                true => staging::make(&entry.dest, entries, suffix, id),
+                // Owner-only until its contents are in place; its own mode last.
+                false => match std::fs::DirBuilder::new().mode(0o700).create(&entry.dest) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && entry.dest.is_dir() => {
+                        Ok(())
+                    }
+                    other => other,
+                },
             };
-            // Owner-only until its contents are in place; its own mode last.
-            match std::fs::DirBuilder::new().mode(0o700).create(at) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && at.is_dir() => {}
-                Err(e) => failures.push((
+            if let Err(e) = made {
+                failures.push((
                     entry.index,
-                    format!("cannot create directory {}: {e}", at.display()),
-                )),
+                    format!("cannot create directory {}: {e}", entry.dest.display()),
+                ));
             }
         }
         self.committer.staging.set(staged);

@@ -35,15 +35,24 @@ pub struct Staging<T> {
     /// set once, before any worker starts.
     dirs: OnceLock<HashMap<PathBuf, usize>>,
     /// Files placed (durable, recorded `copied`) whose directory is not in
-    /// place yet, by directory. At most the page's files.
-    waiting: Mutex<HashMap<PathBuf, Vec<T>>>,
+    /// place yet, by directory (at most the page's files); and the
+    /// directories whose files all came, handed on to be put in place.
+    waiting: Mutex<Waiting<T>>,
+}
+
+struct Waiting<T> {
+    held: HashMap<PathBuf, Vec<T>>,
+    handed_on: HashSet<PathBuf>,
 }
 
 impl<T> Default for Staging<T> {
     fn default() -> Self {
         Staging {
             dirs: OnceLock::new(),
-            waiting: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(Waiting {
+                held: HashMap::new(),
+                handed_on: HashSet::new(),
+            }),
         }
     }
 }
@@ -75,13 +84,14 @@ impl<T> Staging<T> {
     pub fn hold(&self, dir: &Path, ready: T) -> Option<Vec<T>> {
         let expected = self.dirs.get().and_then(|d| d.get(dir)).copied()?;
         let mut waiting = self.waiting.lock().expect("staging poisoned");
-        let held = waiting.entry(dir.to_path_buf()).or_default();
+        let held = waiting.held.entry(dir.to_path_buf()).or_default();
         held.push(ready);
         debug_assert!(held.len() <= expected, "more files than {dir:?} holds");
         if held.len() < expected {
             return None;
         }
-        waiting.remove(dir)
+        waiting.handed_on.insert(dir.to_path_buf());
+        waiting.held.remove(dir)
     }
 
     /// The staged directories not published yet (their files that failed,
@@ -92,13 +102,13 @@ impl<T> Staging<T> {
             return Vec::new();
         };
         let mut waiting = self.waiting.lock().expect("staging poisoned");
+        let Waiting { held, handed_on } = &mut *waiting;
         let mut rest: Vec<(PathBuf, Vec<T>)> = dirs
             .keys()
-            .filter_map(|dir| {
-                let held = waiting.remove(dir).unwrap_or_default();
-                // A directory whose files all arrived was published.
-                (held.len() < dirs[dir]).then(|| (dir.clone(), held))
-            })
+            // One whose files all came was put in place (or failed to be)
+            // when the last came.
+            .filter(|dir| !handed_on.contains(*dir))
+            .map(|dir| (dir.clone(), held.remove(dir).unwrap_or_default()))
             .collect();
         rest.sort_by(|a, b| a.0.cmp(&b.0));
         rest
@@ -143,6 +153,37 @@ pub fn choose(
         .collect()
 }
 
+/// Makes staged directory `dir`'s temporary, owner-only until its
+/// contents are in place. One an earlier run left is taken up: but a
+/// symlink planted at the name is removed, never followed, and what that
+/// run left of the page's files (`entries`) under their own temporary
+/// names inside goes, as they are written again.
+pub fn make(dir: &Path, entries: &[EntryRecord], suffix: &str, id: TransferId) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let staged = temp_path(dir, suffix, id);
+    let mkdir = || std::fs::DirBuilder::new().mode(0o700).create(&staged);
+    match mkdir() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        other => return other.map_err(|e| at(&staged, e)),
+    }
+    match std::fs::symlink_metadata(&staged) {
+        Ok(m) if m.is_dir() => {
+            for child in entries.iter().filter(|e| e.dest.parent() == Some(dir)) {
+                let name = child.dest.file_name().unwrap_or_default();
+                match std::fs::remove_file(temp_path(&staged.join(name), suffix, id)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&staged, e)),
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        _ => {
+            std::fs::remove_file(&staged).map_err(|e| at(&staged, e))?;
+            mkdir().map_err(|e| at(&staged, e))
+        }
+    }
+}
+
 /// Where a file of staged directory `dir` is written: under its final name
 /// in the directory's temporary.
 pub fn staged_path(dir: &Path, name: &OsStr, suffix: &str, id: TransferId) -> PathBuf {
@@ -162,17 +203,26 @@ pub fn publish(
     id: TransferId,
 ) -> io::Result<()> {
     let staged = temp_path(dir, suffix, id);
+    let mut moved = Vec::new();
     for child in children.iter().filter(|c| !placed.contains(&c.index)) {
         let name = child.dest.file_name().unwrap_or_default();
         let from = staged.join(name);
         let to = temp_path(&from, suffix, id);
         match std::fs::rename(&from, &to) {
-            Ok(()) => {}
+            Ok(()) => moved.push((from, to)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(at(&from, e)),
         }
     }
-    match rustix::fs::renameat_with(CWD, &staged, CWD, dir, RenameFlags::NOREPLACE) {
+    let renamed = match rustix::fs::renameat_with(CWD, &staged, CWD, dir, RenameFlags::NOREPLACE) {
+        // A file system without rename flags (NFS, many FUSE ones): a
+        // plain rename, which fails over a directory that is not empty.
+        Err(Errno::INVAL | Errno::NOSYS) if !dir.exists() => {
+            rustix::fs::renameat(CWD, &staged, CWD, dir)
+        }
+        other => other,
+    };
+    match renamed {
         Ok(()) => Ok(()),
         Err(Errno::EXIST | Errno::NOTEMPTY) => {
             for child in children {
@@ -193,7 +243,14 @@ pub fn publish(
             }
             std::fs::remove_dir(&staged).map_err(|e| at(&staged, e))
         }
-        Err(e) => Err(at(&staged, e.into())),
+        Err(e) => {
+            // Still staged: its files back under their own names, where a
+            // resume, finalize or cancel looks for them.
+            for (from, to) in moved {
+                let _ = std::fs::rename(to, from);
+            }
+            Err(at(&staged, e.into()))
+        }
     }
 }
 
@@ -257,12 +314,16 @@ pub fn remove_temporaries_left(
         .filter(|e| e.kind == EntryKind::Dir && !e.state.is_done())
     {
         let staged = temp_path(&dir.dest, suffix, id);
-        match std::fs::remove_dir(&staged) {
+        if !std::fs::symlink_metadata(&staged).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        // Whole: a run killed while putting it in place may have left
+        // files under their own temporary names inside.
+        match std::fs::remove_dir_all(&staged) {
             Ok(()) => {
                 gone.insert(staged);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) if e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) => {}
             Err(e) => return Err(Error::io(&staged, e)),
         }
     }
