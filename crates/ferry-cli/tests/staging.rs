@@ -29,13 +29,18 @@ fn make_tree(root: &Path) {
 /// A scratch directory with the tree in `src`, and where `dst` and the
 /// store go.
 fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    scratch_with(make_tree)
+}
+
+/// [`scratch`] with the tree `make` makes.
+fn scratch_with(make: fn(&Path)) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let (src, dst, store) = (
         tmp.path().join("src"),
         tmp.path().join("dst"),
         tmp.path().join("s.db"),
     );
-    make_tree(&src);
+    make(&src);
     (tmp, src, dst, store)
 }
 
@@ -187,13 +192,7 @@ fn two_leaves(root: &Path) {
 /// finishes `b`.
 #[test]
 fn a_directory_goes_in_place_when_its_last_file_is_copied_not_at_the_end() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dst, store) = (
-        tmp.path().join("src"),
-        tmp.path().join("dst"),
-        tmp.path().join("s.db"),
-    );
-    two_leaves(&src);
+    let (tmp, src, dst, store) = scratch_with(two_leaves);
     let fifo = tmp.path().join("pause");
     run_ok(std::process::Command::new("mkfifo").arg(&fifo));
     // Placed: `note`, then `a`'s files, then `b`'s: held at b's first.

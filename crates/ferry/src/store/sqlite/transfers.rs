@@ -847,9 +847,7 @@ impl Store for SqliteStore {
         from: EntryIndex,
         limit: usize,
     ) -> Result<Vec<EntryRecord>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let records = self.query_entries(id, "", from, limit)?;
-        rules::check_entries_from(&self.path, id, from, records)
+        self.entry_range(id, ENTRY_COLUMNS, from, limit)
     }
 
     fn entries_compared_from(
@@ -858,9 +856,7 @@ impl Store for SqliteStore {
         from: EntryIndex,
         limit: usize,
     ) -> Result<Vec<EntryRecord>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let records = self.query_entries_of(id, COMPARED_COLUMNS, "", from, limit)?;
-        rules::check_entries_from(&self.path, id, from, records)
+        self.entry_range(id, COMPARED_COLUMNS, from, limit)
     }
 
     fn reads_entry_ranges(&self) -> bool {
@@ -1072,6 +1068,20 @@ impl SqliteStore {
         limit: i64,
     ) -> Result<Vec<EntryRecord>, StoreError> {
         self.query_entries_of(id, ENTRY_COLUMNS, clause, from, limit)
+    }
+
+    /// At most `limit` entries from index `from` on, checked to be in a
+    /// row; `columns` as for [`Self::query_entries_of`].
+    fn entry_range(
+        &self,
+        id: TransferId,
+        columns: &str,
+        from: EntryIndex,
+        limit: usize,
+    ) -> Result<Vec<EntryRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let records = self.query_entries_of(id, columns, "", from, limit)?;
+        rules::check_entries_from(&self.path, id, from, records)
     }
 
     /// `columns`: [`ENTRY_COLUMNS`], or [`COMPARED_COLUMNS`] in their places.
