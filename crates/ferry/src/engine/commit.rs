@@ -297,7 +297,7 @@ impl Committer<'_> {
             .into_iter()
             .partition(|r| self.staging.dir_of(self.entry(r.index)).is_some());
         self.place(&mut copied, &mut outcome.failed, &mut outcome.warnings);
-        let mut dirs = Vec::new();
+        let mut placed = Placed::default();
         for r in staged {
             let entry = self.entry(r.index);
             let dir = self.staging.dir_of(entry).expect("a staged entry");
@@ -308,28 +308,39 @@ impl Committer<'_> {
             let Some(all) = self.staging.hold(dir, r) else {
                 continue;
             };
+            // Every file of it came: they are all its children.
             let children: Vec<&EntryRecord> = all.iter().map(|r| self.entry(r.index)).collect();
-            let placed: HashSet<EntryIndex> = all.iter().map(|r| r.index).collect();
-            match staging::publish(dir, &children, &placed, self.temp_suffix, self.id) {
-                Ok(()) => {
-                    copied.extend(all);
-                    dirs.push(dir.to_path_buf());
-                }
-                Err(e) => outcome.failed.extend(all.iter().map(|r| {
-                    let dest = self.entry(r.index).dest.display();
-                    (
-                        r.index,
-                        format!("{dest}: cannot put its directory in place: {e}"),
-                    )
-                })),
-            }
+            self.publish(dir, &children, all, &mut placed, &mut outcome.failed);
         }
-        let placed = Placed {
-            ready: copied,
-            failed: outcome.failed.clone(),
-            dirs,
-        };
+        placed.ready.extend(copied);
+        placed.failed = outcome.failed.clone();
         (placed, outcome)
+    }
+
+    /// Puts staged directory `dir` in place with its files `held` (of its
+    /// `children`): into `placed`, or each into `failed` with the reason.
+    fn publish(
+        &self,
+        dir: &Path,
+        children: &[&EntryRecord],
+        held: Vec<Ready>,
+        placed: &mut Placed,
+        failed: &mut Vec<(EntryIndex, String)>,
+    ) {
+        let ids: HashSet<EntryIndex> = held.iter().map(|r| r.index).collect();
+        match staging::publish(dir, children, &ids, self.temp_suffix, self.id) {
+            Ok(()) => {
+                placed.ready.extend(held);
+                placed.dirs.push(dir.to_path_buf());
+            }
+            Err(e) => failed.extend(held.iter().map(|r| {
+                let dest = self.entry(r.index).dest.display();
+                (
+                    r.index,
+                    format!("{dest}: cannot put its directory in place: {e}"),
+                )
+            })),
+        }
     }
 
     /// Step 5 for a file of a staged directory, in that directory, where
@@ -373,22 +384,9 @@ impl Committer<'_> {
         }
         let dirs: HashSet<&Path> = rest.iter().map(|(dir, _)| dir.as_path()).collect();
         let children = staging::children_of(self.entries, &dirs);
-        for (dir, held) in &rest {
-            let ids: HashSet<EntryIndex> = held.iter().map(|r| r.index).collect();
-            let kids = children.get(dir).map(Vec::as_slice).unwrap_or_default();
-            match staging::publish(dir, kids, &ids, self.temp_suffix, self.id) {
-                Ok(()) => {
-                    placed.ready.extend(held.iter().copied());
-                    placed.dirs.push(dir.clone());
-                }
-                Err(e) => outcome.failed.extend(held.iter().map(|r| {
-                    let dest = self.entry(r.index).dest.display();
-                    (
-                        r.index,
-                        format!("{dest}: cannot put its directory in place: {e}"),
-                    )
-                })),
-            }
+        for (dir, held) in rest {
+            let kids = children.get(&dir).map(Vec::as_slice).unwrap_or_default();
+            self.publish(&dir, kids, held, &mut placed, &mut outcome.failed);
         }
         placed.failed = outcome.failed.clone();
         (placed, outcome)

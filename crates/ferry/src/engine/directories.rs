@@ -110,8 +110,7 @@ impl Engine<'_> {
         for dir in entries.iter().filter(|e| {
             e.kind == EntryKind::Dir && !e.state.is_done() && !staged.contains_key(&e.dest)
         }) {
-            let temporary = commit::temp_path(&dir.dest, suffix, id);
-            if !std::fs::symlink_metadata(&temporary).is_ok_and(|m| m.is_dir()) {
+            if staging::left_staged(&dir.dest, suffix, id).is_none() {
                 continue;
             }
             let children: Vec<&EntryRecord> = entries

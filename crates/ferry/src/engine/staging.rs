@@ -75,16 +75,16 @@ impl<T> Staging<T> {
         entry.dest.parent().filter(|p| dirs.contains_key(*p))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.dirs.get().is_none_or(HashMap::is_empty)
-    }
-
     /// Holds `ready` (of staged directory `dir`) until its directory is
     /// complete; then returns all of that directory's, to publish.
     pub fn hold(&self, dir: &Path, ready: T) -> Option<Vec<T>> {
         let expected = self.dirs.get().and_then(|d| d.get(dir)).copied()?;
         let mut waiting = self.waiting.lock().expect("staging poisoned");
-        let held = waiting.held.entry(dir.to_path_buf()).or_default();
+        // A path allocated once per directory, not per file.
+        let held = match waiting.held.get_mut(dir) {
+            Some(held) => held,
+            None => waiting.held.entry(dir.to_path_buf()).or_default(),
+        };
         held.push(ready);
         debug_assert!(held.len() <= expected, "more files than {dir:?} holds");
         if held.len() < expected {
@@ -190,6 +190,15 @@ pub fn staged_path(dir: &Path, name: &OsStr, suffix: &str, id: TransferId) -> Pa
     temp_path(dir, suffix, id).join(name)
 }
 
+/// `dir`'s staged temporary, if one is there: a directory, as `lstat`
+/// finds it (a symlink at that name is never taken for one).
+pub fn left_staged(dir: &Path, suffix: &str, id: TransferId) -> Option<PathBuf> {
+    let staged = temp_path(dir, suffix, id);
+    std::fs::symlink_metadata(&staged)
+        .is_ok_and(|m| m.is_dir())
+        .then_some(staged)
+}
+
 /// Puts staged directory `dir` in place. Its files in `children` that are
 /// not `placed` first move to their own temporary names inside it (a
 /// resume continues them there). The directory's temporary is renamed
@@ -271,11 +280,11 @@ pub fn temporary_left(
     if let (EntryKind::File, Some(dir), Some(name)) =
         (entry.kind, entry.dest.parent(), entry.dest.file_name())
     {
-        let is_staged = *staged.entry(dir.to_path_buf()).or_insert_with(|| {
-            std::fs::symlink_metadata(temp_path(dir, suffix, id)).is_ok_and(|m| m.is_dir())
-        });
+        let is_staged = *staged
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| left_staged(dir, suffix, id).is_some());
         if is_staged {
-            return temp_path(dir, suffix, id).join(name);
+            return staged_path(dir, name, suffix, id);
         }
     }
     temp_path(&entry.dest, suffix, id)
@@ -313,10 +322,9 @@ pub fn remove_temporaries_left(
         .iter()
         .filter(|e| e.kind == EntryKind::Dir && !e.state.is_done())
     {
-        let staged = temp_path(&dir.dest, suffix, id);
-        if !std::fs::symlink_metadata(&staged).is_ok_and(|m| m.is_dir()) {
+        let Some(staged) = left_staged(&dir.dest, suffix, id) else {
             continue;
-        }
+        };
         // Whole: a run killed while putting it in place may have left
         // files under their own temporary names inside.
         match std::fs::remove_dir_all(&staged) {
@@ -350,9 +358,7 @@ pub fn publish_left(
         .iter()
         .filter(|e| e.kind == EntryKind::Dir && !e.state.is_done())
         .map(|e| e.dest.as_path())
-        .filter(|dir| {
-            std::fs::symlink_metadata(temp_path(dir, suffix, id)).is_ok_and(|m| m.is_dir())
-        })
+        .filter(|dir| left_staged(dir, suffix, id).is_some())
         .collect();
     if left.is_empty() {
         return Ok(Vec::new());
