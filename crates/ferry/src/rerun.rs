@@ -17,8 +17,7 @@ use std::sync::Arc;
 use crate::engine::plan::DestRule;
 use crate::error::{Error, Result};
 use crate::model::{
-    EntryIndex, EntryKind, EntryRecord, FileState, NewEntry, Preserve, TransferRecord,
-    TransferState,
+    EntryKind, EntryRecord, FileState, NewEntry, Preserve, TransferRecord, TransferState,
 };
 use crate::store::Store;
 use crate::transfer::Transfer;
@@ -265,22 +264,17 @@ pub fn changed_since<E: From<Error> + Send>(
                     true => crate::engine::PAGE_ENTRIES,
                     false => usize::MAX,
                 };
-                let mut from = EntryIndex(0);
-                loop {
-                    let entries = match page {
-                        usize::MAX => store.entries_compared(copy.id)?,
-                        _ => store.entries_compared_from(copy.id, from, page)?,
-                    };
-                    let read = entries.len();
-                    for entry in entries {
-                        from = EntryIndex(entry.index.0 + 1);
-                        let (source, entry) = Recorded::of(entry, when);
-                        recorded.insert(source, entry);
-                    }
-                    if read < page {
-                        break;
-                    }
-                }
+                crate::engine::pages_read(
+                    |from, limit| store.entries_compared_from(copy.id, from, limit),
+                    page,
+                    |entries| {
+                        for entry in entries {
+                            let (source, entry) = Recorded::of(entry, when);
+                            recorded.insert(source, entry);
+                        }
+                        Ok(true)
+                    },
+                )?;
             }
             Ok(recorded)
         });

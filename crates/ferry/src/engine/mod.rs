@@ -302,17 +302,35 @@ fn pages(
     cancel: &AtomicBool,
     mut each: impl FnMut(&[EntryRecord]) -> Result<()>,
 ) -> Result<()> {
+    pages_read(
+        |from, limit| store.entries_from(id, from, limit),
+        page_max,
+        |page| {
+            #[cfg(test)]
+            paging::held(page.len());
+            each(&page)?;
+            Ok(!cancel.load(Ordering::Relaxed))
+        },
+    )
+}
+
+/// Reads entries with `read` (from an index, at most so many), `page_max`
+/// at a time in index order, and hands each page to `each` until all are
+/// read or `each` says stop (`false`).
+pub(crate) fn pages_read(
+    read: impl Fn(EntryIndex, usize) -> std::result::Result<Vec<EntryRecord>, StoreError>,
+    page_max: usize,
+    mut each: impl FnMut(Vec<EntryRecord>) -> Result<bool>,
+) -> Result<()> {
     let mut from = EntryIndex(0);
     loop {
-        let page = store.entries_from(id, from, page_max)?;
-        #[cfg(test)]
-        paging::held(page.len());
+        let page = read(from, page_max)?;
         let Some(last) = page.last() else {
             return Ok(());
         };
         let next = EntryIndex(last.index.0 + 1);
-        each(&page)?;
-        if page.len() < page_max || cancel.load(Ordering::Relaxed) {
+        let full = page.len() >= page_max;
+        if !each(page)? || !full {
             return Ok(());
         }
         from = next;
