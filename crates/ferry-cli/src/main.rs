@@ -864,6 +864,12 @@ pub(crate) fn finish(report: &RunReport, json: bool, quiet: bool) -> Exit {
     output::report(report, json, quiet);
     match report.state {
         ferry::TransferState::Completed => Exit::Ok,
+        // A re-run that found a post-staged copy whole: nothing to do.
+        ferry::TransferState::Finalized
+            if report.failures.is_empty() && report.files_committed == report.files_total =>
+        {
+            Exit::Ok
+        }
         ferry::TransferState::Cancelled => Exit::Cancelled,
         _ => Exit::TransferFailed,
     }

@@ -62,6 +62,23 @@ fn the_same_cp_after_a_kill_continues_the_transfer_and_never_nests() {
     assert_eq!(transfers[0].state, TransferState::Completed);
 }
 
+/// A job script's copy, its post-stage `ferry finalize`, then the same
+/// copy again: nothing to do, and the exit status says success (it said
+/// "some files failed", naming none, while the transfer read `finalized`).
+#[test]
+fn the_same_cp_after_finalize_has_nothing_to_do_and_exits_0() {
+    let s = Scratch::new();
+    let (src, dst) = (s.path("src"), s.path("dst"));
+    tree(&src, 5, 4);
+    run_ok(s.ferry().args(["cp", "-a"]).arg(&src).arg(&dst));
+    run_ok(s.ferry().arg("finalize").arg(s.store()));
+    let out = run(s.ferry().args(["cp", "-a", "--json"]).arg(&src).arg(&dst));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(json(&out)["files_failed"], 0, "{out:?}");
+    assert!(!dst.join("src").exists(), "the re-run nested into DST/src");
+    assert_same_tree(&src, &dst);
+}
+
 #[test]
 fn the_same_cp_after_it_completed_brings_the_destination_up_to_date_in_place() {
     let s = Scratch::new();
