@@ -37,6 +37,7 @@ mod batches;
 mod directories;
 mod fence;
 mod outcome;
+mod pages;
 mod pool;
 mod ranges;
 mod space;
@@ -68,6 +69,10 @@ use skip::SkipRule;
 use work::{Done, Work};
 
 pub use commit::temp_path;
+pub use pages::PAGE_ENTRIES;
+pub(crate) use pages::pages_read;
+#[cfg(test)]
+pub(crate) use pages::paging;
 
 /// Files this large or larger are split into ranges (and hashed in pieces:
 /// a range is a checksum piece).
@@ -206,15 +211,6 @@ pub type ChunkHook = Arc<ChunkFn>;
 /// The function behind a [`ChunkHook`].
 pub type ChunkFn = dyn Fn(u64, &AtomicBool) + Send + Sync;
 
-/// Entries a run holds at once: it reads the transfer from the store a
-/// page at a time (on a store that reads ranges, see
-/// [`Store::reads_entry_ranges`]), so that its memory does not grow with
-/// the transfer. Besides a page it holds the records of the hard links'
-/// leaders on earlier pages (at most one per follower of the page), and at
-/// its end the directories (their modes and times go on last, deepest
-/// first) or, with `--delete`, every entry.
-pub const PAGE_ENTRIES: usize = 16_384;
-
 /// Moves every entry of transfer `id` that is not committed yet, then sets
 /// the transfer's final state. The transfer must be `dispatched` or
 /// `running`; the caller put it there.
@@ -254,7 +250,7 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         warnings: Mutex::new(Vec::new()),
         default_acls: Mutex::new(HashMap::new()),
         page_max: if store.reads_entry_ranges() {
-            page_entries()
+            pages::page_entries()
         } else {
             usize::MAX
         },
@@ -282,59 +278,6 @@ pub fn run(store: &dyn Store, id: TransferId, options: &RunOptions) -> Result<Ru
         _ => {}
     }
     result
-}
-
-/// [`PAGE_ENTRIES`], or less in a test that wants many pages.
-fn page_entries() -> usize {
-    #[cfg(test)]
-    if let Some(page) = paging::PAGE_ENTRIES.get() {
-        return page;
-    }
-    PAGE_ENTRIES
-}
-
-/// Calls `each` with transfer `id`'s entries, `page_max` at a time, in
-/// index order, until it has seen them all or `cancel` is set.
-fn pages(
-    store: &dyn Store,
-    id: TransferId,
-    page_max: usize,
-    cancel: &AtomicBool,
-    mut each: impl FnMut(&[EntryRecord]) -> Result<()>,
-) -> Result<()> {
-    pages_read(
-        |from, limit| store.entries_from(id, from, limit),
-        page_max,
-        |page| {
-            #[cfg(test)]
-            paging::held(page.len());
-            each(&page)?;
-            Ok(!cancel.load(Ordering::Relaxed))
-        },
-    )
-}
-
-/// Reads entries with `read` (from an index, at most so many), `page_max`
-/// at a time in index order, and hands each page to `each` until all are
-/// read or `each` says stop (`false`).
-pub(crate) fn pages_read(
-    read: impl Fn(EntryIndex, usize) -> std::result::Result<Vec<EntryRecord>, StoreError>,
-    page_max: usize,
-    mut each: impl FnMut(Vec<EntryRecord>) -> Result<bool>,
-) -> Result<()> {
-    let mut from = EntryIndex(0);
-    loop {
-        let page = read(from, page_max)?;
-        let Some(last) = page.last() else {
-            return Ok(());
-        };
-        let next = EntryIndex(last.index.0 + 1);
-        let full = page.len() >= page_max;
-        if !each(page)? || !full {
-            return Ok(());
-        }
-        from = next;
-    }
 }
 
 /// What the pages of one run share.
@@ -386,18 +329,6 @@ impl Run<'_> {
         }
     }
 
-    /// Calls `each` with the transfer's entries, a page at a time, in
-    /// index order, until it has seen them all or the run is cancelled.
-    fn pages(&self, each: impl FnMut(&[EntryRecord]) -> Result<()>) -> Result<()> {
-        pages(
-            self.store,
-            self.transfer.id,
-            self.page_max,
-            &self.options.cancel,
-            each,
-        )
-    }
-
     fn all(&self) -> Result<RunReport> {
         let progress = &self.options.progress;
         // Files as `FileCounts` counts them: directories aside.
@@ -416,7 +347,7 @@ impl Run<'_> {
         }
         let mut failed = Vec::new();
         let mut left_alone = HashSet::new();
-        self.pages(|page| self.engine(page).run_page(&mut failed, &mut left_alone))?;
+        self.run_pages(&mut failed, &mut left_alone)?;
 
         let engine = self.engine(&[]);
         if self.options.cancel.load(Ordering::Relaxed) {
@@ -480,11 +411,13 @@ struct Engine<'a> {
 impl Engine<'_> {
     /// Copies and commits the entries of one page (`self.committer`'s),
     /// adding what failed to `failed` and the directories left as they
-    /// were to `left_alone`.
+    /// were to `left_alone`. `workers_gone` is dropped when the last worker
+    /// is done, before the last batch is committed: the next page may start.
     fn run_page(
         &self,
         failed: &mut Vec<(EntryIndex, String)>,
         left_alone: &mut HashSet<EntryIndex>,
+        workers_gone: std::sync::mpsc::Sender<()>,
     ) -> Result<()> {
         let entries = self.committer.entries;
         let progress = &self.options.progress;
@@ -688,13 +621,16 @@ impl Engine<'_> {
         let (tx, rx) = sync_channel::<Vec<Done>>(CHANNEL_BOUND);
         let committed = std::thread::scope(|scope| {
             for _ in 0..workers {
-                let tx = tx.clone();
+                let (tx, gone) = (tx.clone(), workers_gone.clone());
                 let (work, spans, next, trackers) = (&work, &spans, &next, &trackers);
                 crate::signals::spawn_blocked(|| {
-                    scope.spawn(move || self.worker(work, spans, next, trackers, tx))
+                    scope.spawn(move || {
+                        self.worker(work, spans, next, trackers, tx);
+                        drop(gone);
+                    })
                 });
             }
-            drop(tx);
+            drop((tx, workers_gone));
             self.commit_loop(rx, ready, std::mem::take(&mut failures), &followers_of)
         });
         failed.extend(committed?);
@@ -717,20 +653,4 @@ pub fn current_umask() -> u32 {
                 .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
         })
         .unwrap_or(0o022)
-}
-
-/// How many entries a run of this thread held at once, at most: the
-/// memory bound made a check (see [`PAGE_ENTRIES`]).
-#[cfg(test)]
-pub(crate) mod paging {
-    use std::cell::Cell;
-
-    thread_local! {
-        pub static PAGE_ENTRIES: Cell<Option<usize>> = const { Cell::new(None) };
-        pub static HELD_MAX: Cell<usize> = const { Cell::new(0) };
-    }
-
-    pub fn held(entries: usize) {
-        HELD_MAX.set(HELD_MAX.get().max(entries));
-    }
 }

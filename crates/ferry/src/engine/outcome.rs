@@ -25,7 +25,7 @@ impl Engine<'_> {
         }
         let failed_now: HashSet<EntryIndex> = failed.iter().map(|(i, _)| *i).collect();
         let never = AtomicBool::new(false);
-        super::pages(
+        super::pages::pages(
             self.store,
             self.transfer.id,
             self.page_max,
@@ -58,7 +58,7 @@ impl Engine<'_> {
     /// wrong is the disk, not the record.
     pub(super) fn verify_finished(&self, failed: &mut Vec<(EntryIndex, String)>) -> Result<()> {
         let cancel = &self.options.cancel;
-        super::pages(
+        super::pages::pages(
             self.store,
             self.transfer.id,
             self.page_max,
