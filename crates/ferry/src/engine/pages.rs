@@ -29,8 +29,10 @@ use crate::store::{Store, StoreError};
 /// besides them, the records of the hard links' leaders on earlier pages
 /// (at most one per follower of the page), and at its end the directories
 /// (their modes and times go on last, deepest first) or, with `--delete`,
-/// every entry.
-pub const PAGE_ENTRIES: usize = 16_384;
+/// every entry. Two pages of 4,096 hold fewer entries than 10^4 files do:
+/// peak RSS at 10^6 files is 1.4 × that at 10^4 (16,384 made it 2.2 ×, the
+/// copy of 100,000 × 4 KiB no faster).
+pub const PAGE_ENTRIES: usize = 4_096;
 
 /// [`PAGE_ENTRIES`], or less in a test that wants many pages.
 pub(super) fn page_entries() -> usize {
@@ -67,6 +69,7 @@ impl<'scope> PageRun<'scope> {
         };
         failed.extend(page_failed);
         left_alone.extend(page_left_alone);
+        release_freed_memory();
         Ok(())
     }
 }
@@ -156,6 +159,20 @@ impl Run<'_> {
             #[cfg(test)]
             entries,
         }
+    }
+}
+
+/// Gives the memory a page freed back to the system. A page is worked on
+/// by a dozen threads, and glibc's allocator keeps an arena per thread
+/// that holds what was freed in it: without this, peak RSS at 10^6 files
+/// was 52 MiB rather than 32 (and grew with the number of pages, as
+/// arenas were added), against 23 MiB at 10^4.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists and
+    // returns free pages to the system; no pointer of ours is involved.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
