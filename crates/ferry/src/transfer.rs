@@ -1119,6 +1119,15 @@ mod tests {
         }
         std::os::unix::fs::symlink("../d0/f01", src.join("d2/link")).unwrap();
         std::fs::hard_link(src.join("d0/f03"), src.join("d5/hard")).unwrap();
+        // Each link right after its leader: some leader ends a page and its
+        // link starts the next, which must wait for that page to be over.
+        for f in 0..30 {
+            std::fs::hard_link(
+                src.join(format!("d3/f{f:02}")),
+                src.join(format!("d3/f{f:02}l")),
+            )
+            .unwrap();
+        }
         let entries = crate::engine::plan::plan_with(
             std::slice::from_ref(&src),
             &dst,
@@ -1138,7 +1147,7 @@ mod tests {
         crate::engine::paging::PAGE_ENTRIES.set(None);
         assert!(report.failures.is_empty(), "{:?}", report.failures);
         assert_eq!(report.state, TransferState::Completed);
-        assert_eq!(report.files_total, 6 * 30 + 2);
+        assert_eq!(report.files_total, 6 * 30 + 2 + 30);
         assert_eq!(report.files_committed, report.files_total);
         let held = crate::engine::paging::HELD_MAX.get();
         assert!(
@@ -1157,6 +1166,10 @@ mod tests {
         }
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
         assert_eq!(ino(&dst.join("d5/hard")), ino(&dst.join("d0/f03")));
+        for f in 0..30 {
+            let (leader, link) = (format!("d3/f{f:02}"), format!("d3/f{f:02}l"));
+            assert_eq!(ino(&dst.join(&link)), ino(&dst.join(&leader)), "{link}");
+        }
         assert_eq!(
             std::fs::read_link(dst.join("d2/link")).unwrap(),
             Path::new("../d0/f01")

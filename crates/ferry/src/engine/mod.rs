@@ -35,6 +35,7 @@ pub mod throttle;
 
 mod batches;
 mod directories;
+mod dirs;
 mod fence;
 mod outcome;
 mod pages;

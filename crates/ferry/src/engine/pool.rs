@@ -1,10 +1,10 @@
 //! The worker threads: each takes the next unit of the work list, copies it
 //! into its temporary and sends the outcome to the commit loop.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -13,9 +13,10 @@ use std::time::Instant;
 use super::Engine;
 use super::commit::{MetadataTarget, Ready, apply_metadata_to};
 use super::copy::CopyError;
+use super::dirs::OpenDirs;
 use super::plan;
 use super::ranges::Trackers;
-use super::temp::{open_temp, write_error};
+use super::temp::{open_temp_at, write_error};
 use super::work::{Done, SEND_WAIT, SPAN_ITEMS_MAX, Work};
 use crate::checksum::{Checksum, Hasher};
 use crate::failpoint::{self, CommitStep};
@@ -34,6 +35,7 @@ impl Engine<'_> {
         tx: SyncSender<Vec<Done>>,
     ) {
         let mut buffer = Vec::new();
+        let mut dirs = OpenDirs::default();
         // Outcomes go to the commit loop SPAN_ITEMS_MAX at a time, not one
         // message per file (which woke it once per file), nor held longer
         // than SEND_WAIT: spans of one file each (a file per directory,
@@ -53,7 +55,7 @@ impl Engine<'_> {
                 if self.options.cancel.load(Ordering::Relaxed) {
                     return true;
                 }
-                done.extend(self.work_on(item, trackers, &mut buffer));
+                done.extend(self.work_on(item, trackers, &mut buffer, &mut dirs));
                 false
             });
             if cancelled {
@@ -77,11 +79,17 @@ impl Engine<'_> {
 
     /// One item of the work list; `None` when there is nothing to report
     /// (cancelled, or a range that is not the file's last).
-    fn work_on(&self, item: &Work, trackers: &Trackers, buffer: &mut Vec<u8>) -> Option<Done> {
+    fn work_on(
+        &self,
+        item: &Work,
+        trackers: &Trackers,
+        buffer: &mut Vec<u8>,
+        dirs: &mut OpenDirs,
+    ) -> Option<Done> {
         match *item {
             Work::Whole(index) => {
                 let entry = self.committer.entry(index);
-                match self.copy_whole(entry, buffer) {
+                match self.copy_whole(entry, buffer, dirs) {
                     Ok((checksum, metadata_applied)) => Some(Done::Copied(Ready {
                         index,
                         durable: false,
@@ -120,7 +128,7 @@ impl Engine<'_> {
                     *named = Some(entry.dest.clone());
                 }
                 drop(named);
-                self.copy_range(entry, tracker, slot, start, end, buffer)
+                self.copy_range(entry, tracker, slot, start..end, buffer, dirs)
             }
             Work::Rehash { index, piece } => {
                 let entry = self.committer.entry(index);
@@ -137,12 +145,16 @@ impl Engine<'_> {
         &self,
         entry: &EntryRecord,
         buffer: &mut Vec<u8>,
+        dirs: &mut OpenDirs,
     ) -> Result<(Option<Checksum>, bool), Option<String>> {
         let size = entry.meta.size;
-        let source = self.open_source(entry).map_err(Some)?;
+        let source = self.open_source(entry, dirs).map_err(Some)?;
         let (src, dense) = (&source.file, source.dense);
         let temp = self.committer.temp_of(entry);
-        let dst = open_temp(&temp, true).map_err(|e| Some(write_error(&temp, &e, 0, size)))?;
+        let dst = dirs
+            .dest(&temp)
+            .and_then(|(at, name)| open_temp_at(at, name, true))
+            .map_err(|e| Some(write_error(&temp, &e, 0, size)))?;
         let mut hasher = self.transfer.checksum.map(Hasher::new);
         let data_end = self
             .copier
@@ -153,7 +165,8 @@ impl Engine<'_> {
             dst.set_len(size)
                 .map_err(|e| Some(write_error(&temp, &e, data_end, size)))?;
         }
-        self.check_source_at_end(entry, &source).map_err(Some)?;
+        self.check_source_at_end(entry, &source, dirs)
+            .map_err(Some)?;
         // `--verify` reads the temporary back first, which would move the
         // atime just set: then the committer applies it after the rename.
         let applied = !self.committer.verify;
@@ -230,9 +243,14 @@ impl Engine<'_> {
     /// Opens a source and checks it is still what was added. Also says
     /// whether it is dense (all its blocks allocated), in which case looking
     /// for holes is a waste of two system calls.
-    pub(super) fn open_source(&self, entry: &EntryRecord) -> Result<OpenSource, String> {
-        let (file, meta) = open_source_file(&entry.source)?;
-        self.check_source_unchanged(entry, &meta)?;
+    pub(super) fn open_source(
+        &self,
+        entry: &EntryRecord,
+        dirs: &mut OpenDirs,
+    ) -> Result<OpenSource, String> {
+        let (file, meta) = open_source_file(&entry.source, dirs)?;
+        let mtime_ns = plan::time_ns(meta.mtime(), meta.mtime_nsec());
+        self.check_source_unchanged(entry, meta.size(), mtime_ns)?;
         Ok(OpenSource {
             dense: meta.blocks().saturating_mul(512) >= meta.size(),
             identity: (meta.dev(), meta.ino()),
@@ -246,15 +264,14 @@ impl Engine<'_> {
     fn check_source_unchanged(
         &self,
         entry: &EntryRecord,
-        meta: &std::fs::Metadata,
+        size: u64,
+        mtime_ns: i64,
     ) -> Result<(), String> {
-        let mtime_ns = plan::time_ns(meta.mtime(), meta.mtime_nsec());
-        if meta.size() != entry.meta.size || mtime_ns != entry.meta.mtime_ns {
+        if size != entry.meta.size || mtime_ns != entry.meta.mtime_ns {
             return Err(format!(
-                "source {} changed during transfer (size {} when added, {} now; or its mtime changed): add it again",
+                "source {} changed during transfer (size {} when added, {size} now; or its mtime changed): add it again",
                 entry.source.display(),
                 entry.meta.size,
-                meta.size()
             ));
         }
         Ok(())
@@ -269,10 +286,16 @@ impl Engine<'_> {
         &self,
         entry: &EntryRecord,
         source: &OpenSource,
+        dirs: &mut OpenDirs,
     ) -> Result<(), String> {
-        match std::fs::symlink_metadata(&entry.source) {
-            Ok(now) if (now.dev(), now.ino()) == source.identity => {
-                self.check_source_unchanged(entry, &now)
+        let now = dirs.source(&entry.source).and_then(|(at, name)| {
+            rustix::fs::statat(at, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(io::Error::from)
+        });
+        match now {
+            Ok(now) if (now.st_dev, now.st_ino) == source.identity => {
+                let mtime_ns = plan::time_ns(now.st_mtime, now.st_mtime_nsec as i64);
+                self.check_source_unchanged(entry, now.st_size as u64, mtime_ns)
             }
             Ok(_) => Err(format!(
                 "source {} changed during transfer: it was replaced by another file; add it again",
@@ -325,11 +348,19 @@ pub(super) struct OpenSource {
 /// `open` forever), then checks through the descriptor that it is a regular
 /// file before a byte is read. Reads of a regular file never block, so the
 /// descriptor keeps `O_NONBLOCK`.
-pub(super) fn open_source_file(source: &Path) -> Result<(File, std::fs::Metadata), String> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(source)
+pub(super) fn open_source_file(
+    source: &Path,
+    dirs: &mut OpenDirs,
+) -> Result<(File, std::fs::Metadata), String> {
+    use rustix::fs::{Mode, OFlags};
+    let file = dirs
+        .source(source)
+        .and_then(|(at, name)| {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            rustix::fs::openat(at, name, flags, Mode::empty())
+                .map(File::from)
+                .map_err(io::Error::from)
+        })
         .map_err(|e| {
             if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
                 format!(

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use super::commit::{self, Ready};
 use super::copy::CopyError;
+use super::dirs::OpenDirs;
 use super::temp::{open_range_temp, open_temp, write_error};
 use super::work::Done;
 use super::{CHECKPOINT_BYTES, Engine, RANGE_BYTES, space};
@@ -130,10 +131,11 @@ impl Engine<'_> {
         entry: &EntryRecord,
         tracker: &Mutex<RangeTracker>,
         slot: usize,
-        start: u64,
-        end: u64,
+        bytes: std::ops::Range<u64>,
         buffer: &mut Vec<u8>,
+        dirs: &mut OpenDirs,
     ) -> Option<Done> {
+        let std::ops::Range { start, end } = bytes;
         {
             let mut tracker = tracker.lock().expect("tracker poisoned");
             if tracker.failed {
@@ -144,7 +146,7 @@ impl Engine<'_> {
         let temp = self.committer.temp_of(entry);
         let mut hasher = self.transfer.checksum.map(Hasher::new);
         let copied =
-            self.open_source(entry)
+            self.open_source(entry, dirs)
                 .map_err(|m| Some(RangeFailure::Other(m)))
                 .and_then(|source| {
                     let dst = open_range_temp(&temp, self.copier.buffered(hasher.is_some()))
@@ -180,7 +182,7 @@ impl Engine<'_> {
                             CopyError::Write { error, at } => Some(RangeFailure::Write(error, at)),
                             e => self.copy_error(entry, &temp, e).map(RangeFailure::Other),
                         })?;
-                    self.check_source_at_end(entry, &source)
+                    self.check_source_at_end(entry, &source, dirs)
                         .map_err(|m| Some(RangeFailure::Other(m)))?;
                     Ok(dst)
                 });

@@ -2,8 +2,10 @@
 //! symlink; a large file's ranges with `O_DIRECT`), and what a failed
 //! write says.
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -16,34 +18,42 @@ use crate::model::TransferId;
 /// attributes (step 5 on the open temporary) before it was killed, and
 /// rewriting that inode would show partial data to whom they admit.
 pub fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
+    open_temp_at(rustix::fs::CWD, temp.as_os_str(), truncate)
+}
+
+/// [`open_temp`] by its name in an open directory `at`.
+pub fn open_temp_at(at: BorrowedFd<'_>, temp: &OsStr, truncate: bool) -> io::Result<File> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
     let open = |fresh: bool| {
-        OpenOptions::new()
-            .write(true)
-            .create(!fresh)
-            .create_new(fresh)
-            .truncate(truncate && !fresh)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(temp)
+        let mut flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::CREATE;
+        if fresh {
+            flags |= OFlags::EXCL;
+        } else if truncate {
+            flags |= OFlags::TRUNC;
+        }
+        rustix::fs::openat(at, temp, flags, Mode::from_raw_mode(0o600)).map(File::from)
     };
+    let unlink = || rustix::fs::unlinkat(at, temp, AtFlags::empty());
     if truncate {
         // One open when there is none (the first copy); else unlink (the
         // old inode, or a planted link) and create.
         return match open(true) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                std::fs::remove_file(temp)?;
+            Err(rustix::io::Errno::EXIST) => {
+                unlink()?;
                 open(true)
             }
             other => other,
-        };
+        }
+        .map_err(io::Error::from);
     }
     match open(false) {
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            std::fs::remove_file(temp)?;
+        Err(rustix::io::Errno::LOOP) => {
+            unlink()?;
             open(true)
         }
         other => other,
     }
+    .map_err(io::Error::from)
 }
 
 pub fn write_error(temp: &Path, e: &io::Error, written: u64, size: u64) -> String {
