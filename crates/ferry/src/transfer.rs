@@ -1178,6 +1178,119 @@ mod tests {
         assert_eq!(mode(&dst.join("d4")), mode(&src.join("d4")));
     }
 
+    /// A store that holds back the `copied` record of the hard links'
+    /// leaders that end a page, until an entry of a later page is recorded
+    /// (which must not happen before that page is over) or a while passed.
+    struct HoldsPageEnds {
+        inner: Arc<dyn Store>,
+        page: u32,
+        leaders: std::sync::Mutex<std::collections::HashSet<EntryIndex>>,
+        /// The last page an entry was recorded from.
+        page_recorded: std::sync::Mutex<u32>,
+        recorded: std::sync::Condvar,
+    }
+
+    impl Store for HoldsPageEnds {
+        crate::store_reads_through_inner!();
+
+        fn apply(&self, changes: &[Change]) -> std::result::Result<(), StoreError> {
+            let indexes = changes.iter().filter_map(|c| match c {
+                Change::Entry { index, to, .. } => Some((*index, *to)),
+                _ => None,
+            });
+            let leaders = self.leaders.lock().unwrap().clone();
+            let mut held = None;
+            for (index, to) in indexes {
+                if to == crate::model::FileState::Copied && leaders.contains(&index) {
+                    held = Some(index.0 / self.page);
+                    continue;
+                }
+                let mut last = self.page_recorded.lock().unwrap();
+                *last = (*last).max(index.0 / self.page);
+                self.recorded.notify_all();
+            }
+            if let Some(page) = held {
+                // Bounded: with the page order kept, nothing comes.
+                let last = self.page_recorded.lock().unwrap();
+                let _ = self
+                    .recorded
+                    .wait_timeout_while(last, std::time::Duration::from_millis(300), |l| *l <= page)
+                    .unwrap();
+            }
+            self.inner.apply(changes)
+        }
+    }
+
+    /// A page whose hard link's leader ends the page before starts only
+    /// once that page is over: the link is made from where the store says
+    /// the leader's data is. The leader's `copied` record is held back
+    /// until a later page records anything; a page started early would
+    /// find its leader still `pending` and fail the link.
+    #[test]
+    fn a_link_whose_leader_ends_the_page_before_waits_for_that_page() {
+        // Odd: a leader and its link (planned one after the other) then
+        // straddle every other page end.
+        const PAGE: usize = 7;
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        for f in 0..24 {
+            std::fs::write(src.join(format!("d/f{f:02}")), format!("{f}")).unwrap();
+            std::fs::hard_link(
+                src.join(format!("d/f{f:02}")),
+                src.join(format!("d/f{f:02}l")),
+            )
+            .unwrap();
+        }
+        let entries = crate::engine::plan::plan_with(
+            std::slice::from_ref(&src),
+            &dst,
+            true,
+            crate::engine::plan::Fidelity::ARCHIVE,
+        )
+        .unwrap();
+        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).unwrap());
+        let page = PAGE as u32;
+        let held = Arc::new(HoldsPageEnds {
+            inner: Arc::clone(&sqlite),
+            page,
+            leaders: Default::default(),
+            page_recorded: Default::default(),
+            recorded: Default::default(),
+        });
+        let mut transfer = Transfer::create(
+            Arc::clone(&held) as Arc<dyn Store>,
+            Some("links"),
+            Kind::Sync,
+            Preserve::ALL,
+            &entries,
+        )
+        .unwrap();
+        let recorded = sqlite.entries(transfer.record().id).unwrap();
+        let leaders: std::collections::HashSet<EntryIndex> = recorded
+            .iter()
+            .filter_map(|e| e.link_leader.filter(|l| l.0 / page + 1 == e.index.0 / page))
+            .collect();
+        assert!(
+            leaders.len() >= 3,
+            "{leaders:?}: too few links start a page"
+        );
+        *held.leaders.lock().unwrap() = leaders;
+        crate::engine::paging::PAGE_ENTRIES.set(Some(PAGE));
+        transfer.dispatch(2).unwrap();
+        let report = transfer.wait();
+        crate::engine::paging::PAGE_ENTRIES.set(None);
+        let report = report.unwrap();
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert_eq!(report.state, TransferState::Completed);
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        for f in 0..24 {
+            let (leader, link) = (format!("d/f{f:02}"), format!("d/f{f:02}l"));
+            assert_eq!(ino(&dst.join(&link)), ino(&dst.join(&leader)), "{link}");
+        }
+    }
+
     /// A second handle (`ferry_transfer_open`) cannot free a transfer that
     /// is moving under the first: the name stays taken, the mover goes on.
     #[test]
