@@ -490,6 +490,7 @@ fn copy_whole(
         file: &dst,
         path: &entry.dest,
         may_have_acl,
+        born: None,
     };
     // A refused attribute is a warning, as in the commit's step 5; a worker
     // has no one to tell but its log.

@@ -146,6 +146,11 @@ impl Committer<'_> {
             .is_ok()
     }
 
+    /// Whether `entry` is written inside a staged directory.
+    pub fn is_staged(&self, entry: &EntryRecord) -> bool {
+        self.staging.dir_of(entry).is_some()
+    }
+
     /// Where `entry`'s data is written before it is in place: its
     /// temporary name, or its own name in its staged directory.
     pub fn temp_of(&self, entry: &EntryRecord) -> PathBuf {
@@ -718,13 +723,51 @@ pub enum MetadataTarget<'a> {
         /// Its directory has a default ACL, so the new file may have
         /// inherited one: a source without an ACL means removing it.
         may_have_acl: bool,
+        /// The owner, group and mode it was created with (`fstat`), when
+        /// they may already be the source's: what it has is not set again.
+        born: Option<Born>,
     },
+}
+
+/// What a new temporary got from `open` (see [`MetadataTarget::Temporary`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Born {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission and set-id bits.
+    pub mode: u32,
+}
+
+impl Born {
+    /// What `file` has now.
+    pub fn of(file: &File) -> io::Result<Born> {
+        let stat = rustix::fs::fstat(file)?;
+        Ok(Born {
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            mode: stat.st_mode & 0o7777,
+        })
+    }
 }
 
 impl MetadataTarget<'_> {
     fn path(&self) -> &Path {
         match self {
             MetadataTarget::Path(path) | MetadataTarget::Temporary { path, .. } => path,
+        }
+    }
+
+    fn born(&self) -> Option<Born> {
+        match self {
+            MetadataTarget::Path(_) => None,
+            MetadataTarget::Temporary { born, .. } => *born,
+        }
+    }
+
+    fn may_have_acl(&self) -> bool {
+        match self {
+            MetadataTarget::Path(_) => true,
+            MetadataTarget::Temporary { may_have_acl, .. } => *may_have_acl,
         }
     }
 
@@ -877,7 +920,9 @@ pub fn apply_metadata_to(
     // Set-id bits not to give back: a set-user-ID file whose owner could not
     // be kept would run as whoever copied it (cp -a clears them too).
     let mut setid_lost = 0;
-    if preserve.ownership {
+    let born = target.born();
+    let owned = born.is_some_and(|b| (b.uid, b.gid) == (meta.uid, meta.gid));
+    if preserve.ownership && !owned {
         let both = target.chown(Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)));
         // Like cp -a: an unprivileged user keeps what ownership they may.
         if let Err(e @ (Errno::PERM | Errno::INVAL)) = both {
@@ -929,7 +974,18 @@ pub fn apply_metadata_to(
         } else {
             meta.mode & !umask & 0o777
         };
-        target.chmod(mode)?;
+        // An ACL set or inherited moves the group bits: then always. (An
+        // empty ACL only says the source has none.)
+        let nothing_set = entry
+            .xattrs
+            .0
+            .iter()
+            .all(|(name, value)| crate::engine::plan::is_posix_acl(name) && value.is_empty());
+        let has_mode =
+            born.is_some_and(|b| b.mode == mode & 0o7777) && nothing_set && !target.may_have_acl();
+        if !has_mode {
+            target.chmod(mode)?;
+        }
     }
     if preserve.times {
         let times = Timestamps {

@@ -11,7 +11,7 @@ use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use super::Engine;
-use super::commit::{MetadataTarget, Ready, apply_metadata_to};
+use super::commit::{Born, MetadataTarget, Ready, apply_metadata_to};
 use super::copy::CopyError;
 use super::dirs::OpenDirs;
 use super::plan;
@@ -151,9 +151,17 @@ impl Engine<'_> {
         let source = self.open_source(entry, dirs).map_err(Some)?;
         let (src, dense) = (&source.file, source.dense);
         let temp = self.committer.temp_of(entry);
+        // In a staged directory (0700, this run's) nobody else reaches the
+        // file: it is created with its permissions, and step 5 sets only
+        // what it does not have yet (one fstat for a fchown and a fchmod).
+        let staged = self.committer.is_staged(entry);
+        let mode = match staged {
+            true => entry.meta.mode & 0o777,
+            false => 0o600,
+        };
         let dst = dirs
             .dest(&temp)
-            .and_then(|(at, name)| open_temp_at(at, name, true))
+            .and_then(|(at, name)| open_temp_at(at, name, true, mode))
             .map_err(|e| Some(write_error(&temp, &e, 0, size)))?;
         let mut hasher = self.transfer.checksum.map(Hasher::new);
         let data_end = self
@@ -171,7 +179,7 @@ impl Engine<'_> {
         // atime just set: then the committer applies it after the rename.
         let applied = !self.committer.verify;
         if applied {
-            self.apply_metadata_to_temporary(entry, &dst, &temp)
+            self.apply_metadata_to_temporary(entry, &dst, &temp, staged)
                 .map_err(Some)?;
         }
         Ok((hasher.map(Hasher::finish), applied))
@@ -184,11 +192,13 @@ impl Engine<'_> {
         entry: &EntryRecord,
         file: &File,
         temp: &Path,
+        staged: bool,
     ) -> Result<(), String> {
         let target = MetadataTarget::Temporary {
             file,
             path: &entry.dest,
             may_have_acl: self.inherits_default_acl(temp),
+            born: staged.then(|| Born::of(file).ok()).flatten(),
         };
         let mut warnings = Vec::new();
         let applied = failpoint::hit(CommitStep::ApplyMetadata).and_then(|()| {

@@ -18,11 +18,18 @@ use crate::model::TransferId;
 /// attributes (step 5 on the open temporary) before it was killed, and
 /// rewriting that inode would show partial data to whom they admit.
 pub fn open_temp(temp: &Path, truncate: bool) -> io::Result<File> {
-    open_temp_at(rustix::fs::CWD, temp.as_os_str(), truncate)
+    open_temp_at(rustix::fs::CWD, temp.as_os_str(), truncate, 0o600)
 }
 
-/// [`open_temp`] by its name in an open directory `at`.
-pub fn open_temp_at(at: BorrowedFd<'_>, temp: &OsStr, truncate: bool) -> io::Result<File> {
+/// [`open_temp`] by its name in an open directory `at`, created with
+/// `mode` (less the umask): other than owner-only only where nobody else
+/// can reach it.
+pub fn open_temp_at(
+    at: BorrowedFd<'_>,
+    temp: &OsStr,
+    truncate: bool,
+    mode: u32,
+) -> io::Result<File> {
     use rustix::fs::{AtFlags, Mode, OFlags};
     let open = |fresh: bool| {
         let mut flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::CREATE;
@@ -31,7 +38,7 @@ pub fn open_temp_at(at: BorrowedFd<'_>, temp: &OsStr, truncate: bool) -> io::Res
         } else if truncate {
             flags |= OFlags::TRUNC;
         }
-        rustix::fs::openat(at, temp, flags, Mode::from_raw_mode(0o600)).map(File::from)
+        rustix::fs::openat(at, temp, flags, Mode::from_raw_mode(mode)).map(File::from)
     };
     let unlink = || rustix::fs::unlinkat(at, temp, AtFlags::empty());
     if truncate {
