@@ -187,7 +187,29 @@ pub fn assert_no_partial_files(src: &Path, dst: &Path) {
         if temporary {
             let meta = fs::symlink_metadata(dst.join(&rel)).unwrap();
             let mode = meta.permissions().mode() & 0o7777;
-            if meta.is_file() && mode != 0o600 {
+            let own_name = rel.file_name().unwrap().as_bytes();
+            let staged = !own_name.windows(8).any(|w| w == b"._ferry-");
+            if meta.is_file() && staged {
+                // Inside a staged directory, written with its own mode from
+                // the start: the directory keeps others out until it is
+                // complete and put in place.
+                let dir = rel
+                    .ancestors()
+                    .find(|a| {
+                        a.file_name()
+                            .is_some_and(|n| n.as_bytes().windows(8).any(|w| w == b"._ferry-"))
+                    })
+                    .unwrap();
+                let dir_mode = fs::symlink_metadata(dst.join(dir))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(
+                    dir_mode & 0o077,
+                    0,
+                    "staged directory {dir:?} must be owner-only while its files are written"
+                );
+            } else if meta.is_file() && mode != 0o600 {
                 // Given its final metadata through its descriptor once its
                 // data was complete: then it must be complete, with its
                 // source's mode. Partial data is never readable by others.

@@ -5,7 +5,10 @@
 //! (14 lookups of path components) were a twentieth of ferry's CPU time.
 //!
 //! A directory is opened by its path, as the files were before: a symlink
-//! among its components is followed, the file's own name never is.
+//! among its components is followed, the file's own name never is. It is
+//! kept while the worker's files are in it: a source directory renamed
+//! meanwhile is still read from (its files are what was planned, and each
+//! is checked against its recorded size and mtime as before).
 
 use std::ffi::OsStr;
 use std::io;
