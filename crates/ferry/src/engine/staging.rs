@@ -18,6 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -217,7 +218,11 @@ pub fn publish(
         let name = child.dest.file_name().unwrap_or_default();
         let from = staged.join(name);
         let to = temp_path(&from, suffix, id);
-        match std::fs::rename(&from, &to) {
+        // Written with its own mode inside the owner-only directory, it
+        // becomes a temporary like any other: owner-only until complete.
+        let owner_only = std::fs::Permissions::from_mode(0o600);
+        match std::fs::set_permissions(&from, owner_only).and_then(|()| std::fs::rename(&from, &to))
+        {
             Ok(()) => moved.push((from, to)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(at(&from, e)),
