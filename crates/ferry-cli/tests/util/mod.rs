@@ -187,19 +187,11 @@ pub fn assert_no_partial_files(src: &Path, dst: &Path) {
         if temporary {
             let meta = fs::symlink_metadata(dst.join(&rel)).unwrap();
             let mode = meta.permissions().mode() & 0o7777;
-            let own_name = rel.file_name().unwrap().as_bytes();
-            let staged = !own_name.windows(8).any(|w| w == b"._ferry-");
-            if meta.is_file() && staged {
+            if meta.is_file() && !is_temp(&rel) {
                 // Inside a staged directory, written with its own mode from
                 // the start: the directory keeps others out until it is
                 // complete and put in place.
-                let dir = rel
-                    .ancestors()
-                    .find(|a| {
-                        a.file_name()
-                            .is_some_and(|n| n.as_bytes().windows(8).any(|w| w == b"._ferry-"))
-                    })
-                    .unwrap();
+                let dir = rel.ancestors().find(|a| is_temp(a)).unwrap();
                 let dir_mode = fs::symlink_metadata(dst.join(dir))
                     .unwrap()
                     .permissions()

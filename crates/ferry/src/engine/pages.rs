@@ -95,7 +95,7 @@ impl Run<'_> {
         left_alone: &mut HashSet<EntryIndex>,
     ) -> Result<()> {
         std::thread::scope(|scope| {
-            // The page whose workers may still run, and its end's.
+            // The page last started: its workers may still be copying.
             let mut running: Option<PageRun> = None;
             let read = pages(
                 self.store,
@@ -127,11 +127,11 @@ impl Run<'_> {
                     }
                 },
             );
-            let last = running.map(|page| page.join(failed, left_alone));
             if read.is_err() {
-                // Whatever the last page says, the first error is the run's.
+                // The page still running stops; the first error is the run's.
                 self.options.cancel.store(true, Ordering::Relaxed);
             }
+            let last = running.map(|page| page.join(failed, left_alone));
             read.and(last.unwrap_or(Ok(())))
         })
     }
